@@ -1,0 +1,78 @@
+//! The HTTP server API: `POST /api/<method>` with a JSON body, authorised by
+//! `X-API-Key: KEY` or `Authorization: apikey KEY`, replying
+//! `{"result":…}` or `{"error":{"code","message"}}` as Centrifugo v6 does.
+
+mod methods;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_protocol::ProtocolError;
+use serde_json::{json, Value};
+
+use crate::node::{Counters, Node};
+
+pub use methods::call;
+
+/// The outcome of one API method.
+pub type ApiResult = Result<Value, ApiError>;
+
+/// An error in a method's reply (HTTP 200 with an `error` object), or a
+/// request that cannot be served at all (an HTTP status).
+#[derive(Debug)]
+pub enum ApiError {
+    Reply { code: u32, message: String },
+    Status(StatusCode, String),
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        ApiError::Reply { code: e.code, message: e.message.to_string() }
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::Reply { code: ProtocolError::BAD_REQUEST.code, message: message.into() }
+    }
+    pub(crate) fn to_json(&self) -> Value {
+        let (code, message) = match self {
+            ApiError::Reply { code, message } => (*code, message),
+            ApiError::Status(_, message) => (ProtocolError::BAD_REQUEST.code, message),
+        };
+        json!({"code": code, "message": message})
+    }
+}
+
+fn authorised(node: &Node, headers: &HeaderMap) -> bool {
+    if node.config.http_api.insecure {
+        return true;
+    }
+    let key = &node.config.http_api.key;
+    if key.is_empty() {
+        return false;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("x-api-key") == Some(key.as_str()) {
+        return true;
+    }
+    header("authorization")
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, value)| scheme.eq_ignore_ascii_case("apikey") && value.trim() == key)
+}
+
+pub async fn handle(State(node): State<Arc<Node>>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    Counters::incr(&node.counters.api_requests);
+    if !authorised(&node, &headers) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
+    }
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &body };
+    match call(&node, &method, body).await {
+        Ok(result) => axum::Json(json!({ "result": result })).into_response(),
+        Err(ApiError::Status(status, message)) => (status, message).into_response(),
+        Err(e) => axum::Json(json!({ "error": e.to_json() })).into_response(),
+    }
+}

@@ -1,0 +1,285 @@
+//! The server API methods. Each request is parsed straight from the body so
+//! that payloads stay raw JSON; unknown fields are ignored.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use herald_protocol::{Disconnect, ProtocolError};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, ApiResult};
+use crate::auth::now_unix;
+use crate::hub::{Client, Control};
+use crate::node::Node;
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Status(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+}
+
+/// Runs one method; `body` is its JSON parameters.
+pub fn call<'a>(node: &'a Node, method: &'a str, body: &'a [u8]) -> BoxFuture<'a, ApiResult> {
+    Box::pin(async move {
+        match method {
+            "publish" => publish(node, parse(body)?).await,
+            "broadcast" => broadcast(node, parse(body)?).await,
+            "subscribe" => subscribe(node, parse(body)?),
+            "unsubscribe" => unsubscribe(node, parse(body)?),
+            "disconnect" => disconnect(node, parse(body)?),
+            "refresh" => refresh(node, parse(body)?),
+            "channels" => channels(node, parse(body)?),
+            "info" => Ok(info(node)),
+            "batch" => batch(node, parse(body)?).await,
+            "presence" | "presence_stats" | "history" | "history_remove" => {
+                let req: ChannelOnly = parse(body)?;
+                node.rules.resolve(&req.channel)?;
+                Err(ProtocolError::NOT_AVAILABLE.into())
+            }
+            _ => Err(ApiError::Status(StatusCode::NOT_FOUND, format!("unknown API method {method:?}"))),
+        }
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChannelOnly {
+    channel: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PublishRequest {
+    channel: String,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    tags: BTreeMap<String, String>,
+}
+
+/// The payload of a publish: `data` as raw JSON, or `b64data` holding JSON.
+fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
+    if let Some(raw) = data.filter(|r| r.get() != "null") {
+        return Ok(Bytes::copy_from_slice(raw.get().as_bytes()));
+    }
+    if !b64data.is_empty() {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64data)
+            .map_err(|e| ApiError::bad_request(format!("b64data is not base64: {e}")))?;
+        if !herald_protocol::json::is_valid_json(&raw) {
+            return Err(ApiError::bad_request("b64data must hold JSON for JSON clients"));
+        }
+        return Ok(Bytes::from(raw));
+    }
+    Err(ApiError::bad_request("data is required"))
+}
+
+async fn publish_one(node: &Node, channel: &str, data: Bytes, tags: BTreeMap<String, String>) -> ApiResult {
+    node.rules.resolve(channel)?;
+    node.publish(channel, data, None, tags).await?;
+    Ok(json!({}))
+}
+
+async fn publish(node: &Node, req: PublishRequest) -> ApiResult {
+    let data = payload(req.data.as_deref(), &req.b64data)?;
+    publish_one(node, &req.channel, data, req.tags).await
+}
+
+async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
+    if req.channels.is_empty() {
+        return Err(ApiError::bad_request("channels are required"));
+    }
+    let data = payload(req.data.as_deref(), &req.b64data)?;
+    let mut responses = Vec::with_capacity(req.channels.len());
+    for channel in &req.channels {
+        responses.push(match publish_one(node, channel, data.clone(), req.tags.clone()).await {
+            Ok(result) => json!({ "result": result }),
+            Err(e) => json!({ "error": e.to_json() }),
+        });
+    }
+    Ok(json!({ "responses": responses }))
+}
+
+/// Which connections a user-targeted method acts on.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Target {
+    user: String,
+    client: String,
+    session: String,
+}
+
+fn targets(node: &Node, t: &Target) -> Result<Vec<std::sync::Arc<dyn Client>>, ApiError> {
+    if t.user.is_empty() && t.client.is_empty() {
+        return Err(ApiError::bad_request("user or client is required"));
+    }
+    let _ = &t.session;
+    if t.user.is_empty() {
+        return Ok(node.hub.client(&t.client).into_iter().collect());
+    }
+    Ok(node.hub.user_clients(&t.user).into_iter().filter(|c| t.client.is_empty() || c.client_id() == t.client).collect())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SubscribeRequest {
+    #[serde(flatten)]
+    target: Target,
+    channel: String,
+    info: Option<Box<RawValue>>,
+    data: Option<Box<RawValue>>,
+    expire_at: i64,
+}
+
+fn raw_bytes(v: Option<Box<RawValue>>) -> Option<Bytes> {
+    v.filter(|r| r.get() != "null").map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
+}
+
+fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
+    node.rules.resolve(&req.channel)?;
+    let info = raw_bytes(req.info);
+    let data = raw_bytes(req.data);
+    let expire_at = (req.expire_at > 0).then_some(req.expire_at);
+    for c in targets(node, &req.target)? {
+        c.control(Control::Subscribe { channel: req.channel.clone(), info: info.clone(), data: data.clone(), expire_at });
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UnsubscribeRequest {
+    #[serde(flatten)]
+    target: Target,
+    channel: String,
+}
+
+fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> ApiResult {
+    node.rules.resolve(&req.channel)?;
+    let (code, reason) = herald_protocol::codes::unsubscribe::SERVER;
+    for c in targets(node, &req.target)? {
+        c.control(Control::Unsubscribe { channel: req.channel.clone(), code, reason: reason.into() });
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DisconnectCode {
+    code: u16,
+    reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DisconnectRequest {
+    #[serde(flatten)]
+    target: Target,
+    whitelist: Vec<String>,
+    disconnect: Option<DisconnectCode>,
+}
+
+fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
+    let d = match req.disconnect {
+        Some(d) if !(3000..=4999).contains(&d.code) => {
+            return Err(ApiError::bad_request("disconnect code must be within 3000..=4999"))
+        }
+        Some(d) => Disconnect::new(d.code, d.reason),
+        None => Disconnect::force_disconnect(),
+    };
+    for c in targets(node, &req.target)? {
+        if !req.whitelist.iter().any(|w| w == c.client_id()) {
+            c.control(Control::Disconnect(d.clone()));
+        }
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RefreshRequest {
+    #[serde(flatten)]
+    target: Target,
+    expired: bool,
+    expire_at: i64,
+    info: Option<Box<RawValue>>,
+}
+
+fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
+    if req.expire_at > 0 && req.expire_at <= now_unix() && !req.expired {
+        return Err(ApiError::bad_request("expire_at is in the past"));
+    }
+    let info = raw_bytes(req.info);
+    let expire_at = (req.expire_at > 0).then_some(req.expire_at);
+    for c in targets(node, &req.target)? {
+        c.control(Control::Refresh { expired: req.expired, expire_at, info: info.clone() });
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChannelsRequest {
+    pattern: String,
+}
+
+fn channels(node: &Node, req: ChannelsRequest) -> ApiResult {
+    let filter = if req.pattern.is_empty() { None } else { crate::pattern::glob(&req.pattern, false) };
+    let mut out = Map::new();
+    for (name, n) in node.hub.channels() {
+        if filter.as_ref().is_none_or(|re| re.is_match(&name)) {
+            out.insert(name, json!({ "num_clients": n }));
+        }
+    }
+    Ok(json!({ "channels": out }))
+}
+
+fn info(node: &Node) -> Value {
+    json!({ "nodes": [{
+        "uid": node.uid,
+        "name": node.name,
+        "version": Node::version(),
+        "num_clients": node.hub.num_clients(),
+        "num_users": node.hub.num_users(),
+        "num_channels": node.hub.num_channels(),
+        "num_subs": node.hub.num_subscriptions(),
+        "uptime": node.started.elapsed().as_secs(),
+    }]})
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BatchRequest {
+    commands: Vec<HashMap<String, Box<RawValue>>>,
+}
+
+async fn batch(node: &Node, req: BatchRequest) -> ApiResult {
+    let mut replies = Vec::with_capacity(req.commands.len());
+    for command in &req.commands {
+        let Some((method, params)) = command.iter().next().filter(|_| command.len() == 1) else {
+            replies.push(json!({ "error": ApiError::bad_request("each command needs exactly one method").to_json() }));
+            continue;
+        };
+        if method == "batch" {
+            replies.push(json!({ "error": ApiError::bad_request("batch cannot be nested").to_json() }));
+            continue;
+        }
+        replies.push(match call(node, method, params.get().as_bytes()).await {
+            Ok(result) => json!({ method.as_str(): result }),
+            Err(e) => json!({ "error": e.to_json() }),
+        });
+    }
+    Ok(json!({ "replies": replies }))
+}

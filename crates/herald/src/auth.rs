@@ -1,0 +1,239 @@
+//! JWT verification for connection and subscription tokens, and signing for
+//! `herald gentoken`. Validation is configured explicitly: no leeway, `nbf`
+//! checked, `exp` optional (a token without it never expires), `aud` and `iss`
+//! required only when configured, and the algorithm must match the key kind.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::config::{ConfigError, TokenConfig};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// The token was valid but its `exp` has passed: the client should fetch
+    /// a new one (error 109).
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Verifies tokens with the keys of one `token` config section.
+#[derive(Clone)]
+pub struct Verifier {
+    hmac: Option<DecodingKey>,
+    rsa: Option<DecodingKey>,
+    ecdsa: Option<DecodingKey>,
+    audience: String,
+    issuer: String,
+    user_id_claim: String,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are secrets: never print them.
+        f.debug_struct("Verifier").field("audience", &self.audience).field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+/// Claims of a connection token.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionClaims {
+    pub user: String,
+    /// Unix seconds when the connection expires; `None` never.
+    pub expires_at: Option<i64>,
+    pub info: Option<Bytes>,
+    /// Channels the server subscribes the client to.
+    pub channels: Vec<String>,
+    pub meta: Option<Bytes>,
+}
+
+/// Claims of a subscription token.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionClaims {
+    pub user: String,
+    pub channel: String,
+    pub expires_at: Option<i64>,
+    pub info: Option<Bytes>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawClaims {
+    sub: String,
+    exp: Option<i64>,
+    expire_at: Option<i64>,
+    info: Option<Value>,
+    b64info: Option<String>,
+    channels: Vec<String>,
+    subs: HashMap<String, Value>,
+    meta: Option<Value>,
+    channel: String,
+}
+
+impl Verifier {
+    /// Builds a verifier; `section` names the config section in errors.
+    pub fn from_config(c: &TokenConfig, section: &str) -> Result<Self, ConfigError> {
+        let hmac = (!c.hmac_secret_key.is_empty()).then(|| DecodingKey::from_secret(c.hmac_secret_key.as_bytes()));
+        let rsa = if c.rsa_public_key.is_empty() {
+            None
+        } else {
+            Some(DecodingKey::from_rsa_pem(pem_text(&c.rsa_public_key).as_bytes()).map_err(|e| {
+                ConfigError::invalid(format!("{section}.rsa_public_key"), format!("not an RSA public key in PEM: {e}"))
+            })?)
+        };
+        let ecdsa = if c.ecdsa_public_key.is_empty() {
+            None
+        } else {
+            Some(DecodingKey::from_ec_pem(pem_text(&c.ecdsa_public_key).as_bytes()).map_err(|e| {
+                ConfigError::invalid(format!("{section}.ecdsa_public_key"), format!("not an ECDSA public key in PEM: {e}"))
+            })?)
+        };
+        Ok(Self {
+            hmac,
+            rsa,
+            ecdsa,
+            audience: c.audience.clone(),
+            issuer: c.issuer.clone(),
+            user_id_claim: c.user_id_claim.clone(),
+        })
+    }
+
+    fn decode(&self, token: &str, now: i64) -> Result<(String, RawClaims), TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let key = match header.alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+                self.rsa.as_ref()
+            }
+            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+            other => return Err(TokenError::Invalid(format!("algorithm {other:?} is not accepted"))),
+        }
+        .ok_or_else(|| TokenError::Invalid(format!("no key configured for {:?}", header.alg)))?;
+        let mut v = Validation::new(header.alg);
+        v.leeway = 0;
+        v.validate_exp = false; // checked below so that expiry is told apart from invalidity
+        v.validate_nbf = true;
+        v.required_spec_claims = HashSet::new();
+        if self.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&[&self.audience]);
+            v.required_spec_claims.insert("aud".into());
+        }
+        if !self.issuer.is_empty() {
+            v.set_issuer(&[&self.issuer]);
+            v.required_spec_claims.insert("iss".into());
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let map = data.claims;
+        let user = if self.user_id_claim.is_empty() {
+            map.get("sub")
+        } else {
+            map.get(&self.user_id_claim)
+        }
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default();
+        let raw: RawClaims = serde_json::from_value(Value::Object(map)).map_err(|e| TokenError::Invalid(format!("bad claims: {e}")))?;
+        if let Some(exp) = raw.exp {
+            if exp > 0 && exp <= now {
+                return Err(TokenError::Expired);
+            }
+        }
+        Ok((user, raw))
+    }
+
+    pub fn verify_connection(&self, token: &str, now: i64) -> Result<ConnectionClaims, TokenError> {
+        let (user, raw) = self.decode(token, now)?;
+        let mut channels = raw.channels;
+        channels.extend(raw.subs.into_keys());
+        Ok(ConnectionClaims {
+            user,
+            expires_at: expiry(raw.exp, raw.expire_at, now)?,
+            info: info_bytes(raw.info, raw.b64info)?,
+            channels,
+            meta: raw.meta.map(|m| Bytes::from(m.to_string())),
+        })
+    }
+
+    pub fn verify_subscription(&self, token: &str, now: i64) -> Result<SubscriptionClaims, TokenError> {
+        let (user, raw) = self.decode(token, now)?;
+        if raw.channel.is_empty() {
+            return Err(TokenError::Invalid("subscription token has no channel claim".into()));
+        }
+        Ok(SubscriptionClaims {
+            user,
+            channel: raw.channel,
+            expires_at: expiry(raw.exp, raw.expire_at, now)?,
+            info: info_bytes(raw.info, raw.b64info)?,
+        })
+    }
+}
+
+/// `expire_at` decouples connection expiry from `exp`: 0 means never.
+fn expiry(exp: Option<i64>, expire_at: Option<i64>, now: i64) -> Result<Option<i64>, TokenError> {
+    match expire_at {
+        Some(0) => Ok(None),
+        Some(t) if t <= now => Err(TokenError::Expired),
+        Some(t) => Ok(Some(t)),
+        None => Ok(exp.filter(|e| *e > 0)),
+    }
+}
+
+fn info_bytes(info: Option<Value>, b64info: Option<String>) -> Result<Option<Bytes>, TokenError> {
+    if let Some(v) = info {
+        return Ok(Some(Bytes::from(v.to_string())));
+    }
+    match b64info {
+        Some(b) if !b.is_empty() => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|e| TokenError::Invalid(format!("b64info is not base64: {e}")))?;
+            if !herald_protocol::json::is_valid_json(&raw) {
+                return Err(TokenError::Invalid("b64info does not hold JSON".into()));
+            }
+            Ok(Some(Bytes::from(raw)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Accepts PEM text, base64-encoded PEM, or a path to a PEM file.
+fn pem_text(value: &str) -> String {
+    if value.contains("-----BEGIN") {
+        return value.to_string();
+    }
+    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+        if let Ok(text) = String::from_utf8(decoded) {
+            if text.contains("-----BEGIN") {
+                return text;
+            }
+        }
+    }
+    std::fs::read_to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// Signs an HS256 token with `secret` (used by `herald gentoken` and tests).
+pub fn sign_hs256(claims: &Value, secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The `herald` command line: `serve` (the default), `genconfig`, `gentoken`,
+//! `checktoken`, `checkconfig` and `version`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::auth::{now_unix, sign_hs256, TokenError, Verifier};
+use crate::config::{self, Config, Overrides};
+use crate::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(name = "herald", version, about = "Real-time messaging server (Centrifugo protocol v2 compatible)")]
+pub struct Cli {
+    /// Configuration file (JSON, YAML or TOML).
+    #[arg(short = 'c', long = "config", global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Write a new configuration file with fresh secrets.
+    Genconfig {
+        /// Where to write it; refuses to overwrite unless --force.
+        #[arg(short = 'o', long = "output", default_value = "config.json")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a connection token signed with the configured HMAC secret.
+    Gentoken {
+        #[arg(short = 'u', long = "user")]
+        user: String,
+        /// Lifetime in seconds; 0 for a token that never expires.
+        #[arg(short = 't', long = "ttl", default_value_t = 7 * 24 * 3600)]
+        ttl: i64,
+    },
+    /// Verify a connection token against the configuration.
+    Checktoken { token: String },
+    /// Load and validate the configuration, printing warnings.
+    Checkconfig,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+struct ServeArgs {
+    /// Port to listen on (0 picks a free one).
+    #[arg(short = 'p', long)]
+    port: Option<u16>,
+    /// Address to listen on.
+    #[arg(short = 'a', long)]
+    address: Option<String>,
+    /// Directory for embedded storage.
+    #[arg(long = "data-dir")]
+    data_dir: Option<String>,
+    /// Insecure development mode: anonymous connections, every channel open,
+    /// API without key, demo page at `/`.
+    #[arg(long)]
+    dev: bool,
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg_path = cli.config.as_deref();
+    match cli.command {
+        None => serve(cfg_path, cli.serve),
+        Some(Command::Serve(args)) => serve(cfg_path, args),
+        Some(Command::Genconfig { output, force }) => genconfig(&output, force),
+        Some(Command::Gentoken { user, ttl }) => {
+            let config = load(cfg_path, &ServeArgs::default(), false)?;
+            let secret = &config.client.token.hmac_secret_key;
+            if secret.is_empty() {
+                bail!("client.token.hmac_secret_key is not set; run `herald genconfig` or set HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY");
+            }
+            let mut claims = json!({ "sub": user, "iat": now_unix() });
+            if ttl > 0 {
+                claims["exp"] = json!(now_unix() + ttl);
+            }
+            println!("{}", sign_hs256(&claims, secret)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Checktoken { token }) => {
+            let config = load(cfg_path, &ServeArgs::default(), false)?;
+            let verifier = Verifier::from_config(&config.client.token, "client.token")?;
+            match verifier.verify_connection(&token, now_unix()) {
+                Ok(c) => {
+                    let exp = c.expires_at.map(|t| format!("expires in {}s", t - now_unix())).unwrap_or("never expires".into());
+                    println!("valid token for user {:?}, {exp}", c.user);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(TokenError::Expired) => bail!("token expired"),
+                Err(TokenError::Invalid(why)) => bail!("invalid token: {why}"),
+            }
+        }
+        Some(Command::Checkconfig) => {
+            load(cfg_path, &ServeArgs::default(), false)?;
+            println!("configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Version) => {
+            println!("herald {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads the configuration, printing warnings to stderr unless `quiet`
+/// (the server logs them instead).
+fn load(path: Option<&Path>, args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")).collect();
+    let overrides = Overrides { port: args.port, address: args.address.clone(), data_dir: args.data_dir.clone(), dev: args.dev };
+    let loaded = config::load(path, &env, &overrides)?;
+    for w in &loaded.warnings {
+        if quiet {
+            tracing::warn!("{w}");
+        } else {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(loaded.config)
+}
+
+fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Parse before logging is set up, so log settings come from the config.
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")).collect();
+    let overrides = Overrides { port: args.port, address: args.address.clone(), data_dir: args.data_dir.clone(), dev: args.dev };
+    let loaded = config::load(path, &env, &overrides)?;
+    init_logging(&loaded.config);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    if config.dev {
+        tracing::warn!("development mode: anonymous clients may subscribe and publish everywhere; never use in production");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config).await?;
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received, shutting down");
+            token.cancel();
+        });
+        server.run().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let level = if config.log.level == "none" { "off" } else { config.log.level.as_str() };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn secret() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+fn genconfig(output: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    if output.exists() && !force {
+        bail!("{} exists; pass --force to overwrite", output.display());
+    }
+    let config = json!({
+        "client": {
+            "token": { "hmac_secret_key": secret() },
+            "allowed_origins": []
+        },
+        "http_api": { "key": secret() },
+        "admin": { "enabled": false, "password": secret(), "secret": secret() },
+        "channel": {
+            "without_namespace": { "allow_subscribe_for_client": true },
+            "namespaces": [
+                { "name": "chat", "allow_subscribe_for_client": true, "allow_publish_for_subscriber": true }
+            ]
+        }
+    });
+    std::fs::write(output, serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(ExitCode::SUCCESS)
+}

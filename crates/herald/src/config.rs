@@ -1,0 +1,259 @@
+//! Server configuration, in the structure and with the option names of
+//! Centrifugo v6 so that an existing Centrifugo file works for every feature
+//! Herald implements. Sources, in rising priority: defaults, a JSON, YAML or
+//! TOML file, `HERALD_*` environment variables, CLI flags ([`load`]).
+
+mod channel;
+mod duration;
+mod load;
+mod validate;
+
+use serde::{Deserialize, Serialize};
+
+pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace};
+pub use duration::Dur;
+pub use load::{load, ConfigError, Loaded, Overrides};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub http_server: HttpServer,
+    pub log: Log,
+    pub client: ClientConfig,
+    pub channel: ChannelConfig,
+    pub http_api: HttpApi,
+    pub websocket: Websocket,
+    pub admin: Admin,
+    pub health: Health,
+    pub engine: Engine,
+    pub node: Node,
+    pub shutdown: Shutdown,
+    /// Herald: where embedded storage lives (`--data-dir`).
+    pub data_dir: String,
+    /// `serve --dev`: set by the flag only, never by a file.
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServer {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        Self { address: String::new(), port: 8000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// `trace`, `debug`, `info`, `warn`, `error` or `none`.
+    pub level: String,
+    /// Herald: `text` (default) or `json` lines.
+    pub format: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// How JWTs are verified: HMAC secret and/or an RSA or ECDSA public key (PEM).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    pub hmac_secret_key: String,
+    pub rsa_public_key: String,
+    pub ecdsa_public_key: String,
+    /// When set, tokens must carry this `aud`.
+    pub audience: String,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: String,
+    /// The claim holding the user id; `sub` when empty.
+    pub user_id_claim: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionTokenConfig {
+    /// When false, subscription tokens are verified with `client.token`.
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub token: TokenConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// Origins allowed to open connections (`*` and `*.example.com` style
+    /// patterns). Empty: only requests without Origin or from the same host.
+    pub allowed_origins: Vec<String>,
+    pub token: TokenConfig,
+    pub subscription_token: SubscriptionTokenConfig,
+    pub allow_anonymous_connect_without_token: bool,
+    pub disallow_anonymous_connection_tokens: bool,
+    /// Development only: no token needed, every channel open to everyone.
+    pub insecure: bool,
+    /// How often the server pings; a client that does not answer within
+    /// `pong_timeout` is disconnected with 3012. Zero disables pings.
+    pub ping_interval: Dur,
+    pub pong_timeout: Dur,
+    /// Grace time after a connection token expires for the client to refresh;
+    /// then it is disconnected with 3005.
+    pub expired_close_delay: Dur,
+    /// The same for subscription tokens; then the subscription ends with 2501.
+    pub expired_sub_close_delay: Dur,
+    /// Time from the WebSocket upgrade to the connect command; then 3502.
+    pub stale_close_delay: Dur,
+    /// Subscriptions one connection may hold; beyond it error 106.
+    pub channel_limit: usize,
+    /// Bytes queued for one connection; a client that lets more pile up is
+    /// disconnected with 3008 (slow).
+    pub queue_max_size: usize,
+    /// Connections per node; beyond it new ones get 3504. Zero: unlimited.
+    pub connection_limit: usize,
+    /// Connections per user per node; beyond it 3504. Zero: unlimited.
+    pub user_connection_limit: usize,
+    pub connect_include_server_time: bool,
+    pub history_max_publication_limit: usize,
+    pub recovery_max_publication_limit: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            insecure: false,
+            ping_interval: Dur::secs(25),
+            pong_timeout: Dur::secs(8),
+            expired_close_delay: Dur::secs(25),
+            expired_sub_close_delay: Dur::secs(25),
+            stale_close_delay: Dur::secs(10),
+            channel_limit: 128,
+            queue_max_size: 1024 * 1024,
+            connection_limit: 0,
+            user_connection_limit: 0,
+            connect_include_server_time: false,
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApi {
+    pub disabled: bool,
+    pub handler_prefix: String,
+    pub key: String,
+    /// No key needed (development, or an API only reachable internally).
+    pub insecure: bool,
+    /// Herald: largest request body accepted; larger ones get HTTP 413.
+    pub max_request_body_size: usize,
+}
+
+impl Default for HttpApi {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            handler_prefix: "/api".into(),
+            key: String::new(),
+            insecure: false,
+            max_request_body_size: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Websocket {
+    pub disabled: bool,
+    pub handler_prefix: String,
+    /// Largest message a client may send; a larger one closes the
+    /// connection with 1009.
+    pub message_size_limit: usize,
+    /// Bytes read from the socket at once (0: 4 KiB).
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write is flushed (0: 4 KiB).
+    pub write_buffer_size: usize,
+    /// A write that takes longer closes the connection.
+    pub write_timeout: Dur,
+}
+
+impl Default for Websocket {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            handler_prefix: "/connection/websocket".into(),
+            message_size_limit: 65536,
+            read_buffer_size: 0,
+            write_buffer_size: 0,
+            write_timeout: Dur::millis(1000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Admin {
+    pub enabled: bool,
+    pub password: String,
+    pub secret: String,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { enabled: true, handler_prefix: "/health".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Engine {
+    /// Only `memory` so far.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self { kind: "memory".into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Node {
+    /// Name of this node; host name and port when empty.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Shutdown {
+    /// Longest time a graceful shutdown waits for connections to close.
+    pub timeout: Dur,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { timeout: Dur::secs(30) }
+    }
+}

@@ -1,0 +1,90 @@
+//! Channel options, per namespace, with Centrifugo's option names. Every
+//! option is parsed; presence and history take effect with the history work.
+
+use serde::{Deserialize, Serialize};
+
+use super::Dur;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelConfig {
+    /// Longest channel name accepted; longer ones get error 107.
+    pub max_length: usize,
+    pub private_prefix: String,
+    pub namespace_boundary: String,
+    pub user_boundary: String,
+    pub user_separator: String,
+    pub history_meta_ttl: Dur,
+    pub without_namespace: ChannelOptions,
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            max_length: 255,
+            private_prefix: "$".into(),
+            namespace_boundary: ":".into(),
+            user_boundary: "#".into(),
+            user_separator: ",".into(),
+            history_meta_ttl: Dur::secs(720 * 3600),
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+/// Where a namespace keeps its history (Herald-specific).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStorage {
+    #[default]
+    Memory,
+    Durable,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelOptions {
+    pub presence: bool,
+    pub join_leave: bool,
+    pub force_push_join_leave: bool,
+    pub history_size: usize,
+    pub history_ttl: Dur,
+    pub history_meta_ttl: Dur,
+    pub history_storage: HistoryStorage,
+    pub force_positioning: bool,
+    pub allow_positioning: bool,
+    pub force_recovery: bool,
+    pub allow_recovery: bool,
+    pub force_recovery_mode: String,
+    pub allowed_delta_types: Vec<String>,
+    pub delta_publish: bool,
+    pub allow_tags_filter: bool,
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_subscribe_for_client: bool,
+    pub allow_publish_for_anonymous: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_presence_for_anonymous: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_history_for_anonymous: bool,
+    pub allow_history_for_subscriber: bool,
+    pub allow_history_for_client: bool,
+    pub allow_user_limited_channels: bool,
+    /// When set, channel names in this namespace must match it.
+    pub channel_regex: String,
+    pub publication_data_format: String,
+    pub subscribe_proxy_enabled: bool,
+    pub publish_proxy_enabled: bool,
+    pub sub_refresh_proxy_enabled: bool,
+}

@@ -1,0 +1,214 @@
+//! The hub: which local connections are subscribed to which channel, and which
+//! connections each user has. Fan-out takes a read lock on one shard and hands
+//! every subscriber the same shared publication; it never waits on a socket.
+//! The hub knows nothing of JSON or WebSocket: a connection is a [`Client`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::{Disconnect, Publication};
+use parking_lot::RwLock;
+
+/// Number of shards of each map; a power of two.
+const SHARDS: usize = 64;
+
+/// A request to a connection from outside its own command flow (server API,
+/// later other nodes). The connection acts on it in order with its output.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Disconnect(Disconnect),
+    /// End a subscription with the given unsubscribe code and reason.
+    Unsubscribe { channel: String, code: u32, reason: String },
+    /// Subscribe the connection server-side.
+    Subscribe { channel: String, info: Option<Bytes>, data: Option<Bytes>, expire_at: Option<i64> },
+    /// Replace the connection's expiry (`None`: never) or mark it expired.
+    Refresh { expired: bool, expire_at: Option<i64>, info: Option<Bytes> },
+    /// An asynchronous message to the client.
+    Message(Bytes),
+}
+
+/// One local connection, as the hub sees it.
+pub trait Client: Send + Sync + 'static {
+    /// A process-unique key for maps.
+    fn key(&self) -> u64;
+    /// The protocol client id (a UUID).
+    fn client_id(&self) -> &str;
+    fn user(&self) -> &str;
+    /// Queue a publication; never blocks. A client that cannot keep up
+    /// disconnects itself.
+    fn deliver(&self, publication: &Arc<Publication>);
+    fn control(&self, control: Control);
+}
+
+type ClientRef = Arc<dyn Client>;
+
+struct Sharded<K, V> {
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[RwLock<HashMap<K, V>>]>,
+}
+
+impl<K: Hash + Eq, V> Sharded<K, V> {
+    fn new() -> Self {
+        Self {
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &RwLock<HashMap<K, V>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) & (SHARDS - 1)]
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    NodeLimit,
+    UserLimit,
+}
+
+/// Channel subscriptions and connection registry of this node.
+pub struct Hub {
+    channels: Sharded<Arc<str>, HashMap<u64, ClientRef>>,
+    clients: Sharded<Arc<str>, ClientRef>,
+    users: Sharded<String, HashMap<u64, ClientRef>>,
+    num_clients: AtomicUsize,
+    num_subscriptions: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            channels: Sharded::new(),
+            clients: Sharded::new(),
+            users: Sharded::new(),
+            num_clients: AtomicUsize::new(0),
+            num_subscriptions: AtomicUsize::new(0),
+        }
+    }
+
+    /// Registers a connection, enforcing the node and per-user limits
+    /// (zero means unlimited).
+    pub fn add_client(&self, client: ClientRef, node_limit: usize, user_limit: usize) -> Result<(), Refused> {
+        let n = self.num_clients.fetch_add(1, Ordering::AcqRel);
+        if node_limit > 0 && n >= node_limit {
+            self.num_clients.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::NodeLimit);
+        }
+        {
+            let user = client.user().to_string();
+            let mut shard = self.users.shard(&user).write();
+            let conns = shard.entry(user).or_default();
+            if user_limit > 0 && !client.user().is_empty() && conns.len() >= user_limit {
+                drop(shard);
+                self.num_clients.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refused::UserLimit);
+            }
+            conns.insert(client.key(), client.clone());
+        }
+        let id: Arc<str> = Arc::from(client.client_id());
+        self.clients.shard(&*id).write().insert(id, client);
+        Ok(())
+    }
+
+    pub fn remove_client(&self, client: &dyn Client) {
+        if self.clients.shard(client.client_id()).write().remove(client.client_id()).is_none() {
+            return;
+        }
+        self.num_clients.fetch_sub(1, Ordering::AcqRel);
+        let mut shard = self.users.shard(client.user()).write();
+        if let Some(conns) = shard.get_mut(client.user()) {
+            conns.remove(&client.key());
+            if conns.is_empty() {
+                shard.remove(client.user());
+            }
+        }
+    }
+
+    /// Adds a subscriber; true when it is the channel's first on this node.
+    pub fn subscribe(&self, channel: &str, client: ClientRef) -> bool {
+        let mut shard = self.channels.shard(channel).write();
+        let (first, subs) = match shard.get_mut(channel) {
+            Some(subs) => (false, subs),
+            None => (true, shard.entry(Arc::from(channel)).or_default()),
+        };
+        if subs.insert(client.key(), client).is_none() {
+            self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Removes a subscriber; true when the channel has none left on this node.
+    pub fn unsubscribe(&self, channel: &str, key: u64) -> bool {
+        let mut shard = self.channels.shard(channel).write();
+        let Some(subs) = shard.get_mut(channel) else { return false };
+        if subs.remove(&key).is_some() {
+            self.num_subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        if subs.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Hands a publication to every local subscriber of its channel; returns
+    /// how many there were.
+    pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        let shard = self.channels.shard(&*publication.channel).read();
+        let Some(subs) = shard.get(&*publication.channel) else { return 0 };
+        for client in subs.values() {
+            client.deliver(publication);
+        }
+        subs.len()
+    }
+
+    pub fn client(&self, client_id: &str) -> Option<ClientRef> {
+        self.clients.shard(client_id).read().get(client_id).cloned()
+    }
+
+    pub fn user_clients(&self, user: &str) -> Vec<ClientRef> {
+        self.users.shard(user).read().get(user).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Channels with local subscribers and their subscriber counts.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for shard in self.channels.shards.iter() {
+            out.extend(shard.read().iter().map(|(ch, subs)| (ch.to_string(), subs.len())));
+        }
+        out
+    }
+
+    pub fn num_clients(&self) -> usize {
+        self.num_clients.load(Ordering::Acquire)
+    }
+
+    pub fn num_users(&self) -> usize {
+        self.users.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.channels.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    pub fn num_subscriptions(&self) -> usize {
+        self.num_subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Every connected client, for shutdown.
+    pub fn all_clients(&self) -> Vec<ClientRef> {
+        self.clients.shards.iter().flat_map(|s| s.read().values().cloned().collect::<Vec<_>>()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

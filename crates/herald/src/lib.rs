@@ -1,0 +1,17 @@
+//! Herald: a real-time messaging server speaking the Centrifugo client
+//! protocol v2 and server API. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod cli;
+pub mod config;
+mod demo;
+pub mod hub;
+pub mod node;
+pub mod origin;
+pub mod pattern;
+pub mod server;
+pub mod session;
+pub mod transport;

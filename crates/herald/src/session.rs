@@ -1,0 +1,303 @@
+//! One client connection's protocol state: commands in, replies and pushes
+//! out through the connection's [`Outbox`], timers for pings, pongs, token
+//! expiry and the connect deadline. Transports feed it frames and run its
+//! timers; it never touches a socket itself.
+
+mod commands;
+mod connect;
+mod outbox;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_protocol::json::{self, DecodeError};
+use herald_protocol::reply::{Push, ReplyBody};
+use herald_protocol::{ClientInfo, Disconnect, Method, ProtocolError, Publication};
+use tokio::time::Instant;
+
+pub use outbox::{Item, Outbox};
+
+use crate::auth::now_unix;
+use crate::hub::{Client, Control};
+use crate::node::{Counters, Node};
+
+/// The part of a connected session the hub holds: identity and outbox.
+pub struct Handle {
+    key: u64,
+    client_id: String,
+    user: String,
+    outbox: Arc<Outbox>,
+}
+
+impl Client for Handle {
+    fn key(&self) -> u64 {
+        self.key
+    }
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+    fn user(&self) -> &str {
+        &self.user
+    }
+    fn deliver(&self, publication: &Arc<Publication>) {
+        // An overflow is noticed by the writer, which closes with 3008.
+        self.outbox.push_frame(publication.json_push().clone());
+    }
+    fn control(&self, control: Control) {
+        self.outbox.push_control(control);
+    }
+}
+
+/// Per-subscription state kept by the session.
+#[derive(Debug, Default)]
+struct SubState {
+    /// Unix seconds when the subscription token expires.
+    expires_at: Option<i64>,
+    /// `info` from the subscription token, attached to the client's
+    /// publications in this channel.
+    chan_info: Option<Bytes>,
+}
+
+/// Identity after a successful connect.
+struct Connected {
+    handle: Arc<Handle>,
+    info: Arc<ClientInfo>,
+    expires_at: Option<i64>,
+}
+
+pub struct Session {
+    node: Arc<Node>,
+    outbox: Arc<Outbox>,
+    client_id: String,
+    conn: Option<Connected>,
+    subs: HashMap<String, SubState>,
+    connect_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+}
+
+impl Session {
+    pub fn new(node: Arc<Node>) -> Self {
+        let outbox = Arc::new(Outbox::new(node.config.client.queue_max_size));
+        let stale = node.config.client.stale_close_delay.0;
+        Self {
+            outbox,
+            client_id: uuid::Uuid::new_v4().to_string(),
+            conn: None,
+            subs: HashMap::new(),
+            connect_deadline: (!stale.is_zero()).then(|| Instant::now() + stale),
+            next_ping: None,
+            pong_deadline: None,
+            node,
+        }
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.conn.as_ref().map(|c| c.handle.user.as_str())
+    }
+
+    /// Handles one transport frame of newline-separated commands.
+    pub async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
+        let commands = json::decode_commands(frame).map_err(|e| {
+            match e {
+                DecodeError::NotUtf8 => tracing::info!(client = %self.client_id, "frame is not UTF-8"),
+                DecodeError::Malformed(e) => tracing::info!(client = %self.client_id, error = %e, "malformed command"),
+            }
+            Disconnect::bad_request()
+        })?;
+        for command in commands {
+            Counters::incr(&self.node.counters.commands);
+            let (id, method) = command.into_method();
+            self.dispatch(id, method).await?;
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, id: u32, method: Method) -> Result<(), Disconnect> {
+        if id == 0 {
+            return match method {
+                // The client's pong.
+                Method::Empty => {
+                    self.pong_deadline = None;
+                    Ok(())
+                }
+                Method::Send(_) if self.conn.is_some() => Ok(()),
+                _ => Err(Disconnect::bad_request()),
+            };
+        }
+        if self.conn.is_none() && !matches!(method, Method::Connect(_)) {
+            tracing::info!(client = %self.client_id, "command before connect");
+            return Err(Disconnect::bad_request());
+        }
+        let result = match method {
+            Method::Connect(req) => {
+                if self.conn.is_some() {
+                    return Err(Disconnect::bad_request());
+                }
+                return self.connect(id, req).await;
+            }
+            Method::Subscribe(req) => return self.subscribe(id, req).await,
+            Method::Unsubscribe(req) => self.unsubscribe(&req.channel).await.map(|_| ReplyBody::Unsubscribe),
+            Method::Publish(req) => self.publish(req).await,
+            Method::Presence(req) | Method::PresenceStats(req) => self.not_available(&req.channel),
+            Method::History(req) => self.not_available(&req.channel),
+            Method::Ping => Ok(ReplyBody::Ping),
+            Method::Rpc(_) => Err(ProtocolError::METHOD_NOT_FOUND),
+            Method::Refresh(req) => self.refresh(&req.token)?,
+            Method::SubRefresh(req) => self.sub_refresh(&req.channel, &req.token)?,
+            Method::Send(_) | Method::Empty => Err(ProtocolError::BAD_REQUEST),
+        };
+        self.reply(id, result);
+        Ok(())
+    }
+
+    fn reply(&self, id: u32, result: Result<ReplyBody, ProtocolError>) {
+        let bytes = match &result {
+            Ok(body) => json::encode_reply(id, body),
+            Err(e) => {
+                tracing::debug!(client = %self.client_id, code = e.code, "command error");
+                json::encode_error(id, e)
+            }
+        };
+        self.outbox.push_frame(Bytes::from(bytes));
+    }
+
+    fn push(&self, push: &Push) {
+        self.outbox.push_frame(Bytes::from(json::encode_push(push)));
+    }
+
+    /// Acts on a request from outside the connection (server API).
+    pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
+        match control {
+            Control::Disconnect(d) => return Err(d),
+            Control::Unsubscribe { channel, code, reason } => {
+                if self.unsubscribe(&channel).await.is_ok() {
+                    self.push(&Push::Unsubscribe { channel, code, reason });
+                }
+            }
+            Control::Subscribe { channel, info, data, expire_at } => {
+                self.server_subscribe_push(channel, info, data, expire_at).await;
+            }
+            Control::Refresh { expired, expire_at, info } => {
+                if expired {
+                    return Err(Disconnect::expired());
+                }
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.expires_at = expire_at;
+                    if let Some(info) = info {
+                        let mut ci = (*conn.info).clone();
+                        ci.conn_info = Some(info);
+                        conn.info = Arc::new(ci);
+                    }
+                    let ttl = ttl_from(expire_at);
+                    self.push(&Push::Refresh { expires: expire_at.is_some(), ttl });
+                }
+            }
+            Control::Message(data) => self.push(&Push::Message { data }),
+        }
+        Ok(())
+    }
+
+    /// The earliest moment a timer needs attention.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self.conn.as_ref().and_then(|c| c.expires_at).map(|t| {
+            deadline_at(t, self.node.config.client.expired_close_delay.0)
+        });
+        let sub_expiry = self
+            .subs
+            .values()
+            .filter_map(|s| s.expires_at)
+            .min()
+            .map(|t| deadline_at(t, self.node.config.client.expired_sub_close_delay.0));
+        [self.connect_deadline, self.next_ping, self.pong_deadline, expiry, sub_expiry].into_iter().flatten().min()
+    }
+
+    /// Runs the timers that are due.
+    pub async fn on_deadline(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if self.connect_deadline.is_some_and(|d| d <= now) {
+            tracing::info!(client = %self.client_id, "no connect command in time");
+            return Err(Disconnect::stale());
+        }
+        if self.pong_deadline.is_some_and(|d| d <= now) {
+            return Err(Disconnect::no_pong());
+        }
+        if let Some(at) = self.next_ping.filter(|d| *d <= now) {
+            self.outbox.push_frame(Bytes::from_static(json::PING));
+            let c = &self.node.config.client;
+            if !c.pong_timeout.is_zero() && self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + c.pong_timeout.0);
+            }
+            self.next_ping = Some(at + c.ping_interval.0);
+        }
+        let close_delay = self.node.config.client.expired_close_delay.0;
+        if self.conn.as_ref().and_then(|c| c.expires_at).is_some_and(|t| is_due(t, close_delay)) {
+            return Err(Disconnect::expired());
+        }
+        let sub_delay = self.node.config.client.expired_sub_close_delay.0;
+        let expired: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|t| is_due(t, sub_delay)))
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for channel in expired {
+            let (code, reason) = herald_protocol::codes::unsubscribe::EXPIRED;
+            let _ = self.unsubscribe(&channel).await;
+            self.push(&Push::Unsubscribe { channel, code, reason: reason.into() });
+        }
+        Ok(())
+    }
+
+    /// Leaves the hub and every channel. Call once when the transport ends.
+    pub async fn close(mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            let _ = self.unsubscribe(&channel).await;
+        }
+        if let Some(conn) = self.conn.take() {
+            self.node.hub.remove_client(&*conn.handle);
+            tracing::debug!(client = %self.client_id, user = %conn.handle.user, "disconnected");
+        }
+    }
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Time left until Unix second `unix` plus `delay` (zero when past).
+fn due_in(unix: i64, delay: Duration) -> Duration {
+    let target = unix.saturating_mul(1000).saturating_add(delay.as_millis() as i64);
+    Duration::from_millis((target - unix_millis()).max(0) as u64)
+}
+
+/// Whether that moment has come; a few milliseconds of slack keep a timer
+/// that fires on the boundary from spinning.
+fn is_due(unix: i64, delay: Duration) -> bool {
+    due_in(unix, delay) <= Duration::from_millis(5)
+}
+
+/// The tokio instant at Unix second `unix` plus `delay`.
+fn deadline_at(unix: i64, delay: Duration) -> Instant {
+    Instant::now() + due_in(unix, delay)
+}
+
+/// Seconds left until `expires_at`, for `ttl` fields.
+fn ttl_from(expires_at: Option<i64>) -> u32 {
+    expires_at.map(|t| (t - now_unix()).clamp(0, u32::MAX as i64) as u32).unwrap_or(0)
+}

@@ -1,0 +1,144 @@
+//! The connect and refresh commands: who the client is, for how long, and
+//! which channels the server subscribes it to.
+
+use std::sync::Arc;
+
+use herald_protocol::command::ConnectRequest;
+use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody, SubscribeResult};
+use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
+use tokio::time::Instant;
+
+use super::{ttl_from, Connected, Handle, Session, SubState};
+use crate::auth::{now_unix, ConnectionClaims, TokenError};
+use crate::hub::Refused;
+use crate::node::Node;
+
+impl Session {
+    pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Disconnect> {
+        let claims = match self.authenticate(&req.token) {
+            Ok(c) => c,
+            Err(Ok(err)) => {
+                self.reply(id, Err(err));
+                return Ok(());
+            }
+            Err(Err(d)) => return Err(d),
+        };
+        let cfg = &self.node.config.client;
+        let handle = Arc::new(Handle {
+            key: self.node.next_key(),
+            client_id: self.client_id.clone(),
+            user: claims.user.clone(),
+            outbox: self.outbox.clone(),
+        });
+        match self.node.hub.add_client(handle.clone(), cfg.connection_limit, cfg.user_connection_limit) {
+            Ok(()) => {}
+            Err(Refused::NodeLimit | Refused::UserLimit) => {
+                tracing::info!(user = %claims.user, "connection limit reached");
+                return Err(Disconnect::connection_limit());
+            }
+        }
+        let info = Arc::new(ClientInfo {
+            user: claims.user.clone(),
+            client: self.client_id.clone(),
+            conn_info: claims.info.clone(),
+            chan_info: None,
+        });
+        self.conn = Some(Connected { handle, info, expires_at: claims.expires_at });
+        self.connect_deadline = None;
+        let now = Instant::now();
+        if !cfg.ping_interval.is_zero() {
+            self.next_ping = Some(now + cfg.ping_interval.0);
+        }
+        // Server-side subscriptions from the token, valid channels only.
+        let server_subs: Vec<String> = claims
+            .channels
+            .iter()
+            .filter(|ch| match self.node.rules.resolve(ch) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(channel = %ch, code = e.code, "server-side subscription skipped");
+                    false
+                }
+            })
+            .take(cfg.channel_limit)
+            .cloned()
+            .collect();
+        let result = ConnectResult {
+            client: self.client_id.clone(),
+            version: Node::version().to_string(),
+            expires: claims.expires_at.is_some(),
+            ttl: ttl_from(claims.expires_at),
+            subs: server_subs.iter().map(|ch| (ch.clone(), SubscribeResult::default())).collect(),
+            ping: cfg.ping_interval.0.as_secs() as u32,
+            pong: !cfg.ping_interval.is_zero() && !cfg.pong_timeout.is_zero(),
+            time: if cfg.connect_include_server_time { super::unix_millis() } else { 0 },
+            ..Default::default()
+        };
+        tracing::debug!(client = %self.client_id, user = %claims.user, "connected");
+        // The reply goes out before the hub can route publications here.
+        self.reply(id, Ok(ReplyBody::Connect(result)));
+        for channel in server_subs {
+            self.subs.insert(channel.clone(), SubState::default());
+            self.hub_subscribe(&channel).await;
+        }
+        Ok(())
+    }
+
+    /// Checks the connection token. `Err(Ok(e))` is an error reply (the
+    /// client may retry), `Err(Err(d))` closes the connection.
+    fn authenticate(&self, token: &str) -> Result<ConnectionClaims, Result<ProtocolError, Disconnect>> {
+        let cfg = &self.node.config.client;
+        if token.is_empty() {
+            if cfg.insecure || cfg.allow_anonymous_connect_without_token {
+                return Ok(ConnectionClaims::default());
+            }
+            tracing::info!(client = %self.client_id, "connect without token refused");
+            return Err(Ok(ProtocolError::UNAUTHORIZED));
+        }
+        match self.node.connection_tokens.verify_connection(token, now_unix()) {
+            Ok(claims) if claims.user.is_empty() && cfg.disallow_anonymous_connection_tokens => {
+                Err(Err(Disconnect::invalid_token()))
+            }
+            Ok(claims) => Ok(claims),
+            Err(TokenError::Expired) => Err(Ok(ProtocolError::TOKEN_EXPIRED)),
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(client = %self.client_id, reason = %why, "invalid connection token");
+                Err(Err(Disconnect::invalid_token()))
+            }
+        }
+    }
+
+    pub(super) fn refresh(&mut self, token: &str) -> Result<Result<ReplyBody, ProtocolError>, Disconnect> {
+        let claims = match self.node.connection_tokens.verify_connection(token, now_unix()) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(client = %self.client_id, reason = %why, "invalid refresh token");
+                return Err(Disconnect::invalid_token());
+            }
+        };
+        let conn = self.conn.as_mut().ok_or_else(Disconnect::bad_request)?;
+        if claims.user != conn.handle.user {
+            tracing::info!(client = %self.client_id, "refresh token for another user");
+            return Err(Disconnect::invalid_token());
+        }
+        conn.expires_at = claims.expires_at;
+        if claims.info.is_some() {
+            let mut info = (*conn.info).clone();
+            info.conn_info = claims.info;
+            conn.info = Arc::new(info);
+        }
+        Ok(Ok(ReplyBody::Refresh(RefreshResult {
+            client: self.client_id.clone(),
+            version: Node::version().to_string(),
+            expires: claims.expires_at.is_some(),
+            ttl: ttl_from(claims.expires_at),
+        })))
+    }
+}
+
+/// A client's raw JSON payload (already parsed as JSON by the decoder);
+/// a missing or null payload is a bad request.
+pub(super) fn payload(data: Option<&serde_json::value::RawValue>) -> Result<bytes::Bytes, ProtocolError> {
+    data.map(|raw| bytes::Bytes::copy_from_slice(raw.get().as_bytes())).ok_or(ProtocolError::BAD_REQUEST)
+}

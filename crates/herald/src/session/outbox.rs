@@ -1,0 +1,130 @@
+//! A connection's outbound queue, bounded in bytes. Fan-out pushes without
+//! waiting; when a client lets more than the limit pile up, the queue drops
+//! what it holds and marks the client slow, and the connection closes with
+//! 3008. The writer drains everything queued at once so frames coalesce.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::hub::Control;
+
+#[derive(Debug)]
+pub enum Item {
+    Frame(Bytes),
+    Control(Control),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Item>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    limit: usize,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Self { state: Mutex::new(State::default()), notify: Notify::new(), limit }
+    }
+
+    /// Queues a frame; returns false when the client is (now) too slow.
+    pub fn push_frame(&self, frame: Bytes) -> bool {
+        let mut s = self.state.lock();
+        if s.overflowed {
+            return false;
+        }
+        if s.bytes + frame.len() > self.limit {
+            s.overflowed = true;
+            s.queue.clear();
+            s.bytes = 0;
+            drop(s);
+            self.notify.notify_one();
+            return false;
+        }
+        let was_empty = s.queue.is_empty();
+        s.bytes += frame.len();
+        s.queue.push_back(Item::Frame(frame));
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    pub fn push_control(&self, control: Control) {
+        let mut s = self.state.lock();
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(Item::Control(control));
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves everything queued into `out`; returns true if the client
+    /// overflowed the queue.
+    pub fn drain(&self, out: &mut Vec<Item>) -> bool {
+        let mut s = self.state.lock();
+        out.extend(s.queue.drain(..));
+        s.bytes = 0;
+        s.overflowed
+    }
+
+    /// Waits until something is queued (or the queue overflowed).
+    pub async fn ready(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_at_the_byte_limit() {
+        let o = Outbox::new(10);
+        assert!(o.push_frame(Bytes::from_static(b"12345")));
+        assert!(o.push_frame(Bytes::from_static(b"12345")));
+        assert_eq!(o.queued_bytes(), 10);
+        assert!(!o.push_frame(Bytes::from_static(b"1")));
+        assert!(!o.push_frame(Bytes::from_static(b"")));
+        let mut out = Vec::new();
+        assert!(o.drain(&mut out));
+        assert!(out.is_empty(), "an overflowed queue drops what it held");
+    }
+
+    #[test]
+    fn drain_frees_room() {
+        let o = Outbox::new(4);
+        assert!(o.push_frame(Bytes::from_static(b"1234")));
+        let mut out = Vec::new();
+        assert!(!o.drain(&mut out));
+        assert_eq!(out.len(), 1);
+        assert!(o.push_frame(Bytes::from_static(b"1234")));
+        o.push_control(Control::Message(Bytes::new()));
+        out.clear();
+        o.drain(&mut out);
+        assert!(matches!(out[1], Item::Control(Control::Message(_))));
+    }
+
+    #[tokio::test]
+    async fn wakes_the_writer() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let t = tokio::spawn(async move { o2.ready().await });
+        o.push_frame(Bytes::from_static(b"x"));
+        t.await.unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+//! Transports carry protocol frames between clients and sessions.
+
+pub mod websocket;

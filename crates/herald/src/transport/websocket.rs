@@ -1,0 +1,165 @@
+//! The WebSocket transport: the upgrade (with origin check and buffer
+//! sizes), then one task per connection with one `select!` over inbound
+//! frames, the session's outbox, its timers and the node's shutdown.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use herald_protocol::Disconnect;
+
+use crate::node::{Counters, Node};
+use crate::session::{Item, Session};
+
+/// Default socket buffer size when the config leaves it at 0.
+const DEFAULT_BUFFER: usize = 4096;
+
+pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if !node.origins.allows(&headers) {
+        tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if node.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let w = &node.config.websocket;
+    let size = |n: usize| if n == 0 { DEFAULT_BUFFER } else { n };
+    ws.read_buffer_size(size(w.read_buffer_size))
+        .write_buffer_size(size(w.write_buffer_size))
+        .max_write_buffer_size(node.config.client.queue_max_size + size(w.write_buffer_size) * 2)
+        .max_message_size(w.message_size_limit)
+        .max_frame_size(w.message_size_limit)
+        .on_upgrade(move |socket| run(node, socket))
+}
+
+async fn run(node: Arc<Node>, socket: WebSocket) {
+    Counters::incr(&node.counters.connections_accepted);
+    let tracker = node.tracker.clone();
+    let _guard = tracker.token();
+    let mut session = Session::new(node.clone());
+    let disconnect = serve(&node, &mut session, socket).await;
+    if let Some(d) = &disconnect {
+        tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");
+    }
+    session.close().await;
+}
+
+/// Runs the connection until it ends; returns why the server ended it.
+async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Option<Disconnect> {
+    let outbox = session.outbox().clone();
+    let write_timeout = node.config.websocket.write_timeout.0;
+    let mut items = Vec::new();
+    let sleep = tokio::time::sleep_until(far_future());
+    tokio::pin!(sleep);
+    let result: Result<(), Disconnect> = loop {
+        let deadline = session.next_deadline().unwrap_or_else(far_future);
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            biased;
+            _ = node.shutdown.cancelled() => break Err(Disconnect::shutdown()),
+            _ = outbox.ready() => {
+                if let Err(d) = flush(session, &mut socket, &mut items, write_timeout, node).await {
+                    break Err(d);
+                }
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if let Err(d) = session.handle_frame(text.as_bytes()).await { break Err(d) }
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    if let Err(d) = session.handle_frame(&data).await { break Err(d) }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return None,
+                Some(Err(e)) => {
+                    if is_too_big(&e) {
+                        break Err(Disconnect::message_too_big());
+                    }
+                    tracing::debug!(client = %session.client_id(), error = %e, "read error");
+                    return None;
+                }
+            },
+            _ = &mut sleep => {
+                if let Err(d) = session.on_deadline().await { break Err(d) }
+            }
+        }
+    };
+    let d = result.err()?;
+    // Deliver what is already queued (such as an error reply), then close.
+    if d.code != Disconnect::slow().code {
+        let _ = flush(session, &mut socket, &mut items, write_timeout, node).await;
+    }
+    let frame = CloseFrame { code: d.code, reason: Utf8Bytes::from(d.reason.as_str()) };
+    let _ = tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
+    Some(d)
+}
+
+/// Writes everything queued as one text message (frames joined by newlines)
+/// and acts on queued control requests in order.
+async fn flush(
+    session: &mut Session,
+    socket: &mut WebSocket,
+    items: &mut Vec<Item>,
+    write_timeout: std::time::Duration,
+    node: &Node,
+) -> Result<(), Disconnect> {
+    loop {
+        items.clear();
+        if session.outbox().drain(items) {
+            Counters::incr(&node.counters.slow_disconnects);
+            tracing::info!(client = %session.client_id(), "client too slow, disconnecting");
+            return Err(Disconnect::slow());
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut batch: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        for item in items.drain(..) {
+            match item {
+                Item::Frame(frame) => match batch.take() {
+                    None if joined.is_empty() => batch = Some(frame),
+                    first => {
+                        if let Some(first) = first {
+                            joined.extend_from_slice(&first);
+                        }
+                        joined.extend_from_slice(b"\n");
+                        joined.extend_from_slice(&frame);
+                    }
+                },
+                Item::Control(c) => {
+                    send(socket, take_batch(&mut batch, &mut joined), write_timeout).await?;
+                    session.handle_control(c).await?;
+                }
+            }
+        }
+        send(socket, take_batch(&mut batch, &mut joined), write_timeout).await?;
+    }
+}
+
+fn take_batch(batch: &mut Option<Bytes>, joined: &mut BytesMut) -> Option<Bytes> {
+    batch.take().or_else(|| (!joined.is_empty()).then(|| joined.split().freeze()))
+}
+
+async fn send(socket: &mut WebSocket, payload: Option<Bytes>, timeout: std::time::Duration) -> Result<(), Disconnect> {
+    let Some(payload) = payload else { return Ok(()) };
+    let text = Utf8Bytes::try_from(payload).map_err(|_| Disconnect::internal())?;
+    match tokio::time::timeout(timeout, socket.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Disconnect::write_error()),
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Message too long") || text.contains("Message length too long") || text.contains("too long")
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
