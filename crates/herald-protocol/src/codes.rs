@@ -14,9 +14,17 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     const fn new(code: u32, message: &'static str) -> Self {
-        Self { code, message, temporary: false }
+        Self {
+            code,
+            message,
+            temporary: false,
+        }
     }
-    pub const INTERNAL: Self = Self { code: 100, message: "internal server error", temporary: true };
+    pub const INTERNAL: Self = Self {
+        code: 100,
+        message: "internal server error",
+        temporary: true,
+    };
     pub const UNAUTHORIZED: Self = Self::new(101, "unauthorized");
     pub const UNKNOWN_CHANNEL: Self = Self::new(102, "unknown channel");
     pub const PERMISSION_DENIED: Self = Self::new(103, "permission denied");
@@ -27,7 +35,11 @@ impl ProtocolError {
     pub const NOT_AVAILABLE: Self = Self::new(108, "not available");
     pub const TOKEN_EXPIRED: Self = Self::new(109, "token expired");
     pub const EXPIRED: Self = Self::new(110, "expired");
-    pub const TOO_MANY_REQUESTS: Self = Self { code: 111, message: "too many requests", temporary: true };
+    pub const TOO_MANY_REQUESTS: Self = Self {
+        code: 111,
+        message: "too many requests",
+        temporary: true,
+    };
     pub const UNRECOVERABLE_POSITION: Self = Self::new(112, "unrecoverable position");
 }
 
@@ -49,29 +61,66 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+        Self {
+            code,
+            reason: reason.into(),
+        }
     }
     /// Whether the SDK reconnects after this disconnect.
     pub fn reconnect(&self) -> bool {
         !(3500..=3999).contains(&self.code) && !(4500..=4999).contains(&self.code)
     }
-    pub fn connection_closed() -> Self { Self::new(3000, "connection closed") }
-    pub fn shutdown() -> Self { Self::new(3001, "shutdown") }
-    pub fn internal() -> Self { Self::new(3004, "internal server error") }
-    pub fn expired() -> Self { Self::new(3005, "connection expired") }
-    pub fn sub_expired() -> Self { Self::new(3006, "subscription expired") }
-    pub fn slow() -> Self { Self::new(3008, "slow") }
-    pub fn write_error() -> Self { Self::new(3009, "write error") }
-    pub fn force_reconnect() -> Self { Self::new(3011, "force reconnect") }
-    pub fn no_pong() -> Self { Self::new(3012, "no pong") }
-    pub fn invalid_token() -> Self { Self::new(3500, "invalid token") }
-    pub fn bad_request() -> Self { Self::new(3501, "bad request") }
-    pub fn stale() -> Self { Self::new(3502, "stale") }
-    pub fn force_disconnect() -> Self { Self::new(3503, "force disconnect") }
-    pub fn connection_limit() -> Self { Self::new(3504, "connection limit") }
-    pub fn channel_limit() -> Self { Self::new(3505, "channel limit") }
-    pub fn permission_denied() -> Self { Self::new(3507, "permission denied") }
-    pub fn message_too_big() -> Self { Self::new(1009, "message too big") }
+    pub fn connection_closed() -> Self {
+        Self::new(3000, "connection closed")
+    }
+    pub fn shutdown() -> Self {
+        Self::new(3001, "shutdown")
+    }
+    pub fn internal() -> Self {
+        Self::new(3004, "internal server error")
+    }
+    pub fn expired() -> Self {
+        Self::new(3005, "connection expired")
+    }
+    pub fn sub_expired() -> Self {
+        Self::new(3006, "subscription expired")
+    }
+    pub fn slow() -> Self {
+        Self::new(3008, "slow")
+    }
+    pub fn write_error() -> Self {
+        Self::new(3009, "write error")
+    }
+    pub fn force_reconnect() -> Self {
+        Self::new(3011, "force reconnect")
+    }
+    pub fn no_pong() -> Self {
+        Self::new(3012, "no pong")
+    }
+    pub fn invalid_token() -> Self {
+        Self::new(3500, "invalid token")
+    }
+    pub fn bad_request() -> Self {
+        Self::new(3501, "bad request")
+    }
+    pub fn stale() -> Self {
+        Self::new(3502, "stale")
+    }
+    pub fn force_disconnect() -> Self {
+        Self::new(3503, "force disconnect")
+    }
+    pub fn connection_limit() -> Self {
+        Self::new(3504, "connection limit")
+    }
+    pub fn channel_limit() -> Self {
+        Self::new(3505, "channel limit")
+    }
+    pub fn permission_denied() -> Self {
+        Self::new(3507, "permission denied")
+    }
+    pub fn message_too_big() -> Self {
+        Self::new(1009, "message too big")
+    }
 }
 
 /// Codes of the `unsubscribe` push: at or above 2500 the SDK resubscribes.

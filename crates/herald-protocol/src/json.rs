@@ -225,7 +225,10 @@ pub fn encode_reply(id: u32, body: &ReplyBody) -> Vec<u8> {
             p.close();
             w.close();
         }
-        ReplyBody::PresenceStats { num_clients, num_users } => {
+        ReplyBody::PresenceStats {
+            num_clients,
+            num_users,
+        } => {
             let mut w = root.nested("presence_stats");
             w.uint("num_clients", (*num_clients).into());
             w.uint("num_users", (*num_users).into());
@@ -278,12 +281,20 @@ pub fn encode_push(push: &Push) -> Vec<u8> {
     match push {
         Push::Join { channel, info } | Push::Leave { channel, info } => {
             w.str("channel", channel);
-            let key = if matches!(push, Push::Join { .. }) { "join" } else { "leave" };
+            let key = if matches!(push, Push::Join { .. }) {
+                "join"
+            } else {
+                "leave"
+            };
             let mut j = w.nested(key);
             write_info(&mut j, "info", info);
             j.close();
         }
-        Push::Unsubscribe { channel, code, reason } => {
+        Push::Unsubscribe {
+            channel,
+            code,
+            reason,
+        } => {
             w.str("channel", channel);
             let mut u = w.nested("unsubscribe");
             u.uint("code", (*code).into());
@@ -305,7 +316,11 @@ pub fn encode_push(push: &Push) -> Vec<u8> {
             s.raw("data", result.data.as_deref());
             s.close();
         }
-        Push::Disconnect { code, reason, reconnect } => {
+        Push::Disconnect {
+            code,
+            reason,
+            reconnect,
+        } => {
             let mut d = w.nested("disconnect");
             d.uint("code", (*code).into());
             d.str("reason", reason);

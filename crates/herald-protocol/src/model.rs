@@ -31,7 +31,14 @@ pub struct Publication {
 
 impl Publication {
     pub fn new(channel: Arc<str>, data: Bytes, info: Option<Arc<ClientInfo>>) -> Self {
-        Self { channel, data, info, offset: 0, tags: BTreeMap::new(), json_push: OnceLock::new() }
+        Self {
+            channel,
+            data,
+            info,
+            offset: 0,
+            tags: BTreeMap::new(),
+            json_push: OnceLock::new(),
+        }
     }
 
     pub fn with_offset(mut self, offset: u64) -> Self {
@@ -47,6 +54,7 @@ impl Publication {
     /// The publication as a complete JSON push frame, encoded on first use and
     /// shared by every subscriber afterwards.
     pub fn json_push(&self) -> &Bytes {
-        self.json_push.get_or_init(|| crate::json::encode_publication_push(self))
+        self.json_push
+            .get_or_init(|| crate::json::encode_publication_push(self))
     }
 }

@@ -78,11 +78,33 @@ pub struct SubRefreshResult {
 /// Asynchronous messages from the server that are not replies to a command.
 #[derive(Debug)]
 pub enum Push {
-    Join { channel: String, info: Arc<ClientInfo> },
-    Leave { channel: String, info: Arc<ClientInfo> },
-    Unsubscribe { channel: String, code: u32, reason: String },
-    Message { data: Bytes },
-    Subscribe { channel: String, result: SubscribeResult },
-    Disconnect { code: u16, reason: String, reconnect: bool },
-    Refresh { expires: bool, ttl: u32 },
+    Join {
+        channel: String,
+        info: Arc<ClientInfo>,
+    },
+    Leave {
+        channel: String,
+        info: Arc<ClientInfo>,
+    },
+    Unsubscribe {
+        channel: String,
+        code: u32,
+        reason: String,
+    },
+    Message {
+        data: Bytes,
+    },
+    Subscribe {
+        channel: String,
+        result: SubscribeResult,
+    },
+    Disconnect {
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
+    Refresh {
+        expires: bool,
+        ttl: u32,
+    },
 }

@@ -30,13 +30,19 @@ pub enum ApiError {
 
 impl From<ProtocolError> for ApiError {
     fn from(e: ProtocolError) -> Self {
-        ApiError::Reply { code: e.code, message: e.message.to_string() }
+        ApiError::Reply {
+            code: e.code,
+            message: e.message.to_string(),
+        }
     }
 }
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::Reply { code: ProtocolError::BAD_REQUEST.code, message: message.into() }
+        ApiError::Reply {
+            code: ProtocolError::BAD_REQUEST.code,
+            message: message.into(),
+        }
     }
     pub(crate) fn to_json(&self) -> Value {
         let (code, message) = match self {
@@ -64,13 +70,24 @@ fn authorised(node: &Node, headers: &HeaderMap) -> bool {
         .is_some_and(|(scheme, value)| scheme.eq_ignore_ascii_case("apikey") && value.trim() == key)
 }
 
-pub async fn handle(State(node): State<Arc<Node>>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     Counters::incr(&node.counters.api_requests);
     if !authorised(&node, &headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
     }
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &body };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
     match call(&node, &method, body).await {
+        // A batch reply is the list of replies itself, not wrapped in `result`.
+        Ok(result) if method == "batch" => axum::Json(result).into_response(),
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),
         Err(ApiError::Status(status, message)) => (status, message).into_response(),
         Err(e) => axum::Json(json!({ "error": e.to_json() })).into_response(),

@@ -38,7 +38,10 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys are secrets: never print them.
-        f.debug_struct("Verifier").field("audience", &self.audience).field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,20 +83,33 @@ struct RawClaims {
 impl Verifier {
     /// Builds a verifier; `section` names the config section in errors.
     pub fn from_config(c: &TokenConfig, section: &str) -> Result<Self, ConfigError> {
-        let hmac = (!c.hmac_secret_key.is_empty()).then(|| DecodingKey::from_secret(c.hmac_secret_key.as_bytes()));
+        let hmac = (!c.hmac_secret_key.is_empty())
+            .then(|| DecodingKey::from_secret(c.hmac_secret_key.as_bytes()));
         let rsa = if c.rsa_public_key.is_empty() {
             None
         } else {
-            Some(DecodingKey::from_rsa_pem(pem_text(&c.rsa_public_key).as_bytes()).map_err(|e| {
-                ConfigError::invalid(format!("{section}.rsa_public_key"), format!("not an RSA public key in PEM: {e}"))
-            })?)
+            Some(
+                DecodingKey::from_rsa_pem(pem_text(&c.rsa_public_key).as_bytes()).map_err(|e| {
+                    ConfigError::invalid(
+                        format!("{section}.rsa_public_key"),
+                        format!("not an RSA public key in PEM: {e}"),
+                    )
+                })?,
+            )
         };
         let ecdsa = if c.ecdsa_public_key.is_empty() {
             None
         } else {
-            Some(DecodingKey::from_ec_pem(pem_text(&c.ecdsa_public_key).as_bytes()).map_err(|e| {
-                ConfigError::invalid(format!("{section}.ecdsa_public_key"), format!("not an ECDSA public key in PEM: {e}"))
-            })?)
+            Some(
+                DecodingKey::from_ec_pem(pem_text(&c.ecdsa_public_key).as_bytes()).map_err(
+                    |e| {
+                        ConfigError::invalid(
+                            format!("{section}.ecdsa_public_key"),
+                            format!("not an ECDSA public key in PEM: {e}"),
+                        )
+                    },
+                )?,
+            )
         };
         Ok(Self {
             hmac,
@@ -106,14 +122,22 @@ impl Verifier {
     }
 
     fn decode(&self, token: &str, now: i64) -> Result<(String, RawClaims), TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let key = match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-                self.rsa.as_ref()
-            }
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => self.rsa.as_ref(),
             Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
-            other => return Err(TokenError::Invalid(format!("algorithm {other:?} is not accepted"))),
+            other => {
+                return Err(TokenError::Invalid(format!(
+                    "algorithm {other:?} is not accepted"
+                )))
+            }
         }
         .ok_or_else(|| TokenError::Invalid(format!("no key configured for {:?}", header.alg)))?;
         let mut v = Validation::new(header.alg);
@@ -131,7 +155,8 @@ impl Verifier {
             v.set_issuer(&[&self.issuer]);
             v.required_spec_claims.insert("iss".into());
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
         let map = data.claims;
         let user = if self.user_id_claim.is_empty() {
             map.get("sub")
@@ -143,7 +168,8 @@ impl Verifier {
             other => other.to_string(),
         })
         .unwrap_or_default();
-        let raw: RawClaims = serde_json::from_value(Value::Object(map)).map_err(|e| TokenError::Invalid(format!("bad claims: {e}")))?;
+        let raw: RawClaims = serde_json::from_value(Value::Object(map))
+            .map_err(|e| TokenError::Invalid(format!("bad claims: {e}")))?;
         if let Some(exp) = raw.exp {
             if exp > 0 && exp <= now {
                 return Err(TokenError::Expired);
@@ -165,10 +191,16 @@ impl Verifier {
         })
     }
 
-    pub fn verify_subscription(&self, token: &str, now: i64) -> Result<SubscriptionClaims, TokenError> {
+    pub fn verify_subscription(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<SubscriptionClaims, TokenError> {
         let (user, raw) = self.decode(token, now)?;
         if raw.channel.is_empty() {
-            return Err(TokenError::Invalid("subscription token has no channel claim".into()));
+            return Err(TokenError::Invalid(
+                "subscription token has no channel claim".into(),
+            ));
         }
         Ok(SubscriptionClaims {
             user,
@@ -224,7 +256,11 @@ fn pem_text(value: &str) -> String {
 
 /// Signs an HS256 token with `secret` (used by `herald gentoken` and tests).
 pub fn sign_hs256(claims: &Value, secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 /// Seconds since the Unix epoch.

@@ -38,9 +38,18 @@ pub struct Asker<'a> {
 
 impl ChannelRules {
     pub fn new(cfg: &ChannelConfig, insecure: bool) -> Self {
-        let compile = |o: &ChannelOptions| (!o.channel_regex.is_empty()).then(|| Regex::new(&o.channel_regex).ok()).flatten();
+        let compile = |o: &ChannelOptions| {
+            (!o.channel_regex.is_empty())
+                .then(|| Regex::new(&o.channel_regex).ok())
+                .flatten()
+        };
         Self {
-            namespaces: cfg.namespaces.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect(),
+            namespaces: cfg
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.clone(), i))
+                .collect(),
             regexes: cfg.namespaces.iter().map(|n| compile(&n.options)).collect(),
             without_regex: compile(&cfg.without_namespace),
             cfg: cfg.clone(),
@@ -58,14 +67,30 @@ impl ChannelRules {
         if channel.is_empty() || channel.len() > self.cfg.max_length {
             return Err(ProtocolError::BAD_REQUEST);
         }
-        let private = channel.starts_with(self.cfg.private_prefix.as_str()) && !self.cfg.private_prefix.is_empty();
-        let name = if private { &channel[self.cfg.private_prefix.len()..] } else { channel };
+        let private = channel.starts_with(self.cfg.private_prefix.as_str())
+            && !self.cfg.private_prefix.is_empty();
+        let name = if private {
+            &channel[self.cfg.private_prefix.len()..]
+        } else {
+            channel
+        };
         let (options, regex, rest) = match name.split_once(self.cfg.namespace_boundary.as_str()) {
             Some((ns, rest)) => {
-                let i = *self.namespaces.get(ns).ok_or(ProtocolError::UNKNOWN_CHANNEL)?;
-                (&self.cfg.namespaces[i].options, self.regexes[i].as_ref(), rest)
+                let i = *self
+                    .namespaces
+                    .get(ns)
+                    .ok_or(ProtocolError::UNKNOWN_CHANNEL)?;
+                (
+                    &self.cfg.namespaces[i].options,
+                    self.regexes[i].as_ref(),
+                    rest,
+                )
             }
-            None => (&self.cfg.without_namespace, self.without_regex.as_ref(), name),
+            None => (
+                &self.cfg.without_namespace,
+                self.without_regex.as_ref(),
+                name,
+            ),
         };
         if let Some(re) = regex {
             if !re.is_match(rest) {
@@ -74,11 +99,20 @@ impl ChannelRules {
         }
         let allowed_users = if options.allow_user_limited_channels {
             rest.rsplit_once(self.cfg.user_boundary.as_str())
-                .map(|(_, users)| users.split(self.cfg.user_separator.as_str()).filter(|u| !u.is_empty()).collect())
+                .map(|(_, users)| {
+                    users
+                        .split(self.cfg.user_separator.as_str())
+                        .filter(|u| !u.is_empty())
+                        .collect()
+                })
         } else {
             None
         };
-        Ok(Resolved { options, private, allowed_users })
+        Ok(Resolved {
+            options,
+            private,
+            allowed_users,
+        })
     }
 
     /// May `who` subscribe without a subscription token?
@@ -119,10 +153,16 @@ mod tests {
     use crate::config::Namespace;
 
     fn rules() -> ChannelRules {
-        let mut cfg = ChannelConfig { max_length: 20, ..Default::default() };
+        let mut cfg = ChannelConfig {
+            max_length: 20,
+            ..Default::default()
+        };
         cfg.without_namespace.allow_subscribe_for_client = true;
         let ns = |name: &str, f: fn(&mut ChannelOptions)| {
-            let mut n = Namespace { name: name.into(), ..Default::default() };
+            let mut n = Namespace {
+                name: name.into(),
+                ..Default::default()
+            };
             f(&mut n.options);
             n
         };
@@ -147,7 +187,10 @@ mod tests {
     }
 
     fn user(u: &str) -> Asker<'_> {
-        Asker { user: u, subscribed: false }
+        Asker {
+            user: u,
+            subscribed: false,
+        }
     }
 
     #[test]
@@ -166,7 +209,10 @@ mod tests {
         let r = rules();
         let can = |ch: &str, u: &str| r.can_subscribe(&r.resolve(ch).unwrap(), &user(u));
         assert!(can("plain", "1"));
-        assert!(!can("plain", ""), "anonymous needs allow_subscribe_for_anonymous");
+        assert!(
+            !can("plain", ""),
+            "anonymous needs allow_subscribe_for_anonymous"
+        );
         assert!(can("chat:room", "1"));
         assert!(!can("$chat:room", "1"), "private channels need a token");
         assert!(can("dm:x#1,2", "2"));
@@ -180,7 +226,13 @@ mod tests {
         let r = rules();
         let res = r.resolve("chat:room").unwrap();
         assert!(!r.can_publish(&res, &user("1")));
-        assert!(r.can_publish(&res, &Asker { user: "1", subscribed: true }));
+        assert!(r.can_publish(
+            &res,
+            &Asker {
+                user: "1",
+                subscribed: true
+            }
+        ));
         assert!(!r.can_publish(&r.resolve("plain").unwrap(), &user("1")));
         assert!(r.can_publish(&r.resolve("anon:x").unwrap(), &user("")));
         let open = ChannelRules::new(&ChannelConfig::default(), true);

@@ -15,7 +15,11 @@ use crate::config::{self, Config, Overrides};
 use crate::server::Server;
 
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about = "Real-time messaging server (Centrifugo protocol v2 compatible)")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time messaging server (Centrifugo protocol v2 compatible)"
+)]
 pub struct Cli {
     /// Configuration file (JSON, YAML or TOML).
     #[arg(short = 'c', long = "config", global = true, env = "HERALD_CONFIG")]
@@ -106,7 +110,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let verifier = Verifier::from_config(&config.client.token, "client.token")?;
             match verifier.verify_connection(&token, now_unix()) {
                 Ok(c) => {
-                    let exp = c.expires_at.map(|t| format!("expires in {}s", t - now_unix())).unwrap_or("never expires".into());
+                    let exp = c
+                        .expires_at
+                        .map(|t| format!("expires in {}s", t - now_unix()))
+                        .unwrap_or("never expires".into());
                     println!("valid token for user {:?}, {exp}", c.user);
                     Ok(ExitCode::SUCCESS)
                 }
@@ -129,8 +136,15 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Loads the configuration, printing warnings to stderr unless `quiet`
 /// (the server logs them instead).
 fn load(path: Option<&Path>, args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
-    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")).collect();
-    let overrides = Overrides { port: args.port, address: args.address.clone(), data_dir: args.data_dir.clone(), dev: args.dev };
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .collect();
+    let overrides = Overrides {
+        port: args.port,
+        address: args.address.clone(),
+        data_dir: args.data_dir.clone(),
+        dev: args.dev,
+    };
     let loaded = config::load(path, &env, &overrides)?;
     for w in &loaded.warnings {
         if quiet {
@@ -144,8 +158,15 @@ fn load(path: Option<&Path>, args: &ServeArgs, quiet: bool) -> anyhow::Result<Co
 
 fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Parse before logging is set up, so log settings come from the config.
-    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")).collect();
-    let overrides = Overrides { port: args.port, address: args.address.clone(), data_dir: args.data_dir.clone(), dev: args.dev };
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .collect();
+    let overrides = Overrides {
+        port: args.port,
+        address: args.address.clone(),
+        data_dir: args.data_dir.clone(),
+        dev: args.dev,
+    };
     let loaded = config::load(path, &env, &overrides)?;
     init_logging(&loaded.config);
     for w in &loaded.warnings {
@@ -155,7 +176,10 @@ fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     if config.dev {
         tracing::warn!("development mode: anonymous clients may subscribe and publish everywhere; never use in production");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
         let token = server.shutdown_token();
@@ -173,7 +197,8 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -185,9 +210,15 @@ async fn wait_for_signal() {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let level = if config.log.level == "none" { "off" } else { config.log.level.as_str() };
+    let level = if config.log.level == "none" {
+        "off"
+    } else {
+        config.log.level.as_str()
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -196,7 +227,11 @@ fn init_logging(config: &Config) {
 }
 
 fn secret() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 fn genconfig(output: &Path, force: bool) -> anyhow::Result<ExitCode> {

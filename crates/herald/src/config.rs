@@ -44,7 +44,10 @@ pub struct HttpServer {
 
 impl Default for HttpServer {
     fn default() -> Self {
-        Self { address: String::new(), port: 8000 }
+        Self {
+            address: String::new(),
+            port: 8000,
+        }
     }
 }
 
@@ -59,7 +62,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -220,7 +226,10 @@ pub struct Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Self { enabled: true, handler_prefix: "/health".into() }
+        Self {
+            enabled: true,
+            handler_prefix: "/health".into(),
+        }
     }
 }
 
@@ -234,7 +243,9 @@ pub struct Engine {
 
 impl Default for Engine {
     fn default() -> Self {
-        Self { kind: "memory".into() }
+        Self {
+            kind: "memory".into(),
+        }
     }
 }
 
@@ -254,6 +265,8 @@ pub struct Shutdown {
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Self { timeout: Dur::secs(30) }
+        Self {
+            timeout: Dur::secs(30),
+        }
     }
 }

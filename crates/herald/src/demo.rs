@@ -14,9 +14,17 @@ const CLIENT: &str = include_str!("../static/herald-client.js");
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
-        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX) }))
+        .route(
+            "/",
+            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX) }),
+        )
         .route(
             "/herald-client.js",
-            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CLIENT) }),
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    CLIENT,
+                )
+            }),
         )
 }

@@ -21,11 +21,24 @@ const SHARDS: usize = 64;
 pub enum Control {
     Disconnect(Disconnect),
     /// End a subscription with the given unsubscribe code and reason.
-    Unsubscribe { channel: String, code: u32, reason: String },
+    Unsubscribe {
+        channel: String,
+        code: u32,
+        reason: String,
+    },
     /// Subscribe the connection server-side.
-    Subscribe { channel: String, info: Option<Bytes>, data: Option<Bytes>, expire_at: Option<i64> },
+    Subscribe {
+        channel: String,
+        info: Option<Bytes>,
+        data: Option<Bytes>,
+        expire_at: Option<i64>,
+    },
     /// Replace the connection's expiry (`None`: never) or mark it expired.
-    Refresh { expired: bool, expire_at: Option<i64>, info: Option<Bytes> },
+    Refresh {
+        expired: bool,
+        expire_at: Option<i64>,
+        info: Option<Bytes>,
+    },
     /// An asynchronous message to the client.
     Message(Bytes),
 }
@@ -97,7 +110,12 @@ impl Hub {
 
     /// Registers a connection, enforcing the node and per-user limits
     /// (zero means unlimited).
-    pub fn add_client(&self, client: ClientRef, node_limit: usize, user_limit: usize) -> Result<(), Refused> {
+    pub fn add_client(
+        &self,
+        client: ClientRef,
+        node_limit: usize,
+        user_limit: usize,
+    ) -> Result<(), Refused> {
         let n = self.num_clients.fetch_add(1, Ordering::AcqRel);
         if node_limit > 0 && n >= node_limit {
             self.num_clients.fetch_sub(1, Ordering::AcqRel);
@@ -120,7 +138,13 @@ impl Hub {
     }
 
     pub fn remove_client(&self, client: &dyn Client) {
-        if self.clients.shard(client.client_id()).write().remove(client.client_id()).is_none() {
+        if self
+            .clients
+            .shard(client.client_id())
+            .write()
+            .remove(client.client_id())
+            .is_none()
+        {
             return;
         }
         self.num_clients.fetch_sub(1, Ordering::AcqRel);
@@ -149,7 +173,9 @@ impl Hub {
     /// Removes a subscriber; true when the channel has none left on this node.
     pub fn unsubscribe(&self, channel: &str, key: u64) -> bool {
         let mut shard = self.channels.shard(channel).write();
-        let Some(subs) = shard.get_mut(channel) else { return false };
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
         if subs.remove(&key).is_some() {
             self.num_subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
@@ -164,7 +190,9 @@ impl Hub {
     /// how many there were.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.shard(&*publication.channel).read();
-        let Some(subs) = shard.get(&*publication.channel) else { return 0 };
+        let Some(subs) = shard.get(&*publication.channel) else {
+            return 0;
+        };
         for client in subs.values() {
             client.deliver(publication);
         }
@@ -176,14 +204,24 @@ impl Hub {
     }
 
     pub fn user_clients(&self, user: &str) -> Vec<ClientRef> {
-        self.users.shard(user).read().get(user).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.users
+            .shard(user)
+            .read()
+            .get(user)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Channels with local subscribers and their subscriber counts.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for shard in self.channels.shards.iter() {
-            out.extend(shard.read().iter().map(|(ch, subs)| (ch.to_string(), subs.len())));
+            out.extend(
+                shard
+                    .read()
+                    .iter()
+                    .map(|(ch, subs)| (ch.to_string(), subs.len())),
+            );
         }
         out
     }
@@ -206,7 +244,11 @@ impl Hub {
 
     /// Every connected client, for shutdown.
     pub fn all_clients(&self) -> Vec<ClientRef> {
-        self.clients.shards.iter().flat_map(|s| s.read().values().cloned().collect::<Vec<_>>()).collect()
+        self.clients
+            .shards
+            .iter()
+            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 }
 

@@ -60,7 +60,10 @@ impl Node {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
         let connection_tokens = Verifier::from_config(&config.client.token, "client.token")?;
         let subscription_tokens = if config.client.subscription_token.enabled {
-            Verifier::from_config(&config.client.subscription_token.token, "client.subscription_token")?
+            Verifier::from_config(
+                &config.client.subscription_token.token,
+                "client.subscription_token",
+            )?
         } else {
             connection_tokens.clone()
         };
@@ -101,7 +104,8 @@ impl Node {
         info: Option<Arc<ClientInfo>>,
         tags: BTreeMap<String, String>,
     ) -> Result<(), ProtocolError> {
-        let publication = Arc::new(Publication::new(Arc::from(channel), data, info).with_tags(tags));
+        let publication =
+            Arc::new(Publication::new(Arc::from(channel), data, info).with_tags(tags));
         self.broker.publish(publication).await.map_err(|e| {
             tracing::warn!(channel, error = %e, "publish failed");
             ProtocolError::INTERNAL

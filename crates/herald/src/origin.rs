@@ -23,12 +23,17 @@ impl OriginPolicy {
     }
 
     pub fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else { return true };
+        let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
+            return true;
+        };
         if self.any {
             return true;
         }
         if self.patterns.is_empty() {
-            let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let host = headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
             return !host.is_empty() && origin_host.eq_ignore_ascii_case(host);
         }
@@ -57,7 +62,10 @@ mod tests {
         assert!(!none.allows(&headers(Some("http://evil"), "a:8000")));
         let any = OriginPolicy::new(&["*".into()]);
         assert!(any.allows(&headers(Some("http://evil"), "a")));
-        let some = OriginPolicy::new(&["https://*.example.com".into(), "http://localhost:3000".into()]);
+        let some = OriginPolicy::new(&[
+            "https://*.example.com".into(),
+            "http://localhost:3000".into(),
+        ]);
         assert!(some.allows(&headers(Some("https://app.example.com"), "x")));
         assert!(some.allows(&headers(Some("HTTP://LOCALHOST:3000"), "x")));
         assert!(!some.allows(&headers(Some("https://example.com.evil.org"), "x")));

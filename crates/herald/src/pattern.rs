@@ -6,7 +6,11 @@ use regex::Regex;
 /// Compiles a glob; `case_insensitive` for origins.
 pub fn glob(pattern: &str, case_insensitive: bool) -> Option<Regex> {
     let flags = if case_insensitive { "(?i)" } else { "" };
-    Regex::new(&format!("^{flags}{}$", regex::escape(pattern).replace(r"\*", ".*"))).ok()
+    Regex::new(&format!(
+        "^{flags}{}$",
+        regex::escape(pattern).replace(r"\*", ".*")
+    ))
+    .ok()
 }
 
 #[cfg(test)]

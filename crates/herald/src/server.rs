@@ -28,7 +28,10 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -36,15 +39,23 @@ pub enum ServeError {
 impl Server {
     /// Builds the node and binds the listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        let host = if config.http_server.address.is_empty() { "0.0.0.0" } else { config.http_server.address.as_str() };
+        let host = if config.http_server.address.is_empty() {
+            "0.0.0.0"
+        } else {
+            config.http_server.address.as_str()
+        };
         let addr = format!("{host}:{}", config.http_server.port);
-        let listener = TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
         let node = Node::new(config)?;
         Ok(Self { node, listener })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -63,12 +74,23 @@ impl Server {
         tracing::info!(%addr, node = %node.name, version = Node::version(), "listening");
         let router = router(node.clone());
         let stop = node.shutdown.clone();
-        axum::serve(self.listener, router).with_graceful_shutdown(stop.cancelled_owned()).await?;
-        tracing::info!(connections = node.hub.num_clients(), "shutting down: closing connections");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await?;
+        tracing::info!(
+            connections = node.hub.num_clients(),
+            "shutting down: closing connections"
+        );
         node.tracker.close();
         let grace = node.config.shutdown.timeout.0;
-        if tokio::time::timeout(grace, node.tracker.wait()).await.is_err() {
-            tracing::warn!(remaining = node.tracker.len(), "shutdown grace period ended with connections open");
+        if tokio::time::timeout(grace, node.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = node.tracker.len(),
+                "shutdown grace period ended with connections open"
+            );
         }
         tracing::info!("stopped");
         Ok(())
@@ -79,14 +101,26 @@ fn router(node: Arc<Node>) -> Router {
     let c = &node.config;
     let mut r = Router::new();
     if !c.websocket.disabled {
-        r = r.route(&c.websocket.handler_prefix, get(transport::websocket::upgrade));
+        r = r.route(
+            &c.websocket.handler_prefix,
+            get(transport::websocket::upgrade),
+        );
     }
     if !c.http_api.disabled {
-        let path = format!("{}/{{method}}", c.http_api.handler_prefix.trim_end_matches('/'));
-        r = r.route(&path, post(api::handle).layer(DefaultBodyLimit::max(c.http_api.max_request_body_size)));
+        let path = format!(
+            "{}/{{method}}",
+            c.http_api.handler_prefix.trim_end_matches('/')
+        );
+        r = r.route(
+            &path,
+            post(api::handle).layer(DefaultBodyLimit::max(c.http_api.max_request_body_size)),
+        );
     }
     if c.health.enabled {
-        r = r.route(&c.health.handler_prefix, get(|| async { axum::Json(serde_json::json!({})) }));
+        r = r.route(
+            &c.health.handler_prefix,
+            get(|| async { axum::Json(serde_json::json!({})) }),
+        );
     }
     r = r.route("/metrics", get(metrics));
     if c.dev {

@@ -111,8 +111,12 @@ impl Session {
     pub async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
         let commands = json::decode_commands(frame).map_err(|e| {
             match e {
-                DecodeError::NotUtf8 => tracing::info!(client = %self.client_id, "frame is not UTF-8"),
-                DecodeError::Malformed(e) => tracing::info!(client = %self.client_id, error = %e, "malformed command"),
+                DecodeError::NotUtf8 => {
+                    tracing::info!(client = %self.client_id, "frame is not UTF-8")
+                }
+                DecodeError::Malformed(e) => {
+                    tracing::info!(client = %self.client_id, error = %e, "malformed command")
+                }
             }
             Disconnect::bad_request()
         })?;
@@ -148,7 +152,10 @@ impl Session {
                 return self.connect(id, req).await;
             }
             Method::Subscribe(req) => return self.subscribe(id, req).await,
-            Method::Unsubscribe(req) => self.unsubscribe(&req.channel).await.map(|_| ReplyBody::Unsubscribe),
+            Method::Unsubscribe(req) => self
+                .unsubscribe(&req.channel)
+                .await
+                .map(|_| ReplyBody::Unsubscribe),
             Method::Publish(req) => self.publish(req).await,
             Method::Presence(req) | Method::PresenceStats(req) => self.not_available(&req.channel),
             Method::History(req) => self.not_available(&req.channel),
@@ -181,15 +188,33 @@ impl Session {
     pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
         match control {
             Control::Disconnect(d) => return Err(d),
-            Control::Unsubscribe { channel, code, reason } => {
+            Control::Unsubscribe {
+                channel,
+                code,
+                reason,
+            } => {
                 if self.unsubscribe(&channel).await.is_ok() {
-                    self.push(&Push::Unsubscribe { channel, code, reason });
+                    self.push(&Push::Unsubscribe {
+                        channel,
+                        code,
+                        reason,
+                    });
                 }
             }
-            Control::Subscribe { channel, info, data, expire_at } => {
-                self.server_subscribe_push(channel, info, data, expire_at).await;
+            Control::Subscribe {
+                channel,
+                info,
+                data,
+                expire_at,
+            } => {
+                self.server_subscribe_push(channel, info, data, expire_at)
+                    .await;
             }
-            Control::Refresh { expired, expire_at, info } => {
+            Control::Refresh {
+                expired,
+                expire_at,
+                info,
+            } => {
                 if expired {
                     return Err(Disconnect::expired());
                 }
@@ -201,7 +226,10 @@ impl Session {
                         conn.info = Arc::new(ci);
                     }
                     let ttl = ttl_from(expire_at);
-                    self.push(&Push::Refresh { expires: expire_at.is_some(), ttl });
+                    self.push(&Push::Refresh {
+                        expires: expire_at.is_some(),
+                        ttl,
+                    });
                 }
             }
             Control::Message(data) => self.push(&Push::Message { data }),
@@ -211,16 +239,27 @@ impl Session {
 
     /// The earliest moment a timer needs attention.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.conn.as_ref().and_then(|c| c.expires_at).map(|t| {
-            deadline_at(t, self.node.config.client.expired_close_delay.0)
-        });
+        let expiry = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.expires_at)
+            .map(|t| deadline_at(t, self.node.config.client.expired_close_delay.0));
         let sub_expiry = self
             .subs
             .values()
             .filter_map(|s| s.expires_at)
             .min()
             .map(|t| deadline_at(t, self.node.config.client.expired_sub_close_delay.0));
-        [self.connect_deadline, self.next_ping, self.pong_deadline, expiry, sub_expiry].into_iter().flatten().min()
+        [
+            self.connect_deadline,
+            self.next_ping,
+            self.pong_deadline,
+            expiry,
+            sub_expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the timers that are due.
@@ -242,7 +281,12 @@ impl Session {
             self.next_ping = Some(at + c.ping_interval.0);
         }
         let close_delay = self.node.config.client.expired_close_delay.0;
-        if self.conn.as_ref().and_then(|c| c.expires_at).is_some_and(|t| is_due(t, close_delay)) {
+        if self
+            .conn
+            .as_ref()
+            .and_then(|c| c.expires_at)
+            .is_some_and(|t| is_due(t, close_delay))
+        {
             return Err(Disconnect::expired());
         }
         let sub_delay = self.node.config.client.expired_sub_close_delay.0;
@@ -255,7 +299,11 @@ impl Session {
         for channel in expired {
             let (code, reason) = herald_protocol::codes::unsubscribe::EXPIRED;
             let _ = self.unsubscribe(&channel).await;
-            self.push(&Push::Unsubscribe { channel, code, reason: reason.into() });
+            self.push(&Push::Unsubscribe {
+                channel,
+                code,
+                reason: reason.into(),
+            });
         }
         Ok(())
     }
@@ -282,7 +330,9 @@ fn unix_millis() -> i64 {
 
 /// Time left until Unix second `unix` plus `delay` (zero when past).
 fn due_in(unix: i64, delay: Duration) -> Duration {
-    let target = unix.saturating_mul(1000).saturating_add(delay.as_millis() as i64);
+    let target = unix
+        .saturating_mul(1000)
+        .saturating_add(delay.as_millis() as i64);
     Duration::from_millis((target - unix_millis()).max(0) as u64)
 }
 
@@ -299,5 +349,7 @@ fn deadline_at(unix: i64, delay: Duration) -> Instant {
 
 /// Seconds left until `expires_at`, for `ttl` fields.
 fn ttl_from(expires_at: Option<i64>) -> u32 {
-    expires_at.map(|t| (t - now_unix()).clamp(0, u32::MAX as i64) as u32).unwrap_or(0)
+    expires_at
+        .map(|t| (t - now_unix()).clamp(0, u32::MAX as i64) as u32)
+        .unwrap_or(0)
 }

@@ -26,19 +26,35 @@ fn decodes_a_batch_and_ignores_unknown_fields() {
 #[test]
 fn empty_command_is_a_pong() {
     let cmds = decode_commands(b"{}").unwrap();
-    assert!(matches!(cmds.into_iter().next().unwrap().into_method(), (0, Method::Empty)));
+    assert!(matches!(
+        cmds.into_iter().next().unwrap().into_method(),
+        (0, Method::Empty)
+    ));
 }
 
 #[test]
 fn rejects_malformed_and_non_utf8() {
-    assert!(matches!(decode_commands(b"{\"id\":1,"), Err(DecodeError::Malformed(_))));
-    assert!(matches!(decode_commands(b"[1,2]"), Err(DecodeError::Malformed(_))));
-    assert!(matches!(decode_commands(&[0xff, 0xfe]), Err(DecodeError::NotUtf8)));
+    assert!(matches!(
+        decode_commands(b"{\"id\":1,"),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_commands(b"[1,2]"),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_commands(&[0xff, 0xfe]),
+        Err(DecodeError::NotUtf8)
+    ));
 }
 
 #[test]
 fn publication_push_embeds_raw_data_and_skips_zero_values() {
-    let p = Publication::new(Arc::from("chat:\"x\""), Bytes::from_static(b"{\"a\":[1,2]}"), None);
+    let p = Publication::new(
+        Arc::from("chat:\"x\""),
+        Bytes::from_static(b"{\"a\":[1,2]}"),
+        None,
+    );
     assert_eq!(
         p.json_push().as_ref(),
         br#"{"push":{"channel":"chat:\"x\"","pub":{"data":{"a":[1,2]}}}}"#
@@ -78,7 +94,9 @@ fn connect_reply_shape() {
 
 #[test]
 fn subscribe_reply_lists_publications() {
-    let p = Arc::new(Publication::new(Arc::from("c"), Bytes::from_static(b"{\"x\":1}"), None).with_offset(3));
+    let p = Arc::new(
+        Publication::new(Arc::from("c"), Bytes::from_static(b"{\"x\":1}"), None).with_offset(3),
+    );
     let r = SubscribeResult {
         recoverable: true,
         epoch: "e".into(),
@@ -89,22 +107,43 @@ fn subscribe_reply_lists_publications() {
         ..Default::default()
     };
     let v = parse(&encode_reply(9, &ReplyBody::Subscribe(r)));
-    assert_eq!(v["subscribe"]["publications"][1], serde_json::json!({"data":{"x":1},"offset":3}));
+    assert_eq!(
+        v["subscribe"]["publications"][1],
+        serde_json::json!({"data":{"x":1},"offset":3})
+    );
     assert_eq!(v["subscribe"]["recovered"], true);
 }
 
 #[test]
 fn error_and_pushes() {
     let v = parse(&encode_error(4, &ProtocolError::PERMISSION_DENIED));
-    assert_eq!(v, serde_json::json!({"id":4,"error":{"code":103,"message":"permission denied"}}));
+    assert_eq!(
+        v,
+        serde_json::json!({"id":4,"error":{"code":103,"message":"permission denied"}})
+    );
     let v = parse(&encode_error(4, &ProtocolError::INTERNAL));
     assert_eq!(v["error"]["temporary"], true);
-    let v = parse(&encode_push(&Push::Unsubscribe { channel: "c".into(), code: 2000, reason: "server unsubscribe".into() }));
-    assert_eq!(v, serde_json::json!({"push":{"channel":"c","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}}));
-    let v = parse(&encode_push(&Push::Message { data: Bytes::from_static(b"\"hi\"") }));
+    let v = parse(&encode_push(&Push::Unsubscribe {
+        channel: "c".into(),
+        code: 2000,
+        reason: "server unsubscribe".into(),
+    }));
+    assert_eq!(
+        v,
+        serde_json::json!({"push":{"channel":"c","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}})
+    );
+    let v = parse(&encode_push(&Push::Message {
+        data: Bytes::from_static(b"\"hi\""),
+    }));
     assert_eq!(v, serde_json::json!({"push":{"message":{"data":"hi"}}}));
-    let v = parse(&encode_push(&Push::Subscribe { channel: "s".into(), result: SubscribeResult::default() }));
-    assert_eq!(v, serde_json::json!({"push":{"channel":"s","subscribe":{}}}));
+    let v = parse(&encode_push(&Push::Subscribe {
+        channel: "s".into(),
+        result: SubscribeResult::default(),
+    }));
+    assert_eq!(
+        v,
+        serde_json::json!({"push":{"channel":"s","subscribe":{}}})
+    );
 }
 
 #[test]

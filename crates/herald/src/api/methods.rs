@@ -19,7 +19,8 @@ use crate::hub::{Client, Control};
 use crate::node::Node;
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Status(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::Status(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
 }
 
 /// Runs one method; `body` is its JSON parameters.
@@ -40,7 +41,10 @@ pub fn call<'a>(node: &'a Node, method: &'a str, body: &'a [u8]) -> BoxFuture<'a
                 node.rules.resolve(&req.channel)?;
                 Err(ProtocolError::NOT_AVAILABLE.into())
             }
-            _ => Err(ApiError::Status(StatusCode::NOT_FOUND, format!("unknown API method {method:?}"))),
+            _ => Err(ApiError::Status(
+                StatusCode::NOT_FOUND,
+                format!("unknown API method {method:?}"),
+            )),
         }
     })
 }
@@ -79,14 +83,21 @@ fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
             .decode(b64data)
             .map_err(|e| ApiError::bad_request(format!("b64data is not base64: {e}")))?;
         if !herald_protocol::json::is_valid_json(&raw) {
-            return Err(ApiError::bad_request("b64data must hold JSON for JSON clients"));
+            return Err(ApiError::bad_request(
+                "b64data must hold JSON for JSON clients",
+            ));
         }
         return Ok(Bytes::from(raw));
     }
     Err(ApiError::bad_request("data is required"))
 }
 
-async fn publish_one(node: &Node, channel: &str, data: Bytes, tags: BTreeMap<String, String>) -> ApiResult {
+async fn publish_one(
+    node: &Node,
+    channel: &str,
+    data: Bytes,
+    tags: BTreeMap<String, String>,
+) -> ApiResult {
     node.rules.resolve(channel)?;
     node.publish(channel, data, None, tags).await?;
     Ok(json!({}))
@@ -104,10 +115,12 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
     let data = payload(req.data.as_deref(), &req.b64data)?;
     let mut responses = Vec::with_capacity(req.channels.len());
     for channel in &req.channels {
-        responses.push(match publish_one(node, channel, data.clone(), req.tags.clone()).await {
-            Ok(result) => json!({ "result": result }),
-            Err(e) => json!({ "error": e.to_json() }),
-        });
+        responses.push(
+            match publish_one(node, channel, data.clone(), req.tags.clone()).await {
+                Ok(result) => json!({ "result": result }),
+                Err(e) => json!({ "error": e.to_json() }),
+            },
+        );
     }
     Ok(json!({ "responses": responses }))
 }
@@ -129,7 +142,12 @@ fn targets(node: &Node, t: &Target) -> Result<Vec<std::sync::Arc<dyn Client>>, A
     if t.user.is_empty() {
         return Ok(node.hub.client(&t.client).into_iter().collect());
     }
-    Ok(node.hub.user_clients(&t.user).into_iter().filter(|c| t.client.is_empty() || c.client_id() == t.client).collect())
+    Ok(node
+        .hub
+        .user_clients(&t.user)
+        .into_iter()
+        .filter(|c| t.client.is_empty() || c.client_id() == t.client)
+        .collect())
 }
 
 #[derive(Deserialize, Default)]
@@ -144,7 +162,8 @@ struct SubscribeRequest {
 }
 
 fn raw_bytes(v: Option<Box<RawValue>>) -> Option<Bytes> {
-    v.filter(|r| r.get() != "null").map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
+    v.filter(|r| r.get() != "null")
+        .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
 }
 
 fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
@@ -153,7 +172,12 @@ fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
     let data = raw_bytes(req.data);
     let expire_at = (req.expire_at > 0).then_some(req.expire_at);
     for c in targets(node, &req.target)? {
-        c.control(Control::Subscribe { channel: req.channel.clone(), info: info.clone(), data: data.clone(), expire_at });
+        c.control(Control::Subscribe {
+            channel: req.channel.clone(),
+            info: info.clone(),
+            data: data.clone(),
+            expire_at,
+        });
     }
     Ok(json!({}))
 }
@@ -170,7 +194,11 @@ fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> ApiResult {
     node.rules.resolve(&req.channel)?;
     let (code, reason) = herald_protocol::codes::unsubscribe::SERVER;
     for c in targets(node, &req.target)? {
-        c.control(Control::Unsubscribe { channel: req.channel.clone(), code, reason: reason.into() });
+        c.control(Control::Unsubscribe {
+            channel: req.channel.clone(),
+            code,
+            reason: reason.into(),
+        });
     }
     Ok(json!({}))
 }
@@ -194,7 +222,9 @@ struct DisconnectRequest {
 fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
     let d = match req.disconnect {
         Some(d) if !(3000..=4999).contains(&d.code) => {
-            return Err(ApiError::bad_request("disconnect code must be within 3000..=4999"))
+            return Err(ApiError::bad_request(
+                "disconnect code must be within 3000..=4999",
+            ))
         }
         Some(d) => Disconnect::new(d.code, d.reason),
         None => Disconnect::force_disconnect(),
@@ -224,7 +254,11 @@ fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
     let info = raw_bytes(req.info);
     let expire_at = (req.expire_at > 0).then_some(req.expire_at);
     for c in targets(node, &req.target)? {
-        c.control(Control::Refresh { expired: req.expired, expire_at, info: info.clone() });
+        c.control(Control::Refresh {
+            expired: req.expired,
+            expire_at,
+            info: info.clone(),
+        });
     }
     Ok(json!({}))
 }
@@ -236,7 +270,11 @@ struct ChannelsRequest {
 }
 
 fn channels(node: &Node, req: ChannelsRequest) -> ApiResult {
-    let filter = if req.pattern.is_empty() { None } else { crate::pattern::glob(&req.pattern, false) };
+    let filter = if req.pattern.is_empty() {
+        None
+    } else {
+        crate::pattern::glob(&req.pattern, false)
+    };
     let mut out = Map::new();
     for (name, n) in node.hub.channels() {
         if filter.as_ref().is_none_or(|re| re.is_match(&name)) {
@@ -273,7 +311,9 @@ async fn batch(node: &Node, req: BatchRequest) -> ApiResult {
             continue;
         };
         if method == "batch" {
-            replies.push(json!({ "error": ApiError::bad_request("batch cannot be nested").to_json() }));
+            replies.push(
+                json!({ "error": ApiError::bad_request("batch cannot be nested").to_json() }),
+            );
             continue;
         }
         replies.push(match call(node, method, params.get().as_bytes()).await {

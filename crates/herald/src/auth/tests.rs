@@ -6,7 +6,10 @@ const SECRET: &str = "test-secret";
 const NOW: i64 = 1_800_000_000;
 
 fn verifier(f: impl FnOnce(&mut TokenConfig)) -> Verifier {
-    let mut c = TokenConfig { hmac_secret_key: SECRET.into(), ..Default::default() };
+    let mut c = TokenConfig {
+        hmac_secret_key: SECRET.into(),
+        ..Default::default()
+    };
     f(&mut c);
     Verifier::from_config(&c, "client.token").unwrap()
 }
@@ -17,7 +20,9 @@ fn sign(claims: Value) -> String {
 
 #[test]
 fn valid_connection_token() {
-    let t = sign(json!({"sub":"42","exp":NOW+60,"info":{"name":"Ann"},"channels":["news"],"subs":{"alerts":{}}}));
+    let t = sign(
+        json!({"sub":"42","exp":NOW+60,"info":{"name":"Ann"},"channels":["news"],"subs":{"alerts":{}}}),
+    );
     let c = verifier(|_| {}).verify_connection(&t, NOW).unwrap();
     assert_eq!(c.user, "42");
     assert_eq!(c.expires_at, Some(NOW + 60));
@@ -27,33 +32,67 @@ fn valid_connection_token() {
 
 #[test]
 fn token_without_exp_never_expires() {
-    let c = verifier(|_| {}).verify_connection(&sign(json!({"sub":"1"})), NOW).unwrap();
+    let c = verifier(|_| {})
+        .verify_connection(&sign(json!({"sub":"1"})), NOW)
+        .unwrap();
     assert_eq!(c.expires_at, None);
 }
 
 #[test]
 fn expire_at_overrides_exp() {
     let v = verifier(|_| {});
-    let c = v.verify_connection(&sign(json!({"sub":"1","exp":NOW+10,"expire_at":0})), NOW).unwrap();
+    let c = v
+        .verify_connection(&sign(json!({"sub":"1","exp":NOW+10,"expire_at":0})), NOW)
+        .unwrap();
     assert_eq!(c.expires_at, None);
-    let c = v.verify_connection(&sign(json!({"sub":"1","expire_at":NOW+99})), NOW).unwrap();
+    let c = v
+        .verify_connection(&sign(json!({"sub":"1","expire_at":NOW+99})), NOW)
+        .unwrap();
     assert_eq!(c.expires_at, Some(NOW + 99));
 }
 
 #[test]
 fn rejections() {
     let v = verifier(|_| {});
-    assert_eq!(v.verify_connection(&sign(json!({"sub":"1","exp":NOW-1})), NOW).unwrap_err(), TokenError::Expired);
-    assert!(matches!(v.verify_connection(&sign(json!({"sub":"1","nbf":NOW+30})), NOW), Err(TokenError::Invalid(_))));
+    assert_eq!(
+        v.verify_connection(&sign(json!({"sub":"1","exp":NOW-1})), NOW)
+            .unwrap_err(),
+        TokenError::Expired
+    );
+    assert!(matches!(
+        v.verify_connection(&sign(json!({"sub":"1","nbf":NOW+30})), NOW),
+        Err(TokenError::Invalid(_))
+    ));
     let wrong = sign_hs256(&json!({"sub":"1"}), "other").unwrap();
-    assert!(matches!(v.verify_connection(&wrong, NOW), Err(TokenError::Invalid(_))));
-    assert!(matches!(v.verify_connection("garbage", NOW), Err(TokenError::Invalid(_))));
+    assert!(matches!(
+        v.verify_connection(&wrong, NOW),
+        Err(TokenError::Invalid(_))
+    ));
+    assert!(matches!(
+        v.verify_connection("garbage", NOW),
+        Err(TokenError::Invalid(_))
+    ));
     // alg "none": header {"alg":"none"} with an empty signature.
-    let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"sub":"1"}"#));
-    assert!(matches!(v.verify_connection(&none, NOW), Err(TokenError::Invalid(_))));
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(r#"{"sub":"1"}"#)
+    );
+    assert!(matches!(
+        v.verify_connection(&none, NOW),
+        Err(TokenError::Invalid(_))
+    ));
     // An RS256 token where only an HMAC key exists (key confusion).
-    let rs = format!("{}.{}.{}", b64(r#"{"alg":"RS256","typ":"JWT"}"#), b64(r#"{"sub":"1"}"#), b64("sig"));
-    assert!(matches!(v.verify_connection(&rs, NOW), Err(TokenError::Invalid(_))));
+    let rs = format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"RS256","typ":"JWT"}"#),
+        b64(r#"{"sub":"1"}"#),
+        b64("sig")
+    );
+    assert!(matches!(
+        v.verify_connection(&rs, NOW),
+        Err(TokenError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -62,24 +101,42 @@ fn audience_and_issuer_when_configured() {
         c.audience = "herald".into();
         c.issuer = "auth.example".into();
     });
-    assert!(v.verify_connection(&sign(json!({"sub":"1","aud":"herald","iss":"auth.example"})), NOW).is_ok());
+    assert!(v
+        .verify_connection(
+            &sign(json!({"sub":"1","aud":"herald","iss":"auth.example"})),
+            NOW
+        )
+        .is_ok());
     for claims in [
         json!({"sub":"1","iss":"auth.example"}),
         json!({"sub":"1","aud":"herald"}),
         json!({"sub":"1","aud":"other","iss":"auth.example"}),
         json!({"sub":"1","aud":"herald","iss":"evil"}),
     ] {
-        assert!(matches!(v.verify_connection(&sign(claims.clone()), NOW), Err(TokenError::Invalid(_))), "{claims}");
+        assert!(
+            matches!(
+                v.verify_connection(&sign(claims.clone()), NOW),
+                Err(TokenError::Invalid(_))
+            ),
+            "{claims}"
+        );
     }
     // Without configured audience, a token that carries one still passes.
-    assert!(verifier(|_| {}).verify_connection(&sign(json!({"sub":"1","aud":"x"})), NOW).is_ok());
+    assert!(verifier(|_| {})
+        .verify_connection(&sign(json!({"sub":"1","aud":"x"})), NOW)
+        .is_ok());
 }
 
 #[test]
 fn user_id_claim_and_b64info() {
     let v = verifier(|c| c.user_id_claim = "user_id".into());
     let info = base64::engine::general_purpose::STANDARD.encode(br#"{"a":1}"#);
-    let c = v.verify_connection(&sign(json!({"user_id":"u7","sub":"ignored","b64info":info})), NOW).unwrap();
+    let c = v
+        .verify_connection(
+            &sign(json!({"user_id":"u7","sub":"ignored","b64info":info})),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(c.user, "u7");
     assert_eq!(c.info.as_deref(), Some(&br#"{"a":1}"#[..]));
 }
@@ -87,16 +144,33 @@ fn user_id_claim_and_b64info() {
 #[test]
 fn subscription_token() {
     let v = verifier(|_| {});
-    let s = v.verify_subscription(&sign(json!({"sub":"1","channel":"$secret","exp":NOW+5})), NOW).unwrap();
-    assert_eq!((s.user.as_str(), s.channel.as_str(), s.expires_at), ("1", "$secret", Some(NOW + 5)));
-    assert!(matches!(v.verify_subscription(&sign(json!({"sub":"1"})), NOW), Err(TokenError::Invalid(_))));
+    let s = v
+        .verify_subscription(
+            &sign(json!({"sub":"1","channel":"$secret","exp":NOW+5})),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(
+        (s.user.as_str(), s.channel.as_str(), s.expires_at),
+        ("1", "$secret", Some(NOW + 5))
+    );
+    assert!(matches!(
+        v.verify_subscription(&sign(json!({"sub":"1"})), NOW),
+        Err(TokenError::Invalid(_))
+    ));
 }
 
 #[test]
 fn bad_pem_is_a_config_error_naming_the_key() {
-    let c = TokenConfig { ecdsa_public_key: "nope".into(), ..Default::default() };
+    let c = TokenConfig {
+        ecdsa_public_key: "nope".into(),
+        ..Default::default()
+    };
     let err = Verifier::from_config(&c, "client.token").unwrap_err();
-    assert!(err.to_string().contains("client.token.ecdsa_public_key"), "{err}");
+    assert!(
+        err.to_string().contains("client.token.ecdsa_public_key"),
+        "{err}"
+    );
 }
 
 fn b64(s: &str) -> String {

@@ -41,14 +41,18 @@ pub fn parse(s: &str) -> Result<Dur, String> {
     if s.is_empty() || s == "0" {
         return Ok(Dur::default());
     }
-    humantime::parse_duration(s)
-        .map(Dur)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use forms like \"25s\", \"500ms\", \"1h\""))
+    humantime::parse_duration(s).map(Dur).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); use forms like \"25s\", \"500ms\", \"1h\"")
+    })
 }
 
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string().replace(' ', ""))
+        s.serialize_str(
+            &humantime::format_duration(self.0)
+                .to_string()
+                .replace(' ', ""),
+        )
     }
 }
 
@@ -67,7 +71,9 @@ impl<'de> Deserialize<'de> for Dur {
                 Ok(Dur(Duration::from_nanos(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v).map(|n| Dur(Duration::from_nanos(n))).map_err(|_| E::custom("negative duration"))
+                u64::try_from(v)
+                    .map(|n| Dur(Duration::from_nanos(n)))
+                    .map_err(|_| E::custom("negative duration"))
             }
         }
         d.deserialize_any(V)

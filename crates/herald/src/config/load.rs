@@ -17,16 +17,26 @@ pub const ENV_PREFIX: &str = "HERALD_";
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid {format}: {message}")]
-    Parse { path: PathBuf, format: &'static str, message: String },
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        message: String,
+    },
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid { key: key.into(), message: message.into() }
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -59,7 +69,10 @@ pub fn load(
         None => Value::Object(Map::new()),
     };
     if !tree.is_object() {
-        return Err(ConfigError::invalid("<root>", "the configuration must be an object"));
+        return Err(ConfigError::invalid(
+            "<root>",
+            "the configuration must be an object",
+        ));
     }
     apply_env(&mut tree, env, &mut warnings)?;
     let mut config = deserialize(tree, &mut warnings)?;
@@ -69,13 +82,25 @@ pub fn load(
 }
 
 fn read_file(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("json").to_ascii_lowercase();
-    let parse_err = |format, message: String| ConfigError::Parse { path: path.to_owned(), format, message };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("json")
+        .to_ascii_lowercase();
+    let parse_err = |format, message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        format,
+        message,
+    };
     match ext.as_str() {
         "toml" => toml::from_str::<Value>(&text).map_err(|e| parse_err("TOML", e.to_string())),
-        "yaml" | "yml" => serde_yaml::from_str::<Value>(&text).map_err(|e| parse_err("YAML", e.to_string())),
+        "yaml" | "yml" => {
+            serde_yaml::from_str::<Value>(&text).map_err(|e| parse_err("YAML", e.to_string()))
+        }
         _ => serde_json::from_str::<Value>(&text).map_err(|e| parse_err("JSON", e.to_string())),
     }
 }
@@ -92,7 +117,9 @@ fn deserialize(tree: Value, warnings: &mut Vec<String>) -> Result<Config, Config
     let mut unknown = Vec::new();
     unknown_keys("", &tree, &known, &mut unknown);
     for key in unknown {
-        warnings.push(format!("unknown or unsupported config key `{key}` is ignored"));
+        warnings.push(format!(
+            "unknown or unsupported config key `{key}` is ignored"
+        ));
     }
     Ok(config)
 }
@@ -101,7 +128,11 @@ fn unknown_keys(prefix: &str, input: &Value, known: &Value, out: &mut Vec<String
     match (input, known) {
         (Value::Object(i), Value::Object(k)) => {
             for (key, value) in i {
-                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 match k.get(key) {
                     Some(kv) => unknown_keys(&path, value, kv, out),
                     None => out.push(path),
@@ -120,11 +151,18 @@ fn unknown_keys(prefix: &str, input: &Value, known: &Value, out: &mut Vec<String
 /// Flattened namespace options lose the inner key in errors; deserialising
 /// the one namespace's options on their own finds it.
 fn refine_namespace_error(tree: &Value, key: &str) -> Option<ConfigError> {
-    let index: usize = key.strip_prefix("channel.namespaces[")?.strip_suffix(']')?.parse().ok()?;
+    let index: usize = key
+        .strip_prefix("channel.namespaces[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
     let mut item = tree.get("channel")?.get("namespaces")?.get(index)?.clone();
     item.as_object_mut()?.remove("name");
     let err = serde_path_to_error::deserialize::<_, super::ChannelOptions>(item).err()?;
-    Some(ConfigError::invalid(format!("{key}.{}", err.path()), err.inner().to_string()))
+    Some(ConfigError::invalid(
+        format!("{key}.{}", err.path()),
+        err.inner().to_string(),
+    ))
 }
 
 /// Every configurable leaf path of the defaults, e.g. `client.token.hmac_secret_key`,
@@ -134,7 +172,11 @@ fn leaf_paths() -> Vec<(String, Value)> {
         match v {
             Value::Object(map) => {
                 for (k, child) in map {
-                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&path, child, out);
                 }
             }
@@ -148,20 +190,31 @@ fn leaf_paths() -> Vec<(String, Value)> {
 }
 
 fn env_name(path: &str) -> String {
-    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase())
+    format!(
+        "{ENV_PREFIX}{}",
+        path.replace('.', "_").to_ascii_uppercase()
+    )
 }
 
-fn apply_env(tree: &mut Value, env: &BTreeMap<String, String>, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+fn apply_env(
+    tree: &mut Value,
+    env: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
     let leaves = leaf_paths();
     let mut used = std::collections::BTreeSet::new();
     for (path, default) in &leaves {
         let name = env_name(path);
         let Some(text) = env.get(&name) else { continue };
         used.insert(name.clone());
-        let value = env_value(text, default).map_err(|m| ConfigError::invalid(path.as_str(), format!("{m} (from {name})")))?;
+        let value = env_value(text, default)
+            .map_err(|m| ConfigError::invalid(path.as_str(), format!("{m} (from {name})")))?;
         set_path(tree, path, value);
     }
-    for name in env.keys().filter(|k| k.starts_with(ENV_PREFIX) && !used.contains(*k)) {
+    for name in env
+        .keys()
+        .filter(|k| k.starts_with(ENV_PREFIX) && !used.contains(*k))
+    {
         if !matches!(name.as_str(), "HERALD_BIN" | "HERALD_CONFIG") {
             warnings.push(format!("unknown environment variable `{name}` is ignored"));
         }
@@ -177,13 +230,21 @@ fn env_value(text: &str, default: &Value) -> Result<Value, String> {
             "0" | "false" | "f" | "no" | "off" | "" => Ok(Value::Bool(false)),
             other => Err(format!("expected a boolean, got {other:?}")),
         },
-        Value::Number(_) => text.trim().parse::<serde_json::Number>().map(Value::Number).map_err(|_| format!("expected a number, got {text:?}")),
+        Value::Number(_) => text
+            .trim()
+            .parse::<serde_json::Number>()
+            .map(Value::Number)
+            .map_err(|_| format!("expected a number, got {text:?}")),
         Value::Array(_) => {
             let t = text.trim();
             if t.starts_with('[') {
                 serde_json::from_str(t).map_err(|e| format!("expected a JSON array: {e}"))
             } else {
-                Ok(Value::Array(t.split_whitespace().map(|s| Value::String(s.to_string())).collect()))
+                Ok(Value::Array(
+                    t.split_whitespace()
+                        .map(|s| Value::String(s.to_string()))
+                        .collect(),
+                ))
             }
         }
         _ => Ok(Value::String(text.to_string())),
@@ -219,6 +280,16 @@ fn apply_overrides(config: &mut Config, o: &Overrides) {
         config.admin.insecure = true;
         if config.client.allowed_origins.is_empty() {
             config.client.allowed_origins = vec!["*".into()];
+        }
+        // The demo page chats in `chat:lobby`.
+        if !config.channel.namespaces.iter().any(|n| n.name == "chat") {
+            let mut chat = super::Namespace {
+                name: "chat".into(),
+                ..Default::default()
+            };
+            chat.options.presence = true;
+            chat.options.join_leave = true;
+            config.channel.namespaces.push(chat);
         }
     }
     if config.data_dir.is_empty() {

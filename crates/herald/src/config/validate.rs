@@ -9,19 +9,34 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     validate_client(c, warnings)?;
     validate_channels(c)?;
     if c.engine.kind != "memory" {
-        return Err(ConfigError::invalid("engine.type", format!("{:?} is not supported yet; use \"memory\"", c.engine.kind)));
+        return Err(ConfigError::invalid(
+            "engine.type",
+            format!("{:?} is not supported yet; use \"memory\"", c.engine.kind),
+        ));
     }
-    if !matches!(c.log.level.as_str(), "trace" | "debug" | "info" | "warn" | "error" | "none") {
-        return Err(ConfigError::invalid("log.level", "use one of trace, debug, info, warn, error, none"));
+    if !matches!(
+        c.log.level.as_str(),
+        "trace" | "debug" | "info" | "warn" | "error" | "none"
+    ) {
+        return Err(ConfigError::invalid(
+            "log.level",
+            "use one of trace, debug, info, warn, error, none",
+        ));
     }
     if !matches!(c.log.format.as_str(), "text" | "json") {
         return Err(ConfigError::invalid("log.format", "use text or json"));
     }
     if c.websocket.message_size_limit == 0 {
-        return Err(ConfigError::invalid("websocket.message_size_limit", "must be positive"));
+        return Err(ConfigError::invalid(
+            "websocket.message_size_limit",
+            "must be positive",
+        ));
     }
     if c.http_api.max_request_body_size == 0 {
-        return Err(ConfigError::invalid("http_api.max_request_body_size", "must be positive"));
+        return Err(ConfigError::invalid(
+            "http_api.max_request_body_size",
+            "must be positive",
+        ));
     }
     if !c.http_api.insecure && !c.http_api.disabled && c.http_api.key.is_empty() {
         warnings.push("http_api.key is empty: the server API refuses every request (set a key, or http_api.insecure)".into());
@@ -31,22 +46,42 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
 
 fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     let cl = &c.client;
-    if !cl.ping_interval.is_zero() && !cl.pong_timeout.is_zero() && cl.pong_timeout >= cl.ping_interval {
-        return Err(ConfigError::invalid("client.pong_timeout", "must be shorter than client.ping_interval"));
+    if !cl.ping_interval.is_zero()
+        && !cl.pong_timeout.is_zero()
+        && cl.pong_timeout >= cl.ping_interval
+    {
+        return Err(ConfigError::invalid(
+            "client.pong_timeout",
+            "must be shorter than client.ping_interval",
+        ));
     }
     if cl.queue_max_size == 0 {
-        return Err(ConfigError::invalid("client.queue_max_size", "must be positive"));
+        return Err(ConfigError::invalid(
+            "client.queue_max_size",
+            "must be positive",
+        ));
     }
     if cl.channel_limit == 0 {
-        return Err(ConfigError::invalid("client.channel_limit", "must be positive"));
+        return Err(ConfigError::invalid(
+            "client.channel_limit",
+            "must be positive",
+        ));
     }
     crate::auth::Verifier::from_config(&cl.token, "client.token")?;
     if cl.subscription_token.enabled {
-        crate::auth::Verifier::from_config(&cl.subscription_token.token, "client.subscription_token")?;
+        crate::auth::Verifier::from_config(
+            &cl.subscription_token.token,
+            "client.subscription_token",
+        )?;
     }
     let t = &cl.token;
-    if t.hmac_secret_key.is_empty() && t.rsa_public_key.is_empty() && t.ecdsa_public_key.is_empty() && !cl.insecure {
-        warnings.push("no client.token key is configured: connections with a token are refused".into());
+    if t.hmac_secret_key.is_empty()
+        && t.rsa_public_key.is_empty()
+        && t.ecdsa_public_key.is_empty()
+        && !cl.insecure
+    {
+        warnings
+            .push("no client.token key is configured: connections with a token are refused".into());
     }
     Ok(())
 }
@@ -54,7 +89,10 @@ fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigE
 fn validate_channels(c: &Config) -> Result<(), ConfigError> {
     let ch = &c.channel;
     if ch.max_length == 0 {
-        return Err(ConfigError::invalid("channel.max_length", "must be positive"));
+        return Err(ConfigError::invalid(
+            "channel.max_length",
+            "must be positive",
+        ));
     }
     for (key, value) in [
         ("channel.namespace_boundary", &ch.namespace_boundary),
@@ -73,11 +111,17 @@ fn validate_channels(c: &Config) -> Result<(), ConfigError> {
         if !name_re.is_match(&ns.name) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
-                format!("{:?} is not a valid namespace name (2 or more of a-z A-Z 0-9 _ - .)", ns.name),
+                format!(
+                    "{:?} is not a valid namespace name (2 or more of a-z A-Z 0-9 _ - .)",
+                    ns.name
+                ),
             ));
         }
         if !seen.insert(ns.name.as_str()) {
-            return Err(ConfigError::invalid(format!("{key}.name"), format!("namespace {:?} is defined twice", ns.name)));
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("namespace {:?} is defined twice", ns.name),
+            ));
         }
         validate_options(&ns.options, &key)?;
     }
@@ -89,11 +133,18 @@ fn validate_options(o: &ChannelOptions, key: &str) -> Result<(), ConfigError> {
         regex::Regex::new(&o.channel_regex)
             .map_err(|e| ConfigError::invalid(format!("{key}.channel_regex"), e.to_string()))?;
     }
-    if o.history_storage == HistoryStorage::Memory && o.history_size > 0 && o.history_ttl.is_zero() {
-        return Err(ConfigError::invalid(format!("{key}.history_ttl"), "must be set when history_size is set"));
+    if o.history_storage == HistoryStorage::Memory && o.history_size > 0 && o.history_ttl.is_zero()
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.history_ttl"),
+            "must be set when history_size is set",
+        ));
     }
     if !matches!(o.force_recovery_mode.as_str(), "" | "stream" | "cache") {
-        return Err(ConfigError::invalid(format!("{key}.force_recovery_mode"), "use \"stream\" or \"cache\""));
+        return Err(ConfigError::invalid(
+            format!("{key}.force_recovery_mode"),
+            "use \"stream\" or \"cache\"",
+        ));
     }
     Ok(())
 }

@@ -17,7 +17,12 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 
 fn probe(user: &str) -> Arc<Probe> {
     let key = NEXT.fetch_add(1, Ordering::Relaxed);
-    Arc::new(Probe { key, id: format!("c{key}"), user: user.into(), ..Default::default() })
+    Arc::new(Probe {
+        key,
+        id: format!("c{key}"),
+        user: user.into(),
+        ..Default::default()
+    })
 }
 
 impl Client for Probe {
@@ -39,7 +44,11 @@ impl Client for Probe {
 }
 
 fn publication(ch: &str) -> Arc<Publication> {
-    Arc::new(Publication::new(Arc::from(ch), Bytes::from_static(b"{}"), None))
+    Arc::new(Publication::new(
+        Arc::from(ch),
+        Bytes::from_static(b"{}"),
+        None,
+    ))
 }
 
 #[test]

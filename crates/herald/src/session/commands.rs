@@ -16,17 +16,25 @@ impl Session {
     pub(super) async fn publish(&mut self, req: PublishRequest) -> Outcome {
         let resolved = self.node.rules.resolve(&req.channel)?;
         let sub = self.subs.get(&req.channel);
-        let asker = Asker { user: self.user().unwrap_or_default(), subscribed: sub.is_some() };
+        let asker = Asker {
+            user: self.user().unwrap_or_default(),
+            subscribed: sub.is_some(),
+        };
         if !self.node.rules.can_publish(&resolved, &asker) {
             return Err(ProtocolError::PERMISSION_DENIED);
         }
         let data = payload(req.data.as_deref())?;
         let conn = self.conn.as_ref().ok_or(ProtocolError::BAD_REQUEST)?;
         let info = match sub.and_then(|s| s.chan_info.clone()) {
-            Some(chan_info) => std::sync::Arc::new(ClientInfo { chan_info: Some(chan_info), ..(*conn.info).clone() }),
+            Some(chan_info) => std::sync::Arc::new(ClientInfo {
+                chan_info: Some(chan_info),
+                ..(*conn.info).clone()
+            }),
             None => conn.info.clone(),
         };
-        self.node.publish(&req.channel, data, Some(info), Default::default()).await?;
+        self.node
+            .publish(&req.channel, data, Some(info), Default::default())
+            .await?;
         Ok(ReplyBody::Publish)
     }
 

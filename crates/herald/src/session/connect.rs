@@ -30,7 +30,11 @@ impl Session {
             user: claims.user.clone(),
             outbox: self.outbox.clone(),
         });
-        match self.node.hub.add_client(handle.clone(), cfg.connection_limit, cfg.user_connection_limit) {
+        match self.node.hub.add_client(
+            handle.clone(),
+            cfg.connection_limit,
+            cfg.user_connection_limit,
+        ) {
             Ok(()) => {}
             Err(Refused::NodeLimit | Refused::UserLimit) => {
                 tracing::info!(user = %claims.user, "connection limit reached");
@@ -43,7 +47,11 @@ impl Session {
             conn_info: claims.info.clone(),
             chan_info: None,
         });
-        self.conn = Some(Connected { handle, info, expires_at: claims.expires_at });
+        self.conn = Some(Connected {
+            handle,
+            info,
+            expires_at: claims.expires_at,
+        });
         self.connect_deadline = None;
         let now = Instant::now();
         if !cfg.ping_interval.is_zero() {
@@ -68,10 +76,17 @@ impl Session {
             version: Node::version().to_string(),
             expires: claims.expires_at.is_some(),
             ttl: ttl_from(claims.expires_at),
-            subs: server_subs.iter().map(|ch| (ch.clone(), SubscribeResult::default())).collect(),
+            subs: server_subs
+                .iter()
+                .map(|ch| (ch.clone(), SubscribeResult::default()))
+                .collect(),
             ping: cfg.ping_interval.0.as_secs() as u32,
             pong: !cfg.ping_interval.is_zero() && !cfg.pong_timeout.is_zero(),
-            time: if cfg.connect_include_server_time { super::unix_millis() } else { 0 },
+            time: if cfg.connect_include_server_time {
+                super::unix_millis()
+            } else {
+                0
+            },
             ..Default::default()
         };
         tracing::debug!(client = %self.client_id, user = %claims.user, "connected");
@@ -86,7 +101,10 @@ impl Session {
 
     /// Checks the connection token. `Err(Ok(e))` is an error reply (the
     /// client may retry), `Err(Err(d))` closes the connection.
-    fn authenticate(&self, token: &str) -> Result<ConnectionClaims, Result<ProtocolError, Disconnect>> {
+    fn authenticate(
+        &self,
+        token: &str,
+    ) -> Result<ConnectionClaims, Result<ProtocolError, Disconnect>> {
         let cfg = &self.node.config.client;
         if token.is_empty() {
             if cfg.insecure || cfg.allow_anonymous_connect_without_token {
@@ -95,7 +113,11 @@ impl Session {
             tracing::info!(client = %self.client_id, "connect without token refused");
             return Err(Ok(ProtocolError::UNAUTHORIZED));
         }
-        match self.node.connection_tokens.verify_connection(token, now_unix()) {
+        match self
+            .node
+            .connection_tokens
+            .verify_connection(token, now_unix())
+        {
             Ok(claims) if claims.user.is_empty() && cfg.disallow_anonymous_connection_tokens => {
                 Err(Err(Disconnect::invalid_token()))
             }
@@ -108,8 +130,15 @@ impl Session {
         }
     }
 
-    pub(super) fn refresh(&mut self, token: &str) -> Result<Result<ReplyBody, ProtocolError>, Disconnect> {
-        let claims = match self.node.connection_tokens.verify_connection(token, now_unix()) {
+    pub(super) fn refresh(
+        &mut self,
+        token: &str,
+    ) -> Result<Result<ReplyBody, ProtocolError>, Disconnect> {
+        let claims = match self
+            .node
+            .connection_tokens
+            .verify_connection(token, now_unix())
+        {
             Ok(c) => c,
             Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
             Err(TokenError::Invalid(why)) => {
@@ -139,6 +168,9 @@ impl Session {
 
 /// A client's raw JSON payload (already parsed as JSON by the decoder);
 /// a missing or null payload is a bad request.
-pub(super) fn payload(data: Option<&serde_json::value::RawValue>) -> Result<bytes::Bytes, ProtocolError> {
-    data.map(|raw| bytes::Bytes::copy_from_slice(raw.get().as_bytes())).ok_or(ProtocolError::BAD_REQUEST)
+pub(super) fn payload(
+    data: Option<&serde_json::value::RawValue>,
+) -> Result<bytes::Bytes, ProtocolError> {
+    data.map(|raw| bytes::Bytes::copy_from_slice(raw.get().as_bytes()))
+        .ok_or(ProtocolError::BAD_REQUEST)
 }

@@ -32,7 +32,11 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(limit: usize) -> Self {
-        Self { state: Mutex::new(State::default()), notify: Notify::new(), limit }
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limit,
+        }
     }
 
     /// Queues a frame; returns false when the client is (now) too slow.

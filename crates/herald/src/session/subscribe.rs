@@ -14,7 +14,11 @@ type Outcome = Result<ReplyBody, ProtocolError>;
 
 impl Session {
     /// Subscribes and writes the reply itself (it must precede publications).
-    pub(super) async fn subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Disconnect> {
+    pub(super) async fn subscribe(
+        &mut self,
+        id: u32,
+        req: SubscribeRequest,
+    ) -> Result<(), Disconnect> {
         let channel = req.channel;
         let state = match self.check_subscribe(&channel, &req.token)? {
             Ok(state) => state,
@@ -37,7 +41,11 @@ impl Session {
     }
 
     /// Permission and limit checks for a client subscribe.
-    fn check_subscribe(&self, channel: &str, token: &str) -> Result<Result<SubState, ProtocolError>, Disconnect> {
+    fn check_subscribe(
+        &self,
+        channel: &str,
+        token: &str,
+    ) -> Result<Result<SubState, ProtocolError>, Disconnect> {
         let resolved = match self.node.rules.resolve(channel) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -50,7 +58,11 @@ impl Session {
         }
         let user = self.user().unwrap_or_default();
         if !token.is_empty() {
-            let claims = match self.node.subscription_tokens.verify_subscription(token, now_unix()) {
+            let claims = match self
+                .node
+                .subscription_tokens
+                .verify_subscription(token, now_unix())
+            {
                 Ok(c) => c,
                 Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
                 Err(TokenError::Invalid(why)) => {
@@ -61,9 +73,18 @@ impl Session {
             if claims.channel != channel || claims.user != user {
                 return Ok(Err(ProtocolError::PERMISSION_DENIED));
             }
-            return Ok(Ok(SubState { expires_at: claims.expires_at, chan_info: claims.info }));
+            return Ok(Ok(SubState {
+                expires_at: claims.expires_at,
+                chan_info: claims.info,
+            }));
         }
-        if !self.node.rules.can_subscribe(&resolved, &Asker { user, subscribed: false }) {
+        if !self.node.rules.can_subscribe(
+            &resolved,
+            &Asker {
+                user,
+                subscribed: false,
+            },
+        ) {
             return Ok(Err(ProtocolError::PERMISSION_DENIED));
         }
         Ok(Ok(SubState::default()))
@@ -90,12 +111,20 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn sub_refresh(&mut self, channel: &str, token: &str) -> Result<Outcome, Disconnect> {
+    pub(super) fn sub_refresh(
+        &mut self,
+        channel: &str,
+        token: &str,
+    ) -> Result<Outcome, Disconnect> {
         let user = self.user().unwrap_or_default().to_string();
         if !self.subs.contains_key(channel) {
             return Ok(Err(ProtocolError::PERMISSION_DENIED));
         }
-        let claims = match self.node.subscription_tokens.verify_subscription(token, now_unix()) {
+        let claims = match self
+            .node
+            .subscription_tokens
+            .verify_subscription(token, now_unix())
+        {
             Ok(c) => c,
             Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
             Err(TokenError::Invalid(_)) => return Err(Disconnect::invalid_token()),
@@ -123,12 +152,27 @@ impl Session {
         data: Option<Bytes>,
         expire_at: Option<i64>,
     ) {
-        if self.conn.is_none() || self.subs.contains_key(&channel) || self.node.rules.resolve(&channel).is_err() {
+        if self.conn.is_none()
+            || self.subs.contains_key(&channel)
+            || self.node.rules.resolve(&channel).is_err()
+        {
             return;
         }
-        let result = SubscribeResult { data, ..Default::default() };
-        self.push(&Push::Subscribe { channel: channel.clone(), result });
-        self.subs.insert(channel.clone(), SubState { expires_at: expire_at, chan_info: info });
+        let result = SubscribeResult {
+            data,
+            ..Default::default()
+        };
+        self.push(&Push::Subscribe {
+            channel: channel.clone(),
+            result,
+        });
+        self.subs.insert(
+            channel.clone(),
+            SubState {
+                expires_at: expire_at,
+                chan_info: info,
+            },
+        );
         self.hub_subscribe(&channel).await;
     }
 }

@@ -17,7 +17,11 @@ use crate::session::{Item, Session};
 /// Default socket buffer size when the config leaves it at 0.
 const DEFAULT_BUFFER: usize = 4096;
 
-pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if !node.origins.allows(&headers) {
         tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -94,7 +98,10 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
     if d.code != Disconnect::slow().code {
         let _ = flush(session, &mut socket, &mut items, write_timeout, node).await;
     }
-    let frame = CloseFrame { code: d.code, reason: Utf8Bytes::from(d.reason.as_str()) };
+    let frame = CloseFrame {
+        code: d.code,
+        reason: Utf8Bytes::from(d.reason.as_str()),
+    };
     let _ = tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
     Some(d)
 }
@@ -143,11 +150,19 @@ async fn flush(
 }
 
 fn take_batch(batch: &mut Option<Bytes>, joined: &mut BytesMut) -> Option<Bytes> {
-    batch.take().or_else(|| (!joined.is_empty()).then(|| joined.split().freeze()))
+    batch
+        .take()
+        .or_else(|| (!joined.is_empty()).then(|| joined.split().freeze()))
 }
 
-async fn send(socket: &mut WebSocket, payload: Option<Bytes>, timeout: std::time::Duration) -> Result<(), Disconnect> {
-    let Some(payload) = payload else { return Ok(()) };
+async fn send(
+    socket: &mut WebSocket,
+    payload: Option<Bytes>,
+    timeout: std::time::Duration,
+) -> Result<(), Disconnect> {
+    let Some(payload) = payload else {
+        return Ok(());
+    };
     let text = Utf8Bytes::try_from(payload).map_err(|_| Disconnect::internal())?;
     match tokio::time::timeout(timeout, socket.send(Message::Text(text))).await {
         Ok(Ok(())) => Ok(()),
@@ -157,7 +172,9 @@ async fn send(socket: &mut WebSocket, payload: Option<Bytes>, timeout: std::time
 
 fn is_too_big(e: &axum::Error) -> bool {
     let text = e.to_string();
-    text.contains("Message too long") || text.contains("Message length too long") || text.contains("too long")
+    text.contains("Message too long")
+        || text.contains("Message length too long")
+        || text.contains("too long")
 }
 
 fn far_future() -> tokio::time::Instant {

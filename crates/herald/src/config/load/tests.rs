@@ -2,7 +2,10 @@ use super::*;
 use crate::config::{Dur, HistoryStorage};
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn write(name: &str, text: &str) -> tempfile::TempDir {
@@ -32,90 +35,186 @@ fn centrifugo_json_file_with_namespaces() {
             "channel":{"namespaces":[{"name":"chat","presense":true,"presence":true,"history_size":10,"history_ttl":"300s","history_storage":"durable"}]},
             "sse":{"enabled":true}}"#,
     );
-    let l = load(Some(&dir.path().join("c.json")), &env(&[]), &Overrides::default()).unwrap();
+    let l = load(
+        Some(&dir.path().join("c.json")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap();
     assert_eq!(l.config.client.token.hmac_secret_key, "k");
     assert_eq!(l.config.client.ping_interval, Dur::secs(10));
     let ns = &l.config.channel.namespaces[0];
-    assert_eq!((ns.name.as_str(), ns.options.presence, ns.options.history_size), ("chat", true, 10));
+    assert_eq!(
+        (
+            ns.name.as_str(),
+            ns.options.presence,
+            ns.options.history_size
+        ),
+        ("chat", true, 10)
+    );
     assert_eq!(ns.options.history_storage, HistoryStorage::Durable);
     assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
-    assert!(l.warnings[0].contains("`channel.namespaces[0].presense`"), "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].contains("`channel.namespaces[0].presense`"),
+        "{:?}",
+        l.warnings
+    );
     assert!(l.warnings[1].contains("`sse`"), "{:?}", l.warnings);
 }
 
 #[test]
 fn yaml_and_toml_files() {
-    let dir = write("c.yaml", "http_server:\n  port: 9001\nclient:\n  allowed_origins: ['*']\n");
-    let l = load(Some(&dir.path().join("c.yaml")), &env(&[]), &Overrides::default()).unwrap();
+    let dir = write(
+        "c.yaml",
+        "http_server:\n  port: 9001\nclient:\n  allowed_origins: ['*']\n",
+    );
+    let l = load(
+        Some(&dir.path().join("c.yaml")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap();
     assert_eq!(l.config.http_server.port, 9001);
     assert_eq!(l.config.client.allowed_origins, vec!["*"]);
     let dir = write("c.toml", "[http_server]\nport = 9002\n[[channel.namespaces]]\nname = \"ns\"\nallow_publish_for_client = true\n");
-    let l = load(Some(&dir.path().join("c.toml")), &env(&[]), &Overrides::default()).unwrap();
+    let l = load(
+        Some(&dir.path().join("c.toml")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap();
     assert_eq!(l.config.http_server.port, 9002);
-    assert!(l.config.channel.namespaces[0].options.allow_publish_for_client);
+    assert!(
+        l.config.channel.namespaces[0]
+            .options
+            .allow_publish_for_client
+    );
 }
 
 #[test]
 fn env_overrides_file_and_flags_override_env() {
-    let dir = write("c.json", r#"{"http_server":{"port":1234},"http_api":{"key":"file"}}"#);
+    let dir = write(
+        "c.json",
+        r#"{"http_server":{"port":1234},"http_api":{"key":"file"}}"#,
+    );
     let e = env(&[
         ("HERALD_HTTP_API_KEY", "env"),
         ("HERALD_HTTP_SERVER_PORT", "2345"),
         ("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", "sec"),
         ("HERALD_CLIENT_ALLOWED_ORIGINS", "http://a http://b"),
         ("HERALD_CLIENT_INSECURE", "true"),
-        ("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"x1","presence":true}]"#),
+        (
+            "HERALD_CHANNEL_NAMESPACES",
+            r#"[{"name":"x1","presence":true}]"#,
+        ),
         ("HERALD_NOPE", "1"),
     ]);
-    let o = Overrides { port: Some(3456), ..Default::default() };
+    let o = Overrides {
+        port: Some(3456),
+        ..Default::default()
+    };
     let l = load(Some(&dir.path().join("c.json")), &e, &o).unwrap();
     assert_eq!(l.config.http_api.key, "env");
     assert_eq!(l.config.http_server.port, 3456);
     assert_eq!(l.config.client.token.hmac_secret_key, "sec");
-    assert_eq!(l.config.client.allowed_origins, vec!["http://a", "http://b"]);
+    assert_eq!(
+        l.config.client.allowed_origins,
+        vec!["http://a", "http://b"]
+    );
     assert!(l.config.client.insecure);
     assert_eq!(l.config.channel.namespaces[0].name, "x1");
-    assert!(l.warnings.iter().any(|w| w.contains("HERALD_NOPE")), "{:?}", l.warnings);
+    assert!(
+        l.warnings.iter().any(|w| w.contains("HERALD_NOPE")),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]
 fn invalid_values_name_the_key() {
     let cases: &[(&str, &str)] = &[
         (r#"{"http_server":{"port":"abc"}}"#, "http_server.port"),
-        (r#"{"client":{"ping_interval":"soon"}}"#, "client.ping_interval"),
-        (r#"{"channel":{"namespaces":[{"name":"ok"},{"name":"ok","presence":1}]}}"#, "channel.namespaces[1].presence"),
-        (r#"{"channel":{"namespaces":[{"name":"a b"}]}}"#, "channel.namespaces[0].name"),
-        (r#"{"channel":{"namespaces":[{"name":"dup"},{"name":"dup"}]}}"#, "channel.namespaces[1].name"),
-        (r#"{"client":{"ping_interval":"5s","pong_timeout":"6s"}}"#, "client.pong_timeout"),
-        (r#"{"client":{"queue_max_size":0}}"#, "client.queue_max_size"),
+        (
+            r#"{"client":{"ping_interval":"soon"}}"#,
+            "client.ping_interval",
+        ),
+        (
+            r#"{"channel":{"namespaces":[{"name":"ok"},{"name":"ok","presence":1}]}}"#,
+            "channel.namespaces[1].presence",
+        ),
+        (
+            r#"{"channel":{"namespaces":[{"name":"a b"}]}}"#,
+            "channel.namespaces[0].name",
+        ),
+        (
+            r#"{"channel":{"namespaces":[{"name":"dup"},{"name":"dup"}]}}"#,
+            "channel.namespaces[1].name",
+        ),
+        (
+            r#"{"client":{"ping_interval":"5s","pong_timeout":"6s"}}"#,
+            "client.pong_timeout",
+        ),
+        (
+            r#"{"client":{"queue_max_size":0}}"#,
+            "client.queue_max_size",
+        ),
         (r#"{"engine":{"type":"redis"}}"#, "engine.type"),
-        (r#"{"channel":{"namespaces":[{"name":"rx","channel_regex":"("}]}}"#, "channel.namespaces[0].channel_regex"),
-        (r#"{"client":{"token":{"rsa_public_key":"not a key"}}}"#, "client.token.rsa_public_key"),
+        (
+            r#"{"channel":{"namespaces":[{"name":"rx","channel_regex":"("}]}}"#,
+            "channel.namespaces[0].channel_regex",
+        ),
+        (
+            r#"{"client":{"token":{"rsa_public_key":"not a key"}}}"#,
+            "client.token.rsa_public_key",
+        ),
     ];
     for (text, key) in cases {
         let dir = write("c.json", text);
-        let err = load(Some(&dir.path().join("c.json")), &env(&[]), &Overrides::default()).unwrap_err();
+        let err = load(
+            Some(&dir.path().join("c.json")),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         match &err {
             ConfigError::Invalid { key: k, .. } => assert_eq!(k, key, "{text}: {err}"),
             other => panic!("{text}: {other}"),
         }
     }
-    let err = load(None, &env(&[("HERALD_CLIENT_INSECURE", "maybe")]), &Overrides::default()).unwrap_err();
+    let err = load(
+        None,
+        &env(&[("HERALD_CLIENT_INSECURE", "maybe")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("client.insecure"), "{err}");
 }
 
 #[test]
 fn unreadable_and_malformed_files() {
-    let err = load(Some(Path::new("/nonexistent/herald.json")), &env(&[]), &Overrides::default()).unwrap_err();
+    let err = load(
+        Some(Path::new("/nonexistent/herald.json")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }));
     let dir = write("c.json", "{ not json");
-    let err = load(Some(&dir.path().join("c.json")), &env(&[]), &Overrides::default()).unwrap_err();
+    let err = load(
+        Some(&dir.path().join("c.json")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
 }
 
 #[test]
 fn dev_mode_opens_everything() {
-    let o = Overrides { dev: true, ..Default::default() };
+    let o = Overrides {
+        dev: true,
+        ..Default::default()
+    };
     let l = load(None, &env(&[]), &o).unwrap();
     assert!(l.config.client.insecure && l.config.http_api.insecure);
     assert_eq!(l.config.client.allowed_origins, vec!["*"]);

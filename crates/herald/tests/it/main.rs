@@ -1,0 +1,9 @@
+//! Integration tests: each starts a real Herald on 127.0.0.1:0 through the
+//! same build path as `herald serve` and talks to it over real WebSocket and
+//! HTTP connections.
+
+mod support;
+
+mod api;
+mod connect;
+mod subscribe;
