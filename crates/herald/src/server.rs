@@ -72,6 +72,9 @@ impl Server {
         let node = self.node;
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, node = %node.name, version = Node::version(), "listening");
+        if node.config.dev {
+            tracing::info!("demo chat: open http://localhost:{}/ in two browser tabs", addr.port());
+        }
         let router = router(node.clone());
         let stop = node.shutdown.clone();
         axum::serve(self.listener, router)

@@ -219,3 +219,12 @@ fn dev_mode_opens_everything() {
     assert!(l.config.client.insecure && l.config.http_api.insecure);
     assert_eq!(l.config.client.allowed_origins, vec!["*"]);
 }
+
+#[test]
+fn the_example_config_loads_without_warnings() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/herald.toml"));
+    let l = load(Some(path), &env(&[]), &Overrides::default()).unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(l.config.channel.namespaces.len(), 3);
+    assert_eq!(l.config.client.token.hmac_secret_key, "change-me-secret");
+}
