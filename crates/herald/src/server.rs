@@ -73,7 +73,10 @@ impl Server {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, node = %node.name, version = Node::version(), "listening");
         if node.config.dev {
-            tracing::info!("demo chat: open http://localhost:{}/ in two browser tabs", addr.port());
+            tracing::info!(
+                "demo chat: open http://localhost:{}/ in two browser tabs",
+                addr.port()
+            );
         }
         let router = router(node.clone());
         let stop = node.shutdown.clone();

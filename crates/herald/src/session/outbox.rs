@@ -87,6 +87,19 @@ impl Outbox {
         self.notify.notified().await
     }
 
+    /// Waits until the queue overflows. May take the wake-up meant for
+    /// [`Outbox::ready`], so call it only while the writer is about to drain
+    /// anyway.
+    pub async fn overflowed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.state.lock().overflowed {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }

@@ -94,8 +94,9 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
         }
     };
     let d = result.err()?;
-    // Deliver what is already queued (such as an error reply), then close.
-    if d.code != Disconnect::slow().code {
+    // Deliver what is already queued (such as an error reply), then close;
+    // not when writing is what failed.
+    if d.code != Disconnect::slow().code && d.code != Disconnect::write_error().code {
         let _ = flush(session, &mut socket, &mut items, write_timeout, node).await;
     }
     let frame = CloseFrame {
@@ -118,9 +119,7 @@ async fn flush(
     loop {
         items.clear();
         if session.outbox().drain(items) {
-            Counters::incr(&node.counters.slow_disconnects);
-            tracing::info!(client = %session.client_id(), "client too slow, disconnecting");
-            return Err(Disconnect::slow());
+            return Err(too_slow(session, node));
         }
         if items.is_empty() {
             return Ok(());
@@ -140,13 +139,22 @@ async fn flush(
                     }
                 },
                 Item::Control(c) => {
-                    send(socket, take_batch(&mut batch, &mut joined), write_timeout).await?;
+                    let payload = take_batch(&mut batch, &mut joined);
+                    send(session, socket, payload, write_timeout, node).await?;
                     session.handle_control(c).await?;
                 }
             }
         }
-        send(socket, take_batch(&mut batch, &mut joined), write_timeout).await?;
+        let payload = take_batch(&mut batch, &mut joined);
+        send(session, socket, payload, write_timeout, node).await?;
     }
+}
+
+/// Counts and logs a slow client; the disconnect to close it with.
+fn too_slow(session: &Session, node: &Node) -> Disconnect {
+    Counters::incr(&node.counters.slow_disconnects);
+    tracing::info!(client = %session.client_id(), "client too slow, disconnecting");
+    Disconnect::slow()
 }
 
 fn take_batch(batch: &mut Option<Bytes>, joined: &mut BytesMut) -> Option<Bytes> {
@@ -155,18 +163,26 @@ fn take_batch(batch: &mut Option<Bytes>, joined: &mut BytesMut) -> Option<Bytes>
         .or_else(|| (!joined.is_empty()).then(|| joined.split().freeze()))
 }
 
+/// Writes one message. A write blocked by a client that does not read is
+/// cut short as soon as its queue overflows, so such a client is closed
+/// with 3008 rather than waiting out the write timeout.
 async fn send(
+    session: &Session,
     socket: &mut WebSocket,
     payload: Option<Bytes>,
     timeout: std::time::Duration,
+    node: &Node,
 ) -> Result<(), Disconnect> {
     let Some(payload) = payload else {
         return Ok(());
     };
     let text = Utf8Bytes::try_from(payload).map_err(|_| Disconnect::internal())?;
-    match tokio::time::timeout(timeout, socket.send(Message::Text(text))).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Disconnect::write_error()),
+    tokio::select! {
+        written = tokio::time::timeout(timeout, socket.send(Message::Text(text))) => match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnect::write_error()),
+        },
+        _ = session.outbox().overflowed() => Err(too_slow(session, node)),
     }
 }
 

@@ -6,4 +6,7 @@ mod support;
 
 mod api;
 mod connect;
+mod dev;
+mod limits;
+mod ping;
 mod subscribe;

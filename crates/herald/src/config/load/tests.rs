@@ -222,7 +222,10 @@ fn dev_mode_opens_everything() {
 
 #[test]
 fn the_example_config_loads_without_warnings() {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/herald.toml"));
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/herald.toml"
+    ));
     let l = load(Some(path), &env(&[]), &Overrides::default()).unwrap();
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     assert_eq!(l.config.channel.namespaces.len(), 3);
