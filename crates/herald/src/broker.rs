@@ -21,8 +21,10 @@ pub enum BrokerError {
 
 pub trait Broker: Send + Sync + 'static {
     /// Sends a publication to every node with subscribers to its channel,
-    /// this one included.
-    fn publish(&self, publication: Arc<Publication>) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// this one included. The call enqueues synchronously, so publications
+    /// passed in order leave in order; the future reports the outcome.
+    fn publish(&self, publication: Arc<Publication>)
+        -> BoxFuture<'static, Result<(), BrokerError>>;
     /// Called when the channel gets its first local subscriber.
     fn subscribe(&self, channel: &str) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Called when the channel's last local subscriber leaves.

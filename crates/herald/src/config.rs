@@ -28,6 +28,8 @@ pub struct Config {
     pub engine: Engine,
     pub node: Node,
     pub shutdown: Shutdown,
+    /// Herald: the SQL database behind durable streams.
+    pub storage: Storage,
     /// Herald: where embedded storage lives (`--data-dir`).
     pub data_dir: String,
     /// `serve --dev`: set by the flag only, never by a file.
@@ -267,6 +269,59 @@ impl Default for Shutdown {
     fn default() -> Self {
         Self {
             timeout: Dur::secs(30),
+        }
+    }
+}
+
+/// Herald: where durable streams (namespaces with `history_storage =
+/// "durable"`) are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Storage {
+    /// `sqlite` (embedded, in the data directory) or `postgres`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sqlite: SqliteStorage,
+    pub postgres: PostgresStorage,
+    /// How often retention (history_size / history_ttl) runs on durable streams.
+    pub retention_interval: Dur,
+    /// Most publications committed in one group commit.
+    pub batch_max_size: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            kind: "sqlite".into(),
+            sqlite: SqliteStorage::default(),
+            postgres: PostgresStorage::default(),
+            retention_interval: Dur::secs(60),
+            batch_max_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SqliteStorage {
+    /// Database file; `<data_dir>/streams.db` when empty.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PostgresStorage {
+    /// Connection URL, e.g. `postgres://user:pass@127.0.0.1:5432/herald`.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+}
+
+impl Default for PostgresStorage {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 8,
         }
     }
 }

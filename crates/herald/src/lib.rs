@@ -14,4 +14,5 @@ pub mod origin;
 pub mod pattern;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod transport;

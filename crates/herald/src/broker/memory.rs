@@ -19,7 +19,10 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&self, publication: Arc<Publication>) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn publish(
+        &self,
+        publication: Arc<Publication>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
         self.hub.deliver(&publication);
         Box::pin(future::ready(Ok(())))
     }

@@ -26,6 +26,7 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     if !matches!(c.log.format.as_str(), "text" | "json") {
         return Err(ConfigError::invalid("log.format", "use text or json"));
     }
+    validate_storage(c)?;
     if c.websocket.message_size_limit == 0 {
         return Err(ConfigError::invalid(
             "websocket.message_size_limit",
@@ -144,6 +145,44 @@ fn validate_options(o: &ChannelOptions, key: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             format!("{key}.force_recovery_mode"),
             "use \"stream\" or \"cache\"",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_storage(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.storage;
+    if !matches!(s.kind.as_str(), "sqlite" | "postgres") {
+        return Err(ConfigError::invalid(
+            "storage.type",
+            "use \"sqlite\" or \"postgres\"",
+        ));
+    }
+    let durable = std::iter::once(&c.channel.without_namespace)
+        .chain(c.channel.namespaces.iter().map(|n| &n.options))
+        .any(|o| o.history_storage == HistoryStorage::Durable);
+    if durable && s.kind == "postgres" && s.postgres.url.is_empty() {
+        return Err(ConfigError::invalid(
+            "storage.postgres.url",
+            "is required for durable namespaces on postgres",
+        ));
+    }
+    if s.batch_max_size == 0 {
+        return Err(ConfigError::invalid(
+            "storage.batch_max_size",
+            "must be positive",
+        ));
+    }
+    if s.retention_interval.is_zero() {
+        return Err(ConfigError::invalid(
+            "storage.retention_interval",
+            "must be positive",
+        ));
+    }
+    if s.postgres.pool_size == 0 {
+        return Err(ConfigError::invalid(
+            "storage.postgres.pool_size",
+            "must be positive",
         ));
     }
     Ok(())

@@ -1,0 +1,131 @@
+//! Channel streams: each channel with history keeps an ordered stream of
+//! publications with a position — an epoch (changes only when the stream is
+//! reset or lost) and an offset that grows by one per publication. A store
+//! also delivers what it appends, in offset order, through its [`Deliver`]
+//! sink, so that subscribers see publications in the order the stream holds
+//! them. Memory streams are bounded caches; durable ones live in SQL.
+
+mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use herald_protocol::Publication;
+use thiserror::Error;
+
+pub use memory::MemoryStore;
+
+use crate::broker::BrokerError;
+
+/// Where a stream stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Retention of one stream, from its namespace's options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamOptions {
+    /// Publications kept; 0 means unbounded (durable streams only).
+    pub size: usize,
+    /// How long a publication is kept; zero means forever (durable only).
+    pub ttl: Duration,
+    /// How long an idle stream's position is remembered (memory streams).
+    pub meta_ttl: Duration,
+}
+
+/// Which publications a history read returns.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this position; the epoch must match.
+    pub since: Option<StreamPosition>,
+    /// At most this many; `None` for none at all (only the position), as the
+    /// protocol's history without a limit does.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Arc<Publication>>,
+    pub position: StreamPosition,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// `since` names an epoch the stream no longer has.
+    #[error("unrecoverable position")]
+    Unrecoverable,
+    #[error("storage failure: {0}")]
+    Backend(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Hands an appended publication on (to the broker), in offset order. The
+/// call itself must enqueue synchronously; the future reports the outcome.
+pub type Deliver =
+    Arc<dyn Fn(Arc<Publication>) -> BoxFuture<'static, Result<(), BrokerError>> + Send + Sync>;
+
+pub trait Store: Send + Sync + 'static {
+    /// Appends to the publication's channel stream, delivers it, and returns
+    /// it with its offset together with the stream's epoch. For durable
+    /// stores it returns only once the publication is committed.
+    fn append(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>>;
+
+    /// Reads a channel's stream.
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+        opts: StreamOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, StoreError>>;
+
+    /// Removes a channel's publications, keeping its position.
+    fn remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A fresh random epoch.
+pub fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// Applies a query to publications held in offset order (shared by stores
+/// that keep a window in memory).
+pub fn select(
+    pubs: &[Arc<Publication>],
+    position: &StreamPosition,
+    q: &HistoryQuery,
+) -> Result<Vec<Arc<Publication>>, StoreError> {
+    let Some(limit) = q.limit else {
+        return Ok(Vec::new());
+    };
+    let after = match &q.since {
+        Some(since) if since.epoch != position.epoch => return Err(StoreError::Unrecoverable),
+        Some(since) => since.offset,
+        None if q.reverse => u64::MAX,
+        None => 0,
+    };
+    let out: Vec<Arc<Publication>> = if q.reverse {
+        pubs.iter()
+            .rev()
+            .filter(|p| p.offset < after)
+            .take(limit)
+            .cloned()
+            .collect()
+    } else {
+        pubs.iter()
+            .filter(|p| p.offset > after)
+            .take(limit)
+            .cloned()
+            .collect()
+    };
+    Ok(out)
+}

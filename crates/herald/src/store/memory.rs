@@ -1,0 +1,156 @@
+//! In-memory streams: a bounded window per channel (history_size,
+//! history_ttl), forgotten with a new epoch after history_meta_ttl of
+//! inactivity. Appending and delivering happen under the channel's shard
+//! lock, so concurrent publishers cannot reorder a channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use herald_protocol::Publication;
+use parking_lot::Mutex;
+
+use super::{
+    new_epoch, select, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
+    StreamPosition,
+};
+
+const SHARDS: usize = 64;
+
+struct Stream {
+    epoch: String,
+    top: u64,
+    pubs: VecDeque<(Instant, Arc<Publication>)>,
+    touched: Instant,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            pubs: VecDeque::new(),
+            touched: Instant::now(),
+        }
+    }
+
+    fn trim(&mut self, opts: &StreamOptions, now: Instant) {
+        while opts.size > 0 && self.pubs.len() > opts.size {
+            self.pubs.pop_front();
+        }
+        if !opts.ttl.is_zero() {
+            while self
+                .pubs
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > opts.ttl)
+            {
+                self.pubs.pop_front();
+            }
+        }
+    }
+
+    fn expired(&self, opts: &StreamOptions, now: Instant) -> bool {
+        !opts.meta_ttl.is_zero() && now.duration_since(self.touched) > opts.meta_ttl
+    }
+}
+
+pub struct MemoryStore {
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<HashMap<Arc<str>, Stream>>]>,
+    deliver: Deliver,
+}
+
+impl MemoryStore {
+    pub fn new(deliver: Deliver) -> Self {
+        Self {
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            deliver,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<Arc<str>, Stream>> {
+        &self.shards[(self.hasher.hash_one(channel) as usize) & (SHARDS - 1)]
+    }
+
+    /// Forgets streams idle for longer than their meta TTL.
+    pub fn sweep(&self, opts_for: impl Fn(&str) -> StreamOptions) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            shard.lock().retain(|ch, s| !s.expired(&opts_for(ch), now));
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>> {
+        let now = Instant::now();
+        let (stored, epoch, delivered) = {
+            let mut shard = self.shard(&publication.channel).lock();
+            let stream = match shard.get_mut(&*publication.channel) {
+                Some(s) if !s.expired(&opts, now) => s,
+                _ => {
+                    shard.insert(publication.channel.clone(), Stream::new());
+                    shard.get_mut(&*publication.channel).expect("just inserted")
+                }
+            };
+            stream.top += 1;
+            stream.touched = now;
+            let stored = Arc::new(publication.with_offset(stream.top));
+            stream.pubs.push_back((now, stored.clone()));
+            stream.trim(&opts, now);
+            let delivered = (self.deliver)(stored.clone());
+            (stored, stream.epoch.clone(), delivered)
+        };
+        Box::pin(async move {
+            delivered.await?;
+            Ok((stored, epoch))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+        opts: StreamOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, StoreError>> {
+        let now = Instant::now();
+        let result = {
+            let mut shard = self.shard(channel).lock();
+            if !shard.get(channel).is_some_and(|s| !s.expired(&opts, now)) {
+                // Reading creates the stream, so that its epoch is stable from
+                // the first subscriber on.
+                shard.insert(Arc::from(channel), Stream::new());
+            }
+            let stream = shard.get_mut(channel).expect("present");
+            stream.touched = now;
+            stream.trim(&opts, now);
+            let position = StreamPosition {
+                offset: stream.top,
+                epoch: stream.epoch.clone(),
+            };
+            let pubs: Vec<Arc<Publication>> = stream.pubs.iter().map(|(_, p)| p.clone()).collect();
+            select(&pubs, &position, &query).map(|publications| HistoryPage {
+                publications,
+                position,
+            })
+        };
+        Box::pin(async move { result })
+    }
+
+    fn remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        if let Some(s) = self.shard(channel).lock().get_mut(channel) {
+            s.pubs.clear();
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests;

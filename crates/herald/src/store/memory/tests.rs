@@ -1,0 +1,166 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::*;
+
+fn store() -> (MemoryStore, Arc<Mutex<Vec<u64>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let deliver: Deliver = Arc::new(move |p: Arc<Publication>| {
+        s.lock().push(p.offset);
+        Box::pin(async { Ok(()) })
+    });
+    (MemoryStore::new(deliver), seen)
+}
+
+fn publication(ch: &str, n: u32) -> Publication {
+    Publication::new(Arc::from(ch), Bytes::from(n.to_string()), None)
+}
+
+fn opts(size: usize) -> StreamOptions {
+    StreamOptions {
+        size,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(3600),
+    }
+}
+
+fn all() -> HistoryQuery {
+    HistoryQuery {
+        limit: Some(usize::MAX),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn offsets_grow_and_window_is_bounded() {
+    let (s, seen) = store();
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        let (p, e) = s.append(publication("c", n), opts(3)).await.unwrap();
+        assert_eq!(p.offset, n as u64);
+        epoch = e;
+    }
+    assert_eq!(*seen.lock(), vec![1, 2, 3, 4, 5]);
+    let page = s.history("c", all(), opts(3)).await.unwrap();
+    assert_eq!(
+        page.position,
+        StreamPosition {
+            offset: 5,
+            epoch: epoch.clone()
+        }
+    );
+    let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![3, 4, 5]);
+}
+
+#[tokio::test]
+async fn queries_since_limit_reverse() {
+    let (s, _) = store();
+    let mut epoch = String::new();
+    for n in 1..=10 {
+        epoch = s.append(publication("c", n), opts(100)).await.unwrap().1;
+    }
+    let offsets = |page: HistoryPage| {
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>()
+    };
+    let q = |since: Option<u64>, limit: Option<usize>, reverse| HistoryQuery {
+        since: since.map(|offset| StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        }),
+        limit,
+        reverse,
+    };
+    assert_eq!(
+        offsets(
+            s.history("c", q(Some(7), Some(10), false), opts(100))
+                .await
+                .unwrap()
+        ),
+        vec![8, 9, 10]
+    );
+    assert_eq!(
+        offsets(
+            s.history("c", q(None, Some(2), false), opts(100))
+                .await
+                .unwrap()
+        ),
+        vec![1, 2]
+    );
+    assert_eq!(
+        offsets(
+            s.history("c", q(None, Some(2), true), opts(100))
+                .await
+                .unwrap()
+        ),
+        vec![10, 9]
+    );
+    assert_eq!(
+        offsets(
+            s.history("c", q(Some(3), Some(5), true), opts(100))
+                .await
+                .unwrap()
+        ),
+        vec![2, 1]
+    );
+    assert!(offsets(
+        s.history("c", q(None, None, false), opts(100))
+            .await
+            .unwrap()
+    )
+    .is_empty());
+    let wrong = HistoryQuery {
+        since: Some(StreamPosition {
+            offset: 1,
+            epoch: "other".into(),
+        }),
+        limit: Some(1),
+        reverse: false,
+    };
+    assert!(matches!(
+        s.history("c", wrong, opts(100)).await,
+        Err(StoreError::Unrecoverable)
+    ));
+}
+
+#[tokio::test]
+async fn ttl_and_meta_ttl() {
+    let (s, _) = store();
+    let short = StreamOptions {
+        size: 10,
+        ttl: Duration::from_millis(30),
+        meta_ttl: Duration::from_millis(80),
+    };
+    let (_, epoch) = s.append(publication("c", 1), short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let page = s.history("c", all(), short).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(
+        page.position.epoch, epoch,
+        "position survives publication expiry"
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.sweep(|_| short);
+    let page = s.history("c", all(), short).await.unwrap();
+    assert_ne!(
+        page.position.epoch, epoch,
+        "an idle stream is forgotten with a new epoch"
+    );
+    assert_eq!(page.position.offset, 0);
+}
+
+#[tokio::test]
+async fn remove_keeps_position() {
+    let (s, _) = store();
+    s.append(publication("c", 1), opts(10)).await.unwrap();
+    s.remove("c").await.unwrap();
+    let page = s.history("c", all(), opts(10)).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position.offset, 1);
+}
