@@ -108,6 +108,14 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     pub join_leave: bool,
     pub delta: String,
+    /// Bit flags; 2 asks to fail with 112 rather than subscribe unrecovered.
+    pub flag: i64,
+}
+
+impl SubscribeRequest {
+    /// Flag bit by which newer SDKs ask for error 112 instead of an
+    /// unrecovered subscription.
+    pub const FLAG_REJECT_UNRECOVERED: i64 = 2;
 }
 
 #[derive(Debug, Default, Deserialize)]

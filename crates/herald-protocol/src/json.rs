@@ -103,7 +103,12 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 fn write_info(o: &mut Obj<'_>, key: &str, info: &ClientInfo) {
-    let mut i = o.nested(key);
+    o.key(key);
+    client_info_object(o.buf, info);
+}
+
+fn client_info_object(buf: &mut Vec<u8>, info: &ClientInfo) {
+    let mut i = Obj::open(buf);
     i.str("user", &info.user);
     i.str("client", &info.client);
     i.raw("conn_info", info.conn_info.as_deref());
@@ -114,6 +119,21 @@ fn write_info(o: &mut Obj<'_>, key: &str, info: &ClientInfo) {
 fn write_publication(o: &mut Obj<'_>, key: &str, p: &Publication) {
     o.key(key);
     publication_object(o.buf, p);
+}
+
+/// One publication as a bare JSON object (`{"data":…,"info":…,"offset":…}`),
+/// as history replies of the server API carry it.
+pub fn encode_publication(p: &Publication) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(p.data.len() + 64);
+    publication_object(&mut buf, p);
+    buf
+}
+
+/// A client's info as a bare JSON object, as presence replies carry it.
+pub fn encode_client_info(info: &ClientInfo) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    client_info_object(&mut buf, info);
+    buf
 }
 
 fn publication_object(buf: &mut Vec<u8>, p: &Publication) {

@@ -10,4 +10,4 @@ pub mod reply;
 
 pub use codes::{Disconnect, ProtocolError};
 pub use command::{Command, Method};
-pub use model::{ClientInfo, Publication};
+pub use model::{ClientInfo, PresenceEvent, Publication};

@@ -58,3 +58,41 @@ impl Publication {
             .get_or_init(|| crate::json::encode_publication_push(self))
     }
 }
+
+/// Someone joined or left a channel, pushed to subscribers that asked for
+/// join/leave events. Encoded once like a publication.
+#[derive(Debug)]
+pub struct PresenceEvent {
+    pub channel: Arc<str>,
+    pub info: Arc<ClientInfo>,
+    pub join: bool,
+    json_push: OnceLock<Bytes>,
+}
+
+impl PresenceEvent {
+    pub fn new(channel: Arc<str>, info: Arc<ClientInfo>, join: bool) -> Self {
+        Self {
+            channel,
+            info,
+            join,
+            json_push: OnceLock::new(),
+        }
+    }
+
+    pub fn json_push(&self) -> &Bytes {
+        self.json_push.get_or_init(|| {
+            let push = if self.join {
+                crate::reply::Push::Join {
+                    channel: self.channel.to_string(),
+                    info: self.info.clone(),
+                }
+            } else {
+                crate::reply::Push::Leave {
+                    channel: self.channel.to_string(),
+                    info: self.info.clone(),
+                }
+            };
+            Bytes::from(crate::json::encode_push(&push))
+        })
+    }
+}

@@ -8,7 +8,7 @@ mod memory;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use herald_protocol::Publication;
+use herald_protocol::{PresenceEvent, Publication};
 use thiserror::Error;
 
 pub use memory::MemoryBroker;
@@ -25,6 +25,11 @@ pub trait Broker: Send + Sync + 'static {
     /// passed in order leave in order; the future reports the outcome.
     fn publish(&self, publication: Arc<Publication>)
         -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Sends a join or leave event like a publication.
+    fn publish_presence(
+        &self,
+        event: Arc<PresenceEvent>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>>;
     /// Called when the channel gets its first local subscriber.
     fn subscribe(&self, channel: &str) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Called when the channel's last local subscriber leaves.

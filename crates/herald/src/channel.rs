@@ -134,16 +134,53 @@ impl ChannelRules {
         }
     }
 
-    /// May `who` publish from the client side?
-    pub fn can_publish(&self, r: &Resolved<'_>, who: &Asker<'_>) -> bool {
+    /// May `who` read the channel's presence?
+    pub fn can_read_presence(&self, r: &Resolved<'_>, who: &Asker<'_>) -> bool {
+        let o = r.options;
+        self.allowed(
+            who,
+            o.allow_presence_for_client,
+            o.allow_presence_for_subscriber,
+            o.allow_presence_for_anonymous,
+        )
+    }
+
+    /// May `who` read the channel's history?
+    pub fn can_read_history(&self, r: &Resolved<'_>, who: &Asker<'_>) -> bool {
+        let o = r.options;
+        self.allowed(
+            who,
+            o.allow_history_for_client,
+            o.allow_history_for_subscriber,
+            o.allow_history_for_anonymous,
+        )
+    }
+
+    fn allowed(
+        &self,
+        who: &Asker<'_>,
+        for_client: bool,
+        for_subscriber: bool,
+        for_anonymous: bool,
+    ) -> bool {
         if self.insecure {
             return true;
         }
-        let o = r.options;
-        if who.user.is_empty() && !o.allow_publish_for_anonymous {
+        if who.user.is_empty() && !for_anonymous {
             return false;
         }
-        o.allow_publish_for_client || (o.allow_publish_for_subscriber && who.subscribed)
+        for_client || (for_subscriber && who.subscribed)
+    }
+
+    /// May `who` publish from the client side?
+    pub fn can_publish(&self, r: &Resolved<'_>, who: &Asker<'_>) -> bool {
+        let o = r.options;
+        self.allowed(
+            who,
+            o.allow_publish_for_client,
+            o.allow_publish_for_subscriber,
+            o.allow_publish_for_anonymous,
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_protocol::{Disconnect, Publication};
+use herald_protocol::{Disconnect, PresenceEvent, Publication};
 use parking_lot::RwLock;
 
 /// Number of shards of each map; a power of two.
@@ -53,10 +53,19 @@ pub trait Client: Send + Sync + 'static {
     /// Queue a publication; never blocks. A client that cannot keep up
     /// disconnects itself.
     fn deliver(&self, publication: &Arc<Publication>);
+    /// Queue a join or leave event.
+    fn deliver_presence(&self, event: &Arc<PresenceEvent>);
     fn control(&self, control: Control);
 }
 
 type ClientRef = Arc<dyn Client>;
+
+/// One subscription in the hub.
+struct Sub {
+    client: ClientRef,
+    /// Receives join/leave events of the channel.
+    join_leave: bool,
+}
 
 struct Sharded<K, V> {
     hasher: std::collections::hash_map::RandomState,
@@ -84,7 +93,7 @@ pub enum Refused {
 
 /// Channel subscriptions and connection registry of this node.
 pub struct Hub {
-    channels: Sharded<Arc<str>, HashMap<u64, ClientRef>>,
+    channels: Sharded<Arc<str>, HashMap<u64, Sub>>,
     clients: Sharded<Arc<str>, ClientRef>,
     users: Sharded<String, HashMap<u64, ClientRef>>,
     num_clients: AtomicUsize,
@@ -158,13 +167,16 @@ impl Hub {
     }
 
     /// Adds a subscriber; true when it is the channel's first on this node.
-    pub fn subscribe(&self, channel: &str, client: ClientRef) -> bool {
+    pub fn subscribe(&self, channel: &str, client: ClientRef, join_leave: bool) -> bool {
         let mut shard = self.channels.shard(channel).write();
         let (first, subs) = match shard.get_mut(channel) {
             Some(subs) => (false, subs),
             None => (true, shard.entry(Arc::from(channel)).or_default()),
         };
-        if subs.insert(client.key(), client).is_none() {
+        if subs
+            .insert(client.key(), Sub { client, join_leave })
+            .is_none()
+        {
             self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
         }
         first
@@ -193,10 +205,21 @@ impl Hub {
         let Some(subs) = shard.get(&*publication.channel) else {
             return 0;
         };
-        for client in subs.values() {
-            client.deliver(publication);
+        for sub in subs.values() {
+            sub.client.deliver(publication);
         }
         subs.len()
+    }
+
+    /// Hands a join or leave event to the local subscribers that want them.
+    pub fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
+        let shard = self.channels.shard(&*event.channel).read();
+        let Some(subs) = shard.get(&*event.channel) else {
+            return;
+        };
+        for sub in subs.values().filter(|s| s.join_leave) {
+            sub.client.deliver_presence(event);
+        }
     }
 
     pub fn client(&self, client_id: &str) -> Option<ClientRef> {

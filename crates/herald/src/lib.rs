@@ -12,6 +12,7 @@ pub mod hub;
 pub mod node;
 pub mod origin;
 pub mod pattern;
+pub mod presence;
 pub mod server;
 pub mod session;
 pub mod store;

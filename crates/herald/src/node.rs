@@ -8,16 +8,27 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_protocol::{ClientInfo, ProtocolError, Publication};
+use herald_protocol::{ClientInfo, PresenceEvent, ProtocolError, Publication};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::broker::{Broker, MemoryBroker};
 use crate::channel::ChannelRules;
-use crate::config::{Config, ConfigError};
+use crate::config::{ChannelOptions, Config, ConfigError, HistoryStorage};
 use crate::hub::Hub;
 use crate::origin::OriginPolicy;
+use crate::presence::Presence;
+use crate::store::{
+    Deliver, HistoryPage, HistoryQuery, MemoryStore, Store, StoreError, StreamOptions,
+};
+
+/// Where a publication landed in its channel's stream (zero without history).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishResult {
+    pub offset: u64,
+    pub epoch: String,
+}
 
 /// Counters exposed at `/metrics` and in `info`.
 #[derive(Debug, Default)]
@@ -40,6 +51,9 @@ pub struct Node {
     pub rules: ChannelRules,
     pub hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
+    memory_store: Arc<MemoryStore>,
+    durable_store: Option<Arc<dyn Store>>,
+    pub presence: Presence,
     pub connection_tokens: Verifier,
     pub subscription_tokens: Verifier,
     pub counters: Counters,
@@ -58,6 +72,9 @@ impl Node {
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         let hub = Arc::new(Hub::new());
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+        let to_broker = broker.clone();
+        let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));
+        let memory_store = Arc::new(MemoryStore::new(deliver));
         let connection_tokens = Verifier::from_config(&config.client.token, "client.token")?;
         let subscription_tokens = if config.client.subscription_token.enabled {
             Verifier::from_config(
@@ -76,6 +93,9 @@ impl Node {
             rules: ChannelRules::new(&config.channel, config.client.insecure),
             hub,
             broker,
+            memory_store,
+            durable_store: None,
+            presence: Presence::new(),
             connection_tokens,
             subscription_tokens,
             counters: Counters::default(),
@@ -95,23 +115,126 @@ impl Node {
         self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Publishes `data` (raw JSON) into `channel` and returns once the broker
-    /// has taken it.
+    /// Stream retention for a namespace, or `None` when it keeps no history.
+    pub fn stream_options(&self, o: &ChannelOptions) -> Option<StreamOptions> {
+        let durable = o.history_storage == HistoryStorage::Durable;
+        if !durable && (o.history_size == 0 || o.history_ttl.is_zero()) {
+            return None;
+        }
+        let meta_ttl = if o.history_meta_ttl.is_zero() {
+            self.config.channel.history_meta_ttl
+        } else {
+            o.history_meta_ttl
+        };
+        Some(StreamOptions {
+            size: o.history_size,
+            ttl: o.history_ttl.0,
+            meta_ttl: meta_ttl.0,
+        })
+    }
+
+    fn store_for(&self, o: &ChannelOptions) -> Result<&dyn Store, ProtocolError> {
+        match o.history_storage {
+            HistoryStorage::Memory => Ok(&*self.memory_store),
+            HistoryStorage::Durable => self.durable_store.as_deref().ok_or_else(|| {
+                tracing::error!("durable namespace used but durable storage is not open");
+                ProtocolError::INTERNAL
+            }),
+        }
+    }
+
+    /// Publishes `data` (raw JSON) into `channel`. With history, the
+    /// publication is appended to the channel's stream (and for durable
+    /// streams committed) before this returns its position.
     pub async fn publish(
         &self,
         channel: &str,
         data: Bytes,
         info: Option<Arc<ClientInfo>>,
         tags: BTreeMap<String, String>,
-    ) -> Result<(), ProtocolError> {
-        let publication =
-            Arc::new(Publication::new(Arc::from(channel), data, info).with_tags(tags));
-        self.broker.publish(publication).await.map_err(|e| {
-            tracing::warn!(channel, error = %e, "publish failed");
-            ProtocolError::INTERNAL
-        })?;
+    ) -> Result<PublishResult, ProtocolError> {
+        let options = self.rules.resolve(channel)?.options;
+        let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
+        let result = match self.stream_options(options) {
+            Some(opts) => {
+                let (stored, epoch) = self
+                    .store_for(options)?
+                    .append(publication, opts)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(channel, error = %e, "publish failed");
+                        ProtocolError::INTERNAL
+                    })?;
+                PublishResult {
+                    offset: stored.offset,
+                    epoch,
+                }
+            }
+            None => {
+                self.broker
+                    .publish(Arc::new(publication))
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(channel, error = %e, "publish failed");
+                        ProtocolError::INTERNAL
+                    })?;
+                PublishResult::default()
+            }
+        };
         Counters::incr(&self.counters.publications);
-        Ok(())
+        Ok(result)
+    }
+
+    /// Reads a channel's stream: 108 when the namespace keeps no history,
+    /// 112 when `since` names a lost epoch.
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ProtocolError> {
+        let options = self.rules.resolve(channel)?.options;
+        let opts = self
+            .stream_options(options)
+            .ok_or(ProtocolError::NOT_AVAILABLE)?;
+        self.store_for(options)?
+            .history(channel, query, opts)
+            .await
+            .map_err(|e| match e {
+                StoreError::Unrecoverable => ProtocolError::UNRECOVERABLE_POSITION,
+                e => {
+                    tracing::warn!(channel, error = %e, "history failed");
+                    ProtocolError::INTERNAL
+                }
+            })
+    }
+
+    pub async fn remove_history(&self, channel: &str) -> Result<(), ProtocolError> {
+        let options = self.rules.resolve(channel)?.options;
+        self.stream_options(options)
+            .ok_or(ProtocolError::NOT_AVAILABLE)?;
+        self.store_for(options)?.remove(channel).await.map_err(|e| {
+            tracing::warn!(channel, error = %e, "history remove failed");
+            ProtocolError::INTERNAL
+        })
+    }
+
+    /// Announces a join or leave to the channel's subscribers on every node.
+    pub async fn presence_event(&self, channel: &str, info: Arc<ClientInfo>, join: bool) {
+        let event = Arc::new(PresenceEvent::new(Arc::from(channel), info, join));
+        if let Err(e) = self.broker.publish_presence(event).await {
+            tracing::warn!(channel, error = %e, "join/leave event lost");
+        }
+    }
+
+    /// Forgets idle memory streams; run periodically.
+    pub fn sweep_streams(&self) {
+        self.memory_store.sweep(|channel| {
+            self.rules
+                .resolve(channel)
+                .ok()
+                .and_then(|r| self.stream_options(r.options))
+                .unwrap_or_default()
+        });
     }
 
     /// Tells the broker this node now has subscribers in `channel`.

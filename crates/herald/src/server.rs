@@ -79,6 +79,7 @@ impl Server {
             );
         }
         let router = router(node.clone());
+        let sweeper = tokio::spawn(sweep_streams(node.clone()));
         let stop = node.shutdown.clone();
         axum::serve(self.listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -98,8 +99,23 @@ impl Server {
                 "shutdown grace period ended with connections open"
             );
         }
+        let _ = sweeper.await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often idle memory streams are looked for.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Forgets idle memory streams until shutdown.
+async fn sweep_streams(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => node.sweep_streams(),
+        }
     }
 }
 

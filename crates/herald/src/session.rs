@@ -9,13 +9,15 @@ mod outbox;
 mod subscribe;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::json::{self, DecodeError};
 use herald_protocol::reply::{Push, ReplyBody};
-use herald_protocol::{ClientInfo, Disconnect, Method, ProtocolError, Publication};
+use herald_protocol::{ClientInfo, Disconnect, Method, PresenceEvent, ProtocolError, Publication};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 pub use outbox::{Item, Outbox};
@@ -30,6 +32,45 @@ pub struct Handle {
     client_id: String,
     user: String,
     outbox: Arc<Outbox>,
+    /// Publications held back per channel while a subscribe reads the
+    /// channel's stream, so that none is lost or repeated around the read.
+    buffers: Mutex<HashMap<Arc<str>, Vec<Arc<Publication>>>>,
+    /// Number of channels in `buffers`; lets delivery skip the lock.
+    buffering: AtomicUsize,
+}
+
+impl Handle {
+    fn new(key: u64, client_id: String, user: String, outbox: Arc<Outbox>) -> Self {
+        Self {
+            key,
+            client_id,
+            user,
+            outbox,
+            buffers: Mutex::default(),
+            buffering: AtomicUsize::new(0),
+        }
+    }
+
+    fn start_buffering(&self, channel: &str) {
+        let mut b = self.buffers.lock();
+        if b.insert(Arc::from(channel), Vec::new()).is_none() {
+            self.buffering.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends buffering: queues the held publications newer than `after`
+    /// (unless `discard`), under the lock so later ones cannot overtake them.
+    fn finish_buffering(&self, channel: &str, after: u64, discard: bool) {
+        let mut b = self.buffers.lock();
+        if let Some(held) = b.remove(channel) {
+            if !discard {
+                for p in held.iter().filter(|p| p.offset > after) {
+                    self.outbox.push_frame(p.json_push().clone());
+                }
+            }
+            self.buffering.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Client for Handle {
@@ -44,7 +85,19 @@ impl Client for Handle {
     }
     fn deliver(&self, publication: &Arc<Publication>) {
         // An overflow is noticed by the writer, which closes with 3008.
+        if self.buffering.load(Ordering::Acquire) > 0 {
+            let mut b = self.buffers.lock();
+            if let Some(held) = b.get_mut(&*publication.channel) {
+                held.push(publication.clone());
+                return;
+            }
+            self.outbox.push_frame(publication.json_push().clone());
+            return;
+        }
         self.outbox.push_frame(publication.json_push().clone());
+    }
+    fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
+        self.outbox.push_frame(event.json_push().clone());
     }
     fn control(&self, control: Control) {
         self.outbox.push_control(control);
@@ -59,6 +112,10 @@ struct SubState {
     /// `info` from the subscription token, attached to the client's
     /// publications in this channel.
     chan_info: Option<Bytes>,
+    /// This client is in the channel's presence set.
+    presence: bool,
+    /// The channel announces joins and leaves.
+    join_leave: bool,
 }
 
 /// Identity after a successful connect.
@@ -157,8 +214,9 @@ impl Session {
                 .await
                 .map(|_| ReplyBody::Unsubscribe),
             Method::Publish(req) => self.publish(req).await,
-            Method::Presence(req) | Method::PresenceStats(req) => self.not_available(&req.channel),
-            Method::History(req) => self.not_available(&req.channel),
+            Method::Presence(req) => self.presence(&req.channel, false),
+            Method::PresenceStats(req) => self.presence(&req.channel, true),
+            Method::History(req) => self.history(req).await,
             Method::Ping => Ok(ReplyBody::Ping),
             Method::Rpc(_) => Err(ProtocolError::METHOD_NOT_FOUND),
             Method::Refresh(req) => self.refresh(&req.token)?,

@@ -17,6 +17,7 @@ use super::{ApiError, ApiResult};
 use crate::auth::now_unix;
 use crate::hub::{Client, Control};
 use crate::node::Node;
+use crate::store::{HistoryQuery, StreamPosition};
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -36,10 +37,13 @@ pub fn call<'a>(node: &'a Node, method: &'a str, body: &'a [u8]) -> BoxFuture<'a
             "channels" => channels(node, parse(body)?),
             "info" => Ok(info(node)),
             "batch" => batch(node, parse(body)?).await,
-            "presence" | "presence_stats" | "history" | "history_remove" => {
+            "presence" => presence(node, parse(body)?, false),
+            "presence_stats" => presence(node, parse(body)?, true),
+            "history" => history(node, parse(body)?).await,
+            "history_remove" => {
                 let req: ChannelOnly = parse(body)?;
-                node.rules.resolve(&req.channel)?;
-                Err(ProtocolError::NOT_AVAILABLE.into())
+                node.remove_history(&req.channel).await?;
+                Ok(json!({}))
             }
             _ => Err(ApiError::Status(
                 StatusCode::NOT_FOUND,
@@ -98,9 +102,77 @@ async fn publish_one(
     data: Bytes,
     tags: BTreeMap<String, String>,
 ) -> ApiResult {
-    node.rules.resolve(channel)?;
-    node.publish(channel, data, None, tags).await?;
-    Ok(json!({}))
+    let r = node.publish(channel, data, None, tags).await?;
+    if r.epoch.is_empty() {
+        return Ok(json!({}));
+    }
+    Ok(json!({ "offset": r.offset, "epoch": r.epoch }))
+}
+
+fn presence(node: &Node, req: ChannelOnly, stats: bool) -> ApiResult {
+    if !node.rules.resolve(&req.channel)?.options.presence {
+        return Err(ProtocolError::NOT_AVAILABLE.into());
+    }
+    if stats {
+        let (num_clients, num_users) = node.presence.stats(&req.channel);
+        return Ok(json!({ "num_clients": num_clients, "num_users": num_users }));
+    }
+    let mut out = Map::new();
+    for (client, info) in node.presence.get(&req.channel) {
+        out.insert(
+            client,
+            raw_json(herald_protocol::json::encode_client_info(&info)),
+        );
+    }
+    Ok(json!({ "presence": out }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HistoryRequest {
+    channel: String,
+    limit: i64,
+    since: Option<Since>,
+    reverse: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Since {
+    offset: u64,
+    epoch: String,
+}
+
+async fn history(node: &Node, req: HistoryRequest) -> ApiResult {
+    // The API has no per-client cap: a negative limit means everything.
+    let limit = match req.limit {
+        0 => None,
+        n if n < 0 => Some(usize::MAX),
+        n => Some(n as usize),
+    };
+    let since = req.since.map(|s| StreamPosition {
+        offset: s.offset,
+        epoch: s.epoch,
+    });
+    let query = HistoryQuery {
+        since,
+        limit,
+        reverse: req.reverse,
+    };
+    let page = node.history(&req.channel, query).await?;
+    let pubs: Vec<Value> = page
+        .publications
+        .iter()
+        .map(|p| raw_json(herald_protocol::json::encode_publication(p)))
+        .collect();
+    Ok(
+        json!({ "publications": pubs, "epoch": page.position.epoch, "offset": page.position.offset }),
+    )
+}
+
+/// Embeds already encoded JSON into a reply.
+fn raw_json(bytes: Vec<u8>) -> Value {
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
 }
 
 async fn publish(node: &Node, req: PublishRequest) -> ApiResult {

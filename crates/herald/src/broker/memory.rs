@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures_util::future::{self, BoxFuture};
-use herald_protocol::Publication;
+use herald_protocol::{PresenceEvent, Publication};
 
 use super::{Broker, BrokerError};
 use crate::hub::Hub;
@@ -24,6 +24,14 @@ impl Broker for MemoryBroker {
         publication: Arc<Publication>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
         self.hub.deliver(&publication);
+        Box::pin(future::ready(Ok(())))
+    }
+
+    fn publish_presence(
+        &self,
+        event: Arc<PresenceEvent>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        self.hub.deliver_presence(&event);
         Box::pin(future::ready(Ok(())))
     }
 

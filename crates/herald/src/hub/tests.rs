@@ -11,6 +11,7 @@ struct Probe {
     user: String,
     got: Mutex<Vec<Arc<Publication>>>,
     controls: Mutex<Vec<Control>>,
+    presence: AtomicU64,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -38,6 +39,9 @@ impl Client for Probe {
     fn deliver(&self, p: &Arc<Publication>) {
         self.got.lock().push(p.clone());
     }
+    fn deliver_presence(&self, _: &Arc<PresenceEvent>) {
+        self.presence.fetch_add(1, Ordering::Relaxed);
+    }
     fn control(&self, c: Control) {
         self.controls.lock().push(c);
     }
@@ -55,9 +59,9 @@ fn publication(ch: &str) -> Arc<Publication> {
 fn fan_out_shares_one_publication() {
     let hub = Hub::new();
     let (a, b, c) = (probe("1"), probe("2"), probe("3"));
-    assert!(hub.subscribe("news", a.clone()));
-    assert!(!hub.subscribe("news", b.clone()));
-    hub.subscribe("other", c.clone());
+    assert!(hub.subscribe("news", a.clone(), false));
+    assert!(!hub.subscribe("news", b.clone(), false));
+    hub.subscribe("other", c.clone(), false);
     let p = publication("news");
     assert_eq!(hub.deliver(&p), 2);
     assert!(Arc::ptr_eq(&a.got.lock()[0], &b.got.lock()[0]));
@@ -94,4 +98,16 @@ fn anonymous_connections_are_not_user_limited() {
         hub.add_client(probe(""), 0, 1).unwrap();
     }
     assert_eq!(hub.num_clients(), 3);
+}
+
+#[test]
+fn presence_events_go_to_subscribers_that_asked() {
+    let hub = Hub::new();
+    let (a, b) = (probe("1"), probe("2"));
+    hub.subscribe("room", a.clone(), true);
+    hub.subscribe("room", b.clone(), false);
+    let info = Arc::new(herald_protocol::ClientInfo::default());
+    hub.deliver_presence(&Arc::new(PresenceEvent::new(Arc::from("room"), info, true)));
+    assert_eq!(a.presence.load(Ordering::Relaxed), 1);
+    assert_eq!(b.presence.load(Ordering::Relaxed), 0);
 }

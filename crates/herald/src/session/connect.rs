@@ -24,12 +24,12 @@ impl Session {
             Err(Err(d)) => return Err(d),
         };
         let cfg = &self.node.config.client;
-        let handle = Arc::new(Handle {
-            key: self.node.next_key(),
-            client_id: self.client_id.clone(),
-            user: claims.user.clone(),
-            outbox: self.outbox.clone(),
-        });
+        let handle = Arc::new(Handle::new(
+            self.node.next_key(),
+            self.client_id.clone(),
+            claims.user.clone(),
+            self.outbox.clone(),
+        ));
         match self.node.hub.add_client(
             handle.clone(),
             cfg.connection_limit,
@@ -93,8 +93,8 @@ impl Session {
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
         for channel in server_subs {
-            self.subs.insert(channel.clone(), SubState::default());
-            self.hub_subscribe(&channel).await;
+            self.join_channel(&channel, SubState::default(), false)
+                .await;
         }
         Ok(())
     }

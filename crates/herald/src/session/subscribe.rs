@@ -1,43 +1,164 @@
-//! Subscriptions: subscribe (by permission, user-limited name or token),
+//! Subscriptions: subscribe (by permission, user-limited name or token, with
+//! stream position and recovery where the namespace keeps history),
 //! unsubscribe, subscription token refresh, and server-side subscriptions.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, ReplyBody, SubRefreshResult, SubscribeResult};
-use herald_protocol::{Disconnect, ProtocolError};
+use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
 
 use super::{ttl_from, Session, SubState};
 use crate::auth::{now_unix, TokenError};
 use crate::channel::Asker;
+use crate::config::ChannelOptions;
+use crate::store::{HistoryQuery, StreamPosition};
 
 type Outcome = Result<ReplyBody, ProtocolError>;
 
 impl Session {
-    /// Subscribes and writes the reply itself (it must precede publications).
+    /// Subscribes and writes the reply itself: it must precede every
+    /// publication of the channel this client receives.
     pub(super) async fn subscribe(
         &mut self,
         id: u32,
         req: SubscribeRequest,
     ) -> Result<(), Disconnect> {
-        let channel = req.channel;
-        let state = match self.check_subscribe(&channel, &req.token)? {
+        let channel = req.channel.clone();
+        let mut state = match self.check_subscribe(&channel, &req.token)? {
             Ok(state) => state,
             Err(e) => {
                 self.reply(id, Err(e));
                 return Ok(());
             }
         };
-        let result = SubscribeResult {
+        let Some(conn) = &self.conn else {
+            return Err(Disconnect::bad_request());
+        };
+        let handle = conn.handle.clone();
+        let options = self
+            .node
+            .rules
+            .resolve(&channel)
+            .map(|r| r.options.clone())
+            .unwrap_or_default();
+        let stream = self.node.stream_options(&options);
+        let recoverable = stream.is_some()
+            && (options.force_recovery || (options.allow_recovery && req.recoverable));
+        let positioned = recoverable
+            || (stream.is_some()
+                && (options.force_positioning || (options.allow_positioning && req.positioned)));
+        let join_leave_push =
+            options.join_leave && (options.force_push_join_leave || req.join_leave);
+        state.presence = options.presence;
+        state.join_leave = options.join_leave;
+        let mut result = SubscribeResult {
             expires: state.expires_at.is_some(),
             ttl: ttl_from(state.expires_at),
+            recoverable,
+            positioned,
             ..Default::default()
         };
-        // Reply first, then join the hub, so that no publication overtakes
-        // the subscribe reply.
-        self.reply(id, Ok(ReplyBody::Subscribe(result)));
-        self.subs.insert(channel.clone(), state);
-        self.hub_subscribe(&channel).await;
+        if !positioned {
+            // Reply first, then join the hub, so no publication overtakes it.
+            self.reply(id, Ok(ReplyBody::Subscribe(result)));
+            self.join_channel(&channel, state, join_leave_push).await;
+            return Ok(());
+        }
+        // Join the hub holding publications back, read the stream, reply,
+        // then release what arrived meanwhile and is newer than the reply.
+        handle.start_buffering(&channel);
+        self.join_channel(&channel, state, join_leave_push).await;
+        match self.position(&channel, &req, &options, &mut result).await {
+            Ok(top) => {
+                self.reply(id, Ok(ReplyBody::Subscribe(result)));
+                handle.finish_buffering(&channel, top, false);
+            }
+            Err(e) => {
+                handle.finish_buffering(&channel, 0, true);
+                let _ = self.unsubscribe(&channel).await;
+                self.reply(id, Err(e));
+            }
+        }
         Ok(())
+    }
+
+    /// Fills the stream position and, when recovering, the missed
+    /// publications; returns the offset the client is then at.
+    async fn position(
+        &self,
+        channel: &str,
+        req: &SubscribeRequest,
+        options: &ChannelOptions,
+        result: &mut SubscribeResult,
+    ) -> Result<u64, ProtocolError> {
+        let limit = self.node.config.client.recovery_max_publication_limit;
+        let position_only = HistoryQuery {
+            since: None,
+            limit: None,
+            reverse: false,
+        };
+        if !(req.recover && result.recoverable) {
+            let page = self.node.history(channel, position_only).await?;
+            result.epoch = page.position.epoch;
+            result.offset = page.position.offset;
+            return Ok(result.offset);
+        }
+        result.was_recovering = true;
+        let cache_mode = options.force_recovery_mode == "cache";
+        let query = if cache_mode {
+            HistoryQuery {
+                since: None,
+                limit: Some(1),
+                reverse: true,
+            }
+        } else {
+            let since = StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.clone(),
+            };
+            HistoryQuery {
+                since: Some(since),
+                limit: Some(limit + 1),
+                reverse: false,
+            }
+        };
+        let (page, recovered) = match self.node.history(channel, query).await {
+            Ok(page) if cache_mode => {
+                let recovered = page.position.epoch == req.epoch;
+                (page, recovered)
+            }
+            Ok(page) => {
+                // Never partial: every publication after the client's offset
+                // must still be in the stream, and not too many of them.
+                let complete = match page.publications.first() {
+                    Some(first) => {
+                        first.offset == req.offset + 1 && page.publications.len() <= limit
+                    }
+                    None => page.position.offset == req.offset,
+                };
+                (page, complete)
+            }
+            Err(e) if e == ProtocolError::UNRECOVERABLE_POSITION => {
+                (self.node.history(channel, position_only).await?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        if !recovered && req.flag & SubscribeRequest::FLAG_REJECT_UNRECOVERED != 0 {
+            return Err(ProtocolError::UNRECOVERABLE_POSITION);
+        }
+        result.recovered = recovered;
+        result.epoch = page.position.epoch;
+        result.offset = page.position.offset;
+        if recovered {
+            result.publications = page
+                .publications
+                .into_iter()
+                .filter(|p| p.offset > req.offset)
+                .collect();
+        }
+        Ok(result.offset)
     }
 
     /// Permission and limit checks for a client subscribe.
@@ -76,6 +197,7 @@ impl Session {
             return Ok(Ok(SubState {
                 expires_at: claims.expires_at,
                 chan_info: claims.info,
+                ..Default::default()
             }));
         }
         if !self.node.rules.can_subscribe(
@@ -90,22 +212,63 @@ impl Session {
         Ok(Ok(SubState::default()))
     }
 
-    /// Joins the hub's channel; tells the broker when this is the node's
-    /// first subscriber there.
-    pub(super) async fn hub_subscribe(&self, channel: &str) {
+    /// The client's info as shown in this channel (with the subscription's
+    /// `chan_info`).
+    fn member_info(&self, chan_info: Option<Bytes>) -> Option<Arc<ClientInfo>> {
+        let conn = self.conn.as_ref()?;
+        Some(match chan_info {
+            Some(chan_info) => Arc::new(ClientInfo {
+                chan_info: Some(chan_info),
+                ..(*conn.info).clone()
+            }),
+            None => conn.info.clone(),
+        })
+    }
+
+    /// Records the subscription, joins the hub (telling the broker when this
+    /// is the node's first subscriber), presence and join event.
+    pub(super) async fn join_channel(
+        &mut self,
+        channel: &str,
+        state: SubState,
+        join_leave_push: bool,
+    ) {
         let Some(conn) = &self.conn else { return };
-        if self.node.hub.subscribe(channel, conn.handle.clone()) {
+        let handle = conn.handle.clone();
+        let member = (state.presence || state.join_leave)
+            .then(|| self.member_info(state.chan_info.clone()))
+            .flatten();
+        let (presence, join_leave) = (state.presence, state.join_leave);
+        self.subs.insert(channel.to_string(), state);
+        if self.node.hub.subscribe(channel, handle, join_leave_push) {
             self.node.broker_subscribe(channel).await;
+        }
+        if let Some(info) = member {
+            if presence {
+                self.node.presence.add(channel, info.clone());
+            }
+            if join_leave {
+                self.node.presence_event(channel, info, true).await;
+            }
         }
     }
 
     pub(super) async fn unsubscribe(&mut self, channel: &str) -> Result<(), ProtocolError> {
-        if self.subs.remove(channel).is_none() {
+        let Some(state) = self.subs.remove(channel) else {
             return Ok(());
+        };
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
+        if self.node.hub.unsubscribe(channel, conn.handle.key) {
+            self.node.broker_unsubscribe(channel).await;
         }
-        if let Some(conn) = &self.conn {
-            if self.node.hub.unsubscribe(channel, conn.handle.key) {
-                self.node.broker_unsubscribe(channel).await;
+        if state.presence {
+            self.node.presence.remove(channel, &self.client_id);
+        }
+        if state.join_leave {
+            if let Some(info) = self.member_info(state.chan_info) {
+                self.node.presence_event(channel, info, false).await;
             }
         }
         Ok(())
@@ -152,12 +315,14 @@ impl Session {
         data: Option<Bytes>,
         expire_at: Option<i64>,
     ) {
-        if self.conn.is_none()
-            || self.subs.contains_key(&channel)
-            || self.node.rules.resolve(&channel).is_err()
-        {
+        if self.conn.is_none() || self.subs.contains_key(&channel) {
             return;
         }
+        let Ok(resolved) = self.node.rules.resolve(&channel) else {
+            return;
+        };
+        let (presence, join_leave) = (resolved.options.presence, resolved.options.join_leave);
+        let push_join_leave = join_leave && resolved.options.force_push_join_leave;
         let result = SubscribeResult {
             data,
             ..Default::default()
@@ -166,13 +331,12 @@ impl Session {
             channel: channel.clone(),
             result,
         });
-        self.subs.insert(
-            channel.clone(),
-            SubState {
-                expires_at: expire_at,
-                chan_info: info,
-            },
-        );
-        self.hub_subscribe(&channel).await;
+        let state = SubState {
+            expires_at: expire_at,
+            chan_info: info,
+            presence,
+            join_leave,
+        };
+        self.join_channel(&channel, state, push_join_leave).await;
     }
 }
