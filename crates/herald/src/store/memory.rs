@@ -19,6 +19,8 @@ use super::{
 
 const SHARDS: usize = 64;
 
+type Streams = HashMap<Arc<str>, Stream>;
+
 struct Stream {
     epoch: String,
     top: u64,
@@ -58,7 +60,7 @@ impl Stream {
 
 pub struct MemoryStore {
     hasher: std::collections::hash_map::RandomState,
-    shards: Box<[Mutex<HashMap<Arc<str>, Stream>>]>,
+    shards: Box<[Mutex<Streams>]>,
     deliver: Deliver,
 }
 
@@ -71,7 +73,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, channel: &str) -> &Mutex<HashMap<Arc<str>, Stream>> {
+    fn shard(&self, channel: &str) -> &Mutex<Streams> {
         &self.shards[(self.hasher.hash_one(channel) as usize) & (SHARDS - 1)]
     }
 
@@ -123,7 +125,7 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let result = {
             let mut shard = self.shard(channel).lock();
-            if !shard.get(channel).is_some_and(|s| !s.expired(&opts, now)) {
+            if shard.get(channel).is_none_or(|s| s.expired(&opts, now)) {
                 // Reading creates the stream, so that its epoch is stable from
                 // the first subscriber on.
                 shard.insert(Arc::from(channel), Stream::new());

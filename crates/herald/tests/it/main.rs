@@ -7,6 +7,8 @@ mod support;
 mod api;
 mod connect;
 mod dev;
+mod history;
 mod limits;
 mod ping;
+mod presence;
 mod subscribe;

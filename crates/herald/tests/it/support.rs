@@ -46,7 +46,18 @@ pub fn base_config() -> Value {
                 { "name": "open", "allow_subscribe_for_client": true, "allow_publish_for_client": true },
                 { "name": "ro", "allow_subscribe_for_client": true },
                 { "name": "secret" },
-                { "name": "dm", "allow_user_limited_channels": true }
+                { "name": "dm", "allow_user_limited_channels": true },
+                { "name": "hist", "history_size": 100, "history_ttl": "300s", "force_recovery": true,
+                  "allow_subscribe_for_client": true, "allow_history_for_subscriber": true,
+                  "allow_publish_for_subscriber": true },
+                { "name": "small", "history_size": 3, "history_ttl": "300s", "force_recovery": true,
+                  "allow_subscribe_for_client": true, "allow_history_for_client": true },
+                { "name": "cache", "history_size": 10, "history_ttl": "300s", "force_recovery": true,
+                  "force_recovery_mode": "cache", "allow_subscribe_for_client": true },
+                { "name": "pos", "history_size": 10, "history_ttl": "300s", "allow_positioning": true,
+                  "allow_subscribe_for_client": true },
+                { "name": "room", "presence": true, "join_leave": true, "force_push_join_leave": true,
+                  "allow_subscribe_for_client": true, "allow_presence_for_subscriber": true }
             ]
         }
     })

@@ -1,0 +1,541 @@
+//! The `herald` binary itself: its subcommands, configuration errors and
+//! warnings, `HERALD_*` environment variables, and a graceful shutdown on
+//! SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Longest any single wait may take before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The binary with a clean environment: no inherited `HERALD_*` variables.
+fn herald() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.env_clear();
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("herald runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(path: &Path, v: &Value) {
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn non_empty_str(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| !s.is_empty())
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let o = run(herald().arg("version"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(herald().arg("--version"));
+    assert!(o.status.success());
+    assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn genconfig_writes_fresh_secrets_and_does_not_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    let o = run(herald().arg("genconfig").arg("-o").arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = read_json(&file);
+    assert!(
+        non_empty_str(&cfg["client"]["token"]["hmac_secret_key"]),
+        "{cfg}"
+    );
+    assert!(non_empty_str(&cfg["http_api"]["key"]), "{cfg}");
+    assert!(non_empty_str(&cfg["admin"]["password"]), "{cfg}");
+    assert_ne!(
+        cfg["client"]["token"]["hmac_secret_key"],
+        cfg["http_api"]["key"]
+    );
+
+    // The generated file is a valid configuration without warnings.
+    let o = run(herald().arg("checkconfig").arg("-c").arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+
+    // No overwrite without --force; the file stays as it was.
+    let before = std::fs::read_to_string(&file).unwrap();
+    let o = run(herald().arg("genconfig").arg("-o").arg(&file));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+
+    // With --force: a new file with new secrets.
+    let o = run(herald()
+        .arg("genconfig")
+        .arg("-o")
+        .arg(&file)
+        .arg("--force"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = read_json(&file);
+    assert!(non_empty_str(&again["client"]["token"]["hmac_secret_key"]));
+    assert_ne!(
+        again["client"]["token"]["hmac_secret_key"],
+        cfg["client"]["token"]["hmac_secret_key"]
+    );
+}
+
+#[test]
+fn gentoken_and_checktoken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    assert!(run(herald().arg("genconfig").arg("-o").arg(&file))
+        .status
+        .success());
+    let o = run(herald()
+        .args(["gentoken", "-c"])
+        .arg(&file)
+        .args(["-u", "alice", "--ttl", "60"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    // The token carries the user and the requested lifetime.
+    let secret = read_json(&file)["client"]["token"]["hmac_secret_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("signed with the configured secret")
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    let ttl = claims["exp"].as_i64().unwrap() - herald::auth::now_unix();
+    assert!((50..=60).contains(&ttl), "exp about 60s ahead: {claims}");
+
+    let o = run(herald().args(["checktoken", "-c"]).arg(&file).arg(&token));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("alice"), "{}", stdout(&o));
+
+    // A changed signature, payload or secret is refused.
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let (head, rest) = token.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let forged_payload = format!(
+        "{head}.{}.{sig}",
+        base64_url(&json!({"sub": "mallory"}).to_string())
+    );
+    let other_secret =
+        herald::auth::sign_hs256(&json!({"sub": "alice"}), "another-secret").unwrap();
+    for bad in [tampered, forged_payload, other_secret, "garbage".into()] {
+        let o = run(herald().args(["checktoken", "-c"]).arg(&file).arg(&bad));
+        assert!(!o.status.success(), "{bad} accepted: {}", stdout(&o));
+        assert!(stderr(&o).contains("invalid"), "{}", stderr(&o));
+    }
+
+    // An expired token fails too.
+    let expired = herald::auth::sign_hs256(
+        &json!({"sub": "alice", "exp": herald::auth::now_unix() - 10}),
+        &secret,
+    )
+    .unwrap();
+    let o = run(herald().args(["checktoken", "-c"]).arg(&file).arg(&expired));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("expired"), "{}", stderr(&o));
+}
+
+/// Unpadded URL-safe base64, as in JWTs.
+fn base64_url(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn checkconfig_reports_bad_values_and_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    write(
+        &file,
+        &json!({"client": {"token": {"hmac_secret_key": "s"}}, "http_api": {"key": "k"}}),
+    );
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+
+    write(&file, &json!({"client": {"ping_interval": "soon"}}));
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("client.ping_interval"),
+        "{}",
+        stderr(&o)
+    );
+
+    write(
+        &file,
+        &json!({"client": {"token": {"hmac_secret_key": "s"}, "no_such_option": 1}, "http_api": {"key": "k"}}),
+    );
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
+    assert!(
+        o.status.success(),
+        "an unknown key is only a warning: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("warning") && stderr(&o).contains("client.no_such_option"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A missing file is an error naming it.
+    let missing = dir.path().join("missing.json");
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&missing));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn environment_variables_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    write(
+        &file,
+        &json!({"client": {"token": {"hmac_secret_key": "s"}}}),
+    );
+
+    // Without a key the API warning appears; the variable silences it.
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("http_api.key"), "{}", stderr(&o));
+    let o = run(herald()
+        .args(["checkconfig", "-c"])
+        .arg(&file)
+        .env("HERALD_HTTP_API_KEY", "from-env"));
+    assert!(o.status.success());
+    assert!(!stderr(&o).contains("http_api.key"), "{}", stderr(&o));
+
+    // The token secret from the environment signs and verifies, without a file.
+    let env_secret = "secret-from-env";
+    let o = run(herald()
+        .args(["gentoken", "-u", "bob"])
+        .env("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", env_secret));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    let o = run(herald()
+        .arg("checktoken")
+        .arg(&token)
+        .env("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", env_secret));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("bob"));
+    // The variable wins over the file's secret.
+    let o = run(herald()
+        .args(["checktoken", "-c"])
+        .arg(&file)
+        .arg(&token)
+        .env("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", env_secret));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(herald().args(["checktoken", "-c"]).arg(&file).arg(&token));
+    assert!(!o.status.success(), "the file's secret does not match");
+    // Without any secret gentoken says what to set.
+    let o = run(herald().args(["gentoken", "-u", "bob"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY"),
+        "{}",
+        stderr(&o)
+    );
+
+    // HERALD_CONFIG names the file.
+    let o = run(herald()
+        .arg("checktoken")
+        .arg(herald::auth::sign_hs256(&json!({"sub": "carol"}), "s").unwrap())
+        .env("HERALD_CONFIG", &file));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A value that does not parse names the key and the variable; an
+    // unknown variable is a warning.
+    let o = run(herald()
+        .args(["checkconfig", "-c"])
+        .arg(&file)
+        .env("HERALD_CLIENT_CHANNEL_LIMIT", "many"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("client.channel_limit")
+            && stderr(&o).contains("HERALD_CLIENT_CHANNEL_LIMIT"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(herald()
+        .args(["checkconfig", "-c"])
+        .arg(&file)
+        .env("HERALD_NO_SUCH_THING", "1"));
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("HERALD_NO_SUCH_THING"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn serve_with_an_invalid_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    write(&file, &json!({"client": {"ping_interval": "soon"}}));
+    let mut child = herald()
+        .args(["serve", "-c"])
+        .arg(&file)
+        .args(["--port", "0", "--address", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("client.ping_interval"), "{err}");
+
+    // An out-of-range combination is refused the same way.
+    write(
+        &file,
+        &json!({"client": {"ping_interval": "1s", "pong_timeout": "2s"}}),
+    );
+    let o = run(herald().args(["serve", "-c"]).arg(&file).args([
+        "--port",
+        "0",
+        "--address",
+        "127.0.0.1",
+    ]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("client.pong_timeout"), "{}", stderr(&o));
+}
+
+/// Waits (bounded) for the process to exit, killing it on timeout.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("herald did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `herald serve`, killed on drop if still alive.
+struct Served {
+    child: Child,
+    addr: String,
+    /// stderr lines read after the `listening` line.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn serve(config: &Path, env: &[(&str, &str)]) -> Served {
+    let mut child = herald()
+        .args(["serve", "-c"])
+        .arg(config)
+        .args(["--port", "0", "--address", "127.0.0.1"])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut served = Served {
+        child,
+        addr: String::new(),
+        lines: rx,
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = served
+            .lines
+            .recv_timeout(left)
+            .expect("a `listening` line on stderr in time");
+        if !line.contains("listening") {
+            continue;
+        }
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        assert!(addr.starts_with("127.0.0.1:"), "{line}");
+        assert_ne!(addr, "127.0.0.1:0", "{line}");
+        served.addr = addr.to_string();
+        return served;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(addr: &str) -> Result<Socket, String> {
+    let url = format!("ws://{addr}/connection/websocket");
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => panic!("WebSocket connect timed out"),
+    }
+}
+
+/// The next text message or the close frame's code and reason.
+async fn next_event(ws: &mut Socket) -> Result<Value, Option<(u16, String)>> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("message in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(f))) => {
+                return Err(f.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_3001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    write(
+        &file,
+        &json!({
+            "client": {"token": {"hmac_secret_key": "file-secret"}},
+            "channel": {"without_namespace": {"allow_subscribe_for_client": true}},
+            "log": {"level": "info"},
+            "data_dir": dir.path().join("data").display().to_string()
+        }),
+    );
+    // Settings from the environment reach the running server.
+    let mut s = serve(&file, &[("HERALD_HTTP_API_KEY", "env-api-key")]);
+
+    let mut ws = ws_connect(&s.addr).await.expect("WebSocket upgrade");
+    let token = herald::auth::sign_hs256(&json!({"sub": "alice"}), "file-secret").unwrap();
+    ws.send(Message::text(
+        json!({"id": 1, "connect": {"token": token}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let r = next_event(&mut ws).await.expect("connect reply");
+    assert!(r["connect"]["client"].is_string(), "{r}");
+    ws.send(Message::text(
+        json!({"id": 2, "subscribe": {"channel": "news"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let r = next_event(&mut ws).await.expect("subscribe reply");
+    assert_eq!(r, json!({"id": 2, "subscribe": {}}));
+
+    let api = |key: &'static str| {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/publish", s.addr))
+            .header("X-API-Key", key)
+            .body(r#"{"channel":"news","data":{"via":"api"}}"#)
+            .send()
+    };
+    assert_eq!(api("wrong").await.unwrap().status().as_u16(), 401);
+    assert_eq!(api("env-api-key").await.unwrap().status().as_u16(), 200);
+    let p = next_event(&mut ws).await.expect("publication");
+    assert_eq!(p["push"]["pub"]["data"], json!({"via": "api"}), "{p}");
+
+    sigterm(&s.child);
+    let closed = loop {
+        match next_event(&mut ws).await {
+            Ok(m) if m == json!({}) => {}
+            Ok(m) => panic!("unexpected message before the close: {m}"),
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(closed, Some((3001, "shutdown".into())));
+
+    // No new connections once shutdown began (refused, or 503 while the
+    // process is still draining).
+    let late = ws_connect(&s.addr).await;
+    assert!(late.is_err(), "new connection accepted after SIGTERM");
+
+    let status = tokio::task::block_in_place(|| wait_exit(&mut s.child));
+    assert!(status.success(), "exit status {status:?}");
+    // The reader thread ends at EOF, which follows the exit.
+    let mut rest = Vec::new();
+    while let Ok(line) = s.lines.recv_timeout(WAIT) {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().any(|l| l.contains("stopped")),
+        "log ends with `stopped`: {rest:?}"
+    );
+}
