@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use herald_protocol::ProtocolError;
 use regex::Regex;
 
-use crate::config::{ChannelConfig, ChannelOptions};
+use crate::config::{ChannelConfig, ChannelOptions, HistoryStorage};
+use crate::store::StreamOptions;
 
 /// Channel rules compiled from the `channel` config section.
 #[derive(Debug)]
@@ -113,6 +114,23 @@ impl ChannelRules {
             private,
             allowed_users,
         })
+    }
+
+    /// Stream retention for a namespace, or `None` when it keeps no history:
+    /// memory history needs both size and TTL, durable history is on with
+    /// any values (zero meaning unbounded).
+    pub fn stream_options(&self, o: &ChannelOptions) -> Option<StreamOptions> {
+        let durable = o.history_storage == HistoryStorage::Durable;
+        if !durable && (o.history_size == 0 || o.history_ttl.is_zero()) {
+            return None;
+        }
+        let meta_ttl = if o.history_meta_ttl.is_zero() { self.cfg.history_meta_ttl } else { o.history_meta_ttl };
+        Some(StreamOptions { size: o.history_size, ttl: o.history_ttl.0, meta_ttl: meta_ttl.0 })
+    }
+
+    /// Retention of `channel`'s stream (zero values when it has none).
+    pub fn stream_options_for(&self, channel: &str) -> StreamOptions {
+        self.resolve(channel).ok().and_then(|r| self.stream_options(r.options)).unwrap_or_default()
     }
 
     /// May `who` subscribe without a subscription token?

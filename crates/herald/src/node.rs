@@ -48,7 +48,7 @@ impl Counters {
 
 pub struct Node {
     pub config: Config,
-    pub rules: ChannelRules,
+    pub rules: Arc<ChannelRules>,
     pub hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     memory_store: Arc<MemoryStore>,
@@ -90,7 +90,7 @@ impl Node {
             config.node.name.clone()
         };
         Ok(Arc::new(Self {
-            rules: ChannelRules::new(&config.channel, config.client.insecure),
+            rules: Arc::new(ChannelRules::new(&config.channel, config.client.insecure)),
             hub,
             broker,
             memory_store,
@@ -117,20 +117,7 @@ impl Node {
 
     /// Stream retention for a namespace, or `None` when it keeps no history.
     pub fn stream_options(&self, o: &ChannelOptions) -> Option<StreamOptions> {
-        let durable = o.history_storage == HistoryStorage::Durable;
-        if !durable && (o.history_size == 0 || o.history_ttl.is_zero()) {
-            return None;
-        }
-        let meta_ttl = if o.history_meta_ttl.is_zero() {
-            self.config.channel.history_meta_ttl
-        } else {
-            o.history_meta_ttl
-        };
-        Some(StreamOptions {
-            size: o.history_size,
-            ttl: o.history_ttl.0,
-            meta_ttl: meta_ttl.0,
-        })
+        self.rules.stream_options(o)
     }
 
     fn store_for(&self, o: &ChannelOptions) -> Result<&dyn Store, ProtocolError> {
@@ -228,13 +215,7 @@ impl Node {
 
     /// Forgets idle memory streams; run periodically.
     pub fn sweep_streams(&self) {
-        self.memory_store.sweep(|channel| {
-            self.rules
-                .resolve(channel)
-                .ok()
-                .and_then(|r| self.stream_options(r.options))
-                .unwrap_or_default()
-        });
+        self.memory_store.sweep(|channel| self.rules.stream_options_for(channel));
     }
 
     /// Tells the broker this node now has subscribers in `channel`.
