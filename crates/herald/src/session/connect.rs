@@ -8,7 +8,7 @@ use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody, SubscribeR
 use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
 use tokio::time::Instant;
 
-use super::{ttl_from, Connected, Handle, Session, SubState};
+use super::{ttl_from, Connected, Handle, Session};
 use crate::auth::{now_unix, ConnectionClaims, TokenError};
 use crate::hub::Refused;
 use crate::node::Node;
@@ -93,8 +93,9 @@ impl Session {
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
         for channel in server_subs {
-            self.join_channel(&channel, SubState::default(), false)
-                .await;
+            if let Some((state, push_join_leave)) = self.server_side_state(&channel, None, None) {
+                self.join_channel(&channel, state, push_join_leave).await;
+            }
         }
         Ok(())
     }

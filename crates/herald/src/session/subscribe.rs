@@ -318,11 +318,10 @@ impl Session {
         if self.conn.is_none() || self.subs.contains_key(&channel) {
             return;
         }
-        let Ok(resolved) = self.node.rules.resolve(&channel) else {
+        let Some((state, push_join_leave)) = self.server_side_state(&channel, expire_at, info)
+        else {
             return;
         };
-        let (presence, join_leave) = (resolved.options.presence, resolved.options.join_leave);
-        let push_join_leave = join_leave && resolved.options.force_push_join_leave;
         let result = SubscribeResult {
             data,
             ..Default::default()
@@ -331,12 +330,25 @@ impl Session {
             channel: channel.clone(),
             result,
         });
-        let state = SubState {
-            expires_at: expire_at,
-            chan_info: info,
-            presence,
-            join_leave,
-        };
         self.join_channel(&channel, state, push_join_leave).await;
+    }
+
+    /// State of a subscription the server makes (from a token or the API),
+    /// with presence and join/leave as the namespace says; `None` for a
+    /// channel of an unknown namespace. The flag: push join/leave to it.
+    pub(super) fn server_side_state(
+        &self,
+        channel: &str,
+        expires_at: Option<i64>,
+        chan_info: Option<Bytes>,
+    ) -> Option<(SubState, bool)> {
+        let o = self.node.rules.resolve(channel).ok()?.options;
+        let state = SubState {
+            expires_at,
+            chan_info,
+            presence: o.presence,
+            join_leave: o.join_leave,
+        };
+        Some((state, o.join_leave && o.force_push_join_leave))
     }
 }
