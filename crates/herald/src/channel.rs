@@ -124,13 +124,24 @@ impl ChannelRules {
         if !durable && (o.history_size == 0 || o.history_ttl.is_zero()) {
             return None;
         }
-        let meta_ttl = if o.history_meta_ttl.is_zero() { self.cfg.history_meta_ttl } else { o.history_meta_ttl };
-        Some(StreamOptions { size: o.history_size, ttl: o.history_ttl.0, meta_ttl: meta_ttl.0 })
+        let meta_ttl = if o.history_meta_ttl.is_zero() {
+            self.cfg.history_meta_ttl
+        } else {
+            o.history_meta_ttl
+        };
+        Some(StreamOptions {
+            size: o.history_size,
+            ttl: o.history_ttl.0,
+            meta_ttl: meta_ttl.0,
+        })
     }
 
     /// Retention of `channel`'s stream (zero values when it has none).
     pub fn stream_options_for(&self, channel: &str) -> StreamOptions {
-        self.resolve(channel).ok().and_then(|r| self.stream_options(r.options)).unwrap_or_default()
+        self.resolve(channel)
+            .ok()
+            .and_then(|r| self.stream_options(r.options))
+            .unwrap_or_default()
     }
 
     /// May `who` subscribe without a subscription token?

@@ -20,7 +20,8 @@ use crate::hub::Hub;
 use crate::origin::OriginPolicy;
 use crate::presence::Presence;
 use crate::store::{
-    Deliver, HistoryPage, HistoryQuery, MemoryStore, Store, StoreError, StreamOptions,
+    open_durable, Deliver, DurableStore, HistoryPage, HistoryQuery, MemoryStore, Store, StoreError,
+    StreamOptions,
 };
 
 /// Where a publication landed in its channel's stream (zero without history).
@@ -52,7 +53,7 @@ pub struct Node {
     pub hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     memory_store: Arc<MemoryStore>,
-    durable_store: Option<Arc<dyn Store>>,
+    durable_store: Option<DurableStore>,
     pub presence: Presence,
     pub connection_tokens: Verifier,
     pub subscription_tokens: Verifier,
@@ -68,8 +69,49 @@ pub struct Node {
     next_key: AtomicU64,
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open durable storage: {0}")]
+    Storage(#[from] StoreError),
+}
+
 impl Node {
-    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+    /// Builds the node and opens durable storage when a namespace uses it.
+    pub async fn open(config: Config) -> Result<Arc<Self>, NodeError> {
+        let mut node = Self::build(config)?;
+        let durable = std::iter::once(&node.config.channel.without_namespace)
+            .chain(node.config.channel.namespaces.iter().map(|n| &n.options))
+            .any(|o| o.history_storage == HistoryStorage::Durable);
+        if durable {
+            let to_broker = node.broker.clone();
+            let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));
+            let rules = node.rules.clone();
+            let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));
+            let dir = std::path::PathBuf::from(&node.config.data_dir);
+            node.durable_store =
+                Some(open_durable(&node.config.storage, &dir, deliver, opts_for).await?);
+        }
+        Ok(Arc::new(node))
+    }
+
+    /// Flushes and closes durable storage; call once at shutdown.
+    pub async fn close_storage(&self) {
+        if let Some(d) = &self.durable_store {
+            d.close().await;
+        }
+    }
+
+    /// Durable publications removed by retention so far.
+    pub fn retention_removed(&self) -> u64 {
+        self.durable_store
+            .as_ref()
+            .map_or(0, DurableStore::removed_total)
+    }
+
+    fn build(config: Config) -> Result<Self, ConfigError> {
         let hub = Arc::new(Hub::new());
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
         let to_broker = broker.clone();
@@ -89,7 +131,7 @@ impl Node {
         } else {
             config.node.name.clone()
         };
-        Ok(Arc::new(Self {
+        Ok(Self {
             rules: Arc::new(ChannelRules::new(&config.channel, config.client.insecure)),
             hub,
             broker,
@@ -107,7 +149,7 @@ impl Node {
             started: Instant::now(),
             next_key: AtomicU64::new(1),
             config,
-        }))
+        })
     }
 
     /// A fresh process-unique key for a connection.
@@ -123,10 +165,12 @@ impl Node {
     fn store_for(&self, o: &ChannelOptions) -> Result<&dyn Store, ProtocolError> {
         match o.history_storage {
             HistoryStorage::Memory => Ok(&*self.memory_store),
-            HistoryStorage::Durable => self.durable_store.as_deref().ok_or_else(|| {
-                tracing::error!("durable namespace used but durable storage is not open");
-                ProtocolError::INTERNAL
-            }),
+            // Opened at start whenever a namespace is durable.
+            HistoryStorage::Durable => self
+                .durable_store
+                .as_ref()
+                .map(|d| d as &dyn Store)
+                .ok_or(ProtocolError::INTERNAL),
         }
     }
 
@@ -215,7 +259,8 @@ impl Node {
 
     /// Forgets idle memory streams; run periodically.
     pub fn sweep_streams(&self) {
-        self.memory_store.sweep(|channel| self.rules.stream_options_for(channel));
+        self.memory_store
+            .sweep(|channel| self.rules.stream_options_for(channel));
     }
 
     /// Tells the broker this node now has subscribers in `channel`.

@@ -13,8 +13,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
-use crate::node::Node;
+use crate::config::Config;
+use crate::node::{Node, NodeError};
 use crate::{api, transport};
 
 /// A bound, not yet running server.
@@ -26,7 +26,7 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Node(#[from] NodeError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -48,7 +48,7 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        let node = Node::new(config)?;
+        let node = Node::open(config).await?;
         Ok(Self { node, listener })
     }
 
@@ -100,6 +100,7 @@ impl Server {
             );
         }
         let _ = sweeper.await;
+        node.close_storage().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -164,7 +165,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
          # TYPE herald_publications_total counter\nherald_publications_total {}\n\
          # TYPE herald_slow_disconnects_total counter\nherald_slow_disconnects_total {}\n\
          # TYPE herald_commands_total counter\nherald_commands_total {}\n\
-         # TYPE herald_api_requests_total counter\nherald_api_requests_total {}\n",
+         # TYPE herald_api_requests_total counter\nherald_api_requests_total {}\n\
+         # TYPE herald_retention_removed_total counter\nherald_retention_removed_total {}\n",
         h.num_clients(),
         h.num_users(),
         h.num_channels(),
@@ -174,6 +176,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         c.slow_disconnects.load(Relaxed),
         c.commands.load(Relaxed),
         c.api_requests.load(Relaxed),
+        node.retention_removed(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -6,6 +6,7 @@
 //! them. Memory streams are bounded caches; durable ones live in SQL.
 
 mod memory;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use herald_protocol::Publication;
 use thiserror::Error;
 
 pub use memory::MemoryStore;
+pub use sql::{open_durable, DurableStore};
 
 use crate::broker::BrokerError;
 

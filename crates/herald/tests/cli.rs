@@ -12,6 +12,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "cli/crash.rs"]
+mod crash;
+
 /// Longest any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -383,10 +386,19 @@ impl Drop for Served {
 }
 
 fn serve(config: &Path, env: &[(&str, &str)]) -> Served {
+    serve_full(config, env, &[])
+}
+
+fn serve_with_args(config: &Path, args: &[&str]) -> Served {
+    serve_full(config, &[], args)
+}
+
+fn serve_full(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Served {
     let mut child = herald()
         .args(["serve", "-c"])
         .arg(config)
         .args(["--port", "0", "--address", "127.0.0.1"])
+        .args(args)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdin(Stdio::null())

@@ -1,0 +1,57 @@
+//! The retention task of a durable store: every `storage.retention_interval`
+//! it deletes publications beyond their stream's size or older than its TTL.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{created_cutoff, to_i64, Db};
+use crate::store::{StoreError, StreamOptions};
+
+/// Periodically deletes publications beyond their stream's size or TTL.
+pub(super) struct Retention {
+    pub(super) db: Db,
+    pub(super) opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
+    pub(super) every: Duration,
+    pub(super) removed: Arc<AtomicU64>,
+}
+
+impl Retention {
+    pub(super) async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // The first tick is immediate; start one period in.
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.pass() => if let Err(e) = result {
+                    tracing::warn!(error = %e, "stream retention pass failed");
+                },
+            }
+        }
+    }
+
+    async fn pass(&self) -> Result<(), StoreError> {
+        for (channel, top) in self.db.streams().await? {
+            let opts = (self.opts_for)(&channel);
+            let upto = if opts.size > 0 {
+                top.saturating_sub(to_i64(opts.size as u64))
+            } else {
+                0
+            };
+            let cutoff = created_cutoff(&opts);
+            if upto <= 0 && cutoff == i64::MIN {
+                continue;
+            }
+            let n = self.db.trim(&channel, upto, cutoff).await?;
+            self.removed.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! The single writer of a durable store: group commit. It takes every
+//! queued append (up to `storage.batch_max_size`), reserves their offsets and
+//! inserts them in one transaction, then delivers them in offset order and
+//! answers their publishers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use herald_protocol::Publication;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{now_ms, Db};
+use crate::broker::BrokerError;
+use crate::store::{Deliver, StoreError};
+
+/// A publication waiting for the writer, and where to send the outcome.
+pub(super) struct Pending {
+    pub(super) publication: Publication,
+    pub(super) reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// A committed publication, its stream's epoch, and its delivery outcome
+/// (awaited by the publisher, so that the writer never waits on the broker).
+pub(super) struct Committed {
+    pub(super) publication: Arc<Publication>,
+    pub(super) epoch: String,
+    pub(super) delivered: BoxFuture<'static, Result<(), BrokerError>>,
+}
+
+/// The single writer: one transaction per batch.
+pub(super) struct Writer {
+    pub(super) db: Db,
+    pub(super) deliver: Deliver,
+    pub(super) batch_max: usize,
+}
+
+impl Writer {
+    pub(super) async fn run(
+        self,
+        mut requests: mpsc::Receiver<Pending>,
+        shutdown: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        let mut closing = false;
+        loop {
+            if closing {
+                requests.recv_many(&mut batch, self.batch_max).await;
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = requests.recv_many(&mut batch, self.batch_max) => {}
+                    () = shutdown.cancelled() => {
+                        // Refuse new appends but commit those already queued.
+                        requests.close();
+                        closing = true;
+                        continue;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                return; // Closed and drained, or every sender is gone.
+            }
+            self.commit(&mut batch).await;
+            // Let the publishers just answered queue their next appends, so
+            // that they join the next batch rather than splitting into two
+            // half-size cohorts that take turns: a commit's cost (one fsync)
+            // hardly depends on its size, so fuller batches mean more
+            // publications per second.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn commit(&self, batch: &mut Vec<Pending>) {
+        let (publications, replies): (Vec<Publication>, Vec<_>) =
+            batch.drain(..).map(|p| (p.publication, p.reply)).unzip();
+        match self.db.commit(&publications, now_ms()).await {
+            Ok(assigned) => {
+                let answers = publications.into_iter().zip(assigned).zip(replies);
+                for ((publication, (offset, epoch)), reply) in answers {
+                    let publication = Arc::new(publication.with_offset(offset));
+                    let delivered = (self.deliver)(publication.clone());
+                    let _ = reply.send(Ok(Committed {
+                        publication,
+                        epoch,
+                        delivered,
+                    }));
+                }
+            }
+            Err(e) => {
+                let message = format!("commit failed: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// How many publications of each channel a batch holds; sorted, so that
+/// transactions lock streams in one order and cannot deadlock each other.
+pub(super) fn counts(pubs: &[Publication]) -> BTreeMap<&str, i64> {
+    let mut counts = BTreeMap::new();
+    for p in pubs {
+        *counts.entry(&*p.channel).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Gives each publication its offset, given each channel's new top offset
+/// and epoch after reserving `counts(pubs)` offsets: a channel's offsets
+/// follow the batch order and end at its new top.
+pub(super) fn assign(
+    pubs: &[Publication],
+    tops: Vec<(String, String, i64)>,
+) -> Result<Vec<(u64, String)>, sqlx::Error> {
+    let counts = counts(pubs);
+    let mut next: HashMap<String, (i64, String)> = HashMap::with_capacity(tops.len());
+    for (channel, epoch, top) in tops {
+        let count = counts.get(channel.as_str()).copied().unwrap_or(0);
+        next.insert(channel, (top - count + 1, epoch));
+    }
+    pubs.iter()
+        .map(|p| {
+            let (offset, epoch) = next.get_mut(&*p.channel).ok_or_else(|| {
+                sqlx::Error::Protocol(format!("no stream row returned for {}", p.channel))
+            })?;
+            *offset += 1;
+            Ok(((*offset - 1) as u64, epoch.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,721 @@
+//! Durable streams against real databases, through the public API only: a
+//! fresh SQLite file per test and, when `HERALD_TEST_POSTGRES_URL` is set, a
+//! fresh PostgreSQL database per test (`herald_test_<random>`, dropped after).
+//! Every behaviour runs on both backends; `durable_throughput_probe` is an
+//! ignored test that prints publications per second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald::config::{Dur, Storage};
+use herald::store::{
+    open_durable, Deliver, DurableStore, HistoryQuery, Store, StoreError, StreamOptions,
+    StreamPosition,
+};
+use herald_protocol::{ClientInfo, Publication};
+use parking_lot::Mutex;
+use sqlx::Connection;
+
+const POSTGRES_ENV: &str = "HERALD_TEST_POSTGRES_URL";
+
+/// Where a test's store lives; cheap to clone into the test's task.
+#[derive(Clone)]
+struct Fixture {
+    storage: Storage,
+    dir: Arc<tempfile::TempDir>,
+    /// The server URL and the per-test database to drop (PostgreSQL only).
+    postgres: Option<(String, String)>,
+}
+
+impl Fixture {
+    fn sqlite() -> Self {
+        Self {
+            storage: Storage {
+                kind: "sqlite".into(),
+                ..Default::default()
+            },
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            postgres: None,
+        }
+    }
+
+    /// A fresh database on the test server, or `None` (with a note) when
+    /// no server is configured.
+    async fn postgres() -> Option<Self> {
+        let Ok(url) = std::env::var(POSTGRES_ENV) else {
+            println!("skipped: {POSTGRES_ENV} not set");
+            return None;
+        };
+        let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&url)
+            .await
+            .expect("connect to HERALD_TEST_POSTGRES_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let mut storage = Storage {
+            kind: "postgres".into(),
+            ..Default::default()
+        };
+        storage.postgres.url = with_database(&url, &name);
+        Some(Self {
+            storage,
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            postgres: Some((url, name)),
+        })
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Storage)) -> Self {
+        change(&mut self.storage);
+        self
+    }
+
+    fn sqlite_file(&self) -> PathBuf {
+        self.dir.path().join("streams.db")
+    }
+
+    async fn open(&self, deliver: Deliver, opts: StreamOptions) -> DurableStore {
+        self.open_with(deliver, Arc::new(move |_: &str| opts)).await
+    }
+
+    async fn open_with(
+        &self,
+        deliver: Deliver,
+        opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
+    ) -> DurableStore {
+        open_durable(&self.storage, self.dir.path(), deliver, opts_for)
+            .await
+            .expect("open durable store")
+    }
+
+    /// Runs one statement on the test's database, behind the store's back.
+    async fn execute(&self, sql: &'static str) {
+        if self.postgres.is_some() {
+            let mut db = sqlx::PgConnection::connect(&self.storage.postgres.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+        } else {
+            let url = format!("sqlite://{}", self.sqlite_file().display());
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+        }
+    }
+
+    async fn cleanup(&self) {
+        let Some((url, name)) = &self.postgres else {
+            return;
+        };
+        if let Ok(mut admin) = sqlx::PgConnection::connect(url).await {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// `url` with its database path replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Runs `body` on a fixture and drops its database afterwards, even when
+/// the body panics.
+async fn run<F, Fut>(fixture: Option<Fixture>, body: F)
+where
+    F: FnOnce(Fixture) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(fixture) = fixture else {
+        return;
+    };
+    let outcome = tokio::spawn(body(fixture.clone())).await;
+    fixture.cleanup().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Declares a test per backend for an `async fn(Fixture)`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::run(Some(super::Fixture::sqlite()), super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::run(super::Fixture::postgres().await, super::$name).await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    appends_get_offsets_epoch_and_are_delivered,
+    concurrent_appends_are_gap_free_and_in_order,
+    history_queries_match_the_protocol,
+    remove_keeps_the_position,
+    retention_trims_by_size_and_ttl,
+    reads_apply_retention_before_the_task_runs,
+    reopening_keeps_epochs_and_offsets,
+    failed_commits_acknowledge_and_deliver_nothing,
+);
+
+/// Delivered publications as (channel, offset), in delivery order.
+type Seen = Arc<Mutex<Vec<(String, u64)>>>;
+
+fn recorder() -> (Deliver, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let deliver: Deliver = Arc::new(move |p: Arc<Publication>| {
+        log.lock().push((p.channel.to_string(), p.offset));
+        Box::pin(async { Ok(()) })
+    });
+    (deliver, seen)
+}
+
+fn publication(channel: &str, n: u64) -> Publication {
+    Publication::new(Arc::from(channel), Bytes::from(n.to_string()), None)
+}
+
+fn unbounded() -> StreamOptions {
+    StreamOptions::default()
+}
+
+fn all() -> HistoryQuery {
+    HistoryQuery {
+        limit: Some(usize::MAX),
+        ..Default::default()
+    }
+}
+
+fn offsets(page: &herald::store::HistoryPage) -> Vec<u64> {
+    page.publications.iter().map(|p| p.offset).collect()
+}
+
+async fn appends_get_offsets_epoch_and_are_delivered(fx: Fixture) {
+    let (deliver, seen) = recorder();
+    let store = fx.open(deliver, unbounded()).await;
+    let info = ClientInfo {
+        user: "alice".into(),
+        client: "c1".into(),
+        conn_info: Some(Bytes::from_static(br#"{"name":"Alice"}"#)),
+        chan_info: None,
+    };
+    let tagged = Publication::new(
+        Arc::from("a"),
+        Bytes::from_static(br#"{"text":"hi"}"#),
+        Some(Arc::new(info.clone())),
+    )
+    .with_tags(BTreeMap::from([("k".to_string(), "v".to_string())]));
+    let (first, epoch_a) = store.append(tagged, unbounded()).await.unwrap();
+    assert_eq!(first.offset, 1);
+    for n in 2..=3 {
+        let (p, e) = store
+            .append(publication("a", n), unbounded())
+            .await
+            .unwrap();
+        assert_eq!((p.offset, &e), (n, &epoch_a));
+    }
+    let (b1, epoch_b) = store
+        .append(publication("b", 1), unbounded())
+        .await
+        .unwrap();
+    assert_eq!(b1.offset, 1);
+    assert_ne!(epoch_a, epoch_b, "each stream has its own epoch");
+    assert_eq!(
+        *seen.lock(),
+        vec![
+            ("a".into(), 1),
+            ("a".into(), 2),
+            ("a".into(), 3),
+            ("b".into(), 1)
+        ]
+    );
+
+    let page = store.history("a", all(), unbounded()).await.unwrap();
+    assert_eq!(
+        page.position,
+        StreamPosition {
+            offset: 3,
+            epoch: epoch_a
+        }
+    );
+    assert_eq!(offsets(&page), vec![1, 2, 3]);
+    let back = &page.publications[0];
+    assert_eq!(&*back.channel, "a");
+    assert_eq!(&back.data[..], br#"{"text":"hi"}"#);
+    assert_eq!(back.info.as_deref(), Some(&info));
+    assert_eq!(back.tags.get("k").map(String::as_str), Some("v"));
+    assert!(page.publications[1].info.is_none());
+    assert!(page.publications[1].tags.is_empty());
+    store.close().await;
+}
+
+async fn concurrent_appends_are_gap_free_and_in_order(fx: Fixture) {
+    const TASKS: u64 = 32;
+    const EACH: u64 = 40;
+    const CHANNELS: u64 = 3;
+    let (deliver, seen) = recorder();
+    let store = Arc::new(
+        fx.with(|s| s.batch_max_size = 16)
+            .open(deliver, unbounded())
+            .await,
+    );
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for n in 0..EACH {
+                let channel = format!("c{}", (t + n) % CHANNELS);
+                let (p, _) = store
+                    .append(publication(&channel, n), unbounded())
+                    .await
+                    .unwrap();
+                got.push((channel, p.offset));
+            }
+            got
+        }));
+    }
+    let mut acked: HashMap<String, Vec<u64>> = HashMap::new();
+    for task in tasks {
+        for (channel, offset) in task.await.unwrap() {
+            acked.entry(channel).or_default().push(offset);
+        }
+    }
+    let mut delivered: HashMap<String, Vec<u64>> = HashMap::new();
+    for (channel, offset) in seen.lock().iter() {
+        delivered.entry(channel.clone()).or_default().push(*offset);
+    }
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert_eq!(total as u64, TASKS * EACH);
+    for (channel, mut acked) in acked {
+        let n = acked.len() as u64;
+        assert_eq!(
+            delivered[&channel],
+            (1..=n).collect::<Vec<_>>(),
+            "{channel} delivery"
+        );
+        acked.sort_unstable();
+        assert_eq!(acked, (1..=n).collect::<Vec<_>>(), "{channel} offsets");
+        let page = store.history(&channel, all(), unbounded()).await.unwrap();
+        assert_eq!(page.position.offset, n);
+        assert_eq!(offsets(&page), (1..=n).collect::<Vec<_>>());
+    }
+    store.close().await;
+}
+
+async fn history_queries_match_the_protocol(fx: Fixture) {
+    let (deliver, _) = recorder();
+    let store = fx.open(deliver, unbounded()).await;
+
+    // A channel never published to has offset 0 and an epoch that stays.
+    let empty = store.history("new", all(), unbounded()).await.unwrap();
+    assert_eq!(empty.position.offset, 0);
+    assert!(empty.publications.is_empty());
+    let again = store.history("new", all(), unbounded()).await.unwrap();
+    assert_eq!(again.position, empty.position);
+    let (p, epoch) = store
+        .append(publication("new", 1), unbounded())
+        .await
+        .unwrap();
+    assert_eq!((p.offset, &epoch), (1, &empty.position.epoch));
+
+    for n in 1..=10 {
+        store
+            .append(publication("h", n), unbounded())
+            .await
+            .unwrap();
+    }
+    let epoch = store
+        .history("h", all(), unbounded())
+        .await
+        .unwrap()
+        .position
+        .epoch;
+    let since = |offset| {
+        Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        })
+    };
+    let cases: Vec<(HistoryQuery, Vec<u64>)> = vec![
+        (HistoryQuery::default(), vec![]),
+        (q(None, Some(3), false), vec![1, 2, 3]),
+        (q(None, Some(3), true), vec![10, 9, 8]),
+        (q(since(7), Some(100), false), vec![8, 9, 10]),
+        (q(since(7), Some(2), false), vec![8, 9]),
+        (q(since(4), Some(100), true), vec![3, 2, 1]),
+        (q(since(4), Some(2), true), vec![3, 2]),
+        (q(since(10), Some(5), false), vec![]),
+        (q(None, Some(0), false), vec![]),
+    ];
+    for (i, (query, want)) in cases.into_iter().enumerate() {
+        let page = store.history("h", query, unbounded()).await.unwrap();
+        assert_eq!(page.position.offset, 10, "case {i}");
+        assert_eq!(offsets(&page), want, "case {i}");
+    }
+    let stale = HistoryQuery {
+        since: Some(StreamPosition {
+            offset: 1,
+            epoch: "stale".into(),
+        }),
+        limit: Some(10),
+        reverse: false,
+    };
+    let err = store.history("h", stale, unbounded()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unrecoverable), "{err:?}");
+    store.close().await;
+}
+
+fn q(since: Option<StreamPosition>, limit: Option<usize>, reverse: bool) -> HistoryQuery {
+    HistoryQuery {
+        since,
+        limit,
+        reverse,
+    }
+}
+
+async fn remove_keeps_the_position(fx: Fixture) {
+    let (deliver, _) = recorder();
+    let store = fx.open(deliver, unbounded()).await;
+    for n in 1..=3 {
+        store
+            .append(publication("r", n), unbounded())
+            .await
+            .unwrap();
+    }
+    let before = store
+        .history("r", all(), unbounded())
+        .await
+        .unwrap()
+        .position;
+    store.remove("r").await.unwrap();
+    let page = store.history("r", all(), unbounded()).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position, before);
+    let (p, epoch) = store
+        .append(publication("r", 4), unbounded())
+        .await
+        .unwrap();
+    assert_eq!((p.offset, epoch), (4, before.epoch));
+    store.close().await;
+}
+
+async fn retention_trims_by_size_and_ttl(fx: Fixture) {
+    let (deliver, _) = recorder();
+    let opts_for = Arc::new(|channel: &str| match channel {
+        "sized" => StreamOptions {
+            size: 2,
+            ..Default::default()
+        },
+        "timed" => StreamOptions {
+            ttl: Duration::from_millis(300),
+            ..Default::default()
+        },
+        _ => StreamOptions::default(),
+    });
+    let fx = fx.with(|s| s.retention_interval = Dur::millis(50));
+    let store = fx.open_with(deliver, opts_for).await;
+    for n in 1..=5 {
+        store
+            .append(publication("sized", n), unbounded())
+            .await
+            .unwrap();
+        store
+            .append(publication("timed", n), unbounded())
+            .await
+            .unwrap();
+        store
+            .append(publication("kept", n), unbounded())
+            .await
+            .unwrap();
+    }
+    // 3 trimmed by size at once; all 5 timed ones once they are 300ms old.
+    wait_until(|| store.removed_total() >= 8).await;
+    assert_eq!(store.removed_total(), 8);
+    let history = |ch: &'static str| store.history(ch, all(), unbounded());
+    assert_eq!(offsets(&history("sized").await.unwrap()), vec![4, 5]);
+    let timed = history("timed").await.unwrap();
+    assert!(timed.publications.is_empty());
+    assert_eq!(timed.position.offset, 5);
+    assert_eq!(
+        offsets(&history("kept").await.unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
+    store.close().await;
+}
+
+async fn reads_apply_retention_before_the_task_runs(fx: Fixture) {
+    let (deliver, _) = recorder();
+    let store = fx.open(deliver, unbounded()).await;
+    for n in 1..=5 {
+        store
+            .append(publication("w", n), unbounded())
+            .await
+            .unwrap();
+    }
+    let sized = StreamOptions {
+        size: 2,
+        ..Default::default()
+    };
+    let page = store.history("w", all(), sized).await.unwrap();
+    assert_eq!(offsets(&page), vec![4, 5]);
+    let reverse = q(None, Some(10), true);
+    assert_eq!(
+        offsets(&store.history("w", reverse, sized).await.unwrap()),
+        vec![5, 4]
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expired = StreamOptions {
+        ttl: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let page = store.history("w", all(), expired).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position.offset, 5);
+    assert_eq!(store.removed_total(), 0, "reads do not delete");
+    store.close().await;
+}
+
+async fn reopening_keeps_epochs_and_offsets(fx: Fixture) {
+    let (deliver, _) = recorder();
+    let store = fx.open(deliver.clone(), unbounded()).await;
+    let mut epoch = String::new();
+    for n in 1..=3 {
+        epoch = store
+            .append(publication("p", n), unbounded())
+            .await
+            .unwrap()
+            .1;
+    }
+    store.close().await;
+    let err = store
+        .append(publication("p", 9), unbounded())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    drop(store);
+
+    let store = fx.open(deliver, unbounded()).await;
+    let page = store.history("p", all(), unbounded()).await.unwrap();
+    assert_eq!(
+        page.position,
+        StreamPosition {
+            offset: 3,
+            epoch: epoch.clone()
+        }
+    );
+    assert_eq!(offsets(&page), vec![1, 2, 3]);
+    let (p, e) = store
+        .append(publication("p", 4), unbounded())
+        .await
+        .unwrap();
+    assert_eq!((p.offset, e), (4, epoch));
+    store.close().await;
+}
+
+async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
+    let (deliver, seen) = recorder();
+    let store = Arc::new(fx.open(deliver, unbounded()).await);
+    store
+        .append(publication("f", 1), unbounded())
+        .await
+        .unwrap();
+    // Offset 2 taken behind the store's back: every batch with "f" fails.
+    fx.execute("INSERT INTO publications (channel, seq, data, created_at) VALUES ('f', 2, '0', 0)")
+        .await;
+    let appends: Vec<_> = (0..5)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(publication("f", n), unbounded()).await })
+        })
+        .collect();
+    for append in appends {
+        let err = append.await.unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    }
+    assert_eq!(*seen.lock(), vec![("f".to_string(), 1)]);
+    // The failed batches gave their offsets back.
+    fx.execute("DELETE FROM publications WHERE channel = 'f' AND seq = 2")
+        .await;
+    let (p, _) = store
+        .append(publication("f", 2), unbounded())
+        .await
+        .unwrap();
+    assert_eq!(p.offset, 2);
+    let page = store.history("f", all(), unbounded()).await.unwrap();
+    assert_eq!(offsets(&page), vec![1, 2]);
+    store.close().await;
+}
+
+/// Two nodes appending to the same PostgreSQL streams share one sequence of
+/// offsets per channel: together gap-free, never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_share_gap_free_offsets() {
+    run(Fixture::postgres().await, |fx: Fixture| async move {
+        let nodes = [
+            Arc::new(fx.open(recorder().0, unbounded()).await),
+            Arc::new(fx.open(recorder().0, unbounded()).await),
+        ];
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let store = nodes[t % 2].clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for n in 0..25 {
+                        let channel = format!("n{}", (t as u64 + n) % 2);
+                        let (p, e) = store
+                            .append(publication(&channel, n), unbounded())
+                            .await
+                            .unwrap();
+                        got.push((channel, p.offset, e));
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut offsets: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut epochs: HashMap<String, String> = HashMap::new();
+        for task in tasks {
+            for (channel, offset, epoch) in task.await.unwrap() {
+                let first = epochs
+                    .entry(channel.clone())
+                    .or_insert_with(|| epoch.clone());
+                assert_eq!(*first, epoch, "one epoch per stream across nodes");
+                offsets.entry(channel).or_default().push(offset);
+            }
+        }
+        for (channel, mut got) in offsets {
+            got.sort_unstable();
+            assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "{channel}");
+        }
+        for node in nodes {
+            node.close().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn corrupt_sqlite_file_is_an_error_naming_it() {
+    let fx = Fixture::sqlite();
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
+    std::fs::write(fx.sqlite_file(), garbage).unwrap();
+    let (deliver, _) = recorder();
+    let opts = Arc::new(|_: &str| StreamOptions::default());
+    let result = open_durable(&fx.storage, fx.dir.path(), deliver, opts).await;
+    match result {
+        Err(StoreError::Backend(message)) => {
+            let file = fx.sqlite_file().display().to_string();
+            assert!(message.contains(&file), "{message}");
+        }
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(_) => panic!("opened a corrupt file"),
+    }
+    // The file was left alone, not reset.
+    let after = std::fs::read(fx.sqlite_file()).unwrap();
+    assert_eq!(after.len(), 8192);
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_under_the_data_dir() {
+    let fx = Fixture::sqlite();
+    let nested = fx.dir.path().join("a/b");
+    let (deliver, _) = recorder();
+    let opts = Arc::new(|_: &str| StreamOptions::default());
+    let store = open_durable(&fx.storage, &nested, deliver, opts)
+        .await
+        .unwrap();
+    store
+        .append(publication("x", 1), unbounded())
+        .await
+        .unwrap();
+    store.close().await;
+    assert!(nested.join("streams.db").is_file());
+}
+
+#[tokio::test]
+async fn unknown_storage_type_is_refused() {
+    let fx = Fixture::sqlite().with(|s| s.kind = "redis".into());
+    let (deliver, _) = recorder();
+    let opts = Arc::new(|_: &str| StreamOptions::default());
+    let result = open_durable(&fx.storage, fx.dir.path(), deliver, opts).await;
+    assert!(matches!(result, Err(StoreError::Backend(m)) if m.contains("redis")));
+}
+
+async fn wait_until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met within 10s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Publications per second from 32 concurrent publishers (200-byte
+/// payloads, 8 channels) on SQLite and, when configured, PostgreSQL:
+/// `cargo test --release --test durable -- --ignored --nocapture probe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput probe, not a test"]
+async fn durable_throughput_probe() {
+    probe("sqlite", Some(Fixture::sqlite())).await;
+    let pg = Fixture::postgres().await;
+    if let Some(fx) = &pg {
+        probe("postgres", Some(fx.clone())).await;
+        fx.cleanup().await;
+    }
+}
+
+async fn probe(name: &str, fixture: Option<Fixture>) {
+    const PUBLISHERS: usize = 32;
+    const EACH: usize = 3000;
+    let Some(fx) = fixture else { return };
+    let deliver: Deliver = Arc::new(|_| Box::pin(async { Ok(()) }));
+    let store = Arc::new(fx.open(deliver, unbounded()).await);
+    let payload = Bytes::from(format!("\"{}\"", "x".repeat(198)));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|i| {
+            let store = store.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let channel: Arc<str> = Arc::from(format!("probe{}", i % 8));
+                for _ in 0..EACH {
+                    let p = Publication::new(channel.clone(), payload.clone(), None);
+                    store.append(p, unbounded()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = PUBLISHERS * EACH;
+    println!(
+        "{name}: {total} publications from {PUBLISHERS} publishers in {secs:.2}s = {:.0}/s",
+        total as f64 / secs
+    );
+    store.close().await;
+}
