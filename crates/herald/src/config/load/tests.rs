@@ -228,6 +228,6 @@ fn the_example_config_loads_without_warnings() {
     ));
     let l = load(Some(path), &env(&[]), &Overrides::default()).unwrap();
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
-    assert_eq!(l.config.channel.namespaces.len(), 3);
+    assert_eq!(l.config.channel.namespaces.len(), 4);
     assert_eq!(l.config.client.token.hmac_secret_key, "change-me-secret");
 }
