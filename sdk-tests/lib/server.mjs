@@ -41,8 +41,11 @@ function listeningPort(line) {
  * @param {object} [opts.config] Centrifugo v6 style configuration, written as JSON.
  * @param {boolean} [opts.dev] pass --dev
  * @param {Record<string,string>} [opts.env] extra environment variables
+ * @param {string} [opts.dataDir] pass --data-dir (kept on stop, so another
+ *   run can reuse it; the caller removes it). Default: a fresh directory
+ *   inside the run's temporary directory, removed on stop.
  */
-export async function startHerald({ config = {}, dev = false, env = {} } = {}) {
+export async function startHerald({ config = {}, dev = false, env = {}, dataDir } = {}) {
   if (!existsSync(HERALD_BIN)) {
     throw new Error(
       `Herald binary not found at ${HERALD_BIN}: run \`cargo build\` in ${REPO_ROOT} or set HERALD_BIN`,
@@ -54,6 +57,7 @@ export async function startHerald({ config = {}, dev = false, env = {} } = {}) {
 
   const args = ['serve', '--config', configFile, '--port', '0', '--address', '127.0.0.1'];
   if (dev) args.push('--dev');
+  if (dataDir) args.push('--data-dir', dataDir);
 
   const child = spawn(HERALD_BIN, args, {
     cwd: dir,
