@@ -93,7 +93,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Serve(args)) => serve(cfg_path, args),
         Some(Command::Genconfig { output, force }) => genconfig(&output, force),
         Some(Command::Gentoken { user, ttl }) => {
-            let config = load(cfg_path, &ServeArgs::default(), false)?;
+            let config = load(cfg_path)?;
             let secret = &config.client.token.hmac_secret_key;
             if secret.is_empty() {
                 bail!("client.token.hmac_secret_key is not set; run `herald genconfig` or set HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY");
@@ -106,7 +106,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Checktoken { token }) => {
-            let config = load(cfg_path, &ServeArgs::default(), false)?;
+            let config = load(cfg_path)?;
             let verifier = Verifier::from_config(&config.client.token, "client.token")?;
             match verifier.verify_connection(&token, now_unix()) {
                 Ok(c) => {
@@ -122,7 +122,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Some(Command::Checkconfig) => {
-            load(cfg_path, &ServeArgs::default(), false)?;
+            load(cfg_path)?;
             println!("configuration is valid");
             Ok(ExitCode::SUCCESS)
         }
@@ -133,9 +133,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Loads the configuration, printing warnings to stderr unless `quiet`
-/// (the server logs them instead).
-fn load(path: Option<&Path>, args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
+/// Reads the configuration from the file, `HERALD_*` variables and flags.
+fn read_config(path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<config::Loaded> {
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("HERALD_"))
         .collect();
@@ -145,29 +144,21 @@ fn load(path: Option<&Path>, args: &ServeArgs, quiet: bool) -> anyhow::Result<Co
         data_dir: args.data_dir.clone(),
         dev: args.dev,
     };
-    let loaded = config::load(path, &env, &overrides)?;
+    Ok(config::load(path, &env, &overrides)?)
+}
+
+/// Loads the configuration for a command, printing warnings to stderr.
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let loaded = read_config(path, &ServeArgs::default())?;
     for w in &loaded.warnings {
-        if quiet {
-            tracing::warn!("{w}");
-        } else {
-            eprintln!("warning: {w}");
-        }
+        eprintln!("warning: {w}");
     }
     Ok(loaded.config)
 }
 
 fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Parse before logging is set up, so log settings come from the config.
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("HERALD_"))
-        .collect();
-    let overrides = Overrides {
-        port: args.port,
-        address: args.address.clone(),
-        data_dir: args.data_dir.clone(),
-        dev: args.dev,
-    };
-    let loaded = config::load(path, &env, &overrides)?;
+    let loaded = read_config(path, &args)?;
     init_logging(&loaded.config);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
