@@ -35,7 +35,10 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, DecodeError> {
 /// Whether `bytes` is one well-formed JSON value (used to validate payloads
 /// before they are embedded raw into frames).
 pub fn is_valid_json(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    // Parsing from `str` also checks that strings are valid UTF-8, which
+    // parsing bytes into `IgnoredAny` does not; frames must be UTF-8 text.
+    std::str::from_utf8(bytes)
+        .is_ok_and(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok())
 }
 
 /// A tiny JSON object writer that skips zero values.

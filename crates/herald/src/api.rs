@@ -54,20 +54,23 @@ impl ApiError {
 }
 
 fn authorised(node: &Node, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
     if node.config.http_api.insecure {
         return true;
     }
-    let key = &node.config.http_api.key;
+    let key = node.config.http_api.key.as_bytes();
     if key.is_empty() {
         return false;
     }
+    // Compared in constant time, so timing does not reveal the key.
+    let matches = |given: &str| bool::from(given.trim().as_bytes().ct_eq(key));
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("x-api-key") == Some(key.as_str()) {
+    if header("x-api-key").is_some_and(matches) {
         return true;
     }
     header("authorization")
         .and_then(|v| v.split_once(' '))
-        .is_some_and(|(scheme, value)| scheme.eq_ignore_ascii_case("apikey") && value.trim() == key)
+        .is_some_and(|(scheme, value)| scheme.eq_ignore_ascii_case("apikey") && matches(value))
 }
 
 pub async fn handle(

@@ -69,9 +69,9 @@ pub struct SubscriptionClaims {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct RawClaims {
-    sub: String,
-    exp: Option<i64>,
-    expire_at: Option<i64>,
+    /// NumericDate: integer or fractional seconds.
+    exp: Option<f64>,
+    expire_at: Option<f64>,
     info: Option<Value>,
     b64info: Option<String>,
     channels: Vec<String>,
@@ -155,33 +155,53 @@ impl Verifier {
             v.set_issuer(&[&self.issuer]);
             v.required_spec_claims.insert("iss".into());
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
+                match e.kind() {
+                    // Not valid yet: most likely clock skew, so let the client fetch
+                    // a fresh token rather than give up.
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::Expired,
+                    _ => TokenError::Invalid(e.to_string()),
+                }
+            })?;
         let map = data.claims;
-        let user = if self.user_id_claim.is_empty() {
-            map.get("sub")
+        let claim = if self.user_id_claim.is_empty() {
+            "sub"
         } else {
-            map.get(&self.user_id_claim)
-        }
-        .map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
+            self.user_id_claim.as_str()
+        };
+        let user = match map.get(claim) {
+            None => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(TokenError::Invalid(format!(
+                    "claim {claim:?} is not a string"
+                )))
+            }
+        };
         let raw: RawClaims = serde_json::from_value(Value::Object(map))
             .map_err(|e| TokenError::Invalid(format!("bad claims: {e}")))?;
-        if let Some(exp) = raw.exp {
-            if exp > 0 && exp <= now {
-                return Err(TokenError::Expired);
-            }
+        if raw.exp.is_some_and(|exp| exp > 0.0 && exp as i64 <= now) {
+            return Err(TokenError::Expired);
         }
         Ok((user, raw))
     }
 
     pub fn verify_connection(&self, token: &str, now: i64) -> Result<ConnectionClaims, TokenError> {
         let (user, raw) = self.decode(token, now)?;
-        let mut channels = raw.channels;
-        channels.extend(raw.subs.into_keys());
+        if !raw.channel.is_empty() {
+            // A subscription token must not open a connection.
+            return Err(TokenError::Invalid(
+                "connection token has a channel claim".into(),
+            ));
+        }
+        // Server-side channels, each once, in the order given.
+        let mut channels = Vec::new();
+        for ch in raw.channels.into_iter().chain(raw.subs.into_keys()) {
+            if !channels.contains(&ch) {
+                channels.push(ch);
+            }
+        }
         Ok(ConnectionClaims {
             user,
             expires_at: expiry(raw.exp, raw.expire_at, now)?,
@@ -212,7 +232,8 @@ impl Verifier {
 }
 
 /// `expire_at` decouples connection expiry from `exp`: 0 means never.
-fn expiry(exp: Option<i64>, expire_at: Option<i64>, now: i64) -> Result<Option<i64>, TokenError> {
+fn expiry(exp: Option<f64>, expire_at: Option<f64>, now: i64) -> Result<Option<i64>, TokenError> {
+    let (exp, expire_at) = (exp.map(|t| t as i64), expire_at.map(|t| t as i64));
     match expire_at {
         Some(0) => Ok(None),
         Some(t) if t <= now => Err(TokenError::Expired),

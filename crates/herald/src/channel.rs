@@ -58,10 +58,6 @@ impl ChannelRules {
         }
     }
 
-    pub fn insecure(&self) -> bool {
-        self.insecure
-    }
-
     /// Finds the options for `channel`: error 107 for an empty or too long name,
     /// 102 for an unknown namespace or a name the namespace's regex refuses.
     pub fn resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ProtocolError> {

@@ -264,15 +264,6 @@ impl Hub {
     pub fn num_subscriptions(&self) -> usize {
         self.num_subscriptions.load(Ordering::Relaxed)
     }
-
-    /// Every connected client, for shutdown.
-    pub fn all_clients(&self) -> Vec<ClientRef> {
-        self.clients
-            .shards
-            .iter()
-            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
-            .collect()
-    }
 }
 
 #[cfg(test)]

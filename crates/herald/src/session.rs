@@ -32,11 +32,21 @@ pub struct Handle {
     client_id: String,
     user: String,
     outbox: Arc<Outbox>,
-    /// Publications held back per channel while a subscribe reads the
-    /// channel's stream, so that none is lost or repeated around the read.
-    buffers: Mutex<HashMap<Arc<str>, Vec<Arc<Publication>>>>,
-    /// Number of channels in `buffers`; lets delivery skip the lock.
-    buffering: AtomicUsize,
+    /// Per-channel delivery guards while and just after a subscribe reads
+    /// the channel's stream, so that nothing is lost or repeated around it.
+    guards: Mutex<Guards>,
+    /// Number of entries in `guards`; lets delivery skip the lock.
+    guarded: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Guards {
+    /// Publications held back while the stream is being read.
+    held: HashMap<Arc<str>, Vec<Arc<Publication>>>,
+    /// The offset a subscribe reply gave: publications at or below it are
+    /// already known to the client (a durable store may deliver a
+    /// committed publication after a reader saw it), until one above passes.
+    floors: HashMap<Arc<str>, u64>,
 }
 
 impl Handle {
@@ -46,30 +56,46 @@ impl Handle {
             client_id,
             user,
             outbox,
-            buffers: Mutex::default(),
-            buffering: AtomicUsize::new(0),
+            guards: Mutex::default(),
+            guarded: AtomicUsize::new(0),
         }
     }
 
     fn start_buffering(&self, channel: &str) {
-        let mut b = self.buffers.lock();
-        if b.insert(Arc::from(channel), Vec::new()).is_none() {
-            self.buffering.fetch_add(1, Ordering::AcqRel);
+        let mut g = self.guards.lock();
+        if g.held.insert(Arc::from(channel), Vec::new()).is_none() {
+            self.guarded.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// Ends buffering: queues the held publications newer than `after`
-    /// (unless `discard`), under the lock so later ones cannot overtake them.
+    /// (unless `discard`), under the lock so later ones cannot overtake them,
+    /// and keeps `after` as the channel's floor.
     fn finish_buffering(&self, channel: &str, after: u64, discard: bool) {
-        let mut b = self.buffers.lock();
-        if let Some(held) = b.remove(channel) {
-            if !discard {
-                for p in held.iter().filter(|p| p.offset > after) {
-                    self.outbox.push_frame(p.json_push().clone());
-                }
-            }
-            self.buffering.fetch_sub(1, Ordering::AcqRel);
+        let mut g = self.guards.lock();
+        let Some((key, held)) = g.held.remove_entry(channel) else {
+            return;
+        };
+        if discard {
+            self.guarded.fetch_sub(1, Ordering::AcqRel);
+            return;
         }
+        for p in held.iter().filter(|p| p.offset > after) {
+            self.outbox.push_frame(p.json_push().clone());
+        }
+        if held.iter().any(|p| p.offset > after) {
+            self.guarded.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            g.floors.insert(key, after);
+        }
+    }
+
+    /// Drops the channel's guards (on unsubscribe).
+    fn forget(&self, channel: &str) {
+        let mut g = self.guards.lock();
+        let removed = usize::from(g.held.remove(channel).is_some())
+            + usize::from(g.floors.remove(channel).is_some());
+        self.guarded.fetch_sub(removed, Ordering::AcqRel);
     }
 }
 
@@ -85,11 +111,19 @@ impl Client for Handle {
     }
     fn deliver(&self, publication: &Arc<Publication>) {
         // An overflow is noticed by the writer, which closes with 3008.
-        if self.buffering.load(Ordering::Acquire) > 0 {
-            let mut b = self.buffers.lock();
-            if let Some(held) = b.get_mut(&*publication.channel) {
+        if self.guarded.load(Ordering::Acquire) > 0 {
+            let mut g = self.guards.lock();
+            let channel = &*publication.channel;
+            if let Some(held) = g.held.get_mut(channel) {
                 held.push(publication.clone());
                 return;
+            }
+            if let Some(&floor) = g.floors.get(channel) {
+                if publication.offset <= floor {
+                    return;
+                }
+                g.floors.remove(channel);
+                self.guarded.fetch_sub(1, Ordering::AcqRel);
             }
             self.outbox.push_frame(publication.json_push().clone());
             return;
@@ -116,6 +150,8 @@ struct SubState {
     presence: bool,
     /// The channel announces joins and leaves.
     join_leave: bool,
+    /// Presence and the join event have been done (so leave must be too).
+    announced: bool,
 }
 
 /// Identity after a successful connect.
@@ -209,10 +245,10 @@ impl Session {
                 return self.connect(id, req).await;
             }
             Method::Subscribe(req) => return self.subscribe(id, req).await,
-            Method::Unsubscribe(req) => self
-                .unsubscribe(&req.channel)
-                .await
-                .map(|_| ReplyBody::Unsubscribe),
+            Method::Unsubscribe(req) => {
+                self.unsubscribe(&req.channel).await;
+                Ok(ReplyBody::Unsubscribe)
+            }
             Method::Publish(req) => self.publish(req).await,
             Method::Presence(req) => self.presence(&req.channel, false),
             Method::PresenceStats(req) => self.presence(&req.channel, true),
@@ -220,7 +256,7 @@ impl Session {
             Method::Ping => Ok(ReplyBody::Ping),
             Method::Rpc(_) => Err(ProtocolError::METHOD_NOT_FOUND),
             Method::Refresh(req) => self.refresh(&req.token)?,
-            Method::SubRefresh(req) => self.sub_refresh(&req.channel, &req.token)?,
+            Method::SubRefresh(req) => self.sub_refresh(&req.channel, &req.token).await?,
             Method::Send(_) | Method::Empty => Err(ProtocolError::BAD_REQUEST),
         };
         self.reply(id, result);
@@ -251,13 +287,7 @@ impl Session {
                 code,
                 reason,
             } => {
-                if self.unsubscribe(&channel).await.is_ok() {
-                    self.push(&Push::Unsubscribe {
-                        channel,
-                        code,
-                        reason,
-                    });
-                }
+                self.end_subscription(&channel, (code, &reason)).await;
             }
             Control::Subscribe {
                 channel,
@@ -355,13 +385,8 @@ impl Session {
             .map(|(ch, _)| ch.clone())
             .collect();
         for channel in expired {
-            let (code, reason) = herald_protocol::codes::unsubscribe::EXPIRED;
-            let _ = self.unsubscribe(&channel).await;
-            self.push(&Push::Unsubscribe {
-                channel,
-                code,
-                reason: reason.into(),
-            });
+            self.end_subscription(&channel, herald_protocol::codes::unsubscribe::EXPIRED)
+                .await;
         }
         Ok(())
     }
@@ -370,7 +395,7 @@ impl Session {
     pub async fn close(mut self) {
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in channels {
-            let _ = self.unsubscribe(&channel).await;
+            self.unsubscribe(&channel).await;
         }
         if let Some(conn) = self.conn.take() {
             self.node.hub.remove_client(&*conn.handle);

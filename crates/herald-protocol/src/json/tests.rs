@@ -152,4 +152,5 @@ fn validates_json_payloads() {
     assert!(is_valid_json(b" 12 "));
     assert!(!is_valid_json(b"{\"a\":"));
     assert!(!is_valid_json(b"{} {}"));
+    assert!(!is_valid_json(b"\"\xff\""), "strings must be UTF-8");
 }

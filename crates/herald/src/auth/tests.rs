@@ -31,6 +31,15 @@ fn valid_connection_token() {
 }
 
 #[test]
+fn fractional_times_and_duplicate_channels() {
+    let t =
+        sign(json!({"sub":"1","exp":(NOW as f64) + 60.5,"channels":["a","b","a"],"subs":{"a":{}}}));
+    let c = verifier(|_| {}).verify_connection(&t, NOW).unwrap();
+    assert_eq!(c.expires_at, Some(NOW + 60));
+    assert_eq!(c.channels, vec!["a", "b"]);
+}
+
+#[test]
 fn token_without_exp_never_expires() {
     let c = verifier(|_| {})
         .verify_connection(&sign(json!({"sub":"1"})), NOW)

@@ -275,6 +275,10 @@ fn apply_overrides(config: &mut Config, o: &Overrides) {
     }
     if o.dev {
         config.dev = true;
+        // An open server stays on this machine unless asked otherwise.
+        if o.address.is_none() && config.http_server.address.is_empty() {
+            config.http_server.address = "127.0.0.1".into();
+        }
         config.client.insecure = true;
         config.http_api.insecure = true;
         config.admin.insecure = true;

@@ -88,7 +88,11 @@ impl Session {
         {
             return Err(ProtocolError::PERMISSION_DENIED);
         }
-        let max = self.node.config.client.history_max_publication_limit;
+        // Zero means no cap, as in Centrifugo.
+        let max = match self.node.config.client.history_max_publication_limit {
+            0 => usize::MAX,
+            n => n,
+        };
         let limit = match req.limit {
             0 => None,
             n if n < 0 => Some(max),

@@ -55,7 +55,8 @@ impl Session {
         self.connect_deadline = None;
         let now = Instant::now();
         if !cfg.ping_interval.is_zero() {
-            self.next_ping = Some(now + cfg.ping_interval.0);
+            self.next_ping =
+                Some(now + first_ping_delay(cfg.ping_interval.0, self.node.next_key()));
         }
         // Server-side subscriptions from the token, valid channels only.
         let server_subs: Vec<String> = claims
@@ -141,7 +142,8 @@ impl Session {
             .verify_connection(token, now_unix())
         {
             Ok(c) => c,
-            Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
+            // Too late to refresh: reconnecting fetches a fresh token.
+            Err(TokenError::Expired) => return Err(Disconnect::expired()),
             Err(TokenError::Invalid(why)) => {
                 tracing::info!(client = %self.client_id, reason = %why, "invalid refresh token");
                 return Err(Disconnect::invalid_token());
@@ -174,4 +176,30 @@ pub(super) fn payload(
 ) -> Result<bytes::Bytes, ProtocolError> {
     data.map(|raw| bytes::Bytes::copy_from_slice(raw.get().as_bytes()))
         .ok_or(ProtocolError::BAD_REQUEST)
+}
+
+/// The first ping comes after a delay between half the interval and the full
+/// interval, spread by `seed`, so that clients that connected together (after
+/// a restart) do not all ping at once.
+fn first_ping_delay(interval: std::time::Duration, seed: u64) -> std::time::Duration {
+    let half = interval / 2;
+    let spread = half.as_millis().max(1) as u64;
+    half + std::time::Duration::from_millis(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn first_pings_are_spread_over_the_second_half_of_the_interval() {
+        let delays: Vec<Duration> = (0..100)
+            .map(|seed| super::first_ping_delay(Duration::from_secs(20), seed))
+            .collect();
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_secs(10) && *d < Duration::from_secs(20)));
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 50, "spread, not bunched");
+    }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_protocol::codes::unsubscribe;
 use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, ReplyBody, SubRefreshResult, SubscribeResult};
 use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
@@ -67,17 +68,19 @@ impl Session {
             return Ok(());
         }
         // Join the hub holding publications back, read the stream, reply,
-        // then release what arrived meanwhile and is newer than the reply.
+        // then release what arrived meanwhile and is newer than the reply;
+        // only then announce the client to others.
         handle.start_buffering(&channel);
-        self.join_channel(&channel, state, join_leave_push).await;
+        self.enter_channel(&channel, state, join_leave_push).await;
         match self.position(&channel, &req, &options, &mut result).await {
             Ok(top) => {
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
                 handle.finish_buffering(&channel, top, false);
+                self.announce(&channel).await;
             }
             Err(e) => {
                 handle.finish_buffering(&channel, 0, true);
-                let _ = self.unsubscribe(&channel).await;
+                self.unsubscribe(&channel).await;
                 self.reply(id, Err(e));
             }
         }
@@ -93,7 +96,11 @@ impl Session {
         options: &ChannelOptions,
         result: &mut SubscribeResult,
     ) -> Result<u64, ProtocolError> {
-        let limit = self.node.config.client.recovery_max_publication_limit;
+        // Zero means no cap, as in Centrifugo.
+        let limit = match self.node.config.client.recovery_max_publication_limit {
+            0 => usize::MAX - 1,
+            n => n,
+        };
         let position_only = HistoryQuery {
             since: None,
             limit: None,
@@ -225,56 +232,86 @@ impl Session {
         })
     }
 
-    /// Records the subscription, joins the hub (telling the broker when this
-    /// is the node's first subscriber), presence and join event.
+    /// Records the subscription and joins the hub, telling the broker when
+    /// this is the node's first subscriber. Presence and the join event come
+    /// with [`Session::announce`], once the client has its reply.
+    async fn enter_channel(&mut self, channel: &str, state: SubState, join_leave_push: bool) {
+        let Some(conn) = &self.conn else { return };
+        let handle = conn.handle.clone();
+        self.subs.insert(channel.to_string(), state);
+        if self.node.hub.subscribe(channel, handle, join_leave_push) {
+            self.node.broker_subscribe(channel).await;
+        }
+    }
+
+    /// Adds the client to the channel's presence and announces its join,
+    /// as the namespace says.
+    async fn announce(&mut self, channel: &str) {
+        let Some(state) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if !(state.presence || state.join_leave) {
+            return;
+        }
+        state.announced = true;
+        let (presence, join_leave) = (state.presence, state.join_leave);
+        let chan_info = state.chan_info.clone();
+        let Some(info) = self.member_info(chan_info) else {
+            return;
+        };
+        if presence {
+            self.node.presence.add(channel, info.clone());
+        }
+        if join_leave {
+            self.node.presence_event(channel, info, true).await;
+        }
+    }
+
+    /// Subscribes a client whose reply (or push) is already queued.
     pub(super) async fn join_channel(
         &mut self,
         channel: &str,
         state: SubState,
         join_leave_push: bool,
     ) {
-        let Some(conn) = &self.conn else { return };
-        let handle = conn.handle.clone();
-        let member = (state.presence || state.join_leave)
-            .then(|| self.member_info(state.chan_info.clone()))
-            .flatten();
-        let (presence, join_leave) = (state.presence, state.join_leave);
-        self.subs.insert(channel.to_string(), state);
-        if self.node.hub.subscribe(channel, handle, join_leave_push) {
-            self.node.broker_subscribe(channel).await;
-        }
-        if let Some(info) = member {
-            if presence {
-                self.node.presence.add(channel, info.clone());
-            }
-            if join_leave {
-                self.node.presence_event(channel, info, true).await;
-            }
-        }
+        self.enter_channel(channel, state, join_leave_push).await;
+        self.announce(channel).await;
     }
 
-    pub(super) async fn unsubscribe(&mut self, channel: &str) -> Result<(), ProtocolError> {
+    /// Leaves a channel; false when the client was not subscribed.
+    pub(super) async fn unsubscribe(&mut self, channel: &str) -> bool {
         let Some(state) = self.subs.remove(channel) else {
-            return Ok(());
+            return false;
         };
-        let Some(conn) = &self.conn else {
-            return Ok(());
-        };
+        let Some(conn) = &self.conn else { return true };
+        conn.handle.forget(channel);
         if self.node.hub.unsubscribe(channel, conn.handle.key) {
             self.node.broker_unsubscribe(channel).await;
         }
-        if state.presence {
+        if state.announced && state.presence {
             self.node.presence.remove(channel, &self.client_id);
         }
-        if state.join_leave {
+        if state.announced && state.join_leave {
             if let Some(info) = self.member_info(state.chan_info) {
                 self.node.presence_event(channel, info, false).await;
             }
         }
-        Ok(())
+        true
     }
 
-    pub(super) fn sub_refresh(
+    /// Ends a subscription from the server side with an unsubscribe push
+    /// (codes from 2500 make the SDK subscribe again).
+    pub(super) async fn end_subscription(&mut self, channel: &str, (code, reason): (u32, &str)) {
+        if self.unsubscribe(channel).await {
+            self.push(&Push::Unsubscribe {
+                channel: channel.to_string(),
+                code,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    pub(super) async fn sub_refresh(
         &mut self,
         channel: &str,
         token: &str,
@@ -289,7 +326,12 @@ impl Session {
             .verify_subscription(token, now_unix())
         {
             Ok(c) => c,
-            Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
+            Err(TokenError::Expired) => {
+                // Too late to refresh: end the subscription with a code that
+                // makes the SDK subscribe again with a fresh token.
+                self.end_subscription(channel, unsubscribe::EXPIRED).await;
+                return Ok(Ok(ReplyBody::SubRefresh(SubRefreshResult::default())));
+            }
             Err(TokenError::Invalid(_)) => return Err(Disconnect::invalid_token()),
         };
         if claims.channel != channel || claims.user != user {
@@ -348,6 +390,7 @@ impl Session {
             chan_info,
             presence: o.presence,
             join_leave: o.join_leave,
+            ..Default::default()
         };
         Some((state, o.join_leave && o.force_push_join_leave))
     }

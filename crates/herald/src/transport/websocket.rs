@@ -17,6 +17,11 @@ use crate::session::{Item, Session};
 /// Default socket buffer size when the config leaves it at 0.
 const DEFAULT_BUFFER: usize = 4096;
 
+/// Queued frames are joined into WebSocket messages of about this size at
+/// most, so a backlog does not become one huge message that a slow link
+/// cannot take within the write timeout.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -128,16 +133,22 @@ async fn flush(
         let mut joined = BytesMut::new();
         for item in items.drain(..) {
             match item {
-                Item::Frame(frame) => match batch.take() {
-                    None if joined.is_empty() => batch = Some(frame),
-                    first => {
-                        if let Some(first) = first {
-                            joined.extend_from_slice(&first);
+                Item::Frame(frame) => {
+                    match batch.take() {
+                        None if joined.is_empty() => batch = Some(frame),
+                        first => {
+                            if let Some(first) = first {
+                                joined.extend_from_slice(&first);
+                            }
+                            joined.extend_from_slice(b"\n");
+                            joined.extend_from_slice(&frame);
                         }
-                        joined.extend_from_slice(b"\n");
-                        joined.extend_from_slice(&frame);
                     }
-                },
+                    if joined.len() >= MAX_MESSAGE_BYTES {
+                        let payload = take_batch(&mut batch, &mut joined);
+                        send(session, socket, payload, write_timeout, node).await?;
+                    }
+                }
                 Item::Control(c) => {
                     let payload = take_batch(&mut batch, &mut joined);
                     send(session, socket, payload, write_timeout, node).await?;
@@ -176,7 +187,11 @@ async fn send(
     let Some(payload) = payload else {
         return Ok(());
     };
-    let text = Utf8Bytes::try_from(payload).map_err(|_| Disconnect::internal())?;
+    let text = Utf8Bytes::try_from(payload).map_err(|_| {
+        // Every payload is validated as UTF-8 JSON on the way in.
+        tracing::error!(client = %session.client_id(), "outgoing frame is not UTF-8");
+        Disconnect::internal()
+    })?;
     tokio::select! {
         written = tokio::time::timeout(timeout, socket.send(Message::Text(text))) => match written {
             Ok(Ok(())) => Ok(()),

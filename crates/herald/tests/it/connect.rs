@@ -46,7 +46,7 @@ async fn bad_tokens_close_with_3500_and_expired_gets_109() {
     for bad in [
         herald::auth::sign_hs256(&json!({"sub": "1"}), "wrong-secret").unwrap(),
         "not.a.token".to_string(),
-        token(json!({"sub": "1", "nbf": now() + 60})),
+        token(json!({"sub": "1", "channel": "a subscription token"})),
     ] {
         let mut ws = Ws::open(&s.ws_url()).await;
         ws.send(json!({"connect": {"token": bad}})).await;
@@ -147,13 +147,14 @@ async fn expiring_connection_is_closed_unless_refreshed() {
 }
 
 #[tokio::test]
-async fn refresh_with_expired_token_gets_109_and_foreign_user_3500() {
+async fn refresh_with_expired_token_closes_3005_and_foreign_user_3500() {
     let s = TestServer::start(json!({})).await;
     let mut ws = s.client("1").await;
-    let r = ws
-        .cmd(json!({"refresh": {"token": token(json!({"sub": "1", "exp": now() - 1}))}}))
+    // Too late to refresh: reconnecting (3005 allows it) fetches a new token.
+    ws.send(json!({"refresh": {"token": token(json!({"sub": "1", "exp": now() - 1}))}}))
         .await;
-    assert_eq!(r["error"]["code"], 109, "{r}");
+    assert_eq!(ws.closed().await, (3005, "connection expired".into()));
+    let mut ws = s.client("1").await;
     ws.send(json!({"refresh": {"token": token(json!({"sub": "2"}))}}))
         .await;
     assert_eq!(ws.closed().await.0, 3500);

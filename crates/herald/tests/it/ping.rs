@@ -73,16 +73,16 @@ async fn client_that_answers_pings_stays_connected() {
 async fn client_that_does_not_answer_is_closed_with_3012() {
     let s = TestServer::start(fast_pings("500ms")).await;
     let (mut ws, _) = connect(&s, "1").await;
-    let started = tokio::time::Instant::now();
     await_pings(&mut ws, 1, false).await;
+    let started = tokio::time::Instant::now();
     match ws.read().await {
         Event::Closed(c) => assert_eq!(c, Some((3012, "no pong".into()))),
         Event::Msg(m) => panic!("expected the close after one unanswered ping, got {m}"),
     }
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
-        "closed after {took:?}; expected ping interval plus pong timeout"
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed {took:?} after the ping; expected the pong timeout"
     );
     wait_until("the client leaves the hub", || {
         s.node.hub.num_clients() == 0

@@ -71,3 +71,35 @@ async fn presence_errors() {
     assert_eq!(r["error"]["code"], 108);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn join_is_announced_only_after_a_positioned_subscribe_succeeds() {
+    let s = TestServer::start(json!({})).await;
+    let mut watcher = s.client("w").await;
+    watcher
+        .cmd(json!({"subscribe": {"channel": "roomh:1"}}))
+        .await;
+    assert_eq!(watcher.push().await["join"]["info"]["user"], "w");
+    let mut ws = s.client("u").await;
+    let id = ws.send(json!({"subscribe": {"channel": "roomh:1"}})).await;
+    match ws.read().await {
+        Event::Msg(m) => assert_eq!(m["id"], id, "the reply comes before any push: {m}"),
+        Event::Closed(c) => panic!("closed: {c:?}"),
+    }
+    assert_eq!(ws.push().await["join"]["info"]["user"], "u");
+    assert_eq!(watcher.push().await["join"]["info"]["user"], "u");
+    // A subscribe that fails (error 112 on request) is never announced.
+    let mut other = s.client("x").await;
+    let req = json!({"subscribe": {"channel": "roomh:1", "recover": true, "offset": 5, "epoch": "gone", "flag": 2}});
+    assert_eq!(other.cmd(req).await["error"]["code"], 112);
+    let r = s.api("presence_stats", json!({"channel": "roomh:1"})).await;
+    assert_eq!(r["result"], json!({"num_clients": 2, "num_users": 2}));
+    s.api("publish", json!({"channel": "roomh:1", "data": "next"}))
+        .await;
+    let p = watcher.push().await;
+    assert_eq!(
+        p["pub"]["data"], "next",
+        "no join or leave of the failed subscriber came first: {p}"
+    );
+    s.stop().await;
+}

@@ -252,3 +252,30 @@ async fn commands_batched_in_one_frame_are_answered_in_order() {
     assert_eq!(ids, vec![1, 2, 3]);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn sub_refresh_with_expired_token_ends_the_subscription_with_2501() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u1").await;
+    let t = token(json!({"sub": "u1", "channel": "secret:r", "exp": now() + 60}));
+    ws.cmd(json!({"subscribe": {"channel": "secret:r", "token": t}}))
+        .await;
+    let expired = token(json!({"sub": "u1", "channel": "secret:r", "exp": now() - 1}));
+    let id = ws
+        .send(json!({"sub_refresh": {"channel": "secret:r", "token": expired}}))
+        .await;
+    let p = ws.push().await;
+    assert_eq!(
+        p,
+        json!({"channel": "secret:r", "unsubscribe": {"code": 2501, "reason": "subscription expired"}})
+    );
+    assert!(ws.reply(id).await.get("sub_refresh").is_some());
+    s.api("publish", json!({"channel": "secret:r", "data": 1}))
+        .await;
+    let r = ws.cmd(json!({"ping": {}})).await;
+    assert!(
+        r.get("ping").is_some(),
+        "no publication after the subscription ended: {r}"
+    );
+    s.stop().await;
+}

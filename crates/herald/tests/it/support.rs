@@ -56,6 +56,9 @@ pub fn base_config() -> Value {
                   "force_recovery_mode": "cache", "allow_subscribe_for_client": true },
                 { "name": "pos", "history_size": 10, "history_ttl": "300s", "allow_positioning": true,
                   "allow_subscribe_for_client": true },
+                { "name": "roomh", "presence": true, "join_leave": true, "force_push_join_leave": true,
+                  "history_size": 10, "history_ttl": "300s", "force_recovery": true,
+                  "allow_subscribe_for_client": true },
                 { "name": "room", "presence": true, "join_leave": true, "force_push_join_leave": true,
                   "allow_subscribe_for_client": true, "allow_presence_for_subscriber": true }
             ]
