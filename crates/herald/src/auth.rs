@@ -155,15 +155,14 @@ impl Verifier {
             v.set_issuer(&[&self.issuer]);
             v.required_spec_claims.insert("iss".into());
         }
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
-                match e.kind() {
-                    // Not valid yet: most likely clock skew, so let the client fetch
-                    // a fresh token rather than give up.
-                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::Expired,
-                    _ => TokenError::Invalid(e.to_string()),
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
+            match e.kind() {
+                // Not valid yet: most likely clock skew, so let the client fetch
+                // a fresh token rather than give up.
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            }
+        })?;
         let map = data.claims;
         let claim = if self.user_id_claim.is_empty() {
             "sub"

@@ -301,11 +301,25 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SqliteStorage {
     /// Database file; `<data_dir>/streams.db` when empty.
     pub path: String,
+    /// `full`: each group commit is fsynced before publishers are
+    /// acknowledged, so acknowledged publications survive power loss.
+    /// `normal`: they survive a crash of the process but not of the OS;
+    /// faster.
+    pub synchronous: String,
+}
+
+impl Default for SqliteStorage {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            synchronous: "full".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

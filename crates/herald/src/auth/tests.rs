@@ -68,10 +68,21 @@ fn rejections() {
             .unwrap_err(),
         TokenError::Expired
     );
-    assert!(matches!(
-        v.verify_connection(&sign(json!({"sub":"1","nbf":NOW+30})), NOW),
-        Err(TokenError::Invalid(_))
-    ));
+    // Not yet valid: the client is asked for a fresh token (clock skew).
+    assert_eq!(
+        v.verify_connection(&sign(json!({"sub":"1","nbf":NOW+30})), NOW)
+            .unwrap_err(),
+        TokenError::Expired
+    );
+    for claims in [json!({"sub":"1","channel":"x"}), json!({"sub":5})] {
+        assert!(
+            matches!(
+                v.verify_connection(&sign(claims.clone()), NOW),
+                Err(TokenError::Invalid(_))
+            ),
+            "{claims}"
+        );
+    }
     let wrong = sign_hs256(&json!({"sub":"1"}), "other").unwrap();
     assert!(matches!(
         v.verify_connection(&wrong, NOW),

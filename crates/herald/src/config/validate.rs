@@ -167,6 +167,12 @@ fn validate_storage(c: &Config) -> Result<(), ConfigError> {
             "is required for durable namespaces on postgres",
         ));
     }
+    if !matches!(s.sqlite.synchronous.as_str(), "full" | "normal") {
+        return Err(ConfigError::invalid(
+            "storage.sqlite.synchronous",
+            "use \"full\" or \"normal\"",
+        ));
+    }
     if s.batch_max_size == 0 {
         return Err(ConfigError::invalid(
             "storage.batch_max_size",

@@ -21,6 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
 use parking_lot::Mutex;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{PgConnection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,9 +40,10 @@ use writer::{Pending, Writer};
 /// waits for room, which slows publishers down to the commit rate.
 const QUEUE_BATCHES: usize = 4;
 
-/// Most rows in one INSERT statement, so that a large `batch_max_size` stays
-/// under SQLite's (32,766) and PostgreSQL's (65,535) bind-parameter limits;
-/// a larger batch is inserted in several statements of one transaction.
+/// Most rows in one SQLite INSERT statement, so that a large
+/// `batch_max_size` stays under SQLite's bind-parameter limit (32,766); a
+/// larger batch is inserted in several statements of one transaction.
+/// (PostgreSQL takes a batch as arrays, whatever its size.)
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Opens the durable store configured by `storage` (creating the SQLite
@@ -52,9 +56,16 @@ pub async fn open_durable(
     deliver: Deliver,
     opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
 ) -> Result<DurableStore, StoreError> {
-    let db = match storage.kind.as_str() {
-        "sqlite" => Db::Sqlite(sqlite::open(&sqlite_path(storage, data_dir)).await?),
-        "postgres" => Db::Postgres(postgres::open(&storage.postgres).await?),
+    let (db, connector) = match storage.kind.as_str() {
+        "sqlite" => {
+            let (pool, options) =
+                sqlite::open(&sqlite_path(storage, data_dir), &storage.sqlite.synchronous).await?;
+            (Db::Sqlite(pool), Connector::Sqlite(options))
+        }
+        "postgres" => {
+            let (pool, options) = postgres::open(&storage.postgres).await?;
+            (Db::Postgres(pool), Connector::Postgres(options))
+        }
         other => {
             return Err(StoreError::Backend(format!(
                 "unknown storage.type {other:?}; use \"sqlite\" or \"postgres\""
@@ -66,7 +77,7 @@ pub async fn open_durable(
     let shutdown = CancellationToken::new();
     let removed = Arc::new(AtomicU64::new(0));
     let writer = Writer {
-        db: db.clone(),
+        connector,
         deliver,
         batch_max,
     };
@@ -198,20 +209,45 @@ enum Db {
     Postgres(sqlx::PgPool),
 }
 
-impl Db {
+/// How the writer opens its own connection.
+enum Connector {
+    Sqlite(SqliteConnectOptions),
+    Postgres(PgConnectOptions),
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<WriteConn, sqlx::Error> {
+        Ok(match self {
+            Connector::Sqlite(o) => WriteConn::Sqlite(sqlite::connect_writer(o).await?),
+            Connector::Postgres(o) => WriteConn::Postgres(postgres::connect_writer(o).await?),
+        })
+    }
+}
+
+/// The writer's own connection, held for its life (and reopened after a
+/// failed commit): taking one from the pool per batch would cost a ping
+/// and a return trip each time.
+enum WriteConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl WriteConn {
     /// Reserves offsets for `pubs` and inserts them, in one transaction;
     /// returns each publication's offset and epoch, in the input order.
     async fn commit(
-        &self,
+        &mut self,
         pubs: &[Publication],
         now_ms: i64,
     ) -> Result<Vec<(u64, String)>, sqlx::Error> {
         match self {
-            Db::Sqlite(pool) => sqlite::commit(pool, pubs, now_ms).await,
-            Db::Postgres(pool) => postgres::commit(pool, pubs, now_ms).await,
+            WriteConn::Sqlite(conn) => sqlite::commit(conn, pubs, now_ms).await,
+            WriteConn::Postgres(conn) => postgres::commit(conn, pubs, now_ms).await,
         }
     }
+}
 
+impl Db {
     /// The stream's top offset and epoch, creating the stream (with `fresh`
     /// as its epoch) when it does not exist yet.
     async fn position(&self, channel: &str, fresh: &str) -> Result<(i64, String), StoreError> {

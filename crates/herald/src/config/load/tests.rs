@@ -160,6 +160,11 @@ fn invalid_values_name_the_key() {
         ),
         (r#"{"engine":{"type":"redis"}}"#, "engine.type"),
         (
+            r#"{"storage":{"sqlite":{"synchronous":"off"}}}"#,
+            "storage.sqlite.synchronous",
+        ),
+        (r#"{"storage":{"type":"mysql"}}"#, "storage.type"),
+        (
             r#"{"channel":{"namespaces":[{"name":"rx","channel_regex":"("}]}}"#,
             "channel.namespaces[0].channel_regex",
         ),

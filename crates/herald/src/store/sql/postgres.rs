@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use herald_protocol::Publication;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 
 use super::rows::{NewRow, StoredRow};
-use super::writer::{assign, counts};
-use super::{Range, ROWS_PER_STATEMENT};
+use super::writer::{assign, back_offsets, counts};
+use super::Range;
 use crate::config::PostgresStorage;
 use crate::store::{new_epoch, StoreError};
 
@@ -24,80 +24,99 @@ use crate::store::{new_epoch, StoreError};
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects the pool and applies migrations (under PostgreSQL's advisory
-/// lock, so nodes starting together migrate once).
-pub(super) async fn open(config: &PostgresStorage) -> Result<PgPool, StoreError> {
+/// lock, so nodes starting together migrate once); returns the pool and the
+/// options the writer connects with.
+pub(super) async fn open(
+    config: &PostgresStorage,
+) -> Result<(PgPool, PgConnectOptions), StoreError> {
     let options: PgConnectOptions = config
         .url
         .parse()
         .map_err(|e| StoreError::Backend(format!("invalid storage.postgres.url: {e}")))?;
-    // Name the server without the URL, which may hold a password.
-    let server = format!(
-        "{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or_default()
-    );
+    let server = server_name(&options);
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
         .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL {server}: {e}")))?;
     sqlx::migrate!("migrations/postgres")
         .run(&pool)
         .await
         .map_err(|e| StoreError::Backend(format!("cannot migrate PostgreSQL {server}: {e}")))?;
-    Ok(pool)
+    Ok((pool, options))
 }
 
-/// Reserves offsets for the batch and inserts it, in one transaction.
+/// The server, named without the URL, which may hold a password.
+fn server_name(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )
+}
+
+/// Connects the writer's own connection (outside the pool, so that history
+/// reads never wait for it).
+pub(super) async fn connect_writer(
+    options: &PgConnectOptions,
+) -> Result<PgConnection, sqlx::Error> {
+    options.connect().await
+}
+
+/// A whole batch in one statement, so in one round trip and one implicit
+/// transaction: `tops` reserves offsets (the upsert locks the stream rows,
+/// in channel order, until COMMIT), `pubs` inserts the rows with offsets
+/// counted down from their stream's new top. The batch travels as arrays,
+/// so the text never changes and the statement is prepared once.
+const COMMIT_BATCH: &str = "\
+WITH tops AS ( \
+    INSERT INTO streams (channel, epoch, top, created_at) \
+    SELECT s.channel, s.epoch, s.n, $12 \
+    FROM unnest($9::text[], $10::text[], $11::bigint[]) AS s(channel, epoch, n) \
+    ORDER BY s.channel \
+    ON CONFLICT (channel) DO UPDATE SET top = streams.top + EXCLUDED.top \
+    RETURNING channel, epoch, top \
+), pubs AS ( \
+    INSERT INTO publications \
+        (channel, seq, data, info_user, info_client, conn_info, chan_info, tags, created_at) \
+    SELECT r.channel, t.top - r.back, r.data, r.info_user, r.info_client, \
+        r.conn_info, r.chan_info, r.tags, $12 \
+    FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::text[], $5::text[], \
+        $6::bytea[], $7::bytea[], $8::text[]) \
+        AS r(channel, back, data, info_user, info_client, conn_info, chan_info, tags) \
+    JOIN tops t ON t.channel = r.channel \
+) \
+SELECT channel, epoch, top FROM tops";
+
+/// Reserves offsets for the batch and inserts it, in one statement (see
+/// [`COMMIT_BATCH`]); it commits when the statement completes, after
+/// PostgreSQL has flushed its WAL.
 pub(super) async fn commit(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     pubs: &[Publication],
     now_ms: i64,
 ) -> Result<Vec<(u64, String)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let counts: Vec<(&str, i64)> = counts(pubs).into_iter().collect();
-    let mut tops = Vec::with_capacity(counts.len());
-    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<Postgres>::new("INSERT INTO streams (channel, epoch, top, created_at) ");
-        q.push_values(chunk, |mut row, (channel, count)| {
-            row.push_bind(*channel)
-                .push_bind(new_epoch())
-                .push_bind(*count)
-                .push_bind(now_ms);
-        });
-        q.push(
-            " ON CONFLICT (channel) DO UPDATE SET top = streams.top + EXCLUDED.top \
-             RETURNING channel, epoch, top",
-        );
-        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-        tops.extend(rows);
-    }
-    let assigned = assign(pubs, tops)?;
-    let rows = pubs.iter().zip(&assigned);
-    for chunk in rows.collect::<Vec<_>>().chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO publications \
-             (channel, seq, data, info_user, info_client, conn_info, chan_info, tags, created_at) ",
-        );
-        q.push_values(chunk, |mut b, (p, (offset, _))| {
-            let r = NewRow::new(p, *offset);
-            b.push_bind(r.channel)
-                .push_bind(r.seq)
-                .push_bind(r.data)
-                .push_bind(r.info_user)
-                .push_bind(r.info_client)
-                .push_bind(r.conn_info)
-                .push_bind(r.chan_info)
-                .push_bind(r.tags)
-                .push_bind(now_ms);
-        });
-        q.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(assigned)
+    let counts = counts(pubs);
+    let back = back_offsets(pubs, &counts);
+    let rows: Vec<NewRow<'_>> = pubs.iter().map(NewRow::new).collect();
+    let tops: Vec<(String, String, i64)> = sqlx::query_as(COMMIT_BATCH)
+        .bind(rows.iter().map(|r| r.channel).collect::<Vec<_>>())
+        .bind(back)
+        .bind(rows.iter().map(|r| r.data).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.info_user).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.info_client).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.conn_info).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.chan_info).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tags.as_deref()).collect::<Vec<_>>())
+        .bind(counts.keys().copied().collect::<Vec<_>>())
+        .bind(counts.keys().map(|_| new_epoch()).collect::<Vec<_>>())
+        .bind(counts.values().copied().collect::<Vec<_>>())
+        .bind(now_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+    assign(pubs, tops)
 }
 
 const SELECT_POSITION: &str = "SELECT top, epoch FROM streams WHERE channel = $1";

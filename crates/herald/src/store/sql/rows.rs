@@ -6,13 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_protocol::{ClientInfo, Publication};
 
-use super::to_i64;
 use crate::store::StoreError;
 
-/// A publication's columns as stored (see the migrations).
+/// A publication's columns as stored (see the migrations), but its offset,
+/// which the commit computes in SQL.
 pub(super) struct NewRow<'a> {
     pub(super) channel: &'a str,
-    pub(super) seq: i64,
     pub(super) data: &'a [u8],
     pub(super) info_user: Option<&'a str>,
     pub(super) info_client: Option<&'a str>,
@@ -22,11 +21,10 @@ pub(super) struct NewRow<'a> {
 }
 
 impl<'a> NewRow<'a> {
-    pub(super) fn new(p: &'a Publication, offset: u64) -> Self {
+    pub(super) fn new(p: &'a Publication) -> Self {
         let info = p.info.as_deref();
         Self {
             channel: &p.channel,
-            seq: to_i64(offset),
             data: &p.data,
             info_user: info.map(|i| i.user.as_str()),
             info_client: info.map(|i| i.client.as_str()),

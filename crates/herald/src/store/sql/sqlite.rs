@@ -1,24 +1,22 @@
 //! The SQLite side of durable streams: one database file, WAL journal.
 //!
-//! Durability: the journal is WAL with `synchronous=FULL`, so every commit
-//! fsyncs the WAL before COMMIT returns and a publisher is acknowledged only
-//! once its publication would survive an OS crash or power loss. With
-//! `synchronous=NORMAL` a WAL commit is safe against the process being
-//! killed (SIGKILL, panic) but the last commits before an OS crash or power
-//! loss can be rolled back — which would break "acknowledged means stored".
-//! FULL costs one fsync per commit, not per publication: group commit
-//! spreads it over the whole batch, which keeps the throughput target
-//! (see `durable_throughput_probe` in tests/durable.rs for the figures).
+//! Durability (`storage.sqlite.synchronous`): the journal is WAL. With
+//! `full` (the default) every commit fsyncs the WAL before COMMIT returns,
+//! so an acknowledged publication survives an OS crash or power loss. With
+//! `normal` a committed publication survives the process being killed
+//! (SIGKILL, panic) but the last commits before an OS crash or power loss
+//! can be rolled back; it saves the fsync per commit (see bench/RESULTS.md).
+//! Either way it is one fsync per group commit, not per publication.
 
 use std::path::Path;
 use std::time::Duration;
 
 use herald_protocol::Publication;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use super::rows::{NewRow, StoredRow};
-use super::writer::{assign, counts};
+use super::writer::{assign, back_offsets, counts};
 use super::{Range, ROWS_PER_STATEMENT};
 use crate::store::{new_epoch, StoreError};
 
@@ -30,9 +28,13 @@ const POOL_SIZE: u32 = 4;
 /// by retention) before it fails with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens (creating if needed) the database file and applies migrations. An
+/// Opens (creating if needed) the database file and applies migrations;
+/// returns the readers' pool and the options the writer connects with. An
 /// unreadable or corrupt file is an error naming it, never a silent reset.
-pub(super) async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
+pub(super) async fn open(
+    path: &Path,
+    synchronous: &str,
+) -> Result<(SqlitePool, SqliteConnectOptions), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!("cannot create directory {}: {e}", dir.display()))
@@ -42,11 +44,14 @@ pub(super) async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        .synchronous(match synchronous {
+            "normal" => SqliteSynchronous::Normal,
+            _ => SqliteSynchronous::Full,
+        })
         .busy_timeout(BUSY_TIMEOUT);
     let pool = SqlitePoolOptions::new()
         .max_connections(POOL_SIZE)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
         .map_err(|e| {
             StoreError::Backend(format!(
@@ -63,57 +68,109 @@ pub(super) async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
                 path.display()
             ))
         })?;
-    Ok(pool)
+    Ok((pool, options))
 }
 
-/// Reserves offsets for the batch and inserts it, in one transaction.
+/// Reserves offsets for the batch and inserts it, in one transaction sent
+/// as one multi-statement query: every statement is a round trip to the
+/// connection's worker thread, and those round trips (thread wake-ups on a
+/// busy machine) cost more than the statements themselves. Each row's
+/// offset is computed in SQL from its stream's new top (see
+/// [`back_offsets`]), so no statement needs the result of another.
+///
+/// Preparing the query costs about as much as running it, so its shape is
+/// kept to a few cached ones: each VALUES list is padded with NULL rows
+/// (skipped by `WHERE column1 IS NOT NULL`) to a power of two.
+///
+/// On failure the transaction is rolled back (and the caller drops the
+/// connection).
 pub(super) async fn commit(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     pubs: &[Publication],
     now_ms: i64,
 ) -> Result<Vec<(u64, String)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let counts: Vec<(&str, i64)> = counts(pubs).into_iter().collect();
-    let mut tops = Vec::with_capacity(counts.len());
+    let counts = counts(pubs);
+    let back = back_offsets(pubs, &counts);
+    let counts: Vec<(&str, i64)> = counts.into_iter().collect();
+    // BEGIN IMMEDIATE takes the write lock at once, so a concurrent writer
+    // (retention) makes this wait (busy timeout) rather than fail midway.
+    let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
     for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("INSERT INTO streams (channel, epoch, top, created_at) ");
-        q.push_values(chunk, |mut row, (channel, count)| {
-            row.push_bind(*channel)
-                .push_bind(new_epoch())
-                .push_bind(*count)
-                .push_bind(now_ms);
+        q.push("INSERT INTO streams (channel, epoch, top, created_at) SELECT *, ");
+        q.push_bind(now_ms);
+        q.push(" FROM (");
+        q.push_values(padded(chunk), |mut row, stream| {
+            let (channel, epoch, count) = match stream {
+                Some((channel, count)) => (Some(*channel), Some(new_epoch()), Some(*count)),
+                None => (None, None, None),
+            };
+            row.push_bind(channel).push_bind(epoch).push_bind(count);
         });
         q.push(
-            " ON CONFLICT (channel) DO UPDATE SET top = streams.top + excluded.top \
-             RETURNING channel, epoch, top",
+            ") WHERE column1 IS NOT NULL \
+             ON CONFLICT (channel) DO UPDATE SET top = streams.top + excluded.top \
+             RETURNING channel, epoch, top; ",
         );
-        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-        tops.extend(rows);
     }
-    let assigned = assign(pubs, tops)?;
-    let rows = pubs.iter().zip(&assigned);
-    for chunk in rows.collect::<Vec<_>>().chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+    let rows: Vec<_> = pubs.iter().map(NewRow::new).zip(back).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        q.push(
             "INSERT INTO publications \
-             (channel, seq, data, info_user, info_client, conn_info, chan_info, tags, created_at) ",
+             (channel, seq, data, info_user, info_client, conn_info, chan_info, tags, created_at) \
+             SELECT column1, (SELECT top FROM streams WHERE channel = column1) - column2, \
+             column3, column4, column5, column6, column7, column8, ",
         );
-        q.push_values(chunk, |mut b, (p, (offset, _))| {
-            let r = NewRow::new(p, *offset);
-            b.push_bind(r.channel)
-                .push_bind(r.seq)
-                .push_bind(r.data)
-                .push_bind(r.info_user)
-                .push_bind(r.info_client)
-                .push_bind(r.conn_info)
-                .push_bind(r.chan_info)
-                .push_bind(r.tags)
-                .push_bind(now_ms);
+        q.push_bind(now_ms);
+        q.push(" FROM (");
+        q.push_values(padded(chunk), |mut b, row| {
+            let (r, back) = match row {
+                Some((r, back)) => (Some(r), Some(*back)),
+                None => (None, None),
+            };
+            b.push_bind(r.map(|r| r.channel))
+                .push_bind(back)
+                .push_bind(r.map(|r| r.data))
+                .push_bind(r.and_then(|r| r.info_user))
+                .push_bind(r.and_then(|r| r.info_client))
+                .push_bind(r.and_then(|r| r.conn_info))
+                .push_bind(r.and_then(|r| r.chan_info))
+                .push_bind(r.and_then(|r| r.tags.clone()));
         });
-        q.build().execute(&mut *tx).await?;
+        q.push(") WHERE column1 IS NOT NULL; ");
     }
-    tx.commit().await?;
-    Ok(assigned)
+    q.push("COMMIT");
+    let result = q
+        .build_query_as::<(String, String, i64)>()
+        .fetch_all(&mut *conn)
+        .await;
+    match result {
+        Ok(tops) => assign(pubs, tops),
+        Err(e) => {
+            // Leave no transaction open when a statement before COMMIT
+            // failed; this fails harmlessly when none is.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// `items` followed by `None`s up to the next power of two (at most
+/// [`ROWS_PER_STATEMENT`]), so that statements come in few shapes.
+pub(super) fn padded<T>(items: &[T]) -> impl Iterator<Item = Option<&T>> {
+    let len = items.len().next_power_of_two().min(ROWS_PER_STATEMENT);
+    items
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat_with(|| None))
+        .take(len.max(items.len()))
+}
+
+/// Connects the writer's own connection (outside the pool, so that history
+/// reads never wait for it).
+pub(super) async fn connect_writer(
+    options: &SqliteConnectOptions,
+) -> Result<SqliteConnection, sqlx::Error> {
+    options.connect().await
 }
 
 const SELECT_POSITION: &str = "SELECT top, epoch FROM streams WHERE channel = ?";

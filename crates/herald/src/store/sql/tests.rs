@@ -5,7 +5,8 @@ use bytes::Bytes;
 use herald_protocol::ClientInfo;
 
 use super::rows::{NewRow, StoredRow};
-use super::writer::{assign, counts};
+use super::sqlite::padded;
+use super::writer::{assign, back_offsets, counts};
 use super::*;
 
 fn position(offset: u64) -> StreamPosition {
@@ -120,6 +121,8 @@ fn offsets_follow_batch_order_and_end_at_top() {
         .map(|(o, e)| (o, e.to_string()))
         .into();
     assert_eq!(got, want);
+    // SQL computes the same offsets as top - back.
+    assert_eq!(back_offsets(&pubs, &counts(&pubs)), vec![2, 1, 1, 0, 0]);
 }
 
 #[test]
@@ -136,9 +139,9 @@ fn rows_round_trip_client_info_and_tags() {
         Some(Arc::new(info)),
     )
     .with_tags(BTreeMap::from([("k".to_string(), "v".to_string())]));
-    let row = NewRow::new(&p, 7);
+    let row = NewRow::new(&p);
     let stored = StoredRow {
-        seq: row.seq,
+        seq: 7,
         data: row.data.to_vec(),
         info_user: row.info_user.map(Into::into),
         info_client: row.info_client.map(Into::into),
@@ -151,4 +154,96 @@ fn rows_round_trip_client_info_and_tags() {
     assert_eq!(back.data, p.data);
     assert_eq!(back.info, p.info);
     assert_eq!(back.tags, p.tags);
+}
+
+#[test]
+fn padding_rounds_up_to_a_power_of_two_within_the_statement_limit() {
+    let shape = |n: usize| {
+        let items = vec![0; n];
+        let padded: Vec<_> = padded(&items).collect();
+        (padded.len(), padded.iter().filter(|i| i.is_some()).count())
+    };
+    assert_eq!(shape(1), (1, 1));
+    assert_eq!(shape(3), (4, 3));
+    assert_eq!(shape(17), (32, 17));
+    assert_eq!(shape(600), (ROWS_PER_STATEMENT, 600));
+    assert_eq!(
+        shape(ROWS_PER_STATEMENT),
+        (ROWS_PER_STATEMENT, ROWS_PER_STATEMENT)
+    );
+}
+
+/// One batch larger than a statement's rows, over several channels: every
+/// publication is stored once, at the offset it was acknowledged with.
+async fn large_batch_round_trips(storage: Storage, dir: &Path) {
+    let deliver: Deliver = Arc::new(|_| Box::pin(async { Ok(()) }));
+    let store = open_durable(
+        &storage,
+        dir,
+        deliver,
+        Arc::new(|_| StreamOptions::default()),
+    )
+    .await
+    .unwrap();
+    let prefix = new_epoch();
+    let channels: Vec<String> = (0..3).map(|i| format!("{prefix}-{i}")).collect();
+    let n = ROWS_PER_STATEMENT * 2 + 100;
+    let appends = (0..n).map(|i| {
+        let channel = Arc::from(channels[i % 3].as_str());
+        let data = Bytes::from(format!("{i}"));
+        store.append(
+            Publication::new(channel, data, None),
+            StreamOptions::default(),
+        )
+    });
+    // Queued together, so that the writer takes them in few batches.
+    let acked = futures_util::future::try_join_all(appends).await.unwrap();
+    let mut want: BTreeMap<(&str, u64), Bytes> = BTreeMap::new();
+    for (p, _) in &acked {
+        assert!(want
+            .insert((&p.channel, p.offset), p.data.clone())
+            .is_none());
+    }
+    for channel in &channels {
+        let page = store
+            .history(
+                channel,
+                query(None, Some(n), false),
+                StreamOptions::default(),
+            )
+            .await
+            .unwrap();
+        let count = n / 3 + usize::from(channels[..n % 3].contains(channel));
+        assert_eq!(page.publications.len(), count);
+        assert_eq!(page.position.offset, count as u64);
+        for (i, p) in page.publications.iter().enumerate() {
+            assert_eq!(p.offset, i as u64 + 1);
+            assert_eq!(Some(&p.data), want.get(&(channel.as_str(), p.offset)));
+        }
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn large_batches_round_trip_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage {
+        batch_max_size: 5000,
+        ..Storage::default()
+    };
+    large_batch_round_trips(storage, dir.path()).await;
+}
+
+#[tokio::test]
+async fn large_batches_round_trip_on_postgres() {
+    let Ok(url) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let mut storage = Storage {
+        kind: "postgres".into(),
+        batch_max_size: 5000,
+        ..Storage::default()
+    };
+    storage.postgres.url = url;
+    large_batch_round_trips(storage, Path::new(".")).await;
 }

@@ -11,7 +11,7 @@ use herald_protocol::Publication;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Db};
+use super::{now_ms, Connector, WriteConn};
 use crate::broker::BrokerError;
 use crate::store::{Deliver, StoreError};
 
@@ -31,7 +31,7 @@ pub(super) struct Committed {
 
 /// The single writer: one transaction per batch.
 pub(super) struct Writer {
-    pub(super) db: Db,
+    pub(super) connector: Connector,
     pub(super) deliver: Deliver,
     pub(super) batch_max: usize,
 }
@@ -43,6 +43,7 @@ impl Writer {
         shutdown: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(self.batch_max);
+        let mut conn = None;
         let mut closing = false;
         loop {
             if closing {
@@ -62,20 +63,32 @@ impl Writer {
             if batch.is_empty() {
                 return; // Closed and drained, or every sender is gone.
             }
-            self.commit(&mut batch).await;
-            // Let the publishers just answered queue their next appends, so
-            // that they join the next batch rather than splitting into two
-            // half-size cohorts that take turns: a commit's cost (one fsync)
-            // hardly depends on its size, so fuller batches mean more
-            // publications per second.
-            tokio::task::yield_now().await;
+            self.commit(&mut conn, &mut batch).await;
+            // No yield here: publishers answered now come back later than
+            // one commit takes, so they join the batch after next whatever
+            // the writer does, and yielding only delays the commit of those
+            // already queued (measured: 13% fewer publications/s on
+            // PostgreSQL, no gain on SQLite).
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<Pending>) {
+    /// Commits the batch on `conn` (connecting first when there is none)
+    /// and answers its publishers. A failed commit drops the connection, so
+    /// that the next batch starts on a fresh one whatever state it was in.
+    async fn commit(&self, conn: &mut Option<WriteConn>, batch: &mut Vec<Pending>) {
         let (publications, replies): (Vec<Publication>, Vec<_>) =
             batch.drain(..).map(|p| (p.publication, p.reply)).unzip();
-        match self.db.commit(&publications, now_ms()).await {
+        let result = match conn {
+            Some(c) => c.commit(&publications, now_ms()).await,
+            None => match self.connector.connect().await {
+                Ok(c) => conn.insert(c).commit(&publications, now_ms()).await,
+                Err(e) => Err(e),
+            },
+        };
+        if result.is_err() {
+            *conn = None;
+        }
+        match result {
             Ok(assigned) => {
                 let answers = publications.into_iter().zip(assigned).zip(replies);
                 for ((publication, (offset, epoch)), reply) in answers {
@@ -106,6 +119,20 @@ pub(super) fn counts(pubs: &[Publication]) -> BTreeMap<&str, i64> {
         *counts.entry(&*p.channel).or_insert(0) += 1;
     }
     counts
+}
+
+/// How far below its stream's new top each publication's offset is: a
+/// channel's last publication in the batch gets the top itself (0), the one
+/// before it top - 1, and so on. Lets SQL compute offsets from the top.
+pub(super) fn back_offsets(pubs: &[Publication], counts: &BTreeMap<&str, i64>) -> Vec<i64> {
+    let mut seen: HashMap<&str, i64> = HashMap::with_capacity(counts.len());
+    pubs.iter()
+        .map(|p| {
+            let index = seen.entry(&*p.channel).or_insert(0);
+            *index += 1;
+            counts.get(&*p.channel).copied().unwrap_or(0) - *index
+        })
+        .collect()
 }
 
 /// Gives each publication its offset, given each channel's new top offset
