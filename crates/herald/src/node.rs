@@ -74,7 +74,7 @@ pub struct Node {
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot open durable storage: {0}")]
+    #[error("cannot open durable storage")]
     Storage(#[from] StoreError),
 }
 

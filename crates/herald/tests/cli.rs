@@ -551,3 +551,38 @@ async fn sigterm_closes_clients_with_3001_and_exits_cleanly() {
         "log ends with `stopped`: {rest:?}"
     );
 }
+
+#[test]
+fn corrupt_durable_storage_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    write(
+        &config,
+        &json!({"channel": {"namespaces": [{"name": "dur", "history_storage": "durable"}]}}),
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let garbage = "not a database ".repeat(20);
+    std::fs::write(data.join("streams.db"), &garbage).unwrap();
+    let out = run(herald()
+        .args(["serve", "-c"])
+        .arg(&config)
+        .args(["--port", "0", "--address", "127.0.0.1", "--data-dir"])
+        .arg(&data));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot open durable storage") && err.contains("streams.db"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("file is not a database").count(),
+        1,
+        "said once: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("streams.db")).unwrap(),
+        garbage,
+        "never reset"
+    );
+}
