@@ -360,6 +360,10 @@ impl Session {
         if self.conn.is_none() || self.subs.contains_key(&channel) {
             return;
         }
+        if self.subs.len() >= self.node.config.client.channel_limit {
+            tracing::warn!(client = %self.client_id, %channel, "server-side subscribe over the channel limit skipped");
+            return;
+        }
         let Some((state, push_join_leave)) = self.server_side_state(&channel, expire_at, info)
         else {
             return;

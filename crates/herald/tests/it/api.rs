@@ -192,3 +192,20 @@ async fn channels_info_and_health() {
     assert_eq!(resp.status().as_u16(), 200);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn server_side_subscribe_respects_the_channel_limit() {
+    let s = TestServer::start(json!({"client": {"channel_limit": 1}})).await;
+    let mut ws = s.client("u").await;
+    ws.cmd(json!({"subscribe": {"channel": "a"}})).await;
+    s.api("subscribe", json!({"user": "u", "channel": "b"}))
+        .await;
+    s.api("publish", json!({"channel": "b", "data": 1})).await;
+    let r = ws.cmd(json!({"ping": {}})).await;
+    assert!(
+        r.get("ping").is_some(),
+        "no subscribe push or publication from b: {r}"
+    );
+    assert_eq!(s.node.hub.num_subscriptions(), 1);
+    s.stop().await;
+}
