@@ -4,25 +4,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  once,
-  sleep,
-  startHerald,
-  teardown,
-} from '../lib/server.mjs';
+import { startTestServer } from '../lib/fixtures.mjs';
+import { connToken, connectClient, logTail, once, sleep } from '../lib/server.mjs';
 
 test('connects with a valid HS256 token', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, client: newClient } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(client);
+  const client = newClient({ token: connToken('alice') });
   const ctx = await connectClient(client);
 
   assert.equal(typeof ctx.client, 'string', 'connected ctx.client must be a string');
@@ -33,24 +21,16 @@ test('connects with a valid HS256 token', { timeout: 15_000 }, async (t) => {
 });
 
 test('two connections get distinct client ids', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const a = newClient(server.wsUrl, { token: connToken('alice') });
-  const b = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(a, b);
-  const [ca, cb] = await Promise.all([connectClient(a), connectClient(b)]);
-  assert.notEqual(ca.client, cb.client);
+  const [a, b] = await connect('alice', 'alice');
+  assert.notEqual(a.eventsOf('connected')[0].client, b.eventsOf('connected')[0].client);
 });
 
 test('a token with a wrong signature is rejected with 3500 and no reconnect', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, client: newClient } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: connToken('mallory', { secret: 'not-the-secret' }) });
-  clients.push(client);
+  const client = newClient({ token: connToken('mallory', { secret: 'not-the-secret' }) });
   const disconnected = once(client, 'disconnected', 5000);
   client.connect();
   const ctx = await disconnected.catch((err) => {
@@ -72,12 +52,9 @@ test('a token with a wrong signature is rejected with 3500 and no reconnect', { 
 });
 
 test('a malformed token is rejected with 3500', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { client: newClient } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: 'not.a.jwt' });
-  clients.push(client);
+  const client = newClient({ token: 'not.a.jwt' });
   const disconnected = once(client, 'disconnected', 5000);
   client.connect();
   const ctx = await disconnected;

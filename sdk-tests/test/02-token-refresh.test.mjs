@@ -5,28 +5,24 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { startTestServer } from '../lib/fixtures.mjs';
 import {
   baseConfig,
   connToken,
   connectClient,
   logTail,
-  newClient,
   nowSec,
   spyWebSocket,
   frameLines,
-  startHerald,
-  teardown,
   waitFor,
 } from '../lib/server.mjs';
 
 test('getToken refreshes a short-lived token and the connection survives past exp', { timeout: 20_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, client: newClient } = await startTestServer(t);
 
   const spy = spyWebSocket();
   const issued = []; // exp of every token handed out
-  const client = newClient(server.wsUrl, {
+  const client = newClient({
     websocket: spy.WebSocket,
     getToken: async () => {
       const exp = nowSec() + 3;
@@ -34,7 +30,6 @@ test('getToken refreshes a short-lived token and the connection survives past ex
       return connToken('alice', { ttlSec: exp - nowSec() });
     },
   });
-  clients.push(client);
   const connected = await connectClient(client);
   const firstExp = issued[0];
 
@@ -78,21 +73,18 @@ test('getToken refreshes a short-lived token and the connection survives past ex
 });
 
 test('an expired token at connect yields 109 and getToken provides a fresh one', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, client: newClient } = await startTestServer(t);
 
   // Expired an hour ago (well beyond any clock-skew leeway).
   const expired = connToken('alice', { ttlSec: -3600, iat: nowSec() - 7200 });
   let calls = 0;
-  const client = newClient(server.wsUrl, {
+  const client = newClient({
     token: expired,
     getToken: async () => {
       calls += 1;
       return connToken('alice', { ttlSec: 3600 });
     },
   });
-  clients.push(client);
   const ctx = await connectClient(client, 5000).catch((err) => {
     throw new Error(err.message + logTail(server));
   });
@@ -108,12 +100,9 @@ test('an expired token at connect yields 109 and getToken provides a fresh one',
 });
 
 test('an expired token without getToken ends disconnected', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { client: newClient } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: connToken('alice', { ttlSec: -3600, iat: nowSec() - 7200 }) });
-  clients.push(client);
+  const client = newClient({ token: connToken('alice', { ttlSec: -3600, iat: nowSec() - 7200 }) });
   const disconnected = new Promise((res) => client.once('disconnected', res));
   client.connect();
   const ctx = await disconnected;
@@ -128,20 +117,19 @@ test('an expired token without getToken ends disconnected', { timeout: 15_000 },
 });
 
 test('a connection whose token is not refreshed is closed as expired (3005) and reconnects', { timeout: 20_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig({ client: { expired_close_delay: '200ms' } }) });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, client: newClient } = await startTestServer(t, {
+    config: baseConfig({ client: { expired_close_delay: '200ms' } }),
+  });
 
   let allowRefresh = false;
   let calls = 0;
-  const client = newClient(server.wsUrl, {
+  const client = newClient({
     getToken: async () => {
       calls += 1;
       if (calls > 1 && !allowRefresh) throw new Error('token backend unavailable');
       return connToken('alice', { ttlSec: 2 });
     },
   });
-  clients.push(client);
   await connectClient(client);
 
   // Refresh keeps failing, so the server must close the connection once exp

@@ -4,32 +4,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  subscribeAndWait,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
-
-function collect(sub) {
-  const pubs = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
-  return pubs;
-}
+import { collectPublications as collect, startTestServer, subscribeCollecting } from '../lib/fixtures.mjs';
+import { logTail, subscribeAndWait, waitFor } from '../lib/server.mjs';
 
 test('HTTP API publish reaches a subscriber', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
 
   const news = alice.newSubscription('news');
   const room = alice.newSubscription('chat:room');
@@ -54,14 +35,9 @@ test('HTTP API publish reaches a subscriber', { timeout: 15_000 }, async (t) => 
 });
 
 test('HTTP API broadcast reaches subscribers of every listed channel', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob') });
-  clients.push(alice, bob);
-  await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect('alice', 'bob');
 
   const a = alice.newSubscription('news');
   const b = bob.newSubscription('chat:lobby');
@@ -77,14 +53,10 @@ test('HTTP API broadcast reaches subscribers of every listed channel', { timeout
 });
 
 test('a subscriber publishing into chat: reaches other subscribers with publisher info', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob', { info: { name: 'Bob' } }) });
-  clients.push(alice, bob);
-  const [, bobCtx] = await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect('alice', ['bob', { info: { name: 'Bob' } }]);
+  const bobCtx = bob.eventsOf('connected')[0];
 
   const aSub = alice.newSubscription('chat:room');
   const bSub = bob.newSubscription('chat:room');
@@ -106,18 +78,11 @@ test('a subscriber publishing into chat: reaches other subscribers with publishe
 });
 
 test('client.publish into a channel allowing client publish (no subscription needed)', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob') });
-  clients.push(alice, bob);
-  await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect('alice', 'bob');
 
-  const aSub = alice.newSubscription('news');
-  const aPubs = collect(aSub);
-  await subscribeAndWait(aSub);
+  const { pubs: aPubs } = await subscribeCollecting(alice, 'news');
 
   await bob.publish('news', { text: 'bob, unsubscribed' });
   await waitFor(() => aPubs.length >= 1, 3000, () => `publication${logTail(server)}`);

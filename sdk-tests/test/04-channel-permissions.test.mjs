@@ -4,43 +4,20 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  subToken,
-  subscribeAndWait,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { expectSubscribeRefused, startTestServer, subscribeCollecting } from '../lib/fixtures.mjs';
+import { subToken, waitFor } from '../lib/server.mjs';
 
 const DM = 'dm:chat#alice,bob';
 
 test('user-limited channel: listed user subscribes, others get 103', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const carol = newClient(server.wsUrl, { token: connToken('carol') });
-  clients.push(alice, carol);
-  await Promise.all([connectClient(alice), connectClient(carol)]);
+  const [alice, carol] = await connect('alice', 'carol');
 
-  const aSub = alice.newSubscription(DM);
-  const pubs = [];
-  aSub.on('publication', (ctx) => pubs.push(ctx));
-  await subscribeAndWait(aSub).catch((err) => {
-    throw new Error(err.message + logTail(server));
-  });
+  const { pubs } = await subscribeCollecting(alice, DM, {}, server);
 
   const cSub = carol.newSubscription(DM);
-  const err = await subscribeAndWait(cSub).then(
-    () => assert.fail('carol must not be able to subscribe to ' + DM),
-    (e) => e,
-  );
+  const err = await expectSubscribeRefused(cSub, 'carol must not be able to subscribe to ' + DM);
   assert.equal(err.ctx?.code, 103, `carol's subscription must end with 103: ${err.message}`);
   assert.equal(cSub.state, 'unsubscribed');
   assert.equal(carol.state, 'connected', 'a refused subscription does not close the connection');
@@ -53,60 +30,38 @@ test('user-limited channel: listed user subscribes, others get 103', { timeout: 
 });
 
 test('user-limited channel in a namespace without allow_user_limited_channels is refused', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   // "private" has no allow_user_limited_channels, so the '#alice,bob' suffix
   // grants nothing there, and the namespace has no client subscribe permission.
   const sub = alice.newSubscription('private:chat#alice,bob');
-  const err = await subscribeAndWait(sub).then(
-    () => assert.fail('private:chat#alice,bob must not be subscribable without a token'),
-    (e) => e,
-  );
+  const err = await expectSubscribeRefused(sub, 'private:chat#alice,bob must not be subscribable without a token');
   assert.equal(err.ctx?.code, 103, err.message);
 });
 
 test('private channel without a token is refused with 103', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const sub = alice.newSubscription('private:vault');
-  const err = await subscribeAndWait(sub).then(
-    () => assert.fail('private:vault must need a subscription token'),
-    (e) => e,
-  );
+  const err = await expectSubscribeRefused(sub, 'private:vault must need a subscription token');
   assert.equal(err.ctx?.code, 103, err.message);
 });
 
 test('private channel with a subscription token from getToken', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
 
   const asked = [];
-  const sub = alice.newSubscription('private:vault', {
+  const subOptions = {
     getToken: async (ctx) => {
       asked.push(ctx.channel);
       return subToken('alice', ctx.channel);
     },
-  });
-  const pubs = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
-  await subscribeAndWait(sub).catch((err) => {
-    throw new Error(err.message + logTail(server));
-  });
+  };
+  const { pubs } = await subscribeCollecting(alice, 'private:vault', subOptions, server);
   assert.deepEqual(asked, ['private:vault']);
 
   const r = await server.api('publish', { channel: 'private:vault', data: { gold: 42 } });
@@ -116,56 +71,35 @@ test('private channel with a subscription token from getToken', { timeout: 15_00
 });
 
 test('subscription token for another channel is rejected', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
 
   const sub = alice.newSubscription('private:vault', {
     getToken: async () => subToken('alice', 'private:other'),
   });
-  const err = await subscribeAndWait(sub).then(
-    () => assert.fail('a token for private:other must not open private:vault'),
-    (e) => e,
-  );
+  const err = await expectSubscribeRefused(sub, 'a token for private:other must not open private:vault');
   assert.equal(err.ctx?.code, 103, `expected permission denied (103): ${err.message}`);
   assert.equal(alice.state, 'connected');
 });
 
 test('subscription token issued to another user is rejected', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
 
   const sub = alice.newSubscription('private:vault', {
     getToken: async (ctx) => subToken('bob', ctx.channel),
   });
-  const err = await subscribeAndWait(sub).then(
-    () => assert.fail("bob's token must not open private:vault for alice"),
-    (e) => e,
-  );
+  const err = await expectSubscribeRefused(sub, "bob's token must not open private:vault for alice");
   assert.equal(err.ctx?.code, 103, `expected permission denied (103): ${err.message}`);
 });
 
 test('unknown namespace is refused with 102', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const sub = alice.newSubscription('nosuchns:x');
-  const err = await subscribeAndWait(sub).then(
-    () => assert.fail('nosuchns:x must not be subscribable'),
-    (e) => e,
-  );
+  const err = await expectSubscribeRefused(sub, 'nosuchns:x must not be subscribable');
   assert.equal(err.ctx?.code, 102, err.message);
 });

@@ -6,25 +6,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { startTestServer } from '../lib/fixtures.mjs';
+import { logTail, waitFor } from '../lib/server.mjs';
 
 test('channels claim subscribes the connection server-side', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: connToken('alice', { channels: ['news', 'ro:feed'] }) });
-  clients.push(client);
-  await connectClient(client);
+  const [client] = await connect(['alice', { channels: ['news', 'ro:feed'] }]);
 
   await waitFor(
     () => client.eventsOf('subscribed').length >= 2,
@@ -58,14 +46,9 @@ test('channels claim subscribes the connection server-side', { timeout: 15_000 }
 });
 
 test('server API subscribe/unsubscribe a connected user', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: connToken('alice') });
-  const other = newClient(server.wsUrl, { token: connToken('bob') });
-  clients.push(client, other);
-  await Promise.all([connectClient(client), connectClient(other)]);
+  const [client, other] = await connect('alice', 'bob');
 
   const sr = await server.api('subscribe', { user: 'alice', channel: 'chat:live' });
   assert.ok(sr.result, `subscribe reply: ${JSON.stringify(sr)}`);
@@ -104,13 +87,9 @@ test('server API subscribe/unsubscribe a connected user', { timeout: 15_000 }, a
 });
 
 test('subs claim subscribes the connection server-side', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const client = newClient(server.wsUrl, { token: connToken('alice', { subs: { 'chat:inbox': {} } }) });
-  clients.push(client);
-  await connectClient(client);
+  const [client] = await connect(['alice', { subs: { 'chat:inbox': {} } }]);
   await waitFor(
     () => client.eventsOf('subscribed').length >= 1,
     2000,

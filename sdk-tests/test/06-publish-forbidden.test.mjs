@@ -4,17 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  subscribeAndWait,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { startTestServer, subscribeCollecting } from '../lib/fixtures.mjs';
+import { baseConfig, logTail, subscribeAndWait, waitFor } from '../lib/server.mjs';
 
 async function publishError(promise) {
   return promise.then(
@@ -24,19 +15,11 @@ async function publishError(promise) {
 }
 
 test('publish into a subscribe-only namespace is refused with 103', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob') });
-  clients.push(alice, bob);
-  await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect('alice', 'bob');
 
-  const watch = bob.newSubscription('ro:feed');
-  const seen = [];
-  watch.on('publication', (ctx) => seen.push(ctx));
-  await subscribeAndWait(watch);
+  const { pubs: seen } = await subscribeCollecting(bob, 'ro:feed');
 
   const sub = alice.newSubscription('ro:feed');
   await subscribeAndWait(sub);
@@ -56,13 +39,9 @@ test('publish into a subscribe-only namespace is refused with 103', { timeout: 1
 });
 
 test('publish into chat: without being subscribed is refused with 103', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   // allow_publish_for_subscriber: only subscribers may publish.
   const e = await publishError(alice.publish('chat:room', { text: 'not subscribed' }));
   assert.equal(e.code, 103, JSON.stringify(e));
@@ -70,40 +49,28 @@ test('publish into chat: without being subscribed is refused with 103', { timeou
 });
 
 test('publish into a namespace with no publish options is refused with 103', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const e = await publishError(alice.publish('private:vault', { x: 1 }));
   assert.equal(e.code, 103, JSON.stringify(e));
 });
 
 test('publish into an unknown namespace is refused with 102', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const e = await publishError(alice.publish('nosuchns:x', { x: 1 }));
   assert.equal(e.code, 102, JSON.stringify(e));
   assert.equal(alice.state, 'connected');
 });
 
 test('publish is refused everywhere when without_namespace forbids it', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({
+  const { connect } = await startTestServer(t, {
     config: baseConfig({ channel: { without_namespace: { allow_subscribe_for_client: true, allow_publish_for_client: false } } }),
   });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const sub = alice.newSubscription('news');
   await subscribeAndWait(sub);
   const e = await publishError(sub.publish({ x: 1 }));

@@ -4,29 +4,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  once,
-  sleep,
-  startHerald,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { startTestServer } from '../lib/fixtures.mjs';
+import { logTail, once, sleep, waitFor } from '../lib/server.mjs';
 
 test('default disconnect (3503) ends the user in disconnected, others stay', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice1 = newClient(server.wsUrl, { token: connToken('alice') });
-  const alice2 = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob') });
-  clients.push(alice1, alice2, bob);
-  await Promise.all([connectClient(alice1), connectClient(alice2), connectClient(bob)]);
+  const [alice1, alice2, bob] = await connect('alice', 'alice', 'bob');
 
   const d1 = once(alice1, 'disconnected', 3000);
   const d2 = once(alice2, 'disconnected', 3000);
@@ -51,13 +35,9 @@ test('default disconnect (3503) ends the user in disconnected, others stay', { t
 });
 
 test('custom disconnect code in the 45xx range is terminal and carries the reason', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
 
   const d = once(alice, 'disconnected', 3000);
   const reply = await server.api('disconnect', { user: 'alice', disconnect: { code: 4501, reason: 'go away' } });
@@ -68,13 +48,10 @@ test('custom disconnect code in the 45xx range is terminal and carries the reaso
 });
 
 test('custom disconnect code allowing reconnect (4000) makes the SDK reconnect', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  const first = await connectClient(alice);
+  const [alice] = await connect('alice');
+  const first = alice.eventsOf('connected')[0];
 
   const reply = await server.api('disconnect', { user: 'alice', disconnect: { code: 4000, reason: 'come back' } });
   assert.ok(reply.result, `disconnect reply: ${JSON.stringify(reply)}`);
@@ -94,8 +71,7 @@ test('custom disconnect code allowing reconnect (4000) makes the SDK reconnect',
 });
 
 test('disconnect of a user with no connections succeeds', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  t.after(() => teardown(server));
+  const { server } = await startTestServer(t);
   const reply = await server.api('disconnect', { user: 'nobody' });
   assert.ok(reply.result, `disconnect reply: ${JSON.stringify(reply)}`);
 });

@@ -4,42 +4,33 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { startTestServer, subscribeCollecting } from '../lib/fixtures.mjs';
 import {
   baseConfig,
   connToken,
   connectClient,
   frameLines,
   logTail,
-  newClient,
   sleep,
   spyWebSocket,
-  startHerald,
-  subscribeAndWait,
-  teardown,
   waitFor,
 } from '../lib/server.mjs';
 
 test('connection stays alive across several ping intervals', { timeout: 20_000 }, async (t) => {
-  const server = await startHerald({
+  const { server, client: newClient } = await startTestServer(t, {
     // pong_timeout must be shorter than ping_interval (Herald validates it, as Centrifugo does).
     config: baseConfig({ client: { ping_interval: '1s', pong_timeout: '500ms' } }),
   });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
 
   const spy = spyWebSocket();
-  const client = newClient(server.wsUrl, {
+  const client = newClient({
     websocket: spy.WebSocket,
     token: connToken('alice'),
     // Detect a silent server quickly: 1 s ping interval + 1.5 s grace.
     maxServerPingDelay: 1500,
   });
-  clients.push(client);
   await connectClient(client);
-  const sub = client.newSubscription('news');
-  const pubs = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
-  await subscribeAndWait(sub);
+  const { pubs } = await subscribeCollecting(client, 'news');
 
   const connectReply = frameLines(spy.frames.received)
     .map((l) => JSON.parse(l))

@@ -4,17 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  subscribeAndWait,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { startTestServer, subscribeCollecting } from '../lib/fixtures.mjs';
+import { logTail, waitFor } from '../lib/server.mjs';
 
 const N = 1000;
 
@@ -28,20 +19,12 @@ function checkSequence(label, pubs) {
 }
 
 test(`${N} sequential API publications arrive in order exactly once`, { timeout: 30_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob', { channels: ['stream'] }) });
-  clients.push(alice, bob);
-  await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect('alice', ['bob', { channels: ['stream'] }]);
 
   // alice: client-side subscription; bob: server-side subscription (token channels).
-  const sub = alice.newSubscription('stream');
-  const aPubs = [];
-  sub.on('publication', (ctx) => aPubs.push(ctx));
-  await subscribeAndWait(sub);
+  const { pubs: aPubs } = await subscribeCollecting(alice, 'stream');
   await waitFor(() => bob.eventsOf('subscribed').length === 1, 2000, "bob's server-side subscription");
 
   const started = Date.now();
@@ -69,17 +52,10 @@ test(`${N} sequential API publications arrive in order exactly once`, { timeout:
 });
 
 test(`${N} publications via one batch API call arrive in order exactly once`, { timeout: 30_000 }, async (t) => {
-  const server = await startHerald({ config: baseConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
-  const sub = alice.newSubscription('stream');
-  const pubs = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
-  await subscribeAndWait(sub);
+  const [alice] = await connect('alice');
+  const { pubs } = await subscribeCollecting(alice, 'stream');
 
   const commands = Array.from({ length: N }, (_, i) => ({ publish: { channel: 'stream', data: { n: i } } }));
   const r = await server.api('batch', { commands });

@@ -6,18 +6,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { collectPublications, configWithNamespaces, startTestServer } from '../lib/fixtures.mjs';
 import {
-  baseConfig,
   connToken,
   connectClient,
   frameLines,
   logTail,
-  newClient,
   sleep,
   spyWebSocket,
-  startHerald,
   subscribeAndWait,
-  teardown,
   waitFor,
 } from '../lib/server.mjs';
 
@@ -25,36 +22,30 @@ const N = 300;
 const CHANNEL = 'rec:stream';
 
 function recoveryConfig() {
-  const config = baseConfig();
-  config.channel.namespaces.push({
+  return configWithNamespaces({
     name: 'rec',
     allow_subscribe_for_client: true,
     history_size: 1000,
     history_ttl: '300s',
     force_recovery: true,
   });
-  return config;
 }
 
 test('publications continue through two forced reconnects: all recovered, once, in order', { timeout: 20_000 }, async (t) => {
-  const server = await startHerald({ config: recoveryConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, client: newClient } = await startTestServer(t, { config: recoveryConfig() });
 
   const spy = spyWebSocket();
-  const alice = newClient(server.wsUrl, {
+  const alice = newClient({
     token: connToken('alice'),
     websocket: spy.WebSocket,
     minReconnectDelay: 50,
     maxReconnectDelay: 200,
   });
-  clients.push(alice);
   await connectClient(alice);
 
   const sub = alice.newSubscription(CHANNEL);
-  const pubs = [];
+  const pubs = collectPublications(sub);
   const subscribed = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
   sub.on('subscribed', (ctx) => subscribed.push(ctx));
   const first = await subscribeAndWait(sub);
   assert.equal(first.recoverable, true, `first subscribe is recoverable: ${JSON.stringify(first)}`);

@@ -4,30 +4,20 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  subscribeAndWait,
-  teardown,
-} from '../lib/server.mjs';
+import { configWithNamespaces, startTestServer } from '../lib/fixtures.mjs';
+import { logTail, subscribeAndWait } from '../lib/server.mjs';
 
 const N = 25;
 const CHANNEL = 'hist:paging';
 
 function historyConfig() {
-  const config = baseConfig();
-  config.channel.namespaces.push({
+  return configWithNamespaces({
     name: 'hist',
     allow_subscribe_for_client: true,
     allow_history_for_subscriber: true,
     history_size: 100,
     history_ttl: '300s',
   });
-  return config;
 }
 
 const range = (from, to) => {
@@ -36,9 +26,7 @@ const range = (from, to) => {
 };
 
 test('sub.history pages forwards with since and backwards with reverse', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: historyConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t, { config: historyConfig() });
 
   let epoch = null;
   for (let i = 1; i <= N; i++) {
@@ -50,9 +38,7 @@ test('sub.history pages forwards with since and backwards with reverse', { timeo
   }
   assert.ok(epoch, 'publish result carries a non-empty epoch');
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const sub = alice.newSubscription(CHANNEL);
   await subscribeAndWait(sub);
 
@@ -98,17 +84,13 @@ test('sub.history pages forwards with since and backwards with reverse', { timeo
 });
 
 test('sub.history with a stale epoch is refused with 112 (unrecoverable position)', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: historyConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t, { config: historyConfig() });
 
   for (let i = 1; i <= 3; i++) {
     const r = await server.api('publish', { channel: CHANNEL, data: { n: i } });
     assert.ok(r.result, JSON.stringify(r));
   }
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
+  const [alice] = await connect('alice');
   const sub = alice.newSubscription(CHANNEL);
   await subscribeAndWait(sub);
 

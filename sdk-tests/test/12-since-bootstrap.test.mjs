@@ -6,21 +6,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  startHerald,
-  subscribeAndWait,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { configWithNamespaces, publishNumbered, startTestServer, subscribeCollecting } from '../lib/fixtures.mjs';
+import { logTail, waitFor } from '../lib/server.mjs';
 
 function sinceConfig() {
-  const config = baseConfig();
-  config.channel.namespaces.push(
+  return configWithNamespaces(
     {
       name: 'feed',
       allow_subscribe_for_client: true,
@@ -37,22 +27,12 @@ function sinceConfig() {
       allow_recovery: true,
     },
   );
-  return config;
-}
-
-async function publishRange(server, channel, from, to) {
-  for (let n = from; n <= to; n++) {
-    const r = await server.api('publish', { channel, data: { n } });
-    assert.ok(r.result, `publish ${n} to ${channel}: ${JSON.stringify(r)}`);
-  }
 }
 
 async function bootstrap(t, channel, subOptions) {
-  const server = await startHerald({ config: sinceConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t, { config: sinceConfig() });
 
-  await publishRange(server, channel, 1, 10);
+  await publishNumbered(server, channel, 1, 10);
   const pos = await server.api('history', { channel });
   assert.ok(pos.result, `history (position only): ${JSON.stringify(pos)}`);
   assert.deepEqual(pos.result.publications ?? [], [], 'no limit: position only');
@@ -60,25 +40,20 @@ async function bootstrap(t, channel, subOptions) {
   assert.ok(pos.result.epoch, 'non-empty epoch');
   const since = { offset: pos.result.offset, epoch: pos.result.epoch };
 
-  await publishRange(server, channel, 11, 15);
+  await publishNumbered(server, channel, 11, 15);
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
-  const sub = alice.newSubscription(channel, { since, ...subOptions });
-  const pubs = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
-  const ctx = await subscribeAndWait(sub);
+  const [alice] = await connect('alice');
+  const { pubs, ctx } = await subscribeCollecting(alice, channel, { since, ...subOptions });
   assert.equal(ctx.wasRecovering, true, `subscribed ctx ${JSON.stringify(ctx)}`);
   assert.equal(ctx.recovered, true, `subscribed ctx ${JSON.stringify(ctx)}`);
   assert.equal(ctx.recoverable, true, `subscribed ctx ${JSON.stringify(ctx)}`);
   assert.equal(ctx.streamPosition.epoch, since.epoch);
 
   await waitFor(() => pubs.length >= 5, 2000, () => `5 recovered publications, got ${JSON.stringify(pubs)}${logTail(server)}`);
-  await publishRange(server, channel, 16, 20);
+  await publishNumbered(server, channel, 16, 20);
   await waitFor(() => pubs.length >= 10, 2000, () => `10 publications, got ${pubs.length}${logTail(server)}`);
   // Marker: nothing else in flight.
-  await publishRange(server, channel, 21, 21);
+  await publishNumbered(server, channel, 21, 21);
   await waitFor(() => pubs.length >= 11, 2000, 'marker');
 
   assert.deepEqual(
@@ -98,25 +73,18 @@ test('subscribe with since + recoverable (allow_recovery) recovers the same way'
 );
 
 test('subscribe with since in a stale epoch: wasRecovering, not recovered, then live', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: sinceConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t, { config: sinceConfig() });
 
   const channel = 'feed:stale';
-  await publishRange(server, channel, 1, 5);
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  clients.push(alice);
-  await connectClient(alice);
-  const sub = alice.newSubscription(channel, { since: { offset: 2, epoch: 'some-old-epoch' } });
-  const pubs = [];
-  sub.on('publication', (ctx) => pubs.push(ctx));
-  const ctx = await subscribeAndWait(sub);
+  await publishNumbered(server, channel, 1, 5);
+  const [alice] = await connect('alice');
+  const { pubs, ctx } = await subscribeCollecting(alice, channel, { since: { offset: 2, epoch: 'some-old-epoch' } });
   assert.equal(ctx.wasRecovering, true, `subscribed ctx ${JSON.stringify(ctx)}`);
   assert.equal(ctx.recovered, false, `subscribed ctx ${JSON.stringify(ctx)}`);
   assert.equal(ctx.streamPosition.offset, 5, `subscribed ctx ${JSON.stringify(ctx)}`);
   assert.notEqual(ctx.streamPosition.epoch, 'some-old-epoch');
 
-  await publishRange(server, channel, 6, 6);
+  await publishNumbered(server, channel, 6, 6);
   await waitFor(() => pubs.some((p) => p.data.n === 6), 2000, () => `live publication, got ${JSON.stringify(pubs)}`);
   assert.equal(pubs.at(-1).offset, 6);
   assert.ok(

@@ -6,24 +6,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  baseConfig,
-  connToken,
-  connectClient,
-  logTail,
-  newClient,
-  sleep,
-  startHerald,
-  subscribeAndWait,
-  teardown,
-  waitFor,
-} from '../lib/server.mjs';
+import { configWithNamespaces, startTestServer } from '../lib/fixtures.mjs';
+import { logTail, sleep, subscribeAndWait, waitFor } from '../lib/server.mjs';
 
 const CHANNEL = 'room:lobby';
 
 function presenceConfig() {
-  const config = baseConfig();
-  config.channel.namespaces.push(
+  return configWithNamespaces(
     {
       name: 'room',
       allow_subscribe_for_client: true,
@@ -39,7 +28,6 @@ function presenceConfig() {
       force_push_join_leave: true,
     },
   );
-  return config;
 }
 
 // Join/leave contexts on `sub` about the client with id `clientId`.
@@ -48,14 +36,10 @@ function about(list, clientId) {
 }
 
 test('presence lists both clients with conn info; join and leave reach the other', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: presenceConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t, { config: presenceConfig() });
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice', { info: { name: 'Alice' } }) });
-  const bob = newClient(server.wsUrl, { token: connToken('bob', { info: { name: 'Bob' } }) });
-  clients.push(alice, bob);
-  const [aConn, bConn] = await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect(['alice', { info: { name: 'Alice' } }], ['bob', { info: { name: 'Bob' } }]);
+  const [aConn, bConn] = [alice, bob].map((c) => c.eventsOf('connected')[0]);
 
   const aSub = alice.newSubscription(CHANNEL, { joinLeave: true });
   const aJoins = [];
@@ -131,14 +115,9 @@ test('presence lists both clients with conn info; join and leave reach the other
 });
 
 test('join/leave: pushed only on request, or always with force_push_join_leave', { timeout: 15_000 }, async (t) => {
-  const server = await startHerald({ config: presenceConfig() });
-  const clients = [];
-  t.after(() => teardown(server, ...clients));
+  const { server, connect } = await startTestServer(t, { config: presenceConfig() });
 
-  const alice = newClient(server.wsUrl, { token: connToken('alice') });
-  const bob = newClient(server.wsUrl, { token: connToken('bob') });
-  clients.push(alice, bob);
-  await Promise.all([connectClient(alice), connectClient(bob)]);
+  const [alice, bob] = await connect('alice', 'bob');
 
   // room: join_leave on, but alice does not ask for join/leave.
   const quiet = alice.newSubscription('room:quiet');

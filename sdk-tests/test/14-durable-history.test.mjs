@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
+import { configWithNamespaces, publishNumbered, subscribeCollecting } from '../lib/fixtures.mjs';
 import {
-  baseConfig,
   connToken,
   connectClient,
   logTail,
@@ -26,25 +26,13 @@ const N = 20;
 const CHANNEL = 'archive:log';
 
 function durableConfig() {
-  const config = baseConfig();
-  config.channel.namespaces.push({
+  return configWithNamespaces({
     name: 'archive',
     allow_subscribe_for_client: true,
     allow_history_for_subscriber: true,
     history_storage: 'durable', // no size/ttl: unbounded
     force_recovery: true,
   });
-  return config;
-}
-
-async function publishRange(server, from, to) {
-  const results = [];
-  for (let n = from; n <= to; n++) {
-    const r = await server.api('publish', { channel: CHANNEL, data: { n } });
-    assert.ok(r.result, `publish ${n} to ${CHANNEL}: ${JSON.stringify(r)}${logTail(server)}`);
-    results.push(r.result);
-  }
-  return results;
 }
 
 test('durable history survives a restart on the same data dir; old positions recover', { timeout: 20_000 }, async (t) => {
@@ -58,7 +46,7 @@ test('durable history survives a restart on the same data dir; old positions rec
 
   // Run 1: N publications.
   server = await startHerald({ config: durableConfig(), dataDir });
-  const first = await publishRange(server, 1, N);
+  const first = await publishNumbered(server, CHANNEL, 1, N);
   const epoch = first[0].epoch;
   assert.ok(epoch, `publish result carries an epoch: ${JSON.stringify(first[0])}`);
   assert.deepEqual(
@@ -106,7 +94,7 @@ test('durable history survives a restart on the same data dir; old positions rec
   // Publishing continues the stream: same epoch, offsets N+1...
   const pubs = [];
   sub.on('publication', (p) => pubs.push(p));
-  const after = await publishRange(server, N + 1, N + 5);
+  const after = await publishNumbered(server, CHANNEL, N + 1, N + 5);
   assert.deepEqual(
     after.map((r) => [r.offset, r.epoch]),
     Array.from({ length: 5 }, (_, i) => [N + 1 + i, epoch]),
@@ -122,10 +110,7 @@ test('durable history survives a restart on the same data dir; old positions rec
   const bob = newClient(server.wsUrl, { token: connToken('bob') });
   clients.push(bob);
   await connectClient(bob);
-  const bSub = bob.newSubscription(CHANNEL, { since: oldSince });
-  const bPubs = [];
-  bSub.on('publication', (p) => bPubs.push(p));
-  const bCtx = await subscribeAndWait(bSub);
+  const { pubs: bPubs, ctx: bCtx } = await subscribeCollecting(bob, CHANNEL, { since: oldSince });
   assert.equal(bCtx.wasRecovering, true, `bob subscribed ctx ${JSON.stringify(bCtx)}`);
   assert.equal(bCtx.recovered, true, `bob subscribed ctx ${JSON.stringify(bCtx)}`);
   await waitFor(() => bPubs.length >= 5, 2000, () => `5 recovered publications, got ${JSON.stringify(bPubs)}`);
