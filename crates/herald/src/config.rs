@@ -42,6 +42,9 @@ pub struct Config {
 pub struct HttpServer {
     pub address: String,
     pub port: u16,
+    /// Herald: time a client has to send its request headers (a WebSocket
+    /// handshake included); slower connections are closed.
+    pub header_read_timeout: Dur,
 }
 
 impl Default for HttpServer {
@@ -49,6 +52,7 @@ impl Default for HttpServer {
         Self {
             address: String::new(),
             port: 8000,
+            header_read_timeout: Dur::secs(10),
         }
     }
 }

@@ -27,6 +27,12 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
         return Err(ConfigError::invalid("log.format", "use text or json"));
     }
     validate_storage(c)?;
+    if c.http_server.header_read_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "http_server.header_read_timeout",
+            "must be positive",
+        ));
+    }
     if c.websocket.message_size_limit == 0 {
         return Err(ConfigError::invalid(
             "websocket.message_size_limit",

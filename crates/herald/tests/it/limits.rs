@@ -239,3 +239,32 @@ async fn api_body_over_the_limit_gets_413() {
     assert_eq!(status, 413);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_too_slow_with_its_request_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(json!({"http_server": {"header_read_timeout": "300ms"}})).await;
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    // The server answers (408) or just closes; either way the socket ends.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a half-sent handshake must not hold the socket"
+    );
+    // A normal client is unaffected.
+    let mut ws = s.client("u").await;
+    assert!(ws.cmd(json!({"ping": {}})).await.get("ping").is_some());
+    s.stop().await;
+}
