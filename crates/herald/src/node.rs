@@ -82,9 +82,7 @@ impl Node {
     /// Builds the node and opens durable storage when a namespace uses it.
     pub async fn open(config: Config) -> Result<Arc<Self>, NodeError> {
         let mut node = Self::build(config)?;
-        let durable = std::iter::once(&node.config.channel.without_namespace)
-            .chain(node.config.channel.namespaces.iter().map(|n| &n.options))
-            .any(|o| o.history_storage == HistoryStorage::Durable);
+        let durable = node.config.channel.uses_durable_history();
         if durable {
             let to_broker = node.broker.clone();
             let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));

@@ -34,6 +34,15 @@ impl Default for ChannelConfig {
     }
 }
 
+impl ChannelConfig {
+    /// Whether any namespace keeps durable history (so storage must open).
+    pub fn uses_durable_history(&self) -> bool {
+        std::iter::once(&self.without_namespace)
+            .chain(self.namespaces.iter().map(|n| &n.options))
+            .any(|o| o.history_storage == HistoryStorage::Durable)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Namespace {

@@ -164,9 +164,7 @@ fn validate_storage(c: &Config) -> Result<(), ConfigError> {
             "use \"sqlite\" or \"postgres\"",
         ));
     }
-    let durable = std::iter::once(&c.channel.without_namespace)
-        .chain(c.channel.namespaces.iter().map(|n| &n.options))
-        .any(|o| o.history_storage == HistoryStorage::Durable);
+    let durable = c.channel.uses_durable_history();
     if durable && s.kind == "postgres" && s.postgres.url.is_empty() {
         return Err(ConfigError::invalid(
             "storage.postgres.url",

@@ -4,7 +4,7 @@
 
 use herald_protocol::command::{HistoryRequest, PublishRequest};
 use herald_protocol::reply::{HistoryResult, ReplyBody};
-use herald_protocol::{ClientInfo, ProtocolError};
+use herald_protocol::ProtocolError;
 
 use super::connect::payload;
 use super::Session;
@@ -31,18 +31,13 @@ impl Session {
             return Err(ProtocolError::PERMISSION_DENIED);
         }
         let data = payload(req.data.as_deref())?;
-        let conn = self.conn.as_ref().ok_or(ProtocolError::BAD_REQUEST)?;
-        let info = match self
+        let chan_info = self
             .subs
             .get(&req.channel)
-            .and_then(|s| s.chan_info.clone())
-        {
-            Some(chan_info) => std::sync::Arc::new(ClientInfo {
-                chan_info: Some(chan_info),
-                ..(*conn.info).clone()
-            }),
-            None => conn.info.clone(),
-        };
+            .and_then(|s| s.chan_info.clone());
+        let info = self
+            .member_info(chan_info)
+            .ok_or(ProtocolError::BAD_REQUEST)?;
         self.node
             .publish(&req.channel, data, Some(info), Default::default())
             .await?;

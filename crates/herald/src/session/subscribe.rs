@@ -221,7 +221,7 @@ impl Session {
 
     /// The client's info as shown in this channel (with the subscription's
     /// `chan_info`).
-    fn member_info(&self, chan_info: Option<Bytes>) -> Option<Arc<ClientInfo>> {
+    pub(super) fn member_info(&self, chan_info: Option<Bytes>) -> Option<Arc<ClientInfo>> {
         let conn = self.conn.as_ref()?;
         Some(match chan_info {
             Some(chan_info) => Arc::new(ClientInfo {
