@@ -40,8 +40,8 @@ herald=$PWD/target/release/herald
 work=$(mktemp -d)
 echo '{"log":{"level":"warn"}}' >"$work/herald.json"
 
-pin() { # pin CPU COMMAND...
-  if [ "${NO_PIN:-0}" = 1 ]; then "${@:2}"; else taskset -c "$1" "${@:2}"; fi
+pin() { # pin CPU COMMAND... (exec: a server started with `pin … &` keeps $! as its PID)
+  if [ "${NO_PIN:-0}" = 1 ]; then exec "${@:2}"; else exec taskset -c "$1" "${@:2}"; fi
 }
 
 server_pid=""
@@ -64,6 +64,7 @@ start_server() { # start_server NAME -> sets server_pid, url, proto, publish
   esac
   server_pid=$!
   for _ in $(seq 1 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
     curl -fsS "$health" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -92,8 +93,8 @@ run() {
   local publish_args=()
   case $scenario in fanout|many-channels) publish_args=(--publish-url "$publish");; esac
   echo "== $case on $name" >&2
-  pin 1 "$bench" "$scenario" --url "$url" --protocol "$proto" --server-pid "$server_pid" \
-    "${publish_args[@]}" "$@" >"$work/run.txt" || true
+  (pin 1 "$bench" "$scenario" --url "$url" --protocol "$proto" --server-pid "$server_pid" \
+    "${publish_args[@]}" "$@") >"$work/run.txt" || true
   grep -v '^{' "$work/run.txt" >&2 || true
   tail -n 1 "$work/run.txt" | grep '^{' >"$out/$case.$name.json" || echo '{}' >"$out/$case.$name.json"
   stop_server
