@@ -15,7 +15,8 @@
 #
 # Environment: CASES (regex over case names, default all), SERVERS (default
 # "go herald bare"), HERALD_PORT (18210), BARE_PORT (18220), DURATION (10s),
-# WARMUP (3s), NO_PIN=1 to run unpinned.
+# WARMUP (3s), NO_PIN=1 to run unpinned, HERALD2_BIN=path to add a server
+# "herald2" (another Herald build, e.g. before a change) to SERVERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,9 +53,11 @@ start_server() { # start_server NAME -> sets server_pid, url, proto, publish
       pin 0 "$peer_bin" -addr "$peer_addr" >"$work/go.log" 2>&1 &
       url="ws://$peer_addr/connection/websocket"; proto=centrifuge-v1-json
       publish="http://$peer_addr/publish"; health="http://$peer_addr/health" ;;
-    herald)
-      pin 0 "$herald" serve --dev -c "$work/herald.json" --address 127.0.0.1 \
-        --port "$herald_port" --data-dir "$work/data" >"$work/herald.log" 2>&1 &
+    herald|herald2)
+      local bin=$herald
+      [ "$name" = herald2 ] && bin=${HERALD2_BIN:?HERALD2_BIN is not set}
+      pin 0 "$bin" serve --dev -c "$work/herald.json" --address 127.0.0.1 \
+        --port "$herald_port" --data-dir "$work/data" >"$work/$name.log" 2>&1 &
       url="ws://127.0.0.1:$herald_port/connection/websocket"; proto=centrifuge-v2-json
       publish="http://127.0.0.1:$herald_port/api/publish"; health="http://127.0.0.1:$herald_port/health" ;;
     bare)
@@ -136,5 +139,5 @@ for f in "$out"/*.json; do
      ((.rss_per_connection // 0) / 1024 | tostring),
      (.usage.server_cpu_percent // .server_cpu_percent // "" | tostring),
      (.usage.loadgen_cpu_percent // .loadgen_cpu_percent // "" | tostring),
-     (.lost // .failed // .dropped // "" | tostring), (.kept_up // "" | tostring)] | @tsv' "$f"
+     (.lost // .failed // .dropped // "" | tostring), (if has("kept_up") then (.kept_up | tostring) else "" end)] | @tsv' "$f"
 done | column -t -N "run,rate/s,p99ms,p99.9ms,cpu-s/1M|ms/conn,KiB/conn,srv%,gen%,lost/failed,kept_up"

@@ -68,6 +68,11 @@ struct Common {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Exit with an error unless every connection opened and stayed open,
+    /// every publication was acknowledged and nothing was lost (for smoke
+    /// tests; speed is never checked).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Timing of scenarios with a measured window.
@@ -279,6 +284,14 @@ impl Scenario {
     }
 }
 
+/// With `--strict`, fails when `clean` is false.
+fn strict(c: &Common, clean: bool) -> anyhow::Result<()> {
+    if c.strict && !clean {
+        anyhow::bail!("--strict: not every connection opened and stayed open, or something was lost or failed (see the report)");
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::DurablePublish(a) => {
@@ -298,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("durable-publish")?;
             report::print(&r, c.json);
+            strict(c, r.connected == r.publishers && r.errors.total == 0)?;
             if r.acked == 0 {
                 anyhow::bail!("no publication was acknowledged (see the errors above)");
             }
@@ -323,6 +337,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = fanout::run(&options).await.context("fanout")?;
             report::print(&r, c.json);
+            strict(
+                c,
+                r.connected == r.subscribers
+                    && r.lost == 0
+                    && r.subscribers_dropped == 0
+                    && r.publish_errors.total == 0
+                    && r.subscriber_errors.total == 0,
+            )?;
             if r.delivered == 0 {
                 anyhow::bail!("no publication was delivered (see the errors above)");
             }
@@ -343,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = idle::run(&options).await.context("idle")?;
             report::print(&r, c.json);
+            strict(c, r.connected == r.connections && r.dropped == 0)?;
         }
         Scenario::ManyChannels(a) => {
             let (c, p) = (&a.common, a.publishing);
@@ -369,6 +392,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("many-channels")?;
             report::print(&r, c.json);
+            strict(
+                c,
+                r.connected == r.connections
+                    && r.lost == 0
+                    && r.subscribers_dropped == 0
+                    && r.publish_errors.total == 0,
+            )?;
             if r.delivered == 0 {
                 anyhow::bail!("no publication was delivered (see the errors above)");
             }
@@ -389,6 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("connect-storm")?;
             report::print(&r, c.json);
+            strict(c, r.connected == r.clients)?;
             if r.connected == 0 {
                 anyhow::bail!("no client connected (see the errors above)");
             }
