@@ -16,7 +16,10 @@
 # Environment: CASES (regex over case names, default all), SERVERS (default
 # "go herald bare"), HERALD_PORT (18210), BARE_PORT (18220), DURATION (10s),
 # WARMUP (3s), NO_PIN=1 to run unpinned, HERALD2_BIN=path to add a server
-# "herald2" (another Herald build, e.g. before a change) to SERVERS.
+# "herald2" (another Herald build, e.g. before a change) to SERVERS,
+# REPEAT (1) rounds of the fixed-rate cases (servers interleaved in each
+# round, files suffixed .1, .2, …), SAT_PUBLISHERS (8) HTTP publishers in
+# the saturation search.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,26 +107,34 @@ run() {
 }
 
 timing=(--duration "$duration" --warmup "$warmup")
+repeat=${REPEAT:-1}
+sat_publishers=${SAT_PUBLISHERS:-8}
+suffix() { [ "$repeat" = 1 ] && echo "" || echo ".$1"; }
+for round in $(seq 1 "$repeat"); do
+  s=$(suffix "$round")
+  for name in $servers; do
+    [[ fanout-1000-r200 =~ $cases_re ]] &&
+      run "fanout-1000-r200$s" "$name" fanout --subscribers 1000 --rate 200 "${timing[@]}"
+    [[ fanout-5000-r20 =~ $cases_re ]] &&
+      run "fanout-5000-r20$s" "$name" fanout --subscribers 5000 --rate 20 "${timing[@]}"
+    if [[ many-5000-g10-r2000 =~ $cases_re ]] && [ "$name" != bare ]; then
+      run "many-5000-g10-r2000$s" "$name" many-channels --connections 5000 --group-size 10 \
+        --rate 2000 --publishers 4 "${timing[@]}"
+    fi
+    [[ idle-15000 =~ $cases_re ]] &&
+      run "idle-15000$s" "$name" idle --connections 15000 --settle 5s --hold 10s --connect-concurrency 200
+    [[ storm-10000 =~ $cases_re ]] &&
+      run "storm-10000$s" "$name" connect-storm --clients 10000 --concurrency 200
+  done
+done
+# Saturation: raise the rate until a step does not keep up.
 for name in $servers; do
-  [[ fanout-1000-r200 =~ $cases_re ]] &&
-    run fanout-1000-r200 "$name" fanout --subscribers 1000 --rate 200 "${timing[@]}"
-  [[ fanout-5000-r20 =~ $cases_re ]] &&
-    run fanout-5000-r20 "$name" fanout --subscribers 5000 --rate 20 "${timing[@]}"
-  if [[ many-5000-g10-r2000 =~ $cases_re ]] && [ "$name" != bare ]; then
-    run many-5000-g10-r2000 "$name" many-channels --connections 5000 --group-size 10 \
-      --rate 2000 --publishers 4 "${timing[@]}"
-  fi
-  [[ idle-15000 =~ $cases_re ]] &&
-    run idle-15000 "$name" idle --connections 15000 --settle 5s --hold 10s --connect-concurrency 200
-  [[ storm-10000 =~ $cases_re ]] &&
-    run storm-10000 "$name" connect-storm --clients 10000 --concurrency 200
-  # Saturation: raise the rate until a step does not keep up.
   for subs in 1000 5000; do
     [[ sat-$subs =~ $cases_re ]] || continue
-    if [ "$subs" = 1000 ]; then rates="200 400 600 800 1000 1200 1500"; else rates="40 80 120 160 200 300"; fi
+    if [ "$subs" = 1000 ]; then rates="200 400 600 800 1000 1200 1400 1600"; else rates="40 80 120 160 200 240"; fi
     for rate in $rates; do
-      run "sat-$subs-r$rate" "$name" fanout --subscribers "$subs" --rate "$rate" --publishers 4 \
-        --duration 6s --warmup 2s
+      run "sat-$subs-r$rate" "$name" fanout --subscribers "$subs" --rate "$rate" \
+        --publishers "$sat_publishers" --duration 6s --warmup 2s
       grep -q '"kept_up":true' "$out/sat-$subs-r$rate.$name.json" || break
     done
   done

@@ -116,7 +116,12 @@ impl Table {
     }
 
     pub fn errors(&mut self, e: &ErrorCounts) -> &mut Self {
-        self.row("errors", e.total);
+        self.errors_named("errors", e)
+    }
+
+    /// Error counts under their own label.
+    pub fn errors_named(&mut self, name: &str, e: &ErrorCounts) -> &mut Self {
+        self.row(name, e.total);
         for (kind, k) in &e.by_kind {
             let _ = writeln!(self.out, "    {kind:<28} {}  e.g. {}", k.count, k.example);
         }

@@ -95,8 +95,8 @@ impl Report for IdleReport {
             )
             .usage(&self.usage_hold)
             .row("dropped", self.dropped)
-            .errors(&self.connect_errors)
-            .errors(&self.errors)
+            .errors_named("connect errors", &self.connect_errors)
+            .errors_named("errors while held", &self.errors)
             .finish()
     }
 }
