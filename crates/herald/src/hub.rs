@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,6 +60,14 @@ pub trait Client: Send + Sync + 'static {
 
 type ClientRef = Arc<dyn Client>;
 
+/// The local subscribers of one channel and the last offset delivered to
+/// them (0 before the first positioned publication).
+#[derive(Default)]
+struct Channel {
+    subs: HashMap<u64, Sub>,
+    last: AtomicU64,
+}
+
 /// One subscription in the hub.
 struct Sub {
     client: ClientRef,
@@ -93,7 +101,7 @@ pub enum Refused {
 
 /// Channel subscriptions and connection registry of this node.
 pub struct Hub {
-    channels: Sharded<Arc<str>, HashMap<u64, Sub>>,
+    channels: Sharded<Arc<str>, Channel>,
     clients: Sharded<Arc<str>, ClientRef>,
     users: Sharded<String, HashMap<u64, ClientRef>>,
     num_clients: AtomicUsize,
@@ -174,6 +182,7 @@ impl Hub {
             None => (true, shard.entry(Arc::from(channel)).or_default()),
         };
         if subs
+            .subs
             .insert(client.key(), Sub { client, join_leave })
             .is_none()
         {
@@ -188,10 +197,10 @@ impl Hub {
         let Some(subs) = shard.get_mut(channel) else {
             return false;
         };
-        if subs.remove(&key).is_some() {
+        if subs.subs.remove(&key).is_some() {
             self.num_subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
-        if subs.is_empty() {
+        if subs.subs.is_empty() {
             shard.remove(channel);
             return true;
         }
@@ -200,24 +209,78 @@ impl Hub {
 
     /// Hands a publication to every local subscriber of its channel; returns
     /// how many there were.
+    ///
+    /// Positioned publications (offset > 0) are checked against the last
+    /// offset the channel's subscribers got. One that arrives after a later
+    /// one is dropped (the stream holds it). One that skips offsets — a
+    /// publication lost between nodes — is delivered, and then every
+    /// subscriber of the channel is told its state is insufficient (2500),
+    /// upon which clients resubscribe and recover the gap from the stream.
+    /// Offset 1 after a higher one is a new stream and starts afresh.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.shard(&*publication.channel).read();
-        let Some(subs) = shard.get(&*publication.channel) else {
+        let Some(ch) = shard.get(&*publication.channel) else {
             return 0;
         };
-        for sub in subs.values() {
+        let offset = publication.offset;
+        let mut gap = false;
+        if offset > 0 {
+            let last = ch.last.load(Ordering::Acquire);
+            if last > 0 && offset != last + 1 && offset != 1 {
+                if offset <= last {
+                    return 0;
+                }
+                gap = true;
+            }
+            ch.last.store(offset, Ordering::Release);
+        }
+        for sub in ch.subs.values() {
             sub.client.deliver(publication);
         }
-        subs.len()
+        if gap {
+            tracing::info!(
+                channel = &*publication.channel,
+                offset,
+                "offsets skipped: subscribers recover from the stream"
+            );
+            insufficient(&publication.channel, ch);
+        }
+        ch.subs.len()
+    }
+
+    /// Notes the position a subscriber was given (a subscribe reply), so a
+    /// gap right after it is noticed.
+    pub fn observe_offset(&self, channel: &str, offset: u64) {
+        if let Some(ch) = self.channels.shard(channel).read().get(channel) {
+            ch.last.fetch_max(offset, Ordering::AcqRel);
+        }
+    }
+
+    /// Tells the subscribers of every channel that `positioned` accepts that
+    /// they may have missed publications (after the broker reconnected), and
+    /// forgets the channels' last offsets.
+    pub fn resync(&self, positioned: impl Fn(&str) -> bool) {
+        for shard in self.channels.shards.iter() {
+            for (name, ch) in shard.read().iter() {
+                ch.last.store(0, Ordering::Release);
+                if positioned(name) {
+                    insufficient(name, ch);
+                }
+            }
+        }
+    }
+
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.channels.shard(channel).read().contains_key(channel)
     }
 
     /// Hands a join or leave event to the local subscribers that want them.
     pub fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
         let shard = self.channels.shard(&*event.channel).read();
-        let Some(subs) = shard.get(&*event.channel) else {
+        let Some(ch) = shard.get(&*event.channel) else {
             return;
         };
-        for sub in subs.values().filter(|s| s.join_leave) {
+        for sub in ch.subs.values().filter(|s| s.join_leave) {
             sub.client.deliver_presence(event);
         }
     }
@@ -243,7 +306,7 @@ impl Hub {
                 shard
                     .read()
                     .iter()
-                    .map(|(ch, subs)| (ch.to_string(), subs.len())),
+                    .map(|(name, ch)| (name.to_string(), ch.subs.len())),
             );
         }
         out
@@ -263,6 +326,17 @@ impl Hub {
 
     pub fn num_subscriptions(&self) -> usize {
         self.num_subscriptions.load(Ordering::Relaxed)
+    }
+}
+
+fn insufficient(channel: &str, ch: &Channel) {
+    let (code, reason) = herald_protocol::codes::unsubscribe::INSUFFICIENT;
+    for sub in ch.subs.values() {
+        sub.client.control(Control::Unsubscribe {
+            channel: channel.to_string(),
+            code,
+            reason: reason.into(),
+        });
     }
 }
 

@@ -13,15 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
-use crate::broker::{Broker, MemoryBroker};
+use crate::broker::{Broker, BrokerError, Inbound, MemoryBroker, NatsBroker, RedisBroker};
 use crate::channel::ChannelRules;
-use crate::config::{ChannelOptions, Config, ConfigError, HistoryStorage};
+use crate::cluster::{self, Action, ClusterEvent, NodeInfo, Registry, Target};
+use crate::config::{BrokerKind, ChannelOptions, Config, ConfigError, HistoryStorage};
 use crate::hub::Hub;
 use crate::origin::OriginPolicy;
-use crate::presence::Presence;
+use crate::presence::{self, Members, Presence, RedisPresence};
 use crate::store::{
-    open_durable, Deliver, DurableStore, HistoryPage, HistoryQuery, MemoryStore, Store, StoreError,
-    StreamOptions,
+    open_durable, Deliver, DurableStore, HistoryPage, HistoryQuery, MemoryStore, RedisStore, Store,
+    StoreError, StreamOptions,
 };
 
 /// Where a publication landed in its channel's stream (zero without history).
@@ -52,9 +53,17 @@ pub struct Node {
     pub rules: Arc<ChannelRules>,
     pub hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
-    memory_store: Arc<MemoryStore>,
+    /// Streams of memory-history namespaces: in this process, or in Redis
+    /// for a Redis-brokered cluster.
+    history_store: Arc<dyn Store>,
+    memory_store: Option<Arc<MemoryStore>>,
     durable_store: Option<DurableStore>,
+    /// This node's own presence entries.
     pub presence: Presence,
+    /// Presence shared by a cluster.
+    shared_presence: Option<RedisPresence>,
+    /// The other nodes of the cluster.
+    pub registry: Registry,
     pub connection_tokens: Verifier,
     pub subscription_tokens: Verifier,
     pub counters: Counters,
@@ -76,23 +85,68 @@ pub enum NodeError {
     Config(#[from] ConfigError),
     #[error("cannot open durable storage")]
     Storage(#[from] StoreError),
+    #[error("cannot join the cluster")]
+    Broker(#[from] BrokerError),
 }
 
 impl Node {
-    /// Builds the node and opens durable storage when a namespace uses it.
+    /// Builds the node: connects to the cluster's broker and presence
+    /// manager if configured, and opens durable storage when a namespace
+    /// uses it.
     pub async fn open(config: Config) -> Result<Arc<Self>, NodeError> {
-        let mut node = Self::build(config)?;
-        let durable = node.config.channel.uses_durable_history();
-        if durable {
-            let to_broker = node.broker.clone();
-            let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));
+        let hub = Arc::new(Hub::new());
+        let shutdown = CancellationToken::new();
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel::<ClusterEvent>();
+        let inbound = Inbound::new(hub.clone(), events);
+        let mut redis_link = None;
+        let broker: Arc<dyn Broker> = match config.broker_kind() {
+            BrokerKind::Memory => Arc::new(MemoryBroker::new(hub.clone())),
+            BrokerKind::Redis => {
+                let b =
+                    RedisBroker::connect(config.broker_redis(), inbound, shutdown.child_token())
+                        .await?;
+                redis_link = Some(b.link().clone());
+                Arc::new(b)
+            }
+            BrokerKind::Nats => Arc::new(
+                NatsBroker::connect(&config.broker.nats, inbound, shutdown.child_token()).await?,
+            ),
+        };
+        let to_broker = broker.clone();
+        let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));
+        let (history_store, memory_store): (Arc<dyn Store>, _) = match &redis_link {
+            Some(link) => (Arc::new(RedisStore::new(link.clone())), None),
+            None => {
+                let m = Arc::new(MemoryStore::new(deliver.clone()));
+                (m.clone(), Some(m))
+            }
+        };
+        let shared_presence = match config.presence_redis() {
+            None => None,
+            Some(cfg) => {
+                let link = match &redis_link {
+                    Some(link) if std::ptr::eq(cfg, config.broker_redis()) => link.clone(),
+                    _ => crate::broker::RedisLink::connect(cfg).await?,
+                };
+                Some(RedisPresence::new(link, cfg.presence_ttl.0))
+            }
+        };
+        let mut node = Self::build(config, hub, broker, history_store, memory_store)?;
+        node.shared_presence = shared_presence;
+        node.shutdown = shutdown;
+        if node.config.channel.uses_durable_history() {
             let rules = node.rules.clone();
             let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));
             let dir = std::path::PathBuf::from(&node.config.data_dir);
             node.durable_store =
                 Some(open_durable(&node.config.storage, &dir, deliver, opts_for).await?);
         }
-        Ok(Arc::new(node))
+        let node = Arc::new(node);
+        tokio::spawn(cluster::run(Arc::downgrade(&node), events_rx));
+        if let Some(interval) = node.shared_presence.as_ref().map(|p| p.refresh_interval()) {
+            tokio::spawn(refresh_presence(Arc::downgrade(&node), interval));
+        }
+        Ok(node)
     }
 
     /// Flushes and closes durable storage; call once at shutdown.
@@ -109,12 +163,13 @@ impl Node {
             .map_or(0, DurableStore::removed_total)
     }
 
-    fn build(config: Config) -> Result<Self, ConfigError> {
-        let hub = Arc::new(Hub::new());
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
-        let to_broker = broker.clone();
-        let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));
-        let memory_store = Arc::new(MemoryStore::new(deliver));
+    fn build(
+        config: Config,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        history_store: Arc<dyn Store>,
+        memory_store: Option<Arc<MemoryStore>>,
+    ) -> Result<Self, ConfigError> {
         let connection_tokens = Verifier::from_config(&config.client.token, "client.token")?;
         let subscription_tokens = if config.client.subscription_token.enabled {
             Verifier::from_config(
@@ -133,9 +188,12 @@ impl Node {
             rules: Arc::new(ChannelRules::new(&config.channel, config.client.insecure)),
             hub,
             broker,
+            history_store,
             memory_store,
             durable_store: None,
             presence: Presence::new(),
+            shared_presence: None,
+            registry: Registry::default(),
             connection_tokens,
             subscription_tokens,
             counters: Counters::default(),
@@ -162,7 +220,7 @@ impl Node {
 
     fn store_for(&self, o: &ChannelOptions) -> Result<&dyn Store, ProtocolError> {
         match o.history_storage {
-            HistoryStorage::Memory => Ok(&*self.memory_store),
+            HistoryStorage::Memory => Ok(&*self.history_store),
             // Opened at start whenever a namespace is durable.
             HistoryStorage::Durable => self
                 .durable_store
@@ -257,25 +315,149 @@ impl Node {
 
     /// Forgets idle memory streams; run periodically.
     pub fn sweep_streams(&self) {
-        self.memory_store
-            .sweep(|channel| self.rules.stream_options_for(channel));
-    }
-
-    /// Tells the broker this node now has subscribers in `channel`.
-    pub async fn broker_subscribe(&self, channel: &str) {
-        if let Err(e) = self.broker.subscribe(channel).await {
-            tracing::warn!(channel, error = %e, "broker subscribe failed");
+        if let Some(m) = &self.memory_store {
+            m.sweep(|channel| self.rules.stream_options_for(channel));
         }
     }
 
-    pub async fn broker_unsubscribe(&self, channel: &str) {
-        if let Err(e) = self.broker.unsubscribe(channel).await {
-            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+    /// Makes the broker's subscription to `channel` match the hub; call
+    /// after the channel's first local subscriber joined or its last left.
+    pub async fn broker_sync(&self, channel: &str) {
+        if let Err(e) = self.broker.sync_channel(channel).await {
+            tracing::warn!(channel, error = %e, "broker subscription not updated");
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Acts on users' connections on this node and, in a cluster, sends the
+    /// command to every other node.
+    pub async fn user_command(&self, target: Target, action: Action) -> Result<(), ProtocolError> {
+        cluster::apply(&self.hub, &target, &action);
+        if !self.config.is_cluster() {
+            return Ok(());
+        }
+        let message = cluster::encode_user_command(&self.uid, target, action);
+        self.broker.publish_control(message).await.map_err(|e| {
+            tracing::warn!(error = %e, "command not sent to the other nodes");
+            ProtocolError::INTERNAL
+        })
+    }
+
+    /// This node as `info` lists it.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            version: Self::version().to_string(),
+            num_clients: self.hub.num_clients() as u64,
+            num_users: self.hub.num_users() as u64,
+            num_channels: self.hub.num_channels() as u64,
+            num_subs: self.hub.num_subscriptions() as u64,
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// This node and every other live node of the cluster.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut out = vec![self.info()];
+        if self.config.is_cluster() {
+            out.extend(
+                self.registry
+                    .alive(self.config.node.info_publish_interval.0 * 3),
+            );
+        }
+        out
+    }
+
+    /// Tells the other nodes this one is leaving.
+    pub async fn leave_cluster(&self) {
+        if self.config.is_cluster() {
+            let _ = self
+                .broker
+                .publish_control(cluster::encode_leave(&self.uid))
+                .await;
+        }
+    }
+
+    /// After the broker reconnected: subscribers of channels with streams
+    /// resubscribe and recover what was published meanwhile.
+    pub fn resync_all(&self) {
+        self.hub.resync(|channel| {
+            self.rules
+                .resolve(channel)
+                .is_ok_and(|r| self.rules.stream_options(r.options).is_some())
+        });
+    }
+
+    /// Adds a client to a channel's presence (here and, in a cluster, in
+    /// the shared presence).
+    pub async fn presence_add(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.presence.add(channel, info.clone());
+        if let Some(shared) = &self.shared_presence {
+            if let Err(e) = shared.add(channel, &info).await {
+                tracing::warn!(channel, error = %e, "shared presence not updated");
+            }
+        }
+    }
+
+    pub async fn presence_remove(&self, channel: &str, client: &str) {
+        self.presence.remove(channel, client);
+        if let Some(shared) = &self.shared_presence {
+            if let Err(e) = shared.remove(channel, client).await {
+                tracing::warn!(channel, error = %e, "shared presence not updated");
+            }
+        }
+    }
+
+    /// Who is in a channel, across the cluster.
+    pub async fn presence_get(&self, channel: &str) -> Result<Members, ProtocolError> {
+        match &self.shared_presence {
+            None => Ok(self.presence.get(channel)),
+            Some(shared) => shared.get(channel).await.map_err(|e| {
+                tracing::warn!(channel, error = %e, "presence read failed");
+                ProtocolError::INTERNAL
+            }),
+        }
+    }
+
+    /// Clients and distinct users in a channel, across the cluster.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(u32, u32), ProtocolError> {
+        match &self.shared_presence {
+            None => Ok(self.presence.stats(channel)),
+            Some(_) => Ok(presence::stats(&self.presence_get(channel).await?)),
         }
     }
 
     pub fn version() -> &'static str {
         env!("CARGO_PKG_VERSION")
+    }
+}
+
+/// Keeps this node's entries alive in shared presence until shutdown.
+async fn refresh_presence(node: std::sync::Weak<Node>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let stop = n.shutdown.clone();
+        drop(n);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(n) = node.upgrade() else { return };
+        let Some(shared) = &n.shared_presence else {
+            return;
+        };
+        for (channel, info) in n.presence.all() {
+            if let Err(e) = shared.add(&channel, &info).await {
+                tracing::warn!(error = %e, "presence refresh failed");
+                break;
+            }
+        }
     }
 }
 

@@ -107,6 +107,7 @@ impl Server {
             );
         }
         let _ = sweeper.await;
+        node.leave_cluster().await;
         node.close_storage().await;
         tracing::info!("stopped");
         Ok(())
