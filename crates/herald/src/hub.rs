@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -73,6 +73,9 @@ struct Sub {
     client: ClientRef,
     /// Receives join/leave events of the channel.
     join_leave: bool,
+    /// Told its state is insufficient: gets nothing more until it leaves
+    /// (and subscribes again, recovering from the stream).
+    stale: AtomicBool,
 }
 
 struct Sharded<K, V> {
@@ -183,7 +186,14 @@ impl Hub {
         };
         if subs
             .subs
-            .insert(client.key(), Sub { client, join_leave })
+            .insert(
+                client.key(),
+                Sub {
+                    client,
+                    join_leave,
+                    stale: AtomicBool::new(false),
+                },
+            )
             .is_none()
         {
             self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -213,39 +223,41 @@ impl Hub {
     /// Positioned publications (offset > 0) are checked against the last
     /// offset the channel's subscribers got. One that arrives after a later
     /// one is dropped (the stream holds it). One that skips offsets — a
-    /// publication lost between nodes — is delivered, and then every
-    /// subscriber of the channel is told its state is insufficient (2500),
-    /// upon which clients resubscribe and recover the gap from the stream.
-    /// Offset 1 after a higher one is a new stream and starts afresh.
+    /// publication lost between nodes — is not delivered either: every
+    /// subscriber of the channel is told its state is insufficient (2500)
+    /// and gets nothing more, upon which clients resubscribe and recover from
+    /// the stream. Offset 1 after a higher one is a new stream.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.shard(&*publication.channel).read();
         let Some(ch) = shard.get(&*publication.channel) else {
             return 0;
         };
         let offset = publication.offset;
-        let mut gap = false;
         if offset > 0 {
             let last = ch.last.load(Ordering::Acquire);
             if last > 0 && offset != last + 1 && offset != 1 {
-                if offset <= last {
-                    return 0;
+                if offset > last {
+                    ch.last.store(offset, Ordering::Release);
+                    tracing::info!(
+                        channel = &*publication.channel,
+                        offset,
+                        last,
+                        "offsets skipped: subscribers recover from the stream"
+                    );
+                    insufficient(&publication.channel, ch);
                 }
-                gap = true;
+                return 0;
             }
             ch.last.store(offset, Ordering::Release);
         }
+        let mut n = 0;
         for sub in ch.subs.values() {
-            sub.client.deliver(publication);
+            if !sub.stale.load(Ordering::Acquire) {
+                sub.client.deliver(publication);
+                n += 1;
+            }
         }
-        if gap {
-            tracing::info!(
-                channel = &*publication.channel,
-                offset,
-                "offsets skipped: subscribers recover from the stream"
-            );
-            insufficient(&publication.channel, ch);
-        }
-        ch.subs.len()
+        n
     }
 
     /// Notes the position a subscriber was given (a subscribe reply), so a
@@ -332,6 +344,9 @@ impl Hub {
 fn insufficient(channel: &str, ch: &Channel) {
     let (code, reason) = herald_protocol::codes::unsubscribe::INSUFFICIENT;
     for sub in ch.subs.values() {
+        if sub.stale.swap(true, Ordering::AcqRel) {
+            continue;
+        }
         sub.client.control(Control::Unsubscribe {
             channel: channel.to_string(),
             code,

@@ -111,3 +111,71 @@ fn presence_events_go_to_subscribers_that_asked() {
     assert_eq!(a.presence.load(Ordering::Relaxed), 1);
     assert_eq!(b.presence.load(Ordering::Relaxed), 0);
 }
+
+fn positioned(ch: &str, offset: u64) -> Arc<Publication> {
+    Arc::new(Publication::new(Arc::from(ch), Bytes::from_static(b"{}"), None).with_offset(offset))
+}
+
+fn offsets(p: &Probe) -> Vec<u64> {
+    p.got.lock().iter().map(|p| p.offset).collect()
+}
+
+fn insufficient_count(p: &Probe) -> usize {
+    p.controls
+        .lock()
+        .iter()
+        .filter(|c| matches!(c, Control::Unsubscribe { code: 2500, .. }))
+        .count()
+}
+
+#[test]
+fn a_gap_in_offsets_stops_delivery_and_asks_for_recovery() {
+    let hub = Hub::new();
+    let (a, b) = (probe("1"), probe("2"));
+    hub.subscribe("s", a.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    hub.deliver(&positioned("s", 2));
+    // 3 was lost on its way: 4 is not delivered, both subscribers are told
+    // once, and get nothing more until they subscribe again.
+    hub.subscribe("s", b.clone(), false);
+    assert_eq!(hub.deliver(&positioned("s", 4)), 0);
+    assert_eq!(hub.deliver(&positioned("s", 5)), 0);
+    assert_eq!(offsets(&a), [1, 2]);
+    assert!(offsets(&b).is_empty());
+    assert_eq!((insufficient_count(&a), insufficient_count(&b)), (1, 1));
+    // A late arrival older than what was seen is dropped.
+    hub.unsubscribe("s", a.key);
+    hub.subscribe("s", a.clone(), false);
+    assert_eq!(hub.deliver(&positioned("s", 3)), 0);
+    assert_eq!(
+        hub.deliver(&positioned("s", 6)),
+        1,
+        "b is stale until it leaves"
+    );
+    assert_eq!(offsets(&a), [1, 2, 6]);
+}
+
+#[test]
+fn a_subscribe_position_and_a_new_stream_are_respected() {
+    let hub = Hub::new();
+    let a = probe("1");
+    hub.subscribe("s", a.clone(), false);
+    // The subscribe reply said 10: 12 means 11 was lost.
+    hub.observe_offset("s", 10);
+    assert_eq!(hub.deliver(&positioned("s", 12)), 0);
+    assert_eq!(insufficient_count(&a), 1);
+
+    let b = probe("2");
+    hub.subscribe("t", b.clone(), false);
+    hub.deliver(&positioned("t", 7));
+    // A stream that starts over (new epoch) begins again at 1.
+    assert_eq!(hub.deliver(&positioned("t", 1)), 1);
+    // Unpositioned publications are never checked.
+    assert_eq!(hub.deliver(&publication("t")), 1);
+    assert_eq!(offsets(&b), [7, 1, 0]);
+
+    // After a broker reconnection, positioned channels resync.
+    hub.resync(|ch| ch == "t");
+    assert_eq!(insufficient_count(&b), 1);
+    assert_eq!(insufficient_count(&a), 1);
+}

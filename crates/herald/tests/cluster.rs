@@ -1,0 +1,784 @@
+//! Three `herald` processes on different ports forming one cluster over the
+//! real Redis, NATS and PostgreSQL servers named by `HERALD_TEST_REDIS_URL`,
+//! `HERALD_TEST_NATS_URL` and `HERALD_TEST_POSTGRES_URL` (a test whose
+//! service is not configured says so and passes). Every test uses its own
+//! key prefix, subject prefix and database. The broker-restart tests start
+//! their own `redis-server` / `nats-server` on a free port, so that they can
+//! stop and restart it.
+
+#[path = "it/support.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{base_config, merge, token, Event, Ws, API_KEY, WAIT};
+
+/// A running `herald serve`, killed on drop.
+struct Node {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    /// Starts a node with the test config merged with `patch`.
+    fn start(name: &str, patch: &Value) -> Node {
+        let mut cfg = base_config();
+        merge(&mut cfg, patch.clone());
+        merge(
+            &mut cfg,
+            json!({ "node": { "name": name, "info_publish_interval": "300ms" } }),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .args(["--port", "0", "--address", "127.0.0.1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var("HERALD_TEST_SHOW_LOGS").is_ok() {
+                    eprintln!("{line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        // Owned (and so killed on drop) before anything can fail.
+        let mut node = Node {
+            child,
+            addr: String::new(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("node {name} did not start"));
+            if let Some(addr) = line
+                .contains("listening")
+                .then(|| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                })
+                .flatten()
+            {
+                node.addr = addr.to_string();
+                return node;
+            }
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    async fn api_raw(&self, method: &str, body: Value) -> (u16, Value) {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/api/{method}", self.addr))
+            .header("X-API-Key", API_KEY)
+            .body(body.to_string())
+            .timeout(WAIT)
+            .send()
+            .await
+            .expect("API reachable");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
+    async fn api(&self, method: &str, body: Value) -> Value {
+        let (status, reply) = self.api_raw(method, body).await;
+        assert_eq!(status, 200, "{method}: {reply}");
+        assert!(reply.get("error").is_none(), "{method}: {reply}");
+        reply["result"].clone()
+    }
+
+    async fn client(&self, user: &str) -> Ws {
+        let mut ws = Ws::open(&self.ws_url()).await;
+        let reply = ws
+            .cmd(json!({"connect": {"token": token(json!({"sub": user}))}}))
+            .await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        ws
+    }
+}
+
+fn env_url(var: &str) -> Option<String> {
+    let url = std::env::var(var).ok();
+    if url.is_none() {
+        eprintln!("skipped: {var} not set");
+    }
+    url
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Waits until `check` passes, polling; fails after `WAIT`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Subscribes and waits for the reply.
+async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
+    let reply = ws.cmd(json!({"subscribe": {"channel": channel}})).await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    reply["subscribe"].clone()
+}
+
+/// The next publication push in `channel`, skipping other pushes.
+async fn next_pub(ws: &mut Ws, channel: &str) -> Value {
+    loop {
+        let push = ws.push().await;
+        if push["channel"] == channel && push.get("pub").is_some() {
+            return push["pub"].clone();
+        }
+    }
+}
+
+/// The next push about `channel` carrying `kind` (e.g. `subscribe`).
+async fn push_of(ws: &mut Ws, channel: &str, kind: &str) -> Value {
+    loop {
+        let push = ws.push().await;
+        if push["channel"] == channel && push.get(kind).is_some() {
+            return push;
+        }
+    }
+}
+
+/// Collects `count` publications of a recoverable channel from a client
+/// that resubscribes with recovery whenever the server says its state is
+/// insufficient (offsets skipped, broker reconnected); asserts offsets stay
+/// gap-free.
+async fn collect_recovering(
+    ws: &mut Ws,
+    channel: &str,
+    count: usize,
+    mut offset: u64,
+    mut epoch: String,
+) -> Vec<Value> {
+    let mut got = Vec::new();
+    let mut resubscribes = 0;
+    while got.len() < count {
+        let push = match ws.next().await {
+            Event::Msg(m) if m.get("push").is_some() => m["push"].clone(),
+            Event::Msg(_) => continue,
+            Event::Closed(c) => panic!("closed while collecting: {c:?}"),
+        };
+        if push["channel"] != channel {
+            continue;
+        }
+        if let Some(p) = push.get("pub") {
+            let o = p["offset"].as_u64().expect("offset");
+            assert_eq!(o, offset + 1, "publication skipped after {offset}");
+            offset = o;
+            got.push(p["data"].clone());
+        } else if let Some(u) = push.get("unsubscribe") {
+            assert_eq!(u["code"], 2500, "{push}");
+            resubscribes += 1;
+            assert!(resubscribes < 50, "resubscribing forever");
+            let reply = ws
+                .cmd(json!({"subscribe": {"channel": channel, "recover": true, "offset": offset, "epoch": epoch}}))
+                .await;
+            let r = &reply["subscribe"];
+            assert_eq!(r["recovered"], true, "not recovered: {reply}");
+            epoch = r["epoch"].as_str().unwrap().to_string();
+            for p in r["publications"].as_array().cloned().unwrap_or_default() {
+                let o = p["offset"].as_u64().unwrap();
+                assert_eq!(o, offset + 1, "recovery skipped after {offset}");
+                offset = o;
+                got.push(p["data"].clone());
+            }
+        }
+    }
+    got
+}
+
+fn redis_engine(url: &str, prefix: &str) -> Value {
+    json!({ "engine": { "type": "redis", "redis": { "address": url, "prefix": prefix } } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_acts_as_one_server() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = redis_engine(&url, &unique("t"));
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start(n, &cfg))
+        .collect();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // info lists every node, with its figures, wherever it is asked.
+    eventually("three nodes in info", || async {
+        b.api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut ws = node.client(&format!("user{i}")).await;
+        subscribe(&mut ws, "room:lobby").await;
+        clients.push(ws);
+    }
+    // Publications reach subscribers on every node.
+    a.api(
+        "publish",
+        json!({"channel": "room:lobby", "data": {"n": 1}}),
+    )
+    .await;
+    for ws in &mut clients {
+        assert_eq!(next_pub(ws, "room:lobby").await["data"], json!({"n": 1}));
+    }
+    c.api(
+        "publish",
+        json!({"channel": "room:lobby", "data": {"n": 2}}),
+    )
+    .await;
+    for ws in &mut clients {
+        assert_eq!(next_pub(ws, "room:lobby").await["data"], json!({"n": 2}));
+    }
+
+    // Presence is the whole cluster's, asked on any node and by clients.
+    let presence = b.api("presence", json!({"channel": "room:lobby"})).await;
+    let users: std::collections::BTreeSet<String> = presence["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| i["user"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(users.len(), 3, "{presence}");
+    let stats = clients[0]
+        .cmd(json!({"presence_stats": {"channel": "room:lobby"}}))
+        .await;
+    assert_eq!(stats["presence_stats"]["num_clients"], 3, "{stats}");
+
+    eventually("every node's clients counted in info", || async {
+        let info = a.api("info", json!({})).await;
+        let total: u64 = info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["num_clients"].as_u64().unwrap())
+            .sum();
+        total == 3
+    })
+    .await;
+    let info = a.api("info", json!({})).await;
+    let mut names: Vec<&str> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    // Server-side subscribe through node B reaches user0 on node A.
+    b.api(
+        "subscribe",
+        json!({"user": "user0", "channel": "chat:extra"}),
+    )
+    .await;
+    push_of(&mut clients[0], "chat:extra", "subscribe").await;
+
+    // A disconnect through node A's API kicks the connection on node C.
+    a.api(
+        "disconnect",
+        json!({"user": "user2", "disconnect": {"code": 4001, "reason": "bye"}}),
+    )
+    .await;
+    let mut kicked = clients.pop().unwrap();
+    assert_eq!(kicked.closed().await, (4001, "bye".to_string()));
+    // Its presence entry leaves with it.
+    eventually("presence without the kicked client", || async {
+        let s = a
+            .api("presence_stats", json!({"channel": "room:lobby"}))
+            .await;
+        s["num_clients"] == 2
+    })
+    .await;
+
+    // Unsubscribe through node C's API ends user1's subscription on node B.
+    c.api(
+        "unsubscribe",
+        json!({"user": "user1", "channel": "room:lobby"}),
+    )
+    .await;
+    let push = push_of(&mut clients[1], "room:lobby", "unsubscribe").await;
+    assert_eq!(push["unsubscribe"]["code"], 2000, "{push}");
+
+    // A dead node drops out of info within a few announcement intervals.
+    let mut nodes = nodes;
+    let dead = nodes.pop().unwrap();
+    drop(dead);
+    eventually("node c gone from info", || async {
+        nodes[0].api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_streams_keep_one_order_under_publishers_on_every_node() {
+    // The `hist` namespace keeps 100 publications: 3 × 30 fit.
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = redis_engine(&url, &unique("t"));
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start(n, &cfg))
+        .collect();
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, "hist:race").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+
+    const EACH: usize = 30;
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let addr = node.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0..EACH {
+                let res = http
+                    .post(format!("http://{addr}/api/publish"))
+                    .header("X-API-Key", API_KEY)
+                    .body(json!({"channel": "hist:race", "data": {"node": i, "n": n}}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = collect_recovering(&mut watcher, "hist:race", 3 * EACH, 0, epoch).await;
+    assert_eq!(got.len(), 3 * EACH);
+    // Per publisher, order is kept.
+    for i in 0..3 {
+        let seq: Vec<u64> = got
+            .iter()
+            .filter(|d| d["node"] == i)
+            .map(|d| d["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seq, (0..EACH as u64).collect::<Vec<_>>());
+    }
+    // Every node reads the same continuous stream.
+    for node in &nodes {
+        let h = node
+            .api("history", json!({"channel": "hist:race", "limit": -1}))
+            .await;
+        let offsets: Vec<u64> = h["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, (1..=(3 * EACH) as u64).collect::<Vec<_>>());
+        assert_eq!(h["epoch"], sub["epoch"]);
+    }
+}
+
+/// A PostgreSQL database of the test's own, dropped at the end.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create(admin: &str) -> Database {
+        let name = unique("herald_cluster_");
+        let ok = Command::new("psql")
+            .args([admin, "-qc", &format!("CREATE DATABASE {name}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot create a database through {admin}");
+        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+        Database {
+            admin: admin.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin,
+                "-qc",
+                &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+            ])
+            .status();
+    }
+}
+
+fn durable_namespace(db: &Database) -> Value {
+    json!({
+        "storage": { "type": "postgres", "postgres": { "url": db.url } },
+        "channel": { "namespaces": [
+            { "name": "chat", "allow_subscribe_for_client": true, "allow_publish_for_subscriber": true },
+            { "name": "log", "history_storage": "durable", "history_size": 0, "history_ttl": "0s",
+              "force_recovery": true, "allow_subscribe_for_client": true }
+        ] }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_with_postgres_streams() {
+    let (Some(nats), Some(pg)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_POSTGRES_URL"),
+    ) else {
+        return;
+    };
+    let db = Database::create(&pg);
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": nats, "prefix": unique("t") } } });
+    merge(&mut cfg, durable_namespace(&db));
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start(n, &cfg))
+        .collect();
+
+    // Channel names with NATS wildcard characters neither break nor widen
+    // subscriptions.
+    let mut exact = nodes[0].client("u1").await;
+    let mut star = nodes[2].client("u2").await;
+    subscribe(&mut exact, "chat:a.b c").await;
+    subscribe(&mut star, "chat:a.*").await;
+    subscribe(&mut star, "chat:>").await;
+    eventually("three nodes in info", || async {
+        nodes[1].api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+    nodes[1]
+        .api("publish", json!({"channel": "chat:a.b c", "data": "exact"}))
+        .await;
+    nodes[1]
+        .api("publish", json!({"channel": "chat:>", "data": "gt"}))
+        .await;
+    assert_eq!(next_pub(&mut exact, "chat:a.b c").await["data"], "exact");
+    let p = star.push().await;
+    assert_eq!(
+        (p["channel"].clone(), p["pub"]["data"].clone()),
+        (json!("chat:>"), json!("gt"))
+    );
+
+    // Durable streams: publishers on every node append to one gap-free
+    // stream; a subscriber on another node sees all of it.
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, "log:orders").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    const EACH: usize = 30;
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let addr = node.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0..EACH {
+                let res = http
+                    .post(format!("http://{addr}/api/publish"))
+                    .header("X-API-Key", API_KEY)
+                    .body(json!({"channel": "log:orders", "data": {"node": i, "n": n}}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = collect_recovering(&mut watcher, "log:orders", 3 * EACH, 0, epoch).await;
+    assert_eq!(got.len(), 3 * EACH);
+    let h = nodes[2]
+        .api("history", json!({"channel": "log:orders", "limit": -1}))
+        .await;
+    let offsets: Vec<u64> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=(3 * EACH) as u64).collect::<Vec<_>>());
+
+    // Disconnect through node A reaches node C over NATS.
+    nodes[0]
+        .api(
+            "disconnect",
+            json!({"user": "u2", "disconnect": {"code": 4002, "reason": "out"}}),
+        )
+        .await;
+    assert_eq!(star.closed().await, (4002, "out".to_string()));
+}
+
+/// A broker server of the test's own, on a free port.
+struct OwnServer {
+    child: Option<Child>,
+    port: u16,
+    program: &'static str,
+    args: Vec<String>,
+}
+
+impl OwnServer {
+    fn start(program: &'static str, args: Vec<String>, port: u16) -> Option<OwnServer> {
+        let mut s = OwnServer {
+            child: None,
+            port,
+            program,
+            args,
+        };
+        s.restart().then_some(s)
+    }
+
+    /// Starts the server (again) and waits until its port answers.
+    fn restart(&mut self) -> bool {
+        let Ok(child) = Command::new(self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            eprintln!("skipped: {} cannot be started", self.program);
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", self.program);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Publishes `data` through `node` until it is acknowledged, counting the
+/// failures (which must come quickly, not hang).
+async fn publish_acknowledged(node: &Node, channel: &str, data: Value) -> usize {
+    let mut failures = 0;
+    loop {
+        let started = Instant::now();
+        let (status, reply) = node
+            .api_raw("publish", json!({"channel": channel, "data": data}))
+            .await;
+        if status == 200 && reply.get("error").is_none() {
+            return failures;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "a failing publish took {:?}",
+            started.elapsed()
+        );
+        failures += 1;
+        assert!(failures < 200, "publishes keep failing: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The broker goes away mid-stream and comes back: nodes reconnect,
+/// subscribers recover everything that was acknowledged.
+async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
+    let nodes: Vec<Node> = ["a", "b"].iter().map(|n| Node::start(n, &cfg)).collect();
+    let channel = if durable { "log:live" } else { "hist:live" };
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, channel).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    const TOTAL: usize = 60;
+    for n in 0..TOTAL {
+        if n == 20 {
+            broker.stop();
+            // While the broker is down a publish answers quickly: durable
+            // ones are committed (subscribers recover them later), others
+            // fail with an error.
+            let started = Instant::now();
+            let (status, reply) = nodes[0]
+                .api_raw("publish", json!({"channel": channel, "data": {"n": n}}))
+                .await;
+            assert!(
+                started.elapsed() < Duration::from_secs(6),
+                "{:?}",
+                started.elapsed()
+            );
+            if durable {
+                assert_eq!(status, 200, "{reply}");
+                assert!(reply.get("error").is_none(), "{reply}");
+                continue;
+            }
+            assert!(status != 200 || reply.get("error").is_some(), "{reply}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(broker.restart());
+        }
+        if n == 40 && durable {
+            assert!(broker.restart());
+        }
+        publish_acknowledged(&nodes[0], channel, json!({"n": n})).await;
+    }
+    let got = collect_recovering(&mut watcher, channel, TOTAL, 0, epoch).await;
+    let seq: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+    assert_eq!(seq, (0..TOTAL as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_recovers_durable_streams() {
+    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let port = free_port();
+    let args = vec![
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        "".into(),
+        "--appendonly".into(),
+        "no".into(),
+    ];
+    let Some(redis) = OwnServer::start("redis-server", args, port) else {
+        return;
+    };
+    let db = Database::create(&pg);
+    let mut cfg = redis_engine(&format!("redis://127.0.0.1:{port}"), "restart");
+    merge(&mut cfg, durable_namespace(&db));
+    broker_restart(redis, cfg, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_recovers_persisted_redis_streams() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--dir".into(),
+        dir.path().display().to_string(),
+        "--save".into(),
+        "".into(),
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        "always".into(),
+    ];
+    let Some(redis) = OwnServer::start("redis-server", args, port) else {
+        return;
+    };
+    let cfg = redis_engine(&format!("redis://127.0.0.1:{port}"), "restart");
+    broker_restart(redis, cfg, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_recovers_durable_streams() {
+    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let port = free_port();
+    let args = vec![
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    let Some(nats) = OwnServer::start("nats-server", args, port) else {
+        return;
+    };
+    let db = Database::create(&pg);
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": format!("nats://127.0.0.1:{port}"), "prefix": "restart" } } });
+    merge(&mut cfg, durable_namespace(&db));
+    broker_restart(nats, cfg, true).await;
+}
+
+#[test]
+fn example_cluster_configs_load() {
+    for file in ["cluster-redis.toml", "cluster-nats.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(file);
+        let loaded = herald::config::load(
+            Some(&path),
+            &Default::default(),
+            &herald::config::Overrides::default(),
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(loaded.config.is_cluster(), "{file}");
+    }
+}
