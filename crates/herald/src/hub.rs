@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use herald_protocol::{Disconnect, PresenceEvent, Publication};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// Number of shards of each map; a power of two.
 const SHARDS: usize = 64;
@@ -60,12 +61,29 @@ pub trait Client: Send + Sync + 'static {
 
 type ClientRef = Arc<dyn Client>;
 
-/// The local subscribers of one channel and the last offset delivered to
-/// them (0 before the first positioned publication).
+/// Starts reading a channel's stream after an offset to fill a gap; the
+/// reader hands what it found to [`Hub::finish_fill`] (`None` if the read
+/// failed).
+pub type Filler = Arc<dyn Fn(Arc<str>, u64) + Send + Sync>;
+
+/// Most publications held back while a gap is being filled; beyond it the
+/// fill is abandoned and subscribers recover by themselves.
+const MAX_HELD: usize = 10_000;
+
+/// The local subscribers of one channel and where its stream stands.
 #[derive(Default)]
 struct Channel {
     subs: HashMap<u64, Sub>,
-    last: AtomicU64,
+    seq: Mutex<Seq>,
+}
+
+/// Delivery order of a channel's positioned publications.
+#[derive(Default)]
+struct Seq {
+    /// Last offset delivered (0 before the first positioned publication).
+    last: u64,
+    /// Publications held back while a gap is read from the stream.
+    held: Option<Vec<Arc<Publication>>>,
 }
 
 /// One subscription in the hub.
@@ -109,6 +127,11 @@ pub struct Hub {
     users: Sharded<String, HashMap<u64, ClientRef>>,
     num_clients: AtomicUsize,
     num_subscriptions: AtomicUsize,
+    filler: OnceLock<Filler>,
+    /// Gaps in positioned channels filled from the stream, and times a
+    /// channel's subscribers were sent to recover by themselves.
+    gaps_filled: AtomicU64,
+    resyncs: AtomicU64,
 }
 
 impl Default for Hub {
@@ -125,7 +148,24 @@ impl Hub {
             users: Sharded::new(),
             num_clients: AtomicUsize::new(0),
             num_subscriptions: AtomicUsize::new(0),
+            filler: OnceLock::new(),
+            gaps_filled: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// (gaps filled from streams, channel resyncs) so far.
+    pub fn gap_counts(&self) -> (u64, u64) {
+        (
+            self.gaps_filled.load(Ordering::Relaxed),
+            self.resyncs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Lets the hub fill gaps in positioned channels from their streams;
+    /// without a filler a gap makes subscribers recover by themselves.
+    pub fn set_filler(&self, filler: Filler) {
+        let _ = self.filler.set(filler);
     }
 
     /// Registers a connection, enforcing the node and per-user limits
@@ -220,63 +260,113 @@ impl Hub {
     /// Hands a publication to every local subscriber of its channel; returns
     /// how many there were.
     ///
-    /// Positioned publications (offset > 0) are checked against the last
-    /// offset the channel's subscribers got. One that arrives after a later
-    /// one is dropped (the stream holds it). One that skips offsets — a
-    /// publication lost between nodes — is not delivered either: every
-    /// subscriber of the channel is told its state is insufficient (2500)
-    /// and gets nothing more, upon which clients resubscribe and recover from
-    /// the stream. Offset 1 after a higher one is a new stream.
+    /// Positioned publications (offset > 0) are delivered in offset order
+    /// without gaps. One older than the last delivered is dropped (its
+    /// subscribers have it). One that skips offsets — lost between nodes, or
+    /// overtaken by a later one published on another node — is held back
+    /// while the missing ones are read from the stream, then all go out in
+    /// order. If the stream cannot fill the gap, every subscriber of the
+    /// channel is told its state is insufficient (unsubscribe 2500) and gets
+    /// nothing more until it resubscribes and recovers. Offset 1 after a
+    /// higher one is a new stream (a new epoch) and starts afresh.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.shard(&*publication.channel).read();
         let Some(ch) = shard.get(&*publication.channel) else {
             return 0;
         };
         let offset = publication.offset;
-        if offset > 0 {
-            let last = ch.last.load(Ordering::Acquire);
-            if last > 0 && offset != last + 1 && offset != 1 {
-                if offset > last {
-                    ch.last.store(offset, Ordering::Release);
-                    tracing::info!(
-                        channel = &*publication.channel,
-                        offset,
-                        last,
-                        "offsets skipped: subscribers recover from the stream"
-                    );
-                    insufficient(&publication.channel, ch);
-                }
-                return 0;
-            }
-            ch.last.store(offset, Ordering::Release);
+        if offset == 0 {
+            return fan_out(ch, publication);
         }
-        let mut n = 0;
-        for sub in ch.subs.values() {
-            if !sub.stale.load(Ordering::Acquire) {
-                sub.client.deliver(publication);
-                n += 1;
+        let mut seq = ch.seq.lock();
+        if let Some(held) = seq.held.as_mut() {
+            held.push(publication.clone());
+            if held.len() > MAX_HELD {
+                seq.held = None;
+                seq.last = offset;
+                self.insufficient(&publication.channel, ch);
+            }
+            return 0;
+        }
+        let last = seq.last;
+        if last == 0 || offset == last + 1 || offset == 1 {
+            seq.last = offset;
+            return fan_out(ch, publication);
+        }
+        if offset <= last {
+            return 0;
+        }
+        match self.filler.get() {
+            Some(fill) => {
+                seq.held = Some(vec![publication.clone()]);
+                fill(publication.channel.clone(), last);
+            }
+            None => {
+                seq.last = offset;
+                self.insufficient(&publication.channel, ch);
             }
         }
-        n
+        0
+    }
+
+    /// Completes a fill started by [`Hub::deliver`]: delivers what the
+    /// stream held after the gap and the publications held back, in order.
+    /// What still skips offsets makes subscribers recover by themselves.
+    pub fn finish_fill(&self, channel: &str, from_stream: Option<Vec<Arc<Publication>>>) {
+        let shard = self.channels.shard(channel).read();
+        let Some(ch) = shard.get(channel) else {
+            return;
+        };
+        let mut seq = ch.seq.lock();
+        let Some(held) = seq.held.take() else {
+            return;
+        };
+        let filled = from_stream.is_some();
+        let mut all = from_stream.unwrap_or_default();
+        all.extend(held);
+        all.sort_by_key(|p| p.offset);
+        for p in &all {
+            if p.offset <= seq.last {
+                continue;
+            }
+            if p.offset != seq.last + 1 {
+                tracing::info!(
+                    channel,
+                    after = seq.last,
+                    next = p.offset,
+                    filled,
+                    "offsets missing from the stream: subscribers recover"
+                );
+                seq.last = all.last().map_or(seq.last, |p| p.offset);
+                self.insufficient(channel, ch);
+                return;
+            }
+            seq.last = p.offset;
+            fan_out(ch, p);
+        }
+        if filled {
+            self.gaps_filled.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Notes the position a subscriber was given (a subscribe reply), so a
     /// gap right after it is noticed.
     pub fn observe_offset(&self, channel: &str, offset: u64) {
         if let Some(ch) = self.channels.shard(channel).read().get(channel) {
-            ch.last.fetch_max(offset, Ordering::AcqRel);
+            let mut seq = ch.seq.lock();
+            seq.last = seq.last.max(offset);
         }
     }
 
     /// Tells the subscribers of every channel that `positioned` accepts that
     /// they may have missed publications (after the broker reconnected), and
-    /// forgets the channels' last offsets.
+    /// forgets the channels' positions.
     pub fn resync(&self, positioned: impl Fn(&str) -> bool) {
         for shard in self.channels.shards.iter() {
             for (name, ch) in shard.read().iter() {
-                ch.last.store(0, Ordering::Release);
+                *ch.seq.lock() = Seq::default();
                 if positioned(name) {
-                    insufficient(name, ch);
+                    self.insufficient(name, ch);
                 }
             }
         }
@@ -341,17 +431,34 @@ impl Hub {
     }
 }
 
-fn insufficient(channel: &str, ch: &Channel) {
-    let (code, reason) = herald_protocol::codes::unsubscribe::INSUFFICIENT;
+/// Hands a publication to the channel's subscribers that are not stale.
+fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
+    let mut n = 0;
     for sub in ch.subs.values() {
-        if sub.stale.swap(true, Ordering::AcqRel) {
-            continue;
+        if !sub.stale.load(Ordering::Acquire) {
+            sub.client.deliver(publication);
+            n += 1;
         }
-        sub.client.control(Control::Unsubscribe {
-            channel: channel.to_string(),
-            code,
-            reason: reason.into(),
-        });
+    }
+    n
+}
+
+impl Hub {
+    /// Tells a channel's subscribers their state is insufficient (2500):
+    /// they get nothing more until they resubscribe and recover.
+    fn insufficient(&self, channel: &str, ch: &Channel) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+        let (code, reason) = herald_protocol::codes::unsubscribe::INSUFFICIENT;
+        for sub in ch.subs.values() {
+            if sub.stale.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            sub.client.control(Control::Unsubscribe {
+                channel: channel.to_string(),
+                code,
+                reason: reason.into(),
+            });
+        }
     }
 }
 

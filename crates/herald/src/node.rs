@@ -142,6 +142,16 @@ impl Node {
                 Some(open_durable(&node.config.storage, &dir, deliver, opts_for).await?);
         }
         let node = Arc::new(node);
+        let weak = Arc::downgrade(&node);
+        node.hub
+            .set_filler(Arc::new(move |channel: Arc<str>, after: u64| {
+                let weak = weak.clone();
+                tokio::spawn(async move {
+                    let Some(node) = weak.upgrade() else { return };
+                    let found = node.stream_after(&channel, after).await;
+                    node.hub.finish_fill(&channel, found);
+                });
+            }));
         tokio::spawn(cluster::run(Arc::downgrade(&node), events_rx));
         if let Some(interval) = node.shared_presence.as_ref().map(|p| p.refresh_interval()) {
             tokio::spawn(refresh_presence(Arc::downgrade(&node), interval));
@@ -293,6 +303,25 @@ impl Node {
                     ProtocolError::INTERNAL
                 }
             })
+    }
+
+    /// The publications of a channel's current stream after `after` (at
+    /// most the recovery limit), to fill a gap in live delivery.
+    async fn stream_after(&self, channel: &str, after: u64) -> Option<Vec<Arc<Publication>>> {
+        let top = self.history(channel, HistoryQuery::default()).await.ok()?;
+        let limit = match self.config.client.recovery_max_publication_limit {
+            0 => 10_000,
+            n => n,
+        };
+        let query = HistoryQuery {
+            since: Some(crate::store::StreamPosition {
+                offset: after,
+                epoch: top.position.epoch,
+            }),
+            limit: Some(limit),
+            reverse: false,
+        };
+        Some(self.history(channel, query).await.ok()?.publications)
     }
 
     pub async fn remove_history(&self, channel: &str) -> Result<(), ProtocolError> {

@@ -179,3 +179,42 @@ fn a_subscribe_position_and_a_new_stream_are_respected() {
     assert_eq!(insufficient_count(&b), 1);
     assert_eq!(insufficient_count(&a), 1);
 }
+
+#[test]
+fn a_gap_is_filled_from_the_stream_in_order() {
+    let hub = Hub::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    hub.set_filler(Arc::new(move |ch: Arc<str>, after: u64| {
+        log.lock().push((ch.to_string(), after));
+    }));
+    let a = probe("1");
+    hub.subscribe("s", a.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    // 3 overtook 2 (published on another node): held while 2 is read.
+    assert_eq!(hub.deliver(&positioned("s", 3)), 0);
+    assert_eq!(hub.deliver(&positioned("s", 4)), 0);
+    assert_eq!(*asked.lock(), [("s".to_string(), 1)]);
+    assert_eq!(offsets(&a), [1]);
+    hub.finish_fill("s", Some(vec![positioned("s", 2), positioned("s", 3)]));
+    assert_eq!(offsets(&a), [1, 2, 3, 4]);
+    // The late 2 is dropped; delivery goes on.
+    assert_eq!(hub.deliver(&positioned("s", 2)), 0);
+    assert_eq!(hub.deliver(&positioned("s", 5)), 1);
+    assert_eq!(insufficient_count(&a), 0);
+    assert_eq!(hub.gap_counts(), (1, 0));
+
+    // A stream that cannot fill the gap sends subscribers to recover.
+    assert_eq!(hub.deliver(&positioned("s", 8)), 0);
+    hub.finish_fill("s", Some(vec![positioned("s", 6)]));
+    assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(insufficient_count(&a), 1);
+    // So does a failed read.
+    let b = probe("2");
+    hub.subscribe("t", b.clone(), false);
+    hub.deliver(&positioned("t", 1));
+    hub.deliver(&positioned("t", 3));
+    hub.finish_fill("t", None);
+    assert_eq!(offsets(&b), [1]);
+    assert_eq!(insufficient_count(&b), 1);
+}
