@@ -21,7 +21,7 @@ use crate::hub::Hub;
 
 pub use memory::MemoryBroker;
 pub use nats::NatsBroker;
-pub use redis::{RedisBroker, RedisLink};
+pub use redis::{RedisBroker, RedisLink, RedisShards};
 
 #[derive(Debug, Error, Clone)]
 pub enum BrokerError {

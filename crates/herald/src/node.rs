@@ -98,14 +98,14 @@ impl Node {
         let shutdown = CancellationToken::new();
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel::<ClusterEvent>();
         let inbound = Inbound::new(hub.clone(), events);
-        let mut redis_link = None;
+        let mut redis_shards = None;
         let broker: Arc<dyn Broker> = match config.broker_kind() {
             BrokerKind::Memory => Arc::new(MemoryBroker::new(hub.clone())),
             BrokerKind::Redis => {
                 let b =
                     RedisBroker::connect(config.broker_redis(), inbound, shutdown.child_token())
                         .await?;
-                redis_link = Some(b.link().clone());
+                redis_shards = Some(b.shards().clone());
                 Arc::new(b)
             }
             BrokerKind::Nats => Arc::new(
@@ -114,8 +114,8 @@ impl Node {
         };
         let to_broker = broker.clone();
         let deliver: Deliver = Arc::new(move |p| to_broker.publish(p));
-        let (history_store, memory_store): (Arc<dyn Store>, _) = match &redis_link {
-            Some(link) => (Arc::new(RedisStore::new(link.clone())), None),
+        let (history_store, memory_store): (Arc<dyn Store>, _) = match &redis_shards {
+            Some(shards) => (Arc::new(RedisStore::new(shards.clone())), None),
             None => {
                 let m = Arc::new(MemoryStore::new(deliver.clone()));
                 (m.clone(), Some(m))
@@ -124,11 +124,11 @@ impl Node {
         let shared_presence = match config.presence_redis() {
             None => None,
             Some(cfg) => {
-                let link = match &redis_link {
-                    Some(link) if std::ptr::eq(cfg, config.broker_redis()) => link.clone(),
-                    _ => crate::broker::RedisLink::connect(cfg).await?,
+                let shards = match &redis_shards {
+                    Some(shards) if std::ptr::eq(cfg, config.broker_redis()) => shards.clone(),
+                    _ => crate::broker::RedisShards::connect(cfg).await?,
                 };
-                Some(RedisPresence::new(link, cfg.presence_ttl.0))
+                Some(RedisPresence::new(shards, cfg.presence_ttl.0))
             }
         };
         let mut node = Self::build(config, hub, broker, history_store, memory_store)?;

@@ -779,6 +779,82 @@ async fn nats_restart_mid_stream_recovers_durable_streams() {
     broker_restart(nats, cfg, true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_shard_across_several_redis_servers() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers = Vec::new();
+    for dir in &dirs {
+        let port = free_port();
+        let args = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+        ];
+        let Some(s) = OwnServer::start("redis-server", args, port) else {
+            return;
+        };
+        servers.push(s);
+    }
+    let addresses: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let cfg =
+        json!({ "engine": { "type": "redis", "redis": { "address": addresses, "prefix": "sh" } } });
+    let nodes: Vec<Node> = ["a", "b"].iter().map(|n| Node::start(n, &cfg)).collect();
+    let mut ws = nodes[0].client("u").await;
+    const CHANNELS: usize = 12;
+    for i in 0..CHANNELS {
+        subscribe(&mut ws, &format!("hist:c{i}")).await;
+    }
+    for i in 0..CHANNELS {
+        nodes[1]
+            .api(
+                "publish",
+                json!({"channel": format!("hist:c{i}"), "data": i}),
+            )
+            .await;
+        let p = next_pub(&mut ws, &format!("hist:c{i}")).await;
+        assert_eq!(
+            (p["data"].clone(), p["offset"].clone()),
+            (json!(i), json!(1))
+        );
+    }
+    // Both servers hold some of the streams.
+    for s in &servers {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &s.port.to_string(),
+                "--scan",
+                "--pattern",
+                "sh.meta.*",
+            ])
+            .output()
+            .expect("redis-cli runs");
+        let keys = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert!(
+            keys > 0 && keys < CHANNELS,
+            "{keys} of {CHANNELS} streams on port {}",
+            s.port
+        );
+    }
+    // Node announcements and commands use the first server.
+    eventually("both nodes in info", || async {
+        nodes[1].api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+}
+
 #[test]
 fn example_cluster_configs_load() {
     for file in ["cluster-redis.toml", "cluster-nats.toml"] {

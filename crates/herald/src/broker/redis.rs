@@ -40,11 +40,59 @@ pub struct RedisLink {
     io_timeout: Duration,
 }
 
-impl RedisLink {
-    /// Connects (failing clearly when Redis cannot be reached) and starts
-    /// the queue's task.
+/// The Redis servers of a cluster: each channel lives on one of them,
+/// chosen by a hash of its name that every node computes alike. Control
+/// messages use the first.
+#[derive(Clone)]
+pub struct RedisShards {
+    links: Arc<[RedisLink]>,
+}
+
+impl RedisShards {
+    /// Connects to every address of `cfg`; fails clearly if one is down.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, BrokerError> {
-        let url = cfg.url();
+        let mut links = Vec::new();
+        for url in cfg.urls() {
+            links.push(RedisLink::connect(&url, cfg).await?);
+        }
+        Ok(Self {
+            links: links.into(),
+        })
+    }
+
+    /// The shard `channel` lives on.
+    pub fn index(&self, channel: &str) -> usize {
+        shard_of(channel, self.links.len())
+    }
+
+    pub fn for_channel(&self, channel: &str) -> &RedisLink {
+        &self.links[self.index(channel)]
+    }
+
+    pub fn first(&self) -> &RedisLink {
+        &self.links[0]
+    }
+}
+
+/// FNV-1a of the channel name: stable across processes, versions and
+/// platforms, so every node puts a channel on the same shard.
+fn shard_of(channel: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+impl RedisLink {
+    /// Connects to `url` (failing clearly when Redis cannot be reached) and
+    /// starts the queue's task.
+    pub async fn connect(url: &str, cfg: &RedisConfig) -> Result<Self, BrokerError> {
+        let url = url.to_string();
         let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
         let io_timeout = cfg.io_timeout.0;
         let manager_cfg = ConnectionManagerConfig::new()
@@ -148,9 +196,26 @@ struct SyncRequest {
 }
 
 pub struct RedisBroker {
-    link: RedisLink,
-    sync: mpsc::UnboundedSender<SyncRequest>,
+    shards: RedisShards,
+    /// Per shard, the requests to its pub/sub task.
+    syncs: Vec<mpsc::UnboundedSender<SyncRequest>>,
     stop: CancellationToken,
+}
+
+/// Which channels one shard's pub/sub connection carries.
+#[derive(Clone, Copy)]
+struct ShardRole {
+    index: usize,
+    of: usize,
+}
+
+impl ShardRole {
+    fn carries(&self, channel: &str) -> bool {
+        shard_of(channel, self.of) == self.index
+    }
+    fn has_control(&self) -> bool {
+        self.index == 0
+    }
 }
 
 impl RedisBroker {
@@ -159,34 +224,56 @@ impl RedisBroker {
         inbound: Inbound,
         stop: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        let link = RedisLink::connect(cfg).await?;
-        let (sync, requests) = mpsc::unbounded_channel();
-        // The first connection is made here, so a node whose Redis is down
-        // does not start.
-        let pubsub = subscribe_all(&link, &inbound).await?;
-        tokio::spawn(pubsub_task(
-            link.clone(),
-            inbound,
-            requests,
-            pubsub,
-            stop.clone(),
-        ));
-        Ok(Self { link, sync, stop })
+        let shards = RedisShards::connect(cfg).await?;
+        let mut syncs = Vec::new();
+        for (index, link) in shards.links.iter().enumerate() {
+            let role = ShardRole {
+                index,
+                of: shards.links.len(),
+            };
+            let (sync, requests) = mpsc::unbounded_channel();
+            // The first connection is made here, so a node whose Redis is
+            // down does not start.
+            let pubsub = subscribe_all(link, &inbound, role).await?;
+            tokio::spawn(pubsub_task(
+                link.clone(),
+                inbound.clone(),
+                requests,
+                pubsub,
+                role,
+                stop.clone(),
+            ));
+            syncs.push(sync);
+        }
+        Ok(Self {
+            shards,
+            syncs,
+            stop,
+        })
     }
 
-    /// The command queue, shared with the Redis history store.
-    pub fn link(&self) -> &RedisLink {
-        &self.link
+    /// The Redis servers, shared with the history store and presence.
+    pub fn shards(&self) -> &RedisShards {
+        &self.shards
     }
 
+    /// Publishes on the pub/sub channel of `channel` (on its shard), or on
+    /// the control channel when `channel` is `None`.
     fn publish_bytes(
         &self,
-        channel: String,
+        channel: Option<&str>,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (link, key) = match channel {
+            Some(c) => {
+                let link = self.shards.for_channel(c);
+                (link, link.channel_key(c))
+            }
+            None => (self.shards.first(), self.shards.first().control_key()),
+        };
         let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(payload.as_ref());
-        let sent = self.link.send(cmd);
+        cmd.arg(key).arg(payload.as_ref());
+        let sent = link.send(cmd);
         Box::pin(async move { sent.await.map(|_| ()) })
     }
 }
@@ -199,29 +286,23 @@ impl Drop for RedisBroker {
 
 impl Broker for RedisBroker {
     fn publish(&self, p: Arc<Publication>) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.publish_bytes(
-            self.link.channel_key(&p.channel),
-            wire::encode_publication_message(&p),
-        )
+        self.publish_bytes(Some(&p.channel), wire::encode_publication_message(&p))
     }
 
     fn publish_presence(
         &self,
         e: Arc<PresenceEvent>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.publish_bytes(
-            self.link.channel_key(&e.channel),
-            wire::encode_presence_message(&e),
-        )
+        self.publish_bytes(Some(&e.channel), wire::encode_presence_message(&e))
     }
 
     fn publish_control(&self, message: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.publish_bytes(self.link.control_key(), message)
+        self.publish_bytes(None, message)
     }
 
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
         let (done, answer) = oneshot::channel();
-        let queued = self.sync.send(SyncRequest {
+        let queued = self.syncs[self.shards.index(channel)].send(SyncRequest {
             channel: channel.to_string(),
             done,
         });
@@ -243,11 +324,21 @@ struct PubSub {
 
 /// Opens a pub/sub connection subscribed to the control channel and to
 /// every channel with local subscribers.
-async fn subscribe_all(link: &RedisLink, inbound: &Inbound) -> Result<PubSub, BrokerError> {
+async fn subscribe_all(
+    link: &RedisLink,
+    inbound: &Inbound,
+    role: ShardRole,
+) -> Result<PubSub, BrokerError> {
     let connect = async {
         let (mut sink, stream) = link.client.get_async_pubsub().await?.split();
-        sink.subscribe(link.control_key()).await?;
-        let channels = inbound.channels();
+        if role.has_control() {
+            sink.subscribe(link.control_key()).await?;
+        }
+        let channels: Vec<String> = inbound
+            .channels()
+            .into_iter()
+            .filter(|c| role.carries(c))
+            .collect();
         let keys: Vec<String> = channels.iter().map(|c| link.channel_key(c)).collect();
         if !keys.is_empty() {
             sink.subscribe(&keys).await?;
@@ -269,6 +360,7 @@ async fn pubsub_task(
     inbound: Inbound,
     mut requests: mpsc::UnboundedReceiver<SyncRequest>,
     first: PubSub,
+    role: ShardRole,
     stop: CancellationToken,
 ) {
     let mut current = Some(first);
@@ -287,7 +379,7 @@ async fn pubsub_task(
                         continue;
                     }
                 }
-                match subscribe_all(&link, &inbound).await {
+                match subscribe_all(&link, &inbound, role).await {
                     Ok(ps) => {
                         tracing::info!("redis pub/sub reconnected");
                         backoff = Duration::from_millis(50);
@@ -368,6 +460,21 @@ async fn sync(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shards_are_stable_and_spread() {
+        // Fixed values: every node and every version must agree.
+        assert_eq!(super::shard_of("news", 1), 0);
+        assert_eq!(
+            super::shard_of("", 3),
+            (0xcbf2_9ce4_8422_2325u64 % 3) as usize
+        );
+        let mut counts = [0; 4];
+        for i in 0..4000 {
+            counts[super::shard_of(&format!("chat:{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 800), "{counts:?}");
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(super::redacted("redis://:pw@h:1/2"), "redis://***@h:1/2");

@@ -49,7 +49,10 @@ pub struct PresenceManagerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]` or `host:port`.
+    /// `redis://[:password@]host:port[/db]` or `host:port`; several
+    /// addresses (a list, or one string separated by spaces or commas)
+    /// shard channels across as many Redis servers.
+    #[serde(deserialize_with = "one_or_many")]
     pub address: String,
     /// Overrides a password in the address.
     pub password: String,
@@ -79,13 +82,35 @@ impl Default for RedisConfig {
     }
 }
 
+/// Accepts a string or a list of strings; a list is kept space-separated.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(" "),
+    })
+}
+
 impl RedisConfig {
-    /// The address as a URL with password and database applied.
-    pub fn url(&self) -> String {
-        let mut url = if self.address.contains("://") {
-            self.address.clone()
+    /// Every shard's address as a URL with password and database applied.
+    pub fn urls(&self) -> Vec<String> {
+        self.address
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|a| !a.is_empty())
+            .map(|a| self.url_of(a))
+            .collect()
+    }
+
+    fn url_of(&self, address: &str) -> String {
+        let mut url = if address.contains("://") {
+            address.to_string()
         } else {
-            format!("redis://{}", self.address)
+            format!("redis://{address}")
         };
         if !self.password.is_empty() {
             if let Some(rest) = url.strip_prefix("redis://") {
@@ -262,19 +287,27 @@ pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
 }
 
 fn validate_redis(key: &str, r: &RedisConfig) -> Result<(), ConfigError> {
-    let url = r.url();
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    let urls = r.urls();
+    if urls.is_empty() {
         return Err(ConfigError::invalid(
             format!("{key}.address"),
-            "use redis://host:port or host:port",
+            "is required",
         ));
     }
-    if let (_, Some(db)) = split_db(&url) {
-        if !db.is_empty() && db.parse::<u32>().is_err() {
+    for url in &urls {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(ConfigError::invalid(
-                format!("{key}.db"),
-                "must be a database number",
+                format!("{key}.address"),
+                "use redis://host:port or host:port",
             ));
+        }
+        if let (_, Some(db)) = split_db(url) {
+            if !db.is_empty() && db.parse::<u32>().is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.db"),
+                    "must be a database number",
+                ));
+            }
         }
     }
     for (name, d) in [
@@ -322,11 +355,19 @@ mod tests {
             address: "127.0.0.1:6380".into(),
             ..Default::default()
         };
-        assert_eq!(r.url(), "redis://127.0.0.1:6380");
+        assert_eq!(r.urls(), ["redis://127.0.0.1:6380"]);
         r.password = "pw".into();
         r.db = Some(3);
-        assert_eq!(r.url(), "redis://:pw@127.0.0.1:6380/3");
-        r.address = "redis://:old@h:1/5".into();
-        assert_eq!(r.url(), "redis://:pw@h:1/3");
+        assert_eq!(r.urls(), ["redis://:pw@127.0.0.1:6380/3"]);
+        r.address = "redis://:old@h:1/5, h2:2".into();
+        assert_eq!(r.urls(), ["redis://:pw@h:1/3", "redis://:pw@h2:2/3"]);
+    }
+
+    #[test]
+    fn addresses_may_be_a_list() {
+        let r: RedisConfig = serde_json::from_str(r#"{"address":["a:1","b:2"]}"#).unwrap();
+        assert_eq!(r.urls(), ["redis://a:1", "redis://b:2"]);
+        let r: RedisConfig = serde_json::from_str(r#"{"address":"a:1"}"#).unwrap();
+        assert_eq!(r.urls(), ["redis://a:1"]);
     }
 }

@@ -12,7 +12,7 @@ use herald_protocol::json::{decode_client_info, encode_client_info};
 use herald_protocol::ClientInfo;
 use redis::Value;
 
-use crate::broker::{BrokerError, RedisLink};
+use crate::broker::{BrokerError, RedisShards};
 
 /// KEYS: expiry set, data hash. ARGV: expires at, client, info, ttl.
 const ADD: &str = r#"
@@ -40,8 +40,9 @@ end
 return redis.call('hgetall', KEYS[2])
 "#;
 
+/// A channel's presence lives on the channel's shard.
 pub struct RedisPresence {
-    link: RedisLink,
+    shards: RedisShards,
     ttl: Duration,
 }
 
@@ -52,8 +53,8 @@ fn now_secs() -> u64 {
 }
 
 impl RedisPresence {
-    pub fn new(link: RedisLink, ttl: Duration) -> Self {
-        Self { link, ttl }
+    pub fn new(shards: RedisShards, ttl: Duration) -> Self {
+        Self { shards, ttl }
     }
 
     /// How often a node must refresh its entries.
@@ -62,9 +63,10 @@ impl RedisPresence {
     }
 
     fn keys(&self, channel: &str) -> (String, String) {
+        let link = self.shards.for_channel(channel);
         (
-            self.link.key("presence.expire", channel),
-            self.link.key("presence.data", channel),
+            link.key("presence.expire", channel),
+            link.key("presence.data", channel),
         )
     }
 
@@ -81,13 +83,13 @@ impl RedisPresence {
             .arg(&info.client)
             .arg(encode_client_info(info))
             .arg(self.ttl.as_secs().max(1));
-        self.link.send(cmd).await.map(|_| ())
+        self.shards.for_channel(channel).send(cmd).await.map(|_| ())
     }
 
     pub async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
         let mut cmd = self.script(REMOVE, channel);
         cmd.arg(client);
-        self.link.send(cmd).await.map(|_| ())
+        self.shards.for_channel(channel).send(cmd).await.map(|_| ())
     }
 
     pub async fn get(
@@ -96,7 +98,7 @@ impl RedisPresence {
     ) -> Result<HashMap<String, Arc<ClientInfo>>, BrokerError> {
         let mut cmd = self.script(GET, channel);
         cmd.arg(now_secs());
-        let reply = self.link.send(cmd).await?;
+        let reply = self.shards.for_channel(channel).send(cmd).await?;
         let mut out = HashMap::new();
         let items = match reply {
             Value::Array(items) => items,

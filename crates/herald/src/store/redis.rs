@@ -16,7 +16,7 @@ use redis::Value;
 use super::{
     new_epoch, select, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
 };
-use crate::broker::RedisLink;
+use crate::broker::RedisShards;
 use crate::cluster::wire;
 
 /// KEYS: stream, meta, pub/sub channel. ARGV: message tail, size, ttl
@@ -53,20 +53,19 @@ if ARGV[3] ~= '' then entries = redis.call('xrange', KEYS[1], ARGV[3], '+') end
 return {top, epoch, entries}
 "#;
 
+/// Streams of a channel live on the channel's shard.
 pub struct RedisStore {
-    link: RedisLink,
+    shards: RedisShards,
 }
 
 impl RedisStore {
-    pub fn new(link: RedisLink) -> Self {
-        Self { link }
+    pub fn new(shards: RedisShards) -> Self {
+        Self { shards }
     }
 
     fn keys(&self, channel: &str) -> (String, String) {
-        (
-            self.link.key("stream", channel),
-            self.link.key("meta", channel),
-        )
+        let link = self.shards.for_channel(channel);
+        (link.key("stream", channel), link.key("meta", channel))
     }
 }
 
@@ -141,7 +140,11 @@ impl Store for RedisStore {
             .arg(3)
             .arg(stream)
             .arg(meta)
-            .arg(self.link.channel_key(&publication.channel))
+            .arg(
+                self.shards
+                    .for_channel(&publication.channel)
+                    .channel_key(&publication.channel),
+            )
             .arg(wire::publication_tail(&publication))
             .arg(opts.size.max(1))
             .arg(opts.ttl.as_secs())
@@ -149,7 +152,7 @@ impl Store for RedisStore {
             .arg(new_epoch())
             .arg(now_ms());
         // Queued now, so appends from this node keep their order.
-        let sent = self.link.send(cmd);
+        let sent = self.shards.for_channel(&publication.channel).send(cmd);
         Box::pin(async move {
             let reply = sent.await?;
             let Value::Array(parts) = reply else {
@@ -189,7 +192,7 @@ impl Store for RedisStore {
             .arg(new_epoch())
             .arg(opts.meta_ttl.as_secs())
             .arg(first);
-        let sent = self.link.send(cmd);
+        let sent = self.shards.for_channel(channel).send(cmd);
         Box::pin(async move {
             let Value::Array(parts) = sent.await? else {
                 return Err(backend("unexpected reply to the read script"));
@@ -217,7 +220,7 @@ impl Store for RedisStore {
         let (stream, _) = self.keys(channel);
         let mut cmd = redis::cmd("DEL");
         cmd.arg(stream);
-        let sent = self.link.send(cmd);
+        let sent = self.shards.for_channel(channel).send(cmd);
         Box::pin(async move {
             sent.await?;
             Ok(())
