@@ -50,6 +50,33 @@ pub trait Broker: Send + Sync + 'static {
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
 }
 
+/// An answer a broker's task sends back.
+pub(crate) type Reply<R> = tokio::sync::oneshot::Sender<Result<R, BrokerError>>;
+
+/// A request to a broker task to make its subscription to `channel` match
+/// the hub.
+pub(crate) struct SyncRequest {
+    pub channel: String,
+    pub done: Reply<()>,
+}
+
+/// Queues a request (made around its reply channel) for a broker task now,
+/// and resolves with the task's answer.
+pub(crate) fn ask<T: Send + 'static, R: Send + 'static>(
+    queue: &mpsc::UnboundedSender<T>,
+    make: impl FnOnce(Reply<R>) -> T,
+) -> BoxFuture<'static, Result<R, BrokerError>> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued = queue.send(make(reply)).is_ok();
+    Box::pin(async move {
+        let stopped = || BrokerError::Unavailable("broker stopped".into());
+        if !queued {
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    })
+}
+
 /// What a broker hands received messages to: the local hub for
 /// publications and join/leave events, the node's cluster task for control
 /// messages and reconnections.

@@ -159,9 +159,9 @@ pub fn apply(hub: &Hub, target: &Target, action: &Action) {
     }
 }
 
+/// A raw JSON field as bytes (`null` never gets here: it reads as `None`).
 fn raw_bytes(v: &Option<Box<RawValue>>) -> Option<Bytes> {
     v.as_ref()
-        .filter(|r| r.get() != "null")
         .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
 }
 

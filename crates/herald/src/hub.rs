@@ -66,9 +66,11 @@ type ClientRef = Arc<dyn Client>;
 /// failed).
 pub type Filler = Arc<dyn Fn(Arc<str>, u64) + Send + Sync>;
 
-/// Most publications held back while a gap is being filled; beyond it the
-/// fill is abandoned and subscribers recover by themselves.
+/// Most publications (and payload bytes) held back while a gap is being
+/// filled; beyond either the fill is abandoned and subscribers recover by
+/// themselves.
 const MAX_HELD: usize = 10_000;
+const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// The local subscribers of one channel and where its stream stands.
 #[derive(Default)]
@@ -80,10 +82,17 @@ struct Channel {
 /// Delivery order of a channel's positioned publications.
 #[derive(Default)]
 struct Seq {
-    /// Last offset delivered (0 before the first positioned publication).
-    last: u64,
-    /// Publications held back while a gap is read from the stream.
+    /// Last offset delivered or given to a subscriber; `None` until known.
+    last: Option<u64>,
+    /// A publication has been delivered (until then `last` comes from
+    /// subscribe replies).
+    live: bool,
+    /// The epoch of the stream those offsets belong to, once known.
+    epoch: Option<Arc<str>>,
+    /// Publications held back while a gap is read from the stream, and
+    /// their payload bytes.
     held: Option<Vec<Arc<Publication>>>,
+    held_bytes: usize,
 }
 
 /// One subscription in the hub.
@@ -261,14 +270,14 @@ impl Hub {
     /// how many there were.
     ///
     /// Positioned publications (offset > 0) are delivered in offset order
-    /// without gaps. One older than the last delivered is dropped (its
-    /// subscribers have it). One that skips offsets — lost between nodes, or
-    /// overtaken by a later one published on another node — is held back
-    /// while the missing ones are read from the stream, then all go out in
-    /// order. If the stream cannot fill the gap, every subscriber of the
-    /// channel is told its state is insufficient (unsubscribe 2500) and gets
-    /// nothing more until it resubscribes and recovers. Offset 1 after a
-    /// higher one is a new stream (a new epoch) and starts afresh.
+    /// without gaps. One at or below the last offset delivered is dropped
+    /// (its subscribers have it). One that skips offsets — lost between
+    /// nodes, or overtaken by a later one published on another node — is
+    /// held back while the missing ones are read from the stream, then all go
+    /// out in order. If the stream cannot fill the gap, or the stream started
+    /// over (a new epoch), every subscriber of the channel is told its state
+    /// is insufficient (unsubscribe 2500) and gets nothing more until it
+    /// resubscribes and recovers.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.shard(&*publication.channel).read();
         let Some(ch) = shard.get(&*publication.channel) else {
@@ -279,30 +288,57 @@ impl Hub {
             return fan_out(ch, publication);
         }
         let mut seq = ch.seq.lock();
+        match (&publication.epoch, &seq.epoch) {
+            (Some(new), Some(known)) if new != known => {
+                tracing::info!(
+                    channel = &*publication.channel,
+                    "stream started over: subscribers recover"
+                );
+                *seq = Seq {
+                    last: Some(offset),
+                    epoch: Some(new.clone()),
+                    ..Seq::default()
+                };
+                self.insufficient(&publication.channel, ch);
+                return 0;
+            }
+            (Some(new), None) => seq.epoch = Some(new.clone()),
+            _ => {}
+        }
         if let Some(held) = seq.held.as_mut() {
             held.push(publication.clone());
-            if held.len() > MAX_HELD {
+            let (count, bytes) = (held.len(), seq.held_bytes + publication.data.len());
+            seq.held_bytes = bytes;
+            if count > MAX_HELD || bytes > MAX_HELD_BYTES {
                 seq.held = None;
-                seq.last = offset;
+                seq.held_bytes = 0;
+                seq.last = Some(offset);
                 self.insufficient(&publication.channel, ch);
             }
             return 0;
         }
-        let last = seq.last;
-        if last == 0 || offset == last + 1 || offset == 1 {
-            seq.last = offset;
-            return fan_out(ch, publication);
-        }
-        if offset <= last {
-            return 0;
-        }
+        let last = match seq.last {
+            None => {
+                seq.last = Some(offset);
+                seq.live = true;
+                return fan_out(ch, publication);
+            }
+            Some(last) if offset == last + 1 => {
+                seq.last = Some(offset);
+                seq.live = true;
+                return fan_out(ch, publication);
+            }
+            Some(last) if offset <= last => return 0,
+            Some(last) => last,
+        };
         match self.filler.get() {
             Some(fill) => {
                 seq.held = Some(vec![publication.clone()]);
+                seq.held_bytes = publication.data.len();
                 fill(publication.channel.clone(), last);
             }
             None => {
-                seq.last = offset;
+                seq.last = Some(offset);
                 self.insufficient(&publication.channel, ch);
             }
         }
@@ -321,40 +357,51 @@ impl Hub {
         let Some(held) = seq.held.take() else {
             return;
         };
+        seq.held_bytes = 0;
         let filled = from_stream.is_some();
         let mut all = from_stream.unwrap_or_default();
         all.extend(held);
         all.sort_by_key(|p| p.offset);
+        let mut last = seq.last.unwrap_or(0);
         for p in &all {
-            if p.offset <= seq.last {
+            if p.offset <= last {
                 continue;
             }
-            if p.offset != seq.last + 1 {
+            if p.offset != last + 1 {
                 tracing::info!(
                     channel,
-                    after = seq.last,
+                    after = last,
                     next = p.offset,
                     filled,
                     "offsets missing from the stream: subscribers recover"
                 );
-                seq.last = all.last().map_or(seq.last, |p| p.offset);
+                seq.last = all.last().map(|p| p.offset);
                 self.insufficient(channel, ch);
                 return;
             }
-            seq.last = p.offset;
+            last = p.offset;
+            seq.live = true;
             fan_out(ch, p);
         }
+        seq.last = Some(last);
         if filled {
             self.gaps_filled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Notes the position a subscriber was given (a subscribe reply), so a
-    /// gap right after it is noticed.
-    pub fn observe_offset(&self, channel: &str, offset: u64) {
+    /// Notes the position a subscribe reply gave, so that a gap right after
+    /// it is noticed. Until a publication has been delivered the lowest
+    /// position given counts (publications in flight towards higher ones
+    /// are still to come); after that, deliveries set the position.
+    pub fn observe_position(&self, channel: &str, offset: u64, epoch: &str) {
         if let Some(ch) = self.channels.shard(channel).read().get(channel) {
             let mut seq = ch.seq.lock();
-            seq.last = seq.last.max(offset);
+            if !seq.live {
+                seq.last = Some(seq.last.map_or(offset, |l| l.min(offset)));
+            }
+            if seq.epoch.is_none() {
+                seq.epoch = Some(Arc::from(epoch));
+            }
         }
     }
 

@@ -481,11 +481,24 @@ async fn refresh_presence(node: std::sync::Weak<Node>, interval: std::time::Dura
         let Some(shared) = &n.shared_presence else {
             return;
         };
-        for (channel, info) in n.presence.all() {
-            if let Err(e) = shared.add(&channel, &info).await {
-                tracing::warn!(error = %e, "presence refresh failed");
-                break;
-            }
+        let entries = n.presence.all();
+        // All queued at once: one pipeline, not one round trip per entry.
+        let added = futures_util::future::join_all(
+            entries
+                .iter()
+                .map(|(channel, info)| shared.add(channel, info)),
+        )
+        .await;
+        if let Some(Err(e)) = added.into_iter().find(Result::is_err) {
+            tracing::warn!(error = %e, "presence refresh failed");
+        }
+        // A client that left while the refresh was under way must not stay.
+        let gone: Vec<_> = entries
+            .iter()
+            .filter(|(channel, info)| !n.presence.contains(channel, &info.client))
+            .collect();
+        for (channel, info) in gone {
+            let _ = shared.remove(channel, &info.client).await;
         }
     }
 }

@@ -54,6 +54,13 @@ impl Presence {
         }
     }
 
+    pub fn contains(&self, channel: &str, client: &str) -> bool {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .is_some_and(|m| m.contains_key(client))
+    }
+
     /// Client id → info of everyone present.
     pub fn get(&self, channel: &str) -> Members {
         self.shard(channel)

@@ -136,9 +136,16 @@ impl Node {
     }
 }
 
+/// With `HERALD_TEST_REQUIRE_SERVICES` set (as CI does), a missing service
+/// fails the test instead of skipping it.
+fn required() -> bool {
+    std::env::var_os("HERALD_TEST_REQUIRE_SERVICES").is_some()
+}
+
 fn env_url(var: &str) -> Option<String> {
     let url = std::env::var(var).ok();
     if url.is_none() {
+        assert!(!required(), "{var} is not set");
         eprintln!("skipped: {var} not set");
     }
     url
@@ -563,6 +570,17 @@ async fn nats_cluster_with_postgres_streams() {
     // Publications that overtake each other between nodes are put back in
     // order by the subscriber's node from the stream: clients never notice.
     assert_eq!(resubscribes, 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", nodes[1].addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let filled = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_stream_gaps_filled_total"))
+        .unwrap_or_default();
+    eprintln!("subscriber's node: {filled}");
     let h = nodes[2]
         .api("history", json!({"channel": "log:orders", "limit": -1}))
         .await;
@@ -611,6 +629,7 @@ impl OwnServer {
             .stderr(Stdio::null())
             .spawn()
         else {
+            assert!(!required(), "{} cannot be started", self.program);
             eprintln!("skipped: {} cannot be started", self.program);
             return false;
         };
@@ -668,6 +687,7 @@ async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
     let mut watcher = nodes[1].client("watcher").await;
     let sub = subscribe(&mut watcher, channel).await;
     let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let mut late = None;
     const TOTAL: usize = 60;
     for n in 0..TOTAL {
         if n == 20 {
@@ -693,10 +713,17 @@ async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(broker.restart());
         }
+        if n == 30 {
+            // A second subscriber joins the same node mid-stream.
+            let mut ws = nodes[1].client("late").await;
+            let s = subscribe(&mut ws, channel).await;
+            late = Some((ws, s));
+        }
         if n == 40 && durable {
             assert!(broker.restart());
         }
-        publish_acknowledged(&nodes[0], channel, json!({"n": n})).await;
+        // Publishers on both nodes.
+        publish_acknowledged(&nodes[n % 2], channel, json!({"n": n})).await;
     }
     let (got, resubscribes) = collect_recovering(&mut watcher, channel, TOTAL, 0, epoch).await;
     assert!(
@@ -705,6 +732,13 @@ async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
     );
     let seq: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
     assert_eq!(seq, (0..TOTAL as u64).collect::<Vec<_>>());
+
+    let (mut ws, s) = late.unwrap();
+    let from = s["offset"].as_u64().unwrap();
+    let epoch = s["epoch"].as_str().unwrap().to_string();
+    let (got, _) = collect_recovering(&mut ws, channel, TOTAL - from as usize, from, epoch).await;
+    let seq: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+    assert_eq!(seq, (from..TOTAL as u64).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,6 +887,39 @@ async fn channels_shard_across_several_redis_servers() {
             == 2
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_presence_drops_thousands_of_expired_entries() {
+    use herald::broker::RedisShards;
+    use herald::config::{Dur, RedisConfig};
+    use herald::presence::RedisPresence;
+
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = RedisConfig {
+        address: url,
+        prefix: unique("t"),
+        ..Default::default()
+    };
+    let shards = RedisShards::connect(&cfg).await.expect("redis");
+    // A node that died with 9,000 clients in a channel: its entries expire
+    // while another node keeps the channel's keys alive.
+    let dead = RedisPresence::new(shards.clone(), Dur::secs(1).0);
+    let alive = RedisPresence::new(shards, Dur::secs(60).0);
+    let info = |i: usize| herald_protocol::ClientInfo {
+        user: format!("u{i}"),
+        client: format!("c{i}"),
+        ..Default::default()
+    };
+    let infos: Vec<_> = (0..9000).map(info).collect();
+    let added = futures_util::future::join_all(infos.iter().map(|i| dead.add("room:big", i))).await;
+    assert!(added.iter().all(Result::is_ok));
+    alive.add("room:big", &info(99_999)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let present = alive.get("room:big").await.expect("presence read succeeds");
+    assert_eq!(present.keys().collect::<Vec<_>>(), ["c99999"]);
 }
 
 #[test]

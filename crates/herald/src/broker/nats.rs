@@ -7,7 +7,7 @@
 //! NATS carries no history, so history comes from the durable store (the
 //! configuration refuses memory-history namespaces with this broker).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,23 +18,19 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use herald_protocol::{PresenceEvent, Publication};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Inbound};
+use super::redis::redacted;
+use super::{ask, Broker, BrokerError, Inbound, Reply, SyncRequest};
 use crate::cluster::wire;
 use crate::config::NatsConfig;
 
 struct Outgoing {
     subject: String,
     payload: Bytes,
-    done: oneshot::Sender<Result<(), BrokerError>>,
-}
-
-struct SyncRequest {
-    channel: String,
-    done: oneshot::Sender<Result<(), BrokerError>>,
+    done: Reply<()>,
 }
 
 pub struct NatsBroker {
@@ -58,9 +54,12 @@ impl NatsBroker {
         inbound: Inbound,
         stop: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        let connected_once = Arc::new(AtomicBool::new(false));
-        let events_inbound = inbound.clone();
-        let flag = connected_once.clone();
+        // Set by a lost connection, so that only a reconnection (not the
+        // first connection's event, which may come late) is reported.
+        let lost = Arc::new(AtomicBool::new(false));
+        let reconnected = Arc::new(Notify::new());
+        let flag = lost.clone();
+        let signal = reconnected.clone();
         let client = async_nats::ConnectOptions::new()
             .name("herald")
             .connection_timeout(Duration::from_secs(2))
@@ -69,17 +68,17 @@ impl NatsBroker {
                 Duration::from_millis((50u64 << attempts.min(6)).min(2000))
             })
             .event_callback(move |event| {
-                let inbound = events_inbound.clone();
                 let flag = flag.clone();
+                let signal = signal.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            if flag.swap(true, Ordering::AcqRel) {
-                                tracing::info!("nats reconnected");
-                                inbound.reconnected();
+                            if flag.swap(false, Ordering::AcqRel) {
+                                signal.notify_one();
                             }
                         }
                         async_nats::Event::Disconnected => {
+                            flag.store(true, Ordering::Release);
                             tracing::warn!("nats connection lost; reconnecting")
                         }
                         other => tracing::debug!(event = %other, "nats event"),
@@ -88,8 +87,7 @@ impl NatsBroker {
             })
             .connect(cfg.url.as_str())
             .await
-            .map_err(|e| BrokerError::Unavailable(format!("{}: {e}", cfg.url)))?;
-        connected_once.store(true, Ordering::Release);
+            .map_err(|e| BrokerError::Unavailable(format!("{}: {e}", redacted(&cfg.url))))?;
 
         let io = cfg.io_timeout.0;
         let control = client
@@ -101,6 +99,13 @@ impl NatsBroker {
             move |m: async_nats::Message| inbound.control(m.payload)
         }));
 
+        tokio::spawn(watch_reconnections(
+            client.clone(),
+            reconnected,
+            inbound.clone(),
+            io,
+            stop.clone(),
+        ));
         let (outgoing, queue) = mpsc::unbounded_channel();
         tokio::spawn(publisher(client.clone(), queue, stop.clone()));
         let (sync, requests) = mpsc::unbounded_channel();
@@ -121,21 +126,12 @@ impl NatsBroker {
     }
 
     fn send(&self, subject: String, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (done, answer) = oneshot::channel();
-        let queued = self.outgoing.send(Outgoing {
+        ask(&self.outgoing, |done| Outgoing {
             subject,
             payload,
             done,
-        });
-        Box::pin(async move {
-            queued.map_err(|_| stopped())?;
-            answer.await.map_err(|_| stopped())?
         })
     }
-}
-
-fn stopped() -> BrokerError {
-    BrokerError::Unavailable("broker stopped".into())
 }
 
 impl Drop for NatsBroker {
@@ -167,15 +163,8 @@ impl Broker for NatsBroker {
     }
 
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (done, answer) = oneshot::channel();
-        let queued = self.sync.send(SyncRequest {
-            channel: channel.to_string(),
-            done,
-        });
-        Box::pin(async move {
-            queued.map_err(|_| stopped())?;
-            answer.await.map_err(|_| stopped())?
-        })
+        let channel = channel.to_string();
+        ask(&self.sync, |done| SyncRequest { channel, done })
     }
 }
 
@@ -205,7 +194,46 @@ async fn publisher(
     }
 }
 
-/// Owns the per-channel subscriptions and keeps them matching the hub.
+/// Reports a reconnection once the server has this client's subscriptions
+/// again (a flush after the client re-sent them). The connection state is
+/// also polled, in case the client's event was lost.
+async fn watch_reconnections(
+    client: async_nats::Client,
+    signal: Arc<Notify>,
+    inbound: Inbound,
+    io: Duration,
+    stop: CancellationToken,
+) {
+    let mut was_down = false;
+    loop {
+        let notified = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = signal.notified() => true,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+        };
+        match client.connection_state() {
+            State::Connected => {}
+            State::Disconnected => {
+                was_down = true;
+                continue;
+            }
+            State::Pending => continue,
+        }
+        if !(notified || was_down) {
+            continue;
+        }
+        if matches!(tokio::time::timeout(io, client.flush()).await, Ok(Ok(()))) {
+            was_down = false;
+            tracing::info!("nats reconnected");
+            inbound.reconnected();
+        } else {
+            was_down = true;
+        }
+    }
+}
+
+/// Owns the per-channel subscriptions and keeps them matching the hub;
+/// channels whose subscription failed are tried again every second.
 async fn subscriber(
     client: async_nats::Client,
     prefix: String,
@@ -215,46 +243,73 @@ async fn subscriber(
     stop: CancellationToken,
 ) {
     let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let r = tokio::select! {
+        let (channels, done) = tokio::select! {
             _ = stop.cancelled() => break,
-            r = requests.recv() => match r { Some(r) => r, None => break },
+            r = requests.recv() => match r {
+                Some(r) => (vec![r.channel], Some(r.done)),
+                None => break,
+            },
+            _ = retry.tick(), if !failed.is_empty() => (failed.drain().collect(), None),
         };
-        let want = inbound.has_subscribers(&r.channel);
-        let result = if want && !subs.contains_key(&r.channel) {
-            let subscribed = async {
-                let s = client.subscribe(subject(&prefix, &r.channel)).await?;
-                // The server has the subscription once a flush returns.
-                client.flush().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(s)
-            };
-            match tokio::time::timeout(io, subscribed).await {
-                Ok(Ok(s)) => {
-                    let inbound = inbound.clone();
-                    let task =
-                        tokio::spawn(forward(s, stop.clone(), move |m: async_nats::Message| {
-                            inbound.message(&m.payload)
-                        }));
-                    subs.insert(r.channel.clone(), task);
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
-                Err(_) => Err(BrokerError::Unavailable("nats subscribe timed out".into())),
+        let mut result = Ok(());
+        for channel in channels {
+            let outcome = sync(&client, &prefix, &inbound, &mut subs, &channel, io, &stop).await;
+            if let Err(e) = outcome {
+                tracing::warn!(channel, error = %e, "nats subscription failed; retrying");
+                failed.insert(channel);
+                result = Err(e);
             }
-        } else if !want {
-            // Dropping the subscriber unsubscribes it.
-            if let Some(task) = subs.remove(&r.channel) {
-                task.abort();
-            }
-            Ok(())
-        } else {
-            Ok(())
-        };
-        let _ = r.done.send(result);
+        }
+        if let Some(done) = done {
+            let _ = done.send(result);
+        }
     }
     for (_, task) in subs {
         task.abort();
     }
+}
+
+/// Subscribes or unsubscribes `channel` to match the hub.
+async fn sync(
+    client: &async_nats::Client,
+    prefix: &str,
+    inbound: &Inbound,
+    subs: &mut HashMap<String, JoinHandle<()>>,
+    channel: &str,
+    io: Duration,
+    stop: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let want = inbound.has_subscribers(channel);
+    if !want {
+        // Dropping the subscriber unsubscribes it.
+        if let Some(task) = subs.remove(channel) {
+            task.abort();
+        }
+        return Ok(());
+    }
+    if subs.contains_key(channel) {
+        return Ok(());
+    }
+    let subscribed = async {
+        let s = client.subscribe(subject(prefix, channel)).await?;
+        // The server has the subscription once a flush returns.
+        client.flush().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(s)
+    };
+    let s = match tokio::time::timeout(io, subscribed).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(BrokerError::Unavailable(e.to_string())),
+        Err(_) => return Err(BrokerError::Unavailable("nats subscribe timed out".into())),
+    };
+    let inbound = inbound.clone();
+    let task = tokio::spawn(forward(s, stop.clone(), move |m: async_nats::Message| {
+        inbound.message(&m.payload)
+    }));
+    subs.insert(channel.to_string(), task);
+    Ok(())
 }
 
 async fn forward(

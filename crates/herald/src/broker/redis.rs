@@ -19,16 +19,16 @@ use futures_util::StreamExt;
 use herald_protocol::{PresenceEvent, Publication};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Inbound};
+use super::{ask, Broker, BrokerError, Inbound, Reply, SyncRequest};
 use crate::cluster::wire;
 use crate::config::RedisConfig;
 
 struct Job {
     cmd: Cmd,
-    reply: oneshot::Sender<Result<Value, BrokerError>>,
+    reply: Reply<Value>,
 }
 
 /// An ordered, pipelined command queue to one Redis.
@@ -121,14 +121,7 @@ impl RedisLink {
 
     /// Queues a command now; the future resolves with its reply.
     pub fn send(&self, cmd: Cmd) -> BoxFuture<'static, Result<Value, BrokerError>> {
-        let (reply, answer) = oneshot::channel();
-        let queued = self.queue.send(Job { cmd, reply });
-        Box::pin(async move {
-            queued.map_err(|_| BrokerError::Unavailable("redis link closed".into()))?;
-            answer
-                .await
-                .map_err(|_| BrokerError::Unavailable("redis link closed".into()))?
-        })
+        ask(&self.queue, |reply| Job { cmd, reply })
     }
 
     /// A key or channel name under the configured prefix.
@@ -146,9 +139,21 @@ impl RedisLink {
     }
 }
 
+/// How long a link that failed answers every command with an error at once,
+/// before it lets one batch try Redis again.
+const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
 async fn drain(mut conn: ConnectionManager, mut jobs: mpsc::UnboundedReceiver<Job>, io: Duration) {
     let mut batch = Vec::with_capacity(256);
+    // While Redis is failing, commands fail at once instead of each batch
+    // waiting out the timeout, so nothing piles up.
+    let mut down_until: Option<tokio::time::Instant> = None;
     while jobs.recv_many(&mut batch, 256).await > 0 {
+        if down_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            let replies = batch.drain(..).map(|job| job.reply).collect();
+            fail_all(replies, "redis is unreachable");
+            continue;
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let replies: Vec<_> = batch
@@ -159,8 +164,10 @@ async fn drain(mut conn: ConnectionManager, mut jobs: mpsc::UnboundedReceiver<Jo
             })
             .collect();
         let result = tokio::time::timeout(io, pipe.query_async::<Vec<Value>>(&mut conn)).await;
+        down_until = Some(tokio::time::Instant::now() + DOWN_PROBE_INTERVAL);
         match result {
             Ok(Ok(values)) => {
+                down_until = None;
                 for (reply, value) in replies.into_iter().zip(values) {
                     let _ = reply.send(value.extract_error().map_err(unavailable));
                 }
@@ -171,7 +178,7 @@ async fn drain(mut conn: ConnectionManager, mut jobs: mpsc::UnboundedReceiver<Jo
     }
 }
 
-fn fail_all(replies: Vec<oneshot::Sender<Result<Value, BrokerError>>>, why: &str) {
+fn fail_all(replies: Vec<Reply<Value>>, why: &str) {
     for reply in replies {
         let _ = reply.send(Err(BrokerError::Unavailable(why.to_string())));
     }
@@ -187,12 +194,6 @@ pub fn redacted(url: &str) -> String {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_string(),
     }
-}
-
-/// A request to the pub/sub task to match the hub for one channel.
-struct SyncRequest {
-    channel: String,
-    done: oneshot::Sender<Result<(), BrokerError>>,
 }
 
 pub struct RedisBroker {
@@ -301,16 +302,9 @@ impl Broker for RedisBroker {
     }
 
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (done, answer) = oneshot::channel();
-        let queued = self.syncs[self.shards.index(channel)].send(SyncRequest {
-            channel: channel.to_string(),
-            done,
-        });
-        Box::pin(async move {
-            queued.map_err(|_| BrokerError::Unavailable("broker stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| BrokerError::Unavailable("broker stopped".into()))?
+        let channel = channel.to_string();
+        ask(&self.syncs[self.shards.index(&channel)], |done| {
+            SyncRequest { channel, done }
         })
     }
 }
@@ -365,15 +359,17 @@ async fn pubsub_task(
 ) {
     let mut current = Some(first);
     let mut backoff = Duration::from_millis(50);
+    let mut retry_at = tokio::time::Instant::now();
     loop {
         let mut ps = match current.take() {
             Some(ps) => ps,
             None => {
-                // Answer requests while disconnected: the reconnection
-                // subscribes to whatever the hub has by then.
+                // Answer requests while disconnected (the reconnection
+                // subscribes to whatever the hub has by then), without
+                // putting the next attempt off.
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep_until(retry_at) => {}
                     Some(r) = requests.recv() => {
                         let _ = r.done.send(Err(BrokerError::Unavailable("redis is unreachable; reconnecting".into())));
                         continue;
@@ -388,6 +384,7 @@ async fn pubsub_task(
                     }
                     Err(e) => {
                         backoff = (backoff * 2).min(Duration::from_secs(2));
+                        retry_at = tokio::time::Instant::now() + backoff;
                         tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub reconnect failed");
                         continue;
                     }

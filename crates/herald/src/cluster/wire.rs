@@ -1,5 +1,6 @@
 //! How publications and join/leave events travel between nodes: one JSON
-//! object per message. A publication is `{"o":<offset>,"c":<channel>,"p":<pub>}`
+//! object per message. A publication is
+//! `{"o":<offset>,"e":<epoch>,"c":<channel>,"p":<pub>}`
 //! where `<pub>` is the protocol's publication object; the offset leads so
 //! that a Redis script can assign it and prepend it to the rest (the
 //! [`publication_tail`]). A join or leave is `{"j":true|false,"c":…,"i":<info>}`.
@@ -38,13 +39,18 @@ pub fn publication_tail(p: &Publication) -> Vec<u8> {
     out
 }
 
-/// A complete publication message, offset included.
+/// A complete publication message, offset and epoch included.
 pub fn encode_publication_message(p: &Publication) -> Bytes {
     let tail = publication_tail(p);
-    let mut out = Vec::with_capacity(tail.len() + 24);
+    let mut out = Vec::with_capacity(tail.len() + 48);
     out.extend_from_slice(b"{\"o\":");
     out.extend_from_slice(p.offset.to_string().as_bytes());
     out.push(b',');
+    if let Some(epoch) = &p.epoch {
+        out.extend_from_slice(b"\"e\":");
+        write_str(&mut out, epoch);
+        out.push(b',');
+    }
     out.extend_from_slice(&tail);
     Bytes::from(out)
 }
@@ -67,6 +73,8 @@ pub fn encode_presence_message(e: &PresenceEvent) -> Bytes {
 struct Envelope<'a> {
     #[serde(default)]
     o: u64,
+    #[serde(default)]
+    e: Option<String>,
     c: String,
     #[serde(borrow, default)]
     p: Option<&'a RawValue>,
@@ -96,6 +104,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     if env.o > 0 {
         publication.offset = env.o;
     }
+    publication.epoch = env.e.map(Arc::from);
     Ok(Message::Publication(publication))
 }
 
@@ -127,19 +136,21 @@ mod tests {
             Some(info.clone()),
         )
         .with_offset(7)
+        .with_epoch(Arc::from("ep"))
         .with_tags(tags);
         let Message::Publication(back) = decode(&encode_publication_message(&p)).unwrap() else {
             panic!("not a publication");
         };
         assert_eq!(back.json_push(), p.json_push());
+        assert_eq!(back.epoch.as_deref(), Some("ep"));
 
         // What a Redis script produces from the tail.
-        let mut scripted = b"{\"o\":9,".to_vec();
+        let mut scripted = b"{\"o\":9,\"e\":\"x\",".to_vec();
         scripted.extend_from_slice(&publication_tail(&p));
         let Message::Publication(back) = decode(&scripted).unwrap() else {
             panic!("not a publication");
         };
-        assert_eq!(back.offset, 9);
+        assert_eq!((back.offset, back.epoch.as_deref()), (9, Some("x")));
 
         let e = PresenceEvent::new(Arc::from("room"), info, false);
         let Message::Presence(back) = decode(&encode_presence_message(&e)).unwrap() else {

@@ -113,9 +113,9 @@ impl RedisConfig {
             format!("redis://{address}")
         };
         if !self.password.is_empty() {
-            if let Some(rest) = url.strip_prefix("redis://") {
+            if let Some((scheme, rest)) = url.split_once("://") {
                 let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                url = format!("redis://:{}@{host}", self.password);
+                url = format!("{scheme}://:{}@{host}", percent_encode(&self.password));
             }
         }
         if let Some(db) = self.db {
@@ -124,6 +124,19 @@ impl RedisConfig {
         }
         url
     }
+}
+
+/// A URL component with everything but unreserved characters escaped.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Splits `redis://host:port/3` into the part before the database and it.
@@ -361,6 +374,9 @@ mod tests {
         assert_eq!(r.urls(), ["redis://:pw@127.0.0.1:6380/3"]);
         r.address = "redis://:old@h:1/5, h2:2".into();
         assert_eq!(r.urls(), ["redis://:pw@h:1/3", "redis://:pw@h2:2/3"]);
+        r.password = "a/b@c#d".into();
+        r.address = "rediss://h:1".into();
+        assert_eq!(r.urls(), ["rediss://:a%2Fb%40c%23d@h:1/3"]);
     }
 
     #[test]

@@ -113,7 +113,11 @@ fn presence_events_go_to_subscribers_that_asked() {
 }
 
 fn positioned(ch: &str, offset: u64) -> Arc<Publication> {
-    Arc::new(Publication::new(Arc::from(ch), Bytes::from_static(b"{}"), None).with_offset(offset))
+    Arc::new(
+        Publication::new(Arc::from(ch), Bytes::from_static(b"{}"), None)
+            .with_offset(offset)
+            .with_epoch(Arc::from("e1")),
+    )
 }
 
 fn offsets(p: &Probe) -> Vec<u64> {
@@ -156,27 +160,46 @@ fn a_gap_in_offsets_stops_delivery_and_asks_for_recovery() {
 }
 
 #[test]
-fn a_subscribe_position_and_a_new_stream_are_respected() {
+fn subscribe_positions_and_new_streams_are_respected() {
     let hub = Hub::new();
     let a = probe("1");
     hub.subscribe("s", a.clone(), false);
     // The subscribe reply said 10: 12 means 11 was lost.
-    hub.observe_offset("s", 10);
+    hub.observe_position("s", 10, "e1");
     assert_eq!(hub.deliver(&positioned("s", 12)), 0);
     assert_eq!(insufficient_count(&a), 1);
 
-    let b = probe("2");
+    // Before anything is delivered the lowest position given counts; once
+    // publications flow, a later subscriber's higher position changes
+    // nothing (what it has read is still on its way to the others).
+    let (b, c) = (probe("2"), probe("3"));
     hub.subscribe("t", b.clone(), false);
-    hub.deliver(&positioned("t", 7));
-    // A stream that starts over (new epoch) begins again at 1.
-    assert_eq!(hub.deliver(&positioned("t", 1)), 1);
+    hub.observe_position("t", 7, "e1");
+    hub.observe_position("t", 5, "e1");
+    assert_eq!(hub.deliver(&positioned("t", 6)), 1);
+    hub.subscribe("t", c.clone(), false);
+    hub.observe_position("t", 9, "e1");
+    assert_eq!(hub.deliver(&positioned("t", 7)), 2);
+    assert_eq!(hub.deliver(&positioned("t", 8)), 2);
+    assert_eq!(offsets(&b), [6, 7, 8]);
+    assert_eq!(insufficient_count(&b), 0);
     // Unpositioned publications are never checked.
-    assert_eq!(hub.deliver(&publication("t")), 1);
-    assert_eq!(offsets(&b), [7, 1, 0]);
+    assert_eq!(hub.deliver(&publication("t")), 2);
+    // A stream that starts over (a new epoch, Redis lost it) sends every
+    // subscriber to recover, whatever its offset.
+    let restarted = Arc::new(
+        Publication::new(Arc::from("t"), Bytes::from_static(b"{}"), None)
+            .with_offset(1)
+            .with_epoch(Arc::from("e2")),
+    );
+    assert_eq!(hub.deliver(&restarted), 0);
+    assert_eq!((insufficient_count(&b), insufficient_count(&c)), (1, 1));
 
     // After a broker reconnection, positioned channels resync.
-    hub.resync(|ch| ch == "t");
-    assert_eq!(insufficient_count(&b), 1);
+    let d = probe("4");
+    hub.subscribe("u", d.clone(), false);
+    hub.resync(|ch| ch == "u");
+    assert_eq!(insufficient_count(&d), 1);
     assert_eq!(insufficient_count(&a), 1);
 }
 
@@ -217,4 +240,24 @@ fn a_gap_is_filled_from_the_stream_in_order() {
     hub.finish_fill("t", None);
     assert_eq!(offsets(&b), [1]);
     assert_eq!(insufficient_count(&b), 1);
+}
+
+#[test]
+fn the_first_publications_of_a_stream_keep_their_order() {
+    let hub = Hub::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64| {
+        log.lock().push(after)
+    }));
+    let a = probe("1");
+    hub.subscribe("v", a.clone(), false);
+    // Subscribed to an empty stream; 2 (from another node) overtakes 1.
+    hub.observe_position("v", 0, "e1");
+    assert_eq!(hub.deliver(&positioned("v", 2)), 0);
+    assert_eq!(*asked.lock(), [0]);
+    hub.finish_fill("v", Some(vec![positioned("v", 1), positioned("v", 2)]));
+    assert_eq!(hub.deliver(&positioned("v", 1)), 0);
+    assert_eq!(hub.deliver(&positioned("v", 3)), 1);
+    assert_eq!(offsets(&a), [1, 2, 3]);
 }

@@ -33,8 +33,10 @@ return 1
 /// KEYS: expiry set, data hash. ARGV: now.
 const GET: &str = r#"
 local expired = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1])
+for i = 1, #expired, 1000 do
+  redis.call('hdel', KEYS[2], unpack(expired, i, math.min(i + 999, #expired)))
+end
 if #expired > 0 then
-  redis.call('hdel', KEYS[2], unpack(expired))
   redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
 end
 return redis.call('hgetall', KEYS[2])

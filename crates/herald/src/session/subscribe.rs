@@ -74,8 +74,10 @@ impl Session {
         self.enter_channel(&channel, state, join_leave_push).await;
         match self.position(&channel, &req, &options, &mut result).await {
             Ok(top) => {
+                if !result.epoch.is_empty() {
+                    self.node.hub.observe_position(&channel, top, &result.epoch);
+                }
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
-                self.node.hub.observe_offset(&channel, top);
                 handle.finish_buffering(&channel, top, false);
                 self.announce(&channel).await;
             }

@@ -30,7 +30,7 @@ if not epoch then
   redis.call('del', KEYS[1])
 end
 if ARGV[4] ~= '0' then redis.call('expire', KEYS[2], ARGV[4]) end
-local message = '{"o":' .. top .. ',' .. ARGV[1]
+local message = '{"o":' .. top .. ',"e":"' .. epoch .. '",' .. ARGV[1]
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], top .. '-1', 'd', message, 't', ARGV[6])
 if ARGV[3] ~= '0' then redis.call('expire', KEYS[1], ARGV[3]) end
 redis.call('publish', KEYS[3], message)
@@ -166,7 +166,10 @@ impl Store for RedisStore {
                 .get(1)
                 .and_then(as_string)
                 .ok_or_else(|| backend("no epoch"))?;
-            Ok((Arc::new(publication.with_offset(offset)), epoch))
+            let stored = publication
+                .with_offset(offset)
+                .with_epoch(Arc::from(epoch.as_str()));
+            Ok((Arc::new(stored), epoch))
         })
     }
 
