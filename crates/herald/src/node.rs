@@ -260,7 +260,10 @@ impl Node {
                     .await
                     .map_err(|e| {
                         tracing::warn!(channel, error = %e, "publish failed");
-                        ProtocolError::INTERNAL
+                        match e {
+                            StoreError::Broker(_) => ProtocolError::BROKER_UNAVAILABLE,
+                            _ => ProtocolError::INTERNAL,
+                        }
                     })?;
                 PublishResult {
                     offset: stored.offset,
@@ -273,7 +276,7 @@ impl Node {
                     .await
                     .map_err(|e| {
                         tracing::warn!(channel, error = %e, "publish failed");
-                        ProtocolError::INTERNAL
+                        ProtocolError::BROKER_UNAVAILABLE
                     })?;
                 PublishResult::default()
             }
@@ -371,7 +374,7 @@ impl Node {
         let message = cluster::encode_user_command(&self.uid, target, action);
         self.broker.publish_control(message).await.map_err(|e| {
             tracing::warn!(error = %e, "command not sent to the other nodes");
-            ProtocolError::INTERNAL
+            ProtocolError::BROKER_UNAVAILABLE
         })
     }
 

@@ -710,6 +710,7 @@ async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
                 continue;
             }
             assert!(status != 200 || reply.get("error").is_some(), "{reply}");
+            assert!(reply.to_string().contains("broker unavailable"), "{reply}");
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(broker.restart());
         }
