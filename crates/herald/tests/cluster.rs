@@ -251,6 +251,50 @@ fn redis_engine(url: &str, prefix: &str) -> Value {
     json!({ "engine": { "type": "redis", "redis": { "address": url, "prefix": prefix } } })
 }
 
+/// How many connections are subscribed to a Redis pub/sub channel.
+fn numsub(url: &str, key: &str) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-u", url, "PUBSUB", "NUMSUB", key])
+        .output()
+        .expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_subscribe_on_redis_only_while_they_have_subscribers() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique("t");
+    let cfg = redis_engine(&url, &prefix);
+    let nodes: Vec<Node> = ["a", "b"].iter().map(|n| Node::start(n, &cfg)).collect();
+    let key = format!("{prefix}.client.chat:only");
+    assert_eq!(numsub(&url, &key), 0);
+    let mut first = nodes[0].client("u1").await;
+    let mut second = nodes[0].client("u2").await;
+    subscribe(&mut first, "chat:only").await;
+    subscribe(&mut second, "chat:only").await;
+    // One subscription per node, however many local subscribers.
+    assert_eq!(numsub(&url, &key), 1);
+    let mut other = nodes[1].client("u3").await;
+    subscribe(&mut other, "chat:only").await;
+    assert_eq!(numsub(&url, &key), 2);
+    first
+        .cmd(json!({"unsubscribe": {"channel": "chat:only"}}))
+        .await;
+    assert_eq!(numsub(&url, &key), 2);
+    second.close().await;
+    eventually(
+        "node a unsubscribed after its last subscriber left",
+        || async { numsub(&url, &key) == 1 },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_acts_as_one_server() {
     let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
