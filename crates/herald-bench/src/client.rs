@@ -1,23 +1,35 @@
-//! A protocol v2 JSON client over one WebSocket: connect, subscribe, publish
-//! and read publications, answering the server's pings. Every scenario
-//! speaks to the server through it.
+//! A protocol client over one WebSocket: connect, subscribe, publish and
+//! read stamped publications, answering the server's pings. It speaks v2 or
+//! v1 JSON ([`Protocol`]) and may bind a chosen loopback source address so
+//! large runs do not run out of ephemeral ports. Every scenario speaks to
+//! the server through it.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::Disconnect;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
-/// Pushes kept while waiting for a reply (publications that overtook it);
-/// past this many the connection is abandoned with [`ClientError::Overflow`].
-pub const MAX_STASHED_PUSHES: usize = 65_536;
+use crate::protocol::{Kind, Protocol, Stamp};
+use crate::target::Target;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// Deliveries kept while waiting for a reply (publications that overtook
+/// it); past this many the connection is abandoned with
+/// [`ClientError::Overflow`].
+pub const MAX_STASHED: usize = 65_536;
+
+/// Read buffer of each client socket. Small, because idle and storm runs
+/// hold tens of thousands of connections in one process; a larger message
+/// simply takes more reads.
+pub const READ_BUFFER: usize = 8 * 1024;
+
+type Socket = WebSocketStream<TcpStream>;
 
 /// What went wrong with a connection or a command.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +47,7 @@ pub enum ClientError {
     Reply { code: u32, message: String },
     #[error("unreadable message from the server: {0}")]
     Garbled(String),
-    #[error("more than {MAX_STASHED_PUSHES} pushes arrived while waiting for a reply")]
+    #[error("more than {MAX_STASHED} pushes arrived while waiting for a reply")]
     Overflow,
 }
 
@@ -55,21 +67,22 @@ impl ClientError {
 }
 
 /// A publication pushed to a subscriber.
-#[derive(Debug, Deserialize)]
-pub struct Publication {
-    #[serde(default)]
-    pub channel: String,
-    pub data: Box<RawValue>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Carries a load-generator stamp.
+    Stamped(Stamp),
+    /// Someone else's publication (the start of the message, for reports).
+    Unstamped(String),
 }
 
-/// One message from the server: a reply (`id` > 0), a push, or a ping (`{}`).
+/// A reply, either protocol: v2 puts results under the method's name, v1
+/// under `result`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Incoming {
-    id: u32,
+struct Reply {
     error: Option<ErrorBody>,
     connect: Option<ConnectBody>,
-    push: Option<PushBody>,
+    result: Option<ConnectBody>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,12 +99,23 @@ struct ConnectBody {
     pong: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// A push without a stamp: v2 `{"push":{…}}`, v1 `{"result":{…}}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PushEnvelope {
+    push: Option<PushBody>,
+    result: Option<PushBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct PushBody {
-    #[serde(default)]
-    channel: String,
     #[serde(rename = "pub")]
-    publication: Option<Publication>,
+    publication: Option<serde::de::IgnoredAny>,
+    /// v1: the publication is `data` of a push without `type`.
+    data: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "type")]
+    kind: u32,
     disconnect: Option<DisconnectBody>,
 }
 
@@ -102,68 +126,72 @@ struct DisconnectBody {
     reason: String,
 }
 
-#[derive(Serialize)]
-struct ConnectReq<'a> {
-    #[serde(skip_serializing_if = "str::is_empty")]
-    token: &'a str,
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct ChannelReq<'a> {
-    channel: &'a str,
-}
-
-#[derive(Serialize)]
-struct PublishReq<'a> {
-    channel: &'a str,
-    data: &'a RawValue,
+/// One message worth returning from [`Client::read`].
+enum Msg {
+    Reply(u32, Reply),
+    Delivery(Delivery),
 }
 
 /// One connected (protocol-level) client.
 pub struct Client {
     socket: Socket,
+    protocol: Protocol,
     next_id: u32,
-    /// Whether the server wants `{}` back for each ping.
+    /// Whether the server wants `{}` back for each ping (v2).
     pong: bool,
-    /// Messages of the last frame not yet handled.
-    inbox: VecDeque<String>,
-    /// Publications read while waiting for a reply.
-    stash: VecDeque<Publication>,
+    /// The last frame read and how far its messages have been handled.
+    frame: Utf8Bytes,
+    pos: usize,
+    /// Deliveries read while waiting for a reply.
+    stash: VecDeque<Delivery>,
     /// The id the server gave this client.
     pub client_id: String,
 }
 
 impl Client {
-    /// Opens the WebSocket and completes the connect command, both within
-    /// `timeout`. An empty token sends none.
-    pub async fn connect(url: &str, token: &str, timeout: Duration) -> Result<Self, ClientError> {
-        tokio::time::timeout(timeout, Self::connect_inner(url, token))
+    /// Opens the WebSocket (from `source` when given) and completes the
+    /// connect command, both within `timeout`. An empty token sends none.
+    pub async fn connect(
+        target: &Target,
+        token: &str,
+        source: Option<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        tokio::time::timeout(timeout, Self::connect_inner(target, token, source))
             .await
             .map_err(|_| ClientError::Timeout(timeout, "connect"))?
     }
 
-    async fn connect_inner(url: &str, token: &str) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+    async fn connect_inner(
+        target: &Target,
+        token: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Self, ClientError> {
+        let tcp = dial(target.addr, source)
             .await
             .map_err(|e| ClientError::Open(e.to_string()))?;
-        if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
-            tcp.set_nodelay(true).ok();
-        }
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0);
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(config))
+                .await
+                .map_err(|e| ClientError::Open(e.to_string()))?;
         let mut client = Self {
             socket,
+            protocol: target.protocol,
             next_id: 0,
             pong: false,
-            inbox: VecDeque::new(),
+            frame: Utf8Bytes::default(),
+            pos: 0,
             stash: VecDeque::new(),
             client_id: String::new(),
         };
-        let req = ConnectReq {
-            token,
-            name: "herald-bench",
-        };
-        let reply = client.request("connect", &req).await?;
-        let result = reply.connect.unwrap_or_default();
+        let id = client.next_id();
+        let reply = client
+            .request(id, client.protocol.connect(id, token))
+            .await?;
+        let result = reply.connect.or(reply.result).unwrap_or_default();
         client.pong = result.pong;
         client.client_id = result.client;
         Ok(client)
@@ -171,8 +199,9 @@ impl Client {
 
     /// Subscribes to `channel` and waits for the reply.
     pub async fn subscribe(&mut self, channel: &str, timeout: Duration) -> Result<(), ClientError> {
-        let req = ChannelReq { channel };
-        tokio::time::timeout(timeout, self.request("subscribe", &req))
+        let id = self.next_id();
+        let cmd = self.protocol.subscribe(id, channel);
+        tokio::time::timeout(timeout, self.request(id, cmd))
             .await
             .map_err(|_| ClientError::Timeout(timeout, "subscribe"))??;
         Ok(())
@@ -183,11 +212,12 @@ impl Client {
     pub async fn publish(
         &mut self,
         channel: &str,
-        data: &RawValue,
+        data: &str,
         timeout: Duration,
     ) -> Result<(), ClientError> {
-        let req = PublishReq { channel, data };
-        tokio::time::timeout(timeout, self.request("publish", &req))
+        let id = self.next_id();
+        let cmd = self.protocol.publish(id, channel, data);
+        tokio::time::timeout(timeout, self.request(id, cmd))
             .await
             .map_err(|_| ClientError::Timeout(timeout, "publish"))??;
         Ok(())
@@ -195,14 +225,23 @@ impl Client {
 
     /// The next publication on any subscribed channel. Not bounded in time:
     /// callers race it against their own deadline.
-    pub async fn next_publication(&mut self) -> Result<Publication, ClientError> {
-        if let Some(p) = self.stash.pop_front() {
-            return Ok(p);
+    pub async fn next_delivery(&mut self) -> Result<Delivery, ClientError> {
+        if let Some(d) = self.stash.pop_front() {
+            return Ok(d);
         }
         loop {
-            let msg = self.read().await?;
-            if let Some(p) = Self::take_push(msg)? {
-                return Ok(p);
+            if let Msg::Delivery(d) = self.read().await? {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// Reads until the connection ends; for idle connections, which only
+    /// answer pings. Returns why it ended.
+    pub async fn idle(&mut self) -> ClientError {
+        loop {
+            if let Err(e) = self.read().await {
+                return e;
             }
         }
     }
@@ -212,54 +251,35 @@ impl Client {
         let _ = self.socket.close(None).await;
     }
 
-    /// Sends `{"id":N,"<method>":<body>}` and waits for its reply, keeping
-    /// publications that arrive meanwhile.
-    async fn request(
-        &mut self,
-        method: &str,
-        body: &impl Serialize,
-    ) -> Result<Incoming, ClientError> {
+    fn next_id(&mut self) -> u32 {
         self.next_id += 1;
-        let id = self.next_id;
-        let body = serde_json::to_string(body).map_err(|e| ClientError::Garbled(e.to_string()))?;
-        self.send(format!("{{\"id\":{id},\"{method}\":{body}}}"))
-            .await?;
-        loop {
-            let msg = self.read().await?;
-            if msg.id == id {
-                if let Some(e) = msg.error {
-                    return Err(ClientError::Reply {
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-                return Ok(msg);
-            }
-            if let Some(p) = Self::take_push(msg)? {
-                if self.stash.len() >= MAX_STASHED_PUSHES {
-                    return Err(ClientError::Overflow);
-                }
-                self.stash.push_back(p);
-            }
-        }
+        self.next_id
     }
 
-    /// Handles a message that is not the awaited reply: turns a disconnect
-    /// push into an error, returns a publication, ignores the rest (other
-    /// pushes, stray replies).
-    fn take_push(msg: Incoming) -> Result<Option<Publication>, ClientError> {
-        let Some(push) = msg.push else {
-            return Ok(None);
-        };
-        if let Some(d) = push.disconnect {
-            return Err(ClientError::Closed(Disconnect::new(d.code, d.reason)));
-        }
-        Ok(push.publication.map(|mut p| {
-            if p.channel.is_empty() {
-                p.channel = push.channel;
+    /// Sends command `id` and waits for its reply, keeping deliveries that
+    /// arrive meanwhile.
+    async fn request(&mut self, id: u32, cmd: String) -> Result<Reply, ClientError> {
+        self.send(cmd).await?;
+        loop {
+            match self.read().await? {
+                Msg::Reply(got, reply) if got == id => {
+                    if let Some(e) = reply.error {
+                        return Err(ClientError::Reply {
+                            code: e.code,
+                            message: e.message,
+                        });
+                    }
+                    return Ok(reply);
+                }
+                Msg::Reply(..) => {}
+                Msg::Delivery(d) => {
+                    if self.stash.len() >= MAX_STASHED {
+                        return Err(ClientError::Overflow);
+                    }
+                    self.stash.push_back(d);
+                }
             }
-            p
-        }))
+        }
     }
 
     async fn send(&mut self, text: String) -> Result<(), ClientError> {
@@ -269,37 +289,73 @@ impl Client {
             .map_err(|e| ClientError::Lost(e.to_string()))
     }
 
-    /// The next protocol message; pings (`{}`) are answered here and never
-    /// returned.
-    async fn read(&mut self) -> Result<Incoming, ClientError> {
+    /// The next reply or delivery. Pings are answered and other pushes
+    /// skipped here; a disconnect push becomes an error.
+    async fn read(&mut self) -> Result<Msg, ClientError> {
         loop {
-            while let Some(line) = self.inbox.pop_front() {
-                let msg: Incoming = serde_json::from_str(&line)
-                    .map_err(|e| ClientError::Garbled(format!("{e}: {line:.200}")))?;
-                if msg.id == 0 && msg.push.is_none() {
+            let Some((start, end)) = self.next_line() else {
+                self.read_frame().await?;
+                continue;
+            };
+            let line = &self.frame.as_str()[start..end];
+            match self.protocol.classify(line) {
+                Kind::Stamped(s) => return Ok(Msg::Delivery(Delivery::Stamped(s))),
+                Kind::Reply(id) => {
+                    let reply = serde_json::from_str(line)
+                        .map_err(|e| ClientError::Garbled(format!("{e}: {line:.200}")))?;
+                    return Ok(Msg::Reply(id, reply));
+                }
+                Kind::Push => {
+                    if let Some(d) = Self::unstamped_push(line)? {
+                        return Ok(Msg::Delivery(d));
+                    }
+                }
+                Kind::Ping => {
                     if self.pong {
                         self.send("{}".into()).await?;
                     }
-                    continue;
                 }
-                return Ok(msg);
+                Kind::Other => {}
             }
-            self.read_frame().await?;
         }
     }
 
-    /// Reads one WebSocket message into the inbox (one line per protocol
-    /// message).
+    /// The bounds of the next non-empty message in the current frame.
+    fn next_line(&mut self) -> Option<(usize, usize)> {
+        let text = self.frame.as_str();
+        while self.pos < text.len() {
+            let start = self.pos;
+            let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+            self.pos = end + 1;
+            if !text[start..end].trim().is_empty() {
+                return Some((start, end));
+            }
+        }
+        None
+    }
+
+    /// A push without a stamp: a disconnect is an error, a publication is
+    /// returned, anything else (join, leave, …) is skipped.
+    fn unstamped_push(line: &str) -> Result<Option<Delivery>, ClientError> {
+        let env: PushEnvelope = serde_json::from_str(line)
+            .map_err(|e| ClientError::Garbled(format!("{e}: {line:.200}")))?;
+        let Some(push) = env.push.or(env.result) else {
+            return Ok(None);
+        };
+        if let Some(d) = push.disconnect {
+            return Err(ClientError::Closed(Disconnect::new(d.code, d.reason)));
+        }
+        let is_pub = push.publication.is_some() || (push.kind == 0 && push.data.is_some());
+        Ok(is_pub.then(|| Delivery::Unstamped(line.chars().take(100).collect())))
+    }
+
+    /// Reads one WebSocket text message as the current frame.
     async fn read_frame(&mut self) -> Result<(), ClientError> {
         loop {
             match self.socket.next().await {
                 Some(Ok(Message::Text(t))) => {
-                    self.inbox.extend(
-                        t.as_str()
-                            .split('\n')
-                            .filter(|l| !l.trim().is_empty())
-                            .map(str::to_owned),
-                    );
+                    self.frame = t;
+                    self.pos = 0;
                     return Ok(());
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -315,4 +371,19 @@ impl Client {
             }
         }
     }
+}
+
+/// Opens a TCP connection to `addr`, bound to `source` when given.
+async fn dial(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

@@ -8,8 +8,11 @@
 //! prints a scenario's [`report`].
 
 pub mod api;
+pub mod bare;
 pub mod client;
 pub mod limits;
+pub mod procfs;
+pub mod protocol;
 pub mod report;
 pub mod scenario;
 pub mod stats;

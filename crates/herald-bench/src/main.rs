@@ -1,12 +1,14 @@
-//! The `herald-bench` binary: parses flags, runs one scenario, prints its
-//! report. Targets must be loopback addresses.
+//! The `herald-bench` binary: parses flags, runs one scenario (or the bare
+//! reference server), prints its report. Targets must be loopback
+//! addresses.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use herald_bench::protocol::Protocol;
 use herald_bench::report;
-use herald_bench::scenario::{durable_publish, fanout};
+use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
 use herald_bench::target::{Auth, Target};
 
 #[derive(Parser)]
@@ -26,8 +28,21 @@ enum Scenario {
     /// acknowledged publications/s and publish latency.
     DurablePublish(DurablePublishArgs),
     /// Subscribers on one channel, publications through the HTTP API at a
-    /// fixed rate: deliveries/s, delivery latency, losses.
+    /// fixed rate: deliveries/s, delivery latency, losses, server CPU per
+    /// delivery.
     Fanout(FanoutArgs),
+    /// Connections each subscribed to its own channel, held idle: server
+    /// memory per connection.
+    Idle(IdleArgs),
+    /// Personal and group channels, publications to random ones: exact
+    /// deliveries, latency, losses.
+    ManyChannels(ManyChannelsArgs),
+    /// Clients connecting and subscribing with bounded concurrency:
+    /// connects/s, failures, server CPU per connect.
+    ConnectStorm(ConnectStormArgs),
+    /// A minimal fan-out WebSocket server with no protocol logic, as a
+    /// reference for what this machine can do.
+    BareServer(herald_bench::bare::Options),
 }
 
 /// Flags every scenario takes.
@@ -36,6 +51,9 @@ struct Common {
     /// WebSocket endpoint of the server (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
     url: String,
+    /// Client protocol the server speaks.
+    #[arg(long, value_enum, default_value_t = Protocol::V2Json)]
+    protocol: Protocol,
     /// Connection token sent by every connection.
     #[arg(long, conflicts_with = "hmac_secret")]
     token: Option<String>,
@@ -44,38 +62,72 @@ struct Common {
     /// are anonymous (a `--dev` server).
     #[arg(long)]
     hmac_secret: Option<String>,
-    /// Measured time, e.g. `10s`, `1m` (bare numbers are seconds).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Time before the measurement: load runs but is not recorded.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
     /// Print only the JSON report (one line).
     #[arg(long)]
     json: bool,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Exit with an error unless every connection opened and stayed open,
+    /// every publication was acknowledged and nothing was lost (for smoke
+    /// tests; speed is never checked).
+    #[arg(long)]
+    strict: bool,
 }
 
-impl Common {
-    fn target(&self) -> anyhow::Result<Target> {
-        Ok(Target::parse(&self.url)?)
-    }
+/// Timing of scenarios with a measured window.
+#[derive(Args)]
+struct Timing {
+    /// Measured time, e.g. `10s`, `1m` (bare numbers are seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time before the measurement: load runs but is not recorded.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+}
 
-    fn auth(&self) -> Auth {
-        match (&self.token, &self.hmac_secret) {
-            (Some(t), _) => Auth::Token(t.clone()),
-            (None, Some(s)) => Auth::Hmac(s.clone()),
-            (None, None) => Auth::None,
-        }
-    }
+/// Flags of scenarios that open many connections.
+#[derive(Args)]
+struct Many {
+    /// PID of the server process, to read its CPU time and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Bind connections round robin to 127.0.0.1 … 127.0.0.K (each source
+    /// address has ~28k ephemeral ports); chosen automatically when needed.
+    #[arg(long)]
+    source_ips: Option<usize>,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+}
+
+/// Flags of scenarios that publish over HTTP.
+#[derive(Args)]
+struct Publishing {
+    /// Server API key (`http_api.key`), sent as X-API-Key; none for a `--dev` server.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Publish endpoint taking `{"channel":…,"data":…}`; by default the
+    /// server API's /api/publish next to --url.
+    #[arg(long)]
+    publish_url: Option<String>,
+    /// Publications per second, all publishers together.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Concurrent HTTP publishers sharing the rate.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Size in bytes of each publication's data (at least the stamp).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
 }
 
 #[derive(Args)]
 struct DurablePublishArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    timing: Timing,
     /// Channels are `<prefix>-0` … `<prefix>-<channels-1>`; the namespace
     /// (before `:`) decides the history storage.
     #[arg(long, default_value = "durable:bench")]
@@ -94,19 +146,92 @@ struct DurablePublishArgs {
 struct FanoutArgs {
     #[command(flatten)]
     common: Common,
-    /// Server API key (`http_api.key`), sent as X-API-Key; none for a `--dev` server.
-    #[arg(long)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    timing: Timing,
+    #[command(flatten)]
+    many: Many,
+    #[command(flatten)]
+    publishing: Publishing,
     #[arg(long, default_value = "bench")]
     channel: String,
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
-    /// Publications per second through the HTTP API.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
-    /// Size in bytes of each publication's data (at least the timestamp).
-    #[arg(long, default_value_t = 100)]
-    payload: usize,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    many: Many,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Connection i subscribes to `<prefix>.<i>`.
+    #[arg(long, default_value = "idle")]
+    channel_prefix: String,
+    /// Wait after connecting before the first memory reading.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Then hold the connections this long before the second reading.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    hold: Duration,
+}
+
+#[derive(Args)]
+struct ManyChannelsArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    timing: Timing,
+    #[command(flatten)]
+    many: Many,
+    #[command(flatten)]
+    publishing: Publishing,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Connections per group channel.
+    #[arg(long, default_value_t = 10)]
+    group_size: usize,
+    /// Share of publications sent to a group channel (else personal).
+    #[arg(long, default_value_t = 0.5)]
+    group_ratio: f64,
+    /// Channel names start with this (e.g. `ns:`).
+    #[arg(long, default_value = "")]
+    channel_prefix: String,
+}
+
+#[derive(Args)]
+struct ConnectStormArgs {
+    #[command(flatten)]
+    common: Common,
+    /// PID of the server process, to read its CPU time from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Bind connections round robin to 127.0.0.1 … 127.0.0.K.
+    #[arg(long)]
+    source_ips: Option<usize>,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Client i subscribes to `<prefix>.<i>`.
+    #[arg(long, default_value = "storm")]
+    channel_prefix: String,
+}
+
+impl Common {
+    fn target(&self) -> anyhow::Result<Target> {
+        Ok(Target::parse(&self.url)?.with_protocol(self.protocol))
+    }
+
+    fn auth(&self) -> Auth {
+        match (&self.token, &self.hmac_secret) {
+            (Some(t), _) => Auth::Token(t.clone()),
+            (None, Some(s)) => Auth::Hmac(s.clone()),
+            (None, None) => Auth::None,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -116,16 +241,55 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Longest any run may take beyond what its flags ask for (connecting,
+/// draining, closing); past it the process exits.
+const RUN_SLACK: Duration = Duration::from_secs(120);
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+    if let Scenario::BareServer(o) = cli.scenario {
+        return match herald_bench::bare::serve(o).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herald-bench bare-server: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let limit = cli.scenario.planned() + RUN_SLACK;
+    match tokio::time::timeout(limit, run(cli)).await {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("herald-bench: {e:#}");
             std::process::ExitCode::FAILURE
         }
+        Err(_) => {
+            eprintln!("herald-bench: the run did not end within {limit:?}; stopped");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+impl Scenario {
+    /// How long the flags ask the run to last.
+    fn planned(&self) -> Duration {
+        match self {
+            Scenario::DurablePublish(a) => a.timing.warmup + a.timing.duration,
+            Scenario::Fanout(a) => a.timing.warmup + a.timing.duration,
+            Scenario::ManyChannels(a) => a.timing.warmup + a.timing.duration,
+            Scenario::Idle(a) => a.settle + a.hold,
+            Scenario::ConnectStorm(_) | Scenario::BareServer(_) => Duration::ZERO,
+        }
+    }
+}
+
+/// With `--strict`, fails when `clean` is false.
+fn strict(c: &Common, clean: bool) -> anyhow::Result<()> {
+    if c.strict && !clean {
+        anyhow::bail!("--strict: not every connection opened and stayed open, or something was lost or failed (see the report)");
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -139,38 +303,128 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 channels: a.channels,
                 publishers: a.publishers,
                 payload: a.payload,
-                duration: c.duration,
-                warmup: c.warmup,
+                duration: a.timing.duration,
+                warmup: a.timing.warmup,
                 progress: !c.quiet,
             };
             let r = durable_publish::run(&options)
                 .await
                 .context("durable-publish")?;
             report::print(&r, c.json);
+            strict(c, r.connected == r.publishers && r.errors.total == 0)?;
             if r.acked == 0 {
                 anyhow::bail!("no publication was acknowledged (see the errors above)");
             }
         }
         Scenario::Fanout(a) => {
-            let c = &a.common;
+            let (c, p) = (&a.common, a.publishing);
             let options = fanout::Options {
                 target: c.target()?,
                 auth: c.auth(),
-                api_key: a.api_key,
+                api_key: p.api_key,
+                publish_url: p.publish_url,
                 channel: a.channel,
                 subscribers: a.subscribers,
-                rate: a.rate,
-                payload: a.payload,
-                duration: c.duration,
-                warmup: c.warmup,
+                rate: p.rate,
+                publishers: p.publishers,
+                payload: p.payload,
+                duration: a.timing.duration,
+                warmup: a.timing.warmup,
                 progress: !c.quiet,
+                server_pid: a.many.server_pid,
+                source_ips: a.many.source_ips,
+                connect_concurrency: a.many.connect_concurrency,
             };
             let r = fanout::run(&options).await.context("fanout")?;
             report::print(&r, c.json);
+            strict(
+                c,
+                r.connected == r.subscribers
+                    && r.lost == 0
+                    && r.subscribers_dropped == 0
+                    && r.publish_errors.total == 0
+                    && r.subscriber_errors.total == 0,
+            )?;
             if r.delivered == 0 {
                 anyhow::bail!("no publication was delivered (see the errors above)");
             }
         }
+        Scenario::Idle(a) => {
+            let c = &a.common;
+            let options = idle::Options {
+                target: c.target()?,
+                auth: c.auth(),
+                connections: a.connections,
+                channel_prefix: a.channel_prefix,
+                settle: a.settle,
+                hold: a.hold,
+                server_pid: a.many.server_pid,
+                source_ips: a.many.source_ips,
+                connect_concurrency: a.many.connect_concurrency,
+                progress: !c.quiet,
+            };
+            let r = idle::run(&options).await.context("idle")?;
+            report::print(&r, c.json);
+            strict(c, r.connected == r.connections && r.dropped == 0)?;
+        }
+        Scenario::ManyChannels(a) => {
+            let (c, p) = (&a.common, a.publishing);
+            let options = many_channels::Options {
+                target: c.target()?,
+                auth: c.auth(),
+                api_key: p.api_key,
+                publish_url: p.publish_url,
+                channel_prefix: a.channel_prefix,
+                connections: a.connections,
+                group_size: a.group_size,
+                group_ratio: a.group_ratio,
+                rate: p.rate,
+                publishers: p.publishers,
+                payload: p.payload,
+                duration: a.timing.duration,
+                warmup: a.timing.warmup,
+                progress: !c.quiet,
+                server_pid: a.many.server_pid,
+                source_ips: a.many.source_ips,
+                connect_concurrency: a.many.connect_concurrency,
+            };
+            let r = many_channels::run(&options)
+                .await
+                .context("many-channels")?;
+            report::print(&r, c.json);
+            strict(
+                c,
+                r.connected == r.connections
+                    && r.lost == 0
+                    && r.subscribers_dropped == 0
+                    && r.publish_errors.total == 0,
+            )?;
+            if r.delivered == 0 {
+                anyhow::bail!("no publication was delivered (see the errors above)");
+            }
+        }
+        Scenario::ConnectStorm(a) => {
+            let c = &a.common;
+            let options = connect_storm::Options {
+                target: c.target()?,
+                auth: c.auth(),
+                clients: a.clients,
+                concurrency: a.concurrency,
+                channel_prefix: a.channel_prefix,
+                server_pid: a.server_pid,
+                source_ips: a.source_ips,
+                progress: !c.quiet,
+            };
+            let r = connect_storm::run(&options)
+                .await
+                .context("connect-storm")?;
+            report::print(&r, c.json);
+            strict(c, r.connected == r.clients)?;
+            if r.connected == 0 {
+                anyhow::bail!("no client connected (see the errors above)");
+            }
+        }
+        Scenario::BareServer(_) => unreachable!("handled in main"),
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::stats::Summary;
+use crate::stats::{Summary, Usage};
 
 /// A scenario's result.
 pub trait Report: Serialize {
@@ -78,7 +78,7 @@ impl Table {
     }
 
     pub fn row(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Self {
-        let _ = writeln!(self.out, "  {name:<26} {value}");
+        let _ = writeln!(self.out, "  {name:<30} {value}");
         self
     }
 
@@ -100,10 +100,30 @@ impl Table {
         )
     }
 
+    /// Server and load-generator CPU over the measured window.
+    pub fn usage(&mut self, u: &Usage) -> &mut Self {
+        match (u.server_cpu_s, u.server_cpu_percent) {
+            (Some(s), Some(p)) => self.row(
+                "server CPU",
+                format_args!("{s:.2} s ({p:.0}% of a core) over {:.1} s", u.seconds),
+            ),
+            _ => self.row("server CPU", "not measured (pass --server-pid)"),
+        };
+        self.row(
+            "load generator CPU",
+            format_args!("{:.0}% of a core", u.loadgen_cpu_percent),
+        )
+    }
+
     pub fn errors(&mut self, e: &ErrorCounts) -> &mut Self {
-        self.row("errors", e.total);
+        self.errors_named("errors", e)
+    }
+
+    /// Error counts under their own label.
+    pub fn errors_named(&mut self, name: &str, e: &ErrorCounts) -> &mut Self {
+        self.row(name, e.total);
         for (kind, k) in &e.by_kind {
-            let _ = writeln!(self.out, "    {kind:<24} {}  e.g. {}", k.count, k.example);
+            let _ = writeln!(self.out, "    {kind:<28} {}  e.g. {}", k.count, k.example);
         }
         self
     }

@@ -1,20 +1,27 @@
 //! Scenarios, one module each, and what they share: run timing (warm-up
 //! then a measured window), opening many connections with bounded
-//! concurrency, payload building and the open-file check.
+//! concurrency from spread source addresses, payload building and the
+//! checks of the open-file limit and ephemeral ports.
 
+pub mod connect_storm;
 pub mod durable_publish;
 pub mod fanout;
+pub mod idle;
+pub mod many_channels;
+pub mod publisher;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::client::ClientError;
+use crate::client::{Client, ClientError};
 use crate::limits;
 use crate::report::ErrorCounts;
-use crate::target::TargetError;
+use crate::stats::{Latency, Usage};
+use crate::target::{Auth, Target, TargetError};
 
 /// Longest a connection may take to open and complete its connect (and
 /// subscribe) commands; slower ones count as failed.
@@ -39,6 +46,8 @@ pub enum ScenarioError {
     NoConnections(ClientError),
     #[error("invalid option: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Ports(String),
 }
 
 /// Timing shared by a scenario's tasks.
@@ -75,9 +84,39 @@ pub fn check_file_limit(connections: usize) -> Result<(), ScenarioError> {
     }
 }
 
+/// Fails with advice when `connections` would run out of ephemeral ports;
+/// otherwise returns the source addresses to bind round robin (none: let
+/// the kernel choose).
+pub fn plan_sources(
+    connections: usize,
+    requested: Option<usize>,
+    target: &Target,
+) -> Result<Vec<IpAddr>, ScenarioError> {
+    limits::source_addresses(
+        connections,
+        requested,
+        target.addr,
+        limits::ephemeral_ports(),
+    )
+    .map_err(ScenarioError::Ports)
+}
+
 /// Runs `open(i)` for `i` in `0..n`, at most [`CONNECT_CONCURRENCY`] at
 /// once; returns what opened (in no particular order) and the failures.
 pub async fn open_many<T, F, Fut>(n: usize, open: F) -> (Vec<T>, ErrorCounts, Option<ClientError>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    open_many_with(n, CONNECT_CONCURRENCY, open).await
+}
+
+/// [`open_many`] with `concurrency` opening at once.
+pub async fn open_many_with<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    open: F,
+) -> (Vec<T>, ErrorCounts, Option<ClientError>)
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
@@ -87,7 +126,7 @@ where
     let mut first = None;
     let mut results = futures_util::stream::iter(0..n)
         .map(open)
-        .buffer_unordered(CONNECT_CONCURRENCY);
+        .buffer_unordered(concurrency.max(1));
     while let Some(r) = results.next().await {
         match r {
             Ok(t) => opened.push(t),
@@ -98,6 +137,119 @@ where
         }
     }
     (opened, errors, first)
+}
+
+/// Connections that opened, each with its number.
+pub struct Opened {
+    pub clients: Vec<(usize, Client)>,
+    pub errors: ErrorCounts,
+    pub first_error: Option<ClientError>,
+    /// Time from starting to open to the last subscribe reply, per client.
+    pub latency: Latency,
+}
+
+/// How to open a batch of subscribed connections.
+pub struct Dialer<'a> {
+    pub target: &'a Target,
+    pub auth: &'a Auth,
+    /// Source addresses, round robin (empty: the kernel chooses).
+    pub sources: &'a [IpAddr],
+    pub concurrency: usize,
+}
+
+impl Dialer<'_> {
+    /// Opens `n` connections; connection `i` subscribes to `channels(i)` in
+    /// order. Progress (opened so far) goes to `progress`.
+    pub async fn open(
+        &self,
+        n: usize,
+        channels: impl Fn(usize) -> Vec<String>,
+        progress: &crate::stats::Progress,
+    ) -> Result<Opened, ScenarioError> {
+        let tokens = (0..n)
+            .map(|i| self.auth.token(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channels = &channels;
+        let tokens = &tokens;
+        let (opened, errors, first_error) = open_many_with(n, self.concurrency, |i| async move {
+            let started = tokio::time::Instant::now();
+            let source = (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()]);
+            let r = async {
+                let mut c =
+                    Client::connect(self.target, &tokens[i], source, CONNECT_TIMEOUT).await?;
+                for ch in channels(i) {
+                    c.subscribe(&ch, CONNECT_TIMEOUT).await?;
+                }
+                Ok((i, c, started.elapsed()))
+            }
+            .await;
+            match &r {
+                Ok((_, _, took)) => progress.complete(*took),
+                Err(_) => progress.error(),
+            }
+            r
+        })
+        .await;
+        let mut latency = Latency::new();
+        let clients = opened
+            .into_iter()
+            .map(|(i, c, took)| {
+                latency.record(took);
+                (i, c)
+            })
+            .collect();
+        Ok(Opened {
+            clients,
+            errors,
+            first_error,
+            latency,
+        })
+    }
+}
+
+/// Measures [`Usage`] over `window` in the background.
+pub fn meter_window(
+    server: Option<u32>,
+    window: Window,
+    progress: std::sync::Arc<crate::stats::Progress>,
+) -> tokio::task::JoinHandle<Usage> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.measure_from).await;
+        meter_until(server, window.end, &progress).await
+    })
+}
+
+/// Measures [`Usage`] from now until `end`.
+pub async fn meter_until(
+    server: Option<u32>,
+    end: Instant,
+    progress: &crate::stats::Progress,
+) -> Usage {
+    use crate::procfs::{CpuMark, Process};
+    use std::sync::atomic::Ordering::Relaxed;
+    let started = Instant::now();
+    let server_mark = server.map(|pid| CpuMark::start(Process::Pid(pid)));
+    let me = CpuMark::start(Process::Me);
+    let done = progress.done.load(Relaxed);
+    tokio::time::sleep_until(end).await;
+    let server_use = server_mark.and_then(|m| m.since());
+    Usage {
+        seconds: started.elapsed().as_secs_f64(),
+        operations: progress.done.load(Relaxed) - done,
+        server_cpu_s: server_use.map(|u| u.0),
+        server_cpu_percent: server_use.map(|u| u.1 * 100.0),
+        loadgen_cpu_percent: me.since().map_or(0.0, |u| u.1 * 100.0),
+    }
+}
+
+/// Checks that `--server-pid` names a readable process.
+pub fn check_server_pid(pid: Option<u32>) -> Result<(), ScenarioError> {
+    match pid {
+        Some(p) if crate::procfs::Process::Pid(p).cpu().is_none() => Err(ScenarioError::Invalid(
+            format!("--server-pid {p}: no such process readable in /proc"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A JSON object `{<fields>,"pad":"xxx…"}` padded to `size` bytes (or the

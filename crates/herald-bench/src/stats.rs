@@ -78,6 +78,32 @@ pub struct Summary {
     pub max_us: u64,
 }
 
+/// CPU of the server and of the load generator over the measured window,
+/// and the operations completed in it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    /// Wall-clock seconds measured.
+    pub seconds: f64,
+    /// Operations completed in the window (deliveries received).
+    pub operations: u64,
+    /// Server CPU-seconds (user + system), with `--server-pid`.
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU as a share of one core, in percent.
+    pub server_cpu_percent: Option<f64>,
+    /// This process's CPU as a share of one core, in percent: near 100
+    /// (or the number of cores it may use) means the load generator, not
+    /// the server, set the pace.
+    pub loadgen_cpu_percent: f64,
+}
+
+impl Usage {
+    /// Server CPU-seconds per million operations.
+    pub fn server_cpu_s_per_million(&self) -> Option<f64> {
+        let cpu = self.server_cpu_s?;
+        (self.operations > 0).then(|| cpu * 1e6 / self.operations as f64)
+    }
+}
+
 /// A tick this close after the end of the warm-up still reports it (the
 /// ticker and the warm-up start together, so they end together).
 const PHASE_SLACK: Duration = Duration::from_millis(100);

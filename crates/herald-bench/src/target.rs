@@ -3,10 +3,12 @@
 //! (a load generator must not be pointed at someone else's machine by
 //! accident).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::protocol::Protocol;
 
 /// Why a target cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,41 +72,62 @@ impl Auth {
     }
 }
 
-/// A checked WebSocket URL on a loopback host.
+/// A checked WebSocket URL on a loopback host, and the protocol to speak.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub ws_url: String,
+    /// The server's socket address (`localhost` is 127.0.0.1).
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
     /// `host:port` of the server, used to derive the HTTP API address.
     authority: String,
-    secure: bool,
 }
 
 impl Target {
-    /// Parses and checks a `ws://` or `wss://` URL.
+    /// Parses and checks a `ws://` URL (TLS is not spoken: targets are on
+    /// this machine).
     pub fn parse(url: &str) -> Result<Self, TargetError> {
         let bad = |why: &str| TargetError::BadUrl(url.to_string(), why.to_string());
         let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        let secure = match uri.scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
-            _ => return Err(bad("use ws:// or wss://")),
-        };
+        if uri.scheme_str() != Some("ws") {
+            return Err(bad("use ws:// (loopback targets need no TLS)"));
+        }
         let host = uri.host().ok_or_else(|| bad("no host"))?;
         check_loopback(host)?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = bare
+            .parse::<IpAddr>()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let authority = uri.authority().ok_or_else(|| bad("no host"))?.to_string();
         Ok(Self {
             ws_url: url.to_string(),
+            addr: SocketAddr::new(ip, uri.port_u16().unwrap_or(80)),
+            protocol: Protocol::default(),
             authority,
-            secure,
         })
+    }
+
+    /// The same target spoken to with `protocol`.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// The server API URL for `method` on the same host and port, e.g.
     /// `http://127.0.0.1:8000/api/publish`.
     pub fn api_url(&self, method: &str) -> String {
-        let scheme = if self.secure { "https" } else { "http" };
-        format!("{scheme}://{}/api/{method}", self.authority)
+        format!("http://{}/api/{method}", self.authority)
     }
+}
+
+/// Checks that an HTTP URL (such as a publish endpoint) is on loopback.
+pub fn check_http_url(url: &str) -> Result<(), TargetError> {
+    let bad = |why: &str| TargetError::BadUrl(url.to_string(), why.to_string());
+    let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+    if !matches!(uri.scheme_str(), Some("http")) {
+        return Err(bad("use http://"));
+    }
+    check_loopback(uri.host().ok_or_else(|| bad("no host"))?)
 }
 
 /// Accepts `localhost` and loopback IP literals (IPv6 possibly bracketed).
@@ -137,6 +160,12 @@ mod tests {
     fn api_url_from_ws_url() {
         let t = Target::parse("ws://127.0.0.1:8000/connection/websocket").unwrap();
         assert_eq!(t.api_url("publish"), "http://127.0.0.1:8000/api/publish");
+        assert_eq!(t.addr, "127.0.0.1:8000".parse().unwrap());
+        let t = Target::parse("ws://localhost:9/x").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9".parse().unwrap());
+        assert!(Target::parse("wss://127.0.0.1:8000/").is_err());
+        assert!(check_http_url("http://127.0.0.1:8000/publish").is_ok());
+        assert!(check_http_url("http://192.0.2.1/publish").is_err());
         assert!(Target::parse("http://127.0.0.1:8000/").is_err());
         assert!(Target::parse("ws://192.0.2.1:8000/").is_err());
     }

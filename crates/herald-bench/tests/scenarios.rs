@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use herald::config::{self, Overrides};
 use herald::server::Server;
-use herald_bench::scenario::{durable_publish, fanout};
+use herald_bench::bare::BareServer;
+use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
 use herald_bench::target::{Auth, Target};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -106,13 +107,19 @@ async fn fanout(target: Target, auth: Auth, api_key: Option<&str>, channel: &str
         target,
         auth,
         api_key: api_key.map(str::to_owned),
+        publish_url: None,
         channel: channel.into(),
         subscribers: 5,
         rate: 50.0,
+        publishers: 2,
         payload: 100,
         duration: Duration::from_secs(1),
         warmup: Duration::from_millis(200),
         progress: false,
+        // This very process serves, so its CPU is what gets charged.
+        server_pid: Some(std::process::id()),
+        source_ips: Some(2),
+        connect_concurrency: 4,
     };
     let r = tokio::time::timeout(SCENARIO_LIMIT, fanout::run(&options))
         .await
@@ -126,6 +133,96 @@ async fn fanout(target: Target, auth: Auth, api_key: Option<&str>, channel: &str
     assert_eq!(r.out_of_order, 0, "{r:?}");
     assert_eq!(r.subscribers_dropped, 0, "{r:?}");
     assert!(r.latency.count > 0, "{r:?}");
+    assert!(r.usage.server_cpu_s.is_some(), "{r:?}");
+    assert!(r.usage.operations > 0, "{r:?}");
+}
+
+async fn idle(target: Target, auth: Auth) {
+    let options = idle::Options {
+        target,
+        auth,
+        connections: 20,
+        channel_prefix: "plain:idle".into(),
+        settle: Duration::from_millis(200),
+        hold: Duration::from_millis(300),
+        server_pid: Some(std::process::id()),
+        source_ips: None,
+        connect_concurrency: 8,
+        progress: false,
+    };
+    let r = tokio::time::timeout(SCENARIO_LIMIT, idle::run(&options))
+        .await
+        .expect("scenario ends in time")
+        .expect("scenario runs");
+    assert_eq!(r.connected, 20, "{r:?}");
+    assert_eq!(r.connect_errors.total, 0, "{r:?}");
+    assert_eq!(r.dropped, 0, "{r:?}");
+    assert!(
+        r.rss_before.is_some() && r.rss_after_hold.is_some(),
+        "{r:?}"
+    );
+    assert!(r.rss_per_connection.is_some(), "{r:?}");
+    assert_eq!(r.connect_latency.count, 20, "{r:?}");
+}
+
+async fn many_channels(target: Target, auth: Auth, api_key: Option<&str>) {
+    let options = many_channels::Options {
+        target,
+        auth,
+        api_key: api_key.map(str::to_owned),
+        publish_url: None,
+        channel_prefix: "plain:".into(),
+        connections: 12,
+        group_size: 4,
+        group_ratio: 0.5,
+        rate: 200.0,
+        publishers: 3,
+        payload: 80,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        progress: false,
+        server_pid: None,
+        source_ips: None,
+        connect_concurrency: 4,
+    };
+    let r = tokio::time::timeout(SCENARIO_LIMIT, many_channels::run(&options))
+        .await
+        .expect("scenario ends in time")
+        .expect("scenario runs");
+    assert_eq!(r.connected, 12, "{r:?}");
+    assert!(r.published > 100, "{r:?}");
+    assert_eq!(r.publish_errors.total, 0, "{r:?}");
+    // Each publication reaches one personal subscriber or a group of 4.
+    assert!(
+        r.expected > r.published && r.expected < r.published * 4,
+        "{r:?}"
+    );
+    assert_eq!(r.delivered, r.expected, "{r:?}");
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert_eq!(r.subscribers_dropped, 0, "{r:?}");
+    assert!(r.usage.server_cpu_s.is_none(), "{r:?}");
+}
+
+async fn connect_storm(target: Target, auth: Auth) {
+    let options = connect_storm::Options {
+        target,
+        auth,
+        clients: 50,
+        concurrency: 10,
+        channel_prefix: "plain:storm".into(),
+        server_pid: Some(std::process::id()),
+        source_ips: None,
+        progress: false,
+    };
+    let r = tokio::time::timeout(SCENARIO_LIMIT, connect_storm::run(&options))
+        .await
+        .expect("scenario ends in time")
+        .expect("scenario runs");
+    assert_eq!(r.connected, 50, "{r:?}");
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert!(r.connects_per_s > 0.0, "{r:?}");
+    assert_eq!(r.latency.count, 50, "{r:?}");
+    assert!(r.server_cpu_ms_per_connect.is_some(), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,6 +233,9 @@ async fn scenarios_against_a_dev_server() {
     durable_publish(server.target(), Auth::None, "hist:bench").await;
     durable_publish(server.target(), Auth::None, "plain:bench").await;
     fanout(server.target(), Auth::None, None, "hist:fan").await;
+    idle(server.target(), Auth::None).await;
+    many_channels(server.target(), Auth::None, None).await;
+    connect_storm(server.target(), Auth::None).await;
     server.stop().await;
 }
 
@@ -150,7 +250,9 @@ async fn scenarios_with_tokens_and_api_key() {
     let server = Running::start(config, false).await;
     let auth = Auth::Hmac(SECRET.into());
     durable_publish(server.target(), auth.clone(), "hist:bench").await;
-    fanout(server.target(), auth, Some(API_KEY), "plain:fan").await;
+    fanout(server.target(), auth.clone(), Some(API_KEY), "plain:fan").await;
+    many_channels(server.target(), auth.clone(), Some(API_KEY)).await;
+    connect_storm(server.target(), auth).await;
     server.stop().await;
 }
 
@@ -176,4 +278,24 @@ async fn wrong_secret_is_reported_not_hidden() {
     let err = durable_publish::run(&options).await.unwrap_err();
     assert!(err.to_string().contains("no connection"), "{err}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_and_storm_against_the_bare_server() {
+    let bare = BareServer::bind("127.0.0.1".parse().unwrap(), 0)
+        .await
+        .unwrap();
+    let addr = bare.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(bare.run(async move { stopped.cancelled().await }));
+    let target = Target::parse(&format!("ws://{addr}/connection/websocket")).unwrap();
+    fanout(target.clone(), Auth::None, None, "any").await;
+    connect_storm(target, Auth::None).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("bare server stops in time")
+        .unwrap()
+        .unwrap();
 }

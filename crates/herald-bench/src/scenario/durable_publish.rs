@@ -111,10 +111,15 @@ pub async fn run(o: &Options) -> Result<DurablePublishReport, ScenarioError> {
     let tokens = (0..o.publishers)
         .map(|i| o.auth.token(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let url = &o.target.ws_url;
+    let (url, target) = (&o.target.ws_url, &o.target);
     let (clients, connect_errors, first) = open_many(o.publishers, |i| {
         let token = &tokens[i];
-        async move { Ok((i, Client::connect(url, token, CONNECT_TIMEOUT).await?)) }
+        async move {
+            Ok((
+                i,
+                Client::connect(target, token, None, CONNECT_TIMEOUT).await?,
+            ))
+        }
     })
     .await;
     if clients.is_empty() {
@@ -200,7 +205,7 @@ async fn publish_loop(
         if started >= window.end {
             break;
         }
-        match client.publish(&channel, &data, REPLY_TIMEOUT).await {
+        match client.publish(&channel, data.get(), REPLY_TIMEOUT).await {
             Ok(()) => {
                 let took = started.elapsed();
                 progress.complete(took);

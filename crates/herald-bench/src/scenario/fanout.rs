@@ -1,29 +1,36 @@
-//! `fanout` (simple version): N subscribers on one channel; publications go
-//! through the HTTP API at a fixed rate, each stamped with its send time, and
+//! `fanout`: N subscribers on one channel; publications go through an HTTP
+//! publish endpoint at a fixed rate, each stamped with its send time, and
 //! every subscriber measures delivery latency (receive time minus stamp).
-//! Publisher and subscribers share this process's monotonic clock.
+//! Publishers and subscribers share this process's monotonic clock. With
+//! `--server-pid`, the server's CPU over the measured window is charged to
+//! the deliveries made in it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{check_file_limit, open_many, padded_object, ScenarioError, Window};
-use super::{CONNECT_TIMEOUT, DRAIN_TIMEOUT, REPLY_TIMEOUT};
+use super::publisher::{self, Clock, Plan};
+use super::{check_file_limit, check_server_pid, meter_window, plan_sources, Dialer};
+use super::{ScenarioError, Usage, DRAIN_TIMEOUT, REPLY_TIMEOUT};
 use crate::api::Api;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Delivery};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Latency, Progress, Summary};
-use crate::target::{Auth, Target};
+use crate::target::{check_http_url, Auth, Target};
 
-/// Highest publish rate accepted (publications per second); the publisher
-/// sends one request at a time, so far less is reachable anyway.
+/// Highest publish rate accepted (publications per second).
 pub const MAX_RATE: f64 = 100_000.0;
+
+/// A run "keeps up" when it delivers at least this share of what was
+/// offered, loses nothing, drops no subscriber and its p99 stays under
+/// [`KEEP_UP_P99`].
+pub const KEEP_UP_SHARE: f64 = 0.95;
+pub const KEEP_UP_P99: Duration = Duration::from_millis(250);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -32,15 +39,24 @@ pub struct Options {
     pub auth: Auth,
     /// `X-API-Key` for the server API; `None` for a `--dev` server.
     pub api_key: Option<String>,
+    /// Publish endpoint; the server API's `/api/publish` when `None`.
+    pub publish_url: Option<String>,
     pub channel: String,
     pub subscribers: usize,
     /// Publications per second.
     pub rate: f64,
+    /// Concurrent HTTP publishers sharing the rate.
+    pub publishers: usize,
     /// Size in bytes of each publication's JSON data (at least the stamp).
     pub payload: usize,
     pub duration: Duration,
     pub warmup: Duration,
     pub progress: bool,
+    /// The server's PID, to charge its CPU to the deliveries.
+    pub server_pid: Option<u32>,
+    /// Loopback source addresses to spread connections over.
+    pub source_ips: Option<usize>,
+    pub connect_concurrency: usize,
 }
 
 /// Every figure of a run.
@@ -48,19 +64,23 @@ pub struct Options {
 pub struct FanoutReport {
     pub scenario: &'static str,
     pub url: String,
+    pub protocol: &'static str,
     pub channel: String,
     pub subscribers: usize,
     pub rate: f64,
+    pub publishers: usize,
     pub payload_bytes: usize,
     pub warmup_s: f64,
     pub duration_s: f64,
     pub connected: usize,
     pub connect_errors: ErrorCounts,
-    /// Publications the API acknowledged over the whole run.
+    /// Publications the endpoint acknowledged over the whole run.
     pub published: u64,
     /// Acknowledged publications per second in the measured window.
     pub publish_rate: f64,
     pub publish_errors: ErrorCounts,
+    /// Deliveries asked for: rate × connected subscribers.
+    pub offered_per_s: f64,
     /// Deliveries over the whole run.
     pub delivered: u64,
     /// Deliveries of publications sent in the measured window, per second.
@@ -69,17 +89,24 @@ pub struct FanoutReport {
     pub latency: Summary,
     /// Acknowledged publications a connected subscriber never received.
     pub lost: u64,
-    /// Deliveries whose sequence number was not above the previous one.
+    /// Deliveries whose sequence number was not above the previous one of
+    /// the same publisher.
     pub out_of_order: u64,
     /// Subscribers whose connection ended before the run did.
     pub subscribers_dropped: usize,
     pub subscriber_errors: ErrorCounts,
+    /// CPU over the measured window; `operations` are deliveries received.
+    pub usage: Usage,
+    /// Server CPU-seconds per million deliveries (with `--server-pid`).
+    pub server_cpu_s_per_million: Option<f64>,
+    /// Whether the server kept up (see [`KEEP_UP_SHARE`]).
+    pub kept_up: bool,
 }
 
 impl Report for FanoutReport {
     fn table(&self) -> String {
-        Table::new("herald-bench fanout")
-            .row("url", &self.url)
+        let mut t = Table::new("herald-bench fanout");
+        t.row("url", format_args!("{} ({})", self.url, self.protocol))
             .row("channel", &self.channel)
             .row(
                 "subscribers connected",
@@ -93,101 +120,101 @@ impl Report for FanoutReport {
             .row(
                 "published",
                 format_args!(
-                    "{} ({:.1}/s of {}/s asked)",
-                    self.published, self.publish_rate, self.rate
+                    "{} ({:.1}/s of {}/s asked, {} publishers)",
+                    self.published, self.publish_rate, self.rate, self.publishers
                 ),
             )
             .row("delivered", self.delivered)
-            .row("delivered/s", format_args!("{:.0}", self.delivered_per_s))
+            .row(
+                "delivered/s",
+                format_args!(
+                    "{:.0} of {:.0} offered",
+                    self.delivered_per_s, self.offered_per_s
+                ),
+            )
             .latency("delivery latency", &self.latency)
             .row("lost", self.lost)
             .row("out of order", self.out_of_order)
             .row("subscribers dropped", self.subscribers_dropped)
             .row("publish errors", self.publish_errors.total)
             .errors(&self.subscriber_errors)
-            .finish()
+            .usage(&self.usage);
+        if let Some(c) = self.server_cpu_s_per_million {
+            t.row("server CPU per 1M deliveries", format_args!("{c:.2} s"));
+        }
+        t.row("kept up", self.kept_up).finish()
     }
-}
-
-/// The stamp inside each publication.
-#[derive(Deserialize)]
-struct Stamp {
-    seq: u64,
-    /// Send time in microseconds since the run's clock origin.
-    ts_us: u64,
 }
 
 /// What one subscriber measured.
 #[derive(Default)]
-struct Received {
-    latency: Latency,
-    delivered: u64,
-    out_of_order: u64,
-    errors: ErrorCounts,
-    dropped: bool,
+pub(super) struct Received {
+    pub latency: Latency,
+    pub delivered: u64,
+    pub out_of_order: u64,
+    pub errors: ErrorCounts,
+    pub dropped: bool,
 }
 
-/// The run's shared clock: stamps are microseconds since `origin`.
-#[derive(Clone, Copy)]
-struct Clock {
-    origin: Instant,
-    window: Window,
+impl Received {
+    /// The outcome of a subscriber task that panicked.
+    pub fn panicked(e: tokio::task::JoinError) -> Self {
+        let mut r = Received {
+            dropped: true,
+            ..Received::default()
+        };
+        r.errors.add("panic".into(), || e.to_string());
+        r
+    }
 }
 
-impl Clock {
-    fn now_us(&self) -> u64 {
-        self.origin
-            .elapsed()
-            .as_micros()
-            .try_into()
-            .unwrap_or(u64::MAX)
+fn validate(o: &Options) -> Result<(), ScenarioError> {
+    if o.subscribers == 0 || !(o.rate > 0.0 && o.rate <= MAX_RATE) || o.publishers == 0 {
+        return Err(ScenarioError::Invalid(format!(
+            "--subscribers and --publishers must be at least 1 and --rate in (0, {MAX_RATE}]"
+        )));
     }
-
-    fn measures_stamp(&self, ts_us: u64) -> bool {
-        self.window
-            .measures(self.origin + Duration::from_micros(ts_us))
+    if let Some(url) = &o.publish_url {
+        check_http_url(url)?;
     }
+    check_server_pid(o.server_pid)?;
+    check_file_limit(o.subscribers + o.publishers)
 }
 
 /// Runs the scenario: connect and subscribe everyone, publish for warm-up +
 /// duration, then wait (at most [`DRAIN_TIMEOUT`]) for deliveries.
 pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
-    if o.subscribers == 0 || !(o.rate > 0.0 && o.rate <= MAX_RATE) {
-        return Err(ScenarioError::Invalid(format!(
-            "--subscribers must be at least 1 and --rate in (0, {MAX_RATE}]"
-        )));
-    }
-    check_file_limit(o.subscribers + 1)?;
-    let api = Api::new(
-        o.target.api_url("publish"),
-        o.api_key.clone(),
-        REPLY_TIMEOUT,
-    )
-    .map_err(|e| ScenarioError::Invalid(e.to_string()))?;
-    let tokens = (0..o.subscribers)
-        .map(|i| o.auth.token(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (url, channel) = (&o.target.ws_url, &o.channel);
-    let (clients, connect_errors, first) = open_many(o.subscribers, |i| {
-        let token = &tokens[i];
-        async move {
-            let mut c = Client::connect(url, token, CONNECT_TIMEOUT).await?;
-            c.subscribe(channel, CONNECT_TIMEOUT).await?;
-            Ok(c)
-        }
-    })
-    .await;
-    if clients.is_empty() {
+    validate(o)?;
+    let sources = plan_sources(o.subscribers, o.source_ips, &o.target)?;
+    let publish_url = o
+        .publish_url
+        .clone()
+        .unwrap_or_else(|| o.target.api_url("publish"));
+    let api = Api::new(publish_url, o.api_key.clone(), REPLY_TIMEOUT)
+        .map_err(|e| ScenarioError::Invalid(e.to_string()))?;
+    let dialer = Dialer {
+        target: &o.target,
+        auth: &o.auth,
+        sources: &sources,
+        concurrency: o.connect_concurrency,
+    };
+    let opened = dialer
+        .open(
+            o.subscribers,
+            |_| vec![o.channel.clone()],
+            &Progress::default(),
+        )
+        .await?;
+    if opened.clients.is_empty() {
         return Err(ScenarioError::NoConnections(
-            first.unwrap_or(ClientError::Lost("no subscriber".into())),
+            opened
+                .first_error
+                .unwrap_or(ClientError::Lost("no subscriber".into())),
         ));
     }
-    let connected = clients.len();
+    let connected = opened.clients.len();
 
-    let clock = Clock {
-        origin: Instant::now(),
-        window: Window::starting_now(o.warmup, o.duration),
-    };
+    let clock = Clock::starting_now(o.warmup, o.duration);
     let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
     let ticker = o.progress.then(|| {
@@ -198,19 +225,34 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
             stop.clone(),
         )
     });
+    let meter = meter_window(o.server_pid, clock.window, progress.clone());
     let delivered_total = Arc::new(AtomicU64::new(0));
     let mut subs = JoinSet::new();
-    for client in clients {
+    for (_, client) in opened.clients {
         let (stop, progress, total) = (stop.clone(), progress.clone(), delivered_total.clone());
-        subs.spawn(receive_loop(client, clock, stop, progress, total));
+        subs.spawn(receive_loop(
+            client,
+            clock,
+            o.publishers,
+            stop,
+            progress,
+            total,
+        ));
     }
 
-    let sent = publish_loop(&api, o, clock, &progress).await;
+    let plan = Plan {
+        api: &api,
+        rate: o.rate,
+        publishers: o.publishers,
+        payload: o.payload,
+        pick: |_| (o.channel.clone(), connected as u64),
+    };
+    let sent = publisher::run(&plan, clock, &progress).await;
+    let usage = meter.await.unwrap_or_default();
 
     // Wait for the deliveries still in flight, bounded.
-    let expected = sent.published * connected as u64;
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
-    while delivered_total.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+    while delivered_total.load(Ordering::Relaxed) < sent.expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.cancel();
@@ -220,18 +262,11 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
     let mut subscriber_errors = ErrorCounts::default();
     let mut subscribers_dropped = 0;
     while let Some(joined) = subs.join_next().await {
-        let r = joined.unwrap_or_else(|e| {
-            let mut r = Received {
-                dropped: true,
-                ..Received::default()
-            };
-            r.errors.add("panic".into(), || e.to_string());
-            r
-        });
+        let r = joined.unwrap_or_else(Received::panicked);
         latency.merge(&r.latency);
         delivered += r.delivered;
         out_of_order += r.out_of_order;
-        lost += sent.published.saturating_sub(r.delivered);
+        lost += sent.acked.saturating_sub(r.delivered);
         subscriber_errors.merge(r.errors);
         subscribers_dropped += usize::from(r.dropped);
     }
@@ -239,111 +274,77 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
         let _ = t.await;
     }
     let secs = o.duration.as_secs_f64().max(1e-9);
+    let offered_per_s = o.rate * connected as f64;
+    let delivered_per_s = latency.count() as f64 / secs;
+    let latency = latency.summary();
+    let kept_up = delivered_per_s >= KEEP_UP_SHARE * offered_per_s
+        && lost == 0
+        && subscribers_dropped == 0
+        && latency.p99_us <= KEEP_UP_P99.as_micros() as u64;
     Ok(FanoutReport {
         scenario: "fanout",
-        url: url.clone(),
-        channel: channel.clone(),
+        url: o.target.ws_url.clone(),
+        protocol: o.target.protocol.name(),
+        channel: o.channel.clone(),
         subscribers: o.subscribers,
         rate: o.rate,
+        publishers: o.publishers,
         payload_bytes: o.payload,
         warmup_s: o.warmup.as_secs_f64(),
         duration_s: o.duration.as_secs_f64(),
         connected,
-        connect_errors,
-        published: sent.published,
+        connect_errors: opened.errors,
+        published: sent.acked,
         publish_rate: sent.measured as f64 / secs,
         publish_errors: sent.errors,
+        offered_per_s,
         delivered,
-        delivered_per_s: latency.count() as f64 / secs,
-        latency: latency.summary(),
+        delivered_per_s,
+        latency,
         lost,
         out_of_order,
         subscribers_dropped,
         subscriber_errors,
+        server_cpu_s_per_million: usage.server_cpu_s_per_million(),
+        usage,
+        kept_up,
     })
 }
 
-/// What the publisher did.
-struct Sent {
-    published: u64,
-    /// Acknowledged publications sent in the measured window.
-    measured: u64,
-    errors: ErrorCounts,
-}
-
-/// Publishes one request at a time on a fixed schedule (`k / rate` after
-/// the start) until the window ends; when the server is slower than the
-/// schedule, it publishes as fast as replies come and the achieved rate
-/// falls short of the asked one.
-async fn publish_loop(api: &Api, o: &Options, clock: Clock, progress: &Progress) -> Sent {
-    let interval = Duration::from_secs_f64(1.0 / o.rate);
-    let start = Instant::now();
-    let mut sent = Sent {
-        published: 0,
-        measured: 0,
-        errors: ErrorCounts::default(),
-    };
-    for seq in 0u64.. {
-        let due = start + interval.mul_f64(seq as f64);
-        // Behind schedule, the publisher does not catch up after the end:
-        // the achieved rate is the figure to read then.
-        if due >= clock.window.end || Instant::now() >= clock.window.end {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        let ts_us = clock.now_us();
-        let data = padded_object(&format!("\"seq\":{seq},\"ts_us\":{ts_us}"), o.payload);
-        let data = RawValue::from_string(data).expect("padded object is JSON");
-        progress.sent.fetch_add(1, Ordering::Relaxed);
-        match api.publish(&o.channel, &data).await {
-            Ok(()) => {
-                sent.published += 1;
-                sent.measured += u64::from(clock.measures_stamp(ts_us));
-            }
-            Err(e) => {
-                progress.error();
-                sent.errors.add(e.kind(), || e.to_string());
-            }
-        }
-    }
-    sent
-}
-
 /// One subscriber: read publications until told to stop or disconnected.
-async fn receive_loop(
+/// Out-of-order deliveries are counted per publisher (`publishers` of them).
+pub(super) async fn receive_loop(
     mut client: Client,
     clock: Clock,
+    publishers: usize,
     stop: CancellationToken,
     progress: Arc<Progress>,
     delivered_total: Arc<AtomicU64>,
 ) -> Received {
     let mut r = Received::default();
-    let mut last_seq = None;
+    let mut last_seq: Vec<Option<u64>> = vec![None; publishers];
     loop {
-        let publication = tokio::select! {
+        let delivery = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            p = client.next_publication() => p,
+            d = client.next_delivery() => d,
         };
-        let publication = match publication {
-            Ok(p) => p,
+        let s = match delivery {
+            Ok(Delivery::Stamped(s)) => s,
+            // Someone else's publication in the channel is counted, not fatal.
+            Ok(Delivery::Unstamped(text)) => {
+                progress.error();
+                r.errors.add("unstamped".into(), || {
+                    format!("publication without a stamp: {text}")
+                });
+                continue;
+            }
             Err(e) => {
                 progress.error();
                 r.errors.add(e.kind(), || e.to_string());
                 r.dropped = true;
                 return r;
             }
-        };
-        // Someone else's publication in the channel is counted, not fatal.
-        let Ok(s) = serde_json::from_str::<Stamp>(publication.data.get()) else {
-            progress.error();
-            r.errors.add("unstamped".into(), || {
-                format!(
-                    "publication without seq/ts_us: {:.100}",
-                    publication.data.get()
-                )
-            });
-            continue;
         };
         let latency = Duration::from_micros(clock.now_us().saturating_sub(s.ts_us));
         r.delivered += 1;
@@ -352,10 +353,12 @@ async fn receive_loop(
         if clock.measures_stamp(s.ts_us) {
             r.latency.record(latency);
         }
-        if last_seq.is_some_and(|l| s.seq <= l) {
-            r.out_of_order += 1;
+        if let Some(last) = last_seq.get_mut(s.publisher as usize) {
+            if last.is_some_and(|l| s.seq <= l) {
+                r.out_of_order += 1;
+            }
+            *last = Some(s.seq);
         }
-        last_seq = Some(s.seq);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
     r

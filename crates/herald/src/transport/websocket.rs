@@ -14,8 +14,15 @@ use herald_protocol::Disconnect;
 use crate::node::{Counters, Node};
 use crate::session::{Item, Session};
 
-/// Default socket buffer size when the config leaves it at 0.
-const DEFAULT_BUFFER: usize = 4096;
+/// Default read buffer size when the config leaves it at 0. The buffer is
+/// allocated and zero-filled for every connection, so it is most of what an
+/// idle connection costs; client frames are small, and a larger message
+/// only takes more reads.
+const DEFAULT_READ_BUFFER: usize = 1024;
+
+/// Default write buffer size when the config leaves it at 0 (a threshold,
+/// not an allocation: the buffer grows to the largest message written).
+const DEFAULT_WRITE_BUFFER: usize = 4096;
 
 /// Queued frames are joined into WebSocket messages of about this size at
 /// most, so a backlog does not become one huge message that a slow link
@@ -35,10 +42,11 @@ pub async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let w = &node.config.websocket;
-    let size = |n: usize| if n == 0 { DEFAULT_BUFFER } else { n };
-    ws.read_buffer_size(size(w.read_buffer_size))
-        .write_buffer_size(size(w.write_buffer_size))
-        .max_write_buffer_size(node.config.client.queue_max_size + size(w.write_buffer_size) * 2)
+    let size = |n: usize, default: usize| if n == 0 { default } else { n };
+    let write_buffer = size(w.write_buffer_size, DEFAULT_WRITE_BUFFER);
+    ws.read_buffer_size(size(w.read_buffer_size, DEFAULT_READ_BUFFER))
+        .write_buffer_size(write_buffer)
+        .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
         .max_message_size(w.message_size_limit)
         .max_frame_size(w.message_size_limit)
         .on_upgrade(move |socket| run(node, socket))
@@ -77,11 +85,14 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
                 }
             }
             msg = socket.recv() => match msg {
+                // Command handling is boxed: its future is large and only
+                // lives while a frame is handled, so idle connections do not
+                // carry its space in their task.
                 Some(Ok(Message::Text(text))) => {
-                    if let Err(d) = session.handle_frame(text.as_bytes()).await { break Err(d) }
+                    if let Err(d) = Box::pin(session.handle_frame(text.as_bytes())).await { break Err(d) }
                 }
                 Some(Ok(Message::Binary(data))) => {
-                    if let Err(d) = session.handle_frame(&data).await { break Err(d) }
+                    if let Err(d) = Box::pin(session.handle_frame(&data)).await { break Err(d) }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => return None,
@@ -94,7 +105,7 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
                 }
             },
             _ = &mut sleep => {
-                if let Err(d) = session.on_deadline().await { break Err(d) }
+                if let Err(d) = Box::pin(session.on_deadline()).await { break Err(d) }
             }
         }
     };
@@ -152,7 +163,7 @@ async fn flush(
                 Item::Control(c) => {
                     let payload = take_batch(&mut batch, &mut joined);
                     send(session, socket, payload, write_timeout, node).await?;
-                    session.handle_control(c).await?;
+                    Box::pin(session.handle_control(c)).await?;
                 }
             }
         }
@@ -192,8 +203,15 @@ async fn send(
         tracing::error!(client = %session.client_id(), "outgoing frame is not UTF-8");
         Disconnect::internal()
     })?;
+    let write = socket.send(Message::Text(text));
+    tokio::pin!(write);
+    // Most writes complete at once (the socket has room): those need no
+    // timer and no overflow watch.
+    if let std::task::Poll::Ready(written) = futures_util::poll!(write.as_mut()) {
+        return written.map_err(|_| Disconnect::write_error());
+    }
     tokio::select! {
-        written = tokio::time::timeout(timeout, socket.send(Message::Text(text))) => match written {
+        written = tokio::time::timeout(timeout, write) => match written {
             Ok(Ok(())) => Ok(()),
             _ => Err(Disconnect::write_error()),
         },

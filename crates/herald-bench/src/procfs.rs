@@ -1,0 +1,111 @@
+//! What the kernel says about a process, from `/proc`: CPU time used
+//! (`/proc/PID/stat` utime + stime) and resident memory (`VmRSS` in
+//! `/proc/PID/status`). Used to charge the server (given by `--server-pid`)
+//! and the load generator itself for a run.
+
+use std::time::Duration;
+
+/// Clock ticks per second in `/proc/PID/stat`: `USER_HZ`, which Linux
+/// fixes at 100 in its user-space ABI on every common architecture.
+pub const TICKS_PER_SECOND: u64 = 100;
+
+/// A process to read, by PID, or this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    Pid(u32),
+    Me,
+}
+
+impl Process {
+    fn path(self, file: &str) -> String {
+        match self {
+            Process::Pid(pid) => format!("/proc/{pid}/{file}"),
+            Process::Me => format!("/proc/self/{file}"),
+        }
+    }
+
+    /// User + system CPU time used so far; `None` when unreadable (no such
+    /// process, no `/proc`).
+    pub fn cpu(self) -> Option<Duration> {
+        let text = std::fs::read_to_string(self.path("stat")).ok()?;
+        parse_cpu(&text)
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.path("status")).ok()?;
+        parse_rss(&text)
+    }
+}
+
+/// utime + stime of a `/proc/PID/stat` line. The command name (field 2)
+/// may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_cpu(stat: &str) -> Option<Duration> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    // After the name: state is field 3, utime 14 and stime 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = utime + stime;
+    Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+}
+
+/// `VmRSS` of a `/proc/PID/status` text, in bytes.
+pub fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line["VmRSS:".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// CPU used by a process between two readings.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    process: Process,
+    start: Option<Duration>,
+    at: std::time::Instant,
+}
+
+impl CpuMark {
+    pub fn start(process: Process) -> Self {
+        Self {
+            process,
+            start: process.cpu(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// CPU seconds used since the mark and the share of one core it was.
+    pub fn since(&self) -> Option<(f64, f64)> {
+        let used = self.process.cpu()?.checked_sub(self.start?)?.as_secs_f64();
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        Some((used, used / wall))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_and_status() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0 100 1000000 300";
+        assert_eq!(parse_cpu(stat), Some(Duration::from_millis(3250)));
+        assert_eq!(parse_cpu("garbage"), None);
+        let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    2048 kB\n";
+        assert_eq!(parse_rss(status), Some(2048 * 1024));
+        assert_eq!(parse_rss("Name: x"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        if std::path::Path::new("/proc/self/stat").exists() {
+            assert!(Process::Me.cpu().is_some());
+            assert!(Process::Me.rss().unwrap() > 0);
+            assert!(CpuMark::start(Process::Me).since().is_some());
+        }
+    }
+}

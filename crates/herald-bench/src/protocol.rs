@@ -1,0 +1,256 @@
+//! The client protocols herald-bench speaks: Centrifugo client protocol v2
+//! JSON (Herald's own) and the older v1 JSON (servers built on the Go
+//! `centrifuge` library up to 0.17), so the same scenarios can drive both
+//! side by side. Each knows how to write the few commands the scenarios send
+//! and how to sort what comes back, one newline-separated message at a time.
+//!
+//! Sorting is done by scanning, not by parsing the whole message: at a
+//! hundred thousand deliveries a second the load generator's own JSON
+//! parsing would otherwise be what is measured. Only rare messages (replies,
+//! unknown pushes) are parsed in full, by the client.
+
+use clap::ValueEnum;
+
+/// The wire protocol of the server under test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// Client protocol v2, JSON: `{"id":1,"connect":{…}}`, pushes
+    /// `{"push":{"channel":…,"pub":{…}}}`, application pings `{}`.
+    #[default]
+    #[value(name = "centrifuge-v2-json")]
+    V2Json,
+    /// Client protocol v1, JSON: `{"id":1,"method":1,"params":{…}}`, replies
+    /// `{"id":1,"result":{…}}`, pushes `{"result":{"channel":…,"data":{…}}}`,
+    /// WebSocket-level pings.
+    #[value(name = "centrifuge-v1-json")]
+    V1Json,
+}
+
+/// The stamp the load generator puts at the start of every publication's
+/// data: `{"p":<publisher>,"seq":<n>,"ts_us":<send time>,…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Which publisher task sent it; sequence numbers are per publisher.
+    pub publisher: u32,
+    pub seq: u64,
+    /// Send time, microseconds since the run's clock origin.
+    pub ts_us: u64,
+}
+
+impl Stamp {
+    /// The JSON members of the stamp, without braces, to open a payload.
+    pub fn members(&self) -> String {
+        format!(
+            "\"p\":{},\"seq\":{},\"ts_us\":{}",
+            self.publisher, self.seq, self.ts_us
+        )
+    }
+
+    /// Finds a stamp in `text` (a whole protocol message): the first
+    /// `{"p":` followed by the three members in order.
+    pub fn find(text: &str) -> Option<Stamp> {
+        const OPEN: &str = "{\"p\":";
+        let at = text.find(OPEN)?;
+        let rest = &text[at + OPEN.len()..];
+        let (publisher, rest) = number(rest)?;
+        let rest = rest.strip_prefix(",\"seq\":")?;
+        let (seq, rest) = number(rest)?;
+        let rest = rest.strip_prefix(",\"ts_us\":")?;
+        let (ts_us, _) = number(rest)?;
+        Some(Stamp {
+            publisher: u32::try_from(publisher).ok()?,
+            seq,
+            ts_us,
+        })
+    }
+}
+
+/// A leading decimal number and what follows it.
+fn number(s: &str) -> Option<(u64, &str)> {
+    let end = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n = s[..end].parse().ok()?;
+    Some((n, &s[end..]))
+}
+
+/// What one message from the server is, as far as a scanner can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A reply to command `id` (parse it for its result or error).
+    Reply(u32),
+    /// An application-level ping (v2 `{}`).
+    Ping,
+    /// A publication carrying a load-generator stamp.
+    Stamped(Stamp),
+    /// Any other push (parse it to see whether it is a disconnect or a
+    /// publication without a stamp).
+    Push,
+    /// Something else; ignored.
+    Other,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V2Json => "centrifuge-v2-json",
+            Protocol::V1Json => "centrifuge-v1-json",
+        }
+    }
+
+    /// The connect command; an empty token sends none.
+    pub fn connect(self, id: u32, token: &str) -> String {
+        let mut params = String::new();
+        if !token.is_empty() {
+            params = format!("\"token\":{}", quote(token));
+        }
+        match self {
+            Protocol::V2Json => {
+                let sep = if params.is_empty() { "" } else { "," };
+                format!("{{\"id\":{id},\"connect\":{{{params}{sep}\"name\":\"herald-bench\"}}}}")
+            }
+            // Method 0 (connect) is the default and is left out.
+            Protocol::V1Json => format!("{{\"id\":{id},\"params\":{{{params}}}}}"),
+        }
+    }
+
+    pub fn subscribe(self, id: u32, channel: &str) -> String {
+        match self {
+            Protocol::V2Json => {
+                format!(
+                    "{{\"id\":{id},\"subscribe\":{{\"channel\":{}}}}}",
+                    quote(channel)
+                )
+            }
+            Protocol::V1Json => format!(
+                "{{\"id\":{id},\"method\":1,\"params\":{{\"channel\":{}}}}}",
+                quote(channel)
+            ),
+        }
+    }
+
+    /// A publish command; `data` must be JSON text.
+    pub fn publish(self, id: u32, channel: &str, data: &str) -> String {
+        match self {
+            Protocol::V2Json => format!(
+                "{{\"id\":{id},\"publish\":{{\"channel\":{},\"data\":{data}}}}}",
+                quote(channel)
+            ),
+            Protocol::V1Json => format!(
+                "{{\"id\":{id},\"method\":3,\"params\":{{\"channel\":{},\"data\":{data}}}}}",
+                quote(channel)
+            ),
+        }
+    }
+
+    /// Sorts one message (one line of a frame).
+    pub fn classify(self, msg: &str) -> Kind {
+        let msg = msg.trim();
+        if let Some(rest) = msg.strip_prefix("{\"id\":") {
+            return match number(rest).and_then(|(id, _)| u32::try_from(id).ok()) {
+                Some(id) if id > 0 => Kind::Reply(id),
+                _ => Kind::Other,
+            };
+        }
+        let push_prefix = match self {
+            Protocol::V2Json => {
+                if msg == "{}" {
+                    return Kind::Ping;
+                }
+                "{\"push\":"
+            }
+            Protocol::V1Json => "{\"result\":",
+        };
+        if !msg.starts_with(push_prefix) {
+            return Kind::Other;
+        }
+        match Stamp::find(msg) {
+            Some(s) => Kind::Stamped(s),
+            None => Kind::Push,
+        }
+    }
+}
+
+/// A JSON string literal for `s`.
+pub fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAMP: Stamp = Stamp {
+        publisher: 2,
+        seq: 17,
+        ts_us: 123456,
+    };
+
+    fn data() -> String {
+        format!("{{{},\"pad\":\"xx\"}}", STAMP.members())
+    }
+
+    #[test]
+    fn v2_messages() {
+        let p = Protocol::V2Json;
+        assert_eq!(
+            p.connect(1, ""),
+            r#"{"id":1,"connect":{"name":"herald-bench"}}"#
+        );
+        assert_eq!(
+            p.connect(1, "t"),
+            r#"{"id":1,"connect":{"token":"t","name":"herald-bench"}}"#
+        );
+        assert_eq!(
+            p.subscribe(2, "a\"b"),
+            r#"{"id":2,"subscribe":{"channel":"a\"b"}}"#
+        );
+        assert_eq!(
+            p.publish(3, "c", "{}"),
+            r#"{"id":3,"publish":{"channel":"c","data":{}}}"#
+        );
+        assert_eq!(p.classify(r#"{"id":4,"subscribe":{}}"#), Kind::Reply(4));
+        assert_eq!(p.classify("{}"), Kind::Ping);
+        let push = format!(
+            r#"{{"push":{{"channel":"c","pub":{{"data":{},"offset":3}}}}}}"#,
+            data()
+        );
+        assert_eq!(p.classify(&push), Kind::Stamped(STAMP));
+        assert_eq!(
+            p.classify(r#"{"push":{"disconnect":{"code":3001,"reason":"x"}}}"#),
+            Kind::Push
+        );
+        assert_eq!(p.classify("garbage"), Kind::Other);
+    }
+
+    #[test]
+    fn v1_messages() {
+        let p = Protocol::V1Json;
+        assert_eq!(p.connect(1, ""), r#"{"id":1,"params":{}}"#);
+        assert_eq!(
+            p.subscribe(2, "x"),
+            r#"{"id":2,"method":1,"params":{"channel":"x"}}"#
+        );
+        assert_eq!(
+            p.publish(3, "x", "1"),
+            r#"{"id":3,"method":3,"params":{"channel":"x","data":1}}"#
+        );
+        assert_eq!(
+            p.classify(r#"{"id":1,"result":{"client":"a"}}"#),
+            Kind::Reply(1)
+        );
+        let push = format!(
+            r#"{{"result":{{"channel":"x","data":{{"data":{}}}}}}}"#,
+            data()
+        );
+        assert_eq!(p.classify(&push), Kind::Stamped(STAMP));
+        // v1 has no application-level ping.
+        assert_eq!(p.classify("{}"), Kind::Other);
+    }
+
+    #[test]
+    fn stamps_need_all_members_in_order() {
+        assert_eq!(Stamp::find(&data()), Some(STAMP));
+        assert_eq!(Stamp::find(r#"{"p":1,"ts_us":2,"seq":3}"#), None);
+        assert_eq!(Stamp::find(r#"{"p":x}"#), None);
+        assert_eq!(Stamp::find("{}"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! The publishing side of `fanout` and `many-channels`: publications
+//! through an HTTP publish endpoint at a fixed total rate, spread over a
+//! few concurrent publishers (each sends one request at a time, so a slow
+//! reply does not hold the others back). Every publication's data opens
+//! with a [`Stamp`]: publisher, its own sequence number, send time.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{padded_object, Window};
+use crate::api::Api;
+use crate::protocol::Stamp;
+use crate::report::ErrorCounts;
+use crate::stats::Progress;
+
+/// Most concurrent publishers.
+pub const MAX_PUBLISHERS: usize = 64;
+
+/// The run's shared clock: stamps are microseconds since `origin`.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub origin: Instant,
+    pub window: Window,
+}
+
+impl Clock {
+    pub fn starting_now(warmup: Duration, duration: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            window: Window::starting_now(warmup, duration),
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.origin
+            .elapsed()
+            .as_micros()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Whether a publication stamped `ts_us` was sent in the measured window.
+    pub fn measures_stamp(&self, ts_us: u64) -> bool {
+        self.window
+            .measures(self.origin + Duration::from_micros(ts_us))
+    }
+}
+
+/// What to publish.
+pub struct Plan<'a, F> {
+    pub api: &'a Api,
+    /// Publications per second, all publishers together.
+    pub rate: f64,
+    pub publishers: usize,
+    /// Size in bytes of each publication's data.
+    pub payload: usize,
+    /// For publication number `n` (over all publishers): the channel and
+    /// how many deliveries it should make.
+    pub pick: F,
+}
+
+/// What the publishers did.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Publications the endpoint acknowledged.
+    pub acked: u64,
+    /// Acknowledged publications sent in the measured window.
+    pub measured: u64,
+    /// Deliveries the acknowledged publications should make.
+    pub expected: u64,
+    pub errors: ErrorCounts,
+}
+
+/// Publishes on schedule (publication `n` is due `n / rate` after the
+/// start, publisher `n mod publishers` sends it) until the window ends.
+/// Behind schedule, a publisher sends as fast as replies come and does not
+/// catch up after the end: the achieved rate is the figure to read then.
+pub async fn run<F>(plan: &Plan<'_, F>, clock: Clock, progress: &Progress) -> Published
+where
+    F: Fn(u64) -> (String, u64),
+{
+    let start = Instant::now();
+    let k = plan.publishers.clamp(1, MAX_PUBLISHERS);
+    let interval = Duration::from_secs_f64(1.0 / plan.rate);
+    let tasks = (0..k).map(|p| async move {
+        let mut out = Published::default();
+        for seq in 0u64.. {
+            let n = seq * k as u64 + p as u64;
+            let due = start + interval.mul_f64(n as f64);
+            if due >= clock.window.end || Instant::now() >= clock.window.end {
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+            let (channel, deliveries) = (plan.pick)(n);
+            let stamp = Stamp {
+                publisher: p as u32,
+                seq,
+                ts_us: clock.now_us(),
+            };
+            let data = RawValue::from_string(padded_object(&stamp.members(), plan.payload))
+                .expect("padded object is JSON");
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            match plan.api.publish(&channel, &data).await {
+                Ok(()) => {
+                    out.acked += 1;
+                    out.expected += deliveries;
+                    out.measured += u64::from(clock.measures_stamp(stamp.ts_us));
+                }
+                Err(e) => {
+                    progress.error();
+                    out.errors.add(e.kind(), || e.to_string());
+                }
+            }
+        }
+        out
+    });
+    let mut total = Published::default();
+    for one in futures_util::future::join_all(tasks).await {
+        total.acked += one.acked;
+        total.measured += one.measured;
+        total.expected += one.expected;
+        total.errors.merge(one.errors);
+    }
+    total
+}
