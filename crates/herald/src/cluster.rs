@@ -241,6 +241,7 @@ pub async fn run(node: Weak<Node>, mut events: mpsc::UnboundedReceiver<ClusterEv
                 match event {
                     ClusterEvent::Control(payload) => on_control(&n, &payload),
                     ClusterEvent::Reconnected => {
+                        crate::node::Counters::incr(&n.counters.broker_reconnects);
                         tracing::info!("broker connection restored: subscribers with positions recover");
                         n.resync_all();
                     }

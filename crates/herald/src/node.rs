@@ -40,6 +40,8 @@ pub struct Counters {
     pub connections_accepted: AtomicU64,
     pub commands: AtomicU64,
     pub api_requests: AtomicU64,
+    /// Times the broker connection was lost and restored.
+    pub broker_reconnects: AtomicU64,
 }
 
 impl Counters {

@@ -228,7 +228,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
          # TYPE herald_api_requests_total counter\nherald_api_requests_total {}\n\
          # TYPE herald_retention_removed_total counter\nherald_retention_removed_total {}\n\
          # TYPE herald_stream_gaps_filled_total counter\nherald_stream_gaps_filled_total {}\n\
-         # TYPE herald_channel_resyncs_total counter\nherald_channel_resyncs_total {}\n",
+         # TYPE herald_channel_resyncs_total counter\nherald_channel_resyncs_total {}\n\
+         # TYPE herald_broker_reconnects_total counter\nherald_broker_reconnects_total {}\n",
         h.num_clients(),
         h.num_users(),
         h.num_channels(),
@@ -241,6 +242,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         node.retention_removed(),
         h.gap_counts().0,
         h.gap_counts().1,
+        c.broker_reconnects.load(Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

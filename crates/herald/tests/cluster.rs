@@ -295,6 +295,60 @@ async fn nodes_subscribe_on_redis_only_while_they_have_subscribers() {
     .await;
 }
 
+/// A counter from a node's `/metrics`.
+async fn metric(node: &Node, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", node.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connections_stay_up_across_health_checks() {
+    // Pub/sub connections are checked every io_timeout; healthy ones must
+    // never be dropped (each drop loses publications in flight).
+    let nats = env_url("HERALD_TEST_NATS_URL");
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut redis = redis_engine(&url, &unique("t"));
+    merge(
+        &mut redis,
+        json!({ "engine": { "redis": { "io_timeout": "200ms" } } }),
+    );
+    let mut configs = vec![redis];
+    if let Some(nats) = nats {
+        configs.push(json!({
+            "broker": { "enabled": true, "type": "nats",
+                "nats": { "url": nats, "prefix": unique("t"), "io_timeout": "200ms" } },
+            "presence_manager": { "enabled": true, "type": "redis",
+                "redis": { "address": url, "prefix": unique("t"), "io_timeout": "200ms" } },
+            "channel": { "namespaces": [
+                { "name": "chat", "allow_subscribe_for_client": true }
+            ] }
+        }));
+    }
+    for cfg in configs {
+        let node = Node::start("a", &cfg);
+        let mut ws = node.client("u").await;
+        subscribe(&mut ws, "chat:quiet").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        node.api("publish", json!({"channel": "chat:quiet", "data": 1}))
+            .await;
+        assert_eq!(next_pub(&mut ws, "chat:quiet").await["data"], 1);
+        assert_eq!(
+            metric(&node, "herald_broker_reconnects_total").await,
+            0,
+            "{cfg}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_acts_as_one_server() {
     let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
@@ -614,17 +668,8 @@ async fn nats_cluster_with_postgres_streams() {
     // Publications that overtake each other between nodes are put back in
     // order by the subscriber's node from the stream: clients never notice.
     assert_eq!(resubscribes, 0);
-    let metrics = reqwest::get(format!("http://{}/metrics", nodes[1].addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let filled = metrics
-        .lines()
-        .find(|l| l.starts_with("herald_stream_gaps_filled_total"))
-        .unwrap_or_default();
-    eprintln!("subscriber's node: {filled}");
+    let filled = metric(&nodes[1], "herald_stream_gaps_filled_total").await;
+    eprintln!("gaps filled on the subscriber's node: {filled}");
     let h = nodes[2]
         .api("history", json!({"channel": "log:orders", "limit": -1}))
         .await;

@@ -419,7 +419,7 @@ async fn pubsub_task(
                     }
                 }
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(link.io_timeout, ps.sink.ping::<String>()).await;
+                    let alive = tokio::time::timeout(link.io_timeout, ps.sink.ping::<Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         tracing::warn!("redis pub/sub connection unresponsive");
                         break;
