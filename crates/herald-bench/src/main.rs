@@ -156,6 +156,10 @@ struct FanoutArgs {
     channel: String,
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
+    /// Another node of the same cluster (repeatable): subscribers are spread
+    /// evenly over --url and these nodes; publications go through --url.
+    #[arg(long = "also-url")]
+    also_url: Vec<String>,
 }
 
 #[derive(Args)]
@@ -322,8 +326,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Fanout(a) => {
             let (c, p) = (&a.common, a.publishing);
+            let other_nodes = a
+                .also_url
+                .iter()
+                .map(|u| Ok(Target::parse(u)?.with_protocol(c.protocol)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let options = fanout::Options {
                 target: c.target()?,
+                other_nodes,
                 auth: c.auth(),
                 api_key: p.api_key,
                 publish_url: p.publish_url,

@@ -148,6 +148,16 @@ pub struct Opened {
     pub latency: Latency,
 }
 
+impl Opened {
+    /// Adds another batch (opened against another node).
+    pub fn merge(&mut self, other: Opened) {
+        self.clients.extend(other.clients);
+        self.errors.merge(other.errors);
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.latency.merge(&other.latency);
+    }
+}
+
 /// How to open a batch of subscribed connections.
 pub struct Dialer<'a> {
     pub target: &'a Target,

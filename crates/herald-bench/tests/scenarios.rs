@@ -103,8 +103,20 @@ async fn durable_publish(target: Target, auth: Auth, prefix: &str) {
 }
 
 async fn fanout(target: Target, auth: Auth, api_key: Option<&str>, channel: &str) {
+    fanout_over(target, Vec::new(), auth, api_key, channel).await;
+}
+
+async fn fanout_over(
+    target: Target,
+    other_nodes: Vec<Target>,
+    auth: Auth,
+    api_key: Option<&str>,
+    channel: &str,
+) {
+    let nodes = 1 + other_nodes.len();
     let options = fanout::Options {
         target,
+        other_nodes,
         auth,
         api_key: api_key.map(str::to_owned),
         publish_url: None,
@@ -126,6 +138,7 @@ async fn fanout(target: Target, auth: Auth, api_key: Option<&str>, channel: &str
         .expect("scenario ends in time")
         .expect("scenario runs");
     assert_eq!(r.connected, 5, "{r:?}");
+    assert_eq!(r.nodes, nodes, "{r:?}");
     assert!(r.published > 0, "{r:?}");
     assert_eq!(r.publish_errors.total, 0, "{r:?}");
     assert_eq!(r.lost, 0, "{r:?}");
@@ -255,6 +268,40 @@ async fn scenarios_with_tokens_and_api_key() {
     many_channels(server.target(), auth.clone(), Some(API_KEY)).await;
     connect_storm(server.target(), auth).await;
     server.stop().await;
+}
+
+/// Subscribers spread over two nodes of a Redis-brokered cluster, all
+/// publications through the first (needs `HERALD_TEST_REDIS_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_a_redis_cluster() {
+    let Ok(url) = std::env::var("HERALD_TEST_REDIS_URL") else {
+        assert!(
+            std::env::var_os("HERALD_TEST_REQUIRE_SERVICES").is_none(),
+            "HERALD_TEST_REDIS_URL is not set"
+        );
+        eprintln!("skipped: HERALD_TEST_REDIS_URL not set");
+        return;
+    };
+    let prefix = format!("bench{}", std::process::id());
+    let config = json!({
+        "log": { "level": "warn" },
+        "engine": { "type": "redis", "redis": { "address": url, "prefix": prefix } },
+        "channel": { "namespaces": [namespaces()[0].clone()] }
+    });
+    let (a, b) = (
+        Running::start(config.clone(), true).await,
+        Running::start(config, true).await,
+    );
+    fanout_over(
+        a.target(),
+        vec![b.target()],
+        Auth::None,
+        None,
+        "hist:cluster",
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]

@@ -25,6 +25,13 @@ impl ProtocolError {
         message: "internal server error",
         temporary: true,
     };
+    /// An internal error whose cause is worth naming: the broker or store
+    /// a publication needs cannot be reached (temporary, like `INTERNAL`).
+    pub const BROKER_UNAVAILABLE: Self = Self {
+        code: 100,
+        message: "internal server error: broker unavailable",
+        temporary: true,
+    };
     pub const UNAUTHORIZED: Self = Self::new(101, "unauthorized");
     pub const UNKNOWN_CHANNEL: Self = Self::new(102, "unknown channel");
     pub const PERMISSION_DENIED: Self = Self::new(103, "permission denied");

@@ -3,6 +3,8 @@
 //! written by hand rather than through derived serializers because it is the
 //! hot path of fan-out and the protocol omits zero values field by field.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use thiserror::Error;
 
@@ -157,7 +159,7 @@ fn publication_object(buf: &mut Vec<u8>, p: &Publication) {
     w.close();
 }
 
-fn write_publications(o: &mut Obj<'_>, key: &str, pubs: &[std::sync::Arc<Publication>]) {
+fn write_publications(o: &mut Obj<'_>, key: &str, pubs: &[Arc<Publication>]) {
     if pubs.is_empty() {
         return;
     }
@@ -360,6 +362,66 @@ pub fn encode_push(push: &Push) -> Vec<u8> {
     w.close();
     root.close();
     buf
+}
+
+/// Reads back a publication object written by [`encode_publication`] (as
+/// nodes of a cluster pass publications to each other); `data` and the
+/// info's payloads stay raw.
+pub fn decode_publication(channel: Arc<str>, object: &[u8]) -> Result<Publication, DecodeError> {
+    let w: WirePublication<'_> = serde_json::from_slice(object)?;
+    let p = Publication::new(
+        channel,
+        raw_bytes(w.data),
+        w.info.map(|i| Arc::new(i.into())),
+    )
+    .with_offset(w.offset)
+    .with_tags(w.tags);
+    Ok(p)
+}
+
+/// Reads back a client info object written by [`encode_client_info`].
+pub fn decode_client_info(object: &[u8]) -> Result<ClientInfo, DecodeError> {
+    let w: WireInfo<'_> = serde_json::from_slice(object)?;
+    Ok(w.into())
+}
+
+#[derive(serde::Deserialize)]
+struct WirePublication<'a> {
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+    #[serde(borrow, default)]
+    info: Option<WireInfo<'a>>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireInfo<'a> {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: String,
+    #[serde(borrow, default)]
+    conn_info: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    chan_info: Option<&'a serde_json::value::RawValue>,
+}
+
+impl From<WireInfo<'_>> for ClientInfo {
+    fn from(w: WireInfo<'_>) -> Self {
+        Self {
+            user: w.user,
+            client: w.client,
+            conn_info: w.conn_info.map(raw_bytes),
+            chan_info: w.chan_info.map(raw_bytes),
+        }
+    }
+}
+
+fn raw_bytes(raw: &serde_json::value::RawValue) -> Bytes {
+    Bytes::copy_from_slice(raw.get().as_bytes())
 }
 
 #[cfg(test)]

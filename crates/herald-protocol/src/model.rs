@@ -26,6 +26,9 @@ pub struct Publication {
     /// Position in the channel's stream; 0 when the channel keeps no history.
     pub offset: u64,
     pub tags: BTreeMap<String, String>,
+    /// The epoch of the stream `offset` belongs to (never sent to clients in
+    /// a push; lets receivers notice that a stream started over).
+    pub epoch: Option<Arc<str>>,
     json_push: OnceLock<Bytes>,
 }
 
@@ -37,12 +40,18 @@ impl Publication {
             info,
             offset: 0,
             tags: BTreeMap::new(),
+            epoch: None,
             json_push: OnceLock::new(),
         }
     }
 
     pub fn with_offset(mut self, offset: u64) -> Self {
         self.offset = offset;
+        self
+    }
+
+    pub fn with_epoch(mut self, epoch: Arc<str>) -> Self {
+        self.epoch = Some(epoch);
         self
     }
 

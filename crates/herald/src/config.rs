@@ -4,6 +4,7 @@
 //! TOML file, `HERALD_*` environment variables, CLI flags ([`load`]).
 
 mod channel;
+mod cluster;
 mod duration;
 mod load;
 mod validate;
@@ -11,6 +12,9 @@ mod validate;
 use serde::{Deserialize, Serialize};
 
 pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace};
+pub use cluster::{
+    BrokerConfig, BrokerKind, Engine, NatsConfig, PresenceManagerConfig, RedisConfig,
+};
 pub use duration::Dur;
 pub use load::{load, ConfigError, Loaded, Overrides};
 
@@ -26,6 +30,10 @@ pub struct Config {
     pub admin: Admin,
     pub health: Health,
     pub engine: Engine,
+    /// Overrides the engine's broker (e.g. NATS beside a Redis engine).
+    pub broker: BrokerConfig,
+    /// Overrides the engine's presence manager.
+    pub presence_manager: PresenceManagerConfig,
     pub node: Node,
     pub shutdown: Shutdown,
     /// Herald: the SQL database behind durable streams.
@@ -241,25 +249,21 @@ impl Default for Health {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Engine {
-    /// Only `memory` so far.
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
-impl Default for Engine {
-    fn default() -> Self {
-        Self {
-            kind: "memory".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Node {
     /// Name of this node; host name and port when empty.
     pub name: String,
+    /// Herald: how often a node announces itself to the others of its
+    /// cluster; a node silent for three intervals leaves `info`.
+    pub info_publish_interval: Dur,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            info_publish_interval: Dur::secs(3),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

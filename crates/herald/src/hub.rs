@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use herald_protocol::{Disconnect, PresenceEvent, Publication};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// Number of shards of each map; a power of two.
 const SHARDS: usize = 64;
@@ -60,11 +61,48 @@ pub trait Client: Send + Sync + 'static {
 
 type ClientRef = Arc<dyn Client>;
 
+/// Starts reading a channel's stream after an offset to fill a gap; the
+/// reader hands what it found to [`Hub::finish_fill`] (`None` if the read
+/// failed).
+pub type Filler = Arc<dyn Fn(Arc<str>, u64) + Send + Sync>;
+
+/// Most publications (and payload bytes) held back while a gap is being
+/// filled; beyond either the fill is abandoned and subscribers recover by
+/// themselves.
+const MAX_HELD: usize = 10_000;
+const MAX_HELD_BYTES: usize = 16 << 20;
+
+/// The local subscribers of one channel and where its stream stands.
+#[derive(Default)]
+struct Channel {
+    subs: HashMap<u64, Sub>,
+    seq: Mutex<Seq>,
+}
+
+/// Delivery order of a channel's positioned publications.
+#[derive(Default)]
+struct Seq {
+    /// Last offset delivered or given to a subscriber; `None` until known.
+    last: Option<u64>,
+    /// A publication has been delivered (until then `last` comes from
+    /// subscribe replies).
+    live: bool,
+    /// The epoch of the stream those offsets belong to, once known.
+    epoch: Option<Arc<str>>,
+    /// Publications held back while a gap is read from the stream, and
+    /// their payload bytes.
+    held: Option<Vec<Arc<Publication>>>,
+    held_bytes: usize,
+}
+
 /// One subscription in the hub.
 struct Sub {
     client: ClientRef,
     /// Receives join/leave events of the channel.
     join_leave: bool,
+    /// Told its state is insufficient: gets nothing more until it leaves
+    /// (and subscribes again, recovering from the stream).
+    stale: AtomicBool,
 }
 
 struct Sharded<K, V> {
@@ -93,11 +131,16 @@ pub enum Refused {
 
 /// Channel subscriptions and connection registry of this node.
 pub struct Hub {
-    channels: Sharded<Arc<str>, HashMap<u64, Sub>>,
+    channels: Sharded<Arc<str>, Channel>,
     clients: Sharded<Arc<str>, ClientRef>,
     users: Sharded<String, HashMap<u64, ClientRef>>,
     num_clients: AtomicUsize,
     num_subscriptions: AtomicUsize,
+    filler: OnceLock<Filler>,
+    /// Gaps in positioned channels filled from the stream, and times a
+    /// channel's subscribers were sent to recover by themselves.
+    gaps_filled: AtomicU64,
+    resyncs: AtomicU64,
 }
 
 impl Default for Hub {
@@ -114,7 +157,24 @@ impl Hub {
             users: Sharded::new(),
             num_clients: AtomicUsize::new(0),
             num_subscriptions: AtomicUsize::new(0),
+            filler: OnceLock::new(),
+            gaps_filled: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// (gaps filled from streams, channel resyncs) so far.
+    pub fn gap_counts(&self) -> (u64, u64) {
+        (
+            self.gaps_filled.load(Ordering::Relaxed),
+            self.resyncs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Lets the hub fill gaps in positioned channels from their streams;
+    /// without a filler a gap makes subscribers recover by themselves.
+    pub fn set_filler(&self, filler: Filler) {
+        let _ = self.filler.set(filler);
     }
 
     /// Registers a connection, enforcing the node and per-user limits
@@ -174,7 +234,15 @@ impl Hub {
             None => (true, shard.entry(Arc::from(channel)).or_default()),
         };
         if subs
-            .insert(client.key(), Sub { client, join_leave })
+            .subs
+            .insert(
+                client.key(),
+                Sub {
+                    client,
+                    join_leave,
+                    stale: AtomicBool::new(false),
+                },
+            )
             .is_none()
         {
             self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -188,10 +256,10 @@ impl Hub {
         let Some(subs) = shard.get_mut(channel) else {
             return false;
         };
-        if subs.remove(&key).is_some() {
+        if subs.subs.remove(&key).is_some() {
             self.num_subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
-        if subs.is_empty() {
+        if subs.subs.is_empty() {
             shard.remove(channel);
             return true;
         }
@@ -200,24 +268,168 @@ impl Hub {
 
     /// Hands a publication to every local subscriber of its channel; returns
     /// how many there were.
+    ///
+    /// Positioned publications (offset > 0) are delivered in offset order
+    /// without gaps. One at or below the last offset delivered is dropped
+    /// (its subscribers have it). One that skips offsets — lost between
+    /// nodes, or overtaken by a later one published on another node — is
+    /// held back while the missing ones are read from the stream, then all go
+    /// out in order. If the stream cannot fill the gap, or the stream started
+    /// over (a new epoch), every subscriber of the channel is told its state
+    /// is insufficient (unsubscribe 2500) and gets nothing more until it
+    /// resubscribes and recovers.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.shard(&*publication.channel).read();
-        let Some(subs) = shard.get(&*publication.channel) else {
+        let Some(ch) = shard.get(&*publication.channel) else {
             return 0;
         };
-        for sub in subs.values() {
-            sub.client.deliver(publication);
+        let offset = publication.offset;
+        if offset == 0 {
+            return fan_out(ch, publication);
         }
-        subs.len()
+        let mut seq = ch.seq.lock();
+        match (&publication.epoch, &seq.epoch) {
+            (Some(new), Some(known)) if new != known => {
+                tracing::info!(
+                    channel = &*publication.channel,
+                    "stream started over: subscribers recover"
+                );
+                *seq = Seq {
+                    last: Some(offset),
+                    epoch: Some(new.clone()),
+                    ..Seq::default()
+                };
+                self.insufficient(&publication.channel, ch);
+                return 0;
+            }
+            (Some(new), None) => seq.epoch = Some(new.clone()),
+            _ => {}
+        }
+        if let Some(held) = seq.held.as_mut() {
+            held.push(publication.clone());
+            let (count, bytes) = (held.len(), seq.held_bytes + publication.data.len());
+            seq.held_bytes = bytes;
+            if count > MAX_HELD || bytes > MAX_HELD_BYTES {
+                seq.held = None;
+                seq.held_bytes = 0;
+                seq.last = Some(offset);
+                self.insufficient(&publication.channel, ch);
+            }
+            return 0;
+        }
+        let last = match seq.last {
+            None => {
+                seq.last = Some(offset);
+                seq.live = true;
+                return fan_out(ch, publication);
+            }
+            Some(last) if offset == last + 1 => {
+                seq.last = Some(offset);
+                seq.live = true;
+                return fan_out(ch, publication);
+            }
+            Some(last) if offset <= last => return 0,
+            Some(last) => last,
+        };
+        match self.filler.get() {
+            Some(fill) => {
+                seq.held = Some(vec![publication.clone()]);
+                seq.held_bytes = publication.data.len();
+                fill(publication.channel.clone(), last);
+            }
+            None => {
+                seq.last = Some(offset);
+                self.insufficient(&publication.channel, ch);
+            }
+        }
+        0
+    }
+
+    /// Completes a fill started by [`Hub::deliver`]: delivers what the
+    /// stream held after the gap and the publications held back, in order.
+    /// What still skips offsets makes subscribers recover by themselves.
+    pub fn finish_fill(&self, channel: &str, from_stream: Option<Vec<Arc<Publication>>>) {
+        let shard = self.channels.shard(channel).read();
+        let Some(ch) = shard.get(channel) else {
+            return;
+        };
+        let mut seq = ch.seq.lock();
+        let Some(held) = seq.held.take() else {
+            return;
+        };
+        seq.held_bytes = 0;
+        let filled = from_stream.is_some();
+        let mut all = from_stream.unwrap_or_default();
+        all.extend(held);
+        all.sort_by_key(|p| p.offset);
+        let mut last = seq.last.unwrap_or(0);
+        for p in &all {
+            if p.offset <= last {
+                continue;
+            }
+            if p.offset != last + 1 {
+                tracing::info!(
+                    channel,
+                    after = last,
+                    next = p.offset,
+                    filled,
+                    "offsets missing from the stream: subscribers recover"
+                );
+                seq.last = all.last().map(|p| p.offset);
+                self.insufficient(channel, ch);
+                return;
+            }
+            last = p.offset;
+            seq.live = true;
+            fan_out(ch, p);
+        }
+        seq.last = Some(last);
+        if filled {
+            self.gaps_filled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes the position a subscribe reply gave, so that a gap right after
+    /// it is noticed. Until a publication has been delivered the lowest
+    /// position given counts (publications in flight towards higher ones
+    /// are still to come); after that, deliveries set the position.
+    pub fn observe_position(&self, channel: &str, offset: u64, epoch: &str) {
+        if let Some(ch) = self.channels.shard(channel).read().get(channel) {
+            let mut seq = ch.seq.lock();
+            if !seq.live {
+                seq.last = Some(seq.last.map_or(offset, |l| l.min(offset)));
+            }
+            if seq.epoch.is_none() {
+                seq.epoch = Some(Arc::from(epoch));
+            }
+        }
+    }
+
+    /// Tells the subscribers of every channel that `positioned` accepts that
+    /// they may have missed publications (after the broker reconnected), and
+    /// forgets the channels' positions.
+    pub fn resync(&self, positioned: impl Fn(&str) -> bool) {
+        for shard in self.channels.shards.iter() {
+            for (name, ch) in shard.read().iter() {
+                *ch.seq.lock() = Seq::default();
+                if positioned(name) {
+                    self.insufficient(name, ch);
+                }
+            }
+        }
+    }
+
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.channels.shard(channel).read().contains_key(channel)
     }
 
     /// Hands a join or leave event to the local subscribers that want them.
     pub fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
         let shard = self.channels.shard(&*event.channel).read();
-        let Some(subs) = shard.get(&*event.channel) else {
+        let Some(ch) = shard.get(&*event.channel) else {
             return;
         };
-        for sub in subs.values().filter(|s| s.join_leave) {
+        for sub in ch.subs.values().filter(|s| s.join_leave) {
             sub.client.deliver_presence(event);
         }
     }
@@ -243,7 +455,7 @@ impl Hub {
                 shard
                     .read()
                     .iter()
-                    .map(|(ch, subs)| (ch.to_string(), subs.len())),
+                    .map(|(name, ch)| (name.to_string(), ch.subs.len())),
             );
         }
         out
@@ -263,6 +475,37 @@ impl Hub {
 
     pub fn num_subscriptions(&self) -> usize {
         self.num_subscriptions.load(Ordering::Relaxed)
+    }
+}
+
+/// Hands a publication to the channel's subscribers that are not stale.
+fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
+    let mut n = 0;
+    for sub in ch.subs.values() {
+        if !sub.stale.load(Ordering::Acquire) {
+            sub.client.deliver(publication);
+            n += 1;
+        }
+    }
+    n
+}
+
+impl Hub {
+    /// Tells a channel's subscribers their state is insufficient (2500):
+    /// they get nothing more until they resubscribe and recover.
+    fn insufficient(&self, channel: &str, ch: &Channel) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+        let (code, reason) = herald_protocol::codes::unsubscribe::INSUFFICIENT;
+        for sub in ch.subs.values() {
+            if sub.stale.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            sub.client.control(Control::Unsubscribe {
+                channel: channel.to_string(),
+                code,
+                reason: reason.into(),
+            });
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod demo;
 pub mod hub;

@@ -1,7 +1,11 @@
 //! Who is in which channel: the clients subscribed to channels whose
 //! namespace keeps presence, with the info they show to others. This node's
-//! own entries live and die with the node; a shared presence manager for a
-//! cluster (with expiring entries) plugs in here later.
+//! own entries live and die with the node; in a cluster they are also kept
+//! in Redis ([`RedisPresence`]), from where every node reads.
+
+mod redis;
+
+pub use redis::RedisPresence;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -12,7 +16,7 @@ use parking_lot::RwLock;
 
 const SHARDS: usize = 64;
 
-type Members = HashMap<String, Arc<ClientInfo>>;
+pub type Members = HashMap<String, Arc<ClientInfo>>;
 
 #[derive(Default)]
 pub struct Presence {
@@ -50,6 +54,13 @@ impl Presence {
         }
     }
 
+    pub fn contains(&self, channel: &str, client: &str) -> bool {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .is_some_and(|m| m.contains_key(client))
+    }
+
     /// Client id → info of everyone present.
     pub fn get(&self, channel: &str) -> Members {
         self.shard(channel)
@@ -59,15 +70,28 @@ impl Presence {
             .unwrap_or_default()
     }
 
+    /// Every entry of this node (to refresh them in shared presence).
+    pub fn all(&self) -> Vec<(String, Arc<ClientInfo>)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (channel, members) in shard.read().iter() {
+                out.extend(members.values().map(|i| (channel.clone(), i.clone())));
+            }
+        }
+        out
+    }
+
     /// Number of clients and of distinct users present.
     pub fn stats(&self, channel: &str) -> (u32, u32) {
         let shard = self.shard(channel).read();
-        let Some(members) = shard.get(channel) else {
-            return (0, 0);
-        };
-        let users: HashSet<&str> = members.values().map(|i| i.user.as_str()).collect();
-        (members.len() as u32, users.len() as u32)
+        shard.get(channel).map_or((0, 0), stats)
     }
+}
+
+/// Number of clients and of distinct users among `members`.
+pub fn stats(members: &Members) -> (u32, u32) {
+    let users: HashSet<&str> = members.values().map(|i| i.user.as_str()).collect();
+    (members.len() as u32, users.len() as u32)
 }
 
 #[cfg(test)]

@@ -107,6 +107,7 @@ impl Server {
             );
         }
         let _ = sweeper.await;
+        node.leave_cluster().await;
         node.close_storage().await;
         tracing::info!("stopped");
         Ok(())
@@ -225,7 +226,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
          # TYPE herald_slow_disconnects_total counter\nherald_slow_disconnects_total {}\n\
          # TYPE herald_commands_total counter\nherald_commands_total {}\n\
          # TYPE herald_api_requests_total counter\nherald_api_requests_total {}\n\
-         # TYPE herald_retention_removed_total counter\nherald_retention_removed_total {}\n",
+         # TYPE herald_retention_removed_total counter\nherald_retention_removed_total {}\n\
+         # TYPE herald_stream_gaps_filled_total counter\nherald_stream_gaps_filled_total {}\n\
+         # TYPE herald_channel_resyncs_total counter\nherald_channel_resyncs_total {}\n\
+         # TYPE herald_broker_reconnects_total counter\nherald_broker_reconnects_total {}\n",
         h.num_clients(),
         h.num_users(),
         h.num_channels(),
@@ -236,6 +240,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         c.commands.load(Relaxed),
         c.api_requests.load(Relaxed),
         node.retention_removed(),
+        h.gap_counts().0,
+        h.gap_counts().1,
+        c.broker_reconnects.load(Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -250,8 +250,8 @@ impl Session {
                 Ok(ReplyBody::Unsubscribe)
             }
             Method::Publish(req) => self.publish(req).await,
-            Method::Presence(req) => self.presence(&req.channel, false),
-            Method::PresenceStats(req) => self.presence(&req.channel, true),
+            Method::Presence(req) => self.presence(&req.channel, false).await,
+            Method::PresenceStats(req) => self.presence(&req.channel, true).await,
             Method::History(req) => self.history(req).await,
             Method::Ping => Ok(ReplyBody::Ping),
             Method::Rpc(_) => Err(ProtocolError::METHOD_NOT_FOUND),

@@ -6,6 +6,7 @@
 //! them. Memory streams are bounded caches; durable ones live in SQL.
 
 mod memory;
+mod redis;
 mod sql;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use herald_protocol::Publication;
 use thiserror::Error;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use sql::{open_durable, DurableStore};
 
 use crate::broker::BrokerError;

@@ -36,6 +36,9 @@ pub const KEEP_UP_P99: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 pub struct Options {
     pub target: Target,
+    /// Other nodes of the same cluster: subscribers are spread evenly over
+    /// `target` and these; publications go through `target`.
+    pub other_nodes: Vec<Target>,
     pub auth: Auth,
     /// `X-API-Key` for the server API; `None` for a `--dev` server.
     pub api_key: Option<String>,
@@ -64,6 +67,8 @@ pub struct Options {
 pub struct FanoutReport {
     pub scenario: &'static str,
     pub url: String,
+    /// Nodes the subscribers were spread over.
+    pub nodes: usize,
     pub protocol: &'static str,
     pub channel: String,
     pub subscribers: usize,
@@ -107,6 +112,7 @@ impl Report for FanoutReport {
     fn table(&self) -> String {
         let mut t = Table::new("herald-bench fanout");
         t.row("url", format_args!("{} ({})", self.url, self.protocol))
+            .row("nodes", self.nodes)
             .row("channel", &self.channel)
             .row(
                 "subscribers connected",
@@ -192,19 +198,29 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
         .unwrap_or_else(|| o.target.api_url("publish"));
     let api = Api::new(publish_url, o.api_key.clone(), REPLY_TIMEOUT)
         .map_err(|e| ScenarioError::Invalid(e.to_string()))?;
-    let dialer = Dialer {
-        target: &o.target,
-        auth: &o.auth,
-        sources: &sources,
-        concurrency: o.connect_concurrency,
-    };
-    let opened = dialer
-        .open(
-            o.subscribers,
-            |_| vec![o.channel.clone()],
-            &Progress::default(),
-        )
-        .await?;
+    let nodes: Vec<&Target> = std::iter::once(&o.target).chain(&o.other_nodes).collect();
+    let mut opened: Option<super::Opened> = None;
+    for (i, target) in nodes.iter().enumerate() {
+        // Node i takes every n-th subscriber, the first the remainder.
+        let share = o.subscribers / nodes.len() + usize::from(i < o.subscribers % nodes.len());
+        let dialer = Dialer {
+            target,
+            auth: &o.auth,
+            sources: &sources,
+            concurrency: o.connect_concurrency,
+        };
+        let more = dialer
+            .open(share, |_| vec![o.channel.clone()], &Progress::default())
+            .await?;
+        opened = Some(match opened.take() {
+            None => more,
+            Some(mut all) => {
+                all.merge(more);
+                all
+            }
+        });
+    }
+    let opened = opened.expect("at least one node");
     if opened.clients.is_empty() {
         return Err(ScenarioError::NoConnections(
             opened
@@ -284,6 +300,7 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
     Ok(FanoutReport {
         scenario: "fanout",
         url: o.target.ws_url.clone(),
+        nodes: nodes.len(),
         protocol: o.target.protocol.name(),
         channel: o.channel.clone(),
         subscribers: o.subscribers,

@@ -154,3 +154,37 @@ fn validates_json_payloads() {
     assert!(!is_valid_json(b"{} {}"));
     assert!(!is_valid_json(b"\"\xff\""), "strings must be UTF-8");
 }
+
+#[test]
+fn publication_round_trips_through_its_object() {
+    let info = ClientInfo {
+        user: "u1".into(),
+        client: "c1".into(),
+        conn_info: Some(Bytes::from_static(br#"{"name":"Ann"}"#)),
+        chan_info: None,
+    };
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("k".to_string(), "v \"q\"".to_string());
+    let p = Publication::new(
+        Arc::from("chat:1"),
+        Bytes::from_static(br#"{"text":"hi \u00e9"}"#),
+        Some(Arc::new(info.clone())),
+    )
+    .with_offset(42)
+    .with_tags(tags.clone());
+    let back = decode_publication(Arc::from("chat:1"), &encode_publication(&p)).unwrap();
+    assert_eq!(&*back.data, &*p.data);
+    assert_eq!(back.offset, 42);
+    assert_eq!(back.tags, tags);
+    assert_eq!(back.info.as_deref(), Some(&info));
+    assert_eq!(back.json_push(), p.json_push());
+
+    let plain = Publication::new(Arc::from("c"), Bytes::from_static(b"1"), None);
+    let back = decode_publication(Arc::from("c"), &encode_publication(&plain)).unwrap();
+    assert_eq!((back.offset, back.info.is_none()), (0, true));
+    assert!(decode_publication(Arc::from("c"), b"{\"offset\":1}").is_err());
+    assert_eq!(
+        decode_client_info(&encode_client_info(&info)).unwrap(),
+        info
+    );
+}

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::{ApiError, ApiResult};
 use crate::auth::now_unix;
-use crate::hub::{Client, Control};
+use crate::cluster::{self, Action};
 use crate::node::Node;
 use crate::store::{HistoryQuery, StreamPosition};
 
@@ -30,15 +30,15 @@ pub fn call<'a>(node: &'a Node, method: &'a str, body: &'a [u8]) -> BoxFuture<'a
         match method {
             "publish" => publish(node, parse(body)?).await,
             "broadcast" => broadcast(node, parse(body)?).await,
-            "subscribe" => subscribe(node, parse(body)?),
-            "unsubscribe" => unsubscribe(node, parse(body)?),
-            "disconnect" => disconnect(node, parse(body)?),
-            "refresh" => refresh(node, parse(body)?),
+            "subscribe" => subscribe(node, parse(body)?).await,
+            "unsubscribe" => unsubscribe(node, parse(body)?).await,
+            "disconnect" => disconnect(node, parse(body)?).await,
+            "refresh" => refresh(node, parse(body)?).await,
             "channels" => channels(node, parse(body)?),
             "info" => Ok(info(node)),
             "batch" => batch(node, parse(body)?).await,
-            "presence" => presence(node, parse(body)?, false),
-            "presence_stats" => presence(node, parse(body)?, true),
+            "presence" => presence(node, parse(body)?, false).await,
+            "presence_stats" => presence(node, parse(body)?, true).await,
             "history" => history(node, parse(body)?).await,
             "history_remove" => {
                 let req: ChannelOnly = parse(body)?;
@@ -109,16 +109,16 @@ async fn publish_one(
     Ok(json!({ "offset": r.offset, "epoch": r.epoch }))
 }
 
-fn presence(node: &Node, req: ChannelOnly, stats: bool) -> ApiResult {
+async fn presence(node: &Node, req: ChannelOnly, stats: bool) -> ApiResult {
     if !node.rules.resolve(&req.channel)?.options.presence {
         return Err(ProtocolError::NOT_AVAILABLE.into());
     }
     if stats {
-        let (num_clients, num_users) = node.presence.stats(&req.channel);
+        let (num_clients, num_users) = node.presence_stats(&req.channel).await?;
         return Ok(json!({ "num_clients": num_clients, "num_users": num_users }));
     }
     let mut out = Map::new();
-    for (client, info) in node.presence.get(&req.channel) {
+    for (client, info) in node.presence_get(&req.channel).await? {
         out.insert(
             client,
             raw_json(herald_protocol::json::encode_client_info(&info)),
@@ -201,7 +201,8 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
     Ok(json!({ "responses": responses }))
 }
 
-/// Which connections a user-targeted method acts on.
+/// Which connections a user-targeted method acts on, on whichever node they
+/// are.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Target {
@@ -210,20 +211,18 @@ struct Target {
     session: String,
 }
 
-fn targets(node: &Node, t: &Target) -> Result<Vec<std::sync::Arc<dyn Client>>, ApiError> {
-    if t.user.is_empty() && t.client.is_empty() {
-        return Err(ApiError::bad_request("user or client is required"));
+impl Target {
+    fn resolve(self, whitelist: Vec<String>) -> Result<cluster::Target, ApiError> {
+        if self.user.is_empty() && self.client.is_empty() {
+            return Err(ApiError::bad_request("user or client is required"));
+        }
+        let _ = self.session;
+        Ok(cluster::Target {
+            user: self.user,
+            client: self.client,
+            whitelist,
+        })
     }
-    let _ = &t.session;
-    if t.user.is_empty() {
-        return Ok(node.hub.client(&t.client).into_iter().collect());
-    }
-    Ok(node
-        .hub
-        .user_clients(&t.user)
-        .into_iter()
-        .filter(|c| t.client.is_empty() || c.client_id() == t.client)
-        .collect())
 }
 
 #[derive(Deserialize, Default)]
@@ -237,24 +236,21 @@ struct SubscribeRequest {
     expire_at: i64,
 }
 
-fn raw_bytes(v: Option<Box<RawValue>>) -> Option<Bytes> {
+/// A raw JSON field, `null` counting as absent.
+fn present(v: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
     v.filter(|r| r.get() != "null")
-        .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
 }
 
-fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
+async fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
     node.rules.resolve(&req.channel)?;
-    let info = raw_bytes(req.info);
-    let data = raw_bytes(req.data);
-    let expire_at = (req.expire_at > 0).then_some(req.expire_at);
-    for c in targets(node, &req.target)? {
-        c.control(Control::Subscribe {
-            channel: req.channel.clone(),
-            info: info.clone(),
-            data: data.clone(),
-            expire_at,
-        });
-    }
+    let action = Action::Subscribe {
+        channel: req.channel,
+        info: present(req.info),
+        data: present(req.data),
+        expire_at: (req.expire_at > 0).then_some(req.expire_at),
+    };
+    node.user_command(req.target.resolve(Vec::new())?, action)
+        .await?;
     Ok(json!({}))
 }
 
@@ -266,16 +262,13 @@ struct UnsubscribeRequest {
     channel: String,
 }
 
-fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> ApiResult {
+async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> ApiResult {
     node.rules.resolve(&req.channel)?;
-    let (code, reason) = herald_protocol::codes::unsubscribe::SERVER;
-    for c in targets(node, &req.target)? {
-        c.control(Control::Unsubscribe {
-            channel: req.channel.clone(),
-            code,
-            reason: reason.into(),
-        });
-    }
+    let action = Action::Unsubscribe {
+        channel: req.channel,
+    };
+    node.user_command(req.target.resolve(Vec::new())?, action)
+        .await?;
     Ok(json!({}))
 }
 
@@ -295,7 +288,7 @@ struct DisconnectRequest {
     disconnect: Option<DisconnectCode>,
 }
 
-fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
+async fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
     let d = match req.disconnect {
         Some(d) if !(3000..=4999).contains(&d.code) => {
             return Err(ApiError::bad_request(
@@ -305,11 +298,12 @@ fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
         Some(d) => Disconnect::new(d.code, d.reason),
         None => Disconnect::force_disconnect(),
     };
-    for c in targets(node, &req.target)? {
-        if !req.whitelist.iter().any(|w| w == c.client_id()) {
-            c.control(Control::Disconnect(d.clone()));
-        }
-    }
+    let action = Action::Disconnect {
+        code: d.code,
+        reason: d.reason,
+    };
+    node.user_command(req.target.resolve(req.whitelist)?, action)
+        .await?;
     Ok(json!({}))
 }
 
@@ -323,19 +317,17 @@ struct RefreshRequest {
     info: Option<Box<RawValue>>,
 }
 
-fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
+async fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
     if req.expire_at > 0 && req.expire_at <= now_unix() && !req.expired {
         return Err(ApiError::bad_request("expire_at is in the past"));
     }
-    let info = raw_bytes(req.info);
-    let expire_at = (req.expire_at > 0).then_some(req.expire_at);
-    for c in targets(node, &req.target)? {
-        c.control(Control::Refresh {
-            expired: req.expired,
-            expire_at,
-            info: info.clone(),
-        });
-    }
+    let action = Action::Refresh {
+        expired: req.expired,
+        expire_at: (req.expire_at > 0).then_some(req.expire_at),
+        info: present(req.info),
+    };
+    node.user_command(req.target.resolve(Vec::new())?, action)
+        .await?;
     Ok(json!({}))
 }
 
@@ -361,16 +353,7 @@ fn channels(node: &Node, req: ChannelsRequest) -> ApiResult {
 }
 
 fn info(node: &Node) -> Value {
-    json!({ "nodes": [{
-        "uid": node.uid,
-        "name": node.name,
-        "version": Node::version(),
-        "num_clients": node.hub.num_clients(),
-        "num_users": node.hub.num_users(),
-        "num_channels": node.hub.num_channels(),
-        "num_subs": node.hub.num_subscriptions(),
-        "uptime": node.started.elapsed().as_secs(),
-    }]})
+    json!({ "nodes": node.nodes() })
 }
 
 #[derive(Deserialize, Default)]

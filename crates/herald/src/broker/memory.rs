@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::{self, BoxFuture};
 use herald_protocol::{PresenceEvent, Publication};
 
@@ -18,13 +19,17 @@ impl MemoryBroker {
     }
 }
 
+fn done() -> BoxFuture<'static, Result<(), BrokerError>> {
+    Box::pin(future::ready(Ok(())))
+}
+
 impl Broker for MemoryBroker {
     fn publish(
         &self,
         publication: Arc<Publication>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
         self.hub.deliver(&publication);
-        Box::pin(future::ready(Ok(())))
+        done()
     }
 
     fn publish_presence(
@@ -32,14 +37,15 @@ impl Broker for MemoryBroker {
         event: Arc<PresenceEvent>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
         self.hub.deliver_presence(&event);
-        Box::pin(future::ready(Ok(())))
+        done()
     }
 
-    fn subscribe(&self, _channel: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(future::ready(Ok(())))
+    /// A single node has no one to tell.
+    fn publish_control(&self, _message: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
+        done()
     }
 
-    fn unsubscribe(&self, _channel: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(future::ready(Ok(())))
+    fn sync_channel(&self, _channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        done()
     }
 }

@@ -8,12 +8,7 @@ use super::{ChannelOptions, Config, ConfigError, HistoryStorage};
 pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     validate_client(c, warnings)?;
     validate_channels(c)?;
-    if c.engine.kind != "memory" {
-        return Err(ConfigError::invalid(
-            "engine.type",
-            format!("{:?} is not supported yet; use \"memory\"", c.engine.kind),
-        ));
-    }
+    super::cluster::validate_cluster(c)?;
     if !matches!(
         c.log.level.as_str(),
         "trace" | "debug" | "info" | "warn" | "error" | "none"

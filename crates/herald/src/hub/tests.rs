@@ -111,3 +111,153 @@ fn presence_events_go_to_subscribers_that_asked() {
     assert_eq!(a.presence.load(Ordering::Relaxed), 1);
     assert_eq!(b.presence.load(Ordering::Relaxed), 0);
 }
+
+fn positioned(ch: &str, offset: u64) -> Arc<Publication> {
+    Arc::new(
+        Publication::new(Arc::from(ch), Bytes::from_static(b"{}"), None)
+            .with_offset(offset)
+            .with_epoch(Arc::from("e1")),
+    )
+}
+
+fn offsets(p: &Probe) -> Vec<u64> {
+    p.got.lock().iter().map(|p| p.offset).collect()
+}
+
+fn insufficient_count(p: &Probe) -> usize {
+    p.controls
+        .lock()
+        .iter()
+        .filter(|c| matches!(c, Control::Unsubscribe { code: 2500, .. }))
+        .count()
+}
+
+#[test]
+fn a_gap_in_offsets_stops_delivery_and_asks_for_recovery() {
+    let hub = Hub::new();
+    let (a, b) = (probe("1"), probe("2"));
+    hub.subscribe("s", a.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    hub.deliver(&positioned("s", 2));
+    // 3 was lost on its way: 4 is not delivered, both subscribers are told
+    // once, and get nothing more until they subscribe again.
+    hub.subscribe("s", b.clone(), false);
+    assert_eq!(hub.deliver(&positioned("s", 4)), 0);
+    assert_eq!(hub.deliver(&positioned("s", 5)), 0);
+    assert_eq!(offsets(&a), [1, 2]);
+    assert!(offsets(&b).is_empty());
+    assert_eq!((insufficient_count(&a), insufficient_count(&b)), (1, 1));
+    // A late arrival older than what was seen is dropped.
+    hub.unsubscribe("s", a.key);
+    hub.subscribe("s", a.clone(), false);
+    assert_eq!(hub.deliver(&positioned("s", 3)), 0);
+    assert_eq!(
+        hub.deliver(&positioned("s", 6)),
+        1,
+        "b is stale until it leaves"
+    );
+    assert_eq!(offsets(&a), [1, 2, 6]);
+}
+
+#[test]
+fn subscribe_positions_and_new_streams_are_respected() {
+    let hub = Hub::new();
+    let a = probe("1");
+    hub.subscribe("s", a.clone(), false);
+    // The subscribe reply said 10: 12 means 11 was lost.
+    hub.observe_position("s", 10, "e1");
+    assert_eq!(hub.deliver(&positioned("s", 12)), 0);
+    assert_eq!(insufficient_count(&a), 1);
+
+    // Before anything is delivered the lowest position given counts; once
+    // publications flow, a later subscriber's higher position changes
+    // nothing (what it has read is still on its way to the others).
+    let (b, c) = (probe("2"), probe("3"));
+    hub.subscribe("t", b.clone(), false);
+    hub.observe_position("t", 7, "e1");
+    hub.observe_position("t", 5, "e1");
+    assert_eq!(hub.deliver(&positioned("t", 6)), 1);
+    hub.subscribe("t", c.clone(), false);
+    hub.observe_position("t", 9, "e1");
+    assert_eq!(hub.deliver(&positioned("t", 7)), 2);
+    assert_eq!(hub.deliver(&positioned("t", 8)), 2);
+    assert_eq!(offsets(&b), [6, 7, 8]);
+    assert_eq!(insufficient_count(&b), 0);
+    // Unpositioned publications are never checked.
+    assert_eq!(hub.deliver(&publication("t")), 2);
+    // A stream that starts over (a new epoch, Redis lost it) sends every
+    // subscriber to recover, whatever its offset.
+    let restarted = Arc::new(
+        Publication::new(Arc::from("t"), Bytes::from_static(b"{}"), None)
+            .with_offset(1)
+            .with_epoch(Arc::from("e2")),
+    );
+    assert_eq!(hub.deliver(&restarted), 0);
+    assert_eq!((insufficient_count(&b), insufficient_count(&c)), (1, 1));
+
+    // After a broker reconnection, positioned channels resync.
+    let d = probe("4");
+    hub.subscribe("u", d.clone(), false);
+    hub.resync(|ch| ch == "u");
+    assert_eq!(insufficient_count(&d), 1);
+    assert_eq!(insufficient_count(&a), 1);
+}
+
+#[test]
+fn a_gap_is_filled_from_the_stream_in_order() {
+    let hub = Hub::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    hub.set_filler(Arc::new(move |ch: Arc<str>, after: u64| {
+        log.lock().push((ch.to_string(), after));
+    }));
+    let a = probe("1");
+    hub.subscribe("s", a.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    // 3 overtook 2 (published on another node): held while 2 is read.
+    assert_eq!(hub.deliver(&positioned("s", 3)), 0);
+    assert_eq!(hub.deliver(&positioned("s", 4)), 0);
+    assert_eq!(*asked.lock(), [("s".to_string(), 1)]);
+    assert_eq!(offsets(&a), [1]);
+    hub.finish_fill("s", Some(vec![positioned("s", 2), positioned("s", 3)]));
+    assert_eq!(offsets(&a), [1, 2, 3, 4]);
+    // The late 2 is dropped; delivery goes on.
+    assert_eq!(hub.deliver(&positioned("s", 2)), 0);
+    assert_eq!(hub.deliver(&positioned("s", 5)), 1);
+    assert_eq!(insufficient_count(&a), 0);
+    assert_eq!(hub.gap_counts(), (1, 0));
+
+    // A stream that cannot fill the gap sends subscribers to recover.
+    assert_eq!(hub.deliver(&positioned("s", 8)), 0);
+    hub.finish_fill("s", Some(vec![positioned("s", 6)]));
+    assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(insufficient_count(&a), 1);
+    // So does a failed read.
+    let b = probe("2");
+    hub.subscribe("t", b.clone(), false);
+    hub.deliver(&positioned("t", 1));
+    hub.deliver(&positioned("t", 3));
+    hub.finish_fill("t", None);
+    assert_eq!(offsets(&b), [1]);
+    assert_eq!(insufficient_count(&b), 1);
+}
+
+#[test]
+fn the_first_publications_of_a_stream_keep_their_order() {
+    let hub = Hub::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64| {
+        log.lock().push(after)
+    }));
+    let a = probe("1");
+    hub.subscribe("v", a.clone(), false);
+    // Subscribed to an empty stream; 2 (from another node) overtakes 1.
+    hub.observe_position("v", 0, "e1");
+    assert_eq!(hub.deliver(&positioned("v", 2)), 0);
+    assert_eq!(*asked.lock(), [0]);
+    hub.finish_fill("v", Some(vec![positioned("v", 1), positioned("v", 2)]));
+    assert_eq!(hub.deliver(&positioned("v", 1)), 0);
+    assert_eq!(hub.deliver(&positioned("v", 3)), 1);
+    assert_eq!(offsets(&a), [1, 2, 3]);
+}

@@ -45,7 +45,7 @@ impl Session {
     }
 
     /// Presence (or its counts): 108 where the namespace keeps none.
-    pub(super) fn presence(&self, channel: &str, stats: bool) -> Outcome {
+    pub(super) async fn presence(&self, channel: &str, stats: bool) -> Outcome {
         let resolved = self.node.rules.resolve(channel)?;
         if !resolved.options.presence {
             return Err(ProtocolError::NOT_AVAILABLE);
@@ -58,14 +58,14 @@ impl Session {
             return Err(ProtocolError::PERMISSION_DENIED);
         }
         if stats {
-            let (num_clients, num_users) = self.node.presence.stats(channel);
+            let (num_clients, num_users) = self.node.presence_stats(channel).await?;
             return Ok(ReplyBody::PresenceStats {
                 num_clients,
                 num_users,
             });
         }
         Ok(ReplyBody::Presence(
-            self.node.presence.get(channel).into_iter().collect(),
+            self.node.presence_get(channel).await?.into_iter().collect(),
         ))
     }
 

@@ -74,6 +74,9 @@ impl Session {
         self.enter_channel(&channel, state, join_leave_push).await;
         match self.position(&channel, &req, &options, &mut result).await {
             Ok(top) => {
+                if !result.epoch.is_empty() {
+                    self.node.hub.observe_position(&channel, top, &result.epoch);
+                }
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
                 handle.finish_buffering(&channel, top, false);
                 self.announce(&channel).await;
@@ -240,7 +243,7 @@ impl Session {
         let handle = conn.handle.clone();
         self.subs.insert(channel.to_string(), state);
         if self.node.hub.subscribe(channel, handle, join_leave_push) {
-            self.node.broker_subscribe(channel).await;
+            self.node.broker_sync(channel).await;
         }
     }
 
@@ -260,7 +263,7 @@ impl Session {
             return;
         };
         if presence {
-            self.node.presence.add(channel, info.clone());
+            self.node.presence_add(channel, info.clone()).await;
         }
         if join_leave {
             self.node.presence_event(channel, info, true).await;
@@ -286,10 +289,10 @@ impl Session {
         let Some(conn) = &self.conn else { return true };
         conn.handle.forget(channel);
         if self.node.hub.unsubscribe(channel, conn.handle.key) {
-            self.node.broker_unsubscribe(channel).await;
+            self.node.broker_sync(channel).await;
         }
         if state.announced && state.presence {
-            self.node.presence.remove(channel, &self.client_id);
+            self.node.presence_remove(channel, &self.client_id).await;
         }
         if state.announced && state.join_leave {
             if let Some(info) = self.member_info(state.chan_info) {

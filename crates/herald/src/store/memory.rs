@@ -104,7 +104,11 @@ impl Store for MemoryStore {
             };
             stream.top += 1;
             stream.touched = now;
-            let stored = Arc::new(publication.with_offset(stream.top));
+            let stored = Arc::new(
+                publication
+                    .with_offset(stream.top)
+                    .with_epoch(Arc::from(stream.epoch.as_str())),
+            );
             stream.pubs.push_back((now, stored.clone()));
             stream.trim(&opts, now);
             let delivered = (self.deliver)(stored.clone());

@@ -161,7 +161,15 @@ impl Store for DurableStore {
                 .await
                 .map_err(|_| closed())?;
             let committed = answer.await.map_err(|_| closed())??;
-            committed.delivered.await?;
+            // Committed is acknowledged: a publication the broker could not
+            // carry live is still in the stream, and subscribers recover it.
+            if let Err(e) = committed.delivered.await {
+                tracing::warn!(
+                    channel = &*committed.publication.channel,
+                    error = %e,
+                    "committed publication not delivered live"
+                );
+            }
             Ok((committed.publication, committed.epoch))
         })
     }

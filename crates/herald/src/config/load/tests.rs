@@ -158,7 +158,27 @@ fn invalid_values_name_the_key() {
             r#"{"client":{"queue_max_size":0}}"#,
             "client.queue_max_size",
         ),
-        (r#"{"engine":{"type":"redis"}}"#, "engine.type"),
+        (r#"{"engine":{"type":"tarantool"}}"#, "engine.type"),
+        (
+            r#"{"broker":{"enabled":true,"type":"kafka"}}"#,
+            "broker.type",
+        ),
+        (
+            r#"{"engine":{"type":"redis"},"channel":{"namespaces":[{"name":"dd","history_size":5,"history_ttl":"60s","history_storage":"durable"}]}}"#,
+            "channel.namespaces[0].history_storage",
+        ),
+        (
+            r#"{"broker":{"enabled":true,"type":"nats"},"channel":{"without_namespace":{"history_size":5,"history_ttl":"60s"}}}"#,
+            "channel.without_namespace.history_storage",
+        ),
+        (
+            r#"{"broker":{"enabled":true,"type":"nats"},"channel":{"namespaces":[{"name":"pp","presence":true}]}}"#,
+            "channel.namespaces[0].presence",
+        ),
+        (
+            r#"{"engine":{"redis":{"address":"http://x"}}}"#,
+            "engine.redis.address",
+        ),
         (
             r#"{"storage":{"sqlite":{"synchronous":"off"}}}"#,
             "storage.sqlite.synchronous",

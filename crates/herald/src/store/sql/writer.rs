@@ -92,7 +92,11 @@ impl Writer {
             Ok(assigned) => {
                 let answers = publications.into_iter().zip(assigned).zip(replies);
                 for ((publication, (offset, epoch)), reply) in answers {
-                    let publication = Arc::new(publication.with_offset(offset));
+                    let publication = Arc::new(
+                        publication
+                            .with_offset(offset)
+                            .with_epoch(Arc::from(epoch.as_str())),
+                    );
                     let delivered = (self.deliver)(publication.clone());
                     let _ = reply.send(Ok(Committed {
                         publication,

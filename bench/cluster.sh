@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fan-out through a Herald cluster next to a single node, with the same
+# herald-bench command: one node with the in-memory broker, one node over
+# Redis, and three nodes over Redis with the subscribers spread evenly over
+# them (publications always enter through the first node's HTTP API).
+#
+#   bench/cluster.sh [REDIS_URL] [SUBSCRIBERS] [RATE] [DURATION]
+#
+# Defaults: redis://127.0.0.1:6379, 1000 subscribers, 100 publications/s,
+# 10s. Every server listens on 127.0.0.1; each run uses its own Redis key
+# prefix. Prints one JSON report line per case (and the human tables on
+# stderr), prefixed with the case name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+redis=${1:-redis://127.0.0.1:6379}
+subscribers=${2:-1000}
+rate=${3:-100}
+duration=${4:-10s}
+
+cargo build --release --locked -q -p herald -p herald-bench
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_node NAME CONFIG: starts `herald serve --dev` and prints its address.
+start_node() {
+  local log="$work/$1.log"
+  target/release/herald serve --dev --port 0 -c "$2" --data-dir "$work/$1" >"$log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    local addr
+    addr=$(grep -o 'addr=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
+    if [ -n "$addr" ]; then echo "$addr"; return; fi
+    sleep 0.1
+  done
+  cat "$log" >&2
+  echo "node $1 did not start" >&2
+  exit 1
+}
+
+stop_nodes() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+
+run_case() {
+  local name=$1; shift
+  local urls=("$@")
+  local also=()
+  for u in "${urls[@]:1}"; do also+=(--also-url "ws://$u/connection/websocket"); done
+  echo "== $name" >&2
+  local json
+  json=$(target/release/herald-bench fanout --url "ws://${urls[0]}/connection/websocket" \
+    "${also[@]}" --subscribers "$subscribers" --rate "$rate" --duration "$duration" \
+    --warmup 2s --quiet --json)
+  echo "$name $json"
+}
+
+memory="$work/memory.json"
+echo '{"log":{"level":"info"}}' >"$memory"
+one=$(start_node single "$memory")
+run_case "1-node-memory" "$one"
+stop_nodes
+
+cluster="$work/cluster.json"
+printf '{"log":{"level":"info"},"engine":{"type":"redis","redis":{"address":"%s","prefix":"bench%s"}}}\n' \
+  "$redis" "$$" >"$cluster"
+one=$(start_node r1 "$cluster")
+run_case "1-node-redis" "$one"
+stop_nodes
+
+a=$(start_node c1 "$cluster")
+b=$(start_node c2 "$cluster")
+c=$(start_node c3 "$cluster")
+run_case "3-nodes-redis" "$a" "$b" "$c"
+stop_nodes

@@ -1,0 +1,349 @@
+//! The NATS broker: publications travel over core NATS subjects, one per
+//! Herald channel, `<prefix>.client.<token>` where the token is the channel
+//! name in unpadded URL-safe base64. Channel names may hold `.`, `*`, `>` or
+//! spaces; encoded, none of them can split the subject into more tokens or
+//! turn it into a wildcard. Control messages use `<prefix>.control`.
+//!
+//! NATS carries no history, so history comes from the durable store (the
+//! configuration refuses memory-history namespaces with this broker).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use herald_protocol::{PresenceEvent, Publication};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::redis::redacted;
+use super::{ask, Broker, BrokerError, Inbound, Reply, SyncRequest};
+use crate::cluster::wire;
+use crate::config::NatsConfig;
+
+struct Outgoing {
+    subject: String,
+    payload: Bytes,
+    done: Reply<()>,
+}
+
+pub struct NatsBroker {
+    prefix: String,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    sync: mpsc::UnboundedSender<SyncRequest>,
+    stop: CancellationToken,
+}
+
+/// The subject of a channel: its name can never widen or break it.
+pub fn subject(prefix: &str, channel: &str) -> String {
+    format!(
+        "{prefix}.client.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(channel)
+    )
+}
+
+impl NatsBroker {
+    pub async fn connect(
+        cfg: &NatsConfig,
+        inbound: Inbound,
+        stop: CancellationToken,
+    ) -> Result<Self, BrokerError> {
+        // Set by a lost connection, so that only a reconnection (not the
+        // first connection's event, which may come late) is reported.
+        let lost = Arc::new(AtomicBool::new(false));
+        let reconnected = Arc::new(Notify::new());
+        let flag = lost.clone();
+        let signal = reconnected.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("herald")
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((50u64 << attempts.min(6)).min(2000))
+            })
+            .event_callback(move |event| {
+                let flag = flag.clone();
+                let signal = signal.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            if flag.swap(false, Ordering::AcqRel) {
+                                signal.notify_one();
+                            }
+                        }
+                        async_nats::Event::Disconnected => {
+                            flag.store(true, Ordering::Release);
+                            tracing::warn!("nats connection lost; reconnecting")
+                        }
+                        other => tracing::debug!(event = %other, "nats event"),
+                    }
+                }
+            })
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("{}: {e}", redacted(&cfg.url))))?;
+
+        let io = cfg.io_timeout.0;
+        let control = client
+            .subscribe(format!("{}.control", cfg.prefix))
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        tokio::spawn(forward(control, stop.clone(), {
+            let inbound = inbound.clone();
+            move |m: async_nats::Message| inbound.control(m.payload)
+        }));
+
+        tokio::spawn(watch_reconnections(
+            client.clone(),
+            reconnected,
+            inbound.clone(),
+            io,
+            stop.clone(),
+        ));
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        tokio::spawn(publisher(client.clone(), queue, stop.clone()));
+        let (sync, requests) = mpsc::unbounded_channel();
+        tokio::spawn(subscriber(
+            client,
+            cfg.prefix.clone(),
+            inbound,
+            requests,
+            io,
+            stop.clone(),
+        ));
+        Ok(Self {
+            prefix: cfg.prefix.clone(),
+            outgoing,
+            sync,
+            stop,
+        })
+    }
+
+    fn send(&self, subject: String, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
+        ask(&self.outgoing, |done| Outgoing {
+            subject,
+            payload,
+            done,
+        })
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Broker for NatsBroker {
+    fn publish(&self, p: Arc<Publication>) -> BoxFuture<'static, Result<(), BrokerError>> {
+        self.send(
+            subject(&self.prefix, &p.channel),
+            wire::encode_publication_message(&p),
+        )
+    }
+
+    fn publish_presence(
+        &self,
+        e: Arc<PresenceEvent>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        self.send(
+            subject(&self.prefix, &e.channel),
+            wire::encode_presence_message(&e),
+        )
+    }
+
+    fn publish_control(&self, message: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
+        self.send(format!("{}.control", self.prefix), message)
+    }
+
+    fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let channel = channel.to_string();
+        ask(&self.sync, |done| SyncRequest { channel, done })
+    }
+}
+
+/// Publishes in queue order; while NATS is unreachable every publish fails
+/// at once instead of piling up in the client's buffer.
+async fn publisher(
+    client: async_nats::Client,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return,
+            item = queue.recv() => match item { Some(i) => i, None => return },
+        };
+        let result = if client.connection_state() != State::Connected {
+            Err(BrokerError::Unavailable(
+                "nats is unreachable; reconnecting".into(),
+            ))
+        } else {
+            client
+                .publish(item.subject, item.payload)
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        };
+        let _ = item.done.send(result);
+    }
+}
+
+/// Reports a reconnection once the server has this client's subscriptions
+/// again (a flush after the client re-sent them). The connection state is
+/// also polled, in case the client's event was lost.
+async fn watch_reconnections(
+    client: async_nats::Client,
+    signal: Arc<Notify>,
+    inbound: Inbound,
+    io: Duration,
+    stop: CancellationToken,
+) {
+    let mut was_down = false;
+    loop {
+        let notified = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = signal.notified() => true,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+        };
+        match client.connection_state() {
+            State::Connected => {}
+            State::Disconnected => {
+                was_down = true;
+                continue;
+            }
+            State::Pending => continue,
+        }
+        if !(notified || was_down) {
+            continue;
+        }
+        if matches!(tokio::time::timeout(io, client.flush()).await, Ok(Ok(()))) {
+            was_down = false;
+            tracing::info!("nats reconnected");
+            inbound.reconnected();
+        } else {
+            was_down = true;
+        }
+    }
+}
+
+/// Owns the per-channel subscriptions and keeps them matching the hub;
+/// channels whose subscription failed are tried again every second.
+async fn subscriber(
+    client: async_nats::Client,
+    prefix: String,
+    inbound: Inbound,
+    mut requests: mpsc::UnboundedReceiver<SyncRequest>,
+    io: Duration,
+    stop: CancellationToken,
+) {
+    let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let (channels, done) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = requests.recv() => match r {
+                Some(r) => (vec![r.channel], Some(r.done)),
+                None => break,
+            },
+            _ = retry.tick(), if !failed.is_empty() => (failed.drain().collect(), None),
+        };
+        let mut result = Ok(());
+        for channel in channels {
+            let outcome = sync(&client, &prefix, &inbound, &mut subs, &channel, io, &stop).await;
+            if let Err(e) = outcome {
+                tracing::warn!(channel, error = %e, "nats subscription failed; retrying");
+                failed.insert(channel);
+                result = Err(e);
+            }
+        }
+        if let Some(done) = done {
+            let _ = done.send(result);
+        }
+    }
+    for (_, task) in subs {
+        task.abort();
+    }
+}
+
+/// Subscribes or unsubscribes `channel` to match the hub.
+async fn sync(
+    client: &async_nats::Client,
+    prefix: &str,
+    inbound: &Inbound,
+    subs: &mut HashMap<String, JoinHandle<()>>,
+    channel: &str,
+    io: Duration,
+    stop: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let want = inbound.has_subscribers(channel);
+    if !want {
+        // Dropping the subscriber unsubscribes it.
+        if let Some(task) = subs.remove(channel) {
+            task.abort();
+        }
+        return Ok(());
+    }
+    if subs.contains_key(channel) {
+        return Ok(());
+    }
+    let subscribed = async {
+        let s = client.subscribe(subject(prefix, channel)).await?;
+        // The server has the subscription once a flush returns.
+        client.flush().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(s)
+    };
+    let s = match tokio::time::timeout(io, subscribed).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(BrokerError::Unavailable(e.to_string())),
+        Err(_) => return Err(BrokerError::Unavailable("nats subscribe timed out".into())),
+    };
+    let inbound = inbound.clone();
+    let task = tokio::spawn(forward(s, stop.clone(), move |m: async_nats::Message| {
+        inbound.message(&m.payload)
+    }));
+    subs.insert(channel.to_string(), task);
+    Ok(())
+}
+
+async fn forward(
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+    on: impl Fn(async_nats::Message) + Send + 'static,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.next() => match m {
+                Some(m) => on(m),
+                None => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject;
+
+    #[test]
+    fn channel_names_cannot_widen_subjects() {
+        for channel in ["a.b", "*", ">", "a b", "news:>", "x.*.y"] {
+            let s = subject("herald", channel);
+            let token = s.strip_prefix("herald.client.").unwrap();
+            assert!(
+                token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{channel:?} gave {s:?}"
+            );
+        }
+        assert_ne!(subject("p", "a.b"), subject("p", "a_b"));
+    }
+}

@@ -1,0 +1,163 @@
+//! How publications and join/leave events travel between nodes: one JSON
+//! object per message. A publication is
+//! `{"o":<offset>,"e":<epoch>,"c":<channel>,"p":<pub>}`
+//! where `<pub>` is the protocol's publication object; the offset leads so
+//! that a Redis script can assign it and prepend it to the rest (the
+//! [`publication_tail`]). A join or leave is `{"j":true|false,"c":…,"i":<info>}`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::json::{
+    decode_client_info, decode_publication, encode_client_info, encode_publication, DecodeError,
+};
+use herald_protocol::{PresenceEvent, Publication};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub enum Message {
+    Publication(Publication),
+    Presence(PresenceEvent),
+}
+
+/// The message without its opening `{"o":N,` (for a Redis script to
+/// complete with the offset it assigns). The publication's own offset, if
+/// any, is left out.
+pub fn publication_tail(p: &Publication) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.data.len() + p.channel.len() + 32);
+    out.extend_from_slice(b"\"c\":");
+    write_str(&mut out, &p.channel);
+    out.extend_from_slice(b",\"p\":");
+    if p.offset == 0 {
+        out.extend_from_slice(&encode_publication(p));
+    } else {
+        let bare = Publication::new(p.channel.clone(), p.data.clone(), p.info.clone())
+            .with_tags(p.tags.clone());
+        out.extend_from_slice(&encode_publication(&bare));
+    }
+    out.push(b'}');
+    out
+}
+
+/// A complete publication message, offset and epoch included.
+pub fn encode_publication_message(p: &Publication) -> Bytes {
+    let tail = publication_tail(p);
+    let mut out = Vec::with_capacity(tail.len() + 48);
+    out.extend_from_slice(b"{\"o\":");
+    out.extend_from_slice(p.offset.to_string().as_bytes());
+    out.push(b',');
+    if let Some(epoch) = &p.epoch {
+        out.extend_from_slice(b"\"e\":");
+        write_str(&mut out, epoch);
+        out.push(b',');
+    }
+    out.extend_from_slice(&tail);
+    Bytes::from(out)
+}
+
+pub fn encode_presence_message(e: &PresenceEvent) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(if e.join {
+        b"{\"j\":true,\"c\":"
+    } else {
+        b"{\"j\":false,\"c\":"
+    });
+    write_str(&mut out, &e.channel);
+    out.extend_from_slice(b",\"i\":");
+    out.extend_from_slice(&encode_client_info(&e.info));
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    o: u64,
+    #[serde(default)]
+    e: Option<String>,
+    c: String,
+    #[serde(borrow, default)]
+    p: Option<&'a RawValue>,
+    #[serde(default)]
+    j: Option<bool>,
+    #[serde(borrow, default)]
+    i: Option<&'a RawValue>,
+}
+
+pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
+    let env: Envelope<'_> = serde_json::from_slice(payload)?;
+    let channel: Arc<str> = Arc::from(env.c);
+    if let (Some(join), Some(info)) = (env.j, env.i) {
+        let info = decode_client_info(info.get().as_bytes())?;
+        return Ok(Message::Presence(PresenceEvent::new(
+            channel,
+            Arc::new(info),
+            join,
+        )));
+    }
+    let Some(p) = env.p else {
+        return Err(DecodeError::Malformed(serde::de::Error::custom(
+            "neither a publication nor a presence event",
+        )));
+    };
+    let mut publication = decode_publication(channel, p.get().as_bytes())?;
+    if env.o > 0 {
+        publication.offset = env.o;
+    }
+    publication.epoch = env.e.map(Arc::from);
+    Ok(Message::Publication(publication))
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herald_protocol::ClientInfo;
+
+    use super::*;
+
+    #[test]
+    fn publications_and_events_round_trip() {
+        let info = Arc::new(ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Some(Bytes::from_static(b"{\"a\":1}")),
+            chan_info: None,
+        });
+        let mut tags = BTreeMap::new();
+        tags.insert("t".into(), "v".into());
+        let p = Publication::new(
+            Arc::from("chat:\"odd\" name.*>"),
+            Bytes::from_static(b"{\"x\":[1,2]}"),
+            Some(info.clone()),
+        )
+        .with_offset(7)
+        .with_epoch(Arc::from("ep"))
+        .with_tags(tags);
+        let Message::Publication(back) = decode(&encode_publication_message(&p)).unwrap() else {
+            panic!("not a publication");
+        };
+        assert_eq!(back.json_push(), p.json_push());
+        assert_eq!(back.epoch.as_deref(), Some("ep"));
+
+        // What a Redis script produces from the tail.
+        let mut scripted = b"{\"o\":9,\"e\":\"x\",".to_vec();
+        scripted.extend_from_slice(&publication_tail(&p));
+        let Message::Publication(back) = decode(&scripted).unwrap() else {
+            panic!("not a publication");
+        };
+        assert_eq!((back.offset, back.epoch.as_deref()), (9, Some("x")));
+
+        let e = PresenceEvent::new(Arc::from("room"), info, false);
+        let Message::Presence(back) = decode(&encode_presence_message(&e)).unwrap() else {
+            panic!("not an event");
+        };
+        assert_eq!(back.json_push(), e.json_push());
+        assert!(decode(b"{\"c\":\"x\"}").is_err());
+        assert!(decode(b"not json").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! Memory-history streams kept in Redis for a cluster. One script appends:
+//! it takes the channel's next offset from the stream's meta hash, adds the
+//! publication to a Redis stream (trimmed to the namespace's size, entry id
+//! `<offset>-1`) and publishes it on the channel's pub/sub channel, all at
+//! once, so every node sees one order per channel. The meta hash holds the
+//! top offset (`s`) and the epoch (`e`); when it has expired or Redis lost
+//! it, a new epoch starts and clients cannot recover across it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use herald_protocol::Publication;
+use redis::Value;
+
+use super::{
+    new_epoch, select, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
+};
+use crate::broker::RedisShards;
+use crate::cluster::wire;
+
+/// KEYS: stream, meta, pub/sub channel. ARGV: message tail, size, ttl
+/// seconds, meta ttl seconds, candidate epoch, now (ms).
+const APPEND: &str = r#"
+local top = redis.call('hincrby', KEYS[2], 's', 1)
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
+end
+if ARGV[4] ~= '0' then redis.call('expire', KEYS[2], ARGV[4]) end
+local message = '{"o":' .. top .. ',"e":"' .. epoch .. '",' .. ARGV[1]
+redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], top .. '-1', 'd', message, 't', ARGV[6])
+if ARGV[3] ~= '0' then redis.call('expire', KEYS[1], ARGV[3]) end
+redis.call('publish', KEYS[3], message)
+return {top, epoch}
+"#;
+
+/// KEYS: stream, meta. ARGV: candidate epoch, meta ttl seconds, first id
+/// or '' for none. Returns top, epoch and the entries from the first id on.
+const READ: &str = r#"
+local top = redis.call('hget', KEYS[2], 's') or '0'
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('hset', KEYS[2], 'e', epoch, 's', top)
+  redis.call('del', KEYS[1])
+end
+if ARGV[2] ~= '0' then redis.call('expire', KEYS[2], ARGV[2]) end
+local entries = {}
+if ARGV[3] ~= '' then entries = redis.call('xrange', KEYS[1], ARGV[3], '+') end
+return {top, epoch, entries}
+"#;
+
+/// Streams of a channel live on the channel's shard.
+pub struct RedisStore {
+    shards: RedisShards,
+}
+
+impl RedisStore {
+    pub fn new(shards: RedisShards) -> Self {
+        Self { shards }
+    }
+
+    fn keys(&self, channel: &str) -> (String, String) {
+        let link = self.shards.for_channel(channel);
+        (link.key("stream", channel), link.key("meta", channel))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Decodes XRANGE entries (`[id, [field, value, …]]`), skipping those older
+/// than `ttl_ms` (zero: none).
+fn entries(v: &Value, ttl_ms: u64, now: u64) -> Result<Vec<Arc<Publication>>, StoreError> {
+    let Value::Array(items) = v else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(pair) = item else { continue };
+        let Some(Value::Array(fields)) = pair.get(1) else {
+            continue;
+        };
+        let (mut data, mut time) = (None, 0);
+        for kv in fields.chunks(2) {
+            match (kv.first().and_then(as_string).as_deref(), kv.get(1)) {
+                (Some("d"), Some(Value::BulkString(b))) => data = Some(b.as_slice()),
+                (Some("t"), Some(t)) => time = as_u64(t).unwrap_or(0),
+                _ => {}
+            }
+        }
+        if ttl_ms > 0 && time + ttl_ms < now {
+            continue;
+        }
+        let Some(data) = data else { continue };
+        match wire::decode(data).map_err(backend)? {
+            wire::Message::Publication(p) => out.push(Arc::new(p)),
+            wire::Message::Presence(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+impl Store for RedisStore {
+    fn append(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>> {
+        let (stream, meta) = self.keys(&publication.channel);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPEND)
+            .arg(3)
+            .arg(stream)
+            .arg(meta)
+            .arg(
+                self.shards
+                    .for_channel(&publication.channel)
+                    .channel_key(&publication.channel),
+            )
+            .arg(wire::publication_tail(&publication))
+            .arg(opts.size.max(1))
+            .arg(opts.ttl.as_secs())
+            .arg(opts.meta_ttl.as_secs())
+            .arg(new_epoch())
+            .arg(now_ms());
+        // Queued now, so appends from this node keep their order.
+        let sent = self.shards.for_channel(&publication.channel).send(cmd);
+        Box::pin(async move {
+            let reply = sent.await?;
+            let Value::Array(parts) = reply else {
+                return Err(backend("unexpected reply to the append script"));
+            };
+            let offset = parts
+                .first()
+                .and_then(as_u64)
+                .ok_or_else(|| backend("no offset"))?;
+            let epoch = parts
+                .get(1)
+                .and_then(as_string)
+                .ok_or_else(|| backend("no epoch"))?;
+            let stored = publication
+                .with_offset(offset)
+                .with_epoch(Arc::from(epoch.as_str()));
+            Ok((Arc::new(stored), epoch))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+        opts: StreamOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, StoreError>> {
+        let (stream, meta) = self.keys(channel);
+        // Only the entries the query can use are read: after `since`, or the
+        // whole (bounded) window.
+        let first = match (&query.limit, &query.since) {
+            (None, _) => String::new(),
+            (Some(_), Some(since)) if !query.reverse => format!("{}-1", since.offset + 1),
+            (Some(_), _) => "-".to_string(),
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(READ)
+            .arg(2)
+            .arg(stream)
+            .arg(meta)
+            .arg(new_epoch())
+            .arg(opts.meta_ttl.as_secs())
+            .arg(first);
+        let sent = self.shards.for_channel(channel).send(cmd);
+        Box::pin(async move {
+            let Value::Array(parts) = sent.await? else {
+                return Err(backend("unexpected reply to the read script"));
+            };
+            let position = StreamPosition {
+                offset: parts.first().and_then(as_u64).unwrap_or(0),
+                epoch: parts
+                    .get(1)
+                    .and_then(as_string)
+                    .ok_or_else(|| backend("no epoch"))?,
+            };
+            let pubs = match parts.get(2) {
+                Some(v) => entries(v, opts.ttl.as_millis() as u64, now_ms())?,
+                None => Vec::new(),
+            };
+            let publications = select(&pubs, &position, &query)?;
+            Ok(HistoryPage {
+                publications,
+                position,
+            })
+        })
+    }
+
+    fn remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (stream, _) = self.keys(channel);
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(stream);
+        let sent = self.shards.for_channel(channel).send(cmd);
+        Box::pin(async move {
+            sent.await?;
+            Ok(())
+        })
+    }
+}
