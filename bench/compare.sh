@@ -13,8 +13,8 @@
 # PEER_ADDR    host:port for it, e.g. 127.0.0.1:18200
 # OUT_DIR      where the JSON line of each run goes (default: a new temp dir)
 #
-# Environment: CASES (regex over case names, default all), SERVERS (default
-# "go herald bare"), HERALD_PORT (18210), BARE_PORT (18220), DURATION (10s),
+# Needs taskset, curl and jq. Environment: CASES (regex over case names,
+# default all), SERVERS (default "go herald bare"), HERALD_PORT (18210), BARE_PORT (18220), DURATION (10s),
 # WARMUP (3s), NO_PIN=1 to run unpinned, HERALD2_BIN=path to add a server
 # "herald2" (another Herald build, e.g. before a change) to SERVERS,
 # REPEAT (1) rounds of the fixed-rate cases (servers interleaved in each
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -lt 2 ]; then
-  sed -n '2,20p' "$0" >&2
+  sed -n '2,22p' "$0" >&2
   exit 2
 fi
 peer_bin=$1

@@ -31,8 +31,10 @@ pub const BACKLOG: usize = 65_536;
 /// Queued publications are joined into messages of about this size at most.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Socket buffer sizes, as Herald's defaults.
-const BUFFER: usize = 4096;
+/// Socket buffer sizes, as Herald's defaults (tungstenite zero-fills the
+/// read buffer before each read attempt, so its size is a CPU cost too).
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 4096;
 
 /// Flags of `bare-server`.
 #[derive(Debug, Clone, clap::Args)]
@@ -144,8 +146,8 @@ async fn api_publish(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> im
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> impl IntoResponse {
-    ws.read_buffer_size(BUFFER)
-        .write_buffer_size(BUFFER)
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| connection(socket, hub))
 }
 

@@ -173,6 +173,10 @@ struct IdleArgs {
     /// Connection i subscribes to `<prefix>.<i>`.
     #[arg(long, default_value = "idle")]
     channel_prefix: String,
+    /// Share K channels (connection i subscribes to `<prefix>.<i mod K>`);
+    /// 0 gives every connection its own.
+    #[arg(long, default_value_t = 0)]
+    channels: usize,
     /// Wait after connecting before the first memory reading.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     settle: Duration,
@@ -366,6 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 auth: c.auth(),
                 connections: a.connections,
                 channel_prefix: a.channel_prefix,
+                channels: a.channels,
                 settle: a.settle,
                 hold: a.hold,
                 server_pid: a.many.server_pid,

@@ -156,6 +156,7 @@ async fn idle(target: Target, auth: Auth) {
         auth,
         connections: 20,
         channel_prefix: "plain:idle".into(),
+        channels: 0,
         settle: Duration::from_millis(200),
         hold: Duration::from_millis(300),
         server_pid: Some(std::process::id()),

@@ -26,8 +26,10 @@ pub struct Options {
     pub target: Target,
     pub auth: Auth,
     pub connections: usize,
-    /// Connection i subscribes to `<prefix>.<i>`.
+    /// Connection i subscribes to `<prefix>.<i>`, or `<prefix>.<i mod
+    /// channels>` when `channels` is above 0.
     pub channel_prefix: String,
+    pub channels: usize,
     /// Time after the last connection opened before the first reading.
     pub settle: Duration,
     /// Time the connections are then held before the second reading.
@@ -45,6 +47,8 @@ pub struct IdleReport {
     pub url: String,
     pub protocol: &'static str,
     pub connections: usize,
+    /// Distinct channels (0: one per connection).
+    pub channels: usize,
     pub connected: usize,
     pub connect_errors: ErrorCounts,
     /// Seconds it took to open and subscribe every connection.
@@ -127,9 +131,14 @@ pub async fn run(o: &Options) -> Result<IdleReport, ScenarioError> {
         concurrency: o.connect_concurrency,
     };
     let started = Instant::now();
-    let prefix = &o.channel_prefix;
+    let (prefix, k) = (&o.channel_prefix, o.channels);
+    let channel = |i: usize| if k == 0 { i } else { i % k };
     let opened = dialer
-        .open(o.connections, |i| vec![format!("{prefix}.{i}")], &progress)
+        .open(
+            o.connections,
+            |i| vec![format!("{prefix}.{}", channel(i))],
+            &progress,
+        )
         .await?;
     let connect_s = started.elapsed().as_secs_f64();
     if opened.clients.is_empty() {
@@ -185,6 +194,7 @@ pub async fn run(o: &Options) -> Result<IdleReport, ScenarioError> {
         url: o.target.ws_url.clone(),
         protocol: o.target.protocol.name(),
         connections: o.connections,
+        channels: o.channels,
         connected,
         connect_errors: opened.errors,
         connect_s,

@@ -1,7 +1,8 @@
 //! A connection's outbound queue, bounded in bytes. Fan-out pushes without
 //! waiting; when a client lets more than the limit pile up, the queue drops
 //! what it holds and marks the client slow, and the connection closes with
-//! 3008. The writer drains everything queued at once so frames coalesce.
+//! 3008. The writer drains everything queued at once so frames coalesce,
+//! by swapping buffers with the queue.
 
 use std::collections::VecDeque;
 
@@ -73,11 +74,14 @@ impl Outbox {
         }
     }
 
-    /// Moves everything queued into `out`; returns true if the client
-    /// overflowed the queue.
-    pub fn drain(&self, out: &mut Vec<Item>) -> bool {
+    /// Takes everything queued into `out` by swapping `out`'s buffer (emptied
+    /// first) with the queue's: nothing is copied, and a writer that gives
+    /// back the buffer it emptied keeps a single buffer going between the
+    /// two. Returns true if the client overflowed the queue.
+    pub fn drain(&self, out: &mut VecDeque<Item>) -> bool {
+        out.clear();
         let mut s = self.state.lock();
-        out.extend(s.queue.drain(..));
+        std::mem::swap(&mut s.queue, out);
         s.bytes = 0;
         s.overflowed
     }
@@ -117,7 +121,7 @@ mod tests {
         assert_eq!(o.queued_bytes(), 10);
         assert!(!o.push_frame(Bytes::from_static(b"1")));
         assert!(!o.push_frame(Bytes::from_static(b"")));
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert!(o.drain(&mut out));
         assert!(out.is_empty(), "an overflowed queue drops what it held");
     }
@@ -126,14 +130,18 @@ mod tests {
     fn drain_frees_room() {
         let o = Outbox::new(4);
         assert!(o.push_frame(Bytes::from_static(b"1234")));
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert!(!o.drain(&mut out));
         assert_eq!(out.len(), 1);
         assert!(o.push_frame(Bytes::from_static(b"1234")));
         o.push_control(Control::Message(Bytes::new()));
-        out.clear();
+        // Whatever `out` still holds is dropped, not queued again.
         o.drain(&mut out);
+        assert_eq!(out.len(), 2);
         assert!(matches!(out[1], Item::Control(Control::Message(_))));
+        assert!(!o.drain(&mut out));
+        assert!(out.is_empty());
+        assert_eq!(o.queued_bytes(), 0);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! sizes), then one task per connection with one `select!` over inbound
 //! frames, the session's outbox, its timers and the node's shutdown.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -68,7 +69,7 @@ async fn run(node: Arc<Node>, socket: WebSocket) {
 async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Option<Disconnect> {
     let outbox = session.outbox().clone();
     let write_timeout = node.config.websocket.write_timeout.0;
-    let mut items = Vec::new();
+    let mut items = VecDeque::new();
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
     let result: Result<(), Disconnect> = loop {
@@ -128,16 +129,19 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
 async fn flush(
     session: &mut Session,
     socket: &mut WebSocket,
-    items: &mut Vec<Item>,
+    items: &mut VecDeque<Item>,
     write_timeout: std::time::Duration,
     node: &Node,
 ) -> Result<(), Disconnect> {
     loop {
-        items.clear();
         if session.outbox().drain(items) {
             return Err(too_slow(session, node));
         }
         if items.is_empty() {
+            // The queue now holds the buffer the last batch came in; a second
+            // one (from frames queued while that batch was written) is freed,
+            // so an idle connection keeps a single buffer.
+            *items = VecDeque::new();
             return Ok(());
         }
         let mut batch: Option<Bytes> = None;
