@@ -135,6 +135,10 @@ pub struct ClientConfig {
     /// Bytes queued for one connection; a client that lets more pile up is
     /// disconnected with 3008 (slow).
     pub queue_max_size: usize,
+    /// Time a connection collects messages before writing them out, so
+    /// that many go in one write: less CPU per message for up to this much
+    /// more latency. Zero (the default): write at once.
+    pub write_delay: Dur,
     /// Connections per node; beyond it new ones get 3504. Zero: unlimited.
     pub connection_limit: usize,
     /// Connections per user per node; beyond it 3504. Zero: unlimited.
@@ -160,6 +164,7 @@ impl Default for ClientConfig {
             stale_close_delay: Dur::secs(10),
             channel_limit: 128,
             queue_max_size: 1024 * 1024,
+            write_delay: Dur::default(),
             connection_limit: 0,
             user_connection_limit: 0,
             connect_include_server_time: false,

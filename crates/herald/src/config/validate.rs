@@ -28,6 +28,12 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
             "must be positive",
         ));
     }
+    if c.client.write_delay.0 > std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "client.write_delay",
+            "at most 1s: messages wait this long before every write",
+        ));
+    }
     if c.websocket.message_size_limit == 0 {
         return Err(ConfigError::invalid(
             "websocket.message_size_limit",

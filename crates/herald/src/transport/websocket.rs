@@ -69,6 +69,7 @@ async fn run(node: Arc<Node>, socket: WebSocket) {
 async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Option<Disconnect> {
     let outbox = session.outbox().clone();
     let write_timeout = node.config.websocket.write_timeout.0;
+    let write_delay = node.config.client.write_delay.0;
     let mut items = VecDeque::new();
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
@@ -81,6 +82,10 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
             biased;
             _ = node.shutdown.cancelled() => break Err(Disconnect::shutdown()),
             _ = outbox.ready() => {
+                if !write_delay.is_zero() {
+                    // Let more messages join this write.
+                    tokio::time::sleep(write_delay).await;
+                }
                 if let Err(d) = flush(session, &mut socket, &mut items, write_timeout, node).await {
                     break Err(d);
                 }

@@ -160,6 +160,10 @@ fn invalid_values_name_the_key() {
         ),
         (r#"{"engine":{"type":"tarantool"}}"#, "engine.type"),
         (
+            r#"{"client":{"write_delay":"1001ms"}}"#,
+            "client.write_delay",
+        ),
+        (
             r#"{"broker":{"enabled":true,"type":"kafka"}}"#,
             "broker.type",
         ),
@@ -255,4 +259,16 @@ fn the_example_config_loads_without_warnings() {
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     assert_eq!(l.config.channel.namespaces.len(), 4);
     assert_eq!(l.config.client.token.hmac_secret_key, "change-me-secret");
+}
+
+#[test]
+fn write_delay_accepts_up_to_one_second() {
+    let dir = write("c.json", r#"{"client":{"write_delay":"1s"}}"#);
+    let loaded = load(
+        Some(&dir.path().join("c.json")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(loaded.config.client.write_delay, Dur::secs(1));
 }
