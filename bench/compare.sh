@@ -17,6 +17,8 @@
 # default all), SERVERS (default "go herald bare"), HERALD_PORT (18210), BARE_PORT (18220), DURATION (10s),
 # WARMUP (3s), NO_PIN=1 to run unpinned, HERALD2_BIN=path to add a server
 # "herald2" (another Herald build, e.g. before a change) to SERVERS,
+# HERALD2_CONFIG=path (a config file for herald2; the binary defaults to
+# this build then, e.g. to compare `client.write_delay` settings),
 # REPEAT (1) rounds of the fixed-rate cases (servers interleaved in each
 # round, files suffixed .1, .2, …), SAT_PUBLISHERS (8) HTTP publishers in
 # the saturation search.
@@ -24,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -lt 2 ]; then
-  sed -n '2,22p' "$0" >&2
+  sed -n '2,24p' "$0" >&2
   exit 2
 fi
 peer_bin=$1
@@ -57,9 +59,12 @@ start_server() { # start_server NAME -> sets server_pid, url, proto, publish
       url="ws://$peer_addr/connection/websocket"; proto=centrifuge-v1-json
       publish="http://$peer_addr/publish"; health="http://$peer_addr/health" ;;
     herald|herald2)
-      local bin=$herald
-      [ "$name" = herald2 ] && bin=${HERALD2_BIN:?HERALD2_BIN is not set}
-      pin 0 "$bin" serve --dev -c "$work/herald.json" --address 127.0.0.1 \
+      local bin=$herald config=$work/herald.json
+      if [ "$name" = herald2 ]; then
+        bin=${HERALD2_BIN:-$herald}
+        config=${HERALD2_CONFIG:-$config}
+      fi
+      pin 0 "$bin" serve --dev -c "$config" --address 127.0.0.1 \
         --port "$herald_port" --data-dir "$work/data" >"$work/$name.log" 2>&1 &
       url="ws://127.0.0.1:$herald_port/connection/websocket"; proto=centrifuge-v2-json
       publish="http://127.0.0.1:$herald_port/api/publish"; health="http://127.0.0.1:$herald_port/health" ;;
