@@ -28,15 +28,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_node NAME CONFIG: starts `herald serve --dev` and prints its address.
+# start_node NAME CONFIG: starts `herald serve --dev`, remembers its PID
+# and sets node_addr to its address (no subshell, so the PID is kept).
 start_node() {
   local log="$work/$1.log"
   target/release/herald serve --dev --port 0 -c "$2" --data-dir "$work/$1" >"$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do
-    local addr
-    addr=$(grep -o 'addr=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
-    if [ -n "$addr" ]; then echo "$addr"; return; fi
+    node_addr=$(grep -o 'addr=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
+    if [ -n "$node_addr" ]; then return; fi
     sleep 0.1
   done
   cat "$log" >&2
@@ -65,19 +65,19 @@ run_case() {
 
 memory="$work/memory.json"
 echo '{"log":{"level":"info"}}' >"$memory"
-one=$(start_node single "$memory")
-run_case "1-node-memory" "$one"
+start_node single "$memory"
+run_case "1-node-memory" "$node_addr"
 stop_nodes
 
 cluster="$work/cluster.json"
 printf '{"log":{"level":"info"},"engine":{"type":"redis","redis":{"address":"%s","prefix":"bench%s"}}}\n' \
   "$redis" "$$" >"$cluster"
-one=$(start_node r1 "$cluster")
-run_case "1-node-redis" "$one"
+start_node r1 "$cluster"
+run_case "1-node-redis" "$node_addr"
 stop_nodes
 
-a=$(start_node c1 "$cluster")
-b=$(start_node c2 "$cluster")
-c=$(start_node c3 "$cluster")
+start_node c1 "$cluster"; a=$node_addr
+start_node c2 "$cluster"; b=$node_addr
+start_node c3 "$cluster"; c=$node_addr
 run_case "3-nodes-redis" "$a" "$b" "$c"
 stop_nodes
