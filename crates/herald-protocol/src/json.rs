@@ -134,6 +134,11 @@ pub fn encode_publication(p: &Publication) -> Vec<u8> {
     buf
 }
 
+/// Appends [`encode_publication`]'s object to `buf`.
+pub fn append_publication(buf: &mut Vec<u8>, p: &Publication) {
+    publication_object(buf, p);
+}
+
 /// A client's info as a bare JSON object, as presence replies carry it.
 pub fn encode_client_info(info: &ClientInfo) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_protocol::json::{
-    decode_client_info, decode_publication, encode_client_info, encode_publication, DecodeError,
+    append_publication, decode_client_info, decode_publication, encode_client_info, DecodeError,
 };
 use herald_protocol::{PresenceEvent, Publication};
 use serde::Deserialize;
@@ -21,28 +21,17 @@ pub enum Message {
 }
 
 /// The message without its opening `{"o":N,` (for a Redis script to
-/// complete with the offset it assigns). The publication's own offset, if
-/// any, is left out.
+/// complete with the offset it assigns).
 pub fn publication_tail(p: &Publication) -> Vec<u8> {
     let mut out = Vec::with_capacity(p.data.len() + p.channel.len() + 32);
-    out.extend_from_slice(b"\"c\":");
-    write_str(&mut out, &p.channel);
-    out.extend_from_slice(b",\"p\":");
-    if p.offset == 0 {
-        out.extend_from_slice(&encode_publication(p));
-    } else {
-        let bare = Publication::new(p.channel.clone(), p.data.clone(), p.info.clone())
-            .with_tags(p.tags.clone());
-        out.extend_from_slice(&encode_publication(&bare));
-    }
-    out.push(b'}');
+    write_tail(&mut out, p);
     out
 }
 
-/// A complete publication message, offset and epoch included.
+/// A complete publication message, offset and epoch included. (The
+/// publication object repeats a non-zero offset; `"o"` is what counts.)
 pub fn encode_publication_message(p: &Publication) -> Bytes {
-    let tail = publication_tail(p);
-    let mut out = Vec::with_capacity(tail.len() + 48);
+    let mut out = Vec::with_capacity(p.data.len() + p.channel.len() + 64);
     out.extend_from_slice(b"{\"o\":");
     out.extend_from_slice(p.offset.to_string().as_bytes());
     out.push(b',');
@@ -51,8 +40,16 @@ pub fn encode_publication_message(p: &Publication) -> Bytes {
         write_str(&mut out, epoch);
         out.push(b',');
     }
-    out.extend_from_slice(&tail);
+    write_tail(&mut out, p);
     Bytes::from(out)
+}
+
+fn write_tail(out: &mut Vec<u8>, p: &Publication) {
+    out.extend_from_slice(b"\"c\":");
+    write_str(out, &p.channel);
+    out.extend_from_slice(b",\"p\":");
+    append_publication(out, p);
+    out.push(b'}');
 }
 
 pub fn encode_presence_message(e: &PresenceEvent) -> Bytes {

@@ -22,7 +22,7 @@ const SHARDS: usize = 64;
 type Streams = HashMap<Arc<str>, Stream>;
 
 struct Stream {
-    epoch: String,
+    epoch: Arc<str>,
     top: u64,
     pubs: VecDeque<(Instant, Arc<Publication>)>,
     touched: Instant,
@@ -31,7 +31,7 @@ struct Stream {
 impl Stream {
     fn new() -> Self {
         Self {
-            epoch: new_epoch(),
+            epoch: Arc::from(new_epoch()),
             top: 0,
             pubs: VecDeque::new(),
             touched: Instant::now(),
@@ -107,12 +107,12 @@ impl Store for MemoryStore {
             let stored = Arc::new(
                 publication
                     .with_offset(stream.top)
-                    .with_epoch(Arc::from(stream.epoch.as_str())),
+                    .with_epoch(stream.epoch.clone()),
             );
             stream.pubs.push_back((now, stored.clone()));
             stream.trim(&opts, now);
             let delivered = (self.deliver)(stored.clone());
-            (stored, stream.epoch.clone(), delivered)
+            (stored, stream.epoch.to_string(), delivered)
         };
         Box::pin(async move {
             delivered.await?;
@@ -139,7 +139,7 @@ impl Store for MemoryStore {
             stream.trim(&opts, now);
             let position = StreamPosition {
                 offset: stream.top,
-                epoch: stream.epoch.clone(),
+                epoch: stream.epoch.to_string(),
             };
             let pubs: Vec<Arc<Publication>> = stream.pubs.iter().map(|(_, p)| p.clone()).collect();
             select(&pubs, &position, &query).map(|publications| HistoryPage {

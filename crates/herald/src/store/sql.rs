@@ -247,7 +247,7 @@ impl WriteConn {
         &mut self,
         pubs: &[Publication],
         now_ms: i64,
-    ) -> Result<Vec<(u64, String)>, sqlx::Error> {
+    ) -> Result<Vec<(u64, Arc<str>)>, sqlx::Error> {
         match self {
             WriteConn::Sqlite(conn) => sqlite::commit(conn, pubs, now_ms).await,
             WriteConn::Postgres(conn) => postgres::commit(conn, pubs, now_ms).await,

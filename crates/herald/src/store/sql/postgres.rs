@@ -97,7 +97,7 @@ pub(super) async fn commit(
     conn: &mut PgConnection,
     pubs: &[Publication],
     now_ms: i64,
-) -> Result<Vec<(u64, String)>, sqlx::Error> {
+) -> Result<Vec<(u64, std::sync::Arc<str>)>, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
     let rows: Vec<NewRow<'_>> = pubs.iter().map(NewRow::new).collect();

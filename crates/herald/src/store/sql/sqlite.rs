@@ -88,7 +88,7 @@ pub(super) async fn commit(
     conn: &mut SqliteConnection,
     pubs: &[Publication],
     now_ms: i64,
-) -> Result<Vec<(u64, String)>, sqlx::Error> {
+) -> Result<Vec<(u64, std::sync::Arc<str>)>, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
     let counts: Vec<(&str, i64)> = counts.into_iter().collect();

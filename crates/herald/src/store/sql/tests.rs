@@ -117,8 +117,8 @@ fn offsets_follow_batch_order_and_end_at_top() {
         ("b".to_string(), "eb".to_string(), 10),
     ];
     let got = assign(&pubs, tops).unwrap();
-    let want: Vec<(u64, String)> = [(8, "eb"), (1, "ea"), (9, "eb"), (10, "eb"), (2, "ea")]
-        .map(|(o, e)| (o, e.to_string()))
+    let want: Vec<(u64, Arc<str>)> = [(8, "eb"), (1, "ea"), (9, "eb"), (10, "eb"), (2, "ea")]
+        .map(|(o, e)| (o, Arc::from(e)))
         .into();
     assert_eq!(got, want);
     // SQL computes the same offsets as top - back.

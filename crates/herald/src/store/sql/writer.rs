@@ -92,15 +92,12 @@ impl Writer {
             Ok(assigned) => {
                 let answers = publications.into_iter().zip(assigned).zip(replies);
                 for ((publication, (offset, epoch)), reply) in answers {
-                    let publication = Arc::new(
-                        publication
-                            .with_offset(offset)
-                            .with_epoch(Arc::from(epoch.as_str())),
-                    );
+                    let publication =
+                        Arc::new(publication.with_offset(offset).with_epoch(epoch.clone()));
                     let delivered = (self.deliver)(publication.clone());
                     let _ = reply.send(Ok(Committed {
                         publication,
-                        epoch,
+                        epoch: epoch.to_string(),
                         delivered,
                     }));
                 }
@@ -145,12 +142,12 @@ pub(super) fn back_offsets(pubs: &[Publication], counts: &BTreeMap<&str, i64>) -
 pub(super) fn assign(
     pubs: &[Publication],
     tops: Vec<(String, String, i64)>,
-) -> Result<Vec<(u64, String)>, sqlx::Error> {
+) -> Result<Vec<(u64, Arc<str>)>, sqlx::Error> {
     let counts = counts(pubs);
-    let mut next: HashMap<String, (i64, String)> = HashMap::with_capacity(tops.len());
+    let mut next: HashMap<String, (i64, Arc<str>)> = HashMap::with_capacity(tops.len());
     for (channel, epoch, top) in tops {
         let count = counts.get(channel.as_str()).copied().unwrap_or(0);
-        next.insert(channel, (top - count + 1, epoch));
+        next.insert(channel, (top - count + 1, Arc::from(epoch)));
     }
     pubs.iter()
         .map(|p| {
