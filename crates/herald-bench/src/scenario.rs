@@ -139,7 +139,22 @@ where
     (opened, errors, first)
 }
 
+/// The server API client that publishes: `publish_url` if given, else the
+/// target's `/api/publish`.
+pub fn publish_api(
+    target: &Target,
+    publish_url: &Option<String>,
+    api_key: &Option<String>,
+) -> Result<crate::api::Api, ScenarioError> {
+    let url = publish_url
+        .clone()
+        .unwrap_or_else(|| target.api_url("publish"));
+    crate::api::Api::new(url, api_key.clone(), REPLY_TIMEOUT)
+        .map_err(|e| ScenarioError::Invalid(e.to_string()))
+}
+
 /// Connections that opened, each with its number.
+#[derive(Default)]
 pub struct Opened {
     pub clients: Vec<(usize, Client)>,
     pub errors: ErrorCounts,
@@ -149,6 +164,18 @@ pub struct Opened {
 }
 
 impl Opened {
+    /// The batch, or [`ScenarioError::NoConnections`] with the first error
+    /// when not one connection opened (`what`: what they were for).
+    pub fn nonempty(self, what: &str) -> Result<Opened, ScenarioError> {
+        if self.clients.is_empty() {
+            return Err(ScenarioError::NoConnections(
+                self.first_error
+                    .unwrap_or_else(|| ClientError::Lost(format!("no {what}"))),
+            ));
+        }
+        Ok(self)
+    }
+
     /// Adds another batch (opened against another node).
     pub fn merge(&mut self, other: Opened) {
         self.clients.extend(other.clients);

@@ -133,9 +133,8 @@ impl Node {
                 Some(RedisPresence::new(shards, cfg.presence_ttl.0))
             }
         };
-        let mut node = Self::build(config, hub, broker, history_store, memory_store)?;
-        node.shared_presence = shared_presence;
-        node.shutdown = shutdown;
+        let stores = (history_store, memory_store, shared_presence);
+        let mut node = Self::build(config, hub, broker, stores, shutdown)?;
         if node.config.channel.uses_durable_history() {
             let rules = node.rules.clone();
             let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));
@@ -179,8 +178,12 @@ impl Node {
         config: Config,
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
-        history_store: Arc<dyn Store>,
-        memory_store: Option<Arc<MemoryStore>>,
+        (history_store, memory_store, shared_presence): (
+            Arc<dyn Store>,
+            Option<Arc<MemoryStore>>,
+            Option<RedisPresence>,
+        ),
+        shutdown: CancellationToken,
     ) -> Result<Self, ConfigError> {
         let connection_tokens = Verifier::from_config(&config.client.token, "client.token")?;
         let subscription_tokens = if config.client.subscription_token.enabled {
@@ -204,12 +207,12 @@ impl Node {
             memory_store,
             durable_store: None,
             presence: Presence::new(),
-            shared_presence: None,
+            shared_presence,
             registry: Registry::default(),
             connection_tokens,
             subscription_tokens,
             counters: Counters::default(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             origins: OriginPolicy::new(&config.client.allowed_origins),
             name,

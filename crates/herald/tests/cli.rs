@@ -2,10 +2,8 @@
 //! warnings, `HERALD_*` environment variables, and a graceful shutdown on
 //! SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,6 +12,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "common/served.rs"]
+mod served;
+
+use served::Served;
 
 /// Longest any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -368,23 +370,6 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-/// A running `herald serve`, killed on drop if still alive.
-struct Served {
-    child: Child,
-    addr: String,
-    /// stderr lines read after the `listening` line.
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn serve(config: &Path, env: &[(&str, &str)]) -> Served {
     serve_full(config, env, &[])
 }
@@ -394,52 +379,14 @@ fn serve_with_args(config: &Path, args: &[&str]) -> Served {
 }
 
 fn serve_full(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Served {
-    let mut child = herald()
-        .args(["serve", "-c"])
+    let mut cmd = herald();
+    cmd.args(["serve", "-c"])
         .arg(config)
         .args(["--port", "0", "--address", "127.0.0.1"])
         .args(args)
         .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut served = Served {
-        child,
-        addr: String::new(),
-        lines: rx,
-    };
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = served
-            .lines
-            .recv_timeout(left)
-            .expect("a `listening` line on stderr in time");
-        if !line.contains("listening") {
-            continue;
-        }
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
-        assert!(addr.starts_with("127.0.0.1:"), "{line}");
-        assert_ne!(addr, "127.0.0.1:0", "{line}");
-        served.addr = addr.to_string();
-        return served;
-    }
+        .envs(env.iter().copied());
+    Served::spawn(cmd, WAIT)
 }
 
 fn sigterm(child: &Child) {

@@ -6,31 +6,24 @@
 //! their own `redis-server` / `nats-server` on a free port, so that they can
 //! stop and restart it.
 
+#[path = "common/served.rs"]
+mod served;
 #[path = "it/support.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use served::Served;
 use support::{base_config, merge, token, Event, Ws, API_KEY, WAIT};
 
-/// A running `herald serve`, killed on drop.
+/// A node of the test cluster: a running `herald serve`, killed on drop.
 struct Node {
-    child: Child,
-    addr: String,
+    served: Served,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -53,61 +46,25 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, cfg.to_string()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "-c"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args(["serve", "-c"])
             .arg(&path)
             .args(["--port", "0", "--address", "127.0.0.1", "--data-dir"])
             .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var("HERALD_TEST_SHOW_LOGS").is_ok() {
-                    eprintln!("{line}");
-                }
-                let _ = tx.send(line);
-            }
-        });
-        // Owned (and so killed on drop) before anything can fail.
-        let mut node = Node {
-            child,
-            addr: String::new(),
+            .env("RUST_LOG", "info");
+        Node {
+            served: Served::spawn(cmd, WAIT),
             _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("node {name} did not start"));
-            if let Some(addr) = line
-                .contains("listening")
-                .then(|| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                })
-                .flatten()
-            {
-                node.addr = addr.to_string();
-                return node;
-            }
         }
     }
 
     fn ws_url(&self) -> String {
-        format!("ws://{}/connection/websocket", self.addr)
+        format!("ws://{}/connection/websocket", self.served.addr)
     }
 
     async fn api_raw(&self, method: &str, body: Value) -> (u16, Value) {
         let res = reqwest::Client::new()
-            .post(format!("http://{}/api/{method}", self.addr))
+            .post(format!("http://{}/api/{method}", self.served.addr))
             .header("X-API-Key", API_KEY)
             .body(body.to_string())
             .timeout(WAIT)
@@ -186,6 +143,21 @@ async fn next_pub(ws: &mut Ws, channel: &str) -> Value {
             return push["pub"].clone();
         }
     }
+}
+
+/// Publishes `{"node": i, "n": n}` for n in 0..each through every node's
+/// API at once, node i publishing sequentially; every one acknowledged.
+async fn publish_from_every_node(nodes: &[Node], channel: &str, each: usize) {
+    futures_util::future::join_all(nodes.iter().enumerate().map(|(i, node)| async move {
+        for n in 0..each {
+            node.api(
+                "publish",
+                json!({"channel": channel, "data": {"node": i, "n": n}}),
+            )
+            .await;
+        }
+    }))
+    .await;
 }
 
 /// The next push about `channel` carrying `kind` (e.g. `subscribe`).
@@ -297,7 +269,7 @@ async fn nodes_subscribe_on_redis_only_while_they_have_subscribers() {
 
 /// A counter from a node's `/metrics`.
 async fn metric(node: &Node, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", node.addr))
+    let text = reqwest::get(format!("http://{}/metrics", node.served.addr))
         .await
         .unwrap()
         .text()
@@ -494,26 +466,7 @@ async fn redis_streams_keep_one_order_under_publishers_on_every_node() {
     let epoch = sub["epoch"].as_str().unwrap().to_string();
 
     const EACH: usize = 30;
-    let mut tasks = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let addr = node.addr.clone();
-        tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            for n in 0..EACH {
-                let res = http
-                    .post(format!("http://{addr}/api/publish"))
-                    .header("X-API-Key", API_KEY)
-                    .body(json!({"channel": "hist:race", "data": {"node": i, "n": n}}).to_string())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    publish_from_every_node(&nodes, "hist:race", EACH).await;
     let (got, resubscribes) =
         collect_recovering(&mut watcher, "hist:race", 3 * EACH, 0, epoch).await;
     assert_eq!(got.len(), 3 * EACH);
@@ -642,26 +595,7 @@ async fn nats_cluster_with_postgres_streams() {
     let sub = subscribe(&mut watcher, "log:orders").await;
     let epoch = sub["epoch"].as_str().unwrap().to_string();
     const EACH: usize = 30;
-    let mut tasks = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let addr = node.addr.clone();
-        tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            for n in 0..EACH {
-                let res = http
-                    .post(format!("http://{addr}/api/publish"))
-                    .header("X-API-Key", API_KEY)
-                    .body(json!({"channel": "log:orders", "data": {"node": i, "n": n}}).to_string())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    publish_from_every_node(&nodes, "log:orders", EACH).await;
     let (got, resubscribes) =
         collect_recovering(&mut watcher, "log:orders", 3 * EACH, 0, epoch).await;
     assert_eq!(got.len(), 3 * EACH);

@@ -15,10 +15,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::publisher::{self, Clock, Plan};
-use super::{check_file_limit, check_server_pid, meter_window, plan_sources, Dialer};
-use super::{ScenarioError, Usage, DRAIN_TIMEOUT, REPLY_TIMEOUT};
-use crate::api::Api;
-use crate::client::{Client, ClientError, Delivery};
+use super::{check_file_limit, check_server_pid, meter_window, plan_sources, publish_api};
+use super::{Dialer, Opened, ScenarioError, Usage, DRAIN_TIMEOUT};
+use crate::client::{Client, Delivery};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Latency, Progress, Summary};
 use crate::target::{check_http_url, Auth, Target};
@@ -192,16 +191,11 @@ fn validate(o: &Options) -> Result<(), ScenarioError> {
 pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
     validate(o)?;
     let sources = plan_sources(o.subscribers, o.source_ips, &o.target)?;
-    let publish_url = o
-        .publish_url
-        .clone()
-        .unwrap_or_else(|| o.target.api_url("publish"));
-    let api = Api::new(publish_url, o.api_key.clone(), REPLY_TIMEOUT)
-        .map_err(|e| ScenarioError::Invalid(e.to_string()))?;
+    let api = publish_api(&o.target, &o.publish_url, &o.api_key)?;
     let nodes: Vec<&Target> = std::iter::once(&o.target).chain(&o.other_nodes).collect();
-    let mut opened: Option<super::Opened> = None;
+    let mut opened = Opened::default();
     for (i, target) in nodes.iter().enumerate() {
-        // Node i takes every n-th subscriber, the first the remainder.
+        // Subscribers split evenly, the first nodes taking the remainder.
         let share = o.subscribers / nodes.len() + usize::from(i < o.subscribers % nodes.len());
         let dialer = Dialer {
             target,
@@ -212,22 +206,9 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
         let more = dialer
             .open(share, |_| vec![o.channel.clone()], &Progress::default())
             .await?;
-        opened = Some(match opened.take() {
-            None => more,
-            Some(mut all) => {
-                all.merge(more);
-                all
-            }
-        });
+        opened.merge(more);
     }
-    let opened = opened.expect("at least one node");
-    if opened.clients.is_empty() {
-        return Err(ScenarioError::NoConnections(
-            opened
-                .first_error
-                .unwrap_or(ClientError::Lost("no subscriber".into())),
-        ));
-    }
+    let opened = opened.nonempty("subscriber")?;
     let connected = opened.clients.len();
 
     let clock = Clock::starting_now(o.warmup, o.duration);

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{check_file_limit, check_server_pid, meter_until, plan_sources, Dialer};
 use super::{ScenarioError, Usage};
-use crate::client::ClientError;
 use crate::procfs::Process;
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Progress, Summary};
@@ -141,14 +140,9 @@ pub async fn run(o: &Options) -> Result<IdleReport, ScenarioError> {
         )
         .await?;
     let connect_s = started.elapsed().as_secs_f64();
-    if opened.clients.is_empty() {
-        stop.cancel();
-        return Err(ScenarioError::NoConnections(
-            opened
-                .first_error
-                .unwrap_or(ClientError::Lost("no connection".into())),
-        ));
-    }
+    let opened = opened
+        .nonempty("connection")
+        .inspect_err(|_| stop.cancel())?;
     let connected = opened.clients.len();
     let mut held = JoinSet::new();
     for (_, mut client) in opened.clients {

@@ -16,10 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::fanout::{receive_loop, Received};
 use super::publisher::{self, Clock, Plan};
-use super::{check_file_limit, check_server_pid, meter_window, plan_sources, Dialer};
-use super::{ScenarioError, Usage, DRAIN_TIMEOUT, REPLY_TIMEOUT};
-use crate::api::Api;
-use crate::client::ClientError;
+use super::{check_file_limit, check_server_pid, meter_window, plan_sources, publish_api};
+use super::{Dialer, ScenarioError, Usage, DRAIN_TIMEOUT};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Latency, Progress, Summary};
 use crate::target::{check_http_url, Auth, Target};
@@ -159,12 +157,7 @@ fn validate(o: &Options) -> Result<(), ScenarioError> {
 pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
     validate(o)?;
     let sources = plan_sources(o.connections, o.source_ips, &o.target)?;
-    let publish_url = o
-        .publish_url
-        .clone()
-        .unwrap_or_else(|| o.target.api_url("publish"));
-    let api = Api::new(publish_url, o.api_key.clone(), REPLY_TIMEOUT)
-        .map_err(|e| ScenarioError::Invalid(e.to_string()))?;
+    let api = publish_api(&o.target, &o.publish_url, &o.api_key)?;
     let dialer = Dialer {
         target: &o.target,
         auth: &o.auth,
@@ -179,13 +172,7 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
             &Progress::default(),
         )
         .await?;
-    if opened.clients.is_empty() {
-        return Err(ScenarioError::NoConnections(
-            opened
-                .first_error
-                .unwrap_or(ClientError::Lost("no connection".into())),
-        ));
-    }
+    let opened = opened.nonempty("connection")?;
     let connected = opened.clients.len();
     // Who is there to receive: members per group, and each personal channel.
     let groups = o.connections.div_ceil(g);
