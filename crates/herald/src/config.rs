@@ -206,7 +206,7 @@ pub struct Websocket {
     /// Largest message a client may send; a larger one closes the
     /// connection with 1009.
     pub message_size_limit: usize,
-    /// Bytes read from the socket at once (0: 4 KiB).
+    /// Most bytes read from the socket at once (0: 256).
     pub read_buffer_size: usize,
     /// Bytes buffered before a write is flushed (0: 4 KiB).
     pub write_buffer_size: usize,

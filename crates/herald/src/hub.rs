@@ -13,6 +13,10 @@ use bytes::Bytes;
 use herald_protocol::{Disconnect, PresenceEvent, Publication};
 use parking_lot::{Mutex, RwLock};
 
+use members::Members;
+
+mod members;
+
 /// Number of shards of each map; a power of two.
 const SHARDS: usize = 64;
 
@@ -50,6 +54,10 @@ pub trait Client: Send + Sync + 'static {
     fn key(&self) -> u64;
     /// The protocol client id (a UUID).
     fn client_id(&self) -> &str;
+    /// The client id as a shared string (the hub's key for the client).
+    fn shared_id(&self) -> Arc<str> {
+        Arc::from(self.client_id())
+    }
     fn user(&self) -> &str;
     /// Queue a publication; never blocks. A client that cannot keep up
     /// disconnects itself.
@@ -75,7 +83,7 @@ const MAX_HELD_BYTES: usize = 16 << 20;
 /// The local subscribers of one channel and where its stream stands.
 #[derive(Default)]
 struct Channel {
-    subs: HashMap<u64, Sub>,
+    subs: Members<Sub>,
     seq: Mutex<Seq>,
 }
 
@@ -201,7 +209,7 @@ impl Hub {
             }
             conns.insert(client.key(), client.clone());
         }
-        let id: Arc<str> = Arc::from(client.client_id());
+        let id = client.shared_id();
         self.clients.shard(&*id).write().insert(id, client);
         Ok(())
     }
@@ -256,7 +264,7 @@ impl Hub {
         let Some(subs) = shard.get_mut(channel) else {
             return false;
         };
-        if subs.subs.remove(&key).is_some() {
+        if subs.subs.remove(key).is_some() {
             self.num_subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
         if subs.subs.is_empty() {

@@ -6,6 +6,7 @@
 mod commands;
 mod connect;
 mod outbox;
+mod subs;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -29,12 +30,14 @@ use crate::node::{Counters, Node};
 /// The part of a connected session the hub holds: identity and outbox.
 pub struct Handle {
     key: u64,
-    client_id: String,
+    /// Shared with the session and the hub: one copy per connection.
+    client_id: Arc<str>,
     user: String,
     outbox: Arc<Outbox>,
     /// Per-channel delivery guards while and just after a subscribe reads
-    /// the channel's stream, so that nothing is lost or repeated around it.
-    guards: Mutex<Guards>,
+    /// the channel's stream, so that nothing is lost or repeated around it;
+    /// allocated only while there are any.
+    guards: Mutex<Option<Box<Guards>>>,
     /// Number of entries in `guards`; lets delivery skip the lock.
     guarded: AtomicUsize,
 }
@@ -50,7 +53,7 @@ struct Guards {
 }
 
 impl Handle {
-    fn new(key: u64, client_id: String, user: String, outbox: Arc<Outbox>) -> Self {
+    fn new(key: u64, client_id: Arc<str>, user: String, outbox: Arc<Outbox>) -> Self {
         Self {
             key,
             client_id,
@@ -63,6 +66,7 @@ impl Handle {
 
     fn start_buffering(&self, channel: &str) {
         let mut g = self.guards.lock();
+        let g = g.get_or_insert_with(Box::default);
         if g.held.insert(Arc::from(channel), Vec::new()).is_none() {
             self.guarded.fetch_add(1, Ordering::AcqRel);
         }
@@ -72,30 +76,43 @@ impl Handle {
     /// (unless `discard`), under the lock so later ones cannot overtake them,
     /// and keeps `after` as the channel's floor.
     fn finish_buffering(&self, channel: &str, after: u64, discard: bool) {
-        let mut g = self.guards.lock();
+        let mut lock = self.guards.lock();
+        let Some(g) = lock.as_mut() else { return };
         let Some((key, held)) = g.held.remove_entry(channel) else {
             return;
         };
         if discard {
             self.guarded.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        for p in held.iter().filter(|p| p.offset > after) {
-            self.outbox.push_frame(p.json_push().clone());
-        }
-        if held.iter().any(|p| p.offset > after) {
-            self.guarded.fetch_sub(1, Ordering::AcqRel);
         } else {
-            g.floors.insert(key, after);
+            for p in held.iter().filter(|p| p.offset > after) {
+                self.outbox.push_frame(p.json_push().clone());
+            }
+            if held.iter().any(|p| p.offset > after) {
+                self.guarded.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                g.floors.insert(key, after);
+            }
         }
+        Self::release_if_unused(&mut lock);
     }
 
     /// Drops the channel's guards (on unsubscribe).
     fn forget(&self, channel: &str) {
-        let mut g = self.guards.lock();
+        let mut lock = self.guards.lock();
+        let Some(g) = lock.as_mut() else { return };
         let removed = usize::from(g.held.remove(channel).is_some())
             + usize::from(g.floors.remove(channel).is_some());
         self.guarded.fetch_sub(removed, Ordering::AcqRel);
+        Self::release_if_unused(&mut lock);
+    }
+
+    fn release_if_unused(guards: &mut Option<Box<Guards>>) {
+        if guards
+            .as_ref()
+            .is_some_and(|g| g.held.is_empty() && g.floors.is_empty())
+        {
+            *guards = None;
+        }
     }
 }
 
@@ -106,24 +123,30 @@ impl Client for Handle {
     fn client_id(&self) -> &str {
         &self.client_id
     }
+    fn shared_id(&self) -> Arc<str> {
+        self.client_id.clone()
+    }
     fn user(&self) -> &str {
         &self.user
     }
     fn deliver(&self, publication: &Arc<Publication>) {
         // An overflow is noticed by the writer, which closes with 3008.
         if self.guarded.load(Ordering::Acquire) > 0 {
-            let mut g = self.guards.lock();
-            let channel = &*publication.channel;
-            if let Some(held) = g.held.get_mut(channel) {
-                held.push(publication.clone());
-                return;
-            }
-            if let Some(&floor) = g.floors.get(channel) {
-                if publication.offset <= floor {
+            let mut lock = self.guards.lock();
+            if let Some(g) = lock.as_mut() {
+                let channel = &*publication.channel;
+                if let Some(held) = g.held.get_mut(channel) {
+                    held.push(publication.clone());
                     return;
                 }
-                g.floors.remove(channel);
-                self.guarded.fetch_sub(1, Ordering::AcqRel);
+                if let Some(&floor) = g.floors.get(channel) {
+                    if publication.offset <= floor {
+                        return;
+                    }
+                    g.floors.remove(channel);
+                    self.guarded.fetch_sub(1, Ordering::AcqRel);
+                    Self::release_if_unused(&mut lock);
+                }
             }
             self.outbox.push_frame(publication.json_push().clone());
             return;
@@ -164,9 +187,9 @@ struct Connected {
 pub struct Session {
     node: Arc<Node>,
     outbox: Arc<Outbox>,
-    client_id: String,
+    client_id: Arc<str>,
     conn: Option<Connected>,
-    subs: HashMap<String, SubState>,
+    subs: subs::Subs,
     connect_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
@@ -178,9 +201,9 @@ impl Session {
         let stale = node.config.client.stale_close_delay.0;
         Self {
             outbox,
-            client_id: uuid::Uuid::new_v4().to_string(),
+            client_id: Arc::from(uuid::Uuid::new_v4().to_string()),
             conn: None,
-            subs: HashMap::new(),
+            subs: subs::Subs::default(),
             connect_deadline: (!stale.is_zero()).then(|| Instant::now() + stale),
             next_ping: None,
             pong_deadline: None,
@@ -382,7 +405,7 @@ impl Session {
             .subs
             .iter()
             .filter(|(_, s)| s.expires_at.is_some_and(|t| is_due(t, sub_delay)))
-            .map(|(ch, _)| ch.clone())
+            .map(|(ch, _)| ch.to_string())
             .collect();
         for channel in expired {
             self.end_subscription(&channel, herald_protocol::codes::unsubscribe::EXPIRED)
@@ -393,7 +416,7 @@ impl Session {
 
     /// Leaves the hub and every channel. Call once when the transport ends.
     pub async fn close(mut self) {
-        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        let channels: Vec<String> = self.subs.channels().map(str::to_string).collect();
         for channel in channels {
             self.unsubscribe(&channel).await;
         }

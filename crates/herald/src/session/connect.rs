@@ -43,7 +43,7 @@ impl Session {
         }
         let info = Arc::new(ClientInfo {
             user: claims.user.clone(),
-            client: self.client_id.clone(),
+            client: self.client_id.to_string(),
             conn_info: claims.info.clone(),
             chan_info: None,
         });
@@ -73,7 +73,7 @@ impl Session {
             .cloned()
             .collect();
         let result = ConnectResult {
-            client: self.client_id.clone(),
+            client: self.client_id.to_string(),
             version: Node::version().to_string(),
             expires: claims.expires_at.is_some(),
             ttl: ttl_from(claims.expires_at),
@@ -161,7 +161,7 @@ impl Session {
             conn.info = Arc::new(info);
         }
         Ok(Ok(ReplyBody::Refresh(RefreshResult {
-            client: self.client_id.clone(),
+            client: self.client_id.to_string(),
             version: Node::version().to_string(),
             expires: claims.expires_at.is_some(),
             ttl: ttl_from(claims.expires_at),

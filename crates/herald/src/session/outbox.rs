@@ -12,10 +12,12 @@ use tokio::sync::Notify;
 
 use crate::hub::Control;
 
+/// A queued item. Controls are rare and large, so they are boxed to keep
+/// every item (and the queue's buffer) the size of a frame.
 #[derive(Debug)]
 pub enum Item {
     Frame(Bytes),
-    Control(Control),
+    Control(Box<Control>),
 }
 
 #[derive(Default)]
@@ -67,7 +69,7 @@ impl Outbox {
     pub fn push_control(&self, control: Control) {
         let mut s = self.state.lock();
         let was_empty = s.queue.is_empty();
-        s.queue.push_back(Item::Control(control));
+        s.queue.push_back(Item::Control(Box::new(control)));
         drop(s);
         if was_empty {
             self.notify.notify_one();
@@ -77,11 +79,18 @@ impl Outbox {
     /// Takes everything queued into `out` by swapping `out`'s buffer (emptied
     /// first) with the queue's: nothing is copied, and a writer that gives
     /// back the buffer it emptied keeps a single buffer going between the
-    /// two. Returns true if the client overflowed the queue.
+    /// two while messages keep coming. When nothing was queued, both buffers
+    /// are freed, so an idle connection keeps none. Returns true if the
+    /// client overflowed the queue.
     pub fn drain(&self, out: &mut VecDeque<Item>) -> bool {
         out.clear();
         let mut s = self.state.lock();
-        std::mem::swap(&mut s.queue, out);
+        if s.queue.is_empty() {
+            s.queue = VecDeque::new();
+            *out = VecDeque::new();
+        } else {
+            std::mem::swap(&mut s.queue, out);
+        }
         s.bytes = 0;
         s.overflowed
     }
@@ -138,9 +147,15 @@ mod tests {
         // Whatever `out` still holds is dropped, not queued again.
         o.drain(&mut out);
         assert_eq!(out.len(), 2);
-        assert!(matches!(out[1], Item::Control(Control::Message(_))));
+        assert!(matches!(&out[1], Item::Control(c) if matches!(**c, Control::Message(_))));
         assert!(!o.drain(&mut out));
         assert!(out.is_empty());
+        assert_eq!(
+            out.capacity(),
+            0,
+            "an empty drain frees the writer's buffer"
+        );
+        assert_eq!(o.state.lock().queue.capacity(), 0, "and the queue's");
         assert_eq!(o.queued_bytes(), 0);
     }
 

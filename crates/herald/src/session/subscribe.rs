@@ -241,7 +241,7 @@ impl Session {
     async fn enter_channel(&mut self, channel: &str, state: SubState, join_leave_push: bool) {
         let Some(conn) = &self.conn else { return };
         let handle = conn.handle.clone();
-        self.subs.insert(channel.to_string(), state);
+        self.subs.insert(channel, state);
         if self.node.hub.subscribe(channel, handle, join_leave_push) {
             self.node.broker_sync(channel).await;
         }

@@ -19,7 +19,7 @@ use crate::session::{Item, Session};
 /// allocated and zero-filled for every connection, so it is most of what an
 /// idle connection costs; client frames are small, and a larger message
 /// only takes more reads.
-const DEFAULT_READ_BUFFER: usize = 1024;
+const DEFAULT_READ_BUFFER: usize = 256;
 
 /// Default write buffer size when the config leaves it at 0 (a threshold,
 /// not an allocation: the buffer grows to the largest message written).
@@ -53,20 +53,28 @@ pub async fn upgrade(
         .on_upgrade(move |socket| run(node, socket))
 }
 
-async fn run(node: Arc<Node>, socket: WebSocket) {
-    Counters::incr(&node.counters.connections_accepted);
-    let tracker = node.tracker.clone();
-    let _guard = tracker.token();
-    let mut session = Session::new(node.clone());
-    let disconnect = serve(&node, &mut session, socket).await;
-    if let Some(d) = &disconnect {
-        tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");
+/// The connection's task. Not an `async fn`: its arguments would be stored
+/// twice in the future (once as arguments, once as locals), and the
+/// socket is a large part of what every connection costs.
+#[allow(clippy::manual_async_fn)]
+fn run(node: Arc<Node>, mut socket: WebSocket) -> impl std::future::Future<Output = ()> {
+    async move {
+        Counters::incr(&node.counters.connections_accepted);
+        let tracker = node.tracker.clone();
+        let _guard = tracker.token();
+        let mut session = Session::new(node.clone());
+        let disconnect = serve(&node, &mut session, &mut socket).await;
+        if let Some(d) = &disconnect {
+            tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");
+        }
+        // Boxed like command handling: leaving channels may talk to the
+        // broker and the presence store, a large future needed once at the end.
+        Box::pin(session.close()).await;
     }
-    session.close().await;
 }
 
 /// Runs the connection until it ends; returns why the server ended it.
-async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Option<Disconnect> {
+async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Option<Disconnect> {
     let outbox = session.outbox().clone();
     let write_timeout = node.config.websocket.write_timeout.0;
     let write_delay = node.config.client.write_delay.0;
@@ -84,9 +92,12 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
             _ = outbox.ready() => {
                 if !write_delay.is_zero() {
                     // Let more messages join this write.
-                    tokio::time::sleep(write_delay).await;
+                    Box::pin(tokio::time::sleep(write_delay)).await;
                 }
-                if let Err(d) = flush(session, &mut socket, &mut items, write_timeout, node).await {
+                // Boxed too: inline, the writer's state (~600 bytes) would
+                // be part of every idle connection; this costs one small
+                // allocation per flush, next to a system call.
+                if let Err(d) = Box::pin(flush(session, socket, &mut items, write_timeout, node)).await {
                     break Err(d);
                 }
             }
@@ -119,13 +130,14 @@ async fn serve(node: &Node, session: &mut Session, mut socket: WebSocket) -> Opt
     // Deliver what is already queued (such as an error reply), then close;
     // not when writing is what failed.
     if d.code != Disconnect::slow().code && d.code != Disconnect::write_error().code {
-        let _ = flush(session, &mut socket, &mut items, write_timeout, node).await;
+        let _ = Box::pin(flush(session, socket, &mut items, write_timeout, node)).await;
     }
     let frame = CloseFrame {
         code: d.code,
         reason: Utf8Bytes::from(d.reason.as_str()),
     };
-    let _ = tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
+    let close = tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame))));
+    let _ = Box::pin(close).await;
     Some(d)
 }
 
@@ -143,10 +155,6 @@ async fn flush(
             return Err(too_slow(session, node));
         }
         if items.is_empty() {
-            // The queue now holds the buffer the last batch came in; a second
-            // one (from frames queued while that batch was written) is freed,
-            // so an idle connection keeps a single buffer.
-            *items = VecDeque::new();
             return Ok(());
         }
         let mut batch: Option<Bytes> = None;
@@ -172,7 +180,7 @@ async fn flush(
                 Item::Control(c) => {
                     let payload = take_batch(&mut batch, &mut joined);
                     send(session, socket, payload, write_timeout, node).await?;
-                    Box::pin(session.handle_control(c)).await?;
+                    Box::pin(session.handle_control(*c)).await?;
                 }
             }
         }
@@ -219,13 +227,18 @@ async fn send(
     if let std::task::Poll::Ready(written) = futures_util::poll!(write.as_mut()) {
         return written.map_err(|_| Disconnect::write_error());
     }
-    tokio::select! {
-        written = tokio::time::timeout(timeout, write) => match written {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Disconnect::write_error()),
-        },
-        _ = session.outbox().overflowed() => Err(too_slow(session, node)),
-    }
+    // The rest (a timer and the overflow watch) is boxed so that it takes
+    // no room in the connection's task while the connection is idle.
+    Box::pin(async move {
+        tokio::select! {
+            written = tokio::time::timeout(timeout, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Disconnect::write_error()),
+            },
+            _ = session.outbox().overflowed() => Err(too_slow(session, node)),
+        }
+    })
+    .await
 }
 
 fn is_too_big(e: &axum::Error) -> bool {

@@ -62,6 +62,34 @@ async fn message_size_limit_is_inclusive_and_larger_frames_close_with_1009() {
     s.stop().await;
 }
 
+/// The default read buffer is small (an idle connection keeps it); a
+/// message of the default 64 KiB limit, many buffers long, still arrives
+/// whole, and the next command on the same connection is read normally.
+#[tokio::test]
+async fn messages_far_larger_than_the_read_buffer_arrive_whole() {
+    const DEFAULT_LIMIT: usize = 65536;
+    let s = TestServer::start(json!({})).await;
+    let mut reader = s.client("reader").await;
+    let r = reader
+        .cmd(json!({"subscribe": {"channel": "open:big"}}))
+        .await;
+    assert_eq!(r["subscribe"], json!({}), "{r}");
+    let mut ws = s.client("writer").await;
+    let id = ws.send(json!({"ping": {}})).await + 1;
+    let text = publish_of_len(id, "open:big", DEFAULT_LIMIT);
+    let sent: Value = serde_json::from_str(&text).unwrap();
+    ws.send_text(&text).await;
+    assert_eq!(ws.reply(id).await["publish"], json!({}));
+    let p = reader.push().await;
+    assert_eq!(p["pub"]["data"], sent["publish"]["data"]);
+    let r = ws
+        .cmd(json!({"publish": {"channel": "open:big", "data": 1}}))
+        .await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+    assert_eq!(reader.push().await["pub"]["data"], json!(1));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn message_size_limit_applies_before_connect() {
     let s = TestServer::start(json!({"websocket": {"message_size_limit": 256}})).await;
