@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_protocol::json::{self, DecodeError};
 use herald_protocol::reply::{Push, ReplyBody};
-use herald_protocol::{ClientInfo, Disconnect, Method, PresenceEvent, ProtocolError, Publication};
+use herald_protocol::{Disconnect, Method, PresenceEvent, ProtocolError, Publication};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -180,7 +180,9 @@ struct SubState {
 /// Identity after a successful connect.
 struct Connected {
     handle: Arc<Handle>,
-    info: Arc<ClientInfo>,
+    /// `info` from the connection token (or the last refresh); a publication's
+    /// or presence entry's `ClientInfo` is built from it when needed.
+    conn_info: Option<Bytes>,
     expires_at: Option<i64>,
 }
 
@@ -331,10 +333,8 @@ impl Session {
                 }
                 if let Some(conn) = self.conn.as_mut() {
                     conn.expires_at = expire_at;
-                    if let Some(info) = info {
-                        let mut ci = (*conn.info).clone();
-                        ci.conn_info = Some(info);
-                        conn.info = Arc::new(ci);
+                    if info.is_some() {
+                        conn.conn_info = info;
                     }
                     let ttl = ttl_from(expire_at);
                     self.push(&Push::Refresh {

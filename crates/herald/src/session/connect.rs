@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use herald_protocol::command::ConnectRequest;
 use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody, SubscribeResult};
-use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
+use herald_protocol::{Disconnect, ProtocolError};
 use tokio::time::Instant;
 
 use super::{ttl_from, Connected, Handle, Session};
@@ -41,15 +41,9 @@ impl Session {
                 return Err(Disconnect::connection_limit());
             }
         }
-        let info = Arc::new(ClientInfo {
-            user: claims.user.clone(),
-            client: self.client_id.to_string(),
-            conn_info: claims.info.clone(),
-            chan_info: None,
-        });
         self.conn = Some(Connected {
             handle,
-            info,
+            conn_info: claims.info.clone(),
             expires_at: claims.expires_at,
         });
         self.connect_deadline = None;
@@ -156,9 +150,7 @@ impl Session {
         }
         conn.expires_at = claims.expires_at;
         if claims.info.is_some() {
-            let mut info = (*conn.info).clone();
-            info.conn_info = claims.info;
-            conn.info = Arc::new(info);
+            conn.conn_info = claims.info;
         }
         Ok(Ok(ReplyBody::Refresh(RefreshResult {
             client: self.client_id.to_string(),

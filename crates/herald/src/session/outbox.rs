@@ -58,6 +58,11 @@ impl Outbox {
         }
         let was_empty = s.queue.is_empty();
         s.bytes += frame.len();
+        if s.queue.capacity() == 0 {
+            // Room for one: the buffer stays with an idle connection, and
+            // grows only for connections that get bursts.
+            s.queue.reserve_exact(1);
+        }
         s.queue.push_back(Item::Frame(frame));
         drop(s);
         if was_empty {
@@ -79,18 +84,11 @@ impl Outbox {
     /// Takes everything queued into `out` by swapping `out`'s buffer (emptied
     /// first) with the queue's: nothing is copied, and a writer that gives
     /// back the buffer it emptied keeps a single buffer going between the
-    /// two while messages keep coming. When nothing was queued, both buffers
-    /// are freed, so an idle connection keeps none. Returns true if the
-    /// client overflowed the queue.
+    /// two. Returns true if the client overflowed the queue.
     pub fn drain(&self, out: &mut VecDeque<Item>) -> bool {
         out.clear();
         let mut s = self.state.lock();
-        if s.queue.is_empty() {
-            s.queue = VecDeque::new();
-            *out = VecDeque::new();
-        } else {
-            std::mem::swap(&mut s.queue, out);
-        }
+        std::mem::swap(&mut s.queue, out);
         s.bytes = 0;
         s.overflowed
     }
@@ -150,13 +148,22 @@ mod tests {
         assert!(matches!(&out[1], Item::Control(c) if matches!(**c, Control::Message(_))));
         assert!(!o.drain(&mut out));
         assert!(out.is_empty());
-        assert_eq!(
-            out.capacity(),
-            0,
-            "an empty drain frees the writer's buffer"
+        assert!(
+            o.state.lock().queue.capacity() >= 2,
+            "the emptied buffer goes back to the queue"
         );
-        assert_eq!(o.state.lock().queue.capacity(), 0, "and the queue's");
         assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_first_frame_gets_room_for_one() {
+        let o = Outbox::new(100);
+        assert!(o.push_frame(Bytes::from_static(b"x")));
+        assert_eq!(o.state.lock().queue.capacity(), 1);
+        assert!(o.push_frame(Bytes::from_static(b"y")));
+        let mut out = VecDeque::new();
+        o.drain(&mut out);
+        assert_eq!(out.len(), 2, "and grows past it");
     }
 
     #[tokio::test]

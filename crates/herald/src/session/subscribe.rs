@@ -226,13 +226,12 @@ impl Session {
     /// `chan_info`).
     pub(super) fn member_info(&self, chan_info: Option<Bytes>) -> Option<Arc<ClientInfo>> {
         let conn = self.conn.as_ref()?;
-        Some(match chan_info {
-            Some(chan_info) => Arc::new(ClientInfo {
-                chan_info: Some(chan_info),
-                ..(*conn.info).clone()
-            }),
-            None => conn.info.clone(),
-        })
+        Some(Arc::new(ClientInfo {
+            user: conn.handle.user.clone(),
+            client: self.client_id.to_string(),
+            conn_info: conn.conn_info.clone(),
+            chan_info,
+        }))
     }
 
     /// Records the subscription and joins the hub, telling the broker when

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -81,6 +82,10 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     let mut items = VecDeque::new();
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
+    // Made once rather than per wake-up: each would register with the
+    // node's token and deregister again.
+    let shutdown = node.shutdown.cancelled();
+    tokio::pin!(shutdown);
     let result: Result<(), Disconnect> = loop {
         let deadline = session.next_deadline().unwrap_or_else(far_future);
         if sleep.deadline() != deadline {
@@ -88,16 +93,13 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
         }
         tokio::select! {
             biased;
-            _ = node.shutdown.cancelled() => break Err(Disconnect::shutdown()),
+            _ = &mut shutdown => break Err(Disconnect::shutdown()),
             _ = outbox.ready() => {
                 if !write_delay.is_zero() {
                     // Let more messages join this write.
                     Box::pin(tokio::time::sleep(write_delay)).await;
                 }
-                // Boxed too: inline, the writer's state (~600 bytes) would
-                // be part of every idle connection; this costs one small
-                // allocation per flush, next to a system call.
-                if let Err(d) = Box::pin(flush(session, socket, &mut items, write_timeout, node)).await {
+                if let Err(d) = flush(session, socket, &mut items, write_timeout, node).await {
                     break Err(d);
                 }
             }
@@ -141,8 +143,10 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     Some(d)
 }
 
-/// Writes everything queued as one text message (frames joined by newlines)
-/// and acts on queued control requests in order.
+/// Writes everything queued, frames joined by newlines into messages of up
+/// to [`MAX_MESSAGE_BYTES`], and acts on queued control requests in order.
+/// Little lives across its awaits (the batching is [`next_step`]'s), so the
+/// writer adds little to a connection's task.
 async fn flush(
     session: &mut Session,
     socket: &mut WebSocket,
@@ -155,38 +159,58 @@ async fn flush(
             return Err(too_slow(session, node));
         }
         if items.is_empty() {
+            // The queue now holds the buffer the last batch came in; a second
+            // one (from frames queued while that batch was written) is freed,
+            // so an idle connection keeps a single buffer.
+            *items = VecDeque::new();
             return Ok(());
         }
-        let mut batch: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        for item in items.drain(..) {
-            match item {
-                Item::Frame(frame) => {
-                    match batch.take() {
-                        None if joined.is_empty() => batch = Some(frame),
-                        first => {
-                            if let Some(first) = first {
-                                joined.extend_from_slice(&first);
-                            }
-                            joined.extend_from_slice(b"\n");
-                            joined.extend_from_slice(&frame);
+        while let Some(step) = next_step(items) {
+            match step {
+                Step::Write(payload) => {
+                    let mut write = std::pin::pin!(socket.send(text_message(session, payload)?));
+                    // Most writes complete at once (the socket has room):
+                    // those need no timer and no overflow watch. The rest is
+                    // boxed, so that it takes no room in the connection's
+                    // task while the connection is idle.
+                    match futures_util::poll!(write.as_mut()) {
+                        Poll::Ready(written) => written.map_err(|_| Disconnect::write_error())?,
+                        Poll::Pending => {
+                            Box::pin(finish_write(write, session, write_timeout, node)).await?
                         }
                     }
-                    if joined.len() >= MAX_MESSAGE_BYTES {
-                        let payload = take_batch(&mut batch, &mut joined);
-                        send(session, socket, payload, write_timeout, node).await?;
-                    }
                 }
-                Item::Control(c) => {
-                    let payload = take_batch(&mut batch, &mut joined);
-                    send(session, socket, payload, write_timeout, node).await?;
-                    Box::pin(session.handle_control(*c)).await?;
-                }
+                Step::Control(c) => Box::pin(session.handle_control(*c)).await?,
             }
         }
-        let payload = take_batch(&mut batch, &mut joined);
-        send(session, socket, payload, write_timeout, node).await?;
     }
+}
+
+enum Step {
+    Write(Bytes),
+    Control(Box<crate::hub::Control>),
+}
+
+/// The next thing to do with the drained items: write the frames up to the
+/// next control (or the size cap) as one message, or act on the control.
+fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
+    let first = match items.pop_front()? {
+        Item::Control(c) => return Some(Step::Control(c)),
+        Item::Frame(frame) => frame,
+    };
+    if !matches!(items.front(), Some(Item::Frame(_))) || first.len() >= MAX_MESSAGE_BYTES {
+        return Some(Step::Write(first));
+    }
+    let mut joined = BytesMut::from(&first[..]);
+    while joined.len() < MAX_MESSAGE_BYTES {
+        let Some(Item::Frame(frame)) = items.front() else {
+            break;
+        };
+        joined.extend_from_slice(b"\n");
+        joined.extend_from_slice(frame);
+        items.pop_front();
+    }
+    Some(Step::Write(joined.freeze()))
 }
 
 /// Counts and logs a slow client; the disconnect to close it with.
@@ -196,49 +220,38 @@ fn too_slow(session: &Session, node: &Node) -> Disconnect {
     Disconnect::slow()
 }
 
-fn take_batch(batch: &mut Option<Bytes>, joined: &mut BytesMut) -> Option<Bytes> {
-    batch
-        .take()
-        .or_else(|| (!joined.is_empty()).then(|| joined.split().freeze()))
+/// A frame's bytes as a text message. Every payload is validated as UTF-8
+/// JSON on the way in, so this fails only on a bug.
+fn text_message(session: &Session, payload: Bytes) -> Result<Message, Disconnect> {
+    match Utf8Bytes::try_from(payload) {
+        Ok(text) => Ok(Message::Text(text)),
+        Err(_) => {
+            tracing::error!(client = %session.client_id(), "outgoing frame is not UTF-8");
+            Err(Disconnect::internal())
+        }
+    }
 }
 
-/// Writes one message. A write blocked by a client that does not read is
-/// cut short as soon as its queue overflows, so such a client is closed
-/// with 3008 rather than waiting out the write timeout.
-async fn send(
+/// Finishes a write that could not complete at once. A write blocked by a
+/// client that does not read is cut short as soon as its queue overflows,
+/// so such a client is closed with 3008 rather than waiting out the write
+/// timeout.
+async fn finish_write<F>(
+    write: F,
     session: &Session,
-    socket: &mut WebSocket,
-    payload: Option<Bytes>,
     timeout: std::time::Duration,
     node: &Node,
-) -> Result<(), Disconnect> {
-    let Some(payload) = payload else {
-        return Ok(());
-    };
-    let text = Utf8Bytes::try_from(payload).map_err(|_| {
-        // Every payload is validated as UTF-8 JSON on the way in.
-        tracing::error!(client = %session.client_id(), "outgoing frame is not UTF-8");
-        Disconnect::internal()
-    })?;
-    let write = socket.send(Message::Text(text));
-    tokio::pin!(write);
-    // Most writes complete at once (the socket has room): those need no
-    // timer and no overflow watch.
-    if let std::task::Poll::Ready(written) = futures_util::poll!(write.as_mut()) {
-        return written.map_err(|_| Disconnect::write_error());
+) -> Result<(), Disconnect>
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    tokio::select! {
+        written = tokio::time::timeout(timeout, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnect::write_error()),
+        },
+        _ = session.outbox().overflowed() => Err(too_slow(session, node)),
     }
-    // The rest (a timer and the overflow watch) is boxed so that it takes
-    // no room in the connection's task while the connection is idle.
-    Box::pin(async move {
-        tokio::select! {
-            written = tokio::time::timeout(timeout, write) => match written {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(Disconnect::write_error()),
-            },
-            _ = session.outbox().overflowed() => Err(too_slow(session, node)),
-        }
-    })
-    .await
 }
 
 fn is_too_big(e: &axum::Error) -> bool {
@@ -250,4 +263,48 @@ fn is_too_big(e: &axum::Error) -> bool {
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Control;
+
+    fn frame(text: &str) -> Item {
+        Item::Frame(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn write(step: Option<Step>) -> Bytes {
+        match step {
+            Some(Step::Write(b)) => b,
+            _ => panic!("expected a write"),
+        }
+    }
+
+    #[test]
+    fn frames_join_until_a_control() {
+        let mut items: VecDeque<Item> = [frame("a"), frame("b"), frame("c")].into();
+        items.push_back(Item::Control(Box::new(Control::Message(Bytes::new()))));
+        items.push_back(frame("d"));
+        assert_eq!(write(next_step(&mut items)), "a\nb\nc");
+        assert!(matches!(next_step(&mut items), Some(Step::Control(_))));
+        assert_eq!(write(next_step(&mut items)), "d");
+        assert!(next_step(&mut items).is_none());
+    }
+
+    #[test]
+    fn messages_stop_growing_at_the_cap() {
+        let big = "x".repeat(MAX_MESSAGE_BYTES / 2);
+        let mut items: VecDeque<Item> = [frame(&big), frame(&big), frame("y"), frame("z")].into();
+        let first = write(next_step(&mut items));
+        assert_eq!(
+            first.len(),
+            MAX_MESSAGE_BYTES + 1,
+            "two halves and their newline"
+        );
+        assert_eq!(write(next_step(&mut items)), "y\nz");
+        let mut items: VecDeque<Item> = [frame(&"x".repeat(MAX_MESSAGE_BYTES)), frame("y")].into();
+        assert_eq!(write(next_step(&mut items)).len(), MAX_MESSAGE_BYTES);
+        assert_eq!(write(next_step(&mut items)), "y");
+    }
 }
