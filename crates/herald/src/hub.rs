@@ -69,10 +69,11 @@ pub trait Client: Send + Sync + 'static {
 
 type ClientRef = Arc<dyn Client>;
 
-/// Starts reading a channel's stream after an offset to fill a gap; the
-/// reader hands what it found to [`Hub::finish_fill`] (`None` if the read
-/// failed).
-pub type Filler = Arc<dyn Fn(Arc<str>, u64) + Send + Sync>;
+/// Starts reading a channel's stream after an offset, in the epoch the hub
+/// knows (if it knows one), to fill a gap; the reader hands what it found
+/// to [`Hub::finish_fill`] (`None` if the read failed, as it does when the
+/// stream is no longer in that epoch).
+pub type Filler = Arc<dyn Fn(Arc<str>, u64, Option<Arc<str>>) + Send + Sync>;
 
 /// Most publications (and payload bytes) held back while a gap is being
 /// filled; beyond either the fill is abandoned and subscribers recover by
@@ -343,7 +344,7 @@ impl Hub {
             Some(fill) => {
                 seq.held = Some(vec![publication.clone()]);
                 seq.held_bytes = publication.data.len();
-                fill(publication.channel.clone(), last);
+                fill(publication.channel.clone(), last, seq.epoch.clone());
             }
             None => {
                 seq.last = Some(offset);

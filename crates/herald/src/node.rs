@@ -145,11 +145,11 @@ impl Node {
         let node = Arc::new(node);
         let weak = Arc::downgrade(&node);
         node.hub
-            .set_filler(Arc::new(move |channel: Arc<str>, after: u64| {
+            .set_filler(Arc::new(move |channel: Arc<str>, after: u64, epoch| {
                 let weak = weak.clone();
                 tokio::spawn(async move {
                     let Some(node) = weak.upgrade() else { return };
-                    let found = node.stream_after(&channel, after).await;
+                    let found = node.stream_after(&channel, after, epoch).await;
                     node.hub.finish_fill(&channel, found);
                 });
             }));
@@ -313,10 +313,22 @@ impl Node {
             })
     }
 
-    /// The publications of a channel's current stream after `after` (at
-    /// most the recovery limit), to fill a gap in live delivery.
-    async fn stream_after(&self, channel: &str, after: u64) -> Option<Vec<Arc<Publication>>> {
-        let top = self.history(channel, HistoryQuery::default()).await.ok()?;
+    /// The publications of a channel's stream after `after` (at most the
+    /// recovery limit), to fill a gap in live delivery; `None` when the
+    /// stream is no longer in `epoch` (or, without one, cannot be read).
+    async fn stream_after(
+        &self,
+        channel: &str,
+        after: u64,
+        epoch: Option<Arc<str>>,
+    ) -> Option<Vec<Arc<Publication>>> {
+        let epoch = match epoch {
+            Some(e) => e.to_string(),
+            None => {
+                let top = self.history(channel, HistoryQuery::default()).await.ok()?;
+                top.position.epoch
+            }
+        };
         let limit = match self.config.client.recovery_max_publication_limit {
             0 => 10_000,
             n => n,
@@ -324,7 +336,7 @@ impl Node {
         let query = HistoryQuery {
             since: Some(crate::store::StreamPosition {
                 offset: after,
-                epoch: top.position.epoch,
+                epoch,
             }),
             limit: Some(limit),
             reverse: false,

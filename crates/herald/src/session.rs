@@ -10,7 +10,7 @@ mod subs;
 mod subscribe;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +38,8 @@ pub struct Handle {
     /// the channel's stream, so that nothing is lost or repeated around it;
     /// allocated only while there are any.
     guards: Mutex<Option<Box<Guards>>>,
-    /// Number of entries in `guards`; lets delivery skip the lock.
-    guarded: AtomicUsize,
+    /// `guards` is in use; lets delivery skip the lock.
+    guarded: AtomicBool,
 }
 
 #[derive(Default)]
@@ -52,6 +52,27 @@ struct Guards {
     floors: HashMap<Arc<str>, u64>,
 }
 
+impl Guards {
+    /// Whether the publication goes out now: one in a held channel is kept
+    /// back, one at or below its channel's floor is dropped, and the first
+    /// above the floor lifts it.
+    fn admit(&mut self, publication: &Arc<Publication>) -> bool {
+        let channel = &*publication.channel;
+        if let Some(held) = self.held.get_mut(channel) {
+            held.push(publication.clone());
+            return false;
+        }
+        match self.floors.get(channel) {
+            Some(&floor) if publication.offset <= floor => false,
+            Some(_) => {
+                self.floors.remove(channel);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
 impl Handle {
     fn new(key: u64, client_id: Arc<str>, user: String, outbox: Arc<Outbox>) -> Self {
         Self {
@@ -60,58 +81,52 @@ impl Handle {
             user,
             outbox,
             guards: Mutex::default(),
-            guarded: AtomicUsize::new(0),
+            guarded: AtomicBool::new(false),
         }
     }
 
     fn start_buffering(&self, channel: &str) {
-        let mut g = self.guards.lock();
-        let g = g.get_or_insert_with(Box::default);
-        if g.held.insert(Arc::from(channel), Vec::new()).is_none() {
-            self.guarded.fetch_add(1, Ordering::AcqRel);
-        }
+        let mut lock = self.guards.lock();
+        let g = lock.get_or_insert_with(Box::default);
+        g.held.insert(Arc::from(channel), Vec::new());
+        self.guarded.store(true, Ordering::Release);
     }
 
-    /// Ends buffering: queues the held publications newer than `after`
-    /// (unless `discard`), under the lock so later ones cannot overtake them,
-    /// and keeps `after` as the channel's floor.
-    fn finish_buffering(&self, channel: &str, after: u64, discard: bool) {
+    /// Ends buffering: queues the held publications newer than `after`,
+    /// under the lock so later ones cannot overtake them, and keeps `after`
+    /// as the channel's floor while none newer has passed.
+    fn finish_buffering(&self, channel: &str, after: u64) {
         let mut lock = self.guards.lock();
         let Some(g) = lock.as_mut() else { return };
         let Some((key, held)) = g.held.remove_entry(channel) else {
             return;
         };
-        if discard {
-            self.guarded.fetch_sub(1, Ordering::AcqRel);
-        } else {
-            for p in held.iter().filter(|p| p.offset > after) {
-                self.outbox.push_frame(p.json_push().clone());
-            }
-            if held.iter().any(|p| p.offset > after) {
-                self.guarded.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                g.floors.insert(key, after);
-            }
+        let mut newer = held.iter().filter(|p| p.offset > after).peekable();
+        if newer.peek().is_none() {
+            g.floors.insert(key, after);
         }
-        Self::release_if_unused(&mut lock);
+        for p in newer {
+            self.outbox.push_frame(p.json_push().clone());
+        }
+        self.release_if_unused(&mut lock);
     }
 
     /// Drops the channel's guards (on unsubscribe).
     fn forget(&self, channel: &str) {
         let mut lock = self.guards.lock();
         let Some(g) = lock.as_mut() else { return };
-        let removed = usize::from(g.held.remove(channel).is_some())
-            + usize::from(g.floors.remove(channel).is_some());
-        self.guarded.fetch_sub(removed, Ordering::AcqRel);
-        Self::release_if_unused(&mut lock);
+        g.held.remove(channel);
+        g.floors.remove(channel);
+        self.release_if_unused(&mut lock);
     }
 
-    fn release_if_unused(guards: &mut Option<Box<Guards>>) {
+    fn release_if_unused(&self, guards: &mut Option<Box<Guards>>) {
         if guards
             .as_ref()
             .is_some_and(|g| g.held.is_empty() && g.floors.is_empty())
         {
             *guards = None;
+            self.guarded.store(false, Ordering::Release);
         }
     }
 }
@@ -130,27 +145,20 @@ impl Client for Handle {
         &self.user
     }
     fn deliver(&self, publication: &Arc<Publication>) {
-        // An overflow is noticed by the writer, which closes with 3008.
-        if self.guarded.load(Ordering::Acquire) > 0 {
+        // While guards are in use, the frame is queued under their lock, so
+        // that it cannot overtake held publications being released.
+        let mut _guards = None;
+        if self.guarded.load(Ordering::Acquire) {
             let mut lock = self.guards.lock();
             if let Some(g) = lock.as_mut() {
-                let channel = &*publication.channel;
-                if let Some(held) = g.held.get_mut(channel) {
-                    held.push(publication.clone());
+                if !g.admit(publication) {
                     return;
                 }
-                if let Some(&floor) = g.floors.get(channel) {
-                    if publication.offset <= floor {
-                        return;
-                    }
-                    g.floors.remove(channel);
-                    self.guarded.fetch_sub(1, Ordering::AcqRel);
-                    Self::release_if_unused(&mut lock);
-                }
+                self.release_if_unused(&mut lock);
             }
-            self.outbox.push_frame(publication.json_push().clone());
-            return;
+            _guards = Some(lock);
         }
+        // An overflow is noticed by the writer, which closes with 3008.
         self.outbox.push_frame(publication.json_push().clone());
     }
     fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
@@ -458,4 +466,101 @@ fn ttl_from(expires_at: Option<i64>) -> u32 {
     expires_at
         .map(|t| (t - now_unix()).clamp(0, u32::MAX as i64) as u32)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn handle() -> Handle {
+        Handle::new(
+            1,
+            Arc::from("c1"),
+            "u".into(),
+            Arc::new(Outbox::new(1 << 20)),
+        )
+    }
+
+    fn publication(channel: &str, offset: u64) -> Arc<Publication> {
+        let data = Bytes::from(format!("{{\"n\":{offset}}}"));
+        Arc::new(Publication::new(Arc::from(channel), data, None).with_offset(offset))
+    }
+
+    /// The offsets queued so far, in order.
+    fn queued(h: &Handle) -> Vec<u64> {
+        let mut items = VecDeque::new();
+        h.outbox.drain(&mut items);
+        items
+            .iter()
+            .map(|item| match item {
+                Item::Frame(f) => {
+                    let v: serde_json::Value = serde_json::from_slice(f).unwrap();
+                    v["push"]["pub"]["data"]["n"].as_u64().unwrap()
+                }
+                Item::Control(_) => panic!("no control expected"),
+            })
+            .collect()
+    }
+
+    fn in_use(h: &Handle) -> bool {
+        let used = h.guards.lock().is_some();
+        assert_eq!(
+            used,
+            h.guarded.load(Ordering::Acquire),
+            "flag and guards agree"
+        );
+        used
+    }
+
+    #[test]
+    fn held_publications_newer_than_the_reply_go_out_in_order_then_guards_go() {
+        let h = handle();
+        h.start_buffering("a");
+        for n in [4, 5, 6] {
+            h.deliver(&publication("a", n));
+        }
+        h.deliver(&publication("b", 9));
+        assert_eq!(queued(&h), [9], "another channel is not held");
+        h.finish_buffering("a", 4);
+        assert_eq!(queued(&h), [5, 6]);
+        assert!(!in_use(&h), "something newer passed: no floor kept");
+        h.deliver(&publication("a", 7));
+        assert_eq!(queued(&h), [7]);
+    }
+
+    #[test]
+    fn a_floor_drops_what_the_reply_covered_until_something_newer_passes() {
+        let h = handle();
+        h.start_buffering("a");
+        h.deliver(&publication("a", 3));
+        h.finish_buffering("a", 3);
+        assert!(queued(&h).is_empty());
+        assert!(in_use(&h), "the floor stays");
+        h.deliver(&publication("a", 3));
+        assert!(queued(&h).is_empty(), "at the floor: already known");
+        h.deliver(&publication("a", 4));
+        h.deliver(&publication("a", 2));
+        assert_eq!(
+            queued(&h),
+            [4, 2],
+            "the floor is lifted by the first newer one"
+        );
+        assert!(!in_use(&h));
+    }
+
+    #[test]
+    fn forgetting_drops_what_was_held() {
+        let h = handle();
+        h.start_buffering("a");
+        h.deliver(&publication("a", 1));
+        h.forget("a");
+        assert!(!in_use(&h));
+        h.finish_buffering("a", 0);
+        assert!(
+            queued(&h).is_empty(),
+            "nothing held survives an unsubscribe"
+        );
+    }
 }

@@ -208,16 +208,23 @@ fn a_gap_is_filled_from_the_stream_in_order() {
     let hub = Hub::new();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let log = asked.clone();
-    hub.set_filler(Arc::new(move |ch: Arc<str>, after: u64| {
-        log.lock().push((ch.to_string(), after));
-    }));
+    hub.set_filler(Arc::new(
+        move |ch: Arc<str>, after: u64, epoch: Option<Arc<str>>| {
+            log.lock()
+                .push((ch.to_string(), after, epoch.as_deref().map(str::to_string)));
+        },
+    ));
     let a = probe("1");
     hub.subscribe("s", a.clone(), false);
     hub.deliver(&positioned("s", 1));
     // 3 overtook 2 (published on another node): held while 2 is read.
     assert_eq!(hub.deliver(&positioned("s", 3)), 0);
     assert_eq!(hub.deliver(&positioned("s", 4)), 0);
-    assert_eq!(*asked.lock(), [("s".to_string(), 1)]);
+    // The fill reads the stream in the epoch delivery was in.
+    assert_eq!(
+        *asked.lock(),
+        [("s".to_string(), 1, Some("e1".to_string()))]
+    );
     assert_eq!(offsets(&a), [1]);
     hub.finish_fill("s", Some(vec![positioned("s", 2), positioned("s", 3)]));
     assert_eq!(offsets(&a), [1, 2, 3, 4]);
@@ -247,7 +254,7 @@ fn the_first_publications_of_a_stream_keep_their_order() {
     let hub = Hub::new();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let log = asked.clone();
-    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64| {
+    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64, _| {
         log.lock().push(after)
     }));
     let a = probe("1");

@@ -78,11 +78,12 @@ impl Session {
                     self.node.hub.observe_position(&channel, top, &result.epoch);
                 }
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
-                handle.finish_buffering(&channel, top, false);
+                handle.finish_buffering(&channel, top);
                 self.announce(&channel).await;
             }
             Err(e) => {
-                handle.finish_buffering(&channel, 0, true);
+                // Leaves the hub, then drops what was held: nothing of the
+                // channel reaches the client before the error.
                 self.unsubscribe(&channel).await;
                 self.reply(id, Err(e));
             }
@@ -286,8 +287,10 @@ impl Session {
             return false;
         };
         let Some(conn) = &self.conn else { return true };
+        // Out of the hub first, so no delivery slips in after the guards go.
+        let last = self.node.hub.unsubscribe(channel, conn.handle.key);
         conn.handle.forget(channel);
-        if self.node.hub.unsubscribe(channel, conn.handle.key) {
+        if last {
             self.node.broker_sync(channel).await;
         }
         if state.announced && state.presence {

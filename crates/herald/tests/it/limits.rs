@@ -23,34 +23,37 @@ fn publish_of_len(id: u32, channel: &str, len: usize) -> String {
     text
 }
 
-#[tokio::test]
-async fn message_size_limit_is_inclusive_and_larger_frames_close_with_1009() {
-    const LIMIT: usize = 1024;
-    let s = TestServer::start(json!({"websocket": {"message_size_limit": LIMIT}})).await;
+/// A subscriber of `open:big` and a writer that has published exactly `len`
+/// bytes of command there: the reply and the delivery checked. Returns the
+/// reader, the writer and the writer's next command id.
+async fn publish_exactly(s: &TestServer, len: usize) -> (Ws, Ws, u32) {
     let mut reader = s.client("reader").await;
     let r = reader
         .cmd(json!({"subscribe": {"channel": "open:big"}}))
         .await;
     assert_eq!(r["subscribe"], json!({}), "{r}");
-
-    // Exactly the limit: accepted, answered and delivered.
     let mut ws = s.client("writer").await;
     let id = ws.send(json!({"ping": {}})).await + 1;
-    let exact = publish_of_len(id, "open:big", LIMIT);
-    ws.send_text(&exact).await;
+    let text = publish_of_len(id, "open:big", len);
+    let sent: Value = serde_json::from_str(&text).unwrap();
+    ws.send_text(&text).await;
     let r = ws.reply(id).await;
     assert_eq!(r["publish"], json!({}), "{r}");
     let p = reader.push().await;
     assert_eq!(p["channel"], "open:big");
-    assert_eq!(
-        p["pub"]["data"]["p"].as_str().map(str::len),
-        serde_json::from_str::<Value>(&exact).unwrap()["publish"]["data"]["p"]
-            .as_str()
-            .map(str::len)
-    );
+    assert_eq!(p["pub"]["data"], sent["publish"]["data"]);
+    (reader, ws, id + 1)
+}
+
+#[tokio::test]
+async fn message_size_limit_is_inclusive_and_larger_frames_close_with_1009() {
+    const LIMIT: usize = 1024;
+    let s = TestServer::start(json!({"websocket": {"message_size_limit": LIMIT}})).await;
+    // Exactly the limit: accepted, answered and delivered.
+    let (mut reader, mut ws, id) = publish_exactly(&s, LIMIT).await;
 
     // One byte more: the connection is closed with 1009.
-    ws.send_text(&publish_of_len(id + 1, "open:big", LIMIT + 1))
+    ws.send_text(&publish_of_len(id, "open:big", LIMIT + 1))
         .await;
     assert_eq!(ws.closed().await, (1009, "message too big".into()));
 
@@ -69,19 +72,7 @@ async fn message_size_limit_is_inclusive_and_larger_frames_close_with_1009() {
 async fn messages_far_larger_than_the_read_buffer_arrive_whole() {
     const DEFAULT_LIMIT: usize = 65536;
     let s = TestServer::start(json!({})).await;
-    let mut reader = s.client("reader").await;
-    let r = reader
-        .cmd(json!({"subscribe": {"channel": "open:big"}}))
-        .await;
-    assert_eq!(r["subscribe"], json!({}), "{r}");
-    let mut ws = s.client("writer").await;
-    let id = ws.send(json!({"ping": {}})).await + 1;
-    let text = publish_of_len(id, "open:big", DEFAULT_LIMIT);
-    let sent: Value = serde_json::from_str(&text).unwrap();
-    ws.send_text(&text).await;
-    assert_eq!(ws.reply(id).await["publish"], json!({}));
-    let p = reader.push().await;
-    assert_eq!(p["pub"]["data"], sent["publish"]["data"]);
+    let (mut reader, mut ws, _) = publish_exactly(&s, DEFAULT_LIMIT).await;
     let r = ws
         .cmd(json!({"publish": {"channel": "open:big", "data": 1}}))
         .await;
