@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_bench::protocol::Protocol;
 use herald_bench::report;
-use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
+use herald_bench::scenario::{
+    connect_storm, durable_publish, fanout, idle, many_channels, CONNECT_CONCURRENCY,
+    CONNECT_TIMEOUT,
+};
 use herald_bench::target::{Auth, Target};
 
 #[derive(Parser)]
@@ -97,7 +100,7 @@ struct Many {
     #[arg(long)]
     source_ips: Option<usize>,
     /// Connections being opened at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = CONNECT_CONCURRENCY)]
     connect_concurrency: usize,
 }
 
@@ -280,22 +283,43 @@ async fn main() -> std::process::ExitCode {
 }
 
 impl Scenario {
-    /// How long the flags ask the run to last.
+    /// How long the flags ask the run to last, with its connecting at
+    /// worst (every wave of connections waiting out the connect timeout).
     fn planned(&self) -> Duration {
+        let connecting =
+            |n: usize, concurrency: usize| CONNECT_TIMEOUT * n.div_ceil(concurrency.max(1)) as u32;
         match self {
-            Scenario::DurablePublish(a) => a.timing.warmup + a.timing.duration,
-            Scenario::Fanout(a) => a.timing.warmup + a.timing.duration,
-            Scenario::ManyChannels(a) => a.timing.warmup + a.timing.duration,
-            Scenario::Idle(a) => a.settle + a.hold,
-            Scenario::ConnectStorm(_) | Scenario::BareServer(_) => Duration::ZERO,
+            Scenario::DurablePublish(a) => {
+                a.timing.warmup + a.timing.duration + connecting(a.publishers, CONNECT_CONCURRENCY)
+            }
+            Scenario::Fanout(a) => {
+                a.timing.warmup
+                    + a.timing.duration
+                    + connecting(a.subscribers, a.many.connect_concurrency)
+            }
+            Scenario::ManyChannels(a) => {
+                a.timing.warmup
+                    + a.timing.duration
+                    + connecting(a.connections, a.many.connect_concurrency)
+            }
+            Scenario::Idle(a) => {
+                a.settle + a.hold + connecting(a.connections, a.many.connect_concurrency)
+            }
+            Scenario::ConnectStorm(a) => connecting(a.clients, a.concurrency),
+            Scenario::BareServer(_) => Duration::ZERO,
         }
     }
 }
 
-/// With `--strict`, fails when `clean` is false.
-fn strict(c: &Common, clean: bool) -> anyhow::Result<()> {
-    if c.strict && !clean {
+/// Prints the report; fails when the run measured nothing, or, with
+/// `--strict`, when it was not clean.
+fn finish(r: &impl report::Report, c: &Common) -> anyhow::Result<()> {
+    report::print(r, c.json);
+    if c.strict && !r.clean() {
         anyhow::bail!("--strict: not every connection opened and stayed open, or something was lost or failed (see the report)");
+    }
+    if let Some(why) = r.nothing_done() {
+        anyhow::bail!("{why} (see the errors above)");
     }
     Ok(())
 }
@@ -318,11 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = durable_publish::run(&options)
                 .await
                 .context("durable-publish")?;
-            report::print(&r, c.json);
-            strict(c, r.connected == r.publishers && r.errors.total == 0)?;
-            if r.acked == 0 {
-                anyhow::bail!("no publication was acknowledged (see the errors above)");
-            }
+            finish(&r, c)?;
         }
         Scenario::Fanout(a) => {
             let (c, p) = (&a.common, a.publishing);
@@ -350,18 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 connect_concurrency: a.many.connect_concurrency,
             };
             let r = fanout::run(&options).await.context("fanout")?;
-            report::print(&r, c.json);
-            strict(
-                c,
-                r.connected == r.subscribers
-                    && r.lost == 0
-                    && r.subscribers_dropped == 0
-                    && r.publish_errors.total == 0
-                    && r.subscriber_errors.total == 0,
-            )?;
-            if r.delivered == 0 {
-                anyhow::bail!("no publication was delivered (see the errors above)");
-            }
+            finish(&r, c)?;
         }
         Scenario::Idle(a) => {
             let c = &a.common;
@@ -379,8 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !c.quiet,
             };
             let r = idle::run(&options).await.context("idle")?;
-            report::print(&r, c.json);
-            strict(c, r.connected == r.connections && r.dropped == 0)?;
+            finish(&r, c)?;
         }
         Scenario::ManyChannels(a) => {
             let (c, p) = (&a.common, a.publishing);
@@ -406,17 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = many_channels::run(&options)
                 .await
                 .context("many-channels")?;
-            report::print(&r, c.json);
-            strict(
-                c,
-                r.connected == r.connections
-                    && r.lost == 0
-                    && r.subscribers_dropped == 0
-                    && r.publish_errors.total == 0,
-            )?;
-            if r.delivered == 0 {
-                anyhow::bail!("no publication was delivered (see the errors above)");
-            }
+            finish(&r, c)?;
         }
         Scenario::ConnectStorm(a) => {
             let c = &a.common;
@@ -433,11 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = connect_storm::run(&options)
                 .await
                 .context("connect-storm")?;
-            report::print(&r, c.json);
-            strict(c, r.connected == r.clients)?;
-            if r.connected == 0 {
-                anyhow::bail!("no client connected (see the errors above)");
-            }
+            finish(&r, c)?;
         }
         Scenario::BareServer(_) => unreachable!("handled in main"),
     }

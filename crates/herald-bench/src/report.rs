@@ -13,6 +13,13 @@ use crate::stats::{Summary, Usage};
 pub trait Report: Serialize {
     /// Human-readable rows, as [`Table`] builds them.
     fn table(&self) -> String;
+    /// Every connection opened and stayed open, and nothing was lost or
+    /// failed (what `--strict` asks for).
+    fn clean(&self) -> bool;
+    /// Why the run measured nothing at all, if it did not.
+    fn nothing_done(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Prints `report`: the table then the JSON line, or only the JSON line.

@@ -101,17 +101,8 @@ pub fn plan_sources(
     .map_err(ScenarioError::Ports)
 }
 
-/// Runs `open(i)` for `i` in `0..n`, at most [`CONNECT_CONCURRENCY`] at
-/// once; returns what opened (in no particular order) and the failures.
-pub async fn open_many<T, F, Fut>(n: usize, open: F) -> (Vec<T>, ErrorCounts, Option<ClientError>)
-where
-    F: Fn(usize) -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    open_many_with(n, CONNECT_CONCURRENCY, open).await
-}
-
-/// [`open_many`] with `concurrency` opening at once.
+/// Runs `open(i)` for `i` in `0..n`, at most `concurrency` at once;
+/// returns what opened (in no particular order) and the failures.
 pub async fn open_many_with<T, F, Fut>(
     n: usize,
     concurrency: usize,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use herald::config::{self, Overrides};
 use herald::server::Server;
 use herald_bench::bare::BareServer;
+use herald_bench::report::Report;
 use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
 use herald_bench::target::{Auth, Target};
 use serde_json::{json, Value};
@@ -145,6 +146,9 @@ async fn fanout_over(
     assert_eq!(r.delivered, r.published * 5, "{r:?}");
     assert_eq!(r.out_of_order, 0, "{r:?}");
     assert_eq!(r.subscribers_dropped, 0, "{r:?}");
+    assert_eq!(r.subscriber_errors.total, 0, "{r:?}");
+    assert!(r.kept_up, "{r:?}");
+    assert!(r.clean(), "{r:?}");
     assert!(r.latency.count > 0, "{r:?}");
     assert!(r.usage.server_cpu_s.is_some(), "{r:?}");
     assert!(r.usage.operations > 0, "{r:?}");
@@ -214,7 +218,8 @@ async fn many_channels(target: Target, auth: Auth, api_key: Option<&str>) {
     assert_eq!(r.delivered, r.expected, "{r:?}");
     assert_eq!(r.lost, 0, "{r:?}");
     assert_eq!(r.subscribers_dropped, 0, "{r:?}");
-    assert!(r.usage.server_cpu_s.is_none(), "{r:?}");
+    assert_eq!(r.subscriber_errors.total, 0, "{r:?}");
+    assert!(r.clean(), "{r:?}");
 }
 
 async fn connect_storm(target: Target, auth: Auth) {
@@ -302,6 +307,46 @@ async fn fanout_over_a_redis_cluster() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Publishing flags out of range are refused before anything connects.
+#[tokio::test]
+async fn publishing_flags_are_checked_at_their_edges() {
+    let options = |rate: f64, publishers: usize| many_channels::Options {
+        target: Target::parse("ws://127.0.0.1:9/connection/websocket").unwrap(),
+        auth: Auth::None,
+        api_key: None,
+        publish_url: None,
+        channel_prefix: "plain:".into(),
+        connections: 1,
+        group_size: 1,
+        group_ratio: 0.0,
+        rate,
+        publishers,
+        payload: 10,
+        duration: Duration::from_millis(10),
+        warmup: Duration::ZERO,
+        progress: false,
+        server_pid: None,
+        source_ips: None,
+        connect_concurrency: 1,
+    };
+    for (rate, publishers, flag) in [
+        (10.0, 65, "--publishers"),
+        (10.0, 0, "--publishers"),
+        (0.0, 1, "--rate"),
+        (100_001.0, 1, "--rate"),
+    ] {
+        let err = many_channels::run(&options(rate, publishers))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(flag), "{rate} {publishers}: {err}");
+    }
+    // At the edges themselves the run starts (and fails only to connect).
+    let err = many_channels::run(&options(100_000.0, 64))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("must be"), "{err}");
 }
 
 #[tokio::test]

@@ -55,6 +55,12 @@ pub struct ConnectStormReport {
 }
 
 impl Report for ConnectStormReport {
+    fn clean(&self) -> bool {
+        self.connected == self.clients
+    }
+    fn nothing_done(&self) -> Option<&'static str> {
+        (self.connected == 0).then_some("no client connected")
+    }
     fn table(&self) -> String {
         let mut t = Table::new("herald-bench connect-storm");
         t.row("url", format_args!("{} ({})", self.url, self.protocol))

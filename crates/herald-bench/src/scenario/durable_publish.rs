@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{check_file_limit, open_many, padded_object, ScenarioError, Window};
-use super::{CONNECT_TIMEOUT, REPLY_TIMEOUT};
+use super::{check_file_limit, padded_object, Dialer, ScenarioError, Window};
+use super::{CONNECT_CONCURRENCY, REPLY_TIMEOUT};
 use crate::client::{Client, ClientError};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Latency, Progress, Summary};
@@ -63,6 +63,12 @@ pub struct DurablePublishReport {
 }
 
 impl Report for DurablePublishReport {
+    fn clean(&self) -> bool {
+        self.connected == self.publishers && self.errors.total == 0
+    }
+    fn nothing_done(&self) -> Option<&'static str> {
+        (self.acked == 0).then_some("no publication was acknowledged")
+    }
     fn table(&self) -> String {
         Table::new("herald-bench durable-publish")
             .row("url", &self.url)
@@ -108,25 +114,16 @@ pub async fn run(o: &Options) -> Result<DurablePublishReport, ScenarioError> {
         ));
     }
     check_file_limit(o.publishers)?;
-    let tokens = (0..o.publishers)
-        .map(|i| o.auth.token(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (url, target) = (&o.target.ws_url, &o.target);
-    let (clients, connect_errors, first) = open_many(o.publishers, |i| {
-        let token = &tokens[i];
-        async move {
-            Ok((
-                i,
-                Client::connect(target, token, None, CONNECT_TIMEOUT).await?,
-            ))
-        }
-    })
-    .await;
-    if clients.is_empty() {
-        return Err(ScenarioError::NoConnections(
-            first.unwrap_or(ClientError::Lost("no publisher".into())),
-        ));
+    let opened = Dialer {
+        target: &o.target,
+        auth: &o.auth,
+        sources: &[],
+        concurrency: CONNECT_CONCURRENCY,
     }
+    .open(o.publishers, |_| Vec::new(), &Progress::default())
+    .await?
+    .nonempty("publisher")?;
+    let (clients, connect_errors) = (opened.clients, opened.errors);
     let connected = clients.len();
     let data: Arc<RawValue> = Arc::from(
         RawValue::from_string(padded_object("", o.payload)).expect("padded object is JSON"),
@@ -172,7 +169,7 @@ pub async fn run(o: &Options) -> Result<DurablePublishReport, ScenarioError> {
     let acked = latency.count();
     Ok(DurablePublishReport {
         scenario: "durable-publish",
-        url: url.clone(),
+        url: o.target.ws_url.clone(),
         channel_prefix: o.channel_prefix.clone(),
         channels: o.channels,
         publishers: o.publishers,

@@ -69,6 +69,9 @@ pub struct IdleReport {
 }
 
 impl Report for IdleReport {
+    fn clean(&self) -> bool {
+        self.connected == self.connections && self.dropped == 0
+    }
     fn table(&self) -> String {
         let mib = |b: Option<u64>| {
             b.map_or("not measured (pass --server-pid)".into(), |b| {

@@ -20,7 +20,7 @@ use super::{check_file_limit, check_server_pid, meter_window, plan_sources, publ
 use super::{Dialer, ScenarioError, Usage, DRAIN_TIMEOUT};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Latency, Progress, Summary};
-use crate::target::{check_http_url, Auth, Target};
+use crate::target::{Auth, Target};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -80,6 +80,16 @@ pub struct ManyChannelsReport {
 }
 
 impl Report for ManyChannelsReport {
+    fn clean(&self) -> bool {
+        self.connected == self.connections
+            && self.lost == 0
+            && self.subscribers_dropped == 0
+            && self.publish_errors.total == 0
+            && self.subscriber_errors.total == 0
+    }
+    fn nothing_done(&self) -> Option<&'static str> {
+        (self.delivered == 0).then_some("no publication was delivered")
+    }
     fn table(&self) -> String {
         let mut t = Table::new("herald-bench many-channels");
         t.row("url", format_args!("{} ({})", self.url, self.protocol))
@@ -132,22 +142,12 @@ fn mix(n: u64) -> u64 {
 }
 
 fn validate(o: &Options) -> Result<(), ScenarioError> {
-    let ok = o.connections > 0
-        && o.group_size > 0
-        && (0.0..=1.0).contains(&o.group_ratio)
-        && o.rate > 0.0
-        && o.rate <= super::fanout::MAX_RATE
-        && o.publishers > 0;
-    if !ok {
+    if o.connections == 0 || o.group_size == 0 || !(0.0..=1.0).contains(&o.group_ratio) {
         return Err(ScenarioError::Invalid(
-            "--connections, --group-size, --publishers and --rate must be positive, \
-             --group-ratio in [0, 1]"
-                .into(),
+            "--connections and --group-size must be at least 1, --group-ratio in [0, 1]".into(),
         ));
     }
-    if let Some(url) = &o.publish_url {
-        check_http_url(url)?;
-    }
+    super::publisher::check(o.rate, o.publishers, o.publish_url.as_deref())?;
     check_server_pid(o.server_pid)?;
     check_file_limit(o.connections + o.publishers)
 }

@@ -10,14 +10,36 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{padded_object, Window};
+use super::{padded_object, ScenarioError, Window};
 use crate::api::Api;
 use crate::protocol::Stamp;
 use crate::report::ErrorCounts;
 use crate::stats::Progress;
+use crate::target::check_http_url;
 
 /// Most concurrent publishers.
 pub const MAX_PUBLISHERS: usize = 64;
+
+/// Highest publish rate accepted (publications per second).
+pub const MAX_RATE: f64 = 100_000.0;
+
+/// Checks the publishing flags every publishing scenario shares.
+pub fn check(rate: f64, publishers: usize, publish_url: Option<&str>) -> Result<(), ScenarioError> {
+    if !(rate > 0.0 && rate <= MAX_RATE) {
+        return Err(ScenarioError::Invalid(format!(
+            "--rate must be in (0, {MAX_RATE}]"
+        )));
+    }
+    if !(1..=MAX_PUBLISHERS).contains(&publishers) {
+        return Err(ScenarioError::Invalid(format!(
+            "--publishers must be 1 to {MAX_PUBLISHERS}"
+        )));
+    }
+    match publish_url {
+        Some(url) => Ok(check_http_url(url)?),
+        None => Ok(()),
+    }
+}
 
 /// The run's shared clock: stamps are microseconds since `origin`.
 #[derive(Clone, Copy)]
@@ -83,7 +105,7 @@ where
     F: Fn(u64) -> (String, u64),
 {
     let start = Instant::now();
-    let k = plan.publishers.clamp(1, MAX_PUBLISHERS);
+    let k = plan.publishers;
     let interval = Duration::from_secs_f64(1.0 / plan.rate);
     let tasks = (0..k).map(|p| async move {
         let mut out = Published::default();
