@@ -259,7 +259,7 @@ impl Node {
         let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
         let result = match self.stream_options(options) {
             Some(opts) => {
-                let (stored, epoch) = self
+                let stored = self
                     .store_for(options)?
                     .append(publication, opts)
                     .await
@@ -272,7 +272,7 @@ impl Node {
                     })?;
                 PublishResult {
                     offset: stored.offset,
-                    epoch,
+                    epoch: stored.epoch.as_deref().unwrap_or_default().to_owned(),
                 }
             }
             None => {

@@ -76,13 +76,13 @@ pub type Deliver =
 
 pub trait Store: Send + Sync + 'static {
     /// Appends to the publication's channel stream, delivers it, and returns
-    /// it with its offset together with the stream's epoch. For durable
-    /// stores it returns only once the publication is committed.
+    /// it with its offset and its stream's epoch set. For durable stores it
+    /// returns only once the publication is committed.
     fn append(
         &self,
         publication: Publication,
         opts: StreamOptions,
-    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>>;
+    ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>>;
 
     /// Reads a channel's stream.
     fn history<'a>(

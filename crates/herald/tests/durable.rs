@@ -198,6 +198,14 @@ fn publication(channel: &str, n: u64) -> Publication {
     Publication::new(Arc::from(channel), Bytes::from(n.to_string()), None)
 }
 
+/// The epoch a store set on a publication it appended.
+fn epoch_of(p: &Publication) -> String {
+    p.epoch
+        .as_deref()
+        .expect("appended with an epoch")
+        .to_owned()
+}
+
 fn unbounded() -> StreamOptions {
     StreamOptions::default()
 }
@@ -228,19 +236,21 @@ async fn appends_get_offsets_epoch_and_are_delivered(fx: Fixture) {
         Some(Arc::new(info.clone())),
     )
     .with_tags(BTreeMap::from([("k".to_string(), "v".to_string())]));
-    let (first, epoch_a) = store.append(tagged, unbounded()).await.unwrap();
+    let first = store.append(tagged, unbounded()).await.unwrap();
+    let epoch_a = epoch_of(&first);
     assert_eq!(first.offset, 1);
     for n in 2..=3 {
-        let (p, e) = store
+        let p = store
             .append(publication("a", n), unbounded())
             .await
             .unwrap();
-        assert_eq!((p.offset, &e), (n, &epoch_a));
+        assert_eq!((p.offset, epoch_of(&p)), (n, epoch_a.clone()));
     }
-    let (b1, epoch_b) = store
+    let b1 = store
         .append(publication("b", 1), unbounded())
         .await
         .unwrap();
+    let epoch_b = epoch_of(&b1);
     assert_eq!(b1.offset, 1);
     assert_ne!(epoch_a, epoch_b, "each stream has its own epoch");
     assert_eq!(
@@ -289,7 +299,7 @@ async fn concurrent_appends_are_gap_free_and_in_order(fx: Fixture) {
             let mut got = Vec::new();
             for n in 0..EACH {
                 let channel = format!("c{}", (t + n) % CHANNELS);
-                let (p, _) = store
+                let p = store
                     .append(publication(&channel, n), unbounded())
                     .await
                     .unwrap();
@@ -336,11 +346,11 @@ async fn history_queries_match_the_protocol(fx: Fixture) {
     assert!(empty.publications.is_empty());
     let again = store.history("new", all(), unbounded()).await.unwrap();
     assert_eq!(again.position, empty.position);
-    let (p, epoch) = store
+    let p = store
         .append(publication("new", 1), unbounded())
         .await
         .unwrap();
-    assert_eq!((p.offset, &epoch), (1, &empty.position.epoch));
+    assert_eq!((p.offset, epoch_of(&p)), (1, empty.position.epoch.clone()));
 
     for n in 1..=10 {
         store
@@ -415,11 +425,11 @@ async fn remove_keeps_the_position(fx: Fixture) {
     let page = store.history("r", all(), unbounded()).await.unwrap();
     assert!(page.publications.is_empty());
     assert_eq!(page.position, before);
-    let (p, epoch) = store
+    let p = store
         .append(publication("r", 4), unbounded())
         .await
         .unwrap();
-    assert_eq!((p.offset, epoch), (4, before.epoch));
+    assert_eq!((p.offset, epoch_of(&p)), (4, before.epoch));
     store.close().await;
 }
 
@@ -504,11 +514,11 @@ async fn reopening_keeps_epochs_and_offsets(fx: Fixture) {
     let store = fx.open(deliver.clone(), unbounded()).await;
     let mut epoch = String::new();
     for n in 1..=3 {
-        epoch = store
+        let p = store
             .append(publication("p", n), unbounded())
             .await
-            .unwrap()
-            .1;
+            .unwrap();
+        epoch = epoch_of(&p);
     }
     store.close().await;
     let err = store
@@ -528,11 +538,11 @@ async fn reopening_keeps_epochs_and_offsets(fx: Fixture) {
         }
     );
     assert_eq!(offsets(&page), vec![1, 2, 3]);
-    let (p, e) = store
+    let p = store
         .append(publication("p", 4), unbounded())
         .await
         .unwrap();
-    assert_eq!((p.offset, e), (4, epoch));
+    assert_eq!((p.offset, epoch_of(&p)), (4, epoch));
     store.close().await;
 }
 
@@ -560,7 +570,7 @@ async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
     // The failed batches gave their offsets back.
     fx.execute("DELETE FROM publications WHERE channel = 'f' AND seq = 2")
         .await;
-    let (p, _) = store
+    let p = store
         .append(publication("f", 2), unbounded())
         .await
         .unwrap();
@@ -586,11 +596,11 @@ async fn postgres_nodes_share_gap_free_offsets() {
                     let mut got = Vec::new();
                     for n in 0..25 {
                         let channel = format!("n{}", (t as u64 + n) % 2);
-                        let (p, e) = store
+                        let p = store
                             .append(publication(&channel, n), unbounded())
                             .await
                             .unwrap();
-                        got.push((channel, p.offset, e));
+                        got.push((channel, p.offset, epoch_of(&p)));
                     }
                     got
                 })

@@ -91,9 +91,9 @@ impl Store for MemoryStore {
         &self,
         publication: Publication,
         opts: StreamOptions,
-    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>> {
+    ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
         let now = Instant::now();
-        let (stored, epoch, delivered) = {
+        let (stored, delivered) = {
             let mut shard = self.shard(&publication.channel).lock();
             let stream = match shard.get_mut(&*publication.channel) {
                 Some(s) if !s.expired(&opts, now) => s,
@@ -112,11 +112,11 @@ impl Store for MemoryStore {
             stream.pubs.push_back((now, stored.clone()));
             stream.trim(&opts, now);
             let delivered = (self.deliver)(stored.clone());
-            (stored, stream.epoch.to_string(), delivered)
+            (stored, delivered)
         };
         Box::pin(async move {
             delivered.await?;
-            Ok((stored, epoch))
+            Ok(stored)
         })
     }
 

@@ -133,7 +133,7 @@ impl Store for RedisStore {
         &self,
         publication: Publication,
         opts: StreamOptions,
-    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>> {
+    ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
         let (stream, meta) = self.keys(&publication.channel);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(APPEND)
@@ -169,7 +169,7 @@ impl Store for RedisStore {
             let stored = publication
                 .with_offset(offset)
                 .with_epoch(Arc::from(epoch.as_str()));
-            Ok((Arc::new(stored), epoch))
+            Ok(Arc::new(stored))
         })
     }
 

@@ -151,7 +151,7 @@ impl Store for DurableStore {
         &self,
         publication: Publication,
         _opts: StreamOptions,
-    ) -> BoxFuture<'_, Result<(Arc<Publication>, String), StoreError>> {
+    ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
         // Retention is applied by the retention task and at read time, so
         // appending needs no options.
         Box::pin(async move {
@@ -170,7 +170,7 @@ impl Store for DurableStore {
                     "committed publication not delivered live"
                 );
             }
-            Ok((committed.publication, committed.epoch))
+            Ok(committed.publication)
         })
     }
 

@@ -19,6 +19,14 @@ fn publication(ch: &str, n: u32) -> Publication {
     Publication::new(Arc::from(ch), Bytes::from(n.to_string()), None)
 }
 
+/// The epoch a store set on a publication it appended.
+fn epoch_of(p: &Publication) -> String {
+    p.epoch
+        .as_deref()
+        .expect("appended with an epoch")
+        .to_owned()
+}
+
 fn opts(size: usize) -> StreamOptions {
     StreamOptions {
         size,
@@ -39,9 +47,9 @@ async fn offsets_grow_and_window_is_bounded() {
     let (s, seen) = store();
     let mut epoch = String::new();
     for n in 1..=5 {
-        let (p, e) = s.append(publication("c", n), opts(3)).await.unwrap();
+        let p = s.append(publication("c", n), opts(3)).await.unwrap();
         assert_eq!(p.offset, n as u64);
-        epoch = e;
+        epoch = epoch_of(&p);
     }
     assert_eq!(*seen.lock(), vec![1, 2, 3, 4, 5]);
     let page = s.history("c", all(), opts(3)).await.unwrap();
@@ -61,7 +69,7 @@ async fn queries_since_limit_reverse() {
     let (s, _) = store();
     let mut epoch = String::new();
     for n in 1..=10 {
-        epoch = s.append(publication("c", n), opts(100)).await.unwrap().1;
+        epoch = epoch_of(&s.append(publication("c", n), opts(100)).await.unwrap());
     }
     let offsets = |page: HistoryPage| {
         page.publications
@@ -137,7 +145,7 @@ async fn ttl_and_meta_ttl() {
         ttl: Duration::from_millis(30),
         meta_ttl: Duration::from_millis(80),
     };
-    let (_, epoch) = s.append(publication("c", 1), short).await.unwrap();
+    let epoch = epoch_of(&s.append(publication("c", 1), short).await.unwrap());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let page = s.history("c", all(), short).await.unwrap();
     assert!(page.publications.is_empty());

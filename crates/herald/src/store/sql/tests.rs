@@ -199,7 +199,7 @@ async fn large_batch_round_trips(storage: Storage, dir: &Path) {
     // Queued together, so that the writer takes them in few batches.
     let acked = futures_util::future::try_join_all(appends).await.unwrap();
     let mut want: BTreeMap<(&str, u64), Bytes> = BTreeMap::new();
-    for (p, _) in &acked {
+    for p in &acked {
         assert!(want
             .insert((&p.channel, p.offset), p.data.clone())
             .is_none());

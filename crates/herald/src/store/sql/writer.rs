@@ -21,11 +21,10 @@ pub(super) struct Pending {
     pub(super) reply: oneshot::Sender<Result<Committed, StoreError>>,
 }
 
-/// A committed publication, its stream's epoch, and its delivery outcome
+/// A committed publication (with its offset and epoch) and its delivery outcome
 /// (awaited by the publisher, so that the writer never waits on the broker).
 pub(super) struct Committed {
     pub(super) publication: Arc<Publication>,
-    pub(super) epoch: String,
     pub(super) delivered: BoxFuture<'static, Result<(), BrokerError>>,
 }
 
@@ -92,12 +91,10 @@ impl Writer {
             Ok(assigned) => {
                 let answers = publications.into_iter().zip(assigned).zip(replies);
                 for ((publication, (offset, epoch)), reply) in answers {
-                    let publication =
-                        Arc::new(publication.with_offset(offset).with_epoch(epoch.clone()));
+                    let publication = Arc::new(publication.with_offset(offset).with_epoch(epoch));
                     let delivered = (self.deliver)(publication.clone());
                     let _ = reply.send(Ok(Committed {
                         publication,
-                        epoch: epoch.to_string(),
                         delivered,
                     }));
                 }
