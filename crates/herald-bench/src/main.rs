@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_bench::protocol::Protocol;
 use herald_bench::report;
+use herald_bench::scenario::delivery::Load;
 use herald_bench::scenario::{
     connect_storm, durable_publish, fanout, idle, many_channels, CONNECT_CONCURRENCY,
     CONNECT_TIMEOUT,
@@ -231,6 +232,12 @@ struct ConnectStormArgs {
     channel_prefix: String,
 }
 
+impl Timing {
+    fn total(&self) -> Duration {
+        self.warmup + self.duration
+    }
+}
+
 impl Common {
     fn target(&self) -> anyhow::Result<Target> {
         Ok(Target::parse(&self.url)?.with_protocol(self.protocol))
@@ -241,6 +248,25 @@ impl Common {
             (Some(t), _) => Auth::Token(t.clone()),
             (None, Some(s)) => Auth::Hmac(s.clone()),
             (None, None) => Auth::None,
+        }
+    }
+}
+
+impl Publishing {
+    /// The load of a publishing scenario from its flags.
+    fn load(self, timing: &Timing, many: &Many, progress: bool) -> Load {
+        Load {
+            api_key: self.api_key,
+            publish_url: self.publish_url,
+            rate: self.rate,
+            publishers: self.publishers,
+            payload: self.payload,
+            duration: timing.duration,
+            warmup: timing.warmup,
+            progress,
+            server_pid: many.server_pid,
+            source_ips: many.source_ips,
+            connect_concurrency: many.connect_concurrency,
         }
     }
 }
@@ -290,17 +316,13 @@ impl Scenario {
             |n: usize, concurrency: usize| CONNECT_TIMEOUT * n.div_ceil(concurrency.max(1)) as u32;
         match self {
             Scenario::DurablePublish(a) => {
-                a.timing.warmup + a.timing.duration + connecting(a.publishers, CONNECT_CONCURRENCY)
+                a.timing.total() + connecting(a.publishers, CONNECT_CONCURRENCY)
             }
             Scenario::Fanout(a) => {
-                a.timing.warmup
-                    + a.timing.duration
-                    + connecting(a.subscribers, a.many.connect_concurrency)
+                a.timing.total() + connecting(a.subscribers, a.many.connect_concurrency)
             }
             Scenario::ManyChannels(a) => {
-                a.timing.warmup
-                    + a.timing.duration
-                    + connecting(a.connections, a.many.connect_concurrency)
+                a.timing.total() + connecting(a.connections, a.many.connect_concurrency)
             }
             Scenario::Idle(a) => {
                 a.settle + a.hold + connecting(a.connections, a.many.connect_concurrency)
@@ -355,19 +377,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 target: c.target()?,
                 other_nodes,
                 auth: c.auth(),
-                api_key: p.api_key,
-                publish_url: p.publish_url,
                 channel: a.channel,
                 subscribers: a.subscribers,
-                rate: p.rate,
-                publishers: p.publishers,
-                payload: p.payload,
-                duration: a.timing.duration,
-                warmup: a.timing.warmup,
-                progress: !c.quiet,
-                server_pid: a.many.server_pid,
-                source_ips: a.many.source_ips,
-                connect_concurrency: a.many.connect_concurrency,
+                load: p.load(&a.timing, &a.many, !c.quiet),
             };
             let r = fanout::run(&options).await.context("fanout")?;
             finish(&r, c)?;
@@ -395,21 +407,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = many_channels::Options {
                 target: c.target()?,
                 auth: c.auth(),
-                api_key: p.api_key,
-                publish_url: p.publish_url,
                 channel_prefix: a.channel_prefix,
                 connections: a.connections,
                 group_size: a.group_size,
                 group_ratio: a.group_ratio,
-                rate: p.rate,
-                publishers: p.publishers,
-                payload: p.payload,
-                duration: a.timing.duration,
-                warmup: a.timing.warmup,
-                progress: !c.quiet,
-                server_pid: a.many.server_pid,
-                source_ips: a.many.source_ips,
-                connect_concurrency: a.many.connect_concurrency,
+                load: p.load(&a.timing, &a.many, !c.quiet),
             };
             let r = many_channels::run(&options)
                 .await

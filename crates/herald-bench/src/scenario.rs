@@ -4,6 +4,7 @@
 //! checks of the open-file limit and ephemeral ports.
 
 pub mod connect_storm;
+pub mod delivery;
 pub mod durable_publish;
 pub mod fanout;
 pub mod idle;
@@ -253,20 +254,41 @@ pub async fn meter_until(
     end: Instant,
     progress: &crate::stats::Progress,
 ) -> Usage {
-    use crate::procfs::{CpuMark, Process};
-    use std::sync::atomic::Ordering::Relaxed;
-    let started = Instant::now();
-    let server_mark = server.map(|pid| CpuMark::start(Process::Pid(pid)));
-    let me = CpuMark::start(Process::Me);
-    let done = progress.done.load(Relaxed);
+    let meter = Meter::start(server, progress);
     tokio::time::sleep_until(end).await;
-    let server_use = server_mark.and_then(|m| m.since());
-    Usage {
-        seconds: started.elapsed().as_secs_f64(),
-        operations: progress.done.load(Relaxed) - done,
-        server_cpu_s: server_use.map(|u| u.0),
-        server_cpu_percent: server_use.map(|u| u.1 * 100.0),
-        loadgen_cpu_percent: me.since().map_or(0.0, |u| u.1 * 100.0),
+    meter.stop(progress)
+}
+
+/// CPU and completed operations from its start to its stop.
+pub struct Meter {
+    started: Instant,
+    server: Option<crate::procfs::CpuMark>,
+    me: crate::procfs::CpuMark,
+    done: u64,
+}
+
+impl Meter {
+    /// Starts measuring the server (`server`: its PID) and this process.
+    pub fn start(server: Option<u32>, progress: &crate::stats::Progress) -> Self {
+        use crate::procfs::{CpuMark, Process};
+        Self {
+            started: Instant::now(),
+            server: server.map(|pid| CpuMark::start(Process::Pid(pid))),
+            me: CpuMark::start(Process::Me),
+            done: progress.done.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// What was used since the start.
+    pub fn stop(self, progress: &crate::stats::Progress) -> Usage {
+        let server_use = self.server.and_then(|m| m.since());
+        Usage {
+            seconds: self.started.elapsed().as_secs_f64(),
+            operations: progress.done.load(std::sync::atomic::Ordering::Relaxed) - self.done,
+            server_cpu_s: server_use.map(|u| u.0),
+            server_cpu_percent: server_use.map(|u| u.1 * 100.0),
+            loadgen_cpu_percent: self.me.since().map_or(0.0, |u| u.1 * 100.0),
+        }
     }
 }
 

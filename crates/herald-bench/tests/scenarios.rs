@@ -12,6 +12,7 @@ use herald::config::{self, Overrides};
 use herald::server::Server;
 use herald_bench::bare::BareServer;
 use herald_bench::report::Report;
+use herald_bench::scenario::delivery::Load;
 use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
 use herald_bench::target::{Auth, Target};
 use serde_json::{json, Value};
@@ -103,6 +104,23 @@ async fn durable_publish(target: Target, auth: Auth, prefix: &str) {
     );
 }
 
+/// A short publishing load (1 s after 200 ms of warm-up).
+fn load(api_key: Option<&str>) -> Load {
+    Load {
+        api_key: api_key.map(str::to_owned),
+        publish_url: None,
+        rate: 10.0,
+        publishers: 1,
+        payload: 10,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        progress: false,
+        server_pid: None,
+        source_ips: None,
+        connect_concurrency: 4,
+    }
+}
+
 async fn fanout(target: Target, auth: Auth, api_key: Option<&str>, channel: &str) {
     fanout_over(target, Vec::new(), auth, api_key, channel).await;
 }
@@ -119,20 +137,17 @@ async fn fanout_over(
         target,
         other_nodes,
         auth,
-        api_key: api_key.map(str::to_owned),
-        publish_url: None,
         channel: channel.into(),
         subscribers: 5,
-        rate: 50.0,
-        publishers: 2,
-        payload: 100,
-        duration: Duration::from_secs(1),
-        warmup: Duration::from_millis(200),
-        progress: false,
-        // This very process serves, so its CPU is what gets charged.
-        server_pid: Some(std::process::id()),
-        source_ips: Some(2),
-        connect_concurrency: 4,
+        load: Load {
+            rate: 50.0,
+            publishers: 2,
+            payload: 100,
+            // This very process serves, so its CPU is what gets charged.
+            server_pid: Some(std::process::id()),
+            source_ips: Some(2),
+            ..load(api_key)
+        },
     };
     let r = tokio::time::timeout(SCENARIO_LIMIT, fanout::run(&options))
         .await
@@ -140,18 +155,19 @@ async fn fanout_over(
         .expect("scenario runs");
     assert_eq!(r.connected, 5, "{r:?}");
     assert_eq!(r.nodes, nodes, "{r:?}");
-    assert!(r.published > 0, "{r:?}");
-    assert_eq!(r.publish_errors.total, 0, "{r:?}");
+    let run = &r.run;
+    assert!(run.published > 0, "{r:?}");
+    assert_eq!(run.publish_errors.total, 0, "{r:?}");
     assert_eq!(r.lost, 0, "{r:?}");
-    assert_eq!(r.delivered, r.published * 5, "{r:?}");
+    assert_eq!(run.delivered, run.published * 5, "{r:?}");
     assert_eq!(r.out_of_order, 0, "{r:?}");
-    assert_eq!(r.subscribers_dropped, 0, "{r:?}");
-    assert_eq!(r.subscriber_errors.total, 0, "{r:?}");
+    assert_eq!(run.subscribers_dropped, 0, "{r:?}");
+    assert_eq!(run.subscriber_errors.total, 0, "{r:?}");
     assert!(r.kept_up, "{r:?}");
     assert!(r.clean(), "{r:?}");
-    assert!(r.latency.count > 0, "{r:?}");
-    assert!(r.usage.server_cpu_s.is_some(), "{r:?}");
-    assert!(r.usage.operations > 0, "{r:?}");
+    assert!(run.latency.count > 0, "{r:?}");
+    assert!(run.usage.server_cpu_s.is_some(), "{r:?}");
+    assert!(run.usage.operations > 0, "{r:?}");
 }
 
 async fn idle(target: Target, auth: Auth) {
@@ -187,38 +203,34 @@ async fn many_channels(target: Target, auth: Auth, api_key: Option<&str>) {
     let options = many_channels::Options {
         target,
         auth,
-        api_key: api_key.map(str::to_owned),
-        publish_url: None,
         channel_prefix: "plain:".into(),
         connections: 12,
         group_size: 4,
         group_ratio: 0.5,
-        rate: 200.0,
-        publishers: 3,
-        payload: 80,
-        duration: Duration::from_secs(1),
-        warmup: Duration::from_millis(200),
-        progress: false,
-        server_pid: None,
-        source_ips: None,
-        connect_concurrency: 4,
+        load: Load {
+            rate: 200.0,
+            publishers: 3,
+            payload: 80,
+            ..load(api_key)
+        },
     };
     let r = tokio::time::timeout(SCENARIO_LIMIT, many_channels::run(&options))
         .await
         .expect("scenario ends in time")
         .expect("scenario runs");
     assert_eq!(r.connected, 12, "{r:?}");
-    assert!(r.published > 100, "{r:?}");
-    assert_eq!(r.publish_errors.total, 0, "{r:?}");
+    let run = &r.run;
+    assert!(run.published > 100, "{r:?}");
+    assert_eq!(run.publish_errors.total, 0, "{r:?}");
     // Each publication reaches one personal subscriber or a group of 4.
     assert!(
-        r.expected > r.published && r.expected < r.published * 4,
+        r.expected > run.published && r.expected < run.published * 4,
         "{r:?}"
     );
-    assert_eq!(r.delivered, r.expected, "{r:?}");
+    assert_eq!(run.delivered, r.expected, "{r:?}");
     assert_eq!(r.lost, 0, "{r:?}");
-    assert_eq!(r.subscribers_dropped, 0, "{r:?}");
-    assert_eq!(r.subscriber_errors.total, 0, "{r:?}");
+    assert_eq!(run.subscribers_dropped, 0, "{r:?}");
+    assert_eq!(run.subscriber_errors.total, 0, "{r:?}");
     assert!(r.clean(), "{r:?}");
 }
 
@@ -315,21 +327,18 @@ async fn publishing_flags_are_checked_at_their_edges() {
     let options = |rate: f64, publishers: usize| many_channels::Options {
         target: Target::parse("ws://127.0.0.1:9/connection/websocket").unwrap(),
         auth: Auth::None,
-        api_key: None,
-        publish_url: None,
         channel_prefix: "plain:".into(),
         connections: 1,
         group_size: 1,
         group_ratio: 0.0,
-        rate,
-        publishers,
-        payload: 10,
-        duration: Duration::from_millis(10),
-        warmup: Duration::ZERO,
-        progress: false,
-        server_pid: None,
-        source_ips: None,
-        connect_concurrency: 1,
+        load: Load {
+            rate,
+            publishers,
+            duration: Duration::from_millis(10),
+            warmup: Duration::ZERO,
+            connect_concurrency: 1,
+            ..load(None)
+        },
     };
     for (rate, publishers, flag) in [
         (10.0, 65, "--publishers"),

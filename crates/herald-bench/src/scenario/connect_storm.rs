@@ -10,8 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{check_file_limit, check_server_pid, plan_sources, Dialer, ScenarioError};
-use crate::procfs::{CpuMark, Process};
+use super::{check_file_limit, check_server_pid, plan_sources, Dialer, Meter, ScenarioError};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Progress, Summary};
 use crate::target::{Auth, Target};
@@ -109,8 +108,7 @@ pub async fn run(o: &Options) -> Result<ConnectStormReport, ScenarioError> {
     let ticker = o
         .progress
         .then(|| spawn_progress(progress.clone(), "connected", started, stop.clone()));
-    let server_mark = o.server_pid.map(|p| CpuMark::start(Process::Pid(p)));
-    let me = CpuMark::start(Process::Me);
+    let meter = Meter::start(o.server_pid, &progress);
     let dialer = Dialer {
         target: &o.target,
         auth: &o.auth,
@@ -121,9 +119,8 @@ pub async fn run(o: &Options) -> Result<ConnectStormReport, ScenarioError> {
     let opened = dialer
         .open(o.clients, |i| vec![format!("{prefix}.{i}")], &progress)
         .await?;
+    let usage = meter.stop(&progress);
     let elapsed_s = started.elapsed().as_secs_f64();
-    let server = server_mark.and_then(|m| m.since());
-    let loadgen_cpu_percent = me.since().map_or(0.0, |u| u.1 * 100.0);
     stop.cancel();
     if let Some(t) = ticker {
         let _ = t.await;
@@ -148,11 +145,12 @@ pub async fn run(o: &Options) -> Result<ConnectStormReport, ScenarioError> {
         elapsed_s,
         connects_per_s: connected as f64 / elapsed_s.max(1e-9),
         latency: opened.latency.summary(),
-        server_cpu_s: server.map(|s| s.0),
-        server_cpu_percent: server.map(|s| s.1 * 100.0),
-        server_cpu_ms_per_connect: server
+        server_cpu_s: usage.server_cpu_s,
+        server_cpu_percent: usage.server_cpu_percent,
+        server_cpu_ms_per_connect: usage
+            .server_cpu_s
             .filter(|_| connected > 0)
-            .map(|s| s.0 * 1000.0 / connected as f64),
-        loadgen_cpu_percent,
+            .map(|s| s * 1000.0 / connected as f64),
+        loadgen_cpu_percent: usage.loadgen_cpu_percent,
     })
 }

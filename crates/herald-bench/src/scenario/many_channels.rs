@@ -5,21 +5,13 @@
 //! each acknowledged publication should make are counted exactly, so losses
 //! are exact too.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde::Serialize;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::fanout::{receive_loop, Received};
-use super::publisher::{self, Clock, Plan};
-use super::{check_file_limit, check_server_pid, meter_window, plan_sources, publish_api};
-use super::{Dialer, ScenarioError, Usage, DRAIN_TIMEOUT};
+use super::delivery::{self, Delivered, Load};
+use super::publisher::Plan;
+use super::{Dialer, ScenarioError};
 use crate::report::{ErrorCounts, Report, Table};
-use crate::stats::{spawn_progress, Latency, Progress, Summary};
+use crate::stats::Progress;
 use crate::target::{Auth, Target};
 
 /// What to run.
@@ -27,23 +19,13 @@ use crate::target::{Auth, Target};
 pub struct Options {
     pub target: Target,
     pub auth: Auth,
-    pub api_key: Option<String>,
-    pub publish_url: Option<String>,
     /// Channel names start with this (e.g. a namespace `ns:`).
     pub channel_prefix: String,
     pub connections: usize,
     pub group_size: usize,
     /// Share of publications that go to a group channel (0..=1).
     pub group_ratio: f64,
-    pub rate: f64,
-    pub publishers: usize,
-    pub payload: usize,
-    pub duration: Duration,
-    pub warmup: Duration,
-    pub progress: bool,
-    pub server_pid: Option<u32>,
-    pub source_ips: Option<usize>,
-    pub connect_concurrency: usize,
+    pub load: Load,
 }
 
 /// Every figure of a run.
@@ -62,33 +44,20 @@ pub struct ManyChannelsReport {
     pub duration_s: f64,
     pub connected: usize,
     pub connect_errors: ErrorCounts,
-    pub published: u64,
-    pub publish_rate: f64,
-    pub publish_errors: ErrorCounts,
     /// Deliveries the acknowledged publications should have made.
     pub expected: u64,
-    pub delivered: u64,
-    /// Deliveries of publications sent in the measured window, per second.
-    pub delivered_per_s: f64,
-    pub latency: Summary,
+    #[serde(flatten)]
+    pub run: Delivered,
     /// Expected deliveries that never arrived.
     pub lost: u64,
-    pub subscribers_dropped: usize,
-    pub subscriber_errors: ErrorCounts,
-    pub usage: Usage,
-    pub server_cpu_s_per_million: Option<f64>,
 }
 
 impl Report for ManyChannelsReport {
     fn clean(&self) -> bool {
-        self.connected == self.connections
-            && self.lost == 0
-            && self.subscribers_dropped == 0
-            && self.publish_errors.total == 0
-            && self.subscriber_errors.total == 0
+        self.connected == self.connections && self.lost == 0 && self.run.clean()
     }
     fn nothing_done(&self) -> Option<&'static str> {
-        (self.delivered == 0).then_some("no publication was delivered")
+        self.run.nothing_done()
     }
     fn table(&self) -> String {
         let mut t = Table::new("herald-bench many-channels");
@@ -106,28 +75,17 @@ impl Report for ManyChannelsReport {
             .row(
                 "window",
                 format_args!("{} s after {} s warm-up", self.duration_s, self.warmup_s),
-            )
-            .row(
-                "published",
-                format_args!(
-                    "{} ({:.1}/s of {}/s asked, {} publishers)",
-                    self.published, self.publish_rate, self.rate, self.publishers
-                ),
-            )
-            .row(
-                "delivered",
-                format_args!("{} of {} expected", self.delivered, self.expected),
-            )
-            .row("delivered/s", format_args!("{:.0}", self.delivered_per_s))
-            .latency("delivery latency", &self.latency)
-            .row("lost", self.lost)
-            .row("subscribers dropped", self.subscribers_dropped)
-            .row("publish errors", self.publish_errors.total)
-            .errors(&self.subscriber_errors)
-            .usage(&self.usage);
-        if let Some(c) = self.server_cpu_s_per_million {
-            t.row("server CPU per 1M deliveries", format_args!("{c:.2} s"));
-        }
+            );
+        self.run.published_row(&mut t, (self.rate, self.publishers));
+        t.row(
+            "delivered",
+            format_args!("{} of {} expected", self.run.delivered, self.expected),
+        )
+        .row(
+            "delivered/s",
+            format_args!("{:.0}", self.run.delivered_per_s),
+        );
+        self.run.tail_rows(&mut t, self.lost, None);
         t.finish()
     }
 }
@@ -147,22 +105,20 @@ fn validate(o: &Options) -> Result<(), ScenarioError> {
             "--connections and --group-size must be at least 1, --group-ratio in [0, 1]".into(),
         ));
     }
-    super::publisher::check(o.rate, o.publishers, o.publish_url.as_deref())?;
-    check_server_pid(o.server_pid)?;
-    check_file_limit(o.connections + o.publishers)
+    Ok(())
 }
 
 /// Runs the scenario: connect and subscribe everyone, publish for warm-up +
 /// duration, wait (bounded) for the expected deliveries.
 pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
     validate(o)?;
-    let sources = plan_sources(o.connections, o.source_ips, &o.target)?;
-    let api = publish_api(&o.target, &o.publish_url, &o.api_key)?;
+    let load = &o.load;
+    let (sources, api) = load.prepare(o.connections, &o.target)?;
     let dialer = Dialer {
         target: &o.target,
         auth: &o.auth,
         sources: &sources,
-        concurrency: o.connect_concurrency,
+        concurrency: load.connect_concurrency,
     };
     let (prefix, g) = (&o.channel_prefix, o.group_size);
     let opened = dialer
@@ -182,31 +138,12 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
         members[i / g] += 1;
         present[*i] = true;
     }
-
-    let clock = Clock::starting_now(o.warmup, o.duration);
-    let progress = Arc::new(Progress::default());
-    let stop = CancellationToken::new();
-    let ticker = o.progress.then(|| {
-        spawn_progress(
-            progress.clone(),
-            "delivered",
-            clock.window.measure_from,
-            stop.clone(),
-        )
-    });
-    let meter = meter_window(o.server_pid, clock.window, progress.clone());
-    let delivered_total = Arc::new(AtomicU64::new(0));
-    let mut subs = JoinSet::new();
-    for (_, client) in opened.clients {
-        let (stop, progress, total) = (stop.clone(), progress.clone(), delivered_total.clone());
-        subs.spawn(receive_loop(client, clock, 0, stop, progress, total));
-    }
     let threshold = (o.group_ratio * 1_000_000.0) as u64;
     let plan = Plan {
         api: &api,
-        rate: o.rate,
-        publishers: o.publishers,
-        payload: o.payload,
+        rate: load.rate,
+        publishers: load.publishers,
+        payload: load.payload,
         pick: |n| {
             let h = mix(n);
             let pick = (h >> 24) as usize;
@@ -219,29 +156,8 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
             }
         },
     };
-    let sent = publisher::run(&plan, clock, &progress).await;
-    let usage = meter.await.unwrap_or_default();
-    let drain_until = Instant::now() + DRAIN_TIMEOUT;
-    while delivered_total.load(Ordering::Relaxed) < sent.expected && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-
-    let mut latency = Latency::new();
-    let mut delivered = 0;
-    let mut subscriber_errors = ErrorCounts::default();
-    let mut subscribers_dropped = 0;
-    while let Some(joined) = subs.join_next().await {
-        let r = joined.unwrap_or_else(Received::panicked);
-        latency.merge(&r.latency);
-        delivered += r.delivered;
-        subscriber_errors.merge(r.errors);
-        subscribers_dropped += usize::from(r.dropped);
-    }
-    if let Some(t) = ticker {
-        let _ = t.await;
-    }
-    let secs = o.duration.as_secs_f64().max(1e-9);
+    let out = delivery::run(load, opened.clients, false, &plan).await;
+    let expected = out.sent.expected;
     Ok(ManyChannelsReport {
         scenario: "many-channels",
         url: o.target.ws_url.clone(),
@@ -249,24 +165,15 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
         connections: o.connections,
         group_size: o.group_size,
         group_ratio: o.group_ratio,
-        rate: o.rate,
-        publishers: o.publishers,
-        payload_bytes: o.payload,
-        warmup_s: o.warmup.as_secs_f64(),
-        duration_s: o.duration.as_secs_f64(),
+        rate: load.rate,
+        publishers: load.publishers,
+        payload_bytes: load.payload,
+        warmup_s: load.warmup.as_secs_f64(),
+        duration_s: load.duration.as_secs_f64(),
         connected,
         connect_errors: opened.errors,
-        published: sent.acked,
-        publish_rate: sent.measured as f64 / secs,
-        publish_errors: sent.errors,
-        expected: sent.expected,
-        delivered,
-        delivered_per_s: latency.count() as f64 / secs,
-        latency: latency.summary(),
-        lost: sent.expected.saturating_sub(delivered),
-        subscribers_dropped,
-        subscriber_errors,
-        server_cpu_s_per_million: usage.server_cpu_s_per_million(),
-        usage,
+        expected,
+        lost: expected.saturating_sub(out.delivered.delivered),
+        run: out.delivered,
     })
 }
