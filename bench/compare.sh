@@ -149,11 +149,12 @@ echo "results in $out" >&2
 # One row per run: case, server, the figures that matter.
 for f in "$out"/*.json; do
   jq -r --arg f "$(basename "$f" .json)" '
-    [$f, (.delivered_per_s // .connects_per_s // "" | tostring),
+    [$f, (.delivered_per_s // .connects_per_s // "-" | tostring),
      ((.latency.p99_us // 0) / 1000 | tostring), ((.latency.p999_us // 0) / 1000 | tostring),
-     (.server_cpu_s_per_million // .server_cpu_ms_per_connect // "" | tostring),
+     (.server_cpu_s_per_million // .server_cpu_ms_per_connect // "-" | tostring),
+     (.server_system_s_per_million // "-" | tostring),
      ((.rss_per_connection // 0) / 1024 | tostring),
-     (.usage.server_cpu_percent // .server_cpu_percent // "" | tostring),
-     (.usage.loadgen_cpu_percent // .loadgen_cpu_percent // "" | tostring),
-     (.lost // .failed // .dropped // "" | tostring), (if has("kept_up") then (.kept_up | tostring) else "" end)] | @tsv' "$f"
-done | column -t -N "run,rate/s,p99ms,p99.9ms,cpu-s/1M|ms/conn,KiB/conn,srv%,gen%,lost/failed,kept_up"
+     (.usage.server_cpu_percent // .server_cpu_percent // "-" | tostring),
+     (.usage.loadgen_cpu_percent // .loadgen_cpu_percent // "-" | tostring),
+     (.lost // .failed // .dropped // "-" | tostring), (if has("kept_up") then (.kept_up | tostring) else "-" end)] | @tsv' "$f"
+done | column -t -N "run,rate/s,p99ms,p99.9ms,cpu-s/1M|ms/conn,kernel-s/1M,KiB/conn,srv%,gen%,lost/failed,kept_up"

@@ -1,5 +1,5 @@
 //! What the kernel says about a process, from `/proc`: CPU time used
-//! (`/proc/PID/stat` utime + stime) and resident memory (`VmRSS` in
+//! (`/proc/PID/stat` utime and stime) and resident memory (`VmRSS` in
 //! `/proc/PID/status`). Used to charge the server (given by `--server-pid`)
 //! and the load generator itself for a run.
 
@@ -24,9 +24,9 @@ impl Process {
         }
     }
 
-    /// User + system CPU time used so far; `None` when unreadable (no such
-    /// process, no `/proc`).
-    pub fn cpu(self) -> Option<Duration> {
+    /// CPU time used so far; `None` when unreadable (no such process, no
+    /// `/proc`).
+    pub fn cpu(self) -> Option<CpuTime> {
         let text = std::fs::read_to_string(self.path("stat")).ok()?;
         parse_cpu(&text)
     }
@@ -38,16 +38,34 @@ impl Process {
     }
 }
 
-/// utime + stime of a `/proc/PID/stat` line. The command name (field 2)
+/// CPU time of a process: in its own code (user) and in the kernel on its
+/// behalf (system: system calls, and on loopback much of the network
+/// stack of both ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// utime and stime of a `/proc/PID/stat` line. The command name (field 2)
 /// may hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_cpu(stat: &str) -> Option<Duration> {
+pub fn parse_cpu(stat: &str) -> Option<CpuTime> {
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_whitespace();
     // After the name: state is field 3, utime 14 and stime 15.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    let ticks = utime + stime;
-    Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+    let ticks = |n: u64| Duration::from_millis(n * 1000 / TICKS_PER_SECOND);
+    Some(CpuTime {
+        user: ticks(utime),
+        system: ticks(stime),
+    })
 }
 
 /// `VmRSS` of a `/proc/PID/status` text, in bytes.
@@ -65,8 +83,19 @@ pub fn parse_rss(status: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     process: Process,
-    start: Option<Duration>,
+    start: Option<CpuTime>,
     at: std::time::Instant,
+}
+
+/// What [`CpuMark::since`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUse {
+    /// CPU-seconds, user and system together.
+    pub seconds: f64,
+    /// Of those, CPU-seconds in the kernel.
+    pub system_seconds: f64,
+    /// `seconds` as a share of one core over the wall-clock time.
+    pub share: f64,
 }
 
 impl CpuMark {
@@ -78,11 +107,17 @@ impl CpuMark {
         }
     }
 
-    /// CPU seconds used since the mark and the share of one core it was.
-    pub fn since(&self) -> Option<(f64, f64)> {
-        let used = self.process.cpu()?.checked_sub(self.start?)?.as_secs_f64();
+    /// CPU used since the mark.
+    pub fn since(&self) -> Option<CpuUse> {
+        let (now, start) = (self.process.cpu()?, self.start?);
+        let used = now.total().checked_sub(start.total())?.as_secs_f64();
+        let system = now.system.checked_sub(start.system)?.as_secs_f64();
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
-        Some((used, used / wall))
+        Some(CpuUse {
+            seconds: used,
+            system_seconds: system,
+            share: used / wall,
+        })
     }
 }
 
@@ -93,7 +128,10 @@ mod tests {
     #[test]
     fn parses_stat_and_status() {
         let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0 100 1000000 300";
-        assert_eq!(parse_cpu(stat), Some(Duration::from_millis(3250)));
+        let cpu = parse_cpu(stat).unwrap();
+        assert_eq!(cpu.user, Duration::from_millis(2500));
+        assert_eq!(cpu.system, Duration::from_millis(750));
+        assert_eq!(cpu.total(), Duration::from_millis(3250));
         assert_eq!(parse_cpu("garbage"), None);
         let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(parse_rss(status), Some(2048 * 1024));

@@ -109,10 +109,13 @@ impl Table {
 
     /// Server and load-generator CPU over the measured window.
     pub fn usage(&mut self, u: &Usage) -> &mut Self {
-        match (u.server_cpu_s, u.server_cpu_percent) {
-            (Some(s), Some(p)) => self.row(
+        match (u.server_cpu_s, u.server_system_s, u.server_cpu_percent) {
+            (Some(s), Some(k), Some(p)) => self.row(
                 "server CPU",
-                format_args!("{s:.2} s ({p:.0}% of a core) over {:.1} s", u.seconds),
+                format_args!(
+                    "{s:.2} s, {k:.2} s of it in the kernel ({p:.0}% of a core) over {:.1} s",
+                    u.seconds
+                ),
             ),
             _ => self.row("server CPU", "not measured (pass --server-pid)"),
         };

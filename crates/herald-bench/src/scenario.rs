@@ -285,9 +285,10 @@ impl Meter {
         Usage {
             seconds: self.started.elapsed().as_secs_f64(),
             operations: progress.done.load(std::sync::atomic::Ordering::Relaxed) - self.done,
-            server_cpu_s: server_use.map(|u| u.0),
-            server_cpu_percent: server_use.map(|u| u.1 * 100.0),
-            loadgen_cpu_percent: self.me.since().map_or(0.0, |u| u.1 * 100.0),
+            server_cpu_s: server_use.map(|u| u.seconds),
+            server_system_s: server_use.map(|u| u.system_seconds),
+            server_cpu_percent: server_use.map(|u| u.share * 100.0),
+            loadgen_cpu_percent: self.me.since().map_or(0.0, |u| u.share * 100.0),
         }
     }
 }

@@ -88,6 +88,9 @@ pub struct Usage {
     pub operations: u64,
     /// Server CPU-seconds (user + system), with `--server-pid`.
     pub server_cpu_s: Option<f64>,
+    /// Of those, the seconds spent in the kernel on the server's behalf
+    /// (on loopback that includes much of both ends' TCP work).
+    pub server_system_s: Option<f64>,
     /// Server CPU as a share of one core, in percent.
     pub server_cpu_percent: Option<f64>,
     /// This process's CPU as a share of one core, in percent: near 100
@@ -99,8 +102,16 @@ pub struct Usage {
 impl Usage {
     /// Server CPU-seconds per million operations.
     pub fn server_cpu_s_per_million(&self) -> Option<f64> {
-        let cpu = self.server_cpu_s?;
-        (self.operations > 0).then(|| cpu * 1e6 / self.operations as f64)
+        self.per_million(self.server_cpu_s?)
+    }
+
+    /// Of [`Usage::server_cpu_s_per_million`], the kernel's seconds.
+    pub fn server_system_s_per_million(&self) -> Option<f64> {
+        self.per_million(self.server_system_s?)
+    }
+
+    fn per_million(&self, seconds: f64) -> Option<f64> {
+        (self.operations > 0).then(|| seconds * 1e6 / self.operations as f64)
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Delivered {
     pub usage: Usage,
     /// Server CPU-seconds per million deliveries (with `--server-pid`).
     pub server_cpu_s_per_million: Option<f64>,
+    /// Of those, the seconds in the kernel.
+    pub server_system_s_per_million: Option<f64>,
 }
 
 impl Delivered {
@@ -121,8 +123,14 @@ impl Delivered {
             .row("publish errors", self.publish_errors.total)
             .errors(&self.subscriber_errors)
             .usage(&self.usage);
-        if let Some(c) = self.server_cpu_s_per_million {
-            t.row("server CPU per 1M deliveries", format_args!("{c:.2} s"));
+        if let (Some(c), Some(k)) = (
+            self.server_cpu_s_per_million,
+            self.server_system_s_per_million,
+        ) {
+            t.row(
+                "server CPU per 1M deliveries",
+                format_args!("{c:.2} s ({k:.2} s in the kernel)"),
+            );
         }
     }
 }
@@ -207,6 +215,7 @@ where
         subscribers_dropped,
         subscriber_errors,
         server_cpu_s_per_million: usage.server_cpu_s_per_million(),
+        server_system_s_per_million: usage.server_system_s_per_million(),
         usage,
     };
     Outcome {
