@@ -14,7 +14,7 @@ use crate::model::{ClientInfo, Publication};
 use crate::reply::{ConnectResult, HistoryResult, Push, ReplyBody, SubscribeResult};
 
 /// The server's ping: an empty reply.
-pub const PING: &[u8] = b"{}";
+pub const PING: &str = "{}";
 
 #[derive(Debug, Error)]
 pub enum DecodeError {

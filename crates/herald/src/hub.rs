@@ -48,6 +48,26 @@ pub enum Control {
     Message(Bytes),
 }
 
+/// An encoded frame ready to go out as a text message: checked as UTF-8
+/// once, then shared by every connection it goes to.
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
+/// `bytes` as a [`Frame`]. Encoded frames are always UTF-8 (everything in
+/// them was UTF-8 JSON when it arrived), so `None` means a bug, logged
+/// here; the frame is not sent.
+pub fn frame<B>(bytes: B) -> Option<Frame>
+where
+    Frame: TryFrom<B, Error = std::str::Utf8Error>,
+{
+    match Frame::try_from(bytes) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            tracing::error!(error = %e, "encoded frame is not UTF-8; not sent");
+            None
+        }
+    }
+}
+
 /// One local connection, as the hub sees it.
 pub trait Client: Send + Sync + 'static {
     /// A process-unique key for maps.
@@ -59,11 +79,11 @@ pub trait Client: Send + Sync + 'static {
         Arc::from(self.client_id())
     }
     fn user(&self) -> &str;
-    /// Queue a publication; never blocks. A client that cannot keep up
-    /// disconnects itself.
-    fn deliver(&self, publication: &Arc<Publication>);
-    /// Queue a join or leave event.
-    fn deliver_presence(&self, event: &Arc<PresenceEvent>);
+    /// Queue a publication (`frame` is its push); never blocks. A client
+    /// that cannot keep up disconnects itself.
+    fn deliver(&self, publication: &Arc<Publication>, frame: &Frame);
+    /// Queue a join or leave event's push.
+    fn deliver_presence(&self, frame: &Frame);
     fn control(&self, control: Control);
 }
 
@@ -102,6 +122,10 @@ struct Seq {
     /// their payload bytes.
     held: Option<Vec<Arc<Publication>>>,
     held_bytes: usize,
+    /// The highest offset the stream read under way must see: publications
+    /// are delivered only once stored, so every offset up to the one that
+    /// started the read is in the stream when it is read.
+    fill_covers: u64,
 }
 
 /// One subscription in the hub.
@@ -344,6 +368,7 @@ impl Hub {
             Some(fill) => {
                 seq.held = Some(vec![publication.clone()]);
                 seq.held_bytes = publication.data.len();
+                seq.fill_covers = offset;
                 fill(publication.channel.clone(), last, seq.epoch.clone());
             }
             None => {
@@ -356,7 +381,10 @@ impl Hub {
 
     /// Completes a fill started by [`Hub::deliver`]: delivers what the
     /// stream held after the gap and the publications held back, in order.
-    /// What still skips offsets makes subscribers recover by themselves.
+    /// A gap past what the read could see (publications that arrived while
+    /// it was under way, overtaking others still in flight) is read again;
+    /// an offset the stream should have had but lacks makes subscribers
+    /// recover by themselves.
     pub fn finish_fill(&self, channel: &str, from_stream: Option<Vec<Arc<Publication>>>) {
         let shard = self.channels.shard(channel).read();
         let Some(ch) = shard.get(channel) else {
@@ -371,10 +399,22 @@ impl Hub {
         let mut all = from_stream.unwrap_or_default();
         all.extend(held);
         all.sort_by_key(|p| p.offset);
+        all.dedup_by_key(|p| p.offset);
         let mut last = seq.last.unwrap_or(0);
-        for p in &all {
+        for (i, p) in all.iter().enumerate() {
             if p.offset <= last {
                 continue;
+            }
+            if p.offset != last + 1 && filled && last + 1 > seq.fill_covers {
+                if let Some(fill) = self.filler.get() {
+                    let rest = all.split_off(i);
+                    seq.held_bytes = rest.iter().map(|p| p.data.len()).sum();
+                    seq.fill_covers = rest.last().map_or(0, |p| p.offset);
+                    seq.held = Some(rest);
+                    seq.last = Some(last);
+                    fill(Arc::from(channel), last, seq.epoch.clone());
+                    return;
+                }
             }
             if p.offset != last + 1 {
                 tracing::info!(
@@ -438,8 +478,15 @@ impl Hub {
         let Some(ch) = shard.get(&*event.channel) else {
             return;
         };
-        for sub in ch.subs.values().filter(|s| s.join_leave) {
-            sub.client.deliver_presence(event);
+        let mut joining = ch.subs.values().filter(|s| s.join_leave).peekable();
+        if joining.peek().is_none() {
+            return;
+        }
+        let Some(frame) = frame(event.json_push().clone()) else {
+            return;
+        };
+        for sub in joining {
+            sub.client.deliver_presence(&frame);
         }
     }
 
@@ -489,10 +536,13 @@ impl Hub {
 
 /// Hands a publication to the channel's subscribers that are not stale.
 fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
+    let Some(frame) = frame(publication.json_push().clone()) else {
+        return 0;
+    };
     let mut n = 0;
     for sub in ch.subs.values() {
         if !sub.stale.load(Ordering::Acquire) {
-            sub.client.deliver(publication);
+            sub.client.deliver(publication, &frame);
             n += 1;
         }
     }

@@ -17,14 +17,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_protocol::json::{self, DecodeError};
 use herald_protocol::reply::{Push, ReplyBody};
-use herald_protocol::{Disconnect, Method, PresenceEvent, ProtocolError, Publication};
+use herald_protocol::{Disconnect, Method, ProtocolError, Publication};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 pub use outbox::{Item, Outbox};
 
 use crate::auth::now_unix;
-use crate::hub::{Client, Control};
+use crate::hub::{self, Client, Control, Frame};
 use crate::node::{Counters, Node};
 
 /// The part of a connected session the hub holds: identity and outbox.
@@ -105,8 +105,8 @@ impl Handle {
         if newer.peek().is_none() {
             g.floors.insert(key, after);
         }
-        for p in newer {
-            self.outbox.push_frame(p.json_push().clone());
+        for frame in newer.filter_map(|p| hub::frame(p.json_push().clone())) {
+            self.outbox.push_frame(frame);
         }
         self.release_if_unused(&mut lock);
     }
@@ -144,7 +144,7 @@ impl Client for Handle {
     fn user(&self) -> &str {
         &self.user
     }
-    fn deliver(&self, publication: &Arc<Publication>) {
+    fn deliver(&self, publication: &Arc<Publication>, frame: &Frame) {
         // While guards are in use, the frame is queued under their lock, so
         // that it cannot overtake held publications being released.
         let mut _guards = None;
@@ -159,10 +159,10 @@ impl Client for Handle {
             _guards = Some(lock);
         }
         // An overflow is noticed by the writer, which closes with 3008.
-        self.outbox.push_frame(publication.json_push().clone());
+        self.outbox.push_frame(frame.clone());
     }
-    fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
-        self.outbox.push_frame(event.json_push().clone());
+    fn deliver_presence(&self, frame: &Frame) {
+        self.outbox.push_frame(frame.clone());
     }
     fn control(&self, control: Control) {
         self.outbox.push_control(control);
@@ -304,11 +304,15 @@ impl Session {
                 json::encode_error(id, e)
             }
         };
-        self.outbox.push_frame(Bytes::from(bytes));
+        if let Some(frame) = hub::frame(bytes) {
+            self.outbox.push_frame(frame);
+        }
     }
 
     fn push(&self, push: &Push) {
-        self.outbox.push_frame(Bytes::from(json::encode_push(push)));
+        if let Some(frame) = hub::frame(json::encode_push(push)) {
+            self.outbox.push_frame(frame);
+        }
     }
 
     /// Acts on a request from outside the connection (server API).
@@ -392,7 +396,7 @@ impl Session {
             return Err(Disconnect::no_pong());
         }
         if let Some(at) = self.next_ping.filter(|d| *d <= now) {
-            self.outbox.push_frame(Bytes::from_static(json::PING));
+            self.outbox.push_frame(Frame::from_static(json::PING));
             let c = &self.node.config.client;
             if !c.pong_timeout.is_zero() && self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + c.pong_timeout.0);
@@ -488,6 +492,11 @@ mod tests {
         Arc::new(Publication::new(Arc::from(channel), data, None).with_offset(offset))
     }
 
+    /// Delivers as the hub does, with the publication's push as the frame.
+    fn deliver(h: &Handle, p: &Arc<Publication>) {
+        h.deliver(p, &hub::frame(p.json_push().clone()).unwrap());
+    }
+
     /// The offsets queued so far, in order.
     fn queued(h: &Handle) -> Vec<u64> {
         let mut items = VecDeque::new();
@@ -496,7 +505,7 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Item::Frame(f) => {
-                    let v: serde_json::Value = serde_json::from_slice(f).unwrap();
+                    let v: serde_json::Value = serde_json::from_str(f).unwrap();
                     v["push"]["pub"]["data"]["n"].as_u64().unwrap()
                 }
                 Item::Control(_) => panic!("no control expected"),
@@ -519,14 +528,14 @@ mod tests {
         let h = handle();
         h.start_buffering("a");
         for n in [4, 5, 6] {
-            h.deliver(&publication("a", n));
+            deliver(&h, &publication("a", n));
         }
-        h.deliver(&publication("b", 9));
+        deliver(&h, &publication("b", 9));
         assert_eq!(queued(&h), [9], "another channel is not held");
         h.finish_buffering("a", 4);
         assert_eq!(queued(&h), [5, 6]);
         assert!(!in_use(&h), "something newer passed: no floor kept");
-        h.deliver(&publication("a", 7));
+        deliver(&h, &publication("a", 7));
         assert_eq!(queued(&h), [7]);
     }
 
@@ -534,14 +543,14 @@ mod tests {
     fn a_floor_drops_what_the_reply_covered_until_something_newer_passes() {
         let h = handle();
         h.start_buffering("a");
-        h.deliver(&publication("a", 3));
+        deliver(&h, &publication("a", 3));
         h.finish_buffering("a", 3);
         assert!(queued(&h).is_empty());
         assert!(in_use(&h), "the floor stays");
-        h.deliver(&publication("a", 3));
+        deliver(&h, &publication("a", 3));
         assert!(queued(&h).is_empty(), "at the floor: already known");
-        h.deliver(&publication("a", 4));
-        h.deliver(&publication("a", 2));
+        deliver(&h, &publication("a", 4));
+        deliver(&h, &publication("a", 2));
         assert_eq!(
             queued(&h),
             [4, 2],
@@ -554,7 +563,7 @@ mod tests {
     fn forgetting_drops_what_was_held() {
         let h = handle();
         h.start_buffering("a");
-        h.deliver(&publication("a", 1));
+        deliver(&h, &publication("a", 1));
         h.forget("a");
         assert!(!in_use(&h));
         h.finish_buffering("a", 0);

@@ -36,10 +36,11 @@ impl Client for Probe {
     fn user(&self) -> &str {
         &self.user
     }
-    fn deliver(&self, p: &Arc<Publication>) {
+    fn deliver(&self, p: &Arc<Publication>, frame: &Frame) {
+        assert_eq!(frame.as_bytes(), &p.json_push()[..]);
         self.got.lock().push(p.clone());
     }
-    fn deliver_presence(&self, _: &Arc<PresenceEvent>) {
+    fn deliver_presence(&self, _: &Frame) {
         self.presence.fetch_add(1, Ordering::Relaxed);
     }
     fn control(&self, c: Control) {
@@ -71,6 +72,21 @@ fn fan_out_shares_one_publication() {
     assert!(hub.unsubscribe("news", b.key));
     assert_eq!(hub.deliver(&publication("news")), 0);
     assert_eq!(hub.num_channels(), 1);
+}
+
+/// A frame that is not UTF-8 (only a bug could make one) is not sent to
+/// anyone, and nothing panics.
+#[test]
+fn a_frame_that_is_not_utf8_goes_nowhere() {
+    assert!(frame(Bytes::from_static(b"{\"a\":\"\xff\"}")).is_none());
+    assert_eq!(frame(Bytes::from_static(b"{}")).unwrap(), "{}");
+    let hub = Hub::new();
+    let a = probe("1");
+    hub.subscribe("news", a.clone(), false);
+    let bad = Publication::new(Arc::from("news"), Bytes::from_static(b"\"\xff\""), None);
+    assert_eq!(hub.deliver(&Arc::new(bad)), 0);
+    assert!(a.got.lock().is_empty());
+    assert_eq!(hub.deliver(&publication("news")), 1);
 }
 
 #[test]
@@ -201,6 +217,44 @@ fn subscribe_positions_and_new_streams_are_respected() {
     hub.resync(|ch| ch == "u");
     assert_eq!(insufficient_count(&d), 1);
     assert_eq!(insufficient_count(&a), 1);
+}
+
+/// While the stream is read for one gap, later publications may overtake
+/// others still in flight: that new gap lies past what the read could see,
+/// so it is read again instead of sending subscribers to recover.
+#[test]
+fn a_gap_opened_during_a_fill_is_read_again() {
+    let hub = Hub::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64, _| {
+        log.lock().push(after);
+    }));
+    let a = probe("1");
+    hub.subscribe("s", a.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    assert_eq!(hub.deliver(&positioned("s", 3)), 0);
+    // Arrive while 2 is read: 4 in order, 6 ahead of 5.
+    hub.deliver(&positioned("s", 4));
+    hub.deliver(&positioned("s", 6));
+    // The read saw the stream up to 3 (it started when 3 arrived).
+    hub.finish_fill("s", Some(vec![positioned("s", 2), positioned("s", 3)]));
+    assert_eq!(offsets(&a), [1, 2, 3, 4]);
+    assert_eq!(*asked.lock(), [1, 4], "5 is read after 4");
+    // 5 comes live before the second read ends; 7 meanwhile in order.
+    hub.deliver(&positioned("s", 5));
+    hub.deliver(&positioned("s", 7));
+    hub.finish_fill("s", Some(vec![positioned("s", 5), positioned("s", 6)]));
+    assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(insufficient_count(&a), 0);
+    assert_eq!(hub.deliver(&positioned("s", 8)), 1);
+
+    // An offset the read should have seen but did not is lost: recover.
+    assert_eq!(hub.deliver(&positioned("s", 10)), 0);
+    hub.deliver(&positioned("s", 12));
+    hub.finish_fill("s", Some(vec![positioned("s", 10)]));
+    assert_eq!(insufficient_count(&a), 1);
+    assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[test]

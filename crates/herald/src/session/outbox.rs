@@ -6,17 +6,16 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::hub::Control;
+use crate::hub::{Control, Frame};
 
 /// A queued item. Controls are rare and large, so they are boxed to keep
 /// every item (and the queue's buffer) the size of a frame.
 #[derive(Debug)]
 pub enum Item {
-    Frame(Bytes),
+    Frame(Frame),
     Control(Box<Control>),
 }
 
@@ -43,7 +42,7 @@ impl Outbox {
     }
 
     /// Queues a frame; returns false when the client is (now) too slow.
-    pub fn push_frame(&self, frame: Bytes) -> bool {
+    pub fn push_frame(&self, frame: Frame) -> bool {
         let mut s = self.state.lock();
         if s.overflowed {
             return false;
@@ -119,15 +118,16 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn overflow_at_the_byte_limit() {
         let o = Outbox::new(10);
-        assert!(o.push_frame(Bytes::from_static(b"12345")));
-        assert!(o.push_frame(Bytes::from_static(b"12345")));
+        assert!(o.push_frame(Frame::from_static("12345")));
+        assert!(o.push_frame(Frame::from_static("12345")));
         assert_eq!(o.queued_bytes(), 10);
-        assert!(!o.push_frame(Bytes::from_static(b"1")));
-        assert!(!o.push_frame(Bytes::from_static(b"")));
+        assert!(!o.push_frame(Frame::from_static("1")));
+        assert!(!o.push_frame(Frame::from_static("")));
         let mut out = VecDeque::new();
         assert!(o.drain(&mut out));
         assert!(out.is_empty(), "an overflowed queue drops what it held");
@@ -136,11 +136,11 @@ mod tests {
     #[test]
     fn drain_frees_room() {
         let o = Outbox::new(4);
-        assert!(o.push_frame(Bytes::from_static(b"1234")));
+        assert!(o.push_frame(Frame::from_static("1234")));
         let mut out = VecDeque::new();
         assert!(!o.drain(&mut out));
         assert_eq!(out.len(), 1);
-        assert!(o.push_frame(Bytes::from_static(b"1234")));
+        assert!(o.push_frame(Frame::from_static("1234")));
         o.push_control(Control::Message(Bytes::new()));
         // Whatever `out` still holds is dropped, not queued again.
         o.drain(&mut out);
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn a_first_frame_gets_room_for_one() {
         let o = Outbox::new(100);
-        assert!(o.push_frame(Bytes::from_static(b"x")));
+        assert!(o.push_frame(Frame::from_static("x")));
         assert_eq!(o.state.lock().queue.capacity(), 1);
     }
 
@@ -170,7 +170,7 @@ mod tests {
         let o = std::sync::Arc::new(Outbox::new(100));
         let o2 = o.clone();
         let t = tokio::spawn(async move { o2.ready().await });
-        o.push_frame(Bytes::from_static(b"x"));
+        o.push_frame(Frame::from_static("x"));
         t.await.unwrap();
     }
 }

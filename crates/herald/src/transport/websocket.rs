@@ -10,9 +10,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
 use herald_protocol::Disconnect;
 
+use crate::hub::Frame;
 use crate::node::{Counters, Node};
 use crate::session::{Item, Session};
 
@@ -168,7 +168,7 @@ async fn flush(
         while let Some(step) = next_step(items) {
             match step {
                 Step::Write(payload) => {
-                    let mut write = std::pin::pin!(socket.send(text_message(session, payload)?));
+                    let mut write = std::pin::pin!(socket.send(Message::Text(payload)));
                     // Most writes complete at once (the socket has room):
                     // those need no timer and no overflow watch. The rest is
                     // boxed, so that it takes no room in the connection's
@@ -187,7 +187,7 @@ async fn flush(
 }
 
 enum Step {
-    Write(Bytes),
+    Write(Frame),
     Control(Box<crate::hub::Control>),
 }
 
@@ -201,16 +201,25 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
     if !matches!(items.front(), Some(Item::Frame(_))) || first.len() >= MAX_MESSAGE_BYTES {
         return Some(Step::Write(first));
     }
-    let mut joined = BytesMut::from(&first[..]);
+    // The joined size, to allocate once: frames are added while below the cap.
+    let mut size = first.len();
+    for item in items.iter() {
+        match item {
+            Item::Frame(f) if size < MAX_MESSAGE_BYTES => size += 1 + f.len(),
+            _ => break,
+        }
+    }
+    let mut joined = String::with_capacity(size);
+    joined.push_str(&first);
     while joined.len() < MAX_MESSAGE_BYTES {
         let Some(Item::Frame(frame)) = items.front() else {
             break;
         };
-        joined.extend_from_slice(b"\n");
-        joined.extend_from_slice(frame);
+        joined.push('\n');
+        joined.push_str(frame);
         items.pop_front();
     }
-    Some(Step::Write(joined.freeze()))
+    Some(Step::Write(Frame::from(joined)))
 }
 
 /// Counts and logs a slow client; the disconnect to close it with.
@@ -218,18 +227,6 @@ fn too_slow(session: &Session, node: &Node) -> Disconnect {
     Counters::incr(&node.counters.slow_disconnects);
     tracing::info!(client = %session.client_id(), "client too slow, disconnecting");
     Disconnect::slow()
-}
-
-/// A frame's bytes as a text message. Every payload is validated as UTF-8
-/// JSON on the way in, so this fails only on a bug.
-fn text_message(session: &Session, payload: Bytes) -> Result<Message, Disconnect> {
-    match Utf8Bytes::try_from(payload) {
-        Ok(text) => Ok(Message::Text(text)),
-        Err(_) => {
-            tracing::error!(client = %session.client_id(), "outgoing frame is not UTF-8");
-            Err(Disconnect::internal())
-        }
-    }
 }
 
 /// Finishes a write that could not complete at once. A write blocked by a
@@ -269,12 +266,13 @@ fn far_future() -> tokio::time::Instant {
 mod tests {
     use super::*;
     use crate::hub::Control;
+    use bytes::Bytes;
 
     fn frame(text: &str) -> Item {
-        Item::Frame(Bytes::copy_from_slice(text.as_bytes()))
+        Item::Frame(Frame::from(text))
     }
 
-    fn write(step: Option<Step>) -> Bytes {
+    fn write(step: Option<Step>) -> Frame {
         match step {
             Some(Step::Write(b)) => b,
             _ => panic!("expected a write"),
