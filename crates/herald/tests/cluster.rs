@@ -58,6 +58,21 @@ impl Node {
         }
     }
 
+    /// How many times the node has logged that its broker connection was
+    /// restored, counting until `quiet` passes without another log line
+    /// (or `WAIT` in all).
+    fn restorations(&self, quiet: Duration) -> usize {
+        let deadline = Instant::now() + WAIT;
+        let mut n = 0;
+        while let Ok(line) = self.served.lines.recv_timeout(quiet) {
+            n += usize::from(line.contains("broker connection restored"));
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        n
+    }
+
     fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.served.addr)
     }
@@ -763,6 +778,12 @@ async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
     let (got, _) = collect_recovering(&mut ws, channel, TOTAL - from as usize, from, epoch).await;
     let seq: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
     assert_eq!(seq, (from..TOTAL as u64).collect::<Vec<_>>());
+
+    // Each node noticed the one reconnection once: a second report would
+    // send every subscriber with a position to recover again for nothing.
+    for node in &nodes {
+        assert_eq!(node.restorations(Duration::from_secs(1)), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //! configuration refuses memory-history namespaces with this broker).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +54,12 @@ impl NatsBroker {
         inbound: Inbound,
         stop: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        // Set by a lost connection, so that only a reconnection (not the
-        // first connection's event, which may come late) is reported.
-        let lost = Arc::new(AtomicBool::new(false));
-        let reconnected = Arc::new(Notify::new());
-        let flag = lost.clone();
-        let signal = reconnected.clone();
+        // Connections lost so far: a reconnection is reported once per
+        // loss, however it is noticed (the client's events, or polling).
+        let losses = Arc::new(AtomicU64::new(0));
+        let connected = Arc::new(Notify::new());
+        let lost = losses.clone();
+        let signal = connected.clone();
         let client = async_nats::ConnectOptions::new()
             .name("herald")
             .connection_timeout(Duration::from_secs(2))
@@ -68,17 +68,13 @@ impl NatsBroker {
                 Duration::from_millis((50u64 << attempts.min(6)).min(2000))
             })
             .event_callback(move |event| {
-                let flag = flag.clone();
+                let lost = lost.clone();
                 let signal = signal.clone();
                 async move {
                     match event {
-                        async_nats::Event::Connected => {
-                            if flag.swap(false, Ordering::AcqRel) {
-                                signal.notify_one();
-                            }
-                        }
+                        async_nats::Event::Connected => signal.notify_one(),
                         async_nats::Event::Disconnected => {
-                            flag.store(true, Ordering::Release);
+                            lost.fetch_add(1, Ordering::AcqRel);
                             tracing::warn!("nats connection lost; reconnecting")
                         }
                         other => tracing::debug!(event = %other, "nats event"),
@@ -101,7 +97,8 @@ impl NatsBroker {
 
         tokio::spawn(watch_reconnections(
             client.clone(),
-            reconnected,
+            connected,
+            losses,
             inbound.clone(),
             io,
             stop.clone(),
@@ -194,40 +191,44 @@ async fn publisher(
     }
 }
 
-/// Reports a reconnection once the server has this client's subscriptions
-/// again (a flush after the client re-sent them). The connection state is
-/// also polled, in case the client's event was lost.
+/// Reports a reconnection, once per loss, when the server has this
+/// client's subscriptions again (a flush after the client re-sent them).
+/// Losses are counted from the client's events; the connection state is
+/// also polled, in case an event was missed.
 async fn watch_reconnections(
     client: async_nats::Client,
-    signal: Arc<Notify>,
+    connected: Arc<Notify>,
+    losses: Arc<AtomicU64>,
     inbound: Inbound,
     io: Duration,
     stop: CancellationToken,
 ) {
-    let mut was_down = false;
+    let mut reported = 0;
+    let mut seen_down = false;
     loop {
-        let notified = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            _ = signal.notified() => true,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
-        };
+            _ = connected.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
         match client.connection_state() {
             State::Connected => {}
             State::Disconnected => {
-                was_down = true;
+                seen_down = true;
                 continue;
             }
             State::Pending => continue,
         }
-        if !(notified || was_down) {
+        let lost = losses.load(Ordering::Acquire);
+        if lost == reported && !seen_down {
             continue;
         }
         if matches!(tokio::time::timeout(io, client.flush()).await, Ok(Ok(()))) {
-            was_down = false;
+            (reported, seen_down) = (lost, false);
             tracing::info!("nats reconnected");
             inbound.reconnected();
         } else {
-            was_down = true;
+            seen_down = true;
         }
     }
 }
