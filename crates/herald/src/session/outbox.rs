@@ -2,12 +2,16 @@
 //! waiting; when a client lets more than the limit pile up, the queue drops
 //! what it holds and marks the client slow, and the connection closes with
 //! 3008. The writer drains everything queued at once so frames coalesce,
-//! by swapping buffers with the queue.
+//! by swapping buffers with the queue. Its one task is woken through an
+//! `AtomicWaker` when the queue stops being empty (or overflows).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::hub::{Control, Frame};
 
@@ -28,7 +32,10 @@ struct State {
 
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    /// Something was queued (or the queue overflowed) since the last drain.
+    pending: AtomicBool,
+    /// The writer's task.
+    writer: AtomicWaker,
     limit: usize,
 }
 
@@ -36,9 +43,16 @@ impl Outbox {
     pub fn new(limit: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            pending: AtomicBool::new(false),
+            writer: AtomicWaker::new(),
             limit,
         }
+    }
+
+    /// Marks the queue as having something for the writer and wakes it.
+    fn signal(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.writer.wake();
     }
 
     /// Queues a frame; returns false when the client is (now) too slow.
@@ -52,7 +66,7 @@ impl Outbox {
             s.queue.clear();
             s.bytes = 0;
             drop(s);
-            self.notify.notify_one();
+            self.signal();
             return false;
         }
         let was_empty = s.queue.is_empty();
@@ -65,7 +79,7 @@ impl Outbox {
         s.queue.push_back(Item::Frame(frame));
         drop(s);
         if was_empty {
-            self.notify.notify_one();
+            self.signal();
         }
         true
     }
@@ -76,7 +90,7 @@ impl Outbox {
         s.queue.push_back(Item::Control(Box::new(control)));
         drop(s);
         if was_empty {
-            self.notify.notify_one();
+            self.signal();
         }
     }
 
@@ -89,25 +103,41 @@ impl Outbox {
         let mut s = self.state.lock();
         std::mem::swap(&mut s.queue, out);
         s.bytes = 0;
+        // Under the lock: a push after this drain signals again.
+        self.pending.store(s.overflowed, Ordering::Release);
         s.overflowed
     }
 
-    /// Waits until something is queued (or the queue overflowed).
-    pub async fn ready(&self) {
-        self.notify.notified().await
+    /// Ready when something was queued (or the queue overflowed) since the
+    /// last drain. Only the connection's own task waits on its outbox.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is read, so a push in between is not
+        // missed.
+        self.writer.register(cx.waker());
+        if self.pending.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
-    /// Waits until the queue overflows. May take the wake-up meant for
-    /// [`Outbox::ready`], so call it only while the writer is about to drain
-    /// anyway.
+    /// Waits for [`Outbox::poll_ready`].
+    pub async fn ready(&self) {
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// Waits until the queue overflows (the writer's task, while a write
+    /// is blocked).
     pub async fn overflowed(&self) {
-        loop {
-            let notified = self.notify.notified();
+        poll_fn(|cx| {
+            self.writer.register(cx.waker());
             if self.state.lock().overflowed {
-                return;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            notified.await;
-        }
+        })
+        .await
     }
 
     pub fn queued_bytes(&self) -> usize {

@@ -3,6 +3,7 @@
 //! frames, the session's outbox, its timers and the node's shutdown.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -10,8 +11,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use herald_protocol::Disconnect;
 
+use super::gate::Gate;
 use crate::hub::Frame;
 use crate::node::{Counters, Node};
 use crate::session::{Item, Session};
@@ -74,6 +77,14 @@ fn run(node: Arc<Node>, mut socket: WebSocket) -> impl std::future::Future<Outpu
     }
 }
 
+/// What woke a connection's task.
+enum Wake {
+    Shutdown,
+    Outbox,
+    Inbound(Option<Result<Message, axum::Error>>),
+    Deadline,
+}
+
 /// Runs the connection until it ends; returns why the server ended it.
 async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Option<Disconnect> {
     let outbox = session.outbox().clone();
@@ -86,15 +97,49 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     // node's token and deregister again.
     let shutdown = node.shutdown.cancelled();
     tokio::pin!(shutdown);
+    // Most wake-ups are for the outbox. The other sources (shutdown, the
+    // socket, the session's timer) sit behind a gate and are polled only
+    // after one of them woke the task: an empty read alone costs a trip
+    // through the whole WebSocket stack.
+    let others = Gate::new();
     let result: Result<(), Disconnect> = loop {
         let deadline = session.next_deadline().unwrap_or_else(far_future);
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
+            others.reopen();
         }
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break Err(Disconnect::shutdown()),
-            _ = outbox.ready() => {
+        // In order: shutdown, the outbox, inbound frames, the timer.
+        let wake = std::future::poll_fn(|cx| {
+            let mut gated = others.enter(cx);
+            if let Some(gcx) = gated.as_mut() {
+                if shutdown.as_mut().poll(gcx).is_ready() {
+                    others.reopen();
+                    return Poll::Ready(Wake::Shutdown);
+                }
+            }
+            if outbox.poll_ready(cx).is_ready() {
+                if gated.is_some() {
+                    others.reopen(); // the socket and timer were not polled
+                }
+                return Poll::Ready(Wake::Outbox);
+            }
+            let Some(gcx) = gated.as_mut() else {
+                return Poll::Pending;
+            };
+            if let Poll::Ready(msg) = socket.poll_next_unpin(gcx) {
+                others.reopen(); // more may be buffered
+                return Poll::Ready(Wake::Inbound(msg));
+            }
+            if sleep.as_mut().poll(gcx).is_ready() {
+                others.reopen();
+                return Poll::Ready(Wake::Deadline);
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Shutdown => break Err(Disconnect::shutdown()),
+            Wake::Outbox => {
                 if !write_delay.is_zero() {
                     // Let more messages join this write.
                     Box::pin(tokio::time::sleep(write_delay)).await;
@@ -103,28 +148,32 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
                     break Err(d);
                 }
             }
-            msg = socket.recv() => match msg {
-                // Command handling is boxed: its future is large and only
-                // lives while a frame is handled, so idle connections do not
-                // carry its space in their task.
-                Some(Ok(Message::Text(text))) => {
-                    if let Err(d) = Box::pin(session.handle_frame(text.as_bytes())).await { break Err(d) }
+            // Command handling is boxed: its future is large and only lives
+            // while a frame is handled, so idle connections do not carry its
+            // space in their task.
+            Wake::Inbound(Some(Ok(Message::Text(text)))) => {
+                if let Err(d) = Box::pin(session.handle_frame(text.as_bytes())).await {
+                    break Err(d);
                 }
-                Some(Ok(Message::Binary(data))) => {
-                    if let Err(d) = Box::pin(session.handle_frame(&data)).await { break Err(d) }
+            }
+            Wake::Inbound(Some(Ok(Message::Binary(data)))) => {
+                if let Err(d) = Box::pin(session.handle_frame(&data)).await {
+                    break Err(d);
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return None,
-                Some(Err(e)) => {
-                    if is_too_big(&e) {
-                        break Err(Disconnect::message_too_big());
-                    }
-                    tracing::debug!(client = %session.client_id(), error = %e, "read error");
-                    return None;
+            }
+            Wake::Inbound(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Wake::Inbound(Some(Ok(Message::Close(_))) | None) => return None,
+            Wake::Inbound(Some(Err(e))) => {
+                if is_too_big(&e) {
+                    break Err(Disconnect::message_too_big());
                 }
-            },
-            _ = &mut sleep => {
-                if let Err(d) = Box::pin(session.on_deadline()).await { break Err(d) }
+                tracing::debug!(client = %session.client_id(), error = %e, "read error");
+                return None;
+            }
+            Wake::Deadline => {
+                if let Err(d) = Box::pin(session.on_deadline()).await {
+                    break Err(d);
+                }
             }
         }
     };
