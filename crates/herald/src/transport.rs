@@ -1,4 +1,3 @@
 //! Transports carry protocol frames between clients and sessions.
 
-mod gate;
 pub mod websocket;

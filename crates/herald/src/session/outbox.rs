@@ -2,13 +2,20 @@
 //! waiting; when a client lets more than the limit pile up, the queue drops
 //! what it holds and marks the client slow, and the connection closes with
 //! 3008. The writer drains everything queued at once so frames coalesce,
-//! by swapping buffers with the queue. Its one task is woken through an
-//! `AtomicWaker` when the queue stops being empty (or overflows).
+//! by swapping buffers with the queue.
+//!
+//! The outbox is also where the connection's task is woken. Queued frames
+//! wake it directly; its other sources (the socket, a timer, shutdown) are
+//! polled with a waker made from the outbox ([`Outbox`] is `Wake`), which
+//! notes that one of them woke. Most wake-ups are deliveries, and polling
+//! the others then (an empty socket read goes through the whole WebSocket
+//! stack) would cost more than the delivery itself.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -34,9 +41,31 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Something was queued (or the queue overflowed) since the last drain.
     pending: AtomicBool,
-    /// The writer's task.
+    /// One of the task's other sources woke it since it last polled them.
+    others: AtomicBool,
+    /// The connection's task.
     writer: AtomicWaker,
     limit: usize,
+}
+
+/// What a poll of the connection's task should look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wakes {
+    /// Frames (or an overflow) wait in the queue.
+    pub queued: bool,
+    /// Another source woke the task: poll them all, with the outbox's waker.
+    pub others: bool,
+}
+
+impl Wake for Outbox {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.others.store(true, Ordering::Release);
+        self.writer.wake();
+    }
 }
 
 impl Outbox {
@@ -44,9 +73,32 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             pending: AtomicBool::new(false),
+            // The other sources are polled the first time.
+            others: AtomicBool::new(true),
             writer: AtomicWaker::new(),
             limit,
         }
+    }
+
+    /// Called on each poll of the connection's task (`cx` its context):
+    /// registers the task to be woken, and tells what woke it since the
+    /// last call. After `others`, the caller polls every other source with
+    /// a waker made from this outbox, or calls [`Outbox::reopen_others`].
+    pub fn wakes(&self, cx: &Context<'_>) -> Wakes {
+        // Registered before the flags are read, so a wake-up in between is
+        // not lost.
+        self.writer.register(cx.waker());
+        Wakes {
+            queued: self.pending.load(Ordering::Acquire),
+            others: self.others.swap(false, Ordering::AcqRel),
+        }
+    }
+
+    /// Has the other sources polled at the next poll: one returned
+    /// something (it may hold more), or they were not all polled, or one
+    /// was changed.
+    pub fn reopen_others(&self) {
+        self.others.store(true, Ordering::Release);
     }
 
     /// Marks the queue as having something for the writer and wakes it.
@@ -106,24 +158,6 @@ impl Outbox {
         // Under the lock: a push after this drain signals again.
         self.pending.store(s.overflowed, Ordering::Release);
         s.overflowed
-    }
-
-    /// Ready when something was queued (or the queue overflowed) since the
-    /// last drain. Only the connection's own task waits on its outbox.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        // Registered before the flag is read, so a push in between is not
-        // missed.
-        self.writer.register(cx.waker());
-        if self.pending.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Waits for [`Outbox::poll_ready`].
-    pub async fn ready(&self) {
-        poll_fn(|cx| self.poll_ready(cx)).await
     }
 
     /// Waits until the queue overflows (the writer's task, while a write
@@ -195,12 +229,64 @@ mod tests {
         assert_eq!(o.state.lock().queue.capacity(), 1);
     }
 
-    #[tokio::test]
-    async fn wakes_the_writer() {
-        let o = std::sync::Arc::new(Outbox::new(100));
-        let o2 = o.clone();
-        let t = tokio::spawn(async move { o2.ready().await });
+    /// Counts the times it is woken.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn wakes_the_task_for_frames_and_for_other_sources() {
+        let task = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(task.clone());
+        let cx = Context::from_waker(&waker);
+        let woken = || task.0.load(Ordering::Relaxed);
+        let o = Arc::new(Outbox::new(100));
+        let (none, queued, others) = (
+            Wakes {
+                queued: false,
+                others: false,
+            },
+            Wakes {
+                queued: true,
+                others: false,
+            },
+            Wakes {
+                queued: false,
+                others: true,
+            },
+        );
+        // The other sources are polled the first time, then not until one
+        // of them wakes the task through the outbox's waker.
+        assert_eq!(o.wakes(&cx), others);
+        assert_eq!(o.wakes(&cx), none);
+        // A frame wakes the task once and stays reported until drained.
         o.push_frame(Frame::from_static("x"));
-        t.await.unwrap();
+        o.push_frame(Frame::from_static("y"));
+        assert_eq!(woken(), 1);
+        assert_eq!(o.wakes(&cx), queued);
+        o.drain(&mut VecDeque::new());
+        assert_eq!(o.wakes(&cx), none);
+        // Another source wakes the task through the outbox's waker.
+        let source = std::task::Waker::from(o.clone());
+        source.wake_by_ref();
+        assert_eq!(woken(), 2);
+        assert_eq!(o.wakes(&cx), others);
+        assert_eq!(o.wakes(&cx), none);
+        o.reopen_others();
+        assert_eq!(o.wakes(&cx), others);
+        // Wake-ups before the task registers again are not lost.
+        source.wake();
+        o.push_frame(Frame::from_static("z"));
+        assert_eq!(
+            o.wakes(&cx),
+            Wakes {
+                queued: true,
+                others: true
+            }
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! The WebSocket transport: the upgrade (with origin check and buffer
-//! sizes), then one task per connection with one `select!` over inbound
-//! frames, the session's outbox, its timers and the node's shutdown.
+//! sizes), then one task per connection waiting on the session's outbox,
+//! inbound frames, its timer and the node's shutdown (polled only when one
+//! of them woke it, see `session::outbox`).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -14,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use herald_protocol::Disconnect;
 
-use super::gate::Gate;
 use crate::hub::Frame;
 use crate::node::{Counters, Node};
 use crate::session::{Item, Session};
@@ -97,41 +97,39 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     // node's token and deregister again.
     let shutdown = node.shutdown.cancelled();
     tokio::pin!(shutdown);
-    // Most wake-ups are for the outbox. The other sources (shutdown, the
-    // socket, the session's timer) sit behind a gate and are polled only
-    // after one of them woke the task: an empty read alone costs a trip
-    // through the whole WebSocket stack.
-    let others = Gate::new();
+    // Most wake-ups are deliveries. The other sources (shutdown, the
+    // socket, the session's timer) are polled with the outbox's waker, and
+    // only after one of them woke the task (see `session::outbox`).
+    let others_waker = std::task::Waker::from(outbox.clone());
     let result: Result<(), Disconnect> = loop {
         let deadline = session.next_deadline().unwrap_or_else(far_future);
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
-            others.reopen();
+            outbox.reopen_others();
         }
         // In order: shutdown, the outbox, inbound frames, the timer.
         let wake = std::future::poll_fn(|cx| {
-            let mut gated = others.enter(cx);
-            if let Some(gcx) = gated.as_mut() {
-                if shutdown.as_mut().poll(gcx).is_ready() {
-                    others.reopen();
-                    return Poll::Ready(Wake::Shutdown);
-                }
+            let wakes = outbox.wakes(cx);
+            let gcx = &mut Context::from_waker(&others_waker);
+            if wakes.others && shutdown.as_mut().poll(gcx).is_ready() {
+                outbox.reopen_others();
+                return Poll::Ready(Wake::Shutdown);
             }
-            if outbox.poll_ready(cx).is_ready() {
-                if gated.is_some() {
-                    others.reopen(); // the socket and timer were not polled
+            if wakes.queued {
+                if wakes.others {
+                    outbox.reopen_others(); // the socket and timer were not polled
                 }
                 return Poll::Ready(Wake::Outbox);
             }
-            let Some(gcx) = gated.as_mut() else {
+            if !wakes.others {
                 return Poll::Pending;
-            };
+            }
             if let Poll::Ready(msg) = socket.poll_next_unpin(gcx) {
-                others.reopen(); // more may be buffered
+                outbox.reopen_others(); // more may be buffered
                 return Poll::Ready(Wake::Inbound(msg));
             }
             if sleep.as_mut().poll(gcx).is_ready() {
-                others.reopen();
+                outbox.reopen_others();
                 return Poll::Ready(Wake::Deadline);
             }
             Poll::Pending
