@@ -89,11 +89,24 @@ pub trait Client: Send + Sync + 'static {
 
 type ClientRef = Arc<dyn Client>;
 
-/// Starts reading a channel's stream after an offset, in the epoch the hub
-/// knows (if it knows one), to fill a gap; the reader hands what it found
-/// to [`Hub::finish_fill`] (`None` if the read failed, as it does when the
-/// stream is no longer in that epoch).
-pub type Filler = Arc<dyn Fn(Arc<str>, u64, Option<Arc<str>>) + Send + Sync>;
+/// Starts reading a channel's stream to fill a gap; the reader hands the
+/// request back with what it found to [`Hub::finish_fill`] (`None` if the
+/// read failed, as it does when the stream is no longer in that epoch).
+pub type Filler = Arc<dyn Fn(Fill) + Send + Sync>;
+
+/// A read of a channel's stream that the hub asks for.
+#[derive(Debug)]
+pub struct Fill {
+    pub channel: Arc<str>,
+    /// Publications after this offset are wanted.
+    pub after: u64,
+    /// The epoch the hub knows for the stream, if any.
+    pub epoch: Option<Arc<str>>,
+    /// Tells this read from others of the same channel: a read that is no
+    /// longer awaited (the channel resynced or started over meanwhile)
+    /// changes nothing when it ends.
+    id: u64,
+}
 
 /// Most publications (and payload bytes) held back while a gap is being
 /// filled; beyond either the fill is abandoned and subscribers recover by
@@ -126,6 +139,8 @@ struct Seq {
     /// are delivered only once stored, so every offset up to the one that
     /// started the read is in the stream when it is read.
     fill_covers: u64,
+    /// The id of that read (0: none).
+    fill_id: u64,
 }
 
 /// One subscription in the hub.
@@ -170,6 +185,7 @@ pub struct Hub {
     num_clients: AtomicUsize,
     num_subscriptions: AtomicUsize,
     filler: OnceLock<Filler>,
+    fills: AtomicU64,
     /// Gaps in positioned channels filled from the stream, and times a
     /// channel's subscribers were sent to recover by themselves.
     gaps_filled: AtomicU64,
@@ -191,6 +207,7 @@ impl Hub {
             num_clients: AtomicUsize::new(0),
             num_subscriptions: AtomicUsize::new(0),
             filler: OnceLock::new(),
+            fills: AtomicU64::new(0),
             gaps_filled: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
         }
@@ -369,7 +386,7 @@ impl Hub {
                 seq.held = Some(vec![publication.clone()]);
                 seq.held_bytes = publication.data.len();
                 seq.fill_covers = offset;
-                fill(publication.channel.clone(), last, seq.epoch.clone());
+                fill(self.fill(&mut seq, publication.channel.clone(), last));
             }
             None => {
                 seq.last = Some(offset);
@@ -385,12 +402,17 @@ impl Hub {
     /// it was under way, overtaking others still in flight) is read again;
     /// an offset the stream should have had but lacks makes subscribers
     /// recover by themselves.
-    pub fn finish_fill(&self, channel: &str, from_stream: Option<Vec<Arc<Publication>>>) {
+    pub fn finish_fill(&self, fill: Fill, from_stream: Option<Vec<Arc<Publication>>>) {
+        let channel = &*fill.channel;
         let shard = self.channels.shard(channel).read();
         let Some(ch) = shard.get(channel) else {
             return;
         };
         let mut seq = ch.seq.lock();
+        if seq.fill_id != fill.id {
+            return;
+        }
+        seq.fill_id = 0;
         let Some(held) = seq.held.take() else {
             return;
         };
@@ -406,13 +428,13 @@ impl Hub {
                 continue;
             }
             if p.offset != last + 1 && filled && last + 1 > seq.fill_covers {
-                if let Some(fill) = self.filler.get() {
+                if let Some(filler) = self.filler.get() {
                     let rest = all.split_off(i);
                     seq.held_bytes = rest.iter().map(|p| p.data.len()).sum();
                     seq.fill_covers = rest.last().map_or(0, |p| p.offset);
                     seq.held = Some(rest);
                     seq.last = Some(last);
-                    fill(Arc::from(channel), last, seq.epoch.clone());
+                    filler(self.fill(&mut seq, fill.channel.clone(), last));
                     return;
                 }
             }
@@ -550,6 +572,18 @@ fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
 }
 
 impl Hub {
+    /// A new stream read for `seq`'s channel, recorded as the one awaited.
+    fn fill(&self, seq: &mut Seq, channel: Arc<str>, after: u64) -> Fill {
+        let id = self.fills.fetch_add(1, Ordering::Relaxed) + 1;
+        seq.fill_id = id;
+        Fill {
+            channel,
+            after,
+            epoch: seq.epoch.clone(),
+            id,
+        }
+    }
+
     /// Tells a channel's subscribers their state is insufficient (2500):
     /// they get nothing more until they resubscribe and recover.
     fn insufficient(&self, channel: &str, ch: &Channel) {

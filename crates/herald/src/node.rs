@@ -17,7 +17,7 @@ use crate::broker::{Broker, BrokerError, Inbound, MemoryBroker, NatsBroker, Redi
 use crate::channel::ChannelRules;
 use crate::cluster::{self, Action, ClusterEvent, NodeInfo, Registry, Target};
 use crate::config::{BrokerKind, ChannelOptions, Config, ConfigError, HistoryStorage};
-use crate::hub::Hub;
+use crate::hub::{Fill, Hub};
 use crate::origin::OriginPolicy;
 use crate::presence::{self, Members, Presence, RedisPresence};
 use crate::store::{
@@ -144,15 +144,16 @@ impl Node {
         }
         let node = Arc::new(node);
         let weak = Arc::downgrade(&node);
-        node.hub
-            .set_filler(Arc::new(move |channel: Arc<str>, after: u64, epoch| {
-                let weak = weak.clone();
-                tokio::spawn(async move {
-                    let Some(node) = weak.upgrade() else { return };
-                    let found = node.stream_after(&channel, after, epoch).await;
-                    node.hub.finish_fill(&channel, found);
-                });
-            }));
+        node.hub.set_filler(Arc::new(move |fill: Fill| {
+            let weak = weak.clone();
+            tokio::spawn(async move {
+                let Some(node) = weak.upgrade() else { return };
+                let found = node
+                    .stream_after(&fill.channel, fill.after, fill.epoch.clone())
+                    .await;
+                node.hub.finish_fill(fill, found);
+            });
+        }));
         tokio::spawn(cluster::run(Arc::downgrade(&node), events_rx));
         if let Some(interval) = node.shared_presence.as_ref().map(|p| p.refresh_interval()) {
             tokio::spawn(refresh_presence(Arc::downgrade(&node), interval));

@@ -304,14 +304,24 @@ impl Session {
                 json::encode_error(id, e)
             }
         };
-        if let Some(frame) = hub::frame(bytes) {
-            self.outbox.push_frame(frame);
-        }
+        self.queue(bytes);
     }
 
     fn push(&self, push: &Push) {
-        if let Some(frame) = hub::frame(json::encode_push(push)) {
-            self.outbox.push_frame(frame);
+        self.queue(json::encode_push(push));
+    }
+
+    /// Queues an encoded reply or push. One that is not UTF-8 (a bug,
+    /// logged by `hub::frame`) closes the connection with an internal error
+    /// rather than leave the client waiting for it.
+    fn queue(&self, bytes: Vec<u8>) {
+        match hub::frame(bytes) {
+            Some(frame) => {
+                self.outbox.push_frame(frame);
+            }
+            None => self
+                .outbox
+                .push_control(Control::Disconnect(Disconnect::internal())),
         }
     }
 

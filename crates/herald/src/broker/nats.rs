@@ -8,7 +8,7 @@
 //! configuration refuses memory-history namespaces with this broker).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,11 +54,8 @@ impl NatsBroker {
         inbound: Inbound,
         stop: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        // Connections lost so far: a reconnection is reported once per
-        // loss, however it is noticed (the client's events, or polling).
-        let losses = Arc::new(AtomicU64::new(0));
+        // Wakes the reconnection watcher early (it also polls).
         let connected = Arc::new(Notify::new());
-        let lost = losses.clone();
         let signal = connected.clone();
         let client = async_nats::ConnectOptions::new()
             .name("herald")
@@ -68,13 +65,11 @@ impl NatsBroker {
                 Duration::from_millis((50u64 << attempts.min(6)).min(2000))
             })
             .event_callback(move |event| {
-                let lost = lost.clone();
                 let signal = signal.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => signal.notify_one(),
                         async_nats::Event::Disconnected => {
-                            lost.fetch_add(1, Ordering::AcqRel);
                             tracing::warn!("nats connection lost; reconnecting")
                         }
                         other => tracing::debug!(event = %other, "nats event"),
@@ -98,7 +93,6 @@ impl NatsBroker {
         tokio::spawn(watch_reconnections(
             client.clone(),
             connected,
-            losses,
             inbound.clone(),
             io,
             stop.clone(),
@@ -191,44 +185,37 @@ async fn publisher(
     }
 }
 
-/// Reports a reconnection, once per loss, when the server has this
-/// client's subscriptions again (a flush after the client re-sent them).
-/// Losses are counted from the client's events; the connection state is
-/// also polled, in case an event was missed.
+/// Reports a reconnection, once per new connection, when the server has
+/// this client's subscriptions again (a flush after the client re-sent
+/// them). Connections are counted by the client itself as they are made
+/// (its events arrive later, through a queue, and may be dropped), so
+/// every reconnection is reported once, however short the outage.
 async fn watch_reconnections(
     client: async_nats::Client,
     connected: Arc<Notify>,
-    losses: Arc<AtomicU64>,
     inbound: Inbound,
     io: Duration,
     stop: CancellationToken,
 ) {
-    let mut reported = 0;
-    let mut seen_down = false;
+    let stats = client.statistics();
+    let mut reported = stats.connects.load(Ordering::Acquire);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = connected.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        match client.connection_state() {
-            State::Connected => {}
-            State::Disconnected => {
-                seen_down = true;
-                continue;
-            }
-            State::Pending => continue,
+        if client.connection_state() != State::Connected {
+            continue;
         }
-        let lost = losses.load(Ordering::Acquire);
-        if lost == reported && !seen_down {
+        let connects = stats.connects.load(Ordering::Acquire);
+        if connects == reported {
             continue;
         }
         if matches!(tokio::time::timeout(io, client.flush()).await, Ok(Ok(()))) {
-            (reported, seen_down) = (lost, false);
+            reported = connects;
             tracing::info!("nats reconnected");
             inbound.reconnected();
-        } else {
-            seen_down = true;
         }
     }
 }

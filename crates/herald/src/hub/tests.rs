@@ -219,17 +219,37 @@ fn subscribe_positions_and_new_streams_are_respected() {
     assert_eq!(insufficient_count(&a), 1);
 }
 
+/// A filler that records the reads asked for.
+fn recording_filler(hub: &Hub) -> Arc<Mutex<Vec<Fill>>> {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    hub.set_filler(Arc::new(move |fill: Fill| log.lock().push(fill)));
+    asked
+}
+
+/// The `after` of every read asked for so far.
+fn afters(asked: &Mutex<Vec<Fill>>) -> Vec<u64> {
+    asked.lock().iter().map(|f| f.after).collect()
+}
+
+/// The latest read asked for, to finish.
+fn last_fill(asked: &Mutex<Vec<Fill>>) -> Fill {
+    let f = asked.lock().last().map(|f| Fill {
+        channel: f.channel.clone(),
+        after: f.after,
+        epoch: f.epoch.clone(),
+        id: f.id,
+    });
+    f.expect("a read was asked for")
+}
+
 /// While the stream is read for one gap, later publications may overtake
 /// others still in flight: that new gap lies past what the read could see,
 /// so it is read again instead of sending subscribers to recover.
 #[test]
 fn a_gap_opened_during_a_fill_is_read_again() {
     let hub = Hub::new();
-    let asked = Arc::new(Mutex::new(Vec::new()));
-    let log = asked.clone();
-    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64, _| {
-        log.lock().push(after);
-    }));
+    let asked = recording_filler(&hub);
     let a = probe("1");
     hub.subscribe("s", a.clone(), false);
     hub.deliver(&positioned("s", 1));
@@ -238,13 +258,17 @@ fn a_gap_opened_during_a_fill_is_read_again() {
     hub.deliver(&positioned("s", 4));
     hub.deliver(&positioned("s", 6));
     // The read saw the stream up to 3 (it started when 3 arrived).
-    hub.finish_fill("s", Some(vec![positioned("s", 2), positioned("s", 3)]));
+    let first = last_fill(&asked);
+    hub.finish_fill(first, Some(vec![positioned("s", 2), positioned("s", 3)]));
     assert_eq!(offsets(&a), [1, 2, 3, 4]);
-    assert_eq!(*asked.lock(), [1, 4], "5 is read after 4");
+    assert_eq!(afters(&asked), [1, 4], "5 is read after 4");
     // 5 comes live before the second read ends; 7 meanwhile in order.
     hub.deliver(&positioned("s", 5));
     hub.deliver(&positioned("s", 7));
-    hub.finish_fill("s", Some(vec![positioned("s", 5), positioned("s", 6)]));
+    hub.finish_fill(
+        last_fill(&asked),
+        Some(vec![positioned("s", 5), positioned("s", 6)]),
+    );
     assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(insufficient_count(&a), 0);
     assert_eq!(hub.deliver(&positioned("s", 8)), 1);
@@ -252,22 +276,47 @@ fn a_gap_opened_during_a_fill_is_read_again() {
     // An offset the read should have seen but did not is lost: recover.
     assert_eq!(hub.deliver(&positioned("s", 10)), 0);
     hub.deliver(&positioned("s", 12));
-    hub.finish_fill("s", Some(vec![positioned("s", 10)]));
+    hub.finish_fill(last_fill(&asked), Some(vec![positioned("s", 10)]));
     assert_eq!(insufficient_count(&a), 1);
     assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6, 7, 8]);
+}
+
+/// A read that is no longer awaited (the channel resynced meanwhile, and a
+/// new gap started a new read) changes nothing when it ends.
+#[test]
+fn a_read_no_longer_awaited_is_ignored() {
+    let hub = Hub::new();
+    let asked = recording_filler(&hub);
+    let (a, b) = (probe("1"), probe("2"));
+    hub.subscribe("s", a.clone(), false);
+    // b keeps the channel (and its sequencing state) while a resubscribes.
+    hub.subscribe("s", b.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    hub.deliver(&positioned("s", 3));
+    let old = last_fill(&asked);
+    // The broker reconnected: subscribers recover, the channel starts over
+    // from the next publication.
+    hub.resync(|_| true);
+    hub.unsubscribe("s", a.key);
+    hub.subscribe("s", a.clone(), false);
+    hub.observe_position("s", 5, "e1");
+    hub.deliver(&positioned("s", 7));
+    let new = last_fill(&asked);
+    assert_eq!(afters(&asked), [1, 5]);
+    // The old read (after 1) ends first: ignored, not taken for the new one.
+    hub.finish_fill(old, Some(vec![positioned("s", 2), positioned("s", 3)]));
+    assert_eq!(offsets(&a), [1]);
+    assert_eq!(insufficient_count(&a), 1, "only the resync's");
+    hub.finish_fill(new, Some(vec![positioned("s", 6), positioned("s", 7)]));
+    assert_eq!(offsets(&a), [1, 6, 7]);
+    assert_eq!(insufficient_count(&a), 1);
+    assert_eq!(offsets(&b), [1], "b stays stale until it resubscribes");
 }
 
 #[test]
 fn a_gap_is_filled_from_the_stream_in_order() {
     let hub = Hub::new();
-    let asked = Arc::new(Mutex::new(Vec::new()));
-    let log = asked.clone();
-    hub.set_filler(Arc::new(
-        move |ch: Arc<str>, after: u64, epoch: Option<Arc<str>>| {
-            log.lock()
-                .push((ch.to_string(), after, epoch.as_deref().map(str::to_string)));
-        },
-    ));
+    let asked = recording_filler(&hub);
     let a = probe("1");
     hub.subscribe("s", a.clone(), false);
     hub.deliver(&positioned("s", 1));
@@ -275,12 +324,14 @@ fn a_gap_is_filled_from_the_stream_in_order() {
     assert_eq!(hub.deliver(&positioned("s", 3)), 0);
     assert_eq!(hub.deliver(&positioned("s", 4)), 0);
     // The fill reads the stream in the epoch delivery was in.
+    let fill = last_fill(&asked);
     assert_eq!(
-        *asked.lock(),
-        [("s".to_string(), 1, Some("e1".to_string()))]
+        (&*fill.channel, fill.after, fill.epoch.as_deref()),
+        ("s", 1, Some("e1"))
     );
+    assert_eq!(afters(&asked), [1]);
     assert_eq!(offsets(&a), [1]);
-    hub.finish_fill("s", Some(vec![positioned("s", 2), positioned("s", 3)]));
+    hub.finish_fill(fill, Some(vec![positioned("s", 2), positioned("s", 3)]));
     assert_eq!(offsets(&a), [1, 2, 3, 4]);
     // The late 2 is dropped; delivery goes on.
     assert_eq!(hub.deliver(&positioned("s", 2)), 0);
@@ -290,7 +341,7 @@ fn a_gap_is_filled_from_the_stream_in_order() {
 
     // A stream that cannot fill the gap sends subscribers to recover.
     assert_eq!(hub.deliver(&positioned("s", 8)), 0);
-    hub.finish_fill("s", Some(vec![positioned("s", 6)]));
+    hub.finish_fill(last_fill(&asked), Some(vec![positioned("s", 6)]));
     assert_eq!(offsets(&a), [1, 2, 3, 4, 5, 6]);
     assert_eq!(insufficient_count(&a), 1);
     // So does a failed read.
@@ -298,7 +349,7 @@ fn a_gap_is_filled_from_the_stream_in_order() {
     hub.subscribe("t", b.clone(), false);
     hub.deliver(&positioned("t", 1));
     hub.deliver(&positioned("t", 3));
-    hub.finish_fill("t", None);
+    hub.finish_fill(last_fill(&asked), None);
     assert_eq!(offsets(&b), [1]);
     assert_eq!(insufficient_count(&b), 1);
 }
@@ -306,18 +357,17 @@ fn a_gap_is_filled_from_the_stream_in_order() {
 #[test]
 fn the_first_publications_of_a_stream_keep_their_order() {
     let hub = Hub::new();
-    let asked = Arc::new(Mutex::new(Vec::new()));
-    let log = asked.clone();
-    hub.set_filler(Arc::new(move |_: Arc<str>, after: u64, _| {
-        log.lock().push(after)
-    }));
+    let asked = recording_filler(&hub);
     let a = probe("1");
     hub.subscribe("v", a.clone(), false);
     // Subscribed to an empty stream; 2 (from another node) overtakes 1.
     hub.observe_position("v", 0, "e1");
     assert_eq!(hub.deliver(&positioned("v", 2)), 0);
-    assert_eq!(*asked.lock(), [0]);
-    hub.finish_fill("v", Some(vec![positioned("v", 1), positioned("v", 2)]));
+    assert_eq!(afters(&asked), [0]);
+    hub.finish_fill(
+        last_fill(&asked),
+        Some(vec![positioned("v", 1), positioned("v", 2)]),
+    );
     assert_eq!(hub.deliver(&positioned("v", 1)), 0);
     assert_eq!(hub.deliver(&positioned("v", 3)), 1);
     assert_eq!(offsets(&a), [1, 2, 3]);

@@ -91,7 +91,10 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     let write_timeout = node.config.websocket.write_timeout.0;
     let write_delay = node.config.client.write_delay.0;
     let mut items = VecDeque::new();
-    let sleep = tokio::time::sleep_until(far_future());
+    // One instant for "no deadline", so that the timer is reset only when
+    // the session's deadline really changes.
+    let never = far_future();
+    let sleep = tokio::time::sleep_until(never);
     tokio::pin!(sleep);
     // Made once rather than per wake-up: each would register with the
     // node's token and deregister again.
@@ -102,7 +105,7 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     // only after one of them woke the task (see `session::outbox`).
     let others_waker = std::task::Waker::from(outbox.clone());
     let result: Result<(), Disconnect> = loop {
-        let deadline = session.next_deadline().unwrap_or_else(far_future);
+        let deadline = session.next_deadline().unwrap_or(never);
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
             outbox.reopen_others();
