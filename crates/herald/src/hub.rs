@@ -95,7 +95,7 @@ type ClientRef = Arc<dyn Client>;
 pub type Filler = Arc<dyn Fn(Fill) + Send + Sync>;
 
 /// A read of a channel's stream that the hub asks for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Fill {
     pub channel: Arc<str>,
     /// Publications after this offset are wanted.

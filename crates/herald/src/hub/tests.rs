@@ -234,13 +234,7 @@ fn afters(asked: &Mutex<Vec<Fill>>) -> Vec<u64> {
 
 /// The latest read asked for, to finish.
 fn last_fill(asked: &Mutex<Vec<Fill>>) -> Fill {
-    let f = asked.lock().last().map(|f| Fill {
-        channel: f.channel.clone(),
-        after: f.after,
-        epoch: f.epoch.clone(),
-        id: f.id,
-    });
-    f.expect("a read was asked for")
+    asked.lock().last().cloned().expect("a read was asked for")
 }
 
 /// While the stream is read for one gap, later publications may overtake
