@@ -5,6 +5,7 @@
 //! that a Redis script can assign it and prepend it to the rest (the
 //! [`publication_tail`]). A join or leave is `{"j":true|false,"c":…,"i":<info>}`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -66,13 +67,16 @@ pub fn encode_presence_message(e: &PresenceEvent) -> Bytes {
     Bytes::from(out)
 }
 
+/// Strings are borrowed from the message where they need no unescaping,
+/// so that each becomes one `Arc<str>` without a `String` first.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(default)]
     o: u64,
-    #[serde(default)]
-    e: Option<String>,
-    c: String,
+    #[serde(borrow, default)]
+    e: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    c: Cow<'a, str>,
     #[serde(borrow, default)]
     p: Option<&'a RawValue>,
     #[serde(default)]
@@ -83,7 +87,7 @@ struct Envelope<'a> {
 
 pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     let env: Envelope<'_> = serde_json::from_slice(payload)?;
-    let channel: Arc<str> = Arc::from(env.c);
+    let channel: Arc<str> = Arc::from(&*env.c);
     if let (Some(join), Some(info)) = (env.j, env.i) {
         let info = decode_client_info(info.get().as_bytes())?;
         return Ok(Message::Presence(PresenceEvent::new(
@@ -101,7 +105,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     if env.o > 0 {
         publication.offset = env.o;
     }
-    publication.epoch = env.e.map(Arc::from);
+    publication.epoch = env.e.as_deref().map(Arc::from);
     Ok(Message::Publication(publication))
 }
 
