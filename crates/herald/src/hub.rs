@@ -463,7 +463,10 @@ impl Hub {
     /// Notes the position a subscribe reply gave, so that a gap right after
     /// it is noticed. Until a publication has been delivered the lowest
     /// position given counts (publications in flight towards higher ones
-    /// are still to come); after that, deliveries set the position.
+    /// are still to come); after that, deliveries set the position. A reply
+    /// in another epoch than the one known changes nothing here: the next
+    /// publication, in the new epoch, sends every subscriber to recover
+    /// (for this one, a resubscribe that finds nothing missing).
     pub fn observe_position(&self, channel: &str, offset: u64, epoch: &str) {
         if let Some(ch) = self.channels.shard(channel).read().get(channel) {
             let mut seq = ch.seq.lock();
