@@ -66,6 +66,12 @@ impl Load {
 /// reports).
 #[derive(Debug, Serialize)]
 pub struct Delivered {
+    /// Publications per second asked for, all publishers together.
+    pub rate: f64,
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
     /// Publications the endpoint acknowledged over the whole run.
     pub published: u64,
     /// Acknowledged publications per second in the measured window.
@@ -101,15 +107,20 @@ impl Delivered {
         (self.delivered == 0).then_some("no publication was delivered")
     }
 
-    /// The publishing row of a report's table.
-    pub fn published_row(&self, t: &mut Table, load: (f64, usize)) {
-        t.row(
-            "published",
-            format_args!(
-                "{} ({:.1}/s of {}/s asked, {} publishers)",
-                self.published, self.publish_rate, load.0, load.1
-            ),
-        );
+    /// The load's rows of a report's table: payload, window, publishing.
+    pub fn load_rows(&self, t: &mut Table) {
+        t.row("payload", format_args!("{} bytes", self.payload_bytes))
+            .row(
+                "window",
+                format_args!("{} s after {} s warm-up", self.duration_s, self.warmup_s),
+            )
+            .row(
+                "published",
+                format_args!(
+                    "{} ({:.1}/s of {}/s asked, {} publishers)",
+                    self.published, self.publish_rate, self.rate, self.publishers
+                ),
+            );
     }
 
     /// The rows after the scenario's own delivery counts, `lost` first.
@@ -147,19 +158,28 @@ pub(super) struct Outcome {
     pub missed_by_each: u64,
 }
 
-/// Subscribers in `clients` read while `plan` publishes for warm-up +
-/// duration; then the run waits (at most [`DRAIN_TIMEOUT`]) for the
-/// deliveries still in flight. With `ordered`, each subscriber checks
-/// that every publisher's publications arrive in order.
+/// Subscribers in `clients` read while the load is published through
+/// `api` for warm-up + duration (`pick`: see [`Plan::pick`]); then the run
+/// waits (at most [`DRAIN_TIMEOUT`]) for the deliveries still in flight.
+/// With `ordered`, each subscriber checks that every publisher's
+/// publications arrive in order.
 pub(super) async fn run<F>(
     load: &Load,
+    api: &Api,
     clients: Vec<(usize, Client)>,
     ordered: bool,
-    plan: &Plan<'_, F>,
+    pick: F,
 ) -> Outcome
 where
     F: Fn(u64) -> (String, u64),
 {
+    let plan = Plan {
+        api,
+        rate: load.rate,
+        publishers: load.publishers,
+        payload: load.payload,
+        pick,
+    };
     let clock = Clock::starting_now(load.warmup, load.duration);
     let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
@@ -180,7 +200,7 @@ where
         subs.spawn(receive_loop(client, clock, order_of, stop, progress, total));
     }
 
-    let mut sent = publisher::run(plan, clock, &progress).await;
+    let mut sent = publisher::run(&plan, clock, &progress).await;
     let usage = meter.await.unwrap_or_default();
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
     while delivered_total.load(Ordering::Relaxed) < sent.expected && Instant::now() < drain_until {
@@ -206,6 +226,11 @@ where
     }
     let secs = load.duration.as_secs_f64().max(1e-9);
     let delivered = Delivered {
+        rate: load.rate,
+        publishers: load.publishers,
+        payload_bytes: load.payload,
+        warmup_s: load.warmup.as_secs_f64(),
+        duration_s: load.duration.as_secs_f64(),
         published: sent.acked,
         publish_rate: sent.measured as f64 / secs,
         publish_errors: std::mem::take(&mut sent.errors),

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::delivery::{self, Delivered, Load};
-use super::publisher::Plan;
 use super::{Dialer, Opened, ScenarioError};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::Progress;
@@ -45,11 +44,6 @@ pub struct FanoutReport {
     pub protocol: &'static str,
     pub channel: String,
     pub subscribers: usize,
-    pub rate: f64,
-    pub publishers: usize,
-    pub payload_bytes: usize,
-    pub warmup_s: f64,
-    pub duration_s: f64,
     pub connected: usize,
     pub connect_errors: ErrorCounts,
     /// Deliveries asked for: rate × connected subscribers.
@@ -80,13 +74,8 @@ impl Report for FanoutReport {
             .row(
                 "subscribers connected",
                 format_args!("{} / {}", self.connected, self.subscribers),
-            )
-            .row("payload", format_args!("{} bytes", self.payload_bytes))
-            .row(
-                "window",
-                format_args!("{} s after {} s warm-up", self.duration_s, self.warmup_s),
             );
-        self.run.published_row(&mut t, (self.rate, self.publishers));
+        self.run.load_rows(&mut t);
         t.row("delivered", self.run.delivered).row(
             "delivered/s",
             format_args!(
@@ -133,14 +122,9 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
     }
     let opened = opened.nonempty("subscriber")?;
     let connected = opened.clients.len();
-    let plan = Plan {
-        api: &api,
-        rate: load.rate,
-        publishers: load.publishers,
-        payload: load.payload,
-        pick: |_| (o.channel.clone(), connected as u64),
-    };
-    let out = delivery::run(load, opened.clients, true, &plan).await;
+    let channel = &o.channel;
+    let pick = |_| (channel.clone(), connected as u64);
+    let out = delivery::run(load, &api, opened.clients, true, pick).await;
     let run = out.delivered;
     let offered_per_s = load.rate * connected as f64;
     let lost = out.missed_by_each;
@@ -155,11 +139,6 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
         protocol: o.target.protocol.name(),
         channel: o.channel.clone(),
         subscribers: o.subscribers,
-        rate: load.rate,
-        publishers: load.publishers,
-        payload_bytes: load.payload,
-        warmup_s: load.warmup.as_secs_f64(),
-        duration_s: load.duration.as_secs_f64(),
         connected,
         connect_errors: opened.errors,
         offered_per_s,

@@ -8,7 +8,6 @@
 use serde::Serialize;
 
 use super::delivery::{self, Delivered, Load};
-use super::publisher::Plan;
 use super::{Dialer, ScenarioError};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::Progress;
@@ -37,11 +36,6 @@ pub struct ManyChannelsReport {
     pub connections: usize,
     pub group_size: usize,
     pub group_ratio: f64,
-    pub rate: f64,
-    pub publishers: usize,
-    pub payload_bytes: usize,
-    pub warmup_s: f64,
-    pub duration_s: f64,
     pub connected: usize,
     pub connect_errors: ErrorCounts,
     /// Deliveries the acknowledged publications should have made.
@@ -71,12 +65,8 @@ impl Report for ManyChannelsReport {
                     self.group_size,
                     self.group_ratio * 100.0
                 ),
-            )
-            .row(
-                "window",
-                format_args!("{} s after {} s warm-up", self.duration_s, self.warmup_s),
             );
-        self.run.published_row(&mut t, (self.rate, self.publishers));
+        self.run.load_rows(&mut t);
         t.row(
             "delivered",
             format_args!("{} of {} expected", self.run.delivered, self.expected),
@@ -139,24 +129,18 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
         present[*i] = true;
     }
     let threshold = (o.group_ratio * 1_000_000.0) as u64;
-    let plan = Plan {
-        api: &api,
-        rate: load.rate,
-        publishers: load.publishers,
-        payload: load.payload,
-        pick: |n| {
-            let h = mix(n);
-            let pick = (h >> 24) as usize;
-            if h % 1_000_000 < threshold {
-                let k = pick % groups;
-                (format!("{prefix}g.{k}"), members[k])
-            } else {
-                let k = pick % o.connections;
-                (format!("{prefix}u.{k}"), u64::from(present[k]))
-            }
-        },
+    let pick = |n| {
+        let h = mix(n);
+        let pick = (h >> 24) as usize;
+        if h % 1_000_000 < threshold {
+            let k = pick % groups;
+            (format!("{prefix}g.{k}"), members[k])
+        } else {
+            let k = pick % o.connections;
+            (format!("{prefix}u.{k}"), u64::from(present[k]))
+        }
     };
-    let out = delivery::run(load, opened.clients, false, &plan).await;
+    let out = delivery::run(load, &api, opened.clients, false, pick).await;
     let expected = out.sent.expected;
     Ok(ManyChannelsReport {
         scenario: "many-channels",
@@ -165,11 +149,6 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
         connections: o.connections,
         group_size: o.group_size,
         group_ratio: o.group_ratio,
-        rate: load.rate,
-        publishers: load.publishers,
-        payload_bytes: load.payload,
-        warmup_s: load.warmup.as_secs_f64(),
-        duration_s: load.duration.as_secs_f64(),
         connected,
         connect_errors: opened.errors,
         expected,
