@@ -102,6 +102,10 @@ pub struct Fill {
     pub after: u64,
     /// The epoch the hub knows for the stream, if any.
     pub epoch: Option<Arc<str>>,
+    /// The highest offset the read must see: publications are delivered
+    /// only once stored, so every offset up to the highest one held when
+    /// the read started is in the stream when it is read.
+    covers: u64,
     /// Tells this read from others of the same channel: a read that is no
     /// longer awaited (the channel resynced or started over meanwhile)
     /// changes nothing when it ends.
@@ -135,11 +139,7 @@ struct Seq {
     /// their payload bytes.
     held: Option<Vec<Arc<Publication>>>,
     held_bytes: usize,
-    /// The highest offset the stream read under way must see: publications
-    /// are delivered only once stored, so every offset up to the one that
-    /// started the read is in the stream when it is read.
-    fill_covers: u64,
-    /// The id of that read (0: none).
+    /// The id of the stream read under way (0: none).
     fill_id: u64,
 }
 
@@ -385,8 +385,7 @@ impl Hub {
             Some(fill) => {
                 seq.held = Some(vec![publication.clone()]);
                 seq.held_bytes = publication.data.len();
-                seq.fill_covers = offset;
-                fill(self.fill(&mut seq, publication.channel.clone(), last));
+                fill(self.fill(&mut seq, publication.channel.clone(), last, offset));
             }
             None => {
                 seq.last = Some(offset);
@@ -427,14 +426,14 @@ impl Hub {
             if p.offset <= last {
                 continue;
             }
-            if p.offset != last + 1 && filled && last + 1 > seq.fill_covers {
+            if p.offset != last + 1 && filled && last + 1 > fill.covers {
                 if let Some(filler) = self.filler.get() {
                     let rest = all.split_off(i);
+                    let covers = rest.last().map_or(0, |p| p.offset);
                     seq.held_bytes = rest.iter().map(|p| p.data.len()).sum();
-                    seq.fill_covers = rest.last().map_or(0, |p| p.offset);
                     seq.held = Some(rest);
                     seq.last = Some(last);
-                    filler(self.fill(&mut seq, fill.channel.clone(), last));
+                    filler(self.fill(&mut seq, fill.channel.clone(), last, covers));
                     return;
                 }
             }
@@ -576,13 +575,14 @@ fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
 
 impl Hub {
     /// A new stream read for `seq`'s channel, recorded as the one awaited.
-    fn fill(&self, seq: &mut Seq, channel: Arc<str>, after: u64) -> Fill {
+    fn fill(&self, seq: &mut Seq, channel: Arc<str>, after: u64, covers: u64) -> Fill {
         let id = self.fills.fetch_add(1, Ordering::Relaxed) + 1;
         seq.fill_id = id;
         Fill {
             channel,
             after,
             epoch: seq.epoch.clone(),
+            covers,
             id,
         }
     }

@@ -248,26 +248,27 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
         Item::Control(c) => return Some(Step::Control(c)),
         Item::Frame(frame) => frame,
     };
-    if !matches!(items.front(), Some(Item::Frame(_))) || first.len() >= MAX_MESSAGE_BYTES {
-        return Some(Step::Write(first));
-    }
-    // The joined size, to allocate once: frames are added while below the cap.
-    let mut size = first.len();
+    // The frames that join it (added while the message is below the cap),
+    // and the joined size, to allocate once.
+    let (mut count, mut size) = (0, first.len());
     for item in items.iter() {
         match item {
-            Item::Frame(f) if size < MAX_MESSAGE_BYTES => size += 1 + f.len(),
+            Item::Frame(f) if size < MAX_MESSAGE_BYTES => {
+                (count, size) = (count + 1, size + 1 + f.len())
+            }
             _ => break,
         }
     }
+    if count == 0 {
+        return Some(Step::Write(first));
+    }
     let mut joined = String::with_capacity(size);
     joined.push_str(&first);
-    while joined.len() < MAX_MESSAGE_BYTES {
-        let Some(Item::Frame(frame)) = items.front() else {
-            break;
-        };
-        joined.push('\n');
-        joined.push_str(frame);
-        items.pop_front();
+    for item in items.drain(..count) {
+        if let Item::Frame(frame) = item {
+            joined.push('\n');
+            joined.push_str(&frame);
+        }
     }
     Some(Step::Write(Frame::from(joined)))
 }
