@@ -248,6 +248,9 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
         Item::Control(c) => return Some(Step::Control(c)),
         Item::Frame(frame) => frame,
     };
+    if !matches!(items.front(), Some(Item::Frame(_))) {
+        return Some(Step::Write(first)); // the common case: one frame
+    }
     // The frames that join it (added while the message is below the cap),
     // and the joined size, to allocate once.
     let (mut count, mut size) = (0, first.len());
