@@ -4,67 +4,24 @@
 //! `dur` keeps durable history (SQLite in the test's data directory),
 //! `hist` memory history, `plain` none.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use herald::config::{self, Overrides};
-use herald::server::Server;
 use herald_bench::bare::BareServer;
 use herald_bench::report::Report;
 use herald_bench::scenario::delivery::Load;
 use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
 use herald_bench::target::{Auth, Target};
+use herald_testkit::{env_url, unique, TestServer};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "bench-test-secret";
 const API_KEY: &str = "bench-test-key";
 /// Longest a whole scenario may take here (1 s of load plus set-up).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(30);
 
-struct Running {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    async fn start(config: Value, dev: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.json");
-        std::fs::write(&path, config.to_string()).unwrap();
-        let overrides = Overrides {
-            port: Some(0),
-            address: Some("127.0.0.1".into()),
-            data_dir: Some(dir.path().join("data").display().to_string()),
-            dev,
-        };
-        let loaded = config::load(Some(&path), &BTreeMap::new(), &overrides).expect("config loads");
-        let server = Server::bind(loaded.config).await.expect("server binds");
-        let addr = server.local_addr();
-        let stop = server.shutdown_token();
-        let task = tokio::spawn(async move { server.run().await.expect("server runs") });
-        Self {
-            addr,
-            stop,
-            task,
-            _dir: dir,
-        }
-    }
-
-    fn target(&self) -> Target {
-        Target::parse(&format!("ws://{}/connection/websocket", self.addr)).unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("server stops in time")
-            .unwrap();
-    }
+/// The load generator's target: the server's WebSocket endpoint.
+fn target(server: &TestServer) -> Target {
+    Target::parse(&server.ws_url()).expect("a ws:// URL")
 }
 
 fn namespaces() -> Value {
@@ -263,14 +220,14 @@ async fn connect_storm(target: Target, auth: Auth) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios_against_a_dev_server() {
     let config = json!({ "log": { "level": "warn" }, "channel": { "namespaces": namespaces() } });
-    let server = Running::start(config, true).await;
-    durable_publish(server.target(), Auth::None, "dur:bench").await;
-    durable_publish(server.target(), Auth::None, "hist:bench").await;
-    durable_publish(server.target(), Auth::None, "plain:bench").await;
-    fanout(server.target(), Auth::None, None, "hist:fan").await;
-    idle(server.target(), Auth::None).await;
-    many_channels(server.target(), Auth::None, None).await;
-    connect_storm(server.target(), Auth::None).await;
+    let server = TestServer::with_config(config, true).await;
+    durable_publish(target(&server), Auth::None, "dur:bench").await;
+    durable_publish(target(&server), Auth::None, "hist:bench").await;
+    durable_publish(target(&server), Auth::None, "plain:bench").await;
+    fanout(target(&server), Auth::None, None, "hist:fan").await;
+    idle(target(&server), Auth::None).await;
+    many_channels(target(&server), Auth::None, None).await;
+    connect_storm(target(&server), Auth::None).await;
     server.stop().await;
 }
 
@@ -282,12 +239,12 @@ async fn scenarios_with_tokens_and_api_key() {
         "http_api": { "key": API_KEY },
         "channel": { "namespaces": namespaces() }
     });
-    let server = Running::start(config, false).await;
+    let server = TestServer::with_config(config, false).await;
     let auth = Auth::Hmac(SECRET.into());
-    durable_publish(server.target(), auth.clone(), "hist:bench").await;
-    fanout(server.target(), auth.clone(), Some(API_KEY), "plain:fan").await;
-    many_channels(server.target(), auth.clone(), Some(API_KEY)).await;
-    connect_storm(server.target(), auth).await;
+    durable_publish(target(&server), auth.clone(), "hist:bench").await;
+    fanout(target(&server), auth.clone(), Some(API_KEY), "plain:fan").await;
+    many_channels(target(&server), auth.clone(), Some(API_KEY)).await;
+    connect_storm(target(&server), auth).await;
     server.stop().await;
 }
 
@@ -295,27 +252,22 @@ async fn scenarios_with_tokens_and_api_key() {
 /// publications through the first (needs `HERALD_TEST_REDIS_URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_a_redis_cluster() {
-    let Ok(url) = std::env::var("HERALD_TEST_REDIS_URL") else {
-        assert!(
-            std::env::var_os("HERALD_TEST_REQUIRE_SERVICES").is_none(),
-            "HERALD_TEST_REDIS_URL is not set"
-        );
-        eprintln!("skipped: HERALD_TEST_REDIS_URL not set");
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
         return;
     };
-    let prefix = format!("bench{}", std::process::id());
+    let prefix = unique("bench");
     let config = json!({
         "log": { "level": "warn" },
         "engine": { "type": "redis", "redis": { "address": url, "prefix": prefix } },
         "channel": { "namespaces": [namespaces()[0].clone()] }
     });
     let (a, b) = (
-        Running::start(config.clone(), true).await,
-        Running::start(config, true).await,
+        TestServer::with_config(config.clone(), true).await,
+        TestServer::with_config(config, true).await,
     );
     fanout_over(
-        a.target(),
-        vec![b.target()],
+        target(&a),
+        vec![target(&b)],
         Auth::None,
         None,
         "hist:cluster",
@@ -369,9 +321,9 @@ async fn wrong_secret_is_reported_not_hidden() {
         "client": { "token": { "hmac_secret_key": SECRET } },
         "channel": { "namespaces": namespaces() }
     });
-    let server = Running::start(config, false).await;
+    let server = TestServer::with_config(config, false).await;
     let options = durable_publish::Options {
-        target: server.target(),
+        target: target(&server),
         auth: Auth::Hmac("not-the-secret".into()),
         channel_prefix: "plain:x".into(),
         channels: 1,
@@ -392,7 +344,7 @@ async fn fanout_and_storm_against_the_bare_server() {
         .await
         .unwrap();
     let addr = bare.local_addr().unwrap();
-    let stop = CancellationToken::new();
+    let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
     let task = tokio::spawn(bare.run(async move { stopped.cancelled().await }));
     let target = Target::parse(&format!("ws://{addr}/connection/websocket")).unwrap();

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::codes::ProtocolError;
 use crate::command::Command;
-use crate::model::{ClientInfo, Publication};
+use crate::model::{ClientInfo, PresenceEvent, Publication};
 use crate::reply::{ConnectResult, HistoryResult, Push, ReplyBody, SubscribeResult};
 
 /// The server's ping: an empty reply.
@@ -191,6 +191,21 @@ pub fn encode_publication_push(p: &Publication) -> Bytes {
     Bytes::from(buf)
 }
 
+/// `{"push":{"channel":..,"join"|"leave":{"info":{..}}}}` for a join or
+/// leave event.
+pub fn encode_presence_push(e: &PresenceEvent) -> Bytes {
+    let mut buf = Vec::with_capacity(e.channel.len() + 96);
+    let mut root = Obj::open(&mut buf);
+    let mut push = root.nested("push");
+    push.str("channel", &e.channel);
+    let mut event = push.nested(if e.join { "join" } else { "leave" });
+    write_info(&mut event, "info", &e.info);
+    event.close();
+    push.close();
+    root.close();
+    Bytes::from(buf)
+}
+
 fn write_subscribe_result(o: &mut Obj<'_>, key: &str, r: &SubscribeResult) {
     let mut w = o.nested(key);
     w.bool("expires", r.expires);
@@ -309,17 +324,6 @@ pub fn encode_push(push: &Push) -> Vec<u8> {
     let mut root = Obj::open(&mut buf);
     let mut w = root.nested("push");
     match push {
-        Push::Join { channel, info } | Push::Leave { channel, info } => {
-            w.str("channel", channel);
-            let key = if matches!(push, Push::Join { .. }) {
-                "join"
-            } else {
-                "leave"
-            };
-            let mut j = w.nested(key);
-            write_info(&mut j, "info", info);
-            j.close();
-        }
         Push::Unsubscribe {
             channel,
             code,

@@ -1,11 +1,14 @@
 //! The format-independent data model: what a publication and a client's
-//! identity are, whatever codec carries them. A publication caches its encoded
-//! push per format so that fan-out serialises it once, not once per subscriber.
+//! identity are, whatever codec carries them. A publication keeps its
+//! encodings beside it ([`Encodings`]) so that fan-out serialises it once per
+//! format, not once per subscriber.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::encodings::{Encodings, Format};
 
 /// Who a client is, as shown to others in publications, presence and
 /// join/leave events. `conn_info` and `chan_info` are raw JSON.
@@ -29,7 +32,7 @@ pub struct Publication {
     /// The epoch of the stream `offset` belongs to (never sent to clients in
     /// a push; lets receivers notice that a stream started over).
     pub epoch: Option<Arc<str>>,
-    json_push: OnceLock<Bytes>,
+    encodings: Encodings,
 }
 
 impl Publication {
@@ -41,7 +44,7 @@ impl Publication {
             offset: 0,
             tags: BTreeMap::new(),
             epoch: None,
-            json_push: OnceLock::new(),
+            encodings: Encodings::default(),
         }
     }
 
@@ -60,22 +63,21 @@ impl Publication {
         self
     }
 
-    /// The publication as a complete JSON push frame, encoded on first use and
+    /// The publication as a push in format `F`, encoded on first use and
     /// shared by every subscriber afterwards.
-    pub fn json_push(&self) -> &Bytes {
-        self.json_push
-            .get_or_init(|| crate::json::encode_publication_push(self))
+    pub fn frame<F: Format<Self>>(&self) -> Option<F::Frame> {
+        self.encodings.get::<Self, F>(self)
     }
 }
 
 /// Someone joined or left a channel, pushed to subscribers that asked for
-/// join/leave events. Encoded once like a publication.
+/// join/leave events. Encoded once per format like a publication.
 #[derive(Debug)]
 pub struct PresenceEvent {
     pub channel: Arc<str>,
     pub info: Arc<ClientInfo>,
     pub join: bool,
-    json_push: OnceLock<Bytes>,
+    encodings: Encodings,
 }
 
 impl PresenceEvent {
@@ -84,24 +86,12 @@ impl PresenceEvent {
             channel,
             info,
             join,
-            json_push: OnceLock::new(),
+            encodings: Encodings::default(),
         }
     }
 
-    pub fn json_push(&self) -> &Bytes {
-        self.json_push.get_or_init(|| {
-            let push = if self.join {
-                crate::reply::Push::Join {
-                    channel: self.channel.to_string(),
-                    info: self.info.clone(),
-                }
-            } else {
-                crate::reply::Push::Leave {
-                    channel: self.channel.to_string(),
-                    info: self.info.clone(),
-                }
-            };
-            Bytes::from(crate::json::encode_push(&push))
-        })
+    /// The event as a push in format `F`, encoded on first use.
+    pub fn frame<F: Format<Self>>(&self) -> Option<F::Frame> {
+        self.encodings.get::<Self, F>(self)
     }
 }

@@ -75,17 +75,11 @@ pub struct SubRefreshResult {
     pub ttl: u32,
 }
 
-/// Asynchronous messages from the server that are not replies to a command.
+/// Asynchronous messages from the server that are not replies to a command
+/// (publications and join/leave events have their own encoders, since they
+/// are encoded once for many receivers).
 #[derive(Debug)]
 pub enum Push {
-    Join {
-        channel: String,
-        info: Arc<ClientInfo>,
-    },
-    Leave {
-        channel: String,
-        info: Arc<ClientInfo>,
-    },
     Unsubscribe {
         channel: String,
         code: u32,

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use herald_protocol::ProtocolError;
 use serde_json::{json, Value};
 
-use crate::node::{Counters, Node};
+use crate::metrics::Counters;
+use crate::node::Node;
 
 pub use methods::call;
 
@@ -58,7 +59,7 @@ fn authorised(node: &Node, headers: &HeaderMap) -> bool {
     if node.config.http_api.insecure {
         return true;
     }
-    let key = node.config.http_api.key.as_bytes();
+    let key = node.config.http_api.key.expose().as_bytes();
     if key.is_empty() {
         return false;
     }

@@ -84,7 +84,7 @@ impl Verifier {
     /// Builds a verifier; `section` names the config section in errors.
     pub fn from_config(c: &TokenConfig, section: &str) -> Result<Self, ConfigError> {
         let hmac = (!c.hmac_secret_key.is_empty())
-            .then(|| DecodingKey::from_secret(c.hmac_secret_key.as_bytes()));
+            .then(|| DecodingKey::from_secret(c.hmac_secret_key.expose().as_bytes()));
         let rsa = if c.rsa_public_key.is_empty() {
             None
         } else {

@@ -2,31 +2,50 @@
 //! the broker while it has local subscribers, publishes through it, and the
 //! broker hands every publication, from any node, to the local hub through
 //! its [`Inbound`]. The in-memory broker serves a single node; the Redis and
-//! NATS brokers connect a cluster.
+//! NATS brokers connect a cluster. Which one a node uses is decided in one
+//! place, [`crate::engine`].
 
 mod memory;
 mod nats;
 mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use herald_protocol::{PresenceEvent, Publication};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::{wire, ClusterEvent};
 use crate::hub::Hub;
+use crate::redis_link::RedisError;
+use crate::wire;
 
 pub use memory::MemoryBroker;
 pub use nats::NatsBroker;
-pub use redis::{RedisBroker, RedisLink, RedisShards};
+pub use redis::RedisBroker;
 
-#[derive(Debug, Error, Clone)]
+#[derive(Debug, Error)]
 pub enum BrokerError {
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    #[error("broker unavailable")]
+    Redis(#[from] RedisError),
+    #[error("cannot connect to NATS at {url}")]
+    NatsConnect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("NATS is unreachable; reconnecting")]
+    NatsDown,
+    #[error("NATS request failed")]
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("too many messages queued for the broker")]
+    QueueFull,
+    #[error("the broker has stopped")]
+    Stopped,
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -50,66 +69,55 @@ pub trait Broker: Send + Sync + 'static {
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
 }
 
-/// An answer a broker's task sends back.
-pub(crate) type Reply<R> = tokio::sync::oneshot::Sender<Result<R, BrokerError>>;
-
-/// A request to a broker task to make its subscription to `channel` match
-/// the hub.
-pub(crate) struct SyncRequest {
-    pub channel: String,
-    pub done: Reply<()>,
+/// What a broker reports to its node besides publications.
+#[derive(Debug)]
+pub enum BrokerEvent {
+    /// A control message from another node ([`wire::control`]).
+    Control(Bytes),
+    /// The broker lost its connection and is subscribed again: anything
+    /// published meanwhile was not delivered here.
+    Reconnected,
 }
 
-/// Queues a request (made around its reply channel) for a broker task now,
-/// and resolves with the task's answer.
-pub(crate) fn ask<T: Send + 'static, R: Send + 'static>(
-    queue: &mpsc::UnboundedSender<T>,
-    make: impl FnOnce(Reply<R>) -> T,
-) -> BoxFuture<'static, Result<R, BrokerError>> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = queue.send(make(reply)).is_ok();
-    Box::pin(async move {
-        let stopped = || BrokerError::Unavailable("broker stopped".into());
-        if !queued {
-            return Err(stopped());
-        }
-        answer.await.map_err(|_| stopped())?
-    })
-}
-
-/// What a broker hands received messages to: the local hub for
-/// publications and join/leave events, the node's cluster task for control
-/// messages and reconnections.
+/// Where a broker hands what it receives: publications and join/leave
+/// events to the local hub, everything else to the node as a
+/// [`BrokerEvent`].
 #[derive(Clone)]
 pub struct Inbound {
     hub: Arc<Hub>,
-    events: mpsc::UnboundedSender<ClusterEvent>,
+    /// Bounded; a broker's task waits for room. The node's task that reads
+    /// it never waits on a broker's receiving side, so this cannot deadlock.
+    events: mpsc::Sender<BrokerEvent>,
 }
 
 impl Inbound {
-    pub fn new(hub: Arc<Hub>, events: mpsc::UnboundedSender<ClusterEvent>) -> Self {
+    pub fn new(hub: Arc<Hub>, events: mpsc::Sender<BrokerEvent>) -> Self {
         Self { hub, events }
     }
 
     /// A publication or join/leave event in the wire format.
     pub fn message(&self, payload: &[u8]) {
         match wire::decode(payload) {
-            Ok(wire::Message::Publication(p)) => {
-                self.hub.deliver(&Arc::new(p));
-            }
-            Ok(wire::Message::Presence(e)) => self.hub.deliver_presence(&Arc::new(e)),
+            Ok(wire::Message::Publication(p)) => self.publication(&Arc::new(p)),
+            Ok(wire::Message::Presence(e)) => self.presence(&Arc::new(e)),
             Err(e) => tracing::warn!(error = %e, "undecodable message from the broker dropped"),
         }
     }
 
-    pub fn control(&self, payload: Bytes) {
-        let _ = self.events.send(ClusterEvent::Control(payload));
+    pub fn publication(&self, publication: &Arc<Publication>) {
+        self.hub.deliver(publication);
     }
 
-    /// The broker lost its connection and is subscribed again: anything
-    /// published meanwhile was not delivered here.
-    pub fn reconnected(&self) {
-        let _ = self.events.send(ClusterEvent::Reconnected);
+    pub fn presence(&self, event: &Arc<PresenceEvent>) {
+        self.hub.deliver_presence(event);
+    }
+
+    pub async fn control(&self, payload: Bytes) {
+        let _ = self.events.send(BrokerEvent::Control(payload)).await;
+    }
+
+    pub async fn reconnected(&self) {
+        let _ = self.events.send(BrokerEvent::Reconnected).await;
     }
 
     pub fn has_subscribers(&self, channel: &str) -> bool {
@@ -121,4 +129,51 @@ impl Inbound {
     pub fn channels(&self) -> Vec<String> {
         self.hub.channels().into_iter().map(|(c, _)| c).collect()
     }
+}
+
+/// Where a broker's task sends its answer to one request.
+pub(crate) type Reply<R> = oneshot::Sender<Result<R, BrokerError>>;
+
+/// A request to a broker task to make its subscription to `channel` match
+/// the hub.
+pub(crate) struct SyncRequest {
+    pub channel: String,
+    pub done: Reply<()>,
+}
+
+/// Queues a request (made around its reply channel) for a broker's task
+/// now, so that requests keep the order of the calls, and resolves with the
+/// task's answer. A full queue fails the request at once.
+pub(crate) fn ask_now<T: Send + 'static, R: Send + 'static>(
+    queue: &mpsc::Sender<T>,
+    make: impl FnOnce(Reply<R>) -> T,
+) -> BoxFuture<'static, Result<R, BrokerError>> {
+    let (reply, answer) = oneshot::channel();
+    let queued = queue.try_send(make(reply));
+    Box::pin(async move {
+        match queued {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(BrokerError::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BrokerError::Stopped),
+        }
+        answer.await.map_err(|_| BrokerError::Stopped)?
+    })
+}
+
+/// Like [`ask_now`] for requests whose order does not matter: waits for
+/// room in the queue instead of failing.
+pub(crate) fn ask<T: Send + 'static, R: Send + 'static>(
+    queue: &mpsc::Sender<T>,
+    make: impl FnOnce(Reply<R>) -> T,
+) -> BoxFuture<'static, Result<R, BrokerError>> {
+    let (reply, answer) = oneshot::channel();
+    let request = make(reply);
+    let queue = queue.clone();
+    Box::pin(async move {
+        queue
+            .send(request)
+            .await
+            .map_err(|_| BrokerError::Stopped)?;
+        answer.await.map_err(|_| BrokerError::Stopped)?
+    })
 }

@@ -1,116 +1,190 @@
-//! What nodes of a cluster tell each other besides publications: commands
-//! aimed at users' connections wherever they are (disconnect, unsubscribe,
-//! server-side subscribe, refresh), and periodic announcements that make up
-//! the node list of `info`. Control messages are JSON on the broker's
-//! control channel; each carries its sender's uid so a node skips its own.
-
-pub mod wire;
+//! This node's place in a cluster: its identity, the other nodes it has
+//! heard from (the node list of `info`), commands aimed at users'
+//! connections wherever they are, and what happens when its broker
+//! reconnects. Its task acts on what the broker reports and announces the
+//! node every `node.info_publish_interval`. What travels between nodes is
+//! defined in [`crate::wire::control`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_protocol::Disconnect;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use crate::broker::{Broker, BrokerError, BrokerEvent};
+use crate::channel::ChannelRules;
+use crate::config::Config;
 use crate::hub::{Client, Control, Hub};
-use crate::node::Node;
+use crate::wire::control::{Action, ControlMessage, NodeInfo, Target};
 
-/// What a broker reports to its node's cluster task.
-#[derive(Debug)]
-pub enum ClusterEvent {
-    Control(Bytes),
-    Reconnected,
+pub struct Cluster {
+    /// Unique id of this process run.
+    uid: String,
+    name: String,
+    started: Instant,
+    /// Whether other nodes may share channels (a broker other than memory).
+    enabled: bool,
+    announce_every: Duration,
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    rules: Arc<ChannelRules>,
+    registry: Registry,
+    /// Times the broker connection was lost and restored.
+    reconnects: AtomicU64,
 }
 
-/// One node as `info` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub uid: String,
-    pub name: String,
-    pub version: String,
-    pub num_clients: u64,
-    pub num_users: u64,
-    pub num_channels: u64,
-    pub num_subs: u64,
-    pub uptime: u64,
-}
-
-/// Which connections a command acts on: all of a user's, or one client's.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Target {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub user: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub client: String,
-    /// Client ids left alone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub whitelist: Vec<String>,
-}
-
-/// What to do to the targeted connections.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Disconnect {
-        code: u16,
-        reason: String,
-    },
-    Unsubscribe {
-        channel: String,
-    },
-    Subscribe {
-        channel: String,
-        #[serde(default)]
-        info: Option<Box<RawValue>>,
-        #[serde(default)]
-        data: Option<Box<RawValue>>,
-        #[serde(default)]
-        expire_at: Option<i64>,
-    },
-    Refresh {
-        expired: bool,
-        #[serde(default)]
-        expire_at: Option<i64>,
-        #[serde(default)]
-        info: Option<Box<RawValue>>,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum ControlMessage {
-    /// A node is alive, with its figures.
-    Node { info: NodeInfo },
-    /// A node is shutting down.
-    Leave { uid: String },
-    User {
-        from: String,
-        target: Target,
-        action: Action,
-    },
-}
-
-impl ControlMessage {
-    fn sender(&self) -> &str {
-        match self {
-            Self::Node { info } => &info.uid,
-            Self::Leave { uid } => uid,
-            Self::User { from, .. } => from,
+impl Cluster {
+    pub fn new(
+        config: &Config,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        rules: Arc<ChannelRules>,
+    ) -> Self {
+        let name = if config.node.name.is_empty() {
+            let host = gethostname::gethostname();
+            format!("{}_{}", host.to_string_lossy(), config.http_server.port)
+        } else {
+            config.node.name.clone()
+        };
+        Self {
+            uid: uuid::Uuid::new_v4().to_string(),
+            name,
+            started: Instant::now(),
+            enabled: config.is_cluster(),
+            announce_every: config.node.info_publish_interval.0,
+            hub,
+            broker,
+            rules,
+            registry: Registry::default(),
+            reconnects: AtomicU64::new(0),
         }
     }
 
-    fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).expect("control messages serialise"))
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This node as `info` lists it.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            version: crate::VERSION.to_string(),
+            num_clients: self.hub.num_clients() as u64,
+            num_users: self.hub.num_users() as u64,
+            num_channels: self.hub.num_channels() as u64,
+            num_subs: self.hub.num_subscriptions() as u64,
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// This node and every other live node of the cluster.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut out = vec![self.info()];
+        if self.enabled {
+            out.extend(self.registry.alive(self.announce_every * 3));
+        }
+        out
+    }
+
+    /// Times the broker connection was lost and restored.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Acts on users' connections on this node and, in a cluster, sends the
+    /// command to every other node.
+    pub async fn user_command(&self, target: Target, action: Action) -> Result<(), BrokerError> {
+        apply(&self.hub, &target, &action);
+        if !self.enabled {
+            return Ok(());
+        }
+        let message = ControlMessage::User {
+            from: self.uid.clone(),
+            target,
+            action,
+        };
+        self.broker.publish_control(message.encode()).await
+    }
+
+    /// Tells the other nodes this one is leaving.
+    pub async fn leave(&self) {
+        if self.enabled {
+            let message = ControlMessage::Leave {
+                uid: self.uid.clone(),
+            };
+            let _ = self.broker.publish_control(message.encode()).await;
+        }
+    }
+
+    /// The cluster task: acts on what the broker reports and announces the
+    /// node while it is part of a cluster, until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        mut events: mpsc::Receiver<BrokerEvent>,
+        stop: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(self.announce_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick(), if self.enabled => {
+                    let message = ControlMessage::Node { info: self.info() };
+                    if let Err(e) = self.broker.publish_control(message.encode()).await {
+                        tracing::debug!(error = &e as &dyn std::error::Error, "node announcement not sent");
+                    }
+                }
+                event = events.recv() => match event {
+                    None => return,
+                    Some(BrokerEvent::Control(payload)) => self.on_control(&payload),
+                    Some(BrokerEvent::Reconnected) => {
+                        self.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("broker connection restored: subscribers with positions recover");
+                        self.resync();
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_control(&self, payload: &Bytes) {
+        let message = match ControlMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable control message dropped");
+                return;
+            }
+        };
+        if message.sender() == self.uid {
+            return;
+        }
+        match message {
+            ControlMessage::Node { info } => self.registry.seen(info),
+            ControlMessage::Leave { uid } => self.registry.forget(&uid),
+            ControlMessage::User { target, action, .. } => apply(&self.hub, &target, &action),
+        }
+    }
+
+    /// After the broker reconnected: subscribers of channels with streams
+    /// resubscribe and recover what was published meanwhile.
+    fn resync(&self) {
+        self.hub.resync(|channel| {
+            self.rules
+                .resolve(channel)
+                .is_ok_and(|r| self.rules.stream_options(r.options).is_some())
+        });
     }
 }
 
 /// Applies a command to this node's connections.
-pub fn apply(hub: &Hub, target: &Target, action: &Action) {
+fn apply(hub: &Hub, target: &Target, action: &Action) {
     let clients: Vec<Arc<dyn Client>> = if target.user.is_empty() {
         hub.client(&target.client).into_iter().collect()
     } else {
@@ -123,39 +197,44 @@ pub fn apply(hub: &Hub, target: &Target, action: &Action) {
         if target.whitelist.iter().any(|w| w == c.client_id()) {
             continue;
         }
-        c.control(match action {
-            Action::Disconnect { code, reason } => {
-                Control::Disconnect(Disconnect::new(*code, reason.clone()))
-            }
-            Action::Unsubscribe { channel } => {
-                let (code, reason) = herald_protocol::codes::unsubscribe::SERVER;
-                Control::Unsubscribe {
-                    channel: channel.clone(),
-                    code,
-                    reason: reason.into(),
-                }
-            }
-            Action::Subscribe {
-                channel,
-                info,
-                data,
-                expire_at,
-            } => Control::Subscribe {
+        c.control(control(action));
+    }
+}
+
+/// What a command asks of one connection.
+fn control(action: &Action) -> Control {
+    match action {
+        Action::Disconnect { code, reason } => {
+            Control::Disconnect(Disconnect::new(*code, reason.clone()))
+        }
+        Action::Unsubscribe { channel } => {
+            let (code, reason) = herald_protocol::codes::unsubscribe::SERVER;
+            Control::Unsubscribe {
                 channel: channel.clone(),
-                info: raw_bytes(info),
-                data: raw_bytes(data),
-                expire_at: *expire_at,
-            },
-            Action::Refresh {
-                expired,
-                expire_at,
-                info,
-            } => Control::Refresh {
-                expired: *expired,
-                expire_at: *expire_at,
-                info: raw_bytes(info),
-            },
-        });
+                code,
+                reason: reason.into(),
+            }
+        }
+        Action::Subscribe {
+            channel,
+            info,
+            data,
+            expire_at,
+        } => Control::Subscribe {
+            channel: channel.clone(),
+            info: raw_bytes(info),
+            data: raw_bytes(data),
+            expire_at: *expire_at,
+        },
+        Action::Refresh {
+            expired,
+            expire_at,
+            info,
+        } => Control::Refresh {
+            expired: *expired,
+            expire_at: *expire_at,
+            info: raw_bytes(info),
+        },
     }
 }
 
@@ -167,7 +246,7 @@ fn raw_bytes(v: &Option<Box<RawValue>>) -> Option<Bytes> {
 
 /// The other nodes this one has heard from recently.
 #[derive(Default)]
-pub struct Registry {
+struct Registry {
     nodes: Mutex<HashMap<String, (NodeInfo, Instant)>>,
 }
 
@@ -183,7 +262,7 @@ impl Registry {
     }
 
     /// Nodes heard from within `max_silence`, oldest entries dropped.
-    pub fn alive(&self, max_silence: Duration) -> Vec<NodeInfo> {
+    fn alive(&self, max_silence: Duration) -> Vec<NodeInfo> {
         let mut nodes = self.nodes.lock();
         nodes.retain(|_, (_, seen)| seen.elapsed() <= max_silence);
         let mut out: Vec<NodeInfo> = nodes.values().map(|(i, _)| i.clone()).collect();
@@ -192,116 +271,9 @@ impl Registry {
     }
 }
 
-pub fn encode_user_command(from: &str, target: Target, action: Action) -> Bytes {
-    ControlMessage::User {
-        from: from.to_string(),
-        target,
-        action,
-    }
-    .encode()
-}
-
-pub fn encode_leave(uid: &str) -> Bytes {
-    ControlMessage::Leave {
-        uid: uid.to_string(),
-    }
-    .encode()
-}
-
-pub fn encode_announcement(info: NodeInfo) -> Bytes {
-    ControlMessage::Node { info }.encode()
-}
-
-/// The node's cluster task: acts on control messages and reconnections,
-/// and announces the node every `node.info_publish_interval` while it is
-/// part of a cluster. Ends with the node's shutdown.
-pub async fn run(node: Weak<Node>, mut events: mpsc::UnboundedReceiver<ClusterEvent>) {
-    let (interval, shutdown, announce) = match node.upgrade() {
-        Some(n) => (
-            n.config.node.info_publish_interval.0,
-            n.shutdown.clone(),
-            n.config.is_cluster(),
-        ),
-        None => return,
-    };
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick(), if announce => {
-                let Some(n) = node.upgrade() else { return };
-                if let Err(e) = n.broker().publish_control(encode_announcement(n.info())).await {
-                    tracing::debug!(error = %e, "node announcement not sent");
-                }
-            }
-            event = events.recv() => {
-                let Some(event) = event else { return };
-                let Some(n) = node.upgrade() else { return };
-                match event {
-                    ClusterEvent::Control(payload) => on_control(&n, &payload),
-                    ClusterEvent::Reconnected => {
-                        crate::node::Counters::incr(&n.counters.broker_reconnects);
-                        tracing::info!("broker connection restored: subscribers with positions recover");
-                        n.resync_all();
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn on_control(node: &Node, payload: &[u8]) {
-    let message: ControlMessage = match serde_json::from_slice(payload) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "undecodable control message dropped");
-            return;
-        }
-    };
-    if message.sender() == node.uid {
-        return;
-    }
-    match message {
-        ControlMessage::Node { info } => node.registry.seen(info),
-        ControlMessage::Leave { uid } => node.registry.forget(&uid),
-        ControlMessage::User { target, action, .. } => apply(&node.hub, &target, &action),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_messages_round_trip() {
-        let m = encode_user_command(
-            "n1",
-            Target {
-                user: "u".into(),
-                ..Default::default()
-            },
-            Action::Subscribe {
-                channel: "news".into(),
-                info: Some(RawValue::from_string("{\"a\":1}".into()).unwrap()),
-                data: None,
-                expire_at: Some(5),
-            },
-        );
-        let back: ControlMessage = serde_json::from_slice(&m).unwrap();
-        assert_eq!(back.sender(), "n1");
-        let ControlMessage::User { action, .. } = back else {
-            panic!("not a user command");
-        };
-        let Action::Subscribe {
-            info, expire_at, ..
-        } = action
-        else {
-            panic!("not a subscribe");
-        };
-        assert_eq!(info.unwrap().get(), "{\"a\":1}");
-        assert_eq!(expire_at, Some(5));
-    }
 
     #[test]
     fn silent_nodes_drop_out() {
@@ -317,7 +289,10 @@ mod tests {
             uptime: 0,
         };
         r.seen(info.clone());
-        assert_eq!(r.alive(Duration::from_secs(60)), vec![info]);
+        assert_eq!(r.alive(Duration::from_secs(60)), vec![info.clone()]);
+        r.forget("a");
+        assert!(r.alive(Duration::from_secs(60)).is_empty());
+        r.seen(info);
         assert!(r.alive(Duration::ZERO).is_empty());
     }
 }

@@ -7,16 +7,19 @@ mod channel;
 mod cluster;
 mod duration;
 mod load;
+mod secret;
 mod validate;
 
 use serde::{Deserialize, Serialize};
 
 pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace};
 pub use cluster::{
-    BrokerConfig, BrokerKind, Engine, NatsConfig, PresenceManagerConfig, RedisConfig,
+    BrokerConfig, BrokerKind, BrokerType, Engine, EngineKind, NatsConfig, PresenceKind,
+    PresenceManagerConfig, RedisConfig,
 };
 pub use duration::Dur;
 pub use load::{load, ConfigError, Loaded, Overrides};
+pub use secret::{redacted_url, Secret};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -87,7 +90,7 @@ impl Default for Log {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TokenConfig {
-    pub hmac_secret_key: String,
+    pub hmac_secret_key: Secret,
     pub rsa_public_key: String,
     pub ecdsa_public_key: String,
     /// When set, tokens must carry this `aud`.
@@ -144,8 +147,28 @@ pub struct ClientConfig {
     /// Connections per user per node; beyond it 3504. Zero: unlimited.
     pub user_connection_limit: usize,
     pub connect_include_server_time: bool,
+    /// Most publications one client history call returns; zero: no cap.
     pub history_max_publication_limit: usize,
+    /// Most publications a subscribe recovers; more missed means
+    /// `recovered: false`. Zero: no cap.
     pub recovery_max_publication_limit: usize,
+}
+
+impl ClientConfig {
+    /// `history_max_publication_limit` as a cap (`None`: no cap).
+    pub fn history_limit(&self) -> Option<usize> {
+        cap(self.history_max_publication_limit)
+    }
+
+    /// `recovery_max_publication_limit` as a cap (`None`: no cap).
+    pub fn recovery_limit(&self) -> Option<usize> {
+        cap(self.recovery_max_publication_limit)
+    }
+}
+
+/// A limit where zero means none, as Centrifugo's publication limits do.
+fn cap(limit: usize) -> Option<usize> {
+    (limit > 0).then_some(limit)
 }
 
 impl Default for ClientConfig {
@@ -179,7 +202,7 @@ impl Default for ClientConfig {
 pub struct HttpApi {
     pub disabled: bool,
     pub handler_prefix: String,
-    pub key: String,
+    pub key: Secret,
     /// No key needed (development, or an API only reachable internally).
     pub insecure: bool,
     /// Herald: largest request body accepted; larger ones get HTTP 413.
@@ -191,7 +214,7 @@ impl Default for HttpApi {
         Self {
             disabled: false,
             handler_prefix: "/api".into(),
-            key: String::new(),
+            key: Secret::default(),
             insecure: false,
             max_request_body_size: 4 * 1024 * 1024,
         }
@@ -231,8 +254,8 @@ impl Default for Websocket {
 #[serde(default)]
 pub struct Admin {
     pub enabled: bool,
-    pub password: String,
-    pub secret: String,
+    pub password: Secret,
+    pub secret: Secret,
     pub insecure: bool,
 }
 
@@ -293,7 +316,7 @@ impl Default for Shutdown {
 pub struct Storage {
     /// `sqlite` (embedded, in the data directory) or `postgres`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: StorageKind,
     pub sqlite: SqliteStorage,
     pub postgres: PostgresStorage,
     /// How often retention (history_size / history_ttl) runs on durable streams.
@@ -305,13 +328,33 @@ pub struct Storage {
 impl Default for Storage {
     fn default() -> Self {
         Self {
-            kind: "sqlite".into(),
+            kind: StorageKind::Sqlite,
             sqlite: SqliteStorage::default(),
             postgres: PostgresStorage::default(),
             retention_interval: Dur::secs(60),
             batch_max_size: 1000,
         }
     }
+}
+
+/// The SQL database durable streams live in. Adding one is a variant here,
+/// its settings beside `sqlite` and `postgres`, and its dialect file
+/// (see `store::sql`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// When SQLite's commits reach the disk (see `storage.sqlite.synchronous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,14 +366,14 @@ pub struct SqliteStorage {
     /// acknowledged, so acknowledged publications survive power loss.
     /// `normal`: they survive a crash of the process but not of the OS;
     /// faster.
-    pub synchronous: String,
+    pub synchronous: Synchronous,
 }
 
 impl Default for SqliteStorage {
     fn default() -> Self {
         Self {
             path: String::new(),
-            synchronous: "full".into(),
+            synchronous: Synchronous::Full,
         }
     }
 }
@@ -339,7 +382,7 @@ impl Default for SqliteStorage {
 #[serde(default)]
 pub struct PostgresStorage {
     /// Connection URL, e.g. `postgres://user:pass@127.0.0.1:5432/herald`.
-    pub url: String,
+    pub url: Secret,
     /// Connections in the pool.
     pub pool_size: u32,
 }
@@ -347,7 +390,7 @@ pub struct PostgresStorage {
 impl Default for PostgresStorage {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: Secret::default(),
             pool_size: 8,
         }
     }

@@ -9,12 +9,21 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 mod demo;
+pub mod engine;
+pub mod frame;
 pub mod hub;
+pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod pattern;
 pub mod presence;
+pub mod redis_link;
 pub mod server;
 pub mod session;
+pub mod sharded;
 pub mod store;
 pub mod transport;
+pub mod wire;
+
+/// This build's version, as `info` and the connect reply show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -35,12 +35,12 @@ pub struct Server {
 pub enum ServeError {
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
         source: std::io::Error,
     },
-    #[error("server failed: {0}")]
+    #[error("server failed")]
     Io(#[from] std::io::Error),
 }
 
@@ -72,14 +72,14 @@ impl Server {
 
     /// Cancel this token to shut the server down gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.node.shutdown.clone()
+        self.node.shutdown().clone()
     }
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) -> Result<(), ServeError> {
         let node = self.node;
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, node = %node.name, version = Node::version(), "listening");
+        tracing::info!(%addr, node = %node.cluster().name(), version = Node::version(), "listening");
         if node.config.dev {
             tracing::info!(
                 "demo chat: open http://localhost:{}/ in two browser tabs",
@@ -87,28 +87,25 @@ impl Server {
             );
         }
         let router = router(node.clone());
-        let sweeper = tokio::spawn(sweep_streams(node.clone()));
-        let stop = node.shutdown.clone();
+        let stop = node.shutdown().clone();
         let header_timeout = node.config.http_server.header_read_timeout.0;
         accept(self.listener, router, stop, header_timeout).await;
         tracing::info!(
             connections = node.hub.num_clients(),
             "shutting down: closing connections"
         );
-        node.tracker.close();
+        node.tracker().close();
         let grace = node.config.shutdown.timeout.0;
-        if tokio::time::timeout(grace, node.tracker.wait())
+        if tokio::time::timeout(grace, node.tracker().wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = node.tracker.len(),
+                remaining = node.tracker().len(),
                 "shutdown grace period ended with connections open"
             );
         }
-        let _ = sweeper.await;
-        node.leave_cluster().await;
-        node.close_storage().await;
+        node.close().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -166,20 +163,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait for plain HTTP requests at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
-/// How often idle memory streams are looked for.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Forgets idle memory streams until shutdown.
-async fn sweep_streams(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tick.tick() => node.sweep_streams(),
-        }
-    }
-}
-
 fn router(node: Arc<Node>) -> Router {
     let c = &node.config;
     let mut r = Router::new();
@@ -213,36 +196,8 @@ fn router(node: Arc<Node>) -> Router {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = &node.counters;
-    let h = &node.hub;
-    let body = format!(
-        "# TYPE herald_connections gauge\nherald_connections {}\n\
-         # TYPE herald_users gauge\nherald_users {}\n\
-         # TYPE herald_channels gauge\nherald_channels {}\n\
-         # TYPE herald_subscriptions gauge\nherald_subscriptions {}\n\
-         # TYPE herald_connections_accepted_total counter\nherald_connections_accepted_total {}\n\
-         # TYPE herald_publications_total counter\nherald_publications_total {}\n\
-         # TYPE herald_slow_disconnects_total counter\nherald_slow_disconnects_total {}\n\
-         # TYPE herald_commands_total counter\nherald_commands_total {}\n\
-         # TYPE herald_api_requests_total counter\nherald_api_requests_total {}\n\
-         # TYPE herald_retention_removed_total counter\nherald_retention_removed_total {}\n\
-         # TYPE herald_stream_gaps_filled_total counter\nherald_stream_gaps_filled_total {}\n\
-         # TYPE herald_channel_resyncs_total counter\nherald_channel_resyncs_total {}\n\
-         # TYPE herald_broker_reconnects_total counter\nherald_broker_reconnects_total {}\n",
-        h.num_clients(),
-        h.num_users(),
-        h.num_channels(),
-        h.num_subscriptions(),
-        c.connections_accepted.load(Relaxed),
-        c.publications.load(Relaxed),
-        c.slow_disconnects.load(Relaxed),
-        c.commands.load(Relaxed),
-        c.api_requests.load(Relaxed),
-        node.retention_removed(),
-        h.gap_counts().0,
-        h.gap_counts().1,
-        c.broker_reconnects.load(Relaxed),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&node),
+    )
 }

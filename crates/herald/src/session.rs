@@ -5,169 +5,28 @@
 
 mod commands;
 mod connect;
+mod handle;
 mod outbox;
 mod subs;
 mod subscribe;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::json::{self, DecodeError};
 use herald_protocol::reply::{Push, ReplyBody};
-use herald_protocol::{Disconnect, Method, ProtocolError, Publication};
-use parking_lot::Mutex;
+use herald_protocol::{Disconnect, Method, ProtocolError};
 use tokio::time::Instant;
 
+pub use handle::Handle;
 pub use outbox::{Item, Outbox};
 
 use crate::auth::now_unix;
-use crate::hub::{self, Client, Control, Frame};
-use crate::node::{Counters, Node};
-
-/// The part of a connected session the hub holds: identity and outbox.
-pub struct Handle {
-    key: u64,
-    /// Shared with the session and the hub: one copy per connection.
-    client_id: Arc<str>,
-    user: String,
-    outbox: Arc<Outbox>,
-    /// Per-channel delivery guards while and just after a subscribe reads
-    /// the channel's stream, so that nothing is lost or repeated around it;
-    /// allocated only while there are any.
-    guards: Mutex<Option<Box<Guards>>>,
-    /// `guards` is in use; lets delivery skip the lock.
-    guarded: AtomicBool,
-}
-
-#[derive(Default)]
-struct Guards {
-    /// Publications held back while the stream is being read.
-    held: HashMap<Arc<str>, Vec<Arc<Publication>>>,
-    /// The offset a subscribe reply gave: publications at or below it are
-    /// already known to the client (a durable store may deliver a
-    /// committed publication after a reader saw it), until one above passes.
-    floors: HashMap<Arc<str>, u64>,
-}
-
-impl Guards {
-    /// Whether the publication goes out now: one in a held channel is kept
-    /// back, one at or below its channel's floor is dropped, and the first
-    /// above the floor lifts it.
-    fn admit(&mut self, publication: &Arc<Publication>) -> bool {
-        let channel = &*publication.channel;
-        if let Some(held) = self.held.get_mut(channel) {
-            held.push(publication.clone());
-            return false;
-        }
-        match self.floors.get(channel) {
-            Some(&floor) if publication.offset <= floor => false,
-            Some(_) => {
-                self.floors.remove(channel);
-                true
-            }
-            None => true,
-        }
-    }
-}
-
-impl Handle {
-    fn new(key: u64, client_id: Arc<str>, user: String, outbox: Arc<Outbox>) -> Self {
-        Self {
-            key,
-            client_id,
-            user,
-            outbox,
-            guards: Mutex::default(),
-            guarded: AtomicBool::new(false),
-        }
-    }
-
-    fn start_buffering(&self, channel: &str) {
-        let mut lock = self.guards.lock();
-        let g = lock.get_or_insert_with(Box::default);
-        g.held.insert(Arc::from(channel), Vec::new());
-        self.guarded.store(true, Ordering::Release);
-    }
-
-    /// Ends buffering: queues the held publications newer than `after`,
-    /// under the lock so later ones cannot overtake them, and keeps `after`
-    /// as the channel's floor while none newer has passed.
-    fn finish_buffering(&self, channel: &str, after: u64) {
-        let mut lock = self.guards.lock();
-        let Some(g) = lock.as_mut() else { return };
-        let Some((key, held)) = g.held.remove_entry(channel) else {
-            return;
-        };
-        let mut newer = held.iter().filter(|p| p.offset > after).peekable();
-        if newer.peek().is_none() {
-            g.floors.insert(key, after);
-        }
-        for frame in newer.filter_map(|p| hub::frame(p.json_push().clone())) {
-            self.outbox.push_frame(frame);
-        }
-        self.release_if_unused(&mut lock);
-    }
-
-    /// Drops the channel's guards (on unsubscribe).
-    fn forget(&self, channel: &str) {
-        let mut lock = self.guards.lock();
-        let Some(g) = lock.as_mut() else { return };
-        g.held.remove(channel);
-        g.floors.remove(channel);
-        self.release_if_unused(&mut lock);
-    }
-
-    fn release_if_unused(&self, guards: &mut Option<Box<Guards>>) {
-        if guards
-            .as_ref()
-            .is_some_and(|g| g.held.is_empty() && g.floors.is_empty())
-        {
-            *guards = None;
-            self.guarded.store(false, Ordering::Release);
-        }
-    }
-}
-
-impl Client for Handle {
-    fn key(&self) -> u64 {
-        self.key
-    }
-    fn client_id(&self) -> &str {
-        &self.client_id
-    }
-    fn shared_id(&self) -> Arc<str> {
-        self.client_id.clone()
-    }
-    fn user(&self) -> &str {
-        &self.user
-    }
-    fn deliver(&self, publication: &Arc<Publication>, frame: &Frame) {
-        // While guards are in use, the frame is queued under their lock, so
-        // that it cannot overtake held publications being released.
-        let mut _guards = None;
-        if self.guarded.load(Ordering::Acquire) {
-            let mut lock = self.guards.lock();
-            if let Some(g) = lock.as_mut() {
-                if !g.admit(publication) {
-                    return;
-                }
-                self.release_if_unused(&mut lock);
-            }
-            _guards = Some(lock);
-        }
-        // An overflow is noticed by the writer, which closes with 3008.
-        self.outbox.push_frame(frame.clone());
-    }
-    fn deliver_presence(&self, frame: &Frame) {
-        self.outbox.push_frame(frame.clone());
-    }
-    fn control(&self, control: Control) {
-        self.outbox.push_control(control);
-    }
-}
+use crate::frame::{self, Frame};
+use crate::hub::Control;
+use crate::metrics::Counters;
+use crate::node::Node;
 
 /// Per-subscription state kept by the session.
 #[derive(Debug, Default)]
@@ -312,10 +171,10 @@ impl Session {
     }
 
     /// Queues an encoded reply or push. One that is not UTF-8 (a bug,
-    /// logged by `hub::frame`) closes the connection with an internal error
+    /// logged by `frame::checked`) closes the connection with an internal error
     /// rather than leave the client waiting for it.
     fn queue(&self, bytes: Vec<u8>) {
-        match hub::frame(bytes) {
+        match frame::checked(bytes) {
             Some(frame) => {
                 self.outbox.push_frame(frame);
             }
@@ -480,106 +339,4 @@ fn ttl_from(expires_at: Option<i64>) -> u32 {
     expires_at
         .map(|t| (t - now_unix()).clamp(0, u32::MAX as i64) as u32)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-
-    use super::*;
-
-    fn handle() -> Handle {
-        Handle::new(
-            1,
-            Arc::from("c1"),
-            "u".into(),
-            Arc::new(Outbox::new(1 << 20)),
-        )
-    }
-
-    fn publication(channel: &str, offset: u64) -> Arc<Publication> {
-        let data = Bytes::from(format!("{{\"n\":{offset}}}"));
-        Arc::new(Publication::new(Arc::from(channel), data, None).with_offset(offset))
-    }
-
-    /// Delivers as the hub does, with the publication's push as the frame.
-    fn deliver(h: &Handle, p: &Arc<Publication>) {
-        h.deliver(p, &hub::frame(p.json_push().clone()).unwrap());
-    }
-
-    /// The offsets queued so far, in order.
-    fn queued(h: &Handle) -> Vec<u64> {
-        let mut items = VecDeque::new();
-        h.outbox.drain(&mut items);
-        items
-            .iter()
-            .map(|item| match item {
-                Item::Frame(f) => {
-                    let v: serde_json::Value = serde_json::from_str(f).unwrap();
-                    v["push"]["pub"]["data"]["n"].as_u64().unwrap()
-                }
-                Item::Control(_) => panic!("no control expected"),
-            })
-            .collect()
-    }
-
-    fn in_use(h: &Handle) -> bool {
-        let used = h.guards.lock().is_some();
-        assert_eq!(
-            used,
-            h.guarded.load(Ordering::Acquire),
-            "flag and guards agree"
-        );
-        used
-    }
-
-    #[test]
-    fn held_publications_newer_than_the_reply_go_out_in_order_then_guards_go() {
-        let h = handle();
-        h.start_buffering("a");
-        for n in [4, 5, 6] {
-            deliver(&h, &publication("a", n));
-        }
-        deliver(&h, &publication("b", 9));
-        assert_eq!(queued(&h), [9], "another channel is not held");
-        h.finish_buffering("a", 4);
-        assert_eq!(queued(&h), [5, 6]);
-        assert!(!in_use(&h), "something newer passed: no floor kept");
-        deliver(&h, &publication("a", 7));
-        assert_eq!(queued(&h), [7]);
-    }
-
-    #[test]
-    fn a_floor_drops_what_the_reply_covered_until_something_newer_passes() {
-        let h = handle();
-        h.start_buffering("a");
-        deliver(&h, &publication("a", 3));
-        h.finish_buffering("a", 3);
-        assert!(queued(&h).is_empty());
-        assert!(in_use(&h), "the floor stays");
-        deliver(&h, &publication("a", 3));
-        assert!(queued(&h).is_empty(), "at the floor: already known");
-        deliver(&h, &publication("a", 4));
-        deliver(&h, &publication("a", 2));
-        assert_eq!(
-            queued(&h),
-            [4, 2],
-            "the floor is lifted by the first newer one"
-        );
-        assert!(!in_use(&h));
-    }
-
-    #[test]
-    fn forgetting_drops_what_was_held() {
-        let h = handle();
-        h.start_buffering("a");
-        deliver(&h, &publication("a", 1));
-        h.forget("a");
-        assert!(!in_use(&h));
-        h.finish_buffering("a", 0);
-        assert!(
-            queued(&h).is_empty(),
-            "nothing held survives an unsubscribe"
-        );
-    }
 }

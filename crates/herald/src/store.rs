@@ -3,7 +3,9 @@
 //! reset or lost) and an offset that grows by one per publication. A store
 //! also delivers what it appends, in offset order, through its [`Deliver`]
 //! sink, so that subscribers see publications in the order the stream holds
-//! them. Memory streams are bounded caches; durable ones live in SQL.
+//! them. Memory streams are bounded caches, in this process or in Redis;
+//! durable ones live in SQL. Which store serves a namespace is decided in
+//! one place, [`crate::engine`].
 
 mod memory;
 mod redis;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use herald_protocol::json::DecodeError;
 use herald_protocol::Publication;
 use thiserror::Error;
 
@@ -21,6 +24,7 @@ pub use redis::RedisStore;
 pub use sql::{open_durable, DurableStore};
 
 use crate::broker::BrokerError;
+use crate::redis_link::RedisError;
 
 /// Where a stream stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,10 +67,49 @@ pub enum StoreError {
     /// `since` names an epoch the stream no longer has.
     #[error("unrecoverable position")]
     Unrecoverable,
-    #[error("storage failure: {0}")]
-    Backend(String),
-    #[error(transparent)]
+    #[error("cannot open {target}")]
+    Open {
+        /// What could not be opened (a file, a server), without secrets.
+        target: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what} failed")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A batch failed to commit: every publication in it gets this.
+    #[error("commit failed")]
+    Commit(#[source] Arc<sqlx::Error>),
+    #[error("corrupt tags in channel {channel} at offset {offset}")]
+    Corrupt {
+        channel: String,
+        offset: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("undecodable publication in a stream")]
+    Decode(#[from] DecodeError),
+    #[error("the durable store is closed")]
+    Closed,
+    #[error("stream in Redis unavailable")]
+    Redis(#[from] RedisError),
+    #[error("publication not delivered")]
     Broker(#[from] BrokerError),
+}
+
+impl StoreError {
+    pub(crate) fn open(
+        target: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Open {
+            target: target.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Hands an appended publication on (to the broker), in offset order. The

@@ -1,43 +1,37 @@
-//! Durable streams against real databases, through the public API only: a
-//! fresh SQLite file per test and, when `HERALD_TEST_POSTGRES_URL` is set, a
-//! fresh PostgreSQL database per test (`herald_test_<random>`, dropped after).
-//! Every behaviour runs on both backends; `durable_throughput_probe` is an
-//! ignored test that prints publications per second.
+//! Durable streams against real databases, through the store's public
+//! API: a fresh SQLite file per test and, when `HERALD_TEST_POSTGRES_URL` is
+//! set, a fresh PostgreSQL database per test (dropped after). Every
+//! behaviour runs on both backends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use herald::config::{Dur, Storage};
+use herald::config::{Dur, Storage, StorageKind};
 use herald::store::{
     open_durable, Deliver, DurableStore, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
 };
 use herald_protocol::{ClientInfo, Publication};
+use herald_testkit::{wait_until, TestDatabase};
 use parking_lot::Mutex;
 use sqlx::Connection;
 
-const POSTGRES_ENV: &str = "HERALD_TEST_POSTGRES_URL";
-
-/// Where a test's store lives; cheap to clone into the test's task.
+/// Where a test's store lives; cheap to clone into the test's tasks.
 #[derive(Clone)]
 struct Fixture {
     storage: Storage,
     dir: Arc<tempfile::TempDir>,
-    /// The server URL and the per-test database to drop (PostgreSQL only).
-    postgres: Option<(String, String)>,
+    /// The test's PostgreSQL database, dropped with the last clone.
+    postgres: Option<Arc<TestDatabase>>,
 }
 
 impl Fixture {
     fn sqlite() -> Self {
         Self {
-            storage: Storage {
-                kind: "sqlite".into(),
-                ..Default::default()
-            },
+            storage: Storage::default(),
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
             postgres: None,
         }
@@ -45,29 +39,17 @@ impl Fixture {
 
     /// A fresh database on the test server, or `None` (with a note) when
     /// no server is configured.
-    async fn postgres() -> Option<Self> {
-        let Ok(url) = std::env::var(POSTGRES_ENV) else {
-            println!("skipped: {POSTGRES_ENV} not set");
-            return None;
-        };
-        let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&url)
-            .await
-            .expect("connect to HERALD_TEST_POSTGRES_URL");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        admin.close().await.ok();
+    fn postgres() -> Option<Self> {
+        let db = TestDatabase::create()?;
         let mut storage = Storage {
-            kind: "postgres".into(),
+            kind: StorageKind::Postgres,
             ..Default::default()
         };
-        storage.postgres.url = with_database(&url, &name);
+        storage.postgres.url = db.url.clone().into();
         Some(Self {
             storage,
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
-            postgres: Some((url, name)),
+            postgres: Some(Arc::new(db)),
         })
     }
 
@@ -96,61 +78,17 @@ impl Fixture {
 
     /// Runs one statement on the test's database, behind the store's back.
     async fn execute(&self, sql: &'static str) {
-        if self.postgres.is_some() {
-            let mut db = sqlx::PgConnection::connect(&self.storage.postgres.url)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
-        } else {
-            let url = format!("sqlite://{}", self.sqlite_file().display());
-            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+        match &self.postgres {
+            Some(db) => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+            None => {
+                let url = format!("sqlite://{}", self.sqlite_file().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
         }
-    }
-
-    async fn cleanup(&self) {
-        let Some((url, name)) = &self.postgres else {
-            return;
-        };
-        if let Ok(mut admin) = sqlx::PgConnection::connect(url).await {
-            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                .execute(&mut admin)
-                .await;
-        }
-    }
-}
-
-/// `url` with its database path replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(slash) => &base[..authority_end + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
-}
-
-/// Runs `body` on a fixture and drops its database afterwards, even when
-/// the body panics.
-async fn run<F, Fut>(fixture: Option<Fixture>, body: F)
-where
-    F: FnOnce(Fixture) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let Some(fixture) = fixture else {
-        return;
-    };
-    let outcome = tokio::spawn(body(fixture.clone())).await;
-    fixture.cleanup().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
     }
 }
 
@@ -160,11 +98,13 @@ macro_rules! on_both {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::run(Some(super::Fixture::sqlite()), super::$name).await;
+                super::$name(super::Fixture::sqlite()).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::run(super::Fixture::postgres().await, super::$name).await;
+                if let Some(fixture) = super::Fixture::postgres() {
+                    super::$name(fixture).await;
+                }
             }
         }
     )*};
@@ -287,11 +227,8 @@ async fn concurrent_appends_are_gap_free_and_in_order(fx: Fixture) {
     const EACH: u64 = 40;
     const CHANNELS: u64 = 3;
     let (deliver, seen) = recorder();
-    let store = Arc::new(
-        fx.with(|s| s.batch_max_size = 16)
-            .open(deliver, unbounded())
-            .await,
-    );
+    let fx = fx.with(|s| s.batch_max_size = 16);
+    let store = Arc::new(fx.open(deliver, unbounded()).await);
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let store = store.clone();
@@ -463,7 +400,7 @@ async fn retention_trims_by_size_and_ttl(fx: Fixture) {
             .unwrap();
     }
     // 3 trimmed by size at once; all 5 timed ones once they are 300ms old.
-    wait_until(|| store.removed_total() >= 8).await;
+    wait_until("retention removed 8", || store.removed_total() >= 8).await;
     assert_eq!(store.removed_total(), 8);
     let history = |ch: &'static str| store.history(ch, all(), unbounded());
     assert_eq!(offsets(&history("sized").await.unwrap()), vec![4, 5]);
@@ -497,6 +434,7 @@ async fn reads_apply_retention_before_the_task_runs(fx: Fixture) {
         offsets(&store.history("w", reverse, sized).await.unwrap()),
         vec![5, 4]
     );
+    // Time must pass: the publications have to age past the TTL below.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = StreamOptions {
         ttl: Duration::from_millis(10),
@@ -525,7 +463,7 @@ async fn reopening_keeps_epochs_and_offsets(fx: Fixture) {
         .append(publication("p", 9), unbounded())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Closed), "{err:?}");
     drop(store);
 
     let store = fx.open(deliver, unbounded()).await;
@@ -564,7 +502,7 @@ async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
         .collect();
     for append in appends {
         let err = append.await.unwrap().unwrap_err();
-        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert!(matches!(err, StoreError::Commit(_)), "{err:?}");
     }
     assert_eq!(*seen.lock(), vec![("f".to_string(), 1)]);
     // The failed batches gave their offsets back.
@@ -584,7 +522,10 @@ async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
 /// offsets per channel: together gap-free, never reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_nodes_share_gap_free_offsets() {
-    run(Fixture::postgres().await, |fx: Fixture| async move {
+    let Some(fx) = Fixture::postgres() else {
+        return;
+    };
+    {
         let nodes = [
             Arc::new(fx.open(recorder().0, unbounded()).await),
             Arc::new(fx.open(recorder().0, unbounded()).await),
@@ -624,8 +565,7 @@ async fn postgres_nodes_share_gap_free_offsets() {
         for node in nodes {
             node.close().await;
         }
-    })
-    .await;
+    }
 }
 
 #[tokio::test]
@@ -637,9 +577,11 @@ async fn corrupt_sqlite_file_is_an_error_naming_it() {
     let opts = Arc::new(|_: &str| StreamOptions::default());
     let result = open_durable(&fx.storage, fx.dir.path(), deliver, opts).await;
     match result {
-        Err(StoreError::Backend(message)) => {
+        Err(e @ StoreError::Open { .. }) => {
             let file = fx.sqlite_file().display().to_string();
-            assert!(message.contains(&file), "{message}");
+            assert!(e.to_string().contains(&file), "{e}");
+            let cause = std::error::Error::source(&e).expect("the cause is kept");
+            assert!(cause.to_string().contains("not a database"), "{cause}");
         }
         Err(other) => panic!("unexpected error {other:?}"),
         Ok(_) => panic!("opened a corrupt file"),
@@ -664,68 +606,4 @@ async fn sqlite_file_is_created_under_the_data_dir() {
         .unwrap();
     store.close().await;
     assert!(nested.join("streams.db").is_file());
-}
-
-#[tokio::test]
-async fn unknown_storage_type_is_refused() {
-    let fx = Fixture::sqlite().with(|s| s.kind = "redis".into());
-    let (deliver, _) = recorder();
-    let opts = Arc::new(|_: &str| StreamOptions::default());
-    let result = open_durable(&fx.storage, fx.dir.path(), deliver, opts).await;
-    assert!(matches!(result, Err(StoreError::Backend(m)) if m.contains("redis")));
-}
-
-async fn wait_until(done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "condition not met within 10s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Publications per second from 32 concurrent publishers (200-byte
-/// payloads, 8 channels) on SQLite and, when configured, PostgreSQL:
-/// `cargo test --release --test durable -- --ignored --nocapture probe`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "throughput probe, not a test"]
-async fn durable_throughput_probe() {
-    probe("sqlite", Some(Fixture::sqlite())).await;
-    let pg = Fixture::postgres().await;
-    if let Some(fx) = &pg {
-        probe("postgres", Some(fx.clone())).await;
-        fx.cleanup().await;
-    }
-}
-
-async fn probe(name: &str, fixture: Option<Fixture>) {
-    const PUBLISHERS: usize = 32;
-    const EACH: usize = 3000;
-    let Some(fx) = fixture else { return };
-    let deliver: Deliver = Arc::new(|_| Box::pin(async { Ok(()) }));
-    let store = Arc::new(fx.open(deliver, unbounded()).await);
-    let payload = Bytes::from(format!("\"{}\"", "x".repeat(198)));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|i| {
-            let store = store.clone();
-            let payload = payload.clone();
-            tokio::spawn(async move {
-                let channel: Arc<str> = Arc::from(format!("probe{}", i % 8));
-                for _ in 0..EACH {
-                    let p = Publication::new(channel.clone(), payload.clone(), None);
-                    store.append(p, unbounded()).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let total = PUBLISHERS * EACH;
-    println!(
-        "{name}: {total} publications from {PUBLISHERS} publishers in {secs:.2}s = {:.0}/s",
-        total as f64 / secs
-    );
-    store.close().await;
 }

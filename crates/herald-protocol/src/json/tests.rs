@@ -56,7 +56,7 @@ fn publication_push_embeds_raw_data_and_skips_zero_values() {
         None,
     );
     assert_eq!(
-        p.json_push().as_ref(),
+        encode_publication_push(&p).as_ref(),
         br#"{"push":{"channel":"chat:\"x\"","pub":{"data":{"a":[1,2]}}}}"#
     );
     let info = Arc::new(ClientInfo {
@@ -66,7 +66,7 @@ fn publication_push_embeds_raw_data_and_skips_zero_values() {
         chan_info: None,
     });
     let p = Publication::new(Arc::from("c"), Bytes::from_static(b"1"), Some(info)).with_offset(7);
-    let v = parse(p.json_push());
+    let v = parse(&encode_publication_push(&p));
     assert_eq!(v["push"]["pub"]["info"]["user"], "42");
     assert_eq!(v["push"]["pub"]["info"]["conn_info"]["n"], 1);
     assert_eq!(v["push"]["pub"]["offset"], 7);
@@ -177,7 +177,7 @@ fn publication_round_trips_through_its_object() {
     assert_eq!(back.offset, 42);
     assert_eq!(back.tags, tags);
     assert_eq!(back.info.as_deref(), Some(&info));
-    assert_eq!(back.json_push(), p.json_push());
+    assert_eq!(encode_publication_push(&back), encode_publication_push(&p));
 
     let plain = Publication::new(Arc::from("c"), Bytes::from_static(b"1"), None);
     let back = decode_publication(Arc::from("c"), &encode_publication(&plain)).unwrap();
@@ -186,5 +186,25 @@ fn publication_round_trips_through_its_object() {
     assert_eq!(
         decode_client_info(&encode_client_info(&info)).unwrap(),
         info
+    );
+}
+
+#[test]
+fn presence_push_shape() {
+    let info = Arc::new(ClientInfo {
+        user: "u".into(),
+        client: "c".into(),
+        conn_info: None,
+        chan_info: Some(Bytes::from_static(b"[1]")),
+    });
+    let join = PresenceEvent::new(Arc::from("room"), info.clone(), true);
+    assert_eq!(
+        &encode_presence_push(&join)[..],
+        br#"{"push":{"channel":"room","join":{"info":{"user":"u","client":"c","chan_info":[1]}}}}"#
+    );
+    let leave = PresenceEvent::new(Arc::from("room"), info, false);
+    assert_eq!(
+        parse(&encode_presence_push(&leave))["push"]["leave"]["info"]["client"],
+        "c"
     );
 }

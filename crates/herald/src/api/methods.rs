@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 
 use super::{ApiError, ApiResult};
 use crate::auth::now_unix;
-use crate::cluster::{self, Action};
 use crate::node::Node;
 use crate::store::{HistoryQuery, StreamPosition};
+use crate::wire::control::{self, Action};
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -212,12 +212,12 @@ struct Target {
 }
 
 impl Target {
-    fn resolve(self, whitelist: Vec<String>) -> Result<cluster::Target, ApiError> {
+    fn resolve(self, whitelist: Vec<String>) -> Result<control::Target, ApiError> {
         if self.user.is_empty() && self.client.is_empty() {
             return Err(ApiError::bad_request("user or client is required"));
         }
         let _ = self.session;
-        Ok(cluster::Target {
+        Ok(control::Target {
             user: self.user,
             client: self.client,
             whitelist,

@@ -6,16 +6,15 @@ use bytes::Bytes;
 use futures_util::future::{self, BoxFuture};
 use herald_protocol::{PresenceEvent, Publication};
 
-use super::{Broker, BrokerError};
-use crate::hub::Hub;
+use super::{Broker, BrokerError, Inbound};
 
 pub struct MemoryBroker {
-    hub: Arc<Hub>,
+    inbound: Inbound,
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    pub fn new(inbound: Inbound) -> Self {
+        Self { inbound }
     }
 }
 
@@ -28,7 +27,7 @@ impl Broker for MemoryBroker {
         &self,
         publication: Arc<Publication>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.hub.deliver(&publication);
+        self.inbound.publication(&publication);
         done()
     }
 
@@ -36,7 +35,7 @@ impl Broker for MemoryBroker {
         &self,
         event: Arc<PresenceEvent>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.hub.deliver_presence(&event);
+        self.inbound.presence(&event);
         done()
     }
 

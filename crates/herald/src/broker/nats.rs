@@ -22,10 +22,16 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::redis::redacted;
-use super::{ask, Broker, BrokerError, Inbound, Reply, SyncRequest};
-use crate::cluster::wire;
-use crate::config::NatsConfig;
+use super::{ask, ask_now, Broker, BrokerError, Inbound, Reply, SyncRequest};
+use crate::config::{redacted_url, NatsConfig};
+use crate::wire;
+
+/// Publications and control messages queued for NATS at most; past it a
+/// publish fails at once rather than memory growing while NATS is slow.
+const PUBLISH_QUEUE: usize = 65_536;
+
+/// Subscription requests queued at most; a subscriber waits for room.
+const SYNC_QUEUE: usize = 1024;
 
 struct Outgoing {
     subject: String,
@@ -35,8 +41,8 @@ struct Outgoing {
 
 pub struct NatsBroker {
     prefix: String,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
-    sync: mpsc::UnboundedSender<SyncRequest>,
+    outgoing: mpsc::Sender<Outgoing>,
+    sync: mpsc::Sender<SyncRequest>,
     stop: CancellationToken,
 }
 
@@ -78,17 +84,17 @@ impl NatsBroker {
             })
             .connect(cfg.url.as_str())
             .await
-            .map_err(|e| BrokerError::Unavailable(format!("{}: {e}", redacted(&cfg.url))))?;
+            .map_err(|source| BrokerError::NatsConnect {
+                url: redacted_url(&cfg.url),
+                source,
+            })?;
 
         let io = cfg.io_timeout.0;
         let control = client
             .subscribe(format!("{}.control", cfg.prefix))
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        tokio::spawn(forward(control, stop.clone(), {
-            let inbound = inbound.clone();
-            move |m: async_nats::Message| inbound.control(m.payload)
-        }));
+            .map_err(|e| BrokerError::Nats(e.into()))?;
+        tokio::spawn(forward_control(control, inbound.clone(), stop.clone()));
 
         tokio::spawn(watch_reconnections(
             client.clone(),
@@ -97,9 +103,9 @@ impl NatsBroker {
             io,
             stop.clone(),
         ));
-        let (outgoing, queue) = mpsc::unbounded_channel();
+        let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publisher(client.clone(), queue, stop.clone()));
-        let (sync, requests) = mpsc::unbounded_channel();
+        let (sync, requests) = mpsc::channel(SYNC_QUEUE);
         tokio::spawn(subscriber(
             client,
             cfg.prefix.clone(),
@@ -117,7 +123,7 @@ impl NatsBroker {
     }
 
     fn send(&self, subject: String, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
-        ask(&self.outgoing, |done| Outgoing {
+        ask_now(&self.outgoing, |done| Outgoing {
             subject,
             payload,
             done,
@@ -163,7 +169,7 @@ impl Broker for NatsBroker {
 /// at once instead of piling up in the client's buffer.
 async fn publisher(
     client: async_nats::Client,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    mut queue: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
     loop {
@@ -172,14 +178,12 @@ async fn publisher(
             item = queue.recv() => match item { Some(i) => i, None => return },
         };
         let result = if client.connection_state() != State::Connected {
-            Err(BrokerError::Unavailable(
-                "nats is unreachable; reconnecting".into(),
-            ))
+            Err(BrokerError::NatsDown)
         } else {
             client
                 .publish(item.subject, item.payload)
                 .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))
+                .map_err(|e| BrokerError::Nats(e.into()))
         };
         let _ = item.done.send(result);
     }
@@ -215,7 +219,7 @@ async fn watch_reconnections(
         if matches!(tokio::time::timeout(io, client.flush()).await, Ok(Ok(()))) {
             reported = connects;
             tracing::info!("nats reconnected");
-            inbound.reconnected();
+            inbound.reconnected().await;
         }
     }
 }
@@ -226,7 +230,7 @@ async fn subscriber(
     client: async_nats::Client,
     prefix: String,
     inbound: Inbound,
-    mut requests: mpsc::UnboundedReceiver<SyncRequest>,
+    mut requests: mpsc::Receiver<SyncRequest>,
     io: Duration,
     stop: CancellationToken,
 ) {
@@ -246,7 +250,11 @@ async fn subscriber(
         for channel in channels {
             let outcome = sync(&client, &prefix, &inbound, &mut subs, &channel, io, &stop).await;
             if let Err(e) = outcome {
-                tracing::warn!(channel, error = %e, "nats subscription failed; retrying");
+                tracing::warn!(
+                    channel,
+                    error = &e as &dyn std::error::Error,
+                    "nats subscription failed; retrying"
+                );
                 failed.insert(channel);
                 result = Err(e);
             }
@@ -289,27 +297,38 @@ async fn sync(
     };
     let s = match tokio::time::timeout(io, subscribed).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(BrokerError::Unavailable(e.to_string())),
-        Err(_) => return Err(BrokerError::Unavailable("nats subscribe timed out".into())),
+        Ok(Err(e)) => return Err(BrokerError::Nats(e)),
+        Err(_) => return Err(BrokerError::Timeout(io)),
     };
-    let inbound = inbound.clone();
-    let task = tokio::spawn(forward(s, stop.clone(), move |m: async_nats::Message| {
-        inbound.message(&m.payload)
-    }));
+    let task = tokio::spawn(forward(s, inbound.clone(), stop.clone()));
     subs.insert(channel.to_string(), task);
     Ok(())
 }
 
-async fn forward(
+/// Hands a channel subscription's messages to the hub until `stop`.
+async fn forward(mut sub: async_nats::Subscriber, inbound: Inbound, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.next() => match m {
+                Some(m) => inbound.message(&m.payload),
+                None => return,
+            },
+        }
+    }
+}
+
+/// Hands control messages to the node until `stop`.
+async fn forward_control(
     mut sub: async_nats::Subscriber,
+    inbound: Inbound,
     stop: CancellationToken,
-    on: impl Fn(async_nats::Message) + Send + 'static,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             m = sub.next() => match m {
-                Some(m) => on(m),
+                Some(m) => inbound.control(m.payload).await,
                 None => return,
             },
         }

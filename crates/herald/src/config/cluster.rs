@@ -5,33 +5,51 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChannelOptions, Config, ConfigError, Dur, HistoryStorage};
+use super::{redacted_url, ChannelOptions, Config, ConfigError, Dur, HistoryStorage, Secret};
+use crate::config::StorageKind;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What an engine keeps its broker, presence and memory-history streams in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// This process only: one node.
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// A broker that overrides the engine's (`broker.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerType {
+    Redis,
+    Nats,
+}
+
+/// A presence manager that overrides the engine's (`presence_manager.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Engine {
     /// `memory` (one node) or `redis`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EngineKind,
     pub redis: RedisConfig,
-}
-
-impl Default for Engine {
-    fn default() -> Self {
-        Self {
-            kind: "memory".into(),
-            redis: RedisConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BrokerConfig {
     pub enabled: bool,
-    /// `redis` or `nats`.
+    /// `redis` or `nats`; required when `enabled`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Option<BrokerType>,
     pub redis: RedisConfig,
     pub nats: NatsConfig,
 }
@@ -40,13 +58,13 @@ pub struct BrokerConfig {
 #[serde(default)]
 pub struct PresenceManagerConfig {
     pub enabled: bool,
-    /// `memory` or `redis`.
+    /// `memory` or `redis`; required when `enabled`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Option<PresenceKind>,
     pub redis: RedisConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]` or `host:port`; several
@@ -55,7 +73,7 @@ pub struct RedisConfig {
     #[serde(deserialize_with = "one_or_many")]
     pub address: String,
     /// Overrides a password in the address.
-    pub password: String,
+    pub password: Secret,
     /// Overrides a database number in the address.
     pub db: Option<i64>,
     /// Prefix of every key and pub/sub channel, so that several clusters
@@ -72,7 +90,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             address: "redis://127.0.0.1:6379".into(),
-            password: String::new(),
+            password: Secret::default(),
             db: None,
             prefix: "herald".into(),
             connect_timeout: Dur::secs(1),
@@ -96,6 +114,21 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Erro
     })
 }
 
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // An address may hold a password.
+        f.debug_struct("RedisConfig")
+            .field("address", &redacted_url(&self.address))
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("presence_ttl", &self.presence_ttl)
+            .finish()
+    }
+}
+
 impl RedisConfig {
     /// Every shard's address as a URL with password and database applied.
     pub fn urls(&self) -> Vec<String> {
@@ -115,7 +148,8 @@ impl RedisConfig {
         if !self.password.is_empty() {
             if let Some((scheme, rest)) = url.split_once("://") {
                 let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                url = format!("{scheme}://:{}@{host}", percent_encode(&self.password));
+                let password = percent_encode(self.password.expose());
+                url = format!("{scheme}://:{password}@{host}");
             }
         }
         if let Some(db) = self.db {
@@ -148,7 +182,7 @@ fn split_db(url: &str) -> (&str, Option<&str>) {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsConfig {
     pub url: String,
@@ -156,6 +190,16 @@ pub struct NatsConfig {
     pub prefix: String,
     /// A publish waits at most this long.
     pub io_timeout: Dur,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("io_timeout", &self.io_timeout)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -168,7 +212,8 @@ impl Default for NatsConfig {
     }
 }
 
-/// What carries publications between nodes.
+/// What carries publications between nodes: the engine's broker unless
+/// `broker` overrides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
     Memory,
@@ -178,15 +223,11 @@ pub enum BrokerKind {
 
 impl Config {
     pub fn broker_kind(&self) -> BrokerKind {
-        let kind = if self.broker.enabled {
-            self.broker.kind.as_str()
-        } else {
-            self.engine.kind.as_str()
-        };
-        match kind {
-            "redis" => BrokerKind::Redis,
-            "nats" => BrokerKind::Nats,
-            _ => BrokerKind::Memory,
+        match (self.broker.enabled, self.broker.kind, self.engine.kind) {
+            (true, Some(BrokerType::Redis), _) => BrokerKind::Redis,
+            (true, Some(BrokerType::Nats), _) => BrokerKind::Nats,
+            (_, _, EngineKind::Redis) => BrokerKind::Redis,
+            (_, _, EngineKind::Memory) => BrokerKind::Memory,
         }
     }
 
@@ -202,9 +243,10 @@ impl Config {
     /// The Redis presence lives in, when it is shared between nodes.
     pub fn presence_redis(&self) -> Option<&RedisConfig> {
         if self.presence_manager.enabled {
-            (self.presence_manager.kind == "redis").then_some(&self.presence_manager.redis)
+            (self.presence_manager.kind == Some(PresenceKind::Redis))
+                .then_some(&self.presence_manager.redis)
         } else {
-            (self.engine.kind == "redis").then_some(&self.engine.redis)
+            (self.engine.kind == EngineKind::Redis).then_some(&self.engine.redis)
         }
     }
 
@@ -217,20 +259,13 @@ impl Config {
 /// Refuses engine, broker and presence combinations that cannot be
 /// consistent across nodes, saying why.
 pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
-    if !matches!(c.engine.kind.as_str(), "memory" | "redis") {
-        return Err(ConfigError::invalid(
-            "engine.type",
-            "use \"memory\" or \"redis\"",
-        ));
-    }
-    if c.broker.enabled && !matches!(c.broker.kind.as_str(), "redis" | "nats") {
+    if c.broker.enabled && c.broker.kind.is_none() {
         return Err(ConfigError::invalid(
             "broker.type",
             "use \"redis\" or \"nats\"",
         ));
     }
-    if c.presence_manager.enabled && !matches!(c.presence_manager.kind.as_str(), "memory" | "redis")
-    {
+    if c.presence_manager.enabled && c.presence_manager.kind.is_none() {
         return Err(ConfigError::invalid(
             "presence_manager.type",
             "use \"memory\" or \"redis\"",
@@ -243,7 +278,7 @@ pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
     ] {
         validate_redis(key, redis)?;
     }
-    if c.broker.enabled && c.broker.kind == "nats" {
+    if c.broker_kind() == BrokerKind::Nats {
         if !c.broker.nats.url.starts_with("nats://") {
             return Err(ConfigError::invalid(
                 "broker.nats.url",
@@ -273,7 +308,7 @@ pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
         ));
     }
     for (key, o) in namespaces(c) {
-        if o.history_storage == HistoryStorage::Durable && c.storage.kind != "postgres" {
+        if o.history_storage == HistoryStorage::Durable && c.storage.kind != StorageKind::Postgres {
             return Err(ConfigError::invalid(
                 format!("{key}.history_storage"),
                 "durable history in a cluster needs storage.type \"postgres\": \

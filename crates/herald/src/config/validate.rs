@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::{ChannelOptions, Config, ConfigError, HistoryStorage};
+use super::{ChannelOptions, Config, ConfigError, HistoryStorage, StorageKind};
 
 pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     validate_client(c, warnings)?;
@@ -159,23 +159,11 @@ fn validate_options(o: &ChannelOptions, key: &str) -> Result<(), ConfigError> {
 
 fn validate_storage(c: &Config) -> Result<(), ConfigError> {
     let s = &c.storage;
-    if !matches!(s.kind.as_str(), "sqlite" | "postgres") {
-        return Err(ConfigError::invalid(
-            "storage.type",
-            "use \"sqlite\" or \"postgres\"",
-        ));
-    }
     let durable = c.channel.uses_durable_history();
-    if durable && s.kind == "postgres" && s.postgres.url.is_empty() {
+    if durable && s.kind == StorageKind::Postgres && s.postgres.url.is_empty() {
         return Err(ConfigError::invalid(
             "storage.postgres.url",
             "is required for durable namespaces on postgres",
-        ));
-    }
-    if !matches!(s.sqlite.synchronous.as_str(), "full" | "normal") {
-        return Err(ConfigError::invalid(
-            "storage.sqlite.synchronous",
-            "use \"full\" or \"normal\"",
         ));
     }
     if s.batch_max_size == 0 {

@@ -4,15 +4,16 @@
 //! them periodically, so the entries of a node that died expire on their
 //! own. Reads drop expired entries first.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use herald_protocol::json::{decode_client_info, encode_client_info};
 use herald_protocol::ClientInfo;
 use redis::Value;
 
-use crate::broker::{BrokerError, RedisShards};
+use super::{Members, PresenceError, SharedPresence};
+use crate::redis_link::RedisShards;
 
 /// KEYS: expiry set, data hash. ARGV: expires at, client, info, ttl.
 const ADD: &str = r#"
@@ -59,11 +60,6 @@ impl RedisPresence {
         Self { shards, ttl }
     }
 
-    /// How often a node must refresh its entries.
-    pub fn refresh_interval(&self) -> Duration {
-        self.ttl / 3
-    }
-
     fn keys(&self, channel: &str) -> (String, String) {
         let link = self.shards.for_channel(channel);
         (
@@ -78,48 +74,73 @@ impl RedisPresence {
         cmd.arg(script).arg(2).arg(expire).arg(data);
         cmd
     }
+}
 
-    pub async fn add(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+impl SharedPresence for RedisPresence {
+    fn add<'a>(
+        &'a self,
+        channel: &'a str,
+        info: &'a ClientInfo,
+    ) -> BoxFuture<'a, Result<(), PresenceError>> {
         let mut cmd = self.script(ADD, channel);
         cmd.arg(now_secs() + self.ttl.as_secs())
             .arg(&info.client)
             .arg(encode_client_info(info))
             .arg(self.ttl.as_secs().max(1));
-        self.shards.for_channel(channel).send(cmd).await.map(|_| ())
+        let sent = self.shards.for_channel(channel).send(cmd);
+        Box::pin(async move {
+            sent.await?;
+            Ok(())
+        })
     }
 
-    pub async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
+    fn remove<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<(), PresenceError>> {
         let mut cmd = self.script(REMOVE, channel);
         cmd.arg(client);
-        self.shards.for_channel(channel).send(cmd).await.map(|_| ())
+        let sent = self.shards.for_channel(channel).send(cmd);
+        Box::pin(async move {
+            sent.await?;
+            Ok(())
+        })
     }
 
-    pub async fn get(
-        &self,
-        channel: &str,
-    ) -> Result<HashMap<String, Arc<ClientInfo>>, BrokerError> {
+    fn get<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Members, PresenceError>> {
         let mut cmd = self.script(GET, channel);
         cmd.arg(now_secs());
-        let reply = self.shards.for_channel(channel).send(cmd).await?;
-        let mut out = HashMap::new();
-        let items = match reply {
-            Value::Array(items) => items,
-            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-            _ => Vec::new(),
-        };
-        for kv in items.chunks(2) {
-            let (Some(Value::BulkString(client)), Some(Value::BulkString(info))) =
-                (kv.first(), kv.get(1))
-            else {
-                continue;
-            };
-            match decode_client_info(info) {
-                Ok(info) => {
-                    out.insert(String::from_utf8_lossy(client).into_owned(), Arc::new(info));
-                }
-                Err(e) => tracing::warn!(channel, error = %e, "undecodable presence entry"),
-            }
-        }
-        Ok(out)
+        let sent = self.shards.for_channel(channel).send(cmd);
+        Box::pin(async move { Ok(members(channel, sent.await?)) })
     }
+
+    fn refresh_interval(&self) -> Duration {
+        self.ttl / 3
+    }
+}
+
+/// The members in a reply to [`GET`] (a flat list or a map, by protocol
+/// version); undecodable entries are skipped and logged.
+fn members(channel: &str, reply: Value) -> Members {
+    let mut out = Members::new();
+    let items = match reply {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    for kv in items.chunks(2) {
+        let (Some(Value::BulkString(client)), Some(Value::BulkString(info))) =
+            (kv.first(), kv.get(1))
+        else {
+            continue;
+        };
+        match decode_client_info(info) {
+            Ok(info) => {
+                out.insert(String::from_utf8_lossy(client).into_owned(), Arc::new(info));
+            }
+            Err(e) => tracing::warn!(channel, error = %e, "undecodable presence entry"),
+        }
+    }
+    out
 }

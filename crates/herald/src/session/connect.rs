@@ -111,7 +111,8 @@ impl Session {
         }
         match self
             .node
-            .connection_tokens
+            .tokens
+            .connection
             .verify_connection(token, now_unix())
         {
             Ok(claims) if claims.user.is_empty() && cfg.disallow_anonymous_connection_tokens => {
@@ -132,7 +133,8 @@ impl Session {
     ) -> Result<Result<ReplyBody, ProtocolError>, Disconnect> {
         let claims = match self
             .node
-            .connection_tokens
+            .tokens
+            .connection
             .verify_connection(token, now_unix())
         {
             Ok(c) => c,

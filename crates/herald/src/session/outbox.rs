@@ -20,7 +20,8 @@ use std::task::{Context, Poll, Wake};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
-use crate::hub::{Control, Frame};
+use crate::frame::Frame;
+use crate::hub::Control;
 
 /// A queued item. Controls are rare and large, so they are boxed to keep
 /// every item (and the queue's buffer) the size of a frame.

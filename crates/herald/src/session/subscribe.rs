@@ -192,7 +192,8 @@ impl Session {
         if !token.is_empty() {
             let claims = match self
                 .node
-                .subscription_tokens
+                .tokens
+                .subscription
                 .verify_subscription(token, now_unix())
             {
                 Ok(c) => c,
@@ -263,7 +264,7 @@ impl Session {
             return;
         };
         if presence {
-            self.node.presence_add(channel, info.clone()).await;
+            self.node.presence().add(channel, info.clone()).await;
         }
         if join_leave {
             self.node.presence_event(channel, info, true).await;
@@ -294,7 +295,7 @@ impl Session {
             self.node.broker_sync(channel).await;
         }
         if state.announced && state.presence {
-            self.node.presence_remove(channel, &self.client_id).await;
+            self.node.presence().remove(channel, &self.client_id).await;
         }
         if state.announced && state.join_leave {
             if let Some(info) = self.member_info(state.chan_info) {
@@ -327,7 +328,8 @@ impl Session {
         }
         let claims = match self
             .node
-            .subscription_tokens
+            .tokens
+            .subscription
             .verify_subscription(token, now_unix())
         {
             Ok(c) => c,

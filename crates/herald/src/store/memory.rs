@@ -3,23 +3,22 @@
 //! inactivity. Appending and delivering happen under the channel's shard
 //! lock, so concurrent publishers cannot reorder a channel.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
-use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     new_epoch, select, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
 };
+use crate::sharded::Sharded;
 
-const SHARDS: usize = 64;
-
-type Streams = HashMap<Arc<str>, Stream>;
+/// How often idle streams are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Stream {
     epoch: Arc<str>,
@@ -59,29 +58,36 @@ impl Stream {
 }
 
 pub struct MemoryStore {
-    hasher: std::collections::hash_map::RandomState,
-    shards: Box<[Mutex<Streams>]>,
+    streams: Sharded<Arc<str>, Stream>,
     deliver: Deliver,
 }
 
 impl MemoryStore {
     pub fn new(deliver: Deliver) -> Self {
         Self {
-            hasher: Default::default(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            streams: Sharded::default(),
             deliver,
         }
-    }
-
-    fn shard(&self, channel: &str) -> &Mutex<Streams> {
-        &self.shards[(self.hasher.hash_one(channel) as usize) & (SHARDS - 1)]
     }
 
     /// Forgets streams idle for longer than their meta TTL.
     pub fn sweep(&self, opts_for: impl Fn(&str) -> StreamOptions) {
         let now = Instant::now();
-        for shard in self.shards.iter() {
-            shard.lock().retain(|ch, s| !s.expired(&opts_for(ch), now));
+        self.streams.retain(|ch, s| !s.expired(&opts_for(ch), now));
+    }
+
+    /// Sweeps every minute until `stop`.
+    pub async fn sweep_until(
+        self: Arc<Self>,
+        opts_for: impl Fn(&str) -> StreamOptions,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.sweep(&opts_for),
+            }
         }
     }
 }
@@ -94,7 +100,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
         let now = Instant::now();
         let (stored, delivered) = {
-            let mut shard = self.shard(&publication.channel).lock();
+            let mut shard = self.streams.write(&*publication.channel);
             let stream = match shard.get_mut(&*publication.channel) {
                 Some(s) if !s.expired(&opts, now) => s,
                 _ => {
@@ -128,7 +134,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<HistoryPage, StoreError>> {
         let now = Instant::now();
         let result = {
-            let mut shard = self.shard(channel).lock();
+            let mut shard = self.streams.write(channel);
             if shard.get(channel).is_none_or(|s| s.expired(&opts, now)) {
                 // Reading creates the stream, so that its epoch is stable from
                 // the first subscriber on.
@@ -151,7 +157,7 @@ impl Store for MemoryStore {
     }
 
     fn remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        if let Some(s) = self.shard(channel).lock().get_mut(channel) {
+        if let Some(s) = self.streams.write(channel).get_mut(channel) {
             s.pubs.clear();
         }
         Box::pin(async { Ok(()) })

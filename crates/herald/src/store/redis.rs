@@ -16,8 +16,8 @@ use redis::Value;
 use super::{
     new_epoch, select, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
 };
-use crate::broker::RedisShards;
-use crate::cluster::wire;
+use crate::redis_link::{as_string, as_u64, RedisError, RedisShards};
+use crate::wire;
 
 /// KEYS: stream, meta, pub/sub channel. ARGV: message tail, size, ttl
 /// seconds, meta ttl seconds, candidate epoch, now (ms).
@@ -75,25 +75,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn as_string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+fn unexpected(what: &'static str) -> StoreError {
+    RedisError::Reply(what).into()
 }
 
 /// Decodes XRANGE entries (`[id, [field, value, …]]`), skipping those older
@@ -120,7 +103,7 @@ fn entries(v: &Value, ttl_ms: u64, now: u64) -> Result<Vec<Arc<Publication>>, St
             continue;
         }
         let Some(data) = data else { continue };
-        match wire::decode(data).map_err(backend)? {
+        match wire::decode(data)? {
             wire::Message::Publication(p) => out.push(Arc::new(p)),
             wire::Message::Presence(_) => {}
         }
@@ -156,16 +139,16 @@ impl Store for RedisStore {
         Box::pin(async move {
             let reply = sent.await?;
             let Value::Array(parts) = reply else {
-                return Err(backend("unexpected reply to the append script"));
+                return Err(unexpected("append script"));
             };
             let offset = parts
                 .first()
                 .and_then(as_u64)
-                .ok_or_else(|| backend("no offset"))?;
+                .ok_or_else(|| unexpected("no offset"))?;
             let epoch = parts
                 .get(1)
                 .and_then(as_string)
-                .ok_or_else(|| backend("no epoch"))?;
+                .ok_or_else(|| unexpected("no epoch"))?;
             let stored = publication
                 .with_offset(offset)
                 .with_epoch(Arc::from(epoch.as_str()));
@@ -198,14 +181,14 @@ impl Store for RedisStore {
         let sent = self.shards.for_channel(channel).send(cmd);
         Box::pin(async move {
             let Value::Array(parts) = sent.await? else {
-                return Err(backend("unexpected reply to the read script"));
+                return Err(unexpected("read script"));
             };
             let position = StreamPosition {
                 offset: parts.first().and_then(as_u64).unwrap_or(0),
                 epoch: parts
                     .get(1)
                     .and_then(as_string)
-                    .ok_or_else(|| backend("no epoch"))?,
+                    .ok_or_else(|| unexpected("no epoch"))?,
             };
             let pubs = match parts.get(2) {
                 Some(v) => entries(v, opts.ttl.as_millis() as u64, now_ms())?,

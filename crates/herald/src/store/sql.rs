@@ -6,7 +6,12 @@
 //! and a failed transaction fails every publication in it, so an
 //! acknowledged publication is never lost and an unacknowledged one is never
 //! delivered. A retention task trims streams to their size and TTL.
+//!
+//! Every database goes through one query layer ([`db`]); a database adds a
+//! file with its dialect (`sqlite.rs`, `postgres.rs`) and one arm in
+//! [`open_durable`].
 
+mod db;
 mod postgres;
 mod retention;
 mod rows;
@@ -21,9 +26,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
 use parking_lot::Mutex;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{PgConnection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,20 +33,14 @@ use tokio_util::sync::CancellationToken;
 use super::{
     new_epoch, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
 };
-use crate::config::Storage;
+use crate::config::{Storage, StorageKind};
+use db::Db;
 use retention::Retention;
-use rows::StoredRow;
 use writer::{Pending, Writer};
 
 /// The writer's queue holds this many batches; when it is full, `append`
 /// waits for room, which slows publishers down to the commit rate.
 const QUEUE_BATCHES: usize = 4;
-
-/// Most rows in one SQLite INSERT statement, so that a large
-/// `batch_max_size` stays under SQLite's bind-parameter limit (32,766); a
-/// larger batch is inserted in several statements of one transaction.
-/// (PostgreSQL takes a batch as arrays, whatever its size.)
-const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Opens the durable store configured by `storage` (creating the SQLite
 /// file under `data_dir` when needed), applies the schema migrations and
@@ -56,28 +52,19 @@ pub async fn open_durable(
     deliver: Deliver,
     opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
 ) -> Result<DurableStore, StoreError> {
-    let (db, connector) = match storage.kind.as_str() {
-        "sqlite" => {
-            let (pool, options) =
-                sqlite::open(&sqlite_path(storage, data_dir), &storage.sqlite.synchronous).await?;
-            (Db::Sqlite(pool), Connector::Sqlite(options))
+    let db: Arc<dyn Db> = match storage.kind {
+        StorageKind::Sqlite => {
+            let path = sqlite_path(storage, data_dir);
+            Arc::new(sqlite::open(&path, storage.sqlite.synchronous).await?)
         }
-        "postgres" => {
-            let (pool, options) = postgres::open(&storage.postgres).await?;
-            (Db::Postgres(pool), Connector::Postgres(options))
-        }
-        other => {
-            return Err(StoreError::Backend(format!(
-                "unknown storage.type {other:?}; use \"sqlite\" or \"postgres\""
-            )))
-        }
+        StorageKind::Postgres => Arc::new(postgres::open(&storage.postgres).await?),
     };
     let batch_max = storage.batch_max_size.max(1);
     let (queue, requests) = mpsc::channel(QUEUE_BATCHES * batch_max);
     let shutdown = CancellationToken::new();
     let removed = Arc::new(AtomicU64::new(0));
     let writer = Writer {
-        connector,
+        db: db.clone(),
         deliver,
         batch_max,
     };
@@ -110,7 +97,7 @@ fn sqlite_path(storage: &Storage, data_dir: &Path) -> PathBuf {
 
 /// Channel streams in SQLite or PostgreSQL (see the module doc).
 pub struct DurableStore {
-    db: Db,
+    db: Arc<dyn Db>,
     queue: mpsc::Sender<Pending>,
     removed: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -142,10 +129,6 @@ impl Drop for DurableStore {
     }
 }
 
-fn closed() -> StoreError {
-    StoreError::Backend("durable store is closed".into())
-}
-
 impl Store for DurableStore {
     fn append(
         &self,
@@ -159,14 +142,14 @@ impl Store for DurableStore {
             self.queue
                 .send(Pending { publication, reply })
                 .await
-                .map_err(|_| closed())?;
-            let committed = answer.await.map_err(|_| closed())??;
+                .map_err(|_| StoreError::Closed)?;
+            let committed = answer.await.map_err(|_| StoreError::Closed)??;
             // Committed is acknowledged: a publication the broker could not
             // carry live is still in the stream, and subscribers recover it.
             if let Err(e) = committed.delivered.await {
                 tracing::warn!(
                     channel = &*committed.publication.channel,
-                    error = %e,
+                    error = &e as &dyn std::error::Error,
                     "committed publication not delivered live"
                 );
             }
@@ -181,7 +164,11 @@ impl Store for DurableStore {
         opts: StreamOptions,
     ) -> BoxFuture<'a, Result<HistoryPage, StoreError>> {
         Box::pin(async move {
-            let (top, epoch) = self.db.position(channel, &new_epoch()).await?;
+            let (top, epoch) = self
+                .db
+                .position(channel, &new_epoch())
+                .await
+                .map_err(|e| sql("history", e))?;
             let position = StreamPosition {
                 offset: top as u64,
                 epoch,
@@ -192,7 +179,11 @@ impl Store for DurableStore {
                     position,
                 });
             };
-            let rows = self.db.read(channel, &range).await?;
+            let rows = self
+                .db
+                .read(channel, &range)
+                .await
+                .map_err(|e| sql("history", e))?;
             let channel: Arc<str> = Arc::from(channel);
             let publications = rows
                 .into_iter()
@@ -206,107 +197,18 @@ impl Store for DurableStore {
     }
 
     fn remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.db.remove(channel).await.map(|_| ()) })
-    }
-}
-
-/// The databases a durable store can live in; pools are shared handles.
-#[derive(Clone)]
-enum Db {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
-/// How the writer opens its own connection.
-enum Connector {
-    Sqlite(SqliteConnectOptions),
-    Postgres(PgConnectOptions),
-}
-
-impl Connector {
-    async fn connect(&self) -> Result<WriteConn, sqlx::Error> {
-        Ok(match self {
-            Connector::Sqlite(o) => WriteConn::Sqlite(sqlite::connect_writer(o).await?),
-            Connector::Postgres(o) => WriteConn::Postgres(postgres::connect_writer(o).await?),
+        Box::pin(async move {
+            self.db
+                .trim(channel, i64::MAX, i64::MIN)
+                .await
+                .map_err(|e| sql("history remove", e))?;
+            Ok(())
         })
     }
 }
 
-/// The writer's own connection, held for its life (and reopened after a
-/// failed commit): taking one from the pool per batch would cost a ping
-/// and a return trip each time.
-enum WriteConn {
-    Sqlite(SqliteConnection),
-    Postgres(PgConnection),
-}
-
-impl WriteConn {
-    /// Reserves offsets for `pubs` and inserts them, in one transaction;
-    /// returns each publication's offset and epoch, in the input order.
-    async fn commit(
-        &mut self,
-        pubs: &[Publication],
-        now_ms: i64,
-    ) -> Result<Vec<(u64, Arc<str>)>, sqlx::Error> {
-        match self {
-            WriteConn::Sqlite(conn) => sqlite::commit(conn, pubs, now_ms).await,
-            WriteConn::Postgres(conn) => postgres::commit(conn, pubs, now_ms).await,
-        }
-    }
-}
-
-impl Db {
-    /// The stream's top offset and epoch, creating the stream (with `fresh`
-    /// as its epoch) when it does not exist yet.
-    async fn position(&self, channel: &str, fresh: &str) -> Result<(i64, String), StoreError> {
-        match self {
-            Db::Sqlite(pool) => sqlite::position(pool, channel, fresh).await,
-            Db::Postgres(pool) => postgres::position(pool, channel, fresh).await,
-        }
-        .map_err(|e| backend("history", e))
-    }
-
-    async fn read(&self, channel: &str, range: &Range) -> Result<Vec<StoredRow>, StoreError> {
-        match self {
-            Db::Sqlite(pool) => sqlite::read(pool, channel, range).await,
-            Db::Postgres(pool) => postgres::read(pool, channel, range).await,
-        }
-        .map_err(|e| backend("history", e))
-    }
-
-    async fn remove(&self, channel: &str) -> Result<u64, StoreError> {
-        self.trim(channel, i64::MAX, i64::MIN).await
-    }
-
-    /// Every stream with its top offset.
-    async fn streams(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        match self {
-            Db::Sqlite(pool) => sqlite::streams(pool).await,
-            Db::Postgres(pool) => postgres::streams(pool).await,
-        }
-        .map_err(|e| backend("retention", e))
-    }
-
-    /// Deletes a channel's publications with an offset up to `upto` or
-    /// created before `cutoff_ms`; returns how many.
-    async fn trim(&self, channel: &str, upto: i64, cutoff_ms: i64) -> Result<u64, StoreError> {
-        match self {
-            Db::Sqlite(pool) => sqlite::trim(pool, channel, upto, cutoff_ms).await,
-            Db::Postgres(pool) => postgres::trim(pool, channel, upto, cutoff_ms).await,
-        }
-        .map_err(|e| backend("delete", e))
-    }
-
-    async fn close(&self) {
-        match self {
-            Db::Sqlite(pool) => pool.close().await,
-            Db::Postgres(pool) => pool.close().await,
-        }
-    }
-}
-
-fn backend(what: &str, e: sqlx::Error) -> StoreError {
-    StoreError::Backend(format!("{what} failed: {e}"))
+fn sql(what: &'static str, source: sqlx::Error) -> StoreError {
+    StoreError::Sql { what, source }
 }
 
 /// Which offsets a history read returns: strictly between `after` and

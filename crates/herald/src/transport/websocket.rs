@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use herald_protocol::Disconnect;
 
-use crate::hub::Frame;
-use crate::node::{Counters, Node};
+use crate::frame::Frame;
+use crate::metrics::Counters;
+use crate::node::Node;
 use crate::session::{Item, Session};
 
 /// Default read buffer size when the config leaves it at 0. The buffer is
@@ -39,11 +40,11 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !node.origins.allows(&headers) {
+    if !node.origins().allows(&headers) {
         tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    if node.shutdown.is_cancelled() {
+    if node.shutdown().is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let w = &node.config.websocket;
@@ -64,7 +65,7 @@ pub async fn upgrade(
 fn run(node: Arc<Node>, mut socket: WebSocket) -> impl std::future::Future<Output = ()> {
     async move {
         Counters::incr(&node.counters.connections_accepted);
-        let tracker = node.tracker.clone();
+        let tracker = node.tracker().clone();
         let _guard = tracker.token();
         let mut session = Session::new(node.clone());
         let disconnect = serve(&node, &mut session, &mut socket).await;
@@ -98,7 +99,7 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
     tokio::pin!(sleep);
     // Made once rather than per wake-up: each would register with the
     // node's token and deregister again.
-    let shutdown = node.shutdown.cancelled();
+    let shutdown = node.shutdown().cancelled();
     tokio::pin!(shutdown);
     // Most wake-ups are deliveries. The other sources (shutdown, the
     // socket, the session's timer) are polled with the outbox's waker, and
@@ -305,11 +306,14 @@ where
     }
 }
 
+/// Whether a read failed because the client's message (or frame) is
+/// larger than `websocket.message_size_limit`.
 fn is_too_big(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Message too long")
-        || text.contains("Message length too long")
-        || text.contains("too long")
+    use tungstenite::error::{CapacityError, Error};
+    matches!(
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<Error>()),
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
+    )
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use herald_testkit::{wait_until, TestDatabase};
 use parking_lot::Mutex;
 
 use super::*;
@@ -27,14 +28,6 @@ fn durable_config(dir: &Path, storage: Value) -> std::path::PathBuf {
     path
 }
 
-fn sigkill(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
 async fn api(addr: &str, method: &str, body: Value) -> Result<Value, String> {
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}/api/{method}"))
@@ -45,48 +38,11 @@ async fn api(addr: &str, method: &str, body: Value) -> Result<Value, String> {
     resp.json::<Value>().await.map_err(|e| e.to_string())
 }
 
-/// A protocol client that splits batched frames into messages.
-struct Client {
-    ws: Socket,
-    queue: std::collections::VecDeque<Value>,
-}
-
-impl Client {
-    async fn open(addr: &str) -> Self {
-        Self {
-            ws: ws_connect(addr).await.unwrap(),
-            queue: Default::default(),
-        }
-    }
-
-    async fn next(&mut self) -> Value {
-        loop {
-            if let Some(m) = self.queue.pop_front() {
-                return m;
-            }
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("message in time");
-            if let Some(Ok(Message::Text(t))) = msg {
-                for line in t.as_str().split('\n').filter(|l| !l.trim().is_empty()) {
-                    self.queue.push_back(serde_json::from_str(line).unwrap());
-                }
-            } else if !matches!(msg, Some(Ok(_))) {
-                panic!("connection ended: {msg:?}");
-            }
-        }
-    }
-
-    /// Sends a command and waits for its reply, dropping other messages.
-    async fn command(&mut self, id: u32, mut cmd: Value) -> Value {
-        cmd["id"] = json!(id);
-        self.ws.send(Message::text(cmd.to_string())).await.unwrap();
-        loop {
-            let m = self.next().await;
-            if m["id"] == json!(id) {
-                return m;
-            }
-        }
+/// The next message of `ws` that is not a ping; the connection must stay up.
+async fn next(ws: &mut Ws) -> Value {
+    match ws.next().await {
+        Event::Msg(m) => m,
+        Event::Closed(c) => panic!("connection ended: {c:?}"),
     }
 }
 
@@ -98,11 +54,9 @@ async fn crash_and_recover(storage: Value) {
     let addr = served.addr.clone();
 
     // A subscriber that sees the start of the stream, then is cut off.
-    let mut ws = Client::open(&addr).await;
-    ws.command(1, json!({"connect": {}})).await;
-    let r = ws
-        .command(2, json!({"subscribe": {"channel": CHANNEL}}))
-        .await;
+    let mut ws = Ws::connect(&addr).await;
+    ws.cmd(json!({"connect": {}})).await;
+    let r = ws.cmd(json!({"subscribe": {"channel": CHANNEL}})).await;
     let epoch = r["subscribe"]["epoch"]
         .as_str()
         .expect("durable streams are positioned")
@@ -134,14 +88,17 @@ async fn crash_and_recover(storage: Value) {
     // Let some publications through to the subscriber, then kill mid-stream.
     let mut seen = 0u64;
     while seen < 50 {
-        let m = ws.next().await;
+        let m = next(&mut ws).await;
         if let Some(offset) = m["push"]["pub"]["offset"].as_u64() {
             assert_eq!(offset, seen + 1, "in order, no gaps");
             seen = offset;
         }
     }
-    wait_for(|| acked.lock().len() >= 300);
-    sigkill(&served.child);
+    wait_until("300 publications acknowledged", || {
+        acked.lock().len() >= 300
+    })
+    .await;
+    served.signal("KILL");
     for p in publishers {
         p.await.unwrap();
     }
@@ -186,11 +143,11 @@ async fn crash_and_recover(storage: Value) {
     assert_eq!(after, top + 1, "offsets continue, never reused");
 
     // The subscriber comes back and recovers all it missed.
-    let mut ws = Client::open(&addr).await;
-    ws.command(1, json!({"connect": {}})).await;
+    let mut ws = Ws::connect(&addr).await;
+    ws.cmd(json!({"connect": {}})).await;
     let req =
         json!({"subscribe": {"channel": CHANNEL, "recover": true, "offset": seen, "epoch": epoch}});
-    let r = ws.command(2, req).await;
+    let r = ws.cmd(req).await;
     assert_eq!(r["subscribe"]["recovered"], true, "{r}");
     let recovered: Vec<u64> = r["subscribe"]["publications"]
         .as_array()
@@ -201,14 +158,6 @@ async fn crash_and_recover(storage: Value) {
     assert_eq!(recovered, (seen + 1..=top + 1).collect::<Vec<_>>());
 }
 
-fn wait_for(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_acknowledged_on_sqlite() {
     crash_and_recover(json!({"type": "sqlite"})).await;
@@ -216,26 +165,8 @@ async fn sigkill_loses_nothing_acknowledged_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_acknowledged_on_postgres() {
-    let Ok(url) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: HERALD_TEST_POSTGRES_URL not set");
+    let Some(db) = TestDatabase::create() else {
         return;
     };
-    let db = format!("herald_crash_{}", uuid::Uuid::new_v4().simple());
-    let admin = Command::new("psql")
-        .args([url.as_str(), "-qc", &format!("CREATE DATABASE {db}")])
-        .status();
-    assert!(
-        admin.is_ok_and(|s| s.success()),
-        "psql could create a database at {url}"
-    );
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-    crash_and_recover(json!({"type": "postgres", "postgres": {"url": format!("{base}/{db}")}}))
-        .await;
-    let _ = Command::new("psql")
-        .args([
-            url.as_str(),
-            "-qc",
-            &format!("DROP DATABASE {db} WITH (FORCE)"),
-        ])
-        .status();
+    crash_and_recover(json!({"type": "postgres", "postgres": {"url": db.url}})).await;
 }

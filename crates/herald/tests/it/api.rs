@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::*;
+use herald_testkit::*;
 
 #[tokio::test]
 async fn api_key_is_required() {

@@ -4,7 +4,7 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-use crate::support::*;
+use herald_testkit::*;
 
 #[tokio::test]
 async fn connect_with_token_returns_client_and_ping_settings() {
@@ -137,6 +137,7 @@ async fn expiring_connection_is_closed_unless_refreshed() {
         .await;
     assert_eq!(r["refresh"]["expires"], true, "{r}");
     assert!(r["refresh"]["ttl"].as_u64().unwrap() > 50, "{r}");
+    // Time must pass, not an event: the old expiry goes by unnoticed.
     tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     let r = ws.cmd(json!({"ping": {}})).await;
     assert!(

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::support::*;
+use herald_testkit::*;
 
 async fn get(url: &str) -> (u16, Option<String>, String) {
     let resp = tokio::time::timeout(WAIT, reqwest::get(url))

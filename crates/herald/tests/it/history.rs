@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::support::*;
+use herald_testkit::*;
 
 async fn publish_n(s: &TestServer, channel: &str, from: u64, to: u64) -> Value {
     let mut last = Value::Null;

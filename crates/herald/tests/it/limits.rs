@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::support::*;
+use herald_testkit::*;
 
 /// A publish command whose JSON text is exactly `len` bytes long.
 fn publish_of_len(id: u32, channel: &str, len: usize) -> String {

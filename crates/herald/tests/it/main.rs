@@ -1,8 +1,6 @@
 //! Integration tests: each starts a real Herald on 127.0.0.1:0 through the
-//! same build path as `herald serve` and talks to it over real WebSocket and
-//! HTTP connections.
-
-mod support;
+//! same build path as `herald serve` (`herald_testkit::TestServer`) and
+//! talks to it over real WebSocket and HTTP connections.
 
 mod api;
 mod connect;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::*;
+use herald_testkit::*;
 
 fn fast_pings(pong_timeout: &str) -> Value {
     json!({"client": {"ping_interval": "1s", "pong_timeout": pong_timeout}})

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::support::*;
+use herald_testkit::*;
 
 #[tokio::test]
 async fn subscribe_and_receive_api_and_client_publications() {

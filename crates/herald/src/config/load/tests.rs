@@ -167,6 +167,11 @@ fn invalid_values_name_the_key() {
             r#"{"broker":{"enabled":true,"type":"kafka"}}"#,
             "broker.type",
         ),
+        (r#"{"broker":{"enabled":true}}"#, "broker.type"),
+        (
+            r#"{"presence_manager":{"enabled":true}}"#,
+            "presence_manager.type",
+        ),
         (
             r#"{"engine":{"type":"redis"},"channel":{"namespaces":[{"name":"dd","history_size":5,"history_ttl":"60s","history_storage":"durable"}]}}"#,
             "channel.namespaces[0].history_storage",

@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgConnection, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::{PgConnection, Postgres};
 
-use super::rows::{NewRow, StoredRow};
+use super::db::{Assigned, Dialect, Sql};
+use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
-use super::Range;
 use crate::config::PostgresStorage;
 use crate::store::{new_epoch, StoreError};
 
@@ -26,25 +27,43 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects the pool and applies migrations (under PostgreSQL's advisory
 /// lock, so nodes starting together migrate once); returns the pool and the
 /// options the writer connects with.
-pub(super) async fn open(
-    config: &PostgresStorage,
-) -> Result<(PgPool, PgConnectOptions), StoreError> {
+pub(super) async fn open(config: &PostgresStorage) -> Result<Sql<PostgresDialect>, StoreError> {
     let options: PgConnectOptions = config
         .url
+        .expose()
         .parse()
-        .map_err(|e| StoreError::Backend(format!("invalid storage.postgres.url: {e}")))?;
-    let server = server_name(&options);
+        .map_err(|e| StoreError::open("PostgreSQL at storage.postgres.url", e))?;
+    let target = format!("PostgreSQL {}", server_name(&options));
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options.clone())
         .await
-        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL {server}: {e}")))?;
+        .map_err(|e| StoreError::open(&target, e))?;
     sqlx::migrate!("migrations/postgres")
         .run(&pool)
         .await
-        .map_err(|e| StoreError::Backend(format!("cannot migrate PostgreSQL {server}: {e}")))?;
-    Ok((pool, options))
+        .map_err(|e| StoreError::open(&target, e))?;
+    Ok(Sql::new(pool, options))
+}
+
+/// PostgreSQL's dialect: a batch commits as one statement over arrays.
+pub(super) struct PostgresDialect;
+
+impl Dialect for PostgresDialect {
+    type Db = Postgres;
+
+    fn commit<'a>(
+        conn: &'a mut PgConnection,
+        pubs: &'a [Publication],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
+        Box::pin(commit(conn, pubs, now_ms))
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
 /// The server, named without the URL, which may hold a password.
@@ -55,14 +74,6 @@ fn server_name(options: &PgConnectOptions) -> String {
         options.get_port(),
         options.get_database().unwrap_or_default()
     )
-}
-
-/// Connects the writer's own connection (outside the pool, so that history
-/// reads never wait for it).
-pub(super) async fn connect_writer(
-    options: &PgConnectOptions,
-) -> Result<PgConnection, sqlx::Error> {
-    options.connect().await
 }
 
 /// A whole batch in one statement, so in one round trip and one implicit
@@ -93,11 +104,11 @@ SELECT channel, epoch, top FROM tops";
 /// Reserves offsets for the batch and inserts it, in one statement (see
 /// [`COMMIT_BATCH`]); it commits when the statement completes, after
 /// PostgreSQL has flushed its WAL.
-pub(super) async fn commit(
+async fn commit(
     conn: &mut PgConnection,
     pubs: &[Publication],
     now_ms: i64,
-) -> Result<Vec<(u64, std::sync::Arc<str>)>, sqlx::Error> {
+) -> Result<Assigned, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
     let rows: Vec<NewRow<'_>> = pubs.iter().map(NewRow::new).collect();
@@ -117,78 +128,4 @@ pub(super) async fn commit(
         .fetch_all(&mut *conn)
         .await?;
     assign(pubs, tops)
-}
-
-const SELECT_POSITION: &str = "SELECT top, epoch FROM streams WHERE channel = $1";
-
-pub(super) async fn position(
-    pool: &PgPool,
-    channel: &str,
-    fresh: &str,
-) -> Result<(i64, String), sqlx::Error> {
-    let found = sqlx::query_as(SELECT_POSITION)
-        .bind(channel)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(position) = found {
-        return Ok(position);
-    }
-    sqlx::query(
-        "INSERT INTO streams (channel, epoch, top, created_at) VALUES ($1, $2, 0, $3) \
-         ON CONFLICT (channel) DO NOTHING",
-    )
-    .bind(channel)
-    .bind(fresh)
-    .bind(super::now_ms())
-    .execute(pool)
-    .await?;
-    sqlx::query_as(SELECT_POSITION)
-        .bind(channel)
-        .fetch_one(pool)
-        .await
-}
-
-pub(super) async fn read(
-    pool: &PgPool,
-    channel: &str,
-    range: &Range,
-) -> Result<Vec<StoredRow>, sqlx::Error> {
-    let sql = if range.reverse {
-        "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
-         WHERE channel = $1 AND seq > $2 AND seq < $3 AND created_at >= $4 ORDER BY seq DESC LIMIT $5"
-    } else {
-        "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
-         WHERE channel = $1 AND seq > $2 AND seq < $3 AND created_at >= $4 ORDER BY seq LIMIT $5"
-    };
-    sqlx::query_as(sql)
-        .bind(channel)
-        .bind(range.after)
-        .bind(range.before)
-        .bind(range.since_ms)
-        .bind(range.limit)
-        .fetch_all(pool)
-        .await
-}
-
-pub(super) async fn streams(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT channel, top FROM streams")
-        .fetch_all(pool)
-        .await
-}
-
-pub(super) async fn trim(
-    pool: &PgPool,
-    channel: &str,
-    upto: i64,
-    cutoff_ms: i64,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM publications WHERE channel = $1 AND (seq <= $2 OR created_at < $3)",
-    )
-    .bind(channel)
-    .bind(upto)
-    .bind(cutoff_ms)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }

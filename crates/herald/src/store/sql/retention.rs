@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{created_cutoff, to_i64, Db};
+use super::db::Db;
+use super::{created_cutoff, sql, to_i64};
 use crate::store::{StoreError, StreamOptions};
 
 /// Periodically deletes publications beyond their stream's size or TTL.
 pub(super) struct Retention {
-    pub(super) db: Db,
+    pub(super) db: Arc<dyn Db>,
     pub(super) opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
     pub(super) every: Duration,
     pub(super) removed: Arc<AtomicU64>,
@@ -31,14 +32,15 @@ impl Retention {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 result = self.pass() => if let Err(e) = result {
-                    tracing::warn!(error = %e, "stream retention pass failed");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "stream retention pass failed");
                 },
             }
         }
     }
 
     async fn pass(&self) -> Result<(), StoreError> {
-        for (channel, top) in self.db.streams().await? {
+        let streams = self.db.streams().await.map_err(|e| sql("retention", e))?;
+        for (channel, top) in streams {
             let opts = (self.opts_for)(&channel);
             let upto = if opts.size > 0 {
                 top.saturating_sub(to_i64(opts.size as u64))
@@ -49,7 +51,11 @@ impl Retention {
             if upto <= 0 && cutoff == i64::MIN {
                 continue;
             }
-            let n = self.db.trim(&channel, upto, cutoff).await?;
+            let n = self
+                .db
+                .trim(&channel, upto, cutoff)
+                .await
+                .map_err(|e| sql("retention", e))?;
             self.removed.fetch_add(n, Ordering::Relaxed);
         }
         Ok(())

@@ -59,11 +59,10 @@ impl StoredRow {
             })
         });
         let tags = match self.tags {
-            Some(json) => serde_json::from_str(&json).map_err(|e| {
-                StoreError::Backend(format!(
-                    "corrupt tags in {channel} offset {}: {e}",
-                    self.seq
-                ))
+            Some(json) => serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+                channel: channel.to_string(),
+                offset: self.seq,
+                source,
             })?,
             None => BTreeMap::new(),
         };

@@ -11,14 +11,25 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::rows::{NewRow, StoredRow};
+use super::db::{Assigned, Dialect, Sql};
+use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
-use super::{Range, ROWS_PER_STATEMENT};
+use crate::config::Synchronous;
 use crate::store::{new_epoch, StoreError};
+
+/// Most rows in one INSERT statement, so that a large
+/// `storage.batch_max_size` stays under SQLite's bind-parameter limit
+/// (32,766); a larger batch is inserted in several statements of one
+/// transaction.
+pub(super) const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Connections: the writer's plus readers for history (WAL lets readers run
 /// beside the writer); a history read waits when all are busy.
@@ -33,42 +44,50 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// unreadable or corrupt file is an error naming it, never a silent reset.
 pub(super) async fn open(
     path: &Path,
-    synchronous: &str,
-) -> Result<(SqlitePool, SqliteConnectOptions), StoreError> {
+    synchronous: Synchronous,
+) -> Result<Sql<SqliteDialect>, StoreError> {
+    let target = || format!("SQLite database {}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create directory {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::open(target(), e))?;
     }
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(match synchronous {
-            "normal" => SqliteSynchronous::Normal,
-            _ => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+            Synchronous::Full => SqliteSynchronous::Full,
         })
         .busy_timeout(BUSY_TIMEOUT);
     let pool = SqlitePoolOptions::new()
         .max_connections(POOL_SIZE)
         .connect_with(options.clone())
         .await
-        .map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot open SQLite database {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| StoreError::open(target(), e))?;
     sqlx::migrate!("migrations/sqlite")
         .run(&pool)
         .await
-        .map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot migrate SQLite database {}: {e}",
-                path.display()
-            ))
-        })?;
-    Ok((pool, options))
+        .map_err(|e| StoreError::open(target(), e))?;
+    Ok(Sql::new(pool, options))
+}
+
+/// SQLite's dialect: batches commit as one multi-statement query.
+pub(super) struct SqliteDialect;
+
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+
+    fn commit<'a>(
+        conn: &'a mut SqliteConnection,
+        pubs: &'a [Publication],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
+        Box::pin(commit(conn, pubs, now_ms))
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
 /// Reserves offsets for the batch and inserts it, in one transaction sent
@@ -84,11 +103,11 @@ pub(super) async fn open(
 ///
 /// On failure the transaction is rolled back (and the caller drops the
 /// connection).
-pub(super) async fn commit(
+async fn commit(
     conn: &mut SqliteConnection,
     pubs: &[Publication],
     now_ms: i64,
-) -> Result<Vec<(u64, std::sync::Arc<str>)>, sqlx::Error> {
+) -> Result<Assigned, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
     let counts: Vec<(&str, i64)> = counts.into_iter().collect();
@@ -163,85 +182,4 @@ pub(super) fn padded<T>(items: &[T]) -> impl Iterator<Item = Option<&T>> {
         .map(Some)
         .chain(std::iter::repeat_with(|| None))
         .take(len.max(items.len()))
-}
-
-/// Connects the writer's own connection (outside the pool, so that history
-/// reads never wait for it).
-pub(super) async fn connect_writer(
-    options: &SqliteConnectOptions,
-) -> Result<SqliteConnection, sqlx::Error> {
-    options.connect().await
-}
-
-const SELECT_POSITION: &str = "SELECT top, epoch FROM streams WHERE channel = ?";
-
-pub(super) async fn position(
-    pool: &SqlitePool,
-    channel: &str,
-    fresh: &str,
-) -> Result<(i64, String), sqlx::Error> {
-    let found = sqlx::query_as(SELECT_POSITION)
-        .bind(channel)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(position) = found {
-        return Ok(position);
-    }
-    sqlx::query(
-        "INSERT INTO streams (channel, epoch, top, created_at) VALUES (?, ?, 0, ?) \
-         ON CONFLICT (channel) DO NOTHING",
-    )
-    .bind(channel)
-    .bind(fresh)
-    .bind(super::now_ms())
-    .execute(pool)
-    .await?;
-    sqlx::query_as(SELECT_POSITION)
-        .bind(channel)
-        .fetch_one(pool)
-        .await
-}
-
-pub(super) async fn read(
-    pool: &SqlitePool,
-    channel: &str,
-    range: &Range,
-) -> Result<Vec<StoredRow>, sqlx::Error> {
-    let sql = if range.reverse {
-        "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
-         WHERE channel = ? AND seq > ? AND seq < ? AND created_at >= ? ORDER BY seq DESC LIMIT ?"
-    } else {
-        "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
-         WHERE channel = ? AND seq > ? AND seq < ? AND created_at >= ? ORDER BY seq LIMIT ?"
-    };
-    sqlx::query_as(sql)
-        .bind(channel)
-        .bind(range.after)
-        .bind(range.before)
-        .bind(range.since_ms)
-        .bind(range.limit)
-        .fetch_all(pool)
-        .await
-}
-
-pub(super) async fn streams(pool: &SqlitePool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT channel, top FROM streams")
-        .fetch_all(pool)
-        .await
-}
-
-pub(super) async fn trim(
-    pool: &SqlitePool,
-    channel: &str,
-    upto: i64,
-    cutoff_ms: i64,
-) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM publications WHERE channel = ? AND (seq <= ? OR created_at < ?)")
-            .bind(channel)
-            .bind(upto)
-            .bind(cutoff_ms)
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
 }

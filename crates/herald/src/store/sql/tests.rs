@@ -5,7 +5,7 @@ use bytes::Bytes;
 use herald_protocol::ClientInfo;
 
 use super::rows::{NewRow, StoredRow};
-use super::sqlite::padded;
+use super::sqlite::{padded, ROWS_PER_STATEMENT};
 use super::writer::{assign, back_offsets, counts};
 use super::*;
 
@@ -240,10 +240,10 @@ async fn large_batches_round_trip_on_postgres() {
         return;
     };
     let mut storage = Storage {
-        kind: "postgres".into(),
+        kind: StorageKind::Postgres,
         batch_max_size: 5000,
         ..Storage::default()
     };
-    storage.postgres.url = url;
+    storage.postgres.url = url.into();
     large_batch_round_trips(storage, Path::new(".")).await;
 }

@@ -11,7 +11,8 @@ use herald_protocol::Publication;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Connector, WriteConn};
+use super::db::{Assigned, BatchWriter, Db};
+use super::now_ms;
 use crate::broker::BrokerError;
 use crate::store::{Deliver, StoreError};
 
@@ -30,7 +31,7 @@ pub(super) struct Committed {
 
 /// The single writer: one transaction per batch.
 pub(super) struct Writer {
-    pub(super) connector: Connector,
+    pub(super) db: Arc<dyn Db>,
     pub(super) deliver: Deliver,
     pub(super) batch_max: usize,
 }
@@ -74,12 +75,12 @@ impl Writer {
     /// Commits the batch on `conn` (connecting first when there is none)
     /// and answers its publishers. A failed commit drops the connection, so
     /// that the next batch starts on a fresh one whatever state it was in.
-    async fn commit(&self, conn: &mut Option<WriteConn>, batch: &mut Vec<Pending>) {
+    async fn commit(&self, conn: &mut Option<Box<dyn BatchWriter>>, batch: &mut Vec<Pending>) {
         let (publications, replies): (Vec<Publication>, Vec<_>) =
             batch.drain(..).map(|p| (p.publication, p.reply)).unzip();
         let result = match conn {
             Some(c) => c.commit(&publications, now_ms()).await,
-            None => match self.connector.connect().await {
+            None => match self.db.connect_writer().await {
                 Ok(c) => conn.insert(c).commit(&publications, now_ms()).await,
                 Err(e) => Err(e),
             },
@@ -100,9 +101,9 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let message = format!("commit failed: {e}");
+                let cause = Arc::new(e);
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                    let _ = reply.send(Err(StoreError::Commit(cause.clone())));
                 }
             }
         }
@@ -139,7 +140,7 @@ pub(super) fn back_offsets(pubs: &[Publication], counts: &BTreeMap<&str, i64>) -
 pub(super) fn assign(
     pubs: &[Publication],
     tops: Vec<(String, String, i64)>,
-) -> Result<Vec<(u64, Arc<str>)>, sqlx::Error> {
+) -> Result<Assigned, sqlx::Error> {
     let counts = counts(pubs);
     let mut next: HashMap<String, (i64, Arc<str>)> = HashMap::with_capacity(tops.len());
     for (channel, epoch, top) in tops {

@@ -3,22 +3,12 @@
 //! SIGTERM.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-use futures_util::{SinkExt, StreamExt};
+use herald_testkit::{Event, Served, Ws, WAIT};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
-#[path = "cli/crash.rs"]
 mod crash;
-#[path = "common/served.rs"]
-mod served;
-
-use served::Served;
-
-/// Longest any single wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The binary with a clean environment: no inherited `HERALD_*` variables.
 fn herald() -> Command {
@@ -325,20 +315,18 @@ fn serve_with_an_invalid_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.json");
     write(&file, &json!({"client": {"ping_interval": "soon"}}));
-    let mut child = herald()
-        .args(["serve", "-c"])
-        .arg(&file)
-        .args(["--port", "0", "--address", "127.0.0.1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child);
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(!status.success());
-    assert!(err.contains("client.ping_interval"), "{err}");
+    let o = run(herald().args(["serve", "-c"]).arg(&file).args([
+        "--port",
+        "0",
+        "--address",
+        "127.0.0.1",
+    ]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("client.ping_interval"),
+        "{}",
+        stderr(&o)
+    );
 
     // An out-of-range combination is refused the same way.
     write(
@@ -353,21 +341,6 @@ fn serve_with_an_invalid_config_names_the_key() {
     ]));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("client.pong_timeout"), "{}", stderr(&o));
-}
-
-/// Waits (bounded) for the process to exit, killing it on timeout.
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("herald did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn serve(config: &Path, env: &[(&str, &str)]) -> Served {
@@ -389,43 +362,6 @@ fn serve_full(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Served {
     Served::spawn(cmd, WAIT)
 }
 
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(addr: &str) -> Result<Socket, String> {
-    let url = format!("ws://{addr}/connection/websocket");
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => panic!("WebSocket connect timed out"),
-    }
-}
-
-/// The next text message or the close frame's code and reason.
-async fn next_event(ws: &mut Socket) -> Result<Value, Option<(u16, String)>> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("message in time");
-        match msg {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
-            Some(Ok(Message::Close(f))) => {
-                return Err(f.map(|f| (u16::from(f.code), f.reason.to_string())))
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return Err(None),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_with_3001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -442,21 +378,11 @@ async fn sigterm_closes_clients_with_3001_and_exits_cleanly() {
     // Settings from the environment reach the running server.
     let mut s = serve(&file, &[("HERALD_HTTP_API_KEY", "env-api-key")]);
 
-    let mut ws = ws_connect(&s.addr).await.expect("WebSocket upgrade");
+    let mut ws = Ws::connect(&s.addr).await;
     let token = herald::auth::sign_hs256(&json!({"sub": "alice"}), "file-secret").unwrap();
-    ws.send(Message::text(
-        json!({"id": 1, "connect": {"token": token}}).to_string(),
-    ))
-    .await
-    .unwrap();
-    let r = next_event(&mut ws).await.expect("connect reply");
+    let r = ws.cmd(json!({"connect": {"token": token}})).await;
     assert!(r["connect"]["client"].is_string(), "{r}");
-    ws.send(Message::text(
-        json!({"id": 2, "subscribe": {"channel": "news"}}).to_string(),
-    ))
-    .await
-    .unwrap();
-    let r = next_event(&mut ws).await.expect("subscribe reply");
+    let r = ws.cmd(json!({"subscribe": {"channel": "news"}})).await;
     assert_eq!(r, json!({"id": 2, "subscribe": {}}));
 
     let api = |key: &'static str| {
@@ -468,25 +394,22 @@ async fn sigterm_closes_clients_with_3001_and_exits_cleanly() {
     };
     assert_eq!(api("wrong").await.unwrap().status().as_u16(), 401);
     assert_eq!(api("env-api-key").await.unwrap().status().as_u16(), 200);
-    let p = next_event(&mut ws).await.expect("publication");
-    assert_eq!(p["push"]["pub"]["data"], json!({"via": "api"}), "{p}");
+    let p = ws.push().await;
+    assert_eq!(p["pub"]["data"], json!({"via": "api"}), "{p}");
 
-    sigterm(&s.child);
-    let closed = loop {
-        match next_event(&mut ws).await {
-            Ok(m) if m == json!({}) => {}
-            Ok(m) => panic!("unexpected message before the close: {m}"),
-            Err(c) => break c,
-        }
+    s.signal("TERM");
+    let closed = match ws.next().await {
+        Event::Msg(m) => panic!("unexpected message before the close: {m}"),
+        Event::Closed(c) => c,
     };
     assert_eq!(closed, Some((3001, "shutdown".into())));
 
     // No new connections once shutdown began (refused, or 503 while the
     // process is still draining).
-    let late = ws_connect(&s.addr).await;
+    let late = Ws::try_open(&format!("ws://{}/connection/websocket", s.addr)).await;
     assert!(late.is_err(), "new connection accepted after SIGTERM");
 
-    let status = tokio::task::block_in_place(|| wait_exit(&mut s.child));
+    let status = tokio::task::block_in_place(|| s.wait_exit());
     assert!(status.success(), "exit status {status:?}");
     // The reader thread ends at EOF, which follows the exit.
     let mut rest = Vec::new();

@@ -1,0 +1,170 @@
+//! A raw protocol client over a real WebSocket: sends commands, waits for
+//! their replies (keeping pushes for later), splits batched frames.
+
+use std::collections::VecDeque;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::WAIT;
+
+/// What the server sent, one protocol message at a time.
+#[derive(Debug)]
+pub enum Event {
+    Msg(Value),
+    Closed(Option<(u16, String)>),
+}
+
+/// A raw protocol client over a real WebSocket.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages read and set aside while waiting for a reply.
+    pending: VecDeque<Value>,
+    /// Messages of a received frame not yet read.
+    inbox: VecDeque<Value>,
+    next_id: u32,
+    pub frames: usize,
+}
+
+impl Ws {
+    /// Opens `url`; fails the test when the upgrade fails.
+    pub async fn open(url: &str) -> Self {
+        Self::try_open(url).await.expect("WebSocket upgrade")
+    }
+
+    /// Opens `url`, or says why the upgrade failed.
+    pub async fn try_open(url: &str) -> Result<Self, String> {
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time");
+        let (stream, _) = connected.map_err(|e| e.to_string())?;
+        Ok(Self {
+            stream,
+            pending: VecDeque::new(),
+            inbox: VecDeque::new(),
+            next_id: 0,
+            frames: 0,
+        })
+    }
+
+    /// Opens the WebSocket endpoint of the server at `addr`.
+    pub async fn connect(addr: &str) -> Self {
+        Self::open(&format!("ws://{addr}/connection/websocket")).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends a command with the next id and returns that id.
+    pub async fn send(&mut self, mut command: Value) -> u32 {
+        self.next_id += 1;
+        command["id"] = json!(self.next_id);
+        self.send_text(&command.to_string()).await;
+        self.next_id
+    }
+
+    /// Sends a command and waits for its reply, keeping pushes for later.
+    pub async fn cmd(&mut self, command: Value) -> Value {
+        let id = self.send(command).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the reply with `id`, keeping other messages.
+    pub async fn reply(&mut self, id: u32) -> Value {
+        if let Some(i) = self.pending.iter().position(|m| m["id"] == json!(id)) {
+            return self.pending.remove(i).unwrap();
+        }
+        loop {
+            match self.read().await {
+                Event::Msg(m) if m["id"] == json!(id) => return m,
+                Event::Msg(m) => self.pending.push_back(m),
+                Event::Closed(c) => panic!("closed while waiting for reply {id}: {c:?}"),
+            }
+        }
+    }
+
+    /// The next message that is not a ping.
+    pub async fn next(&mut self) -> Event {
+        if let Some(m) = self.pending.pop_front() {
+            return Event::Msg(m);
+        }
+        loop {
+            match self.read().await {
+                Event::Msg(m) if m == json!({}) => {}
+                e => return e,
+            }
+        }
+    }
+
+    /// The next push (skipping pings), failing on close.
+    pub async fn push(&mut self) -> Value {
+        match self.next().await {
+            Event::Msg(m) => {
+                assert!(m.get("push").is_some(), "expected a push, got {m}");
+                m["push"].clone()
+            }
+            Event::Closed(c) => panic!("closed while waiting for a push: {c:?}"),
+        }
+    }
+
+    /// Reads the next protocol message (pings included), answering nothing.
+    pub async fn read(&mut self) -> Event {
+        if let Some(m) = self.inbox.pop_front() {
+            return Event::Msg(m);
+        }
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("message in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    self.frames += 1;
+                    let mut lines =
+                        t.as_str()
+                            .split('\n')
+                            .filter(|l| !l.trim().is_empty())
+                            .map(|l| {
+                                serde_json::from_str::<Value>(l)
+                                    .unwrap_or_else(|e| panic!("bad JSON from server {l:?}: {e}"))
+                            });
+                    let first = lines.next().expect("non-empty frame");
+                    self.inbox.extend(lines);
+                    return Event::Msg(first);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Event::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Event::Closed(None),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            if let Event::Closed(c) = self.read().await {
+                return c.expect("close frame with a code");
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+
+    /// Answers a server ping.
+    pub async fn pong(&mut self) {
+        self.send_text("{}").await;
+    }
+}
+
+/// A close code as a number.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}

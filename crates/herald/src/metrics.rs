@@ -1,0 +1,79 @@
+//! What `/metrics` shows: this node's counters and gauges in Prometheus's
+//! text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::node::Node;
+
+/// Counters kept as things happen.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub publications: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub commands: AtomicU64,
+    pub api_requests: AtomicU64,
+}
+
+impl Counters {
+    pub fn incr(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every metric of `node`, in Prometheus's text format.
+pub fn render(node: &Node) -> String {
+    let c = &node.counters;
+    let h = &node.hub;
+    let (gaps_filled, resyncs) = h.gap_counts();
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let metrics: [(&str, &str, u64); 13] = [
+        ("herald_connections", "gauge", h.num_clients() as u64),
+        ("herald_users", "gauge", h.num_users() as u64),
+        ("herald_channels", "gauge", h.num_channels() as u64),
+        (
+            "herald_subscriptions",
+            "gauge",
+            h.num_subscriptions() as u64,
+        ),
+        (
+            "herald_connections_accepted_total",
+            "counter",
+            load(&c.connections_accepted),
+        ),
+        (
+            "herald_publications_total",
+            "counter",
+            load(&c.publications),
+        ),
+        (
+            "herald_slow_disconnects_total",
+            "counter",
+            load(&c.slow_disconnects),
+        ),
+        ("herald_commands_total", "counter", load(&c.commands)),
+        (
+            "herald_api_requests_total",
+            "counter",
+            load(&c.api_requests),
+        ),
+        (
+            "herald_retention_removed_total",
+            "counter",
+            node.retention_removed(),
+        ),
+        ("herald_stream_gaps_filled_total", "counter", gaps_filled),
+        ("herald_channel_resyncs_total", "counter", resyncs),
+        (
+            "herald_broker_reconnects_total",
+            "counter",
+            node.cluster().reconnects(),
+        ),
+    ];
+    let mut out = String::with_capacity(1024);
+    for (name, kind, value) in metrics {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
+    out
+}

@@ -1,0 +1,214 @@
+//! One SQL layer over every dialect. The queries that read, trim and list
+//! streams are written once here, generic over `sqlx::Database` (their
+//! `$n` placeholders mean the same to SQLite and PostgreSQL); a dialect adds
+//! only what really differs — how it opens and migrates, and how a batch is
+//! committed in one round trip ([`Dialect`]). The durable store sees a
+//! database as a [`Db`] and the writer's connection as a [`BatchWriter`].
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use herald_protocol::Publication;
+use sqlx::{ConnectOptions, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+
+use super::rows::StoredRow;
+use super::Range;
+
+/// Each publication of a batch's offset and epoch, in the batch's order.
+pub(super) type Assigned = Vec<(u64, Arc<str>)>;
+
+/// What a durable store asks of its database.
+pub(super) trait Db: Send + Sync + 'static {
+    /// The stream's top offset and epoch, creating the stream (with `fresh`
+    /// as its epoch) when it does not exist yet.
+    fn position<'a>(
+        &'a self,
+        channel: &'a str,
+        fresh: &'a str,
+    ) -> BoxFuture<'a, Result<(i64, String), sqlx::Error>>;
+
+    /// A channel's publications in `range`.
+    fn read<'a>(
+        &'a self,
+        channel: &'a str,
+        range: &'a Range,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>, sqlx::Error>>;
+
+    /// Every stream with its top offset.
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, sqlx::Error>>;
+
+    /// Deletes a channel's publications with an offset up to `upto` or
+    /// created before `cutoff_ms`; returns how many.
+    fn trim<'a>(
+        &'a self,
+        channel: &'a str,
+        upto: i64,
+        cutoff_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+
+    /// A connection of the writer's own, outside the pool, so that reads
+    /// never wait for it (and it never waits for a pooled connection).
+    fn connect_writer(&self) -> BoxFuture<'_, Result<Box<dyn BatchWriter>, sqlx::Error>>;
+
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The writer's connection.
+pub(super) trait BatchWriter: Send {
+    /// Reserves offsets for `pubs` and inserts them in one transaction;
+    /// returns each publication's offset and epoch, in the input order.
+    fn commit<'a>(
+        &'a mut self,
+        pubs: &'a [Publication],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
+}
+
+type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
+
+/// What differs between databases.
+pub(super) trait Dialect: Send + Sync + 'static {
+    type Db: sqlx::Database;
+
+    /// See [`BatchWriter::commit`]; one round trip where the database
+    /// allows it.
+    fn commit<'a>(
+        conn: &'a mut Conn<Self>,
+        pubs: &'a [Publication],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
+
+    /// Rows a statement changed (sqlx has no common trait for it).
+    fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
+}
+
+/// A database of dialect `D`: a pool for reads and retention, and the
+/// options the writer connects with.
+pub(super) struct Sql<D: Dialect> {
+    pool: Pool<D::Db>,
+    writer: <Conn<D> as Connection>::Options,
+}
+
+impl<D: Dialect> Sql<D> {
+    pub(super) fn new(pool: Pool<D::Db>, writer: <Conn<D> as Connection>::Options) -> Self {
+        Self { pool, writer }
+    }
+}
+
+struct Writer<D: Dialect>(Conn<D>);
+
+impl<D: Dialect> BatchWriter for Writer<D> {
+    fn commit<'a>(
+        &'a mut self,
+        pubs: &'a [Publication],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
+        D::commit(&mut self.0, pubs, now_ms)
+    }
+}
+
+const SELECT_POSITION: &str = "SELECT top, epoch FROM streams WHERE channel = $1";
+
+const CREATE_STREAM: &str = "INSERT INTO streams (channel, epoch, top, created_at) \
+     VALUES ($1, $2, 0, $3) ON CONFLICT (channel) DO NOTHING";
+
+const READ_FORWARD: &str =
+    "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
+     WHERE channel = $1 AND seq > $2 AND seq < $3 AND created_at >= $4 ORDER BY seq LIMIT $5";
+
+const READ_BACKWARD: &str =
+    "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
+     WHERE channel = $1 AND seq > $2 AND seq < $3 AND created_at >= $4 \
+     ORDER BY seq DESC LIMIT $5";
+
+const TRIM: &str = "DELETE FROM publications WHERE channel = $1 AND (seq <= $2 OR created_at < $3)";
+
+impl<D: Dialect> Db for Sql<D>
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
+    for<'r> (i64, String): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, i64): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> StoredRow: FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    fn position<'a>(
+        &'a self,
+        channel: &'a str,
+        fresh: &'a str,
+    ) -> BoxFuture<'a, Result<(i64, String), sqlx::Error>> {
+        Box::pin(async move {
+            let found = sqlx::query_as(SELECT_POSITION)
+                .bind(channel)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(position) = found {
+                return Ok(position);
+            }
+            sqlx::query(CREATE_STREAM)
+                .bind(channel)
+                .bind(fresh)
+                .bind(super::now_ms())
+                .execute(&self.pool)
+                .await?;
+            sqlx::query_as(SELECT_POSITION)
+                .bind(channel)
+                .fetch_one(&self.pool)
+                .await
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        channel: &'a str,
+        range: &'a Range,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>, sqlx::Error>> {
+        let sql = if range.reverse {
+            READ_BACKWARD
+        } else {
+            READ_FORWARD
+        };
+        Box::pin(
+            sqlx::query_as(sql)
+                .bind(channel)
+                .bind(range.after)
+                .bind(range.before)
+                .bind(range.since_ms)
+                .bind(range.limit)
+                .fetch_all(&self.pool),
+        )
+    }
+
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, sqlx::Error>> {
+        Box::pin(sqlx::query_as("SELECT channel, top FROM streams").fetch_all(&self.pool))
+    }
+
+    fn trim<'a>(
+        &'a self,
+        channel: &'a str,
+        upto: i64,
+        cutoff_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(TRIM)
+                .bind(channel)
+                .bind(upto)
+                .bind(cutoff_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(D::rows_affected(&done))
+        })
+    }
+
+    fn connect_writer(&self) -> BoxFuture<'_, Result<Box<dyn BatchWriter>, sqlx::Error>> {
+        Box::pin(async move {
+            let conn = self.writer.connect().await?;
+            Ok(Box::new(Writer::<D>(conn)) as Box<dyn BatchWriter>)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}

@@ -1,0 +1,127 @@
+//! The cluster over NATS, with streams in PostgreSQL.
+
+use herald_testkit::{env_url, eventually, merge, unique, ClusterNode, OwnServer, TestDatabase};
+use serde_json::json;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_connections_stay_up_across_health_checks() {
+    let (Some(nats), Some(redis)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_REDIS_URL"),
+    ) else {
+        return;
+    };
+    connections_stay_up_across_health_checks(json!({
+        "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": nats, "prefix": unique("t"), "io_timeout": "200ms" } },
+        "presence_manager": { "enabled": true, "type": "redis",
+            "redis": { "address": redis, "prefix": unique("t"), "io_timeout": "200ms" } },
+        "channel": { "namespaces": [
+            { "name": "chat", "allow_subscribe_for_client": true }
+        ] }
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_with_postgres_streams() {
+    let (Some(nats), Some(pg)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_POSTGRES_URL"),
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": nats, "prefix": unique("t") } } });
+    merge(&mut cfg, durable_namespace(&db));
+    let nodes: Vec<ClusterNode> = ["a", "b", "c"].iter().map(|n| node(n, &cfg)).collect();
+
+    // Channel names with NATS wildcard characters neither break nor widen
+    // subscriptions.
+    let mut exact = nodes[0].client("u1").await;
+    let mut star = nodes[2].client("u2").await;
+    subscribe(&mut exact, "chat:a.b c").await;
+    subscribe(&mut star, "chat:a.*").await;
+    subscribe(&mut star, "chat:>").await;
+    eventually("three nodes in info", || async {
+        nodes[1].api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+    nodes[1]
+        .api("publish", json!({"channel": "chat:a.b c", "data": "exact"}))
+        .await;
+    nodes[1]
+        .api("publish", json!({"channel": "chat:>", "data": "gt"}))
+        .await;
+    assert_eq!(next_pub(&mut exact, "chat:a.b c").await["data"], "exact");
+    let p = star.push().await;
+    assert_eq!(
+        (p["channel"].clone(), p["pub"]["data"].clone()),
+        (json!("chat:>"), json!("gt"))
+    );
+
+    // Durable streams: publishers on every node append to one gap-free
+    // stream; a subscriber on another node sees all of it.
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, "log:orders").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    const EACH: usize = 30;
+    publish_from_every_node(&nodes, "log:orders", EACH).await;
+    let (got, resubscribes) =
+        collect_recovering(&mut watcher, "log:orders", 3 * EACH, 0, epoch).await;
+    assert_eq!(got.len(), 3 * EACH);
+    // Publications that overtake each other between nodes are put back in
+    // order by the subscriber's node from the stream: clients never notice.
+    assert_eq!(resubscribes, 0);
+    let filled = nodes[1].metric("herald_stream_gaps_filled_total").await;
+    eprintln!("gaps filled on the subscriber's node: {filled}");
+    let h = nodes[2]
+        .api("history", json!({"channel": "log:orders", "limit": -1}))
+        .await;
+    let offsets: Vec<u64> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=(3 * EACH) as u64).collect::<Vec<_>>());
+
+    // Disconnect through node A reaches node C over NATS.
+    nodes[0]
+        .api(
+            "disconnect",
+            json!({"user": "u2", "disconnect": {"code": 4002, "reason": "out"}}),
+        )
+        .await;
+    assert_eq!(star.closed().await, (4002, "out".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_recovers_durable_streams() {
+    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(nats) = OwnServer::start("nats-server", |port| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]
+    }) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": url, "prefix": "restart" } } });
+    merge(&mut cfg, durable_namespace(&db));
+    broker_restart(nats, cfg, true).await;
+}

@@ -1,0 +1,394 @@
+//! The cluster over Redis: engine, broker, streams and presence.
+
+use std::process::Command;
+use std::time::Duration;
+
+use herald_testkit::{env_url, eventually, merge, unique, ClusterNode, OwnServer, TestDatabase};
+use serde_json::json;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_subscribe_on_redis_only_while_they_have_subscribers() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique("t");
+    let cfg = redis_engine(&url, &prefix);
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let key = format!("{prefix}.client.chat:only");
+    assert_eq!(numsub(&url, &key), 0);
+    let mut first = nodes[0].client("u1").await;
+    let mut second = nodes[0].client("u2").await;
+    subscribe(&mut first, "chat:only").await;
+    subscribe(&mut second, "chat:only").await;
+    // One subscription per node, however many local subscribers.
+    assert_eq!(numsub(&url, &key), 1);
+    let mut other = nodes[1].client("u3").await;
+    subscribe(&mut other, "chat:only").await;
+    assert_eq!(numsub(&url, &key), 2);
+    first
+        .cmd(json!({"unsubscribe": {"channel": "chat:only"}}))
+        .await;
+    assert_eq!(numsub(&url, &key), 2);
+    second.close().await;
+    eventually(
+        "node a unsubscribed after its last subscriber left",
+        || async { numsub(&url, &key) == 1 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connections_stay_up_across_health_checks() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut cfg = redis_engine(&url, &unique("t"));
+    merge(
+        &mut cfg,
+        json!({ "engine": { "redis": { "io_timeout": "200ms" } } }),
+    );
+    connections_stay_up_across_health_checks(cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_acts_as_one_server() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = redis_engine(&url, &unique("t"));
+    let nodes: Vec<ClusterNode> = ["a", "b", "c"].iter().map(|n| node(n, &cfg)).collect();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // info lists every node, with its figures, wherever it is asked.
+    eventually("three nodes in info", || async {
+        b.api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut ws = node.client(&format!("user{i}")).await;
+        subscribe(&mut ws, "room:lobby").await;
+        clients.push(ws);
+    }
+    // Publications reach subscribers on every node.
+    a.api(
+        "publish",
+        json!({"channel": "room:lobby", "data": {"n": 1}}),
+    )
+    .await;
+    for ws in &mut clients {
+        assert_eq!(next_pub(ws, "room:lobby").await["data"], json!({"n": 1}));
+    }
+    c.api(
+        "publish",
+        json!({"channel": "room:lobby", "data": {"n": 2}}),
+    )
+    .await;
+    for ws in &mut clients {
+        assert_eq!(next_pub(ws, "room:lobby").await["data"], json!({"n": 2}));
+    }
+
+    // Presence is the whole cluster's, asked on any node and by clients.
+    let presence = b.api("presence", json!({"channel": "room:lobby"})).await;
+    let users: std::collections::BTreeSet<String> = presence["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| i["user"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(users.len(), 3, "{presence}");
+    let stats = clients[0]
+        .cmd(json!({"presence_stats": {"channel": "room:lobby"}}))
+        .await;
+    assert_eq!(stats["presence_stats"]["num_clients"], 3, "{stats}");
+
+    eventually("every node's clients counted in info", || async {
+        let info = a.api("info", json!({})).await;
+        let total: u64 = info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["num_clients"].as_u64().unwrap())
+            .sum();
+        total == 3
+    })
+    .await;
+    let info = a.api("info", json!({})).await;
+    let mut names: Vec<&str> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    // Server-side subscribe through node B reaches user0 on node A.
+    b.api(
+        "subscribe",
+        json!({"user": "user0", "channel": "chat:extra"}),
+    )
+    .await;
+    push_of(&mut clients[0], "chat:extra", "subscribe").await;
+
+    // A disconnect through node A's API kicks the connection on node C.
+    a.api(
+        "disconnect",
+        json!({"user": "user2", "disconnect": {"code": 4001, "reason": "bye"}}),
+    )
+    .await;
+    let mut kicked = clients.pop().unwrap();
+    assert_eq!(kicked.closed().await, (4001, "bye".to_string()));
+    // Its presence entry leaves with it.
+    eventually("presence without the kicked client", || async {
+        let s = a
+            .api("presence_stats", json!({"channel": "room:lobby"}))
+            .await;
+        s["num_clients"] == 2
+    })
+    .await;
+
+    // Unsubscribe through node C's API ends user1's subscription on node B.
+    c.api(
+        "unsubscribe",
+        json!({"user": "user1", "channel": "room:lobby"}),
+    )
+    .await;
+    let push = push_of(&mut clients[1], "room:lobby", "unsubscribe").await;
+    assert_eq!(push["unsubscribe"]["code"], 2000, "{push}");
+
+    // A dead node drops out of info within a few announcement intervals.
+    let mut nodes = nodes;
+    let dead = nodes.pop().unwrap();
+    drop(dead);
+    eventually("node c gone from info", || async {
+        nodes[0].api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_streams_keep_one_order_under_publishers_on_every_node() {
+    // The `hist` namespace keeps 100 publications: 3 × 30 fit.
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = redis_engine(&url, &unique("t"));
+    let nodes: Vec<ClusterNode> = ["a", "b", "c"].iter().map(|n| node(n, &cfg)).collect();
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, "hist:race").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+
+    const EACH: usize = 30;
+    publish_from_every_node(&nodes, "hist:race", EACH).await;
+    let (got, resubscribes) =
+        collect_recovering(&mut watcher, "hist:race", 3 * EACH, 0, epoch).await;
+    assert_eq!(got.len(), 3 * EACH);
+    // Redis assigns offsets and publishes in one step: nothing to recover.
+    assert_eq!(resubscribes, 0);
+    // Per publisher, order is kept.
+    for i in 0..3 {
+        let seq: Vec<u64> = got
+            .iter()
+            .filter(|d| d["node"] == i)
+            .map(|d| d["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seq, (0..EACH as u64).collect::<Vec<_>>());
+    }
+    // Every node reads the same continuous stream.
+    for node in &nodes {
+        let h = node
+            .api("history", json!({"channel": "hist:race", "limit": -1}))
+            .await;
+        let offsets: Vec<u64> = h["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, (1..=(3 * EACH) as u64).collect::<Vec<_>>());
+        assert_eq!(h["epoch"], sub["epoch"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_recovers_durable_streams() {
+    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(redis) = OwnServer::start("redis-server", |port| {
+        redis_args(port, &["--appendonly", "no"])
+    }) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let mut cfg = redis_engine(&format!("redis://127.0.0.1:{}", redis.port), "restart");
+    merge(&mut cfg, durable_namespace(&db));
+    broker_restart(redis, cfg, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_recovers_persisted_redis_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let Some(redis) = OwnServer::start("redis-server", |port| {
+        redis_args(
+            port,
+            &[
+                "--dir",
+                &dir_arg,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+        )
+    }) else {
+        return;
+    };
+    let cfg = redis_engine(&format!("redis://127.0.0.1:{}", redis.port), "restart");
+    broker_restart(redis, cfg, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_shard_across_several_redis_servers() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers = Vec::new();
+    for dir in &dirs {
+        let dir_arg = dir.path().display().to_string();
+        let Some(s) = OwnServer::start("redis-server", |port| {
+            redis_args(port, &["--dir", &dir_arg])
+        }) else {
+            return;
+        };
+        servers.push(s);
+    }
+    let addresses: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let cfg =
+        json!({ "engine": { "type": "redis", "redis": { "address": addresses, "prefix": "sh" } } });
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let mut ws = nodes[0].client("u").await;
+    const CHANNELS: usize = 12;
+    for i in 0..CHANNELS {
+        subscribe(&mut ws, &format!("hist:c{i}")).await;
+    }
+    for i in 0..CHANNELS {
+        nodes[1]
+            .api(
+                "publish",
+                json!({"channel": format!("hist:c{i}"), "data": i}),
+            )
+            .await;
+        let p = next_pub(&mut ws, &format!("hist:c{i}")).await;
+        assert_eq!(
+            (p["data"].clone(), p["offset"].clone()),
+            (json!(i), json!(1))
+        );
+    }
+    // Both servers hold some of the streams.
+    for s in &servers {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &s.port.to_string(),
+                "--scan",
+                "--pattern",
+                "sh.meta.*",
+            ])
+            .output()
+            .expect("redis-cli runs");
+        let keys = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert!(
+            keys > 0 && keys < CHANNELS,
+            "{keys} of {CHANNELS} streams on port {}",
+            s.port
+        );
+    }
+    // Node announcements and commands use the first server.
+    eventually("both nodes in info", || async {
+        nodes[1].api("info", json!({})).await["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_presence_drops_thousands_of_expired_entries() {
+    use herald::config::{Dur, RedisConfig};
+    use herald::presence::{RedisPresence, SharedPresence};
+    use herald::redis_link::RedisShards;
+
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = RedisConfig {
+        address: url,
+        prefix: unique("t"),
+        ..Default::default()
+    };
+    let shards = RedisShards::connect(&cfg).await.expect("redis");
+    // A node that died with 9,000 clients in a channel: its entries expire
+    // while another node keeps the channel's keys alive.
+    let dead = RedisPresence::new(shards.clone(), Dur::secs(1).0);
+    let alive = RedisPresence::new(shards, Dur::secs(60).0);
+    let info = |i: usize| herald_protocol::ClientInfo {
+        user: format!("u{i}"),
+        client: format!("c{i}"),
+        ..Default::default()
+    };
+    let infos: Vec<_> = (0..9000).map(info).collect();
+    let added = futures_util::future::join_all(infos.iter().map(|i| dead.add("room:big", i))).await;
+    assert!(added.iter().all(Result::is_ok));
+    alive.add("room:big", &info(99_999)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let present = alive.get("room:big").await.expect("presence read succeeds");
+    assert_eq!(present.keys().collect::<Vec<_>>(), ["c99999"]);
+}
+
+/// Arguments of a private `redis-server` on `port` that keeps nothing on
+/// disk unless `extra` says otherwise.
+fn redis_args(port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// How many connections are subscribed to a Redis pub/sub channel.
+fn numsub(url: &str, key: &str) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-u", url, "PUBSUB", "NUMSUB", key])
+        .output()
+        .expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"))
+}
