@@ -71,13 +71,15 @@ impl<'a> Obj<'a> {
     fn uint(&mut self, key: &str, value: u64) {
         if value != 0 {
             self.key(key);
-            self.buf.extend_from_slice(value.to_string().as_bytes());
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
     }
     fn int(&mut self, key: &str, value: i64) {
         if value != 0 {
             self.key(key);
-            self.buf.extend_from_slice(value.to_string().as_bytes());
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
     }
     fn bool(&mut self, key: &str, value: bool) {

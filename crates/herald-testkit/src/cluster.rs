@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{base_config, merge, token, Served, Ws, API_KEY, WAIT};
+use crate::{base_config, merge, Served, Ws, API_KEY, WAIT};
 
 /// A running node, killed on drop.
 pub struct ClusterNode {
@@ -101,12 +101,7 @@ impl ClusterNode {
 
     /// A connected client of `user`.
     pub async fn client(&self, user: &str) -> Ws {
-        let mut ws = Ws::open(&self.ws_url()).await;
-        let reply = ws
-            .cmd(json!({"connect": {"token": token(json!({"sub": user}))}}))
-            .await;
-        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
-        ws
+        Ws::connected(&self.ws_url(), user).await
     }
 
     /// A counter from the node's `/metrics`.

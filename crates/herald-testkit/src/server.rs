@@ -12,7 +12,7 @@ use herald::server::Server;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::{token, Ws, API_KEY, SECRET, WAIT};
+use crate::{Ws, API_KEY, SECRET, WAIT};
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -146,12 +146,7 @@ impl TestServer {
     /// Connects a client and completes the connect command with a token
     /// for `user`.
     pub async fn client(&self, user: &str) -> Ws {
-        let mut ws = Ws::open(&self.ws_url()).await;
-        let reply = ws
-            .cmd(json!({"connect": {"token": token(json!({"sub": user}))}}))
-            .await;
-        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
-        ws
+        Ws::connected(&self.ws_url(), user).await
     }
 
     /// Shuts the server down gracefully and waits for it.

@@ -51,6 +51,17 @@ impl Ws {
         })
     }
 
+    /// Opens `url` and completes the connect command with a token for
+    /// `user`.
+    pub async fn connected(url: &str, user: &str) -> Self {
+        let mut ws = Self::open(url).await;
+        let reply = ws
+            .cmd(json!({"connect": {"token": crate::token(json!({"sub": user}))}}))
+            .await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        ws
+    }
+
     /// Opens the WebSocket endpoint of the server at `addr`.
     pub async fn connect(addr: &str) -> Self {
         Self::open(&format!("ws://{addr}/connection/websocket")).await

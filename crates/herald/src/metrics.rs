@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::node::Node;
+use crate::hub::Hub;
 
 /// Counters kept as things happen.
 #[derive(Debug, Default)]
@@ -22,10 +22,9 @@ impl Counters {
     }
 }
 
-/// Every metric of `node`, in Prometheus's text format.
-pub fn render(node: &Node) -> String {
-    let c = &node.counters;
-    let h = &node.hub;
+/// Every metric in Prometheus's text format: the counters, the hub's
+/// figures, and the other parts' own counts.
+pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: u64) -> String {
     let (gaps_filled, resyncs) = h.gap_counts();
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
     let metrics: [(&str, &str, u64); 13] = [
@@ -61,14 +60,14 @@ pub fn render(node: &Node) -> String {
         (
             "herald_retention_removed_total",
             "counter",
-            node.retention_removed(),
+            retention_removed,
         ),
         ("herald_stream_gaps_filled_total", "counter", gaps_filled),
         ("herald_channel_resyncs_total", "counter", resyncs),
         (
             "herald_broker_reconnects_total",
             "counter",
-            node.cluster().reconnects(),
+            broker_reconnects,
         ),
     ];
     let mut out = String::with_capacity(1024);

@@ -198,6 +198,11 @@ fn router(node: Arc<Node>) -> Router {
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&node),
+        crate::metrics::render(
+            &node.counters,
+            &node.hub,
+            node.retention_removed(),
+            node.cluster().reconnects(),
+        ),
     )
 }

@@ -40,7 +40,7 @@ pub fn publication_tail(p: &Publication) -> Vec<u8> {
 pub fn encode_publication_message(p: &Publication) -> Bytes {
     let mut out = Vec::with_capacity(p.data.len() + p.channel.len() + 64);
     out.extend_from_slice(b"{\"o\":");
-    out.extend_from_slice(p.offset.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(p.offset).as_bytes());
     out.push(b',');
     if let Some(epoch) = &p.epoch {
         out.extend_from_slice(b"\"e\":");

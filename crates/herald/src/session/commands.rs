@@ -83,11 +83,12 @@ impl Session {
         {
             return Err(ProtocolError::PERMISSION_DENIED);
         }
-        // Zero means no cap, as in Centrifugo.
-        let max = match self.node.config.client.history_max_publication_limit {
-            0 => usize::MAX,
-            n => n,
-        };
+        let max = self
+            .node
+            .config
+            .client
+            .history_limit()
+            .unwrap_or(usize::MAX);
         let limit = match req.limit {
             0 => None,
             n if n < 0 => Some(max),

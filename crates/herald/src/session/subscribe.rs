@@ -100,11 +100,7 @@ impl Session {
         options: &ChannelOptions,
         result: &mut SubscribeResult,
     ) -> Result<u64, ProtocolError> {
-        // Zero means no cap, as in Centrifugo.
-        let limit = match self.node.config.client.recovery_max_publication_limit {
-            0 => usize::MAX - 1,
-            n => n,
-        };
+        let limit = self.node.config.client.recovery_limit();
         let position_only = HistoryQuery {
             since: None,
             limit: None,
@@ -129,9 +125,10 @@ impl Session {
                 offset: req.offset,
                 epoch: req.epoch.clone(),
             };
+            // One more than the cap tells "too many" from "exactly the cap".
             HistoryQuery {
                 since: Some(since),
-                limit: Some(limit + 1),
+                limit: limit.map(|n| n + 1).or(Some(usize::MAX)),
                 reverse: false,
             }
         };
@@ -145,7 +142,8 @@ impl Session {
                 // must still be in the stream, and not too many of them.
                 let complete = match page.publications.first() {
                     Some(first) => {
-                        first.offset == req.offset + 1 && page.publications.len() <= limit
+                        first.offset == req.offset + 1
+                            && limit.is_none_or(|n| page.publications.len() <= n)
                     }
                     None => page.position.offset == req.offset,
                 };

@@ -196,12 +196,9 @@ fn checkconfig_reports_bad_values_and_unknown_keys() {
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 
     write(&file, &json!({"client": {"ping_interval": "soon"}}));
-    let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("client.ping_interval"),
-        "{}",
-        stderr(&o)
+    refused_naming(
+        &run(herald().args(["checkconfig", "-c"]).arg(&file)),
+        "client.ping_interval",
     );
 
     write(
@@ -315,32 +312,30 @@ fn serve_with_an_invalid_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.json");
     write(&file, &json!({"client": {"ping_interval": "soon"}}));
-    let o = run(herald().args(["serve", "-c"]).arg(&file).args([
-        "--port",
-        "0",
-        "--address",
-        "127.0.0.1",
-    ]));
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("client.ping_interval"),
-        "{}",
-        stderr(&o)
-    );
-
+    refused_naming(&serve_once(&file), "client.ping_interval");
     // An out-of-range combination is refused the same way.
     write(
         &file,
         &json!({"client": {"ping_interval": "1s", "pong_timeout": "2s"}}),
     );
-    let o = run(herald().args(["serve", "-c"]).arg(&file).args([
-        "--port",
-        "0",
-        "--address",
-        "127.0.0.1",
-    ]));
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("client.pong_timeout"), "{}", stderr(&o));
+    refused_naming(&serve_once(&file), "client.pong_timeout");
+}
+
+/// Runs `herald serve` with `config` until it exits (it must not start).
+fn serve_once(config: &Path) -> Output {
+    run(herald()
+        .args(["serve", "-c"])
+        .arg(config)
+        .args(["--port", "0", "--address", "127.0.0.1"]))
+}
+
+/// The command failed, and its message names `key`.
+fn refused_naming(o: &Output, key: &str) {
+    assert!(
+        !o.status.success(),
+        "accepted; wanted an error naming {key}"
+    );
+    assert!(stderr(o).contains(key), "{}", stderr(o));
 }
 
 fn serve(config: &Path, env: &[(&str, &str)]) -> Served {

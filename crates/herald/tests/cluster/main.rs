@@ -13,7 +13,7 @@ mod redis;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_testkit::{ClusterNode, Event, OwnServer, TestDatabase, Ws};
+use herald_testkit::{eventually, ClusterNode, Event, OwnServer, TestDatabase, Ws};
 use serde_json::{json, Value};
 
 /// Starts node `name` of a test cluster with `patch` over the base config.
@@ -36,6 +36,30 @@ async fn next_pub(ws: &mut Ws, channel: &str) -> Value {
             return push["pub"].clone();
         }
     }
+}
+
+/// Waits until `node`'s `info` lists `count` nodes.
+async fn nodes_in_info(node: &ClusterNode, count: usize) {
+    eventually(&format!("{count} nodes in info"), || async {
+        let info = node.api("info", json!({})).await;
+        info["nodes"].as_array().map(Vec::len) == Some(count)
+    })
+    .await;
+}
+
+/// The offsets of a channel's whole history through `node`'s API, and its
+/// epoch.
+async fn history(node: &ClusterNode, channel: &str) -> (Vec<u64>, Value) {
+    let h = node
+        .api("history", json!({"channel": channel, "limit": -1}))
+        .await;
+    let offsets = h["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect();
+    (offsets, h["epoch"].clone())
 }
 
 /// Publishes `{"node": i, "n": n}` for n in 0..each through every node's

@@ -1,6 +1,6 @@
 //! The cluster over NATS, with streams in PostgreSQL.
 
-use herald_testkit::{env_url, eventually, merge, unique, ClusterNode, OwnServer, TestDatabase};
+use herald_testkit::{env_url, merge, unique, ClusterNode, OwnServer, TestDatabase};
 use serde_json::json;
 
 use super::*;
@@ -46,14 +46,7 @@ async fn nats_cluster_with_postgres_streams() {
     subscribe(&mut exact, "chat:a.b c").await;
     subscribe(&mut star, "chat:a.*").await;
     subscribe(&mut star, "chat:>").await;
-    eventually("three nodes in info", || async {
-        nodes[1].api("info", json!({})).await["nodes"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
-    })
-    .await;
+    nodes_in_info(&nodes[1], 3).await;
     nodes[1]
         .api("publish", json!({"channel": "chat:a.b c", "data": "exact"}))
         .await;
@@ -82,15 +75,7 @@ async fn nats_cluster_with_postgres_streams() {
     assert_eq!(resubscribes, 0);
     let filled = nodes[1].metric("herald_stream_gaps_filled_total").await;
     eprintln!("gaps filled on the subscriber's node: {filled}");
-    let h = nodes[2]
-        .api("history", json!({"channel": "log:orders", "limit": -1}))
-        .await;
-    let offsets: Vec<u64> = h["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
+    let (offsets, _) = history(&nodes[2], "log:orders").await;
     assert_eq!(offsets, (1..=(3 * EACH) as u64).collect::<Vec<_>>());
 
     // Disconnect through node A reaches node C over NATS.

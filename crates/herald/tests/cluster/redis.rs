@@ -62,14 +62,7 @@ async fn redis_cluster_acts_as_one_server() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // info lists every node, with its figures, wherever it is asked.
-    eventually("three nodes in info", || async {
-        b.api("info", json!({})).await["nodes"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
-    })
-    .await;
+    nodes_in_info(b, 3).await;
 
     let mut clients = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -168,14 +161,7 @@ async fn redis_cluster_acts_as_one_server() {
     let mut nodes = nodes;
     let dead = nodes.pop().unwrap();
     drop(dead);
-    eventually("node c gone from info", || async {
-        nodes[0].api("info", json!({})).await["nodes"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 2
-    })
-    .await;
+    nodes_in_info(&nodes[0], 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,17 +194,9 @@ async fn redis_streams_keep_one_order_under_publishers_on_every_node() {
     }
     // Every node reads the same continuous stream.
     for node in &nodes {
-        let h = node
-            .api("history", json!({"channel": "hist:race", "limit": -1}))
-            .await;
-        let offsets: Vec<u64> = h["publications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["offset"].as_u64().unwrap())
-            .collect();
+        let (offsets, epoch) = history(node, "hist:race").await;
         assert_eq!(offsets, (1..=(3 * EACH) as u64).collect::<Vec<_>>());
-        assert_eq!(h["epoch"], sub["epoch"]);
+        assert_eq!(epoch, sub["epoch"]);
     }
 }
 
@@ -319,14 +297,7 @@ async fn channels_shard_across_several_redis_servers() {
         );
     }
     // Node announcements and commands use the first server.
-    eventually("both nodes in info", || async {
-        nodes[1].api("info", json!({})).await["nodes"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 2
-    })
-    .await;
+    nodes_in_info(&nodes[1], 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

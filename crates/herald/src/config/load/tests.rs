@@ -277,3 +277,37 @@ fn write_delay_accepts_up_to_one_second() {
     .unwrap();
     assert_eq!(loaded.config.client.write_delay, Dur::secs(1));
 }
+
+#[test]
+fn secrets_never_show_in_a_printed_config() {
+    let dir = write(
+        "c.json",
+        r#"{"client":{"token":{"hmac_secret_key":"s-hmac"}},"http_api":{"key":"s-api"},
+            "admin":{"password":"s-admin-pw","secret":"s-admin-secret"},
+            "engine":{"type":"redis","redis":{"address":"redis://:s-addr-pw@127.0.0.1:6379",
+                "password":"s-redis-pw"}},
+            "broker":{"nats":{"url":"nats://user:s-nats-pw@127.0.0.1:4222"}},
+            "storage":{"postgres":{"url":"postgres://u:s-pg-pw@127.0.0.1/db"}}}"#,
+    );
+    let l = load(
+        Some(&dir.path().join("c.json")),
+        &env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let printed = format!("{:?}", l.config);
+    for secret in [
+        "s-hmac",
+        "s-api",
+        "s-admin-pw",
+        "s-admin-secret",
+        "s-addr-pw",
+        "s-redis-pw",
+        "s-nats-pw",
+        "s-pg-pw",
+    ] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    assert_eq!(l.config.http_api.key, "s-api", "still readable where used");
+    assert!(printed.contains("127.0.0.1:6379"), "the rest is shown");
+}

@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::pool::PoolOptions;
 use sqlx::{ConnectOptions, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::StoredRow;
 use super::Range;
+use crate::store::StoreError;
 
 /// Each publication of a batch's offset and epoch, in the batch's order.
 pub(super) type Assigned = Vec<(u64, Arc<str>)>;
@@ -90,8 +93,29 @@ pub(super) struct Sql<D: Dialect> {
 }
 
 impl<D: Dialect> Sql<D> {
-    pub(super) fn new(pool: Pool<D::Db>, writer: <Conn<D> as Connection>::Options) -> Self {
-        Self { pool, writer }
+    /// Connects a pool with `options`, applies `migrations` and keeps the
+    /// options for the writer's own connection; errors name `target`.
+    pub(super) async fn open(
+        pool: PoolOptions<D::Db>,
+        options: <Conn<D> as Connection>::Options,
+        migrations: &Migrator,
+        target: &str,
+    ) -> Result<Self, StoreError>
+    where
+        Conn<D>: Migrate,
+    {
+        let pool = pool
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::open(target, e))?;
+        migrations
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::open(target, e))?;
+        Ok(Self {
+            pool,
+            writer: options,
+        })
     }
 }
 

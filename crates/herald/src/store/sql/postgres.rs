@@ -36,15 +36,14 @@ pub(super) async fn open(config: &PostgresStorage) -> Result<Sql<PostgresDialect
     let target = format!("PostgreSQL {}", server_name(&options));
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size.max(1))
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options.clone())
-        .await
-        .map_err(|e| StoreError::open(&target, e))?;
-    sqlx::migrate!("migrations/postgres")
-        .run(&pool)
-        .await
-        .map_err(|e| StoreError::open(&target, e))?;
-    Ok(Sql::new(pool, options))
+        .acquire_timeout(ACQUIRE_TIMEOUT);
+    Sql::open(
+        pool,
+        options,
+        &sqlx::migrate!("migrations/postgres"),
+        &target,
+    )
+    .await
 }
 
 /// PostgreSQL's dialect: a batch commits as one statement over arrays.

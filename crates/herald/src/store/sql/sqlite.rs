@@ -59,16 +59,14 @@ pub(super) async fn open(
             Synchronous::Full => SqliteSynchronous::Full,
         })
         .busy_timeout(BUSY_TIMEOUT);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .connect_with(options.clone())
-        .await
-        .map_err(|e| StoreError::open(target(), e))?;
-    sqlx::migrate!("migrations/sqlite")
-        .run(&pool)
-        .await
-        .map_err(|e| StoreError::open(target(), e))?;
-    Ok(Sql::new(pool, options))
+    let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE);
+    Sql::open(
+        pool,
+        options,
+        &sqlx::migrate!("migrations/sqlite"),
+        &target(),
+    )
+    .await
 }
 
 /// SQLite's dialect: batches commit as one multi-statement query.
@@ -111,51 +109,15 @@ async fn commit(
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
     let counts: Vec<(&str, i64)> = counts.into_iter().collect();
+    let rows: Vec<_> = pubs.iter().map(NewRow::new).zip(back).collect();
     // BEGIN IMMEDIATE takes the write lock at once, so a concurrent writer
     // (retention) makes this wait (busy timeout) rather than fail midway.
     let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
     for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        q.push("INSERT INTO streams (channel, epoch, top, created_at) SELECT *, ");
-        q.push_bind(now_ms);
-        q.push(" FROM (");
-        q.push_values(padded(chunk), |mut row, stream| {
-            let (channel, epoch, count) = match stream {
-                Some((channel, count)) => (Some(*channel), Some(new_epoch()), Some(*count)),
-                None => (None, None, None),
-            };
-            row.push_bind(channel).push_bind(epoch).push_bind(count);
-        });
-        q.push(
-            ") WHERE column1 IS NOT NULL \
-             ON CONFLICT (channel) DO UPDATE SET top = streams.top + excluded.top \
-             RETURNING channel, epoch, top; ",
-        );
+        push_reserve(&mut q, chunk, now_ms);
     }
-    let rows: Vec<_> = pubs.iter().map(NewRow::new).zip(back).collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        q.push(
-            "INSERT INTO publications \
-             (channel, seq, data, info_user, info_client, conn_info, chan_info, tags, created_at) \
-             SELECT column1, (SELECT top FROM streams WHERE channel = column1) - column2, \
-             column3, column4, column5, column6, column7, column8, ",
-        );
-        q.push_bind(now_ms);
-        q.push(" FROM (");
-        q.push_values(padded(chunk), |mut b, row| {
-            let (r, back) = match row {
-                Some((r, back)) => (Some(r), Some(*back)),
-                None => (None, None),
-            };
-            b.push_bind(r.map(|r| r.channel))
-                .push_bind(back)
-                .push_bind(r.map(|r| r.data))
-                .push_bind(r.and_then(|r| r.info_user))
-                .push_bind(r.and_then(|r| r.info_client))
-                .push_bind(r.and_then(|r| r.conn_info))
-                .push_bind(r.and_then(|r| r.chan_info))
-                .push_bind(r.and_then(|r| r.tags.clone()));
-        });
-        q.push(") WHERE column1 IS NOT NULL; ");
+        push_insert(&mut q, chunk, now_ms);
     }
     q.push("COMMIT");
     let result = q
@@ -171,6 +133,55 @@ async fn commit(
             Err(e)
         }
     }
+}
+
+/// Adds a statement that reserves `count` offsets in each stream of
+/// `streams` (creating the stream with a fresh epoch) and returns its new
+/// top.
+fn push_reserve(q: &mut QueryBuilder<Sqlite>, streams: &[(&str, i64)], now_ms: i64) {
+    q.push("INSERT INTO streams (channel, epoch, top, created_at) SELECT *, ");
+    q.push_bind(now_ms);
+    q.push(" FROM (");
+    q.push_values(padded(streams), |mut row, stream| {
+        let (channel, epoch, count) = match stream {
+            Some((channel, count)) => (Some(*channel), Some(new_epoch()), Some(*count)),
+            None => (None, None, None),
+        };
+        row.push_bind(channel).push_bind(epoch).push_bind(count);
+    });
+    q.push(
+        ") WHERE column1 IS NOT NULL \
+         ON CONFLICT (channel) DO UPDATE SET top = streams.top + excluded.top \
+         RETURNING channel, epoch, top; ",
+    );
+}
+
+/// Adds a statement that inserts `rows`, each at its stream's new top
+/// minus its distance back from it.
+fn push_insert(q: &mut QueryBuilder<Sqlite>, rows: &[(NewRow<'_>, i64)], now_ms: i64) {
+    q.push(
+        "INSERT INTO publications \
+         (channel, seq, data, info_user, info_client, conn_info, chan_info, tags, created_at) \
+         SELECT column1, (SELECT top FROM streams WHERE channel = column1) - column2, \
+         column3, column4, column5, column6, column7, column8, ",
+    );
+    q.push_bind(now_ms);
+    q.push(" FROM (");
+    q.push_values(padded(rows), |mut b, row| {
+        let (r, back) = match row {
+            Some((r, back)) => (Some(r), Some(*back)),
+            None => (None, None),
+        };
+        b.push_bind(r.map(|r| r.channel))
+            .push_bind(back)
+            .push_bind(r.map(|r| r.data))
+            .push_bind(r.and_then(|r| r.info_user))
+            .push_bind(r.and_then(|r| r.info_client))
+            .push_bind(r.and_then(|r| r.conn_info))
+            .push_bind(r.and_then(|r| r.chan_info))
+            .push_bind(r.and_then(|r| r.tags.clone()));
+    });
+    q.push(") WHERE column1 IS NOT NULL; ");
 }
 
 /// `items` followed by `None`s up to the next power of two (at most
