@@ -5,8 +5,9 @@
 //! frames are defined (the transport's text frame for JSON, say), so adding
 //! one changes nothing here or in whoever hands messages around.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 /// How many formats one message keeps at once. A message wanted in more
@@ -28,21 +29,21 @@ pub trait Format<M>: 'static {
 /// The frames made from one message so far, one per format.
 #[derive(Default)]
 pub struct Encodings {
-    slots: [OnceLock<Slot>; SLOTS],
+    slots: [OnceLock<Box<dyn Any + Send + Sync>>; SLOTS],
 }
 
-/// One format's frame, typed `Option<F::Frame>` behind `Any`.
-type Slot = (TypeId, Box<dyn Any + Send + Sync>);
+/// Format `F`'s outcome for a message; its type tells the formats apart
+/// even where two share a frame type.
+struct Encoded<F: 'static, T>(Option<T>, PhantomData<fn() -> F>);
 
 impl Encodings {
     /// `message` in format `F`: encoded on first use, then shared.
     pub fn get<M, F: Format<M>>(&self, message: &M) -> Option<F::Frame> {
-        let id = TypeId::of::<F>();
         for slot in &self.slots {
-            let (kind, frame) = slot.get_or_init(|| (id, Box::new(F::encode(message))));
-            if *kind == id {
-                // The slot was filled for `F`, so the downcast holds.
-                return frame.downcast_ref::<Option<F::Frame>>()?.clone();
+            let cached = slot
+                .get_or_init(|| Box::new(Encoded::<F, F::Frame>(F::encode(message), PhantomData)));
+            if let Some(Encoded(frame, _)) = cached.downcast_ref::<Encoded<F, F::Frame>>() {
+                return frame.clone();
             }
         }
         F::encode(message)
