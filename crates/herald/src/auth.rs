@@ -83,38 +83,11 @@ struct RawClaims {
 impl Verifier {
     /// Builds a verifier; `section` names the config section in errors.
     pub fn from_config(c: &TokenConfig, section: &str) -> Result<Self, ConfigError> {
-        let hmac = (!c.hmac_secret_key.is_empty())
-            .then(|| DecodingKey::from_secret(c.hmac_secret_key.expose().as_bytes()));
-        let rsa = if c.rsa_public_key.is_empty() {
-            None
-        } else {
-            Some(
-                DecodingKey::from_rsa_pem(pem_text(&c.rsa_public_key).as_bytes()).map_err(|e| {
-                    ConfigError::invalid(
-                        format!("{section}.rsa_public_key"),
-                        format!("not an RSA public key in PEM: {e}"),
-                    )
-                })?,
-            )
-        };
-        let ecdsa = if c.ecdsa_public_key.is_empty() {
-            None
-        } else {
-            Some(
-                DecodingKey::from_ec_pem(pem_text(&c.ecdsa_public_key).as_bytes()).map_err(
-                    |e| {
-                        ConfigError::invalid(
-                            format!("{section}.ecdsa_public_key"),
-                            format!("not an ECDSA public key in PEM: {e}"),
-                        )
-                    },
-                )?,
-            )
-        };
+        let keys = c.keys(section)?;
         Ok(Self {
-            hmac,
-            rsa,
-            ecdsa,
+            hmac: keys.hmac,
+            rsa: keys.rsa,
+            ecdsa: keys.ecdsa,
             audience: c.audience.clone(),
             issuer: c.issuer.clone(),
             user_id_claim: c.user_id_claim.clone(),
@@ -257,21 +230,6 @@ fn info_bytes(info: Option<Value>, b64info: Option<String>) -> Result<Option<Byt
         }
         _ => Ok(None),
     }
-}
-
-/// Accepts PEM text, base64-encoded PEM, or a path to a PEM file.
-fn pem_text(value: &str) -> String {
-    if value.contains("-----BEGIN") {
-        return value.to_string();
-    }
-    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value.trim()) {
-        if let Ok(text) = String::from_utf8(decoded) {
-            if text.contains("-----BEGIN") {
-                return text;
-            }
-        }
-    }
-    std::fs::read_to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
 /// Signs an HS256 token with `secret` (used by `herald gentoken` and tests).

@@ -8,6 +8,7 @@ mod cluster;
 mod duration;
 mod load;
 mod secret;
+mod token;
 mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ pub use cluster::{
 pub use duration::Dur;
 pub use load::{load, ConfigError, Loaded, Overrides};
 pub use secret::{redacted_url, Secret};
+pub use token::{SubscriptionTokenConfig, TokenConfig, TokenKeys};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -84,30 +86,6 @@ impl Default for Log {
             format: "text".into(),
         }
     }
-}
-
-/// How JWTs are verified: HMAC secret and/or an RSA or ECDSA public key (PEM).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TokenConfig {
-    pub hmac_secret_key: Secret,
-    pub rsa_public_key: String,
-    pub ecdsa_public_key: String,
-    /// When set, tokens must carry this `aud`.
-    pub audience: String,
-    /// When set, tokens must carry this `iss`.
-    pub issuer: String,
-    /// The claim holding the user id; `sub` when empty.
-    pub user_id_claim: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SubscriptionTokenConfig {
-    /// When false, subscription tokens are verified with `client.token`.
-    pub enabled: bool,
-    #[serde(flatten)]
-    pub token: TokenConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

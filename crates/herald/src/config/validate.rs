@@ -75,12 +75,11 @@ fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigE
             "must be positive",
         ));
     }
-    crate::auth::Verifier::from_config(&cl.token, "client.token")?;
+    cl.token.keys("client.token")?;
     if cl.subscription_token.enabled {
-        crate::auth::Verifier::from_config(
-            &cl.subscription_token.token,
-            "client.subscription_token",
-        )?;
+        cl.subscription_token
+            .token
+            .keys("client.subscription_token")?;
     }
     let t = &cl.token;
     if t.hmac_secret_key.is_empty()
