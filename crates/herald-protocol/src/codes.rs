@@ -39,6 +39,9 @@ impl ProtocolError {
     pub const ALREADY_SUBSCRIBED: Self = Self::new(105, "already subscribed");
     pub const LIMIT_EXCEEDED: Self = Self::new(106, "limit exceeded");
     pub const BAD_REQUEST: Self = Self::new(107, "bad request");
+    /// A channel name with a control character (NUL, newline, …): refused
+    /// on every path, before it reaches a broker or a store.
+    pub const INVALID_CHANNEL: Self = Self::new(107, "bad request: invalid channel name");
     pub const NOT_AVAILABLE: Self = Self::new(108, "not available");
     pub const TOKEN_EXPIRED: Self = Self::new(109, "token expired");
     pub const EXPIRED: Self = Self::new(110, "expired");

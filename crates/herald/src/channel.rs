@@ -58,11 +58,16 @@ impl ChannelRules {
         }
     }
 
-    /// Finds the options for `channel`: error 107 for an empty or too long name,
-    /// 102 for an unknown namespace or a name the namespace's regex refuses.
+    /// Finds the options for `channel`: error 107 for an empty or too long
+    /// name or one with a control character, 102 for an unknown namespace
+    /// or a name the namespace's regex refuses. Every path that takes a
+    /// channel name (client commands, server API, tokens) comes here first.
     pub fn resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ProtocolError> {
         if channel.is_empty() || channel.len() > self.cfg.max_length {
             return Err(ProtocolError::BAD_REQUEST);
+        }
+        if channel.chars().any(char::is_control) {
+            return Err(ProtocolError::INVALID_CHANNEL);
         }
         let private = channel.starts_with(self.cfg.private_prefix.as_str())
             && !self.cfg.private_prefix.is_empty();
@@ -262,6 +267,23 @@ mod tests {
         assert_eq!(r.resolve("x".repeat(21).as_str()).unwrap_err().code, 107);
         assert!(r.resolve("x".repeat(20).as_str()).is_ok());
         assert_eq!(r.resolve("nope:x").unwrap_err().code, 102);
+        for bad in [
+            "chat:a\u{0}b",
+            "chat:a\nb",
+            "chat:\u{7f}",
+            "a\tb",
+            "chat:\u{85}",
+        ] {
+            assert_eq!(
+                r.resolve(bad).unwrap_err(),
+                ProtocolError::INVALID_CHANNEL,
+                "{bad:?}"
+            );
+        }
+        assert!(
+            r.resolve("chat:é ü 日本").is_ok(),
+            "other characters are fine"
+        );
         assert_eq!(r.resolve("rx:ABC").unwrap_err().code, 102);
         assert!(r.resolve("rx:abc").is_ok());
     }

@@ -354,6 +354,10 @@ fn fill_from_stream(node: Weak<Node>, fill: Fill) {
 
 /// The protocol error for a store that failed, logged once here.
 fn store_failed(channel: &str, what: &str, e: StoreError) -> ProtocolError {
+    if let StoreError::Invalid(why) = e {
+        tracing::info!(channel, why, "{what} refused");
+        return ProtocolError::BAD_REQUEST;
+    }
     tracing::warn!(
         channel,
         error = &e as &dyn std::error::Error,

@@ -94,6 +94,9 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
     #[error("the durable store is closed")]
     Closed,
+    /// The publication cannot be stored as it is (a client error).
+    #[error("publication refused: {0}")]
+    Invalid(&'static str),
     #[error("stream in Redis unavailable")]
     Redis(#[from] RedisError),
     #[error("publication not delivered")]

@@ -119,6 +119,7 @@ on_both!(
     reads_apply_retention_before_the_task_runs,
     reopening_keeps_epochs_and_offsets,
     failed_commits_acknowledge_and_deliver_nothing,
+    a_refused_publication_fails_alone,
 );
 
 /// Delivered publications as (channel, offset), in delivery order.
@@ -515,6 +516,62 @@ async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
     assert_eq!(p.offset, 2);
     let page = store.history("f", all(), unbounded()).await.unwrap();
     assert_eq!(offsets(&page), vec![1, 2]);
+    store.close().await;
+}
+
+/// A publication the database refuses fails alone: the others of its batch
+/// are committed, in order, and delivered; one a text column cannot hold is
+/// refused before it joins a batch.
+async fn a_refused_publication_fails_alone(fx: Fixture) {
+    let (deliver, seen) = recorder();
+    let fx = fx.with(|s| s.batch_max_size = 64);
+    let store = Arc::new(fx.open(deliver, unbounded()).await);
+    for channel in ["f", "g"] {
+        store
+            .append(publication(channel, 1), unbounded())
+            .await
+            .unwrap();
+    }
+    // Offset 2 of "f" taken behind the store's back: any batch holding a
+    // publication of "f" is refused by the database.
+    fx.execute("INSERT INTO publications (channel, seq, data, created_at) VALUES ('f', 2, '0', 0)")
+        .await;
+    let nul_user = Arc::new(ClientInfo {
+        user: "a\0b".into(),
+        ..Default::default()
+    });
+    let appends: Vec<_> = (0..40u64)
+        .map(|n| {
+            let store = store.clone();
+            let p = match n % 8 {
+                3 => publication("f", n),
+                5 => Publication::new(Arc::from("g"), Bytes::from("1"), Some(nul_user.clone())),
+                _ => publication("g", n),
+            };
+            tokio::spawn(async move { (n, store.append(p, unbounded()).await) })
+        })
+        .collect();
+    let mut g_offsets = Vec::new();
+    for append in appends {
+        let (n, result) = append.await.unwrap();
+        match (n % 8, result) {
+            (3, Err(StoreError::Commit(_))) => {}
+            (5, Err(StoreError::Invalid(_))) => {}
+            (_, Ok(p)) if n % 8 != 3 && n % 8 != 5 => g_offsets.push(p.offset),
+            (_, other) => panic!("publication {n}: {other:?}"),
+        }
+    }
+    g_offsets.sort_unstable();
+    assert_eq!(g_offsets, (2..=31).collect::<Vec<_>>());
+    let delivered: Vec<u64> = seen
+        .lock()
+        .iter()
+        .filter(|(c, _)| c == "g")
+        .map(|(_, o)| *o)
+        .collect();
+    assert_eq!(delivered, (1..=31).collect::<Vec<_>>(), "in order, once");
+    let page = store.history("g", all(), unbounded()).await.unwrap();
+    assert_eq!(offsets(&page), (1..=31).collect::<Vec<_>>());
     store.close().await;
 }
 

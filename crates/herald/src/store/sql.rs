@@ -138,6 +138,9 @@ impl Store for DurableStore {
         // Retention is applied by the retention task and at read time, so
         // appending needs no options.
         Box::pin(async move {
+            // Checked before it can join a batch: what a database would
+            // refuse must fail alone, not the batch it is committed with.
+            rows::check(&publication)?;
             let (reply, answer) = oneshot::channel();
             self.queue
                 .send(Pending { publication, reply })

@@ -5,6 +5,7 @@
 mod api;
 mod connect;
 mod dev;
+mod hardening;
 mod history;
 mod limits;
 mod ping;

@@ -8,6 +8,25 @@ use herald_protocol::{ClientInfo, Publication};
 
 use crate::store::StoreError;
 
+/// Refuses what a text column cannot hold (PostgreSQL's text takes no NUL
+/// character): the channel name and the publisher's user and client ids.
+/// Channel names with control characters are refused before they get here;
+/// this guards every path into the store all the same.
+pub(super) fn check(p: &Publication) -> Result<(), StoreError> {
+    let info = p.info.as_deref();
+    let texts = [
+        Some(&*p.channel),
+        info.map(|i| i.user.as_str()),
+        info.map(|i| i.client.as_str()),
+    ];
+    if texts.into_iter().flatten().any(|t| t.contains('\0')) {
+        return Err(StoreError::Invalid(
+            "a NUL character in a channel, user or client id",
+        ));
+    }
+    Ok(())
+}
+
 /// A publication's columns as stored (see the migrations), but its offset,
 /// which the commit computes in SQL.
 pub(super) struct NewRow<'a> {

@@ -19,8 +19,11 @@ use crate::store::{Deliver, StoreError};
 /// A publication waiting for the writer, and where to send the outcome.
 pub(super) struct Pending {
     pub(super) publication: Publication,
-    pub(super) reply: oneshot::Sender<Result<Committed, StoreError>>,
+    pub(super) reply: Reply,
 }
+
+/// Where a publisher waits for its publication's outcome.
+pub(super) type Reply = oneshot::Sender<Result<Committed, StoreError>>;
 
 /// A committed publication (with its offset and epoch) and its delivery outcome
 /// (awaited by the publisher, so that the writer never waits on the broker).
@@ -72,40 +75,73 @@ impl Writer {
         }
     }
 
-    /// Commits the batch on `conn` (connecting first when there is none)
-    /// and answers its publishers. A failed commit drops the connection, so
-    /// that the next batch starts on a fresh one whatever state it was in.
+    /// Commits the batch and answers its publishers. When the database
+    /// refuses the batch because of what it holds (an error of the
+    /// database, not of the connection), the batch is split in halves,
+    /// each committed in turn (so a channel's offsets keep the batch's
+    /// order), until the publications that fail are alone: one bad
+    /// publication never fails the others.
     async fn commit(&self, conn: &mut Option<Box<dyn BatchWriter>>, batch: &mut Vec<Pending>) {
-        let (publications, replies): (Vec<Publication>, Vec<_>) =
+        let (publications, replies): (Vec<Publication>, Vec<Reply>) =
             batch.drain(..).map(|p| (p.publication, p.reply)).unzip();
+        // Parts still to commit, the next one last.
+        let mut parts = vec![(publications, replies)];
+        while let Some((mut publications, mut replies)) = parts.pop() {
+            match self.commit_once(conn, &publications).await {
+                Ok(assigned) => self.answer(publications, replies, assigned),
+                Err(e) if publications.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        publications = publications.len(),
+                        "a batch was refused: committing its halves apart"
+                    );
+                    let half = publications.len() / 2;
+                    let second = (publications.split_off(half), replies.split_off(half));
+                    parts.push(second);
+                    parts.push((publications, replies));
+                }
+                Err(e) => {
+                    let cause = Arc::new(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Commit(cause.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One transaction on `conn` (connecting first when there is none). A
+    /// failed commit drops the connection, so that the next starts on a
+    /// fresh one whatever state it was in.
+    async fn commit_once(
+        &self,
+        conn: &mut Option<Box<dyn BatchWriter>>,
+        publications: &[Publication],
+    ) -> Result<Assigned, sqlx::Error> {
         let result = match conn {
-            Some(c) => c.commit(&publications, now_ms()).await,
+            Some(c) => c.commit(publications, now_ms()).await,
             None => match self.db.connect_writer().await {
-                Ok(c) => conn.insert(c).commit(&publications, now_ms()).await,
+                Ok(c) => conn.insert(c).commit(publications, now_ms()).await,
                 Err(e) => Err(e),
             },
         };
         if result.is_err() {
             *conn = None;
         }
-        match result {
-            Ok(assigned) => {
-                let answers = publications.into_iter().zip(assigned).zip(replies);
-                for ((publication, (offset, epoch)), reply) in answers {
-                    let publication = Arc::new(publication.with_offset(offset).with_epoch(epoch));
-                    let delivered = (self.deliver)(publication.clone());
-                    let _ = reply.send(Ok(Committed {
-                        publication,
-                        delivered,
-                    }));
-                }
-            }
-            Err(e) => {
-                let cause = Arc::new(e);
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Commit(cause.clone())));
-                }
-            }
+        result
+    }
+
+    /// Delivers committed publications in offset order and answers their
+    /// publishers.
+    fn answer(&self, publications: Vec<Publication>, replies: Vec<Reply>, assigned: Assigned) {
+        let answers = publications.into_iter().zip(assigned).zip(replies);
+        for ((publication, (offset, epoch)), reply) in answers {
+            let publication = Arc::new(publication.with_offset(offset).with_epoch(epoch));
+            let delivered = (self.deliver)(publication.clone());
+            let _ = reply.send(Ok(Committed {
+                publication,
+                delivered,
+            }));
         }
     }
 }
