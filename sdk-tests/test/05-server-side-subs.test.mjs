@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { startTestServer } from '../lib/fixtures.mjs';
-import { logTail, waitFor } from '../lib/server.mjs';
+import { configWithNamespaces, publishNumbered, startTestServer } from '../lib/fixtures.mjs';
+import { connToken, connectClient, logTail, waitFor } from '../lib/server.mjs';
 
 test('channels claim subscribes the connection server-side', { timeout: 15_000 }, async (t) => {
   const { server, connect } = await startTestServer(t);
@@ -100,4 +100,43 @@ test('subs claim subscribes the connection server-side', { timeout: 15_000 }, as
   assert.ok(r.result, JSON.stringify(r));
   await waitFor(() => client.eventsOf('publication').length >= 1, 3000, 'inbox publication');
   assert.deepEqual(client.eventsOf('publication')[0].data, { hello: 'inbox' });
+});
+
+test('server-side subscriptions recover what a reconnect missed', { timeout: 15_000 }, async (t) => {
+  const config = configWithNamespaces({
+    name: 'feed',
+    history_size: 100,
+    history_ttl: '300s',
+    force_recovery: true,
+  });
+  const { server, client: newClient } = await startTestServer(t, { config });
+  const client = newClient({
+    token: connToken('alice', { channels: ['feed:x'] }),
+    minReconnectDelay: 50,
+    maxReconnectDelay: 200,
+  });
+  await connectClient(client);
+  const subscribed = () => client.eventsOf('subscribed').filter((c) => c.channel === 'feed:x');
+  await waitFor(() => subscribed().length >= 1, 2000, () => `subscribed${logTail(server)}`);
+  assert.equal(subscribed()[0].recoverable, true, JSON.stringify(subscribed()[0]));
+  const numbers = () => client.eventsOf('publication').map((c) => c.data.n);
+
+  await publishNumbered(server, 'feed:x', 1, 1);
+  await waitFor(() => numbers().length >= 1, 3000, 'publication 1');
+  // Disconnected with a code that invites a reconnect; two publications
+  // go out meanwhile.
+  const r = await server.api('disconnect', {
+    user: 'alice',
+    disconnect: { code: 4000, reason: 'come back' },
+  });
+  assert.ok(r.result, JSON.stringify(r));
+  await waitFor(() => client.state !== 'connected', 2000, 'disconnected');
+  await publishNumbered(server, 'feed:x', 2, 3);
+  await waitFor(() => numbers().length >= 3, 5000, () => `numbers ${numbers()}${logTail(server)}`);
+  await publishNumbered(server, 'feed:x', 4, 4);
+  await waitFor(() => numbers().length >= 4, 3000, 'publication 4');
+  assert.deepEqual(numbers(), [1, 2, 3, 4], 'every publication once, in order');
+  const again = subscribed().at(-1);
+  assert.equal(again.wasRecovering, true, JSON.stringify(again));
+  assert.equal(again.recovered, true, JSON.stringify(again));
 });

@@ -101,6 +101,11 @@ impl Disconnect {
     pub fn write_error() -> Self {
         Self::new(3009, "write error")
     }
+    /// A server-side subscription missed publications it cannot recover
+    /// without a reconnect.
+    pub fn insufficient_state() -> Self {
+        Self::new(3010, "insufficient state")
+    }
     pub fn force_reconnect() -> Self {
         Self::new(3011, "force reconnect")
     }

@@ -3,7 +3,7 @@
 //! checked, `exp` optional (a token without it never expires), `aud` and `iss`
 //! required only when configured, and the algorithm must match the key kind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -52,8 +52,9 @@ pub struct ConnectionClaims {
     /// Unix seconds when the connection expires; `None` never.
     pub expires_at: Option<i64>,
     pub info: Option<Bytes>,
-    /// Channels the server subscribes the client to.
-    pub channels: Vec<String>,
+    /// Channels the server subscribes the client to, with their options:
+    /// the `subs` claim when it is there, else the `channels` claim.
+    pub subs: Vec<(String, SubOptions)>,
     pub meta: Option<Bytes>,
 }
 
@@ -62,8 +63,32 @@ pub struct ConnectionClaims {
 pub struct SubscriptionClaims {
     pub user: String,
     pub channel: String,
+    /// When set, only this client may use the token.
+    pub client: String,
     pub expires_at: Option<i64>,
+    pub options: SubOptions,
+}
+
+/// What a token sets for one subscription: a `subs` entry of a connection
+/// token, or a subscription token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Channel info shown with the client's publications and presence.
     pub info: Option<Bytes>,
+    /// Sent to the client with the subscription.
+    pub data: Option<Bytes>,
+    pub overrides: Overrides,
+}
+
+/// Namespace options a token overrides for one subscription; `None` keeps
+/// the namespace's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    pub force_push_join_leave: Option<bool>,
+    pub force_recovery: Option<bool>,
+    pub force_positioning: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,10 +99,67 @@ struct RawClaims {
     expire_at: Option<f64>,
     info: Option<Value>,
     b64info: Option<String>,
+    data: Option<Value>,
+    b64data: Option<String>,
+    #[serde(rename = "override")]
+    overrides: Option<RawOverrides>,
     channels: Vec<String>,
-    subs: HashMap<String, Value>,
+    subs: BTreeMap<String, RawSub>,
     meta: Option<Value>,
     channel: String,
+    client: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawSub {
+    info: Option<Value>,
+    b64info: Option<String>,
+    data: Option<Value>,
+    b64data: Option<String>,
+    #[serde(rename = "override")]
+    overrides: Option<RawOverrides>,
+}
+
+/// `{"presence": {"value": true}, …}`, as Centrifugo writes overrides.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawOverrides {
+    presence: Option<BoolValue>,
+    join_leave: Option<BoolValue>,
+    force_push_join_leave: Option<BoolValue>,
+    force_recovery: Option<BoolValue>,
+    force_positioning: Option<BoolValue>,
+}
+
+#[derive(Deserialize)]
+struct BoolValue {
+    value: bool,
+}
+
+impl From<RawOverrides> for Overrides {
+    fn from(r: RawOverrides) -> Self {
+        let v = |b: Option<BoolValue>| b.map(|b| b.value);
+        Self {
+            presence: v(r.presence),
+            join_leave: v(r.join_leave),
+            force_push_join_leave: v(r.force_push_join_leave),
+            force_recovery: v(r.force_recovery),
+            force_positioning: v(r.force_positioning),
+        }
+    }
+}
+
+fn sub_options(
+    info: (Option<Value>, Option<String>),
+    data: (Option<Value>, Option<String>),
+    overrides: Option<RawOverrides>,
+) -> Result<SubOptions, TokenError> {
+    Ok(SubOptions {
+        info: json_or_b64(info.0, info.1, "b64info")?,
+        data: json_or_b64(data.0, data.1, "b64data")?,
+        overrides: overrides.map(Overrides::from).unwrap_or_default(),
+    })
 }
 
 impl Verifier {
@@ -167,18 +249,31 @@ impl Verifier {
                 "connection token has a channel claim".into(),
             ));
         }
-        // Server-side channels, each once, in the order given.
-        let mut channels = Vec::new();
-        for ch in raw.channels.into_iter().chain(raw.subs.into_keys()) {
-            if !channels.contains(&ch) {
-                channels.push(ch);
+        // Server-side subscriptions: `subs` with their options when given
+        // (as Centrifugo does, `channels` is then not looked at), else
+        // `channels` with the namespaces' options, each channel once.
+        let mut subs = Vec::new();
+        if raw.subs.is_empty() {
+            for ch in raw.channels {
+                if !subs.iter().any(|(c, _)| *c == ch) {
+                    subs.push((ch, SubOptions::default()));
+                }
+            }
+        } else {
+            for (ch, sub) in raw.subs {
+                let options = sub_options(
+                    (sub.info, sub.b64info),
+                    (sub.data, sub.b64data),
+                    sub.overrides,
+                )?;
+                subs.push((ch, options));
             }
         }
         Ok(ConnectionClaims {
             user,
             expires_at: expiry(raw.exp, raw.expire_at, now)?,
-            info: info_bytes(raw.info, raw.b64info)?,
-            channels,
+            info: json_or_b64(raw.info, raw.b64info, "b64info")?,
+            subs,
             meta: raw.meta.map(|m| Bytes::from(m.to_string())),
         })
     }
@@ -197,8 +292,13 @@ impl Verifier {
         Ok(SubscriptionClaims {
             user,
             channel: raw.channel,
+            client: raw.client,
             expires_at: expiry(raw.exp, raw.expire_at, now)?,
-            info: info_bytes(raw.info, raw.b64info)?,
+            options: sub_options(
+                (raw.info, raw.b64info),
+                (raw.data, raw.b64data),
+                raw.overrides,
+            )?,
         })
     }
 }
@@ -214,17 +314,23 @@ fn expiry(exp: Option<f64>, expire_at: Option<f64>, now: i64) -> Result<Option<i
     }
 }
 
-fn info_bytes(info: Option<Value>, b64info: Option<String>) -> Result<Option<Bytes>, TokenError> {
-    if let Some(v) = info {
+/// A raw JSON claim, or the same as base64 in its `b64` twin (named in
+/// errors); the JSON one wins when both are set.
+fn json_or_b64(
+    json: Option<Value>,
+    b64: Option<String>,
+    b64_name: &str,
+) -> Result<Option<Bytes>, TokenError> {
+    if let Some(v) = json {
         return Ok(Some(Bytes::from(v.to_string())));
     }
-    match b64info {
+    match b64 {
         Some(b) if !b.is_empty() => {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b.as_bytes())
-                .map_err(|e| TokenError::Invalid(format!("b64info is not base64: {e}")))?;
+                .map_err(|e| TokenError::Invalid(format!("{b64_name} is not base64: {e}")))?;
             if !herald_protocol::json::is_valid_json(&raw) {
-                return Err(TokenError::Invalid("b64info does not hold JSON".into()));
+                return Err(TokenError::Invalid(format!("{b64_name} does not hold JSON")));
             }
             Ok(Some(Bytes::from(raw)))
         }

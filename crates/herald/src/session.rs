@@ -7,6 +7,7 @@ mod commands;
 mod connect;
 mod handle;
 mod outbox;
+mod server_side;
 mod subs;
 mod subscribe;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_protocol::codes::unsubscribe;
 use herald_protocol::json::{self, DecodeError};
 use herald_protocol::reply::{Push, ReplyBody};
 use herald_protocol::{Disconnect, Method, ProtocolError};
@@ -42,6 +44,9 @@ struct SubState {
     join_leave: bool,
     /// Presence and the join event have been done (so leave must be too).
     announced: bool,
+    /// Made by the server (token or server API): the client cannot
+    /// subscribe to it again by itself.
+    server_side: bool,
 }
 
 /// Identity after a successful connect.
@@ -193,6 +198,11 @@ impl Session {
                 code,
                 reason,
             } => {
+                let server_side = self.subs.get(&channel).is_some_and(|s| s.server_side);
+                if server_side && code == unsubscribe::INSUFFICIENT.0 {
+                    // Only a reconnect, naming it in `subs`, recovers it.
+                    return Err(Disconnect::insufficient_state());
+                }
                 self.end_subscription(&channel, (code, &reason)).await;
             }
             Control::Subscribe {
@@ -289,7 +299,7 @@ impl Session {
             .map(|(ch, _)| ch.to_string())
             .collect();
         for channel in expired {
-            self.end_subscription(&channel, herald_protocol::codes::unsubscribe::EXPIRED)
+            self.end_subscription(&channel, unsubscribe::EXPIRED)
                 .await;
         }
         Ok(())

@@ -27,16 +27,41 @@ fn valid_connection_token() {
     assert_eq!(c.user, "42");
     assert_eq!(c.expires_at, Some(NOW + 60));
     assert_eq!(c.info.as_deref(), Some(&br#"{"name":"Ann"}"#[..]));
-    assert_eq!(c.channels, vec!["news", "alerts"]);
+    // `subs` wins over `channels`, as in Centrifugo.
+    let channels: Vec<&str> = c.subs.iter().map(|(ch, _)| ch.as_str()).collect();
+    assert_eq!(channels, vec!["alerts"]);
+}
+
+#[test]
+fn subs_claim_carries_info_data_and_overrides() {
+    let t = sign(json!({"sub":"1","subs":{
+        "a": {"info": {"x": 1}, "b64data": "eyJ5IjoyfQ==",
+              "override": {"force_recovery": {"value": true}, "presence": {"value": false}}},
+        "b": {}
+    }}));
+    let c = verifier(|_| {}).verify_connection(&t, NOW).unwrap();
+    let (ch, a) = &c.subs[0];
+    assert_eq!(ch, "a");
+    assert_eq!(a.info.as_deref(), Some(&br#"{"x":1}"#[..]));
+    assert_eq!(a.data.as_deref(), Some(&br#"{"y":2}"#[..]));
+    assert_eq!(a.overrides.force_recovery, Some(true));
+    assert_eq!(a.overrides.presence, Some(false));
+    assert_eq!(a.overrides.force_positioning, None);
+    assert_eq!(c.subs[1], ("b".to_string(), SubOptions::default()));
+    let bad = sign(json!({"sub":"1","subs":{"a": {"b64data": "%%%"}}}));
+    assert!(matches!(
+        verifier(|_| {}).verify_connection(&bad, NOW),
+        Err(TokenError::Invalid(_))
+    ));
 }
 
 #[test]
 fn fractional_times_and_duplicate_channels() {
-    let t =
-        sign(json!({"sub":"1","exp":(NOW as f64) + 60.5,"channels":["a","b","a"],"subs":{"a":{}}}));
+    let t = sign(json!({"sub":"1","exp":(NOW as f64) + 60.5,"channels":["a","b","a"]}));
     let c = verifier(|_| {}).verify_connection(&t, NOW).unwrap();
     assert_eq!(c.expires_at, Some(NOW + 60));
-    assert_eq!(c.channels, vec!["a", "b"]);
+    let channels: Vec<&str> = c.subs.iter().map(|(ch, _)| ch.as_str()).collect();
+    assert_eq!(channels, vec!["a", "b"]);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use herald_protocol::command::ConnectRequest;
-use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody, SubscribeResult};
+use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody};
 use herald_protocol::{Disconnect, ProtocolError};
 use tokio::time::Instant;
 
@@ -42,39 +42,34 @@ impl Session {
             }
         }
         self.conn = Some(Connected {
-            handle,
+            handle: handle.clone(),
             conn_info: claims.info.clone(),
             expires_at: claims.expires_at,
         });
+        // Positioned server-side subscriptions are entered now, their
+        // publications held until the reply is queued.
+        let (subs, after) = match self.enter_server_side(claims.subs, req.subs).await {
+            Ok(entered) => entered,
+            Err(e) => {
+                // Nothing of the connection stays; the client may try again.
+                self.conn = None;
+                self.node.hub.remove_client(&*handle);
+                self.reply(id, Err(e));
+                return Ok(());
+            }
+        };
+        let cfg = &self.node.config.client;
         self.connect_deadline = None;
-        let now = Instant::now();
         if !cfg.ping_interval.is_zero() {
-            self.next_ping =
-                Some(now + first_ping_delay(cfg.ping_interval.0, self.node.next_key()));
+            let delay = first_ping_delay(cfg.ping_interval.0, self.node.next_key());
+            self.next_ping = Some(Instant::now() + delay);
         }
-        // Server-side subscriptions from the token, valid channels only.
-        let server_subs: Vec<String> = claims
-            .channels
-            .iter()
-            .filter(|ch| match self.node.rules.resolve(ch) {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(channel = %ch, code = e.code, "server-side subscription skipped");
-                    false
-                }
-            })
-            .take(cfg.channel_limit)
-            .cloned()
-            .collect();
         let result = ConnectResult {
             client: self.client_id.to_string(),
             version: Node::version().to_string(),
             expires: claims.expires_at.is_some(),
             ttl: ttl_from(claims.expires_at),
-            subs: server_subs
-                .iter()
-                .map(|ch| (ch.clone(), SubscribeResult::default()))
-                .collect(),
+            subs,
             ping: cfg.ping_interval.0.as_secs() as u32,
             pong: !cfg.ping_interval.is_zero() && !cfg.pong_timeout.is_zero(),
             time: if cfg.connect_include_server_time {
@@ -87,11 +82,7 @@ impl Session {
         tracing::debug!(client = %self.client_id, user = %claims.user, "connected");
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
-        for channel in server_subs {
-            if let Some((state, push_join_leave)) = self.server_side_state(&channel, None, None) {
-                self.join_channel(&channel, state, push_join_leave).await;
-            }
-        }
+        self.finish_server_side(after).await;
         Ok(())
     }
 

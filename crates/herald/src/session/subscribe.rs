@@ -11,7 +11,7 @@ use herald_protocol::reply::{Push, ReplyBody, SubRefreshResult, SubscribeResult}
 use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
 
 use super::{ttl_from, Session, SubState};
-use crate::auth::{now_unix, TokenError};
+use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
 use crate::config::ChannelOptions;
 use crate::store::{HistoryQuery, StreamPosition};
@@ -27,68 +27,96 @@ impl Session {
         req: SubscribeRequest,
     ) -> Result<(), Disconnect> {
         let channel = req.channel.clone();
-        let mut state = match self.check_subscribe(&channel, &req.token)? {
-            Ok(state) => state,
+        let (mut state, token) = match self.check_subscribe(&channel, &req.token)? {
+            Ok(checked) => checked,
             Err(e) => {
                 self.reply(id, Err(e));
                 return Ok(());
             }
         };
-        let Some(conn) = &self.conn else {
+        if self.conn.is_none() {
             return Err(Disconnect::bad_request());
-        };
-        let handle = conn.handle.clone();
+        }
         let options = self
             .node
             .rules
             .resolve(&channel)
             .map(|r| r.options.clone())
             .unwrap_or_default();
-        let stream = self.node.stream_options(&options);
-        let recoverable = stream.is_some()
-            && (options.force_recovery || (options.allow_recovery && req.recoverable));
-        let positioned = recoverable
-            || (stream.is_some()
-                && (options.force_positioning || (options.allow_positioning && req.positioned)));
-        let join_leave_push =
-            options.join_leave && (options.force_push_join_leave || req.join_leave);
-        state.presence = options.presence;
-        state.join_leave = options.join_leave;
+        let has_stream = self.node.stream_options(&options).is_some();
+        let plan = Plan::new(&options, has_stream, &token.overrides, Some(&req));
+        plan.apply(&mut state);
         let mut result = SubscribeResult {
             expires: state.expires_at.is_some(),
             ttl: ttl_from(state.expires_at),
-            recoverable,
-            positioned,
+            recoverable: plan.recoverable,
+            positioned: plan.positioned,
+            data: token.data,
             ..Default::default()
         };
-        if !positioned {
+        if !plan.positioned {
             // Reply first, then join the hub, so no publication overtakes it.
             self.reply(id, Ok(ReplyBody::Subscribe(result)));
-            self.join_channel(&channel, state, join_leave_push).await;
+            self.join_channel(&channel, state, plan.push_join_leave)
+                .await;
             return Ok(());
         }
-        // Join the hub holding publications back, read the stream, reply,
-        // then release what arrived meanwhile and is newer than the reply;
-        // only then announce the client to others.
-        handle.start_buffering(&channel);
-        self.enter_channel(&channel, state, join_leave_push).await;
-        match self.position(&channel, &req, &options, &mut result).await {
+        let entered = self
+            .enter_positioned(&channel, state, &plan, &req, &options, &mut result)
+            .await;
+        match entered {
             Ok(top) => {
-                if !result.epoch.is_empty() {
-                    self.node.hub.observe_position(&channel, top, &result.epoch);
-                }
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
-                handle.finish_buffering(&channel, top);
-                self.announce(&channel).await;
+                self.release(&channel, top).await;
             }
-            Err(e) => {
-                // Leaves the hub, then drops what was held: nothing of the
-                // channel reaches the client before the error.
-                self.unsubscribe(&channel).await;
-                self.reply(id, Err(e));
-            }
+            Err(e) => self.reply(id, Err(e)),
         }
         Ok(())
+    }
+
+    /// Joins the hub with the channel's publications held back, then reads
+    /// where its stream stands, recovering what `req` asks for, into
+    /// `result`; returns the offset the client is then at. The caller
+    /// replies, then calls [`Session::release`], so that nothing is lost or
+    /// repeated between the read and live delivery. On an error the client
+    /// has left the channel again (and nothing of it reached the client).
+    pub(super) async fn enter_positioned(
+        &mut self,
+        channel: &str,
+        state: SubState,
+        plan: &Plan,
+        req: &SubscribeRequest,
+        options: &ChannelOptions,
+        result: &mut SubscribeResult,
+    ) -> Result<u64, ProtocolError> {
+        let Some(conn) = &self.conn else {
+            return Err(ProtocolError::BAD_REQUEST);
+        };
+        conn.handle.start_buffering(channel);
+        self.enter_channel(channel, state, plan.push_join_leave)
+            .await;
+        match self.position(channel, req, options, result).await {
+            Ok(top) => {
+                if !result.epoch.is_empty() {
+                    self.node.hub.observe_position(channel, top, &result.epoch);
+                }
+                Ok(top)
+            }
+            Err(e) => {
+                // Leaves the hub, then drops what was held.
+                self.unsubscribe(channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// After the reply to [`Session::enter_positioned`]: releases the held
+    /// publications newer than `top`, then announces the client to others.
+    pub(super) async fn release(&mut self, channel: &str, top: u64) {
+        if let Some(conn) = &self.conn {
+            conn.handle.finish_buffering(channel, top);
+        }
+        self.announce(channel).await;
     }
 
     /// Fills the stream position and, when recovering, the missed
@@ -170,12 +198,15 @@ impl Session {
         Ok(result.offset)
     }
 
-    /// Permission and limit checks for a client subscribe.
+    /// Permission and limit checks for a client subscribe; with a
+    /// subscription token, also what the token sets. A token that is not
+    /// valid is refused with 103; one for another channel, user or client
+    /// is a misuse that closes the connection (3500), as in Centrifugo.
     fn check_subscribe(
         &self,
         channel: &str,
         token: &str,
-    ) -> Result<Result<SubState, ProtocolError>, Disconnect> {
+    ) -> Result<Result<(SubState, SubOptions), ProtocolError>, Disconnect> {
         let resolved = match self.node.rules.resolve(channel) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -198,17 +229,16 @@ impl Session {
                 Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
                 Err(TokenError::Invalid(why)) => {
                     tracing::info!(client = %self.client_id, channel, reason = %why, "invalid subscription token");
-                    return Err(Disconnect::invalid_token());
+                    return Ok(Err(ProtocolError::PERMISSION_DENIED));
                 }
             };
-            if claims.channel != channel || claims.user != user {
-                return Ok(Err(ProtocolError::PERMISSION_DENIED));
-            }
-            return Ok(Ok(SubState {
+            self.check_token_target(channel, &claims)?;
+            let state = SubState {
                 expires_at: claims.expires_at,
-                chan_info: claims.info,
+                chan_info: claims.options.info.clone(),
                 ..Default::default()
-            }));
+            };
+            return Ok(Ok((state, claims.options)));
         }
         if !self.node.rules.can_subscribe(
             &resolved,
@@ -219,7 +249,28 @@ impl Session {
         ) {
             return Ok(Err(ProtocolError::PERMISSION_DENIED));
         }
-        Ok(Ok(SubState::default()))
+        Ok(Ok((SubState::default(), SubOptions::default())))
+    }
+
+    /// A subscription token made for another channel, user or client closes
+    /// the connection (3500).
+    fn check_token_target(
+        &self,
+        channel: &str,
+        claims: &SubscriptionClaims,
+    ) -> Result<(), Disconnect> {
+        let user = self.user().unwrap_or_default();
+        let misuse = if claims.channel != channel {
+            "channel"
+        } else if claims.user != user {
+            "user"
+        } else if !claims.client.is_empty() && claims.client != *self.client_id {
+            "client"
+        } else {
+            return Ok(());
+        };
+        tracing::info!(client = %self.client_id, channel, misuse, "subscription token for another {misuse}");
+        Err(Disconnect::invalid_token())
     }
 
     /// The client's info as shown in this channel (with the subscription's
@@ -320,7 +371,6 @@ impl Session {
         channel: &str,
         token: &str,
     ) -> Result<Outcome, Disconnect> {
-        let user = self.user().unwrap_or_default().to_string();
         if !self.subs.contains_key(channel) {
             return Ok(Err(ProtocolError::PERMISSION_DENIED));
         }
@@ -339,13 +389,11 @@ impl Session {
             }
             Err(TokenError::Invalid(_)) => return Err(Disconnect::invalid_token()),
         };
-        if claims.channel != channel || claims.user != user {
-            return Ok(Err(ProtocolError::PERMISSION_DENIED));
-        }
+        self.check_token_target(channel, &claims)?;
         if let Some(s) = self.subs.get_mut(channel) {
             s.expires_at = claims.expires_at;
-            if claims.info.is_some() {
-                s.chan_info = claims.info;
+            if claims.options.info.is_some() {
+                s.chan_info = claims.options.info;
             }
         }
         Ok(Ok(ReplyBody::SubRefresh(SubRefreshResult {
@@ -353,54 +401,59 @@ impl Session {
             ttl: ttl_from(claims.expires_at),
         })))
     }
+}
 
-    /// A subscription the server API asked for: announced with a subscribe push.
-    pub(super) async fn server_subscribe_push(
-        &mut self,
-        channel: String,
-        info: Option<Bytes>,
-        data: Option<Bytes>,
-        expire_at: Option<i64>,
-    ) {
-        if self.conn.is_none() || self.subs.contains_key(&channel) {
-            return;
+/// How one subscription behaves: the namespace's options, changed by a
+/// token's overrides and, for a client's own subscribe, by what it asked.
+pub(super) struct Plan {
+    pub presence: bool,
+    pub join_leave: bool,
+    /// Join/leave events are pushed to this client.
+    pub push_join_leave: bool,
+    pub recoverable: bool,
+    pub positioned: bool,
+}
+
+impl Plan {
+    /// `asked` is the client's subscribe request; `None` for a subscription
+    /// the server makes, which only the namespace's `force_*` options (and
+    /// the token's overrides) position.
+    pub(super) fn new(
+        options: &ChannelOptions,
+        has_stream: bool,
+        overrides: &Overrides,
+        asked: Option<&SubscribeRequest>,
+    ) -> Self {
+        let o = overrides;
+        let join_leave = o.join_leave.unwrap_or(options.join_leave);
+        let force_push = o
+            .force_push_join_leave
+            .unwrap_or(options.force_push_join_leave);
+        let force_recovery = o.force_recovery.unwrap_or(options.force_recovery);
+        let force_positioning = o.force_positioning.unwrap_or(options.force_positioning);
+        let (ask_recovery, ask_positioning, ask_join_leave) = asked.map_or(
+            (false, false, false),
+            |r| {
+                (
+                    options.allow_recovery && r.recoverable,
+                    options.allow_positioning && r.positioned,
+                    r.join_leave,
+                )
+            },
+        );
+        let recoverable = has_stream && (force_recovery || ask_recovery);
+        Self {
+            presence: o.presence.unwrap_or(options.presence),
+            join_leave,
+            push_join_leave: join_leave && (force_push || ask_join_leave),
+            recoverable,
+            positioned: recoverable || (has_stream && (force_positioning || ask_positioning)),
         }
-        if self.subs.len() >= self.node.config.client.channel_limit {
-            tracing::warn!(client = %self.client_id, %channel, "server-side subscribe over the channel limit skipped");
-            return;
-        }
-        let Some((state, push_join_leave)) = self.server_side_state(&channel, expire_at, info)
-        else {
-            return;
-        };
-        let result = SubscribeResult {
-            data,
-            ..Default::default()
-        };
-        self.push(&Push::Subscribe {
-            channel: channel.clone(),
-            result,
-        });
-        self.join_channel(&channel, state, push_join_leave).await;
     }
 
-    /// State of a subscription the server makes (from a token or the API),
-    /// with presence and join/leave as the namespace says; `None` for a
-    /// channel of an unknown namespace. The flag: push join/leave to it.
-    pub(super) fn server_side_state(
-        &self,
-        channel: &str,
-        expires_at: Option<i64>,
-        chan_info: Option<Bytes>,
-    ) -> Option<(SubState, bool)> {
-        let o = self.node.rules.resolve(channel).ok()?.options;
-        let state = SubState {
-            expires_at,
-            chan_info,
-            presence: o.presence,
-            join_leave: o.join_leave,
-            ..Default::default()
-        };
-        Some((state, o.join_leave && o.force_push_join_leave))
+    /// Records presence and join/leave on the subscription's state.
+    pub(super) fn apply(&self, state: &mut SubState) {
+        state.presence = self.presence;
+        state.join_leave = self.join_leave;
     }
 }

@@ -10,4 +10,5 @@ mod history;
 mod limits;
 mod ping;
 mod presence;
+mod server_side;
 mod subscribe;

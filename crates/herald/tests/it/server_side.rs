@@ -1,0 +1,159 @@
+//! Server-side subscriptions (from the connection token and the server API)
+//! carry their stream position and recover across reconnects.
+
+use serde_json::{json, Value};
+
+use herald_testkit::*;
+
+/// Connects with a token for user `user` and `claims`, sending `subs` (a
+/// reconnect's recovery request) with the connect command.
+async fn connect_with(s: &TestServer, claims: Value, subs: Value) -> (Ws, Value) {
+    let mut ws = Ws::open(&s.ws_url()).await;
+    let r = ws
+        .cmd(json!({"connect": {"token": token(claims), "subs": subs}}))
+        .await;
+    assert!(r.get("connect").is_some(), "{r}");
+    (ws, r["connect"].clone())
+}
+
+async fn publish(s: &TestServer, channel: &str, n: u64) {
+    let r = s
+        .api("publish", json!({"channel": channel, "data": {"n": n}}))
+        .await;
+    assert_eq!(r["result"]["offset"], n, "{r}");
+}
+
+/// The publication numbers of the next `count` publication pushes.
+async fn next_numbers(ws: &mut Ws, count: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let p = ws.push().await;
+        if let Some(n) = p["pub"]["data"]["n"].as_u64() {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The reproduction: a token's channel in a `force_recovery`
+/// namespace, a forced reconnect, publications meanwhile, and a reconnect
+/// that names the channel in `subs` gets exactly what it missed.
+#[tokio::test]
+async fn token_subscriptions_recover_what_a_reconnect_missed() {
+    let s = TestServer::start(json!({})).await;
+    let claims = json!({"sub": "u", "channels": ["hist:x"]});
+    let (mut ws, connect) = connect_with(&s, claims.clone(), json!({})).await;
+    let sub = &connect["subs"]["hist:x"];
+    assert_eq!(
+        (sub["recoverable"].clone(), sub["positioned"].clone()),
+        (json!(true), json!(true)),
+        "{connect}"
+    );
+    let epoch = sub["epoch"].as_str().expect("an epoch").to_string();
+    publish(&s, "hist:x", 1).await;
+    assert_eq!(next_numbers(&mut ws, 1).await, [1]);
+    let r = s
+        .api(
+            "disconnect",
+            json!({"user": "u", "disconnect": {"code": 4000, "reason": "go away, come back"}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(ws.closed().await.0, 4000);
+    publish(&s, "hist:x", 2).await;
+    publish(&s, "hist:x", 3).await;
+
+    let asked = json!({"hist:x": {"recover": true, "offset": 1, "epoch": epoch}});
+    let (mut ws, connect) = connect_with(&s, claims.clone(), asked).await;
+    let sub = &connect["subs"]["hist:x"];
+    assert_eq!(sub["recovered"], true, "{connect}");
+    assert_eq!(sub["was_recovering"], true, "{connect}");
+    assert_eq!(sub["offset"], 3);
+    let recovered: Vec<u64> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(recovered, [2, 3]);
+    // Live delivery goes on from there, nothing repeated.
+    publish(&s, "hist:x", 4).await;
+    assert_eq!(next_numbers(&mut ws, 1).await, [4]);
+
+    // A position in a lost epoch cannot be recovered: said plainly.
+    let asked = json!({"hist:x": {"recover": true, "offset": 1, "epoch": "gone"}});
+    let (_ws, connect) = connect_with(&s, claims, asked).await;
+    let sub = &connect["subs"]["hist:x"];
+    assert_eq!(
+        (sub["recovered"].clone(), sub["was_recovering"].clone()),
+        (Value::Null, json!(true)),
+        "not recovered (false is left out): {connect}"
+    );
+    assert!(sub.get("publications").is_none(), "{connect}");
+    s.stop().await;
+}
+
+/// A token's `override` changes the namespace's options for that
+/// subscription; without history nothing is positioned.
+#[tokio::test]
+async fn token_overrides_and_namespaces_decide_positioning() {
+    let s = TestServer::start(json!({})).await;
+    let claims = json!({"sub": "u", "subs": {
+        "hist:off": {"override": {"force_recovery": {"value": false}}},
+        "pos:on": {"override": {"force_positioning": {"value": true}}},
+        "pos:off": {},
+        "news": {"override": {"force_recovery": {"value": true}}}
+    }});
+    let (_ws, connect) = connect_with(&s, claims, json!({})).await;
+    let subs = &connect["subs"];
+    assert_eq!(subs["hist:off"].get("recoverable"), None, "{connect}");
+    assert_eq!(subs["pos:on"]["positioned"], true, "{connect}");
+    assert!(subs["pos:on"]["epoch"].is_string(), "{connect}");
+    assert_eq!(subs["pos:off"], json!({}), "{connect}");
+    assert_eq!(subs["news"], json!({}), "no history, no position: {connect}");
+    s.stop().await;
+}
+
+/// The server API's subscribe pushes the position of a positioned channel.
+#[tokio::test]
+async fn api_subscriptions_carry_their_position() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    publish(&s, "hist:api", 1).await;
+    let r = s
+        .api("subscribe", json!({"user": "u", "channel": "hist:api"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ws.push().await;
+    let sub = &push["subscribe"];
+    assert_eq!(push["channel"], "hist:api", "{push}");
+    assert_eq!(
+        (sub["recoverable"].clone(), sub["positioned"].clone(), sub["offset"].clone()),
+        (json!(true), json!(true), json!(1)),
+        "{push}"
+    );
+    assert!(sub["epoch"].is_string(), "{push}");
+    publish(&s, "hist:api", 2).await;
+    assert_eq!(next_numbers(&mut ws, 1).await, [2]);
+    s.stop().await;
+}
+
+/// A server-side subscription whose state became insufficient cannot be
+/// resubscribed by the client: the connection closes with 3010, and the
+/// SDK reconnects with recovery.
+#[tokio::test]
+async fn insufficient_state_of_a_server_side_subscription_reconnects() {
+    let s = TestServer::start(json!({})).await;
+    let (mut ws, _) = connect_with(&s, json!({"sub": "u", "channels": ["hist:y"]}), json!({})).await;
+    let mut client_side = s.client("v").await;
+    let r = client_side
+        .cmd(json!({"subscribe": {"channel": "hist:y"}}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    // What a broker reconnection does to every positioned channel.
+    s.node.hub.resync(|_| true);
+    assert_eq!(ws.closed().await, (3010, "insufficient state".into()));
+    let push = client_side.push().await;
+    assert_eq!(push["unsubscribe"]["code"], 2500, "client-side: resubscribe {push}");
+    s.stop().await;
+}
