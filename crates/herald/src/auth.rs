@@ -330,7 +330,9 @@ fn json_or_b64(
                 .decode(b.as_bytes())
                 .map_err(|e| TokenError::Invalid(format!("{b64_name} is not base64: {e}")))?;
             if !herald_protocol::json::is_valid_json(&raw) {
-                return Err(TokenError::Invalid(format!("{b64_name} does not hold JSON")));
+                return Err(TokenError::Invalid(format!(
+                    "{b64_name} does not hold JSON"
+                )));
             }
             Ok(Some(Bytes::from(raw)))
         }

@@ -160,20 +160,28 @@ pub(crate) fn ask_now<T: Send + 'static, R: Send + 'static>(
     })
 }
 
-/// Like [`ask_now`] for requests whose order does not matter: waits for
-/// room in the queue instead of failing.
+/// Like [`ask_now`] for requests whose order does not matter: queued at
+/// once when there is room, else the future waits for room instead of
+/// failing.
 pub(crate) fn ask<T: Send + 'static, R: Send + 'static>(
     queue: &mpsc::Sender<T>,
     make: impl FnOnce(Reply<R>) -> T,
 ) -> BoxFuture<'static, Result<R, BrokerError>> {
     let (reply, answer) = oneshot::channel();
-    let request = make(reply);
-    let queue = queue.clone();
+    let waiting = match queue.try_send(make(reply)) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(request)) => Some((queue.clone(), request)),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return Box::pin(async { Err(BrokerError::Stopped) })
+        }
+    };
     Box::pin(async move {
-        queue
-            .send(request)
-            .await
-            .map_err(|_| BrokerError::Stopped)?;
+        if let Some((queue, request)) = waiting {
+            queue
+                .send(request)
+                .await
+                .map_err(|_| BrokerError::Stopped)?;
+        }
         answer.await.map_err(|_| BrokerError::Stopped)?
     })
 }

@@ -80,27 +80,10 @@ pub fn run() -> ExitCode {
     match execute(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", crate::report::Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line. Some libraries repeat their cause
-/// in their own message; a cause already said is not said again.
-fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -138,7 +138,7 @@ impl Cluster {
                 _ = ticker.tick(), if self.enabled => {
                     let message = ControlMessage::Node { info: self.info() };
                     if let Err(e) = self.broker.publish_control(message.encode()).await {
-                        tracing::debug!(error = &e as &dyn std::error::Error, "node announcement not sent");
+                        tracing::debug!(error = %crate::report::Chain(&e), "node announcement not sent");
                     }
                 }
                 event = events.recv() => match event {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use crate::sharded::Sharded;
 use members::Members;
-use sequence::{FillIds, Sequence, Then, Verdict};
+use sequence::{FillIds, Reads, Sequence, Then, Verdict};
 
 pub use sequence::{Fill, MAX_HELD};
 
@@ -108,7 +108,8 @@ pub struct Hub {
     users: Sharded<String, HashMap<u64, ClientRef>>,
     num_clients: AtomicUsize,
     num_subscriptions: AtomicUsize,
-    filler: OnceLock<Filler>,
+    /// Reads gaps from streams, and the widest gap it reads.
+    filler: OnceLock<(Filler, u64)>,
     fill_ids: FillIds,
     /// Gaps in positioned channels filled from the stream, and times a
     /// channel's subscribers were sent to recover by themselves.
@@ -129,10 +130,24 @@ impl Hub {
         )
     }
 
-    /// Lets the hub fill gaps in positioned channels from their streams;
-    /// without a filler a gap makes subscribers recover by themselves.
-    pub fn set_filler(&self, filler: Filler) {
-        let _ = self.filler.set(filler);
+    /// Lets the hub fill gaps of up to `max_gap` offsets in positioned
+    /// channels from their streams; without a filler, or past that width, a
+    /// gap makes subscribers recover by themselves.
+    pub fn set_filler(&self, filler: Filler, max_gap: u64) {
+        let _ = self.filler.set((filler, max_gap));
+    }
+
+    fn reads(&self) -> Option<Reads<'_>> {
+        self.filler.get().map(|(_, max_gap)| Reads {
+            ids: &self.fill_ids,
+            max_gap: *max_gap,
+        })
+    }
+
+    fn read(&self, fill: Fill) {
+        if let Some((filler, _)) = self.filler.get() {
+            filler(fill);
+        }
     }
 
     /// Registers a connection, enforcing the node and per-user limits
@@ -227,20 +242,18 @@ impl Hub {
             return fan_out(ch, publication);
         }
         let mut seq = ch.seq.lock();
-        let ids = self.filler.get().map(|_| &self.fill_ids);
-        match seq.accept(publication, ids) {
+        match seq.accept(publication, self.reads()) {
             Verdict::Deliver => fan_out(ch, publication),
             Verdict::Skip => 0,
             Verdict::Fill(fill) => {
-                if let Some(filler) = self.filler.get() {
-                    filler(fill);
-                }
+                self.read(fill);
                 0
             }
-            Verdict::Resync => {
+            Verdict::Resync(why) => {
                 tracing::info!(
                     channel = &*publication.channel,
                     offset = publication.offset,
+                    ?why,
                     "positioned delivery cannot go on: subscribers recover"
                 );
                 self.insufficient(&publication.channel, ch);
@@ -270,12 +283,15 @@ impl Hub {
                     self.gaps_filled.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Then::Fill(again) => {
-                if let Some(filler) = self.filler.get() {
-                    filler(again);
-                }
+            Then::Fill(again) => self.read(again),
+            Then::Resync => {
+                tracing::info!(
+                    channel = &*fill.channel,
+                    after = fill.after,
+                    "offsets missing from the stream: subscribers recover"
+                );
+                self.insufficient(&fill.channel, ch);
             }
-            Then::Resync => self.insufficient(&fill.channel, ch),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod origin;
 pub mod pattern;
 pub mod presence;
 pub mod redis_link;
+pub mod report;
 pub mod server;
 pub mod session;
 pub mod sharded;

@@ -93,9 +93,13 @@ impl Node {
         let rules = Arc::new(ChannelRules::new(&config.channel, config.client.insecure));
         let hub = Arc::new(Hub::new());
         let shutdown = CancellationToken::new();
+        // The background tasks started below end with this token: if
+        // opening fails halfway, those already started end with it.
+        let stop_on_failure = shutdown.clone().drop_guard();
         let (events, events_rx) = mpsc::channel(BROKER_EVENTS);
         let inbound = Inbound::new(hub.clone(), events);
         let engine = Engine::open(&config, inbound, rules.clone(), &shutdown).await?;
+        stop_on_failure.disarm();
         let cluster = Arc::new(Cluster::new(
             &config,
             hub.clone(),
@@ -117,9 +121,10 @@ impl Node {
             next_key: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&node);
-        node.hub.set_filler(Arc::new(move |fill: Fill| {
-            fill_from_stream(weak.clone(), fill)
-        }));
+        node.hub.set_filler(
+            Arc::new(move |fill: Fill| fill_from_stream(weak.clone(), fill)),
+            node.fill_limit() as u64,
+        );
         Ok(node)
     }
 
@@ -165,19 +170,27 @@ impl Node {
         self.rules.stream_options(o)
     }
 
-    /// The retention and store of the channel's stream; 108 when its
+    /// The retention and store of the channel's stream, `None` when its
     /// namespace keeps no history.
-    fn stream_of(&self, channel: &str) -> Result<(StreamOptions, &dyn Store), ProtocolError> {
+    fn stream_of(
+        &self,
+        channel: &str,
+    ) -> Result<Option<(StreamOptions, &dyn Store)>, ProtocolError> {
         let options = self.rules.resolve(channel)?.options;
-        let opts = self
-            .stream_options(options)
-            .ok_or(ProtocolError::NOT_AVAILABLE)?;
+        let Some(opts) = self.stream_options(options) else {
+            return Ok(None);
+        };
         // Durable storage is opened at start whenever a namespace uses it.
         let store = self
             .engine
             .store(options.history_storage)
             .ok_or(ProtocolError::INTERNAL)?;
-        Ok((opts, store))
+        Ok(Some((opts, store)))
+    }
+
+    /// [`Node::stream_of`] for reads: 108 without history.
+    fn stream_to_read(&self, channel: &str) -> Result<(StreamOptions, &dyn Store), ProtocolError> {
+        self.stream_of(channel)?.ok_or(ProtocolError::NOT_AVAILABLE)
     }
 
     /// Publishes `data` (raw JSON) into `channel`. With history, the
@@ -191,31 +204,28 @@ impl Node {
         tags: BTreeMap<String, String>,
     ) -> Result<PublishResult, ProtocolError> {
         let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
-        let result = match self.stream_of(channel) {
-            Ok((opts, store)) => {
-                let stored = store
-                    .append(publication, opts)
-                    .await
-                    .map_err(|e| store_failed(channel, "publish", e))?;
+        let result = match self.stream_of(channel)? {
+            Some((opts, store)) => {
+                let stored = store.append(publication, opts).await.map_err(|e| {
+                    let unavailable = matches!(e, StoreError::Broker(_) | StoreError::Redis(_));
+                    let code = store_failed(channel, "publish", e);
+                    if unavailable {
+                        ProtocolError::BROKER_UNAVAILABLE
+                    } else {
+                        code
+                    }
+                })?;
                 PublishResult {
                     offset: stored.offset,
                     epoch: stored.epoch.as_deref().unwrap_or_default().to_owned(),
                 }
             }
-            Err(e) if e != ProtocolError::NOT_AVAILABLE => return Err(e),
-            Err(_) => {
-                self.engine
-                    .broker
-                    .publish(Arc::new(publication))
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(
-                            channel,
-                            error = &e as &dyn std::error::Error,
-                            "publish failed"
-                        );
-                        ProtocolError::BROKER_UNAVAILABLE
-                    })?;
+            None => {
+                let published = self.engine.broker.publish(Arc::new(publication)).await;
+                published.map_err(|e| {
+                    tracing::warn!(channel, error = %crate::report::Chain(&e), "publish failed");
+                    ProtocolError::BROKER_UNAVAILABLE
+                })?;
                 PublishResult::default()
             }
         };
@@ -230,7 +240,7 @@ impl Node {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryPage, ProtocolError> {
-        let (opts, store) = self.stream_of(channel)?;
+        let (opts, store) = self.stream_to_read(channel)?;
         store
             .history(channel, query, opts)
             .await
@@ -241,7 +251,7 @@ impl Node {
     }
 
     pub async fn remove_history(&self, channel: &str) -> Result<(), ProtocolError> {
-        let (_, store) = self.stream_of(channel)?;
+        let (_, store) = self.stream_to_read(channel)?;
         store
             .remove(channel)
             .await
@@ -254,7 +264,7 @@ impl Node {
         if let Err(e) = self.engine.broker.publish_presence(event).await {
             tracing::warn!(
                 channel,
-                error = &e as &dyn std::error::Error,
+                error = %crate::report::Chain(&e),
                 "join/leave event lost"
             );
         }
@@ -265,7 +275,7 @@ impl Node {
         self.presence().get(channel).await.map_err(|e| {
             tracing::warn!(
                 channel,
-                error = &e as &dyn std::error::Error,
+                error = %crate::report::Chain(&e),
                 "presence read failed"
             );
             ProtocolError::INTERNAL
@@ -277,7 +287,7 @@ impl Node {
         self.presence().stats(channel).await.map_err(|e| {
             tracing::warn!(
                 channel,
-                error = &e as &dyn std::error::Error,
+                error = %crate::report::Chain(&e),
                 "presence read failed"
             );
             ProtocolError::INTERNAL
@@ -290,7 +300,7 @@ impl Node {
         if let Err(e) = self.engine.broker.sync_channel(channel).await {
             tracing::warn!(
                 channel,
-                error = &e as &dyn std::error::Error,
+                error = %crate::report::Chain(&e),
                 "broker subscription not updated"
             );
         }
@@ -303,7 +313,7 @@ impl Node {
             .await
             .map_err(|e| {
                 tracing::warn!(
-                    error = &e as &dyn std::error::Error,
+                    error = %crate::report::Chain(&e),
                     "command not sent to the other nodes"
                 );
                 ProtocolError::BROKER_UNAVAILABLE
@@ -319,8 +329,19 @@ impl Node {
         crate::VERSION
     }
 
-    /// The publications of a channel's stream after `fill.after` (as many
-    /// as the hub will hold), to fill a gap in live delivery; `None` when
+    /// The most publications a gap fill reads: as many as a client may
+    /// recover (a wider gap sends subscribers to recover, which would fail
+    /// as well), and never more than the hub holds back.
+    fn fill_limit(&self) -> usize {
+        self.config
+            .client
+            .recovery_limit()
+            .unwrap_or(MAX_HELD)
+            .min(MAX_HELD)
+    }
+
+    /// The publications of a channel's stream after `fill.after` (at most
+    /// [`Node::fill_limit`]), to fill a gap in live delivery; `None` when
     /// the stream is no longer in the epoch delivery was in.
     async fn stream_after(&self, fill: &Fill) -> Option<Vec<Arc<Publication>>> {
         let epoch = match &fill.epoch {
@@ -335,10 +356,18 @@ impl Node {
                 offset: fill.after,
                 epoch,
             }),
-            limit: Some(MAX_HELD),
+            limit: Some(self.fill_limit()),
             reverse: false,
         };
         Some(self.history(&fill.channel, query).await.ok()?.publications)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Its background tasks (cluster, presence refresh, stream sweeping,
+        // brokers) hold no reference to the node: they end with its token.
+        self.shutdown.cancel();
     }
 }
 
@@ -352,19 +381,13 @@ fn fill_from_stream(node: Weak<Node>, fill: Fill) {
     });
 }
 
-/// The protocol error for a store that failed, logged once here.
+/// The protocol error for a store that failed, logged once here: 107 for a
+/// publication the store refuses, else 100.
 fn store_failed(channel: &str, what: &str, e: StoreError) -> ProtocolError {
     if let StoreError::Invalid(why) = e {
         tracing::info!(channel, why, "{what} refused");
         return ProtocolError::BAD_REQUEST;
     }
-    tracing::warn!(
-        channel,
-        error = &e as &dyn std::error::Error,
-        "{what} failed"
-    );
-    match e {
-        StoreError::Broker(_) | StoreError::Redis(_) => ProtocolError::BROKER_UNAVAILABLE,
-        _ => ProtocolError::INTERNAL,
-    }
+    tracing::warn!(channel, error = %crate::report::Chain(&e), "{what} failed");
+    ProtocolError::INTERNAL
 }

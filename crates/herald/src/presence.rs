@@ -78,7 +78,7 @@ impl Presence {
             if let Err(e) = shared.add(channel, &info).await {
                 tracing::warn!(
                     channel,
-                    error = &e as &dyn std::error::Error,
+                    error = %crate::report::Chain(&e),
                     "shared presence not updated"
                 );
             }
@@ -91,7 +91,7 @@ impl Presence {
             if let Err(e) = shared.remove(channel, client).await {
                 tracing::warn!(
                     channel,
-                    error = &e as &dyn std::error::Error,
+                    error = %crate::report::Chain(&e),
                     "shared presence not updated"
                 );
             }
@@ -175,7 +175,7 @@ impl Presence {
             .await;
             if let Some(Err(e)) = added.into_iter().find(Result::is_err) {
                 tracing::warn!(
-                    error = &e as &dyn std::error::Error,
+                    error = %crate::report::Chain(&e),
                     "presence refresh failed"
                 );
             }

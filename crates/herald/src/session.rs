@@ -299,8 +299,7 @@ impl Session {
             .map(|(ch, _)| ch.to_string())
             .collect();
         for channel in expired {
-            self.end_subscription(&channel, unsubscribe::EXPIRED)
-                .await;
+            self.end_subscription(&channel, unsubscribe::EXPIRED).await;
         }
         Ok(())
     }

@@ -252,7 +252,7 @@ async fn subscriber(
             if let Err(e) = outcome {
                 tracing::warn!(
                     channel,
-                    error = &e as &dyn std::error::Error,
+                    error = %crate::report::Chain(&e),
                     "nats subscription failed; retrying"
                 );
                 failed.insert(channel);

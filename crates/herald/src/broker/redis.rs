@@ -215,7 +215,7 @@ async fn pubsub_task(
                     Err(e) => {
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         retry_at = tokio::time::Instant::now() + backoff;
-                        tracing::warn!(error = &e as &dyn std::error::Error, retry_in = ?backoff, "redis pub/sub reconnect failed");
+                        tracing::warn!(error = %crate::report::Chain(&e), retry_in = ?backoff, "redis pub/sub reconnect failed");
                         continue;
                     }
                 }

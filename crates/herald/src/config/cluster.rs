@@ -48,7 +48,7 @@ pub struct Engine {
 pub struct BrokerConfig {
     pub enabled: bool,
     /// `redis` or `nats`; required when `enabled`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "empty_is_none")]
     pub kind: Option<BrokerType>,
     pub redis: RedisConfig,
     pub nats: NatsConfig,
@@ -59,7 +59,7 @@ pub struct BrokerConfig {
 pub struct PresenceManagerConfig {
     pub enabled: bool,
     /// `memory` or `redis`; required when `enabled`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "empty_is_none")]
     pub kind: Option<PresenceKind>,
     pub redis: RedisConfig,
 }
@@ -97,6 +97,22 @@ impl Default for RedisConfig {
             io_timeout: Dur::secs(4),
             presence_ttl: Dur::secs(60),
         }
+    }
+}
+
+/// An optional kind where an empty string (an environment variable set to
+/// nothing, say) means none, as an absent key does.
+fn empty_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+        Some(v) => T::deserialize(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 

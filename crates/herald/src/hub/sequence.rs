@@ -10,8 +10,9 @@
 //! that skips offsets is held back while the missing ones are read from the
 //! stream; everything then goes out in order. A gap that opens while that
 //! read runs, past what it could see, is read again. Only an offset the
-//! stream should have had but lacks, a new epoch, or more held back than
-//! [`MAX_HELD`] / [`MAX_HELD_BYTES`] make subscribers recover by themselves.
+//! stream should have had but lacks, a new epoch, a gap wider than the node
+//! reads ([`Reads::max_gap`]), or more held back than [`MAX_HELD`] /
+//! [`MAX_HELD_BYTES`] make subscribers recover by themselves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,7 @@ use std::sync::Arc;
 use herald_protocol::Publication;
 
 /// Most publications held back while a gap is read; beyond it the read is
-/// abandoned and subscribers recover by themselves. A gap wider than this
-/// is not read either.
+/// abandoned and subscribers recover by themselves.
 pub const MAX_HELD: usize = 10_000;
 /// Most payload bytes held back while a gap is read (as [`MAX_HELD`]).
 pub const MAX_HELD_BYTES: usize = 16 << 20;
@@ -53,6 +53,16 @@ impl FillIds {
     }
 }
 
+/// How the node reads gaps from streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Reads<'a> {
+    pub ids: &'a FillIds,
+    /// Most publications one read returns: a wider gap is not read (the
+    /// subscribers recover by themselves, as they would from a read that
+    /// came back short).
+    pub max_gap: u64,
+}
+
 /// What to do with a publication the sequence has seen.
 #[derive(Debug)]
 pub enum Verdict {
@@ -63,7 +73,19 @@ pub enum Verdict {
     /// It is held back; read the stream for what is missing before it.
     Fill(Fill),
     /// Subscribers' state is insufficient: send them to recover.
-    Resync,
+    Resync(Why),
+}
+
+/// Why subscribers must recover by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The stream started over (a new epoch).
+    NewEpoch,
+    /// Offsets were skipped and the node does not read them (no reads, or
+    /// a gap wider than it reads).
+    Gap,
+    /// More was held back than [`MAX_HELD`] / [`MAX_HELD_BYTES`].
+    TooMuchHeld,
 }
 
 /// What a finished read lets go out, and what comes after.
@@ -80,7 +102,8 @@ pub enum Then {
     Done { filled: bool },
     /// A gap past what the read could see: read again.
     Fill(Fill),
-    /// The stream lacks an offset: subscribers recover.
+    /// The stream lacks an offset, or could not be read: subscribers
+    /// recover.
     Resync,
 }
 
@@ -102,9 +125,9 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// Sees a positioned publication (offset > 0). `ids` is `None` when
+    /// Sees a positioned publication (offset > 0). `reads` is `None` when
     /// gaps cannot be read from the stream.
-    pub fn accept(&mut self, p: &Arc<Publication>, ids: Option<&FillIds>) -> Verdict {
+    pub fn accept(&mut self, p: &Arc<Publication>, reads: Option<Reads<'_>>) -> Verdict {
         let offset = p.offset;
         match (&p.epoch, &self.epoch) {
             (Some(new), Some(known)) if new != known => {
@@ -113,7 +136,7 @@ impl Sequence {
                     epoch: Some(new.clone()),
                     ..Sequence::default()
                 };
-                return Verdict::Resync;
+                return Verdict::Resync(Why::NewEpoch);
             }
             (Some(new), None) => self.epoch = Some(new.clone()),
             _ => {}
@@ -123,7 +146,7 @@ impl Sequence {
             self.held_bytes += p.data.len();
             if held.len() > MAX_HELD || self.held_bytes > MAX_HELD_BYTES {
                 self.drop_held(Some(offset));
-                return Verdict::Resync;
+                return Verdict::Resync(Why::TooMuchHeld);
             }
             return Verdict::Skip;
         }
@@ -136,15 +159,15 @@ impl Sequence {
                 return Verdict::Deliver;
             }
         };
-        match ids {
-            Some(ids) if offset - last <= MAX_HELD as u64 => {
+        match reads {
+            Some(reads) if offset - last <= reads.max_gap => {
                 self.held = Some(vec![p.clone()]);
                 self.held_bytes = p.data.len();
-                Verdict::Fill(self.fill(ids, p.channel.clone(), last, offset))
+                Verdict::Fill(self.fill(reads.ids, p.channel.clone(), last, offset))
             }
             _ => {
                 self.last = Some(offset);
-                Verdict::Resync
+                Verdict::Resync(Why::Gap)
             }
         }
     }
@@ -200,13 +223,6 @@ impl Sequence {
                 Then::Fill(self.fill(ids, fill.channel.clone(), last, covers))
             }
             Some(newest) => {
-                tracing::info!(
-                    channel = &*fill.channel,
-                    after = last,
-                    next = rest[0].offset,
-                    filled,
-                    "offsets missing from the stream: subscribers recover"
-                );
                 self.last = Some(newest.offset);
                 Then::Resync
             }

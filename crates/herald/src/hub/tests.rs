@@ -171,7 +171,7 @@ fn a_gap_in_offsets_stops_delivery_and_asks_for_recovery() {
 fn recording_filler(hub: &Hub) -> Arc<Mutex<Vec<Fill>>> {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let log = asked.clone();
-    hub.set_filler(Arc::new(move |fill: Fill| log.lock().push(fill)));
+    hub.set_filler(Arc::new(move |fill: Fill| log.lock().push(fill)), 100);
     asked
 }
 

@@ -431,16 +431,14 @@ impl Plan {
             .unwrap_or(options.force_push_join_leave);
         let force_recovery = o.force_recovery.unwrap_or(options.force_recovery);
         let force_positioning = o.force_positioning.unwrap_or(options.force_positioning);
-        let (ask_recovery, ask_positioning, ask_join_leave) = asked.map_or(
-            (false, false, false),
-            |r| {
+        let (ask_recovery, ask_positioning, ask_join_leave) =
+            asked.map_or((false, false, false), |r| {
                 (
                     options.allow_recovery && r.recoverable,
                     options.allow_positioning && r.positioned,
                     r.join_leave,
                 )
-            },
-        );
+            });
         let recoverable = has_stream && (force_recovery || ask_recovery);
         Self {
             presence: o.presence.unwrap_or(options.presence),

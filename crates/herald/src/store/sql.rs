@@ -152,7 +152,7 @@ impl Store for DurableStore {
             if let Err(e) = committed.delivered.await {
                 tracing::warn!(
                     channel = &*committed.publication.channel,
-                    error = &e as &dyn std::error::Error,
+                    error = %crate::report::Chain(&e),
                     "committed publication not delivered live"
                 );
             }

@@ -307,7 +307,9 @@ where
 }
 
 /// Whether a read failed because the client's message (or frame) is
-/// larger than `websocket.message_size_limit`.
+/// larger than `websocket.message_size_limit`. The `tungstenite` dependency
+/// must be the version axum uses, or the type never matches; the 1009 test
+/// in tests/it/limits.rs notices.
 fn is_too_big(e: &axum::Error) -> bool {
     use tungstenite::error::{CapacityError, Error};
     matches!(

@@ -182,9 +182,15 @@ async fn server_side_subscriptions_from_token() {
 
     // `subs` wins over `channels`, and carries data for the client.
     let mut ws = Ws::open(&s.ws_url()).await;
-    let t = token(json!({"sub": "7", "channels": ["news"], "subs": {"chat:lobby": {"data": {"hi": 1}}}}));
+    let t = token(
+        json!({"sub": "7", "channels": ["news"], "subs": {"chat:lobby": {"data": {"hi": 1}}}}),
+    );
     let r = ws.cmd(json!({"connect": {"token": t}})).await;
-    assert_eq!(r["connect"]["subs"], json!({"chat:lobby": {"data": {"hi": 1}}}), "{r}");
+    assert_eq!(
+        r["connect"]["subs"],
+        json!({"chat:lobby": {"data": {"hi": 1}}}),
+        "{r}"
+    );
     s.stop().await;
 }
 

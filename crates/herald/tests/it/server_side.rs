@@ -110,7 +110,11 @@ async fn token_overrides_and_namespaces_decide_positioning() {
     assert_eq!(subs["pos:on"]["positioned"], true, "{connect}");
     assert!(subs["pos:on"]["epoch"].is_string(), "{connect}");
     assert_eq!(subs["pos:off"], json!({}), "{connect}");
-    assert_eq!(subs["news"], json!({}), "no history, no position: {connect}");
+    assert_eq!(
+        subs["news"],
+        json!({}),
+        "no history, no position: {connect}"
+    );
     s.stop().await;
 }
 
@@ -128,7 +132,11 @@ async fn api_subscriptions_carry_their_position() {
     let sub = &push["subscribe"];
     assert_eq!(push["channel"], "hist:api", "{push}");
     assert_eq!(
-        (sub["recoverable"].clone(), sub["positioned"].clone(), sub["offset"].clone()),
+        (
+            sub["recoverable"].clone(),
+            sub["positioned"].clone(),
+            sub["offset"].clone()
+        ),
         (json!(true), json!(true), json!(1)),
         "{push}"
     );
@@ -144,7 +152,8 @@ async fn api_subscriptions_carry_their_position() {
 #[tokio::test]
 async fn insufficient_state_of_a_server_side_subscription_reconnects() {
     let s = TestServer::start(json!({})).await;
-    let (mut ws, _) = connect_with(&s, json!({"sub": "u", "channels": ["hist:y"]}), json!({})).await;
+    let (mut ws, _) =
+        connect_with(&s, json!({"sub": "u", "channels": ["hist:y"]}), json!({})).await;
     let mut client_side = s.client("v").await;
     let r = client_side
         .cmd(json!({"subscribe": {"channel": "hist:y"}}))
@@ -154,6 +163,9 @@ async fn insufficient_state_of_a_server_side_subscription_reconnects() {
     s.node.hub.resync(|_| true);
     assert_eq!(ws.closed().await, (3010, "insufficient state".into()));
     let push = client_side.push().await;
-    assert_eq!(push["unsubscribe"]["code"], 2500, "client-side: resubscribe {push}");
+    assert_eq!(
+        push["unsubscribe"]["code"], 2500,
+        "client-side: resubscribe {push}"
+    );
     s.stop().await;
 }

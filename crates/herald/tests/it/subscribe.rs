@@ -140,7 +140,10 @@ async fn private_channel_with_subscription_token() {
     for (claims, channel) in [
         (json!({"sub": "u1", "channel": "secret:other"}), "secret:x"),
         (json!({"sub": "u2", "channel": "secret:y"}), "secret:y"),
-        (json!({"sub": "u1", "channel": "secret:v", "client": "someone-else"}), "secret:v"),
+        (
+            json!({"sub": "u1", "channel": "secret:v", "client": "someone-else"}),
+            "secret:v",
+        ),
     ] {
         let mut ws = s.client("u1").await;
         ws.send(json!({"subscribe": {"channel": channel, "token": token(claims.clone())}}))

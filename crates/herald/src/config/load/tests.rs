@@ -311,3 +311,25 @@ fn secrets_never_show_in_a_printed_config() {
     assert_eq!(l.config.http_api.key, "s-api", "still readable where used");
     assert!(printed.contains("127.0.0.1:6379"), "the rest is shown");
 }
+
+#[test]
+fn an_empty_broker_or_presence_type_is_none() {
+    let l = load(
+        None,
+        &env(&[
+            ("HERALD_BROKER_TYPE", ""),
+            ("HERALD_PRESENCE_MANAGER_TYPE", ""),
+        ]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(l.config.broker.kind, None);
+    assert_eq!(l.config.presence_manager.kind, None);
+    let l = load(
+        None,
+        &env(&[("HERALD_BROKER_TYPE", "nats")]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(l.config.broker.kind, Some(crate::config::BrokerType::Nats));
+}

@@ -31,9 +31,17 @@ fn is(verdict: Verdict, expected: &str) -> bool {
         Verdict::Deliver => "deliver",
         Verdict::Skip => "skip",
         Verdict::Fill(_) => "fill",
-        Verdict::Resync => "resync",
+        Verdict::Resync(_) => "resync",
     };
     name == expected
+}
+
+/// Reads with ids from `ids`, of gaps up to 10,000 wide.
+fn reads(ids: &FillIds) -> Option<Reads<'_>> {
+    Some(Reads {
+        ids,
+        max_gap: 10_000,
+    })
 }
 
 #[test]
@@ -61,31 +69,31 @@ fn without_reads_a_gap_sends_subscribers_to_recover() {
 fn a_gap_is_filled_from_the_stream_in_order() {
     let ids = FillIds::default();
     let mut s = Sequence::default();
-    assert!(is(s.accept(&p(1), Some(&ids)), "deliver"));
+    assert!(is(s.accept(&p(1), reads(&ids)), "deliver"));
     // 3 overtook 2: held while 2 is read, in the epoch delivery was in.
-    let f = fill(s.accept(&p(3), Some(&ids)));
+    let f = fill(s.accept(&p(3), reads(&ids)));
     assert_eq!(
         (&*f.channel, f.after, f.epoch.as_deref()),
         ("s", 1, Some("e1"))
     );
-    assert!(is(s.accept(&p(4), Some(&ids)), "skip"));
+    assert!(is(s.accept(&p(4), reads(&ids)), "skip"));
     let done = s.finish(&f, Some(vec![p(2), p(3)]), &ids).unwrap();
     assert_eq!(offsets(&done.deliver), [2, 3, 4]);
     assert_eq!(done.then, Then::Done { filled: true });
-    assert!(is(s.accept(&p(2), Some(&ids)), "skip"));
-    assert!(is(s.accept(&p(5), Some(&ids)), "deliver"));
+    assert!(is(s.accept(&p(2), reads(&ids)), "skip"));
+    assert!(is(s.accept(&p(5), reads(&ids)), "deliver"));
 
     // A stream that cannot fill the gap: what it has goes out, then
     // subscribers recover.
-    let f = fill(s.accept(&p(8), Some(&ids)));
+    let f = fill(s.accept(&p(8), reads(&ids)));
     let done = s.finish(&f, Some(vec![p(6)]), &ids).unwrap();
     assert_eq!(offsets(&done.deliver), [6]);
     assert_eq!(done.then, Then::Resync);
 
     // So does a failed read.
     let mut t = Sequence::default();
-    t.accept(&p(1), Some(&ids));
-    let f = fill(t.accept(&p(3), Some(&ids)));
+    t.accept(&p(1), reads(&ids));
+    let f = fill(t.accept(&p(3), reads(&ids)));
     let done = t.finish(&f, None, &ids).unwrap();
     assert!(done.deliver.is_empty());
     assert_eq!(done.then, Then::Resync);
@@ -98,11 +106,11 @@ fn a_gap_is_filled_from_the_stream_in_order() {
 fn a_gap_opened_during_a_read_is_read_again() {
     let ids = FillIds::default();
     let mut s = Sequence::default();
-    s.accept(&p(1), Some(&ids));
-    let first = fill(s.accept(&p(3), Some(&ids)));
+    s.accept(&p(1), reads(&ids));
+    let first = fill(s.accept(&p(3), reads(&ids)));
     // Arrive while 2 is read: 4 in order, 6 ahead of 5.
-    assert!(is(s.accept(&p(4), Some(&ids)), "skip"));
-    assert!(is(s.accept(&p(6), Some(&ids)), "skip"));
+    assert!(is(s.accept(&p(4), reads(&ids)), "skip"));
+    assert!(is(s.accept(&p(6), reads(&ids)), "skip"));
     // The read saw the stream up to 3 (it started when 3 arrived).
     let done = s.finish(&first, Some(vec![p(2), p(3)]), &ids).unwrap();
     assert_eq!(offsets(&done.deliver), [2, 3, 4]);
@@ -111,16 +119,16 @@ fn a_gap_opened_during_a_read_is_read_again() {
     };
     assert_eq!(second.after, 4);
     // 5 comes live before the second read ends; 7 meanwhile in order.
-    s.accept(&p(5), Some(&ids));
-    s.accept(&p(7), Some(&ids));
+    s.accept(&p(5), reads(&ids));
+    s.accept(&p(7), reads(&ids));
     let done = s.finish(&second, Some(vec![p(5), p(6)]), &ids).unwrap();
     assert_eq!(offsets(&done.deliver), [5, 6, 7]);
     assert_eq!(done.then, Then::Done { filled: true });
-    assert!(is(s.accept(&p(8), Some(&ids)), "deliver"));
+    assert!(is(s.accept(&p(8), reads(&ids)), "deliver"));
 
     // An offset the read should have seen but did not is lost: recover.
-    let f = fill(s.accept(&p(10), Some(&ids)));
-    s.accept(&p(12), Some(&ids));
+    let f = fill(s.accept(&p(10), reads(&ids)));
+    s.accept(&p(12), reads(&ids));
     let done = s.finish(&f, Some(vec![p(10)]), &ids).unwrap();
     assert!(done.deliver.is_empty());
     assert_eq!(done.then, Then::Resync);
@@ -132,20 +140,20 @@ fn a_gap_opened_during_a_read_is_read_again() {
 fn a_read_no_longer_awaited_is_ignored() {
     let ids = FillIds::default();
     let mut s = Sequence::default();
-    s.accept(&p(1), Some(&ids));
-    let old = fill(s.accept(&p(3), Some(&ids)));
+    s.accept(&p(1), reads(&ids));
+    let old = fill(s.accept(&p(3), reads(&ids)));
     // The broker reconnected: the channel starts over.
     s.reset();
     s.observe(5, "e1");
-    let new = fill(s.accept(&p(7), Some(&ids)));
+    let new = fill(s.accept(&p(7), reads(&ids)));
     assert_eq!(new.after, 5);
     assert!(s.finish(&old, Some(vec![p(2), p(3)]), &ids).is_none());
     let done = s.finish(&new, Some(vec![p(6), p(7)]), &ids).unwrap();
     assert_eq!(offsets(&done.deliver), [6, 7]);
     // And a read is not taken for another channel instance's: ids differ.
     let mut again = Sequence::default();
-    again.accept(&p(1), Some(&ids));
-    let f = fill(again.accept(&p(3), Some(&ids)));
+    again.accept(&p(1), reads(&ids));
+    let f = fill(again.accept(&p(3), reads(&ids)));
     assert_ne!(f, old);
 }
 
@@ -153,7 +161,10 @@ fn a_read_no_longer_awaited_is_ignored() {
 fn a_new_epoch_sends_subscribers_to_recover() {
     let mut s = Sequence::default();
     s.accept(&p(7), None);
-    assert!(is(s.accept(&in_epoch(1, "e2"), None), "resync"));
+    assert!(matches!(
+        s.accept(&in_epoch(1, "e2"), None),
+        Verdict::Resync(Why::NewEpoch)
+    ));
     assert!(is(s.accept(&in_epoch(2, "e2"), None), "deliver"));
 }
 
@@ -182,29 +193,34 @@ fn the_first_publications_of_a_stream_keep_their_order() {
     let mut s = Sequence::default();
     // Subscribed to an empty stream; 2 (from another node) overtakes 1.
     s.observe(0, "e1");
-    let f = fill(s.accept(&p(2), Some(&ids)));
+    let f = fill(s.accept(&p(2), reads(&ids)));
     assert_eq!(f.after, 0);
     let done = s.finish(&f, Some(vec![p(1), p(2)]), &ids).unwrap();
     assert_eq!(offsets(&done.deliver), [1, 2]);
-    assert!(is(s.accept(&p(1), Some(&ids)), "skip"));
-    assert!(is(s.accept(&p(3), Some(&ids)), "deliver"));
+    assert!(is(s.accept(&p(1), reads(&ids)), "skip"));
+    assert!(is(s.accept(&p(3), reads(&ids)), "deliver"));
 }
 
 #[test]
 fn holding_back_is_bounded() {
     let ids = FillIds::default();
     let mut s = Sequence::default();
-    s.accept(&p(1), Some(&ids));
-    let f = fill(s.accept(&p(3), Some(&ids)));
+    s.accept(&p(1), reads(&ids));
+    let f = fill(s.accept(&p(3), reads(&ids)));
     for offset in 4..3 + MAX_HELD as u64 {
-        assert!(is(s.accept(&p(offset), Some(&ids)), "skip"));
+        assert!(is(s.accept(&p(offset), reads(&ids)), "skip"));
     }
-    assert!(is(s.accept(&p(3 + MAX_HELD as u64), Some(&ids)), "resync"));
+    assert!(is(s.accept(&p(3 + MAX_HELD as u64), reads(&ids)), "resync"));
     // The abandoned read changes nothing when it ends.
     assert!(s.finish(&f, Some(vec![p(2)]), &ids).is_none());
 
-    // Nor is a gap wider than what could be held read at all.
+    // Nor is a gap wider than the node reads.
+    let narrow = Some(Reads {
+        ids: &ids,
+        max_gap: 5,
+    });
     let mut t = Sequence::default();
-    t.accept(&p(1), Some(&ids));
-    assert!(is(t.accept(&p(3 + MAX_HELD as u64), Some(&ids)), "resync"));
+    t.accept(&p(1), narrow);
+    assert!(matches!(t.accept(&p(7), narrow), Verdict::Resync(Why::Gap)));
+    assert!(is(t.accept(&p(10), narrow), "fill"), "a gap of 5 is read");
 }

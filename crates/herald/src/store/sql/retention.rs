@@ -32,7 +32,7 @@ impl Retention {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 result = self.pass() => if let Err(e) = result {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "stream retention pass failed");
+                    tracing::warn!(error = %crate::report::Chain(&e), "stream retention pass failed");
                 },
             }
         }

@@ -91,7 +91,7 @@ impl Writer {
                 Ok(assigned) => self.answer(publications, replies, assigned),
                 Err(e) if publications.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
                     tracing::warn!(
-                        error = &e as &dyn std::error::Error,
+                        error = %crate::report::Chain(&e),
                         publications = publications.len(),
                         "a batch was refused: committing its halves apart"
                     );
