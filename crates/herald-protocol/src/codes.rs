@@ -38,6 +38,9 @@ impl ProtocolError {
     pub const METHOD_NOT_FOUND: Self = Self::new(104, "method not found");
     pub const ALREADY_SUBSCRIBED: Self = Self::new(105, "already subscribed");
     pub const LIMIT_EXCEEDED: Self = Self::new(106, "limit exceeded");
+    /// A publication larger than its namespace allows, or than a
+    /// subscriber's queue could hold.
+    pub const PUBLICATION_TOO_LARGE: Self = Self::new(106, "limit exceeded: publication too large");
     pub const BAD_REQUEST: Self = Self::new(107, "bad request");
     /// A channel name with a control character (NUL, newline, …): refused
     /// on every path, before it reaches a broker or a store.

@@ -13,7 +13,7 @@ mod validate;
 
 use serde::{Deserialize, Serialize};
 
-pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace};
+pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace, PUSH_ROOM};
 pub use cluster::{
     BrokerConfig, BrokerKind, BrokerType, Engine, EngineKind, NatsConfig, PresenceKind,
     PresenceManagerConfig, RedisConfig,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use herald_protocol::{ClientInfo, PresenceEvent, ProtocolError, Publication};
+use herald_protocol::{json, ClientInfo, PresenceEvent, ProtocolError, Publication};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +19,7 @@ use crate::auth::Verifier;
 use crate::broker::Inbound;
 use crate::channel::ChannelRules;
 use crate::cluster::Cluster;
-use crate::config::{ChannelOptions, ClientConfig, Config, ConfigError};
+use crate::config::{ChannelOptions, ClientConfig, Config, ConfigError, PUSH_ROOM};
 use crate::engine::{Engine, EngineError};
 use crate::hub::{Fill, Hub, MAX_HELD};
 use crate::metrics::Counters;
@@ -204,6 +204,7 @@ impl Node {
         tags: BTreeMap<String, String>,
     ) -> Result<PublishResult, ProtocolError> {
         let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
+        self.check_size(&publication)?;
         let result = match self.stream_of(channel)? {
             Some((opts, store)) => {
                 let stored = store.append(publication, opts).await.map_err(|e| {
@@ -231,6 +232,31 @@ impl Node {
         };
         Counters::incr(&self.counters.publications);
         Ok(result)
+    }
+
+    /// Refuses a publication larger than its namespace allows, or whose push
+    /// (the publisher's info included) a subscriber's queue could not hold:
+    /// every subscriber would be closed as too slow, on delivery and again
+    /// on each recovery.
+    fn check_size(&self, publication: &Publication) -> Result<(), ProtocolError> {
+        let options = self.rules.resolve(&publication.channel)?.options;
+        let queue = self.config.client.queue_max_size;
+        if publication.data.len() > self.config.channel.publication_limit(options, queue) {
+            return Err(ProtocolError::PUBLICATION_TOO_LARGE);
+        }
+        let info = publication.info.as_deref().map_or(0, |i| {
+            let raw = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+            i.user.len() + i.client.len() + raw(&i.conn_info) + raw(&i.chan_info)
+        });
+        // Strings may grow when escaped: measure exactly only when it is
+        // close.
+        let rough = publication.data.len() + publication.channel.len() + info;
+        if rough * 2 + PUSH_ROOM <= queue
+            || json::encode_publication_push(publication).len() <= queue
+        {
+            return Ok(());
+        }
+        Err(ProtocolError::PUBLICATION_TOO_LARGE)
     }
 
     /// Reads a channel's stream: 108 when the namespace keeps no history,

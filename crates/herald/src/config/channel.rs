@@ -10,6 +10,11 @@ use super::Dur;
 pub struct ChannelConfig {
     /// Longest channel name accepted; longer ones get error 107.
     pub max_length: usize,
+    /// Herald: most bytes of a publication's `data`; a larger publish gets
+    /// error 106. Zero (the default): as much as a subscriber's queue
+    /// (`client.queue_max_size`) can take with the push around it; a set
+    /// value must fit there too, or no one could receive the publication.
+    pub publication_max_size: usize,
     pub private_prefix: String,
     pub namespace_boundary: String,
     pub user_boundary: String,
@@ -23,6 +28,7 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             max_length: 255,
+            publication_max_size: 0,
             private_prefix: "$".into(),
             namespace_boundary: ":".into(),
             user_boundary: "#".into(),
@@ -96,4 +102,29 @@ pub struct ChannelOptions {
     pub subscribe_proxy_enabled: bool,
     pub publish_proxy_enabled: bool,
     pub sub_refresh_proxy_enabled: bool,
+    /// Herald: this namespace's `channel.publication_max_size` (zero: the
+    /// global one).
+    pub publication_max_size: usize,
+}
+
+/// Room a publication's push needs in a subscriber's queue beyond its data
+/// and channel name: the push's own keys, an offset, the publisher's info.
+pub const PUSH_ROOM: usize = 8 * 1024;
+
+impl ChannelConfig {
+    /// The most bytes of `data` a publication in a namespace with
+    /// `options` may have, for subscribers with queues of `queue_max_size`.
+    pub fn publication_limit(&self, options: &ChannelOptions, queue_max_size: usize) -> usize {
+        match (options.publication_max_size, self.publication_max_size) {
+            (0, 0) => self.publication_room(queue_max_size),
+            (0, global) => global,
+            (own, _) => own,
+        }
+    }
+
+    /// The most a queue of `queue_max_size` bytes leaves for a
+    /// publication's data.
+    pub fn publication_room(&self, queue_max_size: usize) -> usize {
+        queue_max_size.saturating_sub(self.max_length + PUSH_ROOM)
+    }
 }

@@ -111,6 +111,7 @@ fn validate_channels(c: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_options(&ch.without_namespace, "channel.without_namespace")?;
+    check_publication_limit(c, &ch.without_namespace, "channel.without_namespace")?;
     let name_re = regex::Regex::new(r"^[-a-zA-Z0-9_.]{2,}$").expect("static regex");
     let mut seen = HashSet::new();
     for (i, ns) in ch.namespaces.iter().enumerate() {
@@ -131,6 +132,31 @@ fn validate_channels(c: &Config) -> Result<(), ConfigError> {
             ));
         }
         validate_options(&ns.options, &key)?;
+        check_publication_limit(c, &ns.options, &key)?;
+    }
+    Ok(())
+}
+
+/// A publication as large as the limit lets it be must fit in a
+/// subscriber's queue, or every subscriber would be closed as too slow
+/// (3008) each time it is delivered or recovered.
+fn check_publication_limit(c: &Config, o: &ChannelOptions, key: &str) -> Result<(), ConfigError> {
+    let queue = c.client.queue_max_size;
+    let limit = c.channel.publication_limit(o, queue);
+    let room = c.channel.publication_room(queue);
+    if limit > room {
+        let name = if o.publication_max_size == 0 {
+            "channel.publication_max_size".to_string()
+        } else {
+            format!("{key}.publication_max_size")
+        };
+        return Err(ConfigError::invalid(
+            name,
+            format!(
+                "{limit} bytes do not fit in a subscriber's queue: client.queue_max_size {queue} \
+                 leaves {room} for a publication's data"
+            ),
+        ));
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use super::{ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
 use crate::config::ChannelOptions;
+use crate::frame::Json;
 use crate::store::{HistoryQuery, StreamPosition};
 
 type Outcome = Result<ReplyBody, ProtocolError>;
@@ -182,10 +183,6 @@ impl Session {
             }
             Err(e) => return Err(e),
         };
-        if !recovered && req.flag & SubscribeRequest::FLAG_REJECT_UNRECOVERED != 0 {
-            return Err(ProtocolError::UNRECOVERABLE_POSITION);
-        }
-        result.recovered = recovered;
         result.epoch = page.position.epoch;
         result.offset = page.position.offset;
         if recovered {
@@ -194,6 +191,21 @@ impl Session {
                 .into_iter()
                 .filter(|p| p.offset > req.offset)
                 .collect();
+        }
+        // A recovery the client's queue could not take (a publication
+        // stored before the size limit, say) would close it as too slow on
+        // every attempt: it is refused as impossible instead.
+        let size: usize = result
+            .publications
+            .iter()
+            .map(|p| p.frame::<Json>().map_or(0, |f| f.len()))
+            .sum();
+        result.recovered = recovered && size < self.node.config.client.queue_max_size;
+        if !result.recovered {
+            result.publications.clear();
+            if req.flag & SubscribeRequest::FLAG_REJECT_UNRECOVERED != 0 {
+                return Err(ProtocolError::UNRECOVERABLE_POSITION);
+            }
         }
         Ok(result.offset)
     }

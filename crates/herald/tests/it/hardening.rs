@@ -73,3 +73,74 @@ async fn control_characters_in_channel_names_on_postgres() {
         control_characters_in_channel_names(Some(&db)).await;
     }
 }
+
+/// A publication larger than a subscriber's queue could hold is refused at
+/// publish time (106) instead of closing every subscriber as too slow; one
+/// that fits goes through; a recovery larger than the queue is refused as
+/// impossible (`recovered: false`) instead of closing the client on every
+/// attempt.
+#[tokio::test]
+async fn publications_and_recoveries_must_fit_a_subscribers_queue() {
+    const QUEUE: usize = 128 * 1024;
+    let s = TestServer::start(json!({
+        "client": {"queue_max_size": QUEUE},
+        "websocket": {"message_size_limit": QUEUE},
+        "channel": {"namespaces": [{"name": "big", "history_size": 10, "history_ttl": "60s",
+            "force_recovery": true, "allow_subscribe_for_client": true,
+            "allow_publish_for_client": true}]}
+    }))
+    .await;
+    let mut sub = s.client("reader").await;
+    let r = sub.cmd(json!({"subscribe": {"channel": "big:x"}})).await;
+    let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_string();
+    // The limit: what the queue leaves after the channel name and the
+    // push around the data (8 KiB).
+    let room = QUEUE - 255 - 8 * 1024;
+    let data = |size: usize| json!("x".repeat(size - 2));
+    let too_big = s
+        .api(
+            "publish",
+            json!({"channel": "big:x", "data": data(room + 1)}),
+        )
+        .await;
+    assert_eq!(too_big["error"]["code"], 106, "{too_big}");
+    let edge = s
+        .api(
+            "publish",
+            json!({"channel": "big:edge", "data": data(room)}),
+        )
+        .await;
+    assert!(edge["result"]["offset"].is_u64(), "at the limit: {edge}");
+    let mut publisher = s.client("writer").await;
+    let r = publisher
+        .cmd(json!({"publish": {"channel": "big:x", "data": data(room + 1)}}))
+        .await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    // Three that fit one by one, but not all at once in a recovery.
+    for _ in 0..3 {
+        let r = s
+            .api(
+                "publish",
+                json!({"channel": "big:x", "data": data(room / 2)}),
+            )
+            .await;
+        assert!(r["result"]["offset"].is_u64(), "{r}");
+    }
+    for offset in 1..=3 {
+        assert_eq!(sub.push().await["pub"]["offset"], offset);
+    }
+    let mut late = s.client("late").await;
+    let r = late
+        .cmd(json!({"subscribe": {"channel": "big:x", "recover": true, "offset": 0, "epoch": epoch}}))
+        .await;
+    let res = &r["subscribe"];
+    assert_eq!(res["was_recovering"], true, "{r}");
+    assert_eq!(res.get("recovered"), None, "not recovered: {r}");
+    assert!(res.get("publications").is_none(), "{r}");
+    assert_eq!(res["offset"], 3);
+    // Everyone is still connected.
+    for ws in [&mut sub, &mut late, &mut publisher] {
+        assert!(ws.cmd(json!({"ping": {}})).await.get("ping").is_some());
+    }
+    s.stop().await;
+}

@@ -169,6 +169,14 @@ fn invalid_values_name_the_key() {
         ),
         (r#"{"broker":{"enabled":true}}"#, "broker.type"),
         (
+            r#"{"client":{"queue_max_size":65536},"channel":{"publication_max_size":65536}}"#,
+            "channel.publication_max_size",
+        ),
+        (
+            r#"{"client":{"queue_max_size":65536},"channel":{"namespaces":[{"name":"big","publication_max_size":60000}]}}"#,
+            "channel.namespaces[0].publication_max_size",
+        ),
+        (
             r#"{"presence_manager":{"enabled":true}}"#,
             "presence_manager.type",
         ),
