@@ -76,6 +76,21 @@ impl Fixture {
             .expect("open durable store")
     }
 
+    /// The number a `SELECT COUNT(*) …` gives on the test's database.
+    async fn count(&self, sql: &'static str) -> i64 {
+        match &self.postgres {
+            Some(db) => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+            }
+            None => {
+                let url = format!("sqlite://{}", self.sqlite_file().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+
     /// Runs one statement on the test's database, behind the store's back.
     async fn execute(&self, sql: &'static str) {
         match &self.postgres {
@@ -120,6 +135,7 @@ on_both!(
     reopening_keeps_epochs_and_offsets,
     failed_commits_acknowledge_and_deliver_nothing,
     a_refused_publication_fails_alone,
+    reading_streams_that_do_not_exist_creates_nothing,
 );
 
 /// Delivered publications as (channel, offset), in delivery order.
@@ -191,9 +207,7 @@ async fn appends_get_offsets_epoch_and_are_delivered(fx: Fixture) {
         .append(publication("b", 1), unbounded())
         .await
         .unwrap();
-    let epoch_b = epoch_of(&b1);
     assert_eq!(b1.offset, 1);
-    assert_ne!(epoch_a, epoch_b, "each stream has its own epoch");
     assert_eq!(
         *seen.lock(),
         vec![
@@ -516,6 +530,37 @@ async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
     assert_eq!(p.offset, 2);
     let page = store.history("f", all(), unbounded()).await.unwrap();
     assert_eq!(offsets(&page), vec![1, 2]);
+    store.close().await;
+}
+
+/// Reading streams that were never published to writes nothing, and each
+/// is reported in the epoch its first publication then creates it in, so
+/// a subscriber's position stays valid; the epoch survives a reopening.
+async fn reading_streams_that_do_not_exist_creates_nothing(fx: Fixture) {
+    let (deliver, _) = recorder();
+    let store = fx.open(deliver.clone(), unbounded()).await;
+    let mut epochs = Vec::new();
+    for i in 0..200 {
+        let page = store
+            .history(&format!("never{i}"), all(), unbounded())
+            .await
+            .unwrap();
+        assert_eq!(page.position.offset, 0);
+        assert!(page.publications.is_empty());
+        epochs.push(page.position.epoch);
+    }
+    assert_eq!(fx.count("SELECT COUNT(*) FROM streams").await, 0, "no rows");
+    store.remove("never0").await.unwrap();
+    assert_eq!(fx.count("SELECT COUNT(*) FROM streams").await, 0);
+    let first = store
+        .append(publication("never7", 1), unbounded())
+        .await
+        .unwrap();
+    assert_eq!((first.offset, epoch_of(&first)), (1, epochs[7].clone()));
+    store.close().await;
+    let store = fx.open(deliver, unbounded()).await;
+    let page = store.history("never8", all(), unbounded()).await.unwrap();
+    assert_eq!(page.position.epoch, epochs[8], "the same after reopening");
     store.close().await;
 }
 

@@ -1,9 +1,19 @@
 //! In-memory streams: a bounded window per channel (history_size,
-//! history_ttl), forgotten with a new epoch after history_meta_ttl of
-//! inactivity. Appending and delivering happen under the channel's shard
-//! lock, so concurrent publishers cannot reorder a channel.
+//! history_ttl), forgotten after history_meta_ttl of inactivity. Appending
+//! and delivering happen under the channel's shard lock, so concurrent
+//! publishers cannot reorder a channel.
+//!
+//! Reading a stream that does not exist creates nothing: it is reported at
+//! offset 0 in the epoch a stream created now would get. That epoch comes
+//! from the store's random seed and the current period of the channel's
+//! meta TTL, so it stays the same while the channel waits for its first
+//! publication, and always changes for a stream created again after being
+//! forgotten (it was idle a whole TTL, so at least one period passed since
+//! it was created).
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +22,7 @@ use herald_protocol::Publication;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    new_epoch, select, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
-    StreamPosition,
+    select, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
 };
 use crate::sharded::Sharded;
 
@@ -28,12 +37,12 @@ struct Stream {
 }
 
 impl Stream {
-    fn new() -> Self {
+    fn new(epoch: Arc<str>, now: Instant) -> Self {
         Self {
-            epoch: Arc::from(new_epoch()),
+            epoch,
             top: 0,
             pubs: VecDeque::new(),
-            touched: Instant::now(),
+            touched: now,
         }
     }
 
@@ -60,6 +69,9 @@ impl Stream {
 pub struct MemoryStore {
     streams: Sharded<Arc<str>, Stream>,
     deliver: Deliver,
+    /// Random for this store's life; with the time, makes new epochs.
+    seed: u64,
+    born: Instant,
 }
 
 impl MemoryStore {
@@ -67,7 +79,20 @@ impl MemoryStore {
         Self {
             streams: Sharded::default(),
             deliver,
+            seed: uuid::Uuid::new_v4().as_u64_pair().0,
+            born: Instant::now(),
         }
+    }
+
+    /// The epoch of a stream created at `now` (see the module doc).
+    fn epoch_at(&self, now: Instant, opts: &StreamOptions) -> Arc<str> {
+        let period = match opts.meta_ttl.as_nanos() {
+            0 => 0,
+            ttl => now.duration_since(self.born).as_nanos() / ttl,
+        };
+        let mut hasher = DefaultHasher::new();
+        (self.seed, period).hash(&mut hasher);
+        Arc::from(format!("{:016x}", hasher.finish()))
     }
 
     /// Forgets streams idle for longer than their meta TTL.
@@ -104,7 +129,8 @@ impl Store for MemoryStore {
             let stream = match shard.get_mut(&*publication.channel) {
                 Some(s) if !s.expired(&opts, now) => s,
                 _ => {
-                    shard.insert(publication.channel.clone(), Stream::new());
+                    let fresh = Stream::new(self.epoch_at(now, &opts), now);
+                    shard.insert(publication.channel.clone(), fresh);
                     shard.get_mut(&*publication.channel).expect("just inserted")
                 }
             };
@@ -135,12 +161,22 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let result = {
             let mut shard = self.streams.write(channel);
-            if shard.get(channel).is_none_or(|s| s.expired(&opts, now)) {
-                // Reading creates the stream, so that its epoch is stable from
-                // the first subscriber on.
-                shard.insert(Arc::from(channel), Stream::new());
+            if shard.get(channel).is_some_and(|s| s.expired(&opts, now)) {
+                shard.remove(channel);
             }
-            let stream = shard.get_mut(channel).expect("present");
+            let Some(stream) = shard.get_mut(channel) else {
+                // Nothing is created: offset 0 in the epoch the first
+                // publication will create the stream in.
+                let position = StreamPosition {
+                    offset: 0,
+                    epoch: self.epoch_at(now, &opts).to_string(),
+                };
+                let page = select(&[], &position, &query).map(|publications| HistoryPage {
+                    publications,
+                    position,
+                });
+                return Box::pin(async move { page });
+            };
             stream.touched = now;
             stream.trim(&opts, now);
             let position = StreamPosition {

@@ -5,8 +5,14 @@
 //! once, so every node sees one order per channel. The meta hash holds the
 //! top offset (`s`) and the epoch (`e`); when it has expired or Redis lost
 //! it, a new epoch starts and clients cannot recover across it.
+//!
+//! Reading a stream that does not exist creates nothing: it is reported at
+//! offset 0 in the epoch a stream created now gets — the shard's seed (a
+//! key of its own, made once; lost with the rest when Redis loses data) and
+//! the current period of the channel's meta TTL. A stream created again
+//! after its meta expired was idle a whole TTL, so its epoch differs.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -19,13 +25,30 @@ use super::{
 use crate::redis_link::{as_string, as_u64, RedisError, RedisShards};
 use crate::wire;
 
-/// KEYS: stream, meta, pub/sub channel. ARGV: message tail, size, ttl
-/// seconds, meta ttl seconds, candidate epoch, now (ms).
+/// The epoch of a stream created now (KEYS[seed], a candidate seed, meta
+/// ttl seconds, now in ms); shared by both scripts.
+const EPOCH_NOW: &str = r#"
+local function epoch_now(seed_key, candidate, meta_ttl, now_ms)
+  local seed = redis.call('get', seed_key)
+  if not seed then
+    seed = candidate
+    redis.call('set', seed_key, seed)
+  end
+  local period = 0
+  if meta_ttl ~= '0' then
+    period = math.floor(tonumber(now_ms) / (tonumber(meta_ttl) * 1000))
+  end
+  return seed .. string.format('%x', period)
+end
+"#;
+
+/// KEYS: stream, meta, pub/sub channel, seed. ARGV: message tail, size,
+/// ttl seconds, meta ttl seconds, candidate seed, now (ms).
 const APPEND: &str = r#"
 local top = redis.call('hincrby', KEYS[2], 's', 1)
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
-  epoch = ARGV[5]
+  epoch = epoch_now(KEYS[4], ARGV[5], ARGV[4], ARGV[6])
   redis.call('hset', KEYS[2], 'e', epoch)
   redis.call('del', KEYS[1])
 end
@@ -37,16 +60,15 @@ redis.call('publish', KEYS[3], message)
 return {top, epoch}
 "#;
 
-/// KEYS: stream, meta. ARGV: candidate epoch, meta ttl seconds, first id
-/// or '' for none. Returns top, epoch and the entries from the first id on.
+/// KEYS: stream, meta, seed. ARGV: candidate seed, meta ttl seconds, first
+/// id or '' for none, now (ms). Returns top, epoch and the entries from the
+/// first id on.
 const READ: &str = r#"
-local top = redis.call('hget', KEYS[2], 's') or '0'
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
-  epoch = ARGV[1]
-  redis.call('hset', KEYS[2], 'e', epoch, 's', top)
-  redis.call('del', KEYS[1])
+  return {0, epoch_now(KEYS[3], ARGV[1], ARGV[2], ARGV[4]), {}}
 end
+local top = redis.call('hget', KEYS[2], 's') or '0'
 if ARGV[2] ~= '0' then redis.call('expire', KEYS[2], ARGV[2]) end
 local entries = {}
 if ARGV[3] ~= '' then entries = redis.call('xrange', KEYS[1], ARGV[3], '+') end
@@ -67,6 +89,11 @@ impl RedisStore {
         let link = self.shards.for_channel(channel);
         (link.key("stream", channel), link.key("meta", channel))
     }
+
+    /// The seed key of `channel`'s shard.
+    fn seed_key(&self, channel: &str) -> String {
+        self.shards.for_channel(channel).key("seed", "streams")
+    }
 }
 
 fn now_ms() -> u64 {
@@ -74,6 +101,10 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The scripts as sent, with the shared epoch function in front.
+static APPEND_SCRIPT: LazyLock<String> = LazyLock::new(|| format!("{EPOCH_NOW}{APPEND}"));
+static READ_SCRIPT: LazyLock<String> = LazyLock::new(|| format!("{EPOCH_NOW}{READ}"));
 
 fn unexpected(what: &'static str) -> StoreError {
     RedisError::Reply(what).into()
@@ -119,8 +150,8 @@ impl Store for RedisStore {
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
         let (stream, meta) = self.keys(&publication.channel);
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPEND)
-            .arg(3)
+        cmd.arg(APPEND_SCRIPT.as_str())
+            .arg(4)
             .arg(stream)
             .arg(meta)
             .arg(
@@ -128,6 +159,7 @@ impl Store for RedisStore {
                     .for_channel(&publication.channel)
                     .channel_key(&publication.channel),
             )
+            .arg(self.seed_key(&publication.channel))
             .arg(wire::publication_tail(&publication))
             .arg(opts.size.max(1))
             .arg(opts.ttl.as_secs())
@@ -171,13 +203,15 @@ impl Store for RedisStore {
             (Some(_), _) => "-".to_string(),
         };
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(READ)
-            .arg(2)
+        cmd.arg(READ_SCRIPT.as_str())
+            .arg(3)
             .arg(stream)
             .arg(meta)
+            .arg(self.seed_key(channel))
             .arg(new_epoch())
             .arg(opts.meta_ttl.as_secs())
-            .arg(first);
+            .arg(first)
+            .arg(now_ms());
         let sent = self.shards.for_channel(channel).send(cmd);
         Box::pin(async move {
             let Value::Array(parts) = sent.await? else {

@@ -30,9 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    new_epoch, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
-};
+use super::{Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition};
 use crate::config::{Storage, StorageKind};
 use db::Db;
 use retention::Retention;
@@ -169,7 +167,7 @@ impl Store for DurableStore {
         Box::pin(async move {
             let (top, epoch) = self
                 .db
-                .position(channel, &new_epoch())
+                .position(channel)
                 .await
                 .map_err(|e| sql("history", e))?;
             let position = StreamPosition {

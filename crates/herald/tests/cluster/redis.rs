@@ -363,3 +363,36 @@ fn numsub(url: &str, key: &str) -> u64 {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{text}"))
 }
+
+/// Reading streams that were never published to leaves nothing in Redis
+/// but the shard's seed, and each is reported in the epoch its first
+/// publication then creates it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_redis_streams_that_do_not_exist_creates_nothing() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique("t");
+    let node = node("a", &redis_engine(&url, &prefix));
+    let mut epochs = Vec::new();
+    for i in 0..50 {
+        let h = node
+            .api("history", json!({"channel": format!("hist:never{i}")}))
+            .await;
+        assert_eq!(h["offset"], 0, "{h}");
+        epochs.push(h["epoch"].as_str().expect("an epoch").to_string());
+    }
+    let keys = |pattern: &str| {
+        let out = Command::new("redis-cli")
+            .args(["-u", &url, "--scan", "--pattern", pattern])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(keys(&format!("{prefix}.meta.*")), 0, "no stream state");
+    let r = node
+        .api("publish", json!({"channel": "hist:never3", "data": 1}))
+        .await;
+    assert_eq!(r["epoch"], epochs[3], "{r}");
+    assert_eq!(keys(&format!("{prefix}.meta.*")), 1);
+}

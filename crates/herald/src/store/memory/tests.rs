@@ -172,3 +172,40 @@ async fn remove_keeps_position() {
     assert!(page.publications.is_empty());
     assert_eq!(page.position.offset, 1);
 }
+
+/// Reads of streams that were never published to keep nothing; each is
+/// reported in the epoch its first publication creates it in, and a
+/// stream created again after being forgotten gets another.
+#[tokio::test]
+async fn reads_create_nothing_and_epochs_stay_valid() {
+    let (s, _) = store();
+    let mut epochs = Vec::new();
+    for i in 0..1000 {
+        let page = s.history(&format!("c{i}"), all(), opts(10)).await.unwrap();
+        assert_eq!(page.position.offset, 0);
+        epochs.push(page.position.epoch);
+    }
+    assert!(s.streams.is_empty(), "no state for reads");
+    let p = s.append(publication("c5", 1), opts(10)).await.unwrap();
+    assert_eq!(
+        epoch_of(&p),
+        epochs[5],
+        "a subscriber's position stays valid"
+    );
+    assert_eq!(s.streams.len(), 1);
+
+    // Forgotten after an idle meta TTL, then created again: a new epoch,
+    // whatever a reader saw in between.
+    let short = StreamOptions {
+        size: 10,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_millis(40),
+    };
+    let first = epoch_of(&s.append(publication("f", 1), short).await.unwrap());
+    // Time must pass: the stream has to be idle longer than its meta TTL.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.sweep(|_| short);
+    let again = s.append(publication("f", 1), short).await.unwrap();
+    assert_eq!(again.offset, 1);
+    assert_ne!(epoch_of(&again), first, "offsets start over in a new epoch");
+}

@@ -22,12 +22,12 @@ pub(super) type Assigned = Vec<(u64, Arc<str>)>;
 
 /// What a durable store asks of its database.
 pub(super) trait Db: Send + Sync + 'static {
-    /// The stream's top offset and epoch, creating the stream (with `fresh`
-    /// as its epoch) when it does not exist yet.
+    /// The stream's top offset and epoch; for a stream that does not exist
+    /// yet, offset 0 in the database's epoch, the one its first
+    /// publication will create it in (nothing is written).
     fn position<'a>(
         &'a self,
         channel: &'a str,
-        fresh: &'a str,
     ) -> BoxFuture<'a, Result<(i64, String), sqlx::Error>>;
 
     /// A channel's publications in `range`.
@@ -58,7 +58,8 @@ pub(super) trait Db: Send + Sync + 'static {
 
 /// The writer's connection.
 pub(super) trait BatchWriter: Send {
-    /// Reserves offsets for `pubs` and inserts them in one transaction;
+    /// Reserves offsets for `pubs` and inserts them in one transaction
+    /// (creating streams that do not exist in the database's epoch);
     /// returns each publication's offset and epoch, in the input order.
     fn commit<'a>(
         &'a mut self,
@@ -73,12 +74,13 @@ type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
 pub(super) trait Dialect: Send + Sync + 'static {
     type Db: sqlx::Database;
 
-    /// See [`BatchWriter::commit`]; one round trip where the database
-    /// allows it.
+    /// See [`BatchWriter::commit`]; new streams start in `epoch`. One round
+    /// trip where the database allows it.
     fn commit<'a>(
         conn: &'a mut Conn<Self>,
         pubs: &'a [Publication],
         now_ms: i64,
+        epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
 
     /// Rows a statement changed (sqlx has no common trait for it).
@@ -90,6 +92,8 @@ pub(super) trait Dialect: Send + Sync + 'static {
 pub(super) struct Sql<D: Dialect> {
     pool: Pool<D::Db>,
     writer: <Conn<D> as Connection>::Options,
+    /// The database's epoch (see the `herald_meta` migration).
+    epoch: Arc<str>,
 }
 
 impl<D: Dialect> Sql<D> {
@@ -103,6 +107,10 @@ impl<D: Dialect> Sql<D> {
     ) -> Result<Self, StoreError>
     where
         Conn<D>: Migrate,
+        for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
+        <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+        for<'q> String: Encode<'q, D::Db> + Type<D::Db>,
+        for<'r> (String,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     {
         let pool = pool
             .connect_with(options.clone())
@@ -112,14 +120,42 @@ impl<D: Dialect> Sql<D> {
             .run(&pool)
             .await
             .map_err(|e| StoreError::open(target, e))?;
+        let epoch = database_epoch(&pool)
+            .await
+            .map_err(|e| StoreError::open(target, e))?;
         Ok(Self {
             pool,
             writer: options,
+            epoch: Arc::from(epoch),
         })
     }
 }
 
-struct Writer<D: Dialect>(Conn<D>);
+/// The database's epoch: made once, by whichever node opens it first.
+async fn database_epoch<DB>(pool: &Pool<DB>) -> Result<String, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+{
+    sqlx::query(
+        "INSERT INTO herald_meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(crate::store::new_epoch())
+    .execute(pool)
+    .await?;
+    let (epoch,): (String,) = sqlx::query_as("SELECT value FROM herald_meta WHERE key = 'epoch'")
+        .fetch_one(pool)
+        .await?;
+    Ok(epoch)
+}
+
+struct Writer<D: Dialect> {
+    conn: Conn<D>,
+    epoch: Arc<str>,
+}
 
 impl<D: Dialect> BatchWriter for Writer<D> {
     fn commit<'a>(
@@ -127,14 +163,11 @@ impl<D: Dialect> BatchWriter for Writer<D> {
         pubs: &'a [Publication],
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
-        D::commit(&mut self.0, pubs, now_ms)
+        D::commit(&mut self.conn, pubs, now_ms, &self.epoch)
     }
 }
 
 const SELECT_POSITION: &str = "SELECT top, epoch FROM streams WHERE channel = $1";
-
-const CREATE_STREAM: &str = "INSERT INTO streams (channel, epoch, top, created_at) \
-     VALUES ($1, $2, 0, $3) ON CONFLICT (channel) DO NOTHING";
 
 const READ_FORWARD: &str =
     "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
@@ -160,26 +193,13 @@ where
     fn position<'a>(
         &'a self,
         channel: &'a str,
-        fresh: &'a str,
     ) -> BoxFuture<'a, Result<(i64, String), sqlx::Error>> {
         Box::pin(async move {
             let found = sqlx::query_as(SELECT_POSITION)
                 .bind(channel)
                 .fetch_optional(&self.pool)
                 .await?;
-            if let Some(position) = found {
-                return Ok(position);
-            }
-            sqlx::query(CREATE_STREAM)
-                .bind(channel)
-                .bind(fresh)
-                .bind(super::now_ms())
-                .execute(&self.pool)
-                .await?;
-            sqlx::query_as(SELECT_POSITION)
-                .bind(channel)
-                .fetch_one(&self.pool)
-                .await
+            Ok(found.unwrap_or_else(|| (0, self.epoch.to_string())))
         })
     }
 
@@ -228,7 +248,11 @@ where
     fn connect_writer(&self) -> BoxFuture<'_, Result<Box<dyn BatchWriter>, sqlx::Error>> {
         Box::pin(async move {
             let conn = self.writer.connect().await?;
-            Ok(Box::new(Writer::<D>(conn)) as Box<dyn BatchWriter>)
+            let writer = Writer::<D> {
+                conn,
+                epoch: self.epoch.clone(),
+            };
+            Ok(Box::new(writer) as Box<dyn BatchWriter>)
         })
     }
 

@@ -18,7 +18,7 @@ use super::db::{Assigned, Dialect, Sql};
 use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
 use crate::config::PostgresStorage;
-use crate::store::{new_epoch, StoreError};
+use crate::store::StoreError;
 
 /// How long an operation waits for a free connection of the pool
 /// (`storage.postgres.pool_size`) before it fails.
@@ -56,8 +56,9 @@ impl Dialect for PostgresDialect {
         conn: &'a mut PgConnection,
         pubs: &'a [Publication],
         now_ms: i64,
+        epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
-        Box::pin(commit(conn, pubs, now_ms))
+        Box::pin(commit(conn, pubs, now_ms, epoch))
     }
 
     fn rows_affected(result: &PgQueryResult) -> u64 {
@@ -107,6 +108,7 @@ async fn commit(
     conn: &mut PgConnection,
     pubs: &[Publication],
     now_ms: i64,
+    epoch: &str,
 ) -> Result<Assigned, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
@@ -121,7 +123,7 @@ async fn commit(
         .bind(rows.iter().map(|r| r.chan_info).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.tags.as_deref()).collect::<Vec<_>>())
         .bind(counts.keys().copied().collect::<Vec<_>>())
-        .bind(counts.keys().map(|_| new_epoch()).collect::<Vec<_>>())
+        .bind(counts.keys().map(|_| epoch).collect::<Vec<_>>())
         .bind(counts.values().copied().collect::<Vec<_>>())
         .bind(now_ms)
         .fetch_all(&mut *conn)

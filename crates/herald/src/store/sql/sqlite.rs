@@ -23,7 +23,7 @@ use super::db::{Assigned, Dialect, Sql};
 use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
 use crate::config::Synchronous;
-use crate::store::{new_epoch, StoreError};
+use crate::store::StoreError;
 
 /// Most rows in one INSERT statement, so that a large
 /// `storage.batch_max_size` stays under SQLite's bind-parameter limit
@@ -79,8 +79,9 @@ impl Dialect for SqliteDialect {
         conn: &'a mut SqliteConnection,
         pubs: &'a [Publication],
         now_ms: i64,
+        epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
-        Box::pin(commit(conn, pubs, now_ms))
+        Box::pin(commit(conn, pubs, now_ms, epoch))
     }
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
@@ -105,6 +106,7 @@ async fn commit(
     conn: &mut SqliteConnection,
     pubs: &[Publication],
     now_ms: i64,
+    epoch: &str,
 ) -> Result<Assigned, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
@@ -114,7 +116,7 @@ async fn commit(
     // (retention) makes this wait (busy timeout) rather than fail midway.
     let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
     for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        push_reserve(&mut q, chunk, now_ms);
+        push_reserve(&mut q, chunk, now_ms, epoch);
     }
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         push_insert(&mut q, chunk, now_ms);
@@ -136,15 +138,14 @@ async fn commit(
 }
 
 /// Adds a statement that reserves `count` offsets in each stream of
-/// `streams` (creating the stream with a fresh epoch) and returns its new
-/// top.
-fn push_reserve(q: &mut QueryBuilder<Sqlite>, streams: &[(&str, i64)], now_ms: i64) {
+/// `streams` (creating the stream in `epoch`) and returns its new top.
+fn push_reserve(q: &mut QueryBuilder<Sqlite>, streams: &[(&str, i64)], now_ms: i64, epoch: &str) {
     q.push("INSERT INTO streams (channel, epoch, top, created_at) SELECT *, ");
     q.push_bind(now_ms);
     q.push(" FROM (");
     q.push_values(padded(streams), |mut row, stream| {
         let (channel, epoch, count) = match stream {
-            Some((channel, count)) => (Some(*channel), Some(new_epoch()), Some(*count)),
+            Some((channel, count)) => (Some(*channel), Some(epoch.to_string()), Some(*count)),
             None => (None, None, None),
         };
         row.push_bind(channel).push_bind(epoch).push_bind(count);

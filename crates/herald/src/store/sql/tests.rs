@@ -8,6 +8,7 @@ use super::rows::{NewRow, StoredRow};
 use super::sqlite::{padded, ROWS_PER_STATEMENT};
 use super::writer::{assign, back_offsets, counts};
 use super::*;
+use crate::store::new_epoch;
 
 fn position(offset: u64) -> StreamPosition {
     StreamPosition {
