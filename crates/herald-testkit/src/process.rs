@@ -14,6 +14,8 @@ use crate::{required, WAIT};
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// stderr lines up to the `listening` line, which is the last.
+    pub head: Vec<String>,
     /// stderr lines read after the `listening` line.
     pub lines: mpsc::Receiver<String>,
 }
@@ -80,6 +82,7 @@ impl Served {
         let mut served = Served {
             child,
             addr: String::new(),
+            head: Vec::new(),
             lines: rx,
         };
         let deadline = Instant::now() + wait;
@@ -89,6 +92,7 @@ impl Served {
                 .lines
                 .recv_timeout(left)
                 .expect("a `listening` line on stderr in time");
+            served.head.push(line.clone());
             if !line.contains("listening") {
                 continue;
             }

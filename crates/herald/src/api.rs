@@ -6,7 +6,7 @@ mod methods;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -78,12 +78,16 @@ pub async fn handle(
     State(node): State<Arc<Node>>,
     Path(method): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     Counters::incr(&node.counters.api_requests);
     if !authorised(&node, &headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
     }
+    let body = match read_body(&node, body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -95,5 +99,24 @@ pub async fn handle(
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),
         Err(ApiError::Status(status, message)) => (status, message).into_response(),
         Err(e) => axum::Json(json!({ "error": e.to_json() })).into_response(),
+    }
+}
+
+/// The request body, whole, within `http_server.request_body_timeout` (a
+/// body that trickles in or stalls holds a connection and its memory) and
+/// `http_api.max_request_body_size`: 408 or 413 otherwise.
+async fn read_body(node: &Node, body: Body) -> Result<Bytes, Response> {
+    let limit = node.config.http_api.max_request_body_size;
+    let timeout = node.config.http_server.request_body_timeout.0;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        )
+            .into_response()),
     }
 }

@@ -164,6 +164,7 @@ fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let config = loaded.config;
+    raise_open_files_limit();
     if config.dev {
         tracing::warn!("development mode: anonymous clients may subscribe and publish everywhere; never use in production");
     }
@@ -182,6 +183,16 @@ fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.run().await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each
+/// connection holds one, and the soft limit is often far below what the
+/// machine allows.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
+    }
 }
 
 async fn wait_for_signal() {

@@ -56,8 +56,12 @@ pub struct HttpServer {
     pub address: String,
     pub port: u16,
     /// Herald: time a client has to send its request headers (a WebSocket
-    /// handshake included); slower connections are closed.
+    /// handshake included), counted from accept for a connection's first
+    /// request; slower connections are closed.
     pub header_read_timeout: Dur,
+    /// Herald: time a client has to send a whole request body (server
+    /// API); slower requests get HTTP 408.
+    pub request_body_timeout: Dur,
 }
 
 impl Default for HttpServer {
@@ -66,6 +70,7 @@ impl Default for HttpServer {
             address: String::new(),
             port: 8000,
             header_read_timeout: Dur::secs(10),
+            request_body_timeout: Dur::secs(10),
         }
     }
 }

@@ -10,20 +10,14 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use std::time::Duration;
-
-use axum::extract::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::{api, transport};
+
+mod accept;
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -89,7 +83,7 @@ impl Server {
         let router = router(node.clone());
         let stop = node.shutdown().clone();
         let header_timeout = node.config.http_server.header_read_timeout.0;
-        accept(self.listener, router, stop, header_timeout).await;
+        accept::accept(self.listener, router, stop, header_timeout).await;
         tracing::info!(
             connections = node.hub.num_clients(),
             "shutting down: closing connections"
@@ -111,58 +105,6 @@ impl Server {
     }
 }
 
-/// Accepts connections until `stop`, serving each with HTTP/1 and HTTP/2
-/// and WebSocket upgrades. A client must send its request headers within
-/// `header_timeout`, so half-open handshakes cannot pile up.
-async fn accept(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-    header_timeout: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, then go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            router.clone().oneshot(request)
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    // Plain HTTP requests under way may finish; upgraded connections are
-    // sessions now and close through the node's shutdown.
-    let _ = tokio::time::timeout(HTTP_DRAIN, graceful.shutdown()).await;
-}
-
-/// Pause after a failed accept.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Longest wait for plain HTTP requests at shutdown.
-const HTTP_DRAIN: Duration = Duration::from_secs(5);
-
 fn router(node: Arc<Node>) -> Router {
     let c = &node.config;
     let mut r = Router::new();
@@ -179,7 +121,9 @@ fn router(node: Arc<Node>) -> Router {
         );
         r = r.route(
             &path,
-            post(api::handle).layer(DefaultBodyLimit::max(c.http_api.max_request_body_size)),
+            // The handler reads the body itself, with a deadline and the
+            // size limit.
+            post(api::handle).layer(DefaultBodyLimit::disable()),
         );
     }
     if c.health.enabled {

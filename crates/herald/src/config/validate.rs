@@ -28,6 +28,12 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
             "must be positive",
         ));
     }
+    if c.http_server.request_body_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "http_server.request_body_timeout",
+            "must be positive",
+        ));
+    }
     if c.client.write_delay.0 > std::time::Duration::from_secs(1) {
         return Err(ConfigError::invalid(
             "client.write_delay",

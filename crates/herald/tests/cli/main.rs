@@ -451,3 +451,97 @@ fn corrupt_durable_storage_stops_the_start_with_a_clear_error() {
         "never reset"
     );
 }
+
+/// `herald serve` under `sh -c "<limits> && exec herald …"`, so that it
+/// starts with the shell's limits.
+fn serve_limited(limits: &str, config: &Path) -> Served {
+    let mut cmd = Command::new("sh");
+    cmd.env_clear()
+        .env("RUST_LOG", "info")
+        .arg("-c")
+        .arg(format!("{limits} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .args(["--port", "0", "--address", "127.0.0.1"]);
+    Served::spawn(cmd, WAIT)
+}
+
+/// Log lines of `s` containing `text`, until `quiet` passes without a line.
+fn log_lines(s: &Served, text: &str, quiet: std::time::Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(line) = s.lines.recv_timeout(quiet) {
+        if line.contains(text) {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// Herald raises its soft limit on open files to the hard one at start;
+/// and at a hard limit of 256, 300 sockets that send nothing cannot lock
+/// the API out for longer than the header timeout, while accept backs off
+/// instead of spinning on the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_lock_out_the_api_at_a_low_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    write(
+        &file,
+        &json!({"http_api": {"key": "k"}, "http_server": {"header_read_timeout": "500ms"},
+                "log": {"level": "info"}}),
+    );
+    let hard: u64 = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let raised = serve_limited("ulimit -Sn 64", &file);
+    assert!(
+        raised
+            .head
+            .iter()
+            .any(|l| l.contains("open files limit") && l.contains(&format!("limit={hard}"))),
+        "soft limit raised to {hard}: {:#?}",
+        raised.head
+    );
+    drop(raised);
+
+    let s = serve_limited("ulimit -n 256", &file);
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(&s.addr).await.unwrap());
+    }
+    // The API answers again within the header timeout and a few backoffs.
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answered = client
+            .post(format!("http://{}/api/info", s.addr))
+            .header("X-API-Key", "k")
+            .body("{}")
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if answered {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API stayed locked out"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(silent);
+    let failures = tokio::task::block_in_place(|| {
+        log_lines(&s, "accept failed", std::time::Duration::from_millis(500))
+    });
+    assert!(failures.len() <= 2, "one line per streak: {failures:#?}");
+}

@@ -144,3 +144,71 @@ async fn publications_and_recoveries_must_fit_a_subscribers_queue() {
     }
     s.stop().await;
 }
+
+/// Reads from `socket` until the server closes it (EOF or reset); fails
+/// after [`WAIT`].
+async fn closed_by_server(socket: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => panic!("the server kept a silent connection open"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {} // an error response first, then the close
+        }
+    }
+}
+
+/// No phase of a connection may stall for free: a socket that sends
+/// nothing, only the start of the HTTP/2 preface, or half its headers is
+/// closed after `http_server.header_read_timeout`; an API body that stalls
+/// gets 408 after `http_server.request_body_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start(json!({"http_server": {
+        "header_read_timeout": "300ms", "request_body_timeout": "300ms"
+    }}))
+    .await;
+    let mut sockets = Vec::new();
+    for i in 0..30 {
+        let mut socket = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        match i % 3 {
+            0 => {}
+            1 => socket.write_all(b"P").await.unwrap(),
+            _ => socket
+                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap(),
+        }
+        sockets.push(socket);
+    }
+    for socket in &mut sockets {
+        closed_by_server(socket).await;
+    }
+    // A request body that stops halfway.
+    let mut socket = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nContent-Length: 100\r\n\r\n{{\"a\":"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 512];
+        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without a reply");
+            reply.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no reply to a stalled body");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // Well-behaved clients are served throughout.
+    let info = s.api("info", json!({})).await;
+    assert!(info["result"]["nodes"].is_array(), "{info}");
+    s.stop().await;
+}
