@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerError, Inbound, MemoryBroker, NatsBroker, RedisBroker};
 use crate::channel::ChannelRules;
 use crate::config::{BrokerKind, Config, HistoryStorage};
+use crate::idempotency::{Claims, LocalClaims, NatsClaims, RedisClaims};
 use crate::presence::{Presence, RedisPresence, SharedPresence};
 use crate::redis_link::{RedisError, RedisShards};
 use crate::store::{
@@ -42,6 +43,19 @@ pub struct Engine {
     /// Streams of durable namespaces, when there are any.
     durable: Option<DurableStore>,
     pub presence: Arc<Presence>,
+    /// Idempotency keys of publications without a stream (those with one
+    /// are kept by its store).
+    pub claims: Arc<dyn Claims>,
+}
+
+/// What [`open_broker`] opens.
+struct Opened {
+    broker: Arc<dyn Broker>,
+    /// Streams of memory-history namespaces.
+    streams: Arc<dyn Store>,
+    claims: Arc<dyn Claims>,
+    /// The Redis servers of a Redis broker (presence may share them).
+    shards: Option<RedisShards>,
 }
 
 impl Engine {
@@ -55,14 +69,21 @@ impl Engine {
         rules: Arc<ChannelRules>,
         stop: &CancellationToken,
     ) -> Result<Self, EngineError> {
-        let (broker, streams, shards) = open_broker(config, inbound, &rules, stop).await?;
+        let Opened {
+            broker,
+            streams,
+            claims,
+            shards,
+        } = open_broker(config, inbound, &rules, stop).await?;
         let presence = Arc::new(Presence::new(open_presence(config, shards).await?));
         tokio::spawn(presence.clone().refresh_until(stop.clone()));
         let durable = if config.channel.uses_durable_history() {
             let rules = rules.clone();
             let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));
             let dir = std::path::Path::new(&config.data_dir);
-            Some(open_durable(&config.storage, dir, deliver_to(&broker), opts_for).await?)
+            let deliver = deliver_to(&broker);
+            let window = config.channel.idempotency_window.0;
+            Some(open_durable(&config.storage, dir, deliver, opts_for, window).await?)
         } else {
             None
         };
@@ -71,6 +92,7 @@ impl Engine {
             streams,
             durable,
             presence,
+            claims,
         })
     }
 
@@ -96,34 +118,47 @@ impl Engine {
     }
 }
 
-/// The broker and the memory-history streams that go with it, and the
-/// Redis servers when the broker is Redis (presence may share them).
+/// The broker, the memory-history streams and idempotency claims that go
+/// with it, and the Redis servers when the broker is Redis.
 async fn open_broker(
     config: &Config,
     inbound: Inbound,
     rules: &Arc<ChannelRules>,
     stop: &CancellationToken,
-) -> Result<(Arc<dyn Broker>, Arc<dyn Store>, Option<RedisShards>), EngineError> {
+) -> Result<Opened, EngineError> {
     Ok(match config.broker_kind() {
         BrokerKind::Memory => {
             let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(inbound));
-            let streams = memory_streams(&broker, rules, stop);
-            (broker, streams, None)
+            Opened {
+                streams: memory_streams(&broker, rules, stop),
+                broker,
+                claims: Arc::new(LocalClaims::default()),
+                shards: None,
+            }
         }
         BrokerKind::Redis => {
             let shards = RedisShards::connect(config.broker_redis()).await?;
             let broker = RedisBroker::start(shards.clone(), inbound, stop.child_token()).await?;
-            let streams = Arc::new(RedisStore::new(shards.clone()));
-            (Arc::new(broker), streams, Some(shards))
+            Opened {
+                broker: Arc::new(broker),
+                streams: Arc::new(RedisStore::new(shards.clone())),
+                claims: Arc::new(RedisClaims::new(shards.clone())),
+                shards: Some(shards),
+            }
         }
         BrokerKind::Nats => {
-            let broker =
-                NatsBroker::connect(&config.broker.nats, inbound, stop.child_token()).await?;
+            let cfg = &config.broker.nats;
+            let broker = NatsBroker::connect(cfg, inbound, stop.child_token()).await?;
+            let claims = NatsClaims::new(broker.client(), &cfg.prefix);
             let broker: Arc<dyn Broker> = Arc::new(broker);
-            // Never used in a cluster: configuration refuses memory history
-            // with NATS, which carries no streams.
-            let streams = memory_streams(&broker, rules, stop);
-            (broker, streams, None)
+            Opened {
+                // Never used in a cluster: configuration refuses memory
+                // history with NATS, which carries no streams.
+                streams: memory_streams(&broker, rules, stop),
+                broker,
+                claims: Arc::new(claims),
+                shards: None,
+            }
         }
     })
 }

@@ -12,6 +12,7 @@ mod demo;
 pub mod engine;
 pub mod frame;
 pub mod hub;
+pub mod idempotency;
 pub mod metrics;
 pub mod node;
 pub mod origin;

@@ -22,15 +22,31 @@ use crate::cluster::Cluster;
 use crate::config::{ChannelOptions, ClientConfig, Config, ConfigError, PUSH_ROOM};
 use crate::engine::{Engine, EngineError};
 use crate::hub::{Fill, Hub, MAX_HELD};
+use crate::idempotency;
 use crate::metrics::Counters;
 use crate::origin::OriginPolicy;
 use crate::presence::{Members, Presence};
-use crate::store::{HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition};
+use crate::store::{
+    HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
+};
 use crate::wire::control::{Action, NodeInfo, Target};
 
 /// What brokers may report to the node before it has read them (see
 /// [`Inbound`]): control messages, reconnections.
 const BROKER_EVENTS: usize = 1024;
+
+/// How [`Node::publish`] publishes.
+#[derive(Debug, Default)]
+pub struct PublishOptions {
+    /// The publisher, when a client publishes.
+    pub info: Option<Arc<ClientInfo>>,
+    pub tags: BTreeMap<String, String>,
+    /// Deliver without appending to the channel's stream: no offset.
+    pub skip_history: bool,
+    /// Publish at most once per channel and key within
+    /// `channel.idempotency_window` (empty: no key).
+    pub idempotency_key: Option<String>,
+}
 
 /// Where a publication landed in its channel's stream (zero without history).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,45 +209,77 @@ impl Node {
         self.stream_of(channel)?.ok_or(ProtocolError::NOT_AVAILABLE)
     }
 
-    /// Publishes `data` (raw JSON) into `channel`. With history, the
-    /// publication is appended to the channel's stream (and for durable
-    /// streams committed) before this returns its position.
+    /// Publishes `data` (raw JSON) into `channel`. With history (unless
+    /// `skip_history`), the publication is appended to the channel's stream
+    /// (and for durable streams committed) before this returns its
+    /// position. With an idempotency key seen in the channel within
+    /// `channel.idempotency_window`, nothing is published and the first
+    /// publish's result comes back.
     pub async fn publish(
         &self,
         channel: &str,
         data: Bytes,
-        info: Option<Arc<ClientInfo>>,
-        tags: BTreeMap<String, String>,
+        options: PublishOptions,
     ) -> Result<PublishResult, ProtocolError> {
+        let PublishOptions {
+            info,
+            tags,
+            skip_history,
+            idempotency_key,
+        } = options;
         let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
         self.check_size(&publication)?;
-        let result = match self.stream_of(channel)? {
-            Some((opts, store)) => {
-                let stored = store.append(publication, opts).await.map_err(|e| {
-                    let unavailable = matches!(e, StoreError::Broker(_) | StoreError::Redis(_));
-                    let code = store_failed(channel, "publish", e);
-                    if unavailable {
-                        ProtocolError::BROKER_UNAVAILABLE
-                    } else {
-                        code
-                    }
-                })?;
-                PublishResult {
-                    offset: stored.offset,
-                    epoch: stored.epoch.as_deref().unwrap_or_default().to_owned(),
-                }
+        let stream = if skip_history {
+            None
+        } else {
+            self.stream_of(channel)?
+        };
+        let window = self.config.channel.idempotency_window.0;
+        let once = idempotency_key
+            .filter(|key| !key.is_empty())
+            .map(|key| Once { key, window });
+        let appended = match (stream, once) {
+            (Some((opts, store)), None) => {
+                let stored = store.append(publication, opts).await;
+                stored.map(|p| StreamPosition {
+                    offset: p.offset,
+                    epoch: p.epoch.as_deref().unwrap_or_default().to_owned(),
+                })
             }
-            None => {
-                let published = self.engine.broker.publish(Arc::new(publication)).await;
+            (Some((opts, store)), Some(once)) => store.append_once(publication, opts, once).await,
+            (None, once) => {
+                let publication = Arc::new(publication);
+                let published = match once {
+                    None => self.engine.broker.publish(publication).await,
+                    Some(Once { key, window }) => {
+                        let claims = &*self.engine.claims;
+                        let publish = || self.engine.broker.publish(publication);
+                        idempotency::once(claims, channel, &key, window, publish)
+                            .await
+                            .map(drop)
+                    }
+                };
                 published.map_err(|e| {
                     tracing::warn!(channel, error = %crate::report::Chain(&e), "publish failed");
                     ProtocolError::BROKER_UNAVAILABLE
                 })?;
-                PublishResult::default()
+                Ok(StreamPosition::default())
             }
         };
+        let position = appended.map_err(|e| {
+            let unavailable = matches!(e, StoreError::Broker(_) | StoreError::Redis(_));
+            let code = store_failed(channel, "publish", e);
+            if unavailable {
+                ProtocolError::BROKER_UNAVAILABLE
+            } else {
+                code
+            }
+        })?;
         Counters::incr(&self.counters.publications);
-        Ok(result)
+        Ok(PublishResult {
+            offset: position.offset,
+            epoch: position.epoch,
+        })
     }
 
     /// Refuses a publication larger than its namespace allows, or whose push

@@ -120,6 +120,15 @@ impl StoreError {
 pub type Deliver =
     Arc<dyn Fn(Arc<Publication>) -> BoxFuture<'static, Result<(), BrokerError>> + Send + Sync>;
 
+/// The idempotency key of an append: a retry with the same key within
+/// `window` appends nothing and gets the first append's position. The store
+/// keeps the key with the stream, in the same step as the append.
+#[derive(Debug, Clone)]
+pub struct Once {
+    pub key: String,
+    pub window: Duration,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Appends to the publication's channel stream, delivers it, and returns
     /// it with its offset and its stream's epoch set. For durable stores it
@@ -129,6 +138,16 @@ pub trait Store: Send + Sync + 'static {
         publication: Publication,
         opts: StreamOptions,
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>>;
+
+    /// [`Store::append`] unless an append with `once`'s key went into the
+    /// channel's stream within its window; either way returns where the
+    /// first one with the key stands.
+    fn append_once(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+        once: Once,
+    ) -> BoxFuture<'_, Result<StreamPosition, StoreError>>;
 
     /// Reads a channel's stream.
     fn history<'a>(

@@ -11,13 +11,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald::config::{Dur, Storage, StorageKind};
 use herald::store::{
-    open_durable, Deliver, DurableStore, HistoryQuery, Store, StoreError, StreamOptions,
+    open_durable, Deliver, DurableStore, HistoryQuery, Once, Store, StoreError, StreamOptions,
     StreamPosition,
 };
 use herald_protocol::{ClientInfo, Publication};
-use herald_testkit::{wait_until, TestDatabase};
+use herald_testkit::{eventually, wait_until, TestDatabase};
 use parking_lot::Mutex;
 use sqlx::Connection;
+
+/// How long stores keep idempotency keys unless a test says otherwise.
+const KEY_WINDOW: Duration = Duration::from_secs(300);
 
 /// Where a test's store lives; cheap to clone into the test's tasks.
 #[derive(Clone)]
@@ -71,9 +74,15 @@ impl Fixture {
         deliver: Deliver,
         opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
     ) -> DurableStore {
-        open_durable(&self.storage, self.dir.path(), deliver, opts_for)
-            .await
-            .expect("open durable store")
+        open_durable(
+            &self.storage,
+            self.dir.path(),
+            deliver,
+            opts_for,
+            KEY_WINDOW,
+        )
+        .await
+        .expect("open durable store")
     }
 
     /// The number a `SELECT COUNT(*) …` gives on the test's database.
@@ -136,6 +145,8 @@ on_both!(
     failed_commits_acknowledge_and_deliver_nothing,
     a_refused_publication_fails_alone,
     reading_streams_that_do_not_exist_creates_nothing,
+    keyed_appends_publish_once_even_after_a_restart,
+    ended_keys_publish_again_and_are_forgotten,
 );
 
 /// Delivered publications as (channel, offset), in delivery order.
@@ -620,6 +631,148 @@ async fn a_refused_publication_fails_alone(fx: Fixture) {
     store.close().await;
 }
 
+fn once(key: &str) -> Once {
+    Once {
+        key: key.into(),
+        window: KEY_WINDOW,
+    }
+}
+
+/// Publications with an idempotency key are appended once per channel and
+/// key, however their retries arrive (in one batch, in later ones, after
+/// the store was reopened), and every retry gets the first one's position.
+async fn keyed_appends_publish_once_even_after_a_restart(fx: Fixture) {
+    let (deliver, seen) = recorder();
+    let store = Arc::new(fx.open(deliver.clone(), unbounded()).await);
+    let first = store
+        .append_once(publication("k", 0), unbounded(), once("a"))
+        .await
+        .unwrap();
+    assert_eq!(first.offset, 1);
+    // Retries of "b" together with other publications: the same key twice
+    // in a batch, and in batches after the first one committed.
+    let appends: Vec<_> = (0..30u64)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let p = publication("k", n);
+                match n % 3 {
+                    0 => Some(store.append_once(p, unbounded(), once("b")).await),
+                    1 => {
+                        let key = format!("c{n}");
+                        Some(store.append_once(p, unbounded(), once(&key)).await)
+                    }
+                    _ => store.append(p, unbounded()).await.map(|_| None).transpose(),
+                }
+            })
+        })
+        .collect();
+    let mut b_positions = Vec::new();
+    for append in appends {
+        if let Some(result) = append.await.unwrap() {
+            let position = result.unwrap();
+            assert_eq!(position.epoch, first.epoch);
+            b_positions.push(position.offset);
+        }
+    }
+    let page = store.history("k", all(), unbounded()).await.unwrap();
+    // "a", one "b", ten "c"s and ten without a key.
+    assert_eq!(offsets(&page), (1..=22).collect::<Vec<_>>());
+    assert_eq!(seen.lock().len(), 22, "each delivered once");
+    let number =
+        |p: &Publication| -> u64 { std::str::from_utf8(&p.data).unwrap().parse().unwrap() };
+    let b_stored: Vec<_> = page.publications[1..]
+        .iter()
+        .filter(|p| number(p) % 3 == 0)
+        .map(|p| p.offset)
+        .collect();
+    assert_eq!(
+        b_stored.len(),
+        1,
+        "one publication with key b: {b_stored:?}"
+    );
+    let b_offset = b_stored[0];
+    // Every retry of "b" got where the one stored stands, c's their own.
+    let b_count = b_positions.iter().filter(|o| **o == b_offset).count();
+    assert_eq!(b_count, 10, "{b_positions:?}");
+    store.close().await;
+    drop(store);
+
+    let store = fx.open(deliver, unbounded()).await;
+    for (key, offset) in [("a", 1), ("b", b_offset)] {
+        let again = store
+            .append_once(publication("k", 99), unbounded(), once(key))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            StreamPosition {
+                offset,
+                epoch: first.epoch.clone()
+            }
+        );
+    }
+    // The same key in another channel is another publication.
+    let other = store
+        .append_once(publication("l", 1), unbounded(), once("a"))
+        .await
+        .unwrap();
+    assert_eq!(other.offset, 1);
+    let page = store.history("k", all(), unbounded()).await.unwrap();
+    assert_eq!(page.position.offset, 22, "nothing appended by retries");
+    // A key a text column cannot hold is refused alone.
+    let err = store
+        .append_once(publication("k", 1), unbounded(), once("a\0b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    store.close().await;
+}
+
+/// A key whose window ended publishes again (its old row is replaced), and
+/// retention deletes ended keys.
+async fn ended_keys_publish_again_and_are_forgotten(fx: Fixture) {
+    let fx = fx.with(|s| s.retention_interval = Dur::millis(50));
+    let (deliver, _) = recorder();
+    let window = Duration::from_millis(300);
+    let opts_for = Arc::new(|_: &str| unbounded());
+    let store = open_durable(&fx.storage, fx.dir.path(), deliver, opts_for, window)
+        .await
+        .unwrap();
+    let short = Once {
+        key: "s".into(),
+        window,
+    };
+    let first = store
+        .append_once(publication("e", 1), unbounded(), short.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append_once(publication("e", 2), unbounded(), short.clone())
+        .await
+        .unwrap();
+    assert_eq!((first.offset, again.offset), (1, 1));
+    // The window ends (retention may or may not have run yet).
+    tokio::time::sleep(window + Duration::from_millis(50)).await;
+    let after = store
+        .append_once(publication("e", 3), unbounded(), short.clone())
+        .await
+        .unwrap();
+    assert_eq!(after.offset, 2);
+    // The renewed key holds its new window…
+    let again = store
+        .append_once(publication("e", 4), unbounded(), short)
+        .await
+        .unwrap();
+    assert_eq!(again.offset, 2);
+    // …and is then deleted by retention.
+    eventually("retention to delete the ended key", || async {
+        fx.count("SELECT COUNT(*) FROM idempotency").await == 0
+    })
+    .await;
+    store.close().await;
+}
+
 /// Two nodes appending to the same PostgreSQL streams share one sequence of
 /// offsets per channel: together gap-free, never reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -670,6 +823,49 @@ async fn postgres_nodes_share_gap_free_offsets() {
     }
 }
 
+/// Retries of one key on two nodes sharing a PostgreSQL database store one
+/// publication, and every retry gets its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_share_idempotency_keys() {
+    let Some(fx) = Fixture::postgres() else {
+        return;
+    };
+    let nodes = [
+        Arc::new(fx.open(recorder().0, unbounded()).await),
+        Arc::new(fx.open(recorder().0, unbounded()).await),
+    ];
+    for round in 0..5 {
+        let key = format!("k{round}");
+        let tasks: Vec<_> = (0..8u64)
+            .map(|n| {
+                let store = nodes[n as usize % 2].clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let p = publication("shared", n);
+                    store.append_once(p, unbounded(), once(&key)).await.unwrap()
+                })
+            })
+            .collect();
+        let mut positions = Vec::new();
+        for task in tasks {
+            positions.push(task.await.unwrap());
+        }
+        assert!(
+            positions.iter().all(|p| *p == positions[0]),
+            "round {round}: {positions:?}"
+        );
+        assert_eq!(positions[0].offset, round + 1);
+    }
+    let page = nodes[0]
+        .history("shared", all(), unbounded())
+        .await
+        .unwrap();
+    assert_eq!(offsets(&page), vec![1, 2, 3, 4, 5]);
+    for node in nodes {
+        node.close().await;
+    }
+}
+
 #[tokio::test]
 async fn corrupt_sqlite_file_is_an_error_naming_it() {
     let fx = Fixture::sqlite();
@@ -677,7 +873,7 @@ async fn corrupt_sqlite_file_is_an_error_naming_it() {
     std::fs::write(fx.sqlite_file(), garbage).unwrap();
     let (deliver, _) = recorder();
     let opts = Arc::new(|_: &str| StreamOptions::default());
-    let result = open_durable(&fx.storage, fx.dir.path(), deliver, opts).await;
+    let result = open_durable(&fx.storage, fx.dir.path(), deliver, opts, KEY_WINDOW).await;
     match result {
         Err(e @ StoreError::Open { .. }) => {
             let file = fx.sqlite_file().display().to_string();
@@ -699,7 +895,7 @@ async fn sqlite_file_is_created_under_the_data_dir() {
     let nested = fx.dir.path().join("a/b");
     let (deliver, _) = recorder();
     let opts = Arc::new(|_: &str| StreamOptions::default());
-    let store = open_durable(&fx.storage, &nested, deliver, opts)
+    let store = open_durable(&fx.storage, &nested, deliver, opts, KEY_WINDOW)
         .await
         .unwrap();
     store

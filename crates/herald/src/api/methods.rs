@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::{ApiError, ApiResult};
 use crate::auth::now_unix;
-use crate::node::Node;
+use crate::node::{Node, PublishOptions};
 use crate::store::{HistoryQuery, StreamPosition};
 use crate::wire::control::{self, Action};
 
@@ -65,7 +65,8 @@ struct PublishRequest {
     channel: String,
     data: Option<Box<RawValue>>,
     b64data: String,
-    tags: BTreeMap<String, String>,
+    #[serde(flatten)]
+    options: PublishFields,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,7 +75,28 @@ struct BroadcastRequest {
     channels: Vec<String>,
     data: Option<Box<RawValue>>,
     b64data: String,
+    #[serde(flatten)]
+    options: PublishFields,
+}
+
+/// The options publish and broadcast share.
+#[derive(Deserialize, Default, Clone)]
+#[serde(default)]
+struct PublishFields {
     tags: BTreeMap<String, String>,
+    skip_history: bool,
+    idempotency_key: String,
+}
+
+impl PublishFields {
+    fn options(&self) -> PublishOptions {
+        PublishOptions {
+            info: None,
+            tags: self.tags.clone(),
+            skip_history: self.skip_history,
+            idempotency_key: Some(self.idempotency_key.clone()),
+        }
+    }
 }
 
 /// The payload of a publish: `data` as raw JSON, or `b64data` holding JSON.
@@ -100,9 +122,9 @@ async fn publish_one(
     node: &Node,
     channel: &str,
     data: Bytes,
-    tags: BTreeMap<String, String>,
+    options: PublishOptions,
 ) -> ApiResult {
-    let r = node.publish(channel, data, None, tags).await?;
+    let r = node.publish(channel, data, options).await?;
     if r.epoch.is_empty() {
         return Ok(json!({}));
     }
@@ -181,7 +203,7 @@ fn raw_json(bytes: Vec<u8>) -> Value {
 
 async fn publish(node: &Node, req: PublishRequest) -> ApiResult {
     let data = payload(req.data.as_deref(), &req.b64data)?;
-    publish_one(node, &req.channel, data, req.tags).await
+    publish_one(node, &req.channel, data, req.options.options()).await
 }
 
 async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
@@ -192,7 +214,7 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
     let mut responses = Vec::with_capacity(req.channels.len());
     for channel in &req.channels {
         responses.push(
-            match publish_one(node, channel, data.clone(), req.tags.clone()).await {
+            match publish_one(node, channel, data.clone(), req.options.options()).await {
                 Ok(result) => json!({ "result": result }),
                 Err(e) => json!({ "error": e.to_json() }),
             },

@@ -40,6 +40,7 @@ struct Outgoing {
 }
 
 pub struct NatsBroker {
+    client: async_nats::Client,
     prefix: String,
     outgoing: mpsc::Sender<Outgoing>,
     sync: mpsc::Sender<SyncRequest>,
@@ -107,7 +108,7 @@ impl NatsBroker {
         tokio::spawn(publisher(client.clone(), queue, stop.clone()));
         let (sync, requests) = mpsc::channel(SYNC_QUEUE);
         tokio::spawn(subscriber(
-            client,
+            client.clone(),
             cfg.prefix.clone(),
             inbound,
             requests,
@@ -115,11 +116,17 @@ impl NatsBroker {
             stop.clone(),
         ));
         Ok(Self {
+            client,
             prefix: cfg.prefix.clone(),
             outgoing,
             sync,
             stop,
         })
+    }
+
+    /// The connection, for what else the engine keeps in NATS.
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 
     fn send(&self, subject: String, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {

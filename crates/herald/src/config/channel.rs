@@ -15,6 +15,10 @@ pub struct ChannelConfig {
     /// (`client.queue_max_size`) can take with the push around it; a set
     /// value must fit there too, or no one could receive the publication.
     pub publication_max_size: usize,
+    /// Herald: how long a server API publish's `idempotency_key` is
+    /// remembered per channel; a retry within it publishes nothing and gets
+    /// the first publish's result.
+    pub idempotency_window: Dur,
     pub private_prefix: String,
     pub namespace_boundary: String,
     pub user_boundary: String,
@@ -29,6 +33,7 @@ impl Default for ChannelConfig {
         Self {
             max_length: 255,
             publication_max_size: 0,
+            idempotency_window: Dur::secs(300),
             private_prefix: "$".into(),
             namespace_boundary: ":".into(),
             user_boundary: "#".into(),

@@ -107,6 +107,12 @@ fn validate_channels(c: &Config) -> Result<(), ConfigError> {
             "must be positive",
         ));
     }
+    if ch.idempotency_window.0.is_zero() {
+        return Err(ConfigError::invalid(
+            "channel.idempotency_window",
+            "must be positive",
+        ));
+    }
     for (key, value) in [
         ("channel.namespace_boundary", &ch.namespace_boundary),
         ("channel.user_boundary", &ch.user_boundary),

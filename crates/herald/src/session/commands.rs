@@ -9,6 +9,7 @@ use herald_protocol::ProtocolError;
 use super::connect::payload;
 use super::Session;
 use crate::channel::Asker;
+use crate::node::PublishOptions;
 use crate::store::{HistoryQuery, StreamPosition};
 
 type Outcome = Result<ReplyBody, ProtocolError>;
@@ -38,9 +39,11 @@ impl Session {
         let info = self
             .member_info(chan_info)
             .ok_or(ProtocolError::BAD_REQUEST)?;
-        self.node
-            .publish(&req.channel, data, Some(info), Default::default())
-            .await?;
+        let options = PublishOptions {
+            info: Some(info),
+            ..Default::default()
+        };
+        self.node.publish(&req.channel, data, options).await?;
         Ok(ReplyBody::Publish)
     }
 

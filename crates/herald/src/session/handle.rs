@@ -41,7 +41,8 @@ struct Guards {
 impl Guards {
     /// Whether the publication goes out now: one in a held channel is kept
     /// back, one at or below its channel's floor is dropped, and the first
-    /// above the floor lifts it.
+    /// above the floor lifts it. One without an offset (published with
+    /// `skip_history`) has no place in the stream: only holding applies.
     fn admit(&mut self, publication: &Arc<Publication>) -> bool {
         let channel = &*publication.channel;
         if let Some(held) = self.held.get_mut(channel) {
@@ -49,6 +50,7 @@ impl Guards {
             return false;
         }
         match self.floors.get(channel) {
+            _ if publication.offset == 0 => true,
             Some(&floor) if publication.offset <= floor => false,
             Some(_) => {
                 self.floors.remove(channel);
@@ -78,19 +80,20 @@ impl Handle {
         self.guarded.store(true, Ordering::Release);
     }
 
-    /// Ends buffering: queues the held publications newer than `after`,
-    /// under the lock so later ones cannot overtake them, and keeps `after`
-    /// as the channel's floor while none newer has passed.
+    /// Ends buffering: queues the held publications newer than `after` (and
+    /// those without an offset), under the lock so later ones cannot
+    /// overtake them, and keeps `after` as the channel's floor while none
+    /// newer has passed.
     pub(super) fn finish_buffering(&self, channel: &str, after: u64) {
         let mut lock = self.guards.lock();
         let Some(g) = lock.as_mut() else { return };
         let Some((key, held)) = g.held.remove_entry(channel) else {
             return;
         };
-        let mut newer = held.iter().filter(|p| p.offset > after).peekable();
-        if newer.peek().is_none() {
+        if !held.iter().any(|p| p.offset > after) {
             g.floors.insert(key, after);
         }
+        let newer = held.iter().filter(|p| p.offset > after || p.offset == 0);
         for frame in newer.filter_map(|p| p.frame::<Json>()) {
             self.outbox.push_frame(frame);
         }

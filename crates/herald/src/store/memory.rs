@@ -12,7 +12,7 @@
 //! it was created).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +22,10 @@ use herald_protocol::Publication;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    select, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
+    select, Deliver, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions,
+    StreamPosition,
 };
+use crate::broker::BrokerError;
 use crate::sharded::Sharded;
 
 /// How often idle streams are looked for.
@@ -34,6 +36,44 @@ struct Stream {
     top: u64,
     pubs: VecDeque<(Instant, Arc<Publication>)>,
     touched: Instant,
+    /// Idempotency keys of recent appends, made on the first keyed one.
+    keys: Option<Box<Keys>>,
+}
+
+/// The offsets idempotency keys were appended at, until their window ends.
+#[derive(Default)]
+struct Keys {
+    /// Each key's offset and the end of its window.
+    offsets: HashMap<Box<str>, (u64, Instant)>,
+    /// The keys in the order they were kept, to forget them when their
+    /// window ends (in this order, with one window for all).
+    kept: VecDeque<Box<str>>,
+}
+
+impl Keys {
+    /// The offset `key` was appended at, if its window has not ended.
+    fn find(&mut self, key: &str, now: Instant) -> Option<u64> {
+        while let Some(oldest) = self.kept.front() {
+            match self.offsets.get(oldest) {
+                Some((_, end)) if *end > now => break,
+                _ => {
+                    if let Some(gone) = self.kept.pop_front() {
+                        self.offsets.remove(&gone);
+                    }
+                }
+            }
+        }
+        match self.offsets.get(key) {
+            Some((offset, end)) if *end > now => Some(*offset),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, key: &str, offset: u64, end: Instant) {
+        if self.offsets.insert(key.into(), (offset, end)).is_none() {
+            self.kept.push_back(key.into());
+        }
+    }
 }
 
 impl Stream {
@@ -43,6 +83,7 @@ impl Stream {
             top: 0,
             pubs: VecDeque::new(),
             touched: now,
+            keys: None,
         }
     }
 
@@ -117,38 +158,92 @@ impl MemoryStore {
     }
 }
 
+/// What an append did: the publication as stored and its delivery, or,
+/// for a retry of a keyed append, where the first one stands.
+enum Appended {
+    New(
+        Arc<Publication>,
+        BoxFuture<'static, Result<(), BrokerError>>,
+    ),
+    Again(StreamPosition),
+}
+
+impl MemoryStore {
+    /// Appends under the channel's shard lock (see [`Store::append_once`]
+    /// for `once`).
+    fn append_at(
+        &self,
+        publication: Publication,
+        opts: &StreamOptions,
+        once: Option<&Once>,
+    ) -> Appended {
+        let now = Instant::now();
+        let mut shard = self.streams.write(&*publication.channel);
+        let stream = match shard.get_mut(&*publication.channel) {
+            Some(s) if !s.expired(opts, now) => s,
+            _ => {
+                let fresh = Stream::new(self.epoch_at(now, opts), now);
+                shard.insert(publication.channel.clone(), fresh);
+                shard.get_mut(&*publication.channel).expect("just inserted")
+            }
+        };
+        stream.touched = now;
+        if let Some(once) = once {
+            let keys = stream.keys.get_or_insert_with(Box::default);
+            if let Some(offset) = keys.find(&once.key, now) {
+                return Appended::Again(StreamPosition {
+                    offset,
+                    epoch: stream.epoch.to_string(),
+                });
+            }
+            keys.insert(&once.key, stream.top + 1, now + once.window);
+        }
+        stream.top += 1;
+        let stored = Arc::new(
+            publication
+                .with_offset(stream.top)
+                .with_epoch(stream.epoch.clone()),
+        );
+        stream.pubs.push_back((now, stored.clone()));
+        stream.trim(opts, now);
+        let delivered = (self.deliver)(stored.clone());
+        Appended::New(stored, delivered)
+    }
+}
+
 impl Store for MemoryStore {
     fn append(
         &self,
         publication: Publication,
         opts: StreamOptions,
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
-        let now = Instant::now();
-        let (stored, delivered) = {
-            let mut shard = self.streams.write(&*publication.channel);
-            let stream = match shard.get_mut(&*publication.channel) {
-                Some(s) if !s.expired(&opts, now) => s,
-                _ => {
-                    let fresh = Stream::new(self.epoch_at(now, &opts), now);
-                    shard.insert(publication.channel.clone(), fresh);
-                    shard.get_mut(&*publication.channel).expect("just inserted")
-                }
-            };
-            stream.top += 1;
-            stream.touched = now;
-            let stored = Arc::new(
-                publication
-                    .with_offset(stream.top)
-                    .with_epoch(stream.epoch.clone()),
-            );
-            stream.pubs.push_back((now, stored.clone()));
-            stream.trim(&opts, now);
-            let delivered = (self.deliver)(stored.clone());
-            (stored, delivered)
+        let Appended::New(stored, delivered) = self.append_at(publication, &opts, None) else {
+            unreachable!("only keyed appends are retries");
         };
         Box::pin(async move {
             delivered.await?;
             Ok(stored)
+        })
+    }
+
+    fn append_once(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+        once: Once,
+    ) -> BoxFuture<'_, Result<StreamPosition, StoreError>> {
+        let appended = self.append_at(publication, &opts, Some(&once));
+        Box::pin(async move {
+            match appended {
+                Appended::Again(position) => Ok(position),
+                Appended::New(stored, delivered) => {
+                    delivered.await?;
+                    Ok(StreamPosition {
+                        offset: stored.offset,
+                        epoch: stored.epoch.as_deref().unwrap_or_default().to_owned(),
+                    })
+                }
+            }
         })
     }
 

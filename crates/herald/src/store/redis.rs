@@ -20,7 +20,8 @@ use herald_protocol::Publication;
 use redis::Value;
 
 use super::{
-    new_epoch, select, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition,
+    new_epoch, select, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions,
+    StreamPosition,
 };
 use crate::redis_link::{as_string, as_u64, RedisError, RedisShards};
 use crate::wire;
@@ -42,9 +43,19 @@ local function epoch_now(seed_key, candidate, meta_ttl, now_ms)
 end
 "#;
 
-/// KEYS: stream, meta, pub/sub channel, seed. ARGV: message tail, size,
-/// ttl seconds, meta ttl seconds, candidate seed, now (ms).
+/// KEYS: stream, meta, pub/sub channel, seed, idempotency key (unused
+/// without one). ARGV: message tail, size, ttl seconds, meta ttl seconds,
+/// candidate seed, now (ms), the key's window in ms ('0': no key). A key
+/// seen within its window appends nothing: the first append's offset and
+/// epoch come back, with a third element.
 const APPEND: &str = r#"
+if ARGV[7] ~= '0' then
+  local known = redis.call('get', KEYS[5])
+  if known then
+    local offset, epoch = string.match(known, '^(%d+) (.*)$')
+    return {tonumber(offset), epoch, 1}
+  end
+end
 local top = redis.call('hincrby', KEYS[2], 's', 1)
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
@@ -57,6 +68,9 @@ local message = '{"o":' .. top .. ',"e":"' .. epoch .. '",' .. ARGV[1]
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], top .. '-1', 'd', message, 't', ARGV[6])
 if ARGV[3] ~= '0' then redis.call('expire', KEYS[1], ARGV[3]) end
 redis.call('publish', KEYS[3], message)
+if ARGV[7] ~= '0' then
+  redis.call('set', KEYS[5], top .. ' ' .. epoch, 'PX', ARGV[7])
+end
 return {top, epoch}
 "#;
 
@@ -142,32 +156,44 @@ fn entries(v: &Value, ttl_ms: u64, now: u64) -> Result<Vec<Arc<Publication>>, St
     Ok(out)
 }
 
-impl Store for RedisStore {
-    fn append(
+impl RedisStore {
+    /// Runs the append script (see [`APPEND`]); returns the position of
+    /// the publication, and whether it was appended now (not a retry).
+    fn run_append(
         &self,
-        publication: Publication,
-        opts: StreamOptions,
-    ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
-        let (stream, meta) = self.keys(&publication.channel);
+        publication: &Publication,
+        opts: &StreamOptions,
+        once: Option<&Once>,
+    ) -> BoxFuture<'static, Result<(StreamPosition, bool), StoreError>> {
+        let channel = &*publication.channel;
+        let link = self.shards.for_channel(channel);
+        let (stream, meta) = self.keys(channel);
+        let (once_key, window_ms) = match once {
+            Some(o) => (
+                link.key("once", &format!("{channel}\0{}", o.key)),
+                u64::try_from(o.window.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            None => (String::new(), 0),
+        };
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(APPEND_SCRIPT.as_str())
-            .arg(4)
+            .arg(5)
             .arg(stream)
             .arg(meta)
-            .arg(
-                self.shards
-                    .for_channel(&publication.channel)
-                    .channel_key(&publication.channel),
-            )
-            .arg(self.seed_key(&publication.channel))
-            .arg(wire::publication_tail(&publication))
+            .arg(link.channel_key(channel))
+            .arg(self.seed_key(channel))
+            .arg(once_key)
+            .arg(wire::publication_tail(publication))
             .arg(opts.size.max(1))
             .arg(opts.ttl.as_secs())
             .arg(opts.meta_ttl.as_secs())
             .arg(new_epoch())
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(window_ms);
         // Queued now, so appends from this node keep their order.
-        let sent = self.shards.for_channel(&publication.channel).send(cmd);
+        let sent = link.send(cmd);
         Box::pin(async move {
             let reply = sent.await?;
             let Value::Array(parts) = reply else {
@@ -181,11 +207,35 @@ impl Store for RedisStore {
                 .get(1)
                 .and_then(as_string)
                 .ok_or_else(|| unexpected("no epoch"))?;
+            Ok((StreamPosition { offset, epoch }, parts.len() < 3))
+        })
+    }
+}
+
+impl Store for RedisStore {
+    fn append(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+    ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
+        let appended = self.run_append(&publication, &opts, None);
+        Box::pin(async move {
+            let (position, _) = appended.await?;
             let stored = publication
-                .with_offset(offset)
-                .with_epoch(Arc::from(epoch.as_str()));
+                .with_offset(position.offset)
+                .with_epoch(Arc::from(position.epoch.as_str()));
             Ok(Arc::new(stored))
         })
+    }
+
+    fn append_once(
+        &self,
+        publication: Publication,
+        opts: StreamOptions,
+        once: Once,
+    ) -> BoxFuture<'_, Result<StreamPosition, StoreError>> {
+        let appended = self.run_append(&publication, &opts, Some(&once));
+        Box::pin(async move { Ok(appended.await?.0) })
     }
 
     fn history<'a>(

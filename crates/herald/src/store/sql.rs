@@ -30,11 +30,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions, StreamPosition};
+use super::{
+    Deliver, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
+};
 use crate::config::{Storage, StorageKind};
 use db::Db;
 use retention::Retention;
-use writer::{Pending, Writer};
+use writer::{window_start, Answer, Pending, Writer};
 
 /// The writer's queue holds this many batches; when it is full, `append`
 /// waits for room, which slows publishers down to the commit rate.
@@ -43,12 +45,14 @@ const QUEUE_BATCHES: usize = 4;
 /// Opens the durable store configured by `storage` (creating the SQLite
 /// file under `data_dir` when needed), applies the schema migrations and
 /// starts the writer and retention tasks. `deliver` receives each committed
-/// publication in offset order; `opts_for` gives a channel's retention.
+/// publication in offset order; `opts_for` gives a channel's retention;
+/// idempotency keys are kept for `key_window`.
 pub async fn open_durable(
     storage: &Storage,
     data_dir: &Path,
     deliver: Deliver,
     opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
+    key_window: std::time::Duration,
 ) -> Result<DurableStore, StoreError> {
     let db: Arc<dyn Db> = match storage.kind {
         StorageKind::Sqlite => {
@@ -70,6 +74,7 @@ pub async fn open_durable(
         db: db.clone(),
         opts_for,
         every: storage.retention_interval.0,
+        key_window,
         removed: removed.clone(),
     };
     let tasks = vec![
@@ -127,34 +132,91 @@ impl Drop for DurableStore {
     }
 }
 
+impl DurableStore {
+    /// Queues `publication` (with the key to keep with it, both checked by
+    /// [`rows::check`]) for the writer and waits for its answer.
+    async fn queue(
+        &self,
+        publication: Publication,
+        once: Option<Once>,
+    ) -> Result<Answer, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            publication,
+            once,
+            reply,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Waits for a committed publication's live delivery, which only logs when
+/// it fails: committed is acknowledged, and subscribers recover what the
+/// broker could not carry.
+async fn delivered(committed: writer::Committed) -> Arc<Publication> {
+    if let Err(e) = committed.delivered.await {
+        tracing::warn!(
+            channel = &*committed.publication.channel,
+            error = %crate::report::Chain(&e),
+            "committed publication not delivered live"
+        );
+    }
+    committed.publication
+}
+
 impl Store for DurableStore {
+    // Retention is applied by the retention task and at read time, so
+    // appending needs no options.
     fn append(
         &self,
         publication: Publication,
         _opts: StreamOptions,
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
-        // Retention is applied by the retention task and at read time, so
-        // appending needs no options.
         Box::pin(async move {
             // Checked before it can join a batch: what a database would
             // refuse must fail alone, not the batch it is committed with.
-            rows::check(&publication)?;
-            let (reply, answer) = oneshot::channel();
-            self.queue
-                .send(Pending { publication, reply })
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            let committed = answer.await.map_err(|_| StoreError::Closed)??;
-            // Committed is acknowledged: a publication the broker could not
-            // carry live is still in the stream, and subscribers recover it.
-            if let Err(e) = committed.delivered.await {
-                tracing::warn!(
-                    channel = &*committed.publication.channel,
-                    error = %crate::report::Chain(&e),
-                    "committed publication not delivered live"
-                );
+            rows::check(&publication, None)?;
+            match self.queue(publication, None).await? {
+                Answer::Committed(committed) => Ok(delivered(committed).await),
+                // Only a keyed publication can be known already.
+                Answer::Known(_) => Err(StoreError::Invalid("an unkeyed publication was known")),
             }
-            Ok(committed.publication)
+        })
+    }
+
+    fn append_once(
+        &self,
+        publication: Publication,
+        _opts: StreamOptions,
+        once: Once,
+    ) -> BoxFuture<'_, Result<StreamPosition, StoreError>> {
+        Box::pin(async move {
+            rows::check(&publication, Some(&once.key))?;
+            // Most retries find their key here, without the writer.
+            let since = window_start(now_ms(), &once);
+            let known = self
+                .db
+                .find_key(&publication.channel, &once.key, since)
+                .await
+                .map_err(|e| sql("publish", e))?;
+            if let Some((offset, epoch)) = known {
+                let offset = u64::try_from(offset).unwrap_or_default();
+                return Ok(StreamPosition { offset, epoch });
+            }
+            match self.queue(publication, Some(once)).await? {
+                Answer::Known(position) => Ok(position),
+                Answer::Committed(committed) => {
+                    let p = delivered(committed).await;
+                    Ok(StreamPosition {
+                        offset: p.offset,
+                        epoch: p.epoch.as_deref().unwrap_or_default().to_owned(),
+                    })
+                }
+            }
         })
     }
 

@@ -268,6 +268,44 @@ async fn broker_restart(mut broker: OwnServer, cfg: Value, durable: bool) {
     }
 }
 
+/// Publishes with one idempotency key through two nodes, one after the
+/// other and then at once: each channel gets one publication per key, and
+/// every publish its result.
+async fn idempotency_holds_across_nodes(cfg: Value, channels: &[&str]) {
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let mut ws = nodes[1].client("watcher").await;
+    for channel in channels {
+        subscribe(&mut ws, channel).await;
+    }
+    for channel in channels {
+        let publish = |n: u64, key: &str| json!({"channel": channel, "data": {"n": n}, "idempotency_key": key});
+        let first = nodes[0].api("publish", publish(1, "k")).await;
+        let retry = nodes[1].api("publish", publish(2, "k")).await;
+        assert_eq!(first, retry, "{channel}");
+        let together = futures_util::future::join_all(
+            (0..6u64).map(|n| nodes[n as usize % 2].api("publish", publish(10 + n, "t"))),
+        )
+        .await;
+        assert!(
+            together.iter().all(|r| *r == together[0]),
+            "{channel}: {together:?}"
+        );
+        nodes[0]
+            .api("publish", json!({"channel": channel, "data": "end"}))
+            .await;
+        assert_eq!(next_pub(&mut ws, channel).await["data"]["n"], 1);
+        let n = next_pub(&mut ws, channel).await["data"]["n"]
+            .as_u64()
+            .unwrap();
+        assert!((10..16).contains(&n), "{channel}: {n}");
+        assert_eq!(
+            next_pub(&mut ws, channel).await["data"],
+            "end",
+            "{channel}: once per key"
+        );
+    }
+}
+
 #[test]
 fn example_cluster_configs_load() {
     for file in ["cluster-redis.toml", "cluster-nats.toml"] {

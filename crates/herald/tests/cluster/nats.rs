@@ -110,3 +110,28 @@ async fn nats_restart_mid_stream_recovers_durable_streams() {
     merge(&mut cfg, durable_namespace(&db));
     broker_restart(nats, cfg, true).await;
 }
+
+/// Keys of channels without history are kept in NATS's key-value store
+/// (the shared server runs JetStream), those of durable ones with the
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_idempotency_keys_hold_across_nodes() {
+    let (Some(nats), Some(pg)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_POSTGRES_URL"),
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let prefix = unique("t");
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": nats, "prefix": prefix } } });
+    merge(&mut cfg, durable_namespace(&db));
+    idempotency_holds_across_nodes(cfg, &["chat:once", "log:once"]).await;
+    // The bucket was made on the shared server: remove it.
+    let client = async_nats::connect(&nats).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(format!("KV_{prefix}_once"))
+        .await
+        .expect("the test's bucket was made");
+}

@@ -396,3 +396,12 @@ async fn reading_redis_streams_that_do_not_exist_creates_nothing() {
     assert_eq!(r["epoch"], epochs[3], "{r}");
     assert_eq!(keys(&format!("{prefix}.meta.*")), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_idempotency_keys_hold_across_nodes() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let cfg = redis_engine(&url, &unique("t"));
+    idempotency_holds_across_nodes(cfg, &["hist:once", "chat:once"]).await;
+}

@@ -1,6 +1,6 @@
 //! The HTTP server API: authorisation, malformed requests and every method.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use herald_testkit::*;
 
@@ -207,5 +207,103 @@ async fn server_side_subscribe_respects_the_channel_limit() {
         "no subscribe push or publication from b: {r}"
     );
     assert_eq!(s.node.hub.num_subscriptions(), 1);
+    s.stop().await;
+}
+
+/// The data of the next publication pushed to `ws`, and its offset (None
+/// when it has none).
+async fn next_pub(ws: &mut Ws) -> (Value, Option<u64>) {
+    let p = ws.push().await;
+    (p["pub"]["data"].clone(), p["pub"]["offset"].as_u64())
+}
+
+#[tokio::test]
+async fn skip_history_delivers_without_storing() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    ws.cmd(json!({"subscribe": {"channel": "hist:skip"}})).await;
+    let r = s
+        .api(
+            "publish",
+            json!({"channel": "hist:skip", "data": {"n": 1}, "skip_history": true}),
+        )
+        .await;
+    assert_eq!(r["result"], json!({}), "no position: {r}");
+    assert_eq!(next_pub(&mut ws).await, (json!({"n": 1}), None));
+    let r = s
+        .api("publish", json!({"channel": "hist:skip", "data": {"n": 2}}))
+        .await;
+    assert_eq!(
+        r["result"]["offset"], 1,
+        "the skipped one took no offset: {r}"
+    );
+    assert_eq!(next_pub(&mut ws).await, (json!({"n": 2}), Some(1)));
+    let r = s
+        .api(
+            "broadcast",
+            json!({"channels": ["hist:skip"], "data": {"n": 3}, "skip_history": true}),
+        )
+        .await;
+    assert_eq!(r["result"]["responses"][0]["result"], json!({}), "{r}");
+    assert_eq!(next_pub(&mut ws).await, (json!({"n": 3}), None));
+    let r = s
+        .api("history", json!({"channel": "hist:skip", "limit": -1}))
+        .await;
+    let pubs = r["result"]["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 1, "only the one not skipped: {r}");
+    assert_eq!(pubs[0]["data"], json!({"n": 2}));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_publishes_once_per_channel() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    for channel in ["hist:once", "chat:once"] {
+        ws.cmd(json!({"subscribe": {"channel": channel}})).await;
+    }
+    let publish = |channel: &str, n: u64, key: &str| json!({"channel": channel, "data": {"n": n}, "idempotency_key": key});
+    // With history: the retry gets the first one's offset and epoch.
+    let first = s.api("publish", publish("hist:once", 1, "k1")).await;
+    assert_eq!(first["result"]["offset"], 1, "{first}");
+    let retry = s.api("publish", publish("hist:once", 2, "k1")).await;
+    assert_eq!(retry["result"], first["result"]);
+    // Without history: published once, an empty result every time.
+    for n in [3, 4] {
+        let r = s.api("publish", publish("chat:once", n, "k1")).await;
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    // Broadcast: the key holds per channel, with each channel's result.
+    let body =
+        json!({"channels": ["hist:once", "chat:once"], "data": {"n": 5}, "idempotency_key": "k2"});
+    let first = s.api("broadcast", body.clone()).await;
+    let retry = s.api("broadcast", body).await;
+    assert_eq!(
+        first["result"]["responses"][0]["result"]["offset"], 2,
+        "{first}"
+    );
+    assert_eq!(retry["result"], first["result"]);
+    // An empty key is no key.
+    for n in [6, 7] {
+        s.api("publish", publish("chat:once", n, "")).await;
+    }
+    // The subscriber got each publication once, and nothing else.
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let p = ws.push().await;
+        got.push((
+            p["pub"]["data"]["n"].as_u64().unwrap(),
+            p["channel"].clone(),
+        ));
+    }
+    got.sort_by_key(|(n, _)| *n);
+    let ns: Vec<u64> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(ns, vec![1, 3, 5, 5, 6, 7]);
+    s.api(
+        "publish",
+        json!({"channel": "chat:once", "data": {"end": true}}),
+    )
+    .await;
+    assert_eq!(ws.push().await["pub"]["data"], json!({"end": true}));
     s.stop().await;
 }

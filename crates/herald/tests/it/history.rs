@@ -240,14 +240,9 @@ async fn recovering_while_publications_flow_loses_and_repeats_nothing() {
     let node = s.node.clone();
     let publisher = tokio::spawn(async move {
         for n in 2..=400u32 {
-            node.publish(
-                "hist:flow",
-                Bytes::from(n.to_string()),
-                None,
-                Default::default(),
-            )
-            .await
-            .unwrap();
+            node.publish("hist:flow", Bytes::from(n.to_string()), Default::default())
+                .await
+                .unwrap();
             if n % 20 == 0 {
                 tokio::task::yield_now().await;
             }

@@ -152,7 +152,7 @@ async fn slow_consumer_is_disconnected_with_3008_and_fast_one_is_not() {
         for _ in 0..batch {
             let data = Bytes::from(json!({"n": published, "pad": pad}).to_string());
             s.node
-                .publish("feed", data, None, Default::default())
+                .publish("feed", data, Default::default())
                 .await
                 .unwrap();
             published += 1;
@@ -186,7 +186,6 @@ async fn slow_consumer_is_disconnected_with_3008_and_fast_one_is_not() {
         .publish(
             "feed",
             Bytes::from_static(br#"{"end":true}"#),
-            None,
             Default::default(),
         )
         .await

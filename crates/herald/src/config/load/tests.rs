@@ -181,6 +181,10 @@ fn invalid_values_name_the_key() {
             "presence_manager.type",
         ),
         (
+            r#"{"channel":{"idempotency_window":"0s"}}"#,
+            "channel.idempotency_window",
+        ),
+        (
             r#"{"engine":{"type":"redis"},"channel":{"namespaces":[{"name":"dd","history_size":5,"history_ttl":"60s","history_storage":"durable"}]}}"#,
             "channel.namespaces[0].history_storage",
         ),

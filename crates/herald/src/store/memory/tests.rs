@@ -209,3 +209,51 @@ async fn reads_create_nothing_and_epochs_stay_valid() {
     assert_eq!(again.offset, 1);
     assert_ne!(epoch_of(&again), first, "offsets start over in a new epoch");
 }
+
+#[tokio::test]
+async fn keyed_appends_append_once_within_their_window() {
+    let (s, seen) = store();
+    let once = |key: &str, ms: u64| Once {
+        key: key.into(),
+        window: Duration::from_millis(ms),
+    };
+    let first = s
+        .append_once(publication("c", 1), opts(10), once("k", 60_000))
+        .await
+        .unwrap();
+    let again = s
+        .append_once(publication("c", 2), opts(10), once("k", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.offset, 1);
+    // Another key, another channel: appended.
+    let other = s
+        .append_once(publication("c", 3), opts(10), once("j", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(other.offset, 2);
+    let elsewhere = s
+        .append_once(publication("d", 1), opts(10), once("k", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.offset, 1);
+    // A key whose window ended appends again.
+    s.append_once(publication("c", 4), opts(10), once("short", 10))
+        .await
+        .unwrap();
+    // Time must pass: the window has to end.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let renewed = s
+        .append_once(publication("c", 5), opts(10), once("short", 10))
+        .await
+        .unwrap();
+    assert_eq!(renewed.offset, 4);
+    assert_eq!(*seen.lock(), vec![1, 2, 1, 3, 4]);
+    let page = s.history("c", all(), opts(10)).await.unwrap();
+    let data: Vec<_> = page.publications.iter().map(|p| p.data.clone()).collect();
+    assert_eq!(
+        data,
+        ["1", "3", "4", "5"].map(|d| Bytes::from_static(d.as_bytes()))
+    );
+}

@@ -20,6 +20,22 @@ use crate::store::StoreError;
 /// Each publication of a batch's offset and epoch, in the batch's order.
 pub(super) type Assigned = Vec<(u64, Arc<str>)>;
 
+/// An idempotency key kept with the publication at `index` of a batch. A
+/// row for the same channel and key created before `cutoff_ms` (its window
+/// has ended) is replaced; a newer one fails the commit with a unique
+/// violation (see [`is_key_conflict`]).
+pub(super) struct BatchKey<'a> {
+    pub(super) index: usize,
+    pub(super) key: &'a str,
+    pub(super) cutoff_ms: i64,
+}
+
+/// Whether a commit failed because a key it was to keep is kept already
+/// (by a publication committed since the key was looked up).
+pub(super) fn is_key_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
 /// What a durable store asks of its database.
 pub(super) trait Db: Send + Sync + 'static {
     /// The stream's top offset and epoch; for a stream that does not exist
@@ -36,6 +52,19 @@ pub(super) trait Db: Send + Sync + 'static {
         channel: &'a str,
         range: &'a Range,
     ) -> BoxFuture<'a, Result<Vec<StoredRow>, sqlx::Error>>;
+
+    /// The offset and epoch of the publication kept with `key` in
+    /// `channel`, if it was created at or after `since_ms`.
+    fn find_key<'a>(
+        &'a self,
+        channel: &'a str,
+        key: &'a str,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<(i64, String)>, sqlx::Error>>;
+
+    /// Deletes idempotency keys created before `before_ms`; returns how
+    /// many.
+    fn forget_keys(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>>;
 
     /// Every stream with its top offset.
     fn streams(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, sqlx::Error>>;
@@ -58,12 +87,14 @@ pub(super) trait Db: Send + Sync + 'static {
 
 /// The writer's connection.
 pub(super) trait BatchWriter: Send {
-    /// Reserves offsets for `pubs` and inserts them in one transaction
-    /// (creating streams that do not exist in the database's epoch);
-    /// returns each publication's offset and epoch, in the input order.
+    /// Reserves offsets for `pubs` and inserts them with `keys` in one
+    /// transaction (creating streams that do not exist in the database's
+    /// epoch); returns each publication's offset and epoch, in the input
+    /// order.
     fn commit<'a>(
         &'a mut self,
         pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
 }
@@ -79,6 +110,7 @@ pub(super) trait Dialect: Send + Sync + 'static {
     fn commit<'a>(
         conn: &'a mut Conn<Self>,
         pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
         now_ms: i64,
         epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
@@ -161,9 +193,10 @@ impl<D: Dialect> BatchWriter for Writer<D> {
     fn commit<'a>(
         &'a mut self,
         pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
-        D::commit(&mut self.conn, pubs, now_ms, &self.epoch)
+        D::commit(&mut self.conn, pubs, keys, now_ms, &self.epoch)
     }
 }
 
@@ -177,6 +210,12 @@ const READ_BACKWARD: &str =
     "SELECT seq, data, info_user, info_client, conn_info, chan_info, tags FROM publications \
      WHERE channel = $1 AND seq > $2 AND seq < $3 AND created_at >= $4 \
      ORDER BY seq DESC LIMIT $5";
+
+const FIND_KEY: &str = "SELECT i.seq, s.epoch FROM idempotency i \
+     JOIN streams s ON s.channel = i.channel \
+     WHERE i.channel = $1 AND i.key = $2 AND i.created_at >= $3";
+
+const FORGET_KEYS: &str = "DELETE FROM idempotency WHERE created_at < $1";
 
 const TRIM: &str = "DELETE FROM publications WHERE channel = $1 AND (seq <= $2 OR created_at < $3)";
 
@@ -222,6 +261,31 @@ where
                 .bind(range.limit)
                 .fetch_all(&self.pool),
         )
+    }
+
+    fn find_key<'a>(
+        &'a self,
+        channel: &'a str,
+        key: &'a str,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<(i64, String)>, sqlx::Error>> {
+        Box::pin(
+            sqlx::query_as(FIND_KEY)
+                .bind(channel)
+                .bind(key)
+                .bind(since_ms)
+                .fetch_optional(&self.pool),
+        )
+    }
+
+    fn forget_keys(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(FORGET_KEYS)
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(D::rows_affected(&done))
+        })
     }
 
     fn streams(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, sqlx::Error>> {

@@ -12,9 +12,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
 
-use super::db::{Assigned, Dialect, Sql};
+use super::db::{Assigned, BatchKey, Dialect, Sql};
 use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
 use crate::config::PostgresStorage;
@@ -55,10 +55,23 @@ impl Dialect for PostgresDialect {
     fn commit<'a>(
         conn: &'a mut PgConnection,
         pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
         now_ms: i64,
         epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
-        Box::pin(commit(conn, pubs, now_ms, epoch))
+        Box::pin(async move {
+            if keys.is_empty() {
+                return commit(conn, pubs, now_ms, epoch).await;
+            }
+            // Keys take statements of their own, so a batch that keeps any
+            // is an explicit transaction (a few round trips, for these
+            // batches only).
+            let mut tx = conn.begin().await?;
+            let assigned = commit(&mut tx, pubs, now_ms, epoch).await?;
+            keep_keys(&mut tx, pubs, keys, now_ms).await?;
+            tx.commit().await?;
+            Ok(assigned)
+        })
     }
 
     fn rows_affected(result: &PgQueryResult) -> u64 {
@@ -100,6 +113,47 @@ WITH tops AS ( \
     JOIN tops t ON t.channel = r.channel \
 ) \
 SELECT channel, epoch, top FROM tops";
+
+/// Deletes rows of the batch's keys whose window has ended (by their
+/// cutoff), then inserts the keys: a live row for one fails the insert
+/// with a unique violation, which rolls the batch back.
+const FORGET_ENDED_KEYS: &str = "\
+DELETE FROM idempotency i \
+USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(channel, key, cutoff) \
+WHERE i.channel = k.channel AND i.key = k.key AND i.created_at < k.cutoff";
+
+/// Each key at its publication's offset: the stream's top (already raised
+/// by this transaction) minus the publication's distance back from it.
+const KEEP_KEYS: &str = "\
+INSERT INTO idempotency (channel, key, seq, created_at) \
+SELECT k.channel, k.key, s.top - k.back, $4 \
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(channel, key, back) \
+JOIN streams s ON s.channel = k.channel";
+
+async fn keep_keys(
+    conn: &mut PgConnection,
+    pubs: &[Publication],
+    keys: &[BatchKey<'_>],
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let back = back_offsets(pubs, &counts(pubs));
+    let channels: Vec<&str> = keys.iter().map(|k| &*pubs[k.index].channel).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.key).collect();
+    sqlx::query(FORGET_ENDED_KEYS)
+        .bind(&channels)
+        .bind(&names)
+        .bind(keys.iter().map(|k| k.cutoff_ms).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(KEEP_KEYS)
+        .bind(&channels)
+        .bind(&names)
+        .bind(keys.iter().map(|k| back[k.index]).collect::<Vec<_>>())
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 /// Reserves offsets for the batch and inserts it, in one statement (see
 /// [`COMMIT_BATCH`]); it commits when the statement completes, after

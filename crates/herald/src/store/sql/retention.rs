@@ -1,5 +1,6 @@
 //! The retention task of a durable store: every `storage.retention_interval`
-//! it deletes publications beyond their stream's size or older than its TTL.
+//! it deletes publications beyond their stream's size or older than its
+//! TTL, and idempotency keys whose window has ended.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub(super) struct Retention {
     pub(super) db: Arc<dyn Db>,
     pub(super) opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
     pub(super) every: Duration,
+    pub(super) key_window: Duration,
     pub(super) removed: Arc<AtomicU64>,
 }
 
@@ -39,6 +41,12 @@ impl Retention {
     }
 
     async fn pass(&self) -> Result<(), StoreError> {
+        let window = to_i64(self.key_window.as_millis().try_into().unwrap_or(u64::MAX));
+        let ended = super::now_ms().saturating_sub(window);
+        self.db
+            .forget_keys(ended)
+            .await
+            .map_err(|e| sql("retention", e))?;
         let streams = self.db.streams().await.map_err(|e| sql("retention", e))?;
         for (channel, top) in streams {
             let opts = (self.opts_for)(&channel);

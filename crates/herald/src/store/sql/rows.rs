@@ -9,19 +9,21 @@ use herald_protocol::{ClientInfo, Publication};
 use crate::store::StoreError;
 
 /// Refuses what a text column cannot hold (PostgreSQL's text takes no NUL
-/// character): the channel name and the publisher's user and client ids.
+/// character): the channel name, the publisher's user and client ids and
+/// the idempotency key.
 /// Channel names with control characters are refused before they get here;
 /// this guards every path into the store all the same.
-pub(super) fn check(p: &Publication) -> Result<(), StoreError> {
+pub(super) fn check(p: &Publication, key: Option<&str>) -> Result<(), StoreError> {
     let info = p.info.as_deref();
     let texts = [
         Some(&*p.channel),
         info.map(|i| i.user.as_str()),
         info.map(|i| i.client.as_str()),
+        key,
     ];
     if texts.into_iter().flatten().any(|t| t.contains('\0')) {
         return Err(StoreError::Invalid(
-            "a NUL character in a channel, user or client id",
+            "a NUL character in a channel, user or client id or an idempotency key",
         ));
     }
     Ok(())

@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::db::{Assigned, Dialect, Sql};
+use super::db::{Assigned, BatchKey, Dialect, Sql};
 use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
 use crate::config::Synchronous;
@@ -78,10 +78,11 @@ impl Dialect for SqliteDialect {
     fn commit<'a>(
         conn: &'a mut SqliteConnection,
         pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
         now_ms: i64,
         epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
-        Box::pin(commit(conn, pubs, now_ms, epoch))
+        Box::pin(commit(conn, pubs, keys, now_ms, epoch))
     }
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
@@ -105,12 +106,22 @@ impl Dialect for SqliteDialect {
 async fn commit(
     conn: &mut SqliteConnection,
     pubs: &[Publication],
+    keys: &[BatchKey<'_>],
     now_ms: i64,
     epoch: &str,
 ) -> Result<Assigned, sqlx::Error> {
     let counts = counts(pubs);
     let back = back_offsets(pubs, &counts);
     let counts: Vec<(&str, i64)> = counts.into_iter().collect();
+    let keys: Vec<KeyRow<'_>> = keys
+        .iter()
+        .map(|k| KeyRow {
+            channel: &pubs[k.index].channel,
+            key: k.key,
+            back: back[k.index],
+            cutoff_ms: k.cutoff_ms,
+        })
+        .collect();
     let rows: Vec<_> = pubs.iter().map(NewRow::new).zip(back).collect();
     // BEGIN IMMEDIATE takes the write lock at once, so a concurrent writer
     // (retention) makes this wait (busy timeout) rather than fail midway.
@@ -120,6 +131,9 @@ async fn commit(
     }
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         push_insert(&mut q, chunk, now_ms);
+    }
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        push_keys(&mut q, chunk, now_ms);
     }
     q.push("COMMIT");
     let result = q
@@ -181,6 +195,40 @@ fn push_insert(q: &mut QueryBuilder<Sqlite>, rows: &[(NewRow<'_>, i64)], now_ms:
             .push_bind(r.and_then(|r| r.conn_info))
             .push_bind(r.and_then(|r| r.chan_info))
             .push_bind(r.and_then(|r| r.tags.clone()));
+    });
+    q.push(") WHERE column1 IS NOT NULL; ");
+}
+
+/// An idempotency key as the commit keeps it.
+struct KeyRow<'a> {
+    channel: &'a str,
+    key: &'a str,
+    back: i64,
+    cutoff_ms: i64,
+}
+
+/// Adds statements that keep `keys`: rows of the same channel and key
+/// whose window has ended are deleted first; a live one makes the insert
+/// fail with a unique violation, rolling the batch back.
+fn push_keys(q: &mut QueryBuilder<Sqlite>, keys: &[KeyRow<'_>], now_ms: i64) {
+    q.push("DELETE FROM idempotency WHERE EXISTS (SELECT 1 FROM (");
+    q.push_values(padded(keys), |mut b, k| {
+        b.push_bind(k.map(|k| k.channel))
+            .push_bind(k.map(|k| k.key))
+            .push_bind(k.map(|k| k.cutoff_ms));
+    });
+    q.push(
+        ") WHERE column1 = idempotency.channel AND column2 = idempotency.key \
+         AND idempotency.created_at < column3); \
+         INSERT INTO idempotency (channel, key, seq, created_at) \
+         SELECT column1, column2, (SELECT top FROM streams WHERE channel = column1) - column3, ",
+    );
+    q.push_bind(now_ms);
+    q.push(" FROM (");
+    q.push_values(padded(keys), |mut b, k| {
+        b.push_bind(k.map(|k| k.channel))
+            .push_bind(k.map(|k| k.key))
+            .push_bind(k.map(|k| k.back));
     });
     q.push(") WHERE column1 IS NOT NULL; ");
 }

@@ -183,6 +183,7 @@ async fn large_batch_round_trips(storage: Storage, dir: &Path) {
         dir,
         deliver,
         Arc::new(|_| StreamOptions::default()),
+        Duration::from_secs(300),
     )
     .await
     .unwrap();

@@ -11,19 +11,27 @@ use herald_protocol::Publication;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::db::{Assigned, BatchWriter, Db};
+use super::db::{is_key_conflict, Assigned, BatchKey, BatchWriter, Db};
 use super::now_ms;
 use crate::broker::BrokerError;
-use crate::store::{Deliver, StoreError};
+use crate::store::{Deliver, Once, StoreError, StreamPosition};
 
 /// A publication waiting for the writer, and where to send the outcome.
 pub(super) struct Pending {
     pub(super) publication: Publication,
+    /// The idempotency key to keep with it.
+    pub(super) once: Option<Once>,
     pub(super) reply: Reply,
 }
 
 /// Where a publisher waits for its publication's outcome.
-pub(super) type Reply = oneshot::Sender<Result<Committed, StoreError>>;
+pub(super) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
+
+pub(super) enum Answer {
+    Committed(Committed),
+    /// Its idempotency key was kept already, with the publication here.
+    Known(StreamPosition),
+}
 
 /// A committed publication (with its offset and epoch) and its delivery outcome
 /// (awaited by the publisher, so that the writer never waits on the broker).
@@ -37,6 +45,65 @@ pub(super) struct Writer {
     pub(super) db: Arc<dyn Db>,
     pub(super) deliver: Deliver,
     pub(super) batch_max: usize,
+}
+
+/// Part of a batch, committed in one transaction.
+#[derive(Default)]
+struct Part {
+    publications: Vec<Publication>,
+    onces: Vec<Option<Once>>,
+    replies: Vec<Reply>,
+}
+
+impl Part {
+    fn of(batch: &mut Vec<Pending>) -> Self {
+        let mut part = Part::default();
+        for p in batch.drain(..) {
+            part.publications.push(p.publication);
+            part.onces.push(p.once);
+            part.replies.push(p.reply);
+        }
+        part
+    }
+
+    fn len(&self) -> usize {
+        self.publications.len()
+    }
+
+    /// The second half; this part keeps the first.
+    fn split_half(&mut self) -> Part {
+        let half = self.len() / 2;
+        Part {
+            publications: self.publications.split_off(half),
+            onces: self.onces.split_off(half),
+            replies: self.replies.split_off(half),
+        }
+    }
+
+    /// The keys to keep, each with where its window began.
+    fn keys(&self, now_ms: i64) -> Vec<BatchKey<'_>> {
+        let keys = self.onces.iter().enumerate();
+        keys.filter_map(|(index, once)| {
+            once.as_ref().map(|o| BatchKey {
+                index,
+                key: &o.key,
+                cutoff_ms: window_start(now_ms, o),
+            })
+        })
+        .collect()
+    }
+
+    fn fail(self, e: &Arc<sqlx::Error>) {
+        for reply in self.replies {
+            let _ = reply.send(Err(StoreError::Commit(e.clone())));
+        }
+    }
+}
+
+/// When the window of a key seen at `now_ms` began.
+pub(super) fn window_start(now_ms: i64, once: &Once) -> i64 {
+    let window = i64::try_from(once.window.as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(window)
 }
 
 impl Writer {
@@ -66,7 +133,7 @@ impl Writer {
             if batch.is_empty() {
                 return; // Closed and drained, or every sender is gone.
             }
-            self.commit(&mut conn, &mut batch).await;
+            self.commit(&mut conn, Part::of(&mut batch)).await;
             // No yield here: publishers answered now come back later than
             // one commit takes, so they join the batch after next whatever
             // the writer does, and yielding only delays the commit of those
@@ -75,37 +142,37 @@ impl Writer {
         }
     }
 
-    /// Commits the batch and answers its publishers. When the database
-    /// refuses the batch because of what it holds (an error of the
-    /// database, not of the connection), the batch is split in halves,
-    /// each committed in turn (so a channel's offsets keep the batch's
-    /// order), until the publications that fail are alone: one bad
-    /// publication never fails the others.
-    async fn commit(&self, conn: &mut Option<Box<dyn BatchWriter>>, batch: &mut Vec<Pending>) {
-        let (publications, replies): (Vec<Publication>, Vec<Reply>) =
-            batch.drain(..).map(|p| (p.publication, p.reply)).unzip();
+    /// Commits the batch and answers its publishers. When a key the batch
+    /// keeps turns out to be kept already (committed since its publisher
+    /// looked, or twice in the batch), the publications with known keys are
+    /// answered with the first one's position and the rest committed
+    /// again. When the database refuses the batch because of what it holds
+    /// (an error of the database, not of the connection), the batch is
+    /// split in halves, each committed in turn (so a channel's offsets keep
+    /// the batch's order), until the publications that fail are alone: one
+    /// bad publication never fails the others.
+    async fn commit(&self, conn: &mut Option<Box<dyn BatchWriter>>, batch: Part) {
         // Parts still to commit, the next one last.
-        let mut parts = vec![(publications, replies)];
-        while let Some((mut publications, mut replies)) = parts.pop() {
-            match self.commit_once(conn, &publications).await {
-                Ok(assigned) => self.answer(publications, replies, assigned),
-                Err(e) if publications.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
-                    tracing::warn!(
-                        error = %crate::report::Chain(&e),
-                        publications = publications.len(),
-                        "a batch was refused: committing its halves apart"
-                    );
-                    let half = publications.len() / 2;
-                    let second = (publications.split_off(half), replies.split_off(half));
-                    parts.push(second);
-                    parts.push((publications, replies));
-                }
-                Err(e) => {
-                    let cause = Arc::new(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Commit(cause.clone())));
+        let mut parts = vec![batch];
+        while let Some(mut part) = parts.pop() {
+            match self.commit_once(conn, &part).await {
+                Ok(assigned) => self.answer(part, assigned),
+                Err(e) if is_key_conflict(&e) && self.answer_known(&mut part).await => {
+                    if part.len() > 0 {
+                        parts.push(part);
                     }
                 }
+                Err(e) if part.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
+                    tracing::warn!(
+                        error = %crate::report::Chain(&e),
+                        publications = part.len(),
+                        "a batch was refused: committing its halves apart"
+                    );
+                    let second = part.split_half();
+                    parts.push(second);
+                    parts.push(part);
+                }
+                Err(e) => part.fail(&Arc::new(e)),
             }
         }
     }
@@ -116,12 +183,14 @@ impl Writer {
     async fn commit_once(
         &self,
         conn: &mut Option<Box<dyn BatchWriter>>,
-        publications: &[Publication],
+        part: &Part,
     ) -> Result<Assigned, sqlx::Error> {
+        let now = now_ms();
+        let keys = part.keys(now);
         let result = match conn {
-            Some(c) => c.commit(publications, now_ms()).await,
+            Some(c) => c.commit(&part.publications, &keys, now).await,
             None => match self.db.connect_writer().await {
-                Ok(c) => conn.insert(c).commit(publications, now_ms()).await,
+                Ok(c) => conn.insert(c).commit(&part.publications, &keys, now).await,
                 Err(e) => Err(e),
             },
         };
@@ -131,17 +200,53 @@ impl Writer {
         result
     }
 
+    /// Answers, and takes out of `part`, the publications whose key is
+    /// kept already; returns whether there were any.
+    async fn answer_known(&self, part: &mut Part) -> bool {
+        let now = now_ms();
+        let mut found = false;
+        let mut i = 0;
+        while i < part.len() {
+            let known = match &part.onces[i] {
+                Some(once) => {
+                    let channel = &part.publications[i].channel;
+                    let since = window_start(now, once);
+                    // A failed look is no answer: the batch then fails as
+                    // the database refused it.
+                    let looked = self.db.find_key(channel, &once.key, since).await;
+                    looked.ok().flatten()
+                }
+                None => None,
+            };
+            let Some((offset, epoch)) = known else {
+                i += 1;
+                continue;
+            };
+            found = true;
+            part.publications.remove(i);
+            part.onces.remove(i);
+            let reply = part.replies.remove(i);
+            let offset = u64::try_from(offset).unwrap_or_default();
+            let _ = reply.send(Ok(Answer::Known(StreamPosition { offset, epoch })));
+        }
+        found
+    }
+
     /// Delivers committed publications in offset order and answers their
     /// publishers.
-    fn answer(&self, publications: Vec<Publication>, replies: Vec<Reply>, assigned: Assigned) {
-        let answers = publications.into_iter().zip(assigned).zip(replies);
+    fn answer(&self, part: Part, assigned: Assigned) {
+        let answers = part
+            .publications
+            .into_iter()
+            .zip(assigned)
+            .zip(part.replies);
         for ((publication, (offset, epoch)), reply) in answers {
             let publication = Arc::new(publication.with_offset(offset).with_epoch(epoch));
             let delivered = (self.deliver)(publication.clone());
-            let _ = reply.send(Ok(Committed {
+            let _ = reply.send(Ok(Answer::Committed(Committed {
                 publication,
                 delivered,
-            }));
+            })));
         }
     }
 }
