@@ -139,6 +139,14 @@ impl Disconnect {
     pub fn message_too_big() -> Self {
         Self::new(1009, "message too big")
     }
+    /// A text message that is not UTF-8 (RFC 6455 §8.1).
+    pub fn invalid_payload() -> Self {
+        Self::new(1007, "invalid utf-8")
+    }
+    /// A frame the WebSocket protocol does not allow (RFC 6455 §7.4.1).
+    pub fn websocket_protocol_error() -> Self {
+        Self::new(1002, "protocol error")
+    }
 }
 
 /// Codes of the `unsubscribe` push: at or above 2500 the SDK resubscribes.

@@ -8,7 +8,7 @@
 use herald_protocol::{json, Format, PresenceEvent, Publication};
 
 /// An encoded message ready to go out as a text message.
-pub type Frame = axum::extract::ws::Utf8Bytes;
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// `bytes` as a [`Frame`]. Everything encoded is UTF-8 (each part of it was
 /// UTF-8 JSON when it arrived), so `None` means a bug, logged here; the

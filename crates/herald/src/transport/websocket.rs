@@ -8,12 +8,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use herald_protocol::Disconnect;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+
+use super::upgrade::{Socket, Upgrade};
 
 use crate::frame::Frame;
 use crate::metrics::Counters;
@@ -35,11 +40,7 @@ const DEFAULT_WRITE_BUFFER: usize = 4096;
 /// cannot take within the write timeout.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-pub async fn upgrade(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
     if !node.origins().allows(&headers) {
         tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -50,31 +51,36 @@ pub async fn upgrade(
     let w = &node.config.websocket;
     let size = |n: usize, default: usize| if n == 0 { default } else { n };
     let write_buffer = size(w.write_buffer_size, DEFAULT_WRITE_BUFFER);
-    ws.read_buffer_size(size(w.read_buffer_size, DEFAULT_READ_BUFFER))
+    let config = WebSocketConfig::default()
+        .read_buffer_size(size(w.read_buffer_size, DEFAULT_READ_BUFFER))
         .write_buffer_size(write_buffer)
         .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
-        .max_message_size(w.message_size_limit)
-        .max_frame_size(w.message_size_limit)
-        .on_upgrade(move |socket| run(node, socket))
+        .max_message_size(Some(w.message_size_limit))
+        .max_frame_size(Some(w.message_size_limit));
+    ws.accept(config, move |socket| run(node, socket))
 }
 
 /// The connection's task. Not an `async fn`: its arguments would be stored
 /// twice in the future (once as arguments, once as locals), and the
 /// socket is a large part of what every connection costs.
 #[allow(clippy::manual_async_fn)]
-fn run(node: Arc<Node>, mut socket: WebSocket) -> impl std::future::Future<Output = ()> {
+fn run(node: Arc<Node>, mut socket: Socket) -> impl std::future::Future<Output = ()> {
     async move {
         Counters::incr(&node.counters.connections_accepted);
         let tracker = node.tracker().clone();
         let _guard = tracker.token();
         let mut session = Session::new(node.clone());
-        let disconnect = serve(&node, &mut session, &mut socket).await;
-        if let Some(d) = &disconnect {
+        let closed = serve(&node, &mut session, &mut socket).await;
+        if let Some(d) = &closed {
             tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");
         }
         // Boxed like command handling: leaving channels may talk to the
         // broker and the presence store, a large future needed once at the end.
         Box::pin(session.close()).await;
+        if closed.is_some() {
+            // The session is gone; the socket waits for the client's end.
+            Box::pin(linger(&mut socket, node.config.websocket.write_timeout.0)).await;
+        }
     }
 }
 
@@ -82,12 +88,13 @@ fn run(node: Arc<Node>, mut socket: WebSocket) -> impl std::future::Future<Outpu
 enum Wake {
     Shutdown,
     Outbox,
-    Inbound(Option<Result<Message, axum::Error>>),
+    Inbound(Option<Result<Message, tungstenite::Error>>),
     Deadline,
 }
 
-/// Runs the connection until it ends; returns why the server ended it.
-async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Option<Disconnect> {
+/// Runs the connection until it ends; returns why the server ended it,
+/// when it sent the client a Close frame saying so.
+async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Option<Disconnect> {
     let outbox = session.outbox().clone();
     let write_timeout = node.config.websocket.write_timeout.0;
     let write_delay = node.config.client.write_delay.0;
@@ -163,15 +170,22 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
                     break Err(d);
                 }
             }
-            Wake::Inbound(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-            Wake::Inbound(Some(Ok(Message::Close(_))) | None) => return None,
-            Wake::Inbound(Some(Err(e))) => {
-                if is_too_big(&e) {
-                    break Err(Disconnect::message_too_big());
-                }
-                tracing::debug!(client = %session.client_id(), error = %e, "read error");
+            Wake::Inbound(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+            Wake::Inbound(Some(Ok(Message::Close(_)))) => {
+                // The WebSocket queued the close reply (RFC 6455 §5.5.1):
+                // send it before the connection is dropped.
+                let reply = tokio::time::timeout(write_timeout, socket.flush());
+                let _ = Box::pin(reply).await;
                 return None;
             }
+            Wake::Inbound(None) => return None,
+            Wake::Inbound(Some(Err(e))) => match read_failure(&e) {
+                Some(d) => break Err(d),
+                None => {
+                    tracing::debug!(client = %session.client_id(), error = %e, "read error");
+                    return None;
+                }
+            },
             Wake::Deadline => {
                 if let Err(d) = Box::pin(session.on_deadline()).await {
                     break Err(d);
@@ -186,12 +200,47 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
         let _ = Box::pin(flush(session, socket, &mut items, write_timeout, node)).await;
     }
     let frame = CloseFrame {
-        code: d.code,
+        code: CloseCode::from(d.code),
         reason: Utf8Bytes::from(d.reason.as_str()),
     };
     let close = tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame))));
-    let _ = Box::pin(close).await;
-    Some(d)
+    match Box::pin(close).await {
+        Ok(Ok(())) => Some(d),
+        _ => None,
+    }
+}
+
+/// After the server's Close frame: ends the sending half (the client sees
+/// the end of the stream after the Close frame) and reads, and drops, what
+/// the client still sends until it closes too, for at most `limit`.
+/// Closing with unread data would reset the connection, and the client
+/// could lose the Close frame and its reason (a message over the size limit
+/// leaves the rest of it unread).
+async fn linger(socket: &mut Socket, limit: std::time::Duration) {
+    let io = socket.get_mut();
+    let drain = async {
+        io.shutdown().await?;
+        let mut buf = vec![0u8; 8192];
+        while io.read(&mut buf).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(limit, drain).await;
+}
+
+/// The close a failed read calls for: 1009 for a message over
+/// `websocket.message_size_limit`, 1007 for a text message that is not
+/// UTF-8, 1002 for a frame the protocol forbids; `None` when the
+/// connection itself failed (nothing can be sent).
+fn read_failure(e: &tungstenite::Error) -> Option<Disconnect> {
+    use tungstenite::error::{CapacityError, Error};
+    match e {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some(Disconnect::message_too_big())
+        }
+        Error::Utf8(_) => Some(Disconnect::invalid_payload()),
+        Error::Protocol(_) => Some(Disconnect::websocket_protocol_error()),
+        _ => None,
+    }
 }
 
 /// Writes everything queued, frames joined by newlines into messages of up
@@ -200,7 +249,7 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut WebSocket) -> Op
 /// writer adds little to a connection's task.
 async fn flush(
     session: &mut Session,
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     items: &mut VecDeque<Item>,
     write_timeout: std::time::Duration,
     node: &Node,
@@ -295,7 +344,7 @@ async fn finish_write<F>(
     node: &Node,
 ) -> Result<(), Disconnect>
 where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
+    F: std::future::Future<Output = Result<(), tungstenite::Error>>,
 {
     tokio::select! {
         written = tokio::time::timeout(timeout, write) => match written {
@@ -304,18 +353,6 @@ where
         },
         _ = session.outbox().overflowed() => Err(too_slow(session, node)),
     }
-}
-
-/// Whether a read failed because the client's message (or frame) is
-/// larger than `websocket.message_size_limit`. The `tungstenite` dependency
-/// must be the version axum uses, or the type never matches; the 1009 test
-/// in tests/it/limits.rs notices.
-fn is_too_big(e: &axum::Error) -> bool {
-    use tungstenite::error::{CapacityError, Error};
-    matches!(
-        std::error::Error::source(e).and_then(|s| s.downcast_ref::<Error>()),
-        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
-    )
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -3,6 +3,7 @@
 //! talks to it over real WebSocket and HTTP connections.
 
 mod api;
+mod close;
 mod connect;
 mod dev;
 mod hardening;
