@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use herald_protocol::ProtocolError;
 use serde_json::{json, Value};
 
+use crate::config::ErrorMode;
 use crate::metrics::Counters;
 use crate::node::Node;
 
@@ -45,6 +46,21 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// The HTTP status of the error in the transport error mode, as
+    /// Centrifugo maps codes to statuses.
+    fn http_status(&self) -> StatusCode {
+        match self {
+            ApiError::Status(status, _) => *status,
+            ApiError::Reply { code, .. } => match code {
+                102 | 104 => StatusCode::NOT_FOUND,
+                107 | 108 => StatusCode::BAD_REQUEST,
+                112 => StatusCode::RANGE_NOT_SATISFIABLE,
+                113 => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
     pub(crate) fn to_json(&self) -> Value {
         let (code, message) = match self {
             ApiError::Reply { code, message } => (*code, message),
@@ -98,8 +114,20 @@ pub async fn handle(
         Ok(result) if method == "batch" => axum::Json(result).into_response(),
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),
         Err(ApiError::Status(status, message)) => (status, message).into_response(),
+        Err(e) if transport_errors(&node, &headers) => {
+            (e.http_status(), axum::Json(e.to_json())).into_response()
+        }
         Err(e) => axum::Json(json!({ "error": e.to_json() })).into_response(),
     }
+}
+
+/// Whether errors are answered with HTTP statuses: `http_api.error_mode`,
+/// or the request's `X-Centrifugo-Error-Mode: transport`.
+fn transport_errors(node: &Node, headers: &HeaderMap) -> bool {
+    node.config.http_api.error_mode == ErrorMode::Transport
+        || headers
+            .get("x-centrifugo-error-mode")
+            .is_some_and(|v| v.as_bytes() == b"transport")
 }
 
 /// The request body, whole, within `http_server.request_body_timeout` (a

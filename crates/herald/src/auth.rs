@@ -80,9 +80,10 @@ pub struct SubOptions {
     pub overrides: Overrides,
 }
 
-/// Namespace options a token overrides for one subscription; `None` keeps
-/// the namespace's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Namespace options a token (or the server API's subscribe) overrides for
+/// one subscription; `None` keeps the namespace's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default)]
 pub struct Overrides {
     pub presence: Option<bool>,
     pub join_leave: Option<bool>,
@@ -124,7 +125,7 @@ struct RawSub {
 /// `{"presence": {"value": true}, …}`, as Centrifugo writes overrides.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct RawOverrides {
+pub struct RawOverrides {
     presence: Option<BoolValue>,
     join_leave: Option<BoolValue>,
     force_push_join_leave: Option<BoolValue>,

@@ -197,6 +197,9 @@ fn apply(hub: &Hub, target: &Target, action: &Action) {
         if target.whitelist.iter().any(|w| w == c.client_id()) {
             continue;
         }
+        if !target.session.is_empty() && c.session() != target.session {
+            continue;
+        }
         c.control(control(action));
     }
 }
@@ -220,11 +223,15 @@ fn control(action: &Action) -> Control {
             info,
             data,
             expire_at,
+            overrides,
+            recover_since,
         } => Control::Subscribe {
             channel: channel.clone(),
             info: raw_bytes(info),
             data: raw_bytes(data),
             expire_at: *expire_at,
+            overrides: *overrides,
+            recover_since: recover_since.clone(),
         },
         Action::Refresh {
             expired,

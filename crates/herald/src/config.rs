@@ -190,6 +190,22 @@ pub struct HttpApi {
     pub insecure: bool,
     /// Herald: largest request body accepted; larger ones get HTTP 413.
     pub max_request_body_size: usize,
+    /// How a method's error is answered (see [`ErrorMode`]).
+    pub error_mode: ErrorMode,
+}
+
+/// How the server API answers a method's error: `custom` (the default, also
+/// an empty string): HTTP 200 with `{"error":{"code","message"}}`;
+/// `transport`: an HTTP status for the code (404, 400, 416, 409 or 500)
+/// with `{"code","message"}`, as a request header
+/// `X-Centrifugo-Error-Mode: transport` asks for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorMode {
+    #[default]
+    #[serde(alias = "")]
+    Custom,
+    Transport,
 }
 
 impl Default for HttpApi {
@@ -200,6 +216,7 @@ impl Default for HttpApi {
             key: Secret::default(),
             insecure: false,
             max_request_body_size: 4 * 1024 * 1024,
+            error_mode: ErrorMode::Custom,
         }
     }
 }

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use herald_protocol::{Disconnect, PresenceEvent, Publication};
 use parking_lot::Mutex;
 
+use crate::auth::Overrides;
 use crate::sharded::Sharded;
+use crate::wire::control::Position;
 use members::Members;
 use sequence::{FillIds, Reads, Sequence, Then, Verdict};
 
@@ -39,6 +41,9 @@ pub enum Control {
         info: Option<Bytes>,
         data: Option<Bytes>,
         expire_at: Option<i64>,
+        overrides: Overrides,
+        /// Recover from here (the server API's `recover_since`).
+        recover_since: Option<Position>,
     },
     /// Replace the connection's expiry (`None`: never) or mark it expired.
     Refresh {
@@ -61,6 +66,11 @@ pub trait Client: Send + Sync + 'static {
         Arc::from(self.client_id())
     }
     fn user(&self) -> &str;
+    /// The session id of a unidirectional transport's connection; empty
+    /// for WebSocket connections, which have none.
+    fn session(&self) -> &str {
+        ""
+    }
     /// Queue a publication, in the client's own format; never blocks. A
     /// client that cannot keep up disconnects itself.
     fn deliver(&self, publication: &Arc<Publication>);

@@ -11,6 +11,8 @@ mod server_side;
 mod subs;
 mod subscribe;
 
+use server_side::ServerSubscribe;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,9 +212,18 @@ impl Session {
                 info,
                 data,
                 expire_at,
+                overrides,
+                recover_since,
             } => {
-                self.server_subscribe_push(channel, info, data, expire_at)
-                    .await;
+                let sub = ServerSubscribe {
+                    channel,
+                    info,
+                    data,
+                    expire_at,
+                    overrides,
+                    recover_since,
+                };
+                self.server_subscribe_push(sub).await;
             }
             Control::Refresh {
                 expired,

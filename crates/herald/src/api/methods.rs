@@ -14,14 +14,24 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, ApiResult};
-use crate::auth::now_unix;
+use crate::auth::{now_unix, Overrides, RawOverrides};
 use crate::node::{Node, PublishOptions};
 use crate::store::{HistoryQuery, StreamPosition};
 use crate::wire::control::{self, Action};
 
+/// A method's request; a field of the wrong type is named in the error
+/// (`malformed request: channel: invalid type: …`).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::Status(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." {
+            format!("malformed request: {}", e.inner())
+        } else {
+            format!("malformed request: {path}: {}", e.inner())
+        };
+        ApiError::Status(StatusCode::BAD_REQUEST, message)
+    })
 }
 
 /// Runs one method; `body` is its JSON parameters.
@@ -59,36 +69,20 @@ struct ChannelOnly {
     channel: String,
 }
 
+/// A publish, or a broadcast (`channels` instead of `channel`).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct PublishRequest {
     channel: String,
-    data: Option<Box<RawValue>>,
-    b64data: String,
-    #[serde(flatten)]
-    options: PublishFields,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct BroadcastRequest {
     channels: Vec<String>,
     data: Option<Box<RawValue>>,
     b64data: String,
-    #[serde(flatten)]
-    options: PublishFields,
-}
-
-/// The options publish and broadcast share.
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct PublishFields {
     tags: BTreeMap<String, String>,
     skip_history: bool,
     idempotency_key: String,
 }
 
-impl PublishFields {
+impl PublishRequest {
     fn options(&self) -> PublishOptions {
         PublishOptions {
             info: None,
@@ -203,10 +197,10 @@ fn raw_json(bytes: Vec<u8>) -> Value {
 
 async fn publish(node: &Node, req: PublishRequest) -> ApiResult {
     let data = payload(req.data.as_deref(), &req.b64data)?;
-    publish_one(node, &req.channel, data, req.options.options()).await
+    publish_one(node, &req.channel, data, req.options()).await
 }
 
-async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
+async fn broadcast(node: &Node, req: PublishRequest) -> ApiResult {
     if req.channels.is_empty() {
         return Err(ApiError::bad_request("channels are required"));
     }
@@ -214,7 +208,7 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
     let mut responses = Vec::with_capacity(req.channels.len());
     for channel in &req.channels {
         responses.push(
-            match publish_one(node, channel, data.clone(), req.options.options()).await {
+            match publish_one(node, channel, data.clone(), req.options()).await {
                 Ok(result) => json!({ "result": result }),
                 Err(e) => json!({ "error": e.to_json() }),
             },
@@ -224,38 +218,48 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> ApiResult {
 }
 
 /// Which connections a user-targeted method acts on, on whichever node they
-/// are.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Target {
+/// are: a user's, one client's, or one session's (connections of
+/// unidirectional transports have sessions; WebSocket ones have none).
+fn target(
     user: String,
     client: String,
     session: String,
+    whitelist: Vec<String>,
+) -> Result<control::Target, ApiError> {
+    if user.is_empty() && client.is_empty() {
+        return Err(ApiError::bad_request("user or client is required"));
+    }
+    Ok(control::Target {
+        user,
+        client,
+        session,
+        whitelist,
+    })
 }
 
-impl Target {
-    fn resolve(self, whitelist: Vec<String>) -> Result<control::Target, ApiError> {
-        if self.user.is_empty() && self.client.is_empty() {
-            return Err(ApiError::bad_request("user or client is required"));
-        }
-        let _ = self.session;
-        Ok(control::Target {
-            user: self.user,
-            client: self.client,
-            whitelist,
-        })
-    }
+/// A position in a stream, as the API writes it.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Position {
+    offset: u64,
+    epoch: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct SubscribeRequest {
-    #[serde(flatten)]
-    target: Target,
+    user: String,
+    client: String,
+    session: String,
     channel: String,
     info: Option<Box<RawValue>>,
+    b64info: String,
     data: Option<Box<RawValue>>,
+    b64data: String,
     expire_at: i64,
+    recover_since: Option<Position>,
+    #[serde(rename = "override")]
+    overrides: Option<RawOverrides>,
 }
 
 /// A raw JSON field, `null` counting as absent.
@@ -263,24 +267,52 @@ fn present(v: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
     v.filter(|r| r.get() != "null")
 }
 
+/// A JSON field given as `name` (raw JSON) or `b64name` (base64 of JSON).
+fn json_field(
+    raw: Option<Box<RawValue>>,
+    b64: &str,
+    b64_name: &str,
+) -> Result<Option<Box<RawValue>>, ApiError> {
+    if let Some(raw) = present(raw) {
+        return Ok(Some(raw));
+    }
+    if b64.is_empty() {
+        return Ok(None);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| ApiError::bad_request(format!("{b64_name} is not base64: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request(format!("{b64_name} must hold JSON")))?;
+    RawValue::from_string(text)
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{b64_name} must hold JSON")))
+}
+
 async fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
     node.rules.resolve(&req.channel)?;
     let action = Action::Subscribe {
         channel: req.channel,
-        info: present(req.info),
-        data: present(req.data),
+        info: json_field(req.info, &req.b64info, "b64info")?,
+        data: json_field(req.data, &req.b64data, "b64data")?,
         expire_at: (req.expire_at > 0).then_some(req.expire_at),
+        overrides: req.overrides.map(Overrides::from).unwrap_or_default(),
+        recover_since: req.recover_since.map(|p| control::Position {
+            offset: p.offset,
+            epoch: p.epoch,
+        }),
     };
-    node.user_command(req.target.resolve(Vec::new())?, action)
-        .await?;
+    let target = target(req.user, req.client, req.session, Vec::new())?;
+    node.user_command(target, action).await?;
     Ok(json!({}))
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct UnsubscribeRequest {
-    #[serde(flatten)]
-    target: Target,
+    user: String,
+    client: String,
+    session: String,
     channel: String,
 }
 
@@ -289,8 +321,8 @@ async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> ApiResult {
     let action = Action::Unsubscribe {
         channel: req.channel,
     };
-    node.user_command(req.target.resolve(Vec::new())?, action)
-        .await?;
+    let target = target(req.user, req.client, req.session, Vec::new())?;
+    node.user_command(target, action).await?;
     Ok(json!({}))
 }
 
@@ -304,8 +336,9 @@ struct DisconnectCode {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct DisconnectRequest {
-    #[serde(flatten)]
-    target: Target,
+    user: String,
+    client: String,
+    session: String,
     whitelist: Vec<String>,
     disconnect: Option<DisconnectCode>,
 }
@@ -324,16 +357,17 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
         code: d.code,
         reason: d.reason,
     };
-    node.user_command(req.target.resolve(req.whitelist)?, action)
-        .await?;
+    let target = target(req.user, req.client, req.session, req.whitelist)?;
+    node.user_command(target, action).await?;
     Ok(json!({}))
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct RefreshRequest {
-    #[serde(flatten)]
-    target: Target,
+    user: String,
+    client: String,
+    session: String,
     expired: bool,
     expire_at: i64,
     info: Option<Box<RawValue>>,
@@ -348,8 +382,8 @@ async fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
         expire_at: (req.expire_at > 0).then_some(req.expire_at),
         info: present(req.info),
     };
-    node.user_command(req.target.resolve(Vec::new())?, action)
-        .await?;
+    let target = target(req.user, req.client, req.session, Vec::new())?;
+    node.user_command(target, action).await?;
     Ok(json!({}))
 }
 
@@ -382,25 +416,36 @@ fn info(node: &Node) -> Value {
 #[serde(default)]
 struct BatchRequest {
     commands: Vec<HashMap<String, Box<RawValue>>>,
+    /// Run the commands at once rather than one after the other; replies
+    /// keep the commands' order either way.
+    parallel: bool,
 }
 
 async fn batch(node: &Node, req: BatchRequest) -> ApiResult {
-    let mut replies = Vec::with_capacity(req.commands.len());
-    for command in &req.commands {
-        let Some((method, params)) = command.iter().next().filter(|_| command.len() == 1) else {
-            replies.push(json!({ "error": ApiError::bad_request("each command needs exactly one method").to_json() }));
-            continue;
-        };
-        if method == "batch" {
-            replies.push(
-                json!({ "error": ApiError::bad_request("batch cannot be nested").to_json() }),
-            );
-            continue;
+    let replies = req.commands.iter().map(|command| batch_one(node, command));
+    let replies: Vec<Value> = if req.parallel {
+        futures_util::future::join_all(replies).await
+    } else {
+        let mut done = Vec::with_capacity(req.commands.len());
+        for reply in replies {
+            done.push(reply.await);
         }
-        replies.push(match call(node, method, params.get().as_bytes()).await {
-            Ok(result) => json!({ method.as_str(): result }),
-            Err(e) => json!({ "error": e.to_json() }),
-        });
-    }
+        done
+    };
     Ok(json!({ "replies": replies }))
+}
+
+/// One command of a batch: `{"method": params}`, answered with
+/// `{"method": result}` or `{"error": …}`.
+async fn batch_one(node: &Node, command: &HashMap<String, Box<RawValue>>) -> Value {
+    let Some((method, params)) = command.iter().next().filter(|_| command.len() == 1) else {
+        return json!({ "error": ApiError::bad_request("each command needs exactly one method").to_json() });
+    };
+    if method == "batch" {
+        return json!({ "error": ApiError::bad_request("batch cannot be nested").to_json() });
+    }
+    match call(node, method, params.get().as_bytes()).await {
+        Ok(result) => json!({ method.as_str(): result }),
+        Err(e) => json!({ "error": e.to_json() }),
+    }
 }

@@ -18,6 +18,19 @@ use herald_protocol::ProtocolError;
 use super::subscribe::Plan;
 use super::{Session, SubState};
 use crate::auth::{Overrides, SubOptions};
+use crate::frame::Json;
+use crate::wire::control::Position;
+
+/// A subscription the server API asks for (see
+/// [`Session::server_subscribe_push`]).
+pub(super) struct ServerSubscribe {
+    pub(super) channel: String,
+    pub(super) info: Option<Bytes>,
+    pub(super) data: Option<Bytes>,
+    pub(super) expire_at: Option<i64>,
+    pub(super) overrides: Overrides,
+    pub(super) recover_since: Option<Position>,
+}
 
 /// What is left to do for server-side subscriptions once the connect reply
 /// is queued, in order.
@@ -129,14 +142,17 @@ impl Session {
     }
 
     /// A subscription the server API asked for, announced with a subscribe
-    /// push that carries its stream position when it is positioned.
-    pub(super) async fn server_subscribe_push(
-        &mut self,
-        channel: String,
-        info: Option<Bytes>,
-        data: Option<Bytes>,
-        expire_at: Option<i64>,
-    ) {
+    /// push that carries its stream position when it is positioned (and
+    /// what it recovered, when asked to recover from a position).
+    pub(super) async fn server_subscribe_push(&mut self, sub: ServerSubscribe) {
+        let ServerSubscribe {
+            channel,
+            info,
+            data,
+            expire_at,
+            overrides,
+            recover_since,
+        } = sub;
         if self.conn.is_none() || self.subs.contains_key(&channel) {
             return;
         }
@@ -149,7 +165,7 @@ impl Session {
         };
         let options = resolved.options.clone();
         let has_stream = self.node.stream_options(&options).is_some();
-        let plan = Plan::new(&options, has_stream, &Overrides::default(), None);
+        let plan = Plan::new(&options, has_stream, &overrides, None);
         let mut state = SubState {
             expires_at: expire_at,
             chan_info: info,
@@ -169,13 +185,31 @@ impl Session {
                 .await;
             return;
         }
-        let req = SubscribeRequest::default();
+        let req = match recover_since {
+            Some(since) => SubscribeRequest {
+                recover: true,
+                offset: since.offset,
+                epoch: since.epoch,
+                ..Default::default()
+            },
+            None => SubscribeRequest::default(),
+        };
         let entered = self
             .enter_positioned(&channel, state, &plan, &req, &options, &mut result)
             .await;
         match entered {
             Ok(top) => {
+                // A subscribe push carries no publications: what was
+                // recovered follows it as publication pushes, from the
+                // position the push names.
+                let recovered = std::mem::take(&mut result.publications);
+                if result.recovered && !recovered.is_empty() {
+                    result.offset = req.offset;
+                }
                 self.push_subscribed(&channel, result);
+                for frame in recovered.iter().filter_map(|p| p.frame::<Json>()) {
+                    self.outbox.push_frame(frame);
+                }
                 self.release(&channel, top).await;
             }
             Err(e) => {

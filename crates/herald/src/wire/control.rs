@@ -9,6 +9,15 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::Overrides;
+
+/// A position in a channel's stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
 /// One node as `info` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -22,13 +31,18 @@ pub struct NodeInfo {
     pub uptime: u64,
 }
 
-/// Which connections a command acts on: all of a user's, or one client's.
+/// Which connections a command acts on: all of a user's, or one client's
+/// or session's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Target {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client: String,
+    /// Only the connection with this session (none has one but those of
+    /// unidirectional transports).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
     /// Client ids left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub whitelist: Vec<String>,
@@ -53,6 +67,11 @@ pub enum Action {
         data: Option<Box<RawValue>>,
         #[serde(default)]
         expire_at: Option<i64>,
+        #[serde(default, rename = "override")]
+        overrides: Overrides,
+        /// Recover from this position, when the channel keeps a stream.
+        #[serde(default)]
+        recover_since: Option<Position>,
     },
     Refresh {
         expired: bool,
@@ -114,6 +133,14 @@ mod tests {
                 info: Some(RawValue::from_string("{\"a\":1}".into()).unwrap()),
                 data: None,
                 expire_at: Some(5),
+                overrides: Overrides {
+                    presence: Some(true),
+                    ..Default::default()
+                },
+                recover_since: Some(Position {
+                    offset: 7,
+                    epoch: "e".into(),
+                }),
             },
         }
         .encode();
@@ -123,13 +150,22 @@ mod tests {
             panic!("not a user command");
         };
         let Action::Subscribe {
-            info, expire_at, ..
+            info,
+            expire_at,
+            overrides,
+            recover_since,
+            ..
         } = action
         else {
             panic!("not a subscribe");
         };
         assert_eq!(info.unwrap().get(), "{\"a\":1}");
         assert_eq!(expire_at, Some(5));
+        assert_eq!(overrides.presence, Some(true));
+        assert_eq!(recover_since.map(|p| p.offset), Some(7));
+        // What a node before these fields sent still reads.
+        let old = br#"{"user":{"from":"n0","target":{"user":"u"},"action":{"subscribe":{"channel":"c"}}}}"#;
+        assert!(ControlMessage::decode(old).is_ok());
         assert!(ControlMessage::decode(b"{\"nope\":1}").is_err());
     }
 }

@@ -28,12 +28,30 @@ async fn malformed_requests() {
     let (status, text) = s.api_raw("publish", "{not json", Some(API_KEY)).await;
     assert_eq!(status, 400);
     assert!(text.contains("malformed"), "{text}");
-    assert_eq!(
-        s.api_raw("publish", r#"{"channel":5}"#, Some(API_KEY))
-            .await
-            .0,
-        400
-    );
+    // A field of the wrong type is named.
+    for (body, field) in [
+        (r#"{"channel":5}"#, "channel"),
+        (r#"{"channel":"x","data":1,"tags":{"a":1}}"#, "tags.a"),
+        (
+            r#"{"channel":"x","data":1,"skip_history":"yes"}"#,
+            "skip_history",
+        ),
+    ] {
+        let (status, text) = s.api_raw("publish", body, Some(API_KEY)).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(
+            text.contains(&format!("{field}: invalid type")),
+            "{body}: {text}"
+        );
+    }
+    // Unknown fields are ignored.
+    let r = s
+        .api(
+            "publish",
+            json!({"channel": "x", "data": 1, "no_such_field": [1]}),
+        )
+        .await;
+    assert_eq!(r["result"], json!({}), "{r}");
     assert_eq!(
         s.api_raw("no_such_method", "{}", Some(API_KEY)).await.0,
         404
@@ -305,5 +323,91 @@ async fn an_idempotency_key_publishes_once_per_channel() {
     )
     .await;
     assert_eq!(ws.push().await["pub"]["data"], json!({"end": true}));
+    s.stop().await;
+}
+
+/// Targets by session match only connections with that session; WebSocket
+/// connections have none, so nothing is done to them.
+#[tokio::test]
+async fn a_session_target_leaves_websocket_connections_alone() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    s.api(
+        "disconnect",
+        json!({"user": "u", "session": "no-such-session"}),
+    )
+    .await;
+    s.api(
+        "subscribe",
+        json!({"user": "u", "channel": "news", "session": "no-such-session"}),
+    )
+    .await;
+    // Still connected and not subscribed: the next push is this one.
+    s.api("subscribe", json!({"user": "u", "channel": "other"}))
+        .await;
+    assert_eq!(ws.push().await["channel"], "other");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn batch_runs_in_parallel_and_keeps_the_order_of_replies() {
+    let s = TestServer::start(json!({})).await;
+    let commands: Vec<Value> = (1..=20)
+        .map(|n| json!({"publish": {"channel": "hist:batch", "data": {"n": n}}}))
+        .chain([json!({"publish": {"channel": "nope:x", "data": 1}})])
+        .collect();
+    let r = s
+        .api("batch", json!({"commands": commands, "parallel": true}))
+        .await;
+    let replies = r["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 21, "{r}");
+    let mut offsets: Vec<u64> = replies[..20]
+        .iter()
+        .map(|r| r["publish"]["offset"].as_u64().expect("an offset"))
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=20).collect::<Vec<_>>());
+    assert_eq!(replies[20]["error"]["code"], 102, "{r}");
+    s.stop().await;
+}
+
+/// In the transport error mode (a request header, or `http_api.error_mode`)
+/// errors are HTTP statuses with `{"code","message"}`, as Centrifugo maps
+/// them.
+#[tokio::test]
+async fn errors_as_http_statuses_in_the_transport_error_mode() {
+    let s = TestServer::start(json!({})).await;
+    let call = |body: Value, header: bool| {
+        let mut request = reqwest::Client::new()
+            .post(s.http("/api/publish"))
+            .header("X-API-Key", API_KEY)
+            .body(body.to_string());
+        if header {
+            request = request.header("X-Centrifugo-Error-Mode", "transport");
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let unknown = json!({"channel": "nope:x", "data": 1});
+    let (status, body) = call(unknown.clone(), true).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], 102, "{body}");
+    let (status, body) = call(json!({"channel": "x"}), true).await;
+    assert_eq!((status, body["code"].clone()), (400, json!(107)), "{body}");
+    let (status, body) = call(json!({"channel": "x", "data": 1}), true).await;
+    assert_eq!((status, body), (200, json!({"result": {}})));
+    // Without the header: HTTP 200 with the error in the body.
+    let (status, body) = call(unknown.clone(), false).await;
+    assert_eq!((status, body["error"]["code"].clone()), (200, json!(102)));
+    s.stop().await;
+
+    let s = TestServer::start(json!({"http_api": {"error_mode": "transport"}})).await;
+    let (status, body) = s
+        .api_raw("publish", &unknown.to_string(), Some(API_KEY))
+        .await;
+    assert_eq!(status, 404, "{body}");
     s.stop().await;
 }

@@ -169,3 +169,74 @@ async fn insufficient_state_of_a_server_side_subscription_reconnects() {
     );
     s.stop().await;
 }
+
+/// The server API's subscribe with every option: info and data given in
+/// base64, `recover_since` (recovering what was published after that
+/// position), and an override of the namespace's options.
+#[tokio::test]
+async fn api_subscribe_takes_b64_fields_overrides_and_recover_since() {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    for n in 1..=3 {
+        publish(&s, "hist:since", n).await;
+    }
+    let first = s.api("history", json!({"channel": "hist:since"})).await;
+    let epoch = first["result"]["epoch"].clone();
+    let r = s
+        .api(
+            "subscribe",
+            json!({"user": "u", "channel": "hist:since",
+                   "b64info": b64(r#"{"role":"guest"}"#), "b64data": b64(r#"{"hello":1}"#),
+                   "recover_since": {"offset": 1, "epoch": epoch}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ws.push().await;
+    let sub = &push["subscribe"];
+    assert_eq!(sub["data"], json!({"hello": 1}), "{push}");
+    // A subscribe push has no room for publications: it names the position
+    // recovered from, and what was missed follows as publication pushes.
+    assert_eq!(sub["offset"], 1, "{push}");
+    let mut recovered = Vec::new();
+    for _ in 0..2 {
+        let p = ws.push().await;
+        recovered.push((p["pub"]["offset"].clone(), p["pub"]["data"]["n"].clone()));
+    }
+    assert_eq!(recovered, [(json!(2), json!(2)), (json!(3), json!(3))]);
+    // The channel info given in base64 goes with the client's publications.
+    let r = ws
+        .cmd(json!({"publish": {"channel": "hist:since", "data": {"n": 4}}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    let p = ws.push().await;
+    assert_eq!(
+        p["pub"]["info"]["chan_info"],
+        json!({"role": "guest"}),
+        "{p}"
+    );
+
+    // An override: the namespace forces recovery, this subscription not.
+    let r = s
+        .api(
+            "subscribe",
+            json!({"user": "u", "channel": "hist:plain",
+                   "override": {"force_recovery": {"value": false}}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ws.push().await;
+    assert_eq!(push["channel"], "hist:plain", "{push}");
+    assert!(push["subscribe"].get("recoverable").is_none(), "{push}");
+
+    // A base64 field that does not hold JSON is a bad request.
+    let r = s
+        .api(
+            "subscribe",
+            json!({"user": "u", "channel": "news", "b64data": b64("not json")}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 107, "{r}");
+    s.stop().await;
+}
