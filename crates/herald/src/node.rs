@@ -27,7 +27,8 @@ use crate::metrics::Counters;
 use crate::origin::OriginPolicy;
 use crate::presence::{Members, Presence};
 use crate::store::{
-    HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
+    Conditions, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
+    Version,
 };
 use crate::wire::control::{Action, NodeInfo, Target};
 
@@ -46,6 +47,9 @@ pub struct PublishOptions {
     /// Publish at most once per channel and key within
     /// `channel.idempotency_window` (empty: no key).
     pub idempotency_key: Option<String>,
+    /// Publish only when newer than the channel stream's last version
+    /// (channels without a stream keep no version).
+    pub version: Option<Version>,
 }
 
 /// Where a publication landed in its channel's stream (zero without history).
@@ -214,7 +218,8 @@ impl Node {
     /// (and for durable streams committed) before this returns its
     /// position. With an idempotency key seen in the channel within
     /// `channel.idempotency_window`, nothing is published and the first
-    /// publish's result comes back.
+    /// publish's result comes back; with a version not above the stream's
+    /// last, nothing is published and the stream's position comes back.
     pub async fn publish(
         &self,
         channel: &str,
@@ -226,6 +231,7 @@ impl Node {
             tags,
             skip_history,
             idempotency_key,
+            version,
         } = options;
         let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
         self.check_size(&publication)?;
@@ -239,14 +245,17 @@ impl Node {
             .filter(|key| !key.is_empty())
             .map(|key| Once { key, window });
         let appended = match (stream, once) {
-            (Some((opts, store)), None) => {
+            (Some((opts, store)), None) if version.is_none() => {
                 let stored = store.append(publication, opts).await;
                 stored.map(|p| StreamPosition {
                     offset: p.offset,
                     epoch: p.epoch.as_deref().unwrap_or_default().to_owned(),
                 })
             }
-            (Some((opts, store)), Some(once)) => store.append_once(publication, opts, once).await,
+            (Some((opts, store)), once) => {
+                let conditions = Conditions { once, version };
+                store.append_if(publication, opts, conditions).await
+            }
             (None, once) => {
                 let publication = Arc::new(publication);
                 let published = match once {

@@ -129,6 +129,31 @@ pub struct Once {
     pub window: Duration,
 }
 
+/// The version of what a publication carries (the server API's `version`
+/// and `version_epoch`): a publication whose version is not above the
+/// stream's last one, in the same version epoch (or with none), is not
+/// appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub version: u64,
+    pub epoch: String,
+}
+
+impl Version {
+    /// Whether a publication of this version is older than (or as old as)
+    /// the stream's last, `last` and `last_epoch`.
+    pub fn is_stale(&self, last: u64, last_epoch: &str) -> bool {
+        (self.epoch.is_empty() || self.epoch == last_epoch) && self.version <= last
+    }
+}
+
+/// What must hold for an append to happen (see [`Store::append_if`]).
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub once: Option<Once>,
+    pub version: Option<Version>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Appends to the publication's channel stream, delivers it, and returns
     /// it with its offset and its stream's epoch set. For durable stores it
@@ -139,14 +164,16 @@ pub trait Store: Send + Sync + 'static {
         opts: StreamOptions,
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>>;
 
-    /// [`Store::append`] unless an append with `once`'s key went into the
-    /// channel's stream within its window; either way returns where the
-    /// first one with the key stands.
-    fn append_once(
+    /// [`Store::append`] unless an append with the same idempotency key went
+    /// into the channel's stream within its window (then returns where that
+    /// one stands), or the publication's version is stale (then returns
+    /// where the stream stands); appends otherwise and returns where the
+    /// publication stands. The checks and the append are one step.
+    fn append_if(
         &self,
         publication: Publication,
         opts: StreamOptions,
-        once: Once,
+        conditions: Conditions,
     ) -> BoxFuture<'_, Result<StreamPosition, StoreError>>;
 
     /// Reads a channel's stream.

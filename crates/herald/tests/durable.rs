@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald::config::{Dur, Storage, StorageKind};
 use herald::store::{
-    open_durable, Deliver, DurableStore, HistoryQuery, Once, Store, StoreError, StreamOptions,
-    StreamPosition,
+    open_durable, Conditions, Deliver, DurableStore, HistoryQuery, Once, Store, StoreError,
+    StreamOptions, StreamPosition, Version,
 };
 use herald_protocol::{ClientInfo, Publication};
 use herald_testkit::{eventually, wait_until, TestDatabase};
@@ -147,6 +147,7 @@ on_both!(
     reading_streams_that_do_not_exist_creates_nothing,
     keyed_appends_publish_once_even_after_a_restart,
     ended_keys_publish_again_and_are_forgotten,
+    stale_versions_are_not_appended,
 );
 
 /// Delivered publications as (channel, offset), in delivery order.
@@ -631,10 +632,23 @@ async fn a_refused_publication_fails_alone(fx: Fixture) {
     store.close().await;
 }
 
-fn once(key: &str) -> Once {
-    Once {
-        key: key.into(),
-        window: KEY_WINDOW,
+fn once(key: &str) -> Conditions {
+    Conditions {
+        once: Some(Once {
+            key: key.into(),
+            window: KEY_WINDOW,
+        }),
+        version: None,
+    }
+}
+
+fn versioned(version: u64, epoch: &str) -> Conditions {
+    Conditions {
+        once: None,
+        version: Some(Version {
+            version,
+            epoch: epoch.into(),
+        }),
     }
 }
 
@@ -645,7 +659,7 @@ async fn keyed_appends_publish_once_even_after_a_restart(fx: Fixture) {
     let (deliver, seen) = recorder();
     let store = Arc::new(fx.open(deliver.clone(), unbounded()).await);
     let first = store
-        .append_once(publication("k", 0), unbounded(), once("a"))
+        .append_if(publication("k", 0), unbounded(), once("a"))
         .await
         .unwrap();
     assert_eq!(first.offset, 1);
@@ -657,10 +671,10 @@ async fn keyed_appends_publish_once_even_after_a_restart(fx: Fixture) {
             tokio::spawn(async move {
                 let p = publication("k", n);
                 match n % 3 {
-                    0 => Some(store.append_once(p, unbounded(), once("b")).await),
+                    0 => Some(store.append_if(p, unbounded(), once("b")).await),
                     1 => {
                         let key = format!("c{n}");
-                        Some(store.append_once(p, unbounded(), once(&key)).await)
+                        Some(store.append_if(p, unbounded(), once(&key)).await)
                     }
                     _ => store.append(p, unbounded()).await.map(|_| None).transpose(),
                 }
@@ -701,7 +715,7 @@ async fn keyed_appends_publish_once_even_after_a_restart(fx: Fixture) {
     let store = fx.open(deliver, unbounded()).await;
     for (key, offset) in [("a", 1), ("b", b_offset)] {
         let again = store
-            .append_once(publication("k", 99), unbounded(), once(key))
+            .append_if(publication("k", 99), unbounded(), once(key))
             .await
             .unwrap();
         assert_eq!(
@@ -714,7 +728,7 @@ async fn keyed_appends_publish_once_even_after_a_restart(fx: Fixture) {
     }
     // The same key in another channel is another publication.
     let other = store
-        .append_once(publication("l", 1), unbounded(), once("a"))
+        .append_if(publication("l", 1), unbounded(), once("a"))
         .await
         .unwrap();
     assert_eq!(other.offset, 1);
@@ -722,7 +736,7 @@ async fn keyed_appends_publish_once_even_after_a_restart(fx: Fixture) {
     assert_eq!(page.position.offset, 22, "nothing appended by retries");
     // A key a text column cannot hold is refused alone.
     let err = store
-        .append_once(publication("k", 1), unbounded(), once("a\0b"))
+        .append_if(publication("k", 1), unbounded(), once("a\0b"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
@@ -739,29 +753,32 @@ async fn ended_keys_publish_again_and_are_forgotten(fx: Fixture) {
     let store = open_durable(&fx.storage, fx.dir.path(), deliver, opts_for, window)
         .await
         .unwrap();
-    let short = Once {
-        key: "s".into(),
-        window,
+    let short = Conditions {
+        once: Some(Once {
+            key: "s".into(),
+            window,
+        }),
+        version: None,
     };
     let first = store
-        .append_once(publication("e", 1), unbounded(), short.clone())
+        .append_if(publication("e", 1), unbounded(), short.clone())
         .await
         .unwrap();
     let again = store
-        .append_once(publication("e", 2), unbounded(), short.clone())
+        .append_if(publication("e", 2), unbounded(), short.clone())
         .await
         .unwrap();
     assert_eq!((first.offset, again.offset), (1, 1));
     // The window ends (retention may or may not have run yet).
     tokio::time::sleep(window + Duration::from_millis(50)).await;
     let after = store
-        .append_once(publication("e", 3), unbounded(), short.clone())
+        .append_if(publication("e", 3), unbounded(), short.clone())
         .await
         .unwrap();
     assert_eq!(after.offset, 2);
     // The renewed key holds its new window…
     let again = store
-        .append_once(publication("e", 4), unbounded(), short)
+        .append_if(publication("e", 4), unbounded(), short)
         .await
         .unwrap();
     assert_eq!(again.offset, 2);
@@ -770,6 +787,80 @@ async fn ended_keys_publish_again_and_are_forgotten(fx: Fixture) {
         fx.count("SELECT COUNT(*) FROM idempotency").await == 0
     })
     .await;
+    store.close().await;
+}
+
+/// A publication whose version is not above its stream's last (in the same
+/// version epoch) is not appended, among unversioned publications and
+/// across a reopening; the position answered is the stream's.
+async fn stale_versions_are_not_appended(fx: Fixture) {
+    let (deliver, seen) = recorder();
+    let store = Arc::new(fx.open(deliver.clone(), unbounded()).await);
+    let at = |r: Result<StreamPosition, StoreError>| r.unwrap().offset;
+    let v = |n| store.append_if(publication("v", n), unbounded(), versioned(n, ""));
+    assert_eq!(at(v(5).await), 1);
+    assert_eq!(at(v(5).await), 1, "as old: not appended");
+    assert_eq!(at(v(4).await), 1, "older: not appended");
+    // Versioned and unversioned publications queued together (polled in
+    // order, so queued in order): each versioned one is compared in turn.
+    let appends = (0..20u64).map(|n| {
+        let store = store.clone();
+        async move {
+            if n % 2 == 0 {
+                let version = versioned(6 + n / 2, "");
+                store
+                    .append_if(publication("v", n), unbounded(), version)
+                    .await
+            } else {
+                let p = store.append(publication("v", n), unbounded()).await?;
+                Ok(StreamPosition {
+                    offset: p.offset,
+                    epoch: epoch_of(&p),
+                })
+            }
+        }
+    });
+    let got: Vec<u64> = futures_util::future::join_all(appends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    assert_eq!(got, (2..=21).collect::<Vec<_>>(), "in the order queued");
+    let page = store.history("v", all(), unbounded()).await.unwrap();
+    assert_eq!(page.position.offset, 21, "every newer version and the rest");
+    store.close().await;
+    drop(store);
+
+    let store = fx.open(deliver, unbounded()).await;
+    let stale = store
+        .append_if(publication("v", 99), unbounded(), versioned(15, ""))
+        .await
+        .unwrap();
+    assert_eq!(stale.offset, 21, "the version survived the reopening");
+    let other_epoch = store
+        .append_if(publication("v", 99), unbounded(), versioned(1, "e2"))
+        .await
+        .unwrap();
+    assert_eq!(other_epoch.offset, 22, "a new version epoch starts over");
+    // With a key: a stale version keeps no key, so a newer retry appends.
+    let both = |version| Conditions {
+        once: once("k").once,
+        version: Some(Version {
+            version,
+            epoch: "e2".into(),
+        }),
+    };
+    let stale = store
+        .append_if(publication("v", 100), unbounded(), both(1))
+        .await
+        .unwrap();
+    assert_eq!(stale.offset, 22);
+    let newer = store
+        .append_if(publication("v", 101), unbounded(), both(2))
+        .await
+        .unwrap();
+    assert_eq!(newer.offset, 23);
+    assert_eq!(seen.lock().len(), 23);
     store.close().await;
 }
 
@@ -842,7 +933,7 @@ async fn postgres_nodes_share_idempotency_keys() {
                 let key = key.clone();
                 tokio::spawn(async move {
                     let p = publication("shared", n);
-                    store.append_once(p, unbounded(), once(&key)).await.unwrap()
+                    store.append_if(p, unbounded(), once(&key)).await.unwrap()
                 })
             })
             .collect();

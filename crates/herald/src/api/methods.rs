@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::{ApiError, ApiResult};
 use crate::auth::{now_unix, Overrides, RawOverrides};
 use crate::node::{Node, PublishOptions};
-use crate::store::{HistoryQuery, StreamPosition};
+use crate::store::{HistoryQuery, StreamPosition, Version};
 use crate::wire::control::{self, Action};
 
 /// A method's request; a field of the wrong type is named in the error
@@ -80,6 +80,13 @@ struct PublishRequest {
     tags: BTreeMap<String, String>,
     skip_history: bool,
     idempotency_key: String,
+    /// Publish only when above the stream's last version (0: no version).
+    version: u64,
+    /// The version's epoch: a new one starts versions over.
+    version_epoch: String,
+    /// Subscribers that negotiated deltas may get this publication as one;
+    /// no namespace here offers deltas, so all get it whole.
+    delta: bool,
 }
 
 impl PublishRequest {
@@ -89,6 +96,10 @@ impl PublishRequest {
             tags: self.tags.clone(),
             skip_history: self.skip_history,
             idempotency_key: Some(self.idempotency_key.clone()),
+            version: (self.version > 0).then(|| Version {
+                version: self.version,
+                epoch: self.version_epoch.clone(),
+            }),
         }
     }
 }

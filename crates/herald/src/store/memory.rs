@@ -22,7 +22,7 @@ use herald_protocol::Publication;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    select, Deliver, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions,
+    select, Conditions, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
 };
 use crate::broker::BrokerError;
@@ -36,8 +36,17 @@ struct Stream {
     top: u64,
     pubs: VecDeque<(Instant, Arc<Publication>)>,
     touched: Instant,
-    /// Idempotency keys of recent appends, made on the first keyed one.
-    keys: Option<Box<Keys>>,
+    /// Idempotency keys and the version, made on the first conditional
+    /// append.
+    conditional: Option<Box<Conditional>>,
+}
+
+/// What conditional appends keep of a stream.
+#[derive(Default)]
+struct Conditional {
+    keys: Keys,
+    version: u64,
+    version_epoch: String,
 }
 
 /// The offsets idempotency keys were appended at, until their window ends.
@@ -83,7 +92,7 @@ impl Stream {
             top: 0,
             pubs: VecDeque::new(),
             touched: now,
-            keys: None,
+            conditional: None,
         }
     }
 
@@ -159,23 +168,23 @@ impl MemoryStore {
 }
 
 /// What an append did: the publication as stored and its delivery, or,
-/// for a retry of a keyed append, where the first one stands.
+/// when its conditions did not hold, the position to answer with.
 enum Appended {
     New(
         Arc<Publication>,
         BoxFuture<'static, Result<(), BrokerError>>,
     ),
-    Again(StreamPosition),
+    Not(StreamPosition),
 }
 
 impl MemoryStore {
-    /// Appends under the channel's shard lock (see [`Store::append_once`]
-    /// for `once`).
+    /// Appends under the channel's shard lock (see [`Store::append_if`]
+    /// for `conditions`).
     fn append_at(
         &self,
         publication: Publication,
         opts: &StreamOptions,
-        once: Option<&Once>,
+        conditions: Option<&Conditions>,
     ) -> Appended {
         let now = Instant::now();
         let mut shard = self.streams.write(&*publication.channel);
@@ -188,15 +197,30 @@ impl MemoryStore {
             }
         };
         stream.touched = now;
-        if let Some(once) = once {
-            let keys = stream.keys.get_or_insert_with(Box::default);
-            if let Some(offset) = keys.find(&once.key, now) {
-                return Appended::Again(StreamPosition {
-                    offset,
-                    epoch: stream.epoch.to_string(),
-                });
+        if let Some(conditions) = conditions {
+            let kept = stream.conditional.get_or_insert_with(Box::default);
+            if let Some(once) = &conditions.once {
+                if let Some(offset) = kept.keys.find(&once.key, now) {
+                    return Appended::Not(StreamPosition {
+                        offset,
+                        epoch: stream.epoch.to_string(),
+                    });
+                }
             }
-            keys.insert(&once.key, stream.top + 1, now + once.window);
+            if let Some(v) = &conditions.version {
+                if v.is_stale(kept.version, &kept.version_epoch) {
+                    return Appended::Not(StreamPosition {
+                        offset: stream.top,
+                        epoch: stream.epoch.to_string(),
+                    });
+                }
+                kept.version = v.version;
+                kept.version_epoch.clone_from(&v.epoch);
+            }
+            if let Some(once) = &conditions.once {
+                kept.keys
+                    .insert(&once.key, stream.top + 1, now + once.window);
+            }
         }
         stream.top += 1;
         let stored = Arc::new(
@@ -218,7 +242,7 @@ impl Store for MemoryStore {
         opts: StreamOptions,
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
         let Appended::New(stored, delivered) = self.append_at(publication, &opts, None) else {
-            unreachable!("only keyed appends are retries");
+            unreachable!("only conditional appends can be refused");
         };
         Box::pin(async move {
             delivered.await?;
@@ -226,16 +250,16 @@ impl Store for MemoryStore {
         })
     }
 
-    fn append_once(
+    fn append_if(
         &self,
         publication: Publication,
         opts: StreamOptions,
-        once: Once,
+        conditions: Conditions,
     ) -> BoxFuture<'_, Result<StreamPosition, StoreError>> {
-        let appended = self.append_at(publication, &opts, Some(&once));
+        let appended = self.append_at(publication, &opts, Some(&conditions));
         Box::pin(async move {
             match appended {
-                Appended::Again(position) => Ok(position),
+                Appended::Not(position) => Ok(position),
                 Appended::New(stored, delivered) => {
                     delivered.await?;
                     Ok(StreamPosition {

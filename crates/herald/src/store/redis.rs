@@ -20,7 +20,7 @@ use herald_protocol::Publication;
 use redis::Value;
 
 use super::{
-    new_epoch, select, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions,
+    new_epoch, select, Conditions, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
 };
 use crate::redis_link::{as_string, as_u64, RedisError, RedisShards};
@@ -45,9 +45,11 @@ end
 
 /// KEYS: stream, meta, pub/sub channel, seed, idempotency key (unused
 /// without one). ARGV: message tail, size, ttl seconds, meta ttl seconds,
-/// candidate seed, now (ms), the key's window in ms ('0': no key). A key
-/// seen within its window appends nothing: the first append's offset and
-/// epoch come back, with a third element.
+/// candidate seed, now (ms), the key's window in ms ('0': no key), the
+/// version ('0': none) and its epoch. A key seen within its window appends
+/// nothing: the first append's offset and epoch come back, with a third
+/// element; so does a stale version, with the stream's top. The meta hash
+/// keeps the last version (`v`) and its epoch (`ve`).
 const APPEND: &str = r#"
 if ARGV[7] ~= '0' then
   local known = redis.call('get', KEYS[5])
@@ -56,13 +58,21 @@ if ARGV[7] ~= '0' then
     return {tonumber(offset), epoch, 1}
   end
 end
-local top = redis.call('hincrby', KEYS[2], 's', 1)
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = epoch_now(KEYS[4], ARGV[5], ARGV[4], ARGV[6])
   redis.call('hset', KEYS[2], 'e', epoch)
   redis.call('del', KEYS[1])
 end
+if ARGV[8] ~= '0' then
+  local last = redis.call('hmget', KEYS[2], 'v', 've', 's')
+  if last[1] and (ARGV[9] == '' or ARGV[9] == last[2])
+      and tonumber(last[1]) >= tonumber(ARGV[8]) then
+    return {tonumber(last[3] or '0'), epoch, 2}
+  end
+  redis.call('hset', KEYS[2], 'v', ARGV[8], 've', ARGV[9])
+end
+local top = redis.call('hincrby', KEYS[2], 's', 1)
 if ARGV[4] ~= '0' then redis.call('expire', KEYS[2], ARGV[4]) end
 local message = '{"o":' .. top .. ',"e":"' .. epoch .. '",' .. ARGV[1]
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], top .. '-1', 'd', message, 't', ARGV[6])
@@ -163,12 +173,16 @@ impl RedisStore {
         &self,
         publication: &Publication,
         opts: &StreamOptions,
-        once: Option<&Once>,
+        conditions: &Conditions,
     ) -> BoxFuture<'static, Result<(StreamPosition, bool), StoreError>> {
         let channel = &*publication.channel;
         let link = self.shards.for_channel(channel);
         let (stream, meta) = self.keys(channel);
-        let (once_key, window_ms) = match once {
+        let (version, version_epoch) = match &conditions.version {
+            Some(v) => (v.version, v.epoch.as_str()),
+            None => (0, ""),
+        };
+        let (once_key, window_ms) = match &conditions.once {
             Some(o) => (
                 link.key("once", &format!("{channel}\0{}", o.key)),
                 u64::try_from(o.window.as_millis())
@@ -191,7 +205,9 @@ impl RedisStore {
             .arg(opts.meta_ttl.as_secs())
             .arg(new_epoch())
             .arg(now_ms())
-            .arg(window_ms);
+            .arg(window_ms)
+            .arg(version)
+            .arg(version_epoch);
         // Queued now, so appends from this node keep their order.
         let sent = link.send(cmd);
         Box::pin(async move {
@@ -218,7 +234,7 @@ impl Store for RedisStore {
         publication: Publication,
         opts: StreamOptions,
     ) -> BoxFuture<'_, Result<Arc<Publication>, StoreError>> {
-        let appended = self.run_append(&publication, &opts, None);
+        let appended = self.run_append(&publication, &opts, &Conditions::default());
         Box::pin(async move {
             let (position, _) = appended.await?;
             let stored = publication
@@ -228,13 +244,13 @@ impl Store for RedisStore {
         })
     }
 
-    fn append_once(
+    fn append_if(
         &self,
         publication: Publication,
         opts: StreamOptions,
-        once: Once,
+        conditions: Conditions,
     ) -> BoxFuture<'_, Result<StreamPosition, StoreError>> {
-        let appended = self.run_append(&publication, &opts, Some(&once));
+        let appended = self.run_append(&publication, &opts, &conditions);
         Box::pin(async move { Ok(appended.await?.0) })
     }
 

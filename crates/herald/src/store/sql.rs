@@ -31,7 +31,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Deliver, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
+    Conditions, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
+    StreamPosition,
 };
 use crate::config::{Storage, StorageKind};
 use db::Db;
@@ -138,12 +139,13 @@ impl DurableStore {
     async fn queue(
         &self,
         publication: Publication,
-        once: Option<Once>,
+        conditions: Conditions,
     ) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             publication,
-            once,
+            once: conditions.once,
+            version: conditions.version,
             reply,
         };
         self.queue
@@ -180,34 +182,37 @@ impl Store for DurableStore {
             // Checked before it can join a batch: what a database would
             // refuse must fail alone, not the batch it is committed with.
             rows::check(&publication, None)?;
-            match self.queue(publication, None).await? {
+            match self.queue(publication, Conditions::default()).await? {
                 Answer::Committed(committed) => Ok(delivered(committed).await),
-                // Only a keyed publication can be known already.
-                Answer::Known(_) => Err(StoreError::Invalid("an unkeyed publication was known")),
+                // Only a conditional append can be refused.
+                Answer::Known(_) => Err(StoreError::Invalid("an unconditional append was refused")),
             }
         })
     }
 
-    fn append_once(
+    fn append_if(
         &self,
         publication: Publication,
         _opts: StreamOptions,
-        once: Once,
+        conditions: Conditions,
     ) -> BoxFuture<'_, Result<StreamPosition, StoreError>> {
         Box::pin(async move {
-            rows::check(&publication, Some(&once.key))?;
-            // Most retries find their key here, without the writer.
-            let since = window_start(now_ms(), &once);
-            let known = self
-                .db
-                .find_key(&publication.channel, &once.key, since)
-                .await
-                .map_err(|e| sql("publish", e))?;
-            if let Some((offset, epoch)) = known {
-                let offset = u64::try_from(offset).unwrap_or_default();
-                return Ok(StreamPosition { offset, epoch });
+            let key = conditions.once.as_ref().map(|o| o.key.as_str());
+            rows::check(&publication, key)?;
+            if let Some(once) = &conditions.once {
+                // Most retries find their key here, without the writer.
+                let since = window_start(now_ms(), once);
+                let known = self
+                    .db
+                    .find_key(&publication.channel, &once.key, since)
+                    .await
+                    .map_err(|e| sql("publish", e))?;
+                if let Some((offset, epoch)) = known {
+                    let offset = u64::try_from(offset).unwrap_or_default();
+                    return Ok(StreamPosition { offset, epoch });
+                }
             }
-            match self.queue(publication, Some(once)).await? {
+            match self.queue(publication, conditions).await? {
                 Answer::Known(position) => Ok(position),
                 Answer::Committed(committed) => {
                     let p = delivered(committed).await;

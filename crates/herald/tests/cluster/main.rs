@@ -306,6 +306,27 @@ async fn idempotency_holds_across_nodes(cfg: Value, channels: &[&str]) {
     }
 }
 
+/// Versions hold across nodes: a publication through one node whose version
+/// is not above the last one published through another is dropped.
+async fn versions_hold_across_nodes(cfg: Value, channel: &str) {
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let mut ws = nodes[1].client("watcher").await;
+    subscribe(&mut ws, channel).await;
+    let publish =
+        |n: u64, version: u64| json!({"channel": channel, "data": {"n": n}, "version": version});
+    let first = nodes[0].api("publish", publish(1, 5)).await;
+    let stale = nodes[1].api("publish", publish(2, 4)).await;
+    assert_eq!(first["offset"], stale["offset"], "{first} {stale}");
+    let newer = nodes[1].api("publish", publish(3, 6)).await;
+    assert_eq!(
+        newer["offset"],
+        first["offset"].as_u64().unwrap() + 1,
+        "{newer}"
+    );
+    assert_eq!(next_pub(&mut ws, channel).await["data"]["n"], 1);
+    assert_eq!(next_pub(&mut ws, channel).await["data"]["n"], 3);
+}
+
 #[test]
 fn example_cluster_configs_load() {
     for file in ["cluster-redis.toml", "cluster-nats.toml"] {

@@ -135,3 +135,19 @@ async fn nats_idempotency_keys_hold_across_nodes() {
         .await
         .expect("the test's bucket was made");
 }
+
+/// Durable streams in PostgreSQL keep versions for every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_versions_hold_across_nodes() {
+    let (Some(nats), Some(pg)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_POSTGRES_URL"),
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": nats, "prefix": unique("t") } } });
+    merge(&mut cfg, durable_namespace(&db));
+    versions_hold_across_nodes(cfg, "log:ver").await;
+}

@@ -405,3 +405,11 @@ async fn redis_idempotency_keys_hold_across_nodes() {
     let cfg = redis_engine(&url, &unique("t"));
     idempotency_holds_across_nodes(cfg, &["hist:once", "chat:once"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_versions_hold_across_nodes() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    versions_hold_across_nodes(redis_engine(&url, &unique("t")), "hist:ver").await;
+}

@@ -411,3 +411,43 @@ async fn errors_as_http_statuses_in_the_transport_error_mode() {
     assert_eq!(status, 404, "{body}");
     s.stop().await;
 }
+
+/// A publication whose version is not above the channel stream's last is
+/// not published; the stream's position comes back. `delta` is accepted
+/// (no namespace offers deltas, so subscribers get whole publications).
+#[tokio::test]
+async fn stale_versions_are_not_published() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    ws.cmd(json!({"subscribe": {"channel": "hist:ver"}})).await;
+    let publish = |n: u64, version: u64, epoch: &str| json!({"channel": "hist:ver", "data": {"n": n}, "version": version, "version_epoch": epoch, "delta": true});
+    let offsets = [
+        (publish(1, 2, ""), 1),
+        (publish(2, 2, ""), 1),
+        (publish(3, 1, ""), 1),
+        (publish(4, 3, ""), 2),
+        (publish(5, 1, "b"), 3),
+    ];
+    for (body, offset) in offsets {
+        let r = s.api("publish", body.clone()).await;
+        assert_eq!(r["result"]["offset"], offset, "{body}: {r}");
+    }
+    let r = s
+        .api(
+            "broadcast",
+            json!({"channels": ["hist:ver"], "data": {"n": 6}, "version": 1, "version_epoch": "b"}),
+        )
+        .await;
+    assert_eq!(r["result"]["responses"][0]["result"]["offset"], 3, "{r}");
+    for n in [1, 4, 5] {
+        assert_eq!(ws.push().await["pub"]["data"]["n"], n);
+    }
+    s.api("publish", json!({"channel": "hist:ver", "data": {"n": 7}}))
+        .await;
+    assert_eq!(
+        ws.push().await["pub"]["data"]["n"],
+        7,
+        "nothing stale was delivered"
+    );
+    s.stop().await;
+}

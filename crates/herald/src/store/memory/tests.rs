@@ -4,6 +4,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::*;
+use crate::store::{Once, Version};
 
 fn store() -> (MemoryStore, Arc<Mutex<Vec<u64>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -213,39 +214,42 @@ async fn reads_create_nothing_and_epochs_stay_valid() {
 #[tokio::test]
 async fn keyed_appends_append_once_within_their_window() {
     let (s, seen) = store();
-    let once = |key: &str, ms: u64| Once {
-        key: key.into(),
-        window: Duration::from_millis(ms),
+    let once = |key: &str, ms: u64| Conditions {
+        once: Some(Once {
+            key: key.into(),
+            window: Duration::from_millis(ms),
+        }),
+        version: None,
     };
     let first = s
-        .append_once(publication("c", 1), opts(10), once("k", 60_000))
+        .append_if(publication("c", 1), opts(10), once("k", 60_000))
         .await
         .unwrap();
     let again = s
-        .append_once(publication("c", 2), opts(10), once("k", 60_000))
+        .append_if(publication("c", 2), opts(10), once("k", 60_000))
         .await
         .unwrap();
     assert_eq!(first, again);
     assert_eq!(first.offset, 1);
     // Another key, another channel: appended.
     let other = s
-        .append_once(publication("c", 3), opts(10), once("j", 60_000))
+        .append_if(publication("c", 3), opts(10), once("j", 60_000))
         .await
         .unwrap();
     assert_eq!(other.offset, 2);
     let elsewhere = s
-        .append_once(publication("d", 1), opts(10), once("k", 60_000))
+        .append_if(publication("d", 1), opts(10), once("k", 60_000))
         .await
         .unwrap();
     assert_eq!(elsewhere.offset, 1);
     // A key whose window ended appends again.
-    s.append_once(publication("c", 4), opts(10), once("short", 10))
+    s.append_if(publication("c", 4), opts(10), once("short", 10))
         .await
         .unwrap();
     // Time must pass: the window has to end.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let renewed = s
-        .append_once(publication("c", 5), opts(10), once("short", 10))
+        .append_if(publication("c", 5), opts(10), once("short", 10))
         .await
         .unwrap();
     assert_eq!(renewed.offset, 4);
@@ -256,4 +260,64 @@ async fn keyed_appends_append_once_within_their_window() {
         data,
         ["1", "3", "4", "5"].map(|d| Bytes::from_static(d.as_bytes()))
     );
+}
+
+#[tokio::test]
+async fn stale_versions_are_not_appended() {
+    let (s, seen) = store();
+    let v = |version: u64, epoch: &str| Conditions {
+        once: None,
+        version: Some(Version {
+            version,
+            epoch: epoch.into(),
+        }),
+    };
+    let at = |p: StreamPosition| p.offset;
+    assert_eq!(
+        at(s.append_if(publication("c", 1), opts(10), v(2, ""))
+            .await
+            .unwrap()),
+        1
+    );
+    // As old or older: not appended, the stream's top comes back.
+    assert_eq!(
+        at(s.append_if(publication("c", 2), opts(10), v(2, ""))
+            .await
+            .unwrap()),
+        1
+    );
+    assert_eq!(
+        at(s.append_if(publication("c", 3), opts(10), v(1, ""))
+            .await
+            .unwrap()),
+        1
+    );
+    assert_eq!(
+        at(s.append_if(publication("c", 4), opts(10), v(3, ""))
+            .await
+            .unwrap()),
+        2
+    );
+    // Another version epoch starts over; the same epoch compares again.
+    assert_eq!(
+        at(s.append_if(publication("c", 5), opts(10), v(1, "b"))
+            .await
+            .unwrap()),
+        3
+    );
+    assert_eq!(
+        at(s.append_if(publication("c", 6), opts(10), v(1, "b"))
+            .await
+            .unwrap()),
+        3
+    );
+    // Unversioned appends are not compared.
+    assert_eq!(
+        s.append(publication("c", 7), opts(10))
+            .await
+            .unwrap()
+            .offset,
+        4
+    );
+    assert_eq!(*seen.lock(), vec![1, 2, 3, 4]);
 }

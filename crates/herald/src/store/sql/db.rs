@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions, Connection, Encode, Executor, FromRow, IntoArguments,
 
 use super::rows::StoredRow;
 use super::Range;
-use crate::store::StoreError;
+use crate::store::{StoreError, Version};
 
 /// Each publication of a batch's offset and epoch, in the batch's order.
 pub(super) type Assigned = Vec<(u64, Arc<str>)>;
@@ -28,6 +28,14 @@ pub(super) struct BatchKey<'a> {
     pub(super) index: usize,
     pub(super) key: &'a str,
     pub(super) cutoff_ms: i64,
+}
+
+/// What a versioned commit did.
+pub(super) enum Versioned {
+    Appended(Assigned),
+    /// The version was stale: nothing was appended. The stream's top offset
+    /// and epoch.
+    Stale(i64, String),
 }
 
 /// Whether a commit failed because a key it was to keep is kept already
@@ -97,6 +105,17 @@ pub(super) trait BatchWriter: Send {
         keys: &'a [BatchKey<'a>],
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
+
+    /// Commits `pubs` (one publication) with `keys` as [`BatchWriter::commit`]
+    /// does, unless `version` is stale for its stream: the stream is locked
+    /// while its version is compared and replaced.
+    fn commit_versioned<'a>(
+        &'a mut self,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        version: &'a Version,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>>;
 }
 
 type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
@@ -114,6 +133,16 @@ pub(super) trait Dialect: Send + Sync + 'static {
         now_ms: i64,
         epoch: &'a str,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>>;
+
+    /// See [`BatchWriter::commit_versioned`].
+    fn commit_versioned<'a>(
+        conn: &'a mut Conn<Self>,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        version: &'a Version,
+        now_ms: i64,
+        epoch: &'a str,
+    ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>>;
 
     /// Rows a statement changed (sqlx has no common trait for it).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
@@ -197,6 +226,16 @@ impl<D: Dialect> BatchWriter for Writer<D> {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
         D::commit(&mut self.conn, pubs, keys, now_ms, &self.epoch)
+    }
+
+    fn commit_versioned<'a>(
+        &'a mut self,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        version: &'a Version,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>> {
+        D::commit_versioned(&mut self.conn, pubs, keys, version, now_ms, &self.epoch)
     }
 }
 

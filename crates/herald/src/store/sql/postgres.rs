@@ -14,11 +14,11 @@ use herald_protocol::Publication;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{Connection, PgConnection, Postgres};
 
-use super::db::{Assigned, BatchKey, Dialect, Sql};
+use super::db::{Assigned, BatchKey, Dialect, Sql, Versioned};
 use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
 use crate::config::PostgresStorage;
-use crate::store::StoreError;
+use crate::store::{StoreError, Version};
 
 /// How long an operation waits for a free connection of the pool
 /// (`storage.postgres.pool_size`) before it fails.
@@ -71,6 +71,55 @@ impl Dialect for PostgresDialect {
             keep_keys(&mut tx, pubs, keys, now_ms).await?;
             tx.commit().await?;
             Ok(assigned)
+        })
+    }
+
+    fn commit_versioned<'a>(
+        conn: &'a mut PgConnection,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        version: &'a Version,
+        now_ms: i64,
+        epoch: &'a str,
+    ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>> {
+        Box::pin(async move {
+            let channel = pubs.first().map_or("", |p| &*p.channel);
+            let mut tx = conn.begin().await?;
+            // The stream's row is made if needed and locked (until COMMIT)
+            // before its version is read, so that two nodes cannot both
+            // find their version newer.
+            sqlx::query(
+                "INSERT INTO streams (channel, epoch, top, created_at) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (channel) DO NOTHING",
+            )
+            .bind(channel)
+            .bind(epoch)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            let (last, last_epoch, top, stream_epoch): (i64, String, i64, String) = sqlx::query_as(
+                "SELECT version, version_epoch, top, epoch FROM streams \
+                     WHERE channel = $1 FOR UPDATE",
+            )
+            .bind(channel)
+            .fetch_one(&mut *tx)
+            .await?;
+            if version.is_stale(u64::try_from(last).unwrap_or(0), &last_epoch) {
+                tx.commit().await?;
+                return Ok(Versioned::Stale(top, stream_epoch));
+            }
+            let assigned = commit(&mut tx, pubs, now_ms, epoch).await?;
+            if !keys.is_empty() {
+                keep_keys(&mut tx, pubs, keys, now_ms).await?;
+            }
+            sqlx::query("UPDATE streams SET version = $1, version_epoch = $2 WHERE channel = $3")
+                .bind(i64::try_from(version.version).unwrap_or(i64::MAX))
+                .bind(version.epoch.as_str())
+                .bind(channel)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Versioned::Appended(assigned))
         })
     }
 

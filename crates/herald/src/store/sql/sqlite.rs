@@ -19,11 +19,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::db::{Assigned, BatchKey, Dialect, Sql};
+use super::db::{Assigned, BatchKey, Dialect, Sql, Versioned};
 use super::rows::NewRow;
 use super::writer::{assign, back_offsets, counts};
 use crate::config::Synchronous;
-use crate::store::StoreError;
+use crate::store::{StoreError, Version};
 
 /// Most rows in one INSERT statement, so that a large
 /// `storage.batch_max_size` stays under SQLite's bind-parameter limit
@@ -85,6 +85,17 @@ impl Dialect for SqliteDialect {
         Box::pin(commit(conn, pubs, keys, now_ms, epoch))
     }
 
+    fn commit_versioned<'a>(
+        conn: &'a mut SqliteConnection,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        version: &'a Version,
+        now_ms: i64,
+        epoch: &'a str,
+    ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>> {
+        Box::pin(commit_versioned(conn, pubs, keys, version, now_ms, epoch))
+    }
+
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
@@ -110,31 +121,10 @@ async fn commit(
     now_ms: i64,
     epoch: &str,
 ) -> Result<Assigned, sqlx::Error> {
-    let counts = counts(pubs);
-    let back = back_offsets(pubs, &counts);
-    let counts: Vec<(&str, i64)> = counts.into_iter().collect();
-    let keys: Vec<KeyRow<'_>> = keys
-        .iter()
-        .map(|k| KeyRow {
-            channel: &pubs[k.index].channel,
-            key: k.key,
-            back: back[k.index],
-            cutoff_ms: k.cutoff_ms,
-        })
-        .collect();
-    let rows: Vec<_> = pubs.iter().map(NewRow::new).zip(back).collect();
     // BEGIN IMMEDIATE takes the write lock at once, so a concurrent writer
     // (retention) makes this wait (busy timeout) rather than fail midway.
     let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
-    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        push_reserve(&mut q, chunk, now_ms, epoch);
-    }
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        push_insert(&mut q, chunk, now_ms);
-    }
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        push_keys(&mut q, chunk, now_ms);
-    }
+    push_batch(&mut q, pubs, keys, now_ms, epoch);
     q.push("COMMIT");
     let result = q
         .build_query_as::<(String, String, i64)>()
@@ -148,6 +138,89 @@ async fn commit(
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             Err(e)
         }
+    }
+}
+
+/// [`commit`] for one publication with a version: the write lock is taken
+/// first, so the stream's version cannot change between the look and the
+/// append.
+async fn commit_versioned(
+    conn: &mut SqliteConnection,
+    pubs: &[Publication],
+    keys: &[BatchKey<'_>],
+    version: &Version,
+    now_ms: i64,
+    epoch: &str,
+) -> Result<Versioned, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let result = async {
+        let channel = pubs.first().map_or("", |p| &*p.channel);
+        let last: Option<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT version, version_epoch, top, epoch FROM streams WHERE channel = $1",
+        )
+        .bind(channel)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((last, last_epoch, top, stream_epoch)) = last {
+            if version.is_stale(u64::try_from(last).unwrap_or(0), &last_epoch) {
+                return Ok(Versioned::Stale(top, stream_epoch));
+            }
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_batch(&mut q, pubs, keys, now_ms, epoch);
+        q.push("UPDATE streams SET version = ");
+        q.push_bind(i64::try_from(version.version).unwrap_or(i64::MAX));
+        q.push(", version_epoch = ");
+        q.push_bind(version.epoch.as_str());
+        q.push(" WHERE channel = ");
+        q.push_bind(channel);
+        q.push("; ");
+        let tops = q
+            .build_query_as::<(String, String, i64)>()
+            .fetch_all(&mut *conn)
+            .await?;
+        assign(pubs, tops).map(Versioned::Appended)
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = sqlx::query(end).execute(&mut *conn).await;
+    let versioned = result?;
+    ended?;
+    Ok(versioned)
+}
+
+/// Adds the statements that reserve offsets for the batch, insert it and
+/// keep its keys. Each row's offset is computed in SQL from its stream's
+/// new top (see [`back_offsets`]), so no statement needs the result of
+/// another.
+fn push_batch(
+    q: &mut QueryBuilder<Sqlite>,
+    pubs: &[Publication],
+    keys: &[BatchKey<'_>],
+    now_ms: i64,
+    epoch: &str,
+) {
+    let counts = counts(pubs);
+    let back = back_offsets(pubs, &counts);
+    let counts: Vec<(&str, i64)> = counts.into_iter().collect();
+    let keys: Vec<KeyRow<'_>> = keys
+        .iter()
+        .map(|k| KeyRow {
+            channel: &pubs[k.index].channel,
+            key: k.key,
+            back: back[k.index],
+            cutoff_ms: k.cutoff_ms,
+        })
+        .collect();
+    let rows: Vec<_> = pubs.iter().map(NewRow::new).zip(back).collect();
+    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
+        push_reserve(q, chunk, now_ms, epoch);
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        push_insert(q, chunk, now_ms);
+    }
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        push_keys(q, chunk, now_ms);
     }
 }
 

@@ -11,16 +11,18 @@ use herald_protocol::Publication;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::db::{is_key_conflict, Assigned, BatchKey, BatchWriter, Db};
+use super::db::{is_key_conflict, Assigned, BatchKey, BatchWriter, Db, Versioned};
 use super::now_ms;
 use crate::broker::BrokerError;
-use crate::store::{Deliver, Once, StoreError, StreamPosition};
+use crate::store::{Deliver, Once, StoreError, StreamPosition, Version};
 
 /// A publication waiting for the writer, and where to send the outcome.
 pub(super) struct Pending {
     pub(super) publication: Publication,
     /// The idempotency key to keep with it.
     pub(super) once: Option<Once>,
+    /// Its version: appended only when newer than its stream's.
+    pub(super) version: Option<Version>,
     pub(super) reply: Reply,
 }
 
@@ -29,7 +31,8 @@ pub(super) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 pub(super) enum Answer {
     Committed(Committed),
-    /// Its idempotency key was kept already, with the publication here.
+    /// Not appended: its idempotency key was kept already (with the
+    /// publication here), or its version was stale (where the stream is).
     Known(StreamPosition),
 }
 
@@ -53,21 +56,42 @@ struct Part {
     publications: Vec<Publication>,
     onces: Vec<Option<Once>>,
     replies: Vec<Reply>,
+    /// The version of a part's one publication: such a part is alone, as
+    /// its stream is locked while its version is compared.
+    version: Option<Version>,
 }
 
 impl Part {
-    fn of(batch: &mut Vec<Pending>) -> Self {
-        let mut part = Part::default();
+    /// The batch as parts, in its order: runs of publications without a
+    /// version, and each one with a version alone.
+    fn split(batch: &mut Vec<Pending>) -> Vec<Part> {
+        let mut parts = Vec::new();
+        let mut run = Part::default();
         for p in batch.drain(..) {
-            part.publications.push(p.publication);
-            part.onces.push(p.once);
-            part.replies.push(p.reply);
+            if p.version.is_some() && !run.is_empty() {
+                parts.push(std::mem::take(&mut run));
+            }
+            let alone = p.version.is_some();
+            run.publications.push(p.publication);
+            run.onces.push(p.once);
+            run.replies.push(p.reply);
+            run.version = p.version;
+            if alone {
+                parts.push(std::mem::take(&mut run));
+            }
         }
-        part
+        if !run.is_empty() {
+            parts.push(run);
+        }
+        parts
     }
 
     fn len(&self) -> usize {
         self.publications.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.publications.is_empty()
     }
 
     /// The second half; this part keeps the first.
@@ -77,6 +101,7 @@ impl Part {
             publications: self.publications.split_off(half),
             onces: self.onces.split_off(half),
             replies: self.replies.split_off(half),
+            version: None,
         }
     }
 
@@ -133,7 +158,7 @@ impl Writer {
             if batch.is_empty() {
                 return; // Closed and drained, or every sender is gone.
             }
-            self.commit(&mut conn, Part::of(&mut batch)).await;
+            self.commit(&mut conn, Part::split(&mut batch)).await;
             // No yield here: publishers answered now come back later than
             // one commit takes, so they join the batch after next whatever
             // the writer does, and yielding only delays the commit of those
@@ -151,14 +176,25 @@ impl Writer {
     /// split in halves, each committed in turn (so a channel's offsets keep
     /// the batch's order), until the publications that fail are alone: one
     /// bad publication never fails the others.
-    async fn commit(&self, conn: &mut Option<Box<dyn BatchWriter>>, batch: Part) {
+    async fn commit(&self, conn: &mut Option<Box<dyn BatchWriter>>, mut batch: Vec<Part>) {
         // Parts still to commit, the next one last.
-        let mut parts = vec![batch];
+        batch.reverse();
+        let mut parts = batch;
         while let Some(mut part) = parts.pop() {
             match self.commit_once(conn, &part).await {
-                Ok(assigned) => self.answer(part, assigned),
+                Ok(Versioned::Appended(assigned)) => self.answer(part, assigned),
+                Ok(Versioned::Stale(top, epoch)) => {
+                    let offset = u64::try_from(top).unwrap_or_default();
+                    for reply in part.replies {
+                        let position = StreamPosition {
+                            offset,
+                            epoch: epoch.clone(),
+                        };
+                        let _ = reply.send(Ok(Answer::Known(position)));
+                    }
+                }
                 Err(e) if is_key_conflict(&e) && self.answer_known(&mut part).await => {
-                    if part.len() > 0 {
+                    if !part.is_empty() {
                         parts.push(part);
                     }
                 }
@@ -184,15 +220,23 @@ impl Writer {
         &self,
         conn: &mut Option<Box<dyn BatchWriter>>,
         part: &Part,
-    ) -> Result<Assigned, sqlx::Error> {
+    ) -> Result<Versioned, sqlx::Error> {
         let now = now_ms();
         let keys = part.keys(now);
-        let result = match conn {
-            Some(c) => c.commit(&part.publications, &keys, now).await,
+        let writer = match conn {
+            Some(c) => c,
             None => match self.db.connect_writer().await {
-                Ok(c) => conn.insert(c).commit(&part.publications, &keys, now).await,
-                Err(e) => Err(e),
+                Ok(c) => conn.insert(c),
+                Err(e) => return Err(e),
             },
+        };
+        let pubs = &part.publications;
+        let result = match &part.version {
+            Some(version) => writer.commit_versioned(pubs, &keys, version, now).await,
+            None => writer
+                .commit(pubs, &keys, now)
+                .await
+                .map(Versioned::Appended),
         };
         if result.is_err() {
             *conn = None;
