@@ -451,3 +451,54 @@ async fn stale_versions_are_not_published() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn publish_tags_and_b64data_reach_subscribers() {
+    use base64::Engine as _;
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    ws.cmd(json!({"subscribe": {"channel": "news"}})).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(r#"{"from":"b64"}"#);
+    s.api(
+        "publish",
+        json!({"channel": "news", "b64data": b64, "tags": {"kind": "note"}}),
+    )
+    .await;
+    let p = ws.push().await;
+    assert_eq!(p["pub"]["data"], json!({"from": "b64"}), "{p}");
+    assert_eq!(p["pub"]["tags"], json!({"kind": "note"}), "{p}");
+    s.stop().await;
+}
+
+/// Refresh with `expire_at` and `info`: the connection's expiry moves (the
+/// client is told its new TTL) and its info goes with what it publishes.
+#[tokio::test]
+async fn refresh_moves_expiry_and_replaces_info() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    ws.cmd(json!({"subscribe": {"channel": "chat:r"}})).await;
+    let expire_at = now() + 600;
+    let r = s
+        .api(
+            "refresh",
+            json!({"user": "u", "expire_at": expire_at, "info": {"name": "new"}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let p = ws.push().await;
+    let ttl = p["refresh"]["ttl"].as_u64().expect("a ttl");
+    assert!((598..=600).contains(&ttl), "{p}");
+    assert_eq!(p["refresh"]["expires"], true, "{p}");
+    let r = ws
+        .cmd(json!({"publish": {"channel": "chat:r", "data": 1}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    let p = ws.push().await;
+    assert_eq!(p["pub"]["info"]["conn_info"], json!({"name": "new"}), "{p}");
+    // Past expiry without `expired` is refused.
+    let r = s
+        .api("refresh", json!({"user": "u", "expire_at": now() - 10}))
+        .await;
+    assert_eq!(r["error"]["code"], 107, "{r}");
+    s.stop().await;
+}
