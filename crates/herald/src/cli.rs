@@ -1,5 +1,6 @@
 //! The `herald` command line: `serve` (the default), `genconfig`, `gentoken`,
-//! `checktoken`, `checkconfig` and `version`.
+//! `checktoken`, `gensubtoken`, `checksubtoken`, `checkconfig` and
+//! `version`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -10,8 +11,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::auth::{now_unix, sign_hs256, TokenError, Verifier};
+use crate::auth::{now_unix, sign_hs256, TokenError};
 use crate::config::{self, Config, Overrides};
+use crate::node::Tokens;
 use crate::server::Server;
 
 #[derive(Parser, Debug)]
@@ -52,6 +54,19 @@ enum Command {
     },
     /// Verify a connection token against the configuration.
     Checktoken { token: String },
+    /// Print a subscription token for a user and channel, signed with the
+    /// HMAC secret subscription tokens are verified with.
+    Gensubtoken {
+        #[arg(short = 'u', long = "user", default_value = "")]
+        user: String,
+        #[arg(short = 's', long = "channel")]
+        channel: String,
+        /// Lifetime in seconds; 0 or less for a token that never expires.
+        #[arg(short = 't', long = "ttl", default_value_t = 7 * 24 * 3600)]
+        ttl: i64,
+    },
+    /// Verify a subscription token against the configuration.
+    Checksubtoken { token: String },
     /// Load and validate the configuration, printing warnings.
     Checkconfig,
     /// Print the version.
@@ -94,31 +109,64 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Genconfig { output, force }) => genconfig(&output, force),
         Some(Command::Gentoken { user, ttl }) => {
             let config = load(cfg_path)?;
-            let secret = &config.client.token.hmac_secret_key;
+            let token = &config.client.token;
+            let secret = &token.hmac_secret_key;
             if secret.is_empty() {
                 bail!("client.token.hmac_secret_key is not set; run `herald genconfig` or set HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY");
             }
-            let mut claims = json!({ "sub": user, "iat": now_unix() });
-            if ttl > 0 {
-                claims["exp"] = json!(now_unix() + ttl);
-            }
+            let claims = claims(&token.user_id_claim, &user, ttl, None);
             println!("{}", sign_hs256(&claims, secret.expose())?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Checktoken { token }) => {
             let config = load(cfg_path)?;
-            let verifier = Verifier::from_config(&config.client.token, "client.token")?;
-            match verifier.verify_connection(&token, now_unix()) {
+            let tokens = Tokens::from_config(&config.client)?;
+            match tokens.connection.verify_connection(&token, now_unix()) {
                 Ok(c) => {
-                    let exp = c
-                        .expires_at
-                        .map(|t| format!("expires in {}s", t - now_unix()))
-                        .unwrap_or("never expires".into());
-                    println!("valid token for user {:?}, {exp}", c.user);
+                    println!(
+                        "valid token for user {:?}, {}",
+                        c.user,
+                        expiry(c.expires_at)
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(TokenError::Expired) => bail!("token expired"),
-                Err(TokenError::Invalid(why)) => bail!("invalid token: {why}"),
+                Err(e) => refused(e),
+            }
+        }
+        Some(Command::Gensubtoken { user, channel, ttl }) => {
+            let config = load(cfg_path)?;
+            let (token, section) = if config.client.subscription_token.enabled {
+                (
+                    &config.client.subscription_token.token,
+                    "client.subscription_token",
+                )
+            } else {
+                (&config.client.token, "client.token")
+            };
+            if token.hmac_secret_key.is_empty() {
+                bail!("{section}.hmac_secret_key is not set: gensubtoken signs with HMAC (tokens for RSA, ECDSA or JWKS keys come from your own tooling)");
+            }
+            if channel.is_empty() {
+                bail!("a channel is required (-s)");
+            }
+            let claims = claims(&token.user_id_claim, &user, ttl, Some(&channel));
+            println!("{}", sign_hs256(&claims, token.hmac_secret_key.expose())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Checksubtoken { token }) => {
+            let config = load(cfg_path)?;
+            let tokens = Tokens::from_config(&config.client)?;
+            match tokens.subscription.verify_subscription(&token, now_unix()) {
+                Ok(c) => {
+                    println!(
+                        "valid subscription token for user {:?} and channel {:?}, {}",
+                        c.user,
+                        c.channel,
+                        expiry(c.expires_at)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => refused(e),
             }
         }
         Some(Command::Checkconfig) => {
@@ -130,6 +178,36 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The claims of a token `gentoken` or `gensubtoken` prints: the user in
+/// `sub` (and in the configured user id claim), issued now, expiring after
+/// `ttl` seconds when positive, for `channel` when a subscription token.
+fn claims(user_claim: &str, user: &str, ttl: i64, channel: Option<&str>) -> serde_json::Value {
+    let mut claims = json!({ "sub": user, "iat": now_unix() });
+    if !user_claim.is_empty() {
+        claims[user_claim] = json!(user);
+    }
+    if ttl > 0 {
+        claims["exp"] = json!(now_unix() + ttl);
+    }
+    if let Some(channel) = channel {
+        claims["channel"] = json!(channel);
+    }
+    claims
+}
+
+fn expiry(expires_at: Option<i64>) -> String {
+    expires_at
+        .map(|t| format!("expires in {}s", t - now_unix()))
+        .unwrap_or("never expires".into())
+}
+
+fn refused(e: TokenError) -> anyhow::Result<ExitCode> {
+    match e {
+        TokenError::Expired => bail!("token expired"),
+        TokenError::Invalid(why) => bail!("invalid token: {why}"),
     }
 }
 

@@ -66,7 +66,9 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    fn from_config(c: &ClientConfig) -> Result<Self, ConfigError> {
+    /// The verifiers `client.token` and `client.subscription_token` (when
+    /// enabled; else the connection one) make.
+    pub fn from_config(c: &ClientConfig) -> Result<Self, ConfigError> {
         let connection = Verifier::from_config(&c.token, "client.token")?;
         let subscription = if c.subscription_token.enabled {
             Verifier::from_config(&c.subscription_token.token, "client.subscription_token")?

@@ -167,6 +167,81 @@ fn gentoken_and_checktoken() {
 }
 
 /// Unpadded URL-safe base64, as in JWTs.
+/// Subscription tokens as Centrifugo's CLI makes them: the user, the
+/// channel and the lifetime, signed with the subscription token secret
+/// when `client.subscription_token` is enabled.
+#[test]
+fn gensubtoken_and_checksubtoken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    assert!(run(herald().arg("genconfig").arg("-o").arg(&file))
+        .status
+        .success());
+    let gen = |args: &[&str]| run(herald().arg("gensubtoken").arg("-c").arg(&file).args(args));
+    let check = |token: &str| {
+        run(herald()
+            .arg("checksubtoken")
+            .arg("-c")
+            .arg(&file)
+            .arg(token))
+    };
+    let o = gen(&["-u", "alice", "-s", "news", "-t", "60"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    let secret = read_json(&file)["client"]["token"]["hmac_secret_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("signed with the client token secret")
+    .claims;
+    assert_eq!(
+        (&claims["sub"], &claims["channel"]),
+        (&json!("alice"), &json!("news"))
+    );
+    let ttl = claims["exp"].as_i64().unwrap() - herald::auth::now_unix();
+    assert!((50..=60).contains(&ttl), "{claims}");
+    let o = check(&token);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\"alice\"") && stdout(&o).contains("\"news\""),
+        "{}",
+        stdout(&o)
+    );
+
+    // A connection token is no subscription token; a channel is required.
+    let o = run(herald()
+        .args(["gentoken", "-c"])
+        .arg(&file)
+        .args(["-u", "alice"]));
+    let connection = stdout(&o).trim().to_string();
+    let o = check(&connection);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no channel claim"), "{}", stderr(&o));
+    let o = gen(&["-u", "alice"]);
+    assert!(!o.status.success());
+
+    // With subscription tokens of their own, their secret signs and
+    // verifies: tokens made before no longer pass.
+    let mut cfg = read_json(&file);
+    cfg["client"]["subscription_token"] =
+        json!({"enabled": true, "hmac_secret_key": "another-secret-for-subscriptions"});
+    write(&file, &cfg);
+    let o = check(&token);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let o = gen(&["-u", "bob", "-s", "room", "-t", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = check(stdout(&o).trim());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("never expires"), "{}", stdout(&o));
+}
+
 fn base64_url(text: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes = text.as_bytes();
