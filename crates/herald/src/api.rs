@@ -3,6 +3,7 @@
 //! `{"result":…}` or `{"error":{"code","message"}}` as Centrifugo v6 does.
 
 mod methods;
+pub mod types;
 
 use std::sync::Arc;
 
@@ -17,10 +18,7 @@ use crate::config::ErrorMode;
 use crate::metrics::Counters;
 use crate::node::Node;
 
-pub use methods::call;
-
-/// The outcome of one API method.
-pub type ApiResult = Result<Value, ApiError>;
+pub use methods::{execute, read};
 
 /// An error in a method's reply (HTTP 200 with an `error` object), or a
 /// request that cannot be served at all (an HTTP status).
@@ -109,7 +107,11 @@ pub async fn handle(
     } else {
         &body
     };
-    match call(&node, &method, body).await {
+    let outcome = match read(&method, body) {
+        Ok(request) => execute(&node, request).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
         // A batch reply is the list of replies itself, not wrapped in `result`.
         Ok(result) if method == "batch" => axum::Json(result).into_response(),
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),

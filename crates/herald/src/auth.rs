@@ -123,7 +123,7 @@ struct RawSub {
 }
 
 /// `{"presence": {"value": true}, …}`, as Centrifugo writes overrides.
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(default)]
 pub struct RawOverrides {
     presence: Option<BoolValue>,
@@ -133,7 +133,7 @@ pub struct RawOverrides {
     force_positioning: Option<BoolValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct BoolValue {
     value: bool,
 }

@@ -1,7 +1,8 @@
-//! The server API methods. Each request is parsed straight from the body so
-//! that payloads stay raw JSON; unknown fields are ignored.
+//! The server API's methods, one implementation each, whatever carried the
+//! call: [`read`] makes a [`Request`] of an HTTP method name and JSON body,
+//! the gRPC API makes one of its messages, and [`execute`] runs it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::http::StatusCode;
 use base64::Engine as _;
@@ -9,17 +10,16 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use herald_protocol::{Disconnect, ProtocolError};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
 
-use super::{ApiError, ApiResult};
-use crate::auth::{now_unix, Overrides, RawOverrides};
+use super::types::*;
+use super::ApiError;
+use crate::auth::{now_unix, Overrides};
 use crate::node::{Node, PublishOptions};
 use crate::store::{HistoryQuery, StreamPosition, Version};
 use crate::wire::control::{self, Action};
 
-/// A method's request; a field of the wrong type is named in the error
+/// A method's parameters; a field of the wrong type is named in the error
 /// (`malformed request: channel: invalid type: …`).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(body);
@@ -34,74 +34,92 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Runs one method; `body` is its JSON parameters.
-pub fn call<'a>(node: &'a Node, method: &'a str, body: &'a [u8]) -> BoxFuture<'a, ApiResult> {
-    Box::pin(async move {
-        match method {
-            "publish" => publish(node, parse(body)?).await,
-            "broadcast" => broadcast(node, parse(body)?).await,
-            "subscribe" => subscribe(node, parse(body)?).await,
-            "unsubscribe" => unsubscribe(node, parse(body)?).await,
-            "disconnect" => disconnect(node, parse(body)?).await,
-            "refresh" => refresh(node, parse(body)?).await,
-            "channels" => channels(node, parse(body)?),
-            "info" => Ok(info(node)),
-            "batch" => batch(node, parse(body)?).await,
-            "presence" => presence(node, parse(body)?, false).await,
-            "presence_stats" => presence(node, parse(body)?, true).await,
-            "history" => history(node, parse(body)?).await,
-            "history_remove" => {
-                let req: ChannelOnly = parse(body)?;
-                node.remove_history(&req.channel).await?;
-                Ok(json!({}))
+/// The request of the HTTP API's `method` with JSON parameters `body`.
+pub fn read(method: &str, body: &[u8]) -> Result<Request, ApiError> {
+    Ok(match method {
+        "publish" => Request::Publish(parse(body)?),
+        "broadcast" => Request::Broadcast(parse(body)?),
+        "subscribe" => Request::Subscribe(parse(body)?),
+        "unsubscribe" => Request::Unsubscribe(parse(body)?),
+        "disconnect" => Request::Disconnect(parse(body)?),
+        "refresh" => Request::Refresh(parse(body)?),
+        "presence" => Request::Presence(parse(body)?),
+        "presence_stats" => Request::PresenceStats(parse(body)?),
+        "history" => Request::History(parse(body)?),
+        "history_remove" => Request::HistoryRemove(parse(body)?),
+        "channels" => Request::Channels(parse(body)?),
+        "info" => Request::Info(parse(body)?),
+        "batch" => {
+            let batch: BatchRequest = parse(body)?;
+            let commands = batch.commands.iter().map(read_command).collect();
+            Request::Batch {
+                commands,
+                parallel: batch.parallel,
             }
-            _ => Err(ApiError::Status(
+        }
+        _ => {
+            return Err(ApiError::Status(
                 StatusCode::NOT_FOUND,
                 format!("unknown API method {method:?}"),
-            )),
+            ))
         }
     })
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ChannelOnly {
-    channel: String,
-}
-
-/// A publish, or a broadcast (`channels` instead of `channel`).
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct PublishRequest {
-    channel: String,
-    channels: Vec<String>,
-    data: Option<Box<RawValue>>,
-    b64data: String,
-    tags: BTreeMap<String, String>,
-    skip_history: bool,
-    idempotency_key: String,
-    /// Publish only when above the stream's last version (0: no version).
-    version: u64,
-    /// The version's epoch: a new one starts versions over.
-    version_epoch: String,
-    /// Subscribers that negotiated deltas may get this publication as one;
-    /// no namespace here offers deltas, so all get it whole.
-    delta: bool,
-}
-
-impl PublishRequest {
-    fn options(&self) -> PublishOptions {
-        PublishOptions {
-            info: None,
-            tags: self.tags.clone(),
-            skip_history: self.skip_history,
-            idempotency_key: Some(self.idempotency_key.clone()),
-            version: (self.version > 0).then(|| Version {
-                version: self.version,
-                epoch: self.version_epoch.clone(),
-            }),
-        }
+/// One command of a batch: `{"method": params}`.
+fn read_command(command: &HashMap<String, Box<RawValue>>) -> Result<Request, ApiError> {
+    let Some((method, params)) = command.iter().next().filter(|_| command.len() == 1) else {
+        return Err(ApiError::bad_request(
+            "each command needs exactly one method",
+        ));
+    };
+    if method == "batch" {
+        return Err(ApiError::bad_request("batch cannot be nested"));
     }
+    read(method, params.get().as_bytes())
+}
+
+/// Runs one method.
+pub fn execute(node: &Node, request: Request) -> BoxFuture<'_, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let empty = Response::Empty(Empty {});
+        Ok(match request {
+            Request::Publish(req) => Response::Publish(publish(node, req).await?),
+            Request::Broadcast(req) => Response::Broadcast(broadcast(node, req).await?),
+            Request::Subscribe(req) => {
+                subscribe(node, req).await?;
+                empty
+            }
+            Request::Unsubscribe(req) => {
+                unsubscribe(node, req).await?;
+                empty
+            }
+            Request::Disconnect(req) => {
+                disconnect(node, req).await?;
+                empty
+            }
+            Request::Refresh(req) => {
+                refresh(node, req).await?;
+                empty
+            }
+            Request::Presence(req) => Response::Presence(presence(node, req).await?),
+            Request::PresenceStats(req) => {
+                Response::PresenceStats(presence_stats(node, req).await?)
+            }
+            Request::History(req) => Response::History(history(node, req).await?),
+            Request::HistoryRemove(req) => {
+                node.remove_history(&req.channel).await?;
+                empty
+            }
+            Request::Channels(req) => Response::Channels(channels(node, req)),
+            Request::Info(_) => Response::Info(InfoResult {
+                nodes: node.nodes(),
+            }),
+            Request::Batch { commands, parallel } => {
+                Response::Batch(batch(node, commands, parallel).await)
+            }
+        })
+    })
 }
 
 /// The payload of a publish: `data` as raw JSON, or `b64data` holding JSON.
@@ -123,59 +141,79 @@ fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
     Err(ApiError::bad_request("data is required"))
 }
 
+fn publish_options(req: &PublishRequest) -> PublishOptions {
+    PublishOptions {
+        info: None,
+        tags: req.tags.clone(),
+        skip_history: req.skip_history,
+        idempotency_key: Some(req.idempotency_key.clone()),
+        version: (req.version > 0).then(|| Version {
+            version: req.version,
+            epoch: req.version_epoch.clone(),
+        }),
+    }
+}
+
 async fn publish_one(
     node: &Node,
     channel: &str,
     data: Bytes,
     options: PublishOptions,
-) -> ApiResult {
+) -> Result<PublishResult, ApiError> {
     let r = node.publish(channel, data, options).await?;
-    if r.epoch.is_empty() {
-        return Ok(json!({}));
-    }
-    Ok(json!({ "offset": r.offset, "epoch": r.epoch }))
+    Ok(PublishResult {
+        offset: r.offset,
+        epoch: r.epoch,
+    })
 }
 
-async fn presence(node: &Node, req: ChannelOnly, stats: bool) -> ApiResult {
-    if !node.rules.resolve(&req.channel)?.options.presence {
+async fn publish(node: &Node, req: PublishRequest) -> Result<PublishResult, ApiError> {
+    let data = payload(req.data.as_deref(), &req.b64data)?;
+    publish_one(node, &req.channel, data, publish_options(&req)).await
+}
+
+async fn broadcast(node: &Node, req: PublishRequest) -> Result<BroadcastResult, ApiError> {
+    if req.channels.is_empty() {
+        return Err(ApiError::bad_request("channels are required"));
+    }
+    let data = payload(req.data.as_deref(), &req.b64data)?;
+    let mut responses = Vec::with_capacity(req.channels.len());
+    for channel in &req.channels {
+        let published = publish_one(node, channel, data.clone(), publish_options(&req)).await;
+        responses.push(BroadcastReply(published));
+    }
+    Ok(BroadcastResult { responses })
+}
+
+/// A channel with presence: 108 where the namespace keeps none.
+fn with_presence(node: &Node, channel: &str) -> Result<(), ApiError> {
+    if !node.rules.resolve(channel)?.options.presence {
         return Err(ProtocolError::NOT_AVAILABLE.into());
     }
-    if stats {
-        let (num_clients, num_users) = node.presence_stats(&req.channel).await?;
-        return Ok(json!({ "num_clients": num_clients, "num_users": num_users }));
-    }
-    let mut out = Map::new();
-    for (client, info) in node.presence_get(&req.channel).await? {
-        out.insert(
-            client,
-            raw_json(herald_protocol::json::encode_client_info(&info)),
-        );
-    }
-    Ok(json!({ "presence": out }))
+    Ok(())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct HistoryRequest {
-    channel: String,
-    limit: i64,
-    since: Option<Since>,
-    reverse: bool,
+async fn presence(node: &Node, req: ChannelRequest) -> Result<PresenceResult, ApiError> {
+    with_presence(node, &req.channel)?;
+    let presence = node.presence_get(&req.channel).await?;
+    Ok(PresenceResult { presence })
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Since {
-    offset: u64,
-    epoch: String,
+async fn presence_stats(node: &Node, req: ChannelRequest) -> Result<PresenceStatsResult, ApiError> {
+    with_presence(node, &req.channel)?;
+    let (num_clients, num_users) = node.presence_stats(&req.channel).await?;
+    Ok(PresenceStatsResult {
+        num_clients,
+        num_users,
+    })
 }
 
-async fn history(node: &Node, req: HistoryRequest) -> ApiResult {
+async fn history(node: &Node, req: HistoryRequest) -> Result<HistoryResult, ApiError> {
     // The API has no per-client cap: a negative limit means everything.
     let limit = match req.limit {
         0 => None,
         n if n < 0 => Some(usize::MAX),
-        n => Some(n as usize),
+        n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let since = req.since.map(|s| StreamPosition {
         offset: s.offset,
@@ -187,45 +225,11 @@ async fn history(node: &Node, req: HistoryRequest) -> ApiResult {
         reverse: req.reverse,
     };
     let page = node.history(&req.channel, query).await?;
-    let pubs: Vec<Value> = page
-        .publications
-        .iter()
-        .map(|p| raw_json(herald_protocol::json::encode_publication(p)))
-        .collect();
-    Ok(
-        json!({ "publications": pubs, "epoch": page.position.epoch, "offset": page.position.offset }),
-    )
-}
-
-/// Embeds already encoded JSON into a reply.
-fn raw_json(bytes: Vec<u8>) -> Value {
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        // Payloads are validated on the way in; this would be a stored defect.
-        tracing::error!(error = %e, "stored publication is not valid JSON");
-        Value::Null
+    Ok(HistoryResult {
+        publications: page.publications,
+        epoch: page.position.epoch,
+        offset: page.position.offset,
     })
-}
-
-async fn publish(node: &Node, req: PublishRequest) -> ApiResult {
-    let data = payload(req.data.as_deref(), &req.b64data)?;
-    publish_one(node, &req.channel, data, req.options()).await
-}
-
-async fn broadcast(node: &Node, req: PublishRequest) -> ApiResult {
-    if req.channels.is_empty() {
-        return Err(ApiError::bad_request("channels are required"));
-    }
-    let data = payload(req.data.as_deref(), &req.b64data)?;
-    let mut responses = Vec::with_capacity(req.channels.len());
-    for channel in &req.channels {
-        responses.push(
-            match publish_one(node, channel, data.clone(), req.options()).await {
-                Ok(result) => json!({ "result": result }),
-                Err(e) => json!({ "error": e.to_json() }),
-            },
-        );
-    }
-    Ok(json!({ "responses": responses }))
 }
 
 /// Which connections a user-targeted method acts on, on whichever node they
@@ -248,42 +252,13 @@ fn target(
     })
 }
 
-/// A position in a stream, as the API writes it.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Position {
-    offset: u64,
-    epoch: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct SubscribeRequest {
-    user: String,
-    client: String,
-    session: String,
-    channel: String,
-    info: Option<Box<RawValue>>,
-    b64info: String,
-    data: Option<Box<RawValue>>,
-    b64data: String,
-    expire_at: i64,
-    recover_since: Option<Position>,
-    #[serde(rename = "override")]
-    overrides: Option<RawOverrides>,
-}
-
 /// A raw JSON field, `null` counting as absent.
-fn present(v: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
+fn present(v: Json) -> Json {
     v.filter(|r| r.get() != "null")
 }
 
 /// A JSON field given as `name` (raw JSON) or `b64name` (base64 of JSON).
-fn json_field(
-    raw: Option<Box<RawValue>>,
-    b64: &str,
-    b64_name: &str,
-) -> Result<Option<Box<RawValue>>, ApiError> {
+fn json_field(raw: Json, b64: &str, b64_name: &str) -> Result<Json, ApiError> {
     if let Some(raw) = present(raw) {
         return Ok(Some(raw));
     }
@@ -300,7 +275,7 @@ fn json_field(
         .map_err(|_| ApiError::bad_request(format!("{b64_name} must hold JSON")))
 }
 
-async fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
+async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<(), ApiError> {
     node.rules.resolve(&req.channel)?;
     let action = Action::Subscribe {
         channel: req.channel,
@@ -315,53 +290,29 @@ async fn subscribe(node: &Node, req: SubscribeRequest) -> ApiResult {
     };
     let target = target(req.user, req.client, req.session, Vec::new())?;
     node.user_command(target, action).await?;
-    Ok(json!({}))
+    Ok(())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct UnsubscribeRequest {
-    user: String,
-    client: String,
-    session: String,
-    channel: String,
-}
-
-async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> ApiResult {
+async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<(), ApiError> {
     node.rules.resolve(&req.channel)?;
     let action = Action::Unsubscribe {
         channel: req.channel,
     };
     let target = target(req.user, req.client, req.session, Vec::new())?;
     node.user_command(target, action).await?;
-    Ok(json!({}))
+    Ok(())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct DisconnectCode {
-    code: u16,
-    reason: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct DisconnectRequest {
-    user: String,
-    client: String,
-    session: String,
-    whitelist: Vec<String>,
-    disconnect: Option<DisconnectCode>,
-}
-
-async fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
+async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<(), ApiError> {
     let d = match req.disconnect {
-        Some(d) if !(3000..=4999).contains(&d.code) => {
-            return Err(ApiError::bad_request(
-                "disconnect code must be within 3000..=4999",
-            ))
-        }
-        Some(d) => Disconnect::new(d.code, d.reason),
+        Some(d) => match u16::try_from(d.code) {
+            Ok(code) if (3000..=4999).contains(&code) => Disconnect::new(code, d.reason),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "disconnect code must be within 3000..=4999",
+                ))
+            }
+        },
         None => Disconnect::force_disconnect(),
     };
     let action = Action::Disconnect {
@@ -370,21 +321,10 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> ApiResult {
     };
     let target = target(req.user, req.client, req.session, req.whitelist)?;
     node.user_command(target, action).await?;
-    Ok(json!({}))
+    Ok(())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RefreshRequest {
-    user: String,
-    client: String,
-    session: String,
-    expired: bool,
-    expire_at: i64,
-    info: Option<Box<RawValue>>,
-}
-
-async fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
+async fn refresh(node: &Node, req: RefreshRequest) -> Result<(), ApiError> {
     if req.expire_at > 0 && req.expire_at <= now_unix() && !req.expired {
         return Err(ApiError::bad_request("expire_at is in the past"));
     }
@@ -395,68 +335,57 @@ async fn refresh(node: &Node, req: RefreshRequest) -> ApiResult {
     };
     let target = target(req.user, req.client, req.session, Vec::new())?;
     node.user_command(target, action).await?;
-    Ok(json!({}))
+    Ok(())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ChannelsRequest {
-    pattern: String,
-}
-
-fn channels(node: &Node, req: ChannelsRequest) -> ApiResult {
+fn channels(node: &Node, req: ChannelsRequest) -> ChannelsResult {
     let filter = if req.pattern.is_empty() {
         None
     } else {
         crate::pattern::glob(&req.pattern, false)
     };
-    let mut out = Map::new();
-    for (name, n) in node.hub.channels() {
-        if filter.as_ref().is_none_or(|re| re.is_match(&name)) {
-            out.insert(name, json!({ "num_clients": n }));
-        }
-    }
-    Ok(json!({ "channels": out }))
+    let channels = node
+        .hub
+        .channels()
+        .into_iter()
+        .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)))
+        .map(|(name, n)| {
+            let num_clients = u32::try_from(n).unwrap_or(u32::MAX);
+            (name, ChannelInfo { num_clients })
+        })
+        .collect();
+    ChannelsResult { channels }
 }
 
-fn info(node: &Node) -> Value {
-    json!({ "nodes": node.nodes() })
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct BatchRequest {
-    commands: Vec<HashMap<String, Box<RawValue>>>,
-    /// Run the commands at once rather than one after the other; replies
-    /// keep the commands' order either way.
+async fn batch(
+    node: &Node,
+    commands: Vec<Result<Request, ApiError>>,
     parallel: bool,
-}
-
-async fn batch(node: &Node, req: BatchRequest) -> ApiResult {
-    let replies = req.commands.iter().map(|command| batch_one(node, command));
-    let replies: Vec<Value> = if req.parallel {
+) -> BatchResult {
+    let replies = commands.into_iter().map(|command| async move {
+        match command {
+            Ok(Request::Batch { .. }) => BatchReply {
+                method: "batch",
+                result: Err(ApiError::bad_request("batch cannot be nested")),
+            },
+            Ok(request) => BatchReply {
+                method: request.method(),
+                result: execute(node, request).await,
+            },
+            Err(e) => BatchReply {
+                method: "error",
+                result: Err(e),
+            },
+        }
+    });
+    let replies = if parallel {
         futures_util::future::join_all(replies).await
     } else {
-        let mut done = Vec::with_capacity(req.commands.len());
+        let mut done = Vec::new();
         for reply in replies {
             done.push(reply.await);
         }
         done
     };
-    Ok(json!({ "replies": replies }))
-}
-
-/// One command of a batch: `{"method": params}`, answered with
-/// `{"method": result}` or `{"error": …}`.
-async fn batch_one(node: &Node, command: &HashMap<String, Box<RawValue>>) -> Value {
-    let Some((method, params)) = command.iter().next().filter(|_| command.len() == 1) else {
-        return json!({ "error": ApiError::bad_request("each command needs exactly one method").to_json() });
-    };
-    if method == "batch" {
-        return json!({ "error": ApiError::bad_request("batch cannot be nested").to_json() });
-    }
-    match call(node, method, params.get().as_bytes()).await {
-        Ok(result) => json!({ method.as_str(): result }),
-        Err(e) => json!({ "error": e.to_json() }),
-    }
+    BatchResult { replies }
 }

@@ -1,0 +1,342 @@
+//! What the server API's methods take and give, whatever carries them: the
+//! HTTP API reads requests from JSON and writes results as JSON, the gRPC
+//! API converts its messages to and from these. Requests keep payloads as
+//! raw JSON; unknown fields are ignored. Results serialize as Centrifugo
+//! writes them (empty fields left out).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use herald_protocol::{ClientInfo, Publication};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use super::ApiError;
+use crate::auth::RawOverrides;
+use crate::wire::control::NodeInfo;
+
+/// Raw JSON, `null` counting as absent.
+pub type Json = Option<Box<RawValue>>;
+
+/// A publish, or a broadcast (`channels` instead of `channel`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct PublishRequest {
+    pub channel: String,
+    pub channels: Vec<String>,
+    pub data: Json,
+    pub b64data: String,
+    pub tags: BTreeMap<String, String>,
+    pub skip_history: bool,
+    pub idempotency_key: String,
+    /// Publish only when above the stream's last version (0: no version).
+    pub version: u64,
+    /// The version's epoch: a new one starts versions over.
+    pub version_epoch: String,
+    /// Subscribers that negotiated deltas may get this publication as one;
+    /// no namespace here offers deltas, so all get it whole.
+    pub delta: bool,
+}
+
+/// A position in a stream, as the API writes it.
+#[derive(Debug, Deserialize, Serialize, Default, Clone)]
+#[serde(default)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct SubscribeRequest {
+    pub user: String,
+    pub client: String,
+    pub session: String,
+    pub channel: String,
+    pub info: Json,
+    pub b64info: String,
+    pub data: Json,
+    pub b64data: String,
+    pub expire_at: i64,
+    pub recover_since: Option<Position>,
+    #[serde(rename = "override")]
+    pub overrides: Option<RawOverrides>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct UnsubscribeRequest {
+    pub user: String,
+    pub client: String,
+    pub session: String,
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct DisconnectCode {
+    pub code: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct DisconnectRequest {
+    pub user: String,
+    pub client: String,
+    pub session: String,
+    pub whitelist: Vec<String>,
+    pub disconnect: Option<DisconnectCode>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RefreshRequest {
+    pub user: String,
+    pub client: String,
+    pub session: String,
+    pub expired: bool,
+    pub expire_at: i64,
+    pub info: Json,
+}
+
+/// Methods that name only a channel (presence, presence stats, history
+/// removal).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct ChannelRequest {
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct HistoryRequest {
+    pub channel: String,
+    /// 0: only the position; negative: everything kept.
+    pub limit: i64,
+    pub since: Option<Position>,
+    pub reverse: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct ChannelsRequest {
+    pub pattern: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct InfoRequest {}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct BatchRequest {
+    pub commands: Vec<HashMap<String, Box<RawValue>>>,
+    /// Run the commands at once rather than one after the other; replies
+    /// keep the commands' order either way.
+    pub parallel: bool,
+}
+
+/// One method call, whatever carried it.
+#[derive(Debug)]
+pub enum Request {
+    Publish(PublishRequest),
+    Broadcast(PublishRequest),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(UnsubscribeRequest),
+    Disconnect(DisconnectRequest),
+    Refresh(RefreshRequest),
+    Presence(ChannelRequest),
+    PresenceStats(ChannelRequest),
+    History(HistoryRequest),
+    HistoryRemove(ChannelRequest),
+    Channels(ChannelsRequest),
+    Info(InfoRequest),
+    /// A batch's commands, each already read (or the error reading it).
+    Batch {
+        commands: Vec<Result<Request, ApiError>>,
+        parallel: bool,
+    },
+}
+
+impl Request {
+    /// The method's name in the HTTP API and in a batch.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::Publish(_) => "publish",
+            Request::Broadcast(_) => "broadcast",
+            Request::Subscribe(_) => "subscribe",
+            Request::Unsubscribe(_) => "unsubscribe",
+            Request::Disconnect(_) => "disconnect",
+            Request::Refresh(_) => "refresh",
+            Request::Presence(_) => "presence",
+            Request::PresenceStats(_) => "presence_stats",
+            Request::History(_) => "history",
+            Request::HistoryRemove(_) => "history_remove",
+            Request::Channels(_) => "channels",
+            Request::Info(_) => "info",
+            Request::Batch { .. } => "batch",
+        }
+    }
+}
+
+/// Where a publication landed; empty for channels without history.
+#[derive(Debug, Serialize, Default, Clone, PartialEq, Eq)]
+pub struct PublishResult {
+    #[serde(skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One channel's outcome in a broadcast.
+#[derive(Debug)]
+pub struct BroadcastReply(pub Result<PublishResult, ApiError>);
+
+impl Serialize for BroadcastReply {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        match &self.0 {
+            Ok(result) => map.serialize_entry("result", result)?,
+            Err(e) => map.serialize_entry("error", &e.to_json())?,
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BroadcastResult {
+    pub responses: Vec<BroadcastReply>,
+}
+
+/// Who is in a channel: client id → client info.
+#[derive(Debug)]
+pub struct PresenceResult {
+    pub presence: HashMap<String, Arc<ClientInfo>>,
+}
+
+impl Serialize for PresenceResult {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut outer = s.serialize_map(Some(1))?;
+        let members: BTreeMap<&str, RawJson> = self
+            .presence
+            .iter()
+            .map(|(client, info)| {
+                let json = herald_protocol::json::encode_client_info(info);
+                (client.as_str(), RawJson(json))
+            })
+            .collect();
+        outer.serialize_entry("presence", &members)?;
+        outer.end()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PresenceStatsResult {
+    pub num_clients: u32,
+    pub num_users: u32,
+}
+
+#[derive(Debug)]
+pub struct HistoryResult {
+    pub publications: Vec<Arc<Publication>>,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl Serialize for HistoryResult {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(3))?;
+        let pubs: Vec<RawJson> = self
+            .publications
+            .iter()
+            .map(|p| RawJson(herald_protocol::json::encode_publication(p)))
+            .collect();
+        map.serialize_entry("publications", &pubs)?;
+        map.serialize_entry("epoch", &self.epoch)?;
+        map.serialize_entry("offset", &self.offset)?;
+        map.end()
+    }
+}
+
+/// JSON encoded already (by the protocol's encoder), written as it is.
+struct RawJson(Vec<u8>);
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Everything encoded was valid JSON when it arrived.
+        match std::str::from_utf8(&self.0)
+            .ok()
+            .and_then(|text| RawValue::from_string(text.to_string()).ok())
+        {
+            Some(raw) => raw.serialize(s),
+            None => {
+                tracing::error!("stored data is not valid JSON");
+                s.serialize_unit()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelInfo {
+    pub num_clients: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelsResult {
+    pub channels: BTreeMap<String, ChannelInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InfoResult {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// A batch command's outcome, named by its method.
+#[derive(Debug)]
+pub struct BatchReply {
+    pub method: &'static str,
+    pub result: Result<Response, ApiError>,
+}
+
+impl Serialize for BatchReply {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        match &self.result {
+            Ok(response) => map.serialize_entry(self.method, response)?,
+            Err(e) => map.serialize_entry("error", &e.to_json())?,
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResult {
+    pub replies: Vec<BatchReply>,
+}
+
+/// An empty result (`{}`).
+#[derive(Debug, Serialize, Default)]
+pub struct Empty {}
+
+/// What a method gives.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Publish(PublishResult),
+    Broadcast(BroadcastResult),
+    Presence(PresenceResult),
+    PresenceStats(PresenceStatsResult),
+    History(HistoryResult),
+    Channels(ChannelsResult),
+    Info(InfoResult),
+    Batch(BatchResult),
+    /// Subscribe, unsubscribe, disconnect, refresh and history removal.
+    Empty(Empty),
+}
