@@ -16,6 +16,8 @@ use crate::{Ws, API_KEY, SECRET, WAIT};
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The gRPC API's address, when the config enables it.
+    pub grpc: Option<SocketAddr>,
     pub node: Arc<Node>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -100,11 +102,13 @@ impl TestServer {
         let loaded = config::load(Some(&path), &BTreeMap::new(), &overrides).expect("config loads");
         let server = Server::bind(loaded.config).await.expect("server binds");
         let addr = server.local_addr();
+        let grpc = server.grpc_addr();
         let node = server.node().clone();
         let stop = server.shutdown_token();
         let task = tokio::spawn(async move { server.run().await.expect("server runs") });
         Self {
             addr,
+            grpc,
             node,
             stop,
             task,

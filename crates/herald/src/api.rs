@@ -2,6 +2,7 @@
 //! `X-API-Key: KEY` or `Authorization: apikey KEY`, replying
 //! `{"result":…}` or `{"error":{"code","message"}}` as Centrifugo v6 does.
 
+pub mod grpc;
 mod methods;
 pub mod types;
 
@@ -44,6 +45,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// The error's code and message.
+    pub(crate) fn parts(&self) -> (u32, &str) {
+        match self {
+            ApiError::Reply { code, message } => (*code, message),
+            ApiError::Status(_, message) => (ProtocolError::BAD_REQUEST.code, message),
+        }
+    }
+
     /// The HTTP status of the error in the transport error mode, as
     /// Centrifugo maps codes to statuses.
     fn http_status(&self) -> StatusCode {
@@ -60,10 +69,7 @@ impl ApiError {
     }
 
     pub(crate) fn to_json(&self) -> Value {
-        let (code, message) = match self {
-            ApiError::Reply { code, message } => (*code, message),
-            ApiError::Status(_, message) => (ProtocolError::BAD_REQUEST.code, message),
-        };
+        let (code, message) = self.parts();
         json!({"code": code, "message": message})
     }
 }

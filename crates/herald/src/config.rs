@@ -31,6 +31,7 @@ pub struct Config {
     pub client: ClientConfig,
     pub channel: ChannelConfig,
     pub http_api: HttpApi,
+    pub grpc_api: GrpcApi,
     pub websocket: Websocket,
     pub admin: Admin,
     pub health: Health,
@@ -192,6 +193,41 @@ pub struct HttpApi {
     pub max_request_body_size: usize,
     /// How a method's error is answered (see [`ErrorMode`]).
     pub error_mode: ErrorMode,
+}
+
+/// The gRPC server API (Centrifugo's `CentrifugoApi` service).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrpcApi {
+    pub enabled: bool,
+    /// Listen address; all interfaces when empty.
+    pub address: String,
+    /// Listen port; 0 picks a free one (the log says which).
+    pub port: u16,
+    /// When set, calls must carry metadata `authorization: apikey <key>`.
+    pub key: Secret,
+    /// Serve gRPC server reflection (for tools such as grpcurl).
+    pub reflection: bool,
+    /// Largest request message accepted; 0: 4 MiB, gRPC's default.
+    pub max_receive_message_size: usize,
+    /// How a method's error is answered: in the reply (`custom`, the
+    /// default) or as a gRPC status (`transport`), which a call can also ask
+    /// for with metadata `x-centrifugo-error-mode: transport`.
+    pub error_mode: ErrorMode,
+}
+
+impl Default for GrpcApi {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: String::new(),
+            port: 10000,
+            key: Secret::default(),
+            reflection: false,
+            max_receive_message_size: 0,
+            error_mode: ErrorMode::Custom,
+        }
+    }
 }
 
 /// How the server API answers a method's error: `custom` (the default, also

@@ -23,6 +23,8 @@ mod accept;
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
+    /// The gRPC API's, when enabled.
+    grpc: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +52,35 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let grpc = if config.grpc_api.enabled {
+            let bound = api::grpc::bind(&config.grpc_api).await;
+            Some(bound.map_err(|source| ServeError::Bind {
+                addr: format!(
+                    "{}:{} (grpc_api)",
+                    config.grpc_api.address, config.grpc_api.port
+                ),
+                source,
+            })?)
+        } else {
+            None
+        };
         let node = Node::open(config).await?;
-        Ok(Self { node, listener })
+        Ok(Self {
+            node,
+            listener,
+            grpc,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The gRPC API's address, when it is enabled.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(api::grpc::describe)
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -79,6 +102,20 @@ impl Server {
                 "demo chat: open http://localhost:{}/ in two browser tabs",
                 addr.port()
             );
+        }
+        if let Some(grpc) = self.grpc {
+            if let Some(addr) = api::grpc::describe(&grpc) {
+                tracing::info!(%addr, "gRPC API listening");
+            }
+            if node.config.grpc_api.key.is_empty() {
+                tracing::warn!("grpc_api.key is not set: gRPC API calls need no key");
+            }
+            let (node, stop) = (node.clone(), node.shutdown().clone());
+            tokio::spawn(async move {
+                if let Err(e) = api::grpc::serve(node, grpc, stop).await {
+                    tracing::error!(error = %crate::report::Chain(&e), "gRPC API stopped");
+                }
+            });
         }
         let router = router(node.clone());
         let stop = node.shutdown().clone();

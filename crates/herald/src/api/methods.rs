@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::types::*;
 use super::ApiError;
-use crate::auth::{now_unix, Overrides};
+use crate::auth::now_unix;
 use crate::node::{Node, PublishOptions};
 use crate::store::{HistoryQuery, StreamPosition, Version};
 use crate::wire::control::{self, Action};
@@ -282,7 +282,7 @@ async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<(), ApiError> {
         info: json_field(req.info, &req.b64info, "b64info")?,
         data: json_field(req.data, &req.b64data, "b64data")?,
         expire_at: (req.expire_at > 0).then_some(req.expire_at),
-        overrides: req.overrides.map(Overrides::from).unwrap_or_default(),
+        overrides: req.overrides.unwrap_or_default(),
         recover_since: req.recover_since.map(|p| control::Position {
             offset: p.offset,
             epoch: p.epoch,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::ApiError;
-use crate::auth::RawOverrides;
+use crate::auth::{Overrides, RawOverrides};
 use crate::wire::control::NodeInfo;
 
 /// Raw JSON, `null` counting as absent.
@@ -60,8 +60,13 @@ pub struct SubscribeRequest {
     pub b64data: String,
     pub expire_at: i64,
     pub recover_since: Option<Position>,
-    #[serde(rename = "override")]
-    pub overrides: Option<RawOverrides>,
+    #[serde(rename = "override", deserialize_with = "overrides")]
+    pub overrides: Option<Overrides>,
+}
+
+/// Overrides as Centrifugo writes them: `{"presence": {"value": true}}`.
+fn overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Overrides>, D::Error> {
+    Ok(Option::<RawOverrides>::deserialize(d)?.map(Overrides::from))
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -6,6 +6,7 @@ mod api;
 mod close;
 mod connect;
 mod dev;
+mod grpc;
 mod hardening;
 mod history;
 mod limits;
