@@ -10,7 +10,7 @@ use herald_bench::protocol::Protocol;
 use herald_bench::report;
 use herald_bench::scenario::delivery::Load;
 use herald_bench::scenario::{
-    connect_storm, durable_publish, fanout, idle, many_channels, CONNECT_CONCURRENCY,
+    api_publish, connect_storm, durable_publish, fanout, idle, many_channels, CONNECT_CONCURRENCY,
     CONNECT_TIMEOUT,
 };
 use herald_bench::target::{Auth, Target};
@@ -31,6 +31,9 @@ enum Scenario {
     /// Publishers publishing sequentially (send, await the reply, repeat):
     /// acknowledged publications/s and publish latency.
     DurablePublish(DurablePublishArgs),
+    /// The server API's publish at a fixed concurrency over HTTP or gRPC:
+    /// publications/s, publish latency, server CPU per publication.
+    ApiPublish(ApiPublishArgs),
     /// Subscribers on one channel, publications through the HTTP API at a
     /// fixed rate: deliveries/s, delivery latency, losses, server CPU per
     /// delivery.
@@ -144,6 +147,47 @@ struct DurablePublishArgs {
     /// Size in bytes of each publication's data (a JSON object with a padded string).
     #[arg(long, default_value_t = 200)]
     payload: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ApiTransport {
+    Http,
+    Grpc,
+}
+
+#[derive(Args)]
+struct ApiPublishArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    timing: Timing,
+    #[arg(long, value_enum, default_value_t = ApiTransport::Http)]
+    transport: ApiTransport,
+    /// The HTTP API's base URL (methods at `<url>/<method>`).
+    #[arg(long, default_value = "http://127.0.0.1:8000/api")]
+    api_url: String,
+    /// The gRPC API's address.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    grpc_addr: String,
+    /// Channels are `<prefix>-0` … `<prefix>-<channels-1>`; the namespace
+    /// (before `:`) decides whether they keep history.
+    #[arg(long, default_value = "bench")]
+    channel_prefix: String,
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Calls in flight at once (each caller waits for its reply).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Size in bytes of each publication's data.
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// PID of the server process, to read its CPU time from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The API key: `http_api.key` (sent as X-API-Key) or `grpc_api.key`
+    /// (metadata `authorization: apikey …`); none for a server without one.
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -328,6 +372,7 @@ impl Scenario {
                 a.settle + a.hold + connecting(a.connections, a.many.connect_concurrency)
             }
             Scenario::ConnectStorm(a) => connecting(a.clients, a.concurrency),
+            Scenario::ApiPublish(a) => a.timing.total(),
             Scenario::BareServer(_) => Duration::ZERO,
         }
     }
@@ -433,6 +478,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = connect_storm::run(&options)
                 .await
                 .context("connect-storm")?;
+            finish(&r, c)?;
+        }
+        Scenario::ApiPublish(a) => {
+            let c = &a.common;
+            let via = match a.transport {
+                ApiTransport::Http => api_publish::Via::Http { url: a.api_url },
+                ApiTransport::Grpc => api_publish::Via::Grpc { addr: a.grpc_addr },
+            };
+            let options = api_publish::Options {
+                via,
+                key: a.api_key,
+                channel_prefix: a.channel_prefix,
+                channels: a.channels,
+                concurrency: a.concurrency,
+                payload: a.payload,
+                duration: a.timing.duration,
+                warmup: a.timing.warmup,
+                server_pid: a.server_pid,
+                progress: !c.quiet,
+            };
+            let r = api_publish::run(&options).await.context("api-publish")?;
             finish(&r, c)?;
         }
         Scenario::BareServer(_) => unreachable!("handled in main"),

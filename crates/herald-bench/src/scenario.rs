@@ -3,6 +3,7 @@
 //! concurrency from spread source addresses, payload building and the
 //! checks of the open-file limit and ephemeral ports.
 
+pub mod api_publish;
 pub mod connect_storm;
 pub mod delivery;
 pub mod durable_publish;
