@@ -4,6 +4,7 @@
 
 pub mod grpc;
 mod methods;
+pub mod openapi;
 pub mod types;
 
 use std::sync::Arc;

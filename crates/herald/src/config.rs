@@ -35,6 +35,8 @@ pub struct Config {
     pub websocket: Websocket,
     pub admin: Admin,
     pub health: Health,
+    /// The HTTP server API described as OpenAPI, with Swagger UI.
+    pub swagger: Swagger,
     pub engine: Engine,
     /// Overrides the engine's broker (e.g. NATS beside a Redis engine).
     pub broker: BrokerConfig,
@@ -300,6 +302,24 @@ pub struct Admin {
 pub struct Health {
     pub enabled: bool,
     pub handler_prefix: String,
+}
+
+/// `swagger.enabled`: Swagger UI at `handler_prefix` (`/swagger`), the
+/// OpenAPI document at `<handler_prefix>/openapi.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Swagger {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for Swagger {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/swagger".into(),
+        }
+    }
 }
 
 impl Default for Health {

@@ -170,6 +170,14 @@ fn router(node: Arc<Node>) -> Router {
         );
     }
     r = r.route("/metrics", get(metrics));
+    if c.swagger.enabled {
+        let prefix = c.swagger.handler_prefix.trim_end_matches('/');
+        let doc = api::openapi::document(&c.http_api.handler_prefix);
+        r = r.merge(
+            utoipa_swagger_ui::SwaggerUi::new(prefix.to_string())
+                .url(format!("{prefix}/openapi.json"), doc),
+        );
+    }
     if c.dev {
         r = r.merge(crate::demo::routes());
     }

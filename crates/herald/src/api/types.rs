@@ -11,6 +11,7 @@ use herald_protocol::{ClientInfo, Publication};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use super::ApiError;
 use crate::auth::{Overrides, RawOverrides};
@@ -20,11 +21,12 @@ use crate::wire::control::NodeInfo;
 pub type Json = Option<Box<RawValue>>;
 
 /// A publish, or a broadcast (`channels` instead of `channel`).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct PublishRequest {
     pub channel: String,
     pub channels: Vec<String>,
+    #[schema(value_type = Option<serde_json::Value>)]
     pub data: Json,
     pub b64data: String,
     pub tags: BTreeMap<String, String>,
@@ -40,28 +42,49 @@ pub struct PublishRequest {
 }
 
 /// A position in a stream, as the API writes it.
-#[derive(Debug, Deserialize, Serialize, Default, Clone)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, ToSchema)]
 #[serde(default)]
 pub struct Position {
     pub offset: u64,
     pub epoch: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct SubscribeRequest {
     pub user: String,
     pub client: String,
     pub session: String,
     pub channel: String,
+    #[schema(value_type = Option<serde_json::Value>)]
     pub info: Json,
     pub b64info: String,
+    #[schema(value_type = Option<serde_json::Value>)]
     pub data: Json,
     pub b64data: String,
     pub expire_at: i64,
     pub recover_since: Option<Position>,
     #[serde(rename = "override", deserialize_with = "overrides")]
+    #[schema(value_type = Option<SubscribeOptionOverride>)]
     pub overrides: Option<Overrides>,
+}
+
+/// A namespace option a subscription overrides.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BoolValue {
+    value: bool,
+}
+
+/// Namespace options one subscription overrides (absent: the namespace's).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubscribeOptionOverride {
+    presence: Option<BoolValue>,
+    join_leave: Option<BoolValue>,
+    force_recovery: Option<BoolValue>,
+    force_positioning: Option<BoolValue>,
+    force_push_join_leave: Option<BoolValue>,
 }
 
 /// Overrides as Centrifugo writes them: `{"presence": {"value": true}}`.
@@ -69,7 +92,7 @@ fn overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Overrides>
     Ok(Option::<RawOverrides>::deserialize(d)?.map(Overrides::from))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct UnsubscribeRequest {
     pub user: String,
@@ -78,14 +101,14 @@ pub struct UnsubscribeRequest {
     pub channel: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct DisconnectCode {
     pub code: u32,
     pub reason: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct DisconnectRequest {
     pub user: String,
@@ -95,7 +118,7 @@ pub struct DisconnectRequest {
     pub disconnect: Option<DisconnectCode>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct RefreshRequest {
     pub user: String,
@@ -103,18 +126,19 @@ pub struct RefreshRequest {
     pub session: String,
     pub expired: bool,
     pub expire_at: i64,
+    #[schema(value_type = Option<serde_json::Value>)]
     pub info: Json,
 }
 
 /// Methods that name only a channel (presence, presence stats, history
 /// removal).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct ChannelRequest {
     pub channel: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct HistoryRequest {
     pub channel: String,
@@ -124,19 +148,21 @@ pub struct HistoryRequest {
     pub reverse: bool,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct ChannelsRequest {
     pub pattern: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct InfoRequest {}
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct BatchRequest {
+    /// Each `{"<method>": <its request>}`.
+    #[schema(value_type = Vec<HashMap<String, Object>>)]
     pub commands: Vec<HashMap<String, Box<RawValue>>>,
     /// Run the commands at once rather than one after the other; replies
     /// keep the commands' order either way.
@@ -187,7 +213,7 @@ impl Request {
 }
 
 /// Where a publication landed; empty for channels without history.
-#[derive(Debug, Serialize, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Serialize, Default, Clone, PartialEq, Eq, ToSchema)]
 pub struct PublishResult {
     #[serde(skip_serializing_if = "is_zero")]
     pub offset: u64,
@@ -214,14 +240,59 @@ impl Serialize for BroadcastReply {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BroadcastResult {
+    /// One per channel, in the request's order.
+    #[schema(value_type = Vec<PublishReply>)]
     pub responses: Vec<BroadcastReply>,
 }
 
+/// A broadcast's outcome in one channel: `result` or `error`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PublishReply {
+    result: Option<PublishResult>,
+    error: Option<ErrorDoc>,
+}
+
+/// An error: its code and message.
+#[derive(ToSchema)]
+#[schema(as = Error)]
+#[allow(dead_code)]
+pub struct ErrorDoc {
+    code: u32,
+    message: String,
+}
+
+/// A connection as presence and publications show it.
+#[derive(ToSchema)]
+#[schema(as = ClientInfo)]
+#[allow(dead_code)]
+pub struct ClientInfoDoc {
+    user: String,
+    client: String,
+    #[schema(value_type = Option<serde_json::Value>)]
+    conn_info: Option<()>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    chan_info: Option<()>,
+}
+
+/// A publication in a stream.
+#[derive(ToSchema)]
+#[schema(as = Publication)]
+#[allow(dead_code)]
+pub struct PublicationDoc {
+    #[schema(value_type = serde_json::Value)]
+    data: (),
+    info: Option<ClientInfoDoc>,
+    offset: u64,
+    tags: Option<BTreeMap<String, String>>,
+}
+
 /// Who is in a channel: client id → client info.
-#[derive(Debug)]
+#[derive(Debug, ToSchema)]
 pub struct PresenceResult {
+    #[schema(value_type = HashMap<String, ClientInfoDoc>)]
     pub presence: HashMap<String, Arc<ClientInfo>>,
 }
 
@@ -241,14 +312,15 @@ impl Serialize for PresenceResult {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PresenceStatsResult {
     pub num_clients: u32,
     pub num_users: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, ToSchema)]
 pub struct HistoryResult {
+    #[schema(value_type = Vec<PublicationDoc>)]
     pub publications: Vec<Arc<Publication>>,
     pub epoch: String,
     pub offset: u64,
@@ -288,19 +360,36 @@ impl Serialize for RawJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChannelInfo {
     pub num_clients: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChannelsResult {
     pub channels: BTreeMap<String, ChannelInfo>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InfoResult {
+    #[schema(value_type = Vec<NodeDoc>)]
     pub nodes: Vec<NodeInfo>,
+}
+
+/// A node of the cluster.
+#[derive(ToSchema)]
+#[schema(as = Node)]
+#[allow(dead_code)]
+pub struct NodeDoc {
+    uid: String,
+    name: String,
+    version: String,
+    num_clients: u64,
+    num_users: u64,
+    num_channels: u64,
+    num_subs: u64,
+    /// Seconds since the node started.
+    uptime: u64,
 }
 
 /// A batch command's outcome, named by its method.
@@ -321,13 +410,16 @@ impl Serialize for BatchReply {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchResult {
+    /// One per command, in order: `{"<method>": <its result>}` or
+    /// `{"error": …}`.
+    #[schema(value_type = Vec<HashMap<String, Object>>)]
     pub replies: Vec<BatchReply>,
 }
 
 /// An empty result (`{}`).
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, ToSchema)]
 pub struct Empty {}
 
 /// What a method gives.

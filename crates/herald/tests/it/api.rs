@@ -502,3 +502,55 @@ async fn refresh_moves_expiry_and_replaces_info() {
     assert_eq!(r["error"]["code"], 107, "{r}");
     s.stop().await;
 }
+
+/// `swagger.enabled` serves the OpenAPI document (every method, every
+/// `$ref` leading somewhere) and Swagger UI; nothing without it. The SDK
+/// suite validates the document with an OpenAPI validator.
+#[tokio::test]
+async fn openapi_document_and_swagger_ui() {
+    let s = TestServer::start(json!({"swagger": {"enabled": true}})).await;
+    let doc: Value = reqwest::get(s.http("/swagger/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for method in [
+        "publish",
+        "broadcast",
+        "subscribe",
+        "unsubscribe",
+        "disconnect",
+        "refresh",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+        "batch",
+    ] {
+        assert!(
+            doc["paths"][format!("/api/{method}")]["post"].is_object(),
+            "{method}"
+        );
+    }
+    let text = doc.to_string();
+    for target in text.split("\"#/components/schemas/").skip(1) {
+        let name = &target[..target.find('"').unwrap()];
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "$ref to {name}"
+        );
+    }
+    let ui = reqwest::get(s.http("/swagger/")).await.unwrap();
+    assert_eq!(ui.status(), 200);
+    assert!(ui.text().await.unwrap().contains("swagger-ui"));
+    s.stop().await;
+
+    let s = TestServer::start(json!({})).await;
+    let r = reqwest::get(s.http("/swagger/openapi.json")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    s.stop().await;
+}
