@@ -8,6 +8,7 @@ mod cluster;
 mod duration;
 mod load;
 mod secret;
+mod tls;
 mod token;
 mod validate;
 
@@ -21,6 +22,7 @@ pub use cluster::{
 pub use duration::Dur;
 pub use load::{load, ConfigError, Loaded, Overrides};
 pub use secret::{redacted_url, Secret};
+pub use tls::{TlsConfig, TlsFiles};
 pub use token::{SubscriptionTokenConfig, TokenConfig, TokenKeys};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -208,6 +210,8 @@ pub struct GrpcApi {
     pub port: u16,
     /// When set, calls must carry metadata `authorization: apikey <key>`.
     pub key: Secret,
+    /// TLS for the gRPC API.
+    pub tls: TlsConfig,
     /// Serve gRPC server reflection (for tools such as grpcurl).
     pub reflection: bool,
     /// Largest request message accepted; 0: 4 MiB, gRPC's default.
@@ -225,6 +229,7 @@ impl Default for GrpcApi {
             address: String::new(),
             port: 10000,
             key: Secret::default(),
+            tls: TlsConfig::default(),
             reflection: false,
             max_receive_message_size: 0,
             error_mode: ErrorMode::Custom,

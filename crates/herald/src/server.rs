@@ -13,7 +13,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 use crate::node::{Node, NodeError};
 use crate::{api, transport};
 
@@ -23,8 +23,8 @@ mod accept;
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
-    /// The gRPC API's, when enabled.
-    grpc: Option<TcpListener>,
+    /// The gRPC API's, when enabled, and its TLS files.
+    grpc: Option<(TcpListener, Option<TlsFiles>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum ServeError {
     },
     #[error("server failed")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl Server {
@@ -53,14 +55,16 @@ impl Server {
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
         let grpc = if config.grpc_api.enabled {
+            let tls = config.grpc_api.tls.load("grpc_api.tls")?;
             let bound = api::grpc::bind(&config.grpc_api).await;
-            Some(bound.map_err(|source| ServeError::Bind {
+            let listener = bound.map_err(|source| ServeError::Bind {
                 addr: format!(
                     "{}:{} (grpc_api)",
                     config.grpc_api.address, config.grpc_api.port
                 ),
                 source,
-            })?)
+            })?;
+            Some((listener, tls))
         } else {
             None
         };
@@ -80,7 +84,7 @@ impl Server {
 
     /// The gRPC API's address, when it is enabled.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.grpc.as_ref().and_then(api::grpc::describe)
+        self.grpc.as_ref().and_then(|(l, _)| api::grpc::describe(l))
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -103,16 +107,16 @@ impl Server {
                 addr.port()
             );
         }
-        if let Some(grpc) = self.grpc {
+        if let Some((grpc, tls)) = self.grpc {
             if let Some(addr) = api::grpc::describe(&grpc) {
-                tracing::info!(%addr, "gRPC API listening");
+                tracing::info!(%addr, tls = tls.is_some(), "gRPC API listening");
             }
             if node.config.grpc_api.key.is_empty() {
                 tracing::warn!("grpc_api.key is not set: gRPC API calls need no key");
             }
             let (node, stop) = (node.clone(), node.shutdown().clone());
             tokio::spawn(async move {
-                if let Err(e) = api::grpc::serve(node, grpc, stop).await {
+                if let Err(e) = api::grpc::serve(node, grpc, tls, stop).await {
                     tracing::error!(error = %crate::report::Chain(&e), "gRPC API stopped");
                 }
             });

@@ -17,7 +17,7 @@ use tonic::{Request as Call, Response as Answer, Status};
 use super::types::{self, Request, Response};
 use super::{execute, ApiError};
 use crate::auth::Overrides;
-use crate::config::{ErrorMode, GrpcApi};
+use crate::config::{ErrorMode, GrpcApi, TlsFiles};
 use crate::node::Node;
 
 /// The messages and service generated from `proto/api.proto`.
@@ -43,10 +43,11 @@ pub async fn bind(config: &GrpcApi) -> std::io::Result<TcpListener> {
     TcpListener::bind(format!("{host}:{}", config.port)).await
 }
 
-/// Serves the gRPC API on `listener` until `stop`.
+/// Serves the gRPC API on `listener` (over TLS with `tls`) until `stop`.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    tls: Option<TlsFiles>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let config = &node.config.grpc_api;
@@ -61,7 +62,16 @@ pub async fn serve(
     let service = tonic::service::interceptor::InterceptedService::new(service, move |call| {
         authorise(&key, call)
     });
-    let mut router = tonic::transport::Server::builder().add_service(service);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let mut server_tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            server_tls = server_tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(server_tls)?;
+    }
+    let mut router = builder.add_service(service);
     if config.reflection {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::DESCRIPTOR)

@@ -2,10 +2,10 @@
 //! their keys parsed at load, so that a key that cannot be used stops the
 //! start with an error naming it.
 
-use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 
+use super::tls::pem_text;
 use super::{ConfigError, Secret};
 
 /// How JWTs are verified: HMAC secret and/or an RSA or ECDSA public key (PEM).
@@ -73,19 +73,4 @@ impl TokenConfig {
             )?,
         })
     }
-}
-
-/// Accepts PEM text, base64-encoded PEM, or a path to a PEM file.
-fn pem_text(value: &str) -> String {
-    if value.contains("-----BEGIN") {
-        return value.to_string();
-    }
-    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value.trim()) {
-        if let Ok(text) = String::from_utf8(decoded) {
-            if text.contains("-----BEGIN") {
-                return text;
-            }
-        }
-    }
-    std::fs::read_to_string(value).unwrap_or_else(|_| value.to_string())
 }

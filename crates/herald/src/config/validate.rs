@@ -8,6 +8,7 @@ use super::{ChannelOptions, Config, ConfigError, HistoryStorage, StorageKind};
 pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     validate_client(c, warnings)?;
     validate_channels(c)?;
+    validate_tls(c)?;
     super::cluster::validate_cluster(c)?;
     if !matches!(
         c.log.level.as_str(),
@@ -95,6 +96,13 @@ fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigE
     {
         warnings
             .push("no client.token key is configured: connections with a token are refused".into());
+    }
+    Ok(())
+}
+
+fn validate_tls(c: &Config) -> Result<(), ConfigError> {
+    if c.grpc_api.enabled {
+        c.grpc_api.tls.load("grpc_api.tls")?;
     }
     Ok(())
 }

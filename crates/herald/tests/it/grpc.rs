@@ -366,3 +366,70 @@ async fn reflection_lists_the_service() {
     );
     s.stop().await;
 }
+
+/// `grpc_api.tls`: the API over TLS with a certificate made here; a client
+/// that trusts it calls, a plaintext one cannot; a missing key file stops
+/// the start with an error naming the key.
+#[tokio::test]
+async fn the_grpc_api_over_tls() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut cfg = json!({"grpc_api": {"enabled": true, "port": 0, "key": GRPC_KEY,
+        "tls": {"enabled": true, "cert_pem": cert, "key_pem": key}}});
+    let s = TestServer::start(cfg.clone()).await;
+    let addr = s.grpc.unwrap();
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(made.cert.pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connects");
+    let mut api = CentrifugoApiClient::new(channel);
+    let r = api
+        .publish(call(proto::PublishRequest {
+            channel: "news".into(),
+            data: json(json!({"over": "tls"})),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.error.is_none(), "{r:?}");
+
+    // Plaintext gets nowhere.
+    let plain = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let mut api = CentrifugoApiClient::new(plain);
+        let e = api.info(call(proto::InfoRequest {})).await.unwrap_err();
+        assert_ne!(e.code(), Code::Ok);
+    }
+    s.stop().await;
+
+    // A key that cannot be read is a configuration error naming it.
+    cfg["grpc_api"]["tls"]["key_pem"] = json!(dir.path().join("missing.pem"));
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, cfg.to_string()).unwrap();
+    let loaded = herald::config::load(
+        Some(&file),
+        &Default::default(),
+        &herald::config::Overrides::default(),
+    );
+    let Err(err) = loaded else {
+        panic!("a missing key file was accepted");
+    };
+    let err = err.to_string();
+    assert!(err.contains("grpc_api.tls.key_pem"), "{err}");
+}
