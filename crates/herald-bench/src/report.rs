@@ -125,6 +125,28 @@ impl Table {
         )
     }
 
+    /// The server's CPU over the run (with what it came to per operation,
+    /// `per`), or why it was not measured, and the load generator's.
+    pub fn cpu(
+        &mut self,
+        server_s: Option<f64>,
+        server_percent: Option<f64>,
+        per: impl std::fmt::Display,
+        loadgen_percent: f64,
+    ) -> &mut Self {
+        match (server_s, server_percent) {
+            (Some(s), Some(p)) => self.row(
+                "server CPU",
+                format_args!("{s:.2} s ({p:.0}% of a core), {per}"),
+            ),
+            _ => self.row("server CPU", "not measured (pass --server-pid)"),
+        };
+        self.row(
+            "load generator CPU",
+            format_args!("{loadgen_percent:.0}% of a core"),
+        )
+    }
+
     pub fn errors(&mut self, e: &ErrorCounts) -> &mut Self {
         self.errors_named("errors", e)
     }

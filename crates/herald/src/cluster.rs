@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerError, BrokerEvent};
 use crate::channel::ChannelRules;
 use crate::config::Config;
-use crate::hub::{Client, Control, Hub};
+use crate::hub::{Client, Control, Hub, ServerSubscribe};
 use crate::wire::control::{Action, ControlMessage, NodeInfo, Target};
 
 pub struct Cluster {
@@ -225,14 +225,14 @@ fn control(action: &Action) -> Control {
             expire_at,
             overrides,
             recover_since,
-        } => Control::Subscribe {
+        } => Control::Subscribe(Box::new(ServerSubscribe {
             channel: channel.clone(),
             info: raw_bytes(info),
             data: raw_bytes(data),
             expire_at: *expire_at,
             overrides: *overrides,
             recover_since: recover_since.clone(),
-        },
+        })),
         Action::Refresh {
             expired,
             expire_at,

@@ -36,15 +36,7 @@ pub enum Control {
         reason: String,
     },
     /// Subscribe the connection server-side.
-    Subscribe {
-        channel: String,
-        info: Option<Bytes>,
-        data: Option<Bytes>,
-        expire_at: Option<i64>,
-        overrides: Overrides,
-        /// Recover from here (the server API's `recover_since`).
-        recover_since: Option<Position>,
-    },
+    Subscribe(Box<ServerSubscribe>),
     /// Replace the connection's expiry (`None`: never) or mark it expired.
     Refresh {
         expired: bool,
@@ -53,6 +45,20 @@ pub enum Control {
     },
     /// An asynchronous message to the client.
     Message(Bytes),
+}
+
+/// A subscription the server API asks a connection to make.
+#[derive(Debug, Clone)]
+pub struct ServerSubscribe {
+    pub channel: String,
+    /// Channel info shown with the client's publications and presence.
+    pub info: Option<Bytes>,
+    /// Sent to the client with the subscribe push.
+    pub data: Option<Bytes>,
+    pub expire_at: Option<i64>,
+    pub overrides: Overrides,
+    /// Recover from here (the server API's `recover_since`).
+    pub recover_since: Option<Position>,
 }
 
 /// One local connection, as the hub sees it.

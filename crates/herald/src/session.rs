@@ -11,8 +11,6 @@ mod server_side;
 mod subs;
 mod subscribe;
 
-use server_side::ServerSubscribe;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,24 +205,7 @@ impl Session {
                 }
                 self.end_subscription(&channel, (code, &reason)).await;
             }
-            Control::Subscribe {
-                channel,
-                info,
-                data,
-                expire_at,
-                overrides,
-                recover_since,
-            } => {
-                let sub = ServerSubscribe {
-                    channel,
-                    info,
-                    data,
-                    expire_at,
-                    overrides,
-                    recover_since,
-                };
-                self.server_subscribe_push(sub).await;
-            }
+            Control::Subscribe(sub) => self.server_subscribe_push(*sub).await,
             Control::Refresh {
                 expired,
                 expire_at,

@@ -109,19 +109,15 @@ impl Report for ApiPublishReport {
             format_args!("{:.0}", self.publications_per_s),
         )
         .latency("publish latency", &self.latency);
-        match (self.server_cpu_s, self.publications_per_server_cpu_s) {
-            (Some(s), Some(per)) => t.row(
-                "server CPU",
-                format_args!(
-                    "{s:.2} s ({:.0}% of a core), {per:.0} publications per CPU-second",
-                    self.server_cpu_percent.unwrap_or(0.0)
-                ),
-            ),
-            _ => t.row("server CPU", "not measured (pass --server-pid)"),
-        };
-        t.row(
-            "load generator CPU",
-            format_args!("{:.0}% of a core", self.loadgen_cpu_percent),
+        let per = format!(
+            "{:.0} publications per CPU-second",
+            self.publications_per_server_cpu_s.unwrap_or(0.0)
+        );
+        t.cpu(
+            self.server_cpu_s,
+            self.server_cpu_percent,
+            per,
+            self.loadgen_cpu_percent,
         )
         .errors(&self.errors)
         .finish()

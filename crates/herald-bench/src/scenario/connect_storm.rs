@@ -73,19 +73,15 @@ impl Report for ConnectStormReport {
             .row("elapsed", format_args!("{:.2} s", self.elapsed_s))
             .row("connects/s", format_args!("{:.0}", self.connects_per_s))
             .latency("connect + subscribe", &self.latency);
-        match (self.server_cpu_s, self.server_cpu_percent) {
-            (Some(s), Some(p)) => t.row(
-                "server CPU",
-                format_args!(
-                    "{s:.2} s ({p:.0}% of a core), {:.3} ms per connect",
-                    self.server_cpu_ms_per_connect.unwrap_or(0.0)
-                ),
-            ),
-            _ => t.row("server CPU", "not measured (pass --server-pid)"),
-        };
-        t.row(
-            "load generator CPU",
-            format_args!("{:.0}% of a core", self.loadgen_cpu_percent),
+        let per = format!(
+            "{:.3} ms per connect",
+            self.server_cpu_ms_per_connect.unwrap_or(0.0)
+        );
+        t.cpu(
+            self.server_cpu_s,
+            self.server_cpu_percent,
+            per,
+            self.loadgen_cpu_percent,
         )
         .errors(&self.errors)
         .finish()

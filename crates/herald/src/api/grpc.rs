@@ -426,6 +426,13 @@ fn presence_result(r: types::PresenceResult) -> proto::PresenceResult {
     proto::PresenceResult { presence }
 }
 
+fn presence_stats_result(r: types::PresenceStatsResult) -> proto::PresenceStatsResult {
+    proto::PresenceStatsResult {
+        num_clients: r.num_clients,
+        num_users: r.num_users,
+    }
+}
+
 fn history_result(r: types::HistoryResult) -> proto::HistoryResult {
     let publications = r
         .publications
@@ -491,12 +498,7 @@ fn reply(reply: types::BatchReply) -> proto::Reply {
         (_, Response::Publish(r)) => out.publish = Some(publish_result(r)),
         (_, Response::Broadcast(r)) => out.broadcast = Some(broadcast_result(r)),
         (_, Response::Presence(r)) => out.presence = Some(presence_result(r)),
-        (_, Response::PresenceStats(r)) => {
-            out.presence_stats = Some(proto::PresenceStatsResult {
-                num_clients: r.num_clients,
-                num_users: r.num_users,
-            })
-        }
+        (_, Response::PresenceStats(r)) => out.presence_stats = Some(presence_stats_result(r)),
         (_, Response::History(r)) => out.history = Some(history_result(r)),
         (_, Response::Channels(r)) => out.channels = Some(channels_result(r)),
         (_, Response::Info(r)) => out.info = Some(info_result(r)),
@@ -510,190 +512,95 @@ fn reply(reply: types::BatchReply) -> proto::Reply {
     out
 }
 
-#[tonic::async_trait]
-impl CentrifugoApi for Service {
-    async fn batch(
-        &self,
-        call: Call<proto::BatchRequest>,
-    ) -> Result<Answer<proto::BatchResponse>, Status> {
-        let read = |r: proto::BatchRequest| {
-            Ok(Request::Batch {
-                commands: r.commands.into_iter().map(command).collect(),
-                parallel: r.parallel,
-            })
-        };
-        self.run(call, read, |outcome| {
-            let replies = match outcome {
-                Ok(Response::Batch(b)) => b.replies.into_iter().map(reply).collect(),
-                _ => Vec::new(),
-            };
-            proto::BatchResponse { replies }
-        })
-        .await
-    }
+/// The service: each unary method reads its message into a [`Request`]
+/// with `read`, and puts a result of its kind into its reply with `result`.
+macro_rules! service {
+    ($($name:ident($req:ident) -> $resp:ident { $read:expr, $result:expr })*) => {
+        #[tonic::async_trait]
+        impl CentrifugoApi for Service {
+            $(
+                async fn $name(
+                    &self,
+                    call: Call<proto::$req>,
+                ) -> Result<Answer<proto::$resp>, Status> {
+                    self.run(call, $read, |outcome| {
+                        let (error, result) = split(outcome, $result);
+                        proto::$resp { error, result }
+                    })
+                    .await
+                }
+            )*
 
-    async fn publish(
-        &self,
-        call: Call<proto::PublishRequest>,
-    ) -> Result<Answer<proto::PublishResponse>, Status> {
-        self.run(call, publish, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::Publish(r) => Some(publish_result(r)),
-                _ => None,
-            });
-            proto::PublishResponse { error, result }
-        })
-        .await
-    }
+            async fn batch(
+                &self,
+                call: Call<proto::BatchRequest>,
+            ) -> Result<Answer<proto::BatchResponse>, Status> {
+                let read = |r: proto::BatchRequest| {
+                    Ok(Request::Batch {
+                        commands: r.commands.into_iter().map(command).collect(),
+                        parallel: r.parallel,
+                    })
+                };
+                self.run(call, read, |outcome| {
+                    let replies = match outcome {
+                        Ok(Response::Batch(b)) => b.replies.into_iter().map(reply).collect(),
+                        _ => Vec::new(),
+                    };
+                    proto::BatchResponse { replies }
+                })
+                .await
+            }
+        }
+    };
+}
 
-    async fn broadcast(
-        &self,
-        call: Call<proto::BroadcastRequest>,
-    ) -> Result<Answer<proto::BroadcastResponse>, Status> {
-        self.run(call, broadcast, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::Broadcast(r) => Some(broadcast_result(r)),
-                _ => None,
-            });
-            proto::BroadcastResponse { error, result }
-        })
-        .await
+service! {
+    publish(PublishRequest) -> PublishResponse {
+        publish,
+        |r| match r { Response::Publish(r) => Some(publish_result(r)), _ => None }
     }
-
-    async fn subscribe(
-        &self,
-        call: Call<proto::SubscribeRequest>,
-    ) -> Result<Answer<proto::SubscribeResponse>, Status> {
-        self.run(call, subscribe, |outcome| {
-            let (error, result) = split(outcome, |_| Some(proto::SubscribeResult {}));
-            proto::SubscribeResponse { error, result }
-        })
-        .await
+    broadcast(BroadcastRequest) -> BroadcastResponse {
+        broadcast,
+        |r| match r { Response::Broadcast(r) => Some(broadcast_result(r)), _ => None }
     }
-
-    async fn unsubscribe(
-        &self,
-        call: Call<proto::UnsubscribeRequest>,
-    ) -> Result<Answer<proto::UnsubscribeResponse>, Status> {
-        self.run(call, unsubscribe, |outcome| {
-            let (error, result) = split(outcome, |_| Some(proto::UnsubscribeResult {}));
-            proto::UnsubscribeResponse { error, result }
-        })
-        .await
+    subscribe(SubscribeRequest) -> SubscribeResponse {
+        subscribe,
+        |_| Some(proto::SubscribeResult {})
     }
-
-    async fn disconnect(
-        &self,
-        call: Call<proto::DisconnectRequest>,
-    ) -> Result<Answer<proto::DisconnectResponse>, Status> {
-        self.run(call, disconnect, |outcome| {
-            let (error, result) = split(outcome, |_| Some(proto::DisconnectResult {}));
-            proto::DisconnectResponse { error, result }
-        })
-        .await
+    unsubscribe(UnsubscribeRequest) -> UnsubscribeResponse {
+        unsubscribe,
+        |_| Some(proto::UnsubscribeResult {})
     }
-
-    async fn presence(
-        &self,
-        call: Call<proto::PresenceRequest>,
-    ) -> Result<Answer<proto::PresenceResponse>, Status> {
-        let read = |r: proto::PresenceRequest| Ok(Request::Presence(channel(r.channel)));
-        self.run(call, read, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::Presence(r) => Some(presence_result(r)),
-                _ => None,
-            });
-            proto::PresenceResponse { error, result }
-        })
-        .await
+    disconnect(DisconnectRequest) -> DisconnectResponse {
+        disconnect,
+        |_| Some(proto::DisconnectResult {})
     }
-
-    async fn presence_stats(
-        &self,
-        call: Call<proto::PresenceStatsRequest>,
-    ) -> Result<Answer<proto::PresenceStatsResponse>, Status> {
-        let read = |r: proto::PresenceStatsRequest| Ok(Request::PresenceStats(channel(r.channel)));
-        self.run(call, read, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::PresenceStats(r) => Some(proto::PresenceStatsResult {
-                    num_clients: r.num_clients,
-                    num_users: r.num_users,
-                }),
-                _ => None,
-            });
-            proto::PresenceStatsResponse { error, result }
-        })
-        .await
+    refresh(RefreshRequest) -> RefreshResponse {
+        refresh,
+        |_| Some(proto::RefreshResult {})
     }
-
-    async fn history(
-        &self,
-        call: Call<proto::HistoryRequest>,
-    ) -> Result<Answer<proto::HistoryResponse>, Status> {
-        self.run(call, history, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::History(r) => Some(history_result(r)),
-                _ => None,
-            });
-            proto::HistoryResponse { error, result }
-        })
-        .await
+    presence(PresenceRequest) -> PresenceResponse {
+        |r: proto::PresenceRequest| Ok(Request::Presence(channel(r.channel))),
+        |r| match r { Response::Presence(r) => Some(presence_result(r)), _ => None }
     }
-
-    async fn history_remove(
-        &self,
-        call: Call<proto::HistoryRemoveRequest>,
-    ) -> Result<Answer<proto::HistoryRemoveResponse>, Status> {
-        let read = |r: proto::HistoryRemoveRequest| Ok(Request::HistoryRemove(channel(r.channel)));
-        self.run(call, read, |outcome| {
-            let (error, result) = split(outcome, |_| Some(proto::HistoryRemoveResult {}));
-            proto::HistoryRemoveResponse { error, result }
-        })
-        .await
+    presence_stats(PresenceStatsRequest) -> PresenceStatsResponse {
+        |r: proto::PresenceStatsRequest| Ok(Request::PresenceStats(channel(r.channel))),
+        |r| match r { Response::PresenceStats(r) => Some(presence_stats_result(r)), _ => None }
     }
-
-    async fn info(
-        &self,
-        call: Call<proto::InfoRequest>,
-    ) -> Result<Answer<proto::InfoResponse>, Status> {
-        let read = |_| Ok(Request::Info(types::InfoRequest {}));
-        self.run(call, read, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::Info(r) => Some(info_result(r)),
-                _ => None,
-            });
-            proto::InfoResponse { error, result }
-        })
-        .await
+    history(HistoryRequest) -> HistoryResponse {
+        history,
+        |r| match r { Response::History(r) => Some(history_result(r)), _ => None }
     }
-
-    async fn refresh(
-        &self,
-        call: Call<proto::RefreshRequest>,
-    ) -> Result<Answer<proto::RefreshResponse>, Status> {
-        self.run(call, refresh, |outcome| {
-            let (error, result) = split(outcome, |_| Some(proto::RefreshResult {}));
-            proto::RefreshResponse { error, result }
-        })
-        .await
+    history_remove(HistoryRemoveRequest) -> HistoryRemoveResponse {
+        |r: proto::HistoryRemoveRequest| Ok(Request::HistoryRemove(channel(r.channel))),
+        |_| Some(proto::HistoryRemoveResult {})
     }
-
-    async fn channels(
-        &self,
-        call: Call<proto::ChannelsRequest>,
-    ) -> Result<Answer<proto::ChannelsResponse>, Status> {
-        let read = |r: proto::ChannelsRequest| {
-            Ok(Request::Channels(types::ChannelsRequest {
-                pattern: r.pattern,
-            }))
-        };
-        self.run(call, read, |outcome| {
-            let (error, result) = split(outcome, |r| match r {
-                Response::Channels(r) => Some(channels_result(r)),
-                _ => None,
-            });
-            proto::ChannelsResponse { error, result }
-        })
-        .await
+    info(InfoRequest) -> InfoResponse {
+        |_| Ok(Request::Info(types::InfoRequest {})),
+        |r| match r { Response::Info(r) => Some(info_result(r)), _ => None }
+    }
+    channels(ChannelsRequest) -> ChannelsResponse {
+        |r: proto::ChannelsRequest| Ok(Request::Channels(types::ChannelsRequest { pattern: r.pattern })),
+        |r| match r { Response::Channels(r) => Some(channels_result(r)), _ => None }
     }
 }

@@ -10,27 +10,15 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, SubscribeResult};
 use herald_protocol::ProtocolError;
 
 use super::subscribe::Plan;
 use super::{Session, SubState};
-use crate::auth::{Overrides, SubOptions};
+use crate::auth::SubOptions;
 use crate::frame::Json;
-use crate::wire::control::Position;
-
-/// A subscription the server API asks for (see
-/// [`Session::server_subscribe_push`]).
-pub(super) struct ServerSubscribe {
-    pub(super) channel: String,
-    pub(super) info: Option<Bytes>,
-    pub(super) data: Option<Bytes>,
-    pub(super) expire_at: Option<i64>,
-    pub(super) overrides: Overrides,
-    pub(super) recover_since: Option<Position>,
-}
+use crate::hub::ServerSubscribe;
 
 /// What is left to do for server-side subscriptions once the connect reply
 /// is queued, in order.

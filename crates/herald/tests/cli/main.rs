@@ -120,15 +120,7 @@ fn gentoken_and_checktoken() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<Value>(
-        &token,
-        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    )
-    .expect("signed with the configured secret")
-    .claims;
+    let claims = hs256_claims(&token, &secret);
     assert_eq!(claims["sub"], "alice");
     let ttl = claims["exp"].as_i64().unwrap() - herald::auth::now_unix();
     assert!((50..=60).contains(&ttl), "exp about 60s ahead: {claims}");
@@ -192,15 +184,7 @@ fn gensubtoken_and_checksubtoken() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<Value>(
-        &token,
-        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    )
-    .expect("signed with the client token secret")
-    .claims;
+    let claims = hs256_claims(&token, &secret);
     assert_eq!(
         (&claims["sub"], &claims["channel"]),
         (&json!("alice"), &json!("news"))
@@ -240,6 +224,20 @@ fn gensubtoken_and_checksubtoken() {
     let o = check(stdout(&o).trim());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("never expires"), "{}", stdout(&o));
+}
+
+/// The claims of a token signed with `secret` (HS256); fails the test
+/// when the signature does not match.
+fn hs256_claims(token: &str, secret: &str) -> Value {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("signed with the configured secret")
+    .claims
 }
 
 fn base64_url(text: &str) -> String {

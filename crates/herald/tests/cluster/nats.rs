@@ -25,19 +25,40 @@ async fn nats_connections_stay_up_across_health_checks() {
     .await;
 }
 
+/// A NATS-brokered cluster with durable streams in a fresh PostgreSQL
+/// database (dropped with it); `None` when either service is not set up.
+struct NatsPostgres {
+    nats: String,
+    prefix: String,
+    cfg: serde_json::Value,
+    _db: TestDatabase,
+}
+
+impl NatsPostgres {
+    fn new() -> Option<Self> {
+        let nats = env_url("HERALD_TEST_NATS_URL")?;
+        let pg = env_url("HERALD_TEST_POSTGRES_URL")?;
+        let db = TestDatabase::create_at(&pg);
+        let prefix = unique("t");
+        let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": nats, "prefix": prefix } } });
+        merge(&mut cfg, durable_namespace(&db));
+        Some(Self {
+            nats,
+            prefix,
+            cfg,
+            _db: db,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_cluster_with_postgres_streams() {
-    let (Some(nats), Some(pg)) = (
-        env_url("HERALD_TEST_NATS_URL"),
-        env_url("HERALD_TEST_POSTGRES_URL"),
-    ) else {
+    let Some(cluster) = NatsPostgres::new() else {
         return;
     };
-    let db = TestDatabase::create_at(&pg);
-    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
-        "nats": { "url": nats, "prefix": unique("t") } } });
-    merge(&mut cfg, durable_namespace(&db));
-    let nodes: Vec<ClusterNode> = ["a", "b", "c"].iter().map(|n| node(n, &cfg)).collect();
+    let cfg = &cluster.cfg;
+    let nodes: Vec<ClusterNode> = ["a", "b", "c"].iter().map(|n| node(n, cfg)).collect();
 
     // Channel names with NATS wildcard characters neither break nor widen
     // subscriptions.
@@ -116,22 +137,14 @@ async fn nats_restart_mid_stream_recovers_durable_streams() {
 /// stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_idempotency_keys_hold_across_nodes() {
-    let (Some(nats), Some(pg)) = (
-        env_url("HERALD_TEST_NATS_URL"),
-        env_url("HERALD_TEST_POSTGRES_URL"),
-    ) else {
+    let Some(cluster) = NatsPostgres::new() else {
         return;
     };
-    let db = TestDatabase::create_at(&pg);
-    let prefix = unique("t");
-    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
-        "nats": { "url": nats, "prefix": prefix } } });
-    merge(&mut cfg, durable_namespace(&db));
-    idempotency_holds_across_nodes(cfg, &["chat:once", "log:once"]).await;
+    idempotency_holds_across_nodes(cluster.cfg.clone(), &["chat:once", "log:once"]).await;
     // The bucket was made on the shared server: remove it.
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = async_nats::connect(&cluster.nats).await.unwrap();
     async_nats::jetstream::new(client)
-        .delete_stream(format!("KV_{prefix}_once"))
+        .delete_stream(format!("KV_{}_once", cluster.prefix))
         .await
         .expect("the test's bucket was made");
 }
@@ -139,15 +152,8 @@ async fn nats_idempotency_keys_hold_across_nodes() {
 /// Durable streams in PostgreSQL keep versions for every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_postgres_versions_hold_across_nodes() {
-    let (Some(nats), Some(pg)) = (
-        env_url("HERALD_TEST_NATS_URL"),
-        env_url("HERALD_TEST_POSTGRES_URL"),
-    ) else {
+    let Some(cluster) = NatsPostgres::new() else {
         return;
     };
-    let db = TestDatabase::create_at(&pg);
-    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
-        "nats": { "url": nats, "prefix": unique("t") } } });
-    merge(&mut cfg, durable_namespace(&db));
-    versions_hold_across_nodes(cfg, "log:ver").await;
+    versions_hold_across_nodes(cluster.cfg.clone(), "log:ver").await;
 }
