@@ -28,10 +28,14 @@ pub enum TokenError {
 #[derive(Clone)]
 pub struct Verifier {
     hmac: Option<DecodingKey>,
+    /// The previous HMAC secret and until when it is accepted (0: no end).
+    hmac_previous: Option<(DecodingKey, i64)>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
     audience: String,
+    audience_regex: Option<regex::Regex>,
     issuer: String,
+    issuer_regex: Option<regex::Regex>,
     user_id_claim: String,
 }
 
@@ -169,10 +173,13 @@ impl Verifier {
         let keys = c.keys(section)?;
         Ok(Self {
             hmac: keys.hmac,
+            hmac_previous: keys.hmac_previous,
             rsa: keys.rsa,
             ecdsa: keys.ecdsa,
             audience: c.audience.clone(),
+            audience_regex: keys.audience_regex,
             issuer: c.issuer.clone(),
+            issuer_regex: keys.issuer_regex,
             user_id_claim: c.user_id_claim.clone(),
         })
     }
@@ -211,7 +218,21 @@ impl Verifier {
             v.set_issuer(&[&self.issuer]);
             v.required_spec_claims.insert("iss".into());
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
+        let mut decoded = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v);
+        // During a rotation, a token signed with the previous HMAC secret
+        // is accepted until that secret's end.
+        if let (Err(e), Some((previous, until))) = (&decoded, &self.hmac_previous) {
+            let bad_signature =
+                matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature);
+            let hmac = matches!(
+                header.alg,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            );
+            if bad_signature && hmac && (*until == 0 || now <= *until) {
+                decoded = jsonwebtoken::decode::<Map<String, Value>>(token, previous, &v);
+            }
+        }
+        let data = decoded.map_err(|e| {
             match e.kind() {
                 // Not valid yet: most likely clock skew, so let the client fetch
                 // a fresh token rather than give up.
@@ -220,6 +241,7 @@ impl Verifier {
             }
         })?;
         let map = data.claims;
+        self.check_patterns(&map)?;
         let claim = if self.user_id_claim.is_empty() {
             "sub"
         } else {
@@ -240,6 +262,36 @@ impl Verifier {
             return Err(TokenError::Expired);
         }
         Ok((user, raw))
+    }
+
+    /// `aud` and `iss` against `audience_regex` and `issuer_regex`.
+    fn check_patterns(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
+        if let Some(re) = &self.audience_regex {
+            let matches = match claims.get("aud") {
+                Some(Value::String(aud)) => re.is_match(aud),
+                Some(Value::Array(auds)) => auds
+                    .iter()
+                    .any(|a| a.as_str().is_some_and(|a| re.is_match(a))),
+                _ => false,
+            };
+            if !matches {
+                return Err(TokenError::Invalid(
+                    "aud does not match audience_regex".into(),
+                ));
+            }
+        }
+        if let Some(re) = &self.issuer_regex {
+            let matches = claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .is_some_and(|iss| re.is_match(iss));
+            if !matches {
+                return Err(TokenError::Invalid(
+                    "iss does not match issuer_regex".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn verify_connection(&self, token: &str, now: i64) -> Result<ConnectionClaims, TokenError> {

@@ -221,3 +221,73 @@ fn bad_pem_is_a_config_error_naming_the_key() {
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
+
+/// During an HMAC rotation, tokens signed with the previous secret pass
+/// until `hmac_previous_secret_key_valid_until` (0: no end); others never.
+#[test]
+fn the_previous_hmac_secret_holds_until_its_end() {
+    let old = |claims: Value| sign_hs256(&claims, "old-secret").unwrap();
+    let rotating = |until: i64| {
+        verifier(|c| {
+            c.hmac_previous_secret_key = "old-secret".into();
+            c.hmac_previous_secret_key_valid_until = until;
+        })
+    };
+    let token = old(json!({"sub": "7"}));
+    assert_eq!(
+        rotating(0).verify_connection(&token, NOW).unwrap().user,
+        "7"
+    );
+    assert_eq!(
+        rotating(NOW + 1)
+            .verify_connection(&token, NOW)
+            .unwrap()
+            .user,
+        "7"
+    );
+    assert!(matches!(
+        rotating(NOW - 1).verify_connection(&token, NOW),
+        Err(TokenError::Invalid(_))
+    ));
+    // Without a previous secret, or with another one, it is refused; the
+    // current secret passes either way.
+    assert!(verifier(|_| {}).verify_connection(&token, NOW).is_err());
+    let other = sign_hs256(&json!({"sub": "7"}), "third-secret").unwrap();
+    assert!(rotating(0).verify_connection(&other, NOW).is_err());
+    assert!(rotating(NOW - 1)
+        .verify_connection(&sign(json!({"sub": "7"})), NOW)
+        .is_ok());
+}
+
+#[test]
+fn audience_and_issuer_patterns() {
+    let v = verifier(|c| {
+        c.audience_regex = "^herald-(eu|us)$".into();
+        c.issuer_regex = r"^https://auth\.example\.com/".into();
+    });
+    let ok = sign(
+        json!({"sub": "1", "aud": ["other", "herald-eu"], "iss": "https://auth.example.com/t1"}),
+    );
+    assert!(v.verify_connection(&ok, NOW).is_ok());
+    for bad in [
+        json!({"sub": "1", "aud": "herald-asia", "iss": "https://auth.example.com/t1"}),
+        json!({"sub": "1", "aud": "herald-us", "iss": "https://evil.example.com/"}),
+        json!({"sub": "1", "iss": "https://auth.example.com/t1"}),
+    ] {
+        assert!(
+            matches!(
+                v.verify_connection(&sign(bad.clone()), NOW),
+                Err(TokenError::Invalid(_))
+            ),
+            "{bad}"
+        );
+    }
+    let mut c = TokenConfig {
+        audience_regex: "(".into(),
+        ..Default::default()
+    };
+    let e = Verifier::from_config(&c, "client.token").unwrap_err();
+    assert!(e.to_string().contains("client.token.audience_regex"), "{e}");
+    c.audience_regex.clear();
+    assert!(Verifier::from_config(&c, "client.token").is_ok());
+}

@@ -13,12 +13,21 @@ use super::{ConfigError, Secret};
 #[serde(default)]
 pub struct TokenConfig {
     pub hmac_secret_key: Secret,
+    /// The HMAC secret before the current one, still accepted during a
+    /// rotation.
+    pub hmac_previous_secret_key: Secret,
+    /// Unix seconds after which the previous secret is refused (0: no end).
+    pub hmac_previous_secret_key_valid_until: i64,
     pub rsa_public_key: String,
     pub ecdsa_public_key: String,
     /// When set, tokens must carry this `aud`.
     pub audience: String,
+    /// When set, a token's `aud` must match this regular expression.
+    pub audience_regex: String,
     /// When set, tokens must carry this `iss`.
     pub issuer: String,
+    /// When set, a token's `iss` must match this regular expression.
+    pub issuer_regex: String,
     /// The claim holding the user id; `sub` when empty.
     pub user_id_claim: String,
 }
@@ -35,8 +44,12 @@ pub struct SubscriptionTokenConfig {
 /// The keys of one token section, ready to verify with.
 pub struct TokenKeys {
     pub hmac: Option<DecodingKey>,
+    /// The previous HMAC secret and until when it is accepted (0: no end).
+    pub hmac_previous: Option<(DecodingKey, i64)>,
     pub rsa: Option<DecodingKey>,
     pub ecdsa: Option<DecodingKey>,
+    pub audience_regex: Option<regex::Regex>,
+    pub issuer_regex: Option<regex::Regex>,
 }
 
 impl TokenConfig {
@@ -44,6 +57,18 @@ impl TokenConfig {
     pub fn keys(&self, section: &str) -> Result<TokenKeys, ConfigError> {
         let hmac = (!self.hmac_secret_key.is_empty())
             .then(|| DecodingKey::from_secret(self.hmac_secret_key.expose().as_bytes()));
+        let hmac_previous = (!self.hmac_previous_secret_key.is_empty()).then(|| {
+            let key = DecodingKey::from_secret(self.hmac_previous_secret_key.expose().as_bytes());
+            (key, self.hmac_previous_secret_key_valid_until)
+        });
+        let regex = |value: &str, field: &str| {
+            if value.is_empty() {
+                return Ok(None);
+            }
+            regex::Regex::new(value)
+                .map(Some)
+                .map_err(|e| ConfigError::invalid(format!("{section}.{field}"), e.to_string()))
+        };
         let pem = |value: &str, field: &str, what: &str, parse: fn(&[u8]) -> _| {
             if value.is_empty() {
                 return Ok(None);
@@ -59,6 +84,9 @@ impl TokenConfig {
         };
         Ok(TokenKeys {
             hmac,
+            hmac_previous,
+            audience_regex: regex(&self.audience_regex, "audience_regex")?,
+            issuer_regex: regex(&self.issuer_regex, "issuer_regex")?,
             rsa: pem(
                 &self.rsa_public_key,
                 "rsa_public_key",

@@ -228,3 +228,38 @@ async fn connection_limits_per_user_and_node() {
     assert_eq!(ws.closed().await.0, 3504, "node limit");
     s.stop().await;
 }
+
+/// Rotating the HMAC secret: tokens signed with the previous one connect
+/// while `hmac_previous_secret_key_valid_until` lasts, and not after.
+#[tokio::test]
+async fn tokens_of_the_previous_hmac_secret_connect_during_a_rotation() {
+    let old_token = herald::auth::sign_hs256(&json!({"sub": "rot"}), "the-old-secret").unwrap();
+    let connect = |s: &TestServer| {
+        let url = s.ws_url();
+        let token = old_token.clone();
+        async move {
+            let mut ws = Ws::open(&url).await;
+            let id = ws.send(json!({"connect": {"token": token}})).await;
+            match ws.next().await {
+                Event::Msg(m) if m["id"] == json!(id) => m,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let s = TestServer::start(json!({"client": {"token": {
+        "hmac_previous_secret_key": "the-old-secret",
+        "hmac_previous_secret_key_valid_until": now() + 3600}}}))
+    .await;
+    let r = connect(&s).await;
+    assert!(r["connect"].is_object(), "{r}");
+    s.stop().await;
+
+    let s = TestServer::start(json!({"client": {"token": {
+        "hmac_previous_secret_key": "the-old-secret",
+        "hmac_previous_secret_key_valid_until": now() - 1}}}))
+    .await;
+    let mut ws = Ws::open(&s.ws_url()).await;
+    ws.send(json!({"connect": {"token": old_token}})).await;
+    assert_eq!(ws.closed().await.0, 3500);
+    s.stop().await;
+}
