@@ -134,6 +134,16 @@ pub struct ClientConfig {
     pub connection_limit: usize,
     /// Connections per user per node; beyond it 3504. Zero: unlimited.
     pub user_connection_limit: usize,
+    /// New connections this node accepts a second (a burst of as many passes
+    /// at once); beyond: HTTP 503. 0: no limit.
+    pub connection_rate_limit: u32,
+    /// Herald: new connections one remote address may open a second; beyond:
+    /// HTTP 429. 0: no limit (set 0, or raise it, when clients come through
+    /// a proxy that hides their addresses).
+    pub connection_rate_limit_per_ip: u32,
+    /// Herald: commands of each kind one connection may send a second;
+    /// beyond: error 111 (too many requests). 0: no limit.
+    pub command_rate_limit: CommandRates,
     pub connect_include_server_time: bool,
     /// Most publications one client history call returns; zero: no cap.
     pub history_max_publication_limit: usize,
@@ -178,6 +188,9 @@ impl Default for ClientConfig {
             write_delay: Dur::default(),
             connection_limit: 0,
             user_connection_limit: 0,
+            connection_rate_limit: 0,
+            connection_rate_limit_per_ip: 1000,
+            command_rate_limit: CommandRates::default(),
             connect_include_server_time: false,
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
@@ -197,6 +210,19 @@ pub struct HttpApi {
     pub max_request_body_size: usize,
     /// How a method's error is answered (see [`ErrorMode`]).
     pub error_mode: ErrorMode,
+}
+
+/// Commands a second per connection, by kind (0: no limit).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommandRates {
+    pub publish: u32,
+    /// Subscribe and subscription-token refresh.
+    pub subscribe: u32,
+    pub history: u32,
+    /// Presence and presence stats.
+    pub presence: u32,
+    pub rpc: u32,
 }
 
 /// The gRPC server API (Centrifugo's `CentrifugoApi` service).

@@ -18,6 +18,7 @@ pub mod node;
 pub mod origin;
 pub mod pattern;
 pub mod presence;
+pub mod ratelimit;
 pub mod redis_link;
 pub mod report;
 pub mod server;

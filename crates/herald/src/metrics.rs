@@ -14,6 +14,11 @@ pub struct Counters {
     pub connections_accepted: AtomicU64,
     pub commands: AtomicU64,
     pub api_requests: AtomicU64,
+    /// Connections refused by `client.connection_rate_limit` or its per-IP
+    /// limit.
+    pub connections_refused_by_rate: AtomicU64,
+    /// Commands refused by `client.command_rate_limit` (error 111).
+    pub commands_refused_by_rate: AtomicU64,
 }
 
 impl Counters {
@@ -27,7 +32,7 @@ impl Counters {
 pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: u64) -> String {
     let (gaps_filled, resyncs) = h.gap_counts();
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let metrics: [(&str, &str, u64); 13] = [
+    let metrics: [(&str, &str, u64); 15] = [
         ("herald_connections", "gauge", h.num_clients() as u64),
         ("herald_users", "gauge", h.num_users() as u64),
         ("herald_channels", "gauge", h.num_channels() as u64),
@@ -61,6 +66,16 @@ pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: 
             "herald_retention_removed_total",
             "counter",
             retention_removed,
+        ),
+        (
+            "herald_connections_rate_limited_total",
+            "counter",
+            load(&c.connections_refused_by_rate),
+        ),
+        (
+            "herald_commands_rate_limited_total",
+            "counter",
+            load(&c.commands_refused_by_rate),
         ),
         ("herald_stream_gaps_filled_total", "counter", gaps_filled),
         ("herald_channel_resyncs_total", "counter", resyncs),

@@ -26,6 +26,7 @@ use crate::idempotency;
 use crate::metrics::Counters;
 use crate::origin::OriginPolicy;
 use crate::presence::{Members, Presence};
+use crate::ratelimit::{ConnectLimits, Limiter, PerKey};
 use crate::store::{
     Conditions, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
     Version,
@@ -104,6 +105,8 @@ pub struct Node {
     tracker: TaskTracker,
     origins: OriginPolicy,
     next_key: AtomicU64,
+    /// How fast new connections are let in, by the node and by address.
+    pub connect_limits: ConnectLimits,
 }
 
 impl Node {
@@ -129,8 +132,13 @@ impl Node {
             rules.clone(),
         ));
         tokio::spawn(cluster.clone().run(events_rx, shutdown.clone()));
+        let connect_limits = ConnectLimits {
+            node: Limiter::new(config.client.connection_rate_limit),
+            per_ip: PerKey::new(config.client.connection_rate_limit_per_ip),
+        };
         let node = Arc::new(Self {
             origins: OriginPolicy::new(&config.client.allowed_origins),
+            connect_limits,
             config,
             rules,
             tokens,

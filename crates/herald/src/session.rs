@@ -29,6 +29,7 @@ use crate::frame::{self, Frame};
 use crate::hub::Control;
 use crate::metrics::Counters;
 use crate::node::Node;
+use crate::ratelimit::{CommandLimits, Kind};
 
 /// Per-subscription state kept by the session.
 #[derive(Debug, Default)]
@@ -67,6 +68,8 @@ pub struct Session {
     connect_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
+    /// Command buckets, when `client.command_rate_limit` sets any.
+    limits: Option<Box<CommandLimits>>,
 }
 
 impl Session {
@@ -81,6 +84,7 @@ impl Session {
             connect_deadline: (!stale.is_zero()).then(|| Instant::now() + stale),
             next_ping: None,
             pong_deadline: None,
+            limits: CommandLimits::new(&node.config.client.command_rate_limit),
             node,
         }
     }
@@ -134,6 +138,11 @@ impl Session {
             tracing::info!(client = %self.client_id, "command before connect");
             return Err(Disconnect::bad_request());
         }
+        if !self.within_rate(&method) {
+            Counters::incr(&self.node.counters.commands_refused_by_rate);
+            self.reply(id, Err(ProtocolError::TOO_MANY_REQUESTS));
+            return Ok(());
+        }
         let result = match method {
             Method::Connect(req) => {
                 if self.conn.is_some() {
@@ -158,6 +167,22 @@ impl Session {
         };
         self.reply(id, result);
         Ok(())
+    }
+
+    /// Takes a token for the command's kind when its rate is limited.
+    fn within_rate(&mut self, method: &Method) -> bool {
+        let Some(limits) = self.limits.as_mut() else {
+            return true;
+        };
+        let kind = match method {
+            Method::Publish(_) => Kind::Publish,
+            Method::Subscribe(_) | Method::SubRefresh(_) => Kind::Subscribe,
+            Method::History(_) => Kind::History,
+            Method::Presence(_) | Method::PresenceStats(_) => Kind::Presence,
+            Method::Rpc(_) => Kind::Rpc,
+            _ => return true,
+        };
+        limits.allow(kind)
     }
 
     fn reply(&self, id: u32, result: Result<ReplyBody, ProtocolError>) {

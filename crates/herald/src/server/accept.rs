@@ -53,9 +53,9 @@ pub(super) async fn accept(
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     failures.ended();
-                    stream
+                    (stream, peer)
                 }
                 Err(e) => {
                     let pause = failures.failed(&e);
@@ -66,14 +66,19 @@ pub(super) async fn accept(
                 }
             },
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         // Set by the first request: until then the connection is on the
         // clock.
         let started = Arc::new(AtomicBool::new(false));
         let seen = started.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             seen.store(true, Ordering::Release);
+            // Handlers that limit by address read it from here.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             router.clone().oneshot(request)
         });
         let conn = builder

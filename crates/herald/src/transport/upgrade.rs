@@ -5,8 +5,10 @@
 //! oversized message), so that the client reads the Close frame instead of
 //! a reset.
 
+use std::net::SocketAddr;
+
 use axum::body::Body;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
@@ -24,6 +26,8 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The remote address, as the accept loop recorded it.
+    peer: Option<SocketAddr>,
 }
 
 /// Whether `name` is a comma-separated list holding `token` (any case).
@@ -87,11 +91,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "this connection cannot be upgraded",
             ));
         };
-        Ok(Self { key, on_upgrade })
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| *peer);
+        Ok(Self {
+            key,
+            on_upgrade,
+            peer,
+        })
     }
 }
 
 impl Upgrade {
+    /// Where the request came from, when known.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// Answers 101 and, once the connection is handed over, runs `serve`
     /// on the WebSocket in a task of its own.
     pub fn accept<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response

@@ -41,6 +41,20 @@ const DEFAULT_WRITE_BUFFER: usize = 4096;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
+    if !node.connect_limits.node.allow() {
+        Counters::incr(&node.counters.connections_refused_by_rate);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many new connections").into_response();
+    }
+    if let Some(peer) = ws.peer() {
+        if !node.connect_limits.per_ip.allow(peer.ip()) {
+            Counters::incr(&node.counters.connections_refused_by_rate);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new connections from this address",
+            )
+                .into_response();
+        }
+    }
     if !node.origins().allows(&headers) {
         tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();

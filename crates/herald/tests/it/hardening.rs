@@ -212,3 +212,82 @@ async fn silent_and_stalled_connections_are_closed() {
     assert!(info["result"]["nodes"].is_array(), "{info}");
     s.stop().await;
 }
+
+/// Opens a WebSocket from `source` (a loopback address of the test's
+/// choice) and says how the upgrade went: `Ok` or the error's text.
+async fn open_from(source: &str, server: std::net::SocketAddr) -> Result<(), String> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(server).await.map_err(|e| e.to_string())?;
+    let url = format!("ws://{server}/connection/websocket");
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// `client.connection_rate_limit` holds the node to its rate of new
+/// connections (HTTP 503 beyond), `client.connection_rate_limit_per_ip`
+/// each address to its own (HTTP 429 beyond) while other addresses go on.
+#[tokio::test]
+async fn new_connections_are_rate_limited() {
+    let s = TestServer::start(json!({"client": {"connection_rate_limit_per_ip": 3}})).await;
+    for _ in 0..3 {
+        open_from("127.0.0.1", s.addr).await.unwrap();
+    }
+    let refused = open_from("127.0.0.1", s.addr).await.unwrap_err();
+    assert!(refused.contains("429"), "{refused}");
+    // Another address has a bucket of its own.
+    open_from("127.0.0.2", s.addr).await.unwrap();
+    let metrics = reqwest::get(s.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_connections_rate_limited_total 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+
+    let s = TestServer::start(json!({"client": {"connection_rate_limit": 4}})).await;
+    for i in 0..4 {
+        open_from(&format!("127.0.0.{}", i + 1), s.addr)
+            .await
+            .unwrap();
+    }
+    let refused = open_from("127.0.0.9", s.addr).await.unwrap_err();
+    assert!(refused.contains("503"), "{refused}");
+    s.stop().await;
+}
+
+/// `client.command_rate_limit`: commands of a limited kind beyond their rate
+/// get error 111 and the connection stays; other kinds are not counted.
+#[tokio::test]
+async fn commands_are_rate_limited_by_kind() {
+    let s = TestServer::start(json!({"client": {"command_rate_limit": {"publish": 2}}})).await;
+    let mut ws = s.client("u").await;
+    ws.cmd(json!({"subscribe": {"channel": "chat:r"}})).await;
+    let publish = json!({"publish": {"channel": "chat:r", "data": 1}});
+    for _ in 0..2 {
+        let r = ws.cmd(publish.clone()).await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    let r = ws.cmd(publish.clone()).await;
+    assert_eq!(r["error"]["code"], 111, "{r}");
+    assert_eq!(r["error"]["temporary"], true, "{r}");
+    // Subscribing and pinging are not limited here.
+    for n in 0..5 {
+        let r = ws
+            .cmd(json!({"subscribe": {"channel": format!("chat:n{n}")}}))
+            .await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    // Half a second refills one publish (time must pass: the bucket refills
+    // with it, not on an event).
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = ws.cmd(publish).await;
+    assert!(r.get("publish").is_some(), "{r}");
+    s.stop().await;
+}
