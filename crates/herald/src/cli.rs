@@ -252,6 +252,9 @@ fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
+        if let Some(tls) = server.tls() {
+            tokio::spawn(reload_tls_on_sighup(tls));
+        }
         let token = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -271,6 +274,29 @@ fn raise_open_files_limit() {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
     }
+}
+
+/// Reads the listener's certificate and key again at every SIGHUP.
+async fn reload_tls_on_sighup(tls: std::sync::Arc<crate::server::Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: TLS files are read only at start");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(
+                    error = %crate::report::Chain(&e),
+                    "TLS not reloaded; the previous certificate stays"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn wait_for_signal() {

@@ -67,6 +67,8 @@ pub struct HttpServer {
     /// Herald: time a client has to send a whole request body (server
     /// API); slower requests get HTTP 408.
     pub request_body_timeout: Dur,
+    /// TLS for the listener (WebSocket and HTTP), reloaded on SIGHUP.
+    pub tls: TlsConfig,
 }
 
 impl Default for HttpServer {
@@ -76,6 +78,7 @@ impl Default for HttpServer {
             port: 8000,
             header_read_timeout: Dur::secs(10),
             request_body_timeout: Dur::secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -18,11 +18,16 @@ use crate::node::{Node, NodeError};
 use crate::{api, transport};
 
 mod accept;
+mod tls;
+
+pub use tls::{Tls, TlsError};
 
 /// A bound, not yet running server.
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
+    /// The listener's TLS, when `http_server.tls.enabled`.
+    tls: Option<Arc<Tls>>,
     /// The gRPC API's, when enabled, and its TLS files.
     grpc: Option<(TcpListener, Option<TlsFiles>)>,
 }
@@ -40,6 +45,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot set up TLS")]
+    Tls(#[from] TlsError),
 }
 
 impl Server {
@@ -51,6 +58,7 @@ impl Server {
             config.http_server.address.as_str()
         };
         let addr = format!("{host}:{}", config.http_server.port);
+        let tls = Tls::load(&config.http_server.tls)?;
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -72,6 +80,7 @@ impl Server {
         Ok(Self {
             node,
             listener,
+            tls,
             grpc,
         })
     }
@@ -80,6 +89,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The listener's TLS (to reload it on SIGHUP), when enabled.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     /// The gRPC API's address, when it is enabled.
@@ -100,7 +114,7 @@ impl Server {
     pub async fn run(self) -> Result<(), ServeError> {
         let node = self.node;
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, node = %node.cluster().name(), version = Node::version(), "listening");
+        tracing::info!(%addr, tls = self.tls.is_some(), node = %node.cluster().name(), version = Node::version(), "listening");
         if node.config.dev {
             tracing::info!(
                 "demo chat: open http://localhost:{}/ in two browser tabs",
@@ -124,7 +138,7 @@ impl Server {
         let router = router(node.clone());
         let stop = node.shutdown().clone();
         let header_timeout = node.config.http_server.header_read_timeout.0;
-        accept::accept(self.listener, router, stop, header_timeout).await;
+        accept::accept(self.listener, router, self.tls, stop, header_timeout).await;
         tracing::info!(
             connections = node.hub.num_clients(),
             "shutting down: closing connections"

@@ -8,6 +8,7 @@
 //! fails (out of file descriptors, say) the loop backs off, longer each
 //! time, and logs the streak rather than every failure.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,14 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use super::tls::Tls;
 
 /// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -39,6 +43,7 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 pub(super) async fn accept(
     listener: TcpListener,
     router: Router,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
     header_timeout: Duration,
 ) {
@@ -48,14 +53,15 @@ pub(super) async fn accept(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    let builder = Arc::new(builder);
     let mut failures = Failures::default();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok(accepted) => {
                     failures.ended();
-                    (stream, peer)
+                    accepted
                 }
                 Err(e) => {
                     let pause = failures.failed(&e);
@@ -66,13 +72,63 @@ pub(super) async fn accept(
                 }
             },
         };
-        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let connection = Connection {
+            router: router.clone(),
+            builder: builder.clone(),
+            graceful: graceful.watcher(),
+            peer,
+            header_timeout,
+        };
+        match &tls {
+            // The handshake is the connection's first phase: it too must end
+            // within the header timeout, and runs in the connection's task
+            // so that a slow one holds no one else up.
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        connection.serve(stream, started).await;
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(connection.serve(stream, Instant::now()));
+            }
+        }
+    }
+    let _ = tokio::time::timeout(HTTP_DRAIN, graceful.shutdown()).await;
+}
+
+/// One accepted connection, to be served.
+struct Connection {
+    router: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    graceful: Watcher,
+    peer: SocketAddr,
+    header_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves HTTP on `stream` (plain or TLS); a connection whose first
+    /// request has not begun by `started` + the header timeout is closed.
+    async fn serve<S>(self, stream: S, started: Instant)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            router,
+            builder,
+            graceful,
+            peer,
+            header_timeout,
+        } = self;
         // Set by the first request: until then the connection is on the
         // clock.
-        let started = Arc::new(AtomicBool::new(false));
-        let seen = started.clone();
+        let begun = Arc::new(AtomicBool::new(false));
+        let seen = begun.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             seen.store(true, Ordering::Release);
             // Handlers that limit by address read it from here.
@@ -84,20 +140,16 @@ pub(super) async fn accept(
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = tokio::time::sleep(header_timeout) => {}
-            }
-            if started.load(Ordering::Acquire) {
-                let _ = conn.await;
-            }
-            // Else dropping it closes a connection that sent no request.
-        });
+        let mut conn = std::pin::pin!(graceful.watch(conn));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep_until(started + header_timeout) => {}
+        }
+        if begun.load(Ordering::Acquire) {
+            let _ = conn.await;
+        }
+        // Else dropping it closes a connection that sent no request.
     }
-    let _ = tokio::time::timeout(HTTP_DRAIN, graceful.shutdown()).await;
 }
 
 /// A streak of failed accepts: how long to pause, and when it was last

@@ -9,6 +9,7 @@ use herald_testkit::{Event, Served, Ws, WAIT};
 use serde_json::{json, Value};
 
 mod crash;
+mod tls;
 
 /// The binary with a clean environment: no inherited `HERALD_*` variables.
 fn herald() -> Command {

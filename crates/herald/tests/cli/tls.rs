@@ -1,0 +1,162 @@
+//! TLS on the listener (`http_server.tls`): the API and WebSocket over
+//! TLS with a certificate made here, and a new certificate taken on SIGHUP
+//! while connections made with the old one stay up.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::*;
+
+/// A certificate for `localhost` and its key, in PEM.
+fn certificate() -> (String, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (made.cert.pem(), made.signing_key.serialize_pem())
+}
+
+fn write_identity(dir: &Path, (cert, key): &(String, String)) {
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+}
+
+/// A TLS connection to `addr` trusting only `cert`.
+async fn connect(addr: &str, cert: &str) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(cert.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+async fn health(addr: &str, cert: &str) -> std::io::Result<String> {
+    let mut tls = connect(addr, cert).await?;
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply).await?;
+    Ok(reply)
+}
+
+/// Waits for a log line containing `text`.
+fn logged(s: &Served, text: &str) -> String {
+    loop {
+        let line = s.lines.recv_timeout(WAIT).expect("a log line in time");
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_listener_serves_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = certificate();
+    write_identity(dir.path(), &first);
+    let config = dir.path().join("config.json");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    write(
+        &config,
+        &json!({"client": {"insecure": true},
+                "http_server": {"tls": {"enabled": true, "cert_pem": cert_path, "key_pem": key_path}}}),
+    );
+    let s = serve_full(&config, &[], &[]);
+    assert!(s.head.last().unwrap().contains("tls=true"), "{:?}", s.head);
+
+    // The API and a WebSocket over TLS.
+    let reply = health(&s.addr, &first.0).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let tls = connect(&s.addr, &first.0).await.unwrap();
+    let url = format!(
+        "wss://localhost:{}/connection/websocket",
+        s.addr.split(':').nth(1).unwrap()
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    ws.send(Message::text(json!({"id": 1, "connect": {}}).to_string()))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(
+        reply.to_text().unwrap().contains("\"connect\""),
+        "{reply:?}"
+    );
+
+    // A new certificate, taken on SIGHUP: new connections get it, the one
+    // made before stays up.
+    let second = certificate();
+    write_identity(dir.path(), &second);
+    s.signal("HUP");
+    logged(&s, "TLS certificate and key reloaded");
+    assert!(
+        health(&s.addr, &first.0).await.is_err(),
+        "the old certificate is gone"
+    );
+    let reply = health(&s.addr, &second.0).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    ws.send(Message::text(json!({"id": 2, "ping": {}}).to_string()))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(reply.to_text().unwrap().contains("\"id\":2"), "{reply:?}");
+
+    // A reload that fails keeps the certificate in use.
+    std::fs::write(&key_path, "not a key").unwrap();
+    s.signal("HUP");
+    logged(&s, "TLS not reloaded");
+    let reply = health(&s.addr, &second.0).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// A plaintext client of a TLS listener gets nowhere; a missing key file
+/// stops the start naming the key.
+#[tokio::test]
+async fn tls_refuses_plaintext_and_a_missing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = certificate();
+    write_identity(dir.path(), &identity);
+    let config = dir.path().join("config.json");
+    let tls = |key: &Path| {
+        json!({"http_server": {"tls": {"enabled": true,
+            "cert_pem": dir.path().join("cert.pem"), "key_pem": key}}})
+    };
+    write(&config, &tls(&dir.path().join("key.pem")));
+    let s = serve_full(&config, &[], &[]);
+    let mut plain = TcpStream::connect(&s.addr).await.unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut reply)).await;
+    assert!(!String::from_utf8_lossy(&reply).contains("200 OK"));
+    drop(s);
+
+    write(&config, &tls(&dir.path().join("missing.pem")));
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&config));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("http_server.tls.key_pem"),
+        "{}",
+        stderr(&o)
+    );
+}
