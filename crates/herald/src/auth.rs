@@ -3,7 +3,10 @@
 //! checked, `exp` optional (a token without it never expires), `aud` and `iss`
 //! required only when configured, and the algorithm must match the key kind.
 
+mod jwks;
+
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -37,6 +40,8 @@ pub struct Verifier {
     issuer: String,
     issuer_regex: Option<regex::Regex>,
     user_id_claim: String,
+    /// Keys from `jwks_public_endpoint`, by key id.
+    jwks: Option<Arc<jwks::Jwks>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -181,13 +186,51 @@ impl Verifier {
             issuer: c.issuer.clone(),
             issuer_regex: keys.issuer_regex,
             user_id_claim: c.user_id_claim.clone(),
+            jwks: match c.jwks_public_endpoint.as_str() {
+                "" => None,
+                url => Some(Arc::new(jwks::Jwks::new(url).map_err(|e| {
+                    ConfigError::invalid(format!("{section}.jwks_public_endpoint"), e)
+                })?)),
+            },
+        })
+    }
+
+    /// Before verifying `token`: when its header names a key id and a JWKS
+    /// endpoint is set, makes sure that key is known (fetching the set if
+    /// it is not, within bounds). Verification itself never waits.
+    pub async fn prepare(&self, token: &str) {
+        let Some(jwks) = &self.jwks else { return };
+        if let Ok(jsonwebtoken::Header { kid: Some(kid), .. }) = jsonwebtoken::decode_header(token)
+        {
+            jwks.prepare(&kid).await;
+        }
+    }
+
+    /// The key of a token signed by a key of the JWKS set, by its `kid`.
+    fn jwks_key(&self, header: &jsonwebtoken::Header) -> Option<Result<DecodingKey, TokenError>> {
+        let (jwks, kid) = (self.jwks.as_ref()?, header.kid.as_deref()?);
+        if matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return None;
+        }
+        Some(match jwks.key(kid) {
+            Some(k) if k.algorithms.contains(&header.alg) => Ok(k.key),
+            Some(_) => Err(TokenError::Invalid(format!(
+                "key {kid:?} does not take {:?}",
+                header.alg
+            ))),
+            None => Err(TokenError::Invalid(format!("unknown key id {kid:?}"))),
         })
     }
 
     fn decode(&self, token: &str, now: i64) -> Result<(String, RawClaims), TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let from_jwks = self.jwks_key(&header).transpose()?;
         let key = match header.alg {
+            _ if from_jwks.is_some() => from_jwks.as_ref(),
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
             Algorithm::RS256
             | Algorithm::RS384

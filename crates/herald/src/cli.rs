@@ -121,6 +121,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Checktoken { token }) => {
             let config = load(cfg_path)?;
             let tokens = Tokens::from_config(&config.client)?;
+            block_on(tokens.connection.prepare(&token))?;
             match tokens.connection.verify_connection(&token, now_unix()) {
                 Ok(c) => {
                     println!(
@@ -156,6 +157,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Checksubtoken { token }) => {
             let config = load(cfg_path)?;
             let tokens = Tokens::from_config(&config.client)?;
+            block_on(tokens.subscription.prepare(&token))?;
             match tokens.subscription.verify_subscription(&token, now_unix()) {
                 Ok(c) => {
                     println!(
@@ -196,6 +198,17 @@ fn claims(user_claim: &str, user: &str, ttl: i64, channel: Option<&str>) -> serd
         claims["channel"] = json!(channel);
     }
     claims
+}
+
+/// Runs a future to completion for a command (the JWKS fetch of a token
+/// check).
+fn block_on<F: std::future::Future<Output = ()>>(future: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(future);
+    Ok(())
 }
 
 fn expiry(expires_at: Option<i64>) -> String {

@@ -161,7 +161,10 @@ impl Session {
             Method::History(req) => self.history(req).await,
             Method::Ping => Ok(ReplyBody::Ping),
             Method::Rpc(_) => Err(ProtocolError::METHOD_NOT_FOUND),
-            Method::Refresh(req) => self.refresh(&req.token)?,
+            Method::Refresh(req) => {
+                self.node.tokens.connection.prepare(&req.token).await;
+                self.refresh(&req.token)?
+            }
             Method::SubRefresh(req) => self.sub_refresh(&req.channel, &req.token).await?,
             Method::Send(_) | Method::Empty => Err(ProtocolError::BAD_REQUEST),
         };

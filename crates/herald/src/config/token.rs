@@ -20,6 +20,9 @@ pub struct TokenConfig {
     pub hmac_previous_secret_key_valid_until: i64,
     pub rsa_public_key: String,
     pub ecdsa_public_key: String,
+    /// A JWKS endpoint: tokens whose header names a key id (`kid`) are
+    /// verified with that key from the set (RSA, ECDSA, Ed25519).
+    pub jwks_public_endpoint: String,
     /// When set, tokens must carry this `aud`.
     pub audience: String,
     /// When set, a token's `aud` must match this regular expression.

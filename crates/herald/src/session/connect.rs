@@ -15,6 +15,7 @@ use crate::node::Node;
 
 impl Session {
     pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Disconnect> {
+        self.node.tokens.connection.prepare(&req.token).await;
         let claims = match self.authenticate(&req.token) {
             Ok(c) => c,
             Err(Ok(err)) => {

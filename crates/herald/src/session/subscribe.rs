@@ -28,6 +28,7 @@ impl Session {
         req: SubscribeRequest,
     ) -> Result<(), Disconnect> {
         let channel = req.channel.clone();
+        self.node.tokens.subscription.prepare(&req.token).await;
         let (mut state, token) = match self.check_subscribe(&channel, &req.token)? {
             Ok(checked) => checked,
             Err(e) => {
@@ -386,6 +387,7 @@ impl Session {
         if !self.subs.contains_key(channel) {
             return Ok(Err(ProtocolError::PERMISSION_DENIED));
         }
+        self.node.tokens.subscription.prepare(token).await;
         let claims = match self
             .node
             .tokens

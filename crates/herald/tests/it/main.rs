@@ -9,6 +9,7 @@ mod dev;
 mod grpc;
 mod hardening;
 mod history;
+mod jwks;
 mod limits;
 mod ping;
 mod presence;
