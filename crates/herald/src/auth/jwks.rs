@@ -6,7 +6,16 @@
 //! fetch fails, the keys already known keep working.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::RootCertStore;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -40,7 +49,8 @@ struct Cache {
 
 pub struct Jwks {
     url: String,
-    http: reqwest::Client,
+    /// For https: the system's root certificates.
+    tls: TlsConnector,
     cache: RwLock<Cache>,
     /// One fetch at a time; those waiting use its outcome.
     fetching: tokio::sync::Mutex<()>,
@@ -48,16 +58,23 @@ pub struct Jwks {
 
 impl Jwks {
     pub fn new(url: &str) -> Result<Self, String> {
-        // reqwest is built without a TLS provider of its own: use ring, as
-        // the rest of the process does (a second install is a no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let uri: Uri = url.parse().map_err(|e| format!("{e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err("use an http:// or https:// URL".into());
+        }
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         Ok(Self {
             url: url.to_string(),
-            http,
+            tls: TlsConnector::from(Arc::new(config)),
             cache: RwLock::new(Cache::default()),
             fetching: tokio::sync::Mutex::new(()),
         })
@@ -106,25 +123,62 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<HashMap<String, JwksKey>, String> {
-        let mut response = self
-            .http
-            .get(&self.url)
-            .send()
+        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get())
             .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_BYTES {
-                return Err(format!("the key set is over {MAX_BYTES} bytes"));
-            }
-        }
+            .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         Ok(keys_of(&set))
     }
+
+    /// The endpoint's body (one HTTP/1.1 GET, over TLS for https).
+    async fn get(&self) -> Result<Bytes, String> {
+        let uri: Uri = self.url.parse().map_err(|e| format!("{e}"))?;
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(
+                header::HOST,
+                uri.authority().map_or(host.as_str(), |a| a.as_str()),
+            )
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?;
+        if https {
+            let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            send(TokioIo::new(tls), request).await
+        } else {
+            send(TokioIo::new(tcp), request).await
+        }
+    }
+}
+
+async fn send<IO>(io: IO, request: hyper::Request<Body>) -> Result<Bytes, String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    axum::body::to_bytes(Body::new(response.into_body()), MAX_BYTES)
+        .await
+        .map_err(|_| format!("the key set is over {MAX_BYTES} bytes, or was cut short"))
 }
 
 /// The usable keys of a set, by key id (keys without one, or of a kind

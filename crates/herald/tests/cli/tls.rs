@@ -160,3 +160,79 @@ async fn tls_refuses_plaintext_and_a_missing_key() {
         stderr(&o)
     );
 }
+
+/// `checktoken` verifies a token with a key fetched from an https JWKS
+/// endpoint (served here over TLS; the certificate trusted through
+/// `SSL_CERT_FILE`, as the system's roots are read).
+#[tokio::test]
+async fn checktoken_fetches_jwks_over_https() {
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate();
+    std::fs::write(dir.path().join("ca.pem"), &cert).unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let signing =
+        EncodingKey::from_rsa_pem(&std::fs::read(format!("{fixtures}/rsa_private.pem")).unwrap())
+            .unwrap();
+    let mut jwk = Jwk::from_encoding_key(&signing, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let body = json!({"keys": [jwk]}).to_string();
+
+    // A one-route HTTPS server answering every request with the key set.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = [0u8; 4096];
+                let _ = tls.read(&mut request).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+
+    let config = dir.path().join("config.json");
+    write(
+        &config,
+        &json!({"client": {"token": {"jwks_public_endpoint": format!("https://localhost:{port}/jwks")}}}),
+    );
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &json!({"sub": "over-https"}), &signing).unwrap();
+    let check = |token: String| {
+        let config = config.clone();
+        let ca = dir.path().join("ca.pem");
+        tokio::task::spawn_blocking(move || {
+            run(herald()
+                .args(["checktoken", "-c"])
+                .arg(&config)
+                .arg(token)
+                .env("SSL_CERT_FILE", ca))
+        })
+    };
+    let o = check(token).await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("over-https"), "{}", stdout(&o));
+}
