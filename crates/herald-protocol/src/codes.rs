@@ -118,6 +118,10 @@ impl Disconnect {
     pub fn invalid_token() -> Self {
         Self::new(3500, "invalid token")
     }
+    /// The token was revoked (`revoke_token`, `invalidate_user_tokens`).
+    pub fn token_revoked() -> Self {
+        Self::new(3500, "token revoked")
+    }
     pub fn bad_request() -> Self {
         Self::new(3501, "bad request")
     }
@@ -126,6 +130,10 @@ impl Disconnect {
     }
     pub fn force_disconnect() -> Self {
         Self::new(3503, "force disconnect")
+    }
+    /// The user is blocked (`block_user`): the SDK does not reconnect.
+    pub fn blocked() -> Self {
+        Self::new(3503, "user blocked")
     }
     pub fn connection_limit() -> Self {
         Self::new(3504, "connection limit")
@@ -154,6 +162,8 @@ pub mod unsubscribe {
     pub const SERVER: (u32, &str) = (2000, "server unsubscribe");
     pub const INSUFFICIENT: (u32, &str) = (2500, "insufficient state");
     pub const EXPIRED: (u32, &str) = (2501, "subscription expired");
+    /// The subscription token was revoked: the SDK does not resubscribe.
+    pub const TOKEN_REVOKED: (u32, &str) = (2000, "token revoked");
 }
 
 #[cfg(test)]

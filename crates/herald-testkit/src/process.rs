@@ -88,10 +88,13 @@ impl Served {
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = served
-                .lines
-                .recv_timeout(left)
-                .expect("a `listening` line on stderr in time");
+            let line = match served.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "no `listening` line on stderr in time ({e}); it said:\n{}",
+                    served.head.join("\n")
+                ),
+            };
             served.head.push(line.clone());
             if !line.contains("listening") {
                 continue;

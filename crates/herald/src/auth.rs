@@ -65,6 +65,15 @@ pub struct ConnectionClaims {
     /// the `subs` claim when it is there, else the `channels` claim.
     pub subs: Vec<(String, SubOptions)>,
     pub meta: Option<Bytes>,
+    pub id: TokenId,
+}
+
+/// What identifies a token for revocation: its `jti` and `iat` claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenId {
+    pub jti: Option<String>,
+    /// Unix seconds.
+    pub iat: Option<i64>,
 }
 
 /// Claims of a subscription token.
@@ -76,6 +85,7 @@ pub struct SubscriptionClaims {
     pub client: String,
     pub expires_at: Option<i64>,
     pub options: SubOptions,
+    pub id: TokenId,
 }
 
 /// What a token sets for one subscription: a `subs` entry of a connection
@@ -118,6 +128,22 @@ struct RawClaims {
     meta: Option<Value>,
     channel: String,
     client: String,
+    /// A string by RFC 7519; a number is taken as its decimal form.
+    jti: Option<Value>,
+    iat: Option<f64>,
+}
+
+impl RawClaims {
+    fn id(&self) -> TokenId {
+        TokenId {
+            jti: match &self.jti {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            },
+            iat: self.iat.map(|t| t as i64),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -348,6 +374,7 @@ impl Verifier {
         // Server-side subscriptions: `subs` with their options when given
         // (as Centrifugo does, `channels` is then not looked at), else
         // `channels` with the namespaces' options, each channel once.
+        let id = raw.id();
         let mut subs = Vec::new();
         if raw.subs.is_empty() {
             for ch in raw.channels {
@@ -366,6 +393,7 @@ impl Verifier {
             }
         }
         Ok(ConnectionClaims {
+            id,
             user,
             expires_at: expiry(raw.exp, raw.expire_at, now)?,
             info: json_or_b64(raw.info, raw.b64info, "b64info")?,
@@ -386,6 +414,7 @@ impl Verifier {
             ));
         }
         Ok(SubscriptionClaims {
+            id: raw.id(),
             user,
             channel: raw.channel,
             client: raw.client,

@@ -17,11 +17,12 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{Access, SaveError};
 use crate::broker::{Broker, BrokerError, BrokerEvent};
 use crate::channel::ChannelRules;
 use crate::config::Config;
 use crate::hub::{Client, Control, Hub, ServerSubscribe};
-use crate::wire::control::{Action, ControlMessage, NodeInfo, Target};
+use crate::wire::control::{AccessChange, Action, ControlMessage, NodeInfo, Target};
 
 pub struct Cluster {
     /// Unique id of this process run.
@@ -34,6 +35,7 @@ pub struct Cluster {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     rules: Arc<ChannelRules>,
+    access: Arc<Access>,
     registry: Registry,
     /// Times the broker connection was lost and restored.
     reconnects: AtomicU64,
@@ -45,6 +47,7 @@ impl Cluster {
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         rules: Arc<ChannelRules>,
+        access: Arc<Access>,
     ) -> Self {
         let name = if config.node.name.is_empty() {
             let host = gethostname::gethostname();
@@ -61,6 +64,7 @@ impl Cluster {
             hub,
             broker,
             rules,
+            access,
             registry: Registry::default(),
             reconnects: AtomicU64::new(0),
         }
@@ -111,6 +115,21 @@ impl Cluster {
             action,
         };
         self.broker.publish_control(message.encode()).await
+    }
+
+    /// Makes an access change (saved first when its kind is persisted),
+    /// acts on this node's connections and sends it to the other nodes.
+    pub async fn access_change(&self, change: AccessChange) -> Result<(), AccessError> {
+        self.access.save_and_apply(&change).await?;
+        check_access(&self.hub, &change);
+        if self.enabled {
+            let message = ControlMessage::Access {
+                from: self.uid.clone(),
+                change,
+            };
+            self.broker.publish_control(message.encode()).await?;
+        }
+        Ok(())
     }
 
     /// Tells the other nodes this one is leaving.
@@ -169,6 +188,10 @@ impl Cluster {
             ControlMessage::Node { info } => self.registry.seen(info),
             ControlMessage::Leave { uid } => self.registry.forget(&uid),
             ControlMessage::User { target, action, .. } => apply(&self.hub, &target, &action),
+            ControlMessage::Access { change, .. } => {
+                self.access.apply(&change);
+                check_access(&self.hub, &change);
+            }
         }
     }
 
@@ -202,6 +225,30 @@ fn apply(hub: &Hub, target: &Target, action: &Action) {
         }
         c.control(control(action));
     }
+}
+
+/// Asks the connections an access change may concern to check themselves.
+fn check_access(hub: &Hub, change: &AccessChange) {
+    let clients = match change {
+        AccessChange::Unblock { .. } => return,
+        AccessChange::Block { user, .. } | AccessChange::InvalidateUserTokens { user, .. } => {
+            hub.user_clients(user)
+        }
+        // A token id names no user.
+        AccessChange::RevokeToken { .. } => hub.all_clients(),
+    };
+    for c in clients {
+        c.control(Control::CheckAccess);
+    }
+}
+
+/// Why an access change was not made everywhere.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Save(#[from] SaveError),
+    #[error("access change not sent to the other nodes")]
+    Broker(#[from] BrokerError),
 }
 
 /// What a command asks of one connection.

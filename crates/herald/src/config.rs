@@ -46,8 +46,15 @@ pub struct Config {
     pub presence_manager: PresenceManagerConfig,
     pub node: Node,
     pub shutdown: Shutdown,
-    /// Herald: the SQL database behind durable streams.
+    /// Herald: the SQL database behind durable streams (and persisted
+    /// access rules).
     pub storage: Storage,
+    /// Where user blocks are kept (Centrifugo PRO's key).
+    pub user_block: AccessStorage,
+    /// Where revoked token ids are kept.
+    pub token_revoke: AccessStorage,
+    /// Where user token invalidations are kept.
+    pub user_tokens_invalidate: AccessStorage,
     /// Herald: where embedded storage lives (`--data-dir`).
     pub data_dir: String,
     /// `serve --dev`: set by the flag only, never by a file.
@@ -395,6 +402,58 @@ impl Default for Shutdown {
     fn default() -> Self {
         Self {
             timeout: Dur::secs(30),
+        }
+    }
+}
+
+/// Where one kind of access rule (user blocks, revoked tokens, user token
+/// invalidations) is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccessStorage {
+    pub storage_type: AccessStorageType,
+}
+
+impl AccessStorage {
+    pub fn persisted(self) -> bool {
+        self.storage_type == AccessStorageType::Database
+    }
+}
+
+/// `memory` (the default: every node keeps the rules it was told of until
+/// it stops) or `database` (Herald's durable `storage`: the rules survive
+/// restarts and reach nodes that start later).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessStorageType {
+    #[default]
+    #[serde(alias = "")]
+    Memory,
+    Database,
+}
+
+/// The three kinds of access rule and where each is kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessConfig {
+    pub user_block: AccessStorage,
+    pub token_revoke: AccessStorage,
+    pub user_tokens_invalidate: AccessStorage,
+}
+
+impl AccessConfig {
+    pub fn any_persisted(&self) -> bool {
+        self.user_block.persisted()
+            || self.token_revoke.persisted()
+            || self.user_tokens_invalidate.persisted()
+    }
+}
+
+impl Config {
+    pub fn access(&self) -> AccessConfig {
+        AccessConfig {
+            user_block: self.user_block,
+            token_revoke: self.token_revoke,
+            user_tokens_invalidate: self.user_tokens_invalidate,
         }
     }
 }

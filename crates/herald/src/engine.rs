@@ -22,7 +22,7 @@ use crate::idempotency::{Claims, LocalClaims, NatsClaims, RedisClaims};
 use crate::presence::{Presence, RedisPresence, SharedPresence};
 use crate::redis_link::{RedisError, RedisShards};
 use crate::store::{
-    open_durable, Deliver, DurableStore, MemoryStore, RedisStore, Store, StoreError,
+    open_durable, AccessRules, Deliver, DurableStore, MemoryStore, RedisStore, Store, StoreError,
 };
 
 /// Why an engine could not be opened.
@@ -41,7 +41,7 @@ pub struct Engine {
     /// Streams of memory-history namespaces.
     streams: Arc<dyn Store>,
     /// Streams of durable namespaces, when there are any.
-    durable: Option<DurableStore>,
+    durable: Option<Arc<DurableStore>>,
     pub presence: Arc<Presence>,
     /// Idempotency keys of publications without a stream (those with one
     /// are kept by its store).
@@ -77,13 +77,15 @@ impl Engine {
         } = open_broker(config, inbound, &rules, stop).await?;
         let presence = Arc::new(Presence::new(open_presence(config, shards).await?));
         tokio::spawn(presence.clone().refresh_until(stop.clone()));
-        let durable = if config.channel.uses_durable_history() {
+        let durable = if config.channel.uses_durable_history() || config.access().any_persisted() {
             let rules = rules.clone();
             let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));
             let dir = std::path::Path::new(&config.data_dir);
             let deliver = deliver_to(&broker);
             let window = config.channel.idempotency_window.0;
-            Some(open_durable(&config.storage, dir, deliver, opts_for, window).await?)
+            Some(Arc::new(
+                open_durable(&config.storage, dir, deliver, opts_for, window).await?,
+            ))
         } else {
             None
         };
@@ -101,7 +103,7 @@ impl Engine {
     pub fn store(&self, storage: HistoryStorage) -> Option<&dyn Store> {
         match storage {
             HistoryStorage::Memory => Some(&*self.streams),
-            HistoryStorage::Durable => self.durable.as_ref().map(|d| d as &dyn Store),
+            HistoryStorage::Durable => self.durable.as_deref().map(|d| d as &dyn Store),
         }
     }
 
@@ -114,7 +116,14 @@ impl Engine {
 
     /// Durable publications removed by retention so far.
     pub fn retention_removed(&self) -> u64 {
-        self.durable.as_ref().map_or(0, DurableStore::removed_total)
+        self.durable
+            .as_deref()
+            .map_or(0, DurableStore::removed_total)
+    }
+
+    /// Durable storage as the keeper of access rules, when it is open.
+    pub fn access_rules(&self) -> Option<Arc<dyn AccessRules>> {
+        self.durable.clone().map(|d| d as Arc<dyn AccessRules>)
     }
 }
 

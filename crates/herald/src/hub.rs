@@ -45,6 +45,9 @@ pub enum Control {
     },
     /// An asynchronous message to the client.
     Message(Bytes),
+    /// Access rules changed: close the connection, or end subscriptions,
+    /// whose user is blocked or whose token was revoked.
+    CheckAccess,
 }
 
 /// A subscription the server API asks a connection to make.
@@ -349,6 +352,15 @@ impl Hub {
 
     pub fn client(&self, client_id: &str) -> Option<ClientRef> {
         self.clients.read(client_id).get(client_id).cloned()
+    }
+
+    /// Every local connection.
+    pub fn all_clients(&self) -> Vec<ClientRef> {
+        let mut out = Vec::with_capacity(self.clients.len());
+        for shard in self.clients.each_shard() {
+            out.extend(shard.values().cloned());
+        }
+        out
     }
 
     pub fn user_clients(&self, user: &str) -> Vec<ClientRef> {

@@ -1,6 +1,7 @@
 //! Herald: a real-time messaging server speaking the Centrifugo client
 //! protocol v2 and server API. See ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod broker;

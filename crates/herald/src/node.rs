@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{self, Access};
 use crate::auth::Verifier;
 use crate::broker::Inbound;
 use crate::channel::ChannelRules;
@@ -90,12 +91,33 @@ pub enum NodeError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("cannot load access rules")]
+    Access(#[source] StoreError),
+}
+
+/// Reads persisted access rules again every [`access::RELOAD_EVERY`], so a
+/// node that missed a change (its broker was away) catches up.
+async fn reload_access(access: Arc<Access>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(access::RELOAD_EVERY);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(e) = access.reload().await {
+                    tracing::warn!(error = %crate::report::Chain(&e), "access rules not reloaded");
+                }
+            }
+        }
+    }
 }
 
 pub struct Node {
     pub config: Config,
     pub rules: Arc<ChannelRules>,
     pub tokens: Tokens,
+    /// User blocks and revoked tokens.
+    pub access: Arc<Access>,
     pub hub: Arc<Hub>,
     pub counters: Counters,
     engine: Engine,
@@ -124,12 +146,24 @@ impl Node {
         let (events, events_rx) = mpsc::channel(BROKER_EVENTS);
         let inbound = Inbound::new(hub.clone(), events);
         let engine = Engine::open(&config, inbound, rules.clone(), &shutdown).await?;
+        let access = Arc::new(match engine.access_rules() {
+            Some(store) if config.access().any_persisted() => {
+                Access::persisted(config.access(), store)
+                    .await
+                    .map_err(NodeError::Access)?
+            }
+            _ => Access::in_memory(),
+        });
+        if access.is_persisted() {
+            tokio::spawn(reload_access(access.clone(), shutdown.clone()));
+        }
         stop_on_failure.disarm();
         let cluster = Arc::new(Cluster::new(
             &config,
             hub.clone(),
             engine.broker.clone(),
             rules.clone(),
+            access.clone(),
         ));
         tokio::spawn(cluster.clone().run(events_rx, shutdown.clone()));
         let connect_limits = ConnectLimits {
@@ -142,6 +176,7 @@ impl Node {
             config,
             rules,
             tokens,
+            access,
             hub,
             counters: Counters::default(),
             engine,

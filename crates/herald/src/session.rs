@@ -24,7 +24,8 @@ use tokio::time::Instant;
 pub use handle::Handle;
 pub use outbox::{Item, Outbox};
 
-use crate::auth::now_unix;
+use crate::access::Denied;
+use crate::auth::{now_unix, TokenId};
 use crate::frame::{self, Frame};
 use crate::hub::Control;
 use crate::metrics::Counters;
@@ -48,6 +49,8 @@ struct SubState {
     /// Made by the server (token or server API): the client cannot
     /// subscribe to it again by itself.
     server_side: bool,
+    /// The subscription token's identity, when it was made with one.
+    token: Option<TokenId>,
 }
 
 /// Identity after a successful connect.
@@ -57,6 +60,8 @@ struct Connected {
     /// or presence entry's `ClientInfo` is built from it when needed.
     conn_info: Option<Bytes>,
     expires_at: Option<i64>,
+    /// The connection token's identity (the last refresh's).
+    token: TokenId,
 }
 
 pub struct Session {
@@ -255,6 +260,36 @@ impl Session {
                 }
             }
             Control::Message(data) => self.push(&Push::Message { data }),
+            Control::CheckAccess => self.check_access().await?,
+        }
+        Ok(())
+    }
+
+    /// After access rules changed: a blocked user's connection, or one with
+    /// a revoked token, closes; subscriptions made with a revoked token end.
+    async fn check_access(&mut self) -> Result<(), Disconnect> {
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
+        let access = &self.node.access;
+        let user = conn.handle.user.as_str();
+        access
+            .check_connection(user, Some(&conn.token))
+            .map_err(Denied::disconnect)?;
+        let revoked: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(channel, s)| {
+                s.token
+                    .as_ref()
+                    .is_some_and(|id| access.subscription_revoked(user, channel, id))
+            })
+            .map(|(channel, _)| channel.to_string())
+            .collect();
+        for channel in revoked {
+            tracing::info!(client = %self.client_id, channel, "subscription token revoked");
+            self.end_subscription(&channel, unsubscribe::TOKEN_REVOKED)
+                .await;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub use sql::{open_durable, DurableStore};
 
 use crate::broker::BrokerError;
 use crate::redis_link::RedisError;
+use crate::wire::control::AccessChange;
 
 /// Where a stream stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -186,6 +187,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a channel's publications, keeping its position.
     fn remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Access rules (user blocks, token revocations) kept in durable storage.
+pub trait AccessRules: Send + Sync + 'static {
+    /// Every rule in force at `now` (Unix seconds); ended ones are deleted.
+    fn load(&self, now: i64) -> BoxFuture<'_, Result<Vec<AccessChange>, StoreError>>;
+
+    /// Keeps a change: a rule added or replaced, or (unblock) removed.
+    fn save<'a>(&'a self, change: &'a AccessChange) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// A fresh random epoch.

@@ -306,6 +306,37 @@ fn refresh(r: proto::RefreshRequest) -> Result<Request, ApiError> {
     }))
 }
 
+fn block_user(r: proto::BlockUserRequest) -> Result<Request, ApiError> {
+    Ok(Request::BlockUser(types::BlockUserRequest {
+        user: r.user,
+        expire_at: r.expire_at,
+    }))
+}
+
+fn unblock_user(r: proto::UnblockUserRequest) -> Result<Request, ApiError> {
+    Ok(Request::UnblockUser(types::UnblockUserRequest {
+        user: r.user,
+    }))
+}
+
+fn revoke_token(r: proto::RevokeTokenRequest) -> Result<Request, ApiError> {
+    Ok(Request::RevokeToken(types::RevokeTokenRequest {
+        uid: r.uid,
+        expire_at: r.expire_at,
+    }))
+}
+
+fn invalidate_user_tokens(r: proto::InvalidateUserTokensRequest) -> Result<Request, ApiError> {
+    Ok(Request::InvalidateUserTokens(
+        types::InvalidateUserTokensRequest {
+            user: r.user,
+            issued_before: r.issued_before,
+            expire_at: r.expire_at,
+            channel: r.channel,
+        },
+    ))
+}
+
 fn channel(channel: String) -> types::ChannelRequest {
     types::ChannelRequest { channel }
 }
@@ -333,6 +364,10 @@ fn command(c: proto::Command) -> Result<Request, ApiError> {
         info: i,
         refresh: r,
         channels: c,
+        block_user: bu,
+        unblock_user: ub,
+        revoke_token: rt,
+        invalidate_user_tokens: it,
     } = c;
     let set = [
         p.is_some(),
@@ -347,6 +382,10 @@ fn command(c: proto::Command) -> Result<Request, ApiError> {
         i.is_some(),
         r.is_some(),
         c.is_some(),
+        bu.is_some(),
+        ub.is_some(),
+        rt.is_some(),
+        it.is_some(),
     ];
     if set.iter().filter(|s| **s).count() != 1 {
         return Err(ApiError::bad_request(
@@ -385,6 +424,18 @@ fn command(c: proto::Command) -> Result<Request, ApiError> {
     }
     if let Some(r) = r {
         return refresh(r);
+    }
+    if let Some(r) = bu {
+        return block_user(r);
+    }
+    if let Some(r) = ub {
+        return unblock_user(r);
+    }
+    if let Some(r) = rt {
+        return revoke_token(r);
+    }
+    if let Some(r) = it {
+        return invalidate_user_tokens(r);
     }
     let pattern = c.map(|c| c.pattern).unwrap_or_default();
     Ok(Request::Channels(types::ChannelsRequest { pattern }))
@@ -507,6 +558,16 @@ fn reply(reply: types::BatchReply) -> proto::Reply {
         ("unsubscribe", Response::Empty(_)) => out.unsubscribe = Some(proto::UnsubscribeResult {}),
         ("disconnect", Response::Empty(_)) => out.disconnect = Some(proto::DisconnectResult {}),
         ("refresh", Response::Empty(_)) => out.refresh = Some(proto::RefreshResult {}),
+        ("block_user", Response::Empty(_)) => out.block_user = Some(proto::BlockUserResult {}),
+        ("unblock_user", Response::Empty(_)) => {
+            out.unblock_user = Some(proto::UnblockUserResult {})
+        }
+        ("revoke_token", Response::Empty(_)) => {
+            out.revoke_token = Some(proto::RevokeTokenResult {})
+        }
+        ("invalidate_user_tokens", Response::Empty(_)) => {
+            out.invalidate_user_tokens = Some(proto::InvalidateUserTokensResult {})
+        }
         (_, Response::Empty(_)) => out.history_remove = Some(proto::HistoryRemoveResult {}),
     }
     out
@@ -598,6 +659,22 @@ service! {
     info(InfoRequest) -> InfoResponse {
         |_| Ok(Request::Info(types::InfoRequest {})),
         |r| match r { Response::Info(r) => Some(info_result(r)), _ => None }
+    }
+    block_user(BlockUserRequest) -> BlockUserResponse {
+        block_user,
+        |_| Some(proto::BlockUserResult {})
+    }
+    unblock_user(UnblockUserRequest) -> UnblockUserResponse {
+        unblock_user,
+        |_| Some(proto::UnblockUserResult {})
+    }
+    revoke_token(RevokeTokenRequest) -> RevokeTokenResponse {
+        revoke_token,
+        |_| Some(proto::RevokeTokenResult {})
+    }
+    invalidate_user_tokens(InvalidateUserTokensRequest) -> InvalidateUserTokensResponse {
+        invalidate_user_tokens,
+        |_| Some(proto::InvalidateUserTokensResult {})
     }
     channels(ChannelsRequest) -> ChannelsResponse {
         |r: proto::ChannelsRequest| Ok(Request::Channels(types::ChannelsRequest { pattern: r.pattern })),

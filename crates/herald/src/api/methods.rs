@@ -15,9 +15,10 @@ use serde_json::value::RawValue;
 use super::types::*;
 use super::ApiError;
 use crate::auth::now_unix;
+use crate::cluster::AccessError;
 use crate::node::{Node, PublishOptions};
 use crate::store::{HistoryQuery, StreamPosition, Version};
-use crate::wire::control::{self, Action};
+use crate::wire::control::{self, AccessChange, Action};
 
 /// A method's parameters; a field of the wrong type is named in the error
 /// (`malformed request: channel: invalid type: …`).
@@ -49,6 +50,10 @@ pub fn read(method: &str, body: &[u8]) -> Result<Request, ApiError> {
         "history_remove" => Request::HistoryRemove(parse(body)?),
         "channels" => Request::Channels(parse(body)?),
         "info" => Request::Info(parse(body)?),
+        "block_user" => Request::BlockUser(parse(body)?),
+        "unblock_user" => Request::UnblockUser(parse(body)?),
+        "revoke_token" => Request::RevokeToken(parse(body)?),
+        "invalidate_user_tokens" => Request::InvalidateUserTokens(parse(body)?),
         "batch" => {
             let batch: BatchRequest = parse(body)?;
             let commands = batch.commands.iter().map(read_command).collect();
@@ -115,6 +120,52 @@ pub fn execute(node: &Node, request: Request) -> BoxFuture<'_, Result<Response, 
             Request::Info(_) => Response::Info(InfoResult {
                 nodes: node.nodes(),
             }),
+            Request::BlockUser(req) => {
+                required("user", &req.user)?;
+                let expire_at = expiry(req.expire_at)?;
+                access(
+                    node,
+                    AccessChange::Block {
+                        user: req.user,
+                        expire_at,
+                    },
+                )
+                .await?;
+                empty
+            }
+            Request::UnblockUser(req) => {
+                required("user", &req.user)?;
+                access(node, AccessChange::Unblock { user: req.user }).await?;
+                empty
+            }
+            Request::RevokeToken(req) => {
+                required("uid", &req.uid)?;
+                let expire_at = expiry(req.expire_at)?;
+                access(
+                    node,
+                    AccessChange::RevokeToken {
+                        uid: req.uid,
+                        expire_at,
+                    },
+                )
+                .await?;
+                empty
+            }
+            Request::InvalidateUserTokens(req) => {
+                required("user", &req.user)?;
+                let change = AccessChange::InvalidateUserTokens {
+                    user: req.user,
+                    channel: req.channel,
+                    issued_before: if req.issued_before > 0 {
+                        req.issued_before
+                    } else {
+                        now_unix()
+                    },
+                    expire_at: expiry(req.expire_at)?,
+                };
+                access(node, change).await?;
+                empty
+            }
             Request::Batch { commands, parallel } => {
                 Response::Batch(batch(node, commands, parallel).await)
             }
@@ -322,6 +373,32 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<(), ApiError>
     let target = target(req.user, req.client, req.session, req.whitelist)?;
     node.user_command(target, action).await?;
     Ok(())
+}
+
+fn required(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::bad_request(format!("{name} required")));
+    }
+    Ok(())
+}
+
+/// An access rule's `expire_at`: 0 (no end) or a time to come.
+fn expiry(expire_at: i64) -> Result<i64, ApiError> {
+    if expire_at < 0 || (expire_at > 0 && expire_at <= now_unix()) {
+        return Err(ApiError::bad_request("expire_at is in the past"));
+    }
+    Ok(expire_at)
+}
+
+async fn access(node: &Node, change: AccessChange) -> Result<(), ApiError> {
+    node.cluster().access_change(change).await.map_err(|e| {
+        tracing::warn!(error = %crate::report::Chain(&e), "access change failed");
+        match e {
+            AccessError::Save(_) => ProtocolError::INTERNAL,
+            AccessError::Broker(_) => ProtocolError::BROKER_UNAVAILABLE,
+        }
+        .into()
+    })
 }
 
 async fn refresh(node: &Node, req: RefreshRequest) -> Result<(), ApiError> {

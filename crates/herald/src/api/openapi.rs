@@ -27,6 +27,10 @@ const METHODS: &[(&str, &str, &str, &str)] = &[
     ("history_remove", "ChannelRequest", "Empty", "Remove a channel's publications, keeping its position."),
     ("channels", "ChannelsRequest", "ChannelsResult", "Channels with subscribers, optionally matching a pattern."),
     ("info", "InfoRequest", "InfoResult", "The nodes of the cluster."),
+    ("block_user", "BlockUserRequest", "Empty", "Block a user: its connections close and new ones are refused until unblocked or `expire_at`."),
+    ("unblock_user", "UnblockUserRequest", "Empty", "Lift a user's block."),
+    ("revoke_token", "RevokeTokenRequest", "Empty", "Revoke tokens by id (`jti`): their connections close, their subscriptions end."),
+    ("invalidate_user_tokens", "InvalidateUserTokensRequest", "Empty", "Revoke a user's connection tokens (or one channel's subscription tokens) issued before a time."),
     ("batch", "BatchRequest", "BatchResult", "Several methods in one request, in order or at once (`parallel`)."),
 ];
 
@@ -38,6 +42,10 @@ const METHODS: &[(&str, &str, &str, &str)] = &[
     ),
     components(schemas(
         PublishRequest,
+        BlockUserRequest,
+        UnblockUserRequest,
+        RevokeTokenRequest,
+        InvalidateUserTokensRequest,
         SubscribeRequest,
         UnsubscribeRequest,
         DisconnectRequest,

@@ -130,6 +130,42 @@ pub struct RefreshRequest {
     pub info: Json,
 }
 
+/// Block a user: its connections close (3503) and new ones are refused,
+/// until `unblock_user` or `expire_at` (Unix seconds; 0: no end).
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct BlockUserRequest {
+    pub user: String,
+    pub expire_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct UnblockUserRequest {
+    pub user: String,
+}
+
+/// Revoke the tokens whose `jti` is `uid`, until `expire_at` (best: the
+/// token's own expiry).
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct RevokeTokenRequest {
+    pub uid: String,
+    pub expire_at: i64,
+}
+
+/// Revoke a user's tokens issued (`iat`) before `issued_before` (0: now):
+/// connection tokens, or with `channel` that channel's subscription
+/// tokens.
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct InvalidateUserTokensRequest {
+    pub user: String,
+    pub issued_before: i64,
+    pub expire_at: i64,
+    pub channel: String,
+}
+
 /// Methods that name only a channel (presence, presence stats, history
 /// removal).
 #[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
@@ -184,6 +220,10 @@ pub enum Request {
     HistoryRemove(ChannelRequest),
     Channels(ChannelsRequest),
     Info(InfoRequest),
+    BlockUser(BlockUserRequest),
+    UnblockUser(UnblockUserRequest),
+    RevokeToken(RevokeTokenRequest),
+    InvalidateUserTokens(InvalidateUserTokensRequest),
     /// A batch's commands, each already read (or the error reading it).
     Batch {
         commands: Vec<Result<Request, ApiError>>,
@@ -207,6 +247,10 @@ impl Request {
             Request::HistoryRemove(_) => "history_remove",
             Request::Channels(_) => "channels",
             Request::Info(_) => "info",
+            Request::BlockUser(_) => "block_user",
+            Request::UnblockUser(_) => "unblock_user",
+            Request::RevokeToken(_) => "revoke_token",
+            Request::InvalidateUserTokens(_) => "invalidate_user_tokens",
             Request::Batch { .. } => "batch",
         }
     }

@@ -24,6 +24,14 @@ impl Session {
             }
             Err(Err(d)) => return Err(d),
         };
+        if let Err(denied) = self
+            .node
+            .access
+            .check_connection(&claims.user, Some(&claims.id))
+        {
+            tracing::info!(client = %self.client_id, user = %claims.user, ?denied, "connection refused");
+            return Err(denied.disconnect());
+        }
         let cfg = &self.node.config.client;
         let handle = Arc::new(Handle::new(
             self.node.next_key(),
@@ -46,6 +54,7 @@ impl Session {
             handle: handle.clone(),
             conn_info: claims.info.clone(),
             expires_at: claims.expires_at,
+            token: claims.id.clone(),
         });
         // Positioned server-side subscriptions are entered now, their
         // publications held until the reply is queued.
@@ -142,7 +151,16 @@ impl Session {
             tracing::info!(client = %self.client_id, "refresh token for another user");
             return Err(Disconnect::invalid_token());
         }
+        if let Err(denied) = self
+            .node
+            .access
+            .check_connection(&claims.user, Some(&claims.id))
+        {
+            tracing::info!(client = %self.client_id, ?denied, "refresh refused");
+            return Err(denied.disconnect());
+        }
         conn.expires_at = claims.expires_at;
+        conn.token = claims.id;
         if claims.info.is_some() {
             conn.conn_info = claims.info;
         }

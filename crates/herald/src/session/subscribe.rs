@@ -246,9 +246,18 @@ impl Session {
                 }
             };
             self.check_token_target(channel, &claims)?;
+            if self
+                .node
+                .access
+                .subscription_revoked(&claims.user, channel, &claims.id)
+            {
+                tracing::info!(client = %self.client_id, channel, "revoked subscription token");
+                return Ok(Err(ProtocolError::PERMISSION_DENIED));
+            }
             let state = SubState {
                 expires_at: claims.expires_at,
                 chan_info: claims.options.info.clone(),
+                token: Some(claims.id),
                 ..Default::default()
             };
             return Ok(Ok((state, claims.options)));
@@ -404,7 +413,17 @@ impl Session {
             Err(TokenError::Invalid(_)) => return Err(Disconnect::invalid_token()),
         };
         self.check_token_target(channel, &claims)?;
+        if self
+            .node
+            .access
+            .subscription_revoked(&claims.user, channel, &claims.id)
+        {
+            self.end_subscription(channel, unsubscribe::TOKEN_REVOKED)
+                .await;
+            return Ok(Ok(ReplyBody::SubRefresh(SubRefreshResult::default())));
+        }
         if let Some(s) = self.subs.get_mut(channel) {
+            s.token = Some(claims.id);
             s.expires_at = claims.expires_at;
             if claims.options.info.is_some() {
                 s.chan_info = claims.options.info;

@@ -31,11 +31,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Conditions, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
+    AccessRules, Conditions, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
 };
 use crate::config::{Storage, StorageKind};
-use db::Db;
+use crate::wire::control::AccessChange;
+use db::{AccessRow, Db};
 use retention::Retention;
 use writer::{window_start, Answer, Pending, Writer};
 
@@ -153,6 +154,86 @@ impl DurableStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The kinds of `access_rules` rows.
+const BLOCK: &str = "block";
+const TOKEN: &str = "token";
+const USER_TOKENS: &str = "user_tokens";
+
+/// A stored access rule as the change that makes it; `None` for a kind
+/// this version does not know.
+fn access_change(
+    (kind, subject, channel, issued_before, expire_at): AccessRow,
+) -> Option<AccessChange> {
+    Some(match kind.as_str() {
+        BLOCK => AccessChange::Block {
+            user: subject,
+            expire_at,
+        },
+        TOKEN => AccessChange::RevokeToken {
+            uid: subject,
+            expire_at,
+        },
+        USER_TOKENS => AccessChange::InvalidateUserTokens {
+            user: subject,
+            channel,
+            issued_before,
+            expire_at,
+        },
+        _ => return None,
+    })
+}
+
+impl AccessRules for DurableStore {
+    fn load(&self, now: i64) -> BoxFuture<'_, Result<Vec<AccessChange>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .db
+                .access_rules(now)
+                .await
+                .map_err(|source| StoreError::Sql {
+                    what: "loading access rules",
+                    source,
+                })?;
+            Ok(rows.into_iter().filter_map(access_change).collect())
+        })
+    }
+
+    fn save<'a>(&'a self, change: &'a AccessChange) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let done = match change {
+                AccessChange::Unblock { user } => self.db.delete_access_rule(BLOCK, user).await,
+                AccessChange::Block { user, expire_at } => {
+                    let row = (BLOCK.into(), user.clone(), String::new(), 0, *expire_at);
+                    self.db.put_access_rule(&row).await
+                }
+                AccessChange::RevokeToken { uid, expire_at } => {
+                    let row = (TOKEN.into(), uid.clone(), String::new(), 0, *expire_at);
+                    self.db.put_access_rule(&row).await
+                }
+                AccessChange::InvalidateUserTokens {
+                    user,
+                    channel,
+                    issued_before,
+                    expire_at,
+                } => {
+                    let row = (
+                        USER_TOKENS.into(),
+                        user.clone(),
+                        channel.clone(),
+                        *issued_before,
+                        *expire_at,
+                    );
+                    self.db.put_access_rule(&row).await
+                }
+            };
+            done.map_err(|source| StoreError::Sql {
+                what: "saving an access rule",
+                source,
+            })
+        })
     }
 }
 

@@ -82,6 +82,37 @@ pub enum Action {
     },
 }
 
+/// A change to who may connect and which tokens still count: user blocking
+/// and token revocation. Times are Unix seconds; an `expire_at` of 0 never
+/// ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessChange {
+    /// The user's connections close and new ones are refused.
+    Block {
+        user: String,
+        expire_at: i64,
+    },
+    Unblock {
+        user: String,
+    },
+    /// Tokens with this `jti` no longer count.
+    RevokeToken {
+        uid: String,
+        expire_at: i64,
+    },
+    /// The user's tokens issued before `issued_before` no longer count:
+    /// connection tokens when `channel` is empty, else subscription tokens
+    /// of that channel.
+    InvalidateUserTokens {
+        user: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        channel: String,
+        issued_before: i64,
+        expire_at: i64,
+    },
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlMessage {
@@ -95,6 +126,8 @@ pub enum ControlMessage {
         target: Target,
         action: Action,
     },
+    /// A user blocked or unblocked, a token revoked.
+    Access { from: String, change: AccessChange },
 }
 
 impl ControlMessage {
@@ -103,7 +136,7 @@ impl ControlMessage {
         match self {
             Self::Node { info } => &info.uid,
             Self::Leave { uid } => uid,
-            Self::User { from, .. } => from,
+            Self::User { from, .. } | Self::Access { from, .. } => from,
         }
     }
 

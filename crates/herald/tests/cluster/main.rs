@@ -342,3 +342,35 @@ fn example_cluster_configs_load() {
         assert!(loaded.config.is_cluster(), "{file}");
     }
 }
+
+/// User blocks and token revocations made through one node act on every
+/// node's connections; with the rules kept in the database (`persisted`),
+/// a node started afterwards refuses the blocked user too.
+async fn access_holds_across_nodes(cfg: Value, persisted: bool) {
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    nodes_in_info(&nodes[0], 2).await;
+    let mut bob = nodes[1].client("bob").await;
+    let mut leaked = Ws::open(&nodes[1].ws_url()).await;
+    let claims = json!({"sub": "u", "jti": "leaked"});
+    let r = leaked
+        .cmd(json!({"connect": {"token": herald_testkit::token(claims.clone())}}))
+        .await;
+    assert!(r.get("connect").is_some(), "{r}");
+
+    let r = nodes[0].api("block_user", json!({"user": "bob"})).await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(bob.closed().await.0, 3503);
+    let r = nodes[0].api("revoke_token", json!({"uid": "leaked"})).await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(leaked.closed().await.0, 3500);
+
+    if persisted {
+        let late = node("c", &cfg);
+        for (claims, code) in [(json!({"sub": "bob"}), 3503), (claims, 3500)] {
+            let mut ws = Ws::open(&late.ws_url()).await;
+            ws.send(json!({"connect": {"token": herald_testkit::token(claims)}}))
+                .await;
+            assert_eq!(ws.closed().await.0, code);
+        }
+    }
+}

@@ -157,3 +157,15 @@ async fn nats_postgres_versions_hold_across_nodes() {
     };
     versions_hold_across_nodes(cluster.cfg.clone(), "log:ver").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_blocks_and_revocations_reach_every_node() {
+    let Some(nats) = env_url("HERALD_TEST_NATS_URL") else {
+        return;
+    };
+    // Rules kept in memory: only the control messages carry them.
+    let cfg = json!({ "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": nats, "prefix": unique("t") } },
+        "channel": { "namespaces": [{ "name": "chat", "allow_subscribe_for_client": true }] } });
+    access_holds_across_nodes(cfg, false).await;
+}

@@ -413,3 +413,24 @@ async fn redis_versions_hold_across_nodes() {
     };
     versions_hold_across_nodes(redis_engine(&url, &unique("t")), "hist:ver").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_blocks_and_revocations_reach_every_node_and_persist() {
+    let (Some(url), Some(pg)) = (
+        env_url("HERALD_TEST_REDIS_URL"),
+        env_url("HERALD_TEST_POSTGRES_URL"),
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let mut cfg = redis_engine(&url, &unique("t"));
+    merge(
+        &mut cfg,
+        json!({
+            "storage": { "type": "postgres", "postgres": { "url": db.url } },
+            "user_block": { "storage_type": "database" },
+            "token_revoke": { "storage_type": "database" }
+        }),
+    );
+    access_holds_across_nodes(cfg, true).await;
+}

@@ -254,6 +254,52 @@ async fn every_method_through_a_generated_client() {
     .await
     .unwrap();
     assert_eq!(ws.closed().await, (4001, "bye".into()));
+
+    // Blocking and revocation, alone and in a batch.
+    let mut blocked = s.client("blocked").await;
+    let r = api
+        .block_user(call(proto::BlockUserRequest {
+            user: "blocked".into(),
+            expire_at: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.error.is_none() && r.result.is_some(), "{r:?}");
+    assert_eq!(blocked.closed().await.0, 3503);
+    let b = api
+        .batch(call(proto::BatchRequest {
+            commands: vec![
+                proto::Command {
+                    unblock_user: Some(proto::UnblockUserRequest {
+                        user: "blocked".into(),
+                    }),
+                    ..Default::default()
+                },
+                proto::Command {
+                    revoke_token: Some(proto::RevokeTokenRequest {
+                        uid: "t".into(),
+                        expire_at: now() + 60,
+                    }),
+                    ..Default::default()
+                },
+                proto::Command {
+                    invalidate_user_tokens: Some(proto::InvalidateUserTokensRequest {
+                        user: String::new(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
+            parallel: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.replies[0].unblock_user.is_some(), "{b:?}");
+    assert!(b.replies[1].revoke_token.is_some(), "{b:?}");
+    assert_eq!(b.replies[2].error.as_ref().unwrap().code, 107, "{b:?}");
+    s.client("blocked").await;
     s.stop().await;
 }
 

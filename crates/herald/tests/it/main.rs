@@ -2,6 +2,7 @@
 //! same build path as `herald serve` (`herald_testkit::TestServer`) and
 //! talks to it over real WebSocket and HTTP connections.
 
+mod access;
 mod api;
 mod close;
 mod connect;

@@ -17,6 +17,10 @@ use super::rows::StoredRow;
 use super::Range;
 use crate::store::{StoreError, Version};
 
+/// A row of `access_rules`: kind, subject, channel, issued_before,
+/// expire_at.
+pub(super) type AccessRow = (String, String, String, i64, i64);
+
 /// Each publication of a batch's offset and epoch, in the batch's order.
 pub(super) type Assigned = Vec<(u64, Arc<str>)>;
 
@@ -85,6 +89,20 @@ pub(super) trait Db: Send + Sync + 'static {
         upto: i64,
         cutoff_ms: i64,
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+
+    /// Every access rule in force at `now` (Unix seconds), after deleting
+    /// the ended ones.
+    fn access_rules(&self, now: i64) -> BoxFuture<'_, Result<Vec<AccessRow>, sqlx::Error>>;
+
+    /// Adds or replaces an access rule.
+    fn put_access_rule<'a>(&'a self, row: &'a AccessRow) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
+    /// Deletes an access rule of `kind` and `subject` (any channel).
+    fn delete_access_rule<'a>(
+        &'a self,
+        kind: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 
     /// A connection of the writer's own, outside the pool, so that reads
     /// never wait for it (and it never waits for a pooled connection).
@@ -256,6 +274,19 @@ const FIND_KEY: &str = "SELECT i.seq, s.epoch FROM idempotency i \
 
 const FORGET_KEYS: &str = "DELETE FROM idempotency WHERE created_at < $1";
 
+const FORGET_ACCESS_RULES: &str =
+    "DELETE FROM access_rules WHERE expire_at <> 0 AND expire_at <= $1";
+
+const SELECT_ACCESS_RULES: &str =
+    "SELECT kind, subject, channel, issued_before, expire_at FROM access_rules";
+
+const PUT_ACCESS_RULE: &str = "INSERT INTO access_rules \
+     (kind, subject, channel, issued_before, expire_at) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (kind, subject, channel) \
+     DO UPDATE SET issued_before = excluded.issued_before, expire_at = excluded.expire_at";
+
+const DELETE_ACCESS_RULE: &str = "DELETE FROM access_rules WHERE kind = $1 AND subject = $2";
+
 const TRIM: &str = "DELETE FROM publications WHERE channel = $1 AND (seq <= $2 OR created_at < $3)";
 
 impl<D: Dialect> Db for Sql<D>
@@ -267,6 +298,7 @@ where
     for<'r> (i64, String): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String, i64): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> StoredRow: FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> AccessRow: FromRow<'r, <D::Db as sqlx::Database>::Row>,
 {
     fn position<'a>(
         &'a self,
@@ -345,6 +377,47 @@ where
                 .execute(&self.pool)
                 .await?;
             Ok(D::rows_affected(&done))
+        })
+    }
+
+    fn access_rules(&self, now: i64) -> BoxFuture<'_, Result<Vec<AccessRow>, sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query(FORGET_ACCESS_RULES)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            sqlx::query_as(SELECT_ACCESS_RULES)
+                .fetch_all(&self.pool)
+                .await
+        })
+    }
+
+    fn put_access_rule<'a>(&'a self, row: &'a AccessRow) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query(PUT_ACCESS_RULE)
+                .bind(row.0.as_str())
+                .bind(row.1.as_str())
+                .bind(row.2.as_str())
+                .bind(row.3)
+                .bind(row.4)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn delete_access_rule<'a>(
+        &'a self,
+        kind: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query(DELETE_ACCESS_RULE)
+                .bind(kind)
+                .bind(subject)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
         })
     }
 
