@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+
+import { createCentrifuge, frameLines as wireLines } from './protocol.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = resolve(here, '..', '..');
@@ -253,7 +254,7 @@ export function once(emitter, event, timeoutMs = 3000) {
  * event into `client.events` as `{ type, ctx, at }`, and does not connect.
  */
 export function newClient(url, options = {}) {
-  const client = new Centrifuge(url, {
+  const client = createCentrifuge(url, {
     websocket: WebSocket,
     minReconnectDelay: 100,
     maxReconnectDelay: 500,
@@ -408,25 +409,22 @@ export function spyWebSocket() {
       super(...args);
       frames.sockets.push(this);
       this.on('message', (data) => {
-        frames.received.push({ at: Date.now(), text: frameText(data) });
+        frames.received.push({ at: Date.now(), lines: wireLines(data, false) });
       });
     }
 
     send(data, ...rest) {
-      frames.sent.push({ at: Date.now(), text: frameText(data) });
+      frames.sent.push({ at: Date.now(), lines: wireLines(data, true) });
       return super.send(data, ...rest);
     }
   }
   return { WebSocket: SpyWebSocket, frames };
 }
 
-function frameText(data) {
-  if (typeof data === 'string') return data;
-  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
-  return Buffer.from(data).toString('utf8');
-}
-
-/** Splits JSON protocol frames (newline-delimited batches) into lines. */
+/**
+ * The messages of the spied frames `list`, one JSON line each (a Protobuf
+ * frame's messages written as the JSON format would write them).
+ */
 export function frameLines(list) {
-  return list.flatMap((f) => f.text.split('\n').filter((l) => l.length > 0));
+  return list.flatMap((f) => f.lines);
 }

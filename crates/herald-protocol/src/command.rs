@@ -27,6 +27,10 @@ pub struct Command {
     pub rpc: Option<RpcRequest>,
     pub refresh: Option<RefreshRequest>,
     pub sub_refresh: Option<SubRefreshRequest>,
+    /// A payload of the command was not JSON (only the Protobuf codec,
+    /// whose payloads are bytes, can find so): the command gets error 107.
+    #[serde(skip)]
+    pub payload_not_json: bool,
 }
 
 /// The request a command carries, moved out of the [`Command`].

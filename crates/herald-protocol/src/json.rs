@@ -22,6 +22,8 @@ pub enum DecodeError {
     NotUtf8,
     #[error("malformed command: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("malformed Protobuf command: {0}")]
+    Protobuf(#[from] prost::DecodeError),
 }
 
 /// Splits one transport frame into its commands. Blank lines are skipped.

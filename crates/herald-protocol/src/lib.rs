@@ -1,13 +1,14 @@
 //! The Centrifugo client protocol v2: the data model shared by the whole server
 //! ([`model`]) with its per-format encodings ([`encodings`]), its error and
-//! disconnect codes ([`codes`]), and the JSON codec ([`json`]). This crate
-//! does no I/O.
+//! disconnect codes ([`codes`]), and the JSON and Protobuf codecs ([`json`],
+//! [`protobuf`]). This crate does no I/O.
 
 pub mod codes;
 pub mod command;
 pub mod encodings;
 pub mod json;
 pub mod model;
+pub mod protobuf;
 pub mod reply;
 
 pub use codes::{Disconnect, ProtocolError};

@@ -1,24 +1,67 @@
 //! Frames: what a connection's transport sends — a reply, a push or a
-//! publication, already encoded. Protocol v2's JSON format goes out as text
-//! frames, checked as UTF-8 once when made and then shared by every
-//! connection they go to. A publication or join/leave event is encoded once
-//! per format and cached on it ([`herald_protocol::Format`]); [`Json`] is
-//! that format for JSON clients.
+//! publication, already encoded — and the wire formats that make them.
+//! Protocol v2's JSON format goes out as text frames, checked as UTF-8 once
+//! when made; its Protobuf format as binary frames. A publication or
+//! join/leave event is encoded once per format and cached on it
+//! ([`herald_protocol::Format`]): [`Json`] and [`Protobuf`] are those
+//! formats, and [`Encoding`] is what a connection speaks.
 
-use herald_protocol::{json, Format, PresenceEvent, Publication};
+use bytes::Bytes;
+use herald_protocol::command::Command;
+use herald_protocol::json::{self, DecodeError};
+use herald_protocol::reply::{Push, ReplyBody};
+use herald_protocol::{protobuf, Format, PresenceEvent, ProtocolError, Publication};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// An encoded message ready to go out as a text message.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+/// An encoded message ready to go out: text for JSON, binary for Protobuf.
+/// Cloning shares the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
 
-/// `bytes` as a [`Frame`]. Everything encoded is UTF-8 (each part of it was
-/// UTF-8 JSON when it arrived), so `None` means a bug, logged here; the
-/// frame is not sent.
+impl Frame {
+    pub const fn from_static(text: &'static str) -> Self {
+        Self::Text(Utf8Bytes::from_static(text))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(t) => t.as_bytes(),
+            Self::Binary(b) => b,
+        }
+    }
+
+    /// The text of a text frame.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Text(t) => Some(t.as_str()),
+            Self::Binary(_) => None,
+        }
+    }
+}
+
+/// `bytes` as a text [`Frame`]. Everything JSON encodes is UTF-8 (each part
+/// of it was UTF-8 JSON when it arrived), so `None` means a bug, logged
+/// here; the frame is not sent.
 pub fn checked<B>(bytes: B) -> Option<Frame>
 where
-    Frame: TryFrom<B, Error = std::str::Utf8Error>,
+    Utf8Bytes: TryFrom<B, Error = std::str::Utf8Error>,
 {
-    match Frame::try_from(bytes) {
-        Ok(frame) => Some(frame),
+    match Utf8Bytes::try_from(bytes) {
+        Ok(text) => Some(Frame::Text(text)),
         Err(e) => {
             tracing::error!(error = %e, "encoded frame is not UTF-8; not sent");
             None
@@ -46,23 +89,135 @@ impl Format<PresenceEvent> for Json {
     }
 }
 
+/// Protocol v2's Protobuf format: a publication or a join/leave event as
+/// one length-prefixed push, in one binary frame.
+pub struct Protobuf;
+
+impl Format<Publication> for Protobuf {
+    type Frame = Frame;
+
+    fn encode(publication: &Publication) -> Option<Frame> {
+        Some(Frame::Binary(protobuf::encode_publication_push(
+            publication,
+        )))
+    }
+}
+
+impl Format<PresenceEvent> for Protobuf {
+    type Frame = Frame;
+
+    fn encode(event: &PresenceEvent) -> Option<Frame> {
+        Some(Frame::Binary(protobuf::encode_presence_push(event)))
+    }
+}
+
+/// The format a connection speaks, chosen when it opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Encoding {
+    #[default]
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    /// The commands of one frame from the client.
+    pub fn decode_commands(self, frame: &[u8]) -> Result<Vec<Command>, DecodeError> {
+        match self {
+            Self::Json => json::decode_commands(frame),
+            Self::Protobuf => protobuf::decode_commands(frame),
+        }
+    }
+
+    pub fn reply(self, id: u32, body: &ReplyBody) -> Option<Frame> {
+        match self {
+            Self::Json => checked(json::encode_reply(id, body)),
+            Self::Protobuf => Some(Frame::Binary(protobuf::encode_reply(id, body).into())),
+        }
+    }
+
+    pub fn error(self, id: u32, error: &ProtocolError) -> Option<Frame> {
+        match self {
+            Self::Json => checked(json::encode_error(id, error)),
+            Self::Protobuf => Some(Frame::Binary(protobuf::encode_error(id, error).into())),
+        }
+    }
+
+    pub fn push(self, push: &Push) -> Option<Frame> {
+        match self {
+            Self::Json => checked(json::encode_push(push)),
+            Self::Protobuf => Some(Frame::Binary(protobuf::encode_push(push).into())),
+        }
+    }
+
+    /// The server's ping.
+    pub fn ping(self) -> Frame {
+        match self {
+            Self::Json => Frame::from_static(json::PING),
+            Self::Protobuf => Frame::Binary(Bytes::from_static(protobuf::PING)),
+        }
+    }
+
+    /// A publication's push, made once per format and shared.
+    pub fn publication(self, publication: &Publication) -> Option<Frame> {
+        match self {
+            Self::Json => publication.frame::<Json>(),
+            Self::Protobuf => publication.frame::<Protobuf>(),
+        }
+    }
+
+    /// A join/leave event's push, made once per format and shared.
+    pub fn presence(self, event: &PresenceEvent) -> Option<Frame> {
+        match self {
+            Self::Json => event.frame::<Json>(),
+            Self::Protobuf => event.frame::<Protobuf>(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-
-    use bytes::Bytes;
 
     use super::*;
 
     #[test]
     fn frames_are_checked_once_and_shared() {
         assert!(checked(Bytes::from_static(b"{\"a\":\"\xff\"}")).is_none());
-        assert_eq!(checked(Bytes::from_static(b"{}")).unwrap(), "{}");
+        assert_eq!(
+            checked(Bytes::from_static(b"{}")).unwrap(),
+            Frame::from_static("{}")
+        );
         let p = Publication::new(Arc::from("c"), Bytes::from_static(b"1"), None);
         let (a, b) = (p.frame::<Json>().unwrap(), p.frame::<Json>().unwrap());
-        assert_eq!(a, r#"{"push":{"channel":"c","pub":{"data":1}}}"#);
-        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "one buffer");
+        assert_eq!(
+            a.as_text().unwrap(),
+            r#"{"push":{"channel":"c","pub":{"data":1}}}"#
+        );
+        assert_eq!(
+            a.as_text().unwrap().as_ptr(),
+            b.as_text().unwrap().as_ptr(),
+            "one buffer"
+        );
         let bad = Publication::new(Arc::from("c"), Bytes::from_static(b"\"\xff\""), None);
         assert!(bad.frame::<Json>().is_none());
+    }
+
+    #[test]
+    fn each_encoding_gets_its_own_shared_frame() {
+        let p = Publication::new(Arc::from("c"), Bytes::from_static(b"1"), None);
+        let json = Encoding::Json.publication(&p).unwrap();
+        let proto = Encoding::Protobuf.publication(&p).unwrap();
+        assert!(matches!(json, Frame::Text(_)));
+        let Frame::Binary(bytes) = &proto else {
+            panic!("Protobuf frames are binary");
+        };
+        let Frame::Binary(again) = Encoding::Protobuf.publication(&p).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(bytes.as_ptr(), again.as_ptr(), "one buffer");
+        assert_eq!(
+            Encoding::Protobuf.ping(),
+            Frame::Binary(Bytes::from_static(&[0]))
+        );
     }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::codes::unsubscribe;
-use herald_protocol::json::{self, DecodeError};
 use herald_protocol::reply::{Push, ReplyBody};
 use herald_protocol::{Disconnect, Method, ProtocolError};
 use tokio::time::Instant;
@@ -26,7 +25,7 @@ pub use outbox::{Item, Outbox};
 
 use crate::access::Denied;
 use crate::auth::{now_unix, TokenId};
-use crate::frame::{self, Frame};
+use crate::frame::{Encoding, Frame};
 use crate::hub::Control;
 use crate::metrics::Counters;
 use crate::node::Node;
@@ -66,6 +65,8 @@ struct Connected {
 
 pub struct Session {
     node: Arc<Node>,
+    /// The format the client speaks.
+    encoding: Encoding,
     outbox: Arc<Outbox>,
     client_id: Arc<str>,
     conn: Option<Connected>,
@@ -78,10 +79,11 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, encoding: Encoding) -> Self {
         let outbox = Arc::new(Outbox::new(node.config.client.queue_max_size));
         let stale = node.config.client.stale_close_delay.0;
         Self {
+            encoding,
             outbox,
             client_id: Arc::from(uuid::Uuid::new_v4().to_string()),
             conn: None,
@@ -106,22 +108,23 @@ impl Session {
         self.conn.as_ref().map(|c| c.handle.user.as_str())
     }
 
-    /// Handles one transport frame of newline-separated commands.
+    /// Handles one transport frame of commands (newline-separated JSON, or
+    /// length-prefixed Protobuf).
     pub async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
-        let commands = json::decode_commands(frame).map_err(|e| {
-            match e {
-                DecodeError::NotUtf8 => {
-                    tracing::info!(client = %self.client_id, "frame is not UTF-8")
-                }
-                DecodeError::Malformed(e) => {
-                    tracing::info!(client = %self.client_id, error = %e, "malformed command")
-                }
-            }
+        let commands = self.encoding.decode_commands(frame).map_err(|e| {
+            tracing::info!(client = %self.client_id, error = %e, "undecodable frame");
             Disconnect::bad_request()
         })?;
         for command in commands {
             Counters::incr(&self.node.counters.commands);
+            let not_json = command.payload_not_json;
             let (id, method) = command.into_method();
+            if not_json && id != 0 {
+                // Channels carry JSON, whatever format delivers it.
+                tracing::info!(client = %self.client_id, "payload is not JSON");
+                self.reply(id, Err(ProtocolError::BAD_REQUEST));
+                continue;
+            }
             self.dispatch(id, method).await?;
         }
         Ok(())
@@ -194,25 +197,26 @@ impl Session {
     }
 
     fn reply(&self, id: u32, result: Result<ReplyBody, ProtocolError>) {
-        let bytes = match &result {
-            Ok(body) => json::encode_reply(id, body),
+        let frame = match &result {
+            Ok(body) => self.encoding.reply(id, body),
             Err(e) => {
                 tracing::debug!(client = %self.client_id, code = e.code, "command error");
-                json::encode_error(id, e)
+                self.encoding.error(id, e)
             }
         };
-        self.queue(bytes);
+        self.queue(frame);
     }
 
     fn push(&self, push: &Push) {
-        self.queue(json::encode_push(push));
+        self.queue(self.encoding.push(push));
     }
 
-    /// Queues an encoded reply or push. One that is not UTF-8 (a bug,
-    /// logged by `frame::checked`) closes the connection with an internal error
-    /// rather than leave the client waiting for it.
-    fn queue(&self, bytes: Vec<u8>) {
-        match frame::checked(bytes) {
+    /// Queues an encoded reply or push. One that could not be encoded (a
+    /// JSON frame that is not UTF-8 — a bug, logged by `frame::checked`)
+    /// closes the connection with an internal error rather than leave the
+    /// client waiting for it.
+    fn queue(&self, frame: Option<Frame>) {
+        match frame {
             Some(frame) => {
                 self.outbox.push_frame(frame);
             }
@@ -330,7 +334,7 @@ impl Session {
             return Err(Disconnect::no_pong());
         }
         if let Some(at) = self.next_ping.filter(|d| *d <= now) {
-            self.outbox.push_frame(Frame::from_static(json::PING));
+            self.outbox.push_frame(self.encoding.ping());
             let c = &self.node.config.client;
             if !c.pong_timeout.is_zero() && self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + c.pong_timeout.0);

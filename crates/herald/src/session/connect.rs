@@ -38,6 +38,7 @@ impl Session {
             self.client_id.clone(),
             claims.user.clone(),
             self.outbox.clone(),
+            self.encoding,
         ));
         match self.node.hub.add_client(
             handle.clone(),

@@ -10,7 +10,7 @@ use herald_protocol::{PresenceEvent, Publication};
 use parking_lot::Mutex;
 
 use super::Outbox;
-use crate::frame::Json;
+use crate::frame::Encoding;
 use crate::hub::{Client, Control};
 
 /// The part of a connected session the hub holds: identity and outbox.
@@ -20,6 +20,8 @@ pub struct Handle {
     client_id: Arc<str>,
     pub(super) user: String,
     outbox: Arc<Outbox>,
+    /// The format the client speaks.
+    encoding: Encoding,
     /// Per-channel delivery guards while and just after a subscribe reads
     /// the channel's stream, so that nothing is lost or repeated around it;
     /// allocated only while there are any.
@@ -62,12 +64,19 @@ impl Guards {
 }
 
 impl Handle {
-    pub(super) fn new(key: u64, client_id: Arc<str>, user: String, outbox: Arc<Outbox>) -> Self {
+    pub(super) fn new(
+        key: u64,
+        client_id: Arc<str>,
+        user: String,
+        outbox: Arc<Outbox>,
+        encoding: Encoding,
+    ) -> Self {
         Self {
             key,
             client_id,
             user,
             outbox,
+            encoding,
             guards: Mutex::default(),
             guarded: AtomicBool::new(false),
         }
@@ -94,7 +103,7 @@ impl Handle {
             g.floors.insert(key, after);
         }
         let newer = held.iter().filter(|p| p.offset > after || p.offset == 0);
-        for frame in newer.filter_map(|p| p.frame::<Json>()) {
+        for frame in newer.filter_map(|p| self.encoding.publication(p)) {
             self.outbox.push_frame(frame);
         }
         self.release_if_unused(&mut lock);
@@ -148,12 +157,12 @@ impl Client for Handle {
             _guards = Some(lock);
         }
         // An overflow is noticed by the writer, which closes with 3008.
-        if let Some(frame) = publication.frame::<Json>() {
+        if let Some(frame) = self.encoding.publication(publication) {
             self.outbox.push_frame(frame);
         }
     }
     fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
-        if let Some(frame) = event.frame::<Json>() {
+        if let Some(frame) = self.encoding.presence(event) {
             self.outbox.push_frame(frame);
         }
     }
@@ -177,6 +186,7 @@ mod tests {
             Arc::from("c1"),
             "u".into(),
             Arc::new(Outbox::new(1 << 20)),
+            Encoding::Json,
         )
     }
 
@@ -198,7 +208,7 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Item::Frame(f) => {
-                    let v: serde_json::Value = serde_json::from_str(f).unwrap();
+                    let v: serde_json::Value = serde_json::from_str(f.as_text().unwrap()).unwrap();
                     v["push"]["pub"]["data"]["n"].as_u64().unwrap()
                 }
                 Item::Control(_) => panic!("no control expected"),

@@ -17,7 +17,6 @@ use herald_protocol::ProtocolError;
 use super::subscribe::Plan;
 use super::{Session, SubState};
 use crate::auth::SubOptions;
-use crate::frame::Json;
 use crate::hub::ServerSubscribe;
 
 /// What is left to do for server-side subscriptions once the connect reply
@@ -195,7 +194,10 @@ impl Session {
                     result.offset = req.offset;
                 }
                 self.push_subscribed(&channel, result);
-                for frame in recovered.iter().filter_map(|p| p.frame::<Json>()) {
+                for frame in recovered
+                    .iter()
+                    .filter_map(|p| self.encoding.publication(p))
+                {
                     self.outbox.push_frame(frame);
                 }
                 self.release(&channel, top).await;

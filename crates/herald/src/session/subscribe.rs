@@ -14,7 +14,6 @@ use super::{ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
 use crate::config::ChannelOptions;
-use crate::frame::Json;
 use crate::store::{HistoryQuery, StreamPosition};
 
 type Outcome = Result<ReplyBody, ProtocolError>;
@@ -199,7 +198,7 @@ impl Session {
         let size: usize = result
             .publications
             .iter()
-            .map(|p| p.frame::<Json>().map_or(0, |f| f.len()))
+            .map(|p| self.encoding.publication(p).map_or(0, |f| f.len()))
             .sum();
         result.recovered = recovered && size < self.node.config.client.queue_max_size;
         if !result.recovered {

@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::frame::Encoding;
+
 /// A server-side WebSocket over an upgraded HTTP connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -28,6 +30,37 @@ pub struct Upgrade {
     on_upgrade: OnUpgrade,
     /// The remote address, as the accept loop recorded it.
     peer: Option<SocketAddr>,
+    /// The client asked for the Protobuf format: by the WebSocket
+    /// subprotocol (then it is named in the answer) or in the query.
+    protobuf: Option<Asked>,
+}
+
+/// How a client asked for Protobuf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Subprotocol,
+    Query,
+}
+
+/// The subprotocol the official SDKs offer for the Protobuf format.
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+
+/// Whether the request asks for Protobuf: the subprotocol, or
+/// `format=protobuf` (`cf_protocol=protobuf` in older SDKs) in the query.
+fn asks_protobuf(parts: &Parts) -> Option<Asked> {
+    if lists(
+        &parts.headers,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        PROTOBUF_SUBPROTOCOL,
+    ) {
+        return Some(Asked::Subprotocol);
+    }
+    let query = parts.uri.query().unwrap_or_default();
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(k, v)| (k == "format" || k == "cf_protocol") && v == "protobuf")
+        .then_some(Asked::Query)
 }
 
 /// Whether `name` is a comma-separated list holding `token` (any case).
@@ -99,6 +132,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             key,
             on_upgrade,
             peer,
+            protobuf: asks_protobuf(parts),
         })
     }
 }
@@ -107,6 +141,15 @@ impl Upgrade {
     /// Where the request came from, when known.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The format the client asked for.
+    pub fn encoding(&self) -> Encoding {
+        if self.protobuf.is_some() {
+            Encoding::Protobuf
+        } else {
+            Encoding::Json
+        }
     }
 
     /// Answers 101 and, once the connection is handed over, runs `serve`
@@ -132,6 +175,12 @@ impl Upgrade {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(accept) = HeaderValue::from_str(&accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if self.protobuf == Some(Asked::Subprotocol) {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(PROTOBUF_SUBPROTOCOL),
+            );
         }
         response
     }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::upgrade::{Socket, Upgrade};
 
-use crate::frame::Frame;
+use crate::frame::{Encoding, Frame};
 use crate::metrics::Counters;
 use crate::node::Node;
 use crate::session::{Item, Session};
@@ -71,19 +71,24 @@ pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgr
         .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
         .max_message_size(Some(w.message_size_limit))
         .max_frame_size(Some(w.message_size_limit));
-    ws.accept(config, move |socket| run(node, socket))
+    let encoding = ws.encoding();
+    ws.accept(config, move |socket| run(node, socket, encoding))
 }
 
 /// The connection's task. Not an `async fn`: its arguments would be stored
 /// twice in the future (once as arguments, once as locals), and the
 /// socket is a large part of what every connection costs.
 #[allow(clippy::manual_async_fn)]
-fn run(node: Arc<Node>, mut socket: Socket) -> impl std::future::Future<Output = ()> {
+fn run(
+    node: Arc<Node>,
+    mut socket: Socket,
+    encoding: Encoding,
+) -> impl std::future::Future<Output = ()> {
     async move {
         Counters::incr(&node.counters.connections_accepted);
         let tracker = node.tracker().clone();
         let _guard = tracker.token();
-        let mut session = Session::new(node.clone());
+        let mut session = Session::new(node.clone(), encoding);
         let closed = serve(&node, &mut session, &mut socket).await;
         if let Some(d) = &closed {
             tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");
@@ -282,7 +287,11 @@ async fn flush(
         while let Some(step) = next_step(items) {
             match step {
                 Step::Write(payload) => {
-                    let mut write = std::pin::pin!(socket.send(Message::Text(payload)));
+                    let message = match payload {
+                        Frame::Text(text) => Message::Text(text),
+                        Frame::Binary(bytes) => Message::Binary(bytes),
+                    };
+                    let mut write = std::pin::pin!(socket.send(message));
                     // Most writes complete at once (the socket has room):
                     // those need no timer and no overflow watch. The rest is
                     // boxed, so that it takes no room in the connection's
@@ -307,37 +316,51 @@ enum Step {
 
 /// The next thing to do with the drained items: write the frames up to the
 /// next control (or the size cap) as one message, or act on the control.
+/// JSON frames join with a newline between them; Protobuf frames, each
+/// length-prefixed already, join as they are.
 fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
     let first = match items.pop_front()? {
         Item::Control(c) => return Some(Step::Control(c)),
         Item::Frame(frame) => frame,
     };
-    if !matches!(items.front(), Some(Item::Frame(_))) {
-        return Some(Step::Write(first)); // the common case: one frame
-    }
+    let separator: &[u8] = match first {
+        Frame::Text(_) => b"\n",
+        Frame::Binary(_) => b"",
+    };
+    let same_kind = |f: &Frame| {
+        matches!(
+            (&first, f),
+            (Frame::Text(_), Frame::Text(_)) | (Frame::Binary(_), Frame::Binary(_))
+        )
+    };
     // The frames that join it (added while the message is below the cap),
     // and the joined size, to allocate once.
     let (mut count, mut size) = (0, first.len());
     for item in items.iter() {
         match item {
-            Item::Frame(f) if size < MAX_MESSAGE_BYTES => {
-                (count, size) = (count + 1, size + 1 + f.len())
+            Item::Frame(f) if size < MAX_MESSAGE_BYTES && same_kind(f) => {
+                (count, size) = (count + 1, size + separator.len() + f.len())
             }
             _ => break,
         }
     }
     if count == 0 {
-        return Some(Step::Write(first));
+        return Some(Step::Write(first)); // the common case: one frame
     }
-    let mut joined = String::with_capacity(size);
-    joined.push_str(&first);
+    let mut joined = Vec::with_capacity(size);
+    joined.extend_from_slice(first.as_bytes());
     for item in items.drain(..count) {
         if let Item::Frame(frame) = item {
-            joined.push('\n');
-            joined.push_str(&frame);
+            joined.extend_from_slice(separator);
+            joined.extend_from_slice(frame.as_bytes());
         }
     }
-    Some(Step::Write(Frame::from(joined)))
+    let frame = match first {
+        Frame::Binary(_) => Some(Frame::Binary(joined.into())),
+        // Text frames joined with newlines are still UTF-8.
+        Frame::Text(_) => crate::frame::checked(joined),
+    };
+    frame.map(Step::Write)
 }
 
 /// Counts and logs a slow client; the disconnect to close it with.
@@ -380,13 +403,13 @@ mod tests {
     use bytes::Bytes;
 
     fn frame(text: &str) -> Item {
-        Item::Frame(Frame::from(text))
+        Item::Frame(Frame::Text(text.into()))
     }
 
-    fn write(step: Option<Step>) -> Frame {
+    fn write(step: Option<Step>) -> String {
         match step {
-            Some(Step::Write(b)) => b,
-            _ => panic!("expected a write"),
+            Some(Step::Write(Frame::Text(t))) => t.to_string(),
+            _ => panic!("expected a text write"),
         }
     }
 
@@ -415,5 +438,16 @@ mod tests {
         let mut items: VecDeque<Item> = [frame(&"x".repeat(MAX_MESSAGE_BYTES)), frame("y")].into();
         assert_eq!(write(next_step(&mut items)).len(), MAX_MESSAGE_BYTES);
         assert_eq!(write(next_step(&mut items)), "y");
+    }
+
+    #[test]
+    fn binary_frames_join_without_a_separator() {
+        let bin = |b: &'static [u8]| Item::Frame(Frame::Binary(Bytes::from_static(b)));
+        let mut items: VecDeque<Item> = [bin(b"\x01a"), bin(b"\x01b"), bin(b"\x00")].into();
+        match next_step(&mut items) {
+            Some(Step::Write(Frame::Binary(b))) => assert_eq!(&b[..], b"\x01a\x01b\x00"),
+            _ => panic!("expected a binary write"),
+        }
+        assert!(next_step(&mut items).is_none());
     }
 }

@@ -14,5 +14,6 @@ mod jwks;
 mod limits;
 mod ping;
 mod presence;
+mod protobuf;
 mod server_side;
 mod subscribe;
