@@ -271,8 +271,8 @@ fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let token = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("signal received, shutting down");
             token.cancel();
+            tracing::info!("signal received, shutting down");
         });
         server.run().await
     })?;
@@ -335,9 +335,14 @@ fn init_logging(config: &Config) {
         config.log.level.as_str()
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // A log line that cannot be written (stderr closed by whoever read it)
+    // is dropped: reporting that on stderr too would panic the task that
+    // logged — the signal handler among them, and a server that cannot
+    // stop.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if config.log.format == "json" {
         builder.json().init();
     } else {

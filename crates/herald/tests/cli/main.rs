@@ -619,3 +619,56 @@ async fn silent_sockets_cannot_lock_out_the_api_at_a_low_file_limit() {
     });
     assert!(failures.len() <= 2, "one line per streak: {failures:#?}");
 }
+
+/// A server whose log reader went away (stderr a closed pipe) still stops
+/// on SIGTERM: a log line that cannot be written is dropped, never a panic
+/// in the task that logged it.
+#[test]
+fn sigterm_stops_a_server_whose_stderr_was_closed() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    write(
+        &config,
+        &json!({"client": {"token": {"hmac_secret_key": "s"}}, "http_api": {"key": "k"}}),
+    );
+    let mut child = herald()
+        .args(["serve", "-c"])
+        .arg(&config)
+        .args(["--port", "0", "--address", "127.0.0.1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "exited before listening"
+        );
+    }
+    drop(log);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
