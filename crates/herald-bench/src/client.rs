@@ -1,6 +1,6 @@
 //! A protocol client over one WebSocket: connect, subscribe, publish and
-//! read stamped publications, answering the server's pings. It speaks v2 or
-//! v1 JSON ([`Protocol`]) and may bind a chosen loopback source address so
+//! read stamped publications, answering the server's pings. It speaks v2
+//! JSON or Protobuf, or v1 JSON ([`Protocol`]) and may bind a chosen loopback source address so
 //! large runs do not run out of ephemeral ports. Every scenario speaks to
 //! the server through it.
 
@@ -8,15 +8,17 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::Disconnect;
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::protocol::{Kind, Protocol, Stamp};
+use crate::protocol::{classify_protobuf, Kind, Protocol, Sorted, Stamp};
 use crate::target::Target;
 
 /// Deliveries kept while waiting for a reply (publications that overtook
@@ -126,6 +128,22 @@ struct DisconnectBody {
     reason: String,
 }
 
+impl From<herald_protocol::protobuf::pb::Reply> for Reply {
+    fn from(r: herald_protocol::protobuf::pb::Reply) -> Self {
+        Self {
+            error: r.error.map(|e| ErrorBody {
+                code: e.code,
+                message: e.message,
+            }),
+            connect: r.connect.map(|c| ConnectBody {
+                client: c.client,
+                pong: c.pong,
+            }),
+            result: None,
+        }
+    }
+}
+
 /// One message worth returning from [`Client::read`].
 enum Msg {
     Reply(u32, Reply),
@@ -140,7 +158,7 @@ pub struct Client {
     /// Whether the server wants `{}` back for each ping (v2).
     pong: bool,
     /// The last frame read and how far its messages have been handled.
-    frame: Utf8Bytes,
+    frame: Bytes,
     pos: usize,
     /// Deliveries read while waiting for a reply.
     stash: VecDeque<Delivery>,
@@ -173,16 +191,26 @@ impl Client {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0);
-        let (socket, _) =
-            tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(config))
-                .await
-                .map_err(|e| ClientError::Open(e.to_string()))?;
+        let mut request = target
+            .ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Open(e.to_string()))?;
+        if let Some(sub) = target.protocol.subprotocol() {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(sub),
+            );
+        }
+        let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+            .await
+            .map_err(|e| ClientError::Open(e.to_string()))?;
         let mut client = Self {
             socket,
             protocol: target.protocol,
             next_id: 0,
             pong: false,
-            frame: Utf8Bytes::default(),
+            frame: Bytes::new(),
             pos: 0,
             stash: VecDeque::new(),
             client_id: String::new(),
@@ -258,7 +286,7 @@ impl Client {
 
     /// Sends command `id` and waits for its reply, keeping deliveries that
     /// arrive meanwhile.
-    async fn request(&mut self, id: u32, cmd: String) -> Result<Reply, ClientError> {
+    async fn request(&mut self, id: u32, cmd: Message) -> Result<Reply, ClientError> {
         self.send(cmd).await?;
         loop {
             match self.read().await? {
@@ -282,9 +310,9 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, text: String) -> Result<(), ClientError> {
+    async fn send(&mut self, message: Message) -> Result<(), ClientError> {
         self.socket
-            .send(Message::text(text))
+            .send(message)
             .await
             .map_err(|e| ClientError::Lost(e.to_string()))
     }
@@ -293,11 +321,36 @@ impl Client {
     /// skipped here; a disconnect push becomes an error.
     async fn read(&mut self) -> Result<Msg, ClientError> {
         loop {
-            let Some((start, end)) = self.next_line() else {
+            let Some((start, end)) = self.next_message()? else {
                 self.read_frame().await?;
                 continue;
             };
-            let line = &self.frame.as_str()[start..end];
+            if self.protocol == Protocol::V2Protobuf {
+                let sorted = classify_protobuf(&self.frame[start..end])
+                    .map_err(|e| ClientError::Garbled(e.to_string()))?;
+                match sorted {
+                    Sorted::Kind(Kind::Stamped(s)) => {
+                        return Ok(Msg::Delivery(Delivery::Stamped(s)))
+                    }
+                    Sorted::Kind(Kind::Push) => {
+                        return Ok(Msg::Delivery(Delivery::Unstamped(
+                            "(a Protobuf publication without a stamp)".into(),
+                        )))
+                    }
+                    Sorted::Kind(Kind::Ping) if self.pong => {
+                        self.send(self.protocol.pong()).await?
+                    }
+                    Sorted::Kind(_) => {}
+                    Sorted::Reply(id, reply) => return Ok(Msg::Reply(id, Reply::from(*reply))),
+                    Sorted::Disconnect(code, reason) => {
+                        let code = u16::try_from(code).unwrap_or(u16::MAX);
+                        return Err(ClientError::Closed(Disconnect::new(code, reason)));
+                    }
+                }
+                continue;
+            }
+            let line = std::str::from_utf8(&self.frame[start..end])
+                .map_err(|e| ClientError::Garbled(e.to_string()))?;
             match self.protocol.classify(line) {
                 Kind::Stamped(s) => return Ok(Msg::Delivery(Delivery::Stamped(s))),
                 Kind::Reply(id) => {
@@ -312,7 +365,7 @@ impl Client {
                 }
                 Kind::Ping => {
                     if self.pong {
-                        self.send("{}".into()).await?;
+                        self.send(self.protocol.pong()).await?;
                     }
                 }
                 Kind::Other => {}
@@ -320,18 +373,40 @@ impl Client {
         }
     }
 
-    /// The bounds of the next non-empty message in the current frame.
-    fn next_line(&mut self) -> Option<(usize, usize)> {
-        let text = self.frame.as_str();
-        while self.pos < text.len() {
+    /// The bounds of the next message in the current frame: a non-empty
+    /// line of JSON, or a length-prefixed Protobuf reply (its bytes after
+    /// the prefix).
+    fn next_message(&mut self) -> Result<Option<(usize, usize)>, ClientError> {
+        let bytes = &self.frame[..];
+        if self.protocol == Protocol::V2Protobuf {
+            if self.pos >= bytes.len() {
+                return Ok(None);
+            }
+            let mut rest = &bytes[self.pos..];
+            let before = rest.len();
+            let len = prost::encoding::decode_varint(&mut rest)
+                .map_err(|e| ClientError::Garbled(e.to_string()))?;
+            let start = self.pos + (before - rest.len());
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| start.checked_add(len))
+                .filter(|end| *end <= bytes.len())
+                .ok_or_else(|| ClientError::Garbled("a reply longer than its frame".into()))?;
+            self.pos = end;
+            return Ok(Some((start, end)));
+        }
+        while self.pos < bytes.len() {
             let start = self.pos;
-            let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+            let end = bytes[start..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |i| start + i);
             self.pos = end + 1;
-            if !text[start..end].trim().is_empty() {
-                return Some((start, end));
+            if !bytes[start..end].trim_ascii().is_empty() {
+                return Ok(Some((start, end)));
             }
         }
-        None
+        Ok(None)
     }
 
     /// A push without a stamp: a disconnect is an error, a publication is
@@ -349,12 +424,17 @@ impl Client {
         Ok(is_pub.then(|| Delivery::Unstamped(line.chars().take(100).collect())))
     }
 
-    /// Reads one WebSocket text message as the current frame.
+    /// Reads one WebSocket data message as the current frame.
     async fn read_frame(&mut self) -> Result<(), ClientError> {
         loop {
             match self.socket.next().await {
                 Some(Ok(Message::Text(t))) => {
-                    self.frame = t;
+                    self.frame = Bytes::from(t);
+                    self.pos = 0;
+                    return Ok(());
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    self.frame = b;
                     self.pos = 0;
                     return Ok(());
                 }

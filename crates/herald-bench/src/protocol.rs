@@ -1,15 +1,20 @@
 //! The client protocols herald-bench speaks: Centrifugo client protocol v2
-//! JSON (Herald's own) and the older v1 JSON (servers built on the Go
-//! `centrifuge` library up to 0.17), so the same scenarios can drive both
-//! side by side. Each knows how to write the few commands the scenarios send
-//! and how to sort what comes back, one newline-separated message at a time.
+//! in JSON and in Protobuf (Herald's own), and the older v1 JSON (servers
+//! built on the Go `centrifuge` library up to 0.17), so the same scenarios
+//! can drive each side by side. Each knows how to write the few commands the
+//! scenarios send and how to sort what comes back, one message at a time
+//! (newline-separated JSON, or length-prefixed Protobuf).
 //!
 //! Sorting is done by scanning, not by parsing the whole message: at a
 //! hundred thousand deliveries a second the load generator's own JSON
 //! parsing would otherwise be what is measured. Only rare messages (replies,
 //! unknown pushes) are parsed in full, by the client.
 
+use bytes::Bytes;
 use clap::ValueEnum;
+use herald_protocol::protobuf::pb;
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
 
 /// The wire protocol of the server under test.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -24,6 +29,11 @@ pub enum Protocol {
     /// WebSocket-level pings.
     #[value(name = "centrifuge-v1-json")]
     V1Json,
+    /// Client protocol v2, Protobuf (subprotocol `centrifuge-protobuf`):
+    /// length-prefixed commands and replies in binary frames, empty replies
+    /// as pings; payloads stay JSON.
+    #[value(name = "centrifuge-v2-protobuf")]
+    V2Protobuf,
 }
 
 /// The stamp the load generator puts at the start of every publication's
@@ -93,17 +103,87 @@ impl Protocol {
         match self {
             Protocol::V2Json => "centrifuge-v2-json",
             Protocol::V1Json => "centrifuge-v1-json",
+            Protocol::V2Protobuf => "centrifuge-v2-protobuf",
+        }
+    }
+
+    /// The WebSocket subprotocol to offer, if any.
+    pub fn subprotocol(self) -> Option<&'static str> {
+        (self == Protocol::V2Protobuf).then_some("centrifuge-protobuf")
+    }
+
+    /// A command as the message that carries it.
+    fn message(
+        self,
+        json: impl FnOnce() -> String,
+        proto: impl FnOnce() -> pb::Command,
+    ) -> Message {
+        match self {
+            Protocol::V2Protobuf => Message::binary(proto().encode_length_delimited_to_vec()),
+            _ => Message::text(json()),
         }
     }
 
     /// The connect command; an empty token sends none.
-    pub fn connect(self, id: u32, token: &str) -> String {
+    pub fn connect(self, id: u32, token: &str) -> Message {
+        self.message(
+            || self.connect_json(id, token),
+            || pb::Command {
+                id,
+                connect: Some(pb::ConnectRequest {
+                    token: token.into(),
+                    name: "herald-bench".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn subscribe(self, id: u32, channel: &str) -> Message {
+        self.message(
+            || self.subscribe_json(id, channel),
+            || pb::Command {
+                id,
+                subscribe: Some(pb::SubscribeRequest {
+                    channel: channel.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A publish command; `data` must be JSON text.
+    pub fn publish(self, id: u32, channel: &str, data: &str) -> Message {
+        self.message(
+            || self.publish_json(id, channel, data),
+            || pb::Command {
+                id,
+                publish: Some(pb::PublishRequest {
+                    channel: channel.into(),
+                    data: Bytes::copy_from_slice(data.as_bytes()),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The answer to a ping.
+    pub fn pong(self) -> Message {
+        match self {
+            Protocol::V2Protobuf => Message::binary(vec![0]),
+            _ => Message::text("{}"),
+        }
+    }
+
+    fn connect_json(self, id: u32, token: &str) -> String {
         let mut params = String::new();
         if !token.is_empty() {
             params = format!("\"token\":{}", quote(token));
         }
         match self {
-            Protocol::V2Json => {
+            Protocol::V2Json | Protocol::V2Protobuf => {
                 let sep = if params.is_empty() { "" } else { "," };
                 format!("{{\"id\":{id},\"connect\":{{{params}{sep}\"name\":\"herald-bench\"}}}}")
             }
@@ -112,9 +192,9 @@ impl Protocol {
         }
     }
 
-    pub fn subscribe(self, id: u32, channel: &str) -> String {
+    fn subscribe_json(self, id: u32, channel: &str) -> String {
         match self {
-            Protocol::V2Json => {
+            Protocol::V2Json | Protocol::V2Protobuf => {
                 format!(
                     "{{\"id\":{id},\"subscribe\":{{\"channel\":{}}}}}",
                     quote(channel)
@@ -127,10 +207,9 @@ impl Protocol {
         }
     }
 
-    /// A publish command; `data` must be JSON text.
-    pub fn publish(self, id: u32, channel: &str, data: &str) -> String {
+    fn publish_json(self, id: u32, channel: &str, data: &str) -> String {
         match self {
-            Protocol::V2Json => format!(
+            Protocol::V2Json | Protocol::V2Protobuf => format!(
                 "{{\"id\":{id},\"publish\":{{\"channel\":{},\"data\":{data}}}}}",
                 quote(channel)
             ),
@@ -151,7 +230,7 @@ impl Protocol {
             };
         }
         let push_prefix = match self {
-            Protocol::V2Json => {
+            Protocol::V2Json | Protocol::V2Protobuf => {
                 if msg == "{}" {
                     return Kind::Ping;
                 }
@@ -167,6 +246,40 @@ impl Protocol {
             None => Kind::Push,
         }
     }
+}
+
+/// One Protobuf reply, sorted as [`Protocol::classify`] sorts JSON ones.
+pub enum Sorted {
+    Kind(Kind),
+    /// A reply to a command, decoded.
+    Reply(u32, Box<pb::Reply>),
+    /// A disconnect push.
+    Disconnect(u32, String),
+}
+
+/// Sorts one length-prefixed Protobuf reply's bytes (without the prefix).
+pub fn classify_protobuf(bytes: &[u8]) -> Result<Sorted, prost::DecodeError> {
+    let reply = pb::Reply::decode(bytes)?;
+    if reply.id > 0 {
+        return Ok(Sorted::Reply(reply.id, Box::new(reply)));
+    }
+    let Some(push) = reply.push else {
+        return Ok(Sorted::Kind(if reply == pb::Reply::default() {
+            Kind::Ping
+        } else {
+            Kind::Other
+        }));
+    };
+    if let Some(d) = push.disconnect {
+        return Ok(Sorted::Disconnect(d.code, d.reason));
+    }
+    Ok(Sorted::Kind(match push.r#pub {
+        Some(p) => std::str::from_utf8(&p.data)
+            .ok()
+            .and_then(Stamp::find)
+            .map_or(Kind::Push, Kind::Stamped),
+        None => Kind::Other,
+    }))
 }
 
 /// A JSON string literal for `s`.
@@ -192,19 +305,19 @@ mod tests {
     fn v2_messages() {
         let p = Protocol::V2Json;
         assert_eq!(
-            p.connect(1, ""),
+            text(p.connect(1, "")),
             r#"{"id":1,"connect":{"name":"herald-bench"}}"#
         );
         assert_eq!(
-            p.connect(1, "t"),
+            text(p.connect(1, "t")),
             r#"{"id":1,"connect":{"token":"t","name":"herald-bench"}}"#
         );
         assert_eq!(
-            p.subscribe(2, "a\"b"),
+            text(p.subscribe(2, "a\"b")),
             r#"{"id":2,"subscribe":{"channel":"a\"b"}}"#
         );
         assert_eq!(
-            p.publish(3, "c", "{}"),
+            text(p.publish(3, "c", "{}")),
             r#"{"id":3,"publish":{"channel":"c","data":{}}}"#
         );
         assert_eq!(p.classify(r#"{"id":4,"subscribe":{}}"#), Kind::Reply(4));
@@ -224,13 +337,13 @@ mod tests {
     #[test]
     fn v1_messages() {
         let p = Protocol::V1Json;
-        assert_eq!(p.connect(1, ""), r#"{"id":1,"params":{}}"#);
+        assert_eq!(text(p.connect(1, "")), r#"{"id":1,"params":{}}"#);
         assert_eq!(
-            p.subscribe(2, "x"),
+            text(p.subscribe(2, "x")),
             r#"{"id":2,"method":1,"params":{"channel":"x"}}"#
         );
         assert_eq!(
-            p.publish(3, "x", "1"),
+            text(p.publish(3, "x", "1")),
             r#"{"id":3,"method":3,"params":{"channel":"x","data":1}}"#
         );
         assert_eq!(
@@ -244,6 +357,48 @@ mod tests {
         assert_eq!(p.classify(&push), Kind::Stamped(STAMP));
         // v1 has no application-level ping.
         assert_eq!(p.classify("{}"), Kind::Other);
+    }
+
+    fn text(m: Message) -> String {
+        m.into_text().unwrap().to_string()
+    }
+
+    #[test]
+    fn v2_protobuf_messages() {
+        let p = Protocol::V2Protobuf;
+        let Message::Binary(b) = p.publish(3, "c", "{}") else {
+            panic!("binary");
+        };
+        let c = pb::Command::decode_length_delimited(&b[..]).unwrap();
+        assert_eq!((c.id, &c.publish.unwrap().data[..]), (3, &b"{}"[..]));
+        assert!(matches!(
+            classify_protobuf(&[]),
+            Ok(Sorted::Kind(Kind::Ping))
+        ));
+        let push = pb::Reply {
+            push: Some(pb::Push {
+                channel: "c".into(),
+                r#pub: Some(pb::Publication {
+                    data: data().into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            classify_protobuf(&push.encode_to_vec()),
+            Ok(Sorted::Kind(Kind::Stamped(STAMP)))
+        ));
+        let reply = pb::Reply {
+            id: 4,
+            ..Default::default()
+        };
+        assert!(matches!(
+            classify_protobuf(&reply.encode_to_vec()),
+            Ok(Sorted::Reply(4, _))
+        ));
+        assert!(classify_protobuf(&[0xff]).is_err());
     }
 
     #[test]

@@ -323,9 +323,9 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
         Item::Control(c) => return Some(Step::Control(c)),
         Item::Frame(frame) => frame,
     };
-    let separator: &[u8] = match first {
-        Frame::Text(_) => b"\n",
-        Frame::Binary(_) => b"",
+    let separator = match first {
+        Frame::Text(_) => 1,
+        Frame::Binary(_) => 0,
     };
     let same_kind = |f: &Frame| {
         matches!(
@@ -339,7 +339,7 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
     for item in items.iter() {
         match item {
             Item::Frame(f) if size < MAX_MESSAGE_BYTES && same_kind(f) => {
-                (count, size) = (count + 1, size + separator.len() + f.len())
+                (count, size) = (count + 1, size + separator + f.len())
             }
             _ => break,
         }
@@ -347,20 +347,31 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
     if count == 0 {
         return Some(Step::Write(first)); // the common case: one frame
     }
-    let mut joined = Vec::with_capacity(size);
-    joined.extend_from_slice(first.as_bytes());
-    for item in items.drain(..count) {
-        if let Item::Frame(frame) = item {
-            joined.extend_from_slice(separator);
-            joined.extend_from_slice(frame.as_bytes());
+    let rest = items.drain(..count).filter_map(|item| match item {
+        Item::Frame(frame) => Some(frame),
+        Item::Control(_) => None,
+    });
+    let joined = match first {
+        // Text frames joined with newlines are still UTF-8: no check.
+        Frame::Text(first) => {
+            let mut joined = String::with_capacity(size);
+            joined.push_str(&first);
+            for frame in rest {
+                joined.push('\n');
+                joined.push_str(frame.as_text().unwrap_or_default());
+            }
+            Frame::Text(joined.into())
         }
-    }
-    let frame = match first {
-        Frame::Binary(_) => Some(Frame::Binary(joined.into())),
-        // Text frames joined with newlines are still UTF-8.
-        Frame::Text(_) => crate::frame::checked(joined),
+        Frame::Binary(first) => {
+            let mut joined = Vec::with_capacity(size);
+            joined.extend_from_slice(&first);
+            for frame in rest {
+                joined.extend_from_slice(frame.as_bytes());
+            }
+            Frame::Binary(joined.into())
+        }
     };
-    frame.map(Step::Write)
+    Some(Step::Write(joined))
 }
 
 /// Counts and logs a slow client; the disconnect to close it with.
