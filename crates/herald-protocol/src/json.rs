@@ -28,12 +28,23 @@ pub enum DecodeError {
 
 /// Splits one transport frame into its commands. Blank lines are skipped.
 pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, DecodeError> {
-    let text = std::str::from_utf8(frame).map_err(|_| DecodeError::NotUtf8)?;
-    text.split('\n')
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(|line| serde_json::from_str(line).map_err(DecodeError::from))
-        .collect()
+    commands(frame).collect()
+}
+
+/// The commands of one transport frame, each read when it is reached (a
+/// frame of many commands never holds them all at once). Blank lines are
+/// skipped; a frame that is not UTF-8 yields one error.
+pub fn commands(frame: &[u8]) -> impl Iterator<Item = Result<Command, DecodeError>> + '_ {
+    let (text, bad) = match std::str::from_utf8(frame) {
+        Ok(text) => (text, None),
+        Err(_) => ("", Some(Err(DecodeError::NotUtf8))),
+    };
+    bad.into_iter().chain(
+        text.split('\n')
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_str(line).map_err(DecodeError::from)),
+    )
 }
 
 /// Whether `bytes` is one well-formed JSON value (used to validate payloads
@@ -93,7 +104,7 @@ impl<'a> Obj<'a> {
     fn raw(&mut self, key: &str, value: Option<&[u8]>) {
         if let Some(v) = value {
             self.key(key);
-            self.buf.extend_from_slice(v);
+            write_one_line(self.buf, v);
         }
     }
     /// Opens a nested object under `key`; close it with [`Obj::close`].
@@ -103,6 +114,23 @@ impl<'a> Obj<'a> {
     }
     fn close(self) {
         self.buf.push(b'}');
+    }
+}
+
+/// Appends a raw JSON value on one line: a line break in it (whitespace
+/// between tokens, since JSON strings cannot hold one unescaped) becomes a
+/// space, so that a value written pretty (a server API publish, a Protobuf
+/// client's payload) never splits the newline-separated messages of a
+/// frame.
+fn write_one_line(buf: &mut Vec<u8>, value: &[u8]) {
+    let start = buf.len();
+    buf.extend_from_slice(value);
+    if value.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        for b in &mut buf[start..] {
+            if matches!(b, b'\n' | b'\r') {
+                *b = b' ';
+            }
+        }
     }
 }
 

@@ -38,13 +38,23 @@ pub const PING: &[u8] = &[0];
 
 /// Splits one binary frame into its commands.
 pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, DecodeError> {
+    commands(frame).collect()
+}
+
+/// The commands of one binary frame, each decoded when it is reached (a
+/// frame of many small commands never holds them all at once); the first
+/// undecodable one ends it.
+pub fn commands(frame: &[u8]) -> impl Iterator<Item = Result<Command, DecodeError>> + '_ {
     let mut buf = frame;
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let command = pb::Command::decode_length_delimited(&mut buf)?;
-        out.push(command_from(command));
-    }
-    Ok(out)
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if buf.is_empty() || failed {
+            return None;
+        }
+        let command = pb::Command::decode_length_delimited(&mut buf);
+        failed = command.is_err();
+        Some(command.map(command_from).map_err(DecodeError::from))
+    })
 }
 
 /// Payloads found not to be JSON while reading a command.

@@ -3,11 +3,15 @@
 //! (at connect, refresh and subscribe) never leaves the process; a change
 //! made through the server API is applied here, sent to the other nodes as a
 //! control message, and — for the kinds configured with `storage_type:
-//! database` — written to durable storage first, from which every node loads
-//! the rules at start and again every [`RELOAD_EVERY`] (so a node that
-//! missed a message catches up). Rules end at their `expire_at`.
+//! database` — written to durable storage first (and by every node that
+//! hears of it, into its own storage when that is a file of its own), from
+//! which every node loads the rules at start and again every
+//! [`RELOAD_EVERY`] (so a node that missed a message catches up and checks
+//! the connections the rules it learnt concern). Rules end at their
+//! `expire_at`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +97,39 @@ impl Rules {
         self.blocked.is_empty() && self.revoked.is_empty() && self.invalidated.is_empty()
     }
 
+    /// The rules here that `before` did not have (or had otherwise), as the
+    /// changes that make them.
+    fn added_since(&self, before: &Rules) -> Vec<AccessChange> {
+        let mut out = Vec::new();
+        for (user, e) in &self.blocked {
+            if before.blocked.get(user) != Some(e) {
+                out.push(AccessChange::Block {
+                    user: user.clone(),
+                    expire_at: *e,
+                });
+            }
+        }
+        for (uid, e) in &self.revoked {
+            if before.revoked.get(uid) != Some(e) {
+                out.push(AccessChange::RevokeToken {
+                    uid: uid.clone(),
+                    expire_at: *e,
+                });
+            }
+        }
+        for ((user, channel), rule) in &self.invalidated {
+            if before.invalidated.get(&(user.clone(), channel.clone())) != Some(rule) {
+                out.push(AccessChange::InvalidateUserTokens {
+                    user: user.clone(),
+                    channel: channel.clone(),
+                    issued_before: rule.0,
+                    expire_at: rule.1,
+                });
+            }
+        }
+        out
+    }
+
     /// Whether a token of `user` counts no more: its id revoked, or issued
     /// before the user's tokens (of `channel`, "" for connection tokens)
     /// were invalidated. A token without `iat` is never issued before.
@@ -114,6 +151,9 @@ impl Rules {
 /// The node's blocking and revocation rules.
 pub struct Access {
     rules: RwLock<Rules>,
+    /// Changes applied so far: a reload that saw changes arrive while it
+    /// read storage leaves the rules as they are (the next one catches up).
+    generation: AtomicU64,
     /// Where rules of the persisted kinds are kept.
     store: Option<Arc<dyn AccessRules>>,
     config: AccessConfig,
@@ -129,6 +169,7 @@ impl Access {
     pub fn in_memory() -> Self {
         Self {
             rules: RwLock::default(),
+            generation: AtomicU64::new(0),
             store: None,
             config: AccessConfig::default(),
         }
@@ -142,6 +183,7 @@ impl Access {
     ) -> Result<Self, StoreError> {
         let access = Self {
             rules: RwLock::default(),
+            generation: AtomicU64::new(0),
             store: Some(store),
             config,
         };
@@ -154,11 +196,14 @@ impl Access {
         self.store.is_some()
     }
 
-    /// Replaces the persisted kinds' rules with what storage holds now.
-    pub async fn reload(&self) -> Result<(), StoreError> {
+    /// Replaces the persisted kinds' rules with what storage holds now;
+    /// returns the rules that are new to this node (connections they
+    /// concern must be checked).
+    pub async fn reload(&self) -> Result<Vec<AccessChange>, StoreError> {
         let Some(store) = &self.store else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let seen = self.generation.load(Ordering::Acquire);
         let now = crate::auth::now_unix();
         let stored = store.load(now).await?;
         let mut fresh = Rules::default();
@@ -166,6 +211,11 @@ impl Access {
             fresh.apply(change);
         }
         let mut rules = self.rules.write();
+        if self.generation.load(Ordering::Acquire) != seen {
+            // A change arrived while storage was read: what was read may
+            // not hold it yet.
+            return Ok(Vec::new());
+        }
         // Kinds kept in memory only stay as they are.
         if !self.config.user_block.persisted() {
             fresh.blocked = std::mem::take(&mut rules.blocked);
@@ -177,25 +227,35 @@ impl Access {
             fresh.invalidated = std::mem::take(&mut rules.invalidated);
         }
         fresh.sweep(now);
+        let added = fresh.added_since(&rules);
         *rules = fresh;
-        Ok(())
+        Ok(added)
     }
 
     /// Makes a change on this node, saving it first when its kind is
     /// persisted (a change that could not be saved is not made).
     pub async fn save_and_apply(&self, change: &AccessChange) -> Result<(), SaveError> {
-        if let Some(store) = self.store.as_ref().filter(|_| self.persists(change)) {
-            store.save(change).await.map_err(SaveError)?;
-        }
+        self.save(change).await?;
         self.apply(change);
         Ok(())
     }
 
-    /// Makes a change another node made (and saved).
+    /// Makes a change another node made.
     pub fn apply(&self, change: &AccessChange) {
         let mut rules = self.rules.write();
         rules.apply(change);
         rules.sweep(crate::auth::now_unix());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Keeps a change another node made in this node's storage too, when
+    /// its kind is persisted: with a database of each node's own (SQLite),
+    /// the next reload would otherwise drop it.
+    pub async fn save(&self, change: &AccessChange) -> Result<(), SaveError> {
+        match self.store.as_ref().filter(|_| self.persists(change)) {
+            Some(store) => store.save(change).await.map_err(SaveError),
+            None => Ok(()),
+        }
     }
 
     fn persists(&self, change: &AccessChange) -> bool {

@@ -3,7 +3,7 @@
 //! `version`.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -95,7 +95,12 @@ pub fn run() -> ExitCode {
     match execute(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", crate::report::Chain(e.as_ref()));
+            // Not eprintln!: a closed stderr must not turn the exit into a panic.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                crate::report::Chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -242,7 +247,7 @@ fn read_config(path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<config::
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     let loaded = read_config(path, &ServeArgs::default())?;
     for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+        let _ = writeln!(std::io::stderr(), "warning: {w}");
     }
     Ok(loaded.config)
 }

@@ -132,6 +132,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Asks this node's connections that `changes` (rules learnt from
+    /// storage) may concern to check themselves.
+    pub fn recheck_access(&self, changes: &[AccessChange]) {
+        for change in changes {
+            check_access(&self.hub, change);
+        }
+    }
+
     /// Tells the other nodes this one is leaving.
     pub async fn leave(&self) {
         if self.enabled {
@@ -191,6 +199,12 @@ impl Cluster {
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
                 check_access(&self.hub, &change);
+                let access = self.access.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = access.save(&change).await {
+                        tracing::warn!(error = %crate::report::Chain(&e), "access rule from another node not saved");
+                    }
+                });
             }
         }
     }

@@ -120,11 +120,14 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The commands of one frame from the client.
-    pub fn decode_commands(self, frame: &[u8]) -> Result<Vec<Command>, DecodeError> {
+    /// The commands of one frame from the client, each read when reached.
+    pub fn commands(
+        self,
+        frame: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Command, DecodeError>> + Send + '_> {
         match self {
-            Self::Json => json::decode_commands(frame),
-            Self::Protobuf => protobuf::decode_commands(frame),
+            Self::Json => Box::new(json::commands(frame)),
+            Self::Protobuf => Box::new(protobuf::commands(frame)),
         }
     }
 

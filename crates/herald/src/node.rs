@@ -97,17 +97,16 @@ pub enum NodeError {
 
 /// Reads persisted access rules again every [`access::RELOAD_EVERY`], so a
 /// node that missed a change (its broker was away) catches up.
-async fn reload_access(access: Arc<Access>, stop: CancellationToken) {
+async fn reload_access(access: Arc<Access>, cluster: Arc<Cluster>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(access::RELOAD_EVERY);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticker.tick() => {
-                if let Err(e) = access.reload().await {
-                    tracing::warn!(error = %crate::report::Chain(&e), "access rules not reloaded");
-                }
-            }
+            _ = ticker.tick() => match access.reload().await {
+                Ok(added) => cluster.recheck_access(&added),
+                Err(e) => tracing::warn!(error = %crate::report::Chain(&e), "access rules not reloaded"),
+            },
         }
     }
 }
@@ -154,9 +153,6 @@ impl Node {
             }
             _ => Access::in_memory(),
         });
-        if access.is_persisted() {
-            tokio::spawn(reload_access(access.clone(), shutdown.clone()));
-        }
         stop_on_failure.disarm();
         let cluster = Arc::new(Cluster::new(
             &config,
@@ -166,6 +162,13 @@ impl Node {
             access.clone(),
         ));
         tokio::spawn(cluster.clone().run(events_rx, shutdown.clone()));
+        if access.is_persisted() {
+            tokio::spawn(reload_access(
+                access.clone(),
+                cluster.clone(),
+                shutdown.clone(),
+            ));
+        }
         let connect_limits = ConnectLimits {
             node: Limiter::new(config.client.connection_rate_limit),
             per_ip: PerKey::new(config.client.connection_rate_limit_per_ip),

@@ -111,26 +111,27 @@ impl Session {
     /// Handles one transport frame of commands (newline-separated JSON, or
     /// length-prefixed Protobuf).
     pub async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
-        let commands = self.encoding.decode_commands(frame).map_err(|e| {
-            tracing::info!(client = %self.client_id, error = %e, "undecodable frame");
-            Disconnect::bad_request()
-        })?;
-        for command in commands {
+        let encoding = self.encoding;
+        for command in encoding.commands(frame) {
+            let command = command.map_err(|e| {
+                tracing::info!(client = %self.client_id, error = %e, "undecodable command");
+                Disconnect::bad_request()
+            })?;
             Counters::incr(&self.node.counters.commands);
             let not_json = command.payload_not_json;
             let (id, method) = command.into_method();
-            if not_json && id != 0 {
-                // Channels carry JSON, whatever format delivers it.
-                tracing::info!(client = %self.client_id, "payload is not JSON");
-                self.reply(id, Err(ProtocolError::BAD_REQUEST));
-                continue;
-            }
-            self.dispatch(id, method).await?;
+            self.dispatch(id, method, not_json).await?;
         }
         Ok(())
     }
 
-    async fn dispatch(&mut self, id: u32, method: Method) -> Result<(), Disconnect> {
+    /// Runs one command; `not_json`: a payload of it was not JSON.
+    async fn dispatch(
+        &mut self,
+        id: u32,
+        method: Method,
+        not_json: bool,
+    ) -> Result<(), Disconnect> {
         if id == 0 {
             return match method {
                 // The client's pong.
@@ -149,6 +150,12 @@ impl Session {
         if !self.within_rate(&method) {
             Counters::incr(&self.node.counters.commands_refused_by_rate);
             self.reply(id, Err(ProtocolError::TOO_MANY_REQUESTS));
+            return Ok(());
+        }
+        if not_json {
+            // Channels carry JSON, whatever format delivers it.
+            tracing::info!(client = %self.client_id, "payload is not JSON");
+            self.reply(id, Err(ProtocolError::BAD_REQUEST));
             return Ok(());
         }
         let result = match method {

@@ -135,6 +135,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    access_rules_persist_and_reload,
     appends_get_offsets_epoch_and_are_delivered,
     concurrent_appends_are_gap_free_and_in_order,
     history_queries_match_the_protocol,
@@ -995,4 +996,86 @@ async fn sqlite_file_is_created_under_the_data_dir() {
         .unwrap();
     store.close().await;
     assert!(nested.join("streams.db").is_file());
+}
+
+/// Access rules kept in the database: saved, loaded by a node that opens
+/// the database later, replaced by what storage holds at each reload (which
+/// reports the rules new to the node), ended ones deleted; a change heard
+/// while storage was read is not undone by that read.
+async fn access_rules_persist_and_reload(f: Fixture) {
+    use herald::access::{Access, Denied};
+    use herald::config::{AccessConfig, AccessStorage, AccessStorageType};
+    use herald::store::AccessRules;
+    use herald::wire::control::AccessChange;
+
+    let database = AccessStorage {
+        storage_type: AccessStorageType::Database,
+    };
+    let config = AccessConfig {
+        user_block: database,
+        token_revoke: database,
+        user_tokens_invalidate: database,
+    };
+    let (deliver, _) = recorder();
+    let store: Arc<dyn AccessRules> = Arc::new(f.open(deliver, StreamOptions::default()).await);
+    let now = herald::auth::now_unix();
+    let node_a = Access::persisted(config, store.clone()).await.unwrap();
+    for change in [
+        AccessChange::Block {
+            user: "bob".into(),
+            expire_at: 0,
+        },
+        AccessChange::Block {
+            user: "gone".into(),
+            expire_at: now + 60,
+        },
+        AccessChange::Unblock {
+            user: "gone".into(),
+        },
+        AccessChange::Block {
+            user: "ended".into(),
+            expire_at: now - 1,
+        },
+        AccessChange::RevokeToken {
+            uid: "t1".into(),
+            expire_at: now + 60,
+        },
+    ] {
+        node_a.save_and_apply(&change).await.unwrap();
+    }
+    assert_eq!(node_a.check_connection("bob", None), Err(Denied::Blocked));
+
+    // Another node opening the same database later.
+    let node_b = Access::persisted(config, store.clone()).await.unwrap();
+    assert_eq!(node_b.check_connection("bob", None), Err(Denied::Blocked));
+    assert_eq!(node_b.check_connection("gone", None), Ok(()));
+    let t1 = herald::auth::TokenId {
+        jti: Some("t1".into()),
+        iat: None,
+    };
+    assert_eq!(
+        node_b.check_connection("x", Some(&t1)),
+        Err(Denied::Revoked)
+    );
+    assert_eq!(
+        f.count("SELECT COUNT(*) FROM access_rules").await,
+        2,
+        "the ended block was deleted"
+    );
+
+    // A rule saved by node A after node B loaded reaches B at its reload,
+    // reported as new; an unblock does too.
+    let carol = AccessChange::Block {
+        user: "carol".into(),
+        expire_at: 0,
+    };
+    node_a.save_and_apply(&carol).await.unwrap();
+    node_a
+        .save_and_apply(&AccessChange::Unblock { user: "bob".into() })
+        .await
+        .unwrap();
+    assert_eq!(node_b.reload().await.unwrap(), vec![carol.clone()]);
+    assert_eq!(node_b.check_connection("carol", None), Err(Denied::Blocked));
+    assert_eq!(node_b.check_connection("bob", None), Ok(()));
+    assert!(node_b.reload().await.unwrap().is_empty(), "nothing new");
 }

@@ -208,3 +208,26 @@ fn presence_push_shape() {
         "c"
     );
 }
+
+/// A payload written across lines (as a server API body may be) goes out on
+/// one line: a JSON client splits frames at line breaks.
+#[test]
+fn payloads_with_line_breaks_are_written_on_one_line() {
+    let info = Arc::new(ClientInfo {
+        user: "u".into(),
+        client: "c".into(),
+        conn_info: Some(Bytes::from_static(b"{\r\n  \"n\": 1\r\n}")),
+        chan_info: None,
+    });
+    let p = Publication::new(
+        Arc::from("ch"),
+        Bytes::from_static(b"{\n  \"text\": \"a\\nb\",\n  \"list\": [1,\n 2]\n}"),
+        Some(info),
+    );
+    let frame = encode_publication_push(&p);
+    assert!(!frame.contains(&b'\n') && !frame.contains(&b'\r'));
+    let v = parse(&frame);
+    assert_eq!(v["push"]["pub"]["data"]["text"], "a\nb", "escapes kept");
+    assert_eq!(v["push"]["pub"]["data"]["list"][1], 2);
+    assert_eq!(v["push"]["pub"]["info"]["conn_info"]["n"], 1);
+}

@@ -51,6 +51,18 @@ impl Session {
                 return Err(Disconnect::connection_limit());
             }
         }
+        // A block or revocation made while this connect was under way may
+        // have looked for the user's connections before this one joined
+        // the hub: checked again now that it is there (rules are applied
+        // before connections are looked for, so one side sees the other).
+        if let Err(denied) = self
+            .node
+            .access
+            .check_connection(&claims.user, Some(&claims.id))
+        {
+            self.node.hub.remove_client(&*handle);
+            return Err(denied.disconnect());
+        }
         self.conn = Some(Connected {
             handle: handle.clone(),
             conn_info: claims.info.clone(),

@@ -309,3 +309,30 @@ async fn bad_protobuf_input_gets_an_error_or_a_close() {
     let mut ok = Pb::open(&s.ws_url(), true).await;
     assert!(ok.cmd(connect("u")).await.connect.is_some());
 }
+
+/// A payload written across lines, by a Protobuf client or through the
+/// server API, reaches JSON subscribers on one line (their frames are split
+/// at line breaks).
+#[tokio::test]
+async fn payloads_across_lines_do_not_break_json_subscribers() {
+    let s = TestServer::start(json!({})).await;
+    let mut j = s.client("bob").await;
+    let r = j.cmd(json!({"subscribe": {"channel": "chat:lines"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let mut p = Pb::open(&s.ws_url(), true).await;
+    p.cmd(connect("alice")).await.connect.unwrap();
+    p.cmd(subscribe("chat:lines")).await.subscribe.unwrap();
+    let r = p.cmd(publish("chat:lines", b"{\n  \"n\": 1\n}")).await;
+    assert!(r.publish.is_some(), "{r:?}");
+    let (status, text) = s
+        .api_raw(
+            "publish",
+            "{\"channel\": \"chat:lines\",\n \"data\": {\r\n \"n\": 2\r\n}}",
+            Some(API_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    for n in [1, 2] {
+        assert_eq!(j.push().await["pub"]["data"]["n"], n);
+    }
+}
