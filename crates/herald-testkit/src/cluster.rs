@@ -99,6 +99,20 @@ impl ClusterNode {
         reply["result"].clone()
     }
 
+    /// GETs `path` of the node's HTTP server: the status and the body
+    /// (JSON, or the text as a string).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.served.addr))
+            .timeout(WAIT)
+            .send()
+            .await
+            .expect("node reachable");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
     /// A connected client of `user`.
     pub async fn client(&self, user: &str) -> Ws {
         Ws::connected(&self.ws_url(), user).await

@@ -67,6 +67,8 @@ pub trait Broker: Send + Sync + 'static {
     /// leaves; calls may arrive in any order, the hub decides. Resolves once
     /// the broker has confirmed.
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Whether the broker answers now (for `/health`).
+    fn check(&self) -> BoxFuture<'static, Result<(), BrokerError>>;
 }
 
 /// What a broker reports to its node besides publications.

@@ -121,6 +121,14 @@ impl Engine {
             .map_or(0, DurableStore::removed_total)
     }
 
+    /// Whether durable storage answers; `None` when it is not open.
+    pub async fn check_storage(&self) -> Option<Result<(), StoreError>> {
+        match &self.durable {
+            Some(d) => Some(d.check().await),
+            None => None,
+        }
+    }
+
     /// Durable storage as the keeper of access rules, when it is open.
     pub fn access_rules(&self) -> Option<Arc<dyn AccessRules>> {
         self.durable.clone().map(|d| d as Arc<dyn AccessRules>)

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::{json, ClientInfo, PresenceEvent, ProtocolError, Publication};
@@ -20,7 +21,7 @@ use crate::auth::Verifier;
 use crate::broker::Inbound;
 use crate::channel::ChannelRules;
 use crate::cluster::Cluster;
-use crate::config::{ChannelOptions, ClientConfig, Config, ConfigError, PUSH_ROOM};
+use crate::config::{BrokerKind, ChannelOptions, ClientConfig, Config, ConfigError, PUSH_ROOM};
 use crate::engine::{Engine, EngineError};
 use crate::hub::{Fill, Hub, MAX_HELD};
 use crate::idempotency;
@@ -81,6 +82,33 @@ impl Tokens {
             connection,
             subscription,
         })
+    }
+}
+
+/// How long `/health` waits for one dependency.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One dependency of the node as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// `broker`, `presence` or `storage`.
+    pub name: &'static str,
+    /// What it is (`redis`, `nats`, `sqlite`, `postgres`).
+    pub kind: String,
+    /// Why it is down; `None` when it answered.
+    pub error: Option<String>,
+}
+
+/// Waits for one check (`None`: nothing to check), bounded by
+/// [`HEALTH_TIMEOUT`]; `Some(error)` when it failed.
+async fn checked<E: std::error::Error>(
+    check: impl std::future::Future<Output = Option<Result<(), E>>>,
+) -> Option<Option<String>> {
+    match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
+        Ok(None) => None,
+        Ok(Some(Ok(()))) => Some(None),
+        Ok(Some(Err(e))) => Some(Some(crate::report::Chain(&e).to_string())),
+        Err(_) => Some(Some(format!("no answer within {HEALTH_TIMEOUT:?}"))),
     }
 }
 
@@ -217,6 +245,32 @@ impl Node {
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// The state of every service the node depends on (its broker when
+    /// that is not in memory, a shared presence store, durable storage),
+    /// each asked at once and given [`HEALTH_TIMEOUT`].
+    pub async fn health(&self) -> Vec<Check> {
+        let broker_kind = self.config.broker_kind();
+        let broker = checked(async {
+            match broker_kind {
+                BrokerKind::Memory => None,
+                _ => Some(self.engine.broker.check().await),
+            }
+        });
+        let presence = checked(self.engine.presence.check());
+        let storage = checked(self.engine.check_storage());
+        let (broker, presence, storage) = tokio::join!(broker, presence, storage);
+        let lower = |kind: &dyn std::fmt::Debug| format!("{kind:?}").to_lowercase();
+        [
+            broker.map(|error| ("broker", lower(&broker_kind), error)),
+            presence.map(|error| ("presence", "redis".to_string(), error)),
+            storage.map(|error| ("storage", lower(&self.config.storage.kind), error)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(name, kind, error)| Check { name, kind, error })
+        .collect()
     }
 
     pub fn presence(&self) -> &Presence {

@@ -50,6 +50,8 @@ pub trait SharedPresence: Send + Sync + 'static {
     fn get<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Members, PresenceError>>;
     /// How often a node must refresh its entries for them to stay.
     fn refresh_interval(&self) -> Duration;
+    /// Whether the store answers now (for `/health`).
+    fn check(&self) -> BoxFuture<'_, Result<(), PresenceError>>;
 }
 
 /// This node's presence entries and, in a cluster, the shared presence.
@@ -99,6 +101,14 @@ impl Presence {
     }
 
     /// Who is in a channel, across the cluster.
+    /// Whether the shared store answers; `None` without one.
+    pub async fn check(&self) -> Option<Result<(), PresenceError>> {
+        match &self.shared {
+            Some(shared) => Some(shared.check().await),
+            None => None,
+        }
+    }
+
     pub async fn get(&self, channel: &str) -> Result<Members, PresenceError> {
         match &self.shared {
             None => Ok(self

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -182,10 +182,14 @@ fn router(node: Arc<Node>) -> Router {
         );
     }
     if c.health.enabled {
-        r = r.route(
-            &c.health.handler_prefix,
-            get(|| async { axum::Json(serde_json::json!({})) }),
-        );
+        let prefix = c.health.handler_prefix.trim_end_matches('/');
+        r = r
+            .route(&c.health.handler_prefix, get(health))
+            // Liveness: the process answers, whatever its services do.
+            .route(
+                &format!("{prefix}/live"),
+                get(|| async { axum::Json(serde_json::json!({})) }),
+            );
     }
     r = r.route("/metrics", get(metrics));
     if c.swagger.enabled {
@@ -200,6 +204,31 @@ fn router(node: Arc<Node>) -> Router {
         r = r.merge(crate::demo::routes());
     }
     r.with_state(node)
+}
+
+/// Readiness: 200 when every service the node depends on answers, 503 when
+/// one does not, with each one's state.
+async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let checks = node.health().await;
+    let ok = checks.iter().all(|c| c.error.is_none());
+    let status = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let mut body = serde_json::Map::new();
+    for c in &checks {
+        let mut check = serde_json::json!({"status": status(c.error.is_none()), "type": c.kind});
+        if let Some(e) = &c.error {
+            check["error"] = e.clone().into();
+        }
+        body.insert(c.name.to_string(), check);
+    }
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({"status": status(ok), "checks": body})),
+    )
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -39,6 +39,10 @@ impl Broker for MemoryBroker {
         done()
     }
 
+    fn check(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
+        done()
+    }
+
     /// A single node has no one to tell.
     fn publish_control(&self, _message: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
         done()

@@ -145,6 +145,17 @@ impl Drop for NatsBroker {
 }
 
 impl Broker for NatsBroker {
+    /// The client's view of its connection (it reconnects by itself).
+    fn check(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let state = self.client.connection_state();
+        Box::pin(async move {
+            match state {
+                async_nats::connection::State::Connected => Ok(()),
+                _ => Err(BrokerError::NatsDown),
+            }
+        })
+    }
+
     fn publish(&self, p: Arc<Publication>) -> BoxFuture<'static, Result<(), BrokerError>> {
         self.send(
             subject(&self.prefix, &p.channel),

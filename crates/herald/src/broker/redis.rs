@@ -131,6 +131,22 @@ impl Broker for RedisBroker {
         self.publish_bytes(None, message)
     }
 
+    /// A PING to every shard.
+    fn check(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let pings: Vec<_> = self
+            .shards
+            .links()
+            .iter()
+            .map(|link| link.send(redis::cmd("PING")))
+            .collect();
+        Box::pin(async move {
+            for ping in futures_util::future::join_all(pings).await {
+                ping?;
+            }
+            Ok(())
+        })
+    }
+
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
         let channel = channel.to_string();
         ask(&self.syncs[self.shards.index(&channel)], |done| {

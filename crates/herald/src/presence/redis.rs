@@ -77,6 +77,21 @@ impl RedisPresence {
 }
 
 impl SharedPresence for RedisPresence {
+    /// A PING to every shard.
+    fn check(&self) -> BoxFuture<'_, Result<(), PresenceError>> {
+        Box::pin(async move {
+            let pings = self
+                .shards
+                .links()
+                .iter()
+                .map(|l| l.send(redis::cmd("PING")));
+            for ping in futures_util::future::join_all(pings).await {
+                ping?;
+            }
+            Ok(())
+        })
+    }
+
     fn add<'a>(
         &'a self,
         channel: &'a str,

@@ -121,6 +121,14 @@ impl DurableStore {
         self.db.close().await;
     }
 
+    /// Whether the database answers now (for `/health`).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(|source| StoreError::Sql {
+            what: "a health check",
+            source,
+        })
+    }
+
     /// Publications deleted by retention since open.
     pub fn removed_total(&self) -> u64 {
         self.removed.load(Ordering::Relaxed)

@@ -169,3 +169,41 @@ async fn nats_blocks_and_revocations_reach_every_node() {
         "channel": { "namespaces": [{ "name": "chat", "allow_subscribe_for_client": true }] } });
     access_holds_across_nodes(cfg, false).await;
 }
+
+/// `/health` follows the NATS connection: 503 naming the broker while the
+/// server is stopped, 200 once the client has reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_nats() {
+    let Some(mut nats) = OwnServer::start("nats-server", |port| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]
+    }) else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let cfg = json!({ "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": url, "prefix": unique("h") } },
+        "channel": { "namespaces": [{ "name": "chat", "allow_subscribe_for_client": true }] } });
+    let node = node("a", &cfg);
+    let (status, h) = node.get("/health").await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(
+        h["checks"]["broker"],
+        json!({"status": "ok", "type": "nats"})
+    );
+    nats.stop();
+    eventually("503 while NATS is down", || async {
+        let (status, h) = node.get("/health").await;
+        status == 503 && h["checks"]["broker"]["status"] == "unavailable"
+    })
+    .await;
+    nats.restart();
+    eventually("200 once NATS is back", || async {
+        node.get("/health").await.0 == 200
+    })
+    .await;
+}

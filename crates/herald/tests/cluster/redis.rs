@@ -434,3 +434,60 @@ async fn redis_blocks_and_revocations_reach_every_node_and_persist() {
     );
     access_holds_across_nodes(cfg, true).await;
 }
+
+/// `/health` reports the broker, the presence store and durable storage:
+/// 200 while all answer, 503 naming the one that does not while Redis is
+/// stopped or the database is gone, 200 again once Redis is back; liveness
+/// stays 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_redis_and_postgres() {
+    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(mut redis) = OwnServer::start("redis-server", |port| {
+        redis_args(port, &["--appendonly", "no"])
+    }) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let mut cfg = redis_engine(&format!("redis://127.0.0.1:{}", redis.port), &unique("h"));
+    merge(&mut cfg, durable_namespace(&db));
+    let node = node("a", &cfg);
+    let (status, h) = node.get("/health").await;
+    assert_eq!(status, 200, "{h}");
+    for (check, kind) in [
+        ("broker", "redis"),
+        ("presence", "redis"),
+        ("storage", "postgres"),
+    ] {
+        assert_eq!(
+            h["checks"][check],
+            json!({"status": "ok", "type": kind}),
+            "{h}"
+        );
+    }
+
+    redis.stop();
+    eventually("503 while Redis is down", || async {
+        let (status, h) = node.get("/health").await;
+        status == 503
+            && h["status"] == "unavailable"
+            && h["checks"]["broker"]["status"] == "unavailable"
+            && h["checks"]["broker"]["error"].is_string()
+            && h["checks"]["storage"]["status"] == "ok"
+    })
+    .await;
+    assert_eq!(node.get("/health/live").await.0, 200);
+    redis.restart();
+    eventually("200 once Redis is back", || async {
+        node.get("/health").await.0 == 200
+    })
+    .await;
+
+    drop(db);
+    eventually("503 once the database is gone", || async {
+        let (status, h) = node.get("/health").await;
+        status == 503 && h["checks"]["storage"]["status"] == "unavailable"
+    })
+    .await;
+}

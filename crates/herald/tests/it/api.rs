@@ -208,6 +208,31 @@ async fn channels_info_and_health() {
     );
     let resp = reqwest::get(s.http("/health")).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ok", "checks": {}}),
+        "nothing to depend on"
+    );
+    let resp = reqwest::get(s.http("/health/live")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    s.stop().await;
+
+    // Durable storage is a dependency.
+    let s = TestServer::start(json!({"channel": {"namespaces": [
+        {"name": "log", "history_storage": "durable", "history_size": 10, "history_ttl": "60s"}
+    ]}}))
+    .await;
+    let body: Value = reqwest::get(s.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ok", "checks": {"storage": {"status": "ok", "type": "sqlite"}}})
+    );
     s.stop().await;
 }
 

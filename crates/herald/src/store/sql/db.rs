@@ -90,6 +90,9 @@ pub(super) trait Db: Send + Sync + 'static {
         cutoff_ms: i64,
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
 
+    /// A round trip to the database (for `/health`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+
     /// Every access rule in force at `now` (Unix seconds), after deleting
     /// the ended ones.
     fn access_rules(&self, now: i64) -> BoxFuture<'_, Result<Vec<AccessRow>, sqlx::Error>>;
@@ -377,6 +380,13 @@ where
                 .execute(&self.pool)
                 .await?;
             Ok(D::rows_affected(&done))
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
         })
     }
 
