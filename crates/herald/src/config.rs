@@ -155,6 +155,9 @@ pub struct ClientConfig {
     /// beyond: error 111 (too many requests). 0: no limit.
     pub command_rate_limit: CommandRates,
     pub connect_include_server_time: bool,
+    /// Subscribe every connection with a user to that user's personal
+    /// channel, server-side.
+    pub subscribe_to_user_personal_channel: PersonalChannel,
     /// Most publications one client history call returns; zero: no cap.
     pub history_max_publication_limit: usize,
     /// Most publications a subscribe recovers; more missed means
@@ -171,6 +174,34 @@ impl ClientConfig {
     /// `recovery_max_publication_limit` as a cap (`None`: no cap).
     pub fn recovery_limit(&self) -> Option<usize> {
         cap(self.recovery_max_publication_limit)
+    }
+}
+
+/// `client.subscribe_to_user_personal_channel`: the channel
+/// `<personal_channel_namespace>:#<user>` (`#<user>` without a namespace),
+/// with that namespace's options; with `single_connection`, a user's new
+/// connection closes the others (3504).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersonalChannel {
+    pub enabled: bool,
+    pub personal_channel_namespace: String,
+    pub single_connection: bool,
+}
+
+impl Config {
+    /// The personal channel of `user`.
+    pub fn personal_channel(&self, user: &str) -> String {
+        let ns = &self
+            .client
+            .subscribe_to_user_personal_channel
+            .personal_channel_namespace;
+        let ch = &self.channel;
+        if ns.is_empty() {
+            format!("{}{user}", ch.user_boundary)
+        } else {
+            format!("{ns}{}{}{user}", ch.namespace_boundary, ch.user_boundary)
+        }
     }
 }
 
@@ -202,6 +233,7 @@ impl Default for ClientConfig {
             connection_rate_limit_per_ip: 1000,
             command_rate_limit: CommandRates::default(),
             connect_include_server_time: false,
+            subscribe_to_user_personal_channel: PersonalChannel::default(),
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
         }

@@ -82,6 +82,23 @@ fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigE
             "must be positive",
         ));
     }
+    let personal = &cl.subscribe_to_user_personal_channel;
+    if personal.enabled
+        && !personal.personal_channel_namespace.is_empty()
+        && !c
+            .channel
+            .namespaces
+            .iter()
+            .any(|n| n.name == personal.personal_channel_namespace)
+    {
+        return Err(ConfigError::invalid(
+            "client.subscribe_to_user_personal_channel.personal_channel_namespace",
+            format!(
+                "namespace {:?} is not in channel.namespaces",
+                personal.personal_channel_namespace
+            ),
+        ));
+    }
     cl.token.keys("client.token")?;
     if cl.subscription_token.enabled {
         cl.subscription_token

@@ -12,6 +12,7 @@ use super::{ttl_from, Connected, Handle, Session};
 use crate::auth::{now_unix, ConnectionClaims, TokenError};
 use crate::hub::Refused;
 use crate::node::Node;
+use crate::wire::control::{Action, Target};
 
 impl Session {
     pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Disconnect> {
@@ -31,6 +32,14 @@ impl Session {
         {
             tracing::info!(client = %self.client_id, user = %claims.user, ?denied, "connection refused");
             return Err(denied.disconnect());
+        }
+        let mut claims = claims;
+        let personal = &self.node.config.client.subscribe_to_user_personal_channel;
+        if personal.enabled && !claims.user.is_empty() {
+            let channel = self.node.config.personal_channel(&claims.user);
+            if !claims.subs.iter().any(|(c, _)| *c == channel) {
+                claims.subs.push((channel, Default::default()));
+            }
         }
         let cfg = &self.node.config.client;
         let handle = Arc::new(Handle::new(
@@ -106,6 +115,23 @@ impl Session {
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
         self.finish_server_side(after).await;
+        let personal = &self.node.config.client.subscribe_to_user_personal_channel;
+        if personal.enabled && personal.single_connection && !claims.user.is_empty() {
+            // The user's other connections, on every node, close (3504).
+            let d = Disconnect::connection_limit();
+            let target = Target {
+                user: claims.user.clone(),
+                whitelist: vec![self.client_id.to_string()],
+                ..Default::default()
+            };
+            let action = Action::Disconnect {
+                code: d.code,
+                reason: d.reason.to_string(),
+            };
+            if self.node.user_command(target, action).await.is_err() {
+                tracing::warn!(client = %self.client_id, "other connections of a single-connection user not closed");
+            }
+        }
         Ok(())
     }
 

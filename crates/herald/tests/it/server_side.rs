@@ -240,3 +240,57 @@ async fn api_subscribe_takes_b64_fields_overrides_and_recover_since() {
     assert_eq!(r["error"]["code"], 107, "{r}");
     s.stop().await;
 }
+
+/// `client.subscribe_to_user_personal_channel`: every connection with a
+/// user is subscribed to `<namespace>:#<user>` with that namespace's
+/// options; with `single_connection`, a user's new connection closes the
+/// older ones with 3504.
+#[tokio::test]
+async fn connections_join_their_users_personal_channel() {
+    let s = TestServer::start(json!({
+        "client": {"subscribe_to_user_personal_channel": {
+            "enabled": true, "personal_channel_namespace": "hist", "single_connection": true
+        }}
+    }))
+    .await;
+    let (mut first, connect) = connect_with(&s, json!({"sub": "ann"}), json!({})).await;
+    let sub = &connect["subs"]["hist:#ann"];
+    assert_eq!(
+        sub["recoverable"], true,
+        "the namespace's options: {connect}"
+    );
+    publish(&s, "hist:#ann", 1).await;
+    assert_eq!(next_numbers(&mut first, 1).await, [1]);
+
+    let (mut second, _) = connect_with(&s, json!({"sub": "ann"}), json!({})).await;
+    assert_eq!(first.closed().await.0, 3504, "single connection");
+    publish(&s, "hist:#ann", 2).await;
+    assert_eq!(next_numbers(&mut second, 1).await, [2]);
+    // Another user's connection is untouched, and anonymous ones get none.
+    let (_other, connect) = connect_with(&s, json!({"sub": "bob"}), json!({})).await;
+    assert!(connect["subs"].get("hist:#bob").is_some(), "{connect}");
+    assert!(connect["subs"].get("hist:#ann").is_none(), "{connect}");
+}
+
+#[tokio::test]
+async fn a_personal_channel_namespace_must_exist() {
+    let mut cfg = base_config();
+    merge(
+        &mut cfg,
+        json!({"client": {"subscribe_to_user_personal_channel": {
+            "enabled": true, "personal_channel_namespace": "nope"
+        }}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let Err(err) = herald::config::load(Some(&path), &Default::default(), &Default::default())
+    else {
+        panic!("a missing personal channel namespace was accepted");
+    };
+    assert!(
+        err.to_string().contains("personal_channel_namespace")
+            || format!("{err:?}").contains("personal_channel_namespace"),
+        "{err:?}"
+    );
+}
