@@ -223,6 +223,51 @@ pub fn encode_publication_push(p: &Publication) -> Bytes {
     Bytes::from(buf)
 }
 
+/// `{"channel":..,"pub":{..}}`: a publication as unidirectional transports
+/// send it.
+pub fn encode_uni_publication_push(p: &Publication) -> Bytes {
+    let mut buf = Vec::with_capacity(p.data.len() + p.channel.len() + 48);
+    let mut push = Obj::open(&mut buf);
+    push.str("channel", &p.channel);
+    write_publication(&mut push, "pub", p);
+    push.close();
+    Bytes::from(buf)
+}
+
+/// `{"channel":..,"join"|"leave":{"info":{..}}}`: a join or leave event as
+/// unidirectional transports send it.
+pub fn encode_uni_presence_push(e: &PresenceEvent) -> Bytes {
+    let mut buf = Vec::with_capacity(e.channel.len() + 96);
+    let mut push = Obj::open(&mut buf);
+    push.str("channel", &e.channel);
+    let mut event = push.nested(if e.join { "join" } else { "leave" });
+    write_info(&mut event, "info", &e.info);
+    event.close();
+    push.close();
+    Bytes::from(buf)
+}
+
+/// `{"connect":{..}}`: a connect result as the first push of a
+/// unidirectional connection.
+pub fn encode_uni_connect(r: &ConnectResult) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128);
+    let mut root = Obj::open(&mut buf);
+    write_connect_result(&mut root, r);
+    root.close();
+    buf
+}
+
+/// A unidirectional connection's one message from the client: its connect
+/// request, as command 1.
+pub fn decode_connect_request(frame: &[u8]) -> Result<Command, DecodeError> {
+    let text = std::str::from_utf8(frame).map_err(|_| DecodeError::NotUtf8)?;
+    Ok(Command {
+        id: 1,
+        connect: Some(serde_json::from_str(text.trim())?),
+        ..Default::default()
+    })
+}
+
 /// `{"push":{"channel":..,"join"|"leave":{"info":{..}}}}` for a join or
 /// leave event.
 pub fn encode_presence_push(e: &PresenceEvent) -> Bytes {
@@ -355,6 +400,22 @@ pub fn encode_push(push: &Push) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     let mut root = Obj::open(&mut buf);
     let mut w = root.nested("push");
+    write_push_body(&mut w, push);
+    w.close();
+    root.close();
+    buf
+}
+
+/// A push as unidirectional transports send it: the bare push object.
+pub fn encode_uni_push(push: &Push) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    let mut w = Obj::open(&mut buf);
+    write_push_body(&mut w, push);
+    w.close();
+    buf
+}
+
+fn write_push_body(w: &mut Obj<'_>, push: &Push) {
     match push {
         Push::Unsubscribe {
             channel,
@@ -400,9 +461,6 @@ pub fn encode_push(push: &Push) -> Vec<u8> {
             r.close();
         }
     }
-    w.close();
-    root.close();
-    buf
 }
 
 /// Reads back a publication object written by [`encode_publication`] (as

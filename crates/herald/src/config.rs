@@ -35,6 +35,8 @@ pub struct Config {
     pub http_api: HttpApi,
     pub grpc_api: GrpcApi,
     pub websocket: Websocket,
+    /// The unidirectional WebSocket transport.
+    pub uni_websocket: UniWebsocket,
     pub admin: Admin,
     pub health: Health,
     /// The HTTP server API described as OpenAPI, with Swagger UI.
@@ -346,6 +348,27 @@ pub struct Websocket {
     pub write_buffer_size: usize,
     /// A write that takes longer closes the connection.
     pub write_timeout: Dur,
+}
+
+/// `uni_websocket`: at `handler_prefix`, a client sends its connect request
+/// as its first message and then only receives pushes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniWebsocket {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Largest message (the connect request) a client may send.
+    pub message_size_limit: usize,
+}
+
+impl Default for UniWebsocket {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/connection/uni_websocket".into(),
+            message_size_limit: 65536,
+        }
+    }
 }
 
 impl Default for Websocket {

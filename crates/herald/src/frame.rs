@@ -19,6 +19,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub enum Frame {
     Text(Utf8Bytes),
     Binary(Bytes),
+    /// A text frame that goes out as a message of its own, never joined
+    /// with others (a unidirectional client reads one push per message).
+    Whole(Utf8Bytes),
 }
 
 impl Frame {
@@ -28,7 +31,7 @@ impl Frame {
 
     pub fn len(&self) -> usize {
         match self {
-            Self::Text(t) => t.len(),
+            Self::Text(t) | Self::Whole(t) => t.len(),
             Self::Binary(b) => b.len(),
         }
     }
@@ -39,7 +42,7 @@ impl Frame {
 
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Self::Text(t) => t.as_bytes(),
+            Self::Text(t) | Self::Whole(t) => t.as_bytes(),
             Self::Binary(b) => b,
         }
     }
@@ -47,8 +50,16 @@ impl Frame {
     /// The text of a text frame.
     pub fn as_text(&self) -> Option<&str> {
         match self {
-            Self::Text(t) => Some(t.as_str()),
+            Self::Text(t) | Self::Whole(t) => Some(t.as_str()),
             Self::Binary(_) => None,
+        }
+    }
+
+    /// The frame as one that travels alone.
+    fn whole(self) -> Self {
+        match self {
+            Self::Text(t) => Self::Whole(t),
+            other => other,
         }
     }
 }
@@ -111,12 +122,35 @@ impl Format<PresenceEvent> for Protobuf {
     }
 }
 
+/// Protocol v2's JSON format on unidirectional transports: bare pushes
+/// (`{"channel":..,"pub":{..}}`), one per message.
+pub struct UniJson;
+
+impl Format<Publication> for UniJson {
+    type Frame = Frame;
+
+    fn encode(publication: &Publication) -> Option<Frame> {
+        checked(json::encode_uni_publication_push(publication)).map(Frame::whole)
+    }
+}
+
+impl Format<PresenceEvent> for UniJson {
+    type Frame = Frame;
+
+    fn encode(event: &PresenceEvent) -> Option<Frame> {
+        checked(json::encode_uni_presence_push(event)).map(Frame::whole)
+    }
+}
+
 /// The format a connection speaks, chosen when it opens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Encoding {
     #[default]
     Json,
     Protobuf,
+    /// JSON on a unidirectional transport: the client sends its connect
+    /// request and then only listens; pushes go out bare.
+    UniJson,
 }
 
 impl Encoding {
@@ -128,19 +162,36 @@ impl Encoding {
         match self {
             Self::Json => Box::new(json::commands(frame)),
             Self::Protobuf => Box::new(protobuf::commands(frame)),
+            Self::UniJson => Box::new(std::iter::once(json::decode_connect_request(frame))),
         }
+    }
+
+    /// Whether the client answers pings (a unidirectional one cannot).
+    pub fn pongs(self) -> bool {
+        self != Self::UniJson
+    }
+
+    /// Whether the client can get error replies (a unidirectional one is
+    /// closed instead).
+    pub fn replies_errors(self) -> bool {
+        self != Self::UniJson
     }
 
     pub fn reply(self, id: u32, body: &ReplyBody) -> Option<Frame> {
         match self {
             Self::Json => checked(json::encode_reply(id, body)),
+            // Connect is a unidirectional client's only command.
+            Self::UniJson => match body {
+                ReplyBody::Connect(r) => checked(json::encode_uni_connect(r)).map(Frame::whole),
+                _ => None,
+            },
             Self::Protobuf => Some(Frame::Binary(protobuf::encode_reply(id, body).into())),
         }
     }
 
     pub fn error(self, id: u32, error: &ProtocolError) -> Option<Frame> {
         match self {
-            Self::Json => checked(json::encode_error(id, error)),
+            Self::Json | Self::UniJson => checked(json::encode_error(id, error)),
             Self::Protobuf => Some(Frame::Binary(protobuf::encode_error(id, error).into())),
         }
     }
@@ -148,6 +199,7 @@ impl Encoding {
     pub fn push(self, push: &Push) -> Option<Frame> {
         match self {
             Self::Json => checked(json::encode_push(push)),
+            Self::UniJson => checked(json::encode_uni_push(push)).map(Frame::whole),
             Self::Protobuf => Some(Frame::Binary(protobuf::encode_push(push).into())),
         }
     }
@@ -156,6 +208,7 @@ impl Encoding {
     pub fn ping(self) -> Frame {
         match self {
             Self::Json => Frame::from_static(json::PING),
+            Self::UniJson => Frame::Whole(Utf8Bytes::from_static(json::PING)),
             Self::Protobuf => Frame::Binary(Bytes::from_static(protobuf::PING)),
         }
     }
@@ -165,6 +218,7 @@ impl Encoding {
         match self {
             Self::Json => publication.frame::<Json>(),
             Self::Protobuf => publication.frame::<Protobuf>(),
+            Self::UniJson => publication.frame::<UniJson>(),
         }
     }
 
@@ -173,6 +227,7 @@ impl Encoding {
         match self {
             Self::Json => event.frame::<Json>(),
             Self::Protobuf => event.frame::<Protobuf>(),
+            Self::UniJson => event.frame::<UniJson>(),
         }
     }
 }

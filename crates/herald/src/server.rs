@@ -163,6 +163,12 @@ impl Server {
 fn router(node: Arc<Node>) -> Router {
     let c = &node.config;
     let mut r = Router::new();
+    if c.uni_websocket.enabled {
+        r = r.route(
+            &c.uni_websocket.handler_prefix,
+            get(transport::websocket::upgrade_uni),
+        );
+    }
     if !c.websocket.disabled {
         r = r.route(
             &c.websocket.handler_prefix,

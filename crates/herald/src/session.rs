@@ -31,6 +31,18 @@ use crate::metrics::Counters;
 use crate::node::Node;
 use crate::ratelimit::{CommandLimits, Kind};
 
+/// How an error closes a unidirectional connection, which cannot be sent
+/// error replies: an expired token (109) as 3005 (reconnect with a fresh
+/// one), an unauthorized or refused connect as 3500, anything else as
+/// 3501.
+fn uni_disconnect(e: &ProtocolError) -> Disconnect {
+    match e.code {
+        109 => Disconnect::expired(),
+        101 | 103 => Disconnect::invalid_token(),
+        _ => Disconnect::new(3501, e.message),
+    }
+}
+
 /// Per-subscription state kept by the session.
 #[derive(Debug, Default)]
 struct SubState {
@@ -204,6 +216,12 @@ impl Session {
     }
 
     fn reply(&self, id: u32, result: Result<ReplyBody, ProtocolError>) {
+        if let (Err(e), false) = (&result, self.encoding.replies_errors()) {
+            tracing::debug!(client = %self.client_id, code = e.code, "command error: closing");
+            let d = uni_disconnect(e);
+            self.outbox.push_control(Control::Disconnect(d));
+            return;
+        }
         let frame = match &result {
             Ok(body) => self.encoding.reply(id, body),
             Err(e) => {
@@ -343,7 +361,7 @@ impl Session {
         if let Some(at) = self.next_ping.filter(|d| *d <= now) {
             self.outbox.push_frame(self.encoding.ping());
             let c = &self.node.config.client;
-            if !c.pong_timeout.is_zero() && self.pong_deadline.is_none() {
+            if !c.pong_timeout.is_zero() && self.pong_deadline.is_none() && self.encoding.pongs() {
                 self.pong_deadline = Some(now + c.pong_timeout.0);
             }
             self.next_ping = Some(at + c.ping_interval.0);

@@ -103,7 +103,9 @@ impl Session {
             ttl: ttl_from(claims.expires_at),
             subs,
             ping: cfg.ping_interval.0.as_secs() as u32,
-            pong: !cfg.ping_interval.is_zero() && !cfg.pong_timeout.is_zero(),
+            pong: !cfg.ping_interval.is_zero()
+                && !cfg.pong_timeout.is_zero()
+                && self.encoding.pongs(),
             time: if cfg.connect_include_server_time {
                 super::unix_millis()
             } else {

@@ -41,6 +41,30 @@ const DEFAULT_WRITE_BUFFER: usize = 4096;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
+    let encoding = ws.encoding();
+    let limit = node.config.websocket.message_size_limit;
+    accept(node, headers, ws, encoding, limit)
+}
+
+/// `uni_websocket`: the client's first message is its connect request;
+/// then the server only pushes, one bare push per message.
+pub async fn upgrade_uni(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Response {
+    let limit = node.config.uni_websocket.message_size_limit;
+    accept(node, headers, ws, Encoding::UniJson, limit)
+}
+
+/// Lets a connection in (rates, origin, shutdown) and upgrades it.
+fn accept(
+    node: Arc<Node>,
+    headers: HeaderMap,
+    ws: Upgrade,
+    encoding: Encoding,
+    message_size_limit: usize,
+) -> Response {
     if !node.connect_limits.node.allow() {
         Counters::incr(&node.counters.connections_refused_by_rate);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many new connections").into_response();
@@ -69,9 +93,8 @@ pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgr
         .read_buffer_size(size(w.read_buffer_size, DEFAULT_READ_BUFFER))
         .write_buffer_size(write_buffer)
         .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
-        .max_message_size(Some(w.message_size_limit))
-        .max_frame_size(Some(w.message_size_limit));
-    let encoding = ws.encoding();
+        .max_message_size(Some(message_size_limit))
+        .max_frame_size(Some(message_size_limit));
     ws.accept(config, move |socket| run(node, socket, encoding))
 }
 
@@ -288,7 +311,7 @@ async fn flush(
             match step {
                 Step::Write(payload) => {
                     let message = match payload {
-                        Frame::Text(text) => Message::Text(text),
+                        Frame::Text(text) | Frame::Whole(text) => Message::Text(text),
                         Frame::Binary(bytes) => Message::Binary(bytes),
                     };
                     let mut write = std::pin::pin!(socket.send(message));
@@ -326,6 +349,7 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
     let separator = match first {
         Frame::Text(_) => 1,
         Frame::Binary(_) => 0,
+        Frame::Whole(_) => return Some(Step::Write(first)),
     };
     let same_kind = |f: &Frame| {
         matches!(
@@ -362,6 +386,7 @@ fn next_step(items: &mut VecDeque<Item>) -> Option<Step> {
             }
             Frame::Text(joined.into())
         }
+        Frame::Whole(_) => first,
         Frame::Binary(first) => {
             let mut joined = Vec::with_capacity(size);
             joined.extend_from_slice(&first);

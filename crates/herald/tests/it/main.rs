@@ -17,3 +17,4 @@ mod presence;
 mod protobuf;
 mod server_side;
 mod subscribe;
+mod uni;
