@@ -37,6 +37,10 @@ pub struct Config {
     pub websocket: Websocket,
     /// The unidirectional WebSocket transport.
     pub uni_websocket: UniWebsocket,
+    /// The unidirectional HTTP-streaming transport.
+    pub uni_http_stream: UniHttp,
+    /// The unidirectional Server-Sent Events transport.
+    pub uni_sse: UniHttp,
     pub admin: Admin,
     pub health: Health,
     /// The HTTP server API described as OpenAPI, with Swagger UI.
@@ -367,6 +371,39 @@ impl Default for UniWebsocket {
             enabled: false,
             handler_prefix: "/connection/uni_websocket".into(),
             message_size_limit: 65536,
+        }
+    }
+}
+
+/// `uni_http_stream` and `uni_sse`: at `handler_prefix` a client posts (or,
+/// for SSE, gets with `cf_connect`) its connect request and reads pushes
+/// from the response. `handler_prefix` empty: the transport's default path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniHttp {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Largest connect request.
+    pub max_request_body_size: usize,
+}
+
+impl Default for UniHttp {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: String::new(),
+            max_request_body_size: 65536,
+        }
+    }
+}
+
+impl UniHttp {
+    /// `handler_prefix`, or `default` when it is empty.
+    pub fn path<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.handler_prefix.is_empty() {
+            default
+        } else {
+            &self.handler_prefix
         }
     }
 }

@@ -163,6 +163,22 @@ impl Server {
 fn router(node: Arc<Node>) -> Router {
     let c = &node.config;
     let mut r = Router::new();
+    if c.uni_http_stream.enabled {
+        r = r.route(
+            c.uni_http_stream.path("/connection/uni_http_stream"),
+            post(transport::uni_stream::uni_http_stream).layer(DefaultBodyLimit::max(
+                c.uni_http_stream.max_request_body_size,
+            )),
+        );
+    }
+    if c.uni_sse.enabled {
+        r = r.route(
+            c.uni_sse.path("/connection/uni_sse"),
+            get(transport::uni_stream::uni_sse)
+                .post(transport::uni_stream::uni_sse)
+                .layer(DefaultBodyLimit::max(c.uni_sse.max_request_body_size)),
+        );
+    }
     if c.uni_websocket.enabled {
         r = r.route(
             &c.uni_websocket.handler_prefix,

@@ -1,4 +1,5 @@
 //! Transports carry protocol frames between clients and sessions.
 
+pub mod uni_stream;
 mod upgrade;
 pub mod websocket;

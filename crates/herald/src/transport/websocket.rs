@@ -65,26 +65,8 @@ fn accept(
     encoding: Encoding,
     message_size_limit: usize,
 ) -> Response {
-    if !node.connect_limits.node.allow() {
-        Counters::incr(&node.counters.connections_refused_by_rate);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many new connections").into_response();
-    }
-    if let Some(peer) = ws.peer() {
-        if !node.connect_limits.per_ip.allow(peer.ip()) {
-            Counters::incr(&node.counters.connections_refused_by_rate);
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many new connections from this address",
-            )
-                .into_response();
-        }
-    }
-    if !node.origins().allows(&headers) {
-        tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-    }
-    if node.shutdown().is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    if let Some(refused) = refusal(&node, &headers, ws.peer()) {
+        return refused;
     }
     let w = &node.config.websocket;
     let size = |n: usize, default: usize| if n == 0 { default } else { n };
@@ -96,6 +78,40 @@ fn accept(
         .max_message_size(Some(message_size_limit))
         .max_frame_size(Some(message_size_limit));
     ws.accept(config, move |socket| run(node, socket, encoding))
+}
+
+/// Why a new connection may not come in, as the response that says so:
+/// the node's and its address's connection rates, its origin, shutdown.
+/// Every transport asks.
+pub(super) fn refusal(
+    node: &Node,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Response> {
+    if !node.connect_limits.node.allow() {
+        Counters::incr(&node.counters.connections_refused_by_rate);
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "too many new connections").into_response());
+    }
+    if let Some(peer) = peer {
+        if !node.connect_limits.per_ip.allow(peer.ip()) {
+            Counters::incr(&node.counters.connections_refused_by_rate);
+            return Some(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many new connections from this address",
+                )
+                    .into_response(),
+            );
+        }
+    }
+    if !node.origins().allows(headers) {
+        tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
+        return Some((StatusCode::FORBIDDEN, "origin not allowed").into_response());
+    }
+    if node.shutdown().is_cancelled() {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response());
+    }
+    None
 }
 
 /// The connection's task. Not an `async fn`: its arguments would be stored

@@ -1,4 +1,4 @@
-//! The unidirectional WebSocket transport (`uni_websocket`): the client's
+//! The unidirectional transports (`uni_websocket`, `uni_http_stream`, `uni_sse`): the client's
 //! one message is its connect request; the server answers with a bare
 //! `{"connect":…}` and then pushes bare push objects, one per message.
 
@@ -158,4 +158,144 @@ async fn uni_websocket_closes_on_bad_connects_and_is_off_by_default() {
         tokio_tungstenite::connect_async(url).await.is_err(),
         "not served by default"
     );
+}
+
+/// A unidirectional HTTP response read one push at a time.
+struct Pushes {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+    /// What ends one push: a newline, or an empty line for SSE.
+    end: &'static [u8],
+}
+
+impl Pushes {
+    /// The next push, `data: ` taken off for SSE; `None` at the end.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(at) = self.buf.windows(self.end.len()).position(|w| w == self.end) {
+                let message: Vec<u8> = self.buf.drain(..at + self.end.len()).collect();
+                let text = std::str::from_utf8(&message[..at]).unwrap();
+                let json = text.strip_prefix("data: ").unwrap_or(text);
+                return Some(
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{text:?}: {e}")),
+                );
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("a chunk in time")
+                .expect("readable");
+            self.buf.extend_from_slice(&chunk?);
+        }
+    }
+}
+
+async fn uni_http(s: &TestServer, request: reqwest::RequestBuilder, end: &'static [u8]) -> Pushes {
+    let response = request.send().await.expect("reachable");
+    assert_eq!(response.status().as_u16(), 200, "{:?}", response.headers());
+    let _ = s;
+    Pushes {
+        response,
+        buf: Vec::new(),
+        end,
+    }
+}
+
+fn uni_http_config() -> Value {
+    json!({"uni_http_stream": {"enabled": true}, "uni_sse": {"enabled": true}})
+}
+
+#[tokio::test]
+async fn uni_http_stream_and_sse_stream_bare_pushes() {
+    let s = TestServer::start(uni_http_config()).await;
+    let client = reqwest::Client::new();
+    let connect =
+        |user: &str| json!({"token": token(json!({"sub": user, "channels": ["hist:h"]}))});
+
+    let post = client
+        .post(s.http("/connection/uni_http_stream"))
+        .body(connect("a").to_string());
+    let mut lines = uni_http(&s, post, b"\n").await;
+    let sse_url = format!(
+        "{}?cf_connect={}",
+        s.http("/connection/uni_sse"),
+        url_encode(&connect("b").to_string())
+    );
+    let mut events = uni_http(&s, client.get(sse_url), b"\n\n").await;
+    assert_eq!(
+        events.response.headers()["content-type"],
+        "text/event-stream"
+    );
+    let post_sse = client
+        .post(s.http("/connection/uni_sse"))
+        .body(connect("c").to_string());
+    let mut posted = uni_http(&s, post_sse, b"\n\n").await;
+    for stream in [&mut lines, &mut events, &mut posted] {
+        let c = stream.next().await.unwrap();
+        assert!(c["connect"]["subs"]["hist:h"]["recoverable"] == true, "{c}");
+    }
+    publish(&s, "hist:h", 1).await;
+    for stream in [&mut lines, &mut events, &mut posted] {
+        let p = stream.next().await.unwrap();
+        assert_eq!(
+            (p["channel"].clone(), p["pub"]["data"]["n"].clone()),
+            (json!("hist:h"), json!(1)),
+            "{p}"
+        );
+    }
+    // A server disconnect ends the stream with a disconnect push.
+    let r = s
+        .api(
+            "disconnect",
+            json!({"user": "a", "disconnect": {"code": 4001, "reason": "bye"}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(lines.next().await.unwrap()["disconnect"]["code"], 4001);
+    assert_eq!(lines.next().await, None, "the response ends");
+}
+
+#[tokio::test]
+async fn uni_http_transports_refuse_bad_connects() {
+    let s = TestServer::start(uni_http_config()).await;
+    let client = reqwest::Client::new();
+    let url = s.http("/connection/uni_http_stream");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(client.post(&url).send().await.unwrap()),
+        400,
+        "no request"
+    );
+    let huge = format!("{{\"token\":\"{}\"}}", "x".repeat(70_000));
+    assert_eq!(
+        status(client.post(&url).body(huge).send().await.unwrap()),
+        413
+    );
+    assert_eq!(
+        status(client.post(&url).body("not json").send().await.unwrap()),
+        400
+    );
+    let mut bad = uni_http(&s, client.post(&url).body(r#"{"token":"bad"}"#), b"\n").await;
+    assert_eq!(bad.next().await.unwrap()["disconnect"]["code"], 3500);
+    assert_eq!(bad.next().await, None);
+
+    let off = TestServer::start(json!({})).await;
+    let r = client
+        .post(off.http("/connection/uni_http_stream"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "off by default");
+}
+
+/// Percent-encodes a query value.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
