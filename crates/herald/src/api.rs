@@ -145,15 +145,5 @@ fn transport_errors(node: &Node, headers: &HeaderMap) -> bool {
 async fn read_body(node: &Node, body: Body) -> Result<Bytes, Response> {
     let limit = node.config.http_api.max_request_body_size;
     let timeout = node.config.http_server.request_body_timeout.0;
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => {
-            Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
-        }
-        Err(_) => Err((
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time",
-        )
-            .into_response()),
-    }
+    crate::body::read(body, limit, timeout).await
 }

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod broker;
 pub mod channel;
 pub mod cli;

@@ -166,9 +166,9 @@ fn router(node: Arc<Node>) -> Router {
     if c.uni_http_stream.enabled {
         r = r.route(
             c.uni_http_stream.path("/connection/uni_http_stream"),
-            post(transport::uni_stream::uni_http_stream).layer(DefaultBodyLimit::max(
-                c.uni_http_stream.max_request_body_size,
-            )),
+            // The handler reads the body itself, with a deadline and the
+            // size limit.
+            post(transport::uni_stream::uni_http_stream).layer(DefaultBodyLimit::disable()),
         );
     }
     if c.uni_sse.enabled {
@@ -176,7 +176,7 @@ fn router(node: Arc<Node>) -> Router {
             c.uni_sse.path("/connection/uni_sse"),
             get(transport::uni_stream::uni_sse)
                 .post(transport::uni_stream::uni_sse)
-                .layer(DefaultBodyLimit::max(c.uni_sse.max_request_body_size)),
+                .layer(DefaultBodyLimit::disable()),
         );
     }
     if c.uni_websocket.enabled {

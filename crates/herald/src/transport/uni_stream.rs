@@ -66,10 +66,14 @@ pub async fn uni_http_stream(
     State(node): State<Arc<Node>>,
     peer: Peer,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let limit = node.config.uni_http_stream.max_request_body_size;
-    start(node, peer, headers, body, limit, Style::Lines).await
+    let timeout = node.config.http_server.request_body_timeout.0;
+    match crate::body::read(body, limit, timeout).await {
+        Ok(request) => start(node, peer, headers, request, limit, Style::Lines).await,
+        Err(refused) => refused,
+    }
 }
 
 /// `uni_sse`: GET with the connect request in `cf_connect`, or POST with
@@ -80,14 +84,18 @@ pub async fn uni_sse(
     method: Method,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let limit = node.config.uni_sse.max_request_body_size;
     let request = if method == Method::GET {
         Bytes::from(query.get("cf_connect").cloned().unwrap_or_default())
     } else {
-        body
+        let timeout = node.config.http_server.request_body_timeout.0;
+        match crate::body::read(body, limit, timeout).await {
+            Ok(request) => request,
+            Err(refused) => return refused,
+        }
     };
-    let limit = node.config.uni_sse.max_request_body_size;
     start(node, peer, headers, request, limit, Style::Sse).await
 }
 

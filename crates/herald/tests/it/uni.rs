@@ -299,3 +299,30 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A connect request that stalls halfway gets 408 within
+/// `http_server.request_body_timeout`, never a connection held open.
+#[tokio::test]
+async fn a_stalled_connect_request_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut cfg = uni_http_config();
+    merge(
+        &mut cfg,
+        json!({"http_server": {"request_body_timeout": "300ms"}}),
+    );
+    let s = TestServer::start(cfg).await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"tok",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
