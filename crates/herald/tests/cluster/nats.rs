@@ -114,14 +114,7 @@ async fn nats_restart_mid_stream_recovers_durable_streams() {
     let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
         return;
     };
-    let Some(nats) = OwnServer::start("nats-server", |port| {
-        vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ]
-    }) else {
+    let Some(nats) = own_nats() else {
         return;
     };
     let db = TestDatabase::create_at(&pg);
@@ -174,14 +167,7 @@ async fn nats_blocks_and_revocations_reach_every_node() {
 /// server is stopped, 200 once the client has reconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_nats() {
-    let Some(mut nats) = OwnServer::start("nats-server", |port| {
-        vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ]
-    }) else {
+    let Some(mut nats) = own_nats() else {
         return;
     };
     let url = format!("nats://127.0.0.1:{}", nats.port);
@@ -206,4 +192,14 @@ async fn health_follows_nats() {
         node.get("/health").await.0 == 200
     })
     .await;
+}
+
+/// A nats-server of the test's own on a free port (no JetStream), which the
+/// test can stop and restart.
+fn own_nats() -> Option<OwnServer> {
+    OwnServer::start("nats-server", |port| {
+        ["-a", "127.0.0.1", "-p", &port.to_string()]
+            .map(String::from)
+            .to_vec()
+    })
 }
