@@ -199,6 +199,9 @@ impl Cluster {
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
                 check_access(&self.hub, &change);
+                if !self.access.is_persisted() {
+                    return;
+                }
                 let access = self.access.clone();
                 tokio::spawn(async move {
                     if let Err(e) = access.save(&change).await {

@@ -25,14 +25,6 @@ impl Session {
             }
             Err(Err(d)) => return Err(d),
         };
-        if let Err(denied) = self
-            .node
-            .access
-            .check_connection(&claims.user, Some(&claims.id))
-        {
-            tracing::info!(client = %self.client_id, user = %claims.user, ?denied, "connection refused");
-            return Err(denied.disconnect());
-        }
         let mut claims = claims;
         let personal = &self.node.config.client.subscribe_to_user_personal_channel;
         if personal.enabled && !claims.user.is_empty() {
@@ -60,15 +52,15 @@ impl Session {
                 return Err(Disconnect::connection_limit());
             }
         }
-        // A block or revocation made while this connect was under way may
-        // have looked for the user's connections before this one joined
-        // the hub: checked again now that it is there (rules are applied
-        // before connections are looked for, so one side sees the other).
+        // Blocks and revocations are checked once the connection is in the
+        // hub: one made meanwhile either finds it there or is seen here
+        // (rules are applied before connections are looked for).
         if let Err(denied) = self
             .node
             .access
             .check_connection(&claims.user, Some(&claims.id))
         {
+            tracing::info!(client = %self.client_id, user = %claims.user, ?denied, "connection refused");
             self.node.hub.remove_client(&*handle);
             return Err(denied.disconnect());
         }
