@@ -1,13 +1,14 @@
 //! Error codes carried in replies and disconnect codes carried in close frames,
 //! with the numbers and reasons the official SDKs act upon.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// An error in a reply: the command failed, the connection stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
     pub code: u32,
-    pub message: &'static str,
+    pub message: Cow<'static, str>,
     /// The SDK retries temporary errors.
     pub temporary: bool,
 }
@@ -16,20 +17,30 @@ impl ProtocolError {
     const fn new(code: u32, message: &'static str) -> Self {
         Self {
             code,
-            message,
+            message: Cow::Borrowed(message),
             temporary: false,
+        }
+    }
+
+    /// An error someone else chose (the application's backend, through a
+    /// proxy).
+    pub fn custom(code: u32, message: &str, temporary: bool) -> Self {
+        Self {
+            code,
+            message: Cow::Owned(message.to_string()),
+            temporary,
         }
     }
     pub const INTERNAL: Self = Self {
         code: 100,
-        message: "internal server error",
+        message: Cow::Borrowed("internal server error"),
         temporary: true,
     };
     /// An internal error whose cause is worth naming: the broker or store
     /// a publication needs cannot be reached (temporary, like `INTERNAL`).
     pub const BROKER_UNAVAILABLE: Self = Self {
         code: 100,
-        message: "internal server error: broker unavailable",
+        message: Cow::Borrowed("internal server error: broker unavailable"),
         temporary: true,
     };
     pub const UNAUTHORIZED: Self = Self::new(101, "unauthorized");
@@ -50,7 +61,7 @@ impl ProtocolError {
     pub const EXPIRED: Self = Self::new(110, "expired");
     pub const TOO_MANY_REQUESTS: Self = Self {
         code: 111,
-        message: "too many requests",
+        message: Cow::Borrowed("too many requests"),
         temporary: true,
     };
     pub const UNRECOVERABLE_POSITION: Self = Self::new(112, "unrecoverable position");

@@ -388,7 +388,7 @@ pub fn encode_error(id: u32, err: &ProtocolError) -> Vec<u8> {
     root.uint("id", id.into());
     let mut e = root.nested("error");
     e.uint("code", err.code.into());
-    e.str("message", err.message);
+    e.str("message", &err.message);
     e.bool("temporary", err.temporary);
     e.close();
     root.close();

@@ -120,15 +120,6 @@ impl ClusterNode {
 
     /// A counter from the node's `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let url = format!("http://{}/metrics", self.served.addr);
-        let text = reqwest::get(url)
-            .await
-            .expect("metrics reachable")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
+        crate::metric(&self.served.addr.to_string(), name).await
     }
 }

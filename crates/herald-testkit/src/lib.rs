@@ -47,6 +47,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A counter or gauge from `/metrics` of the server at `addr`.
+pub async fn metric(addr: &str, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// Waits until `check` passes, polling; fails after [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

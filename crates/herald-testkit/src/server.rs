@@ -153,6 +153,11 @@ impl TestServer {
         Ws::connected(&self.ws_url(), user).await
     }
 
+    /// A counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        crate::metric(&self.addr.to_string(), name).await
+    }
+
     /// Shuts the server down gracefully and waits for it.
     pub async fn stop(self) {
         self.stop.cancel();

@@ -38,7 +38,27 @@ impl Ws {
 
     /// Opens `url`, or says why the upgrade failed.
     pub async fn try_open(url: &str) -> Result<Self, String> {
-        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        Self::try_open_with(url, &[]).await
+    }
+
+    /// Opens `url` with these headers on the upgrade request.
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Self {
+        Self::try_open_with(url, headers)
+            .await
+            .expect("WebSocket upgrade")
+    }
+
+    async fn try_open_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .expect("connect in time");
         let (stream, _) = connected.map_err(|e| e.to_string())?;

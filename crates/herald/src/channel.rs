@@ -145,6 +145,13 @@ impl ChannelRules {
             .unwrap_or_default()
     }
 
+    /// Does the namespace's subscribe proxy decide who subscribes? Not to
+    /// private channels (they need a token) nor user-limited ones (their
+    /// name decides).
+    pub fn subscribe_proxied(&self, r: &Resolved<'_>) -> bool {
+        r.options.subscribe_proxy_enabled && !r.private && r.allowed_users.is_none()
+    }
+
     /// May `who` subscribe without a subscription token?
     pub fn can_subscribe(&self, r: &Resolved<'_>, who: &Asker<'_>) -> bool {
         if self.insecure {

@@ -7,6 +7,7 @@ mod channel;
 mod cluster;
 mod duration;
 mod load;
+pub mod proxy;
 mod secret;
 mod tls;
 mod token;
@@ -21,6 +22,7 @@ pub use cluster::{
 };
 pub use duration::Dur;
 pub use load::{load, ConfigError, Loaded, Overrides};
+pub use proxy::{ClientProxies, NamedProxy, Proxy, RpcConfig};
 pub use secret::{redacted_url, Secret};
 pub use tls::{TlsConfig, TlsFiles};
 pub use token::{SubscriptionTokenConfig, TokenConfig, TokenKeys};
@@ -61,6 +63,10 @@ pub struct Config {
     pub token_revoke: AccessStorage,
     /// Where user token invalidations are kept.
     pub user_tokens_invalidate: AccessStorage,
+    /// Named proxies, chosen by namespaces with their `*_proxy_name` keys.
+    pub proxies: Vec<NamedProxy>,
+    /// Client RPC calls and the proxies that answer them.
+    pub rpc: RpcConfig,
     /// Herald: where embedded storage lives (`--data-dir`).
     pub data_dir: String,
     /// `serve --dev`: set by the flag only, never by a file.
@@ -117,6 +123,8 @@ impl Default for Log {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClientConfig {
+    /// The connect and refresh proxies.
+    pub proxy: ClientProxies,
     /// Origins allowed to open connections (`*` and `*.example.com` style
     /// patterns). Empty: only requests without Origin or from the same host.
     pub allowed_origins: Vec<String>,
@@ -219,6 +227,7 @@ fn cap(limit: usize) -> Option<usize> {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            proxy: ClientProxies::default(),
             allowed_origins: Vec::new(),
             token: TokenConfig::default(),
             subscription_token: SubscriptionTokenConfig::default(),

@@ -154,6 +154,15 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// The protocol's name as proxies tell the backend: `json` or
+    /// `protobuf`.
+    pub fn protocol_name(self) -> &'static str {
+        match self {
+            Encoding::Json | Encoding::UniJson => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+
     /// The commands of one frame from the client, each read when reached.
     pub fn commands(
         self,

@@ -19,6 +19,10 @@ pub struct Counters {
     pub connections_refused_by_rate: AtomicU64,
     /// Commands refused by `client.command_rate_limit` (error 111).
     pub commands_refused_by_rate: AtomicU64,
+    /// Calls to the application's backend through a proxy, and those that
+    /// failed (not reached, a bad status, no answer in time, garbage).
+    pub proxy_calls: AtomicU64,
+    pub proxy_errors: AtomicU64,
 }
 
 impl Counters {
@@ -32,7 +36,7 @@ impl Counters {
 pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: u64) -> String {
     let (gaps_filled, resyncs) = h.gap_counts();
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let metrics: [(&str, &str, u64); 15] = [
+    let metrics: [(&str, &str, u64); 17] = [
         ("herald_connections", "gauge", h.num_clients() as u64),
         ("herald_users", "gauge", h.num_users() as u64),
         ("herald_channels", "gauge", h.num_channels() as u64),
@@ -78,6 +82,12 @@ pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: 
             load(&c.commands_refused_by_rate),
         ),
         ("herald_stream_gaps_filled_total", "counter", gaps_filled),
+        ("herald_proxy_calls_total", "counter", load(&c.proxy_calls)),
+        (
+            "herald_proxy_errors_total",
+            "counter",
+            load(&c.proxy_errors),
+        ),
         ("herald_channel_resyncs_total", "counter", resyncs),
         (
             "herald_broker_reconnects_total",

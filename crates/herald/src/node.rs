@@ -28,6 +28,7 @@ use crate::idempotency;
 use crate::metrics::Counters;
 use crate::origin::OriginPolicy;
 use crate::presence::{Members, Presence};
+use crate::proxy::Proxies;
 use crate::ratelimit::{ConnectLimits, Limiter, PerKey};
 use crate::store::{
     Conditions, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
@@ -121,6 +122,8 @@ pub enum NodeError {
     Engine(#[from] EngineError),
     #[error("cannot load access rules")]
     Access(#[source] StoreError),
+    #[error("cannot set up a proxy: {0}")]
+    Proxy(String),
 }
 
 /// Reads persisted access rules again every [`access::RELOAD_EVERY`], so a
@@ -156,6 +159,8 @@ pub struct Node {
     next_key: AtomicU64,
     /// How fast new connections are let in, by the node and by address.
     pub connect_limits: ConnectLimits,
+    /// The application backend's proxies.
+    pub proxies: Proxies,
 }
 
 impl Node {
@@ -164,6 +169,7 @@ impl Node {
     /// it, and starts the node's background tasks (they end at shutdown).
     pub async fn open(config: Config) -> Result<Arc<Self>, NodeError> {
         let tokens = Tokens::from_config(&config.client)?;
+        let proxies = Proxies::open(&config).map_err(NodeError::Proxy)?;
         let rules = Arc::new(ChannelRules::new(&config.channel, config.client.insecure));
         let hub = Arc::new(Hub::new());
         let shutdown = CancellationToken::new();
@@ -204,6 +210,7 @@ impl Node {
         let node = Arc::new(Self {
             origins: OriginPolicy::new(&config.client.allowed_origins),
             connect_limits,
+            proxies,
             config,
             rules,
             tokens,

@@ -7,6 +7,7 @@ mod commands;
 mod connect;
 mod handle;
 mod outbox;
+mod proxied;
 mod server_side;
 mod subs;
 mod subscribe;
@@ -39,7 +40,7 @@ fn uni_disconnect(e: &ProtocolError) -> Disconnect {
     match e.code {
         109 => Disconnect::expired(),
         101 | 103 => Disconnect::invalid_token(),
-        _ => Disconnect::new(3501, e.message),
+        _ => Disconnect::new(3501, e.message.clone()),
     }
 }
 
@@ -62,6 +63,41 @@ struct SubState {
     server_side: bool,
     /// The subscription token's identity, when it was made with one.
     token: Option<TokenId>,
+    /// At expiry the server asks the namespace's sub_refresh proxy whether
+    /// the subscription goes on (the client is never asked).
+    server_refresh: bool,
+}
+
+/// Where a connection comes from, for the application backend's proxies.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// The transport's name: `websocket`, `uni_websocket`,
+    /// `uni_http_stream`, `uni_sse`.
+    pub transport: &'static str,
+    /// The headers of the client's HTTP request that some proxy passes on.
+    pub headers: Vec<(String, String)>,
+    /// The SDK's emulated headers (sent with connect), kept when some
+    /// proxy passes them on.
+    emulated: Vec<(String, String)>,
+}
+
+impl Peer {
+    pub fn new(node: &Node, transport: &'static str, headers: &axum::http::HeaderMap) -> Self {
+        let headers = node
+            .proxies
+            .header_names()
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(name.as_str())?.to_str().ok()?;
+                Some((name.clone(), value.to_string()))
+            })
+            .collect();
+        Self {
+            transport,
+            headers,
+            emulated: Vec::new(),
+        }
+    }
 }
 
 /// Identity after a successful connect.
@@ -73,6 +109,9 @@ struct Connected {
     expires_at: Option<i64>,
     /// The connection token's identity (the last refresh's).
     token: TokenId,
+    /// `meta` from the token or the connect proxy (the last refresh's),
+    /// which proxies may pass on to the backend.
+    meta: Option<Bytes>,
 }
 
 pub struct Session {
@@ -88,10 +127,11 @@ pub struct Session {
     pong_deadline: Option<Instant>,
     /// Command buckets, when `client.command_rate_limit` sets any.
     limits: Option<Box<CommandLimits>>,
+    peer: Peer,
 }
 
 impl Session {
-    pub fn new(node: Arc<Node>, encoding: Encoding) -> Self {
+    pub fn new(node: Arc<Node>, encoding: Encoding, peer: Peer) -> Self {
         let outbox = Arc::new(Outbox::new(node.config.client.queue_max_size));
         let stale = node.config.client.stale_close_delay.0;
         Self {
@@ -104,6 +144,7 @@ impl Session {
             next_ping: None,
             pong_deadline: None,
             limits: CommandLimits::new(&node.config.client.command_rate_limit),
+            peer,
             node,
         }
     }
@@ -182,12 +223,12 @@ impl Session {
                 self.unsubscribe(&req.channel).await;
                 Ok(ReplyBody::Unsubscribe)
             }
-            Method::Publish(req) => self.publish(req).await,
+            Method::Publish(req) => self.publish(req).await?,
             Method::Presence(req) => self.presence(&req.channel, false).await,
             Method::PresenceStats(req) => self.presence(&req.channel, true).await,
             Method::History(req) => self.history(req).await,
             Method::Ping => Ok(ReplyBody::Ping),
-            Method::Rpc(_) => Err(ProtocolError::METHOD_NOT_FOUND),
+            Method::Rpc(req) => self.rpc(req).await?,
             Method::Refresh(req) => {
                 self.node.tokens.connection.prepare(&req.token).await;
                 self.refresh(&req.token)?
@@ -329,13 +370,15 @@ impl Session {
             .conn
             .as_ref()
             .and_then(|c| c.expires_at)
-            .map(|t| deadline_at(t, self.node.config.client.expired_close_delay.0));
+            .map(|t| deadline_at(t, self.expiry_delay()));
         let sub_expiry = self
             .subs
             .values()
-            .filter_map(|s| s.expires_at)
-            .min()
-            .map(|t| deadline_at(t, self.node.config.client.expired_sub_close_delay.0));
+            .filter_map(|s| {
+                s.expires_at
+                    .map(|t| deadline_at(t, self.sub_expiry_delay(s)))
+            })
+            .min();
         [
             self.connect_deadline,
             self.next_ping,
@@ -366,26 +409,55 @@ impl Session {
             }
             self.next_ping = Some(at + c.ping_interval.0);
         }
-        let close_delay = self.node.config.client.expired_close_delay.0;
         if self
             .conn
             .as_ref()
             .and_then(|c| c.expires_at)
-            .is_some_and(|t| is_due(t, close_delay))
+            .is_some_and(|t| is_due(t, self.expiry_delay()))
         {
-            return Err(Disconnect::expired());
+            match self.node.proxies.refresh().cloned() {
+                Some(proxy) => self.refresh_by_proxy(proxy).await?,
+                None => return Err(Disconnect::expired()),
+            }
         }
-        let sub_delay = self.node.config.client.expired_sub_close_delay.0;
-        let expired: Vec<String> = self
+        let expired: Vec<(String, bool)> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|t| is_due(t, sub_delay)))
-            .map(|(ch, _)| ch.to_string())
+            .filter(|(_, s)| {
+                s.expires_at
+                    .is_some_and(|t| is_due(t, self.sub_expiry_delay(s)))
+            })
+            .map(|(ch, s)| (ch.to_string(), s.server_refresh))
             .collect();
-        for channel in expired {
+        for (channel, server_refresh) in expired {
+            if server_refresh {
+                if let Some(proxy) = self.sub_refresh_proxy(&channel) {
+                    if self.sub_refresh_by_proxy(proxy, &channel).await {
+                        continue;
+                    }
+                }
+            }
             self.end_subscription(&channel, unsubscribe::EXPIRED).await;
         }
         Ok(())
+    }
+
+    /// Time past a connection's expiry before it closes: none when the
+    /// server refreshes it, else the client's grace to refresh.
+    fn expiry_delay(&self) -> Duration {
+        if self.node.proxies.refresh().is_some() {
+            Duration::ZERO
+        } else {
+            self.node.config.client.expired_close_delay.0
+        }
+    }
+
+    fn sub_expiry_delay(&self, s: &SubState) -> Duration {
+        if s.server_refresh {
+            Duration::ZERO
+        } else {
+            self.node.config.client.expired_sub_close_delay.0
+        }
     }
 
     /// Leaves the hub and every channel. Call once when the transport ends.

@@ -24,6 +24,8 @@ pub struct ChannelConfig {
     pub user_boundary: String,
     pub user_separator: String,
     pub history_meta_ttl: Dur,
+    /// The `default` subscribe, publish and sub_refresh proxies.
+    pub proxy: super::proxy::ChannelProxies,
     pub without_namespace: ChannelOptions,
     pub namespaces: Vec<Namespace>,
 }
@@ -39,6 +41,7 @@ impl Default for ChannelConfig {
             user_boundary: "#".into(),
             user_separator: ",".into(),
             history_meta_ttl: Dur::secs(720 * 3600),
+            proxy: Default::default(),
             without_namespace: ChannelOptions::default(),
             namespaces: Vec::new(),
         }
@@ -107,6 +110,11 @@ pub struct ChannelOptions {
     pub subscribe_proxy_enabled: bool,
     pub publish_proxy_enabled: bool,
     pub sub_refresh_proxy_enabled: bool,
+    /// Which proxy serves the event: one of the `proxies` list, or
+    /// `default` (and empty): `channel.proxy.<event>`.
+    pub subscribe_proxy_name: String,
+    pub publish_proxy_name: String,
+    pub sub_refresh_proxy_name: String,
     /// Herald: this namespace's `channel.publication_max_size` (zero: the
     /// global one).
     pub publication_max_size: usize,

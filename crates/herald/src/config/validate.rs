@@ -9,6 +9,7 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     validate_client(c, warnings)?;
     validate_channels(c)?;
     validate_tls(c)?;
+    super::proxy::validate(c)?;
     super::cluster::validate_cluster(c)?;
     if !matches!(
         c.log.level.as_str(),

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use herald_protocol::command::ConnectRequest;
 use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody};
 use herald_protocol::{Disconnect, ProtocolError};
@@ -16,16 +18,19 @@ use crate::wire::control::{Action, Target};
 
 impl Session {
     pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Disconnect> {
-        self.node.tokens.connection.prepare(&req.token).await;
-        let claims = match self.authenticate(&req.token) {
-            Ok(c) => c,
+        let (mut claims, data) = match self.identify(&req).await {
+            Ok(identified) => identified,
             Err(Ok(err)) => {
                 self.reply(id, Err(err));
                 return Ok(());
             }
             Err(Err(d)) => return Err(d),
         };
-        let mut claims = claims;
+        if claims.expires_at.is_some_and(|t| t < now_unix()) {
+            tracing::info!(client = %self.client_id, "connection already expired");
+            self.reply(id, Err(ProtocolError::EXPIRED));
+            return Ok(());
+        }
         let personal = &self.node.config.client.subscribe_to_user_personal_channel;
         if personal.enabled && !claims.user.is_empty() {
             let channel = self.node.config.personal_channel(&claims.user);
@@ -69,6 +74,7 @@ impl Session {
             conn_info: claims.info.clone(),
             expires_at: claims.expires_at,
             token: claims.id.clone(),
+            meta: claims.meta.clone(),
         });
         // Positioned server-side subscriptions are entered now, their
         // publications held until the reply is queued.
@@ -84,6 +90,8 @@ impl Session {
         };
         let cfg = &self.node.config.client;
         self.connect_deadline = None;
+        // With a refresh proxy the server refreshes; the client never does.
+        let client_refresh = self.node.proxies.refresh().is_none();
         if !cfg.ping_interval.is_zero() {
             let delay = first_ping_delay(cfg.ping_interval.0, self.node.next_key());
             self.next_ping = Some(Instant::now() + delay);
@@ -91,8 +99,13 @@ impl Session {
         let result = ConnectResult {
             client: self.client_id.to_string(),
             version: Node::version().to_string(),
-            expires: claims.expires_at.is_some(),
-            ttl: ttl_from(claims.expires_at),
+            expires: client_refresh && claims.expires_at.is_some(),
+            ttl: if client_refresh {
+                ttl_from(claims.expires_at)
+            } else {
+                0
+            },
+            data,
             subs,
             ping: cfg.ping_interval.0.as_secs() as u32,
             pong: !cfg.ping_interval.is_zero()
@@ -127,6 +140,33 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Who the client is: from its token, or, without one, from the
+    /// connect proxy when there is one (with the data the backend has for
+    /// the connect reply). `Err(Ok(e))` is an error reply (the client may
+    /// retry), `Err(Err(d))` closes the connection.
+    async fn identify(
+        &mut self,
+        req: &ConnectRequest,
+    ) -> Result<(ConnectionClaims, Option<Bytes>), Result<ProtocolError, Disconnect>> {
+        let proxy = self.node.proxies.connect().filter(|_| req.token.is_empty());
+        let Some(proxy) = proxy.cloned() else {
+            self.node.tokens.connection.prepare(&req.token).await;
+            return self.authenticate(&req.token).map(|c| (c, None));
+        };
+        match self.connect_by_proxy(proxy, req).await {
+            Ok(Some(identified)) => Ok(identified),
+            Ok(None) => {
+                let cfg = &self.node.config.client;
+                if cfg.insecure || cfg.allow_anonymous_connect_without_token {
+                    return Ok((ConnectionClaims::default(), None));
+                }
+                tracing::info!(client = %self.client_id, "connect proxy gave no credentials");
+                Err(Err(Disconnect::bad_request()))
+            }
+            Err(refusal) => Err(super::proxied::split(refusal)),
+        }
     }
 
     /// Checks the connection token. `Err(Ok(e))` is an error reply (the
@@ -165,6 +205,10 @@ impl Session {
         &mut self,
         token: &str,
     ) -> Result<Result<ReplyBody, ProtocolError>, Disconnect> {
+        if self.node.proxies.refresh().is_some() {
+            // The server refreshes connections itself.
+            return Ok(Err(ProtocolError::NOT_AVAILABLE));
+        }
         let claims = match self
             .node
             .tokens
@@ -194,6 +238,9 @@ impl Session {
         }
         conn.expires_at = claims.expires_at;
         conn.token = claims.id;
+        if claims.meta.is_some() {
+            conn.meta = claims.meta;
+        }
         if claims.info.is_some() {
             conn.conn_info = claims.info;
         }

@@ -14,6 +14,7 @@ use super::{ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
 use crate::config::ChannelOptions;
+use crate::proxy::{ChannelEvent, Endpoint};
 use crate::store::{HistoryQuery, StreamPosition};
 
 type Outcome = Result<ReplyBody, ProtocolError>;
@@ -29,12 +30,39 @@ impl Session {
         let channel = req.channel.clone();
         self.node.tokens.subscription.prepare(&req.token).await;
         let (mut state, token) = match self.check_subscribe(&channel, &req.token)? {
-            Ok(checked) => checked,
+            Ok(Verdict::Granted(state, token)) => (state, token),
+            Ok(Verdict::AskBackend(proxy)) => {
+                let data = req.data.as_deref().map(|d| d.get().as_bytes());
+                match self
+                    .subscribe_by_proxy(proxy, &channel, &req.token, data)
+                    .await
+                {
+                    Ok(allowed) => {
+                        let state = SubState {
+                            expires_at: allowed.expires_at,
+                            chan_info: allowed.options.info.clone(),
+                            ..Default::default()
+                        };
+                        (state, allowed.options)
+                    }
+                    Err(refusal) => {
+                        self.reply(id, Err(super::proxied::split(refusal)?));
+                        return Ok(());
+                    }
+                }
+            }
             Err(e) => {
                 self.reply(id, Err(e));
                 return Ok(());
             }
         };
+        if self.conn.is_none() || self.subs.contains_key(&channel) {
+            // The connection ended, or the channel was subscribed (by the
+            // server API) while the backend was asked.
+            self.reply(id, Err(ProtocolError::ALREADY_SUBSCRIBED));
+            return Ok(());
+        }
+        state.server_refresh = self.sub_refresh_proxy(&channel).is_some();
         if self.conn.is_none() {
             return Err(Disconnect::bad_request());
         }
@@ -47,9 +75,14 @@ impl Session {
         let has_stream = self.node.stream_options(&options).is_some();
         let plan = Plan::new(&options, has_stream, &token.overrides, Some(&req));
         plan.apply(&mut state);
+        let client_refresh = !state.server_refresh;
         let mut result = SubscribeResult {
-            expires: state.expires_at.is_some(),
-            ttl: ttl_from(state.expires_at),
+            expires: client_refresh && state.expires_at.is_some(),
+            ttl: if client_refresh {
+                ttl_from(state.expires_at)
+            } else {
+                0
+            },
             recoverable: plan.recoverable,
             positioned: plan.positioned,
             data: token.data,
@@ -218,7 +251,7 @@ impl Session {
         &self,
         channel: &str,
         token: &str,
-    ) -> Result<Result<(SubState, SubOptions), ProtocolError>, Disconnect> {
+    ) -> Result<Result<Verdict, ProtocolError>, Disconnect> {
         let resolved = match self.node.rules.resolve(channel) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -259,7 +292,20 @@ impl Session {
                 token: Some(claims.id),
                 ..Default::default()
             };
-            return Ok(Ok((state, claims.options)));
+            return Ok(Ok(Verdict::Granted(state, claims.options)));
+        }
+        if self.node.rules.subscribe_proxied(&resolved) {
+            let options = resolved.options;
+            return Ok(
+                match self
+                    .node
+                    .proxies
+                    .channel(ChannelEvent::Subscribe, &options.subscribe_proxy_name)
+                {
+                    Some(proxy) => Ok(Verdict::AskBackend(proxy.clone())),
+                    None => Err(ProtocolError::NOT_AVAILABLE),
+                },
+            );
         }
         if !self.node.rules.can_subscribe(
             &resolved,
@@ -270,7 +316,22 @@ impl Session {
         ) {
             return Ok(Err(ProtocolError::PERMISSION_DENIED));
         }
-        Ok(Ok((SubState::default(), SubOptions::default())))
+        Ok(Ok(Verdict::Granted(
+            SubState::default(),
+            SubOptions::default(),
+        )))
+    }
+
+    /// The sub_refresh proxy of the channel's namespace, when it has one.
+    pub(super) fn sub_refresh_proxy(&self, channel: &str) -> Option<Arc<Endpoint>> {
+        let options = self.node.rules.resolve(channel).ok()?.options;
+        if !options.sub_refresh_proxy_enabled {
+            return None;
+        }
+        self.node
+            .proxies
+            .channel(ChannelEvent::SubRefresh, &options.sub_refresh_proxy_name)
+            .cloned()
     }
 
     /// A subscription token made for another channel, user or client closes
@@ -392,8 +453,11 @@ impl Session {
         channel: &str,
         token: &str,
     ) -> Result<Outcome, Disconnect> {
-        if !self.subs.contains_key(channel) {
-            return Ok(Err(ProtocolError::PERMISSION_DENIED));
+        match self.subs.get(channel) {
+            None => return Ok(Err(ProtocolError::PERMISSION_DENIED)),
+            // The server refreshes this subscription itself.
+            Some(s) if s.server_refresh => return Ok(Err(ProtocolError::NOT_AVAILABLE)),
+            Some(_) => {}
         }
         self.node.tokens.subscription.prepare(token).await;
         let claims = match self
@@ -433,6 +497,14 @@ impl Session {
             ttl: ttl_from(claims.expires_at),
         })))
     }
+}
+
+/// What the subscribe checks decided.
+enum Verdict {
+    /// Subscribe, with what a token set.
+    Granted(SubState, SubOptions),
+    /// The namespace's subscribe proxy decides.
+    AskBackend(Arc<Endpoint>),
 }
 
 /// How one subscription behaves: the namespace's options, changed by a

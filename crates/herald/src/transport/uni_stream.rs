@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::frame::Encoding;
 use crate::metrics::Counters;
 use crate::node::Node;
-use crate::session::{Item, Session};
+use crate::session::{self, Item, Session};
 
 /// Chunks waiting for the HTTP connection; the session's queue holds the
 /// rest.
@@ -118,7 +118,12 @@ async fn start(
         return (StatusCode::BAD_REQUEST, "a connect request is required").into_response();
     }
     Counters::incr(&node.counters.connections_accepted);
-    let mut session = Session::new(node.clone(), Encoding::UniJson);
+    let transport = match style {
+        Style::Lines => "uni_http_stream",
+        Style::Sse => "uni_sse",
+    };
+    let origin = session::Peer::new(&node, transport, &headers);
+    let mut session = Session::new(node.clone(), Encoding::UniJson, origin);
     if let Err(d) = Box::pin(session.handle_frame(&request)).await {
         Box::pin(session.close()).await;
         if d.code == Disconnect::bad_request().code {

@@ -23,7 +23,7 @@ use super::upgrade::{Socket, Upgrade};
 use crate::frame::{Encoding, Frame};
 use crate::metrics::Counters;
 use crate::node::Node;
-use crate::session::{Item, Session};
+use crate::session::{Item, Peer, Session};
 
 /// Default read buffer size when the config leaves it at 0. The buffer is
 /// allocated and zero-filled for every connection, so it is most of what an
@@ -77,7 +77,12 @@ fn accept(
         .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
         .max_message_size(Some(message_size_limit))
         .max_frame_size(Some(message_size_limit));
-    ws.accept(config, move |socket| run(node, socket, encoding))
+    let transport = match encoding {
+        Encoding::UniJson => "uni_websocket",
+        Encoding::Json | Encoding::Protobuf => "websocket",
+    };
+    let peer = Peer::new(&node, transport, &headers);
+    ws.accept(config, move |socket| run(node, socket, encoding, peer))
 }
 
 /// Why a new connection may not come in, as the response that says so:
@@ -122,12 +127,13 @@ fn run(
     node: Arc<Node>,
     mut socket: Socket,
     encoding: Encoding,
+    peer: Peer,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         Counters::incr(&node.counters.connections_accepted);
         let tracker = node.tracker().clone();
         let _guard = tracker.token();
-        let mut session = Session::new(node.clone(), encoding);
+        let mut session = Session::new(node.clone(), encoding, peer);
         let closed = serve(&node, &mut session, &mut socket).await;
         if let Some(d) = &closed {
             tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");

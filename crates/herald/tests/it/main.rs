@@ -15,6 +15,7 @@ mod limits;
 mod ping;
 mod presence;
 mod protobuf;
+mod proxy;
 mod server_side;
 mod subscribe;
 mod uni;

@@ -1,0 +1,786 @@
+//! The application's backend in the loop: connect, refresh, subscribe,
+//! publish, sub_refresh and RPC proxies, over HTTP and over gRPC, against a
+//! real backend on loopback whose answers each test scripts. What the
+//! backend saw (body and headers) is checked as well as what the client
+//! got.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use herald::proxy::pb;
+use herald::proxy::pb::centrifugo_proxy_server::{CentrifugoProxy, CentrifugoProxyServer};
+use herald_testkit::*;
+
+/// How the backend answers a call: `(HTTP status, JSON body)` from the
+/// call's name (`connect`, `subscribe`, …) and its request.
+type Script = fn(&str, &Value) -> (u16, Value);
+
+/// One call the backend received.
+#[derive(Debug, Clone)]
+struct Seen {
+    call: String,
+    body: Value,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone)]
+struct Backend {
+    script: Script,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    fn new(script: Script) -> Self {
+        Self {
+            script,
+            seen: Arc::default(),
+        }
+    }
+
+    fn answer(&self, call: &str, body: Value, headers: Vec<(String, String)>) -> (u16, Value) {
+        let answer = (self.script)(call, &body);
+        self.seen.lock().push(Seen {
+            call: call.to_string(),
+            body,
+            headers,
+        });
+        answer
+    }
+
+    fn calls(&self, call: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|s| s.call == call)
+            .cloned()
+            .collect()
+    }
+
+    /// Serves the calls over HTTP: `POST /<call>`.
+    async fn serve_http(&self) -> SocketAddr {
+        async fn handle(
+            State(b): State<Backend>,
+            Path(call): Path<String>,
+            headers: HeaderMap,
+            body: String,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let (status, answer) = b.answer(&call, body, headers);
+            if answer == json!("sleep") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            if answer == json!("garbage") {
+                return (axum::http::StatusCode::OK, "not json {").into_response();
+            }
+            let status = axum::http::StatusCode::from_u16(status).unwrap();
+            (status, axum::Json(answer)).into_response()
+        }
+        let app = axum::Router::new()
+            .route("/{call}", axum::routing::post(handle))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    /// Serves the same script as Centrifugo's gRPC proxy service.
+    async fn serve_grpc(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let service = CentrifugoProxyServer::new(self.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap()
+        });
+        addr
+    }
+
+    fn grpc_answer<Req, Resp>(
+        &self,
+        call: &str,
+        request: tonic::Request<Req>,
+    ) -> Result<tonic::Response<Resp>, tonic::Status>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = serde_json::to_value(request.get_ref()).unwrap();
+        let (status, answer) = self.answer(call, body, headers);
+        if status != 200 {
+            return Err(tonic::Status::internal("scripted failure"));
+        }
+        Ok(tonic::Response::new(
+            serde_json::from_value(answer).unwrap(),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl CentrifugoProxy for Backend {
+    async fn connect(
+        &self,
+        r: tonic::Request<pb::ConnectRequest>,
+    ) -> Result<tonic::Response<pb::ConnectResponse>, tonic::Status> {
+        self.grpc_answer("connect", r)
+    }
+    async fn refresh(
+        &self,
+        r: tonic::Request<pb::RefreshRequest>,
+    ) -> Result<tonic::Response<pb::RefreshResponse>, tonic::Status> {
+        self.grpc_answer("refresh", r)
+    }
+    async fn subscribe(
+        &self,
+        r: tonic::Request<pb::SubscribeRequest>,
+    ) -> Result<tonic::Response<pb::SubscribeResponse>, tonic::Status> {
+        self.grpc_answer("subscribe", r)
+    }
+    async fn publish(
+        &self,
+        r: tonic::Request<pb::PublishRequest>,
+    ) -> Result<tonic::Response<pb::PublishResponse>, tonic::Status> {
+        self.grpc_answer("publish", r)
+    }
+    async fn rpc(
+        &self,
+        r: tonic::Request<pb::RpcRequest>,
+    ) -> Result<tonic::Response<pb::RpcResponse>, tonic::Status> {
+        self.grpc_answer("rpc", r)
+    }
+    async fn sub_refresh(
+        &self,
+        r: tonic::Request<pb::SubRefreshRequest>,
+    ) -> Result<tonic::Response<pb::SubRefreshResponse>, tonic::Status> {
+        self.grpc_answer("sub_refresh", r)
+    }
+}
+
+/// The scripted backend most tests use: decisions by what the client sent.
+fn script(call: &str, body: &Value) -> (u16, Value) {
+    let said = |key: &str| body["data"][key].as_str().unwrap_or("").to_string();
+    match call {
+        "connect" => match said("as").as_str() {
+            "error" => (
+                200,
+                json!({"error": {"code": 4403, "message": "who are you?"}}),
+            ),
+            "disconnect" => (
+                200,
+                json!({"disconnect": {"code": 4501, "reason": "go away"}}),
+            ),
+            "status500" => (500, json!({})),
+            "status403" => (403, json!({})),
+            "garbage" => (200, json!("garbage")),
+            "slow" => (200, json!("sleep")),
+            "nobody" => (200, json!({})),
+            "bad_b64" => (200, json!({"result": {"user": "x", "b64info": "%%%"}})),
+            "expired" => (200, json!({"result": {"user": "x", "expire_at": 1000}})),
+            user => (
+                200,
+                json!({"result": {
+                    "user": user,
+                    "info": {"name": user.to_uppercase()},
+                    "data": {"welcome": user},
+                    "channels": ["chat:lobby"],
+                    "subs": {"room:own": {"info": {"seat": 7}, "override": {"presence": {"value": false}}}},
+                    "meta": {"session": format!("s-{user}")},
+                }}),
+            ),
+        },
+        "subscribe" => match body["channel"].as_str().unwrap_or("") {
+            "px:denied" => (
+                200,
+                json!({"error": {"code": 4403, "message": "not yours"}}),
+            ),
+            "px:kick" => (
+                200,
+                json!({"disconnect": {"code": 4502, "reason": "kicked"}}),
+            ),
+            "px:broken" => (502, json!({})),
+            _ => (
+                200,
+                json!({"result": {"info": {"role": "reader"}, "data": {"hello": body["channel"]}}}),
+            ),
+        },
+        "publish" => match body["data"]["text"].as_str().unwrap_or("") {
+            "spam" => (200, json!({"error": {"code": 4400, "message": "no spam"}})),
+            text => (
+                200,
+                json!({"result": {"data": {"text": text.to_uppercase(), "checked": true}}}),
+            ),
+        },
+        "rpc" => match body["method"].as_str().unwrap_or("") {
+            "fail" => (
+                200,
+                json!({"error": {"code": 4418, "message": "teapot", "temporary": true}}),
+            ),
+            method => (
+                200,
+                json!({"result": {"data": {"method": method, "echo": body["data"]}}}),
+            ),
+        },
+        _ => (404, json!({})),
+    }
+}
+
+fn proxies(endpoint: &str, extra: Value) -> Value {
+    let mut p = json!({"endpoint": endpoint, "timeout": "500ms"});
+    merge(&mut p, extra);
+    p
+}
+
+/// A server whose every proxy calls `base` (`http://…` or `grpc://…`).
+async fn server(base: &str, extra: Value) -> TestServer {
+    let path = |call: &str| {
+        if base.starts_with("grpc") {
+            base.to_string()
+        } else {
+            format!("{base}/{call}")
+        }
+    };
+    let mut config = json!({
+        "client": {"proxy": {
+            "connect": merge_into(json!({"enabled": true}), proxies(&path("connect"), json!({
+                "http_headers": ["x-session"],
+                "emulated_headers": ["authorization"],
+            }))),
+        }},
+        "channel": {
+            "proxy": {
+                "subscribe": proxies(&path("subscribe"), json!({"include_connection_meta": true})),
+                "publish": proxies(&path("publish"), json!({})),
+            },
+            "namespaces": [
+                {"name": "chat", "allow_subscribe_for_client": true},
+                {"name": "room", "presence": true},
+                {"name": "px", "subscribe_proxy_enabled": true, "publish_proxy_enabled": true},
+                {"name": "pxh", "publish_proxy_enabled": true, "history_size": 10, "history_ttl": "60s",
+                 "allow_subscribe_for_client": true, "allow_history_for_client": true},
+            ]
+        },
+        "rpc": {
+            "proxy": proxies(&path("rpc"), json!({})),
+            "without_namespace": {"proxy_enabled": true},
+            "namespaces": [{"name": "off"}],
+            "ping": {"enabled": true},
+        },
+    });
+    merge(&mut config, extra);
+    TestServer::start(config).await
+}
+
+fn merge_into(mut a: Value, b: Value) -> Value {
+    merge(&mut a, b);
+    a
+}
+
+/// Opens a connection with no token, sending `data` with connect.
+async fn connect_as(s: &TestServer, data: Value) -> (Ws, Value) {
+    let mut ws = Ws::open_with_headers(
+        &s.ws_url(),
+        &[("X-Session", "cookie-1"), ("X-Other", "hidden")],
+    )
+    .await;
+    let id = ws
+        .send(
+            json!({"connect": {"data": data, "name": "js", "version": "5.8.0",
+            "headers": {"Authorization": "Bearer emulated", "X-Ignored": "1"}}}),
+        )
+        .await;
+    let reply = ws.reply(id).await;
+    (ws, reply)
+}
+
+#[tokio::test]
+async fn the_connect_proxy_says_who_a_client_without_a_token_is() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(&format!("http://{addr}"), json!({})).await;
+    let (mut ws, reply) = connect_as(&s, json!({"as": "alice"})).await;
+    let connect = &reply["connect"];
+    assert_eq!(connect["data"], json!({"welcome": "alice"}), "{reply}");
+    assert!(connect["subs"]["chat:lobby"].is_object(), "{reply}");
+    assert!(connect["subs"]["room:own"].is_object(), "{reply}");
+
+    // What the backend was told.
+    let seen = backend.calls("connect");
+    assert_eq!(seen.len(), 1);
+    let call = &seen[0];
+    let body = &call.body;
+    assert_eq!(body["client"], connect["client"]);
+    assert_eq!(body["transport"], "websocket");
+    assert_eq!(body["protocol"], "json");
+    assert_eq!(body["encoding"], "json");
+    assert_eq!(body["data"], json!({"as": "alice"}));
+    assert_eq!(body["name"], "js");
+    assert_eq!(body["version"], "5.8.0");
+    assert_eq!(call.header("x-session"), Some("cookie-1"));
+    assert_eq!(call.header("authorization"), Some("Bearer emulated"));
+    assert_eq!(call.header("x-other"), None, "only listed headers pass");
+    assert_eq!(call.header("x-ignored"), None);
+
+    // The user and info the backend gave are the connection's.
+    let r = s
+        .api(
+            "publish",
+            json!({"channel": "chat:lobby", "data": {"n": 1}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ws.push().await;
+    assert_eq!(push["pub"]["data"], json!({"n": 1}));
+    let r = s.api("presence", json!({"channel": "room:own"})).await;
+    assert!(
+        r["result"]["presence"].as_object().unwrap().is_empty(),
+        "the override switched presence off: {r}"
+    );
+    let clients = s.api("info", json!({})).await;
+    assert_eq!(clients["result"]["nodes"][0]["num_users"], 1, "{clients}");
+
+    // A client with a token is not asked about.
+    let _token_client = s.client("bob").await;
+    assert_eq!(backend.calls("connect").len(), 1);
+}
+
+#[tokio::test]
+async fn the_connect_proxy_s_errors_and_disconnects_reach_the_client() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(
+        &format!("http://{addr}"),
+        json!({"client": {"proxy": {"connect": {"http": {"status_to_code_transforms": [
+            {"status_code": 403, "to_disconnect": {"code": 4403, "reason": "forbidden"}}
+        ]}}}}}),
+    )
+    .await;
+    let (_ws, reply) = connect_as(&s, json!({"as": "error"})).await;
+    assert_eq!(reply["error"]["code"], 4403, "{reply}");
+    assert_eq!(reply["error"]["message"], "who are you?");
+
+    for (said, expected) in [
+        ("status500", 100),
+        ("garbage", 100),
+        ("slow", 100),
+        ("bad_b64", 100),
+        ("expired", 110),
+    ] {
+        let started = std::time::Instant::now();
+        let (_ws, reply) = connect_as(&s, json!({ "as": said })).await;
+        assert_eq!(reply["error"]["code"], expected, "{said}: {reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{said}: bounded by the timeout"
+        );
+    }
+    for (said, code, reason) in [
+        ("disconnect", 4501, "go away"),
+        ("status403", 4403, "forbidden"),
+        ("nobody", 3501, "bad request"),
+    ] {
+        let (mut ws, _) = {
+            let mut ws = Ws::open(&s.ws_url()).await;
+            ws.send(json!({"connect": {"data": {"as": said}}})).await;
+            (ws, ())
+        };
+        assert_eq!(ws.closed().await, (code, reason.to_string()), "{said}");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_gives_a_temporary_error_not_a_hang() {
+    let port = free_port();
+    let s = server(&format!("http://127.0.0.1:{port}"), json!({})).await;
+    let (_ws, reply) = connect_as(&s, json!({"as": "alice"})).await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert_eq!(reply["error"]["temporary"], true, "{reply}");
+    assert_eq!(s.metric("herald_proxy_errors_total").await, 1);
+}
+
+#[tokio::test]
+async fn the_subscribe_proxy_decides_channel_access() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(&format!("http://{addr}"), json!({})).await;
+    let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
+
+    let r = ws
+        .cmd(json!({"subscribe": {"channel": "px:news", "data": {"want": "all"}}}))
+        .await;
+    assert_eq!(r["subscribe"]["data"], json!({"hello": "px:news"}), "{r}");
+    let seen = backend.calls("subscribe");
+    let body = &seen.last().unwrap().body;
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["channel"], "px:news");
+    assert_eq!(body["data"], json!({"want": "all"}));
+    assert_eq!(
+        body["meta"],
+        json!({"session": "s-alice"}),
+        "include_connection_meta"
+    );
+
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:denied"}})).await;
+    assert_eq!(r["error"]["code"], 4403, "{r}");
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:broken"}})).await;
+    assert_eq!(r["error"]["code"], 100, "{r}");
+    // Channels of namespaces without the proxy are not asked about.
+    let before = backend.calls("subscribe").len();
+    let r = ws
+        .cmd(json!({"subscribe": {"channel": "chat:plain"}}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    assert_eq!(backend.calls("subscribe").len(), before);
+
+    ws.send(json!({"subscribe": {"channel": "px:kick"}})).await;
+    assert_eq!(ws.closed().await, (4502, "kicked".to_string()));
+}
+
+#[tokio::test]
+async fn the_publish_proxy_validates_and_rewrites_publications() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(&format!("http://{addr}"), json!({})).await;
+    let (mut alice, _) = connect_as(&s, json!({"as": "alice"})).await;
+    let (mut bob, _) = connect_as(&s, json!({"as": "bob"})).await;
+    let r = bob.cmd(json!({"subscribe": {"channel": "px:room"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+
+    let r = alice
+        .cmd(json!({"publish": {"channel": "px:room", "data": {"text": "hello"}}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    let push = bob.push().await;
+    assert_eq!(
+        push["pub"]["data"],
+        json!({"text": "HELLO", "checked": true}),
+        "subscribers get what the backend returned"
+    );
+    assert_eq!(push["pub"]["info"]["user"], "alice");
+    let seen = backend.calls("publish");
+    assert_eq!(seen[0].body["data"], json!({"text": "hello"}));
+    assert_eq!(seen[0].body["user"], "alice");
+
+    let r = alice
+        .cmd(json!({"publish": {"channel": "px:room", "data": {"text": "spam"}}}))
+        .await;
+    assert_eq!(r["error"]["code"], 4400, "{r}");
+    assert_eq!(r["error"]["message"], "no spam");
+
+    // The proxy replaces the namespace's permissions (none here) and its
+    // data goes to history too.
+    let r = alice
+        .cmd(json!({"publish": {"channel": "pxh:log", "data": {"text": "kept"}}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    let h = s
+        .api("history", json!({"channel": "pxh:log", "limit": 10}))
+        .await;
+    assert_eq!(
+        h["result"]["publications"][0]["data"],
+        json!({"text": "KEPT", "checked": true}),
+        "{h}"
+    );
+}
+
+#[tokio::test]
+async fn rpc_is_routed_by_method_to_its_proxy() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(&format!("http://{addr}"), json!({})).await;
+    let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
+
+    let r = ws
+        .cmd(json!({"rpc": {"method": "sum", "data": {"a": 1, "b": 2}}}))
+        .await;
+    assert_eq!(
+        r["rpc"]["data"],
+        json!({"method": "sum", "echo": {"a": 1, "b": 2}}),
+        "{r}"
+    );
+    let r = ws.cmd(json!({"rpc": {"method": "fail", "data": {}}})).await;
+    assert_eq!(r["error"]["code"], 4418, "{r}");
+    assert_eq!(r["error"]["temporary"], true, "{r}");
+    // A namespace without its proxy, and one not configured at all.
+    let r = ws
+        .cmd(json!({"rpc": {"method": "off:x", "data": {}}}))
+        .await;
+    assert_eq!(r["error"]["code"], 108, "{r}");
+    let r = ws
+        .cmd(json!({"rpc": {"method": "nowhere:x", "data": {}}}))
+        .await;
+    assert_eq!(r["error"]["code"], 104, "{r}");
+    // The built-in ping never reaches the backend.
+    let before = backend.calls("rpc").len();
+    let r = ws.cmd(json!({"rpc": {"method": "ping"}})).await;
+    assert!(r.get("rpc").is_some(), "{r}");
+    assert_eq!(backend.calls("rpc").len(), before);
+}
+
+#[tokio::test]
+async fn without_rpc_proxies_every_method_is_unknown() {
+    let s = TestServer::start(json!({})).await;
+    let mut ws = s.client("u").await;
+    let r = ws.cmd(json!({"rpc": {"method": "sum", "data": {}}})).await;
+    assert_eq!(r["error"]["code"], 104, "{r}");
+}
+
+/// Refresh decisions by the user: `keep` goes on for an hour, `end` expires,
+/// anyone else's backend fails (retried in a minute).
+fn refresh_script(call: &str, body: &Value) -> (u16, Value) {
+    match (call, body["user"].as_str().unwrap_or("")) {
+        ("refresh" | "sub_refresh", "keep") => (
+            200,
+            json!({"result": {"expire_at": now() + 3600, "info": {"refreshed": true}}}),
+        ),
+        ("refresh" | "sub_refresh", "end") => (200, json!({"result": {"expired": true}})),
+        ("refresh" | "sub_refresh", _) => (500, json!({})),
+        _ => (404, json!({})),
+    }
+}
+
+#[tokio::test]
+async fn the_refresh_proxy_refreshes_expiring_connections_itself() {
+    let backend = Backend::new(refresh_script);
+    let addr = backend.serve_http().await;
+    let s = TestServer::start(json!({"client": {"proxy": {"refresh": {
+        "enabled": true, "endpoint": format!("http://{addr}/refresh"), "include_connection_meta": true,
+    }}}}))
+    .await;
+    let connect = |user: &'static str| {
+        let s = &s;
+        async move {
+            let mut ws = Ws::open(&s.ws_url()).await;
+            let claims = json!({"sub": user, "exp": now() + 1, "meta": {"m": user}});
+            let r = ws.cmd(json!({"connect": {"token": token(claims)}})).await;
+            assert!(
+                r["connect"].get("expires").is_none(),
+                "the client never refreshes: {r}"
+            );
+            // The client's own refresh is not available.
+            let r = ws.cmd(json!({"refresh": {"token": "x"}})).await;
+            assert_eq!(r["error"]["code"], 108, "{r}");
+            ws
+        }
+    };
+    let mut keep = connect("keep").await;
+    let mut end = connect("end").await;
+    let mut failing = connect("flaky").await;
+    assert_eq!(end.closed().await.0, 3005, "expired by the backend");
+    eventually("the other two asked", || async {
+        backend.calls("refresh").len() >= 3
+    })
+    .await;
+    let seen = backend.calls("refresh");
+    let keep_call = seen.iter().find(|c| c.body["user"] == "keep").unwrap();
+    assert_eq!(keep_call.body["meta"], json!({"m": "keep"}));
+    // Both stay: one refreshed, one kept while its backend fails.
+    let r = keep.cmd(json!({"subscribe": {"channel": "chat:x"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let r = failing
+        .cmd(json!({"subscribe": {"channel": "chat:x"}}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn the_sub_refresh_proxy_keeps_or_ends_subscriptions() {
+    let backend = Backend::new(refresh_script);
+    let addr = backend.serve_http().await;
+    let s = TestServer::start(json!({
+        "channel": {
+            "proxy": {"sub_refresh": {"endpoint": format!("http://{addr}/sub_refresh")}},
+            "namespaces": [{"name": "sr", "sub_refresh_proxy_enabled": true}],
+        },
+    }))
+    .await;
+    let subscribe = |user: &'static str| {
+        let s = &s;
+        async move {
+            let mut ws = s.client(user).await;
+            let claims = json!({"sub": user, "channel": "sr:feed", "exp": now() + 1});
+            let r = ws
+                .cmd(json!({"subscribe": {"channel": "sr:feed", "token": token(claims)}}))
+                .await;
+            assert!(
+                r["subscribe"].get("expires").is_none(),
+                "server-side refresh: {r}"
+            );
+            ws
+        }
+    };
+    let mut keep = subscribe("keep").await;
+    let mut end = subscribe("end").await;
+    let push = end.push().await;
+    assert_eq!(push["unsubscribe"]["code"], 2501, "{push}");
+    eventually("the kept one asked", || async {
+        backend
+            .calls("sub_refresh")
+            .iter()
+            .any(|c| c.body["user"] == "keep")
+    })
+    .await;
+    let seen = backend.calls("sub_refresh");
+    assert_eq!(seen[0].body["channel"], "sr:feed");
+    let r = s
+        .api(
+            "publish",
+            json!({"channel": "sr:feed", "data": {"still": true}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(keep.push().await["pub"]["data"], json!({"still": true}));
+}
+
+#[tokio::test]
+async fn grpc_proxies_serve_the_same_calls() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_grpc().await;
+    let s = server(
+        &format!("grpc://{addr}"),
+        json!({"client": {"proxy": {"connect": {"grpc": {
+            "credentials_key": "authorization", "credentials_value": "Bearer backend-key"
+        }}}}}),
+    )
+    .await;
+    let (mut alice, reply) = connect_as(&s, json!({"as": "alice"})).await;
+    assert_eq!(
+        reply["connect"]["data"],
+        json!({"welcome": "alice"}),
+        "{reply}"
+    );
+    let seen = backend.calls("connect");
+    assert_eq!(seen[0].body["data"], json!({"as": "alice"}));
+    assert_eq!(
+        seen[0].header("x-session"),
+        Some("cookie-1"),
+        "headers go as metadata"
+    );
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer emulated"),
+        "the client's header wins"
+    );
+
+    let r = alice.cmd(json!({"subscribe": {"channel": "px:g"}})).await;
+    assert_eq!(r["subscribe"]["data"], json!({"hello": "px:g"}), "{r}");
+    let r = alice
+        .cmd(json!({"subscribe": {"channel": "px:denied"}}))
+        .await;
+    assert_eq!(r["error"]["code"], 4403, "{r}");
+    let r = alice
+        .cmd(json!({"publish": {"channel": "px:g", "data": {"text": "grpc"}}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    assert_eq!(
+        alice.push().await["pub"]["data"],
+        json!({"text": "GRPC", "checked": true})
+    );
+    let r = alice
+        .cmd(json!({"rpc": {"method": "m", "data": [1]}}))
+        .await;
+    assert_eq!(r["rpc"]["data"], json!({"method": "m", "echo": [1]}), "{r}");
+    // A failing gRPC call is an internal error.
+    let r = alice
+        .cmd(json!({"subscribe": {"channel": "px:broken"}}))
+        .await;
+    assert_eq!(r["error"]["code"], 100, "{r}");
+}
+
+#[tokio::test]
+async fn proxies_without_endpoints_are_refused_at_start() {
+    for (config, key) in [
+        (
+            json!({"channel": {"namespaces": [{"name": "aa", "subscribe_proxy_enabled": true}]}}),
+            "channel.namespaces[0].subscribe_proxy_enabled",
+        ),
+        (
+            json!({"channel": {"namespaces": [{"name": "aa", "publish_proxy_enabled": true,
+                "publish_proxy_name": "missing"}]}}),
+            "channel.namespaces[0].publish_proxy_enabled",
+        ),
+        (
+            json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "ftp://x"}}}}),
+            "client.proxy.connect.endpoint",
+        ),
+        (
+            json!({"rpc": {"without_namespace": {"proxy_enabled": true}}}),
+            "rpc.without_namespace.proxy_enabled",
+        ),
+        (
+            json!({"proxies": [{"name": "default", "endpoint": "http://127.0.0.1:1"}]}),
+            "proxies[0].name",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
+            .expect_err("refused");
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn named_proxies_serve_the_namespaces_that_name_them() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let other = Backend::new(|call, body| match call {
+        "subscribe" => (
+            200,
+            json!({"result": {"data": {"by": "other", "ch": body["channel"]}}}),
+        ),
+        _ => (404, json!({})),
+    });
+    let other_addr = other.serve_http().await;
+    let s = server(
+        &format!("http://{addr}"),
+        json!({
+            "proxies": [{"name": "other", "endpoint": format!("http://{other_addr}/subscribe")}],
+            "channel": {"namespaces": [
+                {"name": "chat", "allow_subscribe_for_client": true},
+                {"name": "room", "presence": true},
+                {"name": "px", "subscribe_proxy_enabled": true, "subscribe_proxy_name": "other"},
+            ]},
+        }),
+    )
+    .await;
+    let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:n"}})).await;
+    assert_eq!(
+        r["subscribe"]["data"],
+        json!({"by": "other", "ch": "px:n"}),
+        "{r}"
+    );
+    assert!(backend.calls("subscribe").is_empty());
+}
