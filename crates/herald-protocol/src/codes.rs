@@ -83,12 +83,32 @@ pub struct Disconnect {
     pub reason: String,
 }
 
+/// The longest reason a close frame carries (its payload is at most 125
+/// bytes, two of them the code).
+pub const MAX_REASON: usize = 123;
+
 impl Disconnect {
+    /// A disconnect; a reason too long for a close frame is cut (at a
+    /// character boundary).
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason: reason.into(),
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
         }
+        Self { code, reason }
+    }
+
+    /// A disconnect someone else chose (the application's backend): only
+    /// the codes applications may use, 3000 to 4999.
+    pub fn custom(code: u32, reason: &str) -> Option<Self> {
+        u16::try_from(code)
+            .ok()
+            .filter(|c| (3000..=4999).contains(c))
+            .map(|c| Self::new(c, reason))
     }
     /// Whether the SDK reconnects after this disconnect.
     pub fn reconnect(&self) -> bool {
@@ -194,6 +214,23 @@ mod tests {
             (Disconnect::new(4000, "custom"), true),
         ] {
             assert_eq!(d.reconnect(), reconnect, "{d:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod disconnect_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_a_close_frame_and_custom_codes_stay_in_range() {
+        let long = "é".repeat(100);
+        let d = Disconnect::new(4000, long);
+        assert!(d.reason.len() <= MAX_REASON);
+        assert!(d.reason.chars().all(|c| c == 'é'));
+        assert_eq!(Disconnect::custom(4501, "x").unwrap().code, 4501);
+        for bad in [0, 1000, 2999, 5000, 65535, 70000] {
+            assert!(Disconnect::custom(bad, "x").is_none(), "{bad}");
         }
     }
 }

@@ -12,6 +12,7 @@ mod secret;
 mod tls;
 mod token;
 mod validate;
+pub mod webhook;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,8 @@ pub struct Config {
     pub proxies: Vec<NamedProxy>,
     /// Client RPC calls and the proxies that answer them.
     pub rpc: RpcConfig,
+    /// Herald: durable webhooks (events kept in `storage` until delivered).
+    pub webhooks: Vec<webhook::Webhook>,
     /// Herald: where embedded storage lives (`--data-dir`).
     pub data_dir: String,
     /// `serve --dev`: set by the flag only, never by a file.

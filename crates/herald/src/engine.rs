@@ -22,7 +22,8 @@ use crate::idempotency::{Claims, LocalClaims, NatsClaims, RedisClaims};
 use crate::presence::{Presence, RedisPresence, SharedPresence};
 use crate::redis_link::{RedisError, RedisShards};
 use crate::store::{
-    open_durable, AccessRules, Deliver, DurableStore, MemoryStore, RedisStore, Store, StoreError,
+    event_queue::EventQueue, open_durable, AccessRules, Deliver, DurableStore, MemoryStore,
+    RedisStore, Store, StoreError,
 };
 
 /// Why an engine could not be opened.
@@ -77,7 +78,10 @@ impl Engine {
         } = open_broker(config, inbound, &rules, stop).await?;
         let presence = Arc::new(Presence::new(open_presence(config, shards).await?));
         tokio::spawn(presence.clone().refresh_until(stop.clone()));
-        let durable = if config.channel.uses_durable_history() || config.access().any_persisted() {
+        let durable = if config.channel.uses_durable_history()
+            || config.access().any_persisted()
+            || !config.webhooks.is_empty()
+        {
             let rules = rules.clone();
             let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));
             let dir = std::path::Path::new(&config.data_dir);
@@ -130,6 +134,11 @@ impl Engine {
     }
 
     /// Durable storage as the keeper of access rules, when it is open.
+    /// The webhook event queue, in durable storage.
+    pub fn event_queue(&self) -> Option<Arc<dyn EventQueue>> {
+        self.durable.as_ref().map(|d| d.events())
+    }
+
     pub fn access_rules(&self) -> Option<Arc<dyn AccessRules>> {
         self.durable.clone().map(|d| d as Arc<dyn AccessRules>)
     }

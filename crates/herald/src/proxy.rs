@@ -89,26 +89,60 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// From an answer's `error` and `disconnect` fields (disconnect first).
-    pub fn from_answer(
-        error: Option<&pb::Error>,
-        disconnect: Option<&pb::Disconnect>,
-    ) -> Option<Self> {
-        if let Some(d) = disconnect {
-            return Some(Refusal::Disconnect(disconnect_from(d.code, &d.reason)));
-        }
-        error.map(|e| Refusal::Error(ProtocolError::custom(e.code, &e.message, e.temporary)))
+    fn error(e: &pb::Error) -> Self {
+        Refusal::Error(ProtocolError::custom(e.code, &e.message, e.temporary))
+    }
+
+    /// A disconnect code that applications may not use closes as an
+    /// internal error.
+    fn disconnect(d: &pb::Disconnect) -> Self {
+        Refusal::Disconnect(
+            Disconnect::custom(d.code, &d.reason).unwrap_or_else(Disconnect::internal),
+        )
     }
 }
 
-/// A disconnect code from the backend; one that is not a close code at all
-/// closes as an internal error.
-fn disconnect_from(code: u32, reason: &str) -> Disconnect {
-    match u16::try_from(code) {
-        Ok(code) if code >= 3000 => Disconnect::new(code, reason),
-        _ => Disconnect::internal(),
+/// An answer message: a result, or an error, or a disconnect.
+pub trait Reply: Answer {
+    type Result: Default;
+    fn into_parts(
+        self,
+    ) -> (
+        Option<Self::Result>,
+        Option<pb::Error>,
+        Option<pb::Disconnect>,
+    );
+
+    /// The result (`None` when the backend gave none), or what the client
+    /// is told instead (a disconnect before an error).
+    fn decide(self) -> Result<Option<Self::Result>, Refusal> {
+        match self.into_parts() {
+            (_, _, Some(d)) => Err(Refusal::disconnect(&d)),
+            (_, Some(e), None) => Err(Refusal::error(&e)),
+            (result, None, None) => Ok(result),
+        }
     }
 }
+
+macro_rules! replies {
+    ($($t:ty => $r:ty),*) => {$(
+        impl Reply for $t {
+            type Result = $r;
+            fn into_parts(self) -> (Option<$r>, Option<pb::Error>, Option<pb::Disconnect>) {
+                (self.result, self.error, self.disconnect)
+            }
+        }
+    )*};
+}
+
+replies!(
+    pb::ConnectResponse => pb::ConnectResult,
+    pb::RefreshResponse => pb::RefreshResult,
+    pb::SubscribeResponse => pb::SubscribeResult,
+    pb::PublishResponse => pb::PublishResult,
+    pb::RpcResponse => pb::RpcResult,
+    pb::SubRefreshResponse => pb::SubRefreshResult
+);
 
 /// What the client's connection brings to a call: its transport's headers
 /// (those some proxy passes on) and the SDK's emulated ones.
@@ -242,19 +276,19 @@ impl Endpoint {
             .status_to_code_transforms
             .iter()
             .find(|t| t.status_code == *status)?;
-        if t.to_error.code > 0 {
-            let e = &t.to_error;
-            return Some(Refusal::Error(ProtocolError::custom(
-                e.code,
-                &e.message,
-                e.temporary,
-            )));
+        let (e, d) = (&t.to_error, &t.to_disconnect);
+        if e.code > 0 {
+            return Some(Refusal::error(&pb::Error {
+                code: e.code,
+                message: e.message.clone(),
+                temporary: e.temporary,
+            }));
         }
-        (t.to_disconnect.code > 0).then(|| {
-            Refusal::Disconnect(disconnect_from(
-                t.to_disconnect.code,
-                &t.to_disconnect.reason,
-            ))
+        (d.code > 0).then(|| {
+            Refusal::disconnect(&pb::Disconnect {
+                code: d.code,
+                reason: d.reason.clone(),
+            })
         })
     }
 
@@ -400,22 +434,31 @@ impl Proxies {
 
     /// The proxy a namespace names for a channel event.
     pub fn channel(&self, event: ChannelEvent, name: &str) -> Option<&Arc<Endpoint>> {
-        if name.is_empty() || name == DEFAULT_NAME {
-            return match event {
-                ChannelEvent::Subscribe => self.subscribe.as_ref(),
-                ChannelEvent::Publish => self.publish.as_ref(),
-                ChannelEvent::SubRefresh => self.sub_refresh.as_ref(),
-            };
-        }
-        self.named.get(name)
+        let default = match event {
+            ChannelEvent::Subscribe => &self.subscribe,
+            ChannelEvent::Publish => &self.publish,
+            ChannelEvent::SubRefresh => &self.sub_refresh,
+        };
+        self.named_or(default, name)
     }
 
     /// The RPC proxy of that name.
     pub fn rpc(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.named_or(&self.rpc, name)
+    }
+
+    /// `default` (or no name) is the kind's own proxy, else one of
+    /// `proxies`.
+    fn named_or<'a>(
+        &'a self,
+        default: &'a Option<Arc<Endpoint>>,
+        name: &str,
+    ) -> Option<&'a Arc<Endpoint>> {
         if name.is_empty() || name == DEFAULT_NAME {
-            return self.rpc.as_ref();
+            default.as_ref()
+        } else {
+            self.named.get(name)
         }
-        self.named.get(name)
     }
 
     /// Whether some RPC namespace is proxied (else every RPC method is

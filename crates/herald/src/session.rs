@@ -432,7 +432,7 @@ impl Session {
         for (channel, server_refresh) in expired {
             if server_refresh {
                 if let Some(proxy) = self.sub_refresh_proxy(&channel) {
-                    if self.sub_refresh_by_proxy(proxy, &channel).await {
+                    if self.sub_refresh_by_proxy(proxy, &channel).await? {
                         continue;
                     }
                 }
@@ -497,6 +497,16 @@ fn is_due(unix: i64, delay: Duration) -> bool {
 /// The tokio instant at Unix second `unix` plus `delay`.
 fn deadline_at(unix: i64, delay: Duration) -> Instant {
     Instant::now() + due_in(unix, delay)
+}
+
+/// The `expires` and `ttl` fields of a reply: none when the server
+/// refreshes (the client is never asked to).
+fn expiry(expires_at: Option<i64>, client_refresh: bool) -> (bool, u32) {
+    if client_refresh {
+        (expires_at.is_some(), ttl_from(expires_at))
+    } else {
+        (false, 0)
+    }
 }
 
 /// Seconds left until `expires_at`, for `ttl` fields.

@@ -7,6 +7,7 @@
 //! durable ones live in SQL. Which store serves a namespace is decided in
 //! one place, [`crate::engine`].
 
+pub mod event_queue;
 mod memory;
 mod redis;
 mod sql;

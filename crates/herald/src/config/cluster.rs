@@ -323,6 +323,13 @@ pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
             "must be positive",
         ));
     }
+    if !c.webhooks.is_empty() && c.storage.kind != StorageKind::Postgres {
+        return Err(ConfigError::invalid(
+            "webhooks",
+            "webhooks in a cluster need storage.type \"postgres\": every node must see \
+             the same events and who is online",
+        ));
+    }
     for (key, o) in namespaces(c) {
         if o.history_storage == HistoryStorage::Durable && c.storage.kind != StorageKind::Postgres {
             return Err(ConfigError::invalid(

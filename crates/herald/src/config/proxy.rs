@@ -75,6 +75,15 @@ pub struct ProxyHttp {
     /// HTTP statuses of the backend turned into a client error or
     /// disconnect (any other status but 200 is an internal error).
     pub status_to_code_transforms: Vec<StatusTransform>,
+    /// Parsed so that a config asking for custom TLS is refused rather
+    /// than ignored: https endpoints use the system's root certificates.
+    pub tls: ProxyTls,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyTls {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -109,6 +118,8 @@ pub struct ProxyGrpc {
     pub credentials_value: String,
     /// Metadata added to every call (the client's own win).
     pub static_metadata: BTreeMap<String, String>,
+    /// Refused when enabled: gRPC proxies are called in plain text.
+    pub tls: ProxyTls,
 }
 
 /// A proxy of the top-level `proxies` list.
@@ -253,6 +264,15 @@ pub fn validate(c: &super::Config) -> Result<(), super::ConfigError> {
             return Err(ConfigError::invalid(
                 format!("{key}.timeout"),
                 "must be positive",
+            ));
+        }
+        if p.http.tls.enabled || p.grpc.tls.enabled {
+            let which = if p.http.tls.enabled { "http" } else { "grpc" };
+            return Err(ConfigError::invalid(
+                format!("{key}.{which}.tls.enabled"),
+                "custom TLS for proxies is not supported: https:// endpoints are checked \
+                 against the system's root certificates (SSL_CERT_FILE), gRPC proxies are \
+                 called in plain text (keep them on a private network)",
             ));
         }
         if p.max_response_size == 0 {

@@ -10,6 +10,7 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     validate_channels(c)?;
     validate_tls(c)?;
     super::proxy::validate(c)?;
+    super::webhook::validate(&c.webhooks)?;
     super::cluster::validate_cluster(c)?;
     if !matches!(
         c.log.level.as_str(),

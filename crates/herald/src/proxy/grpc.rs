@@ -10,8 +10,10 @@ use crate::config::proxy::Proxy;
 
 pub struct Caller {
     channel: Channel,
-    /// `grpc.static_metadata` and the credentials entry, checked once.
+    /// `grpc.static_metadata`, checked once (the client's headers win).
     fixed: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// The `grpc.credentials_key` entry, sent last: nothing overrides it.
+    credentials: Option<(AsciiMetadataKey, AsciiMetadataValue)>,
 }
 
 impl Caller {
@@ -24,20 +26,29 @@ impl Caller {
             .map_err(|e| e.to_string())?
             .tcp_nodelay(true)
             .connect_lazy();
-        let mut fixed = Vec::new();
-        let g = &config.grpc;
-        let mut entries: Vec<(&String, &String)> = g.static_metadata.iter().collect();
-        if !g.credentials_key.is_empty() {
-            entries.push((&g.credentials_key, &g.credentials_value));
-        }
-        for (key, value) in entries {
+        let entry = |key: &str, value: &str| {
             let k = AsciiMetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
                 .map_err(|e| format!("metadata key {key}: {e}"))?;
-            let v = AsciiMetadataValue::try_from(value.as_str())
-                .map_err(|e| format!("metadata {key}: {e}"))?;
-            fixed.push((k, v));
-        }
-        Ok(Self { channel, fixed })
+            let v =
+                AsciiMetadataValue::try_from(value).map_err(|e| format!("metadata {key}: {e}"))?;
+            Ok::<_, String>((k, v))
+        };
+        let g = &config.grpc;
+        let fixed = g
+            .static_metadata
+            .iter()
+            .map(|(k, v)| entry(k, v))
+            .collect::<Result<_, _>>()?;
+        let credentials = if g.credentials_key.is_empty() {
+            None
+        } else {
+            Some(entry(&g.credentials_key, &g.credentials_value)?)
+        };
+        Ok(Self {
+            channel,
+            fixed,
+            credentials,
+        })
     }
 
     pub async fn call<Req: Request, Resp: Answer>(
@@ -65,6 +76,9 @@ impl Caller {
             ) {
                 metadata.insert(k, v);
             }
+        }
+        if let Some((k, v)) = &self.credentials {
+            metadata.insert(k.clone(), v.clone());
         }
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         grpc.unary(request, PathAndQuery::from_static(call.grpc_path()), codec)

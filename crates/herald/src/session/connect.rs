@@ -10,7 +10,7 @@ use herald_protocol::reply::{ConnectResult, RefreshResult, ReplyBody};
 use herald_protocol::{Disconnect, ProtocolError};
 use tokio::time::Instant;
 
-use super::{ttl_from, Connected, Handle, Session};
+use super::{expiry, ttl_from, Connected, Handle, Session};
 use crate::auth::{now_unix, ConnectionClaims, TokenError};
 use crate::hub::Refused;
 use crate::node::Node;
@@ -91,7 +91,7 @@ impl Session {
         let cfg = &self.node.config.client;
         self.connect_deadline = None;
         // With a refresh proxy the server refreshes; the client never does.
-        let client_refresh = self.node.proxies.refresh().is_none();
+        let (expires, ttl) = expiry(claims.expires_at, self.node.proxies.refresh().is_none());
         if !cfg.ping_interval.is_zero() {
             let delay = first_ping_delay(cfg.ping_interval.0, self.node.next_key());
             self.next_ping = Some(Instant::now() + delay);
@@ -99,12 +99,8 @@ impl Session {
         let result = ConnectResult {
             client: self.client_id.to_string(),
             version: Node::version().to_string(),
-            expires: client_refresh && claims.expires_at.is_some(),
-            ttl: if client_refresh {
-                ttl_from(claims.expires_at)
-            } else {
-                0
-            },
+            expires,
+            ttl,
             data,
             subs,
             ping: cfg.ping_interval.0.as_secs() as u32,
@@ -150,6 +146,7 @@ impl Session {
         &mut self,
         req: &ConnectRequest,
     ) -> Result<(ConnectionClaims, Option<Bytes>), Result<ProtocolError, Disconnect>> {
+        self.keep_emulated(req);
         let proxy = self.node.proxies.connect().filter(|_| req.token.is_empty());
         let Some(proxy) = proxy.cloned() else {
             self.node.tokens.connection.prepare(&req.token).await;
@@ -206,8 +203,8 @@ impl Session {
         token: &str,
     ) -> Result<Result<ReplyBody, ProtocolError>, Disconnect> {
         if self.node.proxies.refresh().is_some() {
-            // The server refreshes connections itself.
-            return Ok(Err(ProtocolError::NOT_AVAILABLE));
+            // The server refreshes connections itself; the client may not.
+            return Err(Disconnect::bad_request());
         }
         let claims = match self
             .node

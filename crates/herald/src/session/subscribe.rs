@@ -10,7 +10,7 @@ use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, ReplyBody, SubRefreshResult, SubscribeResult};
 use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
 
-use super::{ttl_from, Session, SubState};
+use super::{expiry, ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
 use crate::config::ChannelOptions;
@@ -56,12 +56,6 @@ impl Session {
                 return Ok(());
             }
         };
-        if self.conn.is_none() || self.subs.contains_key(&channel) {
-            // The connection ended, or the channel was subscribed (by the
-            // server API) while the backend was asked.
-            self.reply(id, Err(ProtocolError::ALREADY_SUBSCRIBED));
-            return Ok(());
-        }
         state.server_refresh = self.sub_refresh_proxy(&channel).is_some();
         if self.conn.is_none() {
             return Err(Disconnect::bad_request());
@@ -75,14 +69,10 @@ impl Session {
         let has_stream = self.node.stream_options(&options).is_some();
         let plan = Plan::new(&options, has_stream, &token.overrides, Some(&req));
         plan.apply(&mut state);
-        let client_refresh = !state.server_refresh;
+        let (expires, ttl) = expiry(state.expires_at, !state.server_refresh);
         let mut result = SubscribeResult {
-            expires: client_refresh && state.expires_at.is_some(),
-            ttl: if client_refresh {
-                ttl_from(state.expires_at)
-            } else {
-                0
-            },
+            expires,
+            ttl,
             recoverable: plan.recoverable,
             positioned: plan.positioned,
             data: token.data,
@@ -455,8 +445,8 @@ impl Session {
     ) -> Result<Outcome, Disconnect> {
         match self.subs.get(channel) {
             None => return Ok(Err(ProtocolError::PERMISSION_DENIED)),
-            // The server refreshes this subscription itself.
-            Some(s) if s.server_refresh => return Ok(Err(ProtocolError::NOT_AVAILABLE)),
+            // The server refreshes this subscription itself; the client may not.
+            Some(s) if s.server_refresh => return Err(Disconnect::bad_request()),
             Some(_) => {}
         }
         self.node.tokens.subscription.prepare(token).await;

@@ -13,6 +13,7 @@
 
 mod db;
 mod postgres;
+mod queue;
 mod retention;
 mod rows;
 mod sqlite;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::event_queue::EventQueue;
 use super::{
     AccessRules, Conditions, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
@@ -56,12 +58,16 @@ pub async fn open_durable(
     opts_for: Arc<dyn Fn(&str) -> StreamOptions + Send + Sync>,
     key_window: std::time::Duration,
 ) -> Result<DurableStore, StoreError> {
-    let db: Arc<dyn Db> = match storage.kind {
+    let (db, events): (Arc<dyn Db>, Arc<dyn EventQueue>) = match storage.kind {
         StorageKind::Sqlite => {
             let path = sqlite_path(storage, data_dir);
-            Arc::new(sqlite::open(&path, storage.sqlite.synchronous).await?)
+            let sql = Arc::new(sqlite::open(&path, storage.sqlite.synchronous).await?);
+            (sql.clone(), sql)
         }
-        StorageKind::Postgres => Arc::new(postgres::open(&storage.postgres).await?),
+        StorageKind::Postgres => {
+            let sql = Arc::new(postgres::open(&storage.postgres).await?);
+            (sql.clone(), sql)
+        }
     };
     let batch_max = storage.batch_max_size.max(1);
     let (queue, requests) = mpsc::channel(QUEUE_BATCHES * batch_max);
@@ -85,6 +91,7 @@ pub async fn open_durable(
     ];
     Ok(DurableStore {
         db,
+        events,
         queue,
         removed,
         shutdown,
@@ -103,6 +110,8 @@ fn sqlite_path(storage: &Storage, data_dir: &Path) -> PathBuf {
 /// Channel streams in SQLite or PostgreSQL (see the module doc).
 pub struct DurableStore {
     db: Arc<dyn Db>,
+    /// Webhook events and holders, in the same database.
+    events: Arc<dyn EventQueue>,
     queue: mpsc::Sender<Pending>,
     removed: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -110,6 +119,11 @@ pub struct DurableStore {
 }
 
 impl DurableStore {
+    /// The webhook event queue kept in this database.
+    pub fn events(&self) -> Arc<dyn EventQueue> {
+        self.events.clone()
+    }
+
     /// Commits and delivers what is queued, stops the writer and retention
     /// tasks and closes the database connections. Appends after this fail.
     pub async fn close(&self) {

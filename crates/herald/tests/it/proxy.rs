@@ -165,6 +165,17 @@ impl CentrifugoProxy for Backend {
         &self,
         r: tonic::Request<pb::SubscribeRequest>,
     ) -> Result<tonic::Response<pb::SubscribeResponse>, tonic::Status> {
+        if r.get_ref().channel == "px:notjson" {
+            // What no JSON answer can carry: raw bytes that are not JSON.
+            let result = pb::SubscribeResult {
+                data: b"not json".to_vec(),
+                ..Default::default()
+            };
+            return Ok(tonic::Response::new(pb::SubscribeResponse {
+                result: Some(result),
+                ..Default::default()
+            }));
+        }
         self.grpc_answer("subscribe", r)
     }
     async fn publish(
@@ -207,6 +218,11 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
             "nobody" => (200, json!({})),
             "bad_b64" => (200, json!({"result": {"user": "x", "b64info": "%%%"}})),
             "expired" => (200, json!({"result": {"user": "x", "expire_at": 1000}})),
+            "badcode" => (200, json!({"disconnect": {"code": 1234, "reason": "x"}})),
+            "longreason" => (
+                200,
+                json!({"disconnect": {"code": 4502, "reason": "é".repeat(200)}}),
+            ),
             user => (
                 200,
                 json!({"result": {
@@ -229,6 +245,8 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
                 json!({"disconnect": {"code": 4502, "reason": "kicked"}}),
             ),
             "px:broken" => (502, json!({})),
+            "px:teapot" => (418, json!({})),
+            "px:past" => (200, json!({"result": {"expire_at": 1000}})),
             _ => (
                 200,
                 json!({"result": {"info": {"role": "reader"}, "data": {"hello": body["channel"]}}}),
@@ -236,11 +254,16 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
         },
         "publish" => match body["data"]["text"].as_str().unwrap_or("") {
             "spam" => (200, json!({"error": {"code": 4400, "message": "no spam"}})),
+            "ephemeral" => (200, json!({"result": {"skip_history": true}})),
             text => (
                 200,
                 json!({"result": {"data": {"text": text.to_uppercase(), "checked": true}}}),
             ),
         },
+        "rpc" if body.get("b64data").is_some() => (
+            200,
+            json!({"result": {"b64data": body["b64data"]}, "encoding": body["encoding"]}),
+        ),
         "rpc" => match body["method"].as_str().unwrap_or("") {
             "fail" => (
                 200,
@@ -279,7 +302,13 @@ async fn server(base: &str, extra: Value) -> TestServer {
         }},
         "channel": {
             "proxy": {
-                "subscribe": proxies(&path("subscribe"), json!({"include_connection_meta": true})),
+                "subscribe": proxies(&path("subscribe"), json!({
+                    "include_connection_meta": true,
+                    "emulated_headers": ["authorization"],
+                    "http": {"status_to_code_transforms": [
+                        {"status_code": 418, "to_error": {"code": 4418, "message": "teapot"}}
+                    ]},
+                })),
                 "publish": proxies(&path("publish"), json!({})),
             },
             "namespaces": [
@@ -316,6 +345,7 @@ async fn connect_as(s: &TestServer, data: Value) -> (Ws, Value) {
     let id = ws
         .send(
             json!({"connect": {"data": data, "name": "js", "version": "5.8.0",
+            "subs": {"chat:lobby": {}},
             "headers": {"Authorization": "Bearer emulated", "X-Ignored": "1"}}}),
         )
         .await;
@@ -346,6 +376,11 @@ async fn the_connect_proxy_says_who_a_client_without_a_token_is() {
     assert_eq!(body["data"], json!({"as": "alice"}));
     assert_eq!(body["name"], "js");
     assert_eq!(body["version"], "5.8.0");
+    assert_eq!(
+        body["channels"],
+        json!(["chat:lobby"]),
+        "the channels the client asks to recover"
+    );
     assert_eq!(call.header("x-session"), Some("cookie-1"));
     assert_eq!(call.header("authorization"), Some("Bearer emulated"));
     assert_eq!(call.header("x-other"), None, "only listed headers pass");
@@ -408,6 +443,10 @@ async fn the_connect_proxy_s_errors_and_disconnects_reach_the_client() {
         ("disconnect", 4501, "go away"),
         ("status403", 4403, "forbidden"),
         ("nobody", 3501, "bad request"),
+        // Codes applications may not use close as an internal error.
+        ("badcode", 3004, "internal server error"),
+        // A reason longer than a close frame takes is cut.
+        ("longreason", 4502, &"é".repeat(61)),
     ] {
         let (mut ws, _) = {
             let mut ws = Ws::open(&s.ws_url()).await;
@@ -454,6 +493,16 @@ async fn the_subscribe_proxy_decides_channel_access() {
     assert_eq!(r["error"]["code"], 4403, "{r}");
     let r = ws.cmd(json!({"subscribe": {"channel": "px:broken"}})).await;
     assert_eq!(r["error"]["code"], 100, "{r}");
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:teapot"}})).await;
+    assert_eq!(r["error"]["code"], 4418, "a listed status: {r}");
+    assert_eq!(r["error"]["message"], "teapot");
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:past"}})).await;
+    assert_eq!(r["error"]["code"], 110, "an expiry in the past: {r}");
+    // Headers go where they are listed: the emulated one to this proxy,
+    // the connect proxy's transport header not.
+    let call = backend.calls("subscribe").into_iter().next().unwrap();
+    assert_eq!(call.header("authorization"), Some("Bearer emulated"));
+    assert_eq!(call.header("x-session"), None);
     // Channels of namespaces without the proxy are not asked about.
     let before = backend.calls("subscribe").len();
     let r = ws
@@ -503,9 +552,18 @@ async fn the_publish_proxy_validates_and_rewrites_publications() {
         .cmd(json!({"publish": {"channel": "pxh:log", "data": {"text": "kept"}}}))
         .await;
     assert!(r.get("publish").is_some(), "{r}");
+    let r = alice
+        .cmd(json!({"publish": {"channel": "pxh:log", "data": {"text": "ephemeral"}}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
     let h = s
         .api("history", json!({"channel": "pxh:log", "limit": 10}))
         .await;
+    assert_eq!(
+        h["result"]["publications"].as_array().unwrap().len(),
+        1,
+        "skip_history kept it out: {h}"
+    );
     assert_eq!(
         h["result"]["publications"][0]["data"],
         json!({"text": "KEPT", "checked": true}),
@@ -548,6 +606,34 @@ async fn rpc_is_routed_by_method_to_its_proxy() {
 }
 
 #[tokio::test]
+async fn binary_encoding_sends_and_takes_base64() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(
+        &format!("http://{addr}"),
+        json!({"rpc": {"proxy": {"binary_encoding": true}}}),
+    )
+    .await;
+    let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
+    let r = ws
+        .cmd(json!({"rpc": {"method": "echo", "data": {"x": 1}}}))
+        .await;
+    assert_eq!(r["rpc"]["data"], json!({"x": 1}), "{r}");
+    let call = backend.calls("rpc").pop().unwrap();
+    assert_eq!(call.body["encoding"], "binary");
+    assert!(call.body.get("data").is_none());
+    let b64 = call.body["b64data"].as_str().unwrap();
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&decoded).unwrap(),
+        json!({"x": 1})
+    );
+}
+
+#[tokio::test]
 async fn without_rpc_proxies_every_method_is_unknown() {
     let s = TestServer::start(json!({})).await;
     let mut ws = s.client("u").await;
@@ -555,8 +641,9 @@ async fn without_rpc_proxies_every_method_is_unknown() {
     assert_eq!(r["error"]["code"], 104, "{r}");
 }
 
-/// Refresh decisions by the user: `keep` goes on for an hour, `end` expires,
-/// anyone else's backend fails (retried in a minute).
+/// Refresh decisions by the user: `keep` goes on for an hour, `end`
+/// expires, `gone` gets HTTP 403 (a listed status), anyone else's backend
+/// fails (asked again in a minute).
 fn refresh_script(call: &str, body: &Value) -> (u16, Value) {
     match (call, body["user"].as_str().unwrap_or("")) {
         ("refresh" | "sub_refresh", "keep") => (
@@ -564,18 +651,39 @@ fn refresh_script(call: &str, body: &Value) -> (u16, Value) {
             json!({"result": {"expire_at": now() + 3600, "info": {"refreshed": true}}}),
         ),
         ("refresh" | "sub_refresh", "end") => (200, json!({"result": {"expired": true}})),
+        ("refresh" | "sub_refresh", "gone") => (403, json!({})),
         ("refresh" | "sub_refresh", _) => (500, json!({})),
         _ => (404, json!({})),
     }
+}
+
+fn transforms() -> Value {
+    json!({"status_to_code_transforms": [
+        {"status_code": 403, "to_disconnect": {"code": 4501, "reason": "session over"}}
+    ]})
+}
+
+/// How often the backend was asked about `user`.
+fn asked(backend: &Backend, call: &str, user: &str) -> usize {
+    backend
+        .calls(call)
+        .iter()
+        .filter(|c| c.body["user"] == user)
+        .count()
 }
 
 #[tokio::test]
 async fn the_refresh_proxy_refreshes_expiring_connections_itself() {
     let backend = Backend::new(refresh_script);
     let addr = backend.serve_http().await;
-    let s = TestServer::start(json!({"client": {"proxy": {"refresh": {
-        "enabled": true, "endpoint": format!("http://{addr}/refresh"), "include_connection_meta": true,
-    }}}}))
+    let s = TestServer::start(json!({
+        "client": {"proxy": {"refresh": {
+            "enabled": true, "endpoint": format!("http://{addr}/refresh"),
+            "include_connection_meta": true, "http": transforms(),
+        }}},
+        "channel": {"namespaces": [{"name": "room", "allow_subscribe_for_client": true,
+            "allow_publish_for_subscriber": true}]},
+    }))
     .await;
     let connect = |user: &'static str| {
         let s = &s;
@@ -587,30 +695,50 @@ async fn the_refresh_proxy_refreshes_expiring_connections_itself() {
                 r["connect"].get("expires").is_none(),
                 "the client never refreshes: {r}"
             );
-            // The client's own refresh is not available.
-            let r = ws.cmd(json!({"refresh": {"token": "x"}})).await;
-            assert_eq!(r["error"]["code"], 108, "{r}");
             ws
         }
     };
     let mut keep = connect("keep").await;
+    let r = keep.cmd(json!({"subscribe": {"channel": "room:a"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
     let mut end = connect("end").await;
-    let mut failing = connect("flaky").await;
+    let mut gone = connect("gone").await;
+    let mut flaky = connect("flaky").await;
     assert_eq!(end.closed().await.0, 3005, "expired by the backend");
-    eventually("the other two asked", || async {
-        backend.calls("refresh").len() >= 3
+    assert_eq!(gone.closed().await, (4501, "session over".to_string()));
+    eventually("keep and flaky asked", || async {
+        asked(&backend, "refresh", "keep") == 1 && asked(&backend, "refresh", "flaky") == 1
     })
     .await;
-    let seen = backend.calls("refresh");
-    let keep_call = seen.iter().find(|c| c.body["user"] == "keep").unwrap();
-    assert_eq!(keep_call.body["meta"], json!({"m": "keep"}));
-    // Both stay: one refreshed, one kept while its backend fails.
-    let r = keep.cmd(json!({"subscribe": {"channel": "chat:x"}})).await;
-    assert!(r.get("subscribe").is_some(), "{r}");
-    let r = failing
-        .cmd(json!({"subscribe": {"channel": "chat:x"}}))
+    let call = backend
+        .calls("refresh")
+        .into_iter()
+        .find(|c| c.body["user"] == "keep")
+        .unwrap();
+    assert_eq!(call.body["meta"], json!({"m": "keep"}));
+    // The refreshed connection took the backend's info…
+    let r = keep
+        .cmd(json!({"publish": {"channel": "room:a", "data": {"n": 1}}}))
         .await;
-    assert!(r.get("subscribe").is_some(), "{r}");
+    assert!(r.get("publish").is_some(), "{r}");
+    let push = keep.push().await;
+    assert_eq!(
+        push["pub"]["info"]["conn_info"],
+        json!({"refreshed": true}),
+        "{push}"
+    );
+    // …and its new expiry, an hour away: it is not asked again, nor is
+    // the failing one before its minute is up; both stay connected.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(asked(&backend, "refresh", "keep"), 1);
+    assert_eq!(asked(&backend, "refresh", "flaky"), 1);
+    for ws in [&mut keep, &mut flaky] {
+        let r = ws.cmd(json!({"subscribe": {"channel": "room:b"}})).await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    // A client may not refresh what the server refreshes.
+    keep.send(json!({"refresh": {"token": "x"}})).await;
+    assert_eq!(keep.closed().await.0, 3501);
 }
 
 #[tokio::test]
@@ -619,7 +747,7 @@ async fn the_sub_refresh_proxy_keeps_or_ends_subscriptions() {
     let addr = backend.serve_http().await;
     let s = TestServer::start(json!({
         "channel": {
-            "proxy": {"sub_refresh": {"endpoint": format!("http://{addr}/sub_refresh")}},
+            "proxy": {"sub_refresh": {"endpoint": format!("http://{addr}/sub_refresh"), "http": transforms()}},
             "namespaces": [{"name": "sr", "sub_refresh_proxy_enabled": true}],
         },
     }))
@@ -640,18 +768,24 @@ async fn the_sub_refresh_proxy_keeps_or_ends_subscriptions() {
         }
     };
     let mut keep = subscribe("keep").await;
+    let mut flaky = subscribe("flaky").await;
     let mut end = subscribe("end").await;
+    let mut gone = subscribe("gone").await;
     let push = end.push().await;
     assert_eq!(push["unsubscribe"]["code"], 2501, "{push}");
-    eventually("the kept one asked", || async {
-        backend
-            .calls("sub_refresh")
-            .iter()
-            .any(|c| c.body["user"] == "keep")
+    assert_eq!(gone.closed().await, (4501, "session over".to_string()));
+    eventually("keep and flaky asked", || async {
+        asked(&backend, "sub_refresh", "keep") == 1 && asked(&backend, "sub_refresh", "flaky") == 1
     })
     .await;
     let seen = backend.calls("sub_refresh");
     assert_eq!(seen[0].body["channel"], "sr:feed");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        asked(&backend, "sub_refresh", "keep"),
+        1,
+        "renewed for an hour"
+    );
     let r = s
         .api(
             "publish",
@@ -659,7 +793,13 @@ async fn the_sub_refresh_proxy_keeps_or_ends_subscriptions() {
         )
         .await;
     assert!(r.get("error").is_none(), "{r}");
-    assert_eq!(keep.push().await["pub"]["data"], json!({"still": true}));
+    for ws in [&mut keep, &mut flaky] {
+        assert_eq!(ws.push().await["pub"]["data"], json!({"still": true}));
+    }
+    // The client may not refresh it itself.
+    keep.send(json!({"sub_refresh": {"channel": "sr:feed", "token": "x"}}))
+        .await;
+    assert_eq!(keep.closed().await.0, 3501);
 }
 
 #[tokio::test]
@@ -688,8 +828,8 @@ async fn grpc_proxies_serve_the_same_calls() {
     );
     assert_eq!(
         seen[0].header("authorization"),
-        Some("Bearer emulated"),
-        "the client's header wins"
+        Some("Bearer backend-key"),
+        "no client header replaces the proxy's credentials"
     );
 
     let r = alice.cmd(json!({"subscribe": {"channel": "px:g"}})).await;
@@ -710,6 +850,11 @@ async fn grpc_proxies_serve_the_same_calls() {
         .cmd(json!({"rpc": {"method": "m", "data": [1]}}))
         .await;
     assert_eq!(r["rpc"]["data"], json!({"method": "m", "echo": [1]}), "{r}");
+    // Bytes that are not JSON never reach a frame.
+    let r = alice
+        .cmd(json!({"subscribe": {"channel": "px:notjson"}}))
+        .await;
+    assert_eq!(r["error"]["code"], 100, "{r}");
     // A failing gRPC call is an internal error.
     let r = alice
         .cmd(json!({"subscribe": {"channel": "px:broken"}}))

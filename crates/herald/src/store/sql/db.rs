@@ -139,7 +139,7 @@ pub(super) trait BatchWriter: Send {
     ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>>;
 }
 
-type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
+pub(super) type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
 
 /// What differs between databases.
 pub(super) trait Dialect: Send + Sync + 'static {
@@ -167,6 +167,17 @@ pub(super) trait Dialect: Send + Sync + 'static {
 
     /// Rows a statement changed (sqlx has no common trait for it).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
+
+    /// Whether several nodes may share the database: claims then skip rows
+    /// other transactions locked (and lock their own).
+    const SHARED: bool;
+
+    /// Takes a lock per key (sorted) until the transaction ends, where
+    /// several nodes share the database.
+    fn lock_keys<'a>(
+        conn: &'a mut Conn<Self>,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
 /// A database of dialect `D`: a pool for reads and retention, and the
@@ -179,6 +190,10 @@ pub(super) struct Sql<D: Dialect> {
 }
 
 impl<D: Dialect> Sql<D> {
+    pub(super) fn pool(&self) -> &Pool<D::Db> {
+        &self.pool
+    }
+
     /// Connects a pool with `options`, applies `migrations` and keeps the
     /// options for the writer's own connection; errors name `target`.
     pub(super) async fn open(

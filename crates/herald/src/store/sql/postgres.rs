@@ -126,6 +126,28 @@ impl Dialect for PostgresDialect {
     fn rows_affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
     }
+
+    const SHARED: bool = true;
+
+    fn lock_keys<'a>(
+        conn: &'a mut PgConnection,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            // Transaction-scoped advisory locks, taken in the keys' order.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM \
+                 (SELECT k FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n) AS keys",
+            )
+            .bind(keys)
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+    }
 }
 
 /// The server, named without the URL, which may hold a password.

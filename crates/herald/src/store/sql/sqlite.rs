@@ -99,6 +99,16 @@ impl Dialect for SqliteDialect {
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
+
+    // One node writes a SQLite file, one transaction at a time.
+    const SHARED: bool = false;
+
+    fn lock_keys<'a>(
+        _conn: &'a mut SqliteConnection,
+        _keys: &'a [String],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Reserves offsets for the batch and inserts it, in one transaction sent

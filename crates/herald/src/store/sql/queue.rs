@@ -1,0 +1,445 @@
+//! Webhook events and holders in SQL (tables of the `0006_webhooks`
+//! migration), over every dialect. Claims skip rows another node has locked
+//! (PostgreSQL's `SKIP LOCKED`, where the database is shared); a holder change first takes a lock per key
+//! (PostgreSQL advisory locks, in key order, so nodes cannot deadlock), so
+//! that of two nodes racing on one user exactly one sees the first
+//! connection and one the last.
+
+use futures_util::future::BoxFuture;
+use sqlx::{Encode, Executor, FromRow, IntoArguments, Type};
+
+use super::db::{Conn, Dialect, Sql};
+use crate::store::event_queue::{
+    Change, Claimed, DeadLetter, EventQueue, HolderKind, NewEvent, Orphaned, Settled,
+};
+use crate::store::StoreError;
+
+/// Claims due events: the rows, then (after the dialect's locking clause)
+/// what is returned.
+macro_rules! claim_sql {
+    () => {
+        "UPDATE webhook_events SET claimed_until = $1 WHERE id IN (\
+         SELECT id FROM webhook_events \
+         WHERE dead = 0 AND next_at <= $2 AND claimed_until <= $2 \
+         ORDER BY next_at LIMIT $3"
+    };
+}
+
+macro_rules! claimed_sql {
+    () => {
+        "RETURNING id, hook, event, body, attempts"
+    };
+}
+
+/// Nodes unseen since $1.
+macro_rules! stale_sql {
+    () => {
+        "SELECT node FROM webhook_nodes WHERE seen_ms < $1 ORDER BY node"
+    };
+}
+
+const INSERT_EVENT: &str =
+    "INSERT INTO webhook_events (id, hook, event, body, next_at, created_ms) \
+     VALUES ($1, $2, $3, $4, $5, $5)";
+
+const COUNT_HOLDERS: &str = "SELECT COUNT(*) FROM webhook_holders WHERE kind = $1 AND key = $2";
+
+const ADD_HOLDER: &str = "INSERT INTO webhook_holders (kind, key, node) VALUES ($1, $2, $3) \
+     ON CONFLICT (kind, key, node) DO NOTHING";
+
+const REMOVE_HOLDER: &str =
+    "DELETE FROM webhook_holders WHERE kind = $1 AND key = $2 AND node = $3";
+
+const SETTLE_DELIVERED: &str = "DELETE FROM webhook_events WHERE id = $1";
+
+const SETTLE_RETRY: &str = "UPDATE webhook_events \
+     SET attempts = attempts + 1, next_at = $2, claimed_until = 0, last_error = $3 WHERE id = $1";
+
+const SETTLE_DEAD: &str = "UPDATE webhook_events \
+     SET attempts = attempts + 1, dead = 1, claimed_until = 0, last_error = $2 WHERE id = $1";
+
+const DEAD_LETTERS: &str =
+    "SELECT id, hook, event, body, attempts, last_error, created_ms FROM webhook_events \
+     WHERE dead = 1 AND ($1 = '' OR hook = $1) ORDER BY created_ms, id LIMIT $2";
+
+const REDRIVE_ONE: &str = "UPDATE webhook_events \
+     SET dead = 0, attempts = 0, next_at = $2, claimed_until = 0, last_error = '' \
+     WHERE dead = 1 AND id = $1";
+
+const REDRIVE_ALL: &str = "UPDATE webhook_events \
+     SET dead = 0, attempts = 0, next_at = $2, claimed_until = 0, last_error = '' \
+     WHERE dead = 1 AND ($1 = '' OR hook = $1)";
+
+const COUNTS: &str = "SELECT \
+     COALESCE(SUM(CASE WHEN dead = 0 THEN 1 ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN dead = 1 THEN 1 ELSE 0 END), 0) FROM webhook_events";
+
+const HEARTBEAT: &str = "INSERT INTO webhook_nodes (node, seen_ms) VALUES ($1, $2) \
+     ON CONFLICT (node) DO UPDATE SET seen_ms = excluded.seen_ms";
+
+const HELD_BY: &str = "SELECT kind, key FROM webhook_holders WHERE node = $1 ORDER BY kind, key";
+
+const RELEASE_NODE: &str = "DELETE FROM webhook_holders WHERE node = $1";
+
+const FORGET_NODE: &str = "DELETE FROM webhook_nodes WHERE node = $1";
+
+fn failed(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Sql { what, source }
+}
+
+/// The lock name of a holder key.
+fn lock_key(kind: HolderKind, key: &str) -> String {
+    format!("{}:{key}", kind.as_str())
+}
+
+fn kind_of(s: &str) -> HolderKind {
+    if s == "channel" {
+        HolderKind::Channel
+    } else {
+        HolderKind::User
+    }
+}
+
+async fn insert_events<'c, D: Dialect>(
+    conn: &'c mut Conn<D>,
+    events: &[NewEvent],
+    now_ms: i64,
+) -> Result<usize, sqlx::Error>
+where
+    for<'e> &'e mut Conn<D>: Executor<'e, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
+{
+    for e in events {
+        sqlx::query(INSERT_EVENT)
+            .bind(e.id.as_str())
+            .bind(e.hook.as_str())
+            .bind(e.event.as_str())
+            .bind(e.body.as_str())
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(events.len())
+}
+
+async fn holders<'c, D: Dialect>(
+    conn: &'c mut Conn<D>,
+    kind: HolderKind,
+    key: &str,
+) -> Result<i64, sqlx::Error>
+where
+    for<'e> &'e mut Conn<D>: Executor<'e, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'r> (i64,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    let (n,): (i64,) = sqlx::query_as(COUNT_HOLDERS)
+        .bind(kind.as_str())
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(n)
+}
+
+impl<D: Dialect> EventQueue for Sql<D>
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
+    for<'r> (i64,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (i64, i64): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, String): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, String, String, String, i64): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, String, String, String, i64, String, i64):
+        FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    fn record<'a>(
+        &'a self,
+        node: &'a str,
+        changes: &'a [Change],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let what = "recording webhook events";
+            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let mut keys: Vec<String> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Hold { kind, key, .. } => Some(lock_key(*kind, key)),
+                    Change::Events(_) => None,
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            D::lock_keys(&mut tx, &keys).await.map_err(failed(what))?;
+            let mut written = 0;
+            for change in changes {
+                written += match change {
+                    Change::Events(events) => insert_events::<D>(&mut tx, events, now_ms).await,
+                    Change::Hold {
+                        kind,
+                        key,
+                        add: true,
+                        events,
+                    } => {
+                        let before = holders::<D>(&mut tx, *kind, key)
+                            .await
+                            .map_err(failed(what))?;
+                        sqlx::query(ADD_HOLDER)
+                            .bind(kind.as_str())
+                            .bind(key.as_str())
+                            .bind(node)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(failed(what))?;
+                        if before == 0 {
+                            insert_events::<D>(&mut tx, events, now_ms).await
+                        } else {
+                            Ok(0)
+                        }
+                    }
+                    Change::Hold {
+                        kind,
+                        key,
+                        add: false,
+                        events,
+                    } => {
+                        let removed = sqlx::query(REMOVE_HOLDER)
+                            .bind(kind.as_str())
+                            .bind(key.as_str())
+                            .bind(node)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(failed(what))?;
+                        let left = holders::<D>(&mut tx, *kind, key)
+                            .await
+                            .map_err(failed(what))?;
+                        if D::rows_affected(&removed) > 0 && left == 0 {
+                            insert_events::<D>(&mut tx, events, now_ms).await
+                        } else {
+                            Ok(0)
+                        }
+                    }
+                }
+                .map_err(failed(what))?;
+            }
+            tx.commit().await.map_err(failed(what))?;
+            Ok(written)
+        })
+    }
+
+    fn claim(
+        &self,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+        Box::pin(async move {
+            let sql = if D::SHARED {
+                concat!(claim_sql!(), " FOR UPDATE SKIP LOCKED) ", claimed_sql!())
+            } else {
+                concat!(claim_sql!(), ") ", claimed_sql!())
+            };
+            let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(sql)
+                .bind(until_ms)
+                .bind(now_ms)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await
+                .map_err(failed("claiming webhook events"))?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, hook, event, body, attempts)| Claimed {
+                    id,
+                    hook,
+                    event,
+                    body,
+                    attempts,
+                })
+                .collect())
+        })
+    }
+
+    fn settle<'a>(&'a self, outcomes: &'a [Settled]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let what = "settling webhook deliveries";
+            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            for outcome in outcomes {
+                let q = match outcome {
+                    Settled::Delivered { id } => sqlx::query(SETTLE_DELIVERED).bind(id.as_str()),
+                    Settled::Retry { id, next_at, error } => sqlx::query(SETTLE_RETRY)
+                        .bind(id.as_str())
+                        .bind(*next_at)
+                        .bind(error.as_str()),
+                    Settled::Dead { id, error } => sqlx::query(SETTLE_DEAD)
+                        .bind(id.as_str())
+                        .bind(error.as_str()),
+                };
+                q.execute(&mut *tx).await.map_err(failed(what))?;
+            }
+            tx.commit().await.map_err(failed(what))
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        hook: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, String, String, i64, String, i64)> =
+                sqlx::query_as(DEAD_LETTERS)
+                    .bind(hook)
+                    .bind(limit)
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(failed("listing dead letters"))?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(id, hook, event, body, attempts, last_error, created_ms)| DeadLetter {
+                        id,
+                        hook,
+                        event,
+                        body,
+                        attempts,
+                        last_error,
+                        created_ms,
+                    },
+                )
+                .collect())
+        })
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        ids: &'a [String],
+        hook: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let what = "redriving dead letters";
+            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let mut n = 0;
+            if ids.is_empty() {
+                let r = sqlx::query(REDRIVE_ALL)
+                    .bind(hook)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed(what))?;
+                n += D::rows_affected(&r);
+            }
+            for id in ids {
+                let r = sqlx::query(REDRIVE_ONE)
+                    .bind(id.as_str())
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed(what))?;
+                n += D::rows_affected(&r);
+            }
+            tx.commit().await.map_err(failed(what))?;
+            Ok(n)
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>> {
+        Box::pin(async move {
+            sqlx::query_as(COUNTS)
+                .fetch_one(self.pool())
+                .await
+                .map_err(failed("counting webhook events"))
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(HEARTBEAT)
+                .bind(node)
+                .bind(now_ms)
+                .execute(self.pool())
+                .await
+                .map(|_| ())
+                .map_err(failed("recording a node heartbeat"))
+        })
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        stale_ms: i64,
+        orphaned: Orphaned<'a>,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let what = "releasing a vanished node's holders";
+            let stale = if D::SHARED {
+                concat!(stale_sql!(), " FOR UPDATE SKIP LOCKED")
+            } else {
+                stale_sql!()
+            };
+            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let gone: Vec<(String,)> = sqlx::query_as(stale)
+                .bind(stale_ms)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(failed(what))?;
+            for (node,) in &gone {
+                let held: Vec<(String, String)> = sqlx::query_as(HELD_BY)
+                    .bind(node.as_str())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(failed(what))?;
+                let mut keys: Vec<String> = held
+                    .iter()
+                    .map(|(k, key)| lock_key(kind_of(k), key))
+                    .collect();
+                keys.sort();
+                D::lock_keys(&mut tx, &keys).await.map_err(failed(what))?;
+                sqlx::query(RELEASE_NODE)
+                    .bind(node.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed(what))?;
+                for (kind, key) in &held {
+                    let kind = kind_of(kind);
+                    if holders::<D>(&mut tx, kind, key)
+                        .await
+                        .map_err(failed(what))?
+                        == 0
+                    {
+                        let events = orphaned(kind, key, node);
+                        insert_events::<D>(&mut tx, &events, stale_ms)
+                            .await
+                            .map_err(failed(what))?;
+                    }
+                }
+                sqlx::query(FORGET_NODE)
+                    .bind(node.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed(what))?;
+            }
+            tx.commit().await.map_err(failed(what))?;
+            Ok(gone.len())
+        })
+    }
+
+    fn leave<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(FORGET_NODE)
+                .bind(node)
+                .execute(self.pool())
+                .await
+                .map(|_| ())
+                .map_err(failed("forgetting the node"))
+        })
+    }
+}
