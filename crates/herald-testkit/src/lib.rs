@@ -8,6 +8,7 @@
 mod cluster;
 mod process;
 mod raw;
+mod receiver;
 mod server;
 mod services;
 mod ws;
@@ -20,6 +21,7 @@ use serde_json::Value;
 pub use cluster::ClusterNode;
 pub use process::{free_port, OwnServer, Served};
 pub use raw::{frame, opcode, RawEvent, RawWs};
+pub use receiver::{Received, Receiver};
 pub use server::{base_config, merge, TestServer};
 pub use services::{env_url, required, TestDatabase};
 pub use ws::{code, Event, Ws};

@@ -74,6 +74,11 @@ impl Cluster {
         &self.name
     }
 
+    /// This run's unique id.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
     /// This node as `info` lists it.
     pub fn info(&self) -> NodeInfo {
         NodeInfo {

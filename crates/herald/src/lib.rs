@@ -30,6 +30,7 @@ pub mod session;
 pub mod sharded;
 pub mod store;
 pub mod transport;
+pub mod webhook;
 pub mod wire;
 
 /// This build's version, as `info` and the connect reply show it.

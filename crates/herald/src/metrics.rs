@@ -23,11 +23,21 @@ pub struct Counters {
     /// failed (not reached, a bad status, no answer in time, garbage).
     pub proxy_calls: AtomicU64,
     pub proxy_errors: AtomicU64,
+    /// Webhook events recorded, delivered, attempts that failed (and will
+    /// be tried again), events kept as dead letters.
+    pub webhook_events: AtomicU64,
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failed_attempts: AtomicU64,
+    pub webhook_dead_letters: AtomicU64,
 }
 
 impl Counters {
     pub fn incr(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -36,7 +46,7 @@ impl Counters {
 pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: u64) -> String {
     let (gaps_filled, resyncs) = h.gap_counts();
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let metrics: [(&str, &str, u64); 17] = [
+    let metrics: [(&str, &str, u64); 21] = [
         ("herald_connections", "gauge", h.num_clients() as u64),
         ("herald_users", "gauge", h.num_users() as u64),
         ("herald_channels", "gauge", h.num_channels() as u64),
@@ -83,6 +93,26 @@ pub fn render(c: &Counters, h: &Hub, retention_removed: u64, broker_reconnects: 
         ),
         ("herald_stream_gaps_filled_total", "counter", gaps_filled),
         ("herald_proxy_calls_total", "counter", load(&c.proxy_calls)),
+        (
+            "herald_webhook_events_total",
+            "counter",
+            load(&c.webhook_events),
+        ),
+        (
+            "herald_webhook_delivered_total",
+            "counter",
+            load(&c.webhook_delivered),
+        ),
+        (
+            "herald_webhook_failed_attempts_total",
+            "counter",
+            load(&c.webhook_failed_attempts),
+        ),
+        (
+            "herald_webhook_dead_letters_total",
+            "counter",
+            load(&c.webhook_dead_letters),
+        ),
         (
             "herald_proxy_errors_total",
             "counter",

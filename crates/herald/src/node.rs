@@ -34,6 +34,7 @@ use crate::store::{
     Conditions, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
     Version,
 };
+use crate::webhook::Webhooks;
 use crate::wire::control::{Action, NodeInfo, Target};
 
 /// What brokers may report to the node before it has read them (see
@@ -124,6 +125,8 @@ pub enum NodeError {
     Access(#[source] StoreError),
     #[error("cannot set up a proxy: {0}")]
     Proxy(String),
+    #[error("cannot start webhooks")]
+    Webhooks(#[source] StoreError),
 }
 
 /// Reads persisted access rules again every [`access::RELOAD_EVERY`], so a
@@ -149,7 +152,7 @@ pub struct Node {
     /// User blocks and revoked tokens.
     pub access: Arc<Access>,
     pub hub: Arc<Hub>,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     engine: Engine,
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
@@ -161,6 +164,8 @@ pub struct Node {
     pub connect_limits: ConnectLimits,
     /// The application backend's proxies.
     pub proxies: Proxies,
+    /// Durable webhooks, when configured.
+    pub webhooks: Option<Arc<Webhooks>>,
 }
 
 impl Node {
@@ -203,6 +208,21 @@ impl Node {
                 shutdown.clone(),
             ));
         }
+        let counters = Arc::new(Counters::default());
+        let webhooks = match engine.event_queue().filter(|_| !config.webhooks.is_empty()) {
+            Some(queue) => Some(
+                Webhooks::open(
+                    config.webhooks.clone(),
+                    queue,
+                    cluster.name(),
+                    cluster.uid(),
+                    counters.clone(),
+                )
+                .await
+                .map_err(NodeError::Webhooks)?,
+            ),
+            None => None,
+        };
         let connect_limits = ConnectLimits {
             node: Limiter::new(config.client.connection_rate_limit),
             per_ip: PerKey::new(config.client.connection_rate_limit_per_ip),
@@ -211,12 +231,13 @@ impl Node {
             origins: OriginPolicy::new(&config.client.allowed_origins),
             connect_limits,
             proxies,
+            webhooks,
             config,
             rules,
             tokens,
             access,
             hub,
-            counters: Counters::default(),
+            counters,
             engine,
             cluster,
             shutdown,
@@ -235,6 +256,9 @@ impl Node {
     /// durable storage; call once at shutdown, after the connections.
     pub async fn close(&self) {
         self.cluster.leave().await;
+        if let Some(w) = &self.webhooks {
+            w.close().await;
+        }
         self.engine.close().await;
     }
 

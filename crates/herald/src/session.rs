@@ -460,15 +460,23 @@ impl Session {
         }
     }
 
-    /// Leaves the hub and every channel. Call once when the transport ends.
-    pub async fn close(mut self) {
+    /// Leaves the hub and every channel. Call once when the transport ends,
+    /// with the disconnect the server sent (`None`: the client went away).
+    pub async fn close(mut self, why: Option<&Disconnect>) {
         let channels: Vec<String> = self.subs.channels().map(str::to_string).collect();
         for channel in channels {
             self.unsubscribe(&channel).await;
         }
         if let Some(conn) = self.conn.take() {
-            self.node.hub.remove_client(&*conn.handle);
+            let last_of_user = self.node.hub.remove_client(&*conn.handle);
             tracing::debug!(client = %self.client_id, user = %conn.handle.user, "disconnected");
+            if let Some(w) = &self.node.webhooks {
+                let closed = Disconnect::connection_closed();
+                let d = why.unwrap_or(&closed);
+                let user = &conn.handle.user;
+                w.disconnected(&self.client_id, user, d.code, &d.reason, last_of_user)
+                    .await;
+            }
         }
     }
 }

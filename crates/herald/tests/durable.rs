@@ -149,6 +149,7 @@ on_both!(
     keyed_appends_publish_once_even_after_a_restart,
     ended_keys_publish_again_and_are_forgotten,
     stale_versions_are_not_appended,
+    webhook_queue_holds_claims_and_sweeps,
 );
 
 /// Delivered publications as (channel, offset), in delivery order.
@@ -1078,4 +1079,87 @@ async fn access_rules_persist_and_reload(f: Fixture) {
     assert_eq!(node_b.check_connection("carol", None), Err(Denied::Blocked));
     assert_eq!(node_b.check_connection("bob", None), Ok(()));
     assert!(node_b.reload().await.unwrap().is_empty(), "nothing new");
+}
+
+/// The webhook event queue on its own: holders decide first and last
+/// across nodes, a vanished node is released with the events it leaves
+/// behind, claims keep events from a second claimer, outcomes settle.
+async fn webhook_queue_holds_claims_and_sweeps(f: Fixture) {
+    use herald::store::event_queue::{Change, EventQueue, HolderKind, NewEvent, Settled};
+
+    let (deliver, _) = recorder();
+    let store = f.open(deliver, StreamOptions::default()).await;
+    let q: Arc<dyn EventQueue> = store.events();
+    let event = |id: &str, name: &str| NewEvent {
+        id: id.into(),
+        hook: "app".into(),
+        event: name.into(),
+        body: format!(r#"{{"id":"{id}"}}"#),
+    };
+    let hold = |add: bool, id: &str| Change::Hold {
+        kind: HolderKind::User,
+        key: "ann".into(),
+        add,
+        events: vec![event(id, if add { "user_online" } else { "user_offline" })],
+    };
+    let now = 1_000_000;
+    q.heartbeat("a", now).await.unwrap();
+    q.heartbeat("b", now).await.unwrap();
+    // ann comes on node a (online), then on b (nothing), leaves a (nothing).
+    assert_eq!(q.record("a", &[hold(true, "on1")], now).await.unwrap(), 1);
+    assert_eq!(q.record("b", &[hold(true, "on2")], now).await.unwrap(), 0);
+    assert_eq!(q.record("a", &[hold(false, "off1")], now).await.unwrap(), 0);
+    // b vanishes: its heartbeat goes stale while a's is fresh.
+    q.heartbeat("a", now + 120_000).await.unwrap();
+    let orphaned = |kind: HolderKind, key: &str, node: &str| {
+        assert_eq!((kind, key, node), (HolderKind::User, "ann", "b"));
+        vec![event("off-b", "user_offline")]
+    };
+    assert_eq!(q.sweep(now + 60_000, &orphaned).await.unwrap(), 1);
+    assert_eq!(
+        q.sweep(now + 60_000, &orphaned).await.unwrap(),
+        0,
+        "released once"
+    );
+
+    // Two events are due: one claimer gets them, a second none.
+    let claimed = q.claim("a", now + 70_000, now + 100_000, 10).await.unwrap();
+    let mut ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["off-b", "on1"]);
+    assert!(q
+        .claim("b", now + 70_000, now + 100_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    q.settle(&[
+        Settled::Delivered { id: "on1".into() },
+        Settled::Dead {
+            id: "off-b".into(),
+            error: "HTTP status 500".into(),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(q.counts().await.unwrap(), (0, 1));
+    let dead = q.dead_letters("", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].attempts, dead[0].last_error.as_str()),
+        (1, "HTTP status 500")
+    );
+    assert_eq!(q.redrive(&[], "app", now + 80_000).await.unwrap(), 1);
+    assert_eq!(q.counts().await.unwrap(), (1, 0));
+    // A claim that was never settled (its node died) is released by
+    // `recover` where the database is the node's own, else by the lease.
+    let claimed = q.claim("a", now + 90_000, now + 200_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    q.recover().await.unwrap();
+    let again = q.claim("c", now + 95_000, now + 300_000, 10).await.unwrap();
+    assert_eq!(again.len(), usize::from(f.postgres.is_none()));
+    let after_lease = q
+        .claim("c", now + 200_001, now + 400_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len() + after_lease.len(), 1);
 }

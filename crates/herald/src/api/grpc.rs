@@ -553,7 +553,9 @@ fn reply(reply: types::BatchReply) -> proto::Reply {
         (_, Response::History(r)) => out.history = Some(history_result(r)),
         (_, Response::Channels(r)) => out.channels = Some(channels_result(r)),
         (_, Response::Info(r)) => out.info = Some(info_result(r)),
-        (_, Response::Batch(_)) => {}
+        // Herald's own HTTP-only methods never come over gRPC.
+        (_, Response::Batch(_) | Response::WebhookDeadLetters(_) | Response::WebhookRedrive(_)) => {
+        }
         ("subscribe", Response::Empty(_)) => out.subscribe = Some(proto::SubscribeResult {}),
         ("unsubscribe", Response::Empty(_)) => out.unsubscribe = Some(proto::UnsubscribeResult {}),
         ("disconnect", Response::Empty(_)) => out.disconnect = Some(proto::DisconnectResult {}),

@@ -17,6 +17,7 @@ use super::ApiError;
 use crate::auth::now_unix;
 use crate::cluster::AccessError;
 use crate::node::{Node, PublishOptions};
+use crate::store::event_queue::EventQueue;
 use crate::store::{HistoryQuery, StreamPosition, Version};
 use crate::wire::control::{self, AccessChange, Action};
 
@@ -54,6 +55,8 @@ pub fn read(method: &str, body: &[u8]) -> Result<Request, ApiError> {
         "unblock_user" => Request::UnblockUser(parse(body)?),
         "revoke_token" => Request::RevokeToken(parse(body)?),
         "invalidate_user_tokens" => Request::InvalidateUserTokens(parse(body)?),
+        "webhook_dead_letters" => Request::WebhookDeadLetters(parse(body)?),
+        "webhook_redrive" => Request::WebhookRedrive(parse(body)?),
         "batch" => {
             let batch: BatchRequest = parse(body)?;
             let commands = batch.commands.iter().map(read_command).collect();
@@ -120,6 +123,10 @@ pub fn execute(node: &Node, request: Request) -> BoxFuture<'_, Result<Response, 
             Request::Info(_) => Response::Info(InfoResult {
                 nodes: node.nodes(),
             }),
+            Request::WebhookDeadLetters(req) => {
+                Response::WebhookDeadLetters(dead_letters(node, req).await?)
+            }
+            Request::WebhookRedrive(req) => Response::WebhookRedrive(redrive(node, req).await?),
             Request::BlockUser(req) => {
                 required("user", &req.user)?;
                 let expire_at = expiry(req.expire_at)?;
@@ -234,6 +241,57 @@ async fn broadcast(node: &Node, req: PublishRequest) -> Result<BroadcastResult, 
         responses.push(BroadcastReply(published));
     }
     Ok(BroadcastResult { responses })
+}
+
+/// The webhook event queue: 108 where no webhook is configured.
+fn event_queue(node: &Node) -> Result<&dyn EventQueue, ApiError> {
+    match &node.webhooks {
+        Some(w) => Ok(w.store().as_ref()),
+        None => Err(ApiError::from(ProtocolError::NOT_AVAILABLE)),
+    }
+}
+
+fn storage_failed(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %crate::report::Chain(&e), "webhook storage failed");
+    ApiError::from(ProtocolError::INTERNAL)
+}
+
+async fn dead_letters(
+    node: &Node,
+    req: WebhookDeadLettersRequest,
+) -> Result<WebhookDeadLettersResult, ApiError> {
+    let limit = match req.limit {
+        n if n <= 0 => 100,
+        n => n.min(1000),
+    };
+    let letters = event_queue(node)?
+        .dead_letters(&req.webhook, limit)
+        .await
+        .map_err(storage_failed)?;
+    let dead_letters = letters
+        .into_iter()
+        .map(|d| DeadLetterDoc {
+            body: serde_json::from_str(&d.body).unwrap_or(serde_json::Value::String(d.body)),
+            id: d.id,
+            webhook: d.hook,
+            event: d.event,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            created_ms: d.created_ms,
+        })
+        .collect();
+    Ok(WebhookDeadLettersResult { dead_letters })
+}
+
+async fn redrive(
+    node: &Node,
+    req: WebhookRedriveRequest,
+) -> Result<WebhookRedriveResult, ApiError> {
+    let redriven = event_queue(node)?
+        .redrive(&req.ids, &req.webhook, crate::webhook::now_ms())
+        .await
+        .map_err(storage_failed)?;
+    Ok(WebhookRedriveResult { redriven })
 }
 
 /// A channel with presence: 108 where the namespace keeps none.

@@ -31,6 +31,8 @@ const METHODS: &[(&str, &str, &str, &str)] = &[
     ("unblock_user", "UnblockUserRequest", "Empty", "Lift a user's block."),
     ("revoke_token", "RevokeTokenRequest", "Empty", "Revoke tokens by id (`jti`): their connections close, their subscriptions end."),
     ("invalidate_user_tokens", "InvalidateUserTokensRequest", "Empty", "Revoke a user's connection tokens (or one channel's subscription tokens) issued before a time."),
+    ("webhook_dead_letters", "WebhookDeadLettersRequest", "WebhookDeadLettersResult", "Herald: events a webhook gave up on after its last attempt, oldest first (108 without webhooks)."),
+    ("webhook_redrive", "WebhookRedriveRequest", "WebhookRedriveResult", "Herald: send dead letters again (by id, or all of a webhook), their attempts reset."),
     ("batch", "BatchRequest", "BatchResult", "Several methods in one request, in order or at once (`parallel`)."),
 ];
 
@@ -46,6 +48,11 @@ const METHODS: &[(&str, &str, &str, &str)] = &[
         UnblockUserRequest,
         RevokeTokenRequest,
         InvalidateUserTokensRequest,
+        WebhookDeadLettersRequest,
+        WebhookRedriveRequest,
+        DeadLetterDoc,
+        WebhookDeadLettersResult,
+        WebhookRedriveResult,
         SubscribeRequest,
         UnsubscribeRequest,
         DisconnectRequest,

@@ -166,6 +166,50 @@ pub struct InvalidateUserTokensRequest {
     pub channel: String,
 }
 
+/// `webhook_dead_letters`: events a webhook gave up on (Herald).
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct WebhookDeadLettersRequest {
+    /// Only this webhook's (empty: every webhook's).
+    pub webhook: String,
+    /// At most this many, oldest first (0: 100; at most 1000).
+    pub limit: i64,
+}
+
+/// `webhook_redrive`: sends dead letters again, attempts reset (Herald).
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct WebhookRedriveRequest {
+    /// These dead letters (by `id`); empty: every one (of `webhook`).
+    pub ids: Vec<String>,
+    pub webhook: String,
+}
+
+/// One dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterDoc {
+    pub id: String,
+    pub webhook: String,
+    pub event: String,
+    pub attempts: i64,
+    pub last_error: String,
+    pub created_ms: i64,
+    /// The event as it was (and will be) POSTed.
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeadLettersResult {
+    pub dead_letters: Vec<DeadLetterDoc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookRedriveResult {
+    /// How many dead letters are due again.
+    pub redriven: u64,
+}
+
 /// Methods that name only a channel (presence, presence stats, history
 /// removal).
 #[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
@@ -224,6 +268,8 @@ pub enum Request {
     UnblockUser(UnblockUserRequest),
     RevokeToken(RevokeTokenRequest),
     InvalidateUserTokens(InvalidateUserTokensRequest),
+    WebhookDeadLetters(WebhookDeadLettersRequest),
+    WebhookRedrive(WebhookRedriveRequest),
     /// A batch's commands, each already read (or the error reading it).
     Batch {
         commands: Vec<Result<Request, ApiError>>,
@@ -251,6 +297,8 @@ impl Request {
             Request::UnblockUser(_) => "unblock_user",
             Request::RevokeToken(_) => "revoke_token",
             Request::InvalidateUserTokens(_) => "invalidate_user_tokens",
+            Request::WebhookDeadLetters(_) => "webhook_dead_letters",
+            Request::WebhookRedrive(_) => "webhook_redrive",
             Request::Batch { .. } => "batch",
         }
     }
@@ -478,6 +526,8 @@ pub enum Response {
     Channels(ChannelsResult),
     Info(InfoResult),
     Batch(BatchResult),
+    WebhookDeadLetters(WebhookDeadLettersResult),
+    WebhookRedrive(WebhookRedriveResult),
     /// Subscribe, unsubscribe, disconnect, refresh and history removal.
     Empty(Empty),
 }

@@ -6,16 +6,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::{Answer, ProxyError, Request};
+use crate::client_tls::HttpClient;
 use crate::config::proxy::Proxy;
 
 pub struct Caller {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpClient,
     uri: Uri,
     /// `http.static_headers`, checked once.
     fixed: HeaderMap,
@@ -27,17 +24,7 @@ impl Caller {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err("use an http://, https:// or grpc:// endpoint".into());
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::client_tls::config()?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = crate::client_tls::http_client()?;
         let mut fixed = HeaderMap::new();
         for (name, value) in &config.http.static_headers {
             let bad = |e: &dyn std::fmt::Display| format!("static header {name}: {e}");

@@ -46,17 +46,17 @@ impl Session {
             self.outbox.clone(),
             self.encoding,
         ));
-        match self.node.hub.add_client(
+        let first_of_user = match self.node.hub.add_client(
             handle.clone(),
             cfg.connection_limit,
             cfg.user_connection_limit,
         ) {
-            Ok(()) => {}
+            Ok(first) => first,
             Err(Refused::NodeLimit | Refused::UserLimit) => {
                 tracing::info!(user = %claims.user, "connection limit reached");
                 return Err(Disconnect::connection_limit());
             }
-        }
+        };
         // Blocks and revocations are checked once the connection is in the
         // hub: one made meanwhile either finds it there or is seen here
         // (rules are applied before connections are looked for).
@@ -117,6 +117,10 @@ impl Session {
         tracing::debug!(client = %self.client_id, user = %claims.user, "connected");
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
+        if let Some(w) = &self.node.webhooks {
+            w.connected(&self.client_id, &claims.user, first_of_user)
+                .await;
+        }
         self.finish_server_side(after).await;
         let personal = &self.node.config.client.subscribe_to_user_personal_channel;
         if personal.enabled && personal.single_connection && !claims.user.is_empty() {

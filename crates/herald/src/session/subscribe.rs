@@ -364,8 +364,16 @@ impl Session {
         let Some(conn) = &self.conn else { return };
         let handle = conn.handle.clone();
         self.subs.insert(channel, state);
-        if self.node.hub.subscribe(channel, handle, join_leave_push) {
+        let first = self
+            .node
+            .hub
+            .subscribe(channel, handle.clone(), join_leave_push);
+        if first {
             self.node.broker_sync(channel).await;
+        }
+        if let Some(w) = &self.node.webhooks {
+            w.subscribed(&self.client_id, &handle.user, channel, first)
+                .await;
         }
     }
 
@@ -414,6 +422,10 @@ impl Session {
         conn.handle.forget(channel);
         if last {
             self.node.broker_sync(channel).await;
+        }
+        if let Some(w) = &self.node.webhooks {
+            w.unsubscribed(&self.client_id, &conn.handle.user, channel, last)
+                .await;
         }
         if state.announced && state.presence {
             self.node.presence().remove(channel, &self.client_id).await;

@@ -106,14 +106,20 @@ pub trait EventQueue: Send + Sync + 'static {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
 
-    /// Claims up to `limit` events due at `now_ms` until `until_ms` (no
-    /// other node takes them meanwhile).
-    fn claim(
-        &self,
+    /// Claims up to `limit` events due at `now_ms` for `node` until
+    /// `until_ms` (no other node takes them meanwhile).
+    fn claim<'a>(
+        &'a self,
+        node: &'a str,
         now_ms: i64,
         until_ms: i64,
         limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<Claimed>, StoreError>>;
+
+    /// At start: releases claims no running node can hold (a node that
+    /// has its database to itself holds none; shared ones lapse, or are
+    /// released with their node by [`EventQueue::sweep`]).
+    fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Records how attempts ended.
     fn settle<'a>(&'a self, outcomes: &'a [Settled]) -> BoxFuture<'a, Result<(), StoreError>>;

@@ -125,7 +125,7 @@ async fn start(
     let origin = session::Peer::new(&node, transport, &headers);
     let mut session = Session::new(node.clone(), Encoding::UniJson, origin);
     if let Err(d) = Box::pin(session.handle_frame(&request)).await {
-        Box::pin(session.close()).await;
+        Box::pin(session.close(Some(&d))).await;
         if d.code == Disconnect::bad_request().code {
             // Not a connect request at all.
             return (StatusCode::BAD_REQUEST, d.reason).into_response();
@@ -220,8 +220,8 @@ async fn pump(
             }
         }
     };
-    if let Some(d) = ended {
-        let _ = tx.try_send(Ok(disconnect_chunk(style, d)));
+    if let Some(d) = &ended {
+        let _ = tx.try_send(Ok(disconnect_chunk(style, d.clone())));
     }
-    Box::pin(session.close()).await;
+    Box::pin(session.close(ended.as_ref())).await;
 }

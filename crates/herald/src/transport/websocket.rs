@@ -140,7 +140,7 @@ fn run(
         }
         // Boxed like command handling: leaving channels may talk to the
         // broker and the presence store, a large future needed once at the end.
-        Box::pin(session.close()).await;
+        Box::pin(session.close(closed.as_ref())).await;
         if closed.is_some() {
             // The session is gone; the socket waits for the client's end.
             Box::pin(linger(&mut socket, node.config.websocket.write_timeout.0)).await;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 mod crash;
 mod tls;
+mod webhook;
 
 /// The binary with a clean environment: no inherited `HERALD_*` variables.
 fn herald() -> Command {

@@ -19,3 +19,4 @@ mod proxy;
 mod server_side;
 mod subscribe;
 mod uni;
+mod webhook;

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 /// what is returned.
 macro_rules! claim_sql {
     () => {
-        "UPDATE webhook_events SET claimed_until = $1 WHERE id IN (\
+        "UPDATE webhook_events SET claimed_until = $1, claimed_by = $4 WHERE id IN (\
          SELECT id FROM webhook_events \
          WHERE dead = 0 AND next_at <= $2 AND claimed_until <= $2 \
          ORDER BY next_at LIMIT $3"
@@ -82,6 +82,12 @@ const HELD_BY: &str = "SELECT kind, key FROM webhook_holders WHERE node = $1 ORD
 const RELEASE_NODE: &str = "DELETE FROM webhook_holders WHERE node = $1";
 
 const FORGET_NODE: &str = "DELETE FROM webhook_nodes WHERE node = $1";
+
+const RELEASE_CLAIMS_OF: &str =
+    "UPDATE webhook_events SET claimed_until = 0 WHERE claimed_by = $1 AND claimed_until > 0";
+
+const RELEASE_ALL_CLAIMS: &str =
+    "UPDATE webhook_events SET claimed_until = 0 WHERE claimed_until > 0";
 
 fn failed(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Sql { what, source }
@@ -232,12 +238,13 @@ where
         })
     }
 
-    fn claim(
-        &self,
+    fn claim<'a>(
+        &'a self,
+        node: &'a str,
         now_ms: i64,
         until_ms: i64,
         limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<Claimed>, StoreError>> {
         Box::pin(async move {
             let sql = if D::SHARED {
                 concat!(claim_sql!(), " FOR UPDATE SKIP LOCKED) ", claimed_sql!())
@@ -248,6 +255,7 @@ where
                 .bind(until_ms)
                 .bind(now_ms)
                 .bind(limit)
+                .bind(node)
                 .fetch_all(self.pool())
                 .await
                 .map_err(failed("claiming webhook events"))?;
@@ -426,9 +434,28 @@ where
                     .execute(&mut *tx)
                     .await
                     .map_err(failed(what))?;
+                sqlx::query(RELEASE_CLAIMS_OF)
+                    .bind(node.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed(what))?;
             }
             tx.commit().await.map_err(failed(what))?;
             Ok(gone.len())
+        })
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if D::SHARED {
+                // Other nodes' claims may be live; a dead one's lapse.
+                return Ok(());
+            }
+            sqlx::query(RELEASE_ALL_CLAIMS)
+                .execute(self.pool())
+                .await
+                .map(|_| ())
+                .map_err(failed("releasing a previous run's claims"))
         })
     }
 

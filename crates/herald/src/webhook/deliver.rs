@@ -1,0 +1,243 @@
+//! Sending recorded events: claim what is due, POST each to its webhook
+//! (at most [`CONCURRENCY`] at once), record the outcome. Any 2xx is
+//! delivered; anything else is tried again after a delay that doubles each
+//! time (±25% jitter), until the webhook's `max_attempts`, then kept as a
+//! dead letter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use sha2::Sha256;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::now_ms;
+use crate::client_tls::{http_client, HttpClient};
+use crate::config::webhook::Webhook;
+use crate::metrics::Counters;
+use crate::store::event_queue::{Claimed, EventQueue, Settled};
+
+/// Events claimed at once.
+const CLAIM: i64 = 256;
+/// Deliveries in flight at once, over every webhook.
+const CONCURRENCY: usize = 64;
+/// How often storage is asked for due events when nothing new was
+/// recorded (retries come due by themselves).
+const POLL: Duration = Duration::from_millis(500);
+
+pub(super) struct Delivery {
+    hooks: Arc<Vec<Webhook>>,
+    /// The node's uid, which its claims carry.
+    uid: String,
+    store: Arc<dyn EventQueue>,
+    counters: Arc<Counters>,
+    client: Option<HttpClient>,
+    /// How long a claim keeps other nodes away: longer than any attempt.
+    lease: Duration,
+    poll: Duration,
+}
+
+impl Delivery {
+    pub(super) fn new(
+        hooks: Arc<Vec<Webhook>>,
+        store: Arc<dyn EventQueue>,
+        uid: &str,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let client = http_client()
+            .map_err(|e| tracing::error!(error = %e, "webhooks cannot send: no HTTP client"))
+            .ok();
+        let longest = hooks.iter().map(|h| h.timeout.0).max().unwrap_or_default();
+        let quickest = hooks
+            .iter()
+            .map(|h| h.retry_initial_delay.0)
+            .min()
+            .unwrap_or(POLL);
+        Self {
+            hooks,
+            uid: uid.to_string(),
+            store,
+            counters,
+            client,
+            lease: longest * 2 + Duration::from_secs(10),
+            poll: POLL.min(quickest),
+        }
+    }
+
+    pub(super) async fn run(self, recorded: Arc<Notify>, stop: CancellationToken) {
+        loop {
+            let now = now_ms();
+            let until = now + self.lease.as_millis() as i64;
+            let claimed = match self.store.claim(&self.uid, now, until, CLAIM).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::Chain(&e), "webhook events not claimed");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = recorded.notified() => {}
+                    _ = tokio::time::sleep(self.poll) => {}
+                }
+                continue;
+            }
+            let outcomes: Vec<Settled> = futures_util::stream::iter(claimed)
+                .map(|c| self.attempt(c))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            self.settle(&outcomes).await;
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Records outcomes, trying a few times: an outcome not recorded is
+    /// sent again once its claim lapses (at least once, never lost).
+    async fn settle(&self, outcomes: &[Settled]) {
+        for attempt in 0..3 {
+            match self.store.settle(outcomes).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::Chain(&e), attempt, "webhook outcomes not recorded");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        for o in outcomes {
+            let c = match o {
+                Settled::Delivered { .. } => &self.counters.webhook_delivered,
+                Settled::Retry { .. } => &self.counters.webhook_failed_attempts,
+                Settled::Dead { .. } => &self.counters.webhook_dead_letters,
+            };
+            Counters::incr(c);
+        }
+    }
+
+    /// One attempt at one event.
+    async fn attempt(&self, event: Claimed) -> Settled {
+        let Some(hook) = self.hooks.iter().find(|h| h.name == event.hook) else {
+            return Settled::Dead {
+                id: event.id,
+                error: "no webhook of this name is configured".into(),
+            };
+        };
+        let error = match self.post(hook, &event).await {
+            Ok(status) if (200..300).contains(&status) => {
+                return Settled::Delivered { id: event.id };
+            }
+            Ok(status) => format!("HTTP status {status}"),
+            Err(e) => e,
+        };
+        let attempts = event.attempts + 1;
+        tracing::debug!(webhook = %hook.name, id = %event.id, attempts, error, "webhook attempt failed");
+        if attempts >= i64::from(hook.max_attempts) {
+            tracing::warn!(webhook = %hook.name, id = %event.id, attempts, error, "webhook event kept as a dead letter");
+            return Settled::Dead {
+                id: event.id,
+                error,
+            };
+        }
+        let delay = backoff(hook.retry_initial_delay.0, attempts, jitter());
+        Settled::Retry {
+            id: event.id,
+            next_at: now_ms() + delay.as_millis() as i64,
+            error,
+        }
+    }
+
+    /// POSTs the event's body; the receiver's status.
+    async fn post(&self, hook: &Webhook, event: &Claimed) -> Result<u16, String> {
+        let client = self.client.as_ref().ok_or("no HTTP client")?;
+        let mut request = hyper::Request::post(hook.url.as_str())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("x-herald-event", event.event.as_str())
+            .header("x-herald-delivery", event.id.as_str());
+        // Signed when the webhook has a secret.
+        if !hook.secret.is_empty() {
+            let signature = format!("sha256={}", sign(hook.secret.expose(), &event.body));
+            request = request.header("x-herald-signature", signature);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(event.body.clone())))
+            .map_err(|e| format!("request: {e}"))?;
+        let sent = tokio::time::timeout(hook.timeout.0, async {
+            let response = client.request(request).await?;
+            let status = response.status().as_u16();
+            // Read (and drop) the answer so the connection can be reused.
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            Ok::<u16, hyper_util::client::legacy::Error>(status)
+        })
+        .await;
+        match sent {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(e)) => Err(crate::report::Chain(&e).to_string()),
+            Err(_) => Err(format!("no answer within {:?}", hook.timeout.0)),
+        }
+    }
+}
+
+/// Hex HMAC-SHA256 of `body` with `secret`.
+pub fn sign(secret: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(body.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The delay before attempt `attempts + 1`: `initial` doubled for each
+/// attempt after the first, times `jitter` (0.75 to 1.25). Each delay is
+/// longer than the one before whatever the jitter (doubling beats ±25%).
+pub fn backoff(initial: Duration, attempts: i64, jitter: f64) -> Duration {
+    let doublings = (attempts - 1).clamp(0, 30) as u32;
+    initial.saturating_mul(1 << doublings).mul_f64(jitter)
+}
+
+/// A factor between 0.75 and 1.25.
+fn jitter() -> f64 {
+    let r = (uuid::Uuid::new_v4().as_u128() % 10_001) as f64 / 10_000.0;
+    0.75 + r * 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_delay_is_longer_than_the_last_and_within_a_quarter() {
+        let initial = Duration::from_secs(1);
+        let mut before = Duration::ZERO;
+        for attempts in 1..20 {
+            let plain = backoff(initial, attempts, 1.0);
+            let low = backoff(initial, attempts, 0.75);
+            let high = backoff(initial, attempts, 1.25);
+            assert!(low > before, "attempt {attempts}: {low:?} after {before:?}");
+            assert!(low >= plain.mul_f64(0.75) && high <= plain.mul_f64(1.25));
+            before = high;
+        }
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.75..=1.25).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn signatures_are_hex_hmac_sha256() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
