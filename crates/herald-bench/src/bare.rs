@@ -112,19 +112,20 @@ pub async fn serve(o: Options) -> anyhow::Result<()> {
     let server = BareServer::bind(o.address, o.port).await?;
     let addr = server.local_addr()?;
     println!("bare-server listening on {addr} (ws://{addr}/connection/websocket)");
-    let max = o.max_runtime;
     server
-        .run(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = tokio::time::sleep(max) => eprintln!("bare-server: max runtime reached"),
-            }
-        })
+        .run(until_stopped("bare-server", o.max_runtime))
         .await
+}
+
+/// Completes on Ctrl-C, SIGTERM or after `max` (said on stderr).
+pub async fn until_stopped(who: &'static str, max: Duration) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = tokio::time::sleep(max) => eprintln!("{who}: max runtime reached"),
+    }
 }
 
 #[derive(Deserialize)]

@@ -8,6 +8,7 @@
 //! prints a scenario's [`report`].
 
 pub mod api;
+pub mod backend;
 pub mod bare;
 pub mod client;
 pub mod limits;

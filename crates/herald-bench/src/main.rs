@@ -50,6 +50,9 @@ enum Scenario {
     /// A minimal fan-out WebSocket server with no protocol logic, as a
     /// reference for what this machine can do.
     BareServer(herald_bench::bare::Options),
+    /// An application backend for Herald's connect proxy and webhooks that
+    /// counts what it gets (`GET /stats`).
+    Backend(herald_bench::backend::Options),
 }
 
 /// Flags every scenario takes.
@@ -329,17 +332,24 @@ const RUN_SLACK: Duration = Duration::from_secs(120);
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Scenario::BareServer(o) = cli.scenario {
-        return match herald_bench::bare::serve(o).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("herald-bench bare-server: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+    let (name, outcome) = match cli.scenario {
+        Scenario::BareServer(o) => ("bare-server", herald_bench::bare::serve(o).await),
+        Scenario::Backend(o) => ("backend", herald_bench::backend::serve(o).await),
+        scenario => return measure(scenario).await,
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-bench {name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    let limit = cli.scenario.planned() + RUN_SLACK;
-    match tokio::time::timeout(limit, run(cli)).await {
+}
+
+/// Runs a scenario, bounded by what its flags ask for.
+async fn measure(scenario: Scenario) -> std::process::ExitCode {
+    let limit = scenario.planned() + RUN_SLACK;
+    match tokio::time::timeout(limit, run(scenario)).await {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("herald-bench: {e:#}");
@@ -373,7 +383,7 @@ impl Scenario {
             }
             Scenario::ConnectStorm(a) => connecting(a.clients, a.concurrency),
             Scenario::ApiPublish(a) => a.timing.total(),
-            Scenario::BareServer(_) => Duration::ZERO,
+            Scenario::BareServer(_) | Scenario::Backend(_) => Duration::ZERO,
         }
     }
 }
@@ -391,8 +401,8 @@ fn finish(r: &impl report::Report, c: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.scenario {
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
         Scenario::DurablePublish(a) => {
             let c = &a.common;
             let options = durable_publish::Options {
@@ -501,7 +511,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = api_publish::run(&options).await.context("api-publish")?;
             finish(&r, c)?;
         }
-        Scenario::BareServer(_) => unreachable!("handled in main"),
+        Scenario::BareServer(_) | Scenario::Backend(_) => unreachable!("handled in main"),
     }
     Ok(())
 }

@@ -170,20 +170,18 @@ impl Hub {
     }
 
     /// Registers a connection, enforcing the node and per-user limits
-    /// (zero means unlimited); true when it is its user's first on this
-    /// node.
+    /// (zero means unlimited).
     pub fn add_client(
         &self,
         client: ClientRef,
         node_limit: usize,
         user_limit: usize,
-    ) -> Result<bool, Refused> {
+    ) -> Result<(), Refused> {
         let n = self.num_clients.fetch_add(1, Ordering::AcqRel);
         if node_limit > 0 && n >= node_limit {
             self.num_clients.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::NodeLimit);
         }
-        let first;
         {
             let user = client.user().to_string();
             let mut shard = self.users.write(&user);
@@ -193,19 +191,17 @@ impl Hub {
                 self.num_clients.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refused::UserLimit);
             }
-            first = conns.is_empty();
             conns.insert(client.key(), client.clone());
         }
         let id = client.shared_id();
         self.clients.write(&*id).insert(id, client);
-        Ok(first)
+        Ok(())
     }
 
-    /// Forgets a connection; true when it was its user's last on this node.
-    pub fn remove_client(&self, client: &dyn Client) -> bool {
+    pub fn remove_client(&self, client: &dyn Client) {
         let id = client.client_id();
         if self.clients.write(id).remove(id).is_none() {
-            return false;
+            return;
         }
         self.num_clients.fetch_sub(1, Ordering::AcqRel);
         let mut shard = self.users.write(client.user());
@@ -213,10 +209,8 @@ impl Hub {
             conns.remove(&client.key());
             if conns.is_empty() {
                 shard.remove(client.user());
-                return true;
             }
         }
-        false
     }
 
     /// Adds a subscriber; true when it is the channel's first on this node.

@@ -125,8 +125,8 @@ pub enum NodeError {
     Access(#[source] StoreError),
     #[error("cannot set up a proxy: {0}")]
     Proxy(String),
-    #[error("cannot start webhooks")]
-    Webhooks(#[source] StoreError),
+    #[error("cannot start webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// Reads persisted access rules again every [`access::RELOAD_EVERY`], so a

@@ -468,13 +468,12 @@ impl Session {
             self.unsubscribe(&channel).await;
         }
         if let Some(conn) = self.conn.take() {
-            let last_of_user = self.node.hub.remove_client(&*conn.handle);
+            self.node.hub.remove_client(&*conn.handle);
             tracing::debug!(client = %self.client_id, user = %conn.handle.user, "disconnected");
             if let Some(w) = &self.node.webhooks {
                 let closed = Disconnect::connection_closed();
                 let d = why.unwrap_or(&closed);
-                let user = &conn.handle.user;
-                w.disconnected(&self.client_id, user, d.code, &d.reason, last_of_user)
+                w.disconnected(&self.client_id, &conn.handle.user, d.code, &d.reason)
                     .await;
             }
         }

@@ -3,17 +3,24 @@
 //! webhook that wants them — signed, retried with growing delays, kept as
 //! dead letters after the last attempt — at least once, across restarts.
 //!
-//! Sessions hand events to a bounded queue (a full one makes them wait,
-//! never fan-out); one writer task records them in batches, one
+//! Sessions hand what happened to a bounded queue (a full one makes them
+//! wait, never fan-out); one writer task records it in batches, one
 //! transaction each; a delivery task claims due events, sends them with
-//! bounded concurrency and records how each attempt ended. "User online"
-//! and "channel occupied" are decided in storage, where every node of a
-//! cluster records which keys it holds: the first holder anywhere makes
-//! the event, the last one gone its opposite. A node that vanishes without
-//! a goodbye is released by the others after [`NODE_TIMEOUT`].
+//! bounded concurrency and records how each attempt ended.
+//!
+//! "User online" and "channel occupied" come from counting: every
+//! connection of a user (subscription to a channel) counts one up when it
+//! is made and one down when it ends. The writer keeps this node's counts,
+//! in the order the queue gives them, and tells storage only when a count
+//! leaves or reaches zero: there every node records which keys it holds,
+//! and the first holder anywhere makes the event, the last one gone its
+//! opposite. A node that vanishes without a goodbye is released by the
+//! others after [`NODE_TIMEOUT`]; one that finds itself released (it was
+//! away) holds its keys again.
 
 mod deliver;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +33,33 @@ use tokio_util::sync::CancellationToken;
 use crate::config::webhook::Webhook;
 use crate::metrics::Counters;
 use crate::store::event_queue::{Change, EventQueue, HolderKind, NewEvent};
+use crate::store::StoreError;
 
-/// Events waiting for the writer; more make sessions wait.
+/// Items waiting for the writer; more make sessions wait.
 const QUEUE: usize = 8192;
-/// Most changes recorded in one transaction.
+/// Most items recorded in one transaction.
 const BATCH: usize = 512;
 /// How often a node says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// A node unseen this long is gone: its users and channels are released.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What sessions tell the writer.
+#[derive(Debug)]
+enum Item {
+    /// Events written as they are.
+    Events(Vec<NewEvent>),
+    /// One connection of a user, or subscription to a channel, came (`up`)
+    /// or went; `client` made it.
+    Count {
+        kind: HolderKind,
+        key: String,
+        up: bool,
+        client: String,
+    },
+    /// Storage forgot this node: hold every counted key again.
+    Reassert,
+}
 
 /// Which events some webhook wants.
 #[derive(Debug, Default, Clone, Copy)]
@@ -43,76 +68,21 @@ struct Wants {
     disconnect: bool,
     subscribe: bool,
     unsubscribe: bool,
-    /// user_online or user_offline: who holds each user is tracked.
+    /// user_online or user_offline: users are counted.
     users: bool,
     /// channel_occupied or channel_vacated.
     channels: bool,
 }
 
-pub struct Webhooks {
+/// Makes the rows of an event: one per webhook that wants it.
+struct Maker {
     hooks: Arc<Vec<Webhook>>,
-    wants: Wants,
-    /// This node's name (in event bodies) and uid (its holder rows).
+    /// This node's name, in every body.
     node: String,
-    uid: String,
-    queue: mpsc::Sender<Change>,
-    store: Arc<dyn EventQueue>,
-    stop: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Webhooks {
-    /// Says the node is alive, then starts the writer, delivery and
-    /// heartbeat tasks.
-    pub async fn open(
-        hooks: Vec<Webhook>,
-        store: Arc<dyn EventQueue>,
-        node: &str,
-        uid: &str,
-        counters: Arc<Counters>,
-    ) -> Result<Arc<Self>, crate::store::StoreError> {
-        store.heartbeat(uid, now_ms()).await?;
-        store.recover().await?;
-        let any = |events: &[&str]| hooks.iter().any(|h| events.iter().any(|e| h.wants(e)));
-        let wants = Wants {
-            connect: any(&["connect"]),
-            disconnect: any(&["disconnect"]),
-            subscribe: any(&["subscribe"]),
-            unsubscribe: any(&["unsubscribe"]),
-            users: any(&["user_online", "user_offline"]),
-            channels: any(&["channel_occupied", "channel_vacated"]),
-        };
-        let hooks = Arc::new(hooks);
-        let (queue, changes) = mpsc::channel(QUEUE);
-        let stop = CancellationToken::new();
-        let recorded = Arc::new(Notify::new());
-        let this = Arc::new(Self {
-            hooks: hooks.clone(),
-            wants,
-            node: node.to_string(),
-            uid: uid.to_string(),
-            queue,
-            store: store.clone(),
-            stop: stop.clone(),
-            tasks: Mutex::new(Vec::new()),
-        });
-        let writer = tokio::spawn(write(
-            store.clone(),
-            uid.to_string(),
-            changes,
-            recorded.clone(),
-            counters.clone(),
-            stop.clone(),
-        ));
-        let delivery = deliver::Delivery::new(hooks, store.clone(), uid, counters);
-        let deliverer = tokio::spawn(delivery.run(recorded, stop.clone()));
-        let heartbeat = tokio::spawn(heartbeat(this.clone(), stop.clone()));
-        this.tasks.lock().extend([writer, deliverer, heartbeat]);
-        Ok(this)
-    }
-
-    /// The rows of `event` for every webhook that wants it.
-    fn events(&self, event: &str, node: &str, fields: Value) -> Vec<NewEvent> {
+impl Maker {
+    fn make(&self, event: &str, fields: Value) -> Vec<NewEvent> {
         let fields = match fields {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -127,7 +97,7 @@ impl Webhooks {
                 body.insert("id".into(), json!(id));
                 body.insert("event".into(), json!(event));
                 body.insert("time_ms".into(), json!(time_ms));
-                body.insert("node".into(), json!(node));
+                body.insert("node".into(), json!(self.node));
                 body.extend(fields.clone());
                 NewEvent {
                     id,
@@ -139,99 +109,161 @@ impl Webhooks {
             .collect()
     }
 
-    async fn send(&self, change: Change) {
-        if self.queue.send(change).await.is_err() {
+    /// The events of a key reaching (`up`) or leaving zero holders.
+    fn edge(&self, kind: HolderKind, key: &str, up: bool, extra: Value) -> Vec<NewEvent> {
+        let (event, mut fields) = match (kind, up) {
+            (HolderKind::User, true) => ("user_online", json!({"user": key})),
+            (HolderKind::User, false) => ("user_offline", json!({"user": key})),
+            (HolderKind::Channel, true) => ("channel_occupied", json!({"channel": key})),
+            (HolderKind::Channel, false) => ("channel_vacated", json!({"channel": key})),
+        };
+        if let (Some(f), Value::Object(extra)) = (fields.as_object_mut(), extra) {
+            f.extend(extra);
+        }
+        self.make(event, fields)
+    }
+}
+
+pub struct Webhooks {
+    maker: Arc<Maker>,
+    wants: Wants,
+    /// This run's uid: its holder rows and claims carry it.
+    uid: String,
+    queue: mpsc::Sender<Item>,
+    store: Arc<dyn EventQueue>,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Webhooks {
+    /// Says the node is alive, then starts the writer, delivery and
+    /// heartbeat tasks.
+    pub async fn open(
+        hooks: Vec<Webhook>,
+        store: Arc<dyn EventQueue>,
+        node: &str,
+        uid: &str,
+        counters: Arc<Counters>,
+    ) -> Result<Arc<Self>, String> {
+        let chain = |e: StoreError| crate::report::Chain(&e).to_string();
+        store.heartbeat(uid, now_ms()).await.map_err(chain)?;
+        store.recover().await.map_err(chain)?;
+        let any = |events: &[&str]| hooks.iter().any(|h| events.iter().any(|e| h.wants(e)));
+        let wants = Wants {
+            connect: any(&["connect"]),
+            disconnect: any(&["disconnect"]),
+            subscribe: any(&["subscribe"]),
+            unsubscribe: any(&["unsubscribe"]),
+            users: any(&["user_online", "user_offline"]),
+            channels: any(&["channel_occupied", "channel_vacated"]),
+        };
+        let hooks = Arc::new(hooks);
+        let maker = Arc::new(Maker {
+            hooks: hooks.clone(),
+            node: node.to_string(),
+        });
+        let delivery = deliver::Delivery::new(hooks, store.clone(), uid, counters.clone())?;
+        let (queue, items) = mpsc::channel(QUEUE);
+        let stop = CancellationToken::new();
+        let recorded = Arc::new(Notify::new());
+        let this = Arc::new(Self {
+            maker: maker.clone(),
+            wants,
+            uid: uid.to_string(),
+            queue,
+            store: store.clone(),
+            stop: stop.clone(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let writer = Writer {
+            store,
+            maker,
+            uid: uid.to_string(),
+            counts: HashMap::new(),
+            recorded: recorded.clone(),
+            counters,
+        };
+        let tasks = [
+            tokio::spawn(writer.run(items, stop.clone())),
+            tokio::spawn(delivery.run(recorded, stop.clone())),
+            tokio::spawn(heartbeat(this.clone(), stop)),
+        ];
+        this.tasks.lock().extend(tasks);
+        Ok(this)
+    }
+
+    async fn send(&self, item: Item) {
+        if self.queue.send(item).await.is_err() {
             tracing::warn!("webhook event after shutdown dropped");
         }
     }
 
-    /// A connection was made; `first` when it is the user's first on this
-    /// node.
-    pub async fn connected(&self, client: &str, user: &str, first: bool) {
-        let fields = json!({"client": client, "user": user});
-        if self.wants.connect {
-            let events = self.events("connect", &self.node, fields.clone());
-            self.send(Change::Events(events)).await;
-        }
-        if first && self.wants.users && !user.is_empty() {
-            let events = self.events("user_online", &self.node, fields);
-            self.hold(HolderKind::User, user, true, events).await;
-        }
-    }
-
-    /// A connection ended; `last` when it was the user's last on this node.
-    pub async fn disconnected(
-        &self,
-        client: &str,
-        user: &str,
-        code: u16,
-        reason: &str,
-        last: bool,
-    ) {
-        if self.wants.disconnect {
-            let fields = json!({"client": client, "user": user, "code": code, "reason": reason});
-            let events = self.events("disconnect", &self.node, fields);
-            self.send(Change::Events(events)).await;
-        }
-        if last && self.wants.users && !user.is_empty() {
-            let fields = json!({"client": client, "user": user});
-            let events = self.events("user_offline", &self.node, fields);
-            self.hold(HolderKind::User, user, false, events).await;
-        }
-    }
-
-    /// A client subscribed; `first` when it is the channel's first
-    /// subscriber on this node.
-    pub async fn subscribed(&self, client: &str, user: &str, channel: &str, first: bool) {
-        let fields = json!({"client": client, "user": user, "channel": channel});
-        if self.wants.subscribe {
-            let events = self.events("subscribe", &self.node, fields.clone());
-            self.send(Change::Events(events)).await;
-        }
-        if first && self.wants.channels {
-            let events = self.events("channel_occupied", &self.node, json!({"channel": channel}));
-            self.hold(HolderKind::Channel, channel, true, events).await;
-        }
-    }
-
-    /// A client left a channel; `last` when no subscriber is left on this
-    /// node.
-    pub async fn unsubscribed(&self, client: &str, user: &str, channel: &str, last: bool) {
-        if self.wants.unsubscribe {
-            let fields = json!({"client": client, "user": user, "channel": channel});
-            let events = self.events("unsubscribe", &self.node, fields);
-            self.send(Change::Events(events)).await;
-        }
-        if last && self.wants.channels {
-            let events = self.events("channel_vacated", &self.node, json!({"channel": channel}));
-            self.hold(HolderKind::Channel, channel, false, events).await;
-        }
-    }
-
-    async fn hold(&self, kind: HolderKind, key: &str, add: bool, events: Vec<NewEvent>) {
-        let change = Change::Hold {
+    async fn count(&self, kind: HolderKind, key: &str, up: bool, client: &str) {
+        let item = Item::Count {
             kind,
             key: key.to_string(),
-            add,
-            events,
+            up,
+            client: client.to_string(),
         };
-        self.send(change).await;
+        self.send(item).await;
     }
 
-    /// The events a vanished node's last holding of a key leaves behind.
-    fn orphaned(&self, kind: HolderKind, key: &str, node: &str) -> Vec<NewEvent> {
-        let gone = format!("node {node} gone");
-        match kind {
-            HolderKind::User => self.events(
-                "user_offline",
-                &self.node,
-                json!({"user": key, "reason": gone}),
-            ),
-            HolderKind::Channel => self.events(
-                "channel_vacated",
-                &self.node,
-                json!({"channel": key, "reason": gone}),
-            ),
+    /// A connection was made.
+    pub async fn connected(&self, client: &str, user: &str) {
+        if self.wants.connect {
+            let events = self
+                .maker
+                .make("connect", json!({"client": client, "user": user}));
+            self.send(Item::Events(events)).await;
+        }
+        if self.wants.users && !user.is_empty() {
+            self.count(HolderKind::User, user, true, client).await;
+        }
+    }
+
+    /// A connection (one that [`Webhooks::connected`] told of) ended.
+    pub async fn disconnected(&self, client: &str, user: &str, code: u16, reason: &str) {
+        if self.wants.disconnect {
+            let fields = json!({"client": client, "user": user, "code": code, "reason": reason});
+            let events = self.maker.make("disconnect", fields);
+            self.send(Item::Events(events)).await;
+        }
+        if self.wants.users && !user.is_empty() {
+            self.count(HolderKind::User, user, false, client).await;
+        }
+    }
+
+    /// A client subscribed.
+    pub async fn subscribed(&self, client: &str, user: &str, channel: &str) {
+        self.channel_event("subscribe", self.wants.subscribe, client, user, channel)
+            .await;
+        if self.wants.channels {
+            self.count(HolderKind::Channel, channel, true, client).await;
+        }
+    }
+
+    /// A client's subscription ended.
+    pub async fn unsubscribed(&self, client: &str, user: &str, channel: &str) {
+        self.channel_event("unsubscribe", self.wants.unsubscribe, client, user, channel)
+            .await;
+        if self.wants.channels {
+            self.count(HolderKind::Channel, channel, false, client)
+                .await;
+        }
+    }
+
+    async fn channel_event(
+        &self,
+        event: &str,
+        wanted: bool,
+        client: &str,
+        user: &str,
+        channel: &str,
+    ) {
+        if wanted {
+            let fields = json!({"client": client, "user": user, "channel": channel});
+            self.send(Item::Events(self.maker.make(event, fields)))
+                .await;
         }
     }
 
@@ -240,11 +272,12 @@ impl Webhooks {
     }
 
     /// At shutdown, after the connections closed: records what is queued,
-    /// stops delivering and forgets this node.
+    /// stops delivering, releases what the node still holds (telling the
+    /// offline and vacated events) and forgets the node.
     pub async fn close(&self) {
         self.stop.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock());
-        for mut task in tasks {
+        let ended = futures_util::future::join_all(tasks.into_iter().map(|mut task| async move {
             if tokio::time::timeout(Duration::from_secs(5), &mut task)
                 .await
                 .is_err()
@@ -252,37 +285,102 @@ impl Webhooks {
                 tracing::warn!("a webhook task did not end in time");
                 task.abort();
             }
-        }
-        if let Err(e) = self.store.leave(&self.uid).await {
-            tracing::warn!(error = %crate::report::Chain(&e), "webhook node not forgotten");
+        }));
+        ended.await;
+        let orphaned = |kind: HolderKind, key: &str, _: &str| {
+            self.maker
+                .edge(kind, key, false, json!({"reason": "node shut down"}))
+        };
+        if let Err(e) = self.store.leave(&self.uid, now_ms(), &orphaned).await {
+            tracing::warn!(error = %crate::report::Chain(&e), "webhook node not released");
         }
     }
 }
 
-/// Records queued changes in batches until `stop` (at shutdown, once the
-/// connections are closed) finds the queue empty; a failing database is
-/// tried again, the queue filling meanwhile.
-async fn write(
+/// Holder keys are text without NUL (PostgreSQL refuses it); a user id
+/// with one is held under a stand-in.
+fn holder_key(key: &str) -> String {
+    key.replace('\0', "\u{FFFD}")
+}
+
+/// The writer task's state: this node's counts and where to record.
+struct Writer {
     store: Arc<dyn EventQueue>,
+    maker: Arc<Maker>,
     uid: String,
-    mut changes: mpsc::Receiver<Change>,
+    counts: HashMap<(HolderKind, String), u64>,
     recorded: Arc<Notify>,
     counters: Arc<Counters>,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        tokio::select! {
-            biased;
-            n = changes.recv_many(&mut batch, BATCH) => if n == 0 { return },
-            _ = stop.cancelled() => return,
+}
+
+impl Writer {
+    /// Records queued items in batches until `stop` (at shutdown, once the
+    /// connections are closed) finds the queue empty; a failing database
+    /// is tried again, the queue filling meanwhile.
+    async fn run(mut self, mut items: mpsc::Receiver<Item>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                n = items.recv_many(&mut batch, BATCH) => if n == 0 { return },
+                _ = stop.cancelled() => return,
+            }
+            let changes: Vec<Change> = batch.drain(..).flat_map(|i| self.apply(i)).collect();
+            if !changes.is_empty() {
+                self.record(&changes).await;
+            }
         }
+    }
+
+    /// The storage changes an item makes: its events, or a key's first or
+    /// last holding on this node.
+    fn apply(&mut self, item: Item) -> Vec<Change> {
+        match item {
+            Item::Events(events) => vec![Change::Events(events)],
+            Item::Count {
+                kind,
+                key,
+                up,
+                client,
+            } => {
+                let key = holder_key(&key);
+                let edge = count(&mut self.counts, (kind, key.clone()), up);
+                if !edge {
+                    return Vec::new();
+                }
+                let extra = match kind {
+                    HolderKind::User => json!({"client": client}),
+                    HolderKind::Channel => json!({}),
+                };
+                let events = self.maker.edge(kind, &key, up, extra);
+                vec![Change::Hold {
+                    kind,
+                    key,
+                    add: up,
+                    events,
+                }]
+            }
+            Item::Reassert => self
+                .counts
+                .keys()
+                .map(|(kind, key)| Change::Hold {
+                    kind: *kind,
+                    key: key.clone(),
+                    add: true,
+                    events: self.maker.edge(*kind, key, true, json!({})),
+                })
+                .collect(),
+        }
+    }
+
+    async fn record(&self, changes: &[Change]) {
         let mut delay = Duration::from_millis(100);
         loop {
-            match store.record(&uid, &batch, now_ms()).await {
+            match self.store.record(&self.uid, changes, now_ms()).await {
                 Ok(n) => {
-                    Counters::add(&counters.webhook_events, n as u64);
-                    break;
+                    Counters::add(&self.counters.webhook_events, n as u64);
+                    self.recorded.notify_one();
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %crate::report::Chain(&e), "webhook events not recorded yet; trying again");
@@ -291,12 +389,36 @@ async fn write(
                 }
             }
         }
-        batch.clear();
-        recorded.notify_one();
     }
 }
 
-/// Says the node is alive and releases what vanished nodes held.
+/// Counts one holding of `key` up or down; true when that made the count
+/// leave or reach zero (a down with nothing counted changes nothing).
+fn count(
+    counts: &mut HashMap<(HolderKind, String), u64>,
+    key: (HolderKind, String),
+    up: bool,
+) -> bool {
+    if up {
+        let n = counts.entry(key).or_insert(0);
+        *n += 1;
+        return *n == 1;
+    }
+    match counts.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Says the node is alive (holding its keys again when storage had let it
+/// go) and releases what vanished nodes held.
 async fn heartbeat(hooks: Arc<Webhooks>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.tick().await;
@@ -307,13 +429,27 @@ async fn heartbeat(hooks: Arc<Webhooks>, stop: CancellationToken) {
         }
         let store = &hooks.store;
         let now = now_ms();
-        if let Err(e) = store.heartbeat(&hooks.uid, now).await {
-            tracing::warn!(error = %crate::report::Chain(&e), "webhook heartbeat failed");
-            continue;
+        match store.heartbeat(&hooks.uid, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("storage had let this node go (it was away): holding its users and channels again");
+                hooks.send(Item::Reassert).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::report::Chain(&e), "webhook heartbeat failed");
+                continue;
+            }
         }
         let stale = now - NODE_TIMEOUT.as_millis() as i64;
-        let orphaned = |kind: HolderKind, key: &str, node: &str| hooks.orphaned(kind, key, node);
-        match store.sweep(stale, &orphaned).await {
+        let orphaned = |kind: HolderKind, key: &str, node: &str| {
+            hooks.maker.edge(
+                kind,
+                key,
+                false,
+                json!({"reason": format!("node {node} gone")}),
+            )
+        };
+        match store.sweep(stale, now, &orphaned).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(nodes = n, "released what vanished nodes held"),
             Err(e) => {
@@ -328,4 +464,33 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_up_and_the_last_down_are_edges() {
+        let mut counts = HashMap::new();
+        let key = || (HolderKind::User, "ann".to_string());
+        // A down before anything is counted (an unpaired one) is nothing.
+        assert!(!count(&mut counts, key(), false));
+        assert!(count(&mut counts, key(), true));
+        assert!(!count(&mut counts, key(), true));
+        assert!(!count(&mut counts, key(), false));
+        assert!(count(&mut counts, key(), false));
+        assert!(counts.is_empty());
+        // Whatever the order of two connections' ups and downs, as long as
+        // each one's up comes before its down, edges pair up.
+        assert!(count(&mut counts, key(), true));
+        assert!(count(&mut counts, key(), false));
+        assert!(count(&mut counts, key(), true));
+        assert!(count(&mut counts, key(), false));
+    }
+
+    #[test]
+    fn holder_keys_have_no_nul() {
+        assert_eq!(holder_key("a\0b"), "a\u{FFFD}b");
+    }
 }

@@ -1083,7 +1083,8 @@ async fn access_rules_persist_and_reload(f: Fixture) {
 
 /// The webhook event queue on its own: holders decide first and last
 /// across nodes, a vanished node is released with the events it leaves
-/// behind, claims keep events from a second claimer, outcomes settle.
+/// behind (and so is a node that leaves), claims keep events from a second
+/// claimer, only the claimer settles, outcomes settle.
 async fn webhook_queue_holds_claims_and_sweeps(f: Fixture) {
     use herald::store::event_queue::{Change, EventQueue, HolderKind, NewEvent, Settled};
 
@@ -1096,49 +1097,102 @@ async fn webhook_queue_holds_claims_and_sweeps(f: Fixture) {
         event: name.into(),
         body: format!(r#"{{"id":"{id}"}}"#),
     };
-    let hold = |add: bool, id: &str| Change::Hold {
+    let hold = |key: &str, add: bool, id: &str| Change::Hold {
         kind: HolderKind::User,
-        key: "ann".into(),
+        key: key.into(),
         add,
         events: vec![event(id, if add { "user_online" } else { "user_offline" })],
     };
     let now = 1_000_000;
-    q.heartbeat("a", now).await.unwrap();
+    assert!(!q.heartbeat("a", now).await.unwrap(), "a new node");
+    assert!(q.heartbeat("a", now).await.unwrap(), "known now");
     q.heartbeat("b", now).await.unwrap();
+    q.heartbeat("c", now).await.unwrap();
     // ann comes on node a (online), then on b (nothing), leaves a (nothing).
-    assert_eq!(q.record("a", &[hold(true, "on1")], now).await.unwrap(), 1);
-    assert_eq!(q.record("b", &[hold(true, "on2")], now).await.unwrap(), 0);
-    assert_eq!(q.record("a", &[hold(false, "off1")], now).await.unwrap(), 0);
+    assert_eq!(
+        q.record("a", &[hold("ann", true, "on1")], now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        q.record("b", &[hold("ann", true, "on2")], now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        q.record("a", &[hold("ann", false, "off1")], now)
+            .await
+            .unwrap(),
+        0
+    );
+    // c holds bo and leaves cleanly: bo goes offline with it.
+    assert_eq!(
+        q.record("c", &[hold("bo", true, "on3")], now)
+            .await
+            .unwrap(),
+        1
+    );
+    let left = |kind: HolderKind, key: &str, node: &str| {
+        assert_eq!((kind, key, node), (HolderKind::User, "bo", "c"));
+        vec![event("off-c", "user_offline")]
+    };
+    q.leave("c", now, &left).await.unwrap();
     // b vanishes: its heartbeat goes stale while a's is fresh.
     q.heartbeat("a", now + 120_000).await.unwrap();
     let orphaned = |kind: HolderKind, key: &str, node: &str| {
         assert_eq!((kind, key, node), (HolderKind::User, "ann", "b"));
         vec![event("off-b", "user_offline")]
     };
-    assert_eq!(q.sweep(now + 60_000, &orphaned).await.unwrap(), 1);
     assert_eq!(
-        q.sweep(now + 60_000, &orphaned).await.unwrap(),
+        q.sweep(now + 60_000, now + 120_000, &orphaned)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        q.sweep(now + 60_000, now + 120_000, &orphaned)
+            .await
+            .unwrap(),
         0,
         "released once"
     );
+    assert!(
+        !q.heartbeat("b", now + 130_000).await.unwrap(),
+        "b learns it was let go"
+    );
 
-    // Two events are due: one claimer gets them, a second none.
-    let claimed = q.claim("a", now + 70_000, now + 100_000, 10).await.unwrap();
+    // Four events are due: one claimer gets them, a second none.
+    let claimed = q
+        .claim("a", now + 130_000, now + 200_000, 10)
+        .await
+        .unwrap();
     let mut ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
     ids.sort();
-    assert_eq!(ids, ["off-b", "on1"]);
+    assert_eq!(ids, ["off-b", "off-c", "on1", "on3"]);
     assert!(q
-        .claim("b", now + 70_000, now + 100_000, 10)
+        .claim("b", now + 130_000, now + 200_000, 10)
         .await
         .unwrap()
         .is_empty());
-    q.settle(&[
-        Settled::Delivered { id: "on1".into() },
-        Settled::Dead {
-            id: "off-b".into(),
-            error: "HTTP status 500".into(),
-        },
-    ])
+    // Only the claimer's outcome counts.
+    q.settle("b", &[Settled::Delivered { id: "on1".into() }])
+        .await
+        .unwrap();
+    assert_eq!(q.counts().await.unwrap(), (4, 0));
+    q.settle(
+        "a",
+        &[
+            Settled::Delivered { id: "on1".into() },
+            Settled::Delivered { id: "on3".into() },
+            Settled::Delivered { id: "off-c".into() },
+            Settled::Dead {
+                id: "off-b".into(),
+                error: "HTTP status 500".into(),
+            },
+        ],
+    )
     .await
     .unwrap();
     assert_eq!(q.counts().await.unwrap(), (0, 1));
@@ -1148,17 +1202,49 @@ async fn webhook_queue_holds_claims_and_sweeps(f: Fixture) {
         (dead[0].attempts, dead[0].last_error.as_str()),
         (1, "HTTP status 500")
     );
-    assert_eq!(q.redrive(&[], "app", now + 80_000).await.unwrap(), 1);
+    assert_eq!(q.redrive(&[], "other", now + 140_000).await.unwrap(), 0);
+    assert_eq!(
+        q.redrive(&["off-b".into()], "", now + 140_000)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(q.counts().await.unwrap(), (1, 0));
+    // A retry is due again when it says.
+    let claimed = q
+        .claim("a", now + 140_000, now + 150_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let retry = Settled::Retry {
+        id: "off-b".into(),
+        next_at: now + 160_000,
+        error: "no answer".into(),
+    };
+    q.settle("a", &[retry]).await.unwrap();
+    assert!(q
+        .claim("a", now + 150_000, now + 170_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
     // A claim that was never settled (its node died) is released by
     // `recover` where the database is the node's own, else by the lease.
-    let claimed = q.claim("a", now + 90_000, now + 200_000, 10).await.unwrap();
-    assert_eq!(claimed.len(), 1);
+    let claimed = q
+        .claim("a", now + 160_000, now + 200_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed[0].attempts, 1,
+        "one failed attempt since the redrive"
+    );
     q.recover().await.unwrap();
-    let again = q.claim("c", now + 95_000, now + 300_000, 10).await.unwrap();
+    let again = q
+        .claim("d", now + 165_000, now + 300_000, 10)
+        .await
+        .unwrap();
     assert_eq!(again.len(), usize::from(f.postgres.is_none()));
     let after_lease = q
-        .claim("c", now + 200_001, now + 400_000, 10)
+        .claim("d", now + 200_001, now + 400_000, 10)
         .await
         .unwrap();
     assert_eq!(again.len() + after_lease.len(), 1);

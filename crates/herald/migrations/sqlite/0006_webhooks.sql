@@ -1,7 +1,7 @@
 -- Webhook deliveries: one row per event and webhook, written before it is
--- sent, deleted once delivered. A row is due at next_at (ms) unless node
--- claimed_by claimed it until claimed_until (ms); dead = 1 keeps it as a
--- dead letter after its last attempt.
+-- sent, deleted once delivered. A row is due at next_at (ms) unless a node
+-- claimed it until claimed_until (ms); dead = 1 keeps it as a dead letter
+-- after its last attempt.
 CREATE TABLE webhook_events (
     id            TEXT    NOT NULL PRIMARY KEY,
     hook          TEXT    NOT NULL,
@@ -10,7 +10,6 @@ CREATE TABLE webhook_events (
     attempts      BIGINT  NOT NULL DEFAULT 0,
     next_at       BIGINT  NOT NULL,
     claimed_until BIGINT  NOT NULL DEFAULT 0,
-    claimed_by    TEXT    NOT NULL DEFAULT '',
     dead          INTEGER NOT NULL DEFAULT 0,
     last_error    TEXT    NOT NULL DEFAULT '',
     created_ms    BIGINT  NOT NULL

@@ -17,6 +17,10 @@ pub const EVENTS: [&str; 8] = [
     "user_offline",
 ];
 
+/// The most attempts an event may have: each delay doubles the one
+/// before, so more would wait for decades.
+pub const MAX_ATTEMPTS: u32 = 30;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Webhook {
@@ -67,7 +71,11 @@ pub fn validate(hooks: &[Webhook]) -> Result<(), ConfigError> {
                 "give each webhook a name of its own",
             ));
         }
-        if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+        let url_ok = (h.url.starts_with("http://") || h.url.starts_with("https://"))
+            && h.url
+                .parse::<hyper::Uri>()
+                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !url_ok {
             return Err(ConfigError::invalid(
                 key("url"),
                 "set an http:// or https:// URL",
@@ -82,8 +90,11 @@ pub fn validate(hooks: &[Webhook]) -> Result<(), ConfigError> {
         if h.timeout.is_zero() {
             return Err(ConfigError::invalid(key("timeout"), "must be positive"));
         }
-        if h.max_attempts == 0 {
-            return Err(ConfigError::invalid(key("max_attempts"), "at least 1"));
+        if !(1..=MAX_ATTEMPTS).contains(&h.max_attempts) {
+            return Err(ConfigError::invalid(
+                key("max_attempts"),
+                format!("from 1 to {MAX_ATTEMPTS}"),
+            ));
         }
         if h.retry_initial_delay.is_zero() {
             return Err(ConfigError::invalid(

@@ -46,17 +46,17 @@ impl Session {
             self.outbox.clone(),
             self.encoding,
         ));
-        let first_of_user = match self.node.hub.add_client(
+        match self.node.hub.add_client(
             handle.clone(),
             cfg.connection_limit,
             cfg.user_connection_limit,
         ) {
-            Ok(first) => first,
+            Ok(()) => {}
             Err(Refused::NodeLimit | Refused::UserLimit) => {
                 tracing::info!(user = %claims.user, "connection limit reached");
                 return Err(Disconnect::connection_limit());
             }
-        };
+        }
         // Blocks and revocations are checked once the connection is in the
         // hub: one made meanwhile either finds it there or is seen here
         // (rules are applied before connections are looked for).
@@ -76,6 +76,10 @@ impl Session {
             token: claims.id.clone(),
             meta: claims.meta.clone(),
         });
+        // Told before its server-side subscriptions.
+        if let Some(w) = &self.node.webhooks {
+            w.connected(&self.client_id, &claims.user).await;
+        }
         // Positioned server-side subscriptions are entered now, their
         // publications held until the reply is queued.
         let (subs, after) = match self.enter_server_side(claims.subs, req.subs).await {
@@ -84,6 +88,11 @@ impl Session {
                 // Nothing of the connection stays; the client may try again.
                 self.conn = None;
                 self.node.hub.remove_client(&*handle);
+                if let Some(w) = &self.node.webhooks {
+                    let d = Disconnect::internal();
+                    w.disconnected(&self.client_id, &claims.user, d.code, &e.message)
+                        .await;
+                }
                 self.reply(id, Err(e));
                 return Ok(());
             }
@@ -117,10 +126,6 @@ impl Session {
         tracing::debug!(client = %self.client_id, user = %claims.user, "connected");
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
-        if let Some(w) = &self.node.webhooks {
-            w.connected(&self.client_id, &claims.user, first_of_user)
-                .await;
-        }
         self.finish_server_side(after).await;
         let personal = &self.node.config.client.subscribe_to_user_personal_channel;
         if personal.enabled && personal.single_connection && !claims.user.is_empty() {

@@ -372,8 +372,7 @@ impl Session {
             self.node.broker_sync(channel).await;
         }
         if let Some(w) = &self.node.webhooks {
-            w.subscribed(&self.client_id, &handle.user, channel, first)
-                .await;
+            w.subscribed(&self.client_id, &handle.user, channel).await;
         }
     }
 
@@ -424,7 +423,7 @@ impl Session {
             self.node.broker_sync(channel).await;
         }
         if let Some(w) = &self.node.webhooks {
-            w.unsubscribed(&self.client_id, &conn.handle.user, channel, last)
+            w.unsubscribed(&self.client_id, &conn.handle.user, channel)
                 .await;
         }
         if state.announced && state.presence {

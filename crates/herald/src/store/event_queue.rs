@@ -19,7 +19,7 @@ pub struct NewEvent {
 }
 
 /// What kind of key a holder row is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HolderKind {
     User,
     Channel,
@@ -121,8 +121,13 @@ pub trait EventQueue: Send + Sync + 'static {
     /// released with their node by [`EventQueue::sweep`]).
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Records how attempts ended.
-    fn settle<'a>(&'a self, outcomes: &'a [Settled]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Records how `node`'s attempts ended (of events it still holds the
+    /// claim of; another node may have taken one over).
+    fn settle<'a>(
+        &'a self,
+        node: &'a str,
+        outcomes: &'a [Settled],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Dead letters, oldest first (of one webhook when `hook` is not empty).
     fn dead_letters<'a>(
@@ -143,19 +148,30 @@ pub trait EventQueue: Send + Sync + 'static {
     /// Events waiting for delivery, and dead letters.
     fn counts(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>>;
 
-    /// Says the node is alive.
-    fn heartbeat<'a>(&'a self, node: &'a str, now_ms: i64)
-        -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Says the node is alive; `false` when storage did not know it (it is
+    /// new, or others took it for gone and released what it held).
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Releases what nodes unseen since `stale_ms` held, writing the events
-    /// `orphaned` makes for keys left with no holder; returns how many
-    /// nodes were released.
+    /// Releases what nodes unseen since `stale_ms` held (and their claims),
+    /// writing at `now_ms` the events `orphaned` makes for keys left with no
+    /// holder; returns how many nodes were released.
     fn sweep<'a>(
         &'a self,
         stale_ms: i64,
+        now_ms: i64,
         orphaned: Orphaned<'a>,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
 
-    /// Forgets the node (at a clean shutdown, after its holders are gone).
-    fn leave<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// At shutdown: releases what the node still holds (as a sweep would)
+    /// and forgets it.
+    fn leave<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+        orphaned: Orphaned<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }

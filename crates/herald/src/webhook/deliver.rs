@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use hmac::{Hmac, Mac};
-use http_body_util::Full;
+use http_body_util::{Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use sha2::Sha256;
 use tokio::sync::Notify;
@@ -22,13 +23,13 @@ use crate::config::webhook::Webhook;
 use crate::metrics::Counters;
 use crate::store::event_queue::{Claimed, EventQueue, Settled};
 
-/// Events claimed at once.
-const CLAIM: i64 = 256;
 /// Deliveries in flight at once, over every webhook.
 const CONCURRENCY: usize = 64;
 /// How often storage is asked for due events when nothing new was
 /// recorded (retries come due by themselves).
 const POLL: Duration = Duration::from_millis(500);
+/// The most of a receiver's answer that is read.
+const ANSWER_LIMIT: usize = 64 * 1024;
 
 pub(super) struct Delivery {
     hooks: Arc<Vec<Webhook>>,
@@ -36,8 +37,9 @@ pub(super) struct Delivery {
     uid: String,
     store: Arc<dyn EventQueue>,
     counters: Arc<Counters>,
-    client: Option<HttpClient>,
-    /// How long a claim keeps other nodes away: longer than any attempt.
+    client: HttpClient,
+    /// How long a claim keeps other nodes away: longer than an attempt
+    /// (each event is settled as soon as its attempt ends).
     lease: Duration,
     poll: Duration,
 }
@@ -48,54 +50,70 @@ impl Delivery {
         store: Arc<dyn EventQueue>,
         uid: &str,
         counters: Arc<Counters>,
-    ) -> Self {
-        let client = http_client()
-            .map_err(|e| tracing::error!(error = %e, "webhooks cannot send: no HTTP client"))
-            .ok();
+    ) -> Result<Self, String> {
+        let client = http_client()?;
         let longest = hooks.iter().map(|h| h.timeout.0).max().unwrap_or_default();
         let quickest = hooks
             .iter()
             .map(|h| h.retry_initial_delay.0)
             .min()
             .unwrap_or(POLL);
-        Self {
+        Ok(Self {
             hooks,
             uid: uid.to_string(),
             store,
             counters,
             client,
             lease: longest * 2 + Duration::from_secs(10),
-            poll: POLL.min(quickest),
-        }
+            poll: POLL.min(quickest / 2),
+        })
     }
 
+    /// Keeps up to [`CONCURRENCY`] attempts in flight, claiming more as
+    /// slots free up and settling each as it ends (with whatever else ended
+    /// meanwhile), until `stop`; attempts in flight then finish first.
     pub(super) async fn run(self, recorded: Arc<Notify>, stop: CancellationToken) {
+        let mut inflight = FuturesUnordered::new();
+        // Storage had nothing more due when last asked.
+        let mut drained = false;
         loop {
-            let now = now_ms();
-            let until = now + self.lease.as_millis() as i64;
-            let claimed = match self.store.claim(&self.uid, now, until, CLAIM).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %crate::report::Chain(&e), "webhook events not claimed");
-                    Vec::new()
+            let free = CONCURRENCY - inflight.len();
+            if !stop.is_cancelled() && !drained && free > 0 {
+                let now = now_ms();
+                let until = now + self.lease.as_millis() as i64;
+                match self.store.claim(&self.uid, now, until, free as i64).await {
+                    Ok(claimed) => {
+                        drained = claimed.len() < free;
+                        inflight.extend(claimed.into_iter().map(|c| self.attempt(c)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::report::Chain(&e), "webhook events not claimed");
+                        drained = true;
+                    }
                 }
-            };
-            if claimed.is_empty() {
+            }
+            if inflight.is_empty() {
+                if stop.is_cancelled() {
+                    return;
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = recorded.notified() => {}
                     _ = tokio::time::sleep(self.poll) => {}
                 }
+                drained = false;
                 continue;
             }
-            let outcomes: Vec<Settled> = futures_util::stream::iter(claimed)
-                .map(|c| self.attempt(c))
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            self.settle(&outcomes).await;
-            if stop.is_cancelled() {
-                return;
+            tokio::select! {
+                ended = inflight.next() => {
+                    let mut outcomes: Vec<Settled> = ended.into_iter().collect();
+                    while let Some(Some(more)) = inflight.next().now_or_never() {
+                        outcomes.push(more);
+                    }
+                    self.settle(&outcomes).await;
+                }
+                _ = recorded.notified(), if drained => drained = false,
+                _ = tokio::time::sleep(self.poll), if drained => drained = false,
             }
         }
     }
@@ -104,21 +122,23 @@ impl Delivery {
     /// sent again once its claim lapses (at least once, never lost).
     async fn settle(&self, outcomes: &[Settled]) {
         for attempt in 0..3 {
-            match self.store.settle(outcomes).await {
-                Ok(()) => break,
+            match self.store.settle(&self.uid, outcomes).await {
+                Ok(()) => {
+                    for o in outcomes {
+                        let c = match o {
+                            Settled::Delivered { .. } => &self.counters.webhook_delivered,
+                            Settled::Retry { .. } => &self.counters.webhook_failed_attempts,
+                            Settled::Dead { .. } => &self.counters.webhook_dead_letters,
+                        };
+                        Counters::incr(c);
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %crate::report::Chain(&e), attempt, "webhook outcomes not recorded");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-        }
-        for o in outcomes {
-            let c = match o {
-                Settled::Delivered { .. } => &self.counters.webhook_delivered,
-                Settled::Retry { .. } => &self.counters.webhook_failed_attempts,
-                Settled::Dead { .. } => &self.counters.webhook_dead_letters,
-            };
-            Counters::incr(c);
         }
     }
 
@@ -156,7 +176,7 @@ impl Delivery {
 
     /// POSTs the event's body; the receiver's status.
     async fn post(&self, hook: &Webhook, event: &Claimed) -> Result<u16, String> {
-        let client = self.client.as_ref().ok_or("no HTTP client")?;
+        let client = &self.client;
         let mut request = hyper::Request::post(hook.url.as_str())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("x-herald-event", event.event.as_str())
@@ -172,8 +192,10 @@ impl Delivery {
         let sent = tokio::time::timeout(hook.timeout.0, async {
             let response = client.request(request).await?;
             let status = response.status().as_u16();
-            // Read (and drop) the answer so the connection can be reused.
-            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            // Read (and drop) a short answer so the connection can be
+            // reused; a long one is cut off.
+            let body = Limited::new(response.into_body(), ANSWER_LIMIT);
+            let _ = http_body_util::BodyExt::collect(body).await;
             Ok::<u16, hyper_util::client::legacy::Error>(status)
         })
         .await;
@@ -200,7 +222,8 @@ pub fn sign(secret: &str, body: &str) -> String {
 /// attempt after the first, times `jitter` (0.75 to 1.25). Each delay is
 /// longer than the one before whatever the jitter (doubling beats ±25%).
 pub fn backoff(initial: Duration, attempts: i64, jitter: f64) -> Duration {
-    let doublings = (attempts - 1).clamp(0, 30) as u32;
+    // `max_attempts` is at most MAX_ATTEMPTS, so the clamp never binds.
+    let doublings = (attempts - 1).clamp(0, 62) as u32;
     initial.saturating_mul(1 << doublings).mul_f64(jitter)
 }
 
@@ -218,12 +241,12 @@ mod tests {
     fn each_delay_is_longer_than_the_last_and_within_a_quarter() {
         let initial = Duration::from_secs(1);
         let mut before = Duration::ZERO;
-        for attempts in 1..20 {
+        for attempts in 1..i64::from(crate::config::webhook::MAX_ATTEMPTS) {
             let plain = backoff(initial, attempts, 1.0);
             let low = backoff(initial, attempts, 0.75);
             let high = backoff(initial, attempts, 1.25);
             assert!(low > before, "attempt {attempts}: {low:?} after {before:?}");
-            assert!(low >= plain.mul_f64(0.75) && high <= plain.mul_f64(1.25));
+            assert_eq!(plain, initial * (1 << (attempts - 1)));
             before = high;
         }
         for _ in 0..1000 {

@@ -491,3 +491,75 @@ async fn health_follows_redis_and_postgres() {
     })
     .await;
 }
+
+/// Webhooks in a cluster (Redis broker, PostgreSQL storage): a user with
+/// connections on both nodes is online once and offline once, a channel
+/// with subscribers on both is occupied and vacated once, and every event
+/// is delivered once, whichever node records or sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_count_a_user_once_across_nodes_and_deliver_each_event_once() {
+    let (Some(url), Some(pg)) = (
+        env_url("HERALD_TEST_REDIS_URL"),
+        env_url("HERALD_TEST_POSTGRES_URL"),
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let receiver = herald_testkit::Receiver::start().await;
+    let mut cfg = redis_engine(&url, &unique("t"));
+    merge(
+        &mut cfg,
+        json!({
+            "storage": { "type": "postgres", "postgres": { "url": db.url } },
+            "webhooks": [{ "name": "app", "url": receiver.url(), "secret": "s" }]
+        }),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        for n in &nodes {
+            let mut ws = n.client("dora").await;
+            subscribe(&mut ws, "chat:both").await;
+            clients.push(ws);
+        }
+    }
+    eventually("4 subscribe events", || async {
+        receiver.of("subscribe").len() >= 4
+    })
+    .await;
+    for ws in clients {
+        ws.close().await;
+    }
+    eventually("dora offline", || async {
+        !receiver.of("user_offline").is_empty()
+    })
+    .await;
+    eventually("4 disconnects", || async {
+        receiver.of("disconnect").len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.all();
+    let n = |e: &str| got.iter().filter(|r| r.event() == e).count();
+    assert_eq!(
+        [
+            n("connect"),
+            n("user_online"),
+            n("user_offline"),
+            n("channel_occupied"),
+            n("channel_vacated")
+        ],
+        [4, 1, 1, 1, 1],
+        "{got:?}"
+    );
+    let ids: std::collections::HashSet<&str> =
+        got.iter().filter_map(|r| r.body["id"].as_str()).collect();
+    assert_eq!(ids.len(), got.len(), "each event delivered once");
+    let nodes_seen: std::collections::HashSet<&str> =
+        got.iter().filter_map(|r| r.body["node"].as_str()).collect();
+    assert_eq!(
+        nodes_seen.len(),
+        2,
+        "both nodes recorded events: {nodes_seen:?}"
+    );
+}

@@ -172,6 +172,9 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// other transactions locked (and lock their own).
     const SHARED: bool;
 
+    /// How a transaction that writes begins.
+    const BEGIN_WRITE: &'static str;
+
     /// Takes a lock per key (sorted) until the transaction ends, where
     /// several nodes share the database.
     fn lock_keys<'a>(

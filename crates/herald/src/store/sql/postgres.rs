@@ -129,6 +129,8 @@ impl Dialect for PostgresDialect {
 
     const SHARED: bool = true;
 
+    const BEGIN_WRITE: &'static str = "BEGIN";
+
     fn lock_keys<'a>(
         conn: &'a mut PgConnection,
         keys: &'a [String],

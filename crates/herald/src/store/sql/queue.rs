@@ -1,9 +1,11 @@
-//! Webhook events and holders in SQL (tables of the `0006_webhooks`
-//! migration), over every dialect. Claims skip rows another node has locked
-//! (PostgreSQL's `SKIP LOCKED`, where the database is shared); a holder change first takes a lock per key
-//! (PostgreSQL advisory locks, in key order, so nodes cannot deadlock), so
-//! that of two nodes racing on one user exactly one sees the first
-//! connection and one the last.
+//! Webhook events and holders in SQL (tables of the `0006_webhooks` and
+//! `0007_webhook_claims` migrations), over every dialect. Claims skip rows
+//! another node has locked (PostgreSQL's `SKIP LOCKED`, where the database
+//! is shared) and only the claimer settles an event; a holder change first
+//! takes a lock per key (PostgreSQL advisory locks, all of a transaction's
+//! keys at once and in order, so nodes cannot deadlock), so that of two
+//! nodes racing on one user exactly one sees the first connection and one
+//! the last. Writes begin as writes (`BEGIN IMMEDIATE` on SQLite).
 
 use futures_util::future::BoxFuture;
 use sqlx::{Encode, Executor, FromRow, IntoArguments, Type};
@@ -50,34 +52,35 @@ const ADD_HOLDER: &str = "INSERT INTO webhook_holders (kind, key, node) VALUES (
 const REMOVE_HOLDER: &str =
     "DELETE FROM webhook_holders WHERE kind = $1 AND key = $2 AND node = $3";
 
-const SETTLE_DELIVERED: &str = "DELETE FROM webhook_events WHERE id = $1";
+/// Outcomes count only from the node that holds the claim (another may
+/// have taken the event over after a lapsed claim).
+const SETTLE_DELIVERED: &str = "DELETE FROM webhook_events WHERE id = $1 AND claimed_by = $2";
 
-const SETTLE_RETRY: &str = "UPDATE webhook_events \
-     SET attempts = attempts + 1, next_at = $2, claimed_until = 0, last_error = $3 WHERE id = $1";
-
-const SETTLE_DEAD: &str = "UPDATE webhook_events \
-     SET attempts = attempts + 1, dead = 1, claimed_until = 0, last_error = $2 WHERE id = $1";
+/// A failed attempt: due again at $3, or (with $3 = 0) a dead letter.
+const SETTLE_FAILED: &str = "UPDATE webhook_events \
+     SET attempts = attempts + 1, next_at = $3, dead = CASE WHEN $3 = 0 THEN 1 ELSE 0 END, \
+     claimed_until = 0, last_error = $4 WHERE id = $1 AND claimed_by = $2";
 
 const DEAD_LETTERS: &str =
     "SELECT id, hook, event, body, attempts, last_error, created_ms FROM webhook_events \
      WHERE dead = 1 AND ($1 = '' OR hook = $1) ORDER BY created_ms, id LIMIT $2";
 
-const REDRIVE_ONE: &str = "UPDATE webhook_events \
-     SET dead = 0, attempts = 0, next_at = $2, claimed_until = 0, last_error = '' \
-     WHERE dead = 1 AND id = $1";
-
-const REDRIVE_ALL: &str = "UPDATE webhook_events \
-     SET dead = 0, attempts = 0, next_at = $2, claimed_until = 0, last_error = '' \
-     WHERE dead = 1 AND ($1 = '' OR hook = $1)";
+/// Dead letters due again: one (`$1` its id) or all (`$1` empty), of one
+/// webhook (`$2`) or all (`$2` empty).
+const REDRIVE: &str = "UPDATE webhook_events \
+     SET dead = 0, attempts = 0, next_at = $3, claimed_until = 0, last_error = '' \
+     WHERE dead = 1 AND ($1 = '' OR id = $1) AND ($2 = '' OR hook = $2)";
 
 const COUNTS: &str = "SELECT \
      COALESCE(SUM(CASE WHEN dead = 0 THEN 1 ELSE 0 END), 0), \
      COALESCE(SUM(CASE WHEN dead = 1 THEN 1 ELSE 0 END), 0) FROM webhook_events";
 
-const HEARTBEAT: &str = "INSERT INTO webhook_nodes (node, seen_ms) VALUES ($1, $2) \
+const TOUCH_NODE: &str = "UPDATE webhook_nodes SET seen_ms = $2 WHERE node = $1";
+
+const ADD_NODE: &str = "INSERT INTO webhook_nodes (node, seen_ms) VALUES ($1, $2) \
      ON CONFLICT (node) DO UPDATE SET seen_ms = excluded.seen_ms";
 
-const HELD_BY: &str = "SELECT kind, key FROM webhook_holders WHERE node = $1 ORDER BY kind, key";
+const HELD_BY: &str = "SELECT kind, key, node FROM webhook_holders WHERE node = $1";
 
 const RELEASE_NODE: &str = "DELETE FROM webhook_holders WHERE node = $1";
 
@@ -106,8 +109,8 @@ fn kind_of(s: &str) -> HolderKind {
     }
 }
 
-async fn insert_events<'c, D: Dialect>(
-    conn: &'c mut Conn<D>,
+async fn insert_events<D: Dialect>(
+    conn: &mut Conn<D>,
     events: &[NewEvent],
     now_ms: i64,
 ) -> Result<usize, sqlx::Error>
@@ -130,8 +133,8 @@ where
     Ok(events.len())
 }
 
-async fn holders<'c, D: Dialect>(
-    conn: &'c mut Conn<D>,
+async fn holders<D: Dialect>(
+    conn: &mut Conn<D>,
     kind: HolderKind,
     key: &str,
 ) -> Result<i64, sqlx::Error>
@@ -149,6 +152,87 @@ where
     Ok(n)
 }
 
+/// Applies one holder change; returns the events written (those of a first
+/// holder added, or a last one removed).
+async fn hold<D: Dialect>(
+    conn: &mut Conn<D>,
+    node: &str,
+    (kind, key, add): (HolderKind, &str, bool),
+    events: &[NewEvent],
+    now_ms: i64,
+) -> Result<usize, sqlx::Error>
+where
+    for<'e> &'e mut Conn<D>: Executor<'e, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
+    for<'r> (i64,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    let statement = if add { ADD_HOLDER } else { REMOVE_HOLDER };
+    let before = holders::<D>(conn, kind, key).await?;
+    let changed = sqlx::query(statement)
+        .bind(kind.as_str())
+        .bind(key)
+        .bind(node)
+        .execute(&mut *conn)
+        .await?;
+    let edge = if add { before == 0 } else { before == 1 };
+    if D::rows_affected(&changed) > 0 && edge {
+        insert_events::<D>(conn, events, now_ms).await
+    } else {
+        Ok(0)
+    }
+}
+
+/// Releases what `nodes` held — writing the events `orphaned` makes for
+/// keys left without a holder — their claims, and the nodes themselves.
+/// Every key is locked at once, in order.
+async fn release<D: Dialect>(
+    conn: &mut Conn<D>,
+    nodes: &[String],
+    now_ms: i64,
+    orphaned: Orphaned<'_>,
+) -> Result<(), sqlx::Error>
+where
+    for<'e> &'e mut Conn<D>: Executor<'e, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: IntoArguments<D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
+    for<'r> (i64,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, String, String): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    let mut held: Vec<(String, String, String)> = Vec::new();
+    for node in nodes {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(HELD_BY)
+            .bind(node.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+        held.extend(rows);
+    }
+    let mut keys: Vec<String> = held
+        .iter()
+        .map(|(kind, key, _)| lock_key(kind_of(kind), key))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    D::lock_keys(conn, &keys).await?;
+    for node in nodes {
+        for statement in [RELEASE_NODE, FORGET_NODE, RELEASE_CLAIMS_OF] {
+            sqlx::query(statement)
+                .bind(node.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    for (kind, key, node) in &held {
+        let kind = kind_of(kind);
+        if holders::<D>(conn, kind, key).await? == 0 {
+            insert_events::<D>(conn, &orphaned(kind, key, node), now_ms).await?;
+        }
+    }
+    Ok(())
+}
+
 impl<D: Dialect> EventQueue for Sql<D>
 where
     for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
@@ -158,7 +242,7 @@ where
     for<'r> (i64,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (i64, i64): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String,): FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String, String): FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, String, String): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String, String, String, String, i64): FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String, String, String, String, i64, String, i64):
         FromRow<'r, <D::Db as sqlx::Database>::Row>,
@@ -171,7 +255,11 @@ where
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(async move {
             let what = "recording webhook events";
-            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let mut tx = self
+                .pool()
+                .begin_with(D::BEGIN_WRITE)
+                .await
+                .map_err(failed(what))?;
             let mut keys: Vec<String> = changes
                 .iter()
                 .filter_map(|c| match c {
@@ -189,47 +277,9 @@ where
                     Change::Hold {
                         kind,
                         key,
-                        add: true,
+                        add,
                         events,
-                    } => {
-                        let before = holders::<D>(&mut tx, *kind, key)
-                            .await
-                            .map_err(failed(what))?;
-                        sqlx::query(ADD_HOLDER)
-                            .bind(kind.as_str())
-                            .bind(key.as_str())
-                            .bind(node)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(failed(what))?;
-                        if before == 0 {
-                            insert_events::<D>(&mut tx, events, now_ms).await
-                        } else {
-                            Ok(0)
-                        }
-                    }
-                    Change::Hold {
-                        kind,
-                        key,
-                        add: false,
-                        events,
-                    } => {
-                        let removed = sqlx::query(REMOVE_HOLDER)
-                            .bind(kind.as_str())
-                            .bind(key.as_str())
-                            .bind(node)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(failed(what))?;
-                        let left = holders::<D>(&mut tx, *kind, key)
-                            .await
-                            .map_err(failed(what))?;
-                        if D::rows_affected(&removed) > 0 && left == 0 {
-                            insert_events::<D>(&mut tx, events, now_ms).await
-                        } else {
-                            Ok(0)
-                        }
-                    }
+                    } => hold::<D>(&mut tx, node, (*kind, key, *add), events, now_ms).await,
                 }
                 .map_err(failed(what))?;
             }
@@ -272,19 +322,32 @@ where
         })
     }
 
-    fn settle<'a>(&'a self, outcomes: &'a [Settled]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn settle<'a>(
+        &'a self,
+        node: &'a str,
+        outcomes: &'a [Settled],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let what = "settling webhook deliveries";
-            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let mut tx = self
+                .pool()
+                .begin_with(D::BEGIN_WRITE)
+                .await
+                .map_err(failed(what))?;
             for outcome in outcomes {
                 let q = match outcome {
-                    Settled::Delivered { id } => sqlx::query(SETTLE_DELIVERED).bind(id.as_str()),
-                    Settled::Retry { id, next_at, error } => sqlx::query(SETTLE_RETRY)
+                    Settled::Delivered { id } => {
+                        sqlx::query(SETTLE_DELIVERED).bind(id.as_str()).bind(node)
+                    }
+                    Settled::Retry { id, next_at, error } => sqlx::query(SETTLE_FAILED)
                         .bind(id.as_str())
-                        .bind(*next_at)
+                        .bind(node)
+                        .bind((*next_at).max(1))
                         .bind(error.as_str()),
-                    Settled::Dead { id, error } => sqlx::query(SETTLE_DEAD)
+                    Settled::Dead { id, error } => sqlx::query(SETTLE_FAILED)
                         .bind(id.as_str())
+                        .bind(node)
+                        .bind(0i64)
                         .bind(error.as_str()),
                 };
                 q.execute(&mut *tx).await.map_err(failed(what))?;
@@ -331,20 +394,17 @@ where
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let what = "redriving dead letters";
-            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let mut tx = self
+                .pool()
+                .begin_with(D::BEGIN_WRITE)
+                .await
+                .map_err(failed(what))?;
+            let every = [String::new()];
             let mut n = 0;
-            if ids.is_empty() {
-                let r = sqlx::query(REDRIVE_ALL)
-                    .bind(hook)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed(what))?;
-                n += D::rows_affected(&r);
-            }
-            for id in ids {
-                let r = sqlx::query(REDRIVE_ONE)
+            for id in if ids.is_empty() { &every[..] } else { ids } {
+                let r = sqlx::query(REDRIVE)
                     .bind(id.as_str())
+                    .bind(hook)
                     .bind(now_ms)
                     .execute(&mut *tx)
                     .await
@@ -369,77 +429,55 @@ where
         &'a self,
         node: &'a str,
         now_ms: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            sqlx::query(HEARTBEAT)
+            let what = "recording a node heartbeat";
+            let touched = sqlx::query(TOUCH_NODE)
                 .bind(node)
                 .bind(now_ms)
                 .execute(self.pool())
                 .await
-                .map(|_| ())
-                .map_err(failed("recording a node heartbeat"))
+                .map_err(failed(what))?;
+            if D::rows_affected(&touched) > 0 {
+                return Ok(true);
+            }
+            sqlx::query(ADD_NODE)
+                .bind(node)
+                .bind(now_ms)
+                .execute(self.pool())
+                .await
+                .map_err(failed(what))?;
+            Ok(false)
         })
     }
 
     fn sweep<'a>(
         &'a self,
         stale_ms: i64,
+        now_ms: i64,
         orphaned: Orphaned<'a>,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(async move {
-            let what = "releasing a vanished node's holders";
+            let what = "releasing vanished nodes";
             let stale = if D::SHARED {
                 concat!(stale_sql!(), " FOR UPDATE SKIP LOCKED")
             } else {
                 stale_sql!()
             };
-            let mut tx = self.pool().begin().await.map_err(failed(what))?;
+            let mut tx = self
+                .pool()
+                .begin_with(D::BEGIN_WRITE)
+                .await
+                .map_err(failed(what))?;
             let gone: Vec<(String,)> = sqlx::query_as(stale)
                 .bind(stale_ms)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(failed(what))?;
-            for (node,) in &gone {
-                let held: Vec<(String, String)> = sqlx::query_as(HELD_BY)
-                    .bind(node.as_str())
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(failed(what))?;
-                let mut keys: Vec<String> = held
-                    .iter()
-                    .map(|(k, key)| lock_key(kind_of(k), key))
-                    .collect();
-                keys.sort();
-                D::lock_keys(&mut tx, &keys).await.map_err(failed(what))?;
-                sqlx::query(RELEASE_NODE)
-                    .bind(node.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed(what))?;
-                for (kind, key) in &held {
-                    let kind = kind_of(kind);
-                    if holders::<D>(&mut tx, kind, key)
-                        .await
-                        .map_err(failed(what))?
-                        == 0
-                    {
-                        let events = orphaned(kind, key, node);
-                        insert_events::<D>(&mut tx, &events, stale_ms)
-                            .await
-                            .map_err(failed(what))?;
-                    }
-                }
-                sqlx::query(FORGET_NODE)
-                    .bind(node.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed(what))?;
-                sqlx::query(RELEASE_CLAIMS_OF)
-                    .bind(node.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed(what))?;
-            }
+            let gone: Vec<String> = gone.into_iter().map(|(n,)| n).collect();
+            release::<D>(&mut tx, &gone, now_ms, orphaned)
+                .await
+                .map_err(failed(what))?;
             tx.commit().await.map_err(failed(what))?;
             Ok(gone.len())
         })
@@ -448,7 +486,8 @@ where
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if D::SHARED {
-                // Other nodes' claims may be live; a dead one's lapse.
+                // Other nodes' claims may be live; a dead one's lapse, or
+                // are released with it.
                 return Ok(());
             }
             sqlx::query(RELEASE_ALL_CLAIMS)
@@ -459,14 +498,23 @@ where
         })
     }
 
-    fn leave<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn leave<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+        orphaned: Orphaned<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            sqlx::query(FORGET_NODE)
-                .bind(node)
-                .execute(self.pool())
+            let what = "releasing the node";
+            let mut tx = self
+                .pool()
+                .begin_with(D::BEGIN_WRITE)
                 .await
-                .map(|_| ())
-                .map_err(failed("forgetting the node"))
+                .map_err(failed(what))?;
+            release::<D>(&mut tx, &[node.to_string()], now_ms, orphaned)
+                .await
+                .map_err(failed(what))?;
+            tx.commit().await.map_err(failed(what))
         })
     }
 }

@@ -103,6 +103,10 @@ impl Dialect for SqliteDialect {
     // One node writes a SQLite file, one transaction at a time.
     const SHARED: bool = false;
 
+    // A write takes the database's write lock at once (a deferred one that
+    // upgrades could fail against a concurrent writer in WAL mode).
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
     fn lock_keys<'a>(
         _conn: &'a mut SqliteConnection,
         _keys: &'a [String],
