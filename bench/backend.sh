@@ -33,7 +33,7 @@ pin() { # pin CPU COMMAND... (exec keeps $! as the command's PID)
 }
 
 config() { # config CASE > file
-  local base='"log":{"level":"warn"},"client":{"connection_rate_limit_per_ip":0,"token":{"hmac_secret_key":"'$secret'"}'
+  local base='"log":{"level":"warn"},"channel":{"without_namespace":{"allow_subscribe_for_client":true}},"client":{"connection_rate_limit_per_ip":0,"token":{"hmac_secret_key":"'$secret'"}'
   case $1 in
     jwt) echo "{$base}}" ;;
     proxy) echo "{$base,\"proxy\":{\"connect\":{\"enabled\":true,\"endpoint\":\"http://127.0.0.1:$backend_port/connect\"}}}}" ;;
@@ -77,7 +77,7 @@ run_case() { # run_case CASE ROUND
 for round in $(seq "$repeat"); do
   for name in jwt proxy webhook; do
     run_case "$name" "$round"
-    jq -c "{case: \"$name\", round: $round, connects_per_s, server_cpu_ms_per_connect, p99: .latency.p99_ms}" \
+    jq -c "{case: \"$name\", round: $round, connects_per_s, server_cpu_ms_per_connect, p99_us: .latency.p99_us}" \
       "$out/$name.$round.json"
   done
 done
