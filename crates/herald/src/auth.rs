@@ -474,13 +474,7 @@ pub fn sign_hs256(claims: &Value, secret: &str) -> Result<String, jsonwebtoken::
     )
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_unix;
 
 #[cfg(test)]
 mod tests;

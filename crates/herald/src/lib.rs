@@ -9,6 +9,7 @@ pub mod broker;
 pub mod channel;
 pub mod cli;
 mod client_tls;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 mod demo;

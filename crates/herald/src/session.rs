@@ -480,19 +480,12 @@ impl Session {
     }
 }
 
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Time left until Unix second `unix` plus `delay` (zero when past).
 fn due_in(unix: i64, delay: Duration) -> Duration {
     let target = unix
         .saturating_mul(1000)
         .saturating_add(delay.as_millis() as i64);
-    Duration::from_millis((target - unix_millis()).max(0) as u64)
+    Duration::from_millis((target - crate::clock::now_ms()).max(0) as u64)
 }
 
 /// Whether that moment has come; a few milliseconds of slack keep a timer

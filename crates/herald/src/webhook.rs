@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::webhook::Webhook;
 use crate::metrics::Counters;
 use crate::store::event_queue::{Change, EventQueue, HolderKind, NewEvent};
@@ -457,13 +458,6 @@ async fn heartbeat(hooks: Arc<Webhooks>, stop: CancellationToken) {
             }
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -288,7 +288,7 @@ async fn redrive(
     req: WebhookRedriveRequest,
 ) -> Result<WebhookRedriveResult, ApiError> {
     let redriven = event_queue(node)?
-        .redrive(&req.ids, &req.webhook, crate::webhook::now_ms())
+        .redrive(&req.ids, &req.webhook, crate::clock::now_ms())
         .await
         .map_err(storage_failed)?;
     Ok(WebhookRedriveResult { redriven })

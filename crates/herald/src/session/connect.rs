@@ -117,7 +117,7 @@ impl Session {
                 && !cfg.pong_timeout.is_zero()
                 && self.encoding.pongs(),
             time: if cfg.connect_include_server_time {
-                super::unix_millis()
+                crate::clock::now_ms()
             } else {
                 0
             },

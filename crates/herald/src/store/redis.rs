@@ -13,7 +13,6 @@
 //! after its meta expired was idle a whole TTL, so its epoch differs.
 
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
@@ -121,9 +120,7 @@ impl RedisStore {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::now_ms().max(0) as u64
 }
 
 /// The scripts as sent, with the shared epoch function in front.

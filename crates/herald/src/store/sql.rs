@@ -22,7 +22,6 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use herald_protocol::Publication;
@@ -36,6 +35,7 @@ use super::{
     AccessRules, Conditions, Deliver, HistoryPage, HistoryQuery, Store, StoreError, StreamOptions,
     StreamPosition,
 };
+use crate::clock::now_ms;
 use crate::config::{Storage, StorageKind};
 use crate::wire::control::AccessChange;
 use db::{AccessRow, Db};
@@ -445,13 +445,6 @@ fn created_cutoff(opts: &StreamOptions) -> i64 {
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    to_i64(since_epoch.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

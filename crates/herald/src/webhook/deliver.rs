@@ -17,8 +17,8 @@ use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::now_ms;
 use crate::client_tls::{http_client, HttpClient};
+use crate::clock::now_ms;
 use crate::config::webhook::Webhook;
 use crate::metrics::Counters;
 use crate::store::event_queue::{Claimed, EventQueue, Settled};

@@ -414,20 +414,32 @@ async fn redis_versions_hold_across_nodes() {
     versions_hold_across_nodes(redis_engine(&url, &unique("t")), "hist:ver").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_blocks_and_revocations_reach_every_node_and_persist() {
+/// A Redis engine with storage in a PostgreSQL database of the test's own
+/// (dropped with the second value), when both services are there.
+fn redis_with_postgres() -> Option<(Value, TestDatabase)> {
     let (Some(url), Some(pg)) = (
         env_url("HERALD_TEST_REDIS_URL"),
         env_url("HERALD_TEST_POSTGRES_URL"),
     ) else {
-        return;
+        return None;
     };
     let db = TestDatabase::create_at(&pg);
     let mut cfg = redis_engine(&url, &unique("t"));
     merge(
         &mut cfg,
+        json!({ "storage": { "type": "postgres", "postgres": { "url": db.url } } }),
+    );
+    Some((cfg, db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_blocks_and_revocations_reach_every_node_and_persist() {
+    let Some((mut cfg, _db)) = redis_with_postgres() else {
+        return;
+    };
+    merge(
+        &mut cfg,
         json!({
-            "storage": { "type": "postgres", "postgres": { "url": db.url } },
             "user_block": { "storage_type": "database" },
             "token_revoke": { "storage_type": "database" }
         }),
@@ -498,21 +510,13 @@ async fn health_follows_redis_and_postgres() {
 /// is delivered once, whichever node records or sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_count_a_user_once_across_nodes_and_deliver_each_event_once() {
-    let (Some(url), Some(pg)) = (
-        env_url("HERALD_TEST_REDIS_URL"),
-        env_url("HERALD_TEST_POSTGRES_URL"),
-    ) else {
+    let Some((mut cfg, _db)) = redis_with_postgres() else {
         return;
     };
-    let db = TestDatabase::create_at(&pg);
     let receiver = herald_testkit::Receiver::start().await;
-    let mut cfg = redis_engine(&url, &unique("t"));
     merge(
         &mut cfg,
-        json!({
-            "storage": { "type": "postgres", "postgres": { "url": db.url } },
-            "webhooks": [{ "name": "app", "url": receiver.url(), "secret": "s" }]
-        }),
+        json!({ "webhooks": [{ "name": "app", "url": receiver.url(), "secret": "s" }] }),
     );
     let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
     let mut clients = Vec::new();

@@ -233,6 +233,19 @@ where
     Ok(())
 }
 
+impl<D: Dialect> Sql<D> {
+    /// A transaction that writes (see [`Dialect::BEGIN_WRITE`]).
+    async fn begin_write(
+        &self,
+        what: &'static str,
+    ) -> Result<sqlx::Transaction<'static, D::Db>, StoreError> {
+        self.pool()
+            .begin_with(D::BEGIN_WRITE)
+            .await
+            .map_err(failed(what))
+    }
+}
+
 impl<D: Dialect> EventQueue for Sql<D>
 where
     for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
@@ -255,11 +268,7 @@ where
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(async move {
             let what = "recording webhook events";
-            let mut tx = self
-                .pool()
-                .begin_with(D::BEGIN_WRITE)
-                .await
-                .map_err(failed(what))?;
+            let mut tx = self.begin_write(what).await?;
             let mut keys: Vec<String> = changes
                 .iter()
                 .filter_map(|c| match c {
@@ -329,11 +338,7 @@ where
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let what = "settling webhook deliveries";
-            let mut tx = self
-                .pool()
-                .begin_with(D::BEGIN_WRITE)
-                .await
-                .map_err(failed(what))?;
+            let mut tx = self.begin_write(what).await?;
             for outcome in outcomes {
                 let q = match outcome {
                     Settled::Delivered { id } => {
@@ -394,11 +399,7 @@ where
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let what = "redriving dead letters";
-            let mut tx = self
-                .pool()
-                .begin_with(D::BEGIN_WRITE)
-                .await
-                .map_err(failed(what))?;
+            let mut tx = self.begin_write(what).await?;
             let every = [String::new()];
             let mut n = 0;
             for id in if ids.is_empty() { &every[..] } else { ids } {
@@ -464,11 +465,7 @@ where
             } else {
                 stale_sql!()
             };
-            let mut tx = self
-                .pool()
-                .begin_with(D::BEGIN_WRITE)
-                .await
-                .map_err(failed(what))?;
+            let mut tx = self.begin_write(what).await?;
             let gone: Vec<(String,)> = sqlx::query_as(stale)
                 .bind(stale_ms)
                 .fetch_all(&mut *tx)
@@ -506,11 +503,7 @@ where
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let what = "releasing the node";
-            let mut tx = self
-                .pool()
-                .begin_with(D::BEGIN_WRITE)
-                .await
-                .map_err(failed(what))?;
+            let mut tx = self.begin_write(what).await?;
             release::<D>(&mut tx, &[node.to_string()], now_ms, orphaned)
                 .await
                 .map_err(failed(what))?;
