@@ -52,6 +52,28 @@ pub enum Method {
     Empty,
 }
 
+impl Method {
+    /// The command's name in the protocol (`connect`, `sub_refresh`, …;
+    /// `empty` for a command with no request).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Connect(_) => "connect",
+            Method::Subscribe(_) => "subscribe",
+            Method::Unsubscribe(_) => "unsubscribe",
+            Method::Publish(_) => "publish",
+            Method::Presence(_) => "presence",
+            Method::PresenceStats(_) => "presence_stats",
+            Method::History(_) => "history",
+            Method::Ping => "ping",
+            Method::Send(_) => "send",
+            Method::Rpc(_) => "rpc",
+            Method::Refresh(_) => "refresh",
+            Method::SubRefresh(_) => "sub_refresh",
+            Method::Empty => "empty",
+        }
+    }
+}
+
 impl Command {
     pub fn into_method(self) -> (u32, Method) {
         let m = if let Some(r) = self.connect {

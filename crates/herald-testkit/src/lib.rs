@@ -58,7 +58,8 @@ pub async fn metric(addr: &str, name: &str) -> u64 {
         .await
         .expect("metrics body");
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 

@@ -31,6 +31,7 @@ pub fn base_config() -> Value {
     json!({
         "client": { "token": { "hmac_secret_key": SECRET }, "allowed_origins": ["http://allowed.example"] },
         "http_api": { "key": API_KEY },
+        "prometheus": { "enabled": true },
         "log": { "level": "warn" },
         "channel": {
             "without_namespace": { "allow_subscribe_for_client": true },

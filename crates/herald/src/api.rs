@@ -20,7 +20,7 @@ use crate::config::ErrorMode;
 use crate::metrics::Counters;
 use crate::node::Node;
 
-pub use methods::{execute, read};
+pub use methods::{execute, execute_timed, read};
 
 /// An error in a method's reply (HTTP 200 with an `error` object), or a
 /// request that cannot be served at all (an HTTP status).
@@ -115,7 +115,7 @@ pub async fn handle(
         &body
     };
     let outcome = match read(&method, body) {
-        Ok(request) => execute(&node, request).await,
+        Ok(request) => execute_timed(&node, request, "http").await,
         Err(e) => Err(e),
     };
     match outcome {

@@ -46,6 +46,8 @@ pub struct Config {
     pub uni_sse: UniHttp,
     pub admin: Admin,
     pub health: Health,
+    /// `/metrics` in Prometheus's (OpenMetrics) text format.
+    pub prometheus: Prometheus,
     /// The HTTP server API described as OpenAPI, with Swagger UI.
     pub swagger: Swagger,
     pub engine: Engine,
@@ -440,6 +442,12 @@ pub struct Admin {
     pub password: Secret,
     pub secret: Secret,
     pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prometheus {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

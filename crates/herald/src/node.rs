@@ -25,7 +25,7 @@ use crate::config::{BrokerKind, ChannelOptions, ClientConfig, Config, ConfigErro
 use crate::engine::{Engine, EngineError};
 use crate::hub::{Fill, Hub, MAX_HELD};
 use crate::idempotency;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Metrics};
 use crate::origin::OriginPolicy;
 use crate::presence::{Members, Presence};
 use crate::proxy::Proxies;
@@ -166,6 +166,8 @@ pub struct Node {
     pub proxies: Proxies,
     /// Durable webhooks, when configured.
     pub webhooks: Option<Arc<Webhooks>>,
+    /// Histograms and labelled counters for `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl Node {
@@ -232,6 +234,7 @@ impl Node {
             connect_limits,
             proxies,
             webhooks,
+            metrics: Metrics::default(),
             config,
             rules,
             tokens,

@@ -213,7 +213,9 @@ fn router(node: Arc<Node>) -> Router {
                 get(|| async { axum::Json(serde_json::json!({})) }),
             );
     }
-    r = r.route("/metrics", get(metrics));
+    if c.prometheus.enabled {
+        r = r.route("/metrics", get(metrics));
+    }
     if c.swagger.enabled {
         let prefix = c.swagger.handler_prefix.trim_end_matches('/');
         let doc = api::openapi::document(&c.http_api.handler_prefix);
@@ -254,13 +256,17 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let samples = crate::metrics::samples(
+        &node.counters,
+        &node.hub,
+        node.retention_removed(),
+        node.cluster().reconnects(),
+    );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(
-            &node.counters,
-            &node.hub,
-            node.retention_removed(),
-            node.cluster().reconnects(),
-        ),
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.render(samples),
     )
 }

@@ -128,6 +128,8 @@ pub struct Session {
     /// Command buckets, when `client.command_rate_limit` sets any.
     limits: Option<Box<CommandLimits>>,
     peer: Peer,
+    /// The command being handled, for metrics.
+    method: &'static str,
 }
 
 impl Session {
@@ -145,6 +147,7 @@ impl Session {
             pong_deadline: None,
             limits: CommandLimits::new(&node.config.client.command_rate_limit),
             peer,
+            method: "",
             node,
         }
     }
@@ -173,7 +176,11 @@ impl Session {
             Counters::incr(&self.node.counters.commands);
             let not_json = command.payload_not_json;
             let (id, method) = command.into_method();
+            let started = std::time::Instant::now();
+            self.method = method.name();
+            let name = self.method;
             self.dispatch(id, method, not_json).await?;
+            self.node.metrics.command(name, started.elapsed());
         }
         Ok(())
     }
@@ -257,6 +264,9 @@ impl Session {
     }
 
     fn reply(&self, id: u32, result: Result<ReplyBody, ProtocolError>) {
+        if let Err(e) = &result {
+            self.node.metrics.reply_error(self.method, e.code);
+        }
         if let (Err(e), false) = (&result, self.encoding.replies_errors()) {
             tracing::debug!(client = %self.client_id, code = e.code, "command error: closing");
             let d = uni_disconnect(e);

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request as Call, Response as Answer, Status};
 
 use super::types::{self, Request, Response};
-use super::{execute, ApiError};
+use super::{execute_timed, ApiError};
 use crate::auth::Overrides;
 use crate::config::{ErrorMode, GrpcApi, TlsFiles};
 use crate::node::Node;
@@ -137,7 +137,7 @@ impl Service {
     ) -> Result<Answer<R>, Status> {
         let transport = self.transport_errors(&call);
         let outcome = match read(call.into_inner()) {
-            Ok(request) => execute(&self.node, request).await,
+            Ok(request) => execute_timed(&self.node, request, "grpc").await,
             Err(e) => Err(e),
         };
         match outcome {

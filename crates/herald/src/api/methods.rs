@@ -87,6 +87,20 @@ fn read_command(command: &HashMap<String, Box<RawValue>>) -> Result<Request, Api
     read(method, params.get().as_bytes())
 }
 
+/// [`execute`], its time recorded under the method and `protocol`
+/// (`http`, `grpc`).
+pub async fn execute_timed(
+    node: &Node,
+    request: Request,
+    protocol: &'static str,
+) -> Result<Response, ApiError> {
+    let method = request.method();
+    let started = std::time::Instant::now();
+    let outcome = execute(node, request).await;
+    node.metrics.api_call(method, protocol, started.elapsed());
+    outcome
+}
+
 /// Runs one method.
 pub fn execute(node: &Node, request: Request) -> BoxFuture<'_, Result<Response, ApiError>> {
     Box::pin(async move {

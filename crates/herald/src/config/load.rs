@@ -283,6 +283,7 @@ fn apply_overrides(config: &mut Config, o: &Overrides) {
         config.client.insecure = true;
         config.http_api.insecure = true;
         config.admin.insecure = true;
+        config.prometheus.enabled = true;
         if config.client.allowed_origins.is_empty() {
             config.client.allowed_origins = vec!["*".into()];
         }

@@ -224,6 +224,7 @@ impl Session {
             .map(|p| self.encoding.publication(p).map_or(0, |f| f.len()))
             .sum();
         result.recovered = recovered && size < self.node.config.client.queue_max_size;
+        self.node.metrics.recovery(result.recovered);
         if !result.recovered {
             result.publications.clear();
             if req.flag & SubscribeRequest::FLAG_REJECT_UNRECOVERED != 0 {

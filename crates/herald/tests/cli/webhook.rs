@@ -19,6 +19,7 @@ async fn events_queued_for_a_down_receiver_survive_sigkill_and_a_restart() {
         &config,
         &json!({
             "client": {"insecure": true},
+            "prometheus": {"enabled": true},
             "webhooks": [{"name": "app", "url": format!("http://127.0.0.1:{port}/hook"),
                 "events": ["connect", "subscribe"], "secret": "s",
                 "retry_initial_delay": "100ms", "max_attempts": 30}],

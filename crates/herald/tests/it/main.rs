@@ -12,6 +12,7 @@ mod hardening;
 mod history;
 mod jwks;
 mod limits;
+mod metrics;
 mod ping;
 mod presence;
 mod protobuf;
