@@ -18,6 +18,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The gRPC API's address, when the config enables it.
     pub grpc: Option<SocketAddr>,
+    /// The internal listener's address, when the config asks for one.
+    pub internal: Option<SocketAddr>,
     pub node: Arc<Node>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -104,12 +106,14 @@ impl TestServer {
         let server = Server::bind(loaded.config).await.expect("server binds");
         let addr = server.local_addr();
         let grpc = server.grpc_addr();
+        let internal = server.internal_addr();
         let node = server.node().clone();
         let stop = server.shutdown_token();
         let task = tokio::spawn(async move { server.run().await.expect("server runs") });
         Self {
             addr,
             grpc,
+            internal,
             node,
             stop,
             task,

@@ -93,11 +93,33 @@ pub struct HttpServer {
     pub request_body_timeout: Dur,
     /// TLS for the listener (WebSocket and HTTP), reloaded on SIGHUP.
     pub tls: TlsConfig,
+    /// With `internal_port` set, `/health` and `/metrics` are served only
+    /// on this second, plain-HTTP listener (address: `address` when empty).
+    pub internal_address: String,
+    /// A port number as text, as in Centrifugo (`"0"` picks a free one);
+    /// empty: no internal listener.
+    pub internal_port: String,
+}
+
+impl HttpServer {
+    /// The internal listener's address, when one is configured.
+    pub fn internal(&self) -> Option<String> {
+        if self.internal_port.is_empty() {
+            return None;
+        }
+        let host = [&self.internal_address, &self.address]
+            .into_iter()
+            .find(|a| !a.is_empty())
+            .map_or("0.0.0.0", |a| a.as_str());
+        Some(format!("{host}:{}", self.internal_port))
+    }
 }
 
 impl Default for HttpServer {
     fn default() -> Self {
         Self {
+            internal_address: String::new(),
+            internal_port: String::new(),
             address: String::new(),
             port: 8000,
             header_read_timeout: Dur::secs(10),

@@ -44,6 +44,12 @@ pub struct Counters {
     pub webhook_delivered: AtomicU64,
     pub webhook_failed_attempts: AtomicU64,
     pub webhook_dead_letters: AtomicU64,
+    /// WebSocket messages (each may join several frames) and their bytes,
+    /// written to clients and read from them.
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
 }
 
 impl Counters {
@@ -302,6 +308,26 @@ pub fn samples(
             "herald_commands",
             "Client commands received.",
             load(&c.commands),
+        ),
+        Sample::counter(
+            "herald_transport_messages_sent",
+            "WebSocket messages written to clients (each may carry several frames).",
+            load(&c.messages_out),
+        ),
+        Sample::counter(
+            "herald_transport_bytes_sent",
+            "Bytes of WebSocket messages written to clients.",
+            load(&c.bytes_out),
+        ),
+        Sample::counter(
+            "herald_transport_messages_received",
+            "WebSocket messages read from clients.",
+            load(&c.messages_in),
+        ),
+        Sample::counter(
+            "herald_transport_bytes_received",
+            "Bytes of WebSocket messages read from clients.",
+            load(&c.bytes_in),
         ),
         Sample::counter(
             "herald_api_requests",

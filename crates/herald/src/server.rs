@@ -30,6 +30,8 @@ pub struct Server {
     tls: Option<Arc<Tls>>,
     /// The gRPC API's, when enabled, and its TLS files.
     grpc: Option<(TcpListener, Option<TlsFiles>)>,
+    /// The internal listener (`/health`, `/metrics`), when configured.
+    internal: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +78,21 @@ impl Server {
         } else {
             None
         };
+        let internal = match config.http_server.internal() {
+            Some(addr) => Some(
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let node = Node::open(config).await?;
         Ok(Self {
             node,
             listener,
             tls,
             grpc,
+            internal,
         })
     }
 
@@ -94,6 +105,11 @@ impl Server {
     /// The listener's TLS (to reload it on SIGHUP), when enabled.
     pub fn tls(&self) -> Option<Arc<Tls>> {
         self.tls.clone()
+    }
+
+    /// The internal listener's address, when one is configured.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The gRPC API's address, when it is enabled.
@@ -135,9 +151,19 @@ impl Server {
                 }
             });
         }
-        let router = router(node.clone());
         let stop = node.shutdown().clone();
         let header_timeout = node.config.http_server.header_read_timeout.0;
+        let router = match self.internal {
+            Some(internal) => {
+                tracing::info!(addr = %internal.local_addr()?, "internal listening (health, metrics)");
+                let ops = operations(Router::new(), &node.config).with_state(node.clone());
+                let stop = stop.clone();
+                tokio::spawn(accept::accept(internal, ops, None, stop, header_timeout));
+                router(node.clone())
+            }
+            None => operations(router(node.clone()), &node.config),
+        };
+        let router = router.with_state(node.clone());
         accept::accept(self.listener, router, self.tls, stop, header_timeout).await;
         tracing::info!(
             connections = node.hub.num_clients(),
@@ -160,7 +186,26 @@ impl Server {
     }
 }
 
-fn router(node: Arc<Node>) -> Router {
+/// What operators ask: `/health` (and `/health/live`), `/metrics`.
+fn operations(mut r: Router<Arc<Node>>, c: &Config) -> Router<Arc<Node>> {
+    if c.health.enabled {
+        let prefix = c.health.handler_prefix.trim_end_matches('/');
+        r = r
+            .route(&c.health.handler_prefix, get(health))
+            // Liveness: the process answers, whatever its services do.
+            .route(
+                &format!("{prefix}/live"),
+                get(|| async { axum::Json(serde_json::json!({})) }),
+            );
+    }
+    if c.prometheus.enabled {
+        r = r.route("/metrics", get(metrics));
+    }
+    r
+}
+
+/// Clients' transports, the server API, Swagger UI, the demo.
+fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     let c = &node.config;
     let mut r = Router::new();
     if c.uni_http_stream.enabled {
@@ -203,19 +248,6 @@ fn router(node: Arc<Node>) -> Router {
             post(api::handle).layer(DefaultBodyLimit::disable()),
         );
     }
-    if c.health.enabled {
-        let prefix = c.health.handler_prefix.trim_end_matches('/');
-        r = r
-            .route(&c.health.handler_prefix, get(health))
-            // Liveness: the process answers, whatever its services do.
-            .route(
-                &format!("{prefix}/live"),
-                get(|| async { axum::Json(serde_json::json!({})) }),
-            );
-    }
-    if c.prometheus.enabled {
-        r = r.route("/metrics", get(metrics));
-    }
     if c.swagger.enabled {
         let prefix = c.swagger.handler_prefix.trim_end_matches('/');
         let doc = api::openapi::document(&c.http_api.handler_prefix);
@@ -227,7 +259,7 @@ fn router(node: Arc<Node>) -> Router {
     if c.dev {
         r = r.merge(crate::demo::routes());
     }
-    r.with_state(node)
+    r
 }
 
 /// Readiness: 200 when every service the node depends on answers, 503 when

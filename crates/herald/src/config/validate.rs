@@ -31,6 +31,13 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
             "must be positive",
         ));
     }
+    let internal = &c.http_server.internal_port;
+    if !internal.is_empty() && internal.parse::<u16>().is_err() {
+        return Err(ConfigError::invalid(
+            "http_server.internal_port",
+            "a port number (0 to 65535), or empty for none",
+        ));
+    }
     if c.http_server.request_body_timeout.is_zero() {
         return Err(ConfigError::invalid(
             "http_server.request_body_timeout",

@@ -225,11 +225,13 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Optio
             // while a frame is handled, so idle connections do not carry its
             // space in their task.
             Wake::Inbound(Some(Ok(Message::Text(text)))) => {
+                count_in(node, text.len());
                 if let Err(d) = Box::pin(session.handle_frame(text.as_bytes())).await {
                     break Err(d);
                 }
             }
             Wake::Inbound(Some(Ok(Message::Binary(data)))) => {
+                count_in(node, data.len());
                 if let Err(d) = Box::pin(session.handle_frame(&data)).await {
                     break Err(d);
                 }
@@ -332,6 +334,8 @@ async fn flush(
         while let Some(step) = next_step(items) {
             match step {
                 Step::Write(payload) => {
+                    Counters::incr(&node.counters.messages_out);
+                    Counters::add(&node.counters.bytes_out, payload.as_bytes().len() as u64);
                     let message = match payload {
                         Frame::Text(text) | Frame::Whole(text) => Message::Text(text),
                         Frame::Binary(bytes) => Message::Binary(bytes),
@@ -352,6 +356,12 @@ async fn flush(
             }
         }
     }
+}
+
+/// A message the client sent, counted for `/metrics`.
+fn count_in(node: &Node, len: usize) {
+    Counters::incr(&node.counters.messages_in);
+    Counters::add(&node.counters.bytes_in, len as u64);
 }
 
 enum Step {

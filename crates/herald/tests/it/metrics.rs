@@ -102,6 +102,8 @@ async fn every_family_is_described_and_moves_with_what_happens() {
         value(r#"herald_api_request_duration_seconds_count{method="publish",protocol="http"}"#),
         1.0
     );
+    assert!(value("herald_transport_messages_received_total ") >= 5.0);
+    assert!(value("herald_transport_bytes_sent_total ") > 100.0);
     assert!(value("process_resident_memory_bytes ") > 1e6);
     assert!(value("process_open_fds ") > 3.0);
     assert!(text.contains(r#"herald_build_info{version=""#));
@@ -149,4 +151,47 @@ async fn every_dashboard_expression_names_exposed_metrics() {
         }
     }
     assert!(checked >= 25, "{checked} names checked");
+}
+
+#[tokio::test]
+async fn an_internal_port_takes_health_and_metrics_off_the_public_listener() {
+    let s = TestServer::start(json!({"http_server": {"internal_port": "0"}})).await;
+    let internal = s.internal.expect("an internal listener");
+    let get = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    for path in ["/metrics", "/health", "/health/live"] {
+        assert_eq!(
+            get(s.http(path)).await,
+            404,
+            "{path} on the public listener"
+        );
+        assert_eq!(
+            get(format!("http://{internal}{path}")).await,
+            200,
+            "{path} inside"
+        );
+    }
+    // Clients and the server API stay on the public one.
+    let mut ws = s.client("ivy").await;
+    let r = ws.cmd(json!({"subscribe": {"channel": "chat:i"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    assert!(s.api("info", json!({})).await.get("result").is_some());
+    assert_eq!(get(format!("http://{internal}/api/info")).await, 404);
+}
+
+#[test]
+fn a_bad_internal_port_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        json!({"http_server": {"internal_port": "90000"}}).to_string(),
+    )
+    .unwrap();
+    let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("http_server.internal_port"),
+        "{err}"
+    );
 }
