@@ -134,6 +134,11 @@ impl Engine {
     }
 
     /// Durable storage as the keeper of access rules, when it is open.
+    /// How durable commits have gone, when durable storage is open.
+    pub fn commit_metrics(&self) -> Option<&crate::store::CommitMetrics> {
+        self.durable.as_ref().map(|d| d.commit_metrics())
+    }
+
     /// The webhook event queue, in durable storage.
     pub fn event_queue(&self) -> Option<Arc<dyn EventQueue>> {
         self.durable.as_ref().map(|d| d.events())

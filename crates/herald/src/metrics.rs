@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::hub::Hub;
+use crate::store::CommitMetrics;
 
 /// Counters kept as things happen.
 #[derive(Debug, Default)]
@@ -104,6 +105,10 @@ pub struct Metrics {
     pub api_duration: Family<ApiLabels, Histogram>,
     /// Subscriptions that asked to recover, by whether they did.
     pub recoveries: Family<RecoveredLabel, Counter>,
+    /// Publications without a stream handed to the broker.
+    pub broker_publish: Histogram,
+    /// From a ping to the client's pong.
+    pub ping_pong: Histogram,
 }
 
 impl Default for Metrics {
@@ -113,6 +118,8 @@ impl Default for Metrics {
             reply_errors: Family::default(),
             api_duration: Family::new_with_constructor(duration_histogram),
             recoveries: Family::default(),
+            broker_publish: duration_histogram(),
+            ping_pong: duration_histogram(),
         }
     }
 }
@@ -143,8 +150,17 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition: these families and `samples`, then `# EOF`.
-    pub fn render(&self, samples: Vec<Sample>) -> String {
+    pub fn broker_publish(&self, took: Duration) {
+        self.broker_publish.observe(took.as_secs_f64());
+    }
+
+    pub fn ping_pong(&self, took: Duration) {
+        self.ping_pong.observe(took.as_secs_f64());
+    }
+
+    /// The exposition: these families, durable storage's commits (when it
+    /// is open) and `samples`, then `# EOF`.
+    pub fn render(&self, samples: Vec<Sample>, commits: Option<&CommitMetrics>) -> String {
         let mut registry = Registry::default();
         registry.register(
             "herald_client_command_duration_seconds",
@@ -166,6 +182,28 @@ impl Metrics {
             "Subscriptions that asked to recover missed publications, by whether all were recovered.",
             self.recoveries.clone(),
         );
+        registry.register(
+            "herald_broker_publish_duration_seconds",
+            "Time for the broker to take a publication without a stream (in memory, Redis or NATS).",
+            self.broker_publish.clone(),
+        );
+        registry.register(
+            "herald_client_ping_pong_duration_seconds",
+            "Time from a ping to the client's pong.",
+            self.ping_pong.clone(),
+        );
+        if let Some(c) = commits {
+            registry.register(
+                "herald_durable_commit_duration_seconds",
+                "Time of one durable commit (a batch of publications in one transaction).",
+                c.seconds.clone(),
+            );
+            registry.register(
+                "herald_durable_commit_publications",
+                "Publications in one durable commit.",
+                c.publications.clone(),
+            );
+        }
         registry.register_collector(Box::new(Samples(samples)));
         let mut out = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail.
@@ -457,7 +495,7 @@ mod tests {
         m.reply_error("subscribe", 103);
         m.api_call("publish", "http", Duration::from_millis(1));
         m.recovery(true);
-        let text = m.render(samples(&Counters::default(), &Hub::new(), 3, 0));
+        let text = m.render(samples(&Counters::default(), &Hub::new(), 3, 0), None);
         for family in [
             "herald_client_command_duration_seconds",
             "herald_client_reply_errors",

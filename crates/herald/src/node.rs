@@ -317,6 +317,11 @@ impl Node {
     }
 
     /// Durable publications removed by retention so far.
+    /// How durable commits have gone, when durable storage is open.
+    pub fn commit_metrics(&self) -> Option<&crate::store::CommitMetrics> {
+        self.engine.commit_metrics()
+    }
+
     pub fn retention_removed(&self) -> u64 {
         self.engine.retention_removed()
     }
@@ -395,7 +400,12 @@ impl Node {
             (None, once) => {
                 let publication = Arc::new(publication);
                 let published = match once {
-                    None => self.engine.broker.publish(publication).await,
+                    None => {
+                        let started = std::time::Instant::now();
+                        let published = self.engine.broker.publish(publication).await;
+                        self.metrics.broker_publish(started.elapsed());
+                        published
+                    }
                     Some(Once { key, window }) => {
                         let claims = &*self.engine.claims;
                         let publish = || self.engine.broker.publish(publication);

@@ -299,6 +299,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        node.metrics.render(samples),
+        node.metrics.render(samples, node.commit_metrics()),
     )
 }

@@ -130,6 +130,8 @@ pub struct Session {
     peer: Peer,
     /// The command being handled, for metrics.
     method: &'static str,
+    /// When the ping now awaiting its pong went out.
+    ping_sent: Option<Instant>,
 }
 
 impl Session {
@@ -148,6 +150,7 @@ impl Session {
             limits: CommandLimits::new(&node.config.client.command_rate_limit),
             peer,
             method: "",
+            ping_sent: None,
             node,
         }
     }
@@ -197,6 +200,9 @@ impl Session {
                 // The client's pong.
                 Method::Empty => {
                     self.pong_deadline = None;
+                    if let Some(sent) = self.ping_sent.take() {
+                        self.node.metrics.ping_pong(sent.elapsed());
+                    }
                     Ok(())
                 }
                 Method::Send(_) if self.conn.is_some() => Ok(()),
@@ -416,6 +422,7 @@ impl Session {
             let c = &self.node.config.client;
             if !c.pong_timeout.is_zero() && self.pong_deadline.is_none() && self.encoding.pongs() {
                 self.pong_deadline = Some(now + c.pong_timeout.0);
+                self.ping_sent = Some(now);
             }
             self.next_ping = Some(at + c.ping_interval.0);
         }

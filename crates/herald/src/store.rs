@@ -22,7 +22,7 @@ use thiserror::Error;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
-pub use sql::{open_durable, DurableStore};
+pub use sql::{open_durable, CommitMetrics, DurableStore};
 
 use crate::broker::BrokerError;
 use crate::redis_link::RedisError;

@@ -60,6 +60,11 @@ async fn activity(s: &TestServer) -> Vec<Ws> {
 async fn every_family_is_described_and_moves_with_what_happens() {
     let s = TestServer::start(json!({})).await;
     let _open = activity(&s).await;
+    // A channel without history: straight to the broker.
+    let r = s
+        .api("publish", json!({"channel": "chat:free", "data": {}}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
     let (status, kind, text) = scrape(&s).await;
     assert_eq!(status, 200);
     assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
@@ -100,9 +105,10 @@ async fn every_family_is_described_and_moves_with_what_happens() {
     assert!(value(r#"herald_client_command_duration_seconds_count{method="subscribe"}"#) >= 3.0);
     assert_eq!(
         value(r#"herald_api_request_duration_seconds_count{method="publish",protocol="http"}"#),
-        1.0
+        2.0
     );
     assert!(value("herald_transport_messages_received_total ") >= 5.0);
+    assert!(value("herald_broker_publish_duration_seconds_count ") >= 1.0);
     assert!(value("herald_transport_bytes_sent_total ") > 100.0);
     assert!(value("process_resident_memory_bytes ") > 1e6);
     assert!(value("process_open_fds ") > 3.0);
@@ -119,8 +125,18 @@ async fn metrics_are_off_unless_switched_on() {
 
 #[tokio::test]
 async fn every_dashboard_expression_names_exposed_metrics() {
-    let s = TestServer::start(json!({})).await;
+    let s = TestServer::start(json!({"channel": {"namespaces": [
+        {"name": "hist", "history_size": 100, "history_ttl": "300s", "force_recovery": true,
+         "allow_subscribe_for_client": true},
+        {"name": "secret"},
+        {"name": "dur", "history_storage": "durable"},
+    ]}}))
+    .await;
     let _open = activity(&s).await;
+    let r = s
+        .api("publish", json!({"channel": "dur:x", "data": {"n": 1}}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
     let exposed = names(&scrape(&s).await.2);
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

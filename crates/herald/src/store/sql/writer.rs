@@ -48,6 +48,7 @@ pub(super) struct Writer {
     pub(super) db: Arc<dyn Db>,
     pub(super) deliver: Deliver,
     pub(super) batch_max: usize,
+    pub(super) commits: super::CommitMetrics,
 }
 
 /// Part of a batch, committed in one transaction.
@@ -231,6 +232,7 @@ impl Writer {
             },
         };
         let pubs = &part.publications;
+        let started = std::time::Instant::now();
         let result = match &part.version {
             Some(version) => writer.commit_versioned(pubs, &keys, version, now).await,
             None => writer
@@ -240,6 +242,11 @@ impl Writer {
         };
         if result.is_err() {
             *conn = None;
+        } else {
+            self.commits
+                .seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.commits.publications.observe(pubs.len() as f64);
         }
         result
     }
