@@ -177,7 +177,23 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Some(Command::Checkconfig) => {
-            load(cfg_path)?;
+            let loaded = read_config(cfg_path, &ServeArgs::default())?;
+            for w in &loaded.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {w}");
+            }
+            // A key of the file Herald ignores is a mistake worth failing a
+            // check on (an unknown variable may be meant for something else).
+            if loaded
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("unknown or unsupported config key"))
+            {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: the configuration has keys Herald does not know (see the warnings)"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             println!("configuration is valid");
             Ok(ExitCode::SUCCESS)
         }
@@ -274,8 +290,9 @@ fn serve(path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(reload_tls_on_sighup(tls));
         }
         let token = server.shutdown_token();
+        let signalled = wait_for_signal();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signalled.await;
             token.cancel();
             tracing::info!("signal received, shutting down");
         });
@@ -317,19 +334,27 @@ async fn reload_tls_on_sighup(tls: std::sync::Arc<crate::server::Tls>) {
     let _ = tls;
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is
+/// called, not when the future is first polled: a signal that comes right
+/// after the server says it listens must not find the default action (which
+/// ends the process without a graceful shutdown).
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn init_logging(config: &Config) {

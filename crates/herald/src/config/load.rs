@@ -116,15 +116,35 @@ fn deserialize(tree: Value, warnings: &mut Vec<String>) -> Result<Config, Config
     let known = serde_json::to_value(&config).unwrap_or(Value::Null);
     let mut unknown = Vec::new();
     unknown_keys("", &tree, &known, &mut unknown);
-    for key in unknown {
+    for (key, near) in unknown {
+        let hint = near.map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
         warnings.push(format!(
-            "unknown or unsupported config key `{key}` is ignored"
+            "unknown or unsupported config key `{key}` is ignored{hint}"
         ));
     }
     Ok(config)
 }
 
-fn unknown_keys(prefix: &str, input: &Value, known: &Value, out: &mut Vec<String>) {
+/// The known key most like `key`, when one is close enough to be a typo
+/// of it (at most a third of its letters differ; two swapped letters
+/// count as one).
+fn closest<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    let most = (key.chars().count() / 3).max(1);
+    known
+        .map(|k| (strsim::osa_distance(key, k), k))
+        .filter(|(d, _)| *d <= most)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Keys of `input` that `known` lacks, each with the known key it is most
+/// probably a typo of.
+fn unknown_keys(
+    prefix: &str,
+    input: &Value,
+    known: &Value,
+    out: &mut Vec<(String, Option<String>)>,
+) {
     match (input, known) {
         (Value::Object(i), Value::Object(k)) => {
             for (key, value) in i {
@@ -135,7 +155,13 @@ fn unknown_keys(prefix: &str, input: &Value, known: &Value, out: &mut Vec<String
                 };
                 match k.get(key) {
                     Some(kv) => unknown_keys(&path, value, kv, out),
-                    None => out.push(path),
+                    None => {
+                        let near = closest(key, k.keys()).map(|n| match prefix {
+                            "" => n.clone(),
+                            p => format!("{p}.{n}"),
+                        });
+                        out.push((path, near));
+                    }
                 }
             }
         }

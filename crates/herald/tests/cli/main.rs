@@ -282,12 +282,21 @@ fn checkconfig_reports_bad_values_and_unknown_keys() {
     );
     let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
     assert!(
-        o.status.success(),
-        "an unknown key is only a warning: {}",
+        !o.status.success(),
+        "an unknown key fails the check: {}",
         stderr(&o)
     );
     assert!(
         stderr(&o).contains("warning") && stderr(&o).contains("client.no_such_option"),
+        "{}",
+        stderr(&o)
+    );
+    // A misspelt key is named with the one it probably means.
+    write(&file, &json!({"client": {"allowed_origin": ["http://x"]}}));
+    let o = run(herald().args(["checkconfig", "-c"]).arg(&file));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("did you mean `client.allowed_origins`?"),
         "{}",
         stderr(&o)
     );

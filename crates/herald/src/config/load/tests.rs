@@ -345,3 +345,17 @@ fn an_empty_broker_or_presence_type_is_none() {
     .unwrap();
     assert_eq!(l.config.broker.kind, Some(crate::config::BrokerType::Nats));
 }
+
+#[test]
+fn misspelt_keys_are_named_with_the_key_they_probably_mean() {
+    let known: Vec<String> = ["allowed_origins", "ping_interval", "token"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let near = |k: &str| super::closest(k, known.iter()).cloned();
+    assert_eq!(near("allowed_origin").as_deref(), Some("allowed_origins"));
+    assert_eq!(near("pign_interval").as_deref(), Some("ping_interval"));
+    assert_eq!(near("tokne").as_deref(), Some("token"));
+    assert_eq!(near("something_else"), None);
+    assert_eq!(near("x"), None);
+}
