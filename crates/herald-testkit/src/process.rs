@@ -30,6 +30,40 @@ impl Drop for Served {
 }
 
 impl Served {
+    /// The lines the server logs up to (and with) the first that contains
+    /// `text`, which it must log in time.
+    pub fn lines_until(&self, text: &str) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {text:?} in time: {seen:?}"));
+            let done = line.contains(text);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Waits until the server logs a line containing `text`.
+    pub fn logged(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {text:?} in time"));
+            if line.contains(text) {
+                return;
+            }
+        }
+    }
+
     /// Sends the process a signal (`"TERM"`, `"KILL"`, …).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -220,7 +220,9 @@ impl Session {
         }
         if not_json {
             // Channels carry JSON, whatever format delivers it.
-            tracing::info!(client = %self.client_id, "payload is not JSON");
+            // Per command, the connection stays: debug, so that one client
+            // cannot flood the log.
+            tracing::debug!(client = %self.client_id, "payload is not JSON");
             self.reply(id, Err(ProtocolError::BAD_REQUEST));
             return Ok(());
         }

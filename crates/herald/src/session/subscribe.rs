@@ -264,7 +264,8 @@ impl Session {
                 Ok(c) => c,
                 Err(TokenError::Expired) => return Ok(Err(ProtocolError::TOKEN_EXPIRED)),
                 Err(TokenError::Invalid(why)) => {
-                    tracing::info!(client = %self.client_id, channel, reason = %why, "invalid subscription token");
+                    // Per command, the connection stays (103): debug.
+                    tracing::debug!(client = %self.client_id, channel, reason = %why, "invalid subscription token");
                     return Ok(Err(ProtocolError::PERMISSION_DENIED));
                 }
             };
@@ -274,7 +275,7 @@ impl Session {
                 .access
                 .subscription_revoked(&claims.user, channel, &claims.id)
             {
-                tracing::info!(client = %self.client_id, channel, "revoked subscription token");
+                tracing::debug!(client = %self.client_id, channel, "revoked subscription token");
                 return Ok(Err(ProtocolError::PERMISSION_DENIED));
             }
             let state = SubState {

@@ -110,7 +110,10 @@ pub(super) fn refusal(
         }
     }
     if !node.origins().allows(headers) {
-        tracing::info!(origin = ?headers.get("origin"), "connection from a disallowed origin refused");
+        tracing::info!(
+            origin = ?headers.get("origin"),
+            "connection from a disallowed origin refused: to let it in, add it to client.allowed_origins"
+        );
         return Some((StatusCode::FORBIDDEN, "origin not allowed").into_response());
     }
     if node.shutdown().is_cancelled() {

@@ -682,3 +682,51 @@ fn sigterm_stops_a_server_whose_stderr_was_closed() {
     };
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_origin_is_logged_with_the_key_that_lets_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    write(
+        &file,
+        &json!({"client": {"allowed_origins": ["http://app.example"], "token": {"hmac_secret_key": "s"}}}),
+    );
+    let served = serve(&file, &[]);
+    let refused = reqwest::Client::new()
+        .get(format!("http://{}/connection/websocket", served.addr))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    served.logged("add it to client.allowed_origins");
+
+    // One client's stream of refused commands does not flood the log at
+    // info: a later refused origin is the next line.
+    let mut ws = Ws::connect(&served.addr).await;
+    let token = herald::auth::sign_hs256(&json!({"sub": "u"}), "s").unwrap();
+    ws.cmd(json!({"connect": {"token": token}})).await;
+    for n in 0..50 {
+        let r = ws
+            .cmd(json!({"subscribe": {"channel": format!("c{n}"), "token": "not a token"}}))
+            .await;
+        assert_eq!(r["error"]["code"], 103, "{r}");
+    }
+    let again = reqwest::Client::new()
+        .get(format!("http://{}/connection/websocket", served.addr))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 403);
+    let lines = served.lines_until("add it to client.allowed_origins");
+    assert!(lines.len() <= 2, "{} lines logged: {lines:?}", lines.len());
+}
