@@ -8,19 +8,20 @@
 //! memory, CPU and descriptors — handed to [`Metrics::render`] as
 //! [`Sample`]s.
 
+mod samples;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::hub::Hub;
 use crate::store::CommitMetrics;
+use samples::Samples;
+pub use samples::{samples, Kind, Sample};
 
 /// Counters kept as things happen.
 #[derive(Debug, Default)]
@@ -28,7 +29,6 @@ pub struct Counters {
     pub publications: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub connections_accepted: AtomicU64,
-    pub commands: AtomicU64,
     pub api_requests: AtomicU64,
     /// Connections refused by `client.connection_rate_limit` or its per-IP
     /// limit.
@@ -212,281 +212,10 @@ impl Metrics {
     }
 }
 
-/// A value read when scraped.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// Without `_total` (counters get it when written).
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: Kind,
-    pub value: f64,
-    /// One label, for info-style gauges.
-    pub label: Option<(&'static str, String)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    Counter,
-}
-
-impl Sample {
-    pub fn gauge(name: &'static str, help: &'static str, value: f64) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Gauge,
-            value,
-            label: None,
-        }
-    }
-
-    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Counter,
-            value: value as f64,
-            label: None,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Samples(Vec<Sample>);
-
-impl Collector for Samples {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for s in &self.0 {
-            // Whole numbers are written as integers.
-            let whole = s.value.fract() == 0.0 && s.value.abs() < 9.0e15;
-            match s.kind {
-                Kind::Gauge if whole => gauge(&mut encoder, s, ConstGauge::new(s.value as i64))?,
-                Kind::Gauge => gauge(&mut encoder, s, ConstGauge::new(s.value))?,
-                Kind::Counter if whole => {
-                    counter(&mut encoder, s, ConstCounter::new(s.value as u64))?
-                }
-                Kind::Counter => counter(&mut encoder, s, ConstCounter::new(s.value))?,
-            }
-        }
-        Ok(())
-    }
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    s: &Sample,
-    gauge: impl EncodeMetric,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(s.name, s.help, None, gauge.metric_type())?;
-    match &s.label {
-        Some((key, value)) => {
-            let labels = [(*key, value.as_str())];
-            gauge.encode(metric.encode_family(&labels)?)
-        }
-        None => gauge.encode(metric),
-    }
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    s: &Sample,
-    counter: impl EncodeMetric,
-) -> Result<(), std::fmt::Error> {
-    let metric = encoder.encode_descriptor(s.name, s.help, None, counter.metric_type())?;
-    counter.encode(metric)
-}
-
-/// The node's values as scraped now.
-pub fn samples(
-    c: &Counters,
-    h: &Hub,
-    retention_removed: u64,
-    broker_reconnects: u64,
-) -> Vec<Sample> {
-    let (gaps_filled, resyncs) = h.gap_counts();
-    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let mut out = vec![
-        Sample::gauge(
-            "herald_connections",
-            "Client connections on this node.",
-            h.num_clients() as f64,
-        ),
-        Sample::gauge(
-            "herald_users",
-            "Distinct users connected to this node.",
-            h.num_users() as f64,
-        ),
-        Sample::gauge(
-            "herald_channels",
-            "Channels with subscribers on this node.",
-            h.num_channels() as f64,
-        ),
-        Sample::gauge(
-            "herald_subscriptions",
-            "Subscriptions on this node.",
-            h.num_subscriptions() as f64,
-        ),
-        Sample::counter(
-            "herald_connections_accepted",
-            "Connections accepted since start.",
-            load(&c.connections_accepted),
-        ),
-        Sample::counter(
-            "herald_publications",
-            "Publications made on this node.",
-            load(&c.publications),
-        ),
-        Sample::counter(
-            "herald_slow_disconnects",
-            "Connections closed because they did not read what they were sent (3008).",
-            load(&c.slow_disconnects),
-        ),
-        Sample::counter(
-            "herald_commands",
-            "Client commands received.",
-            load(&c.commands),
-        ),
-        Sample::counter(
-            "herald_transport_messages_sent",
-            "WebSocket messages written to clients (each may carry several frames).",
-            load(&c.messages_out),
-        ),
-        Sample::counter(
-            "herald_transport_bytes_sent",
-            "Bytes of WebSocket messages written to clients.",
-            load(&c.bytes_out),
-        ),
-        Sample::counter(
-            "herald_transport_messages_received",
-            "WebSocket messages read from clients.",
-            load(&c.messages_in),
-        ),
-        Sample::counter(
-            "herald_transport_bytes_received",
-            "Bytes of WebSocket messages read from clients.",
-            load(&c.bytes_in),
-        ),
-        Sample::counter(
-            "herald_api_requests",
-            "Server API requests.",
-            load(&c.api_requests),
-        ),
-        Sample::counter(
-            "herald_retention_removed",
-            "Durable publications removed by retention.",
-            retention_removed,
-        ),
-        Sample::counter(
-            "herald_connections_rate_limited",
-            "New connections refused by a connection rate limit.",
-            load(&c.connections_refused_by_rate),
-        ),
-        Sample::counter(
-            "herald_commands_rate_limited",
-            "Client commands refused by a command rate limit (111).",
-            load(&c.commands_refused_by_rate),
-        ),
-        Sample::counter(
-            "herald_stream_gaps_filled",
-            "Gaps in a channel's delivery filled from its stream.",
-            gaps_filled,
-        ),
-        Sample::counter(
-            "herald_channel_resyncs",
-            "Times a channel's subscribers were told to resubscribe (2500).",
-            resyncs,
-        ),
-        Sample::counter(
-            "herald_broker_reconnects",
-            "Reconnections to the broker.",
-            broker_reconnects,
-        ),
-        Sample::counter(
-            "herald_proxy_calls",
-            "Calls to the backend through a proxy.",
-            load(&c.proxy_calls),
-        ),
-        Sample::counter(
-            "herald_proxy_errors",
-            "Proxy calls that failed (not reached, a bad status, no answer in time, garbage).",
-            load(&c.proxy_errors),
-        ),
-        Sample::counter(
-            "herald_webhook_events",
-            "Webhook events recorded by this node.",
-            load(&c.webhook_events),
-        ),
-        Sample::counter(
-            "herald_webhook_delivered",
-            "Webhook events delivered by this node.",
-            load(&c.webhook_delivered),
-        ),
-        Sample::counter(
-            "herald_webhook_failed_attempts",
-            "Webhook attempts that failed and will be tried again.",
-            load(&c.webhook_failed_attempts),
-        ),
-        Sample::counter(
-            "herald_webhook_dead_letters",
-            "Webhook events that became dead letters.",
-            load(&c.webhook_dead_letters),
-        ),
-    ];
-    out.push(Sample {
-        label: Some(("version", env!("CARGO_PKG_VERSION").to_string())),
-        ..Sample::gauge("herald_build_info", "The running build (always 1).", 1.0)
-    });
-    out.extend(process());
-    out
-}
-
-/// The process's resident memory, CPU time and open descriptors, from
-/// `/proc/self` (nothing where there is no `/proc`).
-fn process() -> Vec<Sample> {
-    let mut out = Vec::new();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if let Some(kb) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-    {
-        out.push(Sample::gauge(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes.",
-            kb * 1024.0,
-        ));
-    }
-    // utime and stime, fields 14 and 15, in USER_HZ (100 a second on Linux)
-    // after the command name, which may hold spaces: count from its ')'.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
-        if let (Ok(u), Ok(s)) = (u.parse::<f64>(), s.parse::<f64>()) {
-            out.push(Sample {
-                kind: Kind::Counter,
-                ..Sample::gauge(
-                    "process_cpu_seconds",
-                    "User and system CPU time spent in seconds.",
-                    (u + s) / 100.0,
-                )
-            });
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        out.push(Sample::gauge(
-            "process_open_fds",
-            "Open file descriptors.",
-            fds.count() as f64,
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Hub;
 
     #[test]
     fn every_family_has_help_and_type() {

@@ -176,14 +176,15 @@ impl Session {
                 tracing::info!(client = %self.client_id, error = %e, "undecodable command");
                 Disconnect::bad_request()
             })?;
-            Counters::incr(&self.node.counters.commands);
             let not_json = command.payload_not_json;
             let (id, method) = command.into_method();
             let started = std::time::Instant::now();
             self.method = method.name();
-            let name = self.method;
-            self.dispatch(id, method, not_json).await?;
-            self.node.metrics.command(name, started.elapsed());
+            let done = self.dispatch(id, method, not_json).await;
+            // Counted whatever the outcome (the histogram's count is the
+            // number of commands).
+            self.node.metrics.command(self.method, started.elapsed());
+            done?;
         }
         Ok(())
     }

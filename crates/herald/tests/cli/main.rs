@@ -683,6 +683,23 @@ fn sigterm_stops_a_server_whose_stderr_was_closed() {
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
 }
 
+/// The status of a WebSocket upgrade from an origin the server does not
+/// list.
+async fn upgrade_from_elsewhere(addr: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("http://{addr}/connection/websocket"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_origin_is_logged_with_the_key_that_lets_it_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -692,17 +709,7 @@ async fn a_refused_origin_is_logged_with_the_key_that_lets_it_in() {
         &json!({"client": {"allowed_origins": ["http://app.example"], "token": {"hmac_secret_key": "s"}}}),
     );
     let served = serve(&file, &[]);
-    let refused = reqwest::Client::new()
-        .get(format!("http://{}/connection/websocket", served.addr))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("Origin", "http://localhost:3000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(upgrade_from_elsewhere(&served.addr).await, 403);
     served.logged("add it to client.allowed_origins");
 
     // One client's stream of refused commands does not flood the log at
@@ -716,17 +723,7 @@ async fn a_refused_origin_is_logged_with_the_key_that_lets_it_in() {
             .await;
         assert_eq!(r["error"]["code"], 103, "{r}");
     }
-    let again = reqwest::Client::new()
-        .get(format!("http://{}/connection/websocket", served.addr))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("Origin", "http://localhost:3000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status().as_u16(), 403);
+    assert_eq!(upgrade_from_elsewhere(&served.addr).await, 403);
     let lines = served.lines_until("add it to client.allowed_origins");
     assert!(lines.len() <= 2, "{} lines logged: {lines:?}", lines.len());
 }
