@@ -7,6 +7,7 @@
 
 mod cluster;
 mod process;
+mod pushes;
 mod raw;
 mod receiver;
 mod server;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 pub use cluster::ClusterNode;
 pub use process::{free_port, OwnServer, Served};
+pub use pushes::Pushes;
 pub use raw::{frame, opcode, RawEvent, RawWs};
 pub use receiver::{Received, Receiver};
 pub use server::{base_config, merge, TestServer};

@@ -27,6 +27,28 @@ pub enum TokenError {
     Invalid(String),
 }
 
+/// Why a token was refused, in words rather than the JWT library's names.
+fn in_words(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidToken => "not a JWT (three base64url parts joined by dots)".into(),
+        K::Base64(_) | K::Json(_) | K::Utf8(_) => {
+            "not a JWT: a part is not base64url-encoded JSON".into()
+        }
+        K::InvalidSignature => {
+            "the signature does not match the configured key (signed with another secret?)".into()
+        }
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+            "signed with an algorithm the configured key does not take".into()
+        }
+        K::InvalidAudience => "its audience (aud) is not the one configured".into(),
+        K::InvalidIssuer => "its issuer (iss) is not the one configured".into(),
+        K::InvalidSubject => "its subject (sub) is not valid".into(),
+        K::MissingRequiredClaim(claim) => format!("the claim {claim} is missing"),
+        _ => e.to_string(),
+    }
+}
+
 /// Verifies tokens with the keys of one `token` config section.
 #[derive(Clone)]
 pub struct Verifier {
@@ -253,7 +275,7 @@ impl Verifier {
 
     fn decode(&self, token: &str, now: i64) -> Result<(String, RawClaims), TokenError> {
         let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(in_words(&e)))?;
         let from_jwks = self.jwks_key(&header).transpose()?;
         let key = match header.alg {
             _ if from_jwks.is_some() => from_jwks.as_ref(),
@@ -306,7 +328,7 @@ impl Verifier {
                 // Not valid yet: most likely clock skew, so let the client fetch
                 // a fresh token rather than give up.
                 jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::Expired,
-                _ => TokenError::Invalid(e.to_string()),
+                _ => TokenError::Invalid(in_words(&e)),
             }
         })?;
         let map = data.claims;

@@ -117,6 +117,33 @@ impl ChannelRules {
         })
     }
 
+    /// Why [`ChannelRules::resolve`] refused `channel` with `e`, in words
+    /// that name the setting at fault (for the server API's messages).
+    pub fn explain(&self, channel: &str, e: &ProtocolError) -> Option<String> {
+        if e.code == ProtocolError::BAD_REQUEST.code && channel.is_empty() {
+            return Some("channel is required".into());
+        }
+        if e.code == ProtocolError::BAD_REQUEST.code && channel.len() > self.cfg.max_length {
+            return Some(format!(
+                "channel is longer than channel.max_length ({} bytes)",
+                self.cfg.max_length
+            ));
+        }
+        if e.code != ProtocolError::UNKNOWN_CHANNEL.code {
+            return None;
+        }
+        let name = channel
+            .strip_prefix(self.cfg.private_prefix.as_str())
+            .filter(|_| !self.cfg.private_prefix.is_empty())
+            .unwrap_or(channel);
+        let (ns, _) = name.split_once(self.cfg.namespace_boundary.as_str())?;
+        Some(if self.namespaces.contains_key(ns) {
+            format!("unknown channel: the name does not match namespace {ns:?}'s channel_regex")
+        } else {
+            format!("unknown channel: no namespace {ns:?} in channel.namespaces")
+        })
+    }
+
     /// Stream retention for a namespace, or `None` when it keeps no history:
     /// memory history needs both size and TTL, durable history is on with
     /// any values (zero meaning unbounded).

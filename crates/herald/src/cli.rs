@@ -43,6 +43,10 @@ enum Command {
         output: PathBuf,
         #[arg(long)]
         force: bool,
+        /// A browser origin allowed to connect (`https://app.example.com`,
+        /// `http://localhost:3000`); repeat for several.
+        #[arg(long = "allowed-origin", value_name = "URL")]
+        allowed_origins: Vec<String>,
     },
     /// Print a connection token signed with the configured HMAC secret.
     Gentoken {
@@ -111,7 +115,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => serve(cfg_path, cli.serve),
         Some(Command::Serve(args)) => serve(cfg_path, args),
-        Some(Command::Genconfig { output, force }) => genconfig(&output, force),
+        Some(Command::Genconfig {
+            output,
+            force,
+            allowed_origins,
+        }) => genconfig(&output, force, &allowed_origins),
         Some(Command::Gentoken { user, ttl }) => {
             let config = load(cfg_path)?;
             let token = &config.client.token;
@@ -388,14 +396,19 @@ fn secret() -> String {
     )
 }
 
-fn genconfig(output: &Path, force: bool) -> anyhow::Result<ExitCode> {
+fn genconfig(output: &Path, force: bool, origins: &[String]) -> anyhow::Result<ExitCode> {
     if output.exists() && !force {
         bail!("{} exists; pass --force to overwrite", output.display());
+    }
+    for origin in origins {
+        if let Err(why) = crate::origin::check_pattern(origin) {
+            bail!("--allowed-origin {origin}: {why}");
+        }
     }
     let config = json!({
         "client": {
             "token": { "hmac_secret_key": secret() },
-            "allowed_origins": []
+            "allowed_origins": origins
         },
         "http_api": { "key": secret() },
         "admin": { "enabled": false, "password": secret(), "secret": secret() },
@@ -409,5 +422,12 @@ fn genconfig(output: &Path, force: bool) -> anyhow::Result<ExitCode> {
     std::fs::write(output, serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("writing {}", output.display()))?;
     println!("wrote {}", output.display());
+    println!("  server API key: http_api.key (send it as X-API-Key)");
+    println!("  admin UI: set admin.enabled to true; the login is admin.password");
+    if origins.is_empty() {
+        println!(
+            "  browsers: pages on other origins are refused until client.allowed_origins lists them (genconfig --allowed-origin URL)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,7 @@ use crate::broker::{Broker, BrokerError, BrokerEvent};
 use crate::channel::ChannelRules;
 use crate::config::Config;
 use crate::hub::{Client, Control, Hub, ServerSubscribe};
+use crate::metrics::Counters;
 use crate::wire::control::{AccessChange, Action, ControlMessage, NodeInfo, Target};
 
 pub struct Cluster {
@@ -36,6 +37,7 @@ pub struct Cluster {
     broker: Arc<dyn Broker>,
     rules: Arc<ChannelRules>,
     access: Arc<Access>,
+    counters: Arc<Counters>,
     registry: Registry,
     /// Times the broker connection was lost and restored.
     reconnects: AtomicU64,
@@ -48,6 +50,7 @@ impl Cluster {
         broker: Arc<dyn Broker>,
         rules: Arc<ChannelRules>,
         access: Arc<Access>,
+        counters: Arc<Counters>,
     ) -> Self {
         let name = if config.node.name.is_empty() {
             let host = gethostname::gethostname();
@@ -65,6 +68,7 @@ impl Cluster {
             broker,
             rules,
             access,
+            counters,
             registry: Registry::default(),
             reconnects: AtomicU64::new(0),
         }
@@ -90,6 +94,7 @@ impl Cluster {
             num_channels: self.hub.num_channels() as u64,
             num_subs: self.hub.num_subscriptions() as u64,
             uptime: self.started.elapsed().as_secs(),
+            num_publications: self.counters.publications.load(Ordering::Relaxed),
         }
     }
 
@@ -363,6 +368,7 @@ mod tests {
             num_channels: 0,
             num_subs: 0,
             uptime: 0,
+            num_publications: 0,
         };
         r.seen(info.clone());
         assert_eq!(r.alive(Duration::from_secs(60)), vec![info.clone()]);

@@ -3,6 +3,7 @@
 //! Herald implements. Sources, in rising priority: defaults, a JSON, YAML or
 //! TOML file, `HERALD_*` environment variables, CLI flags ([`load`]).
 
+mod admin;
 mod channel;
 mod cluster;
 mod duration;
@@ -16,6 +17,7 @@ pub mod webhook;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::Admin;
 pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace, PUSH_ROOM};
 pub use cluster::{
     BrokerConfig, BrokerKind, BrokerType, Engine, EngineKind, NatsConfig, PresenceKind,
@@ -455,15 +457,6 @@ impl Default for Websocket {
             write_timeout: Dur::millis(1000),
         }
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Admin {
-    pub enabled: bool,
-    pub password: Secret,
-    pub secret: Secret,
-    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

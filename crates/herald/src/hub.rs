@@ -80,6 +80,15 @@ pub trait Client: Send + Sync + 'static {
     fn session(&self) -> &str {
         ""
     }
+    /// The transport it came over (`websocket`, `uni_sse`, …), for
+    /// operators' eyes.
+    fn transport(&self) -> &'static str {
+        ""
+    }
+    /// The format it speaks (`json` or `protobuf`).
+    fn protocol(&self) -> &'static str {
+        "json"
+    }
     /// Queue a publication, in the client's own format; never blocks. A
     /// client that cannot keep up disconnects itself.
     fn deliver(&self, publication: &Arc<Publication>);
@@ -134,7 +143,15 @@ pub struct Hub {
     /// channel's subscribers were sent to recover by themselves.
     gaps_filled: AtomicU64,
     resyncs: AtomicU64,
+    /// Publications, joins and leaves handed to local subscribers: one add
+    /// per message, of its subscriber count.
+    sent: [AtomicU64; 3],
 }
+
+/// Which of [`Hub::sent_counts`].
+const PUBLICATIONS: usize = 0;
+const JOINS: usize = 1;
+const LEAVES: usize = 2;
 
 impl Hub {
     pub fn new() -> Self {
@@ -253,6 +270,14 @@ impl Hub {
     /// [`Sequence`] decides; its verdicts are carried out here while the
     /// channel's sequence is locked, so that nothing overtakes them.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        let n = self.deliver_in_order(publication);
+        if n > 0 {
+            self.sent[PUBLICATIONS].fetch_add(n as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn deliver_in_order(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.channels.read(&*publication.channel);
         let Some(ch) = shard.get(&*publication.channel) else {
             return 0;
@@ -293,9 +318,8 @@ impl Hub {
         let Some(filled) = seq.finish(&fill, from_stream, &self.fill_ids) else {
             return;
         };
-        for p in &filled.deliver {
-            fan_out(ch, p);
-        }
+        let sent: usize = filled.deliver.iter().map(|p| fan_out(ch, p)).sum();
+        self.sent[PUBLICATIONS].fetch_add(sent as u64, Ordering::Relaxed);
         match filled.then {
             Then::Done { filled } => {
                 if filled {
@@ -345,9 +369,13 @@ impl Hub {
         let Some(ch) = shard.get(&*event.channel) else {
             return;
         };
+        let mut sent = 0;
         for sub in ch.subs.values().filter(|s| s.join_leave) {
             sub.client.deliver_presence(event);
+            sent += 1;
         }
+        let kind = if event.join { JOINS } else { LEAVES };
+        self.sent[kind].fetch_add(sent, Ordering::Relaxed);
     }
 
     pub fn client(&self, client_id: &str) -> Option<ClientRef> {
@@ -382,6 +410,26 @@ impl Hub {
             );
         }
         out
+    }
+
+    /// The channels each local subscriber (by key) is subscribed to: a
+    /// walk over every channel, for operators' occasional questions.
+    pub fn channels_by_client(&self) -> HashMap<u64, Vec<Arc<str>>> {
+        let mut out: HashMap<u64, Vec<Arc<str>>> = HashMap::new();
+        for shard in self.channels.each_shard() {
+            for (name, ch) in shard.iter() {
+                for sub in ch.subs.values() {
+                    out.entry(sub.client.key()).or_default().push(name.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Publications, joins and leaves handed to local subscribers since
+    /// start.
+    pub fn sent_counts(&self) -> [u64; 3] {
+        self.sent.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     pub fn num_clients(&self) -> usize {

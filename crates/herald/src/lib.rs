@@ -2,6 +2,7 @@
 //! protocol v2 and server API. See ARCHITECTURE.md for the map.
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod body;

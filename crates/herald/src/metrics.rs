@@ -51,6 +51,8 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// Connections told to reconnect elsewhere (3001) as the node shut down.
+    pub shutdown_closes: AtomicU64,
 }
 
 impl Counters {

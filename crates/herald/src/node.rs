@@ -195,12 +195,14 @@ impl Node {
             _ => Access::in_memory(),
         });
         stop_on_failure.disarm();
+        let counters = Arc::new(Counters::default());
         let cluster = Arc::new(Cluster::new(
             &config,
             hub.clone(),
             engine.broker.clone(),
             rules.clone(),
             access.clone(),
+            counters.clone(),
         ));
         tokio::spawn(cluster.clone().run(events_rx, shutdown.clone()));
         if access.is_persisted() {
@@ -210,7 +212,6 @@ impl Node {
                 shutdown.clone(),
             ));
         }
-        let counters = Arc::new(Counters::default());
         let webhooks = match engine.event_queue().filter(|_| !config.webhooks.is_empty()) {
             Some(queue) => Some(
                 Webhooks::open(

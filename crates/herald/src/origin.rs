@@ -41,6 +41,24 @@ impl OriginPolicy {
     }
 }
 
+/// Whether `pattern` can ever match a browser's Origin header, which is
+/// a scheme and a host (and port), never a path: why not, if it cannot.
+pub fn check_pattern(pattern: &str) -> Result<(), &'static str> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    let Some((scheme, host)) = pattern.split_once("://") else {
+        return Err("an origin starts with its scheme, such as https://app.example.com");
+    };
+    if scheme.is_empty() || host.is_empty() {
+        return Err("an origin is a scheme and a host, such as https://app.example.com");
+    }
+    if host.contains('/') {
+        return Err("an origin has no path, not even a trailing slash");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +88,25 @@ mod tests {
         assert!(some.allows(&headers(Some("HTTP://LOCALHOST:3000"), "x")));
         assert!(!some.allows(&headers(Some("https://example.com.evil.org"), "x")));
         assert!(!some.allows(&headers(Some("http://localhost:3001"), "x")));
+    }
+
+    #[test]
+    fn patterns_that_can_never_match_are_told() {
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:3000",
+            "https://*.example.com",
+        ] {
+            assert_eq!(check_pattern(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "localhost:3000",
+            "http://localhost:3000/",
+            "https://a.com/app",
+            "://x",
+        ] {
+            assert!(check_pattern(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -155,7 +155,7 @@ impl Server {
         let header_timeout = node.config.http_server.header_read_timeout.0;
         let router = match self.internal {
             Some(internal) => {
-                tracing::info!(addr = %internal.local_addr()?, "internal listening (health, metrics)");
+                tracing::info!(addr = %internal.local_addr()?, "internal listening (health, metrics, admin)");
                 let ops = operations(Router::new(), &node.config).with_state(node.clone());
                 let stop = stop.clone();
                 tokio::spawn(accept::accept(internal, ops, None, stop, header_timeout));
@@ -165,10 +165,9 @@ impl Server {
         };
         let router = router.with_state(node.clone());
         accept::accept(self.listener, router, self.tls, stop, header_timeout).await;
-        tracing::info!(
-            connections = node.hub.num_clients(),
-            "shutting down: closing connections"
-        );
+        // Connections close themselves as the shutdown token fires, so a
+        // count taken now would race them: they are counted as they close.
+        tracing::info!("shutting down: closing connections");
         node.tracker().close();
         let grace = node.config.shutdown.timeout.0;
         if tokio::time::timeout(grace, node.tracker().wait())
@@ -180,13 +179,21 @@ impl Server {
                 "shutdown grace period ended with connections open"
             );
         }
+        tracing::info!(
+            connections = node
+                .counters
+                .shutdown_closes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "connections closed, told to reconnect elsewhere"
+        );
         node.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// What operators ask: `/health` (and `/health/live`), `/metrics`.
+/// What operators ask: `/health` (and `/health/live`), `/metrics`, and
+/// the admin UI unless `admin.external` puts it on the public port.
 fn operations(mut r: Router<Arc<Node>>, c: &Config) -> Router<Arc<Node>> {
     if c.health.enabled {
         let prefix = c.health.handler_prefix.trim_end_matches('/');
@@ -200,6 +207,9 @@ fn operations(mut r: Router<Arc<Node>>, c: &Config) -> Router<Arc<Node>> {
     }
     if c.prometheus.enabled {
         r = r.route("/metrics", get(metrics));
+    }
+    if c.admin.enabled && !c.admin.external {
+        r = r.merge(crate::admin::routes(&c.admin));
     }
     r
 }
@@ -256,7 +266,12 @@ fn router(node: Arc<Node>) -> Router<Arc<Node>> {
                 .url(format!("{prefix}/openapi.json"), doc),
         );
     }
-    if c.dev {
+    if c.admin.enabled && c.admin.external {
+        r = r.merge(crate::admin::routes(&c.admin));
+    }
+    // An admin UI at the root (an empty prefix) takes the demo's place.
+    let admin_at_root = c.admin.enabled && c.admin.prefix().is_empty();
+    if c.dev && !(admin_at_root && (c.admin.external || c.http_server.internal().is_none())) {
         r = r.merge(crate::demo::routes());
     }
     r

@@ -490,6 +490,9 @@ impl Session {
         if let Some(conn) = self.conn.take() {
             self.node.hub.remove_client(&*conn.handle);
             tracing::debug!(client = %self.client_id, user = %conn.handle.user, "disconnected");
+            if why.is_some_and(|d| d.code == Disconnect::shutdown().code) {
+                Counters::incr(&self.node.counters.shutdown_closes);
+            }
             if let Some(w) = &self.node.webhooks {
                 let closed = Disconnect::connection_closed();
                 let d = why.unwrap_or(&closed);

@@ -6,8 +6,14 @@
  *
  *   const client = new HeraldClient('ws://localhost:8000/connection/websocket');
  *   await client.connect();
- *   await client.subscribe('chat:lobby', (pub) => console.log(pub.data));
+ *   await client.subscribe('chat:lobby', (pub) => console.log(pub.data), { joinLeave: true });
  *   await client.publish('chat:lobby', { text: 'hi' });
+ *   const recent = await client.history('chat:lobby', { limit: 20, reverse: true });
+ *
+ * Events (client.on(name, fn)): connecting, connected, disconnected,
+ * reconnecting, subscribed (also after each resubscribe, with the server's
+ * `recovered` / `was_recovering` flags), unsubscribed, publication, join,
+ * leave, message, error ({ type, error }), frame (raw JSON lines).
  */
 (function (root) {
   'use strict';
@@ -102,11 +108,32 @@
     }
 
     // The subscription is remembered, so it is restored after reconnects
-    // and may be requested before connect() has finished.
-    subscribe(channel, onPublication) {
+    // and may be requested before connect() has finished. Options:
+    //   joinLeave: true      ask for join/leave pushes (the namespace must
+    //                        have join_leave enabled)
+    //   recoverable: true    ask for recovery after reconnects (the namespace
+    //                        must allow it, or force it)
+    //   since: {offset, epoch}  recover from this stream position on the
+    //                        first subscribe too, e.g. one saved by an
+    //                        earlier page load
+    // After a reconnect, a recoverable subscription asks for what it missed
+    // and the server replays it; the 'subscribed' event says `recovered`.
+    subscribe(channel, onPublication, options) {
       let sub = this._subs.get(channel);
       if (!sub) {
-        sub = { onPublication: onPublication, subscribed: false, waiters: [] };
+        options = options || {};
+        sub = {
+          onPublication: onPublication,
+          subscribed: false,
+          waiters: [],
+          joinLeave: !!options.joinLeave,
+          wantRecovery: !!options.recoverable,
+        };
+        if (options.since && options.since.epoch !== undefined) {
+          sub.recoverable = true;
+          sub.epoch = options.since.epoch;
+          sub.offset = options.since.offset || 0;
+        }
         this._subs.set(channel, sub);
         if (this.state === 'connected') this._sendSubscribe(channel, sub);
       } else if (onPublication) {
@@ -132,9 +159,20 @@
       return this._command('presence', { channel: channel });
     }
 
-    history(channel, limit) {
+    presenceStats(channel) {
+      return this._command('presence_stats', { channel: channel });
+    }
+
+    // `options` is a limit, or { limit, reverse, since: {offset, epoch} }.
+    // Without a limit the server answers with the stream position only;
+    // `reverse: true` gives the newest publications first.
+    history(channel, options) {
+      if (typeof options === 'number') options = { limit: options };
+      options = options || {};
       const req = { channel: channel };
-      if (limit !== undefined) req.limit = limit;
+      if (options.limit !== undefined) req.limit = options.limit;
+      if (options.reverse) req.reverse = true;
+      if (options.since) req.since = { offset: options.since.offset || 0, epoch: options.since.epoch };
       return this._command('history', req);
     }
 
@@ -336,6 +374,8 @@
 
     _sendSubscribe(channel, sub) {
       const req = { channel: channel };
+      if (sub.joinLeave) req.join_leave = true;
+      if (sub.wantRecovery) req.recoverable = true;
       // After a reconnect, ask the server for what we missed, if it can tell.
       if (sub.recoverable && sub.epoch !== undefined) {
         req.recover = true;

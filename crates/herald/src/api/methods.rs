@@ -130,7 +130,9 @@ pub fn execute(node: &Node, request: Request) -> BoxFuture<'_, Result<Response, 
             }
             Request::History(req) => Response::History(history(node, req).await?),
             Request::HistoryRemove(req) => {
-                node.remove_history(&req.channel).await?;
+                node.remove_history(&req.channel)
+                    .await
+                    .map_err(|e| about_history(node, &req.channel, e))?;
                 empty
             }
             Request::Channels(req) => Response::Channels(channels(node, req)),
@@ -232,7 +234,10 @@ async fn publish_one(
     data: Bytes,
     options: PublishOptions,
 ) -> Result<PublishResult, ApiError> {
-    let r = node.publish(channel, data, options).await?;
+    let r = node
+        .publish(channel, data, options)
+        .await
+        .map_err(|e| about(node, channel, e))?;
     Ok(PublishResult {
         offset: r.offset,
         epoch: r.epoch,
@@ -310,10 +315,41 @@ async fn redrive(
 
 /// A channel with presence: 108 where the namespace keeps none.
 fn with_presence(node: &Node, channel: &str) -> Result<(), ApiError> {
-    if !node.rules.resolve(channel)?.options.presence {
-        return Err(ProtocolError::NOT_AVAILABLE.into());
+    let resolved = node
+        .rules
+        .resolve(channel)
+        .map_err(|e| about(node, channel, e))?;
+    if !resolved.options.presence {
+        return Err(ApiError::Reply {
+            code: ProtocolError::NOT_AVAILABLE.code,
+            message: "not available: presence is off in this channel's namespace".into(),
+        });
     }
     Ok(())
+}
+
+/// The error `e` about `channel`, its message naming the setting at fault
+/// where there is one (a channel of no namespace, say).
+fn about(node: &Node, channel: &str, e: ProtocolError) -> ApiError {
+    match node.rules.explain(channel, &e) {
+        Some(message) => ApiError::Reply {
+            code: e.code,
+            message,
+        },
+        None => e.into(),
+    }
+}
+
+/// [`about`] for history, whose 108 means the namespace keeps none.
+fn about_history(node: &Node, channel: &str, e: ProtocolError) -> ApiError {
+    if e.code != ProtocolError::NOT_AVAILABLE.code {
+        return about(node, channel, e);
+    }
+    ApiError::Reply {
+        code: e.code,
+        message: "not available: this channel's namespace keeps no history (history_size and history_ttl)"
+            .into(),
+    }
 }
 
 async fn presence(node: &Node, req: ChannelRequest) -> Result<PresenceResult, ApiError> {
@@ -347,7 +383,10 @@ async fn history(node: &Node, req: HistoryRequest) -> Result<HistoryResult, ApiE
         limit,
         reverse: req.reverse,
     };
-    let page = node.history(&req.channel, query).await?;
+    let page = node
+        .history(&req.channel, query)
+        .await
+        .map_err(|e| about_history(node, &req.channel, e))?;
     Ok(HistoryResult {
         publications: page.publications,
         epoch: page.position.epoch,

@@ -482,6 +482,8 @@ pub struct NodeDoc {
     num_subs: u64,
     /// Seconds since the node started.
     uptime: u64,
+    /// Publications accepted by the node since it started.
+    num_publications: u64,
 }
 
 /// A batch command's outcome, named by its method.

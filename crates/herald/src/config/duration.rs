@@ -1,6 +1,7 @@
 //! Durations as the configuration writes them: strings like `"25s"`,
-//! `"500ms"` or `"720h"`; a bare number is taken as nanoseconds, as in
-//! Centrifugo's files.
+//! `"500ms"` or `"720h"`. A bare number other than 0 is refused: older
+//! Centrifugo files meant seconds by it, Go's parser nanoseconds, so any
+//! reading of it would surprise someone.
 
 use std::fmt;
 use std::time::Duration;
@@ -62,18 +63,29 @@ impl<'de> Deserialize<'de> for Dur {
         impl Visitor<'_> for V {
             type Value = Dur;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"25s\" or a number of nanoseconds")
+                f.write_str("a duration such as \"25s\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 parse(v).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur(Duration::from_nanos(v)))
+                if v == 0 {
+                    return Ok(Dur::default());
+                }
+                Err(E::custom(format!(
+                    "{v} has no unit: write a duration such as \"{v}s\" or \"{v}ms\""
+                )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(|n| Dur(Duration::from_nanos(n)))
-                    .map_err(|_| E::custom("negative duration"))
+                match u64::try_from(v) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom("a duration cannot be negative")),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write a duration such as \"{v}s\""
+                )))
             }
         }
         d.deserialize_any(V)
@@ -91,8 +103,12 @@ mod tests {
         assert_eq!(parse("1m30s").unwrap(), Dur::secs(90));
         assert_eq!(parse("").unwrap(), Dur::default());
         assert!(parse("soon").is_err());
-        let d: Dur = serde_json::from_str("1000000000").unwrap();
-        assert_eq!(d, Dur::secs(1));
+        let d: Dur = serde_json::from_str("0").unwrap();
+        assert_eq!(d, Dur::default());
+        let e = serde_json::from_str::<Dur>("25").unwrap_err().to_string();
+        assert!(e.contains("\"25s\""), "{e}");
+        assert!(serde_json::from_str::<Dur>("-1").is_err());
+        assert!(serde_json::from_str::<Dur>("2.5").is_err());
         assert_eq!(serde_json::to_string(&Dur::secs(90)).unwrap(), "\"1m30s\"");
     }
 }

@@ -105,10 +105,34 @@ fn read_file(path: &Path) -> Result<Value, ConfigError> {
     }
 }
 
+/// A deserializer's message with Rust's type names said in words
+/// (`expected u16` → `expected a whole number from 0 to 65535`).
+fn in_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 10] = [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number, 0 or more"),
+        ("usize", "a whole number, 0 or more"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("isize", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ];
+    let Some((head, wanted)) = message.rsplit_once("expected ") else {
+        return message.to_string();
+    };
+    match TYPES.iter().find(|(name, _)| *name == wanted.trim()) {
+        Some((_, words)) => format!("{head}expected {words}"),
+        None => message.to_string(),
+    }
+}
+
 fn deserialize(tree: Value, warnings: &mut Vec<String>) -> Result<Config, ConfigError> {
     let config: Config = serde_path_to_error::deserialize(tree.clone()).map_err(|e| {
         let key = e.path().to_string();
-        let message = e.inner().to_string();
+        let message = in_words(&e.inner().to_string());
         refine_namespace_error(&tree, &key).unwrap_or_else(|| ConfigError::invalid(key, message))
     })?;
     // Every field serialises, so a key of the input that the re-serialised
@@ -187,7 +211,7 @@ fn refine_namespace_error(tree: &Value, key: &str) -> Option<ConfigError> {
     let err = serde_path_to_error::deserialize::<_, super::ChannelOptions>(item).err()?;
     Some(ConfigError::invalid(
         format!("{key}.{}", err.path()),
-        err.inner().to_string(),
+        in_words(&err.inner().to_string()),
     ))
 }
 
@@ -308,26 +332,43 @@ fn apply_overrides(config: &mut Config, o: &Overrides) {
         }
         config.client.insecure = true;
         config.http_api.insecure = true;
+        // The admin UI, without a login, on this machine only.
+        config.admin.enabled = true;
         config.admin.insecure = true;
         config.prometheus.enabled = true;
         if config.client.allowed_origins.is_empty() {
             config.client.allowed_origins = vec!["*".into()];
         }
-        // The demo page chats in `chat:lobby`.
         if !config.channel.namespaces.iter().any(|n| n.name == "chat") {
-            let mut chat = super::Namespace {
-                name: "chat".into(),
-                ..Default::default()
-            };
-            chat.options.presence = true;
-            chat.options.join_leave = true;
-            config.channel.namespaces.push(chat);
+            config.channel.namespaces.push(dev_chat_namespace());
         }
     }
     if config.data_dir.is_empty() {
         config.data_dir = "herald-data".into();
     }
 }
+
+/// The namespace of the demo page's `chat:lobby` in `--dev` (unless the
+/// config has its own `chat`): presence with join/leave for the online
+/// counter, and a day of history, at most [`DEV_CHAT_HISTORY_SIZE`]
+/// messages, so a reload shows the conversation again and a reconnect
+/// recovers what it missed.
+fn dev_chat_namespace() -> super::Namespace {
+    let mut chat = super::Namespace {
+        name: "chat".into(),
+        ..Default::default()
+    };
+    let o = &mut chat.options;
+    o.presence = true;
+    o.join_leave = true;
+    o.history_size = DEV_CHAT_HISTORY_SIZE;
+    o.history_ttl = super::Dur::secs(24 * 3600);
+    o.force_recovery = true;
+    chat
+}
+
+/// Messages the `--dev` chat keeps; older ones drop out of its history.
+const DEV_CHAT_HISTORY_SIZE: usize = 100;
 
 #[cfg(test)]
 mod tests;

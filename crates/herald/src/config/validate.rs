@@ -12,6 +12,7 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     super::proxy::validate(c)?;
     super::webhook::validate(&c.webhooks)?;
     super::cluster::validate_cluster(c)?;
+    super::admin::validate(&c.admin)?;
     if !matches!(
         c.log.level.as_str(),
         "trace" | "debug" | "info" | "warn" | "error" | "none"
@@ -78,6 +79,13 @@ fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigE
             "client.pong_timeout",
             "must be shorter than client.ping_interval",
         ));
+    }
+    for origin in &cl.allowed_origins {
+        if let Err(why) = crate::origin::check_pattern(origin) {
+            warnings.push(format!(
+                "client.allowed_origins: {origin:?} never matches a browser: {why}"
+            ));
+        }
     }
     if cl.queue_max_size == 0 {
         return Err(ConfigError::invalid(

@@ -20,7 +20,8 @@ pub struct Sample {
     pub help: &'static str,
     pub kind: Kind,
     pub value: f64,
-    /// One label, for info-style gauges.
+    /// The series' one label; samples of the same name that follow, each
+    /// with its label value, are further series of the family.
     pub label: Option<(&'static str, String)>,
 }
 
@@ -50,6 +51,22 @@ impl Sample {
             label: None,
         }
     }
+
+    /// A counter family with one series per value of `label`.
+    pub fn counters(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        series: &[(&str, u64)],
+    ) -> Vec<Self> {
+        series
+            .iter()
+            .map(|(value, n)| Self {
+                label: Some((label, value.to_string())),
+                ..Self::counter(name, help, *n)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -57,44 +74,39 @@ pub(super) struct Samples(pub(super) Vec<Sample>);
 
 impl Collector for Samples {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for s in &self.0 {
-            // Whole numbers are written as integers.
-            let whole = s.value.fract() == 0.0 && s.value.abs() < 9.0e15;
-            match s.kind {
-                Kind::Gauge if whole => gauge(&mut encoder, s, ConstGauge::new(s.value as i64))?,
-                Kind::Gauge => gauge(&mut encoder, s, ConstGauge::new(s.value))?,
-                Kind::Counter if whole => {
-                    counter(&mut encoder, s, ConstCounter::new(s.value as u64))?
-                }
-                Kind::Counter => counter(&mut encoder, s, ConstCounter::new(s.value))?,
+        // Samples of one name in a row are one family, each its own series.
+        for family in self.0.chunk_by(|a, b| a.name == b.name) {
+            let first = &family[0];
+            let kind = match first.kind {
+                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+                Kind::Counter => ConstCounter::new(0u64).metric_type(),
+            };
+            let mut metric = encoder.encode_descriptor(first.name, first.help, None, kind)?;
+            if first.label.is_none() {
+                value_of(first, metric)?;
+                continue;
+            }
+            for s in family {
+                let (key, value) = s.label.as_ref().map_or(("", ""), |(k, v)| (*k, v.as_str()));
+                value_of(s, metric.encode_family(&[(key, value)])?)?;
             }
         }
         Ok(())
     }
 }
 
-fn gauge(
-    encoder: &mut DescriptorEncoder,
+/// Writes one series' value; whole numbers as integers.
+fn value_of(
     s: &Sample,
-    gauge: impl EncodeMetric,
+    encoder: prometheus_client::encoding::MetricEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(s.name, s.help, None, gauge.metric_type())?;
-    match &s.label {
-        Some((key, value)) => {
-            let labels = [(*key, value.as_str())];
-            gauge.encode(metric.encode_family(&labels)?)
-        }
-        None => gauge.encode(metric),
+    let whole = s.value.fract() == 0.0 && s.value.abs() < 9.0e15;
+    match s.kind {
+        Kind::Gauge if whole => ConstGauge::new(s.value as i64).encode(encoder),
+        Kind::Gauge => ConstGauge::new(s.value).encode(encoder),
+        Kind::Counter if whole => ConstCounter::new(s.value as u64).encode(encoder),
+        Kind::Counter => ConstCounter::new(s.value).encode(encoder),
     }
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    s: &Sample,
-    counter: impl EncodeMetric,
-) -> Result<(), std::fmt::Error> {
-    let metric = encoder.encode_descriptor(s.name, s.help, None, counter.metric_type())?;
-    counter.encode(metric)
 }
 
 /// The node's values as scraped now.
@@ -106,7 +118,14 @@ pub fn samples(
 ) -> Vec<Sample> {
     let (gaps_filled, resyncs) = h.gap_counts();
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let mut out = vec![
+    let [publications, joins, leaves] = h.sent_counts();
+    let mut out = Sample::counters(
+        "herald_client_messages_sent",
+        "Publications, joins and leaves handed to this node's subscribers, by type (replies are counted by herald_client_command_duration_seconds).",
+        "type",
+        &[("publication", publications), ("join", joins), ("leave", leaves)],
+    );
+    out.extend([
         Sample::gauge(
             "herald_connections",
             "Client connections on this node.",
@@ -144,22 +163,22 @@ pub fn samples(
         ),
         Sample::counter(
             "herald_transport_messages_sent",
-            "WebSocket messages written to clients (each may carry several frames).",
+            "Messages written to clients: WebSocket messages and HTTP stream chunks (each may carry several frames).",
             load(&c.messages_out),
         ),
         Sample::counter(
             "herald_transport_bytes_sent",
-            "Bytes of WebSocket messages written to clients.",
+            "Bytes of the messages written to clients.",
             load(&c.bytes_out),
         ),
         Sample::counter(
             "herald_transport_messages_received",
-            "WebSocket messages read from clients.",
+            "Messages read from clients: WebSocket messages and HTTP connect requests.",
             load(&c.messages_in),
         ),
         Sample::counter(
             "herald_transport_bytes_received",
-            "Bytes of WebSocket messages read from clients.",
+            "Bytes of the messages read from clients.",
             load(&c.bytes_in),
         ),
         Sample::counter(
@@ -227,7 +246,7 @@ pub fn samples(
             "Webhook events that became dead letters.",
             load(&c.webhook_dead_letters),
         ),
-    ];
+    ]);
     out.push(Sample {
         label: Some(("version", env!("CARGO_PKG_VERSION").to_string())),
         ..Sample::gauge("herald_build_info", "The running build (always 1).", 1.0)

@@ -45,6 +45,7 @@ impl Session {
             claims.user.clone(),
             self.outbox.clone(),
             self.encoding,
+            self.peer.transport,
         ));
         match self.node.hub.add_client(
             handle.clone(),

@@ -22,6 +22,8 @@ pub struct Handle {
     outbox: Arc<Outbox>,
     /// The format the client speaks.
     encoding: Encoding,
+    /// The transport's name, for operators.
+    transport: &'static str,
     /// Per-channel delivery guards while and just after a subscribe reads
     /// the channel's stream, so that nothing is lost or repeated around it;
     /// allocated only while there are any.
@@ -70,6 +72,7 @@ impl Handle {
         user: String,
         outbox: Arc<Outbox>,
         encoding: Encoding,
+        transport: &'static str,
     ) -> Self {
         Self {
             key,
@@ -77,6 +80,7 @@ impl Handle {
             user,
             outbox,
             encoding,
+            transport,
             guards: Mutex::default(),
             guarded: AtomicBool::new(false),
         }
@@ -142,6 +146,12 @@ impl Client for Handle {
     fn user(&self) -> &str {
         &self.user
     }
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+    fn protocol(&self) -> &'static str {
+        self.encoding.protocol_name()
+    }
     fn deliver(&self, publication: &Arc<Publication>) {
         // While guards are in use, the frame is queued under their lock, so
         // that it cannot overtake held publications being released.
@@ -187,6 +197,7 @@ mod tests {
             "u".into(),
             Arc::new(Outbox::new(1 << 20)),
             Encoding::Json,
+            "websocket",
         )
     }
 

@@ -118,6 +118,8 @@ async fn start(
         return (StatusCode::BAD_REQUEST, "a connect request is required").into_response();
     }
     Counters::incr(&node.counters.connections_accepted);
+    Counters::incr(&node.counters.messages_in);
+    Counters::add(&node.counters.bytes_in, request.len() as u64);
     let transport = match style {
         Style::Lines => "uni_http_stream",
         Style::Sse => "uni_sse",
@@ -206,7 +208,10 @@ async fn pump(
                 for item in items.drain(..) {
                     match item {
                         Item::Frame(frame) => {
-                            if tx.send(Ok(style.chunk(frame.as_bytes()))).await.is_err() {
+                            let chunk = style.chunk(frame.as_bytes());
+                            Counters::incr(&node.counters.messages_out);
+                            Counters::add(&node.counters.bytes_out, chunk.len() as u64);
+                            if tx.send(Ok(chunk)).await.is_err() {
                                 break 'run None;
                             }
                         }

@@ -29,6 +29,10 @@ pub struct NodeInfo {
     pub num_channels: u64,
     pub num_subs: u64,
     pub uptime: u64,
+    /// Herald: publications accepted by the node since it started (a
+    /// counter: its rate is the node's publications per second).
+    #[serde(default)]
+    pub num_publications: u64,
 }
 
 /// Which connections a command acts on: all of a user's, or one client's

@@ -74,6 +74,9 @@ fn genconfig_writes_fresh_secrets_and_does_not_overwrite() {
         cfg["client"]["token"]["hmac_secret_key"],
         cfg["http_api"]["key"]
     );
+    // It says where the API key is, and that browsers need origins.
+    assert!(stdout(&o).contains("http_api.key"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("--allowed-origin"), "{}", stdout(&o));
 
     // The generated file is a valid configuration without warnings.
     let o = run(herald().arg("checkconfig").arg("-c").arg(&file));
@@ -99,6 +102,49 @@ fn genconfig_writes_fresh_secrets_and_does_not_overwrite() {
     assert_ne!(
         again["client"]["token"]["hmac_secret_key"],
         cfg["client"]["token"]["hmac_secret_key"]
+    );
+}
+
+#[test]
+fn genconfig_takes_the_origins_browsers_come_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    let o = run(herald()
+        .arg("genconfig")
+        .arg("-o")
+        .arg(&file)
+        .args(["--allowed-origin", "http://localhost:3000"])
+        .args(["--allowed-origin", "https://app.example.com"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = read_json(&file);
+    assert_eq!(
+        cfg["client"]["allowed_origins"],
+        serde_json::json!(["http://localhost:3000", "https://app.example.com"])
+    );
+    assert!(!stdout(&o).contains("--allowed-origin"), "{}", stdout(&o));
+
+    // An origin with a path never matches: refused, and nothing written.
+    let other = dir.path().join("other.json");
+    let o = run(herald()
+        .arg("genconfig")
+        .arg("-o")
+        .arg(&other)
+        .args(["--allowed-origin", "http://localhost:3000/"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no path"), "{}", stderr(&o));
+    assert!(!other.exists());
+
+    // In a file, such an origin is warned about by name.
+    std::fs::write(
+        &other,
+        serde_json::json!({"client": {"allowed_origins": ["localhost:3000"]}}).to_string(),
+    )
+    .unwrap();
+    let o = run(herald().arg("checkconfig").arg("-c").arg(&other));
+    assert!(
+        stderr(&o).contains("client.allowed_origins"),
+        "{}",
+        stderr(&o)
     );
 }
 
@@ -143,10 +189,21 @@ fn gentoken_and_checktoken() {
     );
     let other_secret =
         herald::auth::sign_hs256(&json!({"sub": "alice"}), "another-secret").unwrap();
-    for bad in [tampered, forged_payload, other_secret, "garbage".into()] {
+    for (bad, why) in [
+        (tampered, "signature does not match"),
+        (forged_payload, "signature does not match"),
+        (other_secret, "signed with another secret?"),
+        ("garbage".into(), "not a JWT"),
+    ] {
         let o = run(herald().args(["checktoken", "-c"]).arg(&file).arg(&bad));
         assert!(!o.status.success(), "{bad} accepted: {}", stdout(&o));
-        assert!(stderr(&o).contains("invalid"), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("invalid token") && err.contains(why), "{err}");
+        // In words, not the library's names for errors.
+        assert!(
+            !err.contains("InvalidSignature") && !err.contains("InvalidToken"),
+            "{err}"
+        );
     }
 
     // An expired token fails too.
@@ -498,6 +555,12 @@ async fn sigterm_closes_clients_with_3001_and_exits_cleanly() {
     assert!(
         rest.iter().any(|l| l.contains("stopped")),
         "log ends with `stopped`: {rest:?}"
+    );
+    // The shutdown line counts the one connection it closed.
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("connections closed") && l.contains("connections=1")),
+        "shutdown counts one connection: {rest:?}"
     );
 }
 

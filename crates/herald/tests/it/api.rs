@@ -579,3 +579,42 @@ async fn openapi_document_and_swagger_ui() {
     assert_eq!(r.status(), 404);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn channel_errors_name_the_setting_at_fault() {
+    let s = TestServer::start(json!({})).await;
+    let cases = [
+        (
+            "publish",
+            json!({"channel": "nope:x", "data": {}}),
+            102,
+            "no namespace \"nope\" in channel.namespaces",
+        ),
+        ("publish", json!({"data": {}}), 107, "channel is required"),
+        (
+            "history",
+            json!({"channel": "chat:x"}),
+            108,
+            "keeps no history",
+        ),
+        (
+            "presence",
+            json!({"channel": "chat:x"}),
+            108,
+            "presence is off",
+        ),
+        (
+            "history",
+            json!({"channel": "nope:x"}),
+            102,
+            "channel.namespaces",
+        ),
+    ];
+    for (method, body, code, words) in cases {
+        let r = s.api(method, body.clone()).await;
+        assert_eq!(r["error"]["code"], code, "{method} {body}: {r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{method} {body}: {message}");
+    }
+    s.stop().await;
+}

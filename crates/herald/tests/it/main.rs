@@ -3,6 +3,7 @@
 //! talks to it over real WebSocket and HTTP connections.
 
 mod access;
+mod admin;
 mod api;
 mod close;
 mod connect;

@@ -211,3 +211,39 @@ fn a_bad_internal_port_is_refused_naming_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn messages_sent_are_counted_by_type_and_http_streams_by_bytes() {
+    let s = TestServer::start(json!({"uni_sse": {"enabled": true}})).await;
+    let sent = |kind: &str| format!("herald_client_messages_sent_total{{type=\"{kind}\"}}");
+    let mut a = s.client("ann").await;
+    let r = a
+        .cmd(json!({"subscribe": {"channel": "room:m", "join_leave": true}}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let mut b = s.client("ben").await;
+    let r = b.cmd(json!({"subscribe": {"channel": "room:m"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    // Ann hears Ben join (both asked for join/leave by the namespace).
+    a.push().await;
+    s.api("publish", json!({"channel": "room:m", "data": {"n": 1}}))
+        .await;
+    a.push().await;
+    b.push().await;
+    assert_eq!(s.metric(&sent("publication")).await, 2);
+    assert!(s.metric(&sent("join")).await >= 1);
+    assert_eq!(s.metric(&sent("leave")).await, 0);
+
+    // A Server-Sent Events client's pushes count as messages and bytes.
+    let before = s.metric("herald_transport_bytes_sent_total").await;
+    let connect = json!({"token": token(json!({"sub": "sse", "channels": ["room:m"]}))});
+    let url = format!(
+        "{}?cf_connect={}",
+        s.http("/connection/uni_sse"),
+        crate::uni::url_encode(&connect.to_string())
+    );
+    let mut events = Pushes::open(reqwest::Client::new().get(url), b"\n\n").await;
+    assert!(events.next().await.unwrap().get("connect").is_some());
+    assert!(s.metric("herald_transport_bytes_sent_total").await > before);
+    s.stop().await;
+}

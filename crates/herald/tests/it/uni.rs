@@ -160,46 +160,6 @@ async fn uni_websocket_closes_on_bad_connects_and_is_off_by_default() {
     );
 }
 
-/// A unidirectional HTTP response read one push at a time.
-struct Pushes {
-    response: reqwest::Response,
-    buf: Vec<u8>,
-    /// What ends one push: a newline, or an empty line for SSE.
-    end: &'static [u8],
-}
-
-impl Pushes {
-    /// The next push, `data: ` taken off for SSE; `None` at the end.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(at) = self.buf.windows(self.end.len()).position(|w| w == self.end) {
-                let message: Vec<u8> = self.buf.drain(..at + self.end.len()).collect();
-                let text = std::str::from_utf8(&message[..at]).unwrap();
-                let json = text.strip_prefix("data: ").unwrap_or(text);
-                return Some(
-                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{text:?}: {e}")),
-                );
-            }
-            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
-                .await
-                .expect("a chunk in time")
-                .expect("readable");
-            self.buf.extend_from_slice(&chunk?);
-        }
-    }
-}
-
-async fn uni_http(s: &TestServer, request: reqwest::RequestBuilder, end: &'static [u8]) -> Pushes {
-    let response = request.send().await.expect("reachable");
-    assert_eq!(response.status().as_u16(), 200, "{:?}", response.headers());
-    let _ = s;
-    Pushes {
-        response,
-        buf: Vec::new(),
-        end,
-    }
-}
-
 fn uni_http_config() -> Value {
     json!({"uni_http_stream": {"enabled": true}, "uni_sse": {"enabled": true}})
 }
@@ -214,21 +174,18 @@ async fn uni_http_stream_and_sse_stream_bare_pushes() {
     let post = client
         .post(s.http("/connection/uni_http_stream"))
         .body(connect("a").to_string());
-    let mut lines = uni_http(&s, post, b"\n").await;
+    let mut lines = Pushes::open(post, b"\n").await;
     let sse_url = format!(
         "{}?cf_connect={}",
         s.http("/connection/uni_sse"),
         url_encode(&connect("b").to_string())
     );
-    let mut events = uni_http(&s, client.get(sse_url), b"\n\n").await;
-    assert_eq!(
-        events.response.headers()["content-type"],
-        "text/event-stream"
-    );
+    let mut events = Pushes::open(client.get(sse_url), b"\n\n").await;
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
     let post_sse = client
         .post(s.http("/connection/uni_sse"))
         .body(connect("c").to_string());
-    let mut posted = uni_http(&s, post_sse, b"\n\n").await;
+    let mut posted = Pushes::open(post_sse, b"\n\n").await;
     for stream in [&mut lines, &mut events, &mut posted] {
         let c = stream.next().await.unwrap();
         assert!(c["connect"]["subs"]["hist:h"]["recoverable"] == true, "{c}");
@@ -274,7 +231,7 @@ async fn uni_http_transports_refuse_bad_connects() {
         status(client.post(&url).body("not json").send().await.unwrap()),
         400
     );
-    let mut bad = uni_http(&s, client.post(&url).body(r#"{"token":"bad"}"#), b"\n").await;
+    let mut bad = Pushes::open(client.post(&url).body(r#"{"token":"bad"}"#), b"\n").await;
     assert_eq!(bad.next().await.unwrap()["disconnect"]["code"], 3500);
     assert_eq!(bad.next().await, None);
 
@@ -289,7 +246,7 @@ async fn uni_http_transports_refuse_bad_connects() {
 }
 
 /// Percent-encodes a query value.
-fn url_encode(s: &str) -> String {
+pub(crate) fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -267,6 +267,50 @@ fn dev_mode_opens_everything() {
 }
 
 #[test]
+fn dev_mode_chat_keeps_history_and_presence() {
+    let o = Overrides {
+        dev: true,
+        ..Default::default()
+    };
+    let l = load(None, &env(&[]), &o).unwrap();
+    let chat = l
+        .config
+        .channel
+        .namespaces
+        .iter()
+        .find(|n| n.name == "chat")
+        .expect("--dev adds the demo's chat namespace");
+    let c = &chat.options;
+    assert!(c.presence && c.join_leave, "the online counter needs both");
+    assert_eq!(c.history_size, 100);
+    assert_eq!(c.history_ttl, Dur::secs(24 * 3600));
+    assert!(c.force_recovery, "a reconnecting page recovers");
+}
+
+#[test]
+fn dev_mode_keeps_a_configured_chat_namespace() {
+    let dir = write(
+        "c.json",
+        r#"{"channel":{"namespaces":[{"name":"chat","history_size":5,"history_ttl":"60s"}]}}"#,
+    );
+    let o = Overrides {
+        dev: true,
+        ..Default::default()
+    };
+    let l = load(Some(&dir.path().join("c.json")), &env(&[]), &o).unwrap();
+    let chats: Vec<_> = l
+        .config
+        .channel
+        .namespaces
+        .iter()
+        .filter(|n| n.name == "chat")
+        .collect();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(chats[0].options.history_size, 5);
+    assert!(!chats[0].options.presence);
+}
+
+#[test]
 fn the_example_config_loads_without_warnings() {
     let path = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -358,4 +402,43 @@ fn misspelt_keys_are_named_with_the_key_they_probably_mean() {
     assert_eq!(near("tokne").as_deref(), Some("token"));
     assert_eq!(near("something_else"), None);
     assert_eq!(near("x"), None);
+}
+
+#[test]
+fn errors_say_types_in_words_and_durations_need_units() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "c.json",
+            r#"{"http_server":{"port":"abc"}}"#,
+            "http_server.port",
+            "a whole number from 0 to 65535",
+        ),
+        (
+            "c.json",
+            r#"{"client":{"queue_max_size":-1}}"#,
+            "client.queue_max_size",
+            "a whole number, 0 or more",
+        ),
+        // The key without a unit is named, not a later one it upsets.
+        (
+            "c.yaml",
+            "client:\n  ping_interval: 25\n",
+            "client.ping_interval",
+            "\"25s\"",
+        ),
+    ];
+    for (name, text, key, words) in cases {
+        let dir = write(name, text);
+        let err = load(
+            Some(&dir.path().join(name)),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(key), "{text}: {err}");
+        assert!(err.contains(words), "{text}: {err}");
+        assert!(!err.contains("u16") && !err.contains("usize"), "{err}");
+    }
 }
