@@ -72,7 +72,7 @@ impl Gate {
     fn issue(&self) -> Option<String> {
         let session = Session {
             aud: AUDIENCE.into(),
-            exp: crate::clock::now_unix().max(0) as u64 + self.ttl_secs,
+            exp: (crate::clock::now_unix().max(0) as u64).saturating_add(self.ttl_secs),
         };
         jsonwebtoken::encode(&Header::default(), &session, &self.encoding).ok()
     }
@@ -80,6 +80,9 @@ impl Gate {
     /// Whether the request carries a live session (`Authorization: token
     /// …`), or none is needed.
     fn admits(&self, headers: &HeaderMap) -> bool {
+        if cross_site(headers) {
+            return false;
+        }
         if self.insecure {
             return true;
         }
@@ -96,9 +99,38 @@ impl Gate {
     }
 
     fn password_matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
         use subtle::ConstantTimeEq;
-        !self.password.is_empty() && bool::from(given.as_bytes().ct_eq(self.password.as_bytes()))
+        // Digests are compared, so that not even the length shows.
+        let (given, password) = (Sha256::digest(given), Sha256::digest(&self.password));
+        !self.password.is_empty() && bool::from(given.ct_eq(&password))
     }
+}
+
+/// Whether a browser says the request comes from another site's page (its
+/// `Sec-Fetch-Site`, or an `Origin` that is not this host): such requests
+/// are refused, so that no page elsewhere can drive an insecure admin.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site == "cross-site" || site == "same-site" {
+            return true;
+        }
+    }
+    match (get(header::ORIGIN), get(header::HOST)) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Whether the body is declared JSON: a page elsewhere cannot send that
+/// without the browser asking first (CORS), which Herald never allows.
+fn declared_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
 /// The UI and its API under the configured prefix.
@@ -161,8 +193,15 @@ struct Login {
 async fn login(
     Extension(gate): Extension<Arc<Gate>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    if cross_site(&headers) || !declared_json(&headers) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "send JSON ({\"password\": …}) from this site's page",
+        );
+    }
     let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ConnectInfo(p))| {
         p.ip()
     });
@@ -206,6 +245,12 @@ async fn call(
 ) -> Response {
     if !gate.admits(&headers) {
         return error(StatusCode::UNAUTHORIZED, "log in first");
+    }
+    if !declared_json(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send parameters as application/json",
+        );
     }
     let limit = node.config.http_api.max_request_body_size;
     let timeout = node.config.http_server.request_body_timeout.0;

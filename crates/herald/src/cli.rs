@@ -396,6 +396,19 @@ fn secret() -> String {
     )
 }
 
+/// Writes `text` to a new file only its owner may read (it holds secrets).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
 fn genconfig(output: &Path, force: bool, origins: &[String]) -> anyhow::Result<ExitCode> {
     if output.exists() && !force {
         bail!("{} exists; pass --force to overwrite", output.display());
@@ -419,7 +432,7 @@ fn genconfig(output: &Path, force: bool, origins: &[String]) -> anyhow::Result<E
             ]
         }
     });
-    std::fs::write(output, serde_json::to_string_pretty(&config)? + "\n")
+    write_private(output, &(serde_json::to_string_pretty(&config)? + "\n"))
         .with_context(|| format!("writing {}", output.display()))?;
     println!("wrote {}", output.display());
     println!("  server API key: http_api.key (send it as X-API-Key)");

@@ -9,6 +9,7 @@ mod cluster;
 mod duration;
 mod load;
 pub mod proxy;
+pub mod pusher;
 mod secret;
 mod tls;
 mod token;
@@ -74,6 +75,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// Herald: durable webhooks (events kept in `storage` until delivered).
     pub webhooks: Vec<webhook::Webhook>,
+    /// Herald: apps speaking the Pusher Channels protocol.
+    pub pusher: pusher::PusherConfig,
     /// Herald: where embedded storage lives (`--data-dir`).
     pub data_dir: String,
     /// `serve --dev`: set by the flag only, never by a file.

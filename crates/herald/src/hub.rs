@@ -359,6 +359,14 @@ impl Hub {
         }
     }
 
+    /// How many local subscribers `channel` has.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        self.channels
+            .read(channel)
+            .get(channel)
+            .map_or(0, |ch| ch.subs.len())
+    }
+
     pub fn has_channel(&self, channel: &str) -> bool {
         self.channels.read(channel).contains_key(channel)
     }

@@ -266,6 +266,9 @@ fn router(node: Arc<Node>) -> Router<Arc<Node>> {
                 .url(format!("{prefix}/openapi.json"), doc),
         );
     }
+    if !c.pusher.apps.is_empty() {
+        r = r.merge(crate::pusher::routes(&c.pusher));
+    }
     if c.admin.enabled && c.admin.external {
         r = r.merge(crate::admin::routes(&c.admin));
     }

@@ -490,7 +490,8 @@ impl Session {
         if let Some(conn) = self.conn.take() {
             self.node.hub.remove_client(&*conn.handle);
             tracing::debug!(client = %self.client_id, user = %conn.handle.user, "disconnected");
-            if why.is_some_and(|d| d.code == Disconnect::shutdown().code) {
+            let shutdown = Disconnect::shutdown().code;
+            if why.is_some_and(|d| d.code == shutdown) && self.node.shutdown().is_cancelled() {
                 Counters::incr(&self.node.counters.shutdown_closes);
             }
             if let Some(w) = &self.node.webhooks {

@@ -1,5 +1,5 @@
 //! Transports carry protocol frames between clients and sessions.
 
 pub mod uni_stream;
-mod upgrade;
+pub mod upgrade;
 pub mod websocket;

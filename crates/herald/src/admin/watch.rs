@@ -5,6 +5,7 @@
 //! response does.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -12,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use futures_util::StreamExt;
 use herald_protocol::{PresenceEvent, Publication};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -21,14 +23,15 @@ use crate::frame::{Encoding, Frame};
 use crate::hub::{Client, Control};
 use crate::node::Node;
 
-/// Events a slow page may fall behind by before its view ends.
-const QUEUE: usize = 512;
-
 struct Watcher {
     key: u64,
     id: Arc<str>,
     /// Taken (closing the stream) when the view ends.
-    tx: Mutex<Option<mpsc::Sender<String>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    /// Bytes queued for the page; over `limit` (`client.queue_max_size`,
+    /// as for a connection) the view ends.
+    queued: AtomicUsize,
+    limit: usize,
 }
 
 impl Watcher {
@@ -37,18 +40,21 @@ impl Watcher {
             return;
         };
         let mut tx = self.tx.lock();
-        let full = tx
-            .as_ref()
-            .is_some_and(|t| t.try_send(text.to_string()).is_err());
-        if full {
+        if self.queued.fetch_add(text.len(), Ordering::Relaxed) + text.len() > self.limit {
             self.end_locked(&mut tx, "the page fell behind");
+            return;
+        }
+        if tx
+            .as_ref()
+            .is_some_and(|t| t.send(text.to_string()).is_err())
+        {
+            tx.take();
         }
     }
 
-    fn end_locked(&self, tx: &mut Option<mpsc::Sender<String>>, why: &str) {
+    fn end_locked(&self, tx: &mut Option<mpsc::UnboundedSender<String>>, why: &str) {
         if let Some(t) = tx.take() {
-            // A full queue keeps its events; the end then goes unsaid.
-            let _ = t.try_send(serde_json::json!({ "end": why }).to_string());
+            let _ = t.send(serde_json::json!({ "end": why }).to_string());
         }
     }
 }
@@ -117,26 +123,37 @@ pub(super) async fn watch(
             "a channel name, at most channel.max_length bytes",
         );
     }
-    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = Arc::new(Watcher {
         key: node.next_key(),
         id: Arc::from(uuid::Uuid::new_v4().to_string()),
         tx: Mutex::new(Some(tx)),
+        queued: AtomicUsize::new(0),
+        limit: node.config.client.queue_max_size,
     });
     let key = watcher.key;
-    if node.hub.subscribe(&channel, watcher, true) {
-        node.broker_sync(&channel).await;
-    }
+    let first = node.hub.subscribe(&channel, watcher.clone(), true);
+    // Made before the await below, so that a client gone during it still
+    // leaves the hub.
     let leave = Leave {
         node: node.clone(),
         channel,
         key,
     };
+    if first {
+        node.broker_sync(&leave.channel).await;
+    }
     let events = futures_util::stream::poll_fn(move |cx| {
         let _held = &leave;
-        rx.poll_recv(cx)
-            .map(|o| o.map(|text| Ok::<_, Infallible>(Event::default().data(text))))
-    });
+        rx.poll_recv(cx).map(|o| {
+            o.map(|text| {
+                watcher.queued.fetch_sub(text.len(), Ordering::Relaxed);
+                Ok::<_, Infallible>(Event::default().data(text))
+            })
+        })
+    })
+    // The view ends with the server, not after it.
+    .take_until(node.shutdown().clone().cancelled_owned());
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

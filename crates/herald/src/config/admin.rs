@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Dur, Secret};
+use super::{Config, ConfigError, Dur, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -49,9 +49,28 @@ impl Admin {
     }
 }
 
-pub fn validate(a: &Admin) -> Result<(), ConfigError> {
+/// The longest `session_ttl` taken.
+const MAX_SESSION: u64 = 366 * 24 * 3600;
+
+pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    let a = &c.admin;
     if !a.enabled {
         return Ok(());
+    }
+    // At the root of the public listener, the UI's API would take the
+    // server API's paths.
+    let public = a.external || c.http_server.internal().is_none();
+    let api = c.http_api.handler_prefix.trim_end_matches('/');
+    if public && !c.http_api.disabled && format!("{}/api", a.prefix()) == api {
+        return Err(ConfigError::invalid(
+            "admin.handler_prefix",
+            format!("its API would take the server API's paths ({api}, http_api.handler_prefix): choose another prefix, such as /admin"),
+        ));
+    }
+    if public && a.insecure && !c.dev {
+        warnings.push(
+            "admin.insecure serves the admin UI without a login on the public listener: set http_server.internal_port (and internal_address 127.0.0.1) to keep it off the network".into(),
+        );
     }
     if !a.handler_prefix.is_empty() && !a.handler_prefix.starts_with('/') {
         return Err(ConfigError::invalid(
@@ -70,10 +89,10 @@ pub fn validate(a: &Admin) -> Result<(), ConfigError> {
             ));
         }
     }
-    if a.session_ttl.is_zero() {
+    if a.session_ttl.is_zero() || a.session_ttl.0.as_secs() > MAX_SESSION {
         return Err(ConfigError::invalid(
             "admin.session_ttl",
-            "must be positive",
+            "from 1s to a year (8784h)",
         ));
     }
     Ok(())

@@ -12,7 +12,8 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     super::proxy::validate(c)?;
     super::webhook::validate(&c.webhooks)?;
     super::cluster::validate_cluster(c)?;
-    super::admin::validate(&c.admin)?;
+    super::admin::validate(c, warnings)?;
+    super::pusher::validate(c)?;
     if !matches!(
         c.log.level.as_str(),
         "trace" | "debug" | "info" | "warn" | "error" | "none"

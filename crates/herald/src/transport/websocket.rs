@@ -88,7 +88,7 @@ fn accept(
 /// Why a new connection may not come in, as the response that says so:
 /// the node's and its address's connection rates, its origin, shutdown.
 /// Every transport asks.
-pub(super) fn refusal(
+pub(crate) fn refusal(
     node: &Node,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,

@@ -10,10 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use hmac::{Hmac, Mac};
 use http_body_util::{Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -209,13 +207,7 @@ impl Delivery {
 
 /// Hex HMAC-SHA256 of `body` with `secret`.
 pub fn sign(secret: &str, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(body.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::signing::hmac_sha256_hex(secret.as_bytes(), body.as_bytes())
 }
 
 /// The delay before attempt `attempts + 1`: `initial` doubled for each

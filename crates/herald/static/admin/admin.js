@@ -302,7 +302,9 @@
     } else if (frame.join || frame.leave) {
       const kind = frame.join ? 'join' : 'leave';
       item = feedItem(kind, `${kind} · ${new Date().toLocaleTimeString()}`, who((frame.join || frame.leave).info));
-      loadPresence(name);
+      // Many joins and leaves in a row ask for presence once.
+      clearTimeout(onEvent.presenceTimer);
+      onEvent.presenceTimer = setTimeout(() => loadPresence(name), 500);
     } else if (frame.end) {
       watchState('reconnecting', false);
       return;
@@ -324,6 +326,12 @@
           signal: abort.signal,
         });
         if (resp.status === 401) { showLogin('Your session ended; log in again.'); return; }
+        if (resp.status >= 400 && resp.status < 500) {
+          // Refused for good (a channel name too long, say): no retrying.
+          const body = await resp.json().catch(() => ({}));
+          watchState(body.error || `refused (HTTP ${resp.status})`, false);
+          return;
+        }
         if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
         watchState('live', true);
         await readEvents(resp.body, (frame) => onEvent(name, frame));
@@ -348,7 +356,7 @@
       while ((end = buffer.indexOf('\n\n')) >= 0) {
         const event = buffer.slice(0, end);
         buffer = buffer.slice(end + 2);
-        const data = event.split('\n').filter((l) => l.startsWith('data:'))
+        const data = event.split(/\r\n|\r|\n/).filter((l) => l.startsWith('data:'))
           .map((l) => l.slice(l.startsWith('data: ') ? 6 : 5)).join('\n');
         if (data) {
           try { handle(JSON.parse(data)); } catch (_) { /* not one of ours */ }

@@ -74,6 +74,12 @@ fn genconfig_writes_fresh_secrets_and_does_not_overwrite() {
         cfg["client"]["token"]["hmac_secret_key"],
         cfg["http_api"]["key"]
     );
+    // Its secrets are for its owner's eyes only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
     // It says where the API key is, and that browsers need origins.
     assert!(stdout(&o).contains("http_api.key"), "{}", stdout(&o));
     assert!(stdout(&o).contains("--allowed-origin"), "{}", stdout(&o));

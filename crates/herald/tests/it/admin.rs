@@ -228,13 +228,30 @@ async fn the_ui_is_served_embedded_with_a_policy_that_keeps_it_home() {
 #[tokio::test]
 async fn insecure_needs_no_login_and_dev_turns_it_on() {
     let s = TestServer::start_dev().await;
-    let r = reqwest::Client::new()
-        .post(s.http("/admin/api/info"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let post = |content_type: &'static str, origin: Option<String>| {
+        let mut r = reqwest::Client::new()
+            .post(s.http("/admin/api/info"))
+            .header("content-type", content_type)
+            .body("{}");
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        async move { r.send().await.unwrap().status() }
+    };
+    assert_eq!(post("application/json", None).await, StatusCode::OK);
+    let own = format!("http://{}", s.addr);
+    assert_eq!(post("application/json", Some(own)).await, StatusCode::OK);
+    // No page elsewhere drives an admin without a login: a form-like body
+    // (which a browser sends cross-site without asking) and a request
+    // from another origin are refused.
+    assert_eq!(
+        post("text/plain", None).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(
+        post("application/json", Some("http://evil.example".into())).await,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, _) = login(&s, "anything").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     s.stop().await;
@@ -267,6 +284,16 @@ async fn the_ui_moves_to_the_internal_port_unless_external() {
 #[test]
 fn an_admin_without_password_or_secret_is_refused_naming_the_key() {
     for (admin, key) in [
+        // At the root of the public listener its API would be the
+        // server API's.
+        (
+            json!({"enabled": true, "insecure": true, "handler_prefix": ""}),
+            "admin.handler_prefix",
+        ),
+        (
+            json!({"enabled": true, "password": "p", "secret": "s", "session_ttl": "9000h"}),
+            "admin.session_ttl",
+        ),
         (json!({"enabled": true, "secret": "s"}), "admin.password"),
         (json!({"enabled": true, "password": "p"}), "admin.secret"),
         (

@@ -18,6 +18,7 @@ mod ping;
 mod presence;
 mod protobuf;
 mod proxy;
+mod pusher;
 mod server_side;
 mod subscribe;
 mod uni;

@@ -1,0 +1,387 @@
+//! The Pusher HTTP API under `/apps/{id}/`, every request signed with the
+//! app's secret (see [`sign::request`]): trigger events on channels, in
+//! batches, and read channels, their counts and their members; end a
+//! user's connections. Counts of subscriptions are this node's; user
+//! counts and members come from presence, which spans the cluster.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use herald_protocol::Disconnect;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{publication_data, sign, valid_channel, App, Apps, Kind, EXCLUDED_SOCKET};
+use crate::node::{Node, PublishOptions};
+use crate::wire::control::{Action, Target};
+
+/// The most channels one event goes to, and events one batch holds.
+const MAX_CHANNELS: usize = 100;
+const MAX_BATCH: usize = 10;
+/// The longest event name.
+const MAX_NAME: usize = 200;
+
+type Params = Query<Vec<(String, String)>>;
+
+/// A refusal: the status and why, as the body.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn refused(status: StatusCode, why: impl Into<String>) -> Refusal {
+    Refusal(status, why.into())
+}
+
+/// The app of `id`, when the request is signed with its secret.
+fn app_of(
+    apps: &Apps,
+    id: &str,
+    method: &Method,
+    uri: &Uri,
+    params: &[(String, String)],
+    body: &[u8],
+) -> Result<Arc<App>, Refusal> {
+    let Some(app) = apps.by_id.get(id) else {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            format!("Unknown app {id:?}"),
+        ));
+    };
+    let now = crate::clock::now_unix();
+    sign::request(&app.cfg, method.as_str(), uri.path(), params, body, now)
+        .map_err(|why| refused(StatusCode::UNAUTHORIZED, why))?;
+    Ok(app.clone())
+}
+
+/// One event of `events` or `batch_events`.
+#[derive(Deserialize)]
+struct Event {
+    name: String,
+    /// Pusher's data is a string; anything else is taken as its JSON.
+    data: Value,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
+}
+
+impl Event {
+    fn channels(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.channels.iter().map(String::as_str).collect();
+        out.extend(self.channel.as_deref());
+        out
+    }
+
+    fn data(&self) -> String {
+        match &self.data {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn check(&self, app: &App) -> Result<(), Refusal> {
+        let channels = self.channels();
+        if self.name.is_empty() || self.name.len() > MAX_NAME {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                "name: 1 to 200 characters",
+            ));
+        }
+        if channels.is_empty() || channels.len() > MAX_CHANNELS {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                "channels: 1 to 100 channels",
+            ));
+        }
+        if let Some(bad) = channels.iter().find(|c| !valid_channel(c)) {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid channel name {bad:?}"),
+            ));
+        }
+        if self.data().len() > app.cfg.max_event_size {
+            return Err(refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "data over {} bytes (max_event_size)",
+                    app.cfg.max_event_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn trigger(&self, node: &Node, app: &App) -> Result<(), Refusal> {
+        let data = publication_data(&self.name, &self.data());
+        for channel in self.channels() {
+            let mut options = PublishOptions::default();
+            if let Some(socket) = &self.socket_id {
+                options
+                    .tags
+                    .insert(EXCLUDED_SOCKET.to_string(), socket.clone());
+            }
+            let herald = app.channel(channel);
+            if let Err(e) = node.publish(&herald, data.clone(), options).await {
+                return Err(refused(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("not published to {channel}: {}", e.message),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The counts `info` asks for, by channel.
+    async fn info(&self, node: &Node, app: &App) -> Map<String, Value> {
+        let mut out = Map::new();
+        let Some(wanted) = &self.info else {
+            return out;
+        };
+        for channel in self.channels() {
+            out.insert(
+                channel.to_string(),
+                counts(node, app, channel, wanted).await,
+            );
+        }
+        out
+    }
+}
+
+/// `subscription_count` (this node's) and `user_count` (presence channels)
+/// of a channel, as `info` (comma-separated) asks.
+async fn counts(node: &Node, app: &App, channel: &str, info: &str) -> Value {
+    let herald = app.channel(channel);
+    let mut out = Map::new();
+    let wants = |what: &str| info.split(',').any(|i| i.trim() == what);
+    if wants("subscription_count") {
+        out.insert(
+            "subscription_count".into(),
+            node.hub.subscribers(&herald).into(),
+        );
+    }
+    if wants("user_count") && Kind::of(channel) == Kind::Presence {
+        let users = node.presence_stats(&herald).await.map_or(0, |(_, u)| u);
+        out.insert("user_count".into(), users.into());
+    }
+    Value::Object(out)
+}
+
+pub(super) async fn events(
+    State(node): State<Arc<Node>>,
+    Extension(apps): Extension<Arc<Apps>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
+    let app = match app_of(&apps, &id, &method, &uri, &params, &body) {
+        Ok(app) => app,
+        Err(refused) => return refused.into_response(),
+    };
+    let event: Event = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return refused(StatusCode::BAD_REQUEST, format!("malformed event: {e}"))
+                .into_response()
+        }
+    };
+    if let Err(refused) = event.check(&app) {
+        return refused.into_response();
+    }
+    if let Err(failed) = event.trigger(&node, &app).await {
+        return failed.into_response();
+    }
+    let info = event.info(&node, &app).await;
+    if info.is_empty() {
+        Json(json!({})).into_response()
+    } else {
+        Json(json!({ "channels": info })).into_response()
+    }
+}
+
+pub(super) async fn batch_events(
+    State(node): State<Arc<Node>>,
+    Extension(apps): Extension<Arc<Apps>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Batch {
+        batch: Vec<Event>,
+    }
+    let app = match app_of(&apps, &id, &method, &uri, &params, &body) {
+        Ok(app) => app,
+        Err(refused) => return refused.into_response(),
+    };
+    let batch: Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return refused(StatusCode::BAD_REQUEST, format!("malformed batch: {e}"))
+                .into_response()
+        }
+    };
+    if batch.batch.len() > MAX_BATCH {
+        return refused(StatusCode::BAD_REQUEST, "batch: at most 10 events").into_response();
+    }
+    // All or nothing: every event is checked before any is triggered.
+    for event in &batch.batch {
+        if let Err(refused) = event.check(&app) {
+            return refused.into_response();
+        }
+    }
+    let mut infos = Vec::new();
+    for event in &batch.batch {
+        if let Err(failed) = event.trigger(&node, &app).await {
+            return failed.into_response();
+        }
+        let info = event.info(&node, &app).await;
+        infos.push(info.into_iter().next().map_or(json!({}), |(_, v)| v));
+    }
+    if batch.batch.iter().any(|e| e.info.is_some()) {
+        Json(json!({ "batch": infos })).into_response()
+    } else {
+        Json(json!({})).into_response()
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+pub(super) async fn channels(
+    State(node): State<Arc<Node>>,
+    Extension(apps): Extension<Arc<Apps>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    Query(params): Params,
+) -> Response {
+    let app = match app_of(&apps, &id, &method, &uri, &params, b"") {
+        Ok(app) => app,
+        Err(refused) => return refused.into_response(),
+    };
+    let prefix = param(&params, "filter_by_prefix").unwrap_or("");
+    let info = param(&params, "info").unwrap_or("");
+    if info.split(',').any(|i| i.trim() == "user_count") && !prefix.starts_with("presence-") {
+        let why = "info=user_count needs filter_by_prefix=presence-";
+        return refused(StatusCode::BAD_REQUEST, why).into_response();
+    }
+    let names: BTreeSet<String> = node
+        .hub
+        .channels()
+        .into_iter()
+        .filter_map(|(c, _)| c.strip_prefix(&app.prefix).map(str::to_string))
+        .filter(|c| c.starts_with(prefix))
+        .collect();
+    let mut out = Map::new();
+    for name in names {
+        let value = counts(&node, &app, &name, info).await;
+        out.insert(name, value);
+    }
+    Json(json!({ "channels": out })).into_response()
+}
+
+pub(super) async fn channel(
+    State(node): State<Arc<Node>>,
+    Extension(apps): Extension<Arc<Apps>>,
+    Path((id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    Query(params): Params,
+) -> Response {
+    let app = match app_of(&apps, &id, &method, &uri, &params, b"") {
+        Ok(app) => app,
+        Err(refused) => return refused.into_response(),
+    };
+    if !valid_channel(&name) {
+        return refused(StatusCode::BAD_REQUEST, "Invalid channel name").into_response();
+    }
+    let info = param(&params, "info").unwrap_or("");
+    let Value::Object(mut out) = counts(&node, &app, &name, info).await else {
+        unreachable!("counts are an object")
+    };
+    let herald = app.channel(&name);
+    let occupied = node.hub.subscribers(&herald) > 0
+        || (Kind::of(&name) == Kind::Presence
+            && node.presence_stats(&herald).await.is_ok_and(|(c, _)| c > 0));
+    out.insert("occupied".into(), occupied.into());
+    Json(Value::Object(out)).into_response()
+}
+
+pub(super) async fn users(
+    State(node): State<Arc<Node>>,
+    Extension(apps): Extension<Arc<Apps>>,
+    Path((id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    Query(params): Params,
+) -> Response {
+    let app = match app_of(&apps, &id, &method, &uri, &params, b"") {
+        Ok(app) => app,
+        Err(refused) => return refused.into_response(),
+    };
+    if Kind::of(&name) != Kind::Presence || !valid_channel(&name) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "users are listed for presence channels only",
+        )
+        .into_response();
+    }
+    let members = match node.presence_get(&app.channel(&name)).await {
+        Ok(m) => m,
+        Err(e) => {
+            return refused(StatusCode::INTERNAL_SERVER_ERROR, e.message.to_string())
+                .into_response()
+        }
+    };
+    let ids: BTreeSet<&str> = members.values().map(|m| m.user.as_str()).collect();
+    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    Json(json!({ "users": users })).into_response()
+}
+
+pub(super) async fn terminate(
+    State(node): State<Arc<Node>>,
+    Extension(apps): Extension<Arc<Apps>>,
+    Path((id, user)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = app_of(&apps, &id, &method, &uri, &params, &body) {
+        return refused.into_response();
+    }
+    let d = Disconnect::force_disconnect();
+    let target = Target {
+        user,
+        ..Default::default()
+    };
+    let action = Action::Disconnect {
+        code: d.code,
+        reason: "connections terminated".into(),
+    };
+    match node.user_command(target, action).await {
+        Ok(()) => Json(json!({})).into_response(),
+        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e.message.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,355 @@
+//! The Pusher protocol over raw sockets and signed HTTP requests: the
+//! frames, the signatures, and bad input of every kind answered with the
+//! protocol's errors (the SDK suite drives it with pusher-js, the `pusher`
+//! server SDK and Laravel Echo).
+
+use serde_json::{json, Value};
+
+use herald_testkit::*;
+
+const KEY: &str = "app-key";
+const SECRET: &str = "app-secret";
+
+fn config(app: Value) -> Value {
+    let mut a = json!({"id": "7", "key": KEY, "secret": SECRET, "namespace": "app",
+                       "enable_client_messages": true});
+    merge(&mut a, app);
+    json!({
+        "channel": {"namespaces": [
+            {"name": "app", "allow_subscribe_for_client": true},
+            {"name": "hist", "history_size": 10, "history_ttl": "300s"}
+        ]},
+        "pusher": {"apps": [a]}
+    })
+}
+
+async fn socket(s: &TestServer, key: &str, query: &str) -> Ws {
+    Ws::open(&format!("ws://{}/app/{key}{query}", s.addr)).await
+}
+
+/// The next message as `(event, channel, data parsed)`.
+async fn message(ws: &mut Ws) -> (String, Option<String>, Value) {
+    let m = match ws.read().await {
+        Event::Msg(m) => m,
+        Event::Closed(c) => panic!("closed: {c:?}"),
+    };
+    let event = m["event"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{m}"))
+        .to_string();
+    let channel = m["channel"].as_str().map(str::to_string);
+    let data = match &m["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        other => other.clone(),
+    };
+    (event, channel, data)
+}
+
+async fn established(s: &TestServer) -> (Ws, String) {
+    let mut ws = socket(s, KEY, "?protocol=7&client=js&version=8.6.0").await;
+    let (event, _, data) = message(&mut ws).await;
+    assert_eq!(event, "pusher:connection_established");
+    let id = data["socket_id"].as_str().unwrap().to_string();
+    assert!(
+        id.split_once('.')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok()),
+        "{id}"
+    );
+    assert_eq!(data["activity_timeout"], 120);
+    (ws, id)
+}
+
+async fn send(ws: &mut Ws, m: Value) {
+    ws.send_text(&m.to_string()).await;
+}
+
+fn auth(message: &str) -> String {
+    format!(
+        "{KEY}:{}",
+        herald::signing::hmac_sha256_hex(SECRET.as_bytes(), message.as_bytes())
+    )
+}
+
+#[tokio::test]
+async fn frames_of_a_public_and_a_presence_channel() {
+    let s = TestServer::start(config(json!({}))).await;
+    let (mut ws, id) = established(&s).await;
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    let (event, channel, _) = message(&mut ws).await;
+    assert_eq!(
+        (event.as_str(), channel.as_deref()),
+        ("pusher_internal:subscription_succeeded", Some("news"))
+    );
+
+    // A publication of Herald's server API in the event shape.
+    s.api(
+        "publish",
+        json!({"channel": "app:news", "data": {"event": "e", "data": {"a": 1}}}),
+    )
+    .await;
+    let (event, channel, data) = message(&mut ws).await;
+    assert_eq!((event.as_str(), channel.as_deref()), ("e", Some("news")));
+    assert_eq!(data, json!({"a": 1}));
+
+    // A presence channel, signed with its channel_data.
+    let channel_data = json!({"user_id": 5, "user_info": {"name": "Five"}}).to_string();
+    let signature = auth(&format!("{id}:presence-room:{channel_data}"));
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {
+        "channel": "presence-room", "auth": signature, "channel_data": channel_data}}),
+    )
+    .await;
+    let (event, _, data) = message(&mut ws).await;
+    assert_eq!(event, "pusher_internal:subscription_succeeded");
+    assert_eq!(
+        data,
+        json!({"presence": {"ids": ["5"], "hash": {"5": {"name": "Five"}}, "count": 1}})
+    );
+
+    // Ping and pong.
+    send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(message(&mut ws).await.0, "pusher:pong");
+    s.stop().await;
+}
+
+/// Subscribes to `channel` (with `extra` data), which must be refused;
+/// the refusal's status.
+async fn refused(ws: &mut Ws, channel: Value, extra: Value) -> u64 {
+    let mut data = json!({ "channel": channel });
+    merge(&mut data, extra);
+    send(ws, json!({"event": "pusher:subscribe", "data": data})).await;
+    let (event, _, data) = message(ws).await;
+    assert_eq!(event, "pusher:subscription_error");
+    data["status"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_protocols_errors() {
+    let s = TestServer::start(config(json!({}))).await;
+    let (mut ws, id) = established(&s).await;
+    // Not JSON, not an object with an event, binary: errors, still open.
+    for bad in ["not json", "[1,2]", "{\"data\":{}}"] {
+        ws.send_text(bad).await;
+        let (event, _, data) = message(&mut ws).await;
+        assert_eq!(event, "pusher:error", "{bad}");
+        assert!(data["message"].is_string(), "{data}");
+    }
+    // Unknown events are ignored.
+    send(
+        &mut ws,
+        json!({"event": "pusher:from_the_future", "data": {}}),
+    )
+    .await;
+    send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(message(&mut ws).await.0, "pusher:pong");
+
+    assert_eq!(refused(&mut ws, json!("a:b"), json!({})).await, 400);
+    assert_eq!(
+        refused(&mut ws, json!("x".repeat(165)), json!({})).await,
+        400
+    );
+    assert_eq!(refused(&mut ws, json!("private-x"), json!({})).await, 401);
+    let other_socket = auth("1.1:private-x");
+    assert_eq!(
+        refused(&mut ws, json!("private-x"), json!({"auth": other_socket})).await,
+        401
+    );
+    // A presence subscription without channel_data.
+    let signature = auth(&format!("{id}:presence-x"));
+    assert_eq!(
+        refused(&mut ws, json!("presence-x"), json!({"auth": signature})).await,
+        400
+    );
+    // A client event on a channel it is not subscribed to.
+    send(
+        &mut ws,
+        json!({"event": "client-x", "channel": "private-y", "data": {}}),
+    )
+    .await;
+    assert_eq!(message(&mut ws).await.0, "pusher:error");
+    // A sign-in with a bad signature ends the socket with 4009.
+    send(
+        &mut ws,
+        json!({"event": "pusher:signin", "data": {"auth": "k:bad", "user_data": "{\"id\":\"1\"}"}}),
+    )
+    .await;
+    assert_eq!(message(&mut ws).await.0, "pusher:error");
+    assert_eq!(ws.closed().await.0, 4009);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_keys_old_protocols_and_full_apps_are_closed_with_their_codes() {
+    let s = TestServer::start(config(json!({"max_connections": 1}))).await;
+    let mut unknown = socket(&s, "nope", "?protocol=7").await;
+    let (event, _, data) = message(&mut unknown).await;
+    assert_eq!(
+        (event.as_str(), data["code"].as_u64()),
+        ("pusher:error", Some(4001))
+    );
+    assert_eq!(unknown.closed().await.0, 4001);
+    let mut old = socket(&s, KEY, "?protocol=3").await;
+    assert_eq!(message(&mut old).await.0, "pusher:error");
+    assert_eq!(old.closed().await.0, 4007);
+    let (_first, _) = established(&s).await;
+    let mut second = socket(&s, KEY, "?protocol=7").await;
+    assert_eq!(message(&mut second).await.0, "pusher:error");
+    assert_eq!(second.closed().await.0, 4100);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_pinged_then_closed() {
+    let s = TestServer::start(config(json!({"activity_timeout": "1s"}))).await;
+    let mut ws = socket(&s, KEY, "?protocol=7").await;
+    assert_eq!(message(&mut ws).await.0, "pusher:connection_established");
+    assert_eq!(message(&mut ws).await.0, "pusher:ping");
+    assert_eq!(ws.closed().await.0, 4201);
+    s.stop().await;
+}
+
+/// A request to the HTTP API signed with `secret` at `timestamp`.
+fn signed(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    body: &str,
+    secret: &str,
+    timestamp: i64,
+) -> reqwest::RequestBuilder {
+    let mut params = vec![
+        ("auth_key".to_string(), KEY.to_string()),
+        ("auth_timestamp".into(), timestamp.to_string()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5".into(), herald::signing::md5_hex(body.as_bytes())));
+    }
+    params.sort();
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query = query.join("&");
+    let signature = herald::signing::hmac_sha256_hex(
+        secret.as_bytes(),
+        format!("{method}\n{path}\n{query}").as_bytes(),
+    );
+    let url = s.http(&format!("{path}?{query}&auth_signature={signature}"));
+    let client = reqwest::Client::new();
+    let r = if method == "POST" {
+        client.post(url)
+    } else {
+        client.get(url)
+    };
+    r.header("content-type", "application/json")
+        .body(body.to_string())
+}
+
+async fn status(r: reqwest::RequestBuilder) -> (u16, String) {
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_http_api_takes_only_requests_signed_now() {
+    let s = TestServer::start(config(json!({"max_event_size": 100}))).await;
+    let now = now();
+    let event = json!({"name": "e", "channel": "news", "data": "{\"n\":1}"}).to_string();
+    let (code, body) = status(signed(&s, "POST", "/apps/7/events", &event, SECRET, now)).await;
+    assert_eq!((code, body.as_str()), (200, "{}"));
+    // Replayed ten minutes and a second later, or signed ahead of time.
+    for at in [now - 601, now + 601] {
+        let (code, body) = status(signed(&s, "POST", "/apps/7/events", &event, SECRET, at)).await;
+        assert_eq!(code, 401, "{body}");
+    }
+    // Another secret, another body than signed, another app.
+    assert_eq!(
+        status(signed(&s, "POST", "/apps/7/events", &event, "x", now))
+            .await
+            .0,
+        401
+    );
+    let tampered =
+        signed(&s, "POST", "/apps/7/events", &event, SECRET, now).body(event.replace('1', "2"));
+    assert_eq!(status(tampered).await.0, 401);
+    assert_eq!(
+        status(signed(&s, "POST", "/apps/8/events", &event, SECRET, now))
+            .await
+            .0,
+        404
+    );
+    // Bad events: malformed, too big, too many channels, no name.
+    let too_many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    for (bad, expected) in [
+        ("{".to_string(), 400),
+        (
+            json!({"name": "e", "channel": "news", "data": "x".repeat(101)}).to_string(),
+            413,
+        ),
+        (
+            json!({"name": "e", "channels": too_many, "data": "{}"}).to_string(),
+            400,
+        ),
+        (
+            json!({"name": "", "channel": "news", "data": "{}"}).to_string(),
+            400,
+        ),
+        (
+            json!({"name": "e", "channel": "bad:name", "data": "{}"}).to_string(),
+            400,
+        ),
+    ] {
+        let (code, body) = status(signed(&s, "POST", "/apps/7/events", &bad, SECRET, now)).await;
+        assert_eq!(code, expected, "{bad}: {body}");
+    }
+    let batch: Vec<Value> = (0..11)
+        .map(|_| json!({"name": "e", "channel": "news", "data": "{}"}))
+        .collect();
+    let batch = json!({"batch": batch}).to_string();
+    assert_eq!(
+        status(signed(
+            &s,
+            "POST",
+            "/apps/7/batch_events",
+            &batch,
+            SECRET,
+            now
+        ))
+        .await
+        .0,
+        400
+    );
+    let (code, body) = status(signed(&s, "GET", "/apps/7/channels", "", SECRET, now)).await;
+    assert_eq!((code, body.as_str()), (200, "{\"channels\":{}}"));
+    // users of a channel that is not a presence one: refused.
+    let (code, _) = status(signed(
+        &s,
+        "GET",
+        "/apps/7/channels/news/users",
+        "",
+        SECRET,
+        now,
+    ))
+    .await;
+    assert_eq!(code, 400);
+    s.stop().await;
+}
+
+#[test]
+fn an_app_in_a_namespace_that_does_not_exist_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    let mut c = config(json!({"namespace": "missing"}));
+    merge(&mut c, json!({}));
+    std::fs::write(&path, c.to_string()).unwrap();
+    let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("pusher.apps[0].namespace"),
+        "{err}"
+    );
+}
