@@ -216,9 +216,13 @@ impl Client {
             client_id: String::new(),
         };
         let id = client.next_id();
-        let reply = client
-            .request(id, client.protocol.connect(id, token))
-            .await?;
+        let Some(connect) = client.protocol.connect(id, token) else {
+            // Pusher: the server opens with connection_established.
+            client.answer(id).await?;
+            client.pong = true;
+            return Ok(client);
+        };
+        let reply = client.request(id, connect).await?;
         let result = reply.connect.or(reply.result).unwrap_or_default();
         client.pong = result.pong;
         client.client_id = result.client;
@@ -288,9 +292,15 @@ impl Client {
     /// arrive meanwhile.
     async fn request(&mut self, id: u32, cmd: Message) -> Result<Reply, ClientError> {
         self.send(cmd).await?;
+        self.answer(id).await
+    }
+
+    /// Waits for the reply to command `id` (or a Pusher acknowledgement),
+    /// keeping deliveries that arrive meanwhile.
+    async fn answer(&mut self, id: u32) -> Result<Reply, ClientError> {
         loop {
             match self.read().await? {
-                Msg::Reply(got, reply) if got == id => {
+                Msg::Reply(got, reply) if got == id || got == crate::protocol::PENDING => {
                     if let Some(e) = reply.error {
                         return Err(ClientError::Reply {
                             code: e.code,

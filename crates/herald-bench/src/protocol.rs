@@ -34,7 +34,18 @@ pub enum Protocol {
     /// as pings; payloads stay JSON.
     #[value(name = "centrifuge-v2-protobuf")]
     V2Protobuf,
+    /// The Pusher Channels protocol 7 (`/app/<key>?protocol=7`): no connect
+    /// command (the server's `pusher:connection_established` opens),
+    /// `pusher:subscribe`, events whose `data` is a JSON string; pings are
+    /// `pusher:ping`. Publications go through the Pusher HTTP API.
+    #[value(name = "pusher")]
+    Pusher,
 }
+
+/// The reply id of a Pusher acknowledgement (`connection_established`,
+/// `subscription_succeeded`), which carries none: it answers whatever the
+/// client waits for.
+pub const PENDING: u32 = u32::MAX;
 
 /// The stamp the load generator puts at the start of every publication's
 /// data: `{"p":<publisher>,"seq":<n>,"ts_us":<send time>,…`.
@@ -59,13 +70,23 @@ impl Stamp {
     /// Finds a stamp in `text` (a whole protocol message): the first
     /// `{"p":` followed by the three members in order.
     pub fn find(text: &str) -> Option<Stamp> {
-        const OPEN: &str = "{\"p\":";
-        let at = text.find(OPEN)?;
-        let rest = &text[at + OPEN.len()..];
+        Self::find_quoted(text, "\"")
+    }
+
+    /// [`Stamp::find`] in JSON text that is itself inside a JSON string
+    /// (Pusher's `data`), its quotes written `\"`.
+    pub fn find_escaped(text: &str) -> Option<Stamp> {
+        Self::find_quoted(text, "\\\"")
+    }
+
+    fn find_quoted(text: &str, q: &str) -> Option<Stamp> {
+        let open = format!("{{{q}p{q}:");
+        let at = text.find(&open)?;
+        let rest = &text[at + open.len()..];
         let (publisher, rest) = number(rest)?;
-        let rest = rest.strip_prefix(",\"seq\":")?;
+        let rest = rest.strip_prefix(&format!(",{q}seq{q}:"))?;
         let (seq, rest) = number(rest)?;
-        let rest = rest.strip_prefix(",\"ts_us\":")?;
+        let rest = rest.strip_prefix(&format!(",{q}ts_us{q}:"))?;
         let (ts_us, _) = number(rest)?;
         Some(Stamp {
             publisher: u32::try_from(publisher).ok()?,
@@ -104,6 +125,7 @@ impl Protocol {
             Protocol::V2Json => "centrifuge-v2-json",
             Protocol::V1Json => "centrifuge-v1-json",
             Protocol::V2Protobuf => "centrifuge-v2-protobuf",
+            Protocol::Pusher => "pusher",
         }
     }
 
@@ -124,9 +146,12 @@ impl Protocol {
         }
     }
 
-    /// The connect command; an empty token sends none.
-    pub fn connect(self, id: u32, token: &str) -> Message {
-        self.message(
+    /// The connect command; an empty token sends none. Pusher has none.
+    pub fn connect(self, id: u32, token: &str) -> Option<Message> {
+        if self == Protocol::Pusher {
+            return None;
+        }
+        Some(self.message(
             || self.connect_json(id, token),
             || pb::Command {
                 id,
@@ -137,7 +162,7 @@ impl Protocol {
                 }),
                 ..Default::default()
             },
-        )
+        ))
     }
 
     pub fn subscribe(self, id: u32, channel: &str) -> Message {
@@ -173,6 +198,7 @@ impl Protocol {
     pub fn pong(self) -> Message {
         match self {
             Protocol::V2Protobuf => Message::binary(vec![0]),
+            Protocol::Pusher => Message::text("{\"event\":\"pusher:pong\",\"data\":{}}"),
             _ => Message::text("{}"),
         }
     }
@@ -189,6 +215,7 @@ impl Protocol {
             }
             // Method 0 (connect) is the default and is left out.
             Protocol::V1Json => format!("{{\"id\":{id},\"params\":{{{params}}}}}"),
+            Protocol::Pusher => String::new(),
         }
     }
 
@@ -204,6 +231,10 @@ impl Protocol {
                 "{{\"id\":{id},\"method\":1,\"params\":{{\"channel\":{}}}}}",
                 quote(channel)
             ),
+            Protocol::Pusher => format!(
+                "{{\"event\":\"pusher:subscribe\",\"data\":{{\"channel\":{}}}}}",
+                quote(channel)
+            ),
         }
     }
 
@@ -217,12 +248,21 @@ impl Protocol {
                 "{{\"id\":{id},\"method\":3,\"params\":{{\"channel\":{},\"data\":{data}}}}}",
                 quote(channel)
             ),
+            // A client event: no reply comes, so scenarios that publish
+            // from clients do not run over Pusher.
+            Protocol::Pusher => format!(
+                "{{\"event\":\"client-bench\",\"channel\":{},\"data\":{data}}}",
+                quote(channel)
+            ),
         }
     }
 
     /// Sorts one message (one line of a frame).
     pub fn classify(self, msg: &str) -> Kind {
         let msg = msg.trim();
+        if self == Protocol::Pusher {
+            return classify_pusher(msg);
+        }
         if let Some(rest) = msg.strip_prefix("{\"id\":") {
             return match number(rest).and_then(|(id, _)| u32::try_from(id).ok()) {
                 Some(id) if id > 0 => Kind::Reply(id),
@@ -237,6 +277,7 @@ impl Protocol {
                 "{\"push\":"
             }
             Protocol::V1Json => "{\"result\":",
+            Protocol::Pusher => unreachable!("sorted above"),
         };
         if !msg.starts_with(push_prefix) {
             return Kind::Other;
@@ -245,6 +286,30 @@ impl Protocol {
             Some(s) => Kind::Stamped(s),
             None => Kind::Push,
         }
+    }
+}
+
+/// A Pusher message sorted: the server's acknowledgements answer what the
+/// client waits for, its pings want a pong, and an application event may
+/// carry a stamp inside its string `data`.
+fn classify_pusher(msg: &str) -> Kind {
+    let Some(rest) = msg.strip_prefix("{\"event\":\"") else {
+        return Kind::Other;
+    };
+    if rest.starts_with("pusher:connection_established\"")
+        || rest.starts_with("pusher_internal:subscription_succeeded\"")
+    {
+        return Kind::Reply(PENDING);
+    }
+    if rest.starts_with("pusher:ping\"") {
+        return Kind::Ping;
+    }
+    if rest.starts_with("pusher") {
+        return Kind::Other;
+    }
+    match Stamp::find_escaped(rest) {
+        Some(s) => Kind::Stamped(s),
+        None => Kind::Other,
     }
 }
 
@@ -305,11 +370,11 @@ mod tests {
     fn v2_messages() {
         let p = Protocol::V2Json;
         assert_eq!(
-            text(p.connect(1, "")),
+            text(p.connect(1, "").unwrap()),
             r#"{"id":1,"connect":{"name":"herald-bench"}}"#
         );
         assert_eq!(
-            text(p.connect(1, "t")),
+            text(p.connect(1, "t").unwrap()),
             r#"{"id":1,"connect":{"token":"t","name":"herald-bench"}}"#
         );
         assert_eq!(
@@ -335,9 +400,49 @@ mod tests {
     }
 
     #[test]
+    fn pusher_messages() {
+        let p = Protocol::Pusher;
+        assert!(
+            p.connect(1, "").is_none(),
+            "the server opens a Pusher socket"
+        );
+        assert_eq!(
+            text(p.subscribe(2, "news")),
+            r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#
+        );
+        assert_eq!(
+            p.classify(r#"{"event":"pusher:connection_established","data":"{}"}"#),
+            Kind::Reply(PENDING)
+        );
+        assert_eq!(
+            p.classify(
+                r#"{"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"}"#
+            ),
+            Kind::Reply(PENDING)
+        );
+        assert_eq!(
+            p.classify(r#"{"event":"pusher:ping","data":"{}"}"#),
+            Kind::Ping
+        );
+        let stamped = r#"{"event":"bench","channel":"news","data":"{\"p\":1,\"seq\":2,\"ts_us\":3,\"pad\":\"x\"}"}"#;
+        assert_eq!(
+            p.classify(stamped),
+            Kind::Stamped(Stamp {
+                publisher: 1,
+                seq: 2,
+                ts_us: 3
+            })
+        );
+        assert_eq!(
+            p.classify(r#"{"event":"pusher:error","data":"{}"}"#),
+            Kind::Other
+        );
+    }
+
+    #[test]
     fn v1_messages() {
         let p = Protocol::V1Json;
-        assert_eq!(text(p.connect(1, "")), r#"{"id":1,"params":{}}"#);
+        assert_eq!(text(p.connect(1, "").unwrap()), r#"{"id":1,"params":{}}"#);
         assert_eq!(
             text(p.subscribe(2, "x")),
             r#"{"id":2,"method":1,"params":{"channel":"x"}}"#

@@ -121,6 +121,13 @@ impl Kind {
     }
 }
 
+/// The hub's user of a socket of app `app` signed in as `user`: scoped to
+/// the app, so that one app's `terminate_connections` and connection
+/// limits never reach another app's users or Centrifugo's.
+fn hub_user(app: &str, user: &str) -> String {
+    format!("pusher:{app}:{user}")
+}
+
 /// Whether `name` is a Pusher channel name: up to 164 of `A-Za-z0-9_-=@,.;`.
 fn valid_channel(name: &str) -> bool {
     !name.is_empty()
@@ -131,13 +138,26 @@ fn valid_channel(name: &str) -> bool {
 }
 
 /// The publication data of event `event` with Pusher data `data` (a
-/// string, as Pusher carries it): the string's JSON value when it holds
-/// JSON, else the string itself.
+/// string, as Pusher carries it): the string's JSON text as it is when it
+/// holds an object or an array, else the string itself (so that numbers,
+/// strings and literals come back exactly as they were sent).
 fn publication_data(event: &str, data: &str) -> Bytes {
-    let value: Box<RawValue> = serde_json::from_str(data)
-        .unwrap_or_else(|_| serde_json::value::to_raw_value(data).expect("a string is JSON"));
-    let body = serde_json::json!({ "event": event, "data": value });
-    Bytes::from(body.to_string())
+    #[derive(serde::Serialize)]
+    struct Shaped<'a> {
+        event: &'a str,
+        data: &'a RawValue,
+    }
+    let structured = data.trim_start().starts_with(['{', '['])
+        && serde_json::from_str::<&RawValue>(data).is_ok();
+    let text;
+    let raw: &RawValue = if structured {
+        serde_json::from_str(data).expect("checked above")
+    } else {
+        text = serde_json::value::to_raw_value(data).expect("a string is JSON");
+        &text
+    };
+    let body = serde_json::to_vec(&Shaped { event, data: raw }).expect("JSON");
+    Bytes::from(body)
 }
 
 /// A publication's data read as a Pusher event: its name and its data as
@@ -151,6 +171,11 @@ fn event_of(data: &[u8]) -> Option<(String, String)> {
         data: Option<&'a RawValue>,
     }
     let shaped: Shaped = serde_json::from_slice(data).ok()?;
+    // The protocol's own events come only from the server, never through
+    // a channel (a client of the other protocol could fake members).
+    if shaped.event.starts_with("pusher:") || shaped.event.starts_with("pusher_internal:") {
+        return None;
+    }
     let text = match shaped.data {
         None => String::new(),
         Some(raw) => match serde_json::from_str::<String>(raw.get()) {
@@ -244,13 +269,34 @@ mod tests {
 
     #[test]
     fn events_travel_as_publications_and_back() {
+        let data = publication_data("greet", r#"{"b":1,"a":12345678901234567890123}"#);
+        assert_eq!(
+            &data[..],
+            br#"{"event":"greet","data":{"b":1,"a":12345678901234567890123}}"#,
+            "kept as sent: order and digits"
+        );
+        assert_eq!(
+            event_of(&data),
+            Some((
+                "greet".into(),
+                r#"{"b":1,"a":12345678901234567890123}"#.into()
+            ))
+        );
         let data = publication_data("greet", r#"{"a":1}"#);
-        assert_eq!(&data[..], br#"{"data":{"a":1},"event":"greet"}"#);
         assert_eq!(event_of(&data), Some(("greet".into(), r#"{"a":1}"#.into())));
         // Data that is not JSON stays a string, and comes back as it was.
         let data = publication_data("greet", "hello");
-        assert_eq!(&data[..], br#"{"data":"hello","event":"greet"}"#);
+        assert_eq!(&data[..], br#"{"event":"greet","data":"hello"}"#);
         assert_eq!(event_of(&data), Some(("greet".into(), "hello".into())));
+        // Numbers too large for a float, quoted strings, bad JSON: strings.
+        for odd in ["1e400", r#"{"x":1e999"#, "\"quoted\"", "12"] {
+            let data = publication_data("e", odd);
+            assert_eq!(event_of(&data), Some(("e".into(), odd.into())), "{odd}");
+        }
+        assert_eq!(
+            event_of(br#"{"event":"pusher_internal:member_added","data":{}}"#),
+            None
+        );
         // What a Centrifugo client publishes in that shape reaches Pusher.
         assert_eq!(
             event_of(br#"{"event":"e","data":[1,2]}"#),

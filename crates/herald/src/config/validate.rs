@@ -13,7 +13,7 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
     super::webhook::validate(&c.webhooks)?;
     super::cluster::validate_cluster(c)?;
     super::admin::validate(c, warnings)?;
-    super::pusher::validate(c)?;
+    super::pusher::validate(c, warnings)?;
     if !matches!(
         c.log.level.as_str(),
         "trace" | "debug" | "info" | "warn" | "error" | "none"

@@ -373,7 +373,7 @@ pub(super) async fn terminate(
     }
     let d = Disconnect::force_disconnect();
     let target = Target {
-        user,
+        user: super::hub_user(&id, &user),
         ..Default::default()
     };
     let action = Action::Disconnect {

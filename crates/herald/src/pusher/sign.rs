@@ -64,7 +64,7 @@ pub fn request(
     let timestamp: i64 = get("auth_timestamp")
         .and_then(|t| t.parse().ok())
         .ok_or("auth_timestamp is missing")?;
-    if (now - timestamp).abs() > TIMESTAMP_SKEW {
+    if now.abs_diff(timestamp) > TIMESTAMP_SKEW.unsigned_abs() {
         return Err("auth_timestamp is more than 600 s away from the server's time");
     }
     if !body.is_empty() && get("body_md5").is_none_or(|m| !same(&md5_hex(body), m)) {

@@ -31,6 +31,7 @@ use crate::frame::Frame;
 use crate::hub::{Client, Control};
 use crate::metrics::Counters;
 use crate::node::{Node, PublishOptions};
+use crate::ratelimit::Bucket;
 use crate::session::{Item, Outbox};
 use crate::transport::upgrade::{Socket, Upgrade};
 
@@ -46,11 +47,17 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(30);
 mod code {
     pub const UNKNOWN_APP: u16 = 4001;
     pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    pub const NO_PROTOCOL: u16 = 4008;
     pub const UNAUTHORIZED: u16 = 4009;
     pub const OVER_CAPACITY: u16 = 4100;
     pub const RECONNECT: u16 = 4200;
     pub const PONG_TIMEOUT: u16 = 4201;
+    /// `pusher:error` for a message over a rate limit.
+    pub const RATE_LIMITED: u16 = 4301;
 }
+
+/// The longest presence user id Pusher takes.
+const MAX_USER_ID: usize = 128;
 
 #[derive(Deserialize)]
 pub(super) struct Opening {
@@ -172,7 +179,11 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
         let why = "App key not in this cluster: check the key in your client's options";
         return refuse(&mut socket, Close::new(code::UNKNOWN_APP, why)).await;
     };
-    if !protocol.is_some_and(|p| PROTOCOLS.contains(&p)) {
+    let Some(protocol) = protocol else {
+        let why = "No protocol version supplied: add ?protocol=7";
+        return refuse(&mut socket, Close::new(code::NO_PROTOCOL, why)).await;
+    };
+    if !PROTOCOLS.contains(&protocol) {
         let why = "Unsupported protocol version: use protocol 7 (pusher-js 8)";
         return refuse(&mut socket, Close::new(code::UNSUPPORTED_PROTOCOL, why)).await;
     }
@@ -200,11 +211,14 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
         let why = "Over capacity: this node has its most connections";
         return refuse(&mut socket, Close::new(code::OVER_CAPACITY, why)).await;
     }
+    let now = Instant::now();
     let mut s = Link {
         node: node.clone(),
-        app,
         conn: conn.clone(),
         subs: HashMap::new(),
+        messages: Bucket::full(app.cfg.max_messages_per_second, now),
+        client_events: Bucket::full(app.cfg.max_client_events_per_second, now),
+        app,
     };
     let established = json!({
         "socket_id": &*conn.id,
@@ -274,6 +288,9 @@ struct Link {
     conn: Arc<Conn>,
     /// By Pusher channel name.
     subs: HashMap<String, Sub>,
+    /// `max_messages_per_second` and `max_client_events_per_second`.
+    messages: Bucket,
+    client_events: Bucket,
 }
 
 /// What woke the socket's task.
@@ -385,18 +402,46 @@ impl Link {
 
     async fn control(&mut self, control: Control) -> Option<Close> {
         match control {
+            // Herald's reconnect codes (3000–3499) let pusher-js come back
+            // at once; the others end the socket for good.
+            Control::Disconnect(d) if d.code < 3500 => Some(Close::new(code::RECONNECT, d.reason)),
             Control::Disconnect(d) => Some(Close::new(code::UNAUTHORIZED, d.reason)),
-            Control::Unsubscribe { channel, .. } => {
+            Control::Unsubscribe { channel, code, .. } => {
                 let name = channel.strip_prefix(&self.app.prefix)?.to_string();
-                self.leave(&name).await;
+                if code == herald_protocol::codes::unsubscribe::INSUFFICIENT.0 {
+                    // Live delivery broke off (a new stream epoch, a broker
+                    // reconnect): Pusher has no recovery, so the socket
+                    // stays subscribed, and in presence, as it was.
+                    self.rejoin(&name);
+                } else {
+                    self.leave(&name).await;
+                }
                 None
             }
             _ => None,
         }
     }
 
+    /// Subscribes again in the hub (a stale subscription gets nothing
+    /// more), keeping presence and the socket's own state.
+    fn rejoin(&mut self, name: &str) {
+        let Some(sub) = self.subs.get(name) else {
+            return;
+        };
+        self.node.hub.unsubscribe(&sub.channel, self.conn.key);
+        let client: Arc<dyn Client> = self.conn.clone();
+        self.node
+            .hub
+            .subscribe(&sub.channel, client, sub.member.is_some());
+    }
+
     /// One message from the client.
     async fn handle(&mut self, text: &str) -> Result<(), Close> {
+        let (rate, now) = (self.app.cfg.max_messages_per_second, Instant::now());
+        if rate > 0 && !self.messages.take(rate, now) {
+            self.error(Some(code::RATE_LIMITED), "Too many messages: slow down");
+            return Ok(());
+        }
         let Ok(m) = serde_json::from_str::<Incoming>(text) else {
             self.error(None, "Messages are JSON objects with an event");
             return Ok(());
@@ -469,6 +514,25 @@ impl Link {
         if self.node.rules.resolve(&channel).is_err() {
             return self.refuse_subscription(name, 400, "The app's namespace refuses this channel");
         }
+        if let Some(info) = &member {
+            let size = info.chan_info.as_ref().map_or(0, |b| b.len());
+            if info.user.len() > MAX_USER_ID || size > self.app.cfg.max_presence_member_size {
+                let why = "Presence member too large: user_id up to 128 characters, user_info up to max_presence_member_size bytes";
+                return self.refuse_subscription(name, 400, why);
+            }
+            let users = self
+                .node
+                .presence_stats(&channel)
+                .await
+                .map_or(0, |(_, u)| u);
+            if users as usize >= self.app.cfg.max_presence_members {
+                return self.refuse_subscription(
+                    name,
+                    400,
+                    "Presence channel full (max_presence_members)",
+                );
+            }
+        }
         if member.is_some() {
             self.conn.members.lock().start(&channel);
         }
@@ -518,6 +582,13 @@ impl Link {
         }
     }
 
+    /// The id the socket signed in with (none: empty).
+    fn signed_in(&self) -> &str {
+        let user = self.conn.user();
+        let prefix = super::hub_user(&self.app.cfg.id, "");
+        user.strip_prefix(&prefix).unwrap_or(user)
+    }
+
     fn sign_in(&mut self, data: &Value) -> Result<(), Close> {
         let auth = data.get("auth").and_then(Value::as_str).unwrap_or_default();
         let user_data = data
@@ -543,7 +614,7 @@ impl Link {
         // Registered again under the user, so that the user's connections
         // can be found (terminate_connections) on any node.
         self.node.hub.remove_client(&*self.conn);
-        let _ = self.conn.user.set(id);
+        let _ = self.conn.user.set(super::hub_user(&self.app.cfg.id, &id));
         let limit = self.node.config.client.user_connection_limit;
         if self
             .node
@@ -584,9 +655,16 @@ impl Link {
         if data.to_string().len() > self.app.cfg.max_event_size {
             return self.error(None, "Client event rejected: data over max_event_size");
         }
+        let (rate, now) = (self.app.cfg.max_client_events_per_second, Instant::now());
+        if rate > 0 && !self.client_events.take(rate, now) {
+            return self.error(
+                Some(code::RATE_LIMITED),
+                "Client event rejected due to rate limit",
+            );
+        }
         let info = sub.member.clone().unwrap_or_else(|| {
             Arc::new(ClientInfo {
-                user: self.conn.user().to_string(),
+                user: self.signed_in().to_string(),
                 client: self.conn.id.to_string(),
                 conn_info: None,
                 chan_info: None,
@@ -595,6 +673,8 @@ impl Link {
         let options = PublishOptions {
             info: Some(info),
             tags: [(EXCLUDED_SOCKET.to_string(), self.conn.id.to_string())].into(),
+            // Client events are relayed, never kept (as with Pusher).
+            skip_history: true,
             ..Default::default()
         };
         let channel = sub.channel.clone();

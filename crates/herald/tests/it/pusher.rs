@@ -16,8 +16,8 @@ fn config(app: Value) -> Value {
     merge(&mut a, app);
     json!({
         "channel": {"namespaces": [
-            {"name": "app", "allow_subscribe_for_client": true},
-            {"name": "hist", "history_size": 10, "history_ttl": "300s"}
+            {"name": "app", "history_size": 10, "history_ttl": "300s"},
+            {"name": "other"}
         ]},
         "pusher": {"apps": [a]}
     })
@@ -196,6 +196,9 @@ async fn unknown_keys_old_protocols_and_full_apps_are_closed_with_their_codes() 
     let mut old = socket(&s, KEY, "?protocol=3").await;
     assert_eq!(message(&mut old).await.0, "pusher:error");
     assert_eq!(old.closed().await.0, 4007);
+    let mut none = socket(&s, KEY, "").await;
+    assert_eq!(message(&mut none).await.0, "pusher:error");
+    assert_eq!(none.closed().await.0, 4008);
     let (_first, _) = established(&s).await;
     let mut second = socket(&s, KEY, "?protocol=7").await;
     assert_eq!(message(&mut second).await.0, "pusher:error");
@@ -350,6 +353,113 @@ fn an_app_in_a_namespace_that_does_not_exist_is_refused_naming_the_key() {
         .expect_err("refused");
     assert!(
         err.to_string().contains("pusher.apps[0].namespace"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_stays_subscribed_when_live_delivery_starts_over() {
+    let s = TestServer::start(config(json!({}))).await;
+    let (mut ws, _) = established(&s).await;
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut ws).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    let publish = |n: u32| {
+        s.api(
+            "publish",
+            json!({"channel": "app:news", "data": {"event": "e", "data": {"n": n}}}),
+        )
+    };
+    publish(1).await;
+    assert_eq!(message(&mut ws).await.2, json!({"n": 1}));
+    // A new stream epoch: Centrifugo subscribers are told to recover; the
+    // Pusher socket, which cannot, keeps receiving.
+    s.api("history_remove", json!({"channel": "app:news"}))
+        .await;
+    publish(2).await;
+    publish(3).await;
+    loop {
+        let (event, _, data) = message(&mut ws).await;
+        assert_eq!(event, "e");
+        if data == json!({"n": 3}) {
+            break;
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn event_data_arrives_as_sent_and_client_events_are_rate_limited() {
+    let s = TestServer::start(config(json!({"max_client_events_per_second": 2}))).await;
+    let (mut a, id) = established(&s).await;
+    let signature = auth(&format!("{id}:private-doc"));
+    send(
+        &mut a,
+        json!({"event": "pusher:subscribe", "data": {"channel": "private-doc", "auth": signature}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut a).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    // The HTTP API's data comes out byte for byte: key order, big numbers.
+    let data = r#"{"b":1,"a":12345678901234567890123}"#;
+    let event = json!({"name": "e", "channel": "private-doc", "data": data}).to_string();
+    let (code, _) = status(signed(&s, "POST", "/apps/7/events", &event, SECRET, now())).await;
+    assert_eq!(code, 200);
+    match a.read().await {
+        Event::Msg(m) => assert_eq!(m["data"], data, "{m}"),
+        Event::Closed(c) => panic!("{c:?}"),
+    }
+    // Two client events a second pass; the third is refused with 4301.
+    for _ in 0..3 {
+        send(
+            &mut a,
+            json!({"event": "client-x", "channel": "private-doc", "data": {}}),
+        )
+        .await;
+    }
+    let (event, _, data) = message(&mut a).await;
+    assert_eq!(
+        (event.as_str(), data["code"].as_u64()),
+        ("pusher:error", Some(4301))
+    );
+    // Client events are not kept in the channel's history.
+    let h = s
+        .api(
+            "history",
+            json!({"channel": "app:private-doc", "limit": 10}),
+        )
+        .await;
+    assert_eq!(
+        h["result"]["publications"].as_array().unwrap().len(),
+        1,
+        "{h}"
+    );
+    s.stop().await;
+}
+
+#[test]
+fn two_apps_in_one_namespace_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    let mut c = config(json!({}));
+    let mut second = c["pusher"]["apps"][0].clone();
+    second["id"] = json!("8");
+    second["key"] = json!("other-key");
+    c["pusher"]["apps"].as_array_mut().unwrap().push(second);
+    std::fs::write(&path, c.to_string()).unwrap();
+    let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("pusher.apps[1].namespace"),
         "{err}"
     );
 }
