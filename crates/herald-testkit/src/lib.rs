@@ -7,6 +7,7 @@
 
 mod cluster;
 mod process;
+mod pusher;
 mod pushes;
 mod raw;
 mod receiver;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 pub use cluster::ClusterNode;
 pub use process::{free_port, OwnServer, Served};
+pub use pusher::{pusher_auth, pusher_message, pusher_signed};
 pub use pushes::Pushes;
 pub use raw::{frame, opcode, RawEvent, RawWs};
 pub use receiver::{Received, Receiver};

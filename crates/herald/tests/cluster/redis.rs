@@ -567,3 +567,84 @@ async fn webhooks_count_a_user_once_across_nodes_and_deliver_each_event_once() {
         "both nodes recorded events: {nodes_seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_sockets_on_two_nodes_share_channels_and_presence() {
+    use herald_testkit::{pusher_auth, pusher_message, pusher_signed};
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut cfg = redis_engine(&url, &unique("t"));
+    let mut namespaces = herald_testkit::base_config()["channel"]["namespaces"].clone();
+    namespaces
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "pa"}));
+    merge(
+        &mut cfg,
+        json!({
+            "channel": {"namespaces": namespaces},
+            "pusher": {"apps": [{"id": "1", "key": "k", "secret": "s", "namespace": "pa"}]}
+        }),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    nodes_in_info(&nodes[0], 2).await;
+    let open = |n: &ClusterNode| {
+        let url = n
+            .ws_url()
+            .replace("/connection/websocket", "/app/k?protocol=7");
+        async move {
+            let mut ws = Ws::open(&url).await;
+            let (event, _, data) = pusher_message(&mut ws).await;
+            assert_eq!(event, "pusher:connection_established");
+            (ws, data["socket_id"].as_str().unwrap().to_string())
+        }
+    };
+    async fn join(ws: &mut Ws, id: &str, user: &str) {
+        let data = json!({"user_id": user}).to_string();
+        let auth = pusher_auth("k", "s", &format!("{id}:presence-room:{data}"));
+        let m = json!({"event": "pusher:subscribe", "data": {
+            "channel": "presence-room", "auth": auth, "channel_data": data}});
+        ws.send_text(&m.to_string()).await;
+    }
+    // Bob on node b, then Ann on node a: she sees him, he sees her come.
+    let (mut bob, bob_id) = open(&nodes[1]).await;
+    join(&mut bob, &bob_id, "bob").await;
+    let (event, _, data) = pusher_message(&mut bob).await;
+    assert_eq!(event, "pusher_internal:subscription_succeeded");
+    assert_eq!(data["presence"]["count"], 1);
+    let (mut ann, ann_id) = open(&nodes[0]).await;
+    join(&mut ann, &ann_id, "ann").await;
+    let (event, _, data) = pusher_message(&mut ann).await;
+    assert_eq!(event, "pusher_internal:subscription_succeeded");
+    assert_eq!(data["presence"]["ids"], json!(["ann", "bob"]), "{data}");
+    let (event, _, data) = pusher_message(&mut bob).await;
+    assert_eq!(event, "pusher_internal:member_added");
+    assert_eq!(data["user_id"], "ann");
+
+    // An event triggered through node b's HTTP API reaches Ann on node a.
+    let body = json!({"name": "hello", "channel": "presence-room", "data": "{\"from\":\"b\"}"})
+        .to_string();
+    let path = pusher_signed(
+        "POST",
+        "/apps/1/events",
+        &body,
+        "k",
+        "s",
+        herald_testkit::now(),
+    );
+    let base = nodes[1]
+        .ws_url()
+        .replace("ws://", "http://")
+        .replace("/connection/websocket", "");
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (event, _, data) = pusher_message(&mut ann).await;
+    assert_eq!((event.as_str(), &data), ("hello", &json!({"from": "b"})));
+}

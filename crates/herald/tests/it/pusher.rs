@@ -27,22 +27,8 @@ async fn socket(s: &TestServer, key: &str, query: &str) -> Ws {
     Ws::open(&format!("ws://{}/app/{key}{query}", s.addr)).await
 }
 
-/// The next message as `(event, channel, data parsed)`.
 async fn message(ws: &mut Ws) -> (String, Option<String>, Value) {
-    let m = match ws.read().await {
-        Event::Msg(m) => m,
-        Event::Closed(c) => panic!("closed: {c:?}"),
-    };
-    let event = m["event"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{m}"))
-        .to_string();
-    let channel = m["channel"].as_str().map(str::to_string);
-    let data = match &m["data"] {
-        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-        other => other.clone(),
-    };
-    (event, channel, data)
+    pusher_message(ws).await
 }
 
 async fn established(s: &TestServer) -> (Ws, String) {
@@ -64,10 +50,7 @@ async fn send(ws: &mut Ws, m: Value) {
 }
 
 fn auth(message: &str) -> String {
-    format!(
-        "{KEY}:{}",
-        herald::signing::hmac_sha256_hex(SECRET.as_bytes(), message.as_bytes())
-    )
+    pusher_auth(KEY, SECRET, message)
 }
 
 #[tokio::test]
@@ -225,22 +208,7 @@ fn signed(
     secret: &str,
     timestamp: i64,
 ) -> reqwest::RequestBuilder {
-    let mut params = vec![
-        ("auth_key".to_string(), KEY.to_string()),
-        ("auth_timestamp".into(), timestamp.to_string()),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    if !body.is_empty() {
-        params.push(("body_md5".into(), herald::signing::md5_hex(body.as_bytes())));
-    }
-    params.sort();
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let query = query.join("&");
-    let signature = herald::signing::hmac_sha256_hex(
-        secret.as_bytes(),
-        format!("{method}\n{path}\n{query}").as_bytes(),
-    );
-    let url = s.http(&format!("{path}?{query}&auth_signature={signature}"));
+    let url = s.http(&pusher_signed(method, path, body, KEY, secret, timestamp));
     let client = reqwest::Client::new();
     let r = if method == "POST" {
         client.post(url)
