@@ -49,6 +49,10 @@ cleanup() {
 trap cleanup EXIT
 
 start() { # start NAME
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+    echo "port $port is taken: stop what listens there first" >&2
+    exit 1
+  fi
   case $1 in
     herald) ( pin 0 "$herald" serve -c "$work/herald.json" --port "$port" --address 127.0.0.1 \
                 --data-dir "$work/data" >"$work/herald.log" 2>&1 ) & ;;
@@ -77,7 +81,7 @@ stop() {
 
 common() {
   echo --url "ws://127.0.0.1:$port/app/app-key?protocol=7" --protocol pusher \
-    --server-pid "$server_pid" --quiet
+    --server-pid "$server_pid" --json
 }
 
 servers=(herald)
@@ -88,14 +92,14 @@ for round in $(seq "$repeat"); do
   for name in "${servers[@]}"; do
     start "$name"
     # shellcheck disable=SC2046
-    pin 1 "$bench" fanout $(common) --publish-url "http://127.0.0.1:$port/apps/app-id/events" \
+    ( pin 1 "$bench" fanout $(common) --publish-url "http://127.0.0.1:$port/apps/app-id/events" \
       --api-key app-key:app-secret --channel news --subscribers "$subscribers" --rate "$rate" \
-      --duration "$duration" --warmup 2s >"$out/fanout-$name-$round.json" || true
+      --duration "$duration" --warmup 2s >"$out/fanout-$name-$round.json" ) || true
     stop
     start "$name"
     # shellcheck disable=SC2046
-    pin 1 "$bench" idle $(common) --connections "$idle" --settle 2s --hold 3s \
-      >"$out/idle-$name-$round.json" || true
+    ( pin 1 "$bench" idle $(common) --connections "$idle" --settle 2s --hold 3s \
+      >"$out/idle-$name-$round.json" ) || true
     stop
   done
 done
