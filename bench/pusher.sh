@@ -59,7 +59,7 @@ start() { # start NAME
     soketi) ( SOKETI_PORT=$port SOKETI_DEFAULT_APP_ID=app-id SOKETI_DEFAULT_APP_KEY=app-key \
                 SOKETI_DEFAULT_APP_SECRET=app-secret SOKETI_DEFAULT_APP_MAX_CONNS=-1 \
                 pin 0 "$SOKETI" start >"$work/soketi.log" 2>&1 ) & ;;
-    sockudo) ( PORT=$port SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key \
+    sockudo) ( PORT=$port HOST=127.0.0.1 RATE_LIMITER_ENABLED=false SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key \
                  SOCKUDO_DEFAULT_APP_SECRET=app-secret \
                  pin 0 "$SOCKUDO" >"$work/sockudo.log" 2>&1 ) & ;;
   esac

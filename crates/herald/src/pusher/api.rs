@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -29,7 +29,7 @@ const MAX_NAME: usize = 200;
 type Params = Query<Vec<(String, String)>>;
 
 /// A refusal: the status and why, as the body.
-struct Refusal(StatusCode, String);
+pub(super) struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -60,6 +60,40 @@ fn app_of(
     sign::request(&app.cfg, method.as_str(), uri.path(), params, body, now)
         .map_err(|why| refused(StatusCode::UNAUTHORIZED, why))?;
     Ok(app.clone())
+}
+
+/// A request signed with its app's secret: the app, the query parameters
+/// and the body. Any other request is refused before a handler runs.
+pub(super) struct Signed {
+    app: Arc<App>,
+    params: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl FromRequest<Arc<Node>> for Signed {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, Refusal> {
+        let (mut parts, body) = req.into_parts();
+        let Extension(apps) = Extension::<Arc<Apps>>::from_request_parts(&mut parts, node)
+            .await
+            .map_err(|_| refused(StatusCode::INTERNAL_SERVER_ERROR, "no Pusher apps"))?;
+        let id = parts
+            .uri
+            .path()
+            .strip_prefix("/apps/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let Query(params) = Params::try_from_uri(&parts.uri)
+            .map_err(|e| refused(StatusCode::BAD_REQUEST, e.body_text()))?;
+        let limit = node.config.http_api.max_request_body_size;
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| refused(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
+        let app = app_of(&apps, &id, &parts.method, &parts.uri, &params, &body)?;
+        Ok(Self { app, params, body })
+    }
 }
 
 /// One event of `events` or `batch_events`.
@@ -181,17 +215,8 @@ async fn counts(node: &Node, app: &App, channel: &str, info: &str) -> Value {
 
 pub(super) async fn events(
     State(node): State<Arc<Node>>,
-    Extension(apps): Extension<Arc<Apps>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    Query(params): Params,
-    body: Bytes,
+    Signed { app, body, .. }: Signed,
 ) -> Response {
-    let app = match app_of(&apps, &id, &method, &uri, &params, &body) {
-        Ok(app) => app,
-        Err(refused) => return refused.into_response(),
-    };
     let event: Event = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -215,21 +240,12 @@ pub(super) async fn events(
 
 pub(super) async fn batch_events(
     State(node): State<Arc<Node>>,
-    Extension(apps): Extension<Arc<Apps>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    Query(params): Params,
-    body: Bytes,
+    Signed { app, body, .. }: Signed,
 ) -> Response {
     #[derive(Deserialize)]
     struct Batch {
         batch: Vec<Event>,
     }
-    let app = match app_of(&apps, &id, &method, &uri, &params, &body) {
-        Ok(app) => app,
-        Err(refused) => return refused.into_response(),
-    };
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -270,16 +286,8 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 pub(super) async fn channels(
     State(node): State<Arc<Node>>,
-    Extension(apps): Extension<Arc<Apps>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    Query(params): Params,
+    Signed { app, params, .. }: Signed,
 ) -> Response {
-    let app = match app_of(&apps, &id, &method, &uri, &params, b"") {
-        Ok(app) => app,
-        Err(refused) => return refused.into_response(),
-    };
     let prefix = param(&params, "filter_by_prefix").unwrap_or("");
     let info = param(&params, "info").unwrap_or("");
     if info.split(',').any(|i| i.trim() == "user_count") && !prefix.starts_with("presence-") {
@@ -303,16 +311,9 @@ pub(super) async fn channels(
 
 pub(super) async fn channel(
     State(node): State<Arc<Node>>,
-    Extension(apps): Extension<Arc<Apps>>,
-    Path((id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    Query(params): Params,
+    Path((_, name)): Path<(String, String)>,
+    Signed { app, params, .. }: Signed,
 ) -> Response {
-    let app = match app_of(&apps, &id, &method, &uri, &params, b"") {
-        Ok(app) => app,
-        Err(refused) => return refused.into_response(),
-    };
     if !valid_channel(&name) {
         return refused(StatusCode::BAD_REQUEST, "Invalid channel name").into_response();
     }
@@ -330,16 +331,9 @@ pub(super) async fn channel(
 
 pub(super) async fn users(
     State(node): State<Arc<Node>>,
-    Extension(apps): Extension<Arc<Apps>>,
-    Path((id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    Query(params): Params,
+    Path((_, name)): Path<(String, String)>,
+    Signed { app, .. }: Signed,
 ) -> Response {
-    let app = match app_of(&apps, &id, &method, &uri, &params, b"") {
-        Ok(app) => app,
-        Err(refused) => return refused.into_response(),
-    };
     if Kind::of(&name) != Kind::Presence || !valid_channel(&name) {
         return refused(
             StatusCode::BAD_REQUEST,
@@ -361,19 +355,12 @@ pub(super) async fn users(
 
 pub(super) async fn terminate(
     State(node): State<Arc<Node>>,
-    Extension(apps): Extension<Arc<Apps>>,
-    Path((id, user)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    Query(params): Params,
-    body: Bytes,
+    Path((_, user)): Path<(String, String)>,
+    Signed { app, .. }: Signed,
 ) -> Response {
-    if let Err(refused) = app_of(&apps, &id, &method, &uri, &params, &body) {
-        return refused.into_response();
-    }
     let d = Disconnect::force_disconnect();
     let target = Target {
-        user: super::hub_user(&id, &user),
+        user: super::hub_user(&app.cfg.id, &user),
         ..Default::default()
     };
     let action = Action::Disconnect {

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::members::Members;
@@ -78,9 +78,7 @@ pub(super) async fn upgrade(
     let app = apps.by_key.get(&key).cloned();
     let protocol = opening.protocol.as_deref().and_then(|p| p.parse().ok());
     let limit = node.config.websocket.message_size_limit;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
+    let config = crate::transport::websocket::socket_config(&node, limit);
     ws.accept(config, move |socket| run(node, app, protocol, socket))
 }
 

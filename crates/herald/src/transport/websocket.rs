@@ -68,21 +68,29 @@ fn accept(
     if let Some(refused) = refusal(&node, &headers, ws.peer()) {
         return refused;
     }
-    let w = &node.config.websocket;
-    let size = |n: usize, default: usize| if n == 0 { default } else { n };
-    let write_buffer = size(w.write_buffer_size, DEFAULT_WRITE_BUFFER);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(size(w.read_buffer_size, DEFAULT_READ_BUFFER))
-        .write_buffer_size(write_buffer)
-        .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
-        .max_message_size(Some(message_size_limit))
-        .max_frame_size(Some(message_size_limit));
+    let config = socket_config(&node, message_size_limit);
     let transport = match encoding {
         Encoding::UniJson => "uni_websocket",
         Encoding::Json | Encoding::Protobuf => "websocket",
     };
     let peer = Peer::new(&node, transport, &headers);
     ws.accept(config, move |socket| run(node, socket, encoding, peer))
+}
+
+/// A server socket's settings: small read and write buffers (an idle
+/// connection's memory is mostly these), the write buffer bounded by the
+/// client's queue, messages up to `message_size_limit`. Every WebSocket
+/// endpoint uses them.
+pub(crate) fn socket_config(node: &Node, message_size_limit: usize) -> WebSocketConfig {
+    let w = &node.config.websocket;
+    let size = |n: usize, default: usize| if n == 0 { default } else { n };
+    let write_buffer = size(w.write_buffer_size, DEFAULT_WRITE_BUFFER);
+    WebSocketConfig::default()
+        .read_buffer_size(size(w.read_buffer_size, DEFAULT_READ_BUFFER))
+        .write_buffer_size(write_buffer)
+        .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
+        .max_message_size(Some(message_size_limit))
+        .max_frame_size(Some(message_size_limit))
 }
 
 /// Why a new connection may not come in, as the response that says so:
