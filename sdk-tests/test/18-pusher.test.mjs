@@ -219,6 +219,15 @@ test('the HTTP API: channels, batches, exclusion, terminate_connections', { time
   const forged = new PusherServer({ appId: APP.id, key: APP.key, secret: 'wrong', host: '127.0.0.1', port: String(server.port), useTLS: false });
   await assert.rejects(forged.trigger('news', 'e', {}), (e) => e.status === 401);
 
+  // sendToUser reaches the signed-in user's sockets.
+  const notes = [];
+  p.user.bind('note', (data) => notes.push(data));
+  await waitFor(() => p.user.serverToUserChannel?.subscribed, 5000, 'the user channel');
+  const sent = await api.sendToUser('u1', 'note', { hello: 'u1' });
+  assert.equal(sent.status, 200);
+  await waitFor(() => notes.length === 1, 5000, 'the event sent to the user');
+  assert.deepEqual(notes[0], { hello: 'u1' });
+
   const closed = new Promise((resolve) => p.connection.bind('state_change', (s) => s.current === 'disconnected' && resolve()));
   const r = await api.terminateUserConnections('u1');
   assert.equal(r.status, 200);

@@ -33,6 +33,11 @@ const EXCLUDED_SOCKET: &str = "pusher_socket_id";
 /// The longest channel name Pusher allows.
 const MAX_CHANNEL: usize = 164;
 
+/// The channel a signed-in user's socket joins for events sent to that
+/// user (`sendToUser`), followed by the user id. Its `#` keeps it out of
+/// reach of ordinary subscriptions and events.
+const USER_CHANNEL: &str = "#server-to-user-";
+
 /// The configured apps, by key (sockets) and by id (HTTP API).
 pub struct Apps {
     by_key: HashMap<String, Arc<App>>,
@@ -90,6 +95,7 @@ pub fn routes(c: &PusherConfig) -> Router<Arc<Node>> {
             "/apps/{id}/users/{user}/terminate_connections",
             post(api::terminate),
         )
+        .route("/apps/{id}/users/{user}/events", post(api::user_event))
         .layer(Extension(Arc::new(Apps::new(c))))
 }
 

@@ -140,7 +140,8 @@ impl Event {
                 "channels: 1 to 100 channels",
             ));
         }
-        if let Some(bad) = channels.iter().find(|c| !valid_channel(c)) {
+        let valid = |c: &&str| valid_channel(c) || c.starts_with(super::USER_CHANNEL);
+        if let Some(bad) = channels.iter().find(|c| !valid(c)) {
             return Err(refused(
                 StatusCode::BAD_REQUEST,
                 format!("Invalid channel name {bad:?}"),
@@ -299,7 +300,7 @@ pub(super) async fn channels(
         .channels()
         .into_iter()
         .filter_map(|(c, _)| c.strip_prefix(&app.prefix).map(str::to_string))
-        .filter(|c| c.starts_with(prefix))
+        .filter(|c| c.starts_with(prefix) && !c.starts_with(super::USER_CHANNEL))
         .collect();
     let mut out = Map::new();
     for name in names {
@@ -351,6 +352,46 @@ pub(super) async fn users(
     let ids: BTreeSet<&str> = members.values().map(|m| m.user.as_str()).collect();
     let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
     Json(json!({ "users": users })).into_response()
+}
+
+/// `sendToUser`: an event to every socket signed in as `user` (on its
+/// `#server-to-user-` channel).
+pub(super) async fn user_event(
+    State(node): State<Arc<Node>>,
+    Path((_, user)): Path<(String, String)>,
+    Signed { app, body, .. }: Signed,
+) -> Response {
+    #[derive(Deserialize)]
+    struct ToUser {
+        name: String,
+        data: Value,
+    }
+    let event: ToUser = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return refused(StatusCode::BAD_REQUEST, format!("malformed event: {e}"))
+                .into_response()
+        }
+    };
+    let event = Event {
+        name: event.name,
+        data: event.data,
+        channels: Vec::new(),
+        channel: Some(format!("{}{user}", super::USER_CHANNEL)),
+        socket_id: None,
+        info: None,
+    };
+    if user.is_empty() || user.len() > super::MAX_CHANNEL {
+        return refused(StatusCode::BAD_REQUEST, "a user id of 1 to 164 characters")
+            .into_response();
+    }
+    if let Err(refused) = event.check(&app) {
+        return refused.into_response();
+    }
+    match event.trigger(&node, &app).await {
+        Ok(()) => Json(json!({})).into_response(),
+        Err(failed) => failed.into_response(),
+    }
 }
 
 pub(super) async fn terminate(

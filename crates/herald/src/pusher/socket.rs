@@ -474,9 +474,18 @@ impl Link {
         let Some(name) = data.get("channel").and_then(Value::as_str) else {
             return self.error(None, "pusher:subscribe needs a channel");
         };
-        if !valid_channel(name) {
-            let why = "Invalid channel name: up to 164 of A-Z a-z 0-9 _ - = @ , . ;";
-            return self.refuse_subscription(name, 400, why);
+        match name.strip_prefix(super::USER_CHANNEL) {
+            // A signed-in user's own channel (`sendToUser`), nobody else's.
+            Some(user) if user.is_empty() || user != self.signed_in() => {
+                let why = "Only the signed-in user's own #server-to-user- channel";
+                return self.refuse_subscription(name, 403, why);
+            }
+            Some(_) => {}
+            None if !valid_channel(name) => {
+                let why = "Invalid channel name: up to 164 of A-Z a-z 0-9 _ - = @ , . ;";
+                return self.refuse_subscription(name, 400, why);
+            }
+            None => {}
         }
         if self.subs.contains_key(name) {
             return;

@@ -142,6 +142,11 @@ async fn bad_input_gets_the_protocols_errors() {
         refused(&mut ws, json!("private-x"), json!({"auth": other_socket})).await,
         401
     );
+    // A user's own channel, before signing in as that user.
+    assert_eq!(
+        refused(&mut ws, json!("#server-to-user-u1"), json!({})).await,
+        403
+    );
     // A presence subscription without channel_data.
     let signature = auth(&format!("{id}:presence-x"));
     assert_eq!(
