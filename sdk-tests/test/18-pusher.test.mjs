@@ -4,6 +4,7 @@
 // Centrifugo SDK client on the same channels, in both directions.
 
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
 
@@ -257,6 +258,55 @@ test('Pusher and Centrifugo clients see each other on the same channel', { timeo
   // The namespace's history keeps both.
   const h = await server.api('history', { channel: 'app:news', limit: 10 });
   assert.equal(h.result.publications.length, 2, JSON.stringify(h));
+});
+
+test('webhooks in Pusher\'s format, verified by the pusher SDK', { timeout: 30_000 }, async (t) => {
+  const got = [];
+  const receiver = http.createServer((req, res) => {
+    let rawBody = '';
+    req.on('data', (chunk) => { rawBody += chunk; });
+    req.on('end', () => {
+      got.push({ headers: req.headers, rawBody });
+      res.end();
+    });
+  });
+  await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+  t.after(() => receiver.close());
+  const hooked = structuredClone(config);
+  hooked.pusher.apps[0].webhooks = [{ url: `http://127.0.0.1:${receiver.address().port}/pusher` }];
+  const { server } = await startTestServer(t, { config: hooked });
+  const api = backend(server);
+  const events = () => got.flatMap((w) => api.webhook(w).getEvents());
+  const named = (name) => events().filter((e) => e.name === name);
+
+  const ann = client(server, t, { user: { id: 'ann', info: { name: 'Ann' } } });
+  const room = ann.subscribe('presence-hooks');
+  await subscribed(room);
+  assert.equal(room.trigger('client-wave', { hi: 1 }), true);
+  await waitFor(() => named('client_event').length === 1, 5000,
+    () => `a client_event webhook, got ${JSON.stringify(events())}${logTail(server)}`);
+  ann.unsubscribe('presence-hooks');
+  await waitFor(() => named('channel_vacated').length === 1, 5000, 'channel_vacated');
+
+  for (const w of got) {
+    const hook = api.webhook(w);
+    assert.ok(hook.isValid(), `signed with the app's key and secret: ${JSON.stringify(w)}`);
+    assert.ok(Math.abs(hook.getTime() - Date.now()) < 60_000, 'time_ms is now');
+  }
+  const forged = { ...got[0], headers: { ...got[0].headers, 'x-pusher-signature': 'f'.repeat(64) } };
+  assert.equal(api.webhook(forged).isValid(), false);
+  assert.deepEqual(events().map((e) => e.name).sort(),
+    ['channel_occupied', 'channel_vacated', 'client_event', 'member_added', 'member_removed']);
+  assert.deepEqual(named('member_added'), [{ name: 'member_added', channel: 'presence-hooks', user_id: 'ann' }]);
+  assert.deepEqual(named('client_event'), [{
+    name: 'client_event',
+    channel: 'presence-hooks',
+    event: 'client-wave',
+    data: '{"hi":1}',
+    socket_id: ann.connection.socket_id,
+    user_id: 'ann',
+  }]);
+  assert.deepEqual(named('channel_occupied'), [{ name: 'channel_occupied', channel: 'presence-hooks' }]);
 });
 
 test('Laravel Echo over pusher-js: listen, private and presence', { timeout: 30_000 }, async (t) => {

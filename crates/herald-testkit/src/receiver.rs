@@ -29,8 +29,14 @@ impl Received {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The event's name: Herald's `event`, or the `name` of the first of a
+    /// Pusher body's `events`.
     pub fn event(&self) -> &str {
-        self.body["event"].as_str().unwrap_or("")
+        let pusher = &self.body["events"][0]["name"];
+        self.body["event"]
+            .as_str()
+            .or(pusher.as_str())
+            .unwrap_or("")
     }
 }
 

@@ -74,6 +74,18 @@ pub fn merge(base: &mut Value, patch: Value) {
     }
 }
 
+/// The error loading `config` (as a config file) gives; panics when it
+/// loads.
+pub fn config_refusal(config: &Value) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).expect("config written");
+    match herald::config::load(Some(&path), &Default::default(), &Default::default()) {
+        Ok(_) => panic!("config loaded, expected a refusal: {config}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 impl TestServer {
     /// The base config with `patch` merged over it.
     pub async fn start(patch: Value) -> Self {

@@ -579,6 +579,12 @@ impl AccessConfig {
 }
 
 impl Config {
+    /// Whether any durable webhook is configured: Herald's own or a
+    /// Pusher app's.
+    pub fn has_webhooks(&self) -> bool {
+        !self.webhooks.is_empty() || self.pusher.apps.iter().any(|a| !a.webhooks.is_empty())
+    }
+
     pub fn access(&self) -> AccessConfig {
         AccessConfig {
             user_block: self.user_block,

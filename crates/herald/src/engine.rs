@@ -80,7 +80,7 @@ impl Engine {
         tokio::spawn(presence.clone().refresh_until(stop.clone()));
         let durable = if config.channel.uses_durable_history()
             || config.access().any_persisted()
-            || !config.webhooks.is_empty()
+            || config.has_webhooks()
         {
             let rules = rules.clone();
             let opts_for = Arc::new(move |channel: &str| rules.stream_options_for(channel));

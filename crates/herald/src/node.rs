@@ -34,7 +34,7 @@ use crate::store::{
     Conditions, HistoryPage, HistoryQuery, Once, Store, StoreError, StreamOptions, StreamPosition,
     Version,
 };
-use crate::webhook::Webhooks;
+use crate::webhook::{self, Webhooks};
 use crate::wire::control::{Action, NodeInfo, Target};
 
 /// What brokers may report to the node before it has read them (see
@@ -212,10 +212,11 @@ impl Node {
                 shutdown.clone(),
             ));
         }
-        let webhooks = match engine.event_queue().filter(|_| !config.webhooks.is_empty()) {
+        let targets = webhook::Target::all(&config);
+        let webhooks = match engine.event_queue().filter(|_| !targets.is_empty()) {
             Some(queue) => Some(
                 Webhooks::open(
-                    config.webhooks.clone(),
+                    targets,
                     queue,
                     cluster.name(),
                     cluster.uid(),

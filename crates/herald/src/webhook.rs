@@ -2,6 +2,8 @@
 //! events, written to storage before they are sent, then POSTed to each
 //! webhook that wants them — signed, retried with growing delays, kept as
 //! dead letters after the last attempt — at least once, across restarts.
+//! A Pusher app's webhooks (`pusher.apps[].webhooks`) go through the same
+//! queue in Pusher's format ([`Style::Pusher`]).
 //!
 //! Sessions hand what happened to a bounded queue (a full one makes them
 //! wait, never fan-out); one writer task records it in batches, one
@@ -32,7 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::config::webhook::Webhook;
+use crate::config::pusher::WEBHOOK_EVENTS as PUSHER_EVENTS;
+use crate::config::webhook::{Webhook, EVENTS};
+use crate::config::Config;
 use crate::metrics::Counters;
 use crate::store::event_queue::{EventQueue, HolderKind, NewEvent};
 use crate::store::StoreError;
@@ -75,11 +79,108 @@ struct Wants {
     users: bool,
     /// channel_occupied or channel_vacated.
     channels: bool,
+    /// Pusher's member_added or member_removed.
+    members: bool,
+    /// Pusher's client_event.
+    client_events: bool,
+}
+
+/// A webhook and the way its events are written and signed.
+pub struct Target {
+    pub hook: Webhook,
+    pub style: Style,
+}
+
+pub enum Style {
+    /// Herald's own: one event per body, `X-Herald-Signature`.
+    Herald,
+    /// A Pusher app's: `{"time_ms", "events": [one event]}` about the app's
+    /// channels (named without `prefix`, its namespace), with
+    /// `X-Pusher-Key` and `X-Pusher-Signature` (hex HMAC-SHA256 of the
+    /// body with the app's secret).
+    Pusher { key: String, prefix: String },
+}
+
+impl Target {
+    /// Every webhook of `config`: Herald's own, then the Pusher apps'.
+    pub fn all(config: &Config) -> Vec<Target> {
+        let herald = config.webhooks.iter().map(|h| Target {
+            hook: h.clone(),
+            style: Style::Herald,
+        });
+        let pusher = config.pusher.apps.iter().flat_map(|app| {
+            app.hooks().map(|hook| Target {
+                hook,
+                style: Style::Pusher {
+                    key: app.key.clone(),
+                    prefix: format!("{}:", app.namespace),
+                },
+            })
+        });
+        herald.chain(pusher).collect()
+    }
+
+    fn wants(&self, event: &str) -> bool {
+        let known: &[&str] = match self.style {
+            Style::Herald => &EVENTS,
+            Style::Pusher { .. } => &PUSHER_EVENTS,
+        };
+        known.contains(&event) && self.hook.wants(event)
+    }
+
+    /// The body of `event` for this webhook, if it is one for it.
+    fn body(
+        &self,
+        id: &str,
+        event: &str,
+        time_ms: i64,
+        node: &str,
+        fields: &Map<String, Value>,
+    ) -> Option<String> {
+        if !self.wants(event) {
+            return None;
+        }
+        match &self.style {
+            Style::Herald => {
+                let mut body = Map::new();
+                body.insert("id".into(), json!(id));
+                body.insert("event".into(), json!(event));
+                body.insert("time_ms".into(), json!(time_ms));
+                body.insert("node".into(), json!(node));
+                body.extend(fields.clone());
+                Some(Value::Object(body).to_string())
+            }
+            Style::Pusher { prefix, .. } => {
+                let channel = fields
+                    .get("channel")?
+                    .as_str()?
+                    .strip_prefix(prefix.as_str())?;
+                // A user's own `#server-to-user-` channel is not the app's.
+                if channel.starts_with('#') {
+                    return None;
+                }
+                let mut e = Map::new();
+                e.insert("name".into(), json!(event));
+                e.insert("channel".into(), json!(channel));
+                for field in ["event", "data", "socket_id", "user_id"] {
+                    if let Some(v) = fields.get(field) {
+                        e.insert(field.into(), v.clone());
+                    }
+                }
+                Some(json!({"time_ms": time_ms, "events": [e]}).to_string())
+            }
+        }
+    }
+}
+
+/// The holder key of a member: `user` in presence channel `channel`.
+fn member_key(channel: &str, user: &str) -> String {
+    json!([channel, user]).to_string()
 }
 
 /// Makes the rows of an event: one per webhook that wants it.
 struct Maker {
-    hooks: Arc<Vec<Webhook>>,
+    targets: Arc<Vec<Target>>,
     /// This node's name, in every body.
     node: String,
 }
@@ -91,34 +192,34 @@ impl Maker {
             _ => Map::new(),
         };
         let time_ms = now_ms();
-        self.hooks
+        self.targets
             .iter()
-            .filter(|h| h.wants(event))
-            .map(|h| {
+            .filter_map(|t| {
                 let id = uuid::Uuid::new_v4().to_string();
-                let mut body = Map::new();
-                body.insert("id".into(), json!(id));
-                body.insert("event".into(), json!(event));
-                body.insert("time_ms".into(), json!(time_ms));
-                body.insert("node".into(), json!(self.node));
-                body.extend(fields.clone());
-                NewEvent {
+                let body = t.body(&id, event, time_ms, &self.node, &fields)?;
+                Some(NewEvent {
                     id,
-                    hook: h.name.clone(),
+                    hook: t.hook.name.clone(),
                     event: event.to_string(),
-                    body: Value::Object(body).to_string(),
-                }
+                    body,
+                })
             })
             .collect()
     }
 
     /// The events of a key reaching (`up`) or leaving zero holders.
     fn edge(&self, kind: HolderKind, key: &str, up: bool, extra: Value) -> Vec<NewEvent> {
+        let member = || {
+            let (channel, user): (String, String) = serde_json::from_str(key).unwrap_or_default();
+            json!({"channel": channel, "user_id": user})
+        };
         let (event, mut fields) = match (kind, up) {
             (HolderKind::User, true) => ("user_online", json!({"user": key})),
             (HolderKind::User, false) => ("user_offline", json!({"user": key})),
             (HolderKind::Channel, true) => ("channel_occupied", json!({"channel": key})),
             (HolderKind::Channel, false) => ("channel_vacated", json!({"channel": key})),
+            (HolderKind::Member, true) => ("member_added", member()),
+            (HolderKind::Member, false) => ("member_removed", member()),
         };
         if let (Some(f), Value::Object(extra)) = (fields.as_object_mut(), extra) {
             f.extend(extra);
@@ -142,7 +243,7 @@ impl Webhooks {
     /// Says the node is alive, then starts the writer, delivery and
     /// heartbeat tasks.
     pub async fn open(
-        hooks: Vec<Webhook>,
+        targets: Vec<Target>,
         store: Arc<dyn EventQueue>,
         node: &str,
         uid: &str,
@@ -151,7 +252,7 @@ impl Webhooks {
         let chain = |e: StoreError| crate::report::Chain(&e).to_string();
         store.heartbeat(uid, now_ms()).await.map_err(chain)?;
         store.recover().await.map_err(chain)?;
-        let any = |events: &[&str]| hooks.iter().any(|h| events.iter().any(|e| h.wants(e)));
+        let any = |events: &[&str]| targets.iter().any(|t| events.iter().any(|e| t.wants(e)));
         let wants = Wants {
             connect: any(&["connect"]),
             disconnect: any(&["disconnect"]),
@@ -159,13 +260,15 @@ impl Webhooks {
             unsubscribe: any(&["unsubscribe"]),
             users: any(&["user_online", "user_offline"]),
             channels: any(&["channel_occupied", "channel_vacated"]),
+            members: any(&["member_added", "member_removed"]),
+            client_events: any(&["client_event"]),
         };
-        let hooks = Arc::new(hooks);
+        let targets = Arc::new(targets);
         let maker = Arc::new(Maker {
-            hooks: hooks.clone(),
+            targets: targets.clone(),
             node: node.to_string(),
         });
-        let delivery = deliver::Delivery::new(hooks, store.clone(), uid, counters.clone())?;
+        let delivery = deliver::Delivery::new(targets, store.clone(), uid, counters.clone())?;
         let (queue, items) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         let recorded = Arc::new(Notify::new());
@@ -251,6 +354,36 @@ impl Webhooks {
             .await;
         if self.wants.channels {
             self.count(HolderKind::Channel, channel, false, client)
+                .await;
+        }
+    }
+
+    /// A user joined (`up`) or left presence channel `channel` through one
+    /// connection, `client` (Pusher's members).
+    pub async fn member(&self, channel: &str, user: &str, up: bool, client: &str) {
+        if self.wants.members {
+            let key = member_key(channel, user);
+            self.count(HolderKind::Member, &key, up, client).await;
+        }
+    }
+
+    /// A Pusher client event, relayed by socket `socket_id` (of `user` in a
+    /// presence channel); `data` as the socket sent it.
+    pub async fn client_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+        socket_id: &str,
+        user: Option<&str>,
+    ) {
+        if self.wants.client_events {
+            let mut fields = json!({"channel": channel, "event": event, "data": data,
+                                    "socket_id": socket_id});
+            if let Some(user) = user {
+                fields["user_id"] = json!(user);
+            }
+            self.send(Item::Events(self.maker.make("client_event", fields)))
                 .await;
         }
     }

@@ -323,7 +323,7 @@ pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
             "must be positive",
         ));
     }
-    if !c.webhooks.is_empty() && c.storage.kind != StorageKind::Postgres {
+    if c.has_webhooks() && c.storage.kind != StorageKind::Postgres {
         return Err(ConfigError::invalid(
             "webhooks",
             "webhooks in a cluster need storage.type \"postgres\": every node must see \

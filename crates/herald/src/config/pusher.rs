@@ -4,7 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::webhook::{self, Webhook};
 use super::{Config, ConfigError, Dur, Secret};
+
+/// The events a Pusher app's webhooks can ask for (Pusher's names).
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -46,6 +56,54 @@ pub struct PusherApp {
     pub max_presence_members: usize,
     /// The largest `user_info` of a presence member, in bytes.
     pub max_presence_member_size: usize,
+    /// Where the app's events are POSTed in Pusher's webhook format,
+    /// through Herald's durable webhook queue.
+    pub webhooks: Vec<PusherWebhook>,
+}
+
+/// One of an app's webhooks: Pusher's `url` and `event_types`, with the
+/// delivery settings of Herald's own webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PusherWebhook {
+    pub url: String,
+    /// The events sent (empty: all of [`WEBHOOK_EVENTS`]).
+    pub event_types: Vec<String>,
+    /// Longest wait for the receiver's answer to one attempt.
+    pub timeout: Dur,
+    /// Attempts before an event becomes a dead letter.
+    pub max_attempts: u32,
+    /// The delay before the second attempt; each later one doubles it.
+    pub retry_initial_delay: Dur,
+}
+
+impl Default for PusherWebhook {
+    fn default() -> Self {
+        let d = Webhook::default();
+        Self {
+            url: String::new(),
+            event_types: Vec::new(),
+            timeout: d.timeout,
+            max_attempts: d.max_attempts,
+            retry_initial_delay: d.retry_initial_delay,
+        }
+    }
+}
+
+impl PusherApp {
+    /// The app's webhooks as durable webhooks: named `pusher:<id>:<n>`
+    /// (the dead-letter API's names), signed with the app's secret.
+    pub fn hooks(&self) -> impl Iterator<Item = Webhook> + '_ {
+        self.webhooks.iter().enumerate().map(|(n, h)| Webhook {
+            name: format!("pusher:{}:{n}", self.id),
+            url: h.url.clone(),
+            events: h.event_types.clone(),
+            secret: self.secret.clone(),
+            timeout: h.timeout,
+            max_attempts: h.max_attempts,
+            retry_initial_delay: h.retry_initial_delay,
+        })
+    }
 }
 
 impl Default for PusherApp {
@@ -63,6 +121,7 @@ impl Default for PusherApp {
             max_messages_per_second: 100,
             max_presence_members: 100,
             max_presence_member_size: 1024,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -125,6 +184,13 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
                 key("max_presence_members"),
                 "max_presence_members and max_presence_member_size must be positive",
             ));
+        }
+        for (n, hook) in app.hooks().enumerate() {
+            let field = |f: &str| {
+                let f = if f == "events" { "event_types" } else { f };
+                key(&format!("webhooks[{n}].{f}"))
+            };
+            webhook::check(&hook, &WEBHOOK_EVENTS, &field)?;
         }
         let ns = c
             .channel

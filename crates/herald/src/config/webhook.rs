@@ -56,6 +56,7 @@ impl Default for Webhook {
 }
 
 impl Webhook {
+    /// Whether the webhook asked for `event` (all when it named none).
     pub fn wants(&self, event: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|e| e == event)
     }
@@ -65,43 +66,51 @@ pub fn validate(hooks: &[Webhook]) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
     for (i, h) in hooks.iter().enumerate() {
         let key = |field: &str| format!("webhooks[{i}].{field}");
-        if h.name.is_empty() || !names.insert(h.name.as_str()) {
+        // `pusher:…` names are those of the Pusher apps' webhooks.
+        if h.name.is_empty() || h.name.starts_with("pusher:") || !names.insert(h.name.as_str()) {
             return Err(ConfigError::invalid(
                 key("name"),
-                "give each webhook a name of its own",
+                "give each webhook a name of its own (not starting with `pusher:`)",
             ));
         }
-        let url_ok = (h.url.starts_with("http://") || h.url.starts_with("https://"))
-            && h.url
-                .parse::<hyper::Uri>()
-                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
-        if !url_ok {
-            return Err(ConfigError::invalid(
-                key("url"),
-                "set an http:// or https:// URL",
-            ));
-        }
-        if let Some(e) = h.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
-            return Err(ConfigError::invalid(
-                key("events"),
-                format!("unknown event `{e}`; use {}", EVENTS.join(", ")),
-            ));
-        }
-        if h.timeout.is_zero() {
-            return Err(ConfigError::invalid(key("timeout"), "must be positive"));
-        }
-        if !(1..=MAX_ATTEMPTS).contains(&h.max_attempts) {
-            return Err(ConfigError::invalid(
-                key("max_attempts"),
-                format!("from 1 to {MAX_ATTEMPTS}"),
-            ));
-        }
-        if h.retry_initial_delay.is_zero() {
-            return Err(ConfigError::invalid(
-                key("retry_initial_delay"),
-                "must be positive",
-            ));
-        }
+        check(h, &EVENTS, &key)?;
+    }
+    Ok(())
+}
+
+/// Checks a webhook's URL, events (of `known`) and delivery settings;
+/// `key` names a field in errors.
+pub fn check(h: &Webhook, known: &[&str], key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let url_ok = (h.url.starts_with("http://") || h.url.starts_with("https://"))
+        && h.url
+            .parse::<hyper::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    if !url_ok {
+        return Err(ConfigError::invalid(
+            key("url"),
+            "set an http:// or https:// URL",
+        ));
+    }
+    if let Some(e) = h.events.iter().find(|e| !known.contains(&e.as_str())) {
+        return Err(ConfigError::invalid(
+            key("events"),
+            format!("unknown event `{e}`; use {}", known.join(", ")),
+        ));
+    }
+    if h.timeout.is_zero() {
+        return Err(ConfigError::invalid(key("timeout"), "must be positive"));
+    }
+    if !(1..=MAX_ATTEMPTS).contains(&h.max_attempts) {
+        return Err(ConfigError::invalid(
+            key("max_attempts"),
+            format!("from 1 to {MAX_ATTEMPTS}"),
+        ));
+    }
+    if h.retry_initial_delay.is_zero() {
+        return Err(ConfigError::invalid(
+            key("retry_initial_delay"),
+            "must be positive",
+        ));
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct NewEvent {
 pub enum HolderKind {
     User,
     Channel,
+    /// A user in a presence channel (Pusher's members).
+    Member,
 }
 
 impl HolderKind {
@@ -30,6 +32,15 @@ impl HolderKind {
         match self {
             HolderKind::User => "user",
             HolderKind::Channel => "channel",
+            HolderKind::Member => "member",
+        }
+    }
+
+    pub fn of(s: &str) -> Self {
+        match s {
+            "channel" => HolderKind::Channel,
+            "member" => HolderKind::Member,
+            _ => HolderKind::User,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! (at most [`CONCURRENCY`] at once), record the outcome. Any 2xx is
 //! delivered; anything else is tried again after a delay that doubles each
 //! time (±25% jitter), until the webhook's `max_attempts`, then kept as a
-//! dead letter.
+//! dead letter. Herald's webhooks and Pusher apps' are signed each their
+//! own way ([`Style`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,9 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::{Style, Target};
 use crate::client_tls::{http_client, HttpClient};
 use crate::clock::now_ms;
-use crate::config::webhook::Webhook;
 use crate::metrics::Counters;
 use crate::store::event_queue::{Claimed, EventQueue, Settled};
 
@@ -30,7 +31,7 @@ const POLL: Duration = Duration::from_millis(500);
 const ANSWER_LIMIT: usize = 64 * 1024;
 
 pub(super) struct Delivery {
-    hooks: Arc<Vec<Webhook>>,
+    targets: Arc<Vec<Target>>,
     /// The node's uid, which its claims carry.
     uid: String,
     store: Arc<dyn EventQueue>,
@@ -44,20 +45,24 @@ pub(super) struct Delivery {
 
 impl Delivery {
     pub(super) fn new(
-        hooks: Arc<Vec<Webhook>>,
+        targets: Arc<Vec<Target>>,
         store: Arc<dyn EventQueue>,
         uid: &str,
         counters: Arc<Counters>,
     ) -> Result<Self, String> {
         let client = http_client()?;
-        let longest = hooks.iter().map(|h| h.timeout.0).max().unwrap_or_default();
-        let quickest = hooks
+        let longest = targets
             .iter()
-            .map(|h| h.retry_initial_delay.0)
+            .map(|t| t.hook.timeout.0)
+            .max()
+            .unwrap_or_default();
+        let quickest = targets
+            .iter()
+            .map(|t| t.hook.retry_initial_delay.0)
             .min()
             .unwrap_or(POLL);
         Ok(Self {
-            hooks,
+            targets,
             uid: uid.to_string(),
             store,
             counters,
@@ -142,13 +147,14 @@ impl Delivery {
 
     /// One attempt at one event.
     async fn attempt(&self, event: Claimed) -> Settled {
-        let Some(hook) = self.hooks.iter().find(|h| h.name == event.hook) else {
+        let Some(target) = self.targets.iter().find(|t| t.hook.name == event.hook) else {
             return Settled::Dead {
                 id: event.id,
                 error: "no webhook of this name is configured".into(),
             };
         };
-        let error = match self.post(hook, &event).await {
+        let hook = &target.hook;
+        let error = match self.post(target, &event).await {
             Ok(status) if (200..300).contains(&status) => {
                 return Settled::Delivered { id: event.id };
             }
@@ -173,16 +179,26 @@ impl Delivery {
     }
 
     /// POSTs the event's body; the receiver's status.
-    async fn post(&self, hook: &Webhook, event: &Claimed) -> Result<u16, String> {
-        let client = &self.client;
+    async fn post(&self, target: &Target, event: &Claimed) -> Result<u16, String> {
+        let (client, hook) = (&self.client, &target.hook);
         let mut request = hyper::Request::post(hook.url.as_str())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("x-herald-event", event.event.as_str())
             .header("x-herald-delivery", event.id.as_str());
-        // Signed when the webhook has a secret.
-        if !hook.secret.is_empty() {
-            let signature = format!("sha256={}", sign(hook.secret.expose(), &event.body));
-            request = request.header("x-herald-signature", signature);
+        let signature = sign(hook.secret.expose(), &event.body);
+        match &target.style {
+            Style::Herald => {
+                request = request.header("x-herald-event", event.event.as_str());
+                // Signed when the webhook has a secret.
+                if !hook.secret.is_empty() {
+                    let signature = format!("sha256={signature}");
+                    request = request.header("x-herald-signature", signature);
+                }
+            }
+            Style::Pusher { key, .. } => {
+                request = request
+                    .header("x-pusher-key", key.as_str())
+                    .header("x-pusher-signature", signature);
+            }
         }
         let request = request
             .body(Full::new(Bytes::from(event.body.clone())))

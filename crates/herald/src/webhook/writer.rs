@@ -69,7 +69,7 @@ impl Writer {
                 }
                 let extra = match kind {
                     HolderKind::User => json!({"client": client}),
-                    HolderKind::Channel => json!({}),
+                    HolderKind::Channel | HolderKind::Member => json!({}),
                 };
                 let events = self.maker.edge(kind, &key, up, extra);
                 vec![Change::Hold {

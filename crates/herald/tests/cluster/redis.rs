@@ -568,53 +568,60 @@ async fn webhooks_count_a_user_once_across_nodes_and_deliver_each_event_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pusher_sockets_on_two_nodes_share_channels_and_presence() {
-    use herald_testkit::{pusher_auth, pusher_message, pusher_signed};
-    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
-        return;
-    };
-    let mut cfg = redis_engine(&url, &unique("t"));
+/// Adds Pusher app `1` (key `k`, secret `s`, namespace `pa`) with `extra`
+/// to `cfg`.
+fn with_pusher_app(cfg: &mut Value, extra: Value) {
     let mut namespaces = herald_testkit::base_config()["channel"]["namespaces"].clone();
     namespaces
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "pa"}));
+    let mut app = json!({"id": "1", "key": "k", "secret": "s", "namespace": "pa"});
+    merge(&mut app, extra);
     merge(
-        &mut cfg,
-        json!({
-            "channel": {"namespaces": namespaces},
-            "pusher": {"apps": [{"id": "1", "key": "k", "secret": "s", "namespace": "pa"}]}
-        }),
+        cfg,
+        json!({"channel": {"namespaces": namespaces}, "pusher": {"apps": [app]}}),
     );
+}
+
+/// A socket of Pusher app `k` on node `n`, and its socket id.
+async fn pusher_open(n: &ClusterNode) -> (Ws, String) {
+    let url = n
+        .ws_url()
+        .replace("/connection/websocket", "/app/k?protocol=7");
+    let mut ws = Ws::open(&url).await;
+    let (event, _, data) = herald_testkit::pusher_message(&mut ws).await;
+    assert_eq!(event, "pusher:connection_established");
+    (ws, data["socket_id"].as_str().unwrap().to_string())
+}
+
+/// Asks to join `presence-room` as `user`.
+async fn pusher_join(ws: &mut Ws, id: &str, user: &str) {
+    let data = json!({"user_id": user}).to_string();
+    let auth = herald_testkit::pusher_auth("k", "s", &format!("{id}:presence-room:{data}"));
+    let m = json!({"event": "pusher:subscribe", "data": {
+        "channel": "presence-room", "auth": auth, "channel_data": data}});
+    ws.send_text(&m.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_sockets_on_two_nodes_share_channels_and_presence() {
+    use herald_testkit::{pusher_message, pusher_signed};
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut cfg = redis_engine(&url, &unique("t"));
+    with_pusher_app(&mut cfg, json!({}));
     let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
     nodes_in_info(&nodes[0], 2).await;
-    let open = |n: &ClusterNode| {
-        let url = n
-            .ws_url()
-            .replace("/connection/websocket", "/app/k?protocol=7");
-        async move {
-            let mut ws = Ws::open(&url).await;
-            let (event, _, data) = pusher_message(&mut ws).await;
-            assert_eq!(event, "pusher:connection_established");
-            (ws, data["socket_id"].as_str().unwrap().to_string())
-        }
-    };
-    async fn join(ws: &mut Ws, id: &str, user: &str) {
-        let data = json!({"user_id": user}).to_string();
-        let auth = pusher_auth("k", "s", &format!("{id}:presence-room:{data}"));
-        let m = json!({"event": "pusher:subscribe", "data": {
-            "channel": "presence-room", "auth": auth, "channel_data": data}});
-        ws.send_text(&m.to_string()).await;
-    }
     // Bob on node b, then Ann on node a: she sees him, he sees her come.
-    let (mut bob, bob_id) = open(&nodes[1]).await;
-    join(&mut bob, &bob_id, "bob").await;
+    let (mut bob, bob_id) = pusher_open(&nodes[1]).await;
+    pusher_join(&mut bob, &bob_id, "bob").await;
     let (event, _, data) = pusher_message(&mut bob).await;
     assert_eq!(event, "pusher_internal:subscription_succeeded");
     assert_eq!(data["presence"]["count"], 1);
-    let (mut ann, ann_id) = open(&nodes[0]).await;
-    join(&mut ann, &ann_id, "ann").await;
+    let (mut ann, ann_id) = pusher_open(&nodes[0]).await;
+    pusher_join(&mut ann, &ann_id, "ann").await;
     let (event, _, data) = pusher_message(&mut ann).await;
     assert_eq!(event, "pusher_internal:subscription_succeeded");
     assert_eq!(data["presence"]["ids"], json!(["ann", "bob"]), "{data}");
@@ -647,4 +654,56 @@ async fn pusher_sockets_on_two_nodes_share_channels_and_presence() {
     assert_eq!(r.status().as_u16(), 200);
     let (event, _, data) = pusher_message(&mut ann).await;
     assert_eq!((event.as_str(), &data), ("hello", &json!({"from": "b"})));
+}
+
+/// A Pusher app's webhooks in a cluster (Redis broker, PostgreSQL
+/// storage): a user with sockets on both nodes is added and removed once,
+/// the channel occupied and vacated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_webhooks_count_members_once_across_nodes() {
+    let Some((mut cfg, _db)) = redis_with_postgres() else {
+        return;
+    };
+    let receiver = herald_testkit::Receiver::start().await;
+    with_pusher_app(&mut cfg, json!({"webhooks": [{"url": receiver.url()}]}));
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let mut sockets = Vec::new();
+    for (n, user) in [(0, "ann"), (1, "ann"), (1, "bob")] {
+        let (mut ws, id) = pusher_open(&nodes[n]).await;
+        pusher_join(&mut ws, &id, user).await;
+        let (event, _, _) = herald_testkit::pusher_message(&mut ws).await;
+        assert_eq!(event, "pusher_internal:subscription_succeeded");
+        sockets.push(ws);
+    }
+    eventually("both members added", || async {
+        receiver.of("member_added").len() >= 2
+    })
+    .await;
+    for ws in sockets {
+        ws.close().await;
+    }
+    eventually("the channel vacated", || async {
+        !receiver.of("channel_vacated").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.all();
+    let of = |name: &str| -> Vec<String> {
+        let mut users: Vec<String> = got
+            .iter()
+            .filter(|r| r.event() == name)
+            .map(|r| {
+                r.body["events"][0]["user_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        users.sort();
+        users
+    };
+    assert_eq!(of("member_added"), ["ann", "bob"], "{got:?}");
+    assert_eq!(of("member_removed"), ["ann", "bob"], "{got:?}");
+    assert_eq!(of("channel_occupied").len(), 1, "{got:?}");
+    assert_eq!(of("channel_vacated").len(), 1, "{got:?}");
 }

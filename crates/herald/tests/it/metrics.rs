@@ -196,20 +196,8 @@ async fn an_internal_port_takes_health_and_metrics_off_the_public_listener() {
 
 #[test]
 fn a_bad_internal_port_is_refused_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.json");
-    std::fs::write(
-        &path,
-        json!({"http_server": {"internal_port": "90000"}}).to_string(),
-    )
-    .unwrap();
-    let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
-        .map(|_| ())
-        .expect_err("refused");
-    assert!(
-        err.to_string().contains("http_server.internal_port"),
-        "{err}"
-    );
+    let err = config_refusal(&json!({"http_server": {"internal_port": "90000"}}));
+    assert!(err.contains("http_server.internal_port"), "{err}");
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 
 use herald_testkit::*;
 
+mod webhooks;
+
 const KEY: &str = "app-key";
 const SECRET: &str = "app-secret";
 
@@ -316,18 +318,8 @@ async fn the_http_api_takes_only_requests_signed_now() {
 
 #[test]
 fn an_app_in_a_namespace_that_does_not_exist_is_refused_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.json");
-    let mut c = config(json!({"namespace": "missing"}));
-    merge(&mut c, json!({}));
-    std::fs::write(&path, c.to_string()).unwrap();
-    let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
-        .map(|_| ())
-        .expect_err("refused");
-    assert!(
-        err.to_string().contains("pusher.apps[0].namespace"),
-        "{err}"
-    );
+    let err = config_refusal(&config(json!({"namespace": "missing"})));
+    assert!(err.contains("pusher.apps[0].namespace"), "{err}");
 }
 
 #[tokio::test]
@@ -420,19 +412,11 @@ async fn event_data_arrives_as_sent_and_client_events_are_rate_limited() {
 
 #[test]
 fn two_apps_in_one_namespace_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.json");
     let mut c = config(json!({}));
     let mut second = c["pusher"]["apps"][0].clone();
     second["id"] = json!("8");
     second["key"] = json!("other-key");
     c["pusher"]["apps"].as_array_mut().unwrap().push(second);
-    std::fs::write(&path, c.to_string()).unwrap();
-    let err = herald::config::load(Some(&path), &Default::default(), &Default::default())
-        .map(|_| ())
-        .expect_err("refused");
-    assert!(
-        err.to_string().contains("pusher.apps[1].namespace"),
-        "{err}"
-    );
+    let err = config_refusal(&c);
+    assert!(err.contains("pusher.apps[1].namespace"), "{err}");
 }

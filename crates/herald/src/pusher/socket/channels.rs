@@ -118,6 +118,7 @@ impl Link {
                 member: member.clone(),
             },
         );
+        self.tell_webhooks(&channel, member.as_deref(), true).await;
         let Some(info) = member else {
             return self.push("pusher_internal:subscription_succeeded", Some(name), "{}");
         };
@@ -142,6 +143,8 @@ impl Link {
         if self.node.hub.unsubscribe(&sub.channel, self.conn.key) {
             self.node.broker_sync(&sub.channel).await;
         }
+        self.tell_webhooks(&sub.channel, sub.member.as_deref(), false)
+            .await;
         if let Some(info) = sub.member {
             self.conn.members.lock().leave(&sub.channel);
             self.node
@@ -149,6 +152,24 @@ impl Link {
                 .remove(&sub.channel, &self.conn.id)
                 .await;
             self.node.presence_event(&sub.channel, info, false).await;
+        }
+    }
+
+    /// Tells the webhooks (when configured) of a subscription made (`up`)
+    /// or ended, and of its presence member.
+    async fn tell_webhooks(&self, channel: &str, member: Option<&ClientInfo>, up: bool) {
+        let Some(hooks) = &self.node.webhooks else {
+            return;
+        };
+        let (id, user) = (&*self.conn.id, member.map_or(self.signed_in(), |m| &m.user));
+        if up {
+            hooks.subscribed(id, user, channel).await;
+        }
+        if let Some(m) = member {
+            hooks.member(channel, &m.user, up, id).await;
+        }
+        if !up {
+            hooks.unsubscribed(id, user, channel).await;
         }
     }
 
@@ -235,6 +256,7 @@ impl Link {
                 "Client event rejected due to rate limit",
             );
         }
+        let presence_user = sub.member.as_ref().map(|m| m.user.clone());
         let info = sub.member.clone().unwrap_or_else(|| {
             Arc::new(ClientInfo {
                 user: self.signed_in().to_string(),
@@ -256,7 +278,18 @@ impl Link {
             .publish(&channel, Bytes::from(body), options)
             .await
         {
-            self.error(None, &format!("Client event not published: {}", e.message));
+            return self.error(None, &format!("Client event not published: {}", e.message));
+        }
+        if let Some(hooks) = &self.node.webhooks {
+            // Pusher's webhooks carry the data as the text the socket sent.
+            let data = match data {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let user = presence_user.as_deref();
+            hooks
+                .client_event(&channel, event, &data, &self.conn.id, user)
+                .await;
         }
     }
 }

@@ -101,14 +101,6 @@ fn lock_key(kind: HolderKind, key: &str) -> String {
     format!("{}:{key}", kind.as_str())
 }
 
-fn kind_of(s: &str) -> HolderKind {
-    if s == "channel" {
-        HolderKind::Channel
-    } else {
-        HolderKind::User
-    }
-}
-
 async fn insert_events<D: Dialect>(
     conn: &mut Conn<D>,
     events: &[NewEvent],
@@ -211,7 +203,7 @@ where
     }
     let mut keys: Vec<String> = held
         .iter()
-        .map(|(kind, key, _)| lock_key(kind_of(kind), key))
+        .map(|(kind, key, _)| lock_key(HolderKind::of(kind), key))
         .collect();
     keys.sort();
     keys.dedup();
@@ -225,7 +217,7 @@ where
         }
     }
     for (kind, key, node) in &held {
-        let kind = kind_of(kind);
+        let kind = HolderKind::of(kind);
         if holders::<D>(conn, kind, key).await? == 0 {
             insert_events::<D>(conn, &orphaned(kind, key, node), now_ms).await?;
         }
