@@ -2,4 +2,5 @@
 
 pub mod uni_stream;
 pub mod upgrade;
+pub mod wake;
 pub mod websocket;

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -35,6 +34,7 @@ use crate::node::Node;
 use crate::ratelimit::Bucket;
 use crate::session::{Item, Outbox};
 use crate::transport::upgrade::{Socket, Upgrade};
+use crate::transport::wake::{bounded_write, far_future, Wake, Wakes, Written};
 
 /// The protocol versions pusher-js speaks (7) and the oldest still taken.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
@@ -176,22 +176,34 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
     let _guard = node.tracker().token();
     let Some(app) = app else {
         let why = "App key not in this cluster: check the key in your client's options";
-        return refuse(&mut socket, Close::new(code::UNKNOWN_APP, why)).await;
+        return finish(&mut socket, Close::new(code::UNKNOWN_APP, why), true, &node).await;
     };
     let Some(protocol) = protocol else {
         let why = "No protocol version supplied: add ?protocol=7";
-        return refuse(&mut socket, Close::new(code::NO_PROTOCOL, why)).await;
+        return finish(&mut socket, Close::new(code::NO_PROTOCOL, why), true, &node).await;
     };
     if !PROTOCOLS.contains(&protocol) {
         let why = "Unsupported protocol version: use protocol 7 (pusher-js 8)";
-        return refuse(&mut socket, Close::new(code::UNSUPPORTED_PROTOCOL, why)).await;
+        return finish(
+            &mut socket,
+            Close::new(code::UNSUPPORTED_PROTOCOL, why),
+            true,
+            &node,
+        )
+        .await;
     }
     let max = app.cfg.max_connections;
     let held = app.connections.fetch_add(1, Ordering::AcqRel);
     let _slot = Slot(app.clone());
     if max > 0 && held >= max {
         let why = "Over capacity: the app has its most connections";
-        return refuse(&mut socket, Close::new(code::OVER_CAPACITY, why)).await;
+        return finish(
+            &mut socket,
+            Close::new(code::OVER_CAPACITY, why),
+            true,
+            &node,
+        )
+        .await;
     }
     let key = node.next_key();
     let conn = Arc::new(Conn {
@@ -208,7 +220,13 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
         .is_err()
     {
         let why = "Over capacity: this node has its most connections";
-        return refuse(&mut socket, Close::new(code::OVER_CAPACITY, why)).await;
+        return finish(
+            &mut socket,
+            Close::new(code::OVER_CAPACITY, why),
+            true,
+            &node,
+        )
+        .await;
     }
     let now = Instant::now();
     let mut s = Link {
@@ -239,12 +257,28 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
     }
     node.hub.remove_client(&*conn);
     if let Some(close) = end {
-        if close.0 < 4100 {
-            let error = json!({"code": close.0, "message": &close.1}).to_string();
-            let _ = send(&mut socket, message("pusher:error", None, &error, None)).await;
-        }
-        finish(&mut socket, close).await;
+        // Errors the client must not retry after are told as such first.
+        let tell = close.0 < 4100;
+        finish(&mut socket, close, tell, &node).await;
     }
+}
+
+/// Ends the socket when a write did not complete: silently when it
+/// failed, with 4100 when the client is too slow.
+fn written(w: Written, node: &Node) -> Result<(), Option<Close>> {
+    match w {
+        Written::Done => Ok(()),
+        Written::Failed => Err(None),
+        Written::Overflowed => Err(too_slow(node)),
+    }
+}
+
+fn too_slow(node: &Node) -> Option<Close> {
+    Counters::incr(&node.counters.slow_disconnects);
+    Some(Close::new(
+        code::OVER_CAPACITY,
+        "Too slow: messages queued up",
+    ))
 }
 
 /// A socket id's first part: random, so that ids do not repeat across
@@ -260,24 +294,29 @@ async fn send(socket: &mut Socket, frame: Option<Frame>) -> Result<(), ()> {
     socket.send(Message::Text(text)).await.map_err(|_| ())
 }
 
-/// Tells the client why with `pusher:error`, then closes.
-async fn refuse(socket: &mut Socket, close: Close) {
-    let error = json!({"code": close.0, "message": &close.1}).to_string();
-    let _ = send(socket, message("pusher:error", None, &error, None)).await;
-    finish(socket, close).await;
-}
-
-/// Sends the close frame and reads until the client's, for a moment.
-async fn finish(socket: &mut Socket, Close(code, reason): Close) {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.chars().take(100).collect::<String>().into(),
+/// Tells the client why with `pusher:error` (when `tell`), sends the
+/// close frame within `websocket.write_timeout`, and reads until the
+/// client's close, for a moment.
+async fn finish(socket: &mut Socket, close: Close, tell: bool, node: &Node) {
+    let Close(code, reason) = close;
+    let sent = async {
+        if tell {
+            let error = json!({"code": code, "message": &reason}).to_string();
+            send(socket, message("pusher:error", None, &error, None)).await?;
+        }
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.chars().take(100).collect::<String>().into(),
+        };
+        socket.close(Some(frame)).await.map_err(|_| ())
     };
-    let _ = socket.close(Some(frame)).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(_)) = socket.next().await {}
-    })
-    .await;
+    let limit = node.config.websocket.write_timeout.0;
+    if let Ok(Ok(())) = tokio::time::timeout(limit, sent).await {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = socket.next().await {}
+        })
+        .await;
+    }
 }
 
 /// The socket's state in its task.
@@ -290,14 +329,6 @@ struct Link {
     /// `max_messages_per_second` and `max_client_events_per_second`.
     messages: Bucket,
     client_events: Bucket,
-}
-
-/// What woke the socket's task.
-enum Wake {
-    Shutdown,
-    Outbox,
-    Inbound(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
-    Idle,
 }
 
 impl Link {
@@ -318,40 +349,48 @@ impl Link {
         let mut items = VecDeque::new();
         let activity = self.app.cfg.activity_timeout.0;
         let pong_timeout = PONG_TIMEOUT.min(activity);
+        let sleep = tokio::time::sleep_until(far_future());
+        tokio::pin!(sleep);
+        let node = self.node.clone();
+        let shutdown = node.shutdown().cancelled();
+        tokio::pin!(shutdown);
+        let mut wakes = Wakes::new(outbox.clone(), sleep, shutdown);
+        let write_timeout = node.config.websocket.write_timeout.0;
         let mut heard = Instant::now();
         let mut pinged: Option<Instant> = None;
+        // The timer is armed for `heard + activity` as it was when armed: a
+        // message since only moves it on when it fires, so messages do not
+        // reset the timer each.
+        let mut deadline = heard + activity;
         loop {
-            let deadline = match pinged {
-                Some(at) => at + pong_timeout,
-                None => heard + activity,
-            };
-            let wake = tokio::select! {
-                _ = self.node.shutdown().cancelled() => Wake::Shutdown,
-                _ = std::future::poll_fn(|cx| if outbox.wakes(cx).queued { Poll::Ready(()) } else { Poll::Pending }) => Wake::Outbox,
-                m = socket.next() => Wake::Inbound(m),
-                _ = tokio::time::sleep_until(deadline) => Wake::Idle,
-            };
-            match wake {
+            match wakes.next(socket, deadline).await {
                 Wake::Shutdown => {
                     return Some(Close::new(
                         code::RECONNECT,
                         "Server shutting down: reconnect",
                     ))
                 }
-                Wake::Idle if pinged.is_some() => {
+                Wake::Deadline if pinged.is_some() => {
                     return Some(Close::new(
                         code::PONG_TIMEOUT,
                         "Pong reply not received in time",
                     ))
                 }
-                Wake::Idle => {
-                    pinged = Some(Instant::now());
+                Wake::Deadline if heard + activity > Instant::now() => {
+                    deadline = heard + activity;
+                }
+                Wake::Deadline => {
+                    let now = Instant::now();
+                    pinged = Some(now);
+                    deadline = now + pong_timeout;
                     self.push("pusher:ping", None, "{}");
                 }
                 Wake::Inbound(None | Some(Err(_))) => return None,
                 Wake::Inbound(Some(Ok(m))) => {
                     heard = Instant::now();
-                    pinged = None;
+                    if pinged.take().is_some() {
+                        deadline = heard + activity;
+                    }
                     match m {
                         Message::Text(text) => {
                             Counters::incr(&self.node.counters.messages_in);
@@ -368,12 +407,9 @@ impl Link {
                 Wake::Outbox => {}
             }
             if outbox.drain(&mut items) {
-                Counters::incr(&self.node.counters.slow_disconnects);
-                return Some(Close::new(
-                    code::OVER_CAPACITY,
-                    "Too slow: messages queued up",
-                ));
+                return too_slow(&node);
             }
+            // Messages are fed, then flushed together: one write for all.
             for item in items.drain(..) {
                 match item {
                     Item::Frame(frame) => {
@@ -382,8 +418,11 @@ impl Link {
                         let (Frame::Text(text) | Frame::Whole(text)) = frame else {
                             continue;
                         };
-                        if socket.feed(Message::Text(text)).await.is_err() {
-                            return None;
+                        let fed = socket.feed(Message::Text(text));
+                        if let Err(end) =
+                            written(bounded_write(fed, &outbox, write_timeout).await, &node)
+                        {
+                            return end;
                         }
                     }
                     Item::Control(control) => {
@@ -393,8 +432,9 @@ impl Link {
                     }
                 }
             }
-            if socket.flush().await.is_err() {
-                return None;
+            let flushed = bounded_write(socket.flush(), &outbox, write_timeout).await;
+            if let Err(end) = written(flushed, &node) {
+                return end;
             }
         }
     }

@@ -1,17 +1,14 @@
 //! The WebSocket transport: the upgrade (with origin check and buffer
 //! sizes), then one task per connection waiting on the session's outbox,
-//! inbound frames, its timer and the node's shutdown (polled only when one
-//! of them woke it, see `session::outbox`).
+//! inbound frames, its timer and the node's shutdown (`wake.rs`).
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use herald_protocol::Disconnect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -19,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::upgrade::{Socket, Upgrade};
+use super::wake::{bounded_write, far_future, Wake, Wakes, Written};
 
 use crate::frame::{Encoding, Frame};
 use crate::metrics::Counters;
@@ -159,14 +157,6 @@ fn run(
     }
 }
 
-/// What woke a connection's task.
-enum Wake {
-    Shutdown,
-    Outbox,
-    Inbound(Option<Result<Message, tungstenite::Error>>),
-    Deadline,
-}
-
 /// Runs the connection until it ends; returns why the server ended it,
 /// when it sent the client a Close frame saying so.
 async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Option<Disconnect> {
@@ -179,49 +169,12 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Optio
     let never = far_future();
     let sleep = tokio::time::sleep_until(never);
     tokio::pin!(sleep);
-    // Made once rather than per wake-up: each would register with the
-    // node's token and deregister again.
     let shutdown = node.shutdown().cancelled();
     tokio::pin!(shutdown);
-    // Most wake-ups are deliveries. The other sources (shutdown, the
-    // socket, the session's timer) are polled with the outbox's waker, and
-    // only after one of them woke the task (see `session::outbox`).
-    let others_waker = std::task::Waker::from(outbox.clone());
+    let mut wakes = Wakes::new(outbox, sleep, shutdown);
     let result: Result<(), Disconnect> = loop {
         let deadline = session.next_deadline().unwrap_or(never);
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-            outbox.reopen_others();
-        }
-        // In order: shutdown, the outbox, inbound frames, the timer.
-        let wake = std::future::poll_fn(|cx| {
-            let wakes = outbox.wakes(cx);
-            let gcx = &mut Context::from_waker(&others_waker);
-            if wakes.others && shutdown.as_mut().poll(gcx).is_ready() {
-                outbox.reopen_others();
-                return Poll::Ready(Wake::Shutdown);
-            }
-            if wakes.queued {
-                if wakes.others {
-                    outbox.reopen_others(); // the socket and timer were not polled
-                }
-                return Poll::Ready(Wake::Outbox);
-            }
-            if !wakes.others {
-                return Poll::Pending;
-            }
-            if let Poll::Ready(msg) = socket.poll_next_unpin(gcx) {
-                outbox.reopen_others(); // more may be buffered
-                return Poll::Ready(Wake::Inbound(msg));
-            }
-            if sleep.as_mut().poll(gcx).is_ready() {
-                outbox.reopen_others();
-                return Poll::Ready(Wake::Deadline);
-            }
-            Poll::Pending
-        })
-        .await;
-        match wake {
+        match wakes.next(socket, deadline).await {
             Wake::Shutdown => break Err(Disconnect::shutdown()),
             Wake::Outbox => {
                 if !write_delay.is_zero() {
@@ -351,16 +304,15 @@ async fn flush(
                         Frame::Text(text) | Frame::Whole(text) => Message::Text(text),
                         Frame::Binary(bytes) => Message::Binary(bytes),
                     };
-                    let mut write = std::pin::pin!(socket.send(message));
-                    // Most writes complete at once (the socket has room):
-                    // those need no timer and no overflow watch. The rest is
-                    // boxed, so that it takes no room in the connection's
-                    // task while the connection is idle.
-                    match futures_util::poll!(write.as_mut()) {
-                        Poll::Ready(written) => written.map_err(|_| Disconnect::write_error())?,
-                        Poll::Pending => {
-                            Box::pin(finish_write(write, session, write_timeout, node)).await?
-                        }
+                    // A write blocked by a client that does not read is cut
+                    // short as soon as its queue overflows, so such a client
+                    // is closed with 3008 rather than waiting out the write
+                    // timeout.
+                    let outbox = session.outbox();
+                    match bounded_write(socket.send(message), outbox, write_timeout).await {
+                        Written::Done => {}
+                        Written::Failed => return Err(Disconnect::write_error()),
+                        Written::Overflowed => return Err(too_slow(session, node)),
                     }
                 }
                 Step::Control(c) => Box::pin(session.handle_control(*c)).await?,
@@ -447,32 +399,6 @@ fn too_slow(session: &Session, node: &Node) -> Disconnect {
     Counters::incr(&node.counters.slow_disconnects);
     tracing::info!(client = %session.client_id(), "client too slow, disconnecting");
     Disconnect::slow()
-}
-
-/// Finishes a write that could not complete at once. A write blocked by a
-/// client that does not read is cut short as soon as its queue overflows,
-/// so such a client is closed with 3008 rather than waiting out the write
-/// timeout.
-async fn finish_write<F>(
-    write: F,
-    session: &Session,
-    timeout: std::time::Duration,
-    node: &Node,
-) -> Result<(), Disconnect>
-where
-    F: std::future::Future<Output = Result<(), tungstenite::Error>>,
-{
-    tokio::select! {
-        written = tokio::time::timeout(timeout, write) => match written {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Disconnect::write_error()),
-        },
-        _ = session.outbox().overflowed() => Err(too_slow(session, node)),
-    }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 #[cfg(test)]

@@ -420,3 +420,60 @@ fn two_apps_in_one_namespace_are_refused() {
     let err = config_refusal(&c);
     assert!(err.contains("pusher.apps[1].namespace"), "{err}");
 }
+
+/// A Pusher socket that stops reading while events pile up is closed with
+/// 4100 once its queue overflows, even while a write to it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_does_not_read_is_closed_with_4100() {
+    use std::sync::atomic::Ordering;
+    const QUEUE: usize = 64 * 1024;
+    let mut c = config(json!({}));
+    merge(
+        &mut c,
+        json!({"client": {"queue_max_size": QUEUE}, "websocket": {"write_timeout": "30s"}}),
+    );
+    let s = TestServer::start(c).await;
+    let (mut ws, _) = established(&s).await;
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut ws).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    let pad = "x".repeat(8 * 1024);
+    // Kernel socket buffers take a few MiB before a write waits; this
+    // bound is far above that.
+    let max = 64 * 1024 * 1024 / pad.len();
+    let mut published = 0;
+    while s.node.counters.slow_disconnects.load(Ordering::SeqCst) == 0 {
+        assert!(published < max, "no slow disconnect after {published}");
+        for _ in 0..16 {
+            let data = json!({"event": "e", "data": {"n": published, "pad": pad}});
+            let data = bytes::Bytes::from(data.to_string());
+            s.node
+                .publish("app:news", data, Default::default())
+                .await
+                .unwrap();
+            published += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // What reached the socket, in order, then the close saying why.
+    let mut got = 0;
+    let close = loop {
+        match ws.read().await {
+            Event::Msg(m) => {
+                let data: Value = serde_json::from_str(m["data"].as_str().unwrap()).unwrap();
+                assert_eq!(data["n"], json!(got));
+                got += 1;
+            }
+            Event::Closed(c) => break c,
+        }
+    };
+    assert_eq!(close.map(|c| c.0), Some(4100));
+    assert!(got < published, "{got} of {published}");
+    s.stop().await;
+}
