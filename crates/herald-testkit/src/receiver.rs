@@ -19,6 +19,8 @@ pub struct Received {
     /// The body exactly as sent.
     pub raw: String,
     pub body: Value,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -56,8 +58,13 @@ struct Shared {
 impl Receiver {
     /// Listens on `addr` (`127.0.0.1:0` for any port), answering 200.
     pub async fn start_at(addr: &str) -> Self {
+        Self::start_answering(addr, 200).await
+    }
+
+    /// Listens on `addr`, answering `status` from the first request on.
+    pub async fn start_answering(addr: &str, status: u16) -> Self {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let status = Arc::new(AtomicU16::new(200));
+        let status = Arc::new(AtomicU16::new(status));
         let shared = Shared {
             got: got.clone(),
             status: status.clone(),
@@ -68,13 +75,16 @@ impl Receiver {
                 .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
                 .collect();
             let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
+            let status =
+                StatusCode::from_u16(s.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
             s.got.lock().push(Received {
                 at: Instant::now(),
                 headers,
                 raw,
                 body,
+                status: status.as_u16(),
             });
-            StatusCode::from_u16(s.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK)
+            status
         }
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(handle))

@@ -4,199 +4,17 @@
 //! backend saw (body and headers) is checked as well as what the client
 //! got.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod backend;
+mod grpc;
+mod routing;
+
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use herald::proxy::pb;
-use herald::proxy::pb::centrifugo_proxy_server::{CentrifugoProxy, CentrifugoProxyServer};
 use herald_testkit::*;
 
-/// How the backend answers a call: `(HTTP status, JSON body)` from the
-/// call's name (`connect`, `subscribe`, …) and its request.
-type Script = fn(&str, &Value) -> (u16, Value);
-
-/// One call the backend received.
-#[derive(Debug, Clone)]
-struct Seen {
-    call: String,
-    body: Value,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-#[derive(Clone)]
-struct Backend {
-    script: Script,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Backend {
-    fn new(script: Script) -> Self {
-        Self {
-            script,
-            seen: Arc::default(),
-        }
-    }
-
-    fn answer(&self, call: &str, body: Value, headers: Vec<(String, String)>) -> (u16, Value) {
-        let answer = (self.script)(call, &body);
-        self.seen.lock().push(Seen {
-            call: call.to_string(),
-            body,
-            headers,
-        });
-        answer
-    }
-
-    fn calls(&self, call: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .iter()
-            .filter(|s| s.call == call)
-            .cloned()
-            .collect()
-    }
-
-    /// Serves the calls over HTTP: `POST /<call>`.
-    async fn serve_http(&self) -> SocketAddr {
-        async fn handle(
-            State(b): State<Backend>,
-            Path(call): Path<String>,
-            headers: HeaderMap,
-            body: String,
-        ) -> axum::response::Response {
-            use axum::response::IntoResponse;
-            let headers = headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect();
-            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let (status, answer) = b.answer(&call, body, headers);
-            if answer == json!("sleep") {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            if answer == json!("garbage") {
-                return (axum::http::StatusCode::OK, "not json {").into_response();
-            }
-            let status = axum::http::StatusCode::from_u16(status).unwrap();
-            (status, axum::Json(answer)).into_response()
-        }
-        let app = axum::Router::new()
-            .route("/{call}", axum::routing::post(handle))
-            .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    }
-
-    /// Serves the same script as Centrifugo's gRPC proxy service.
-    async fn serve_grpc(&self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let service = CentrifugoProxyServer::new(self.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-                .unwrap()
-        });
-        addr
-    }
-
-    fn grpc_answer<Req, Resp>(
-        &self,
-        call: &str,
-        request: tonic::Request<Req>,
-    ) -> Result<tonic::Response<Resp>, tonic::Status>
-    where
-        Req: serde::Serialize,
-        Resp: serde::de::DeserializeOwned,
-    {
-        let headers = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let body = serde_json::to_value(request.get_ref()).unwrap();
-        let (status, answer) = self.answer(call, body, headers);
-        if status != 200 {
-            return Err(tonic::Status::internal("scripted failure"));
-        }
-        Ok(tonic::Response::new(
-            serde_json::from_value(answer).unwrap(),
-        ))
-    }
-}
-
-#[tonic::async_trait]
-impl CentrifugoProxy for Backend {
-    async fn connect(
-        &self,
-        r: tonic::Request<pb::ConnectRequest>,
-    ) -> Result<tonic::Response<pb::ConnectResponse>, tonic::Status> {
-        self.grpc_answer("connect", r)
-    }
-    async fn refresh(
-        &self,
-        r: tonic::Request<pb::RefreshRequest>,
-    ) -> Result<tonic::Response<pb::RefreshResponse>, tonic::Status> {
-        self.grpc_answer("refresh", r)
-    }
-    async fn subscribe(
-        &self,
-        r: tonic::Request<pb::SubscribeRequest>,
-    ) -> Result<tonic::Response<pb::SubscribeResponse>, tonic::Status> {
-        if r.get_ref().channel == "px:notjson" {
-            // What no JSON answer can carry: raw bytes that are not JSON.
-            let result = pb::SubscribeResult {
-                data: b"not json".to_vec(),
-                ..Default::default()
-            };
-            return Ok(tonic::Response::new(pb::SubscribeResponse {
-                result: Some(result),
-                ..Default::default()
-            }));
-        }
-        self.grpc_answer("subscribe", r)
-    }
-    async fn publish(
-        &self,
-        r: tonic::Request<pb::PublishRequest>,
-    ) -> Result<tonic::Response<pb::PublishResponse>, tonic::Status> {
-        self.grpc_answer("publish", r)
-    }
-    async fn rpc(
-        &self,
-        r: tonic::Request<pb::RpcRequest>,
-    ) -> Result<tonic::Response<pb::RpcResponse>, tonic::Status> {
-        self.grpc_answer("rpc", r)
-    }
-    async fn sub_refresh(
-        &self,
-        r: tonic::Request<pb::SubRefreshRequest>,
-    ) -> Result<tonic::Response<pb::SubRefreshResponse>, tonic::Status> {
-        self.grpc_answer("sub_refresh", r)
-    }
-}
+use backend::Backend;
 
 /// The scripted backend most tests use: decisions by what the client sent.
 fn script(call: &str, body: &Value) -> (u16, Value) {
@@ -218,6 +36,19 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
             "nobody" => (200, json!({})),
             "bad_b64" => (200, json!({"result": {"user": "x", "b64info": "%%%"}})),
             "expired" => (200, json!({"result": {"user": "x", "expire_at": 1000}})),
+            "expiring" => (
+                200,
+                json!({"result": {"user": "x", "expire_at": now() + 600}}),
+            ),
+            "b64" => (
+                200,
+                json!({"result": {
+                    "user": "b64",
+                    "b64info": b64(br#"{"name":"B64"}"#),
+                    "b64data": b64(br#"{"welcome":"b64"}"#),
+                    "channels": ["room:b64"],
+                }}),
+            ),
             "badcode" => (200, json!({"disconnect": {"code": 1234, "reason": "x"}})),
             "longreason" => (
                 200,
@@ -230,7 +61,10 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
                     "info": {"name": user.to_uppercase()},
                     "data": {"welcome": user},
                     "channels": ["chat:lobby"],
-                    "subs": {"room:own": {"info": {"seat": 7}, "override": {"presence": {"value": false}}}},
+                    "subs": {
+                        "room:own": {"info": {"seat": 7}, "override": {"presence": {"value": false}}},
+                        "room:seat": {"info": {"seat": 8}},
+                    },
                     "meta": {"session": format!("s-{user}")},
                 }}),
             ),
@@ -247,6 +81,11 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
             "px:broken" => (502, json!({})),
             "px:teapot" => (418, json!({})),
             "px:past" => (200, json!({"result": {"expire_at": 1000}})),
+            "px:later" => (200, json!({"result": {"expire_at": now() + 600}})),
+            "px:quiet" => (
+                200,
+                json!({"result": {"override": {"presence": {"value": false}}}}),
+            ),
             _ => (
                 200,
                 json!({"result": {"info": {"role": "reader"}, "data": {"hello": body["channel"]}}}),
@@ -276,6 +115,11 @@ fn script(call: &str, body: &Value) -> (u16, Value) {
         },
         _ => (404, json!({})),
     }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn proxies(endpoint: &str, extra: Value) -> Value {
@@ -314,7 +158,8 @@ async fn server(base: &str, extra: Value) -> TestServer {
             "namespaces": [
                 {"name": "chat", "allow_subscribe_for_client": true},
                 {"name": "room", "presence": true},
-                {"name": "px", "subscribe_proxy_enabled": true, "publish_proxy_enabled": true},
+                {"name": "px", "subscribe_proxy_enabled": true, "publish_proxy_enabled": true,
+                 "presence": true},
                 {"name": "pxh", "publish_proxy_enabled": true, "history_size": 10, "history_ttl": "60s",
                  "allow_subscribe_for_client": true, "allow_history_for_client": true},
             ]
@@ -333,6 +178,23 @@ async fn server(base: &str, extra: Value) -> TestServer {
 fn merge_into(mut a: Value, b: Value) -> Value {
     merge(&mut a, b);
     a
+}
+
+/// The presence entries of `channel`, once there are `n`.
+async fn presence(s: &TestServer, channel: &str, n: usize) -> Vec<Value> {
+    let entries = || async {
+        let r = s.api("presence", json!({ "channel": channel })).await;
+        let entries = r["result"]["presence"].as_object().cloned();
+        entries
+            .unwrap_or_else(|| panic!("{r}"))
+            .into_values()
+            .collect::<Vec<_>>()
+    };
+    eventually(&format!("{n} present in {channel}"), || async {
+        entries().await.len() == n
+    })
+    .await;
+    entries().await
 }
 
 /// Opens a connection with no token, sending `data` with connect.
@@ -396,10 +258,21 @@ async fn the_connect_proxy_says_who_a_client_without_a_token_is() {
     assert!(r.get("error").is_none(), "{r}");
     let push = ws.push().await;
     assert_eq!(push["pub"]["data"], json!({"n": 1}));
-    let r = s.api("presence", json!({"channel": "room:own"})).await;
+    let present = presence(&s, "room:seat", 1).await;
+    assert_eq!(present[0]["user"], "alice");
+    assert_eq!(
+        present[0]["conn_info"],
+        json!({"name": "ALICE"}),
+        "the result's info"
+    );
+    assert_eq!(
+        present[0]["chan_info"],
+        json!({"seat": 8}),
+        "the info of its subs entry"
+    );
     assert!(
-        r["result"]["presence"].as_object().unwrap().is_empty(),
-        "the override switched presence off: {r}"
+        presence(&s, "room:own", 0).await.is_empty(),
+        "joined with room:seat, yet not present: the override switched presence off"
     );
     let clients = s.api("info", json!({})).await;
     assert_eq!(clients["result"]["nodes"][0]["num_users"], 1, "{clients}");
@@ -458,13 +331,39 @@ async fn the_connect_proxy_s_errors_and_disconnects_reach_the_client() {
 }
 
 #[tokio::test]
+async fn the_connect_proxy_s_base64_fields_and_expiry_reach_the_client() {
+    let backend = Backend::new(script);
+    let addr = backend.serve_http().await;
+    let s = server(&format!("http://{addr}"), json!({})).await;
+    let (_ws, reply) = connect_as(&s, json!({"as": "b64"})).await;
+    let connect = &reply["connect"];
+    assert_eq!(connect["data"], json!({"welcome": "b64"}), "{reply}");
+    assert!(connect.get("expires").is_none(), "{reply}");
+    let present = presence(&s, "room:b64", 1).await;
+    assert_eq!(present[0]["conn_info"], json!({"name": "B64"}));
+
+    // An expiry ahead is the client's to refresh (no refresh proxy here).
+    let (_ws, reply) = connect_as(&s, json!({"as": "expiring"})).await;
+    assert_eq!(reply["connect"]["expires"], true, "{reply}");
+    let ttl = reply["connect"]["ttl"].as_u64().unwrap_or_default();
+    assert!((590..=600).contains(&ttl), "{reply}");
+}
+
+#[tokio::test]
 async fn a_backend_that_is_down_gives_a_temporary_error_not_a_hang() {
-    let port = free_port();
-    let s = server(&format!("http://127.0.0.1:{port}"), json!({})).await;
-    let (_ws, reply) = connect_as(&s, json!({"as": "alice"})).await;
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    assert_eq!(reply["error"]["temporary"], true, "{reply}");
-    assert_eq!(s.metric("herald_proxy_errors_total").await, 1);
+    for scheme in ["http", "grpc"] {
+        let port = free_port();
+        let s = server(&format!("{scheme}://127.0.0.1:{port}"), json!({})).await;
+        let started = std::time::Instant::now();
+        let (_ws, reply) = connect_as(&s, json!({"as": "alice"})).await;
+        assert_eq!(reply["error"]["code"], 100, "{scheme}: {reply}");
+        assert_eq!(reply["error"]["temporary"], true, "{scheme}: {reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{scheme}: bounded by the timeout"
+        );
+        assert_eq!(s.metric("herald_proxy_errors_total").await, 1, "{scheme}");
+    }
 }
 
 #[tokio::test]
@@ -487,6 +386,24 @@ async fn the_subscribe_proxy_decides_channel_access() {
         body["meta"],
         json!({"session": "s-alice"}),
         "include_connection_meta"
+    );
+    assert!(r["subscribe"].get("expires").is_none(), "{r}");
+    // The result's info is the subscription's, beside the connection's.
+    let present = presence(&s, "px:news", 1).await;
+    assert_eq!(present[0]["chan_info"], json!({"role": "reader"}));
+    assert_eq!(present[0]["conn_info"], json!({"name": "ALICE"}));
+    // An override switches the namespace's presence off for one channel.
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:quiet"}})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    // An expiry ahead is the client's to refresh (no sub_refresh proxy).
+    let r = ws.cmd(json!({"subscribe": {"channel": "px:later"}})).await;
+    assert_eq!(r["subscribe"]["expires"], true, "{r}");
+    let ttl = r["subscribe"]["ttl"].as_u64().unwrap_or_default();
+    assert!((590..=600).contains(&ttl), "{r}");
+    presence(&s, "px:later", 1).await;
+    assert!(
+        presence(&s, "px:quiet", 0).await.is_empty(),
+        "subscribed before px:later, yet not present"
     );
 
     let r = ws.cmd(json!({"subscribe": {"channel": "px:denied"}})).await;
@@ -536,6 +453,11 @@ async fn the_publish_proxy_validates_and_rewrites_publications() {
         "subscribers get what the backend returned"
     );
     assert_eq!(push["pub"]["info"]["user"], "alice");
+    assert_eq!(
+        push["pub"]["info"]["conn_info"],
+        json!({"name": "ALICE"}),
+        "the connect result's info goes with the publisher's publications"
+    );
     let seen = backend.calls("publish");
     assert_eq!(seen[0].body["data"], json!({"text": "hello"}));
     assert_eq!(seen[0].body["user"], "alice");
@@ -607,30 +529,33 @@ async fn rpc_is_routed_by_method_to_its_proxy() {
 
 #[tokio::test]
 async fn binary_encoding_sends_and_takes_base64() {
-    let backend = Backend::new(script);
-    let addr = backend.serve_http().await;
-    let s = server(
-        &format!("http://{addr}"),
-        json!({"rpc": {"proxy": {"binary_encoding": true}}}),
-    )
-    .await;
-    let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
-    let r = ws
-        .cmd(json!({"rpc": {"method": "echo", "data": {"x": 1}}}))
-        .await;
-    assert_eq!(r["rpc"]["data"], json!({"x": 1}), "{r}");
-    let call = backend.calls("rpc").pop().unwrap();
-    assert_eq!(call.body["encoding"], "binary");
-    assert!(call.body.get("data").is_none());
-    let b64 = call.body["b64data"].as_str().unwrap();
-    use base64::Engine as _;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    assert_eq!(
-        serde_json::from_slice::<Value>(&decoded).unwrap(),
-        json!({"x": 1})
-    );
+    for grpc in [false, true] {
+        let backend = Backend::new(script);
+        let base = if grpc {
+            format!("grpc://{}", backend.serve_grpc().await)
+        } else {
+            format!("http://{}", backend.serve_http().await)
+        };
+        let s = server(&base, json!({"rpc": {"proxy": {"binary_encoding": true}}})).await;
+        let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
+        let r = ws
+            .cmd(json!({"rpc": {"method": "echo", "data": {"x": 1}}}))
+            .await;
+        assert_eq!(r["rpc"]["data"], json!({"x": 1}), "{base}: {r}");
+        let call = backend.calls("rpc").pop().unwrap();
+        assert_eq!(call.body["encoding"], "binary", "{base}");
+        assert!(call.body.get("data").is_none(), "{base}");
+        let b64 = call.body["b64data"].as_str().unwrap();
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&decoded).unwrap(),
+            json!({"x": 1}),
+            "{base}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -643,16 +568,23 @@ async fn without_rpc_proxies_every_method_is_unknown() {
 
 /// Refresh decisions by the user: `keep` goes on for an hour, `end`
 /// expires, `gone` gets HTTP 403 (a listed status), anyone else's backend
-/// fails (asked again in a minute).
+/// fails (asked again in a minute). A refreshed connection gets new meta,
+/// which RPC calls echo.
 fn refresh_script(call: &str, body: &Value) -> (u16, Value) {
     match (call, body["user"].as_str().unwrap_or("")) {
-        ("refresh" | "sub_refresh", "keep") => (
+        ("refresh", "keep") => (
+            200,
+            json!({"result": {"expire_at": now() + 3600, "info": {"refreshed": true},
+                "meta": {"m": "renewed"}}}),
+        ),
+        ("sub_refresh", "keep") => (
             200,
             json!({"result": {"expire_at": now() + 3600, "info": {"refreshed": true}}}),
         ),
         ("refresh" | "sub_refresh", "end") => (200, json!({"result": {"expired": true}})),
         ("refresh" | "sub_refresh", "gone") => (403, json!({})),
         ("refresh" | "sub_refresh", _) => (500, json!({})),
+        ("rpc", _) => (200, json!({"result": {"data": {"meta": body["meta"]}}})),
         _ => (404, json!({})),
     }
 }
@@ -683,6 +615,10 @@ async fn the_refresh_proxy_refreshes_expiring_connections_itself() {
         }}},
         "channel": {"namespaces": [{"name": "room", "allow_subscribe_for_client": true,
             "allow_publish_for_subscriber": true}]},
+        "rpc": {
+            "proxy": {"endpoint": format!("http://{addr}/rpc"), "include_connection_meta": true},
+            "without_namespace": {"proxy_enabled": true},
+        },
     }))
     .await;
     let connect = |user: &'static str| {
@@ -727,6 +663,13 @@ async fn the_refresh_proxy_refreshes_expiring_connections_itself() {
         json!({"refreshed": true}),
         "{push}"
     );
+    // …and its meta, which later calls carry (the failed one kept its own)…
+    for (ws, meta) in [(&mut keep, "renewed"), (&mut flaky, "flaky")] {
+        let r = ws
+            .cmd(json!({"rpc": {"method": "whoami", "data": {}}}))
+            .await;
+        assert_eq!(r["rpc"]["data"]["meta"], json!({ "m": meta }), "{r}");
+    }
     // …and its new expiry, an hour away: it is not asked again, nor is
     // the failing one before its minute is up; both stay connected.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -748,7 +691,8 @@ async fn the_sub_refresh_proxy_keeps_or_ends_subscriptions() {
     let s = TestServer::start(json!({
         "channel": {
             "proxy": {"sub_refresh": {"endpoint": format!("http://{addr}/sub_refresh"), "http": transforms()}},
-            "namespaces": [{"name": "sr", "sub_refresh_proxy_enabled": true}],
+            "namespaces": [{"name": "sr", "sub_refresh_proxy_enabled": true,
+                "allow_publish_for_subscriber": true}],
         },
     }))
     .await;
@@ -796,70 +740,21 @@ async fn the_sub_refresh_proxy_keeps_or_ends_subscriptions() {
     for ws in [&mut keep, &mut flaky] {
         assert_eq!(ws.push().await["pub"]["data"], json!({"still": true}));
     }
+    // The renewed subscription took the backend's info.
+    let r = keep
+        .cmd(json!({"publish": {"channel": "sr:feed", "data": {"n": 1}}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    let push = keep.push().await;
+    assert_eq!(
+        push["pub"]["info"]["chan_info"],
+        json!({"refreshed": true}),
+        "{push}"
+    );
     // The client may not refresh it itself.
     keep.send(json!({"sub_refresh": {"channel": "sr:feed", "token": "x"}}))
         .await;
     assert_eq!(keep.closed().await.0, 3501);
-}
-
-#[tokio::test]
-async fn grpc_proxies_serve_the_same_calls() {
-    let backend = Backend::new(script);
-    let addr = backend.serve_grpc().await;
-    let s = server(
-        &format!("grpc://{addr}"),
-        json!({"client": {"proxy": {"connect": {"grpc": {
-            "credentials_key": "authorization", "credentials_value": "Bearer backend-key"
-        }}}}}),
-    )
-    .await;
-    let (mut alice, reply) = connect_as(&s, json!({"as": "alice"})).await;
-    assert_eq!(
-        reply["connect"]["data"],
-        json!({"welcome": "alice"}),
-        "{reply}"
-    );
-    let seen = backend.calls("connect");
-    assert_eq!(seen[0].body["data"], json!({"as": "alice"}));
-    assert_eq!(
-        seen[0].header("x-session"),
-        Some("cookie-1"),
-        "headers go as metadata"
-    );
-    assert_eq!(
-        seen[0].header("authorization"),
-        Some("Bearer backend-key"),
-        "no client header replaces the proxy's credentials"
-    );
-
-    let r = alice.cmd(json!({"subscribe": {"channel": "px:g"}})).await;
-    assert_eq!(r["subscribe"]["data"], json!({"hello": "px:g"}), "{r}");
-    let r = alice
-        .cmd(json!({"subscribe": {"channel": "px:denied"}}))
-        .await;
-    assert_eq!(r["error"]["code"], 4403, "{r}");
-    let r = alice
-        .cmd(json!({"publish": {"channel": "px:g", "data": {"text": "grpc"}}}))
-        .await;
-    assert!(r.get("publish").is_some(), "{r}");
-    assert_eq!(
-        alice.push().await["pub"]["data"],
-        json!({"text": "GRPC", "checked": true})
-    );
-    let r = alice
-        .cmd(json!({"rpc": {"method": "m", "data": [1]}}))
-        .await;
-    assert_eq!(r["rpc"]["data"], json!({"method": "m", "echo": [1]}), "{r}");
-    // Bytes that are not JSON never reach a frame.
-    let r = alice
-        .cmd(json!({"subscribe": {"channel": "px:notjson"}}))
-        .await;
-    assert_eq!(r["error"]["code"], 100, "{r}");
-    // A failing gRPC call is an internal error.
-    let r = alice
-        .cmd(json!({"subscribe": {"channel": "px:broken"}}))
-        .await;
-    assert_eq!(r["error"]["code"], 100, "{r}");
 }
 
 #[tokio::test]
@@ -894,38 +789,4 @@ async fn proxies_without_endpoints_are_refused_at_start() {
             .expect_err("refused");
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
-}
-
-#[tokio::test]
-async fn named_proxies_serve_the_namespaces_that_name_them() {
-    let backend = Backend::new(script);
-    let addr = backend.serve_http().await;
-    let other = Backend::new(|call, body| match call {
-        "subscribe" => (
-            200,
-            json!({"result": {"data": {"by": "other", "ch": body["channel"]}}}),
-        ),
-        _ => (404, json!({})),
-    });
-    let other_addr = other.serve_http().await;
-    let s = server(
-        &format!("http://{addr}"),
-        json!({
-            "proxies": [{"name": "other", "endpoint": format!("http://{other_addr}/subscribe")}],
-            "channel": {"namespaces": [
-                {"name": "chat", "allow_subscribe_for_client": true},
-                {"name": "room", "presence": true},
-                {"name": "px", "subscribe_proxy_enabled": true, "subscribe_proxy_name": "other"},
-            ]},
-        }),
-    )
-    .await;
-    let (mut ws, _) = connect_as(&s, json!({"as": "alice"})).await;
-    let r = ws.cmd(json!({"subscribe": {"channel": "px:n"}})).await;
-    assert_eq!(
-        r["subscribe"]["data"],
-        json!({"by": "other", "ch": "px:n"}),
-        "{r}"
-    );
-    assert!(backend.calls("subscribe").is_empty());
 }
