@@ -9,7 +9,9 @@
 #
 #   SOKETI=/path/to/node_modules/.bin/soketi SOCKUDO=/path/to/sockudo bench/pusher.sh [OUT_DIR]
 #
-# A server whose path is not given is left out. Environment: SUBSCRIBERS
+# A server whose path is not given is left out; HERALD_BASE=/path/to/herald
+# adds another Herald build (herald-base), to compare two builds in one
+# run. Environment: SUBSCRIBERS
 # (1000), RATE (100), DURATION (10s), IDLE (5000), REPEAT (3), PORT (18240),
 # NO_PIN=1 to run unpinned. Needs taskset, curl, jq.
 set -euo pipefail
@@ -54,7 +56,10 @@ start() { # start NAME
     exit 1
   fi
   case $1 in
-    herald) ( pin 0 "$herald" serve -c "$work/herald.json" --port "$port" --address 127.0.0.1 \
+    herald|herald-base)
+      bin=$herald
+      [ "$1" = herald-base ] && bin=$HERALD_BASE
+      ( pin 0 "$bin" serve -c "$work/herald.json" --port "$port" --address 127.0.0.1 \
                 --data-dir "$work/data" >"$work/herald.log" 2>&1 ) & ;;
     soketi) ( SOKETI_PORT=$port SOKETI_DEFAULT_APP_ID=app-id SOKETI_DEFAULT_APP_KEY=app-key \
                 SOKETI_DEFAULT_APP_SECRET=app-secret SOKETI_DEFAULT_APP_MAX_CONNS=-1 \
@@ -85,6 +90,7 @@ common() {
 }
 
 servers=(herald)
+[ -n "${HERALD_BASE:-}" ] && servers+=(herald-base)
 [ -n "${SOKETI:-}" ] && servers+=(soketi)
 [ -n "${SOCKUDO:-}" ] && servers+=(sockudo)
 
@@ -105,12 +111,12 @@ for round in $(seq "$repeat"); do
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'; }
-printf '%-8s %18s %12s %12s %16s\n' server "CPU µs/delivery" "p50 ms" "p99 ms" "idle KiB/conn"
+printf '%-12s %18s %12s %12s %16s\n' server "CPU µs/delivery" "p50 ms" "p99 ms" "idle KiB/conn"
 for name in "${servers[@]}"; do
   cpu=$(cat "$out"/fanout-"$name"-*.json | jq -r '.server_cpu_s_per_million // empty' | median)
   p50=$(cat "$out"/fanout-"$name"-*.json | jq -r '.latency.p50_us // empty | . / 1000' | median)
   p99=$(cat "$out"/fanout-"$name"-*.json | jq -r '.latency.p99_us // empty | . / 1000' | median)
   mem=$(cat "$out"/idle-"$name"-*.json | jq -r '.rss_per_connection // empty | . / 1024 | floor' | median)
-  printf '%-8s %18s %12s %12s %16s\n' "$name" "$cpu" "$p50" "$p99" "$mem"
+  printf '%-12s %18s %12s %12s %16s\n' "$name" "$cpu" "$p50" "$p99" "$mem"
 done
 echo "raw results in $out"

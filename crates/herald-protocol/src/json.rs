@@ -314,6 +314,7 @@ fn write_connect_result(o: &mut Obj<'_>, r: &ConnectResult) {
     }
     w.uint("ping", r.ping.into());
     w.bool("pong", r.pong);
+    w.str("session", &r.session);
     w.str("node", &r.node);
     w.int("time", r.time);
     w.close();

@@ -57,6 +57,12 @@ pub fn commands(frame: &[u8]) -> impl Iterator<Item = Result<Command, DecodeErro
     })
 }
 
+/// An emulation request: `(node, session, data)`.
+pub fn decode_emulation_request(body: &[u8]) -> Result<(String, String, Bytes), DecodeError> {
+    let r = pb::EmulationRequest::decode(body)?;
+    Ok((r.node, r.session, r.data))
+}
+
 /// Payloads found not to be JSON while reading a command.
 #[derive(Default)]
 struct Payloads {
@@ -214,7 +220,7 @@ fn connect_result(r: &ConnectResult) -> pb::ConnectResult {
             .collect(),
         ping: r.ping,
         pong: r.pong,
-        session: String::new(),
+        session: r.session.clone(),
         node: r.node.clone(),
         time: r.time,
     }

@@ -36,6 +36,9 @@ pub struct ConnectResult {
     pub subs: Vec<(String, SubscribeResult)>,
     pub ping: u32,
     pub pong: bool,
+    /// An emulated connection's session (HTTP-streaming, SSE): what its
+    /// client names in emulation requests, with `node`.
+    pub session: String,
     pub node: String,
     pub time: i64,
 }

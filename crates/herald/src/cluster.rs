@@ -235,7 +235,13 @@ impl Cluster {
 
 /// Applies a command to this node's connections.
 fn apply(hub: &Hub, target: &Target, action: &Action) {
-    let clients: Vec<Arc<dyn Client>> = if target.user.is_empty() {
+    let clients: Vec<Arc<dyn Client>> = if !target.session.is_empty() {
+        hub.by_session(&target.session)
+            .into_iter()
+            .filter(|c| target.user.is_empty() || c.user() == target.user)
+            .filter(|c| target.client.is_empty() || c.client_id() == target.client)
+            .collect()
+    } else if target.user.is_empty() {
         hub.client(&target.client).into_iter().collect()
     } else {
         hub.user_clients(&target.user)
@@ -245,9 +251,6 @@ fn apply(hub: &Hub, target: &Target, action: &Action) {
     };
     for c in clients {
         if target.whitelist.iter().any(|w| w == c.client_id()) {
-            continue;
-        }
-        if !target.session.is_empty() && c.session() != target.session {
             continue;
         }
         c.control(control(action));
@@ -316,6 +319,11 @@ fn control(action: &Action) -> Control {
             expire_at: *expire_at,
             info: raw_bytes(info),
         },
+        Action::Emulate { data } => {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD.decode(data);
+            Control::Emulate(data.map(Bytes::from).unwrap_or_default())
+        }
     }
 }
 

@@ -47,6 +47,15 @@ pub struct Config {
     pub uni_http_stream: UniHttp,
     /// The unidirectional Server-Sent Events transport.
     pub uni_sse: UniHttp,
+    /// The bidirectional HTTP-streaming transport (commands after connect
+    /// come through `emulation`).
+    pub http_stream: UniHttp,
+    /// The bidirectional Server-Sent Events transport (commands after
+    /// connect come through `emulation`).
+    pub sse: UniHttp,
+    /// Where clients of `http_stream` and `sse` post their commands; served
+    /// when either is enabled.
+    pub emulation: Emulation,
     pub admin: Admin,
     pub health: Health,
     /// `/metrics` in Prometheus's (OpenMetrics) text format.
@@ -416,9 +425,10 @@ impl Default for UniWebsocket {
     }
 }
 
-/// `uni_http_stream` and `uni_sse`: at `handler_prefix` a client posts (or,
-/// for SSE, gets with `cf_connect`) its connect request and reads pushes
-/// from the response. `handler_prefix` empty: the transport's default path.
+/// `uni_http_stream`, `uni_sse`, `http_stream` and `sse`: at
+/// `handler_prefix` a client posts (or, for SSE, gets with `cf_connect`)
+/// its connect request and reads pushes (and, bidirectional, replies) from
+/// the response. `handler_prefix` empty: the transport's default path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UniHttp {
@@ -433,6 +443,25 @@ impl Default for UniHttp {
         Self {
             enabled: false,
             handler_prefix: String::new(),
+            max_request_body_size: 65536,
+        }
+    }
+}
+
+/// `emulation`: the endpoint of emulated connections' commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Emulation {
+    pub handler_prefix: String,
+    /// Largest request (commands and their envelope); larger ones get
+    /// HTTP 413.
+    pub max_request_body_size: usize,
+}
+
+impl Default for Emulation {
+    fn default() -> Self {
+        Self {
+            handler_prefix: "/emulation".into(),
             max_request_body_size: 65536,
         }
     }

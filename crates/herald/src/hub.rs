@@ -45,6 +45,9 @@ pub enum Control {
     },
     /// An asynchronous message to the client.
     Message(Bytes),
+    /// Commands an emulated connection's client posted to the emulation
+    /// endpoint, in its format: handled as if they came over the stream.
+    Emulate(Bytes),
     /// Access rules changed: close the connection, or end subscriptions,
     /// whose user is blocked or whose token was revoked.
     CheckAccess,
@@ -75,11 +78,6 @@ pub trait Client: Send + Sync + 'static {
         Arc::from(self.client_id())
     }
     fn user(&self) -> &str;
-    /// The session id of a unidirectional transport's connection; empty
-    /// for WebSocket connections, which have none.
-    fn session(&self) -> &str {
-        ""
-    }
     /// The transport it came over (`websocket`, `uni_sse`, …), for
     /// operators' eyes.
     fn transport(&self) -> &'static str {
@@ -134,6 +132,9 @@ pub struct Hub {
     channels: Sharded<Arc<str>, Channel>,
     clients: Sharded<Arc<str>, ClientRef>,
     users: Sharded<String, HashMap<u64, ClientRef>>,
+    /// Emulated connections (HTTP-streaming, SSE) by their session, which
+    /// only their client knows: where emulation requests find them.
+    sessions: Sharded<Arc<str>, ClientRef>,
     num_clients: AtomicUsize,
     num_subscriptions: AtomicUsize,
     /// Reads gaps from streams, and the widest gap it reads.
@@ -384,6 +385,21 @@ impl Hub {
         }
         let kind = if event.join { JOINS } else { LEAVES };
         self.sent[kind].fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Makes an emulated connection findable by its session.
+    pub fn add_session(&self, session: &str, client: ClientRef) {
+        let session: Arc<str> = Arc::from(session);
+        self.sessions.write(&*session).insert(session, client);
+    }
+
+    pub fn remove_session(&self, session: &str) {
+        self.sessions.write(session).remove(session);
+    }
+
+    /// The emulated connection of `session`, if it is here.
+    pub fn by_session(&self, session: &str) -> Option<ClientRef> {
+        self.sessions.read(session).get(session).cloned()
     }
 
     pub fn client(&self, client_id: &str) -> Option<ClientRef> {

@@ -216,22 +216,43 @@ fn operations(mut r: Router<Arc<Node>>, c: &Config) -> Router<Arc<Node>> {
 
 /// Clients' transports, the server API, Swagger UI, the demo.
 fn router(node: Arc<Node>) -> Router<Arc<Node>> {
+    use transport::stream;
     let c = &node.config;
     let mut r = Router::new();
+    // The handlers of the HTTP transports read bodies themselves, with a
+    // deadline and the size limit.
     if c.uni_http_stream.enabled {
         r = r.route(
             c.uni_http_stream.path("/connection/uni_http_stream"),
-            // The handler reads the body itself, with a deadline and the
-            // size limit.
-            post(transport::uni_stream::uni_http_stream).layer(DefaultBodyLimit::disable()),
+            post(stream::uni_http_stream).layer(DefaultBodyLimit::disable()),
         );
     }
     if c.uni_sse.enabled {
         r = r.route(
             c.uni_sse.path("/connection/uni_sse"),
-            get(transport::uni_stream::uni_sse)
-                .post(transport::uni_stream::uni_sse)
+            get(stream::uni_sse)
+                .post(stream::uni_sse)
                 .layer(DefaultBodyLimit::disable()),
+        );
+    }
+    if c.http_stream.enabled {
+        r = r.route(
+            c.http_stream.path("/connection/http_stream"),
+            post(stream::http_stream).layer(DefaultBodyLimit::disable()),
+        );
+    }
+    if c.sse.enabled {
+        r = r.route(
+            c.sse.path("/connection/sse"),
+            get(stream::sse)
+                .post(stream::sse)
+                .layer(DefaultBodyLimit::disable()),
+        );
+    }
+    if c.http_stream.enabled || c.sse.enabled {
+        r = r.route(
+            &c.emulation.handler_prefix,
+            post(transport::emulation::emulation).layer(DefaultBodyLimit::disable()),
         );
     }
     if c.uni_websocket.enabled {

@@ -72,8 +72,12 @@ struct SubState {
 #[derive(Debug, Default)]
 pub struct Peer {
     /// The transport's name: `websocket`, `uni_websocket`,
-    /// `uni_http_stream`, `uni_sse`.
+    /// `uni_http_stream`, `uni_sse`, `http_stream`, `sse`.
     pub transport: &'static str,
+    /// An emulated connection's session (`http_stream`, `sse`): told to the
+    /// client in the connect reply, it finds the connection when the client
+    /// posts commands to the emulation endpoint.
+    pub session: Option<Box<str>>,
     /// The headers of the client's HTTP request that some proxy passes on.
     pub headers: Vec<(String, String)>,
     /// The SDK's emulated headers (sent with connect), kept when some
@@ -95,6 +99,7 @@ impl Peer {
         Self {
             transport,
             headers,
+            session: None,
             emulated: Vec::new(),
         }
     }
@@ -350,6 +355,10 @@ impl Session {
             }
             Control::Message(data) => self.push(&Push::Message { data }),
             Control::CheckAccess => self.check_access().await?,
+            Control::Emulate(data) if !data.is_empty() => {
+                return Box::pin(self.handle_frame(&data)).await;
+            }
+            Control::Emulate(_) => {}
         }
         Ok(())
     }
@@ -488,6 +497,9 @@ impl Session {
             self.unsubscribe(&channel).await;
         }
         if let Some(conn) = self.conn.take() {
+            if let Some(session) = &self.peer.session {
+                self.node.hub.remove_session(session);
+            }
             self.node.hub.remove_client(&*conn.handle);
             tracing::debug!(client = %self.client_id, user = %conn.handle.user, "disconnected");
             let shutdown = Disconnect::shutdown().code;

@@ -1,6 +1,7 @@
 //! Transports carry protocol frames between clients and sessions.
 
-pub mod uni_stream;
+pub mod emulation;
+pub mod stream;
 pub mod upgrade;
 pub mod wake;
 pub mod websocket;

@@ -117,16 +117,23 @@ impl Session {
             pong: !cfg.ping_interval.is_zero()
                 && !cfg.pong_timeout.is_zero()
                 && self.encoding.pongs(),
+            session: self.peer.session.as_deref().unwrap_or_default().into(),
+            node: match &self.peer.session {
+                Some(_) => self.node.cluster().uid().to_string(),
+                None => String::new(),
+            },
             time: if cfg.connect_include_server_time {
                 crate::clock::now_ms()
             } else {
                 0
             },
-            ..Default::default()
         };
         tracing::debug!(client = %self.client_id, user = %claims.user, "connected");
         // The reply goes out before the hub can route publications here.
         self.reply(id, Ok(ReplyBody::Connect(result)));
+        if let Some(session) = &self.peer.session {
+            self.node.hub.add_session(session, handle.clone());
+        }
         self.finish_server_side(after).await;
         let personal = &self.node.config.client.subscribe_to_user_personal_channel;
         if personal.enabled && personal.single_connection && !claims.user.is_empty() {

@@ -84,6 +84,11 @@ pub enum Action {
         #[serde(default)]
         info: Option<Box<RawValue>>,
     },
+    /// Commands for an emulated connection (the target names its session),
+    /// base64.
+    Emulate {
+        data: String,
+    },
 }
 
 /// A change to who may connect and which tokens still count: user blocking

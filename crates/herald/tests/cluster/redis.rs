@@ -707,3 +707,59 @@ async fn pusher_webhooks_count_members_once_across_nodes() {
     assert_eq!(of("channel_occupied").len(), 1, "{got:?}");
     assert_eq!(of("channel_vacated").len(), 1, "{got:?}");
 }
+
+/// An emulated connection on node a takes commands posted to node b's
+/// emulation endpoint: b hands them on through the broker to the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulation_requests_reach_a_session_on_another_node() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut cfg = redis_engine(&url, &unique("t"));
+    merge(&mut cfg, json!({"http_stream": {"enabled": true}}));
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    nodes_in_info(&nodes[1], 2).await;
+    let base = |n: &ClusterNode| {
+        n.ws_url()
+            .replace("ws://", "http://")
+            .replace("/connection/websocket", "")
+    };
+    let http = reqwest::Client::new();
+    let connect =
+        json!({"id": 1, "connect": {"token": herald_testkit::token(json!({"sub": "emu"}))}});
+    let post = http
+        .post(format!("{}/connection/http_stream", base(&nodes[0])))
+        .body(connect.to_string());
+    let mut stream = herald_testkit::Pushes::open(post, b"\n").await;
+    let result = stream.next().await.unwrap()["connect"].clone();
+    let command = json!({"id": 2, "subscribe": {"channel": "chat:emu"}});
+    let request = json!({"session": result["session"], "node": result["node"],
+                         "data": command.to_string()});
+    let r = http
+        .post(format!("{}/emulation", base(&nodes[1])))
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    loop {
+        let m = stream.next().await.unwrap();
+        if m["id"] == 2 {
+            assert!(m.get("subscribe").is_some(), "{m}");
+            break;
+        }
+    }
+    nodes[1]
+        .api(
+            "publish",
+            json!({"channel": "chat:emu", "data": {"via": "b"}}),
+        )
+        .await;
+    loop {
+        let m = stream.next().await.unwrap();
+        if let Some(p) = m.get("push") {
+            assert_eq!(p["pub"]["data"], json!({"via": "b"}), "{m}");
+            break;
+        }
+    }
+}

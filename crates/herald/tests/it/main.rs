@@ -8,6 +8,7 @@ mod api;
 mod close;
 mod connect;
 mod dev;
+mod emulation;
 mod grpc;
 mod hardening;
 mod history;

@@ -1,0 +1,375 @@
+//! The HTTP streaming transports. Unidirectional: `uni_http_stream` (POST;
+//! the body is the connect request, the response one JSON push per line)
+//! and `uni_sse` (GET with the connect request in `cf_connect`, or POST
+//! with it as the body; the response an event stream, one push per `data:`
+//! event). Bidirectional, emulated: `http_stream` (POST; the body holds the
+//! connect command, JSON or — with `Content-Type: application/octet-stream`
+//! — Protobuf; the response the replies and pushes, one JSON per line or
+//! length-prefixed Protobuf) and `sse` (like `uni_sse`, with replies); the
+//! client's later commands come through the emulation endpoint
+//! (`emulation.rs`), which finds the connection by the session its connect
+//! reply named. The connection lives as long as the response: a task runs
+//! the session's queue and timers into the response body, through a small
+//! bounded channel, so a client that stops reading fills its queue and is
+//! closed as too slow (3008) like a WebSocket one.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use herald_protocol::reply::Push;
+use herald_protocol::Disconnect;
+use tokio::sync::mpsc;
+
+use crate::frame::Encoding;
+use crate::metrics::Counters;
+use crate::node::Node;
+use crate::session::{self, Item, Session};
+
+/// Chunks waiting for the HTTP connection; the session's queue holds the
+/// rest.
+const CHUNKS: usize = 16;
+
+/// How messages are framed in the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// One JSON object per line.
+    Lines,
+    /// One `data:` event per message.
+    Sse,
+    /// Protobuf messages, each with its length before it, as they are.
+    Binary,
+}
+
+impl Style {
+    fn chunk(self, message: &[u8]) -> Bytes {
+        let (before, after): (&[u8], &[u8]) = match self {
+            Style::Lines => (b"", b"\n"),
+            Style::Sse => (b"data: ", b"\n\n"),
+            Style::Binary => (b"", b""),
+        };
+        let mut out = Vec::with_capacity(message.len() + before.len() + after.len());
+        out.extend_from_slice(before);
+        out.extend_from_slice(message);
+        out.extend_from_slice(after);
+        Bytes::from(out)
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Style::Lines => "application/json",
+            Style::Sse => "text/event-stream",
+            Style::Binary => "application/octet-stream",
+        }
+    }
+}
+
+/// One of the four transports.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    name: &'static str,
+    style: Style,
+    encoding: Encoding,
+    /// Bidirectional: the connection gets a session for emulation requests.
+    emulated: bool,
+}
+
+impl Kind {
+    const UNI_HTTP_STREAM: Kind = Kind {
+        name: "uni_http_stream",
+        style: Style::Lines,
+        encoding: Encoding::UniJson,
+        emulated: false,
+    };
+    const UNI_SSE: Kind = Kind {
+        name: "uni_sse",
+        style: Style::Sse,
+        encoding: Encoding::UniJson,
+        emulated: false,
+    };
+    const SSE: Kind = Kind {
+        name: "sse",
+        style: Style::Sse,
+        encoding: Encoding::Json,
+        emulated: true,
+    };
+
+    fn http_stream(headers: &HeaderMap) -> Kind {
+        let binary = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
+        let (style, encoding) = match binary {
+            true => (Style::Binary, Encoding::Protobuf),
+            false => (Style::Lines, Encoding::Json),
+        };
+        Kind {
+            name: "http_stream",
+            style,
+            encoding,
+            emulated: true,
+        }
+    }
+}
+
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// `uni_http_stream`: POST with the connect request as the body.
+pub async fn uni_http_stream(
+    State(node): State<Arc<Node>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = node.config.uni_http_stream.max_request_body_size;
+    posted(node, peer, headers, body, limit, Kind::UNI_HTTP_STREAM).await
+}
+
+/// `http_stream`: POST with the connect command as the body.
+pub async fn http_stream(
+    State(node): State<Arc<Node>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = node.config.http_stream.max_request_body_size;
+    let kind = Kind::http_stream(&headers);
+    posted(node, peer, headers, body, limit, kind).await
+}
+
+async fn posted(
+    node: Arc<Node>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+    limit: usize,
+    kind: Kind,
+) -> Response {
+    let timeout = node.config.http_server.request_body_timeout.0;
+    match crate::body::read(body, limit, timeout).await {
+        Ok(request) => start(node, peer, headers, request, limit, kind).await,
+        Err(refused) => refused,
+    }
+}
+
+/// `uni_sse`: GET with the connect request in `cf_connect`, or POST with
+/// it as the body.
+pub async fn uni_sse(
+    State(node): State<Arc<Node>>,
+    peer: Peer,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = node.config.uni_sse.max_request_body_size;
+    event_stream(
+        node,
+        peer,
+        method,
+        query,
+        headers,
+        body,
+        limit,
+        Kind::UNI_SSE,
+    )
+    .await
+}
+
+/// `sse`: GET with the connect command in `cf_connect`, or POST with it as
+/// the body.
+pub async fn sse(
+    State(node): State<Arc<Node>>,
+    peer: Peer,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = node.config.sse.max_request_body_size;
+    event_stream(node, peer, method, query, headers, body, limit, Kind::SSE).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn event_stream(
+    node: Arc<Node>,
+    peer: Peer,
+    method: Method,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+    limit: usize,
+    kind: Kind,
+) -> Response {
+    if method == Method::GET {
+        let request = Bytes::from(query.get("cf_connect").cloned().unwrap_or_default());
+        start(node, peer, headers, request, limit, kind).await
+    } else {
+        posted(node, peer, headers, body, limit, kind).await
+    }
+}
+
+async fn start(
+    node: Arc<Node>,
+    peer: Peer,
+    headers: HeaderMap,
+    request: Bytes,
+    limit: usize,
+    kind: Kind,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(p))| p);
+    if let Some(refused) = super::websocket::refusal(&node, &headers, peer) {
+        return refused;
+    }
+    if request.len() > limit {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large").into_response();
+    }
+    if request.is_empty() {
+        return (StatusCode::BAD_REQUEST, "a connect request is required").into_response();
+    }
+    Counters::incr(&node.counters.connections_accepted);
+    Counters::incr(&node.counters.messages_in);
+    Counters::add(&node.counters.bytes_in, request.len() as u64);
+    let mut origin = session::Peer::new(&node, kind.name, &headers);
+    if kind.emulated {
+        // Random and never shown to others (unlike the client id, which
+        // presence lists): whoever knows it can send the connection's
+        // commands.
+        origin.session = Some(uuid::Uuid::new_v4().to_string().into());
+    }
+    let mut session = Session::new(node.clone(), kind.encoding, origin);
+    let connected = Box::pin(session.handle_frame(&request)).await;
+    if connected.is_err() || session.user().is_none() {
+        // What the session answered (a refused connect's error reply).
+        let mut replies = VecDeque::new();
+        let _ = session.outbox().drain(&mut replies);
+        let replies: Vec<Bytes> = replies
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Frame(frame) if kind.emulated => Some(kind.style.chunk(frame.as_bytes())),
+                _ => None,
+            })
+            .collect();
+        let ended = connected.as_ref().err();
+        Box::pin(session.close(ended)).await;
+        let body = match connected {
+            // Not a connect request at all.
+            Err(d) if d.code == Disconnect::bad_request().code => {
+                return (StatusCode::BAD_REQUEST, d.reason).into_response();
+            }
+            // Refused (a bad token, say): said as the stream's last push.
+            Err(d) => [replies, vec![disconnect_chunk(kind, d)]].concat().concat(),
+            // Answered with an error the client acts on (an expired token
+            // it refreshes, say), then ended.
+            Ok(()) if !replies.is_empty() => replies.concat(),
+            Ok(()) => {
+                let why = "the first command must be a connect";
+                return (StatusCode::BAD_REQUEST, why).into_response();
+            }
+        };
+        return streamed(kind.style, Body::from(body));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(CHUNKS);
+    let tracker = node.tracker().clone();
+    tracker.spawn(pump(node, session, tx, kind));
+    let mut rx = rx;
+    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    streamed(kind.style, body)
+}
+
+fn streamed(style: Style, body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, style.content_type()),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Proxies that buffer responses (nginx) pass this one on as it
+            // comes.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A last `disconnect` push, framed.
+fn disconnect_chunk(kind: Kind, d: Disconnect) -> Bytes {
+    let push = Push::Disconnect {
+        reconnect: d.reconnect(),
+        code: d.code,
+        reason: d.reason,
+    };
+    kind.encoding
+        .push(&push)
+        .map(|frame| kind.style.chunk(frame.as_bytes()))
+        .unwrap_or_default()
+}
+
+/// Runs the session into the response until either ends; a session that
+/// ends says why with a last `{"disconnect":…}` push.
+async fn pump(
+    node: Arc<Node>,
+    mut session: Session,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    kind: Kind,
+) {
+    let outbox = session.outbox().clone();
+    let mut items = VecDeque::new();
+    let ended: Option<Disconnect> = 'run: loop {
+        let deadline = session.next_deadline();
+        let queued = std::future::poll_fn(|cx| {
+            if outbox.wakes(cx).queued {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = node.shutdown().cancelled() => break Some(Disconnect::shutdown()),
+            _ = tx.closed() => break None,
+            _ = timer => {
+                if let Err(d) = Box::pin(session.on_deadline()).await {
+                    break Some(d);
+                }
+            }
+            _ = queued => {
+                if outbox.drain(&mut items) {
+                    Counters::incr(&node.counters.slow_disconnects);
+                    break Some(Disconnect::slow());
+                }
+                for item in items.drain(..) {
+                    match item {
+                        Item::Frame(frame) => {
+                            let chunk = kind.style.chunk(frame.as_bytes());
+                            Counters::incr(&node.counters.messages_out);
+                            Counters::add(&node.counters.bytes_out, chunk.len() as u64);
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                break 'run None;
+                            }
+                        }
+                        Item::Control(control) => {
+                            if let Err(d) = Box::pin(session.handle_control(*control)).await {
+                                break 'run Some(d);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if let Some(d) = &ended {
+        let _ = tx.try_send(Ok(disconnect_chunk(kind, d.clone())));
+    }
+    Box::pin(session.close(ended.as_ref())).await;
+}
