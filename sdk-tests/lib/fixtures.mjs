@@ -21,7 +21,8 @@ import {
  * through the returned fixture, when the test ends.
  *
  * Returns `{ server, clients, client, connect }`:
- * - `client(options)`: a new (not connected) SDK client, torn down with the test;
+ * - `client(options, url)`: a new (not connected) SDK client, torn down with the
+ *   test; `url` (the WebSocket endpoint by default) may be a transport list;
  * - `connect(...users)`: connects one client per user and resolves to them, in
  *   order, once all are connected. A user is a name (`'alice'`) or
  *   `[name, claims]` with extra connection token claims.
@@ -31,8 +32,8 @@ export async function startTestServer(t, { config = baseConfig(), ...startOption
   const clients = [];
   t.after(() => teardown(server, ...clients));
 
-  function client(options = {}) {
-    const c = newClient(server.wsUrl, options);
+  function client(options = {}, url = server.wsUrl) {
+    const c = newClient(url, options);
     clients.push(c);
     return c;
   }
