@@ -136,6 +136,8 @@ pub struct SubscribeRequest {
     pub delta: String,
     /// Bit flags; 2 asks to fail with 112 rather than subscribe unrecovered.
     pub flag: i64,
+    /// Only publications whose tags pass this filter.
+    pub tf: Option<crate::filter::FilterNode>,
 }
 
 impl SubscribeRequest {

@@ -6,6 +6,7 @@
 pub mod codes;
 pub mod command;
 pub mod encodings;
+pub mod filter;
 pub mod json;
 pub mod model;
 pub mod protobuf;

@@ -159,6 +159,18 @@ fn subscribe_from(r: pb::SubscribeRequest, payloads: &mut Payloads) -> command::
         join_leave: r.join_leave,
         delta: r.delta,
         flag: r.flag,
+        tf: r.tf.map(filter_from),
+    }
+}
+
+fn filter_from(f: pb::FilterNode) -> crate::filter::FilterNode {
+    crate::filter::FilterNode {
+        op: f.op,
+        key: f.key,
+        cmp: f.cmp,
+        val: f.val,
+        vals: f.vals,
+        nodes: f.nodes.into_iter().map(filter_from).collect(),
     }
 }
 

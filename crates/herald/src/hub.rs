@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use herald_protocol::filter::FilterNode;
 use herald_protocol::{Disconnect, PresenceEvent, Publication};
 use parking_lot::Mutex;
 
@@ -117,6 +118,8 @@ struct Sub {
     /// Told its state is insufficient: gets nothing more until it leaves
     /// (and subscribes again, recovering from the stream).
     stale: AtomicBool,
+    /// Publications whose tags do not pass it are not its.
+    filter: Option<Arc<FilterNode>>,
 }
 
 /// Why a connection was not admitted.
@@ -233,6 +236,18 @@ impl Hub {
 
     /// Adds a subscriber; true when it is the channel's first on this node.
     pub fn subscribe(&self, channel: &str, client: ClientRef, join_leave: bool) -> bool {
+        self.subscribe_filtered(channel, client, join_leave, None)
+    }
+
+    /// Adds a subscriber that gets only the publications whose tags pass
+    /// `filter`; true when it is the channel's first on this node.
+    pub fn subscribe_filtered(
+        &self,
+        channel: &str,
+        client: ClientRef,
+        join_leave: bool,
+        filter: Option<Arc<FilterNode>>,
+    ) -> bool {
         let mut shard = self.channels.write(channel);
         let (first, subs) = match shard.get_mut(channel) {
             Some(subs) => (false, subs),
@@ -242,6 +257,7 @@ impl Hub {
             client,
             join_leave,
             stale: AtomicBool::new(false),
+            filter,
         };
         if subs.subs.insert(sub.client.key(), sub).is_none() {
             self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -494,10 +510,16 @@ impl Hub {
 fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
     let mut n = 0;
     for sub in ch.subs.values() {
-        if !sub.stale.load(Ordering::Acquire) {
-            sub.client.deliver(publication);
-            n += 1;
+        if sub.stale.load(Ordering::Acquire) {
+            continue;
         }
+        if let Some(filter) = &sub.filter {
+            if !filter.matches(&publication.tags) {
+                continue;
+            }
+        }
+        sub.client.deliver(publication);
+        n += 1;
     }
     n
 }

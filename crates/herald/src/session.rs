@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::codes::unsubscribe;
+use herald_protocol::filter::FilterNode;
 use herald_protocol::reply::{Push, ReplyBody};
 use herald_protocol::{Disconnect, Method, ProtocolError};
 use tokio::time::Instant;
@@ -66,6 +67,8 @@ struct SubState {
     /// At expiry the server asks the namespace's sub_refresh proxy whether
     /// the subscription goes on (the client is never asked).
     server_refresh: bool,
+    /// Only publications whose tags pass it reach the client (`tf`).
+    filter: Option<Arc<FilterNode>>,
 }
 
 /// Where a connection comes from, for the application backend's proxies.

@@ -91,6 +91,8 @@ pub struct ChannelOptions {
     pub force_recovery_mode: String,
     pub allowed_delta_types: Vec<String>,
     pub delta_publish: bool,
+    /// Subscribers may ask for only the publications whose tags pass a
+    /// filter (the subscribe command's `tf`).
     pub allow_tags_filter: bool,
     pub allow_subscribe_for_anonymous: bool,
     pub allow_subscribe_for_client: bool,

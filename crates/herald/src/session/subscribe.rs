@@ -8,7 +8,7 @@ use bytes::Bytes;
 use herald_protocol::codes::unsubscribe;
 use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, ReplyBody, SubRefreshResult, SubscribeResult};
-use herald_protocol::{ClientInfo, Disconnect, ProtocolError};
+use herald_protocol::{ClientInfo, Disconnect, ProtocolError, Publication};
 
 use super::{expiry, ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
@@ -66,6 +66,19 @@ impl Session {
             .resolve(&channel)
             .map(|r| r.options.clone())
             .unwrap_or_default();
+        if let Some(filter) = &req.tf {
+            // As Centrifugo: a filter where none is allowed, or a malformed
+            // one, is the client's mistake.
+            let refused = match options.allow_tags_filter {
+                false => Some("tags filter not allowed in this channel".to_string()),
+                true => filter.validate().err(),
+            };
+            if let Some(why) = refused {
+                tracing::info!(client = %self.client_id, channel, why, "tags filter refused");
+                return Err(Disconnect::bad_request());
+            }
+            state.filter = Some(Arc::new(filter.clone()));
+        }
         let has_stream = self.node.stream_options(&options).is_some();
         let plan = Plan::new(&options, has_stream, &token.overrides, Some(&req));
         plan.apply(&mut state);
@@ -209,10 +222,11 @@ impl Session {
         result.epoch = page.position.epoch;
         result.offset = page.position.offset;
         if recovered {
+            let passes = |p: &Arc<Publication>| req.tf.as_ref().is_none_or(|f| f.matches(&p.tags));
             result.publications = page
                 .publications
                 .into_iter()
-                .filter(|p| p.offset > req.offset)
+                .filter(|p| p.offset > req.offset && passes(p))
                 .collect();
         }
         // A recovery the client's queue could not take (a publication
@@ -365,11 +379,12 @@ impl Session {
     async fn enter_channel(&mut self, channel: &str, state: SubState, join_leave_push: bool) {
         let Some(conn) = &self.conn else { return };
         let handle = conn.handle.clone();
+        let filter = state.filter.clone();
         self.subs.insert(channel, state);
-        let first = self
-            .node
-            .hub
-            .subscribe(channel, handle.clone(), join_leave_push);
+        let first =
+            self.node
+                .hub
+                .subscribe_filtered(channel, handle.clone(), join_leave_push, filter);
         if first {
             self.node.broker_sync(channel).await;
         }

@@ -22,5 +22,6 @@ mod proxy;
 mod pusher;
 mod server_side;
 mod subscribe;
+mod tags_filter;
 mod uni;
 mod webhook;
