@@ -55,20 +55,20 @@ test('a browser without WebSocket: EventSource on uni_sse, the SDK over http_str
   // The SDK: WebSocket first (off here), then the fallbacks.
   await page.addScriptTag({ path: SDK_BUNDLE });
   const connect = async (list, user) => page.evaluate(
-    ({ list, token }) => new Promise((resolve, reject) => {
+    ({ list, token, user }) => new Promise((resolve, reject) => {
       const endpoints = list.map(([transport, endpoint]) => ({ transport, endpoint }));
       const c = new Centrifuge(endpoints, { token, emulationEndpoint: '/emulation', timeout: 5000 });
       window.clients = [...(window.clients ?? []), c];
       const sub = c.newSubscription('chat:browser');
       sub.on('publication', (ctx) => {
-        window.pubs = [...(window.pubs ?? []), { user: token.slice(-6), transport: c._transport?.name(), data: ctx.data }];
+        window.pubs = [...(window.pubs ?? []), { user, transport: c._transport?.name(), data: ctx.data }];
       });
       c.on('connected', (ctx) => sub.subscribe() || sub.once('subscribed', () => resolve(ctx.transport)));
       c.on('error', (ctx) => window.errors = [...(window.errors ?? []), JSON.stringify(ctx)]);
       setTimeout(() => reject(new Error('not connected in time')), 9000);
       c.connect();
     }),
-    { list, token: connToken(user) },
+    { list, token: connToken(user), user },
   );
   const wsUrl = server.httpUrl.replace('http', 'ws');
   const fallback = await connect([
@@ -89,5 +89,12 @@ test('a browser without WebSocket: EventSource on uni_sse, the SDK over http_str
   const requests = page.requests.filter((u) => u.includes('/emulation'));
   assert.ok(requests.length >= 3, `commands went to /emulation: ${requests.length}`);
   assert.deepEqual(page.errors.filter((e) => !e.includes('WebSocket')), [], 'no script errors');
+  // What the page saw, written on it for the screenshot.
+  await page.evaluate(() => {
+    const pre = document.createElement('pre');
+    pre.style.font = '16px monospace';
+    pre.textContent = JSON.stringify({ eventsource: window.got, sdk: window.pubs }, null, 2);
+    document.body.replaceChildren(pre);
+  });
   await page.screenshot({ path: join(SHOTS, 'transports.png') });
 });
