@@ -83,10 +83,10 @@ for (const transport of transports) {
 
     // The server closes the connection with a reconnect code; what is
     // published meanwhile comes back with the resubscription.
+    const resubscribed = new Promise((resolve) => sub.once('subscribed', resolve));
     const r = await server.api('disconnect', { user: 'bob', disconnect: { code: 3001, reason: 'again' } });
     assert.ok(r.result, JSON.stringify(r));
     await publishNumbered(server, 'chat:rec', 2, 3);
-    const resubscribed = new Promise((resolve) => sub.once('subscribed', resolve));
     const again = await resubscribed;
     assert.equal(again.recovered, true, JSON.stringify(again));
     await waitFor(() => pubs.length === 3, 5000, () => `3 publications, got ${pubs.length}`);

@@ -23,11 +23,35 @@ pub struct FilterNode {
 /// The deepest filter taken: a client cannot make delivery recurse without
 /// end.
 pub const MAX_DEPTH: usize = 16;
+/// The most nodes, and the most `vals`, a filter may have in all: it is
+/// checked for every publication and subscriber.
+pub const MAX_NODES: usize = 64;
+pub const MAX_VALS: usize = 256;
 
 impl FilterNode {
-    /// Whether the tree is well formed; why not.
+    /// Whether the tree is well formed and within the limits; why not.
     pub fn validate(&self) -> Result<(), String> {
-        self.check(0)
+        self.check(0)?;
+        let (nodes, vals) = self.size();
+        if nodes > MAX_NODES {
+            return Err(format!(
+                "tags filter of {nodes} nodes (at most {MAX_NODES})"
+            ));
+        }
+        if vals > MAX_VALS {
+            return Err(format!("tags filter of {vals} vals (at most {MAX_VALS})"));
+        }
+        Ok(())
+    }
+
+    /// (nodes, vals) of the whole tree.
+    fn size(&self) -> (usize, usize) {
+        self.nodes
+            .iter()
+            .fold((1, self.vals.len()), |(n, v), child| {
+                let (cn, cv) = child.size();
+                (n + cn, v + cv)
+            })
     }
 
     fn check(&self, depth: usize) -> Result<(), String> {
@@ -232,6 +256,19 @@ mod tests {
         for f in bad {
             assert!(f.validate().is_err(), "{f:?}");
         }
+        let wide = FilterNode {
+            op: "or".into(),
+            nodes: vec![leaf("a", "eq", "1"); MAX_NODES],
+            ..Default::default()
+        };
+        assert!(wide.validate().unwrap_err().contains("nodes"));
+        let many = FilterNode {
+            key: "a".into(),
+            cmp: "in".into(),
+            vals: vec!["x".into(); MAX_VALS + 1],
+            ..Default::default()
+        };
+        assert!(many.validate().unwrap_err().contains("vals"));
         let mut deep = leaf("a", "eq", "1");
         for _ in 0..MAX_DEPTH {
             deep = FilterNode {

@@ -205,6 +205,11 @@ impl Cluster {
         match message {
             ControlMessage::Node { info } => self.registry.seen(info),
             ControlMessage::Leave { uid } => self.registry.forget(&uid),
+            // Emulated commands concern one node: the others skip them.
+            ControlMessage::User {
+                action: Action::Emulate { node, .. },
+                ..
+            } if node != self.uid => {}
             ControlMessage::User { target, action, .. } => apply(&self.hub, &target, &action),
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
@@ -319,7 +324,7 @@ fn control(action: &Action) -> Control {
             expire_at: *expire_at,
             info: raw_bytes(info),
         },
-        Action::Emulate { data } => {
+        Action::Emulate { data, .. } => {
             use base64::Engine as _;
             let data = base64::engine::general_purpose::STANDARD.decode(data);
             Control::Emulate(data.map(Bytes::from).unwrap_or_default())

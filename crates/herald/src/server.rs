@@ -220,40 +220,43 @@ fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     let c = &node.config;
     let mut r = Router::new();
     // The handlers of the HTTP transports read bodies themselves, with a
-    // deadline and the size limit.
-    if c.uni_http_stream.enabled {
-        r = r.route(
+    // deadline and the size limit; pages of allowed origins may call them
+    // from elsewhere (CORS).
+    let cors = axum::middleware::from_fn_with_state(node.clone(), transport::cors::cors);
+    let streams: [(bool, &str, _); 5] = [
+        (
+            c.uni_http_stream.enabled,
             c.uni_http_stream.path("/connection/uni_http_stream"),
-            post(stream::uni_http_stream).layer(DefaultBodyLimit::disable()),
-        );
-    }
-    if c.uni_sse.enabled {
-        r = r.route(
+            post(stream::uni_http_stream),
+        ),
+        (
+            c.uni_sse.enabled,
             c.uni_sse.path("/connection/uni_sse"),
-            get(stream::uni_sse)
-                .post(stream::uni_sse)
-                .layer(DefaultBodyLimit::disable()),
-        );
-    }
-    if c.http_stream.enabled {
-        r = r.route(
+            get(stream::uni_sse).post(stream::uni_sse),
+        ),
+        (
+            c.http_stream.enabled,
             c.http_stream.path("/connection/http_stream"),
-            post(stream::http_stream).layer(DefaultBodyLimit::disable()),
-        );
-    }
-    if c.sse.enabled {
-        r = r.route(
+            post(stream::http_stream),
+        ),
+        (
+            c.sse.enabled,
             c.sse.path("/connection/sse"),
-            get(stream::sse)
-                .post(stream::sse)
-                .layer(DefaultBodyLimit::disable()),
-        );
-    }
-    if c.http_stream.enabled || c.sse.enabled {
-        r = r.route(
+            get(stream::sse).post(stream::sse),
+        ),
+        (
+            c.http_stream.enabled || c.sse.enabled,
             &c.emulation.handler_prefix,
-            post(transport::emulation::emulation).layer(DefaultBodyLimit::disable()),
-        );
+            post(transport::emulation::emulation),
+        ),
+    ];
+    for (enabled, path, handler) in streams {
+        if enabled {
+            let handler = handler
+                .layer(DefaultBodyLimit::disable())
+                .layer(cors.clone());
+            r = r.route(path, handler);
+        }
     }
     if c.uni_websocket.enabled {
         r = r.route(

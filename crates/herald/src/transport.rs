@@ -1,5 +1,6 @@
 //! Transports carry protocol frames between clients and sessions.
 
+pub mod cors;
 pub mod emulation;
 pub mod stream;
 pub mod upgrade;

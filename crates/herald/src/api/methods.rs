@@ -395,8 +395,9 @@ async fn history(node: &Node, req: HistoryRequest) -> Result<HistoryResult, ApiE
 }
 
 /// Which connections a user-targeted method acts on, on whichever node they
-/// are: a user's, one client's, or one session's (connections of
-/// unidirectional transports have sessions; WebSocket ones have none).
+/// are: a user's, one client's, or one session's (connections of the
+/// emulated transports, `http_stream` and `sse`, have sessions; others have
+/// none).
 fn target(
     user: String,
     client: String,

@@ -27,6 +27,7 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
         return Err(ConfigError::invalid("log.format", "use text or json"));
     }
     validate_storage(c)?;
+    validate_transport_paths(c)?;
     if c.http_server.header_read_timeout.is_zero() {
         return Err(ConfigError::invalid(
             "http_server.header_read_timeout",
@@ -264,6 +265,62 @@ fn validate_storage(c: &Config) -> Result<(), ConfigError> {
             "storage.postgres.pool_size",
             "must be positive",
         ));
+    }
+    Ok(())
+}
+
+/// The client transports' paths: each a path of its own (two routes on one
+/// path cannot both be served).
+fn validate_transport_paths(c: &Config) -> Result<(), ConfigError> {
+    let emulated = c.http_stream.enabled || c.sse.enabled;
+    let paths = [
+        (
+            "websocket.handler_prefix",
+            !c.websocket.disabled,
+            c.websocket.handler_prefix.as_str(),
+        ),
+        (
+            "uni_websocket.handler_prefix",
+            c.uni_websocket.enabled,
+            &c.uni_websocket.handler_prefix,
+        ),
+        (
+            "uni_http_stream.handler_prefix",
+            c.uni_http_stream.enabled,
+            c.uni_http_stream.path("/connection/uni_http_stream"),
+        ),
+        (
+            "uni_sse.handler_prefix",
+            c.uni_sse.enabled,
+            c.uni_sse.path("/connection/uni_sse"),
+        ),
+        (
+            "http_stream.handler_prefix",
+            c.http_stream.enabled,
+            c.http_stream.path("/connection/http_stream"),
+        ),
+        (
+            "sse.handler_prefix",
+            c.sse.enabled,
+            c.sse.path("/connection/sse"),
+        ),
+        (
+            "emulation.handler_prefix",
+            emulated,
+            &c.emulation.handler_prefix,
+        ),
+    ];
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (key, enabled, path) in paths {
+        if !enabled {
+            continue;
+        }
+        if !path.starts_with('/') || path.contains(['{', '}', '*']) {
+            return Err(ConfigError::invalid(key, "a path starting with /"));
+        }
+        if !seen.insert(path) {
+            return Err(ConfigError::invalid(key, "another transport has this path"));
+        }
     }
     Ok(())
 }

@@ -108,22 +108,31 @@ impl Outbox {
         self.writer.wake();
     }
 
-    /// Queues a frame; returns false when the client is (now) too slow.
-    pub fn push_frame(&self, frame: Frame) -> bool {
-        let mut s = self.state.lock();
+    /// Counts `size` more queued bytes; false when the client is over the
+    /// limit: the first time, the queue is dropped and the writer told (it
+    /// closes the connection as too slow).
+    fn admit(&self, s: &mut State, size: usize) -> bool {
         if s.overflowed {
             return false;
         }
-        if s.bytes + frame.len() > self.limit {
+        if s.bytes + size > self.limit {
             s.overflowed = true;
             s.queue.clear();
             s.bytes = 0;
-            drop(s);
             self.signal();
             return false;
         }
+        s.bytes += size;
+        true
+    }
+
+    /// Queues a frame; returns false when the client is (now) too slow.
+    pub fn push_frame(&self, frame: Frame) -> bool {
+        let mut s = self.state.lock();
+        if !self.admit(&mut s, frame.len()) {
+            return false;
+        }
         let was_empty = s.queue.is_empty();
-        s.bytes += frame.len();
         if s.queue.capacity() == 0 {
             // Room for one: the buffer stays with an idle connection, and
             // grows only for connections that get bursts.
@@ -137,8 +146,19 @@ impl Outbox {
         true
     }
 
+    /// Queues a request from outside the connection. Commands posted for an
+    /// emulated connection count towards the byte limit like frames (a
+    /// client posting faster than its stream is read overflows the queue
+    /// and is closed as too slow).
     pub fn push_control(&self, control: Control) {
+        let size = match &control {
+            Control::Emulate(data) => data.len(),
+            _ => 0,
+        };
         let mut s = self.state.lock();
+        if size > 0 && !self.admit(&mut s, size) {
+            return;
+        }
         let was_empty = s.queue.is_empty();
         s.queue.push_back(Item::Control(Box::new(control)));
         drop(s);

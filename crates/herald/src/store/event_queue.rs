@@ -36,11 +36,14 @@ impl HolderKind {
         }
     }
 
-    pub fn of(s: &str) -> Self {
+    /// The kind a row names; `None` for one this build does not know (a
+    /// newer node's), which is left alone.
+    pub fn of(s: &str) -> Option<Self> {
         match s {
-            "channel" => HolderKind::Channel,
-            "member" => HolderKind::Member,
-            _ => HolderKind::User,
+            "user" => Some(HolderKind::User),
+            "channel" => Some(HolderKind::Channel),
+            "member" => Some(HolderKind::Member),
+            _ => None,
         }
     }
 }

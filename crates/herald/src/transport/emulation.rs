@@ -11,10 +11,13 @@
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -35,7 +38,19 @@ struct Request<'a> {
     data: Option<&'a RawValue>,
 }
 
-pub async fn emulation(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn emulation(
+    State(node): State<Arc<Node>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Every request counts towards its address's connection rate
+    // (`client.connection_rate_limit_per_ip`), and a page must be of an
+    // allowed origin.
+    let peer = peer.map(|Extension(ConnectInfo(p))| p);
+    if let Some(refused) = super::websocket::request_refusal(&node, &headers, peer) {
+        return refused;
+    }
     let limit = node.config.emulation.max_request_body_size;
     let timeout = node.config.http_server.request_body_timeout.0;
     let body = match crate::body::read(body, limit, timeout).await {
@@ -76,7 +91,8 @@ pub async fn emulation(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
         ..Default::default()
     };
     let data = base64::engine::general_purpose::STANDARD.encode(&data);
-    match node.user_command(target, Action::Emulate { data }).await {
+    let action = Action::Emulate { node: to, data };
+    match node.user_command(target, action).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }

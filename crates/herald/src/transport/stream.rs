@@ -29,9 +29,10 @@ use herald_protocol::Disconnect;
 use tokio::sync::mpsc;
 
 use crate::frame::Encoding;
+use crate::hub::Control;
 use crate::metrics::Counters;
 use crate::node::Node;
-use crate::session::{self, Item, Session};
+use crate::session::{self, Item, Outbox, Session};
 
 /// Chunks waiting for the HTTP connection; the session's queue holds the
 /// rest.
@@ -246,29 +247,38 @@ async fn start(
     let mut session = Session::new(node.clone(), kind.encoding, origin);
     let connected = Box::pin(session.handle_frame(&request)).await;
     if connected.is_err() || session.user().is_none() {
-        // What the session answered (a refused connect's error reply).
-        let mut replies = VecDeque::new();
-        let _ = session.outbox().drain(&mut replies);
-        let replies: Vec<Bytes> = replies
-            .into_iter()
-            .filter_map(|item| match item {
-                Item::Frame(frame) if kind.emulated => Some(kind.style.chunk(frame.as_bytes())),
-                _ => None,
-            })
-            .collect();
-        let ended = connected.as_ref().err();
-        Box::pin(session.close(ended)).await;
-        let body = match connected {
+        // What the session answered: a refused connect's error reply, or
+        // the disconnect it queued.
+        let mut queued = VecDeque::new();
+        let _ = session.outbox().drain(&mut queued);
+        let mut refused = connected.err();
+        let mut replies = Vec::new();
+        for item in queued {
+            match item {
+                Item::Frame(frame) if kind.emulated => {
+                    replies.push(kind.style.chunk(frame.as_bytes()))
+                }
+                Item::Control(control) => {
+                    if let Control::Disconnect(d) = *control {
+                        refused.get_or_insert(d);
+                    }
+                }
+                Item::Frame(_) => {}
+            }
+        }
+        Box::pin(session.close(refused.as_ref())).await;
+        let body = match refused {
             // Not a connect request at all.
-            Err(d) if d.code == Disconnect::bad_request().code => {
+            Some(d) if d.code == Disconnect::bad_request().code => {
                 return (StatusCode::BAD_REQUEST, d.reason).into_response();
             }
-            // Refused (a bad token, say): said as the stream's last push.
-            Err(d) => [replies, vec![disconnect_chunk(kind, d)]].concat().concat(),
+            // Refused (a bad or expired token, say): said as the stream's
+            // last push.
+            Some(d) => [replies, vec![disconnect_chunk(kind, d)]].concat().concat(),
             // Answered with an error the client acts on (an expired token
             // it refreshes, say), then ended.
-            Ok(()) if !replies.is_empty() => replies.concat(),
-            Ok(()) => {
+            None if !replies.is_empty() => replies.concat(),
+            None => {
                 let why = "the first command must be a connect";
                 return (StatusCode::BAD_REQUEST, why).into_response();
             }
@@ -354,8 +364,8 @@ async fn pump(
                             let chunk = kind.style.chunk(frame.as_bytes());
                             Counters::incr(&node.counters.messages_out);
                             Counters::add(&node.counters.bytes_out, chunk.len() as u64);
-                            if tx.send(Ok(chunk)).await.is_err() {
-                                break 'run None;
+                            if let Err(end) = send_chunk(&tx, chunk, &outbox, &node).await {
+                                break 'run end;
                             }
                         }
                         Item::Control(control) => {
@@ -372,4 +382,32 @@ async fn pump(
         let _ = tx.try_send(Ok(disconnect_chunk(kind, d.clone())));
     }
     Box::pin(session.close(ended.as_ref())).await;
+}
+
+/// Hands a chunk to the response. Most find room at once; for a client
+/// that reads slowly it waits, but only until the connection's queue
+/// overflows (3008), `websocket.write_timeout` passes or the node shuts
+/// down — never for good. `Err(None)`: the client went away.
+async fn send_chunk(
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    chunk: Bytes,
+    outbox: &Outbox,
+    node: &Node,
+) -> Result<(), Option<Disconnect>> {
+    let chunk = match tx.try_send(Ok(chunk)) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(None),
+        Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+    };
+    let limit = node.config.websocket.write_timeout.0;
+    let slow = || {
+        Counters::incr(&node.counters.slow_disconnects);
+        Some(Disconnect::slow())
+    };
+    tokio::select! {
+        sent = tx.send(chunk) => sent.map_err(|_| None),
+        _ = outbox.overflowed() => Err(slow()),
+        _ = tokio::time::sleep(limit) => Err(slow()),
+        _ = node.shutdown().cancelled() => Err(Some(Disconnect::shutdown())),
+    }
 }

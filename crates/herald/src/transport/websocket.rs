@@ -103,6 +103,16 @@ pub(crate) fn refusal(
         Counters::incr(&node.counters.connections_refused_by_rate);
         return Some((StatusCode::SERVICE_UNAVAILABLE, "too many new connections").into_response());
     }
+    request_refusal(node, headers, peer)
+}
+
+/// Why a request from a client is refused, if it is: its address's rate
+/// (`client.connection_rate_limit_per_ip`), its origin, shutdown.
+pub(crate) fn request_refusal(
+    node: &Node,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Response> {
     if let Some(peer) = peer {
         if !node.connect_limits.per_ip.allow(peer.ip()) {
             Counters::incr(&node.counters.connections_refused_by_rate);

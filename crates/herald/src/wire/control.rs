@@ -44,7 +44,7 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client: String,
     /// Only the connection with this session (none has one but those of
-    /// unidirectional transports).
+    /// the emulated transports, `http_stream` and `sse`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session: String,
     /// Client ids left alone.
@@ -84,9 +84,10 @@ pub enum Action {
         #[serde(default)]
         info: Option<Box<RawValue>>,
     },
-    /// Commands for an emulated connection (the target names its session),
-    /// base64.
+    /// Commands for an emulated connection on node `node` (the target
+    /// names its session), base64; every other node drops it unread.
     Emulate {
+        node: String,
         data: String,
     },
 }

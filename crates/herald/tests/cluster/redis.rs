@@ -682,11 +682,10 @@ async fn pusher_webhooks_count_members_once_across_nodes() {
     for ws in sockets {
         ws.close().await;
     }
-    eventually("the channel vacated", || async {
-        !receiver.of("channel_vacated").is_empty()
+    eventually("members removed and the channel vacated", || async {
+        receiver.of("channel_vacated").len() == 1 && receiver.of("member_removed").len() == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let got = receiver.all();
     let of = |name: &str| -> Vec<String> {
         let mut users: Vec<String> = got

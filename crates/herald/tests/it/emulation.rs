@@ -178,7 +178,11 @@ async fn http_stream_and_sse_carry_replies_of_commands_posted_to_emulation() {
         assert!(r.get("error").is_none(), "{r}");
         assert_eq!(c.push().await["disconnect"]["code"], 4001);
         assert_eq!(c.stream.next().await, None, "the response ends");
-        // Its session is gone: nothing to do.
+        // Its session is gone from the hub: a request for it finds nothing.
+        eventually("the session forgotten", || async {
+            s.node.hub.by_session(&c.session).is_none()
+        })
+        .await;
         assert_eq!(
             c.send(json!({"id": 6, "presence": {"channel": channel}}))
                 .await,
@@ -191,11 +195,13 @@ async fn http_stream_and_sse_carry_replies_of_commands_posted_to_emulation() {
 #[tokio::test]
 async fn a_session_is_reached_only_with_its_own_id() {
     let s = TestServer::start(config()).await;
-    let (mut ann, _) = Emulated::open(&s, "ann", false).await;
-    let (bob, result) = Emulated::open(&s, "bob", false).await;
+    let (mut ann, result) = Emulated::open(&s, "ann", false).await;
+    let (bob, _) = Emulated::open(&s, "bob", false).await;
     assert_ne!(ann.session, bob.session);
     // Bob knows Ann's client id (presence shows it), not her session.
-    let forged = json!({"session": result["client"], "node": bob.node,
+    let ann_client = result["client"].as_str().unwrap();
+    assert!(s.node.hub.by_session(ann_client).is_none());
+    let forged = json!({"session": ann_client, "node": ann.node,
                         "data": "{\"id\":9,\"subscribe\":{\"channel\":\"room:b\"}}"});
     assert_eq!(
         post(&bob.http, &bob.emulation, forged.to_string()).await,
@@ -206,8 +212,15 @@ async fn a_session_is_reached_only_with_its_own_id() {
             .await,
         204
     );
-    let r = ann.reply(2).await;
-    assert!(r.get("error").is_none(), "{r}");
+    // Ann's stream has the reply to her own command, and nothing of Bob's.
+    loop {
+        let m = ann.next().await;
+        assert_ne!(m["id"], 9, "a forged command ran: {m}");
+        if m["id"] == 2 {
+            assert!(m.get("error").is_none(), "{m}");
+            break;
+        }
+    }
     let r = s.api("presence", json!({"channel": "room:b"})).await;
     assert_eq!(
         r["result"]["presence"],
@@ -400,4 +413,144 @@ async fn http_stream_speaks_protobuf_with_binary_emulation_requests() {
     assert_eq!(publication.unwrap().data.as_ref(), b"{\"pb\":true}");
     assert!(got.iter().any(|r| r.id == 3 && r.error.is_none()));
     s.stop().await;
+}
+
+/// Commands posted for a connection count towards its queue's byte limit
+/// like what it is sent: a client posting faster than its stream drains is
+/// closed as too slow (3008), never queued without bound.
+#[tokio::test]
+async fn posted_commands_count_towards_the_queue_limit() {
+    let mut c = config();
+    merge(&mut c, json!({"client": {"queue_max_size": 1024}}));
+    let s = TestServer::start(c).await;
+    let (mut c, _) = Emulated::open(&s, "ann", false).await;
+    // Pongs need no reply: only their own size can overflow the queue.
+    let pongs = vec!["{}"; 600].join("\n");
+    let request = json!({"session": c.session, "node": c.node, "data": pongs});
+    assert_eq!(post(&c.http, &c.emulation, request.to_string()).await, 204);
+    assert_eq!(c.push().await["disconnect"]["code"], 3008);
+    assert_eq!(c.stream.next().await, None);
+    s.stop().await;
+}
+
+/// Pages of allowed origins may call the streaming transports and the
+/// emulation endpoint from another origin (CORS, preflight included); other
+/// origins are refused.
+#[tokio::test]
+async fn allowed_origins_get_cors_answers() {
+    let mut c = config();
+    merge(
+        &mut c,
+        json!({"client": {"allowed_origins": ["https://app.example"]}}),
+    );
+    let s = TestServer::start(c).await;
+    let http = reqwest::Client::new();
+    for path in ["/connection/http_stream", "/connection/sse", "/emulation"] {
+        let r = http
+            .request(reqwest::Method::OPTIONS, s.http(path))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204, "{path}");
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-allow-headers"], "content-type");
+        assert!(h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+    }
+    let connect = json!({"id": 1, "connect": {"token": token(json!({"sub": "x"}))}});
+    let r = http
+        .post(s.http("/connection/http_stream"))
+        .header("origin", "https://app.example")
+        .body(connect.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    drop(r);
+    let r = http
+        .post(s.http("/emulation"))
+        .header("origin", "https://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    s.stop().await;
+}
+
+/// A client that stops reading its stream is closed as too slow once its
+/// queue overflows, even while the response waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_is_closed_as_too_slow() {
+    use std::sync::atomic::Ordering;
+    let mut c = config();
+    merge(
+        &mut c,
+        json!({"client": {"queue_max_size": 65536}, "websocket": {"write_timeout": "30s"}}),
+    );
+    let s = TestServer::start(c).await;
+    let (c, _) = Emulated::open(&s, "ann", false).await;
+    assert_eq!(
+        c.send(json!({"id": 2, "subscribe": {"channel": "room:slow"}}))
+            .await,
+        204
+    );
+    eventually("subscribed", || async {
+        let r = s.api("presence", json!({"channel": "room:slow"})).await;
+        r["result"]["presence"]
+            .as_object()
+            .is_some_and(|p| p.len() == 1)
+    })
+    .await;
+    let pad = "x".repeat(8 * 1024);
+    // Kernel buffers take a few MiB before the response waits; far above.
+    let max = 64 * 1024 * 1024 / pad.len();
+    let mut published = 0;
+    while s.node.counters.slow_disconnects.load(Ordering::SeqCst) == 0 {
+        assert!(published < max, "no slow disconnect after {published}");
+        for _ in 0..16 {
+            let data = bytes::Bytes::from(json!({"pad": pad}).to_string());
+            s.node
+                .publish("room:slow", data, Default::default())
+                .await
+                .unwrap();
+            published += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    eventually("the session gone", || async {
+        s.node.hub.by_session(&c.session).is_none()
+    })
+    .await;
+    s.stop().await;
+}
+
+#[test]
+fn transport_paths_must_be_paths_of_their_own() {
+    let cases = [
+        (
+            json!({"http_stream": {"enabled": true}, "emulation": {"handler_prefix": "emulation"}}),
+            "emulation.handler_prefix",
+        ),
+        (
+            json!({"sse": {"enabled": true, "handler_prefix": "/connection/websocket"}}),
+            "sse.handler_prefix",
+        ),
+    ];
+    for (config, key) in cases {
+        let err = config_refusal(&config);
+        assert!(err.contains(key), "{key}: {err}");
+    }
 }

@@ -234,6 +234,23 @@ async fn uni_http_transports_refuse_bad_connects() {
     let mut bad = Pushes::open(client.post(&url).body(r#"{"token":"bad"}"#), b"\n").await;
     assert_eq!(bad.next().await.unwrap()["disconnect"]["code"], 3500);
     assert_eq!(bad.next().await, None);
+    // An expired token is told as such (3005), over both transports.
+    let expired = json!({"token": token(json!({"sub": "u", "exp": 1000}))}).to_string();
+    let sse_url = format!(
+        "{}?cf_connect={}",
+        s.http("/connection/uni_sse"),
+        url_encode(&expired)
+    );
+    let lines: &'static [u8] = b"\n";
+    let events: &'static [u8] = b"\n\n";
+    for (request, end) in [
+        (client.post(&url).body(expired.clone()), lines),
+        (client.get(sse_url), events),
+    ] {
+        let mut stream = Pushes::open(request, end).await;
+        assert_eq!(stream.next().await.unwrap()["disconnect"]["code"], 3005);
+        assert_eq!(stream.next().await, None);
+    }
 
     let off = TestServer::start(json!({})).await;
     let r = client

@@ -96,7 +96,7 @@ fn failed(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Sql { what, source }
 }
 
-/// The lock name of a holder key.
+/// The lock name of a holder key (`release` writes the same from rows).
 fn lock_key(kind: HolderKind, key: &str) -> String {
     format!("{}:{key}", kind.as_str())
 }
@@ -203,7 +203,7 @@ where
     }
     let mut keys: Vec<String> = held
         .iter()
-        .map(|(kind, key, _)| lock_key(HolderKind::of(kind), key))
+        .map(|(kind, key, _)| format!("{kind}:{key}"))
         .collect();
     keys.sort();
     keys.dedup();
@@ -217,7 +217,10 @@ where
         }
     }
     for (kind, key, node) in &held {
-        let kind = HolderKind::of(kind);
+        // A kind of a newer build's is its to tell.
+        let Some(kind) = HolderKind::of(kind) else {
+            continue;
+        };
         if holders::<D>(conn, kind, key).await? == 0 {
             insert_events::<D>(conn, &orphaned(kind, key, node), now_ms).await?;
         }
