@@ -33,7 +33,7 @@ fn centrifugo_json_file_with_namespaces() {
         r#"{"client":{"token":{"hmac_secret_key":"k"},"ping_interval":"10s"},
             "http_api":{"key":"api"},
             "channel":{"namespaces":[{"name":"chat","presense":true,"presence":true,"history_size":10,"history_ttl":"300s","history_storage":"durable"}]},
-            "sse":{"enabled":true}}"#,
+            "webtransport":{"enabled":true}}"#,
     );
     let l = load(
         Some(&dir.path().join("c.json")),
@@ -59,7 +59,7 @@ fn centrifugo_json_file_with_namespaces() {
         "{:?}",
         l.warnings
     );
-    assert!(l.warnings[1].contains("`sse`"), "{:?}", l.warnings);
+    assert!(l.warnings[1].contains("`webtransport`"), "{:?}", l.warnings);
 }
 
 #[test]
