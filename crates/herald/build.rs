@@ -3,7 +3,9 @@
 //!   keeping the compiled descriptors for gRPC reflection;
 //! - the proxy protocol's messages and client from `proto/proxy.proto`,
 //!   which also read and write the JSON of HTTP proxies (serde derives;
-//!   `data`, `info` and `meta` as embedded JSON values).
+//!   `data`, `info` and `meta` as embedded JSON values);
+//! - the unidirectional gRPC transport's service from
+//!   `proto/unistream.proto`, over the client protocol's messages.
 
 use std::path::PathBuf;
 
@@ -15,6 +17,8 @@ const RAW_JSON_FIELDS: &[&str] = &["data", "info", "meta"];
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/api.proto");
     println!("cargo:rerun-if-changed=proto/proxy.proto");
+    println!("cargo:rerun-if-changed=proto/unistream.proto");
+    println!("cargo:rerun-if-changed=../herald-protocol/proto/client.proto");
     let descriptors = protox::compile(["proto/api.proto"], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("api_descriptor.bin"), descriptors.encode_to_vec())?;
@@ -44,5 +48,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     build.compile_fds(proxy)?;
+
+    // The client protocol's messages are herald-protocol's.
+    let uni = protox::compile(
+        ["proto/unistream.proto"],
+        ["proto", "../herald-protocol/proto"],
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(
+            ".centrifugal.centrifuge.protocol",
+            "::herald_protocol::protobuf::pb",
+        )
+        .compile_fds(uni)?;
     Ok(())
 }

@@ -18,6 +18,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The gRPC API's address, when the config enables it.
     pub grpc: Option<SocketAddr>,
+    /// The unidirectional gRPC transport's address, when enabled.
+    pub uni_grpc: Option<SocketAddr>,
     /// The internal listener's address, when the config asks for one.
     pub internal: Option<SocketAddr>,
     pub node: Arc<Node>,
@@ -118,6 +120,7 @@ impl TestServer {
         let server = Server::bind(loaded.config).await.expect("server binds");
         let addr = server.local_addr();
         let grpc = server.grpc_addr();
+        let uni_grpc = server.uni_grpc_addr();
         let internal = server.internal_addr();
         let node = server.node().clone();
         let stop = server.shutdown_token();
@@ -125,6 +128,7 @@ impl TestServer {
         Self {
             addr,
             grpc,
+            uni_grpc,
             internal,
             node,
             stop,

@@ -56,6 +56,8 @@ pub struct Config {
     /// Where clients of `http_stream` and `sse` post their commands; served
     /// when either is enabled.
     pub emulation: Emulation,
+    /// The unidirectional gRPC transport, on a port of its own.
+    pub uni_grpc: UniGrpc,
     pub admin: Admin,
     pub health: Health,
     /// `/metrics` in Prometheus's (OpenMetrics) text format.
@@ -444,6 +446,33 @@ impl Default for UniHttp {
             enabled: false,
             handler_prefix: String::new(),
             max_request_body_size: 65536,
+        }
+    }
+}
+
+/// `uni_grpc`: Centrifugo's `CentrifugoUniStream` service; a client calls
+/// `Consume` with its connect request and receives pushes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniGrpc {
+    pub enabled: bool,
+    /// Listen address; all interfaces when empty.
+    pub address: String,
+    /// Listen port; 0 picks a free one.
+    pub port: u16,
+    /// Largest connect request accepted; 0: 4 MiB, gRPC's default.
+    pub max_receive_message_size: usize,
+    pub tls: TlsConfig,
+}
+
+impl Default for UniGrpc {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: String::new(),
+            port: 11000,
+            max_receive_message_size: 0,
+            tls: TlsConfig::default(),
         }
     }
 }

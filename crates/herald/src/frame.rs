@@ -151,6 +151,11 @@ pub enum Encoding {
     /// JSON on a unidirectional transport: the client sends its connect
     /// request and then only listens; pushes go out bare.
     UniJson,
+    /// Protobuf on the unidirectional gRPC transport: frames as
+    /// [`Encoding::Protobuf`] makes them (the transport turns each into the
+    /// push it sends), but the client neither answers pings nor gets error
+    /// replies.
+    UniProtobuf,
 }
 
 impl Encoding {
@@ -159,7 +164,7 @@ impl Encoding {
     pub fn protocol_name(self) -> &'static str {
         match self {
             Encoding::Json | Encoding::UniJson => "json",
-            Encoding::Protobuf => "protobuf",
+            Encoding::Protobuf | Encoding::UniProtobuf => "protobuf",
         }
     }
 
@@ -170,20 +175,24 @@ impl Encoding {
     ) -> Box<dyn Iterator<Item = Result<Command, DecodeError>> + Send + '_> {
         match self {
             Self::Json => Box::new(json::commands(frame)),
-            Self::Protobuf => Box::new(protobuf::commands(frame)),
+            Self::Protobuf | Self::UniProtobuf => Box::new(protobuf::commands(frame)),
             Self::UniJson => Box::new(std::iter::once(json::decode_connect_request(frame))),
         }
     }
 
     /// Whether the client answers pings (a unidirectional one cannot).
     pub fn pongs(self) -> bool {
-        self != Self::UniJson
+        !self.unidirectional()
+    }
+
+    fn unidirectional(self) -> bool {
+        matches!(self, Self::UniJson | Self::UniProtobuf)
     }
 
     /// Whether the client can get error replies (a unidirectional one is
     /// closed instead).
     pub fn replies_errors(self) -> bool {
-        self != Self::UniJson
+        !self.unidirectional()
     }
 
     pub fn reply(self, id: u32, body: &ReplyBody) -> Option<Frame> {
@@ -194,14 +203,18 @@ impl Encoding {
                 ReplyBody::Connect(r) => checked(json::encode_uni_connect(r)).map(Frame::whole),
                 _ => None,
             },
-            Self::Protobuf => Some(Frame::Binary(protobuf::encode_reply(id, body).into())),
+            Self::Protobuf | Self::UniProtobuf => {
+                Some(Frame::Binary(protobuf::encode_reply(id, body).into()))
+            }
         }
     }
 
     pub fn error(self, id: u32, error: &ProtocolError) -> Option<Frame> {
         match self {
             Self::Json | Self::UniJson => checked(json::encode_error(id, error)),
-            Self::Protobuf => Some(Frame::Binary(protobuf::encode_error(id, error).into())),
+            Self::Protobuf | Self::UniProtobuf => {
+                Some(Frame::Binary(protobuf::encode_error(id, error).into()))
+            }
         }
     }
 
@@ -209,7 +222,9 @@ impl Encoding {
         match self {
             Self::Json => checked(json::encode_push(push)),
             Self::UniJson => checked(json::encode_uni_push(push)).map(Frame::whole),
-            Self::Protobuf => Some(Frame::Binary(protobuf::encode_push(push).into())),
+            Self::Protobuf | Self::UniProtobuf => {
+                Some(Frame::Binary(protobuf::encode_push(push).into()))
+            }
         }
     }
 
@@ -218,7 +233,7 @@ impl Encoding {
         match self {
             Self::Json => Frame::from_static(json::PING),
             Self::UniJson => Frame::Whole(Utf8Bytes::from_static(json::PING)),
-            Self::Protobuf => Frame::Binary(Bytes::from_static(protobuf::PING)),
+            Self::Protobuf | Self::UniProtobuf => Frame::Binary(Bytes::from_static(protobuf::PING)),
         }
     }
 
@@ -226,7 +241,7 @@ impl Encoding {
     pub fn publication(self, publication: &Publication) -> Option<Frame> {
         match self {
             Self::Json => publication.frame::<Json>(),
-            Self::Protobuf => publication.frame::<Protobuf>(),
+            Self::Protobuf | Self::UniProtobuf => publication.frame::<Protobuf>(),
             Self::UniJson => publication.frame::<UniJson>(),
         }
     }
@@ -235,7 +250,7 @@ impl Encoding {
     pub fn presence(self, event: &PresenceEvent) -> Option<Frame> {
         match self {
             Self::Json => event.frame::<Json>(),
-            Self::Protobuf => event.frame::<Protobuf>(),
+            Self::Protobuf | Self::UniProtobuf => event.frame::<Protobuf>(),
             Self::UniJson => event.frame::<UniJson>(),
         }
     }

@@ -30,6 +30,8 @@ pub struct Server {
     tls: Option<Arc<Tls>>,
     /// The gRPC API's, when enabled, and its TLS files.
     grpc: Option<(TcpListener, Option<TlsFiles>)>,
+    /// The unidirectional gRPC transport's listener, when enabled.
+    uni_grpc: Option<(TcpListener, Option<TlsFiles>)>,
     /// The internal listener (`/health`, `/metrics`), when configured.
     internal: Option<TcpListener>,
 }
@@ -64,19 +66,15 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        let grpc = if config.grpc_api.enabled {
-            let tls = config.grpc_api.tls.load("grpc_api.tls")?;
-            let bound = api::grpc::bind(&config.grpc_api).await;
-            let listener = bound.map_err(|source| ServeError::Bind {
-                addr: format!(
-                    "{}:{} (grpc_api)",
-                    config.grpc_api.address, config.grpc_api.port
-                ),
-                source,
-            })?;
-            Some((listener, tls))
-        } else {
-            None
+        let g = &config.grpc_api;
+        let grpc = match g.enabled {
+            true => Some(grpc_listener("grpc_api", &g.address, g.port, &g.tls).await?),
+            false => None,
+        };
+        let u = &config.uni_grpc;
+        let uni_grpc = match u.enabled {
+            true => Some(grpc_listener("uni_grpc", &u.address, u.port, &u.tls).await?),
+            false => None,
         };
         let internal = match config.http_server.internal() {
             Some(addr) => Some(
@@ -92,6 +90,7 @@ impl Server {
             listener,
             tls,
             grpc,
+            uni_grpc,
             internal,
         })
     }
@@ -115,6 +114,13 @@ impl Server {
     /// The gRPC API's address, when it is enabled.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.as_ref().and_then(|(l, _)| api::grpc::describe(l))
+    }
+
+    /// The unidirectional gRPC transport's address, when it is enabled.
+    pub fn uni_grpc_addr(&self) -> Option<SocketAddr> {
+        self.uni_grpc
+            .as_ref()
+            .and_then(|(l, _)| api::grpc::describe(l))
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -148,6 +154,17 @@ impl Server {
             tokio::spawn(async move {
                 if let Err(e) = api::grpc::serve(node, grpc, tls, stop).await {
                     tracing::error!(error = %crate::report::Chain(&e), "gRPC API stopped");
+                }
+            });
+        }
+        if let Some((listener, tls)) = self.uni_grpc {
+            if let Some(addr) = api::grpc::describe(&listener) {
+                tracing::info!(%addr, tls = tls.is_some(), "uni_grpc listening");
+            }
+            let (node, stop) = (node.clone(), node.shutdown().clone());
+            tokio::spawn(async move {
+                if let Err(e) = transport::uni_grpc::serve(node, listener, tls, stop).await {
+                    tracing::error!(error = %crate::report::Chain(&e), "uni_grpc stopped");
                 }
             });
         }
@@ -343,4 +360,21 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         )],
         node.metrics.render(samples, node.commit_metrics()),
     )
+}
+
+/// Binds a gRPC listener with its TLS (`key` names the config section).
+async fn grpc_listener(
+    key: &str,
+    address: &str,
+    port: u16,
+    tls: &crate::config::TlsConfig,
+) -> Result<(TcpListener, Option<TlsFiles>), ServeError> {
+    let tls = tls.load(&format!("{key}.tls"))?;
+    let listener = api::grpc::bind(address, port)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: format!("{address}:{port} ({key})"),
+            source,
+        })?;
+    Ok((listener, tls))
 }

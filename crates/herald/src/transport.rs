@@ -3,6 +3,7 @@
 pub mod cors;
 pub mod emulation;
 pub mod stream;
+pub mod uni_grpc;
 pub mod upgrade;
 pub mod wake;
 pub mod websocket;

@@ -17,7 +17,7 @@ use tonic::{Request as Call, Response as Answer, Status};
 use super::types::{self, Request, Response};
 use super::{execute_timed, ApiError};
 use crate::auth::Overrides;
-use crate::config::{ErrorMode, GrpcApi, TlsFiles};
+use crate::config::{ErrorMode, TlsFiles};
 use crate::node::Node;
 
 /// The messages and service generated from `proto/api.proto`.
@@ -31,16 +31,33 @@ pub mod proto {
 use proto::centrifugo_api_server::{CentrifugoApi, CentrifugoApiServer};
 
 /// gRPC's default largest message.
-const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// Binds the gRPC API's listener (port 0 picks a free one).
-pub async fn bind(config: &GrpcApi) -> std::io::Result<TcpListener> {
-    let host = if config.address.is_empty() {
+/// Binds a gRPC listener on `address` (all interfaces when empty) and
+/// `port` (0 picks a free one).
+pub async fn bind(address: &str, port: u16) -> std::io::Result<TcpListener> {
+    let host = if address.is_empty() {
         "0.0.0.0"
     } else {
-        config.address.as_str()
+        address
     };
-    TcpListener::bind(format!("{host}:{}", config.port)).await
+    TcpListener::bind(format!("{host}:{port}")).await
+}
+
+/// A gRPC server, over TLS with `tls`.
+pub(crate) fn builder(
+    tls: Option<TlsFiles>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let mut server_tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            server_tls = server_tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(server_tls)?;
+    }
+    Ok(builder)
 }
 
 /// Serves the gRPC API on `listener` (over TLS with `tls`) until `stop`.
@@ -62,16 +79,7 @@ pub async fn serve(
     let service = tonic::service::interceptor::InterceptedService::new(service, move |call| {
         authorise(&key, call)
     });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        let mut server_tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
-        if let Some(ca) = &tls.client_ca {
-            server_tls = server_tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(server_tls)?;
-    }
-    let mut router = builder.add_service(service);
+    let mut router = builder(tls)?.add_service(service);
     if config.reflection {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::DESCRIPTOR)

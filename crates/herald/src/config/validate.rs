@@ -138,6 +138,9 @@ fn validate_client(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigE
 
 fn validate_tls(c: &Config) -> Result<(), ConfigError> {
     c.http_server.tls.load("http_server.tls")?;
+    if c.uni_grpc.enabled {
+        c.uni_grpc.tls.load("uni_grpc.tls")?;
+    }
     if c.grpc_api.enabled {
         c.grpc_api.tls.load("grpc_api.tls")?;
     }

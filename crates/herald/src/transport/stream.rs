@@ -28,7 +28,7 @@ use herald_protocol::reply::Push;
 use herald_protocol::Disconnect;
 use tokio::sync::mpsc;
 
-use crate::frame::Encoding;
+use crate::frame::{Encoding, Frame};
 use crate::hub::Control;
 use crate::metrics::Counters;
 use crate::node::Node;
@@ -246,51 +246,122 @@ async fn start(
     }
     let mut session = Session::new(node.clone(), kind.encoding, origin);
     let connected = Box::pin(session.handle_frame(&request)).await;
-    if connected.is_err() || session.user().is_none() {
-        // What the session answered: a refused connect's error reply, or
-        // the disconnect it queued.
-        let mut queued = VecDeque::new();
-        let _ = session.outbox().drain(&mut queued);
-        let mut refused = connected.err();
-        let mut replies = Vec::new();
-        for item in queued {
-            match item {
-                Item::Frame(frame) if kind.emulated => {
-                    replies.push(kind.style.chunk(frame.as_bytes()))
+    let session = match settle(session, connected).await {
+        Ok(session) => session,
+        Err(refusal) => {
+            let Refusal { replies, ended } = refusal;
+            let replies = replies
+                .iter()
+                .filter(|_| kind.emulated)
+                .filter_map(|f| kind.item(f));
+            let body = match ended {
+                // Not a connect request at all.
+                Some(d) if d.code == Disconnect::bad_request().code => {
+                    return (StatusCode::BAD_REQUEST, d.reason).into_response();
                 }
-                Item::Control(control) => {
-                    if let Control::Disconnect(d) = *control {
-                        refused.get_or_insert(d);
+                // Refused (a bad or expired token, say): said as the
+                // stream's last push.
+                Some(d) => replies.chain(kind.last(d)).collect::<Vec<Bytes>>().concat(),
+                // Answered with an error the client acts on (an expired
+                // token it refreshes, say), then ended.
+                None => {
+                    let replies: Vec<Bytes> = replies.collect();
+                    if replies.is_empty() {
+                        let why = "the first command must be a connect";
+                        return (StatusCode::BAD_REQUEST, why).into_response();
                     }
+                    replies.concat()
                 }
-                Item::Frame(_) => {}
-            }
+            };
+            return streamed(kind.style, Body::from(body));
         }
-        Box::pin(session.close(refused.as_ref())).await;
-        let body = match refused {
-            // Not a connect request at all.
-            Some(d) if d.code == Disconnect::bad_request().code => {
-                return (StatusCode::BAD_REQUEST, d.reason).into_response();
-            }
-            // Refused (a bad or expired token, say): said as the stream's
-            // last push.
-            Some(d) => [replies, vec![disconnect_chunk(kind, d)]].concat().concat(),
-            // Answered with an error the client acts on (an expired token
-            // it refreshes, say), then ended.
-            None if !replies.is_empty() => replies.concat(),
-            None => {
-                let why = "the first command must be a connect";
-                return (StatusCode::BAD_REQUEST, why).into_response();
-            }
-        };
-        return streamed(kind.style, Body::from(body));
-    }
+    };
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(CHUNKS);
     let tracker = node.tracker().clone();
-    tracker.spawn(pump(node, session, tx, kind));
+    tracker.spawn(pump(node, session, tx, Chunks(kind)));
     let mut rx = rx;
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     streamed(kind.style, body)
+}
+
+/// What a refused connect leaves the client: the replies queued (a refused
+/// connect's error reply) and the disconnect that ends it, if any.
+pub(crate) struct Refusal {
+    pub replies: Vec<Frame>,
+    pub ended: Option<Disconnect>,
+}
+
+/// After the connect request: the session when it is connected; else it
+/// is closed, with what the client is told.
+pub(crate) async fn settle(
+    session: Session,
+    connected: Result<(), Disconnect>,
+) -> Result<Session, Refusal> {
+    if connected.is_ok() && session.user().is_some() {
+        return Ok(session);
+    }
+    let mut queued = VecDeque::new();
+    let _ = session.outbox().drain(&mut queued);
+    let mut refusal = Refusal {
+        replies: Vec::new(),
+        ended: connected.err(),
+    };
+    for item in queued {
+        match item {
+            Item::Frame(frame) => refusal.replies.push(frame),
+            Item::Control(control) => {
+                if let Control::Disconnect(d) = *control {
+                    refusal.ended.get_or_insert(d);
+                }
+            }
+        }
+    }
+    Box::pin(session.close(refusal.ended.as_ref())).await;
+    Err(refusal)
+}
+
+/// Where a streamed connection's messages go, and in what form: chunks of
+/// an HTTP response, or the pushes of a gRPC stream.
+pub(crate) trait Sink: Send + 'static {
+    type Item: Send + 'static;
+    /// A frame of the session as the client gets it (`None`: nothing).
+    fn item(&self, frame: &Frame) -> Option<Self::Item>;
+    /// The last message, saying why the server ended the connection.
+    fn last(&self, d: Disconnect) -> Option<Self::Item>;
+}
+
+impl Sink for Kind {
+    type Item = Bytes;
+
+    fn item(&self, frame: &Frame) -> Option<Bytes> {
+        Some(self.style.chunk(frame.as_bytes()))
+    }
+
+    fn last(&self, d: Disconnect) -> Option<Bytes> {
+        let push = Push::Disconnect {
+            reconnect: d.reconnect(),
+            code: d.code,
+            reason: d.reason,
+        };
+        self.encoding
+            .push(&push)
+            .and_then(|frame| self.item(&frame))
+    }
+}
+
+/// A sink whose items are the chunks of a response body.
+struct Chunks<S>(S);
+
+impl<S: Sink<Item = Bytes> + Copy> Sink for Chunks<S> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn item(&self, frame: &Frame) -> Option<Self::Item> {
+        self.0.item(frame).map(Ok)
+    }
+
+    fn last(&self, d: Disconnect) -> Option<Self::Item> {
+        self.0.last(d).map(Ok)
+    }
 }
 
 fn streamed(style: Style, body: Body) -> Response {
@@ -307,26 +378,13 @@ fn streamed(style: Style, body: Body) -> Response {
         .into_response()
 }
 
-/// A last `disconnect` push, framed.
-fn disconnect_chunk(kind: Kind, d: Disconnect) -> Bytes {
-    let push = Push::Disconnect {
-        reconnect: d.reconnect(),
-        code: d.code,
-        reason: d.reason,
-    };
-    kind.encoding
-        .push(&push)
-        .map(|frame| kind.style.chunk(frame.as_bytes()))
-        .unwrap_or_default()
-}
-
 /// Runs the session into the response until either ends; a session that
 /// ends says why with a last `{"disconnect":…}` push.
-async fn pump(
+pub(crate) async fn pump<S: Sink>(
     node: Arc<Node>,
     mut session: Session,
-    tx: mpsc::Sender<Result<Bytes, Infallible>>,
-    kind: Kind,
+    tx: mpsc::Sender<S::Item>,
+    sink: S,
 ) {
     let outbox = session.outbox().clone();
     let mut items = VecDeque::new();
@@ -361,10 +419,12 @@ async fn pump(
                 for item in items.drain(..) {
                     match item {
                         Item::Frame(frame) => {
-                            let chunk = kind.style.chunk(frame.as_bytes());
                             Counters::incr(&node.counters.messages_out);
-                            Counters::add(&node.counters.bytes_out, chunk.len() as u64);
-                            if let Err(end) = send_chunk(&tx, chunk, &outbox, &node).await {
+                            Counters::add(&node.counters.bytes_out, frame.len() as u64);
+                            let Some(item) = sink.item(&frame) else {
+                                continue;
+                            };
+                            if let Err(end) = send(&tx, item, &outbox, &node).await {
                                 break 'run end;
                             }
                         }
@@ -378,26 +438,26 @@ async fn pump(
             }
         }
     };
-    if let Some(d) = &ended {
-        let _ = tx.try_send(Ok(disconnect_chunk(kind, d.clone())));
+    if let Some(last) = ended.clone().and_then(|d| sink.last(d)) {
+        let _ = tx.try_send(last);
     }
     Box::pin(session.close(ended.as_ref())).await;
 }
 
-/// Hands a chunk to the response. Most find room at once; for a client
+/// Hands a message to the response. Most find room at once; for a client
 /// that reads slowly it waits, but only until the connection's queue
 /// overflows (3008), `websocket.write_timeout` passes or the node shuts
 /// down — never for good. `Err(None)`: the client went away.
-async fn send_chunk(
-    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
-    chunk: Bytes,
+async fn send<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
     outbox: &Outbox,
     node: &Node,
 ) -> Result<(), Option<Disconnect>> {
-    let chunk = match tx.try_send(Ok(chunk)) {
+    let item = match tx.try_send(item) {
         Ok(()) => return Ok(()),
         Err(mpsc::error::TrySendError::Closed(_)) => return Err(None),
-        Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+        Err(mpsc::error::TrySendError::Full(item)) => item,
     };
     let limit = node.config.websocket.write_timeout.0;
     let slow = || {
@@ -405,7 +465,7 @@ async fn send_chunk(
         Some(Disconnect::slow())
     };
     tokio::select! {
-        sent = tx.send(chunk) => sent.map_err(|_| None),
+        sent = tx.send(item) => sent.map_err(|_| None),
         _ = outbox.overflowed() => Err(slow()),
         _ = tokio::time::sleep(limit) => Err(slow()),
         _ = node.shutdown().cancelled() => Err(Some(Disconnect::shutdown())),

@@ -69,7 +69,7 @@ fn accept(
     let config = socket_config(&node, message_size_limit);
     let transport = match encoding {
         Encoding::UniJson => "uni_websocket",
-        Encoding::Json | Encoding::Protobuf => "websocket",
+        Encoding::Json | Encoding::Protobuf | Encoding::UniProtobuf => "websocket",
     };
     let peer = Peer::new(&node, transport, &headers);
     ws.accept(config, move |socket| run(node, socket, encoding, peer))

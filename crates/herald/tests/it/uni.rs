@@ -300,3 +300,133 @@ async fn a_stalled_connect_request_times_out() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+mod grpc {
+    //! `uni_grpc`: Centrifugo's `CentrifugoUniStream.Consume` with a
+    //! generated client: a `connect` push, then pushes, recovery through the
+    //! connect request's `subs`, refusals and the server's end as a last
+    //! `disconnect` push.
+
+    use std::collections::HashMap;
+
+    use futures_util::StreamExt;
+    use herald::transport::uni_grpc::proto::centrifugo_uni_stream_client::CentrifugoUniStreamClient;
+    use herald_protocol::protobuf::pb;
+    use serde_json::json;
+    use tonic::transport::Channel;
+
+    use super::publish;
+    use herald_testkit::*;
+
+    type Pushes = tonic::Streaming<pb::Push>;
+
+    async fn consume(s: &TestServer, request: pb::ConnectRequest) -> Pushes {
+        let url = format!("http://{}", s.uni_grpc.expect("uni_grpc enabled"));
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let mut client = CentrifugoUniStreamClient::new(channel);
+        client
+            .consume(request)
+            .await
+            .expect("a stream")
+            .into_inner()
+    }
+
+    /// The next push that is not a ping (an empty push); `None` at the end.
+    async fn next(pushes: &mut Pushes) -> Option<pb::Push> {
+        loop {
+            let push = tokio::time::timeout(WAIT, pushes.next())
+                .await
+                .expect("a push in time")?
+                .expect("no error status");
+            if push != pb::Push::default() {
+                return Some(push);
+            }
+        }
+    }
+
+    fn request(claims: serde_json::Value) -> pb::ConnectRequest {
+        pb::ConnectRequest {
+            token: token(claims),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pushes_recovery_and_ends_over_uni_grpc() {
+        let s = TestServer::start(json!({"uni_grpc": {"enabled": true, "port": 0,
+                                                       "address": "127.0.0.1"}}))
+        .await;
+        let claims = json!({"sub": "g", "channels": ["hist:g"]});
+        let mut pushes = consume(&s, request(claims.clone())).await;
+        let connect = next(&mut pushes).await.unwrap().connect.expect("connect");
+        assert!(!connect.client.is_empty());
+        assert!(!connect.pong, "a unidirectional client never answers pings");
+        let sub = &connect.subs["hist:g"];
+        assert!(sub.recoverable, "{sub:?}");
+        publish(&s, "hist:g", 1).await;
+        let p = next(&mut pushes).await.unwrap();
+        assert_eq!(p.channel, "hist:g");
+        let publication = p.r#pub.expect("a publication");
+        assert_eq!(publication.data.as_ref(), br#"{"n":1}"#);
+        let (epoch, offset) = (sub.epoch.clone(), publication.offset);
+
+        // The server ends it: a last disconnect push, then the end.
+        let r = s
+            .api(
+                "disconnect",
+                json!({"user": "g", "disconnect": {"code": 4001, "reason": "bye"}}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+        let d = next(&mut pushes)
+            .await
+            .unwrap()
+            .disconnect
+            .expect("disconnect");
+        assert_eq!((d.code, d.reason.as_str()), (4001, "bye"));
+        assert!(next(&mut pushes).await.is_none());
+
+        // Missed publications come back with the next connect.
+        publish(&s, "hist:g", 2).await;
+        publish(&s, "hist:g", 3).await;
+        let mut again = request(claims);
+        let since = pb::SubscribeRequest {
+            recover: true,
+            epoch,
+            offset,
+            ..Default::default()
+        };
+        again.subs = HashMap::from([("hist:g".to_string(), since)]);
+        let mut pushes = consume(&s, again).await;
+        let connect = next(&mut pushes).await.unwrap().connect.expect("connect");
+        let sub = &connect.subs["hist:g"];
+        assert!(sub.recovered, "{sub:?}");
+        let data: Vec<&[u8]> = sub.publications.iter().map(|p| p.data.as_ref()).collect();
+        assert_eq!(data, [&br#"{"n":2}"#[..], &br#"{"n":3}"#[..]]);
+
+        // A bad token: the stream's only push says so.
+        let mut refused = consume(
+            &s,
+            pb::ConnectRequest {
+                token: "nope".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let d = next(&mut refused)
+            .await
+            .unwrap()
+            .disconnect
+            .expect("disconnect");
+        assert_eq!(d.code, 3500);
+        assert!(next(&mut refused).await.is_none());
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn uni_grpc_is_off_by_default() {
+        let s = TestServer::start(json!({})).await;
+        assert!(s.uni_grpc.is_none());
+        s.stop().await;
+    }
+}
