@@ -26,7 +26,7 @@ pub use pusher::{pusher_auth, pusher_message, pusher_signed};
 pub use pushes::Pushes;
 pub use raw::{frame, opcode, RawEvent, RawWs};
 pub use receiver::{Received, Receiver};
-pub use server::{base_config, config_refusal, merge, TestServer};
+pub use server::{base_config, config_refusal, merge, overflow, TestServer};
 pub use services::{env_url, required, TestDatabase};
 pub use ws::{code, Event, Ws};
 

@@ -88,6 +88,30 @@ pub fn config_refusal(config: &Value) -> String {
     }
 }
 
+/// Publishes 8 KiB publications (`data(n, pad)`) to `channel` through the
+/// node until a client is closed as too slow, a batch at a time; how many
+/// it took. Fails past 64 MiB (kernel buffers hold a few MiB before a
+/// write waits).
+pub async fn overflow(s: &TestServer, channel: &str, data: impl Fn(usize, &str) -> Value) -> usize {
+    use std::sync::atomic::Ordering;
+    let pad = "x".repeat(8 * 1024);
+    let max = 64 * 1024 * 1024 / pad.len();
+    let mut published = 0;
+    while s.node.counters.slow_disconnects.load(Ordering::SeqCst) == 0 {
+        assert!(published < max, "no slow disconnect after {published}");
+        for _ in 0..16 {
+            let body = bytes::Bytes::from(data(published, &pad).to_string());
+            s.node
+                .publish(channel, body, Default::default())
+                .await
+                .expect("published");
+            published += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    published
+}
+
 impl TestServer {
     /// The base config with `patch` merged over it.
     pub async fn start(patch: Value) -> Self {

@@ -30,8 +30,14 @@ pub mod proto {
 
 use proto::centrifugo_api_server::{CentrifugoApi, CentrifugoApiServer};
 
-/// gRPC's default largest message.
-pub(crate) const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// The largest message a gRPC service takes: `configured`, or 4 MiB
+/// (gRPC's default) when 0.
+pub(crate) fn max_message(configured: usize) -> usize {
+    match configured {
+        0 => 4 * 1024 * 1024,
+        n => n,
+    }
+}
 
 /// Binds a gRPC listener on `address` (all interfaces when empty) and
 /// `port` (0 picks a free one).
@@ -68,10 +74,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let config = &node.config.grpc_api;
-    let max = match config.max_receive_message_size {
-        0 => DEFAULT_MAX_MESSAGE,
-        n => n,
-    };
+    let max = max_message(config.max_receive_message_size);
     let service = CentrifugoApiServer::new(Service { node: node.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX);

@@ -176,34 +176,22 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
     let _guard = node.tracker().token();
     let Some(app) = app else {
         let why = "App key not in this cluster: check the key in your client's options";
-        return finish(&mut socket, Close::new(code::UNKNOWN_APP, why), true, &node).await;
+        return refuse(&mut socket, code::UNKNOWN_APP, why, &node).await;
     };
     let Some(protocol) = protocol else {
         let why = "No protocol version supplied: add ?protocol=7";
-        return finish(&mut socket, Close::new(code::NO_PROTOCOL, why), true, &node).await;
+        return refuse(&mut socket, code::NO_PROTOCOL, why, &node).await;
     };
     if !PROTOCOLS.contains(&protocol) {
         let why = "Unsupported protocol version: use protocol 7 (pusher-js 8)";
-        return finish(
-            &mut socket,
-            Close::new(code::UNSUPPORTED_PROTOCOL, why),
-            true,
-            &node,
-        )
-        .await;
+        return refuse(&mut socket, code::UNSUPPORTED_PROTOCOL, why, &node).await;
     }
     let max = app.cfg.max_connections;
     let held = app.connections.fetch_add(1, Ordering::AcqRel);
     let _slot = Slot(app.clone());
     if max > 0 && held >= max {
         let why = "Over capacity: the app has its most connections";
-        return finish(
-            &mut socket,
-            Close::new(code::OVER_CAPACITY, why),
-            true,
-            &node,
-        )
-        .await;
+        return refuse(&mut socket, code::OVER_CAPACITY, why, &node).await;
     }
     let key = node.next_key();
     let conn = Arc::new(Conn {
@@ -220,13 +208,7 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
         .is_err()
     {
         let why = "Over capacity: this node has its most connections";
-        return finish(
-            &mut socket,
-            Close::new(code::OVER_CAPACITY, why),
-            true,
-            &node,
-        )
-        .await;
+        return refuse(&mut socket, code::OVER_CAPACITY, why, &node).await;
     }
     let now = Instant::now();
     let mut s = Link {
@@ -292,6 +274,11 @@ async fn send(socket: &mut Socket, frame: Option<Frame>) -> Result<(), ()> {
         return Ok(());
     };
     socket.send(Message::Text(text)).await.map_err(|_| ())
+}
+
+/// Refuses a socket: `pusher:error` and the close with `code`.
+async fn refuse(socket: &mut Socket, code: u16, why: &str, node: &Node) {
+    finish(socket, Close::new(code, why), true, node).await;
 }
 
 /// Tells the client why with `pusher:error` (when `tell`), sends the

@@ -43,10 +43,7 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let max = match node.config.uni_grpc.max_receive_message_size {
-        0 => crate::api::grpc::DEFAULT_MAX_MESSAGE,
-        n => n,
-    };
+    let max = crate::api::grpc::max_message(node.config.uni_grpc.max_receive_message_size);
     let service = CentrifugoUniStreamServer::new(Service { node })
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX);

@@ -7,9 +7,6 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use herald_testkit::{eventually, free_port, metric, Received, Receiver};
 
 use super::*;
@@ -19,14 +16,7 @@ const SECRET: &str = "crash-secret";
 
 /// `sha256=` and the hex HMAC-SHA256 of the raw body with [`SECRET`].
 fn signature(raw: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(raw.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = herald::signing::hmac_sha256_hex(SECRET.as_bytes(), raw.as_bytes());
     format!("sha256={hex}")
 }
 

@@ -494,7 +494,6 @@ async fn allowed_origins_get_cors_answers() {
 /// queue overflows, even while the response waits on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_nobody_reads_is_closed_as_too_slow() {
-    use std::sync::atomic::Ordering;
     let mut c = config();
     merge(
         &mut c,
@@ -514,22 +513,7 @@ async fn a_stream_nobody_reads_is_closed_as_too_slow() {
             .is_some_and(|p| p.len() == 1)
     })
     .await;
-    let pad = "x".repeat(8 * 1024);
-    // Kernel buffers take a few MiB before the response waits; far above.
-    let max = 64 * 1024 * 1024 / pad.len();
-    let mut published = 0;
-    while s.node.counters.slow_disconnects.load(Ordering::SeqCst) == 0 {
-        assert!(published < max, "no slow disconnect after {published}");
-        for _ in 0..16 {
-            let data = bytes::Bytes::from(json!({"pad": pad}).to_string());
-            s.node
-                .publish("room:slow", data, Default::default())
-                .await
-                .unwrap();
-            published += 1;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    overflow(&s, "room:slow", |_, pad| json!({ "pad": pad })).await;
     eventually("the session gone", || async {
         s.node.hub.by_session(&c.session).is_none()
     })

@@ -51,6 +51,16 @@ async fn send(ws: &mut Ws, m: Value) {
     ws.send_text(&m.to_string()).await;
 }
 
+/// Subscribes `ws` to public channel `channel` and waits for the answer.
+async fn subscribe_public(ws: &mut Ws, channel: &str) {
+    let m = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    send(ws, m).await;
+    assert_eq!(
+        message(ws).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+}
+
 fn auth(message: &str) -> String {
     pusher_auth(KEY, SECRET, message)
 }
@@ -326,15 +336,7 @@ fn an_app_in_a_namespace_that_does_not_exist_is_refused_naming_the_key() {
 async fn a_socket_stays_subscribed_when_live_delivery_starts_over() {
     let s = TestServer::start(config(json!({}))).await;
     let (mut ws, _) = established(&s).await;
-    send(
-        &mut ws,
-        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
-    )
-    .await;
-    assert_eq!(
-        message(&mut ws).await.0,
-        "pusher_internal:subscription_succeeded"
-    );
+    subscribe_public(&mut ws, "news").await;
     let publish = |n: u32| {
         s.api(
             "publish",
@@ -425,7 +427,6 @@ fn two_apps_in_one_namespace_are_refused() {
 /// 4100 once its queue overflows, even while a write to it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_does_not_read_is_closed_with_4100() {
-    use std::sync::atomic::Ordering;
     const QUEUE: usize = 64 * 1024;
     let mut c = config(json!({}));
     merge(
@@ -434,33 +435,13 @@ async fn a_socket_that_does_not_read_is_closed_with_4100() {
     );
     let s = TestServer::start(c).await;
     let (mut ws, _) = established(&s).await;
-    send(
-        &mut ws,
-        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    subscribe_public(&mut ws, "news").await;
+    let published = overflow(
+        &s,
+        "app:news",
+        |n, pad| json!({"event": "e", "data": {"n": n, "pad": pad}}),
     )
     .await;
-    assert_eq!(
-        message(&mut ws).await.0,
-        "pusher_internal:subscription_succeeded"
-    );
-    let pad = "x".repeat(8 * 1024);
-    // Kernel socket buffers take a few MiB before a write waits; this
-    // bound is far above that.
-    let max = 64 * 1024 * 1024 / pad.len();
-    let mut published = 0;
-    while s.node.counters.slow_disconnects.load(Ordering::SeqCst) == 0 {
-        assert!(published < max, "no slow disconnect after {published}");
-        for _ in 0..16 {
-            let data = json!({"event": "e", "data": {"n": published, "pad": pad}});
-            let data = bytes::Bytes::from(data.to_string());
-            s.node
-                .publish("app:news", data, Default::default())
-                .await
-                .unwrap();
-            published += 1;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
     // What reached the socket, in order, then the close saying why.
     let mut got = 0;
     let close = loop {

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use herald_testkit::*;
 
@@ -21,14 +19,7 @@ fn hooks(url: &str, extra: Value) -> Value {
 }
 
 fn signature(body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = herald::signing::hmac_sha256_hex(SECRET.as_bytes(), body.as_bytes());
     format!("sha256={hex}")
 }
 
