@@ -256,3 +256,25 @@ test('the demo shows errors instead of hiding them', { timeout: 60_000 }, async 
   await page.screenshot({ path: join(SHOTS, 'demo-errors.png') });
   assert.deepEqual(seen.errors, []);
 });
+
+test('without WebSocket the demo chats over HTTP-streaming', { timeout: 60_000 }, async (t) => {
+  const server = await startHerald({ dev: true, config: { websocket: { disabled: true } } });
+  const browser = await launch();
+  t.after(async () => {
+    await browser.close();
+    await server.stop();
+  });
+  const seen = { requests: [], errors: [] };
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const a = await openDemo(context, server, seen);
+  const b = await openDemo(context, server, seen);
+  await a.fill('#nick', 'streamer');
+  await send(a, 'Hello without WebSocket');
+  await waitText(b, 'Hello without WebSocket');
+  await waitOnline(b, 2);
+  assert.ok(seen.requests.some((u) => u.endsWith('/connection/http_stream')), 'streamed');
+  assert.ok(seen.requests.some((u) => u.endsWith('/emulation')), 'commands posted');
+  // The refused WebSocket is the browser's own console line, not a script error.
+  assert.deepEqual(seen.errors.filter((e) => !/WebSocket/.test(e)), [], 'no script errors');
+  await b.screenshot({ path: join(SHOTS, 'demo-http-stream.png') });
+});

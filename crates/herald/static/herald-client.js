@@ -10,6 +10,11 @@
  *   await client.publish('chat:lobby', { text: 'hi' });
  *   const recent = await client.history('chat:lobby', { limit: 20, reverse: true });
  *
+ * Without WebSocket (a proxy that blocks it), pass { httpStream:
+ * '/connection/http_stream' } (and { emulation: '/emulation' } if elsewhere):
+ * a WebSocket that never opens makes the client use HTTP-streaming from then
+ * on (the server needs http_stream.enabled).
+ *
  * Events (client.on(name, fn)): connecting, connected, disconnected,
  * reconnecting, subscribed (also after each resubscribe, with the server's
  * `recovered` / `was_recovering` flags), unsubscribed, publication, join,
@@ -44,7 +49,13 @@
         timeout: options.timeout || 10000,
         minReconnectDelay: options.minReconnectDelay || 500,
         maxReconnectDelay: options.maxReconnectDelay || 20000,
+        // Where WebSocket cannot get through (some proxies), fall back to
+        // HTTP-streaming: `httpStream` is its endpoint and `emulation` the
+        // one later commands are posted to (needs `fetch`).
+        httpStream: options.httpStream,
+        emulation: options.emulation || '/emulation',
       };
+      this.transport = 'websocket';
       this._WebSocket = options.WebSocket ||
         (typeof WebSocket !== 'undefined' ? WebSocket : null);
       if (!this._WebSocket) {
@@ -197,14 +208,18 @@
       this._disconnectPush = null;
       let ws;
       try {
-        ws = new this._WebSocket(this.url);
+        ws = this.transport === 'http_stream'
+          ? new HttpStreamSocket(this.options.httpStream, this.options.emulation)
+          : new this._WebSocket(this.url);
       } catch (err) {
         this._emit('error', { type: 'transport', error: err });
         this._scheduleReconnect();
         return;
       }
       this._ws = ws;
+      let opened = false;
       ws.onopen = () => {
+        opened = true;
         const req = { name: this.options.name };
         if (this.options.token) req.token = this.options.token;
         if (this.options.data !== undefined) req.data = this.options.data;
@@ -216,7 +231,16 @@
       // Browsers give no detail on errors and a close event always follows,
       // but `ws` throws on an 'error' nobody listens to, so keep a handler.
       ws.onerror = noop;
-      ws.onclose = (ev) => { if (ws === this._ws) this._lost(ev.code, ev.reason); };
+      ws.onclose = (ev) => {
+        if (ws !== this._ws) return;
+        // A transport that never got through: try the other one next time
+        // (a WebSocket a proxy blocks, or a server without http_stream).
+        const through = this.transport === 'websocket' ? opened : ws.established;
+        if (!through && this.options.httpStream) {
+          this.transport = this.transport === 'websocket' ? 'http_stream' : 'websocket';
+        }
+        this._lost(ev.code, ev.reason);
+      };
     }
 
     // Commands queued in the same tick go out in one frame, one JSON per line
@@ -437,6 +461,107 @@
         try { sub.onPublication(ctx); } catch (err) { console.error('HeraldClient publication handler threw', err); }
       }
       this._emit('publication', ctx);
+    }
+  }
+
+  // HTTP-streaming in the shape of a WebSocket: the first frame sent (the
+  // connect command) is POSTed to the stream endpoint, whose response
+  // carries replies and pushes one per line; later frames are POSTed to the
+  // emulation endpoint with the session and node the connect reply named.
+  class HttpStreamSocket {
+    constructor(url, emulation) {
+      this.url = url;
+      this.emulation = emulation;
+      this.readyState = 0;
+      this._abort = new AbortController();
+      this._session = null;
+      this._waiting = []; // frames sent before the connect reply came
+      this.onopen = this.onmessage = this.onclose = this.onerror = noop;
+      setTimeout(() => {
+        if (this.readyState !== 0) return;
+        this.readyState = OPEN;
+        this.onopen();
+      }, 0);
+    }
+
+    send(frame) {
+      if (this.readyState !== OPEN) return;
+      if (!this._started) {
+        this._started = true;
+        this._stream(frame);
+      } else if (this._session) {
+        this._post(frame);
+      } else {
+        this._waiting.push(frame);
+      }
+    }
+
+    close() {
+      if (this.readyState > OPEN) return;
+      this._end(1000, '');
+    }
+
+    _end(code, reason) {
+      if (this.readyState > OPEN) return;
+      this.readyState = 3;
+      this._abort.abort();
+      this.onclose({ code: code, reason: reason });
+    }
+
+    async _stream(connect) {
+      try {
+        const response = await fetch(this.url, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: connect,
+          signal: this._abort.signal,
+        });
+        if (!response.ok) return this._end(1006, 'HTTP ' + response.status);
+        this.established = true;
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = '';
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let at;
+          while ((at = buffer.indexOf('\n')) >= 0) {
+            const line = buffer.slice(0, at);
+            buffer = buffer.slice(at + 1);
+            this._line(line);
+          }
+        }
+        this._end(1006, 'stream ended');
+      } catch (err) {
+        this._end(1006, String(err && err.message || err));
+      }
+    }
+
+    _line(line) {
+      if (!this._session && line.indexOf('"connect"') >= 0) {
+        try {
+          const reply = JSON.parse(line);
+          if (reply.connect && reply.connect.session) {
+            this._session = reply.connect.session;
+            this._node = reply.connect.node;
+          }
+        } catch (e) { /* the client reports undecodable lines */ }
+      }
+      if (this.readyState === OPEN) this.onmessage({ data: line });
+      if (this._session) for (const frame of this._waiting.splice(0)) this._post(frame);
+    }
+
+    _post(frame) {
+      fetch(this.emulation, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ session: this._session, node: this._node, data: frame }),
+        signal: this._abort.signal,
+      }).then((r) => {
+        // The node is gone (404) or failing: reconnect.
+        if (r.status === 404 || r.status >= 500) this._end(1006, 'HTTP ' + r.status);
+      }, () => { /* aborted with the stream */ });
     }
   }
 

@@ -336,6 +336,8 @@ fn apply_overrides(config: &mut Config, o: &Overrides) {
         config.admin.enabled = true;
         config.admin.insecure = true;
         config.prometheus.enabled = true;
+        // The demo page falls back to HTTP-streaming without WebSocket.
+        config.http_stream.enabled = true;
         if config.client.allowed_origins.is_empty() {
             config.client.allowed_origins = vec!["*".into()];
         }
