@@ -101,15 +101,21 @@ async function assertFullyVisible(page, selector, viewport) {
   assert.ok(overflow <= 0, `${selector} hides ${overflow}px sideways`);
 }
 
-test('the --dev demo chat in Chromium', { timeout: 120_000 }, async (t) => {
-  const server = await startHerald({ dev: true });
+// A `--dev` server (with `config`) and a desktop browser context, both
+// stopped when the test ends, and where the pages' requests and errors go.
+async function demoServer(t, config = {}) {
+  const server = await startHerald({ dev: true, config });
   const browser = await launch();
   t.after(async () => {
     await browser.close();
     await server.stop();
   });
-  const seen = { requests: [], errors: [] };
-  const desktop = await browser.newContext({ viewport: DESKTOP });
+  const context = await browser.newContext({ viewport: DESKTOP });
+  return { server, browser, context, seen: { requests: [], errors: [] } };
+}
+
+test('the --dev demo chat in Chromium', { timeout: 120_000 }, async (t) => {
+  const { server, browser, seen, context: desktop } = await demoServer(t);
 
   // Two tabs of one browser: they share the remembered nickname.
   const a = await openDemo(desktop, server, seen);
@@ -239,14 +245,7 @@ test('the --dev demo chat in Chromium', { timeout: 120_000 }, async (t) => {
 test('the demo shows errors instead of hiding them', { timeout: 60_000 }, async (t) => {
   // A config whose own `chat` namespace keeps no history and no presence
   // (--dev then leaves it as it is): the page must say so.
-  const server = await startHerald({ dev: true, config: { channel: { namespaces: [{ name: 'chat' }] } } });
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-  });
-  const seen = { requests: [], errors: [] };
-  const context = await browser.newContext({ viewport: DESKTOP });
+  const { server, seen, context } = await demoServer(t, { channel: { namespaces: [{ name: 'chat' }] } });
   const page = await openDemo(context, server, seen);
   await waitText(page, 'Could not load earlier messages: not available (code 108)');
   await waitText(page, 'Could not load who is online: not available (code 108)');
@@ -258,14 +257,7 @@ test('the demo shows errors instead of hiding them', { timeout: 60_000 }, async 
 });
 
 test('without WebSocket the demo chats over HTTP-streaming', { timeout: 60_000 }, async (t) => {
-  const server = await startHerald({ dev: true, config: { websocket: { disabled: true } } });
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-  });
-  const seen = { requests: [], errors: [] };
-  const context = await browser.newContext({ viewport: DESKTOP });
+  const { server, seen, context } = await demoServer(t, { websocket: { disabled: true } });
   const a = await openDemo(context, server, seen);
   const b = await openDemo(context, server, seen);
   await a.fill('#nick', 'streamer');

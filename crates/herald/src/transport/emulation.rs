@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine as _;
@@ -57,10 +57,7 @@ pub async fn emulation(
         Ok(body) => body,
         Err(refused) => return refused,
     };
-    let binary = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
-    let parsed = if binary {
+    let parsed = if super::stream::binary(&headers) {
         herald_protocol::protobuf::decode_emulation_request(&body)
             .map_err(|e| format!("not an emulation request: {e}"))
     } else {

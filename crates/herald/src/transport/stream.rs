@@ -103,10 +103,7 @@ impl Kind {
     };
 
     fn http_stream(headers: &HeaderMap) -> Kind {
-        let binary = headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
-        let (style, encoding) = match binary {
+        let (style, encoding) = match binary(headers) {
             true => (Style::Binary, Encoding::Protobuf),
             false => (Style::Lines, Encoding::Json),
         };
@@ -276,12 +273,21 @@ async fn start(
             return streamed(kind.style, Body::from(body));
         }
     };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(CHUNKS);
-    let tracker = node.tracker().clone();
-    tracker.spawn(pump(node, session, tx, Chunks(kind)));
-    let mut rx = rx;
-    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS);
+    node.tracker().clone().spawn(pump(node, session, tx, kind));
+    let chunks = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>))
+    });
+    let body = Body::from_stream(chunks);
     streamed(kind.style, body)
+}
+
+/// Whether a request's body is Protobuf (`Content-Type:
+/// application/octet-stream`) rather than JSON.
+pub(crate) fn binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
 }
 
 /// What a refused connect leaves the client: the replies queued (a refused
@@ -346,21 +352,6 @@ impl Sink for Kind {
         self.encoding
             .push(&push)
             .and_then(|frame| self.item(&frame))
-    }
-}
-
-/// A sink whose items are the chunks of a response body.
-struct Chunks<S>(S);
-
-impl<S: Sink<Item = Bytes> + Copy> Sink for Chunks<S> {
-    type Item = Result<Bytes, Infallible>;
-
-    fn item(&self, frame: &Frame) -> Option<Self::Item> {
-        self.0.item(frame).map(Ok)
-    }
-
-    fn last(&self, d: Disconnect) -> Option<Self::Item> {
-        self.0.last(d).map(Ok)
     }
 }
 
