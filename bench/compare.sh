@@ -121,6 +121,8 @@ for round in $(seq 1 "$repeat"); do
   for name in $servers; do
     [[ fanout-1000-r200 =~ $cases_re ]] &&
       run "fanout-1000-r200$s" "$name" fanout --subscribers 1000 --rate 200 "${timing[@]}"
+    [[ fanout-1000-r1 =~ $cases_re ]] &&
+      run "fanout-1000-r1$s" "$name" fanout --subscribers 1000 --rate 1 "${timing[@]}"
     [[ fanout-5000-r20 =~ $cases_re ]] &&
       run "fanout-5000-r20$s" "$name" fanout --subscribers 5000 --rate 20 "${timing[@]}"
     if [[ many-5000-g10-r2000 =~ $cases_re ]] && [ "$name" != bare ]; then

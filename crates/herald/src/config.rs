@@ -197,6 +197,11 @@ pub struct ClientConfig {
     /// that many go in one write: less CPU per message for up to this much
     /// more latency. Zero (the default): write at once.
     pub write_delay: Dur,
+    /// Herald: with `write_delay` zero, a connection that wrote less than
+    /// this long ago holds new frames until this long after that write, so
+    /// that frames arriving faster share one write; a quiet connection
+    /// writes at once. Zero: every frame is written as it comes.
+    pub adaptive_write_delay: Dur,
     /// Connections per node; beyond it new ones get 3504. Zero: unlimited.
     pub connection_limit: usize,
     /// Connections per user per node; beyond it 3504. Zero: unlimited.
@@ -285,6 +290,7 @@ impl Default for ClientConfig {
             channel_limit: 128,
             queue_max_size: 1024 * 1024,
             write_delay: Dur::default(),
+            adaptive_write_delay: Dur::millis(8),
             connection_limit: 0,
             user_connection_limit: 0,
             connection_rate_limit: 0,

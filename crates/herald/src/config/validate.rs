@@ -53,6 +53,12 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
             "at most 1s: messages wait this long before every write",
         ));
     }
+    if c.client.adaptive_write_delay.0 > std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "client.adaptive_write_delay",
+            "at most 1s: a busy connection's messages may wait this long",
+        ));
+    }
     if c.websocket.message_size_limit == 0 {
         return Err(ConfigError::invalid(
             "websocket.message_size_limit",

@@ -34,7 +34,7 @@ use crate::node::Node;
 use crate::ratelimit::Bucket;
 use crate::session::{Item, Outbox};
 use crate::transport::upgrade::{Socket, Upgrade};
-use crate::transport::wake::{bounded_write, far_future, Wake, Wakes, Written};
+use crate::transport::wake::{bounded_write, far_future, Coalesce, Wake, Wakes, Written};
 
 /// The protocol versions pusher-js speaks (7) and the oldest still taken.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
@@ -341,7 +341,8 @@ impl Link {
         let node = self.node.clone();
         let shutdown = node.shutdown().cancelled();
         tokio::pin!(shutdown);
-        let mut wakes = Wakes::new(outbox.clone(), sleep, shutdown);
+        let coalesce = Coalesce::new(&node.config.client);
+        let mut wakes = Wakes::new(outbox.clone(), sleep, shutdown, coalesce);
         let write_timeout = node.config.websocket.write_timeout.0;
         let mut heard = Instant::now();
         let mut pinged: Option<Instant> = None;

@@ -36,6 +36,9 @@ struct State {
     queue: VecDeque<Item>,
     bytes: usize,
     overflowed: bool,
+    /// The writer holds a frame for the next one (write coalescing): the
+    /// second frame wakes it, not the first.
+    awaiting_next: bool,
 }
 
 pub struct Outbox {
@@ -132,18 +135,34 @@ impl Outbox {
         if !self.admit(&mut s, frame.len()) {
             return false;
         }
-        let was_empty = s.queue.is_empty();
         if s.queue.capacity() == 0 {
             // Room for one: the buffer stays with an idle connection, and
             // grows only for connections that get bursts.
             s.queue.reserve_exact(1);
         }
         s.queue.push_back(Item::Frame(frame));
+        let wake = s.queue.len() == if s.awaiting_next { 2 } else { 1 };
         drop(s);
-        if was_empty {
+        if wake {
             self.signal();
         }
         true
+    }
+
+    /// Holds the one frame queued for the next (write coalescing): true
+    /// when the second frame will wake the writer, false when more than one
+    /// is queued already (the writer writes them).
+    pub fn await_next(&self) -> bool {
+        let mut s = self.state.lock();
+        s.awaiting_next = s.queue.len() < 2 && !s.overflowed;
+        s.awaiting_next
+    }
+
+    /// Whether the frames held by [`Outbox::await_next`] are to be written:
+    /// the next came, or something else did.
+    pub fn next_came(&self) -> bool {
+        let s = self.state.lock();
+        !s.awaiting_next || s.queue.len() >= 2 || s.overflowed
     }
 
     /// Queues a request from outside the connection. Commands posted for an
@@ -161,8 +180,10 @@ impl Outbox {
         }
         let was_empty = s.queue.is_empty();
         s.queue.push_back(Item::Control(Box::new(control)));
+        // A request is not held for more frames.
+        let wake = was_empty || std::mem::take(&mut s.awaiting_next);
         drop(s);
-        if was_empty {
+        if wake {
             self.signal();
         }
     }
@@ -176,6 +197,7 @@ impl Outbox {
         let mut s = self.state.lock();
         std::mem::swap(&mut s.queue, out);
         s.bytes = 0;
+        s.awaiting_next = false;
         // Under the lock: a push after this drain signals again.
         self.pending.store(s.overflowed, Ordering::Release);
         s.overflowed
@@ -309,5 +331,53 @@ mod tests {
                 others: true
             }
         );
+    }
+
+    #[test]
+    fn a_frame_held_for_the_next_wakes_the_task_when_it_comes() {
+        let task = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(task.clone());
+        let cx = Context::from_waker(&waker);
+        let woken = || task.0.load(Ordering::Relaxed);
+        let o = Outbox::new(100);
+        o.wakes(&cx);
+        o.push_frame(Frame::from_static("a"));
+        assert_eq!(woken(), 1);
+        assert!(o.await_next(), "one frame queued: it waits for the next");
+        assert!(!o.next_came());
+        o.wakes(&cx);
+        o.push_frame(Frame::from_static("b"));
+        assert_eq!(woken(), 2, "the second frame wakes the task");
+        assert!(o.next_came());
+        o.wakes(&cx);
+        o.push_frame(Frame::from_static("c"));
+        assert_eq!(woken(), 2, "a third does not");
+        let mut out = VecDeque::new();
+        o.drain(&mut out);
+        assert_eq!(out.len(), 3);
+        // The drain ends the wait: the next frame wakes the task at once.
+        o.wakes(&cx);
+        o.push_frame(Frame::from_static("d"));
+        assert_eq!(woken(), 3);
+        o.push_frame(Frame::from_static("e"));
+        assert!(!o.await_next(), "two frames queued: no reason to wait");
+        o.drain(&mut out);
+        // A request from outside is not held.
+        o.wakes(&cx);
+        o.push_frame(Frame::from_static("f"));
+        assert!(o.await_next());
+        o.wakes(&cx);
+        o.push_control(Control::Message(Bytes::new()));
+        assert_eq!(woken(), 5);
+        assert!(o.next_came());
+        // Nor is an overflow.
+        let o = Outbox::new(2);
+        o.wakes(&cx);
+        o.push_frame(Frame::from_static("g"));
+        assert!(o.await_next());
+        o.wakes(&cx);
+        assert!(!o.push_frame(Frame::from_static("hh")));
+        assert_eq!(woken(), 7);
+        assert!(o.next_came());
     }
 }

@@ -5,6 +5,10 @@
 //! task (see `session::outbox`). The timer and the shutdown future are made
 //! once per socket and the timer is reset only when its deadline changes:
 //! each new one would register (and deregister) again.
+//!
+//! Frames are written as they come while a connection is quiet; one that
+//! gets them faster than a write each is worth holds them briefly so that
+//! they share a write ([`Coalesce`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::config::ClientConfig;
 use crate::session::Outbox;
 use crate::transport::upgrade::Socket;
 
@@ -28,12 +33,58 @@ pub enum Wake {
     Deadline,
 }
 
+/// When a connection writes what is queued for it.
+///
+/// With `client.write_delay` set (Centrifugo's), every write waits that
+/// long after its first frame. Otherwise writes are adaptive
+/// (`client.adaptive_write_delay`, Herald's, the cap here): a frame that
+/// comes to a connection that has not written for at least the cap goes
+/// out at once, so light traffic sees no added latency. One that comes
+/// sooner waits for the next frame, which at a steady rate comes about as
+/// long after it as it came after the last write: the two share a write.
+/// It waits at most a quarter longer than that, and never more than the
+/// cap. A write is most of a delivery's cost (a system call and the TCP
+/// path), so a connection that receives faster than a frame per cap
+/// writes about half as often, each frame waiting at most one interval.
+#[derive(Debug, Clone, Copy)]
+pub struct Coalesce {
+    fixed: Duration,
+    cap: Duration,
+    /// When the last write began.
+    last: Option<Instant>,
+}
+
+impl Coalesce {
+    pub fn new(config: &ClientConfig) -> Self {
+        Self {
+            fixed: config.write_delay.0,
+            cap: config.adaptive_write_delay.0,
+            last: None,
+        }
+    }
+
+    /// For frames that came at `now`: until when they wait, and whether
+    /// for the next frame (else for the time).
+    fn hold(&self, now: Instant) -> Option<(Instant, bool)> {
+        if !self.fixed.is_zero() {
+            return Some((now + self.fixed, false));
+        }
+        let since = now.saturating_duration_since(self.last?);
+        (since < self.cap).then(|| (now + (since + since / 4).min(self.cap), true))
+    }
+}
+
 /// A socket task's sources of wake-ups.
 pub struct Wakes<'a, 'n> {
     outbox: Arc<Outbox>,
     others: Waker,
     sleep: Pin<&'a mut Sleep>,
     shutdown: Pin<&'a mut WaitForCancellationFuture<'n>>,
+    coalesce: Coalesce,
+    /// Queued frames wait until then, or for the next (see [`Coalesce`]).
+    held: Option<Instant>,
+    /// The next queued frames go out at once (replies to the client).
+    urgent: bool,
 }
 
 impl<'a, 'n> Wakes<'a, 'n> {
@@ -42,6 +93,7 @@ impl<'a, 'n> Wakes<'a, 'n> {
         outbox: Arc<Outbox>,
         sleep: Pin<&'a mut Sleep>,
         shutdown: Pin<&'a mut WaitForCancellationFuture<'n>>,
+        coalesce: Coalesce,
     ) -> Self {
         let others = Waker::from(outbox.clone());
         Self {
@@ -49,19 +101,32 @@ impl<'a, 'n> Wakes<'a, 'n> {
             others,
             sleep,
             shutdown,
+            coalesce,
+            held: None,
+            urgent: false,
         }
     }
 
-    /// The next wake-up, in order: shutdown, the outbox, an inbound
-    /// message, the timer at `deadline`.
+    /// Has what is queued next written at once, not held: the caller
+    /// handled a client's message, and its reply should not wait.
+    pub fn urgent(&mut self) {
+        self.urgent = true;
+    }
+
+    /// The next wake-up, in order: shutdown, the outbox (frames to write,
+    /// once any hold is over), an inbound message, the timer at `deadline`.
+    /// The task writes on `Wake::Outbox`.
     pub async fn next(&mut self, socket: &mut Socket, deadline: Instant) -> Wake {
         let outbox = &self.outbox;
-        if self.sleep.deadline() != deadline {
-            self.sleep.as_mut().reset(deadline);
+        let (sleep, shutdown) = (&mut self.sleep, &mut self.shutdown);
+        let timer = |held: Option<Instant>| held.map_or(deadline, |h| h.min(deadline));
+        if sleep.deadline() != timer(self.held) {
+            sleep.as_mut().reset(timer(self.held));
             outbox.reopen_others();
         }
-        let (sleep, shutdown) = (&mut self.sleep, &mut self.shutdown);
-        let others = &self.others;
+        let (others, coalesce, held) = (&self.others, &mut self.coalesce, &mut self.held);
+        // Only what is queued when this is first polled is urgent.
+        let mut urgent = std::mem::take(&mut self.urgent);
         std::future::poll_fn(|cx| {
             let wakes = outbox.wakes(cx);
             let gcx = &mut Context::from_waker(others);
@@ -69,13 +134,40 @@ impl<'a, 'n> Wakes<'a, 'n> {
                 outbox.reopen_others();
                 return Poll::Ready(Wake::Shutdown);
             }
+            let mut others_due = wakes.others;
             if wakes.queued {
-                if wakes.others {
-                    outbox.reopen_others(); // the socket and timer were not polled
+                let now = Instant::now();
+                let hold = match *held {
+                    _ if urgent => None,
+                    None => coalesce
+                        .hold(now)
+                        .filter(|&(_, next)| !next || outbox.await_next()),
+                    // Held for the next frame: has it come?
+                    Some(_) if coalesce.fixed.is_zero() && outbox.next_came() => None,
+                    Some(until) => Some((until, false)),
+                };
+                match hold {
+                    None => {
+                        if wakes.others {
+                            outbox.reopen_others(); // the socket and timer were not polled
+                        }
+                        *held = None;
+                        coalesce.last = Some(now);
+                        return Poll::Ready(Wake::Outbox);
+                    }
+                    Some((until, _)) if *held != Some(until) => {
+                        // The timer is armed for the hold's end; it wakes
+                        // through `others`.
+                        *held = Some(until);
+                        sleep.as_mut().reset(timer(*held));
+                        // (Ready only if the session's deadline has passed.)
+                        others_due |= sleep.as_mut().poll(gcx).is_ready();
+                    }
+                    Some(_) => {}
                 }
-                return Poll::Ready(Wake::Outbox);
             }
-            if !wakes.others {
+            urgent = false;
+            if !others_due {
                 return Poll::Pending;
             }
             if let Poll::Ready(msg) = socket.poll_next_unpin(gcx) {
@@ -84,6 +176,13 @@ impl<'a, 'n> Wakes<'a, 'n> {
             }
             if sleep.as_mut().poll(gcx).is_ready() {
                 outbox.reopen_others();
+                let now = Instant::now();
+                if held.is_some_and(|h| h <= now) {
+                    // The hold is over: write what came.
+                    *held = None;
+                    coalesce.last = Some(now);
+                    return Poll::Ready(Wake::Outbox);
+                }
                 return Poll::Ready(Wake::Deadline);
             }
             Poll::Pending
@@ -130,4 +229,46 @@ where
 /// An instant for "no deadline" (a year away).
 pub fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coalesce(fixed: u64, cap: u64, last: Option<Instant>) -> Coalesce {
+        Coalesce {
+            fixed: Duration::from_millis(fixed),
+            cap: Duration::from_millis(cap),
+            last,
+        }
+    }
+
+    #[test]
+    fn a_quiet_connection_writes_at_once() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(coalesce(0, 8, None).hold(now), None, "never written");
+        let wrote = Some(now - ms(8));
+        assert_eq!(coalesce(0, 8, wrote).hold(now), None, "quiet for the cap");
+        assert_eq!(coalesce(0, 0, Some(now)).hold(now), None, "no cap: off");
+    }
+
+    #[test]
+    fn a_busy_connection_waits_for_the_next_frame_within_the_cap() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // A frame 4 ms after the last write waits for the next at most 5 ms.
+        let hold = coalesce(0, 8, Some(now - ms(4))).hold(now);
+        assert_eq!(hold, Some((now + ms(5), true)));
+        // Never longer than the cap.
+        let hold = coalesce(0, 8, Some(now - ms(7))).hold(now);
+        assert_eq!(hold, Some((now + ms(8), true)));
+    }
+
+    #[test]
+    fn a_fixed_write_delay_holds_every_write_for_its_time() {
+        let now = Instant::now();
+        let hold = coalesce(300, 8, None).hold(now);
+        assert_eq!(hold, Some((now + Duration::from_millis(300), false)));
+    }
 }

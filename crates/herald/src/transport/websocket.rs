@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::upgrade::{Socket, Upgrade};
-use super::wake::{bounded_write, far_future, Wake, Wakes, Written};
+use super::wake::{bounded_write, far_future, Coalesce, Wake, Wakes, Written};
 
 use crate::frame::{Encoding, Frame};
 use crate::metrics::Counters;
@@ -172,7 +172,6 @@ fn run(
 async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Option<Disconnect> {
     let outbox = session.outbox().clone();
     let write_timeout = node.config.websocket.write_timeout.0;
-    let write_delay = node.config.client.write_delay.0;
     let mut items = VecDeque::new();
     // One instant for "no deadline", so that the timer is reset only when
     // the session's deadline really changes.
@@ -181,16 +180,12 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Optio
     tokio::pin!(sleep);
     let shutdown = node.shutdown().cancelled();
     tokio::pin!(shutdown);
-    let mut wakes = Wakes::new(outbox, sleep, shutdown);
+    let mut wakes = Wakes::new(outbox, sleep, shutdown, Coalesce::new(&node.config.client));
     let result: Result<(), Disconnect> = loop {
         let deadline = session.next_deadline().unwrap_or(never);
         match wakes.next(socket, deadline).await {
             Wake::Shutdown => break Err(Disconnect::shutdown()),
             Wake::Outbox => {
-                if !write_delay.is_zero() {
-                    // Let more messages join this write.
-                    Box::pin(tokio::time::sleep(write_delay)).await;
-                }
                 if let Err(d) = flush(session, socket, &mut items, write_timeout, node).await {
                     break Err(d);
                 }
@@ -203,12 +198,14 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Optio
                 if let Err(d) = Box::pin(session.handle_frame(text.as_bytes())).await {
                     break Err(d);
                 }
+                wakes.urgent();
             }
             Wake::Inbound(Some(Ok(Message::Binary(data)))) => {
                 count_in(node, data.len());
                 if let Err(d) = Box::pin(session.handle_frame(&data)).await {
                     break Err(d);
                 }
+                wakes.urgent();
             }
             Wake::Inbound(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
             Wake::Inbound(Some(Ok(Message::Close(_)))) => {

@@ -286,28 +286,3 @@ async fn a_client_too_slow_with_its_request_headers_is_cut_off() {
     assert!(ws.cmd(json!({"ping": {}})).await.get("ping").is_some());
     s.stop().await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_delay_collects_messages_into_one_write() {
-    let server = TestServer::start(json!({ "client": { "write_delay": "300ms" } })).await;
-    let mut ws = server.client("u1").await;
-    let reply = ws
-        .cmd(json!({"subscribe": {"channel": "chat:batch"}}))
-        .await;
-    assert!(reply.get("subscribe").is_some(), "{reply}");
-    let before = ws.frames;
-    for n in 0..3 {
-        server
-            .api(
-                "publish",
-                json!({"channel": "chat:batch", "data": {"n": n}}),
-            )
-            .await;
-    }
-    for n in 0..3 {
-        assert_eq!(ws.push().await["pub"]["data"]["n"], n);
-    }
-    // Published well within the delay: all three came in one message.
-    assert_eq!(ws.frames - before, 1);
-    server.stop().await;
-}

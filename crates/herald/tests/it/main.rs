@@ -25,3 +25,4 @@ mod subscribe;
 mod tags_filter;
 mod uni;
 mod webhook;
+mod writes;
