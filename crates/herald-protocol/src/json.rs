@@ -193,6 +193,7 @@ fn publication_object(buf: &mut Vec<u8>, p: &Publication) {
         }
         t.close();
     }
+    w.bool("delta", p.delta);
     w.close();
 }
 
@@ -295,6 +296,7 @@ fn write_subscribe_result(o: &mut Obj<'_>, key: &str, r: &SubscribeResult) {
     w.bool("positioned", r.positioned);
     w.raw("data", r.data.as_deref());
     w.bool("was_recovering", r.was_recovering);
+    w.bool("delta", r.delta);
     w.close();
 }
 

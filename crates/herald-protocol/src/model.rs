@@ -32,6 +32,12 @@ pub struct Publication {
     /// The epoch of the stream `offset` belongs to (never sent to clients in
     /// a push; lets receivers notice that a stream started over).
     pub epoch: Option<Arc<str>>,
+    /// `data` is a Fossil delta against the channel's previous publication,
+    /// sent as `delta: true` (see [`Publication::with_data`]).
+    pub delta: bool,
+    /// The publisher allows subscribers that negotiated deltas to get this
+    /// publication as one (never sent to clients).
+    pub use_delta: bool,
     encodings: Encodings,
 }
 
@@ -44,8 +50,32 @@ impl Publication {
             offset: 0,
             tags: BTreeMap::new(),
             epoch: None,
+            delta: false,
+            use_delta: false,
             encodings: Encodings::default(),
         }
+    }
+
+    /// The same publication carrying other `data` (with its own
+    /// encodings): the form a delta subscriber gets, `delta` when `data`
+    /// is a patch.
+    pub fn with_data(&self, data: Bytes, delta: bool) -> Self {
+        Self {
+            channel: self.channel.clone(),
+            data,
+            info: self.info.clone(),
+            offset: self.offset,
+            tags: self.tags.clone(),
+            epoch: self.epoch.clone(),
+            delta,
+            use_delta: false,
+            encodings: Encodings::default(),
+        }
+    }
+
+    pub fn with_use_delta(mut self, use_delta: bool) -> Self {
+        self.use_delta = use_delta;
+        self
     }
 
     pub fn with_offset(mut self, offset: u64) -> Self {

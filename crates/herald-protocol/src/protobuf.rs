@@ -193,6 +193,7 @@ fn publication(p: &Publication) -> pb::Publication {
         info: p.info.as_deref().map(client_info),
         offset: p.offset,
         tags: p.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        delta: p.delta,
     }
 }
 
@@ -212,6 +213,7 @@ fn subscribe_result(r: &SubscribeResult) -> pb::SubscribeResult {
         positioned: r.positioned,
         data: bytes(r.data.as_ref()),
         was_recovering: r.was_recovering,
+        delta: r.delta,
     }
 }
 

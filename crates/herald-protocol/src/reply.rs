@@ -55,6 +55,9 @@ pub struct SubscribeResult {
     pub positioned: bool,
     pub data: Option<Bytes>,
     pub was_recovering: bool,
+    /// Publications come as Fossil deltas where they can (`delta: "fossil"`
+    /// was asked and allowed); their data are then JSON strings in JSON.
+    pub delta: bool,
 }
 
 #[derive(Debug, Default)]

@@ -159,6 +159,11 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Whether the format carries publication data as text (JSON).
+    pub fn is_text(self) -> bool {
+        matches!(self, Encoding::Json | Encoding::UniJson)
+    }
+
     /// The protocol's name as proxies tell the backend: `json` or
     /// `protobuf`.
     pub fn protocol_name(self) -> &'static str {

@@ -20,8 +20,10 @@ use crate::wire::control::Position;
 use members::Members;
 use sequence::{FillIds, Reads, Sequence, Then, Verdict};
 
+pub use delta::{as_text, Forms};
 pub use sequence::{Fill, MAX_HELD};
 
+mod delta;
 mod members;
 mod sequence;
 
@@ -91,6 +93,12 @@ pub trait Client: Send + Sync + 'static {
     /// Queue a publication, in the client's own format; never blocks. A
     /// client that cannot keep up disconnects itself.
     fn deliver(&self, publication: &Arc<Publication>);
+    /// Queue a publication for a subscription with delta compression: as a
+    /// delta when the client has its base, else whole (see [`Forms`]).
+    /// Clients without deltas take it as it is.
+    fn deliver_delta(&self, forms: &Forms<'_>) {
+        self.deliver(forms.publication());
+    }
     /// Queue a join or leave event, like a publication.
     fn deliver_presence(&self, event: &Arc<PresenceEvent>);
     fn control(&self, control: Control);
@@ -108,6 +116,21 @@ pub type Filler = Arc<dyn Fn(Fill) + Send + Sync>;
 struct Channel {
     subs: Members<Sub>,
     seq: Mutex<Sequence>,
+    /// Subscribers with delta compression, and while there are any, the
+    /// last positioned publication fanned out (the next one's base).
+    delta_subs: AtomicUsize,
+    last: Mutex<Option<Arc<Publication>>>,
+}
+
+/// How a subscriber gets a channel's messages.
+#[derive(Debug, Default, Clone)]
+pub struct Delivery {
+    /// Join/leave events too.
+    pub join_leave: bool,
+    /// Only publications whose tags pass.
+    pub filter: Option<Arc<FilterNode>>,
+    /// Publications as Fossil deltas where they can be.
+    pub delta: bool,
 }
 
 /// One subscription in the hub.
@@ -120,6 +143,7 @@ struct Sub {
     stale: AtomicBool,
     /// Publications whose tags do not pass it are not its.
     filter: Option<Arc<FilterNode>>,
+    delta: bool,
 }
 
 /// Why a connection was not admitted.
@@ -236,31 +260,39 @@ impl Hub {
 
     /// Adds a subscriber; true when it is the channel's first on this node.
     pub fn subscribe(&self, channel: &str, client: ClientRef, join_leave: bool) -> bool {
-        self.subscribe_filtered(channel, client, join_leave, None)
+        let delivery = Delivery {
+            join_leave,
+            ..Delivery::default()
+        };
+        self.subscribe_with(channel, client, delivery)
     }
 
-    /// Adds a subscriber that gets only the publications whose tags pass
-    /// `filter`; true when it is the channel's first on this node.
-    pub fn subscribe_filtered(
-        &self,
-        channel: &str,
-        client: ClientRef,
-        join_leave: bool,
-        filter: Option<Arc<FilterNode>>,
-    ) -> bool {
+    /// Adds a subscriber that gets the channel's messages as `delivery`
+    /// says; true when it is the channel's first on this node.
+    pub fn subscribe_with(&self, channel: &str, client: ClientRef, delivery: Delivery) -> bool {
         let mut shard = self.channels.write(channel);
-        let (first, subs) = match shard.get_mut(channel) {
-            Some(subs) => (false, subs),
+        let (first, ch) = match shard.get_mut(channel) {
+            Some(ch) => (false, ch),
             None => (true, shard.entry(Arc::from(channel)).or_default()),
         };
         let sub = Sub {
             client,
-            join_leave,
+            join_leave: delivery.join_leave,
             stale: AtomicBool::new(false),
-            filter,
+            filter: delivery.filter,
+            delta: delivery.delta,
         };
-        if subs.subs.insert(sub.client.key(), sub).is_none() {
-            self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
+        if sub.delta {
+            ch.delta_subs.fetch_add(1, Ordering::Relaxed);
+        }
+        match ch.subs.insert(sub.client.key(), sub) {
+            None => {
+                self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(old) if old.delta => {
+                ch.delta_subs.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
         }
         first
     }
@@ -271,8 +303,11 @@ impl Hub {
         let Some(subs) = shard.get_mut(channel) else {
             return false;
         };
-        if subs.subs.remove(key).is_some() {
+        if let Some(sub) = subs.subs.remove(key) {
             self.num_subscriptions.fetch_sub(1, Ordering::Relaxed);
+            if sub.delta && subs.delta_subs.fetch_sub(1, Ordering::Relaxed) == 1 {
+                *subs.last.lock() = None;
+            }
         }
         if subs.subs.is_empty() {
             shard.remove(channel);
@@ -507,7 +542,15 @@ impl Hub {
 }
 
 /// Hands a publication to the channel's subscribers that are not stale.
+/// Positioned publications come here in order (under the channel's
+/// sequence), so with delta subscribers the last one is the next's base.
 fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
+    let prev = match ch.delta_subs.load(Ordering::Relaxed) {
+        0 => None,
+        _ if publication.offset == 0 => None,
+        _ => ch.last.lock().replace(publication.clone()),
+    };
+    let forms = Forms::new(publication, prev.as_deref());
     let mut n = 0;
     for sub in ch.subs.values() {
         if sub.stale.load(Ordering::Acquire) {
@@ -518,7 +561,11 @@ fn fan_out(ch: &Channel, publication: &Arc<Publication>) -> usize {
                 continue;
             }
         }
-        sub.client.deliver(publication);
+        if sub.delta {
+            sub.client.deliver_delta(&forms);
+        } else {
+            sub.client.deliver(publication);
+        }
         n += 1;
     }
     n

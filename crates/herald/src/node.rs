@@ -55,6 +55,9 @@ pub struct PublishOptions {
     /// Publish only when newer than the channel stream's last version
     /// (channels without a stream keep no version).
     pub version: Option<Version>,
+    /// Subscribers with delta compression may get it as a delta (the
+    /// namespace's `delta_publish` asks this for every publication).
+    pub delta: bool,
 }
 
 /// Where a publication landed in its channel's stream (zero without history).
@@ -375,8 +378,12 @@ impl Node {
             skip_history,
             idempotency_key,
             version,
+            delta,
         } = options;
-        let publication = Publication::new(Arc::from(channel), data, info).with_tags(tags);
+        let delta = delta || self.rules.resolve(channel)?.options.delta_publish;
+        let publication = Publication::new(Arc::from(channel), data, info)
+            .with_tags(tags)
+            .with_use_delta(delta);
         self.check_size(&publication)?;
         let stream = if skip_history {
             None

@@ -69,6 +69,8 @@ struct SubState {
     server_refresh: bool,
     /// Only publications whose tags pass it reach the client (`tf`).
     filter: Option<Arc<FilterNode>>,
+    /// Publications come as Fossil deltas where they can (`delta`).
+    delta: bool,
 }
 
 /// Where a connection comes from, for the application backend's proxies.

@@ -4,8 +4,9 @@
 //! are in [`control`]. Brokers carry these bytes; nothing here does I/O.
 //!
 //! A publication is
-//! `{"o":<offset>,"e":<epoch>,"c":<channel>,"p":<pub>}`
-//! where `<pub>` is the protocol's publication object; the offset leads so
+//! `{"o":<offset>,"e":<epoch>,"d":true,"c":<channel>,"p":<pub>}`
+//! where `<pub>` is the protocol's publication object and `"d"` (only when
+//! true) says the publisher allows delta compression; the offset leads so
 //! that a Redis script can assign it and prepend it to the rest (the
 //! [`publication_tail`]). A join or leave is `{"j":true|false,"c":…,"i":<info>}`.
 
@@ -52,6 +53,9 @@ pub fn encode_publication_message(p: &Publication) -> Bytes {
 }
 
 fn write_tail(out: &mut Vec<u8>, p: &Publication) {
+    if p.use_delta {
+        out.extend_from_slice(b"\"d\":true,");
+    }
     out.extend_from_slice(b"\"c\":");
     write_str(out, &p.channel);
     out.extend_from_slice(b",\"p\":");
@@ -81,6 +85,8 @@ struct Envelope<'a> {
     o: u64,
     #[serde(borrow, default)]
     e: Option<Cow<'a, str>>,
+    #[serde(default)]
+    d: bool,
     #[serde(borrow)]
     c: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -112,6 +118,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         publication.offset = env.o;
     }
     publication.epoch = env.e.as_deref().map(Arc::from);
+    publication.use_delta = env.d;
     Ok(Message::Publication(publication))
 }
 
@@ -144,10 +151,12 @@ mod tests {
         )
         .with_offset(7)
         .with_epoch(Arc::from("ep"))
-        .with_tags(tags);
+        .with_tags(tags)
+        .with_use_delta(true);
         let Message::Publication(back) = decode(&encode_publication_message(&p)).unwrap() else {
             panic!("not a publication");
         };
+        assert!(back.use_delta, "the publisher's delta allowance travels");
         assert_eq!(
             encode_publication_message(&back),
             encode_publication_message(&p)

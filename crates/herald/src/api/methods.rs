@@ -225,6 +225,7 @@ fn publish_options(req: &PublishRequest) -> PublishOptions {
             version: req.version,
             epoch: req.version_epoch.clone(),
         }),
+        delta: req.delta,
     }
 }
 

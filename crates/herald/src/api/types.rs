@@ -36,8 +36,9 @@ pub struct PublishRequest {
     pub version: u64,
     /// The version's epoch: a new one starts versions over.
     pub version_epoch: String,
-    /// Subscribers that negotiated deltas may get this publication as one;
-    /// no namespace here offers deltas, so all get it whole.
+    /// Subscribers that negotiated deltas (`allowed_delta_types`) may get
+    /// this publication as a Fossil delta against the channel's previous
+    /// one.
     pub delta: bool,
 }
 

@@ -245,6 +245,12 @@ fn validate_options(o: &ChannelOptions, key: &str) -> Result<(), ConfigError> {
             "use \"stream\" or \"cache\"",
         ));
     }
+    if let Some(t) = o.allowed_delta_types.iter().find(|t| *t != "fossil") {
+        return Err(ConfigError::invalid(
+            format!("{key}.allowed_delta_types"),
+            format!("unknown delta type {t:?}: the one there is is \"fossil\""),
+        ));
+    }
     Ok(())
 }
 

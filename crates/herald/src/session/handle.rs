@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::Outbox;
 use crate::frame::Encoding;
-use crate::hub::{Client, Control};
+use crate::hub::{Client, Control, Forms};
 
 /// The part of a connected session the hub holds: identity and outbox.
 pub struct Handle {
@@ -30,7 +30,16 @@ pub struct Handle {
     guards: Mutex<Option<Box<Guards>>>,
     /// `guards` is in use; lets delivery skip the lock.
     guarded: AtomicBool,
+    /// Channels subscribed with delta compression, each with the offset of
+    /// the last publication queued for the client (0: none yet), the base
+    /// a delta needs; allocated only while there are any.
+    deltas: Mutex<Option<Box<Bases>>>,
 }
+
+/// Per delta channel, the offset of the last publication queued (0: none).
+type Bases = HashMap<Arc<str>, u64>;
+
+type GuardsLock<'a> = parking_lot::MutexGuard<'a, Option<Box<Guards>>>;
 
 #[derive(Default)]
 struct Guards {
@@ -83,6 +92,24 @@ impl Handle {
             transport,
             guards: Mutex::default(),
             guarded: AtomicBool::new(false),
+            deltas: Mutex::default(),
+        }
+    }
+
+    /// The channel's publications come as deltas where they can (before
+    /// the subscription joins the hub).
+    pub(super) fn start_deltas(&self, channel: &str) {
+        let mut deltas = self.deltas.lock();
+        deltas
+            .get_or_insert_with(Box::default)
+            .insert(Arc::from(channel), 0);
+    }
+
+    /// Notes that `offset` of a delta channel was queued for the client:
+    /// the next publication may be a delta against it.
+    fn queued_delta_base(&self, channel: &str, offset: u64) {
+        if let Some(base) = self.deltas.lock().as_mut().and_then(|d| d.get_mut(channel)) {
+            *base = offset;
         }
     }
 
@@ -106,9 +133,15 @@ impl Handle {
         if !held.iter().any(|p| p.offset > after) {
             g.floors.insert(key, after);
         }
-        let newer = held.iter().filter(|p| p.offset > after || p.offset == 0);
-        for frame in newer.filter_map(|p| self.encoding.publication(p)) {
-            self.outbox.push_frame(frame);
+        let mut last = None;
+        for p in held.iter().filter(|p| p.offset > after || p.offset == 0) {
+            if let Some(frame) = self.encoding.publication(p) {
+                self.outbox.push_frame(frame);
+                last = Some(p.offset);
+            }
+        }
+        if let Some(offset) = last {
+            self.queued_delta_base(channel, offset);
         }
         self.release_if_unused(&mut lock);
     }
@@ -120,6 +153,31 @@ impl Handle {
         g.held.remove(channel);
         g.floors.remove(channel);
         self.release_if_unused(&mut lock);
+        drop(lock);
+        let mut deltas = self.deltas.lock();
+        if let Some(d) = deltas.as_mut() {
+            d.remove(channel);
+            if d.is_empty() {
+                *deltas = None;
+            }
+        }
+    }
+
+    /// Passes a publication through the guards, if any are in use: `None`
+    /// when it is held back or dropped; else the guards' lock, if taken,
+    /// to queue it under.
+    fn admit(&self, publication: &Arc<Publication>) -> Option<Option<GuardsLock<'_>>> {
+        if !self.guarded.load(Ordering::Acquire) {
+            return Some(None);
+        }
+        let mut lock = self.guards.lock();
+        if let Some(g) = lock.as_mut() {
+            if !g.admit(publication) {
+                return None;
+            }
+            self.release_if_unused(&mut lock);
+        }
+        Some(Some(lock))
     }
 
     fn release_if_unused(&self, guards: &mut Option<Box<Guards>>) {
@@ -155,19 +213,37 @@ impl Client for Handle {
     fn deliver(&self, publication: &Arc<Publication>) {
         // While guards are in use, the frame is queued under their lock, so
         // that it cannot overtake held publications being released.
-        let mut _guards = None;
-        if self.guarded.load(Ordering::Acquire) {
-            let mut lock = self.guards.lock();
-            if let Some(g) = lock.as_mut() {
-                if !g.admit(publication) {
-                    return;
-                }
-                self.release_if_unused(&mut lock);
-            }
-            _guards = Some(lock);
-        }
+        let Some(_guards) = self.admit(publication) else {
+            return;
+        };
         // An overflow is noticed by the writer, which closes with 3008.
         if let Some(frame) = self.encoding.publication(publication) {
+            self.outbox.push_frame(frame);
+        }
+    }
+    fn deliver_delta(&self, forms: &Forms<'_>) {
+        let text = self.encoding.is_text();
+        // Held back while the stream is read, it goes whole.
+        let whole = forms.whole(text);
+        let Some(_guards) = self.admit(&whole) else {
+            return;
+        };
+        let chosen = {
+            let mut deltas = self.deltas.lock();
+            let base = deltas.as_mut().and_then(|d| d.get_mut(&*whole.channel));
+            match base {
+                Some(base) => {
+                    let delta = match forms.base() {
+                        Some(b) if b == *base => forms.delta(text),
+                        _ => None,
+                    };
+                    *base = whole.offset;
+                    delta.unwrap_or(whole)
+                }
+                None => whole,
+            }
+        };
+        if let Some(frame) = self.encoding.publication(&chosen) {
             self.outbox.push_frame(frame);
         }
     }

@@ -14,6 +14,7 @@ use super::{expiry, ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
 use crate::config::ChannelOptions;
+use crate::hub::{as_text, Delivery};
 use crate::proxy::{ChannelEvent, Endpoint};
 use crate::store::{HistoryQuery, StreamPosition};
 
@@ -82,6 +83,17 @@ impl Session {
         let has_stream = self.node.stream_options(&options).is_some();
         let plan = Plan::new(&options, has_stream, &token.overrides, Some(&req));
         plan.apply(&mut state);
+        // Deltas need a stream position to say what they are against.
+        state.delta = match req.delta.as_str() {
+            "" => false,
+            "fossil" => {
+                plan.positioned && options.allowed_delta_types.iter().any(|t| t == "fossil")
+            }
+            other => {
+                tracing::info!(client = %self.client_id, channel, delta = other, "unknown delta type");
+                return Err(Disconnect::bad_request());
+            }
+        };
         let (expires, ttl) = expiry(state.expires_at, !state.server_refresh);
         let mut result = SubscribeResult {
             expires,
@@ -89,6 +101,7 @@ impl Session {
             recoverable: plan.recoverable,
             positioned: plan.positioned,
             data: token.data,
+            delta: state.delta,
             ..Default::default()
         };
         if !plan.positioned {
@@ -103,6 +116,11 @@ impl Session {
             .await;
         match entered {
             Ok(top) => {
+                if result.delta && self.encoding.is_text() {
+                    // Delta subscribers' data are JSON strings, from the first.
+                    let whole = result.publications.iter().map(|p| as_text(p));
+                    result.publications = whole.collect();
+                }
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
                 self.release(&channel, top).await;
             }
@@ -379,12 +397,19 @@ impl Session {
     async fn enter_channel(&mut self, channel: &str, state: SubState, join_leave_push: bool) {
         let Some(conn) = &self.conn else { return };
         let handle = conn.handle.clone();
-        let filter = state.filter.clone();
+        let delivery = Delivery {
+            join_leave: join_leave_push,
+            filter: state.filter.clone(),
+            delta: state.delta,
+        };
+        if state.delta {
+            handle.start_deltas(channel);
+        }
         self.subs.insert(channel, state);
-        let first =
-            self.node
-                .hub
-                .subscribe_filtered(channel, handle.clone(), join_leave_push, filter);
+        let first = self
+            .node
+            .hub
+            .subscribe_with(channel, handle.clone(), delivery);
         if first {
             self.node.broker_sync(channel).await;
         }

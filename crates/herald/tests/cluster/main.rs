@@ -374,3 +374,60 @@ async fn access_holds_across_nodes(cfg: Value, persisted: bool) {
         }
     }
 }
+
+/// Delta compression across nodes: publications through one node reach a
+/// delta subscriber on the other as deltas it can rebuild every payload
+/// from (the publisher's allowance travels with the publication), while a
+/// plain subscriber there gets plain JSON. `cfg`'s storage backs a
+/// positioned namespace `dl` added here (durable when `durable`).
+async fn deltas_cross_nodes(mut cfg: Value, durable: bool) {
+    let storage = if durable { "durable" } else { "memory" };
+    herald_testkit::merge(
+        &mut cfg,
+        json!({"channel": {"namespaces": [{
+            "name": "dl", "history_size": 100, "history_ttl": "300s", "force_recovery": true,
+            "history_storage": storage, "allowed_delta_types": ["fossil"],
+            "allow_subscribe_for_client": true
+        }]}}),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let mut d = nodes[1].client("d").await;
+    let r = d
+        .cmd(json!({"subscribe": {"channel": "dl:x", "delta": "fossil"}}))
+        .await;
+    assert_eq!(r["subscribe"]["delta"], json!(true), "{r}");
+    let mut plain = nodes[1].client("p").await;
+    subscribe(&mut plain, "dl:x").await;
+    let doc = |n: u64| {
+        format!(
+            r#"{{"n":{n},"text":"{}"}}"#,
+            "the same long text ".repeat(8)
+        )
+    };
+    let mut last: Option<String> = None;
+    let mut deltas = 0;
+    for n in 1..=4u64 {
+        let data: Value = serde_json::from_str(&doc(n)).unwrap();
+        let r = nodes[0]
+            .api(
+                "publish",
+                json!({"channel": "dl:x", "data": data, "delta": true}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+        let p = next_pub(&mut d, "dl:x").await;
+        let text = p["data"].as_str().expect("a string").to_string();
+        let rebuilt = if p["delta"] == json!(true) {
+            deltas += 1;
+            let base = last.as_ref().expect("a base");
+            String::from_utf8(fossil_delta::apply(base.as_bytes(), text.as_bytes()).unwrap())
+                .unwrap()
+        } else {
+            text
+        };
+        assert_eq!(rebuilt, doc(n));
+        last = Some(rebuilt);
+        assert_eq!(next_pub(&mut plain, "dl:x").await["data"]["n"], n);
+    }
+    assert_eq!(deltas, 3, "all but the first");
+}

@@ -142,6 +142,14 @@ async fn nats_idempotency_keys_hold_across_nodes() {
         .expect("the test's bucket was made");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_deltas_cross_nodes() {
+    let Some(cluster) = NatsPostgres::new() else {
+        return;
+    };
+    deltas_cross_nodes(cluster.cfg.clone(), true).await;
+}
+
 /// Durable streams in PostgreSQL keep versions for every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_postgres_versions_hold_across_nodes() {

@@ -407,6 +407,14 @@ async fn redis_idempotency_keys_hold_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_deltas_cross_nodes() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    deltas_cross_nodes(redis_engine(&url, &unique("t")), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_versions_hold_across_nodes() {
     let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
         return;

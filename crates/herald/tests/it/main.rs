@@ -7,6 +7,7 @@ mod admin;
 mod api;
 mod close;
 mod connect;
+mod delta;
 mod dev;
 mod emulation;
 mod grpc;
