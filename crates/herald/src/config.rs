@@ -19,7 +19,7 @@ pub mod webhook;
 use serde::{Deserialize, Serialize};
 
 pub use admin::Admin;
-pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace, PUSH_ROOM};
+pub use channel::{ChannelConfig, ChannelOptions, HistoryStorage, Namespace, FOSSIL, PUSH_ROOM};
 pub use cluster::{
     BrokerConfig, BrokerKind, BrokerType, Engine, EngineKind, NatsConfig, PresenceKind,
     PresenceManagerConfig, RedisConfig,
@@ -197,10 +197,11 @@ pub struct ClientConfig {
     /// that many go in one write: less CPU per message for up to this much
     /// more latency. Zero (the default): write at once.
     pub write_delay: Dur,
-    /// Herald: with `write_delay` zero, a connection that wrote less than
-    /// this long ago holds new frames until this long after that write, so
-    /// that frames arriving faster share one write; a quiet connection
-    /// writes at once. Zero: every frame is written as it comes.
+    /// Herald: with `write_delay` zero, a frame that comes less than this
+    /// long after the connection's last write waits for the next frame (at
+    /// most 1.25 times as long as it came after the write, never longer
+    /// than this), so that frames arriving faster share a write; a quiet
+    /// connection writes at once. Zero: every frame is written as it comes.
     pub adaptive_write_delay: Dur,
     /// Connections per node; beyond it new ones get 3504. Zero: unlimited.
     pub connection_limit: usize,

@@ -290,7 +290,9 @@ impl Hub {
                 self.num_subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             Some(old) if old.delta => {
-                ch.delta_subs.fetch_sub(1, Ordering::Relaxed);
+                if ch.delta_subs.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    *ch.last.lock() = None;
+                }
             }
             Some(_) => {}
         }

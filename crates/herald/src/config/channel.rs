@@ -89,6 +89,7 @@ pub struct ChannelOptions {
     pub force_recovery: bool,
     pub allow_recovery: bool,
     pub force_recovery_mode: String,
+    /// Delta types subscribers may ask for: [`FOSSIL`] is the one there is.
     pub allowed_delta_types: Vec<String>,
     pub delta_publish: bool,
     /// Subscribers may ask for only the publications whose tags pass a
@@ -143,3 +144,6 @@ impl ChannelConfig {
         queue_max_size.saturating_sub(self.max_length + PUSH_ROOM)
     }
 }
+
+/// The Fossil delta type (`allowed_delta_types`, the subscribe `delta`).
+pub const FOSSIL: &str = "fossil";

@@ -245,7 +245,11 @@ fn validate_options(o: &ChannelOptions, key: &str) -> Result<(), ConfigError> {
             "use \"stream\" or \"cache\"",
         ));
     }
-    if let Some(t) = o.allowed_delta_types.iter().find(|t| *t != "fossil") {
+    if let Some(t) = o
+        .allowed_delta_types
+        .iter()
+        .find(|t| *t != super::channel::FOSSIL)
+    {
         return Err(ConfigError::invalid(
             format!("{key}.allowed_delta_types"),
             format!("unknown delta type {t:?}: the one there is is \"fossil\""),

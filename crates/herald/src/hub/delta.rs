@@ -17,7 +17,7 @@ pub struct Forms<'a> {
     /// The channel's previous publication in the stream, when this one may
     /// go as a delta against it.
     prev: Option<&'a Publication>,
-    text: OnceCell<Arc<Publication>>,
+    text: OnceCell<Option<Arc<Publication>>>,
     patch: OnceCell<Option<Bytes>>,
     text_patch: OnceCell<Option<Arc<Publication>>>,
     binary_patch: OnceCell<Option<Arc<Publication>>>,
@@ -54,10 +54,10 @@ impl<'a> Forms<'a> {
     }
 
     /// The whole publication for a delta subscriber: in JSON (`text`) its
-    /// data as a JSON string.
-    pub fn whole(&self, text: bool) -> Arc<Publication> {
+    /// data as a JSON string; `None` when that cannot be (see [`as_text`]).
+    pub fn whole(&self, text: bool) -> Option<Arc<Publication>> {
         if !text {
-            return self.publication.clone();
+            return Some(self.publication.clone());
         }
         self.text.get_or_init(|| as_text(self.publication)).clone()
     }
@@ -88,11 +88,11 @@ impl<'a> Forms<'a> {
 }
 
 /// A publication for a JSON delta subscriber, whole: its data as a JSON
-/// string (as recovered publications go too).
-pub fn as_text(publication: &Publication) -> Arc<Publication> {
-    // Data that is not UTF-8 cannot be JSON: it never reaches a JSON client.
-    let data = quoted(&publication.data).unwrap_or_else(|| Bytes::from_static(b"null"));
-    Arc::new(publication.with_data(data, false))
+/// string (as recovered publications go too). `None` for data that is not
+/// UTF-8, which reaches no JSON client (as for other JSON subscribers).
+pub fn as_text(publication: &Publication) -> Option<Arc<Publication>> {
+    let data = quoted(&publication.data)?;
+    Some(Arc::new(publication.with_data(data, false)))
 }
 
 /// `bytes` as a JSON string; `None` if they are not UTF-8 (a delta may
@@ -142,10 +142,22 @@ mod tests {
         let forms = Forms::new(&p, None);
         assert_eq!(forms.base(), None);
         assert!(forms.delta(true).is_none());
-        let text = forms.whole(true);
+        let text = forms.whole(true).unwrap();
         assert!(!text.delta);
         assert_eq!(serde_json::from_slice::<String>(&text.data).unwrap(), BIG);
-        assert!(Arc::ptr_eq(&forms.whole(false), &p), "Protobuf: as it is");
+        assert!(
+            Arc::ptr_eq(&forms.whole(false).unwrap(), &p),
+            "Protobuf: as it is"
+        );
+        let binary = Arc::new(Publication::new(
+            Arc::from("c"),
+            Bytes::from_static(b"\xff"),
+            None,
+        ));
+        assert!(
+            Forms::new(&binary, None).whole(true).is_none(),
+            "not UTF-8: no JSON form"
+        );
     }
 
     #[test]

@@ -41,6 +41,11 @@ type Bases = HashMap<Arc<str>, u64>;
 
 type GuardsLock<'a> = parking_lot::MutexGuard<'a, Option<Box<Guards>>>;
 
+/// A delta channel's base, if the channel is one.
+fn base_of<'a>(deltas: &'a mut Option<Box<Bases>>, channel: &str) -> Option<&'a mut u64> {
+    deltas.as_mut()?.get_mut(channel)
+}
+
 #[derive(Default)]
 struct Guards {
     /// Publications held back while the stream is being read.
@@ -105,10 +110,10 @@ impl Handle {
             .insert(Arc::from(channel), 0);
     }
 
-    /// Notes that `offset` of a delta channel was queued for the client:
+    /// Notes that the client has publication `offset` of a delta channel:
     /// the next publication may be a delta against it.
-    fn queued_delta_base(&self, channel: &str, offset: u64) {
-        if let Some(base) = self.deltas.lock().as_mut().and_then(|d| d.get_mut(channel)) {
+    pub(super) fn delta_base(&self, channel: &str, offset: u64) {
+        if let Some(base) = base_of(&mut self.deltas.lock(), channel) {
             *base = offset;
         }
     }
@@ -141,18 +146,19 @@ impl Handle {
             }
         }
         if let Some(offset) = last {
-            self.queued_delta_base(channel, offset);
+            self.delta_base(channel, offset);
         }
         self.release_if_unused(&mut lock);
     }
 
-    /// Drops the channel's guards (on unsubscribe).
+    /// Drops the channel's guards and delta base (on unsubscribe).
     pub(super) fn forget(&self, channel: &str) {
         let mut lock = self.guards.lock();
-        let Some(g) = lock.as_mut() else { return };
-        g.held.remove(channel);
-        g.floors.remove(channel);
-        self.release_if_unused(&mut lock);
+        if let Some(g) = lock.as_mut() {
+            g.held.remove(channel);
+            g.floors.remove(channel);
+            self.release_if_unused(&mut lock);
+        }
         drop(lock);
         let mut deltas = self.deltas.lock();
         if let Some(d) = deltas.as_mut() {
@@ -223,25 +229,31 @@ impl Client for Handle {
     }
     fn deliver_delta(&self, forms: &Forms<'_>) {
         let text = self.encoding.is_text();
+        let channel = &*forms.publication().channel;
+        let Some(whole) = forms.whole(text) else {
+            // Not for this format (as for every subscriber in it); the
+            // client's last data is no longer the channel's last.
+            self.delta_base(channel, 0);
+            return;
+        };
         // Held back while the stream is read, it goes whole.
-        let whole = forms.whole(text);
         let Some(_guards) = self.admit(&whole) else {
             return;
         };
-        let chosen = {
-            let mut deltas = self.deltas.lock();
-            let base = deltas.as_mut().and_then(|d| d.get_mut(&*whole.channel));
-            match base {
-                Some(base) => {
-                    let delta = match forms.base() {
-                        Some(b) if b == *base => forms.delta(text),
-                        _ => None,
-                    };
-                    *base = whole.offset;
-                    delta.unwrap_or(whole)
-                }
-                None => whole,
+        // Chosen and queued under the lock, so that two publications
+        // delivered at once (ones without an offset are not sequenced)
+        // reach the outbox in the order their bases say.
+        let mut deltas = self.deltas.lock();
+        let chosen = match base_of(&mut deltas, channel) {
+            Some(base) => {
+                let delta = match forms.base() {
+                    Some(b) if b == *base => forms.delta(text),
+                    _ => None,
+                };
+                *base = whole.offset;
+                delta.unwrap_or(whole)
             }
+            None => whole,
         };
         if let Some(frame) = self.encoding.publication(&chosen) {
             self.outbox.push_frame(frame);

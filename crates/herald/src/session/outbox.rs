@@ -151,10 +151,12 @@ impl Outbox {
 
     /// Holds the one frame queued for the next (write coalescing): true
     /// when the second frame will wake the writer, false when more than one
-    /// is queued already (the writer writes them).
+    /// item is queued already, or a request from outside (the writer
+    /// writes them).
     pub fn await_next(&self) -> bool {
         let mut s = self.state.lock();
-        s.awaiting_next = s.queue.len() < 2 && !s.overflowed;
+        s.awaiting_next =
+            s.queue.len() == 1 && !s.overflowed && matches!(s.queue.front(), Some(Item::Frame(_)));
         s.awaiting_next
     }
 
@@ -370,6 +372,10 @@ mod tests {
         o.push_control(Control::Message(Bytes::new()));
         assert_eq!(woken(), 5);
         assert!(o.next_came());
+        o.drain(&mut out);
+        o.push_control(Control::Message(Bytes::new()));
+        assert!(!o.await_next(), "a lone request is not held either");
+        o.drain(&mut out);
         // Nor is an overflow.
         let o = Outbox::new(2);
         o.wakes(&cx);

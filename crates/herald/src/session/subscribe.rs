@@ -13,7 +13,7 @@ use herald_protocol::{ClientInfo, Disconnect, ProtocolError, Publication};
 use super::{expiry, ttl_from, Session, SubState};
 use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
-use crate::config::ChannelOptions;
+use crate::config::{ChannelOptions, FOSSIL};
 use crate::hub::{as_text, Delivery};
 use crate::proxy::{ChannelEvent, Endpoint};
 use crate::store::{HistoryQuery, StreamPosition};
@@ -86,9 +86,7 @@ impl Session {
         // Deltas need a stream position to say what they are against.
         state.delta = match req.delta.as_str() {
             "" => false,
-            "fossil" => {
-                plan.positioned && options.allowed_delta_types.iter().any(|t| t == "fossil")
-            }
+            FOSSIL => plan.positioned && options.allowed_delta_types.iter().any(|t| t == FOSSIL),
             other => {
                 tracing::info!(client = %self.client_id, channel, delta = other, "unknown delta type");
                 return Err(Disconnect::bad_request());
@@ -118,8 +116,15 @@ impl Session {
             Ok(top) => {
                 if result.delta && self.encoding.is_text() {
                     // Delta subscribers' data are JSON strings, from the first.
-                    let whole = result.publications.iter().map(|p| as_text(p));
+                    let whole = result.publications.iter().filter_map(|p| as_text(p));
                     result.publications = whole.collect();
+                }
+                if let (true, Some(last), Some(conn)) =
+                    (result.delta, result.publications.last(), &self.conn)
+                {
+                    // The client has the last recovered publication: the
+                    // next may be a delta against it.
+                    conn.handle.delta_base(&channel, last.offset);
                 }
                 self.reply(id, Ok(ReplyBody::Subscribe(result)));
                 self.release(&channel, top).await;

@@ -63,6 +63,13 @@ impl Coalesce {
         }
     }
 
+    /// A write begins at `now`, ending any hold.
+    fn write(&mut self, now: Instant, held: &mut Option<Instant>) -> Wake {
+        *held = None;
+        self.last = Some(now);
+        Wake::Outbox
+    }
+
     /// For frames that came at `now`: until when they wait, and whether
     /// for the next frame (else for the time).
     fn hold(&self, now: Instant) -> Option<(Instant, bool)> {
@@ -151,9 +158,7 @@ impl<'a, 'n> Wakes<'a, 'n> {
                         if wakes.others {
                             outbox.reopen_others(); // the socket and timer were not polled
                         }
-                        *held = None;
-                        coalesce.last = Some(now);
-                        return Poll::Ready(Wake::Outbox);
+                        return Poll::Ready(coalesce.write(now, held));
                     }
                     Some((until, _)) if *held != Some(until) => {
                         // The timer is armed for the hold's end; it wakes
@@ -179,9 +184,7 @@ impl<'a, 'n> Wakes<'a, 'n> {
                 let now = Instant::now();
                 if held.is_some_and(|h| h <= now) {
                     // The hold is over: write what came.
-                    *held = None;
-                    coalesce.last = Some(now);
-                    return Poll::Ready(Wake::Outbox);
+                    return Poll::Ready(coalesce.write(now, held));
                 }
                 return Poll::Ready(Wake::Deadline);
             }
