@@ -1,8 +1,9 @@
-//! A protocol client over one WebSocket: connect, subscribe, publish and
-//! read stamped publications, answering the server's pings. It speaks v2
-//! JSON or Protobuf, or v1 JSON ([`Protocol`]) and may bind a chosen loopback source address so
-//! large runs do not run out of ephemeral ports. Every scenario speaks to
-//! the server through it.
+//! A protocol client over one WebSocket (or an emulated transport,
+//! [`emulated`]): connect, subscribe, publish and read stamped
+//! publications, answering the server's pings. It speaks v2 JSON or
+//! Protobuf, or v1 JSON ([`Protocol`]) and may bind a chosen loopback
+//! source address so large runs do not run out of ephemeral ports. Every
+//! scenario speaks to the server through it.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::Disconnect;
-use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -19,7 +19,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::protocol::{classify_protobuf, Kind, Protocol, Sorted, Stamp};
-use crate::target::Target;
+use crate::target::{Target, Transport};
+
+mod emulated;
+mod replies;
+
+use replies::{PushEnvelope, Reply};
 
 /// Deliveries kept while waiting for a reply (publications that overtook
 /// it); past this many the connection is abandoned with
@@ -32,6 +37,12 @@ pub const MAX_STASHED: usize = 65_536;
 pub const READ_BUFFER: usize = 8 * 1024;
 
 type Socket = WebSocketStream<TcpStream>;
+
+/// What a client's messages travel over.
+enum Conn {
+    Ws(Box<Socket>),
+    Emulated(Box<emulated::Emulated>),
+}
 
 /// What went wrong with a connection or a command.
 #[derive(Debug, thiserror::Error)]
@@ -77,73 +88,6 @@ pub enum Delivery {
     Unstamped(String),
 }
 
-/// A reply, either protocol: v2 puts results under the method's name, v1
-/// under `result`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Reply {
-    error: Option<ErrorBody>,
-    connect: Option<ConnectBody>,
-    result: Option<ConnectBody>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ErrorBody {
-    code: u32,
-    message: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ConnectBody {
-    client: String,
-    pong: bool,
-}
-
-/// A push without a stamp: v2 `{"push":{…}}`, v1 `{"result":{…}}`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PushEnvelope {
-    push: Option<PushBody>,
-    result: Option<PushBody>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PushBody {
-    #[serde(rename = "pub")]
-    publication: Option<serde::de::IgnoredAny>,
-    /// v1: the publication is `data` of a push without `type`.
-    data: Option<serde::de::IgnoredAny>,
-    #[serde(rename = "type")]
-    kind: u32,
-    disconnect: Option<DisconnectBody>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct DisconnectBody {
-    code: u16,
-    reason: String,
-}
-
-impl From<herald_protocol::protobuf::pb::Reply> for Reply {
-    fn from(r: herald_protocol::protobuf::pb::Reply) -> Self {
-        Self {
-            error: r.error.map(|e| ErrorBody {
-                code: e.code,
-                message: e.message,
-            }),
-            connect: r.connect.map(|c| ConnectBody {
-                client: c.client,
-                pong: c.pong,
-            }),
-            result: None,
-        }
-    }
-}
-
 /// One message worth returning from [`Client::read`].
 enum Msg {
     Reply(u32, Reply),
@@ -152,7 +96,7 @@ enum Msg {
 
 /// One connected (protocol-level) client.
 pub struct Client {
-    socket: Socket,
+    conn: Conn,
     protocol: Protocol,
     next_id: u32,
     /// Whether the server wants `{}` back for each ping (v2).
@@ -185,28 +129,21 @@ impl Client {
         token: &str,
         source: Option<IpAddr>,
     ) -> Result<Self, ClientError> {
-        let tcp = dial(target.addr, source)
-            .await
-            .map_err(|e| ClientError::Open(e.to_string()))?;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0);
-        let mut request = target
-            .ws_url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::Open(e.to_string()))?;
-        if let Some(sub) = target.protocol.subprotocol() {
-            request.headers_mut().insert(
-                "Sec-WebSocket-Protocol",
-                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(sub),
-            );
-        }
-        let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
-            .await
-            .map_err(|e| ClientError::Open(e.to_string()))?;
+        let first_id = 1;
+        let mut emulated_connect = None;
+        let conn = match target.transport {
+            Transport::WebSocket => Conn::Ws(Box::new(open_websocket(target, source).await?)),
+            _ => {
+                let connect = target.protocol.connect(first_id, token).ok_or_else(|| {
+                    ClientError::Open("this protocol has no emulated transports".into())
+                })?;
+                let e = emulated::Emulated::open(target, source, connect.into_data().to_vec());
+                emulated_connect = Some(first_id);
+                Conn::Emulated(Box::new(e.await?))
+            }
+        };
         let mut client = Self {
-            socket,
+            conn,
             protocol: target.protocol,
             next_id: 0,
             pong: false,
@@ -216,16 +153,25 @@ impl Client {
             client_id: String::new(),
         };
         let id = client.next_id();
-        let Some(connect) = client.protocol.connect(id, token) else {
-            // Pusher: the server opens with connection_established.
-            client.answer(id).await?;
-            client.pong = true;
-            return Ok(client);
+        debug_assert_eq!(id, first_id);
+        let reply = match (emulated_connect, client.protocol.connect(id, token)) {
+            // Sent as the stream's request: only the reply is to come.
+            (Some(id), _) => client.answer(id).await?,
+            (None, Some(connect)) => client.request(id, connect).await?,
+            (None, None) => {
+                // Pusher: the server opens with connection_established.
+                client.answer(id).await?;
+                client.pong = true;
+                return Ok(client);
+            }
         };
-        let reply = client.request(id, connect).await?;
         let result = reply.connect.or(reply.result).unwrap_or_default();
         client.pong = result.pong;
         client.client_id = result.client;
+        if let Conn::Emulated(e) = &mut client.conn {
+            e.session = result.session;
+            e.node = result.node;
+        }
         Ok(client)
     }
 
@@ -278,9 +224,12 @@ impl Client {
         }
     }
 
-    /// Sends a close frame; errors do not matter any more.
-    pub async fn close(mut self) {
-        let _ = self.socket.close(None).await;
+    /// Sends a close frame (ends the stream of an emulated transport);
+    /// errors do not matter any more.
+    pub async fn close(self) {
+        if let Conn::Ws(mut socket) = self.conn {
+            let _ = (*socket).close(None).await;
+        }
     }
 
     fn next_id(&mut self) -> u32 {
@@ -321,10 +270,18 @@ impl Client {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), ClientError> {
-        self.socket
-            .send(message)
-            .await
-            .map_err(|e| ClientError::Lost(e.to_string()))
+        match &mut self.conn {
+            Conn::Ws(socket) => socket
+                .send(message)
+                .await
+                .map_err(|e| ClientError::Lost(e.to_string())),
+            Conn::Emulated(e) => match message {
+                Message::Text(text) => e.send(text.as_str()).await,
+                _ => Err(ClientError::Lost(
+                    "binary commands over an emulated transport".into(),
+                )),
+            },
+        }
     }
 
     /// The next reply or delivery. Pings are answered and other pushes
@@ -434,10 +391,19 @@ impl Client {
         Ok(is_pub.then(|| Delivery::Unstamped(line.chars().take(100).collect())))
     }
 
-    /// Reads one WebSocket data message as the current frame.
+    /// Reads one WebSocket data message (or what an emulated transport
+    /// has streamed) as the current frame.
     async fn read_frame(&mut self) -> Result<(), ClientError> {
+        let socket = match &mut self.conn {
+            Conn::Ws(socket) => socket,
+            Conn::Emulated(e) => {
+                self.frame = e.next_frame().await?;
+                self.pos = 0;
+                return Ok(());
+            }
+        };
         loop {
-            match self.socket.next().await {
+            match socket.next().await {
                 Some(Ok(Message::Text(t))) => {
                     self.frame = Bytes::from(t);
                     self.pos = 0;
@@ -461,6 +427,31 @@ impl Client {
             }
         }
     }
+}
+
+/// Opens the WebSocket (from `source` when given).
+async fn open_websocket(target: &Target, source: Option<IpAddr>) -> Result<Socket, ClientError> {
+    let tcp = dial(target.addr, source)
+        .await
+        .map_err(|e| ClientError::Open(e.to_string()))?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
+    let mut request = target
+        .ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::Open(e.to_string()))?;
+    if let Some(sub) = target.protocol.subprotocol() {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(sub),
+        );
+    }
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+        .await
+        .map_err(|e| ClientError::Open(e.to_string()))?;
+    Ok(socket)
 }
 
 /// Opens a TCP connection to `addr`, bound to `source` when given.

@@ -13,7 +13,7 @@ use herald_bench::scenario::{
     api_publish, connect_storm, durable_publish, fanout, idle, many_channels, CONNECT_CONCURRENCY,
     CONNECT_TIMEOUT,
 };
-use herald_bench::target::{Auth, Target};
+use herald_bench::target::{Auth, Target, Transport};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +64,10 @@ struct Common {
     /// Client protocol the server speaks.
     #[arg(long, value_enum, default_value_t = Protocol::V2Json)]
     protocol: Protocol,
+    /// How connections reach the server: the WebSocket at --url, or an
+    /// emulated transport on the same host and port (JSON only).
+    #[arg(long, value_enum, default_value_t = Transport::WebSocket)]
+    transport: Transport,
     /// Connection token sent by every connection.
     #[arg(long, conflicts_with = "hmac_secret")]
     token: Option<String>,
@@ -287,7 +291,19 @@ impl Timing {
 
 impl Common {
     fn target(&self) -> anyhow::Result<Target> {
-        Ok(Target::parse(&self.url)?.with_protocol(self.protocol))
+        self.on(&self.url)
+    }
+
+    /// `url` spoken to as this run's flags say.
+    fn on(&self, url: &str) -> anyhow::Result<Target> {
+        if self.transport != Transport::WebSocket && self.protocol != Protocol::V2Json {
+            anyhow::bail!(
+                "--transport {:?} speaks centrifuge-v2-json only",
+                self.transport
+            );
+        }
+        let target = Target::parse(url)?.with_protocol(self.protocol);
+        Ok(target.with_transport(self.transport))
     }
 
     fn auth(&self) -> Auth {
@@ -426,7 +442,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             let other_nodes = a
                 .also_url
                 .iter()
-                .map(|u| Ok(Target::parse(u)?.with_protocol(c.protocol)))
+                .map(|u| c.on(u))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let options = fanout::Options {
                 target: c.target()?,

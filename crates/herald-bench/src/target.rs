@@ -10,6 +10,36 @@ use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::protocol::Protocol;
 
+/// How connections reach the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// The WebSocket at `--url`.
+    #[default]
+    #[value(name = "websocket")]
+    #[serde(rename = "websocket")]
+    WebSocket,
+    /// HTTP-streaming (`/connection/http_stream`, JSON lines), commands
+    /// posted to `/emulation` (the server needs `http_stream.enabled`).
+    #[value(name = "http_stream")]
+    HttpStream,
+    /// Server-sent events (`/connection/sse`), commands posted to
+    /// `/emulation` (the server needs `sse.enabled`).
+    #[value(name = "sse")]
+    Sse,
+}
+
+impl Transport {
+    /// The endpoint of an emulated transport.
+    pub fn path(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "/connection/websocket",
+            Transport::HttpStream => "/connection/http_stream",
+            Transport::Sse => "/connection/sse",
+        }
+    }
+}
+
 /// Why a target cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -79,6 +109,7 @@ pub struct Target {
     /// The server's socket address (`localhost` is 127.0.0.1).
     pub addr: SocketAddr,
     pub protocol: Protocol,
+    pub transport: Transport,
     /// `host:port` of the server, used to derive the HTTP API address.
     authority: String,
 }
@@ -103,6 +134,7 @@ impl Target {
             ws_url: url.to_string(),
             addr: SocketAddr::new(ip, uri.port_u16().unwrap_or(80)),
             protocol: Protocol::default(),
+            transport: Transport::default(),
             authority,
         })
     }
@@ -113,10 +145,21 @@ impl Target {
         self
     }
 
+    /// The same target reached over `transport`.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
     /// The server API URL for `method` on the same host and port, e.g.
     /// `http://127.0.0.1:8000/api/publish`.
     pub fn api_url(&self, method: &str) -> String {
-        format!("http://{}/api/{method}", self.authority)
+        self.http_url(&format!("/api/{method}"))
+    }
+
+    /// An HTTP URL of `path` on the same host and port.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.authority)
     }
 }
 

@@ -10,7 +10,7 @@ use herald_bench::bare::BareServer;
 use herald_bench::report::Report;
 use herald_bench::scenario::delivery::Load;
 use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
-use herald_bench::target::{Auth, Target};
+use herald_bench::target::{Auth, Target, Transport};
 use herald_testkit::{env_url, unique, TestServer};
 use serde_json::{json, Value};
 
@@ -245,6 +245,28 @@ async fn scenarios_with_tokens_and_api_key() {
     fanout(target(&server), auth.clone(), Some(API_KEY), "plain:fan").await;
     many_channels(target(&server), auth.clone(), Some(API_KEY)).await;
     connect_storm(target(&server), auth).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_and_idle_over_http_stream_and_sse() {
+    let config = json!({
+        "log": { "level": "warn" },
+        "client": { "token": { "hmac_secret_key": SECRET } },
+        "http_api": { "key": API_KEY },
+        "http_stream": { "enabled": true },
+        "sse": { "enabled": true },
+        "channel": { "namespaces": namespaces() }
+    });
+    let server = TestServer::with_config(config, false).await;
+    let auth = Auth::Hmac(SECRET.into());
+    for transport in [Transport::HttpStream, Transport::Sse] {
+        let over = || target(&server).with_transport(transport);
+        // Commands (subscribe) go through the emulation endpoint, pings
+        // are answered there too.
+        fanout(over(), auth.clone(), Some(API_KEY), "hist:streamed").await;
+        idle(over(), auth.clone()).await;
+    }
     server.stop().await;
 }
 

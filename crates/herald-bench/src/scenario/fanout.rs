@@ -13,7 +13,7 @@ use super::delivery::{self, Delivered, Load};
 use super::{Dialer, Opened, ScenarioError};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::Progress;
-use crate::target::{Auth, Target};
+use crate::target::{Auth, Target, Transport};
 
 /// A run "keeps up" when it delivers at least this share of what was
 /// offered, loses nothing, drops no subscriber and its p99 stays under
@@ -42,6 +42,7 @@ pub struct FanoutReport {
     /// Nodes the subscribers were spread over.
     pub nodes: usize,
     pub protocol: &'static str,
+    pub transport: Transport,
     pub channel: String,
     pub subscribers: usize,
     pub connected: usize,
@@ -68,13 +69,16 @@ impl Report for FanoutReport {
     }
     fn table(&self) -> String {
         let mut t = Table::new("herald-bench fanout");
-        t.row("url", format_args!("{} ({})", self.url, self.protocol))
-            .row("nodes", self.nodes)
-            .row("channel", &self.channel)
-            .row(
-                "subscribers connected",
-                format_args!("{} / {}", self.connected, self.subscribers),
-            );
+        t.row(
+            "url",
+            format_args!("{} ({}, {:?})", self.url, self.protocol, self.transport),
+        )
+        .row("nodes", self.nodes)
+        .row("channel", &self.channel)
+        .row(
+            "subscribers connected",
+            format_args!("{} / {}", self.connected, self.subscribers),
+        );
         self.run.load_rows(&mut t);
         t.row("delivered", self.run.delivered).row(
             "delivered/s",
@@ -137,6 +141,7 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
         url: o.target.ws_url.clone(),
         nodes: nodes.len(),
         protocol: o.target.protocol.name(),
+        transport: o.target.transport,
         channel: o.channel.clone(),
         subscribers: o.subscribers,
         connected,

@@ -17,7 +17,7 @@ use super::{ScenarioError, Usage};
 use crate::procfs::Process;
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::{spawn_progress, Progress, Summary};
-use crate::target::{Auth, Target};
+use crate::target::{Auth, Target, Transport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -45,6 +45,7 @@ pub struct IdleReport {
     pub scenario: &'static str,
     pub url: String,
     pub protocol: &'static str,
+    pub transport: Transport,
     pub connections: usize,
     /// Distinct channels (0: one per connection).
     pub channels: usize,
@@ -79,7 +80,10 @@ impl Report for IdleReport {
             })
         };
         Table::new("herald-bench idle")
-            .row("url", format_args!("{} ({})", self.url, self.protocol))
+            .row(
+                "url",
+                format_args!("{} ({}, {:?})", self.url, self.protocol, self.transport),
+            )
             .row(
                 "connected",
                 format_args!(
@@ -190,6 +194,7 @@ pub async fn run(o: &Options) -> Result<IdleReport, ScenarioError> {
         scenario: "idle",
         url: o.target.ws_url.clone(),
         protocol: o.target.protocol.name(),
+        transport: o.target.transport,
         connections: o.connections,
         channels: o.channels,
         connected,
