@@ -7,6 +7,7 @@ mod commands;
 mod connect;
 mod handle;
 mod outbox;
+mod plan;
 mod proxied;
 mod server_side;
 mod subs;

@@ -14,7 +14,7 @@ use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, SubscribeResult};
 use herald_protocol::ProtocolError;
 
-use super::subscribe::Plan;
+use super::plan::Plan;
 use super::{Session, SubState};
 use crate::auth::SubOptions;
 use crate::hub::ServerSubscribe;

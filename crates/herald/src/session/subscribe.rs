@@ -10,10 +10,11 @@ use herald_protocol::command::SubscribeRequest;
 use herald_protocol::reply::{Push, ReplyBody, SubRefreshResult, SubscribeResult};
 use herald_protocol::{ClientInfo, Disconnect, ProtocolError, Publication};
 
+use super::plan::Plan;
 use super::{expiry, ttl_from, Session, SubState};
-use crate::auth::{now_unix, Overrides, SubOptions, SubscriptionClaims, TokenError};
+use crate::auth::{now_unix, SubOptions, SubscriptionClaims, TokenError};
 use crate::channel::Asker;
-use crate::config::{ChannelOptions, FOSSIL};
+use crate::config::ChannelOptions;
 use crate::hub::{as_text, Delivery};
 use crate::proxy::{ChannelEvent, Endpoint};
 use crate::store::{HistoryQuery, StreamPosition};
@@ -83,15 +84,10 @@ impl Session {
         let has_stream = self.node.stream_options(&options).is_some();
         let plan = Plan::new(&options, has_stream, &token.overrides, Some(&req));
         plan.apply(&mut state);
-        // Deltas need a stream position to say what they are against.
-        state.delta = match req.delta.as_str() {
-            "" => false,
-            FOSSIL => plan.positioned && options.allowed_delta_types.iter().any(|t| t == FOSSIL),
-            other => {
-                tracing::info!(client = %self.client_id, channel, delta = other, "unknown delta type");
-                return Err(Disconnect::bad_request());
-            }
-        };
+        state.delta = plan.delta(&req.delta, &options).map_err(|()| {
+            tracing::info!(client = %self.client_id, channel, delta = req.delta, "unknown delta type");
+            Disconnect::bad_request()
+        })?;
         let (expires, ttl) = expiry(state.expires_at, !state.server_refresh);
         let mut result = SubscribeResult {
             expires,
@@ -553,57 +549,4 @@ enum Verdict {
     Granted(SubState, SubOptions),
     /// The namespace's subscribe proxy decides.
     AskBackend(Arc<Endpoint>),
-}
-
-/// How one subscription behaves: the namespace's options, changed by a
-/// token's overrides and, for a client's own subscribe, by what it asked.
-pub(super) struct Plan {
-    pub presence: bool,
-    pub join_leave: bool,
-    /// Join/leave events are pushed to this client.
-    pub push_join_leave: bool,
-    pub recoverable: bool,
-    pub positioned: bool,
-}
-
-impl Plan {
-    /// `asked` is the client's subscribe request; `None` for a subscription
-    /// the server makes, which only the namespace's `force_*` options (and
-    /// the token's overrides) position.
-    pub(super) fn new(
-        options: &ChannelOptions,
-        has_stream: bool,
-        overrides: &Overrides,
-        asked: Option<&SubscribeRequest>,
-    ) -> Self {
-        let o = overrides;
-        let join_leave = o.join_leave.unwrap_or(options.join_leave);
-        let force_push = o
-            .force_push_join_leave
-            .unwrap_or(options.force_push_join_leave);
-        let force_recovery = o.force_recovery.unwrap_or(options.force_recovery);
-        let force_positioning = o.force_positioning.unwrap_or(options.force_positioning);
-        let (ask_recovery, ask_positioning, ask_join_leave) =
-            asked.map_or((false, false, false), |r| {
-                (
-                    options.allow_recovery && r.recoverable,
-                    options.allow_positioning && r.positioned,
-                    r.join_leave,
-                )
-            });
-        let recoverable = has_stream && (force_recovery || ask_recovery);
-        Self {
-            presence: o.presence.unwrap_or(options.presence),
-            join_leave,
-            push_join_leave: join_leave && (force_push || ask_join_leave),
-            recoverable,
-            positioned: recoverable || (has_stream && (force_positioning || ask_positioning)),
-        }
-    }
-
-    /// Records presence and join/leave on the subscription's state.
-    pub(super) fn apply(&self, state: &mut SubState) {
-        state.presence = self.presence;
-        state.join_leave = self.join_leave;
-    }
 }

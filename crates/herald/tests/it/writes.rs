@@ -40,15 +40,13 @@ async fn write_delay_collects_messages_into_one_write() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_connection_gets_its_frames_in_fewer_writes() {
-    let (server, mut ws) = subscriber(json!({ "adaptive_write_delay": "1s" })).await;
+/// Publishes `count` publications 40 ms apart (a steady stream), checks
+/// that every one arrives in order, and returns how many WebSocket
+/// messages they came in.
+async fn steady_stream(server: &TestServer, ws: &mut Ws, count: usize) -> usize {
     let before = ws.frames;
-    // A steady stream, a publication every 40 ms: each frame after the
-    // first waits for the next one and the two share a write.
-    let count = 12;
     for n in 0..count {
-        publish(&server, n).await;
+        publish(server, n).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     for n in 0..count {
@@ -58,7 +56,15 @@ async fn a_busy_connection_gets_its_frames_in_fewer_writes() {
             "every frame, in order"
         );
     }
-    let writes = ws.frames - before;
+    ws.frames - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_gets_its_frames_in_fewer_writes() {
+    let (server, mut ws) = subscriber(json!({ "adaptive_write_delay": "1s" })).await;
+    // Each frame after the first waits for the next; the two share a write.
+    let count = 12;
+    let writes = steady_stream(&server, &mut ws, count).await;
     assert!(
         writes <= count - 3,
         "{writes} writes for {count} frames: frames should share writes"
@@ -69,16 +75,7 @@ async fn a_busy_connection_gets_its_frames_in_fewer_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_adaptive_delay_every_frame_is_a_write() {
     let (server, mut ws) = subscriber(json!({ "adaptive_write_delay": "0s" })).await;
-    let before = ws.frames;
-    let count = 6;
-    for n in 0..count {
-        publish(&server, n).await;
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    for n in 0..count {
-        assert_eq!(ws.push().await["pub"]["data"]["n"], n);
-    }
-    assert_eq!(ws.frames - before, count);
+    assert_eq!(steady_stream(&server, &mut ws, 6).await, 6);
     server.stop().await;
 }
 
