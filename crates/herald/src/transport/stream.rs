@@ -27,12 +27,14 @@ use axum::Extension;
 use herald_protocol::reply::Push;
 use herald_protocol::Disconnect;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::frame::{Encoding, Frame};
 use crate::hub::Control;
 use crate::metrics::Counters;
 use crate::node::Node;
 use crate::session::{self, Item, Outbox, Session};
+use crate::transport::wake::Coalesce;
 
 /// Chunks waiting for the HTTP connection; the session's queue holds the
 /// rest.
@@ -370,7 +372,10 @@ fn streamed(style: Style, body: Body) -> Response {
 }
 
 /// Runs the session into the response until either ends; a session that
-/// ends says why with a last `{"disconnect":…}` push.
+/// ends says why with a last `{"disconnect":…}` push. Frames are written as
+/// WebSocket connections write them ([`Coalesce`]): a busy connection's
+/// frames go out in pairs, which the HTTP stack then writes together; the
+/// replies to posted commands go out at once.
 pub(crate) async fn pump<S: Sink>(
     node: Arc<Node>,
     mut session: Session,
@@ -379,10 +384,20 @@ pub(crate) async fn pump<S: Sink>(
 ) {
     let outbox = session.outbox().clone();
     let mut items = VecDeque::new();
+    let mut coalesce = Coalesce::new(&node.config.client);
+    // Queued frames wait until then (or for the next frame).
+    let mut held: Option<Instant> = None;
+    // Commands were handled: their replies are not held.
+    let mut urgent = false;
     let ended: Option<Disconnect> = 'run: loop {
         let deadline = session.next_deadline();
         let queued = std::future::poll_fn(|cx| {
-            if outbox.wakes(cx).queued {
+            let queued = outbox.wakes(cx).queued;
+            let due = match held {
+                None => queued,
+                Some(_) => queued && coalesce.ends_with_next() && outbox.next_came(),
+            };
+            if due {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -394,6 +409,12 @@ pub(crate) async fn pump<S: Sink>(
                 None => std::future::pending().await,
             }
         };
+        let hold = async {
+            match held {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = node.shutdown().cancelled() => break Some(Disconnect::shutdown()),
             _ = tx.closed() => break None,
@@ -401,29 +422,41 @@ pub(crate) async fn pump<S: Sink>(
                 if let Err(d) = Box::pin(session.on_deadline()).await {
                     break Some(d);
                 }
+                continue;
             }
+            _ = hold => {}
             _ = queued => {
-                if outbox.drain(&mut items) {
-                    Counters::incr(&node.counters.slow_disconnects);
-                    break Some(Disconnect::slow());
+                let now = Instant::now();
+                if held.is_none() && !std::mem::take(&mut urgent) {
+                    held = coalesce.hold_for(now, &outbox);
+                    if held.is_some() {
+                        continue;
+                    }
                 }
-                for item in items.drain(..) {
-                    match item {
-                        Item::Frame(frame) => {
-                            Counters::incr(&node.counters.messages_out);
-                            Counters::add(&node.counters.bytes_out, frame.len() as u64);
-                            let Some(item) = sink.item(&frame) else {
-                                continue;
-                            };
-                            if let Err(end) = send(&tx, item, &outbox, &node).await {
-                                break 'run end;
-                            }
-                        }
-                        Item::Control(control) => {
-                            if let Err(d) = Box::pin(session.handle_control(*control)).await {
-                                break 'run Some(d);
-                            }
-                        }
+            }
+        }
+        held = None;
+        coalesce.wrote(Instant::now());
+        if outbox.drain(&mut items) {
+            Counters::incr(&node.counters.slow_disconnects);
+            break Some(Disconnect::slow());
+        }
+        for item in items.drain(..) {
+            match item {
+                Item::Frame(frame) => {
+                    Counters::incr(&node.counters.messages_out);
+                    Counters::add(&node.counters.bytes_out, frame.len() as u64);
+                    let Some(item) = sink.item(&frame) else {
+                        continue;
+                    };
+                    if let Err(end) = send(&tx, item, &outbox, &node).await {
+                        break 'run end;
+                    }
+                }
+                Item::Control(control) => {
+                    urgent = true;
+                    if let Err(d) = Box::pin(session.handle_control(*control)).await {
+                        break 'run Some(d);
                     }
                 }
             }

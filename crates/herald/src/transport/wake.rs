@@ -66,8 +66,27 @@ impl Coalesce {
     /// A write begins at `now`, ending any hold.
     fn write(&mut self, now: Instant, held: &mut Option<Instant>) -> Wake {
         *held = None;
-        self.last = Some(now);
+        self.wrote(now);
         Wake::Outbox
+    }
+
+    /// A write begins at `now`.
+    pub(crate) fn wrote(&mut self, now: Instant) {
+        self.last = Some(now);
+    }
+
+    /// For frames first queued at `now` in `outbox`: until when they wait
+    /// (`None`: written now). A wait for the next frame has the outbox
+    /// wake the task when it comes.
+    pub(crate) fn hold_for(&self, now: Instant, outbox: &Outbox) -> Option<Instant> {
+        let (until, next) = self.hold(now)?;
+        (!next || outbox.await_next()).then_some(until)
+    }
+
+    /// Whether a hold ends as soon as the next frame comes (adaptive), not
+    /// only at its time (Centrifugo's fixed delay).
+    pub(crate) fn ends_with_next(&self) -> bool {
+        self.fixed.is_zero()
     }
 
     /// For frames that came at `now`: until when they wait, and whether
@@ -146,12 +165,10 @@ impl<'a, 'n> Wakes<'a, 'n> {
                 let now = Instant::now();
                 let hold = match *held {
                     _ if urgent => None,
-                    None => coalesce
-                        .hold(now)
-                        .filter(|&(_, next)| !next || outbox.await_next()),
+                    None => coalesce.hold_for(now, outbox),
                     // Held for the next frame: has it come?
-                    Some(_) if coalesce.fixed.is_zero() && outbox.next_came() => None,
-                    Some(until) => Some((until, false)),
+                    Some(_) if coalesce.ends_with_next() && outbox.next_came() => None,
+                    Some(until) => Some(until),
                 };
                 match hold {
                     None => {
@@ -160,7 +177,7 @@ impl<'a, 'n> Wakes<'a, 'n> {
                         }
                         return Poll::Ready(coalesce.write(now, held));
                     }
-                    Some((until, _)) if *held != Some(until) => {
+                    Some(until) if *held != Some(until) => {
                         // The timer is armed for the hold's end; it wakes
                         // through `others`.
                         *held = Some(until);
