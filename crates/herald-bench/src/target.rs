@@ -161,6 +161,12 @@ impl Target {
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.authority)
     }
+
+    /// An HTTP URL of `path` at the server's address (no name to resolve
+    /// for each new connection).
+    pub fn http_url_at_addr(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
 }
 
 /// Checks that an HTTP URL (such as a publish endpoint) is on loopback.

@@ -40,19 +40,19 @@ impl Emulated {
         let http = http_client(source)?;
         let sse = target.transport == Transport::Sse;
         let response = http
-            .post(target.http_url(target.transport.path()))
+            .post(target.http_url_at_addr(target.transport.path()))
             .header("content-type", "application/json")
             .body(connect)
             .send()
             .await
             .map_err(|e| ClientError::Open(e.to_string()))?;
         if !response.status().is_success() {
-            return Err(ClientError::Open(format!("HTTP {}", response.status())));
+            return Err(ClientError::Open(refusal(response).await));
         }
         Ok(Self {
             response,
             http,
-            emulation_url: target.http_url("/emulation"),
+            emulation_url: target.http_url_at_addr("/emulation"),
             sse,
             pending: BytesMut::new(),
             session: String::new(),
@@ -72,10 +72,8 @@ impl Emulated {
             .await
             .map_err(|e| ClientError::Lost(e.to_string()))?;
         if !response.status().is_success() {
-            return Err(ClientError::Lost(format!(
-                "emulation request: HTTP {}",
-                response.status()
-            )));
+            let why = refusal(response).await;
+            return Err(ClientError::Lost(format!("emulation request: {why}")));
         }
         Ok(())
     }
@@ -87,6 +85,10 @@ impl Emulated {
                 return Ok(frame);
             }
             match self.response.chunk().await {
+                // Line ends may be CRLF in event streams: read as LF.
+                Ok(Some(chunk)) if self.sse && chunk.contains(&b'\r') => {
+                    self.pending.extend(chunk.iter().filter(|b| **b != b'\r'))
+                }
                 Ok(Some(chunk)) => self.pending.extend_from_slice(&chunk),
                 Ok(None) => return Err(ClientError::Lost("end of stream".into())),
                 Err(e) => return Err(ClientError::Lost(e.to_string())),
@@ -116,6 +118,17 @@ impl Emulated {
         }
         Some(Bytes::from(lines))
     }
+}
+
+/// An error response as a message: its status and the start of its body
+/// (the server says why there).
+async fn refusal(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    format!(
+        "HTTP {status}: {}",
+        body.chars().take(200).collect::<String>()
+    )
 }
 
 /// One HTTP client per source address, shared by the connections from it

@@ -160,6 +160,13 @@ impl Outbox {
         s.awaiting_next
     }
 
+    /// Whether a request from outside is queued (the writer acts on it
+    /// without holding anything).
+    pub fn has_request(&self) -> bool {
+        let s = self.state.lock();
+        s.queue.iter().any(|item| matches!(item, Item::Control(_)))
+    }
+
     /// Whether the frames held by [`Outbox::await_next`] are to be written:
     /// the next came, or something else did.
     pub fn next_came(&self) -> bool {
@@ -180,14 +187,12 @@ impl Outbox {
         if size > 0 && !self.admit(&mut s, size) {
             return;
         }
-        let was_empty = s.queue.is_empty();
         s.queue.push_back(Item::Control(Box::new(control)));
-        // A request is not held for more frames.
-        let wake = was_empty || std::mem::take(&mut s.awaiting_next);
+        // A request is never held with frames (nor for the next one): the
+        // writer is woken whatever is queued.
+        s.awaiting_next = false;
         drop(s);
-        if wake {
-            self.signal();
-        }
+        self.signal();
     }
 
     /// Takes everything queued into `out` by swapping `out`'s buffer (emptied
@@ -375,6 +380,7 @@ mod tests {
         o.drain(&mut out);
         o.push_control(Control::Message(Bytes::new()));
         assert!(!o.await_next(), "a lone request is not held either");
+        assert!(o.has_request());
         o.drain(&mut out);
         // Nor is an overflow.
         let o = Outbox::new(2);

@@ -387,15 +387,15 @@ pub(crate) async fn pump<S: Sink>(
     let mut coalesce = Coalesce::new(&node.config.client);
     // Queued frames wait until then (or for the next frame).
     let mut held: Option<Instant> = None;
-    // Commands were handled: their replies are not held.
-    let mut urgent = false;
+    // Commands were handled (or the connect): their replies are not held.
+    let mut urgent = true;
     let ended: Option<Disconnect> = 'run: loop {
         let deadline = session.next_deadline();
         let queued = std::future::poll_fn(|cx| {
             let queued = outbox.wakes(cx).queued;
             let due = match held {
                 None => queued,
-                Some(_) => queued && coalesce.ends_with_next() && outbox.next_came(),
+                Some(_) => queued && coalesce.hold_over(&outbox),
             };
             if due {
                 Poll::Ready(())
@@ -441,6 +441,7 @@ pub(crate) async fn pump<S: Sink>(
             Counters::incr(&node.counters.slow_disconnects);
             break Some(Disconnect::slow());
         }
+        let mut handled = false;
         for item in items.drain(..) {
             match item {
                 Item::Frame(frame) => {
@@ -454,14 +455,29 @@ pub(crate) async fn pump<S: Sink>(
                     }
                 }
                 Item::Control(control) => {
-                    urgent = true;
+                    handled = true;
                     if let Err(d) = Box::pin(session.handle_control(*control)).await {
                         break 'run Some(d);
                     }
                 }
             }
         }
+        // Replies the commands queued go out at once.
+        urgent = handled && outbox.queued_bytes() > 0;
     };
+    if let Some(d) = &ended {
+        // What is still queued (held frames, an error reply) goes before
+        // the last push; not when the client is what failed.
+        if d.code != Disconnect::slow().code && !outbox.drain(&mut items) {
+            for item in items.drain(..) {
+                if let Item::Frame(frame) = item {
+                    if let Some(item) = sink.item(&frame) {
+                        let _ = tx.try_send(item);
+                    }
+                }
+            }
+        }
+    }
     if let Some(last) = ended.clone().and_then(|d| sink.last(d)) {
         let _ = tx.try_send(last);
     }

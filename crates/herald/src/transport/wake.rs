@@ -79,8 +79,17 @@ impl Coalesce {
     /// (`None`: written now). A wait for the next frame has the outbox
     /// wake the task when it comes.
     pub(crate) fn hold_for(&self, now: Instant, outbox: &Outbox) -> Option<Instant> {
+        if outbox.has_request() {
+            return None;
+        }
         let (until, next) = self.hold(now)?;
         (!next || outbox.await_next()).then_some(until)
+    }
+
+    /// Whether frames held until `held` are to be written now: the next
+    /// frame came (adaptive), or a request from outside is queued.
+    pub(crate) fn hold_over(&self, outbox: &Outbox) -> bool {
+        (self.ends_with_next() && outbox.next_came()) || outbox.has_request()
     }
 
     /// Whether a hold ends as soon as the next frame comes (adaptive), not
@@ -166,8 +175,8 @@ impl<'a, 'n> Wakes<'a, 'n> {
                 let hold = match *held {
                     _ if urgent => None,
                     None => coalesce.hold_for(now, outbox),
-                    // Held for the next frame: has it come?
-                    Some(_) if coalesce.ends_with_next() && outbox.next_came() => None,
+                    // Held for the next frame: has it come (or a request)?
+                    Some(_) if coalesce.hold_over(outbox) => None,
                     Some(until) => Some(until),
                 };
                 match hold {

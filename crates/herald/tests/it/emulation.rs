@@ -538,3 +538,50 @@ fn transport_paths_must_be_paths_of_their_own() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_on_streams_are_not_held_by_a_write_delay() {
+    let mut cfg = config();
+    merge(&mut cfg, json!({"client": {"write_delay": "1s"}}));
+    let s = TestServer::start(cfg).await;
+    let limit = std::time::Duration::from_millis(600);
+    for sse in [false, true] {
+        let opened = std::time::Instant::now();
+        let (mut e, _) = Emulated::open(&s, "alice", sse).await;
+        assert!(
+            opened.elapsed() < limit,
+            "the connect reply took {:?}",
+            opened.elapsed()
+        );
+        let asked = std::time::Instant::now();
+        assert_eq!(
+            e.send(json!({"id": 2, "subscribe": {"channel": "room:w"}}))
+                .await,
+            204
+        );
+        assert!(e.reply(2).await.get("subscribe").is_some());
+        assert!(
+            asked.elapsed() < limit,
+            "the subscribe reply took {:?}",
+            asked.elapsed()
+        );
+        // A publication waits out the delay; a command's reply does not,
+        // and takes it along.
+        s.api("publish", json!({"channel": "room:w", "data": {"n": 1}}))
+            .await;
+        let asked = std::time::Instant::now();
+        assert_eq!(
+            e.send(json!({"id": 3, "presence": {"channel": "room:w"}}))
+                .await,
+            204
+        );
+        assert!(e.reply(3).await.get("presence").is_some());
+        assert!(
+            asked.elapsed() < limit,
+            "the presence reply took {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(e.push().await["pub"]["data"]["n"], 1);
+    }
+    s.stop().await;
+}
