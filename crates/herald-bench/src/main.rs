@@ -64,10 +64,6 @@ struct Common {
     /// Client protocol the server speaks.
     #[arg(long, value_enum, default_value_t = Protocol::V2Json)]
     protocol: Protocol,
-    /// How connections reach the server: the WebSocket at --url, or an
-    /// emulated transport on the same host and port (JSON only).
-    #[arg(long, value_enum, default_value_t = Transport::WebSocket)]
-    transport: Transport,
     /// Connection token sent by every connection.
     #[arg(long, conflicts_with = "hmac_secret")]
     token: Option<String>,
@@ -202,6 +198,8 @@ struct FanoutArgs {
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
+    reach: Reach,
+    #[command(flatten)]
     timing: Timing,
     #[command(flatten)]
     many: Many,
@@ -221,6 +219,8 @@ struct FanoutArgs {
 struct IdleArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    reach: Reach,
     #[command(flatten)]
     many: Many,
     #[arg(long, default_value_t = 1000)]
@@ -291,19 +291,7 @@ impl Timing {
 
 impl Common {
     fn target(&self) -> anyhow::Result<Target> {
-        self.on(&self.url)
-    }
-
-    /// `url` spoken to as this run's flags say.
-    fn on(&self, url: &str) -> anyhow::Result<Target> {
-        if self.transport != Transport::WebSocket && self.protocol != Protocol::V2Json {
-            anyhow::bail!(
-                "--transport {:?} speaks centrifuge-v2-json only",
-                self.transport
-            );
-        }
-        let target = Target::parse(url)?.with_protocol(self.protocol);
-        Ok(target.with_transport(self.transport))
+        Ok(Target::parse(&self.url)?.with_protocol(self.protocol))
     }
 
     fn auth(&self) -> Auth {
@@ -312,6 +300,29 @@ impl Common {
             (None, Some(s)) => Auth::Hmac(s.clone()),
             (None, None) => Auth::None,
         }
+    }
+}
+
+/// How a scenario's connections reach the server (fanout, idle).
+#[derive(Args)]
+struct Reach {
+    /// The WebSocket at --url, or an emulated transport on the same host
+    /// and port (JSON only).
+    #[arg(long, value_enum, default_value_t = Transport::WebSocket)]
+    transport: Transport,
+}
+
+impl Reach {
+    /// `url` spoken to as `common` and this say.
+    fn target(&self, common: &Common, url: &str) -> anyhow::Result<Target> {
+        if self.transport != Transport::WebSocket && common.protocol != Protocol::V2Json {
+            anyhow::bail!(
+                "--transport {:?} speaks centrifuge-v2-json only",
+                self.transport
+            );
+        }
+        let target = Target::parse(url)?.with_protocol(common.protocol);
+        Ok(target.with_transport(self.transport))
     }
 }
 
@@ -442,10 +453,10 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             let other_nodes = a
                 .also_url
                 .iter()
-                .map(|u| c.on(u))
+                .map(|u| a.reach.target(c, u))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let options = fanout::Options {
-                target: c.target()?,
+                target: a.reach.target(c, &c.url)?,
                 other_nodes,
                 auth: c.auth(),
                 channel: a.channel,
@@ -458,7 +469,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Idle(a) => {
             let c = &a.common;
             let options = idle::Options {
-                target: c.target()?,
+                target: a.reach.target(c, &c.url)?,
                 auth: c.auth(),
                 connections: a.connections,
                 channel_prefix: a.channel_prefix,

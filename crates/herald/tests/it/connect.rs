@@ -22,6 +22,24 @@ async fn connect_with_token_returns_client_and_ping_settings() {
         c.get("expires").is_none(),
         "a token without exp does not expire: {r}"
     );
+    assert!(c.get("time").is_none(), "no server time unless asked: {r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connect_include_server_time_puts_the_time_in_the_reply() {
+    let s = TestServer::start(json!({"client": {"connect_include_server_time": true}})).await;
+    let before = now() * 1000;
+    let mut ws = Ws::open(&s.ws_url()).await;
+    let r = ws
+        .cmd(json!({"connect": {"token": token(json!({"sub": "42"}))}}))
+        .await;
+    let after = (now() + 1) * 1000;
+    let time = r["connect"]["time"].as_i64().expect("a time");
+    assert!(
+        (before..=after).contains(&time),
+        "Unix milliseconds now: {r}"
+    );
     s.stop().await;
 }
 
