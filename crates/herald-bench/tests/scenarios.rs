@@ -132,6 +132,11 @@ async fn fanout_over(
 }
 
 async fn idle(target: Target, auth: Auth) {
+    idle_for(target, auth, Duration::from_millis(300)).await;
+}
+
+/// Idle connections held for `hold`; none may drop.
+async fn idle_for(target: Target, auth: Auth, hold: Duration) {
     let options = idle::Options {
         target,
         auth,
@@ -139,7 +144,7 @@ async fn idle(target: Target, auth: Auth) {
         channel_prefix: "plain:idle".into(),
         channels: 0,
         settle: Duration::from_millis(200),
-        hold: Duration::from_millis(300),
+        hold,
         server_pid: Some(std::process::id()),
         source_ips: None,
         connect_concurrency: 8,
@@ -258,14 +263,24 @@ async fn fanout_and_idle_over_http_stream_and_sse() {
         "sse": { "enabled": true },
         "channel": { "namespaces": namespaces() }
     });
+    let mut fast_pings = config.clone();
+    fast_pings["client"]["ping_interval"] = json!("1s");
+    fast_pings["client"]["pong_timeout"] = json!("500ms");
     let server = TestServer::with_config(config, false).await;
     let auth = Auth::Hmac(SECRET.into());
     for transport in [Transport::HttpStream, Transport::Sse] {
         let over = || target(&server).with_transport(transport);
-        // Commands (subscribe) go through the emulation endpoint, pings
-        // are answered there too.
+        // Commands (subscribe) go through the emulation endpoint.
         fanout(over(), auth.clone(), Some(API_KEY), "hist:streamed").await;
         idle(over(), auth.clone()).await;
+    }
+    server.stop().await;
+    // Pings every second, answered through the emulation endpoint too: a
+    // connection that missed one would be closed (3012) and counted.
+    let server = TestServer::with_config(fast_pings, false).await;
+    for transport in [Transport::HttpStream, Transport::Sse] {
+        let over = target(&server).with_transport(transport);
+        idle_for(over, auth.clone(), Duration::from_millis(2500)).await;
     }
     server.stop().await;
 }
