@@ -342,7 +342,14 @@ impl Node {
         &self,
         channel: &str,
     ) -> Result<Option<(StreamOptions, &dyn Store)>, ProtocolError> {
-        let options = self.rules.resolve(channel)?.options;
+        self.stream_with(self.rules.resolve(channel)?.options)
+    }
+
+    /// [`Node::stream_of`] for a channel whose options are resolved.
+    fn stream_with(
+        &self,
+        options: &ChannelOptions,
+    ) -> Result<Option<(StreamOptions, &dyn Store)>, ProtocolError> {
         let Some(opts) = self.stream_options(options) else {
             return Ok(None);
         };
@@ -380,15 +387,15 @@ impl Node {
             version,
             delta,
         } = options;
-        let delta = delta || self.rules.resolve(channel)?.options.delta_publish;
+        let options = self.rules.resolve(channel)?.options;
         let publication = Publication::new(Arc::from(channel), data, info)
             .with_tags(tags)
-            .with_use_delta(delta);
-        self.check_size(&publication)?;
+            .with_use_delta(delta || options.delta_publish);
+        self.check_size(&publication, options)?;
         let stream = if skip_history {
             None
         } else {
-            self.stream_of(channel)?
+            self.stream_with(options)?
         };
         let window = self.config.channel.idempotency_window.0;
         let once = idempotency_key
@@ -450,8 +457,11 @@ impl Node {
     /// (the publisher's info included) a subscriber's queue could not hold:
     /// every subscriber would be closed as too slow, on delivery and again
     /// on each recovery.
-    fn check_size(&self, publication: &Publication) -> Result<(), ProtocolError> {
-        let options = self.rules.resolve(&publication.channel)?.options;
+    fn check_size(
+        &self,
+        publication: &Publication,
+        options: &ChannelOptions,
+    ) -> Result<(), ProtocolError> {
         let queue = self.config.client.queue_max_size;
         if publication.data.len() > self.config.channel.publication_limit(options, queue) {
             return Err(ProtocolError::PUBLICATION_TOO_LARGE);

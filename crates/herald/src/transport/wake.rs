@@ -78,18 +78,29 @@ impl Coalesce {
     /// For frames first queued at `now` in `outbox`: until when they wait
     /// (`None`: written now). A wait for the next frame has the outbox
     /// wake the task when it comes.
+    /// Never holds a request from outside. A quiet connection's write asks
+    /// the outbox nothing.
     pub(crate) fn hold_for(&self, now: Instant, outbox: &Outbox) -> Option<Instant> {
-        if outbox.has_request() {
-            return None;
-        }
         let (until, next) = self.hold(now)?;
-        (!next || outbox.await_next()).then_some(until)
+        // Waiting for the next frame: the outbox refuses when a request
+        // is queued.
+        let holds = if next {
+            outbox.await_next()
+        } else {
+            !outbox.has_request()
+        };
+        holds.then_some(until)
     }
 
-    /// Whether frames held until `held` are to be written now: the next
-    /// frame came (adaptive), or a request from outside is queued.
+    /// Whether held frames are to be written now: the next frame came
+    /// (adaptive; a request ends that wait too), or a request from outside
+    /// is queued (fixed delay).
     pub(crate) fn hold_over(&self, outbox: &Outbox) -> bool {
-        (self.ends_with_next() && outbox.next_came()) || outbox.has_request()
+        if self.ends_with_next() {
+            outbox.next_came()
+        } else {
+            outbox.has_request()
+        }
     }
 
     /// Whether a hold ends as soon as the next frame comes (adaptive), not
