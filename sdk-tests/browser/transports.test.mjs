@@ -98,3 +98,44 @@ test('a browser without WebSocket: EventSource on uni_sse, the SDK over http_str
   });
   await page.screenshot({ path: join(SHOTS, 'transports.png') });
 });
+
+test("Chromium's WebSocket agrees to permessage-deflate and the SDK works over it", { timeout: 60_000 }, async (t) => {
+  const server = await startHerald({ config: baseConfig({ websocket: { compression: true } }) });
+  const browser = await launch();
+  t.after(async () => {
+    await browser.close();
+    await server.stop();
+  });
+  const page = await recordingPage(browser);
+  await page.goto(`${server.httpUrl}/health`);
+  const wsUrl = `${server.httpUrl.replace('http', 'ws')}/connection/websocket`;
+
+  // The browser's own offer, and a command it compresses on the way in.
+  const token = connToken('deflating');
+  const plain = await page.evaluate(({ url, token }) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => ws.send(JSON.stringify({ id: 1, connect: { token, name: 'x'.repeat(2000) } }));
+    ws.onmessage = (e) => { resolve({ extensions: ws.extensions, reply: JSON.parse(e.data) }); ws.close(); };
+    ws.onerror = () => reject(new Error('WebSocket failed'));
+  }), { url: wsUrl, token });
+  assert.match(plain.extensions, /^permessage-deflate/, JSON.stringify(plain));
+  assert.ok(plain.reply.connect, JSON.stringify(plain.reply));
+
+  // The SDK, receiving a large publication.
+  await page.addScriptTag({ path: SDK_BUNDLE });
+  await page.evaluate(({ url, token }) => new Promise((resolve, reject) => {
+    const c = new Centrifuge(url, { token });
+    const sub = c.newSubscription('chat:deflate');
+    sub.on('publication', (ctx) => { window.received = ctx.data; });
+    sub.on('subscribed', () => resolve());
+    setTimeout(() => reject(new Error('not subscribed in time')), 9000);
+    sub.subscribe();
+    c.connect();
+  }), { url: wsUrl, token: connToken('reader') });
+  const data = { rows: Array.from({ length: 200 }, (_, i) => `row ${i} of a long list`) };
+  const r = await server.api('publish', { channel: 'chat:deflate', data });
+  assert.ok(r.result, JSON.stringify(r));
+  await page.waitForFunction(() => window.received, null, { timeout: WAIT_MS });
+  assert.deepEqual(await page.evaluate(() => window.received), data);
+  assert.deepEqual(page.errors, [], 'no script errors');
+});

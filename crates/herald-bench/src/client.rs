@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use herald::transport::deflate::{self, Wire};
 use herald_protocol::Disconnect;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -36,7 +37,7 @@ pub const MAX_STASHED: usize = 65_536;
 /// simply takes more reads.
 pub const READ_BUFFER: usize = 8 * 1024;
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<Wire<TcpStream>>;
 
 /// What a client's messages travel over.
 enum Conn {
@@ -448,9 +449,36 @@ async fn open_websocket(target: &Target, source: Option<IpAddr>) -> Result<Socke
             tokio_tungstenite::tungstenite::http::HeaderValue::from_static(sub),
         );
     }
-    let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
-        .await
-        .map_err(|e| ClientError::Open(e.to_string()))?;
+    if target.compression {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                "permessage-deflate; client_max_window_bits",
+            ),
+        );
+    }
+    let (mut socket, response) =
+        tokio_tungstenite::client_async_with_config(request, Wire::plain(tcp), Some(config))
+            .await
+            .map_err(|e| ClientError::Open(e.to_string()))?;
+    if target.compression {
+        let agreed = response
+            .headers()
+            .get("Sec-WebSocket-Extensions")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("permessage-deflate"));
+        if !agreed {
+            return Err(ClientError::Open(
+                "the server did not agree to permessage-deflate (websocket.compression)".into(),
+            ));
+        }
+        let settings = deflate::Settings {
+            level: 1,
+            min_size: 0,
+            read_limit: 64 << 20,
+        };
+        socket.get_mut().start(settings, deflate::Agreed::default());
+    }
     Ok(socket)
 }
 

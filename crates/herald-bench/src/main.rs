@@ -310,6 +310,10 @@ struct Reach {
     /// and port (JSON only).
     #[arg(long, value_enum, default_value_t = Transport::WebSocket)]
     transport: Transport,
+    /// Offer WebSocket permessage-deflate (the server must agree:
+    /// `websocket.compression`).
+    #[arg(long)]
+    compression: bool,
 }
 
 impl Reach {
@@ -321,8 +325,13 @@ impl Reach {
                 self.transport
             );
         }
+        if self.compression && self.transport != Transport::WebSocket {
+            anyhow::bail!("--compression is for --transport websocket");
+        }
         let target = Target::parse(url)?.with_protocol(common.protocol);
-        Ok(target.with_transport(self.transport))
+        Ok(target
+            .with_transport(self.transport)
+            .with_compression(self.compression))
     }
 }
 

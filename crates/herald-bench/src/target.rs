@@ -110,6 +110,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub transport: Transport,
+    /// Offer permessage-deflate on WebSockets, and insist on it.
+    pub compression: bool,
     /// `host:port` of the server, used to derive the HTTP API address.
     authority: String,
 }
@@ -135,6 +137,7 @@ impl Target {
             addr: SocketAddr::new(ip, uri.port_u16().unwrap_or(80)),
             protocol: Protocol::default(),
             transport: Transport::default(),
+            compression: false,
             authority,
         })
     }
@@ -142,6 +145,12 @@ impl Target {
     /// The same target spoken to with `protocol`.
     pub fn with_protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
+        self
+    }
+
+    /// The same target with WebSockets compressed (permessage-deflate).
+    pub fn with_compression(mut self, compression: bool) -> Self {
+        self.compression = compression;
         self
     }
 

@@ -285,6 +285,36 @@ async fn fanout_and_idle_over_http_stream_and_sse() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_compressed_websockets() {
+    let config = |compression: bool| {
+        json!({
+            "log": { "level": "warn" },
+            "websocket": { "compression": compression },
+            "channel": { "namespaces": namespaces() }
+        })
+    };
+    let server = TestServer::with_config(config(true), true).await;
+    fanout(
+        target(&server).with_compression(true),
+        Auth::None,
+        None,
+        "hist:deflated",
+    )
+    .await;
+    server.stop().await;
+    // A server that does not compress is refused by name, not measured
+    // uncompressed.
+    let server = TestServer::with_config(config(false), true).await;
+    let over = target(&server).with_compression(true);
+    let err = herald_bench::client::Client::connect(&over, "", None, Duration::from_secs(5))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("permessage-deflate"), "{err}");
+    server.stop().await;
+}
+
 /// Subscribers spread over two nodes of a Redis-brokered cluster, all
 /// publications through the first (needs `HERALD_TEST_REDIS_URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@ use crate::WAIT;
 /// What the server sent on a raw connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RawEvent {
-    /// A frame: its opcode and payload.
+    /// A frame: its opcode (with [`opcode::RSV1`] when compressed) and
+    /// payload.
     Frame(u8, Vec<u8>),
     /// The server closed TCP cleanly.
     Eof,
@@ -27,6 +28,8 @@ pub mod opcode {
     pub const TEXT: u8 = 1;
     pub const BINARY: u8 = 2;
     pub const CLOSE: u8 = 8;
+    /// Set beside the opcode on a compressed (permessage-deflate) frame.
+    pub const RSV1: u8 = 0x40;
 }
 
 pub struct RawWs {
@@ -38,12 +41,19 @@ pub struct RawWs {
 impl RawWs {
     /// Connects to `addr` and upgrades `/connection/websocket`.
     pub async fn open(addr: &str) -> Self {
+        Self::open_with(addr, "").await.0
+    }
+
+    /// Connects to `addr` and upgrades `/connection/websocket` with
+    /// `headers` (whole `Name: value\r\n` lines) added to the request;
+    /// returns the response head too.
+    pub async fn open_with(addr: &str, headers: &str) -> (Self, String) {
         let stream = TcpStream::connect(addr).await.expect("TCP connect");
         let (mut read, mut write) = stream.into_split();
         let request = format!(
             "GET /connection/websocket HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\n{headers}\r\n"
         );
         write.write_all(request.as_bytes()).await.expect("request");
         let mut buffered = Vec::new();
@@ -62,11 +72,12 @@ impl RawWs {
         let head = String::from_utf8_lossy(&buffered[..head_end]).to_string();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         buffered.drain(..head_end);
-        Self {
+        let raw = Self {
             read,
             write,
             buffered,
-        }
+        };
+        (raw, head)
     }
 
     /// Sends one masked frame.
@@ -162,5 +173,5 @@ fn parse(buf: &[u8]) -> Option<(RawEvent, usize)> {
         n => (n as usize, 2),
     };
     let payload = buf.get(head..head + len)?.to_vec();
-    Some((RawEvent::Frame(first & 0x0f, payload), head + len))
+    Some((RawEvent::Frame(first & 0x4f, payload), head + len))
 }

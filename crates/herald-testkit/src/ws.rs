@@ -4,11 +4,12 @@
 use std::collections::VecDeque;
 
 use futures_util::{SinkExt, StreamExt};
+use herald::transport::deflate::{self, Wire};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::WAIT;
 
@@ -21,7 +22,9 @@ pub enum Event {
 
 /// A raw protocol client over a real WebSocket.
 pub struct Ws {
-    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    stream: WebSocketStream<Wire<TcpStream>>,
+    /// The server's `Sec-WebSocket-Extensions` answer, if any.
+    pub extensions: Option<String>,
     /// Messages read and set aside while waiting for a reply.
     pending: VecDeque<Value>,
     /// Messages of a received frame not yet read.
@@ -48,6 +51,27 @@ impl Ws {
             .expect("WebSocket upgrade")
     }
 
+    /// Opens `url` offering permessage-deflate (as browsers do), and
+    /// compresses when the server agrees.
+    pub async fn open_compressed(url: &str) -> Self {
+        let offer = [(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        )];
+        let mut ws = Self::open_with_headers(url, &offer).await;
+        if ws.extensions.is_some() {
+            let settings = deflate::Settings {
+                level: 1,
+                min_size: 0,
+                read_limit: 16 << 20,
+            };
+            ws.stream
+                .get_mut()
+                .start(settings, deflate::Agreed::default());
+        }
+        ws
+    }
+
     async fn try_open_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, String> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -58,12 +82,26 @@ impl Ws {
                 HeaderValue::from_str(value).expect("header value"),
             );
         }
-        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        let authority = request.uri().authority().ok_or("no host")?.to_string();
+        let handshake = async {
+            let tcp = TcpStream::connect(&authority)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio_tungstenite::client_async(request, Wire::plain(tcp))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let connected = tokio::time::timeout(WAIT, handshake)
             .await
             .expect("connect in time");
-        let (stream, _) = connected.map_err(|e| e.to_string())?;
+        let (stream, response) = connected?;
+        let extensions = response
+            .headers()
+            .get("sec-websocket-extensions")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
         Ok(Self {
             stream,
+            extensions,
             pending: VecDeque::new(),
             inbox: VecDeque::new(),
             next_id: 0,

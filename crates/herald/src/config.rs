@@ -411,6 +411,12 @@ pub struct Websocket {
     pub write_buffer_size: usize,
     /// A write that takes longer closes the connection.
     pub write_timeout: Dur,
+    /// permessage-deflate for clients that offer it.
+    pub compression: bool,
+    /// Messages shorter than this go out uncompressed.
+    pub compression_min_size: usize,
+    /// zlib level: 0 (none) to 9 (smallest), -1 for zlib's default (6).
+    pub compression_level: i32,
 }
 
 /// `uni_websocket`: at `handler_prefix`, a client sends its connect request
@@ -422,6 +428,10 @@ pub struct UniWebsocket {
     pub handler_prefix: String,
     /// Largest message (the connect request) a client may send.
     pub message_size_limit: usize,
+    /// As `websocket.compression*`, for this endpoint.
+    pub compression: bool,
+    pub compression_min_size: usize,
+    pub compression_level: i32,
 }
 
 impl Default for UniWebsocket {
@@ -430,6 +440,9 @@ impl Default for UniWebsocket {
             enabled: false,
             handler_prefix: "/connection/uni_websocket".into(),
             message_size_limit: 65536,
+            compression: false,
+            compression_min_size: 0,
+            compression_level: 1,
         }
     }
 }
@@ -523,6 +536,9 @@ impl Default for Websocket {
             read_buffer_size: 0,
             write_buffer_size: 0,
             write_timeout: Dur::millis(1000),
+            compression: false,
+            compression_min_size: 0,
+            compression_level: 1,
         }
     }
 }

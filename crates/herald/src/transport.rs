@@ -1,6 +1,7 @@
 //! Transports carry protocol frames between clients and sessions.
 
 pub mod cors;
+pub mod deflate;
 pub mod emulation;
 pub mod stream;
 pub mod uni_grpc;

@@ -65,6 +65,20 @@ pub fn validate(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigErro
             "must be positive",
         ));
     }
+    for (key, level) in [
+        ("websocket.compression_level", c.websocket.compression_level),
+        (
+            "uni_websocket.compression_level",
+            c.uni_websocket.compression_level,
+        ),
+    ] {
+        if !(-1..=9).contains(&level) {
+            return Err(ConfigError::invalid(
+                key,
+                "0 (no compression) to 9 (smallest), or -1 for the default (6)",
+            ));
+        }
+    }
     if c.http_api.max_request_body_size == 0 {
         return Err(ConfigError::invalid(
             "http_api.max_request_body_size",

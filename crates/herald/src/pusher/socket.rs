@@ -35,6 +35,7 @@ use crate::ratelimit::Bucket;
 use crate::session::{Item, Outbox};
 use crate::transport::upgrade::{Socket, Upgrade};
 use crate::transport::wake::{bounded_write, far_future, Coalesce, Wake, Wakes, Written};
+use crate::transport::websocket;
 
 /// The protocol versions pusher-js speaks (7) and the oldest still taken.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
@@ -73,14 +74,24 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    if let Some(refused) = crate::transport::websocket::refusal(&node, &headers, ws.peer()) {
+    if let Some(refused) = websocket::refusal(&node, &headers, ws.peer()) {
         return refused;
     }
     let app = apps.by_key.get(&key).cloned();
     let protocol = opening.protocol.as_deref().and_then(|p| p.parse().ok());
-    let limit = node.config.websocket.message_size_limit;
-    let config = crate::transport::websocket::socket_config(&node, limit);
-    ws.accept(config, move |socket| run(node, app, protocol, socket))
+    let w = &node.config.websocket;
+    let limit = w.message_size_limit;
+    let config = websocket::socket_config(&node, limit);
+    // Pusher sockets compress as `websocket.compression*` says.
+    let compression = websocket::compression(
+        w.compression,
+        w.compression_level,
+        w.compression_min_size,
+        limit,
+    );
+    ws.accept(config, compression, move |socket| {
+        run(node, app, protocol, socket)
+    })
 }
 
 /// Why the server ends a socket: a Pusher close code and reason.

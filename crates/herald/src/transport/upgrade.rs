@@ -19,10 +19,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::deflate::{self, Agreed, Wire};
 use crate::frame::Encoding;
 
-/// A server-side WebSocket over an upgraded HTTP connection.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// A server-side WebSocket over an upgraded HTTP connection, compressed
+/// when both sides agreed to.
+pub type Socket = WebSocketStream<Wire<TokioIo<Upgraded>>>;
 
 /// A valid upgrade request, ready to be accepted.
 pub struct Upgrade {
@@ -33,6 +35,9 @@ pub struct Upgrade {
     /// The client asked for the Protobuf format: by the WebSocket
     /// subprotocol (then it is named in the answer) or in the query.
     protobuf: Option<Asked>,
+    /// The permessage-deflate offer this server can take, if the client
+    /// made one.
+    deflate: Option<Agreed>,
 }
 
 /// How a client asked for Protobuf.
@@ -133,6 +138,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             on_upgrade,
             peer,
             protobuf: asks_protobuf(parts),
+            deflate: deflate::agree(
+                headers
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            ),
         })
     }
 }
@@ -153,20 +164,31 @@ impl Upgrade {
     }
 
     /// Answers 101 and, once the connection is handed over, runs `serve`
-    /// on the WebSocket in a task of its own.
-    pub fn accept<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+    /// on the WebSocket in a task of its own. With `compression` set and
+    /// offered by the client, the connection uses permessage-deflate.
+    pub fn accept<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        compression: Option<deflate::Settings>,
+        serve: F,
+    ) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
+        let compressed = compression.zip(self.deflate);
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return; // The client went away during the handshake.
             };
             let io = TokioIo::new(upgraded);
-            serve(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await).await;
+            let wire = match compressed {
+                Some((settings, agreed)) => Wire::compressed(io, settings, agreed),
+                None => Wire::plain(io),
+            };
+            serve(WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await).await;
         });
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -181,6 +203,11 @@ impl Upgrade {
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(PROTOBUF_SUBPROTOCOL),
             );
+        }
+        if let Some((_, agreed)) = compressed {
+            if let Ok(answer) = HeaderValue::from_str(&agreed.answer()) {
+                headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+            }
         }
         response
     }

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
+use super::deflate::{self, Refused};
 use super::upgrade::{Socket, Upgrade};
 use super::wake::{bounded_write, far_future, Coalesce, Wake, Wakes, Written};
 
@@ -40,8 +41,15 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
     let encoding = ws.encoding();
-    let limit = node.config.websocket.message_size_limit;
-    accept(node, headers, ws, encoding, limit)
+    let w = &node.config.websocket;
+    let limit = w.message_size_limit;
+    let compression = compression(
+        w.compression,
+        w.compression_level,
+        w.compression_min_size,
+        limit,
+    );
+    accept(node, headers, ws, encoding, limit, compression)
 }
 
 /// `uni_websocket`: the client's first message is its connect request;
@@ -51,8 +59,32 @@ pub async fn upgrade_uni(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    let limit = node.config.uni_websocket.message_size_limit;
-    accept(node, headers, ws, Encoding::UniJson, limit)
+    let w = &node.config.uni_websocket;
+    let limit = w.message_size_limit;
+    let compression = compression(
+        w.compression,
+        w.compression_level,
+        w.compression_min_size,
+        limit,
+    );
+    accept(node, headers, ws, Encoding::UniJson, limit, compression)
+}
+
+/// An endpoint's permessage-deflate settings, when it compresses
+/// (`compression`, `compression_level`, `compression_min_size`); `limit`
+/// bounds a message after inflating.
+pub(crate) fn compression(
+    enabled: bool,
+    level: i32,
+    min_size: usize,
+    limit: usize,
+) -> Option<deflate::Settings> {
+    enabled.then(|| deflate::Settings {
+        // -1: zlib's default.
+        level: u32::try_from(level).unwrap_or(6),
+        min_size,
+        read_limit: limit,
+    })
 }
 
 /// Lets a connection in (rates, origin, shutdown) and upgrades it.
@@ -62,6 +94,7 @@ fn accept(
     ws: Upgrade,
     encoding: Encoding,
     message_size_limit: usize,
+    compression: Option<deflate::Settings>,
 ) -> Response {
     if let Some(refused) = refusal(&node, &headers, ws.peer()) {
         return refused;
@@ -72,7 +105,9 @@ fn accept(
         Encoding::Json | Encoding::Protobuf | Encoding::UniProtobuf => "websocket",
     };
     let peer = Peer::new(&node, transport, &headers);
-    ws.accept(config, move |socket| run(node, socket, encoding, peer))
+    ws.accept(config, compression, move |socket| {
+        run(node, socket, encoding, peer)
+    })
 }
 
 /// A server socket's settings: small read and write buffers (an idle
@@ -265,10 +300,11 @@ async fn linger(socket: &mut Socket, limit: std::time::Duration) {
 }
 
 /// The close a failed read calls for: 1009 for a message over
-/// `websocket.message_size_limit`, 1007 for a text message that is not
-/// UTF-8, 1002 for a frame the protocol forbids; `None` when the
+/// `websocket.message_size_limit` (compressed ones counted inflated), 1007
+/// for a text message that is not UTF-8 or compressed data that is not
+/// DEFLATE, 1002 for a frame the protocol forbids; `None` when the
 /// connection itself failed (nothing can be sent).
-fn read_failure(e: &tungstenite::Error) -> Option<Disconnect> {
+pub(crate) fn read_failure(e: &tungstenite::Error) -> Option<Disconnect> {
     use tungstenite::error::{CapacityError, Error};
     match e {
         Error::Capacity(CapacityError::MessageTooLong { .. }) => {
@@ -276,6 +312,10 @@ fn read_failure(e: &tungstenite::Error) -> Option<Disconnect> {
         }
         Error::Utf8(_) => Some(Disconnect::invalid_payload()),
         Error::Protocol(_) => Some(Disconnect::websocket_protocol_error()),
+        Error::Io(e) => match Refused::of(e)? {
+            Refused::TooBig => Some(Disconnect::message_too_big()),
+            Refused::Corrupt => Some(Disconnect::invalid_payload()),
+        },
         _ => None,
     }
 }

@@ -6,6 +6,7 @@ mod access;
 mod admin;
 mod api;
 mod close;
+mod compression;
 mod connect;
 mod delta;
 mod dev;

@@ -458,3 +458,27 @@ async fn a_socket_that_does_not_read_is_closed_with_4100() {
     assert!(got < published, "{got} of {published}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_pusher_socket_compresses_as_websocket_compression_says() {
+    let mut c = config(json!({}));
+    merge(&mut c, json!({"websocket": {"compression": true}}));
+    let s = TestServer::start(c).await;
+    let url = format!("ws://{}/app/{KEY}?protocol=7", s.addr);
+    let mut ws = Ws::open_compressed(&url).await;
+    assert!(ws.extensions.is_some(), "agreed");
+    assert_eq!(message(&mut ws).await.0, "pusher:connection_established");
+    subscribe_public(&mut ws, "feed").await;
+    let text = "a long line of the feed ".repeat(300);
+    let r = s
+        .api(
+            "publish",
+            json!({"channel": "app:feed", "data": {"event": "post", "data": text}}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (event, channel, data) = message(&mut ws).await;
+    assert_eq!((event.as_str(), channel.as_deref()), ("post", Some("feed")));
+    assert_eq!(data, json!(text));
+    s.stop().await;
+}
