@@ -457,27 +457,23 @@ async fn open_websocket(target: &Target, source: Option<IpAddr>) -> Result<Socke
             ),
         );
     }
-    let (mut socket, response) =
-        tokio_tungstenite::client_async_with_config(request, Wire::plain(tcp), Some(config))
-            .await
-            .map_err(|e| ClientError::Open(e.to_string()))?;
-    if target.compression {
-        let agreed = response
-            .headers()
-            .get("Sec-WebSocket-Extensions")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("permessage-deflate"));
-        if !agreed {
-            return Err(ClientError::Open(
-                "the server did not agree to permessage-deflate (websocket.compression)".into(),
-            ));
-        }
+    let wire = if target.compression {
         let settings = deflate::Settings {
             level: 1,
             min_size: 0,
             read_limit: 64 << 20,
         };
-        socket.get_mut().start(settings, deflate::Agreed::default());
+        Wire::client(tcp, settings)
+    } else {
+        Wire::plain(tcp)
+    };
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, wire, Some(config))
+        .await
+        .map_err(|e| ClientError::Open(e.to_string()))?;
+    if target.compression && !socket.get_ref().is_compressed() {
+        return Err(ClientError::Open(
+            "the server did not agree to permessage-deflate (websocket.compression)".into(),
+        ));
     }
     Ok(socket)
 }

@@ -52,24 +52,15 @@ impl Ws {
     }
 
     /// Opens `url` offering permessage-deflate (as browsers do), and
-    /// compresses when the server agrees.
+    /// compresses when the server agrees (`extensions` says).
     pub async fn open_compressed(url: &str) -> Self {
         let offer = [(
             "sec-websocket-extensions",
             "permessage-deflate; client_max_window_bits",
         )];
-        let mut ws = Self::open_with_headers(url, &offer).await;
-        if ws.extensions.is_some() {
-            let settings = deflate::Settings {
-                level: 1,
-                min_size: 0,
-                read_limit: 16 << 20,
-            };
-            ws.stream
-                .get_mut()
-                .start(settings, deflate::Agreed::default());
-        }
-        ws
+        Self::try_open_with(url, &offer)
+            .await
+            .expect("WebSocket upgrade")
     }
 
     async fn try_open_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, String> {
@@ -87,7 +78,17 @@ impl Ws {
             let tcp = TcpStream::connect(&authority)
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio_tungstenite::client_async(request, Wire::plain(tcp))
+            let wire = if request.headers().contains_key("sec-websocket-extensions") {
+                let settings = deflate::Settings {
+                    level: 1,
+                    min_size: 0,
+                    read_limit: 16 << 20,
+                };
+                Wire::client(tcp, settings)
+            } else {
+                Wire::plain(tcp)
+            };
+            tokio_tungstenite::client_async(request, wire)
                 .await
                 .map_err(|e| e.to_string())
         };

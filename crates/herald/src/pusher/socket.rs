@@ -250,8 +250,9 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
     }
     node.hub.remove_client(&*conn);
     if let Some(close) = end {
-        // Errors the client must not retry after are told as such first.
-        let tell = close.0 < 4100;
+        // Errors the client must not retry after are told as such first
+        // (a WebSocket-level close, such as 1009, only by its code).
+        let tell = (4000..4100).contains(&close.0);
         finish(&mut socket, close, tell, &node).await;
     }
 }
@@ -384,7 +385,12 @@ impl Link {
                     deadline = now + pong_timeout;
                     self.push("pusher:ping", None, "{}");
                 }
-                Wake::Inbound(None | Some(Err(_))) => return None,
+                Wake::Inbound(None) => return None,
+                // An oversized, broken or undecodable message: the
+                // WebSocket close code that says so.
+                Wake::Inbound(Some(Err(e))) => {
+                    return websocket::read_failure(&e).map(|d| Close::new(d.code, d.reason));
+                }
                 Wake::Inbound(Some(Ok(m))) => {
                     heard = Instant::now();
                     if pinged.take().is_some() {

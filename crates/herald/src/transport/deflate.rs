@@ -16,6 +16,7 @@
 mod offer;
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, Cursor};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -48,6 +49,10 @@ pub enum Refused {
     TooBig,
     #[error("a compressed message is not valid DEFLATE data")]
     Corrupt,
+    /// A frame that cannot come where it came: a new message before a
+    /// compressed one ended, or a fragment masked unlike the first.
+    #[error("a frame out of place in a compressed message")]
+    Protocol,
 }
 
 impl Refused {
@@ -85,15 +90,23 @@ impl<S> Wire<S> {
         }
     }
 
-    /// Starts compressing an open connection: a client's, once the
-    /// server's handshake answer agreed (nothing may be in flight).
-    pub fn start(&mut self, settings: Settings, agreed: Agreed) {
-        self.deflate = Some(Box::new(Deflate::new(settings, agreed)));
+    /// A client's stream, from before its handshake (whose request must
+    /// offer permessage-deflate): it compresses from the first frame after
+    /// the server's answer if that answer agreed, else passes through.
+    pub fn client(io: S, settings: Settings) -> Self {
+        let mut deflate = Deflate::new(settings, Agreed::default());
+        deflate.stage = Stage::Handshake;
+        Self {
+            io,
+            deflate: Some(Box::new(deflate)),
+        }
     }
 
     /// Whether this connection compresses.
     pub fn is_compressed(&self) -> bool {
-        self.deflate.is_some()
+        self.deflate
+            .as_ref()
+            .is_some_and(|d| d.stage == Stage::Frames)
     }
 
     pub fn get_ref(&self) -> &S {
@@ -116,10 +129,27 @@ const HIGH_WATER: usize = 64 * 1024;
 /// grow incompressible data by a few bytes per block.
 const COMPRESSED_SLACK: usize = 1024;
 
+/// The longest handshake answer a client waits for before giving up on
+/// compression.
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// A client reading the server's answer, which says whether to
+    /// compress.
+    Handshake,
+    /// Frames, compressed as agreed.
+    Frames,
+    /// The server did not agree: everything passes as it is.
+    Plain,
+}
+
 /// The state of a compressing connection.
 struct Deflate {
     settings: Settings,
     agreed: Agreed,
+    stage: Stage,
     /// Bytes from the socket not yet taken apart.
     raw_in: BytesMut,
     /// Bytes for the WebSocket library, frames inflated.
@@ -159,6 +189,7 @@ impl Deflate {
         Self {
             settings,
             agreed,
+            stage: Stage::Frames,
             raw_in: BytesMut::new(),
             ready_in: BytesMut::new(),
             passing: 0,
@@ -173,8 +204,11 @@ impl Deflate {
 
     /// Turns as much of `raw_in` as it can into `ready_in`.
     fn take_in(&mut self) -> Result<(), Refused> {
+        if self.stage == Stage::Handshake {
+            return Ok(self.take_answer());
+        }
         loop {
-            if self.refused {
+            if self.refused || self.stage == Stage::Plain {
                 self.ready_in.unsplit(self.raw_in.split());
                 return Ok(());
             }
@@ -198,6 +232,12 @@ impl Deflate {
                 }
             };
             let header_len = cursor.position() as usize;
+            if let Reading::Compressed { masked, .. } = self.reading {
+                let new_message = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+                if new_message || header.mask.is_some() != masked {
+                    return Err(self.refuse(Refused::Protocol));
+                }
+            }
             if !self.is_compressed_part(&header) {
                 self.pass_in(&header, header_len, len);
                 continue;
@@ -206,14 +246,14 @@ impl Deflate {
                 Reading::Compressed { data, .. } => data.len(),
                 _ => 0,
             };
-            let room = (self.settings.read_limit + COMPRESSED_SLACK).saturating_sub(so_far);
+            let room =
+                (self.settings.read_limit.saturating_add(COMPRESSED_SLACK)).saturating_sub(so_far);
             if len > room as u64 {
                 return Err(self.refuse(Refused::TooBig));
             }
             let len = len as usize;
             if self.raw_in.len() < header_len + len {
                 // Wait for the whole frame (bounded by the limit above).
-                self.raw_in.reserve(header_len + len - self.raw_in.len());
                 return Ok(());
             }
             let (opcode, masked, mut data) =
@@ -260,12 +300,40 @@ impl Deflate {
             };
             write_header(&header, message.len(), &mut self.ready_in);
             self.ready_in.extend_from_slice(&message);
+            // One inflated message at a time: the rest waits in `raw_in`
+            // until this one is read, so many small bombs in one read never
+            // inflate together.
+            return Ok(());
         }
+    }
+
+    /// A client's handshake answer: handed on alone (the frames after it
+    /// must come through here, not with it), and read for whether the
+    /// server agreed.
+    fn take_answer(&mut self) {
+        let Some(end) = self.raw_in.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if self.raw_in.len() > MAX_ANSWER {
+                self.stage = Stage::Plain;
+            }
+            return;
+        };
+        let head = self.raw_in.split_to(end + 4);
+        let agreed = String::from_utf8_lossy(&head).lines().any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                    && value.trim().starts_with("permessage-deflate")
+            })
+        });
+        self.stage = if agreed { Stage::Frames } else { Stage::Plain };
+        self.ready_in.unsplit(head);
     }
 
     /// Whether a frame from the peer is (part of) a compressed message
     /// to inflate; anything else passes through for the library to judge.
     fn is_compressed_part(&self, header: &FrameHeader) -> bool {
+        if header.rsv2 || header.rsv3 {
+            return false;
+        }
         match (header.opcode, &self.reading) {
             (OpCode::Data(Data::Text | Data::Binary), Reading::Between) => header.rsv1,
             (OpCode::Data(Data::Continue), Reading::Compressed { .. }) => !header.rsv1,
@@ -295,6 +363,11 @@ impl Deflate {
     /// Turns the whole frames in `raw_out` into `wire_out`, deflating
     /// whole data messages of at least `min_size` bytes.
     fn take_out(&mut self) -> io::Result<()> {
+        if self.stage != Stage::Frames {
+            // The request, or a connection that does not compress.
+            self.wire_out.unsplit(self.raw_out.split());
+            return Ok(());
+        }
         loop {
             let mut cursor = Cursor::new(&self.raw_out[..]);
             let Some((mut header, len)) =
@@ -327,7 +400,7 @@ impl Deflate {
             if let Some(mask) = header.mask {
                 unmask(&mut payload, mask);
             }
-            let mut packed = deflate(
+            let mut packed = deflate_recent(
                 &payload,
                 self.settings.level,
                 self.agreed.server_window_bits,
@@ -374,6 +447,53 @@ thread_local! {
     static COMPRESSORS: RefCell<Vec<((u32, u8), Compress)>> = const { RefCell::new(Vec::new()) };
     /// This thread's decompressor (a full window reads any peer's).
     static DECOMPRESSOR: RefCell<Option<Decompress>> = const { RefCell::new(None) };
+    /// The last messages this thread compressed, newest first.
+    static RECENT: RefCell<VecDeque<Recent>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// A message compressed lately, and its compressed form.
+struct Recent {
+    key: (u32, u8),
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+/// How many compressed messages a thread remembers.
+const RECENT_COUNT: usize = 4;
+
+/// Longest message remembered.
+const RECENT_MAX: usize = 16 * 1024;
+
+/// [`deflate`], remembering the last few messages: a fan-out writes the
+/// same message (or the same pair of messages) to many connections in a
+/// row, and without context takeover its compressed form is the same for
+/// all, so it is compressed once and copied after that.
+fn deflate_recent(input: &[u8], level: u32, window_bits: u8) -> io::Result<Vec<u8>> {
+    let key = (level, window_bits);
+    if input.len() > RECENT_MAX {
+        return deflate(input, level, window_bits);
+    }
+    let hit = RECENT.with_borrow(|recent| {
+        recent
+            .iter()
+            .find(|r| r.key == key && r.input == input)
+            .map(|r| r.output.clone())
+    });
+    if let Some(output) = hit {
+        return Ok(output);
+    }
+    let output = deflate(input, level, window_bits)?;
+    RECENT.with_borrow_mut(|recent| {
+        if recent.len() == RECENT_COUNT {
+            recent.pop_back();
+        }
+        recent.push_front(Recent {
+            key,
+            input: input.to_vec(),
+            output: output.clone(),
+        });
+    });
+    Ok(output)
 }
 
 /// One message compressed on its own, without the sync flush's tail.
@@ -418,7 +538,8 @@ fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, Refused> {
         let d = d.get_or_insert_with(|| Decompress::new(false));
         d.reset(false);
         let cap = limit.saturating_add(1);
-        let mut out = vec![0u8; (input.len() * 4).clamp(256, cap)];
+        let first = input.len().saturating_mul(4).max(256).min(cap);
+        let mut out = vec![0u8; first];
         let mut written = 0;
         loop {
             let (in_before, out_before) = (d.total_in(), d.total_out());
@@ -481,10 +602,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
                 d.raw_in = BytesMut::new();
             }
             d.raw_in.reserve(READ_CHUNK);
+            let mut room = (&mut d.raw_in).limit(READ_CHUNK);
             if ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut this.io),
                 cx,
-                &mut d.raw_in
+                &mut room
             ))? == 0
             {
                 d.eof = true;

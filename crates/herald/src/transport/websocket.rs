@@ -302,7 +302,8 @@ async fn linger(socket: &mut Socket, limit: std::time::Duration) {
 /// The close a failed read calls for: 1009 for a message over
 /// `websocket.message_size_limit` (compressed ones counted inflated), 1007
 /// for a text message that is not UTF-8 or compressed data that is not
-/// DEFLATE, 1002 for a frame the protocol forbids; `None` when the
+/// DEFLATE, 1002 for a frame the protocol forbids (also inside a
+/// compressed message); `None` when the
 /// connection itself failed (nothing can be sent).
 pub(crate) fn read_failure(e: &tungstenite::Error) -> Option<Disconnect> {
     use tungstenite::error::{CapacityError, Error};
@@ -315,6 +316,7 @@ pub(crate) fn read_failure(e: &tungstenite::Error) -> Option<Disconnect> {
         Error::Io(e) => match Refused::of(e)? {
             Refused::TooBig => Some(Disconnect::message_too_big()),
             Refused::Corrupt => Some(Disconnect::invalid_payload()),
+            Refused::Protocol => Some(Disconnect::websocket_protocol_error()),
         },
         _ => None,
     }

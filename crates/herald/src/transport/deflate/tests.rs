@@ -1,6 +1,6 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -112,14 +112,17 @@ async fn what_the_server_writes_is_marked_and_smaller() {
     server.send(Message::Ping("p".into())).await.unwrap();
     let (header, _) = raw_frame(&mut b).await;
     assert!(!header.rsv1);
-    assert_eq!(
-        header.opcode,
-        OpCode::Control(tungstenite::protocol::frame::coding::Control::Ping)
-    );
+    assert_eq!(header.opcode, OpCode::Control(Control::Ping));
 }
 
 /// Writes a client frame (masked) as raw bytes.
-async fn send_raw(io: &mut DuplexStream, rsv1: bool, fin: bool, opcode: Data, payload: &[u8]) {
+async fn send_raw(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    rsv1: bool,
+    fin: bool,
+    opcode: Data,
+    payload: &[u8],
+) {
     let mask = [1, 2, 3, 4];
     let header = FrameHeader {
         is_final: fin,
@@ -138,42 +141,61 @@ async fn send_raw(io: &mut DuplexStream, rsv1: bool, fin: bool, opcode: Data, pa
 }
 
 async fn server_with_raw_client() -> (Ws, DuplexStream) {
-    let (a, b) = tokio::io::duplex(1 << 20);
+    server_with_raw_client_over(1 << 20, settings(0)).await
+}
+
+/// A compressing server and the raw end of its stream; `pipe` bytes fit in
+/// the stream at once (small: every read is a few bytes).
+async fn server_with_raw_client_over(pipe: usize, settings: Settings) -> (Ws, DuplexStream) {
+    let (a, b) = tokio::io::duplex(pipe);
     (
-        socket(Role::Server, Wire::compressed(a, settings(0), full())).await,
+        socket(Role::Server, Wire::compressed(a, settings, full())).await,
         b,
     )
 }
 
 #[tokio::test]
 async fn a_compressed_message_in_fragments_with_a_ping_between_is_read_whole() {
-    let (mut server, mut client) = server_with_raw_client().await;
+    // Three bytes at a time: headers and payloads split across reads.
+    let (mut server, client) = server_with_raw_client_over(3, settings(0)).await;
+    let (mut answers, mut client) = tokio::io::split(client);
+    tokio::spawn(async move { tokio::io::copy(&mut answers, &mut tokio::io::sink()).await });
     let body = text(50);
     let packed = deflate(body.as_bytes(), 6, 15).unwrap();
-    let (first, rest) = packed.split_at(packed.len() / 3);
-    send_raw(&mut client, true, false, Data::Text, first).await;
-    // A control frame may come between the fragments.
-    let ping = FrameHeader {
-        is_final: true,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Control(tungstenite::protocol::frame::coding::Control::Ping),
-        mask: Some([0; 4]),
-    };
-    let mut out = BytesMut::new();
-    write_header(&ping, 0, &mut out);
-    client.write_all(&out).await.unwrap();
-    send_raw(&mut client, false, true, Data::Continue, rest).await;
-    // And an uncompressed message after it, fragmented too.
-    send_raw(&mut client, false, false, Data::Text, b"plain ").await;
-    send_raw(&mut client, false, true, Data::Continue, b"text").await;
+    let writer = tokio::spawn(async move {
+        let (first, rest) = packed.split_at(packed.len() / 3);
+        send_raw(&mut client, true, false, Data::Text, first).await;
+        // A control frame may come between the fragments.
+        let ping = FrameHeader {
+            is_final: true,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode: OpCode::Control(Control::Ping),
+            mask: Some([0; 4]),
+        };
+        let mut out = BytesMut::new();
+        write_header(&ping, 0, &mut out);
+        client.write_all(&out).await.unwrap();
+        send_raw(&mut client, false, true, Data::Continue, rest).await;
+        // And an uncompressed message after it, fragmented too, and one
+        // larger than many reads.
+        send_raw(&mut client, false, false, Data::Text, b"plain ").await;
+        send_raw(&mut client, false, true, Data::Continue, b"text").await;
+        send_raw(&mut client, false, true, Data::Binary, &[9; 3000]).await;
+        client
+    });
     assert!(matches!(server.next().await, Some(Ok(Message::Ping(_)))));
     assert_eq!(server.next().await.unwrap().unwrap(), Message::text(body));
     assert_eq!(
         server.next().await.unwrap().unwrap(),
         Message::text("plain text")
     );
+    assert_eq!(
+        server.next().await.unwrap().unwrap(),
+        Message::binary(vec![9; 3000])
+    );
+    drop(writer.await.unwrap());
 }
 
 #[tokio::test]
@@ -220,10 +242,10 @@ async fn a_bomb_stops_at_the_limit() {
         &deflate(&vec![7; LIMIT + 1], 1, 15).unwrap(),
     )
     .await;
-    assert!(matches!(
-        server.next().await,
-        Some(Err(tungstenite::Error::Io(_)))
-    ));
+    match server.next().await {
+        Some(Err(tungstenite::Error::Io(e))) => assert_eq!(Refused::of(&e), Some(Refused::TooBig)),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -256,11 +278,259 @@ async fn corrupt_data_is_refused() {
     }
 }
 
+/// Bytes that repeat only from far back: compressed with a full window
+/// they refer 4 KiB back, which a 512-byte window cannot read.
+fn far_repeats() -> Vec<u8> {
+    let block: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    [block.clone(), block].concat()
+}
+
+fn inflate_with_window(packed: &[u8], bits: u8) -> Result<Vec<u8>, flate2::DecompressError> {
+    let mut d = Decompress::new_with_window_bits(false, bits);
+    let mut input = packed.to_vec();
+    input.extend_from_slice(&SYNC_TAIL);
+    // Small steps: what lies further back than this step's output must
+    // come from the window.
+    let mut out = Vec::new();
+    loop {
+        let mut step = [0u8; 256];
+        let before = (d.total_in(), d.total_out());
+        d.decompress(&input[d.total_in() as usize..], &mut step, FlushDecompress::Sync)?;
+        out.extend_from_slice(&step[..(d.total_out() - before.1) as usize]);
+        if (d.total_in(), d.total_out()) == before {
+            return Ok(out);
+        }
+    }
+}
+
+#[test]
+fn a_smaller_server_window_is_honoured() {
+    let data = far_repeats();
+    assert!(
+        inflate_with_window(&deflate(&data, 1, 15).unwrap(), 9).is_err(),
+        "a full window reaches back past 512 bytes"
+    );
+    let packed = deflate(&data, 1, 9).unwrap();
+    assert_eq!(inflate_with_window(&packed, 9).unwrap(), data);
+}
+
 #[tokio::test]
-async fn a_smaller_server_window_is_honoured() {
-    let body = text(2000);
-    let packed = deflate(body.as_bytes(), 1, 9).unwrap();
-    let mut whole = packed;
-    whole.extend_from_slice(&SYNC_TAIL);
-    assert_eq!(inflate(&whole, LIMIT).unwrap(), body.as_bytes());
+async fn the_agreed_window_reaches_the_wire() {
+    let agreed = agree(["permessage-deflate; server_max_window_bits=9"]).unwrap();
+    let (a, mut b) = tokio::io::duplex(1 << 20);
+    let mut server = socket(Role::Server, Wire::compressed(a, settings(0), agreed)).await;
+    server.send(Message::binary(far_repeats())).await.unwrap();
+    let (header, payload) = raw_frame(&mut b).await;
+    assert!(header.rsv1);
+    assert_eq!(inflate_with_window(&payload, 9).unwrap(), far_repeats());
+}
+
+#[tokio::test]
+async fn a_size_limit_under_256_bytes_holds() {
+    let tiny = Settings {
+        read_limit: 100,
+        ..settings(0)
+    };
+    let (mut server, mut client) = server_with_raw_client_over(1 << 16, tiny).await;
+    send_raw(
+        &mut client,
+        true,
+        true,
+        Data::Binary,
+        &deflate(&[1; 100], 1, 15).unwrap(),
+    )
+    .await;
+    assert_eq!(server.next().await.unwrap().unwrap().len(), 100);
+    send_raw(
+        &mut client,
+        true,
+        true,
+        Data::Binary,
+        &deflate(&[1; 101], 1, 15).unwrap(),
+    )
+    .await;
+    match server.next().await {
+        Some(Err(tungstenite::Error::Io(e))) => assert_eq!(Refused::of(&e), Some(Refused::TooBig)),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn many_compressed_messages_in_one_read_are_inflated_one_at_a_time() {
+    let mut d = Deflate::new(settings(0), full());
+    let one = deflate(&vec![0; LIMIT], 9, 15).unwrap();
+    for _ in 0..50 {
+        let mut frame = BytesMut::new();
+        let header = FrameHeader {
+            is_final: true,
+            rsv1: true,
+            rsv2: false,
+            rsv3: false,
+            opcode: OpCode::Data(Data::Binary),
+            mask: Some([0; 4]),
+        };
+        write_header(&header, one.len(), &mut frame);
+        frame.extend_from_slice(&one);
+        d.raw_in.unsplit(frame);
+    }
+    let mut messages = 0;
+    loop {
+        d.take_in().unwrap();
+        if d.ready_in.is_empty() {
+            break;
+        }
+        assert!(
+            d.ready_in.len() <= LIMIT + MAX_HEADER,
+            "{}",
+            d.ready_in.len()
+        );
+        d.ready_in.clear();
+        messages += 1;
+    }
+    assert_eq!(messages, 50);
+}
+
+#[tokio::test]
+async fn frames_out_of_place_in_a_compressed_message_are_refused() {
+    let packed = deflate(text(20).as_bytes(), 1, 15).unwrap();
+    let (first, rest) = packed.split_at(10);
+    // A new message before the compressed one ended.
+    let (mut server, mut client) = server_with_raw_client().await;
+    send_raw(&mut client, true, false, Data::Text, first).await;
+    send_raw(&mut client, false, true, Data::Text, b"new").await;
+    match server.next().await {
+        Some(Err(tungstenite::Error::Io(e))) => {
+            assert_eq!(Refused::of(&e), Some(Refused::Protocol))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A continuation masked unlike the first fragment.
+    let (mut server, mut client) = server_with_raw_client().await;
+    send_raw(&mut client, true, false, Data::Text, first).await;
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode: OpCode::Data(Data::Continue),
+        mask: None,
+    };
+    let mut out = BytesMut::new();
+    write_header(&header, rest.len(), &mut out);
+    out.extend_from_slice(rest);
+    client.write_all(&out).await.unwrap();
+    match server.next().await {
+        Some(Err(tungstenite::Error::Io(e))) => {
+            assert_eq!(Refused::of(&e), Some(Refused::Protocol))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // RSV2 is no compression this side knows: the library refuses it.
+    let (mut server, mut client) = server_with_raw_client().await;
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: true,
+        rsv2: true,
+        rsv3: false,
+        opcode: OpCode::Data(Data::Text),
+        mask: Some([0; 4]),
+    };
+    let mut out = BytesMut::new();
+    write_header(&header, packed.len(), &mut out);
+    out.extend_from_slice(&packed);
+    client.write_all(&out).await.unwrap();
+    assert!(matches!(
+        server.next().await,
+        Some(Err(tungstenite::Error::Protocol(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_writer_waits_for_a_client_that_does_not_read_and_loses_nothing() {
+    let (a, mut b) = tokio::io::duplex(1024);
+    let mut server = socket(Role::Server, Wire::compressed(a, settings(0), full())).await;
+    // Messages that barely compress: what is queued grows past the high
+    // water.
+    let message = |n: u32| -> Vec<u8> {
+        (0..2000u32)
+            .map(|i| (i.wrapping_add(n * 7919).wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect()
+    };
+    let mut sent = 0;
+    let blocked = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        loop {
+            server.feed(Message::binary(message(sent))).await.unwrap();
+            sent += 1;
+        }
+    })
+    .await;
+    assert!(blocked.is_err(), "the writer waits");
+    assert!(sent > 0);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..sent {
+            let (header, mut payload) = raw_frame(&mut b).await;
+            if header.rsv1 {
+                payload.extend_from_slice(&SYNC_TAIL);
+                payload = inflate(&payload, LIMIT).unwrap();
+            }
+            got.push(payload);
+        }
+        got
+    });
+    // Once the client reads, everything fed goes out (the feed cut short
+    // by the timeout may or may not have been queued), whole and in order.
+    server.flush().await.unwrap();
+    let got = reader.await.unwrap();
+    for (n, payload) in got.iter().enumerate() {
+        assert_eq!(payload, &message(n as u32));
+    }
+}
+
+#[tokio::test]
+async fn a_client_compresses_from_the_frame_after_the_answer() {
+    // The answer and a compressed frame arrive in one read.
+    let (a, mut server_end) = tokio::io::duplex(1 << 16);
+    let client = tokio::spawn(async move {
+        let wire = Wire::client(a, settings(0));
+        let request = "ws://127.0.0.1/x";
+        let (mut ws, _) = tokio_tungstenite::client_async(request, wire)
+            .await
+            .unwrap();
+        assert!(ws.get_ref().is_compressed());
+        ws.next().await.unwrap().unwrap()
+    });
+    let mut request = Vec::new();
+    while !request.ends_with(b"\r\n\r\n") {
+        request.push(server_end.read_u8().await.unwrap());
+    }
+    let key = String::from_utf8_lossy(&request)
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ").map(str::to_string))
+        .unwrap();
+    let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+    let mut answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {}\r\n\r\n",
+        full().answer()
+    )
+    .into_bytes();
+    let body = text(40);
+    let packed = deflate(body.as_bytes(), 1, 15).unwrap();
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: true,
+        rsv2: false,
+        rsv3: false,
+        opcode: OpCode::Data(Data::Text),
+        mask: None,
+    };
+    let mut frame = BytesMut::new();
+    write_header(&header, packed.len(), &mut frame);
+    frame.extend_from_slice(&packed);
+    answer.extend_from_slice(&frame);
+    server_end.write_all(&answer).await.unwrap();
+    assert_eq!(client.await.unwrap(), Message::text(body));
 }
