@@ -205,7 +205,8 @@ impl Deflate {
     /// Turns as much of `raw_in` as it can into `ready_in`.
     fn take_in(&mut self) -> Result<(), Refused> {
         if self.stage == Stage::Handshake {
-            return Ok(self.take_answer());
+            self.take_answer();
+            return Ok(());
         }
         loop {
             if self.refused || self.stage == Stage::Plain {
