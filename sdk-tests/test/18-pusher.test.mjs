@@ -120,6 +120,34 @@ test('pusher-js: public channel, events from the pusher SDK, and a wrong key', {
   await waitFor(() => wrong.connection.state === 'disconnected', 5000, 'the client to give up');
 });
 
+test('pusher-js: a cache channel says cache_miss, then hands new subscribers the last event', { timeout: 30_000 }, async (t) => {
+  const { server } = await startTestServer(t, { config });
+  const first = client(server, t);
+  await connected(first);
+  const misses = [];
+  const ch = first.subscribe('cache-scores');
+  ch.bind('pusher:cache_miss', () => misses.push('miss'));
+  const live = collect(ch, 'score');
+  await subscribed(ch);
+  await waitFor(() => misses.length === 1, 5000, 'pusher:cache_miss');
+
+  for (const n of [1, 2]) {
+    const res = await backend(server).trigger('cache-scores', 'score', { n });
+    assert.equal(res.status, 200, await res.text());
+  }
+  await waitFor(() => live.length === 2, 5000, 'both events live');
+
+  const later = client(server, t);
+  await connected(later);
+  const order = [];
+  const again = later.subscribe('cache-scores');
+  again.bind('pusher:subscription_succeeded', () => order.push('subscribed'));
+  again.bind('pusher:cache_miss', () => order.push('miss'));
+  again.bind('score', (data) => order.push(data));
+  await waitFor(() => order.length === 2, 5000, () => `the cached event, got ${JSON.stringify(order)}`);
+  assert.deepEqual(order, ['subscribed', { n: 2 }]);
+});
+
 test('pusher-js: private channels need a good signature', { timeout: 30_000 }, async (t) => {
   const { server } = await startTestServer(t, { config });
   const good = client(server, t);

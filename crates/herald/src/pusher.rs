@@ -127,6 +127,19 @@ impl Kind {
     }
 }
 
+/// Whether `name` is a cache channel: its last event goes to each new
+/// subscriber first.
+fn is_cache(name: &str) -> bool {
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+}
+
 /// The hub's user of a socket of app `app` signed in as `user`: scoped to
 /// the app, so that one app's `terminate_connections` and connection
 /// limits never reach another app's users or Centrifugo's.
@@ -321,6 +334,19 @@ mod tests {
         assert_eq!(Kind::of("private-encrypted-x"), Kind::Encrypted);
         assert_eq!(Kind::of("private-x"), Kind::Private);
         assert_eq!(Kind::of("news"), Kind::Public);
+        assert_eq!(Kind::of("presence-cache-room"), Kind::Presence);
+        assert_eq!(Kind::of("private-encrypted-cache-x"), Kind::Encrypted);
+        for cache in [
+            "cache-x",
+            "private-cache-x",
+            "private-encrypted-cache-x",
+            "presence-cache-x",
+        ] {
+            assert!(is_cache(cache), "{cache}");
+        }
+        for plain in ["x-cache-", "private-x", "presence-cachex", "cachex"] {
+            assert!(!is_cache(plain), "{plain}");
+        }
         assert_eq!(pusher_channel("app:presence-room"), "presence-room");
     }
 

@@ -83,6 +83,8 @@ struct Wants {
     members: bool,
     /// Pusher's client_event.
     client_events: bool,
+    /// Pusher's cache_miss.
+    cache_misses: bool,
 }
 
 /// A webhook and the way its events are written and signed.
@@ -262,6 +264,7 @@ impl Webhooks {
             channels: any(&["channel_occupied", "channel_vacated"]),
             members: any(&["member_added", "member_removed"]),
             client_events: any(&["client_event"]),
+            cache_misses: any(&["cache_miss"]),
         };
         let targets = Arc::new(targets);
         let maker = Arc::new(Maker {
@@ -384,6 +387,15 @@ impl Webhooks {
                 fields["user_id"] = json!(user);
             }
             self.send(Item::Events(self.maker.make("client_event", fields)))
+                .await;
+        }
+    }
+
+    /// A Pusher socket subscribed to a cache channel with nothing cached.
+    pub async fn cache_miss(&self, channel: &str) {
+        if self.wants.cache_misses {
+            let fields = json!({ "channel": channel });
+            self.send(Item::Events(self.maker.make("cache_miss", fields)))
                 .await;
         }
     }

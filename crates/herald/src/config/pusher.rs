@@ -8,12 +8,13 @@ use super::webhook::{self, Webhook};
 use super::{Config, ConfigError, Dur, Secret};
 
 /// The events a Pusher app's webhooks can ask for (Pusher's names).
-pub const WEBHOOK_EVENTS: [&str; 5] = [
+pub const WEBHOOK_EVENTS: [&str; 6] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_event",
+    "cache_miss",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

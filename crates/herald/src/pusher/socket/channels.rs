@@ -9,10 +9,11 @@ use bytes::Bytes;
 use herald_protocol::ClientInfo;
 use serde_json::{json, Value};
 
-use super::super::{sign, valid_channel, Kind, Pusher, EXCLUDED_SOCKET};
+use super::super::{is_cache, sign, valid_channel, Kind, Pusher, EXCLUDED_SOCKET};
 use super::{code, Close, Link, Sub, MAX_USER_ID};
 use crate::hub::Client;
 use crate::node::PublishOptions;
+use crate::store::HistoryQuery;
 
 impl Link {
     /// Subscribes again in the hub (a stale subscription gets nothing
@@ -120,19 +121,54 @@ impl Link {
         );
         self.tell_webhooks(&channel, member.as_deref(), true).await;
         let Some(info) = member else {
-            return self.push("pusher_internal:subscription_succeeded", Some(name), "{}");
+            self.push("pusher_internal:subscription_succeeded", Some(name), "{}");
+            return self.send_cached(name, &channel).await;
         };
         self.node.presence().add(&channel, info.clone()).await;
         self.node.presence_event(&channel, info.clone(), true).await;
         let mut snapshot = self.node.presence_get(&channel).await.unwrap_or_default();
         snapshot.insert(info.client.clone(), info);
-        let mut members = self.conn.members.lock();
-        let (data, tell) = members.loaded(&channel, &snapshot, &self.conn.id);
-        self.push("pusher_internal:subscription_succeeded", Some(name), &data);
-        for event in tell {
-            if let Some(frame) = event.frame::<Pusher>() {
-                self.conn.outbox.push_frame(frame);
+        {
+            let mut members = self.conn.members.lock();
+            let (data, tell) = members.loaded(&channel, &snapshot, &self.conn.id);
+            self.push("pusher_internal:subscription_succeeded", Some(name), &data);
+            for event in tell {
+                if let Some(frame) = event.frame::<Pusher>() {
+                    self.conn.outbox.push_frame(frame);
+                }
             }
+        }
+        self.send_cached(name, &channel).await;
+    }
+
+    /// On a cache channel (`cache-`, `private-cache-`,
+    /// `private-encrypted-cache-`, `presence-cache-`), what a new
+    /// subscriber gets first: the channel's last event, kept by its
+    /// namespace's history, or `pusher:cache_miss` (and the `cache_miss`
+    /// webhook) when there is none.
+    async fn send_cached(&self, name: &str, channel: &str) {
+        if !is_cache(name) {
+            return;
+        }
+        let last = HistoryQuery {
+            since: None,
+            limit: Some(1),
+            reverse: true,
+        };
+        let cached = match self.node.history(channel, last).await {
+            Ok(page) => page.publications.into_iter().next(),
+            Err(e) => {
+                tracing::debug!(channel, error = %e.message, "no cache: the namespace keeps no history");
+                None
+            }
+        };
+        if let Some(frame) = cached.and_then(|p| p.frame::<Pusher>()) {
+            self.conn.outbox.push_frame(frame);
+            return;
+        }
+        self.push("pusher:cache_miss", Some(name), "{}");
+        if let Some(hooks) = &self.node.webhooks {
+            hooks.cache_miss(channel).await;
         }
     }
 

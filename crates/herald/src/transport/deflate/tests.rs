@@ -297,7 +297,11 @@ fn inflate_with_window(packed: &[u8], bits: u8) -> Result<Vec<u8>, flate2::Decom
     loop {
         let mut step = [0u8; 256];
         let before = (d.total_in(), d.total_out());
-        d.decompress(&input[d.total_in() as usize..], &mut step, FlushDecompress::Sync)?;
+        d.decompress(
+            &input[d.total_in() as usize..],
+            &mut step,
+            FlushDecompress::Sync,
+        )?;
         out.extend_from_slice(&step[..(d.total_out() - before.1) as usize]);
         if (d.total_in(), d.total_out()) == before {
             return Ok(out);

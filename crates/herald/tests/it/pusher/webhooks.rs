@@ -221,3 +221,92 @@ fn bad_pusher_webhooks_are_refused_naming_the_key() {
     let err = config_refusal(&c);
     assert!(err.contains("webhooks[0].name"), "{err}");
 }
+
+#[tokio::test]
+async fn a_cache_channel_hands_new_subscribers_its_last_event_or_a_cache_miss() {
+    let receiver = Receiver::start().await;
+    let hooks = json!({"webhooks": [{"url": receiver.url(), "event_types": ["cache_miss"]}]});
+    let s = TestServer::start(config(hooks)).await;
+
+    // Nothing cached yet: a cache miss, to the socket and the webhook.
+    let (mut first, _) = established(&s).await;
+    send(
+        &mut first,
+        json!({"event": "pusher:subscribe", "data": {"channel": "cache-score"}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut first).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    let (event, channel, _) = message(&mut first).await;
+    assert_eq!(
+        (event.as_str(), channel.as_deref()),
+        ("pusher:cache_miss", Some("cache-score"))
+    );
+    wait_for(&receiver, "cache_miss", 1).await;
+    assert_eq!(
+        events(&receiver, "cache_miss"),
+        vec![json!({"name": "cache_miss", "channel": "cache-score"})]
+    );
+
+    // Two events; a new subscriber gets the last one first, then what
+    // comes next.
+    for n in [1, 2] {
+        let r = s
+            .api(
+                "publish",
+                json!({"channel": "app:cache-score", "data": {"event": "score", "data": {"n": n}}}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+        assert_eq!(message(&mut first).await.2, json!({"n": n}));
+    }
+    let (mut later, id) = established(&s).await;
+    // A private cache channel works the same (signed as private ones are).
+    send(
+        &mut later,
+        json!({"event": "pusher:subscribe", "data": {"channel": "cache-score"}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut later).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    let (event, channel, data) = message(&mut later).await;
+    assert_eq!(
+        (event.as_str(), channel.as_deref()),
+        ("score", Some("cache-score"))
+    );
+    assert_eq!(data, json!({"n": 2}));
+    let signature = auth(&format!("{id}:private-cache-x"));
+    send(
+        &mut later,
+        json!({"event": "pusher:subscribe", "data": {
+        "channel": "private-cache-x", "auth": signature}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut later).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(message(&mut later).await.0, "pusher:cache_miss");
+    // A plain channel never says cache_miss.
+    send(
+        &mut later,
+        json!({"event": "pusher:subscribe", "data": {"channel": "score"}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut later).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    s.api(
+        "publish",
+        json!({"channel": "app:score", "data": {"event": "e", "data": "x"}}),
+    )
+    .await;
+    assert_eq!(message(&mut later).await.0, "e");
+    wait_for(&receiver, "cache_miss", 2).await;
+    s.stop().await;
+}
