@@ -7,7 +7,7 @@
 //! `{"event": E, "data": D}` there, whoever published it.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use axum::routing::{get, post};
@@ -50,6 +50,8 @@ pub struct App {
     prefix: String,
     /// Connections on this node, for `max_connections`.
     connections: AtomicUsize,
+    /// Whether the node said once that cache channels always miss here.
+    warned_no_history: AtomicBool,
 }
 
 impl App {
@@ -69,6 +71,7 @@ impl Apps {
                     prefix: format!("{}:", cfg.namespace),
                     cfg: cfg.clone(),
                     connections: AtomicUsize::new(0),
+                    warned_no_history: AtomicBool::new(false),
                 })
             })
             .collect();

@@ -239,7 +239,13 @@ pub struct Webhooks {
     store: Arc<dyn EventQueue>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When this node last told a cache miss, by channel.
+    misses: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// A cache channel's misses on one node are told once in this long (many
+/// sockets subscribing to an empty channel at once make one webhook).
+const MISS_QUIET: Duration = Duration::from_secs(5);
 
 impl Webhooks {
     /// Says the node is alive, then starts the writer, delivery and
@@ -283,6 +289,7 @@ impl Webhooks {
             store: store.clone(),
             stop: stop.clone(),
             tasks: Mutex::new(Vec::new()),
+            misses: Mutex::new(HashMap::new()),
         });
         let writer = Writer {
             store,
@@ -391,13 +398,29 @@ impl Webhooks {
         }
     }
 
-    /// A Pusher socket subscribed to a cache channel with nothing cached.
+    /// A Pusher socket subscribed to a cache channel with nothing cached;
+    /// told once per channel in [`MISS_QUIET`] on this node.
     pub async fn cache_miss(&self, channel: &str) {
-        if self.wants.cache_misses {
-            let fields = json!({ "channel": channel });
-            self.send(Item::Events(self.maker.make("cache_miss", fields)))
-                .await;
+        if !self.wants.cache_misses {
+            return;
         }
+        let now = std::time::Instant::now();
+        {
+            let mut misses = self.misses.lock();
+            if misses
+                .get(channel)
+                .is_some_and(|told| now.duration_since(*told) < MISS_QUIET)
+            {
+                return;
+            }
+            if misses.len() >= 4096 {
+                misses.retain(|_, told| now.duration_since(*told) < MISS_QUIET);
+            }
+            misses.insert(channel.to_string(), now);
+        }
+        let fields = json!({ "channel": channel });
+        self.send(Item::Events(self.maker.make("cache_miss", fields)))
+            .await;
     }
 
     async fn channel_event(

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+mod cache;
 mod channels;
 
 use super::members::Members;
@@ -111,6 +112,8 @@ struct Conn {
     user: OnceLock<String>,
     outbox: Arc<Outbox>,
     members: Mutex<Members>,
+    /// Cache channels waiting for their first event.
+    cache: cache::Awaiting,
 }
 
 impl Client for Conn {
@@ -137,7 +140,7 @@ impl Client for Conn {
             return;
         }
         if let Some(frame) = publication.frame::<Pusher>() {
-            self.outbox.push_frame(frame);
+            self.cache.push_live(publication, frame, &self.outbox);
         }
     }
     fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
@@ -211,6 +214,7 @@ async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut 
         user: OnceLock::new(),
         outbox: Arc::new(Outbox::new(node.config.client.queue_max_size)),
         members: Mutex::default(),
+        cache: cache::Awaiting::default(),
     });
     let cfg = &node.config.client;
     if node

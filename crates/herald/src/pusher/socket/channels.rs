@@ -2,11 +2,12 @@
 //! leaving, staying subscribed when live delivery starts over, signing in,
 //! and client events.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use herald_protocol::ClientInfo;
+use herald_protocol::{ClientInfo, ProtocolError};
 use serde_json::{json, Value};
 
 use super::super::{is_cache, sign, valid_channel, Kind, Pusher, EXCLUDED_SOCKET};
@@ -14,6 +15,10 @@ use super::{code, Close, Link, Sub, MAX_USER_ID};
 use crate::hub::Client;
 use crate::node::PublishOptions;
 use crate::store::HistoryQuery;
+
+/// How many of a cache channel's newest publications are looked through
+/// for its last event.
+const CACHE_LOOKBACK: usize = 5;
 
 impl Link {
     /// Subscribes again in the hub (a stale subscription gets nothing
@@ -107,6 +112,10 @@ impl Link {
         if member.is_some() {
             self.conn.members.lock().start(&channel);
         }
+        if is_cache(name) {
+            // Before the hub: live events from now on are noted.
+            self.conn.cache.start(&channel);
+        }
         let client: Arc<dyn Client> = self.conn.clone();
         if self.node.hub.subscribe(&channel, client, member.is_some()) {
             self.node.broker_sync(&channel).await;
@@ -145,29 +154,57 @@ impl Link {
     /// `private-encrypted-cache-`, `presence-cache-`), what a new
     /// subscriber gets first: the channel's last event, kept by its
     /// namespace's history, or `pusher:cache_miss` (and the `cache_miss`
-    /// webhook) when there is none.
+    /// webhook) when there is none — unless a live event reached it in
+    /// the meantime, which is newer ([`super::cache`]).
     async fn send_cached(&self, name: &str, channel: &str) {
         if !is_cache(name) {
             return;
         }
+        // The newest event Pusher clients can take (a publication of the
+        // namespace that is not an event is passed over).
         let last = HistoryQuery {
             since: None,
-            limit: Some(1),
+            limit: Some(CACHE_LOOKBACK),
             reverse: true,
         };
-        let cached = match self.node.history(channel, last).await {
-            Ok(page) => page.publications.into_iter().next(),
+        let (cached, known) = match self.node.history(channel, last).await {
+            Ok(page) => {
+                let found = page
+                    .publications
+                    .iter()
+                    .find_map(|p| Some((p.offset, p.frame::<Pusher>()?)));
+                (found, true)
+            }
+            Err(e) if e.code == ProtocolError::NOT_AVAILABLE.code => {
+                if !self.app.warned_no_history.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        app = %self.app.cfg.id,
+                        channel,
+                        "cache channels answer pusher:cache_miss: the app's namespace keeps no history (set history_size and history_ttl)"
+                    );
+                }
+                (None, true)
+            }
             Err(e) => {
-                tracing::debug!(channel, error = %e.message, "no cache: the namespace keeps no history");
-                None
+                tracing::warn!(channel, error = %e.message, "cache channel: history unreadable");
+                (None, false)
             }
         };
-        if let Some(frame) = cached.and_then(|p| p.frame::<Pusher>()) {
-            self.conn.outbox.push_frame(frame);
-            return;
-        }
-        self.push("pusher:cache_miss", Some(name), "{}");
-        if let Some(hooks) = &self.node.webhooks {
+        let mut missed = false;
+        self.conn.cache.finish(channel, |seen| match cached {
+            Some((offset, frame)) if offset > seen => {
+                self.conn.outbox.push_frame(frame);
+            }
+            // The client already has it, or something newer.
+            Some(_) => {}
+            None if seen == 0 => {
+                self.push("pusher:cache_miss", Some(name), "{}");
+                missed = true;
+            }
+            None => {}
+        });
+        // The backend hears of a miss it can fill (not of a store outage).
+        if let (true, true, Some(hooks)) = (missed, known, &self.node.webhooks) {
             hooks.cache_miss(channel).await;
         }
     }

@@ -245,6 +245,18 @@ async fn a_cache_channel_hands_new_subscribers_its_last_event_or_a_cache_miss() 
         ("pusher:cache_miss", Some("cache-score"))
     );
     wait_for(&receiver, "cache_miss", 1).await;
+    // Another socket missing at once: told to the socket, one webhook.
+    let (mut second, _) = established(&s).await;
+    send(
+        &mut second,
+        json!({"event": "pusher:subscribe", "data": {"channel": "cache-score"}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut second).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(message(&mut second).await.0, "pusher:cache_miss");
     assert_eq!(
         events(&receiver, "cache_miss"),
         vec![json!({"name": "cache_miss", "channel": "cache-score"})]
