@@ -458,12 +458,7 @@ async fn open_websocket(target: &Target, source: Option<IpAddr>) -> Result<Socke
         );
     }
     let wire = if target.compression {
-        let settings = deflate::Settings {
-            level: 1,
-            min_size: 0,
-            read_limit: 64 << 20,
-        };
-        Wire::client(tcp, settings)
+        Wire::client(tcp, deflate::Settings::client())
     } else {
         Wire::plain(tcp)
     };

@@ -79,12 +79,7 @@ impl Ws {
                 .await
                 .map_err(|e| e.to_string())?;
             let wire = if request.headers().contains_key("sec-websocket-extensions") {
-                let settings = deflate::Settings {
-                    level: 1,
-                    min_size: 0,
-                    read_limit: 16 << 20,
-                };
-                Wire::client(tcp, settings)
+                Wire::client(tcp, deflate::Settings::client())
             } else {
                 Wire::plain(tcp)
             };

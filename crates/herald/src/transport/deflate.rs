@@ -40,6 +40,18 @@ pub struct Settings {
     pub read_limit: usize,
 }
 
+impl Settings {
+    /// What a client (the test kit, the load generator) compresses with:
+    /// the fastest level, every message, messages up to 64 MiB.
+    pub fn client() -> Self {
+        Self {
+            level: 1,
+            min_size: 0,
+            read_limit: 64 << 20,
+        }
+    }
+}
+
 /// Why reading a compressed message failed; carried inside the
 /// `io::Error` the WebSocket library reports, so that the connection can
 /// close with the right code.

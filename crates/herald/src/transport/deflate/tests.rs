@@ -24,6 +24,17 @@ fn full() -> Agreed {
 
 type Ws = WebSocketStream<Wire<DuplexStream>>;
 
+fn header(is_final: bool, rsv1: bool, opcode: OpCode, mask: Option<[u8; 4]>) -> FrameHeader {
+    FrameHeader {
+        is_final,
+        rsv1,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask,
+    }
+}
+
 async fn socket(role: Role, wire: Wire<DuplexStream>) -> Ws {
     let config = WebSocketConfig::default()
         .max_message_size(Some(LIMIT))
@@ -124,14 +135,7 @@ async fn send_raw(
     payload: &[u8],
 ) {
     let mask = [1, 2, 3, 4];
-    let header = FrameHeader {
-        is_final: fin,
-        rsv1,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Data(opcode),
-        mask: Some(mask),
-    };
+    let header = header(fin, rsv1, OpCode::Data(opcode), Some(mask));
     let mut out = BytesMut::new();
     write_header(&header, payload.len(), &mut out);
     let mut body = payload.to_vec();
@@ -166,14 +170,7 @@ async fn a_compressed_message_in_fragments_with_a_ping_between_is_read_whole() {
         let (first, rest) = packed.split_at(packed.len() / 3);
         send_raw(&mut client, true, false, Data::Text, first).await;
         // A control frame may come between the fragments.
-        let ping = FrameHeader {
-            is_final: true,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            opcode: OpCode::Control(Control::Ping),
-            mask: Some([0; 4]),
-        };
+        let ping = header(true, false, OpCode::Control(Control::Ping), Some([0; 4]));
         let mut out = BytesMut::new();
         write_header(&ping, 0, &mut out);
         client.write_all(&out).await.unwrap();
@@ -251,14 +248,7 @@ async fn a_bomb_stops_at_the_limit() {
 #[tokio::test]
 async fn a_compressed_frame_past_the_limit_is_refused_before_it_is_read() {
     let (mut server, mut client) = server_with_raw_client().await;
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: true,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Data(Data::Binary),
-        mask: Some([0; 4]),
-    };
+    let header = header(true, true, OpCode::Data(Data::Binary), Some([0; 4]));
     let mut out = Vec::new();
     header.format(1 << 40, &mut out).unwrap();
     client.write_all(&out).await.unwrap();
@@ -367,14 +357,7 @@ fn many_compressed_messages_in_one_read_are_inflated_one_at_a_time() {
     let one = deflate(&vec![0; LIMIT], 9, 15).unwrap();
     for _ in 0..50 {
         let mut frame = BytesMut::new();
-        let header = FrameHeader {
-            is_final: true,
-            rsv1: true,
-            rsv2: false,
-            rsv3: false,
-            opcode: OpCode::Data(Data::Binary),
-            mask: Some([0; 4]),
-        };
+        let header = header(true, true, OpCode::Data(Data::Binary), Some([0; 4]));
         write_header(&header, one.len(), &mut frame);
         frame.extend_from_slice(&one);
         d.raw_in.unsplit(frame);
@@ -413,14 +396,7 @@ async fn frames_out_of_place_in_a_compressed_message_are_refused() {
     // A continuation masked unlike the first fragment.
     let (mut server, mut client) = server_with_raw_client().await;
     send_raw(&mut client, true, false, Data::Text, first).await;
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Data(Data::Continue),
-        mask: None,
-    };
+    let header = header(true, false, OpCode::Data(Data::Continue), None);
     let mut out = BytesMut::new();
     write_header(&header, rest.len(), &mut out);
     out.extend_from_slice(rest);
@@ -523,14 +499,7 @@ async fn a_client_compresses_from_the_frame_after_the_answer() {
     .into_bytes();
     let body = text(40);
     let packed = deflate(body.as_bytes(), 1, 15).unwrap();
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: true,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Data(Data::Text),
-        mask: None,
-    };
+    let header = header(true, true, OpCode::Data(Data::Text), None);
     let mut frame = BytesMut::new();
     write_header(&header, packed.len(), &mut frame);
     frame.extend_from_slice(&packed);
