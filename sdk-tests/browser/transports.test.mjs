@@ -110,7 +110,7 @@ test("Chromium's WebSocket agrees to permessage-deflate and the SDK works over i
   await page.goto(`${server.httpUrl}/health`);
   const wsUrl = `${server.httpUrl.replace('http', 'ws')}/connection/websocket`;
 
-  // The browser's own offer, and a command it compresses on the way in.
+  // The browser's own offer, and a command sent over the agreed socket.
   const token = connToken('deflating');
   const plain = await page.evaluate(({ url, token }) => new Promise((resolve, reject) => {
     const ws = new WebSocket(url);

@@ -1,5 +1,6 @@
 //! Transports carry protocol frames between clients and sessions.
 
+pub mod admission;
 pub mod cors;
 pub mod deflate;
 pub mod emulation;

@@ -75,21 +75,14 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    if let Some(refused) = websocket::refusal(&node, &headers, ws.peer()) {
+    if let Some(refused) = crate::transport::admission::refusal(&node, &headers, ws.peer()) {
         return refused;
     }
     let app = apps.by_key.get(&key).cloned();
     let protocol = opening.protocol.as_deref().and_then(|p| p.parse().ok());
-    let w = &node.config.websocket;
-    let limit = w.message_size_limit;
+    let limit = node.config.websocket.message_size_limit;
     let config = websocket::socket_config(&node, limit);
-    // Pusher sockets compress as `websocket.compression*` says.
-    let compression = websocket::compression(
-        w.compression,
-        w.compression_level,
-        w.compression_min_size,
-        limit,
-    );
+    let compression = websocket::websocket_compression(&node);
     ws.accept(config, compression, move |socket| {
         run(node, app, protocol, socket)
     })

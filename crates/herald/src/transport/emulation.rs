@@ -48,7 +48,7 @@ pub async fn emulation(
     // (`client.connection_rate_limit_per_ip`), and a page must be of an
     // allowed origin.
     let peer = peer.map(|Extension(ConnectInfo(p))| p);
-    if let Some(refused) = super::websocket::request_refusal(&node, &headers, peer) {
+    if let Some(refused) = super::admission::request_refusal(&node, &headers, peer) {
         return refused;
     }
     let limit = node.config.emulation.max_request_body_size;

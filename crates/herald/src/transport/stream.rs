@@ -224,7 +224,7 @@ async fn start(
     kind: Kind,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(p))| p);
-    if let Some(refused) = super::websocket::refusal(&node, &headers, peer) {
+    if let Some(refused) = super::admission::refusal(&node, &headers, peer) {
         return refused;
     }
     if request.len() > limit {

@@ -1,13 +1,13 @@
-//! The WebSocket transport: the upgrade (with origin check and buffer
-//! sizes), then one task per connection waiting on the session's outbox,
+//! The WebSocket transport: the upgrade (after `admission.rs` lets the
+//! client in; buffer sizes, compression), then one task per connection waiting on the session's outbox,
 //! inbound frames, its timer and the node's shutdown (`wake.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use futures_util::SinkExt;
 use herald_protocol::Disconnect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
+use super::admission::refusal;
 use super::deflate::{self, Refused};
 use super::upgrade::{Socket, Upgrade};
 use super::wake::{bounded_write, far_future, Coalesce, Wake, Wakes, Written};
@@ -41,14 +42,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
     let encoding = ws.encoding();
-    let w = &node.config.websocket;
-    let limit = w.message_size_limit;
-    let compression = compression(
-        w.compression,
-        w.compression_level,
-        w.compression_min_size,
-        limit,
-    );
+    let limit = node.config.websocket.message_size_limit;
+    let compression = websocket_compression(&node);
     accept(node, headers, ws, encoding, limit, compression)
 }
 
@@ -70,10 +65,21 @@ pub async fn upgrade_uni(
     accept(node, headers, ws, Encoding::UniJson, limit, compression)
 }
 
+/// `websocket.compression*`, which Pusher sockets follow too.
+pub(crate) fn websocket_compression(node: &Node) -> Option<deflate::Settings> {
+    let w = &node.config.websocket;
+    compression(
+        w.compression,
+        w.compression_level,
+        w.compression_min_size,
+        w.message_size_limit,
+    )
+}
+
 /// An endpoint's permessage-deflate settings, when it compresses
 /// (`compression`, `compression_level`, `compression_min_size`); `limit`
 /// bounds a message after inflating.
-pub(crate) fn compression(
+fn compression(
     enabled: bool,
     level: i32,
     min_size: usize,
@@ -124,53 +130,6 @@ pub(crate) fn socket_config(node: &Node, message_size_limit: usize) -> WebSocket
         .max_write_buffer_size(node.config.client.queue_max_size + write_buffer * 2)
         .max_message_size(Some(message_size_limit))
         .max_frame_size(Some(message_size_limit))
-}
-
-/// Why a new connection may not come in, as the response that says so:
-/// the node's and its address's connection rates, its origin, shutdown.
-/// Every transport asks.
-pub(crate) fn refusal(
-    node: &Node,
-    headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
-) -> Option<Response> {
-    if !node.connect_limits.node.allow() {
-        Counters::incr(&node.counters.connections_refused_by_rate);
-        return Some((StatusCode::SERVICE_UNAVAILABLE, "too many new connections").into_response());
-    }
-    request_refusal(node, headers, peer)
-}
-
-/// Why a request from a client is refused, if it is: its address's rate
-/// (`client.connection_rate_limit_per_ip`), its origin, shutdown.
-pub(crate) fn request_refusal(
-    node: &Node,
-    headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
-) -> Option<Response> {
-    if let Some(peer) = peer {
-        if !node.connect_limits.per_ip.allow(peer.ip()) {
-            Counters::incr(&node.counters.connections_refused_by_rate);
-            return Some(
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many new connections from this address",
-                )
-                    .into_response(),
-            );
-        }
-    }
-    if !node.origins().allows(headers) {
-        tracing::info!(
-            origin = ?headers.get("origin"),
-            "connection from a disallowed origin refused: to let it in, add it to client.allowed_origins"
-        );
-        return Some((StatusCode::FORBIDDEN, "origin not allowed").into_response());
-    }
-    if node.shutdown().is_cancelled() {
-        return Some((StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response());
-    }
-    None
 }
 
 /// The connection's task. Not an `async fn`: its arguments would be stored

@@ -6,6 +6,13 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use std::io::Cursor;
+
+use bytes::BytesMut;
+use flate2::{Decompress, FlushDecompress};
+
+use super::frames::{unmask, write_header, Deflate, MAX_HEADER};
+use super::zlib::{deflate, inflate, SYNC_TAIL};
 use super::*;
 
 const LIMIT: usize = 64 * 1024;
@@ -506,4 +513,29 @@ async fn a_client_compresses_from_the_frame_after_the_answer() {
     answer.extend_from_slice(&frame);
     server_end.write_all(&answer).await.unwrap();
     assert_eq!(client.await.unwrap(), Message::text(body));
+}
+
+#[test]
+fn remembered_messages_come_back_as_compressed_and_levels_stay_apart() {
+    use super::zlib::deflated;
+    let input = text(300);
+    let (fast, small) = (
+        deflate(input.as_bytes(), 1, 15).unwrap(),
+        deflate(input.as_bytes(), 9, 15).unwrap(),
+    );
+    assert_ne!(fast, small, "the levels differ on this input");
+    for _ in 0..2 {
+        let got = deflated(input.as_bytes(), 1, 15, <[u8]>::to_vec).unwrap();
+        assert_eq!(got, fast);
+    }
+    let got = deflated(input.as_bytes(), 9, 15, <[u8]>::to_vec).unwrap();
+    assert_eq!(got, small, "not level 1's form from memory");
+    // Pushed out by newer messages, it is compressed again, the same.
+    for n in 0..5 {
+        deflated(text(n).as_bytes(), 1, 15, |_| ()).unwrap();
+    }
+    assert_eq!(
+        deflated(input.as_bytes(), 1, 15, <[u8]>::to_vec).unwrap(),
+        fast
+    );
 }
