@@ -666,6 +666,22 @@ impl Config {
         !self.webhooks.is_empty() || self.pusher.apps.iter().any(|a| !a.webhooks.is_empty())
     }
 
+    /// The paths of the streaming transports — `uni_http_stream`,
+    /// `uni_sse`, `http_stream`, `sse`, in that order — and of the
+    /// emulation endpoint (for the last two), each when enabled.
+    pub fn stream_paths(&self) -> [Option<&str>; 5] {
+        let [a, b, c, d] = [
+            (&self.uni_http_stream, "/connection/uni_http_stream"),
+            (&self.uni_sse, "/connection/uni_sse"),
+            (&self.http_stream, "/connection/http_stream"),
+            (&self.sse, "/connection/sse"),
+        ]
+        .map(|(t, default)| t.enabled.then(|| t.path(default)));
+        let emulation =
+            (c.is_some() || d.is_some()).then_some(self.emulation.handler_prefix.as_str());
+        [a, b, c, d, emulation]
+    }
+
     pub fn access(&self) -> AccessConfig {
         AccessConfig {
             user_block: self.user_block,

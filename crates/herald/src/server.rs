@@ -18,6 +18,8 @@ use crate::node::{Node, NodeError};
 use crate::{api, transport};
 
 mod accept;
+mod direct;
+mod prefixed;
 mod tls;
 
 pub use tls::{Tls, TlsError};
@@ -175,13 +177,30 @@ impl Server {
                 tracing::info!(addr = %internal.local_addr()?, "internal listening (health, metrics, admin)");
                 let ops = operations(Router::new(), &node.config).with_state(node.clone());
                 let stop = stop.clone();
-                tokio::spawn(accept::accept(internal, ops, None, stop, header_timeout));
+                let none = direct::Streams::default();
+                tokio::spawn(accept::accept(
+                    internal,
+                    ops,
+                    None,
+                    stop,
+                    header_timeout,
+                    none,
+                ));
                 router(node.clone())
             }
             None => operations(router(node.clone()), &node.config),
         };
         let router = router.with_state(node.clone());
-        accept::accept(self.listener, router, self.tls, stop, header_timeout).await;
+        let streams = direct::Streams::of(&node.config);
+        accept::accept(
+            self.listener,
+            router,
+            self.tls,
+            stop,
+            header_timeout,
+            streams,
+        )
+        .await;
         // Connections close themselves as the shutdown token fires, so a
         // count taken now would race them: they are counted as they close.
         tracing::info!("shutting down: closing connections");
@@ -240,35 +259,16 @@ fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     // deadline and the size limit; pages of allowed origins may call them
     // from elsewhere (CORS).
     let cors = axum::middleware::from_fn_with_state(node.clone(), transport::cors::cors);
-    let streams: [(bool, &str, _); 5] = [
-        (
-            c.uni_http_stream.enabled,
-            c.uni_http_stream.path("/connection/uni_http_stream"),
-            post(stream::uni_http_stream),
-        ),
-        (
-            c.uni_sse.enabled,
-            c.uni_sse.path("/connection/uni_sse"),
-            get(stream::uni_sse).post(stream::uni_sse),
-        ),
-        (
-            c.http_stream.enabled,
-            c.http_stream.path("/connection/http_stream"),
-            post(stream::http_stream),
-        ),
-        (
-            c.sse.enabled,
-            c.sse.path("/connection/sse"),
-            get(stream::sse).post(stream::sse),
-        ),
-        (
-            c.http_stream.enabled || c.sse.enabled,
-            &c.emulation.handler_prefix,
-            post(transport::emulation::emulation),
-        ),
+    let [uni_http_stream, uni_sse, http_stream, sse, emulation] = c.stream_paths();
+    let streams = [
+        (uni_http_stream, post(stream::uni_http_stream)),
+        (uni_sse, get(stream::uni_sse).post(stream::uni_sse)),
+        (http_stream, post(stream::http_stream)),
+        (sse, get(stream::sse).post(stream::sse)),
+        (emulation, post(transport::emulation::emulation)),
     ];
-    for (enabled, path, handler) in streams {
-        if enabled {
+    for (path, handler) in streams {
+        if let Some(path) = path {
             let handler = handler
                 .layer(DefaultBodyLimit::disable())
                 .layer(cors.clone());

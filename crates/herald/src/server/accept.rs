@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::Router;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -25,6 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::direct::{self, Sniffed, Streams};
+use super::prefixed::Prefixed;
 use super::tls::Tls;
 
 /// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
@@ -46,6 +49,7 @@ pub(super) async fn accept(
     tls: Option<Arc<Tls>>,
     stop: CancellationToken,
     header_timeout: Duration,
+    streams: Streams,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
@@ -54,6 +58,7 @@ pub(super) async fn accept(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let builder = Arc::new(builder);
+    let streams = Arc::new(streams);
     let mut failures = Failures::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -79,6 +84,8 @@ pub(super) async fn accept(
             graceful: graceful.watcher(),
             peer,
             header_timeout,
+            streams: streams.clone(),
+            stop: stop.clone(),
         };
         match &tls {
             // The handshake is the connection's first phase: it too must end
@@ -109,12 +116,56 @@ struct Connection {
     graceful: Watcher,
     peer: SocketAddr,
     header_timeout: Duration,
+    streams: Arc<Streams>,
+    /// The server's shutdown: a connection between requests closes.
+    stop: CancellationToken,
 }
 
 impl Connection {
     /// Serves HTTP on `stream` (plain or TLS); a connection whose first
-    /// request has not begun by `started` + the header timeout is closed.
-    async fn serve<S>(self, stream: S, started: Instant)
+    /// request head is not there by `started` + the header timeout is
+    /// closed. Requests to the streaming transports are served beside the
+    /// HTTP stack (`direct.rs`) for as long as the connection carries only
+    /// those; the first other request hands it to the HTTP stack for good.
+    /// Each way is boxed: the connection's task holds only the one it is
+    /// on.
+    async fn serve<S>(self, mut stream: S, started: Instant)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut deadline = started + self.header_timeout;
+        let mut carried = Bytes::new();
+        loop {
+            let sniffed = direct::sniff(&mut stream, &self.streams, carried);
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout_at(deadline, sniffed) => sniffed,
+                _ = self.stop.cancelled() => return,
+            };
+            let Ok(Ok(sniffed)) = sniffed else {
+                return;
+            };
+            match sniffed {
+                Sniffed::Direct(head) => {
+                    let router = self.router.clone();
+                    let served = direct::serve(stream, head, router, self.peer, &self.streams);
+                    let Some(kept) = Box::pin(served).await else {
+                        return;
+                    };
+                    // Kept alive: the next request gets its own time.
+                    (stream, carried) = kept;
+                    deadline = Instant::now() + self.header_timeout;
+                }
+                Sniffed::Other(read) => {
+                    let stream = Prefixed::new(read, stream);
+                    return Box::pin(self.http(stream, deadline)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves `stream` with the HTTP stack; a connection whose request has
+    /// not begun by `deadline` is closed.
+    async fn http<S>(self, stream: S, deadline: Instant)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -123,7 +174,7 @@ impl Connection {
             builder,
             graceful,
             peer,
-            header_timeout,
+            ..
         } = self;
         // Set by the first request: until then the connection is on the
         // clock.
@@ -143,7 +194,7 @@ impl Connection {
         let mut conn = std::pin::pin!(graceful.watch(conn));
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = tokio::time::sleep_until(started + header_timeout) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
         }
         if begun.load(Ordering::Acquire) {
             let _ = conn.await;
