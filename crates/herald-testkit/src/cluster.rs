@@ -60,6 +60,11 @@ impl ClusterNode {
         self.served.logged(text);
     }
 
+    /// The URL of `path` on the node's HTTP server.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.served.addr)
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.served.addr)
     }

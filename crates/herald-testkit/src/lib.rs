@@ -22,7 +22,7 @@ use serde_json::Value;
 
 pub use cluster::ClusterNode;
 pub use process::{free_port, OwnServer, Served};
-pub use pusher::{pusher_auth, pusher_message, pusher_signed};
+pub use pusher::{pusher_auth, pusher_message, pusher_signed, pusher_signed_with};
 pub use pushes::Pushes;
 pub use raw::{frame, opcode, RawEvent, RawWs};
 pub use receiver::{Received, Receiver};

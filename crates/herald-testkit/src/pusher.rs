@@ -41,6 +41,20 @@ pub fn pusher_signed(
     secret: &str,
     timestamp: i64,
 ) -> String {
+    pusher_signed_with(method, path, body, key, secret, timestamp, &[])
+}
+
+/// [`pusher_signed`] with more query parameters (`info`,
+/// `filter_by_prefix`), signed too.
+pub fn pusher_signed_with(
+    method: &str,
+    path: &str,
+    body: &str,
+    key: &str,
+    secret: &str,
+    timestamp: i64,
+    more: &[(&str, &str)],
+) -> String {
     let mut params = vec![
         ("auth_key".to_string(), key.to_string()),
         ("auth_timestamp".into(), timestamp.to_string()),
@@ -49,6 +63,7 @@ pub fn pusher_signed(
     if !body.is_empty() {
         params.push(("body_md5".into(), herald::signing::md5_hex(body.as_bytes())));
     }
+    params.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     params.sort();
     let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let query = query.join("&");

@@ -5,7 +5,7 @@
 //! node every `node.info_publish_interval`. What travels between nodes is
 //! defined in [`crate::wire::control`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,11 @@ use crate::channel::ChannelRules;
 use crate::config::Config;
 use crate::hub::{Client, Control, Hub, ServerSubscribe};
 use crate::metrics::Counters;
-use crate::wire::control::{AccessChange, Action, ControlMessage, NodeInfo, Target};
+use crate::wire::control::{AccessChange, Action, ControlMessage, NodeInfo, Question, Target};
+
+mod survey;
+
+pub use survey::SURVEY_TIMEOUT;
 
 pub struct Cluster {
     /// Unique id of this process run.
@@ -39,6 +43,7 @@ pub struct Cluster {
     access: Arc<Access>,
     counters: Arc<Counters>,
     registry: Registry,
+    surveys: survey::Surveys,
     /// Times the broker connection was lost and restored.
     reconnects: AtomicU64,
 }
@@ -70,6 +75,7 @@ impl Cluster {
             access,
             counters,
             registry: Registry::default(),
+            surveys: survey::Surveys::default(),
             reconnects: AtomicU64::new(0),
         }
     }
@@ -150,6 +156,43 @@ impl Cluster {
         }
     }
 
+    /// The channels with subscribers whose names start with `prefix`, and
+    /// how many each has, over the whole cluster (a survey of the other
+    /// nodes).
+    pub async fn channels(&self, prefix: &str) -> Result<BTreeMap<String, u64>, BrokerError> {
+        let question = Question::Channels {
+            prefix: prefix.to_string(),
+        };
+        Ok(survey::channels(self.survey(question).await?))
+    }
+
+    /// This node's answer to `question` and every other live node's.
+    async fn survey(&self, question: Question) -> Result<Vec<survey::Answer>, BrokerError> {
+        let mine = survey::answer(&self.hub, &question);
+        let expected: HashSet<String> = match self.enabled {
+            true => self
+                .registry
+                .alive(self.announce_every * 3)
+                .into_iter()
+                .map(|n| n.uid)
+                .collect(),
+            false => HashSet::new(),
+        };
+        if expected.is_empty() {
+            return Ok(vec![mine]);
+        }
+        let pending = self.surveys.open();
+        let message = ControlMessage::Survey {
+            from: self.uid.clone(),
+            id: pending.id,
+            question,
+        };
+        self.broker.publish_control(message.encode()).await?;
+        let mut answers = pending.gather(expected).await;
+        answers.push(mine);
+        Ok(answers)
+    }
+
     /// Tells the other nodes this one is leaving.
     pub async fn leave(&self) {
         if self.enabled {
@@ -211,6 +254,25 @@ impl Cluster {
                 ..
             } if node != self.uid => {}
             ControlMessage::User { target, action, .. } => apply(&self.hub, &target, &action),
+            ControlMessage::Survey { from, id, question } => {
+                let answer = ControlMessage::Answer {
+                    from: self.uid.clone(),
+                    to: from,
+                    id,
+                    answer: survey::answer(&self.hub, &question),
+                };
+                let broker = self.broker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = broker.publish_control(answer.encode()).await {
+                        tracing::debug!(error = %crate::report::Chain(&e), "survey answer not sent");
+                    }
+                });
+            }
+            // Answers concern the node that asked.
+            ControlMessage::Answer { to, .. } if to != self.uid => {}
+            ControlMessage::Answer {
+                from, id, answer, ..
+            } => self.surveys.answered(id, from, answer),
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
                 check_access(&self.hub, &change);

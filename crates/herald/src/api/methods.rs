@@ -135,7 +135,7 @@ pub fn execute(node: &Node, request: Request) -> BoxFuture<'_, Result<Response, 
                     .map_err(|e| about_history(node, &req.channel, e))?;
                 empty
             }
-            Request::Channels(req) => Response::Channels(channels(node, req)),
+            Request::Channels(req) => Response::Channels(channels(node, req).await?),
             Request::Info(_) => Response::Info(InfoResult {
                 nodes: node.nodes(),
             }),
@@ -528,15 +528,18 @@ async fn refresh(node: &Node, req: RefreshRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn channels(node: &Node, req: ChannelsRequest) -> ChannelsResult {
+/// Channels with subscribers anywhere in the cluster, with how many.
+async fn channels(node: &Node, req: ChannelsRequest) -> Result<ChannelsResult, ApiError> {
     let filter = if req.pattern.is_empty() {
         None
     } else {
         crate::pattern::glob(&req.pattern, false)
     };
-    let channels = node
-        .hub
-        .channels()
+    let counts = node.cluster().channels("").await.map_err(|e| {
+        tracing::warn!(error = %crate::report::Chain(&e), "channels not asked of the other nodes");
+        ProtocolError::BROKER_UNAVAILABLE
+    })?;
+    let channels = counts
         .into_iter()
         .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)))
         .map(|(name, n)| {
@@ -544,7 +547,7 @@ fn channels(node: &Node, req: ChannelsRequest) -> ChannelsResult {
             (name, ChannelInfo { num_clients })
         })
         .collect();
-    ChannelsResult { channels }
+    Ok(ChannelsResult { channels })
 }
 
 async fn batch(

@@ -25,7 +25,7 @@ const METHODS: &[(&str, &str, &str, &str)] = &[
     ("presence_stats", "ChannelRequest", "PresenceStatsResult", "How many clients and users are in a channel."),
     ("history", "HistoryRequest", "HistoryResult", "Read a channel's stream."),
     ("history_remove", "ChannelRequest", "Empty", "Remove a channel's publications, keeping its position."),
-    ("channels", "ChannelsRequest", "ChannelsResult", "Channels with subscribers, optionally matching a pattern."),
+    ("channels", "ChannelsRequest", "ChannelsResult", "Channels with subscribers anywhere in the cluster, and how many, optionally matching a pattern."),
     ("info", "InfoRequest", "InfoResult", "The nodes of the cluster."),
     ("block_user", "BlockUserRequest", "Empty", "Block a user: its connections close and new ones are refused until unblocked or `expire_at`."),
     ("unblock_user", "UnblockUserRequest", "Empty", "Lift a user's block."),

@@ -4,7 +4,7 @@
 //! user's connections. Counts of subscriptions are this node's; user
 //! counts and members come from presence, which spans the cluster.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -188,30 +188,60 @@ impl Event {
         for channel in self.channels() {
             out.insert(
                 channel.to_string(),
-                counts(node, app, channel, wanted).await,
+                counts(node, app, channel, wanted, None).await,
             );
         }
         out
     }
 }
 
-/// `subscription_count` (this node's) and `user_count` (presence channels)
-/// of a channel, as `info` (comma-separated) asks.
-async fn counts(node: &Node, app: &App, channel: &str, info: &str) -> Value {
+/// `subscription_count` and `user_count` (presence channels) of a channel,
+/// as `info` (comma-separated) asks; `subscribers` when already known.
+async fn counts(
+    node: &Node,
+    app: &App,
+    channel: &str,
+    info: &str,
+    subscribers: Option<u64>,
+) -> Value {
     let herald = app.channel(channel);
     let mut out = Map::new();
     let wants = |what: &str| info.split(',').any(|i| i.trim() == what);
     if wants("subscription_count") {
-        out.insert(
-            "subscription_count".into(),
-            node.hub.subscribers(&herald).into(),
-        );
+        let n = match subscribers {
+            Some(n) => n,
+            None => subscriptions(node, &herald).await,
+        };
+        out.insert("subscription_count".into(), n.into());
     }
     if wants("user_count") && Kind::of(channel) == Kind::Presence {
         let users = node.presence_stats(&herald).await.map_or(0, |(_, u)| u);
         out.insert("user_count".into(), users.into());
     }
     Value::Object(out)
+}
+
+/// The subscribers of the Herald channels starting with `prefix`, over the
+/// whole cluster; this node's alone when the others cannot be asked.
+async fn occupancy(node: &Node, prefix: &str) -> BTreeMap<String, u64> {
+    match node.cluster().channels(prefix).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::warn!(error = %crate::report::Chain(&e), "channel counts of the other nodes not asked; this node's only");
+            node.hub
+                .channels()
+                .into_iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .map(|(name, n)| (name, n as u64))
+                .collect()
+        }
+    }
+}
+
+/// The subscribers of one Herald channel, over the whole cluster.
+async fn subscriptions(node: &Node, herald: &str) -> u64 {
+    let counts = occupancy(node, herald).await;
+    counts.get(herald).copied().unwrap_or(0)
 }
 
 pub(super) async fn events(
@@ -295,17 +325,17 @@ pub(super) async fn channels(
         let why = "info=user_count needs filter_by_prefix=presence-";
         return refused(StatusCode::BAD_REQUEST, why).into_response();
     }
-    let names: BTreeSet<String> = node
-        .hub
-        .channels()
-        .into_iter()
-        .filter_map(|(c, _)| c.strip_prefix(&app.prefix).map(str::to_string))
-        .filter(|c| c.starts_with(prefix) && !c.starts_with(super::USER_CHANNEL))
-        .collect();
+    let occupied = occupancy(&node, &app.channel(prefix)).await;
     let mut out = Map::new();
-    for name in names {
-        let value = counts(&node, &app, &name, info).await;
-        out.insert(name, value);
+    for (herald, n) in occupied {
+        let Some(name) = herald.strip_prefix(&app.prefix) else {
+            continue;
+        };
+        if name.starts_with(super::USER_CHANNEL) {
+            continue;
+        }
+        let value = counts(&node, &app, name, info, Some(n)).await;
+        out.insert(name.to_string(), value);
     }
     Json(json!({ "channels": out })).into_response()
 }
@@ -319,11 +349,12 @@ pub(super) async fn channel(
         return refused(StatusCode::BAD_REQUEST, "Invalid channel name").into_response();
     }
     let info = param(&params, "info").unwrap_or("");
-    let Value::Object(mut out) = counts(&node, &app, &name, info).await else {
+    let herald = app.channel(&name);
+    let subscribers = subscriptions(&node, &herald).await;
+    let Value::Object(mut out) = counts(&node, &app, &name, info, Some(subscribers)).await else {
         unreachable!("counts are an object")
     };
-    let herald = app.channel(&name);
-    let occupied = node.hub.subscribers(&herald) > 0
+    let occupied = subscribers > 0
         || (Kind::of(&name) == Kind::Presence
             && node.presence_stats(&herald).await.is_ok_and(|(c, _)| c > 0));
     out.insert("occupied".into(), occupied.into());

@@ -1,7 +1,8 @@
 //! Control messages: what nodes tell each other besides publications —
 //! commands aimed at users' connections wherever they are (disconnect,
 //! unsubscribe, server-side subscribe, refresh), periodic announcements that
-//! make up the node list of `info`, and a node's goodbye. JSON on the
+//! make up the node list of `info`, a node's goodbye, and surveys (a
+//! question every node answers: its channels, say). JSON on the
 //! broker's control channel; each carries its sender's uid so that a node
 //! skips its own.
 
@@ -138,6 +139,36 @@ pub enum ControlMessage {
     },
     /// A user blocked or unblocked, a token revoked.
     Access { from: String, change: AccessChange },
+    /// A question for every other node; each answers the sender.
+    Survey {
+        from: String,
+        id: u64,
+        question: Question,
+    },
+    /// A node's answer to survey `id` of node `to`; every other node drops
+    /// it unread.
+    Answer {
+        from: String,
+        to: String,
+        id: u64,
+        answer: Answer,
+    },
+}
+
+/// What a survey asks of each node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Question {
+    /// The channels with subscribers on the node whose names start with
+    /// `prefix`, and how many each has there.
+    Channels { prefix: String },
+}
+
+/// A node's answer to a [`Question`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Channels { channels: Vec<(String, u64)> },
 }
 
 impl ControlMessage {
@@ -146,7 +177,10 @@ impl ControlMessage {
         match self {
             Self::Node { info } => &info.uid,
             Self::Leave { uid } => uid,
-            Self::User { from, .. } | Self::Access { from, .. } => from,
+            Self::User { from, .. }
+            | Self::Access { from, .. }
+            | Self::Survey { from, .. }
+            | Self::Answer { from, .. } => from,
         }
     }
 

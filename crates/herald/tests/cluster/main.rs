@@ -13,7 +13,9 @@ mod redis;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_testkit::{eventually, ClusterNode, Event, OwnServer, TestDatabase, Ws};
+use herald_testkit::{
+    eventually, pusher_message, pusher_signed_with, ClusterNode, Event, OwnServer, TestDatabase, Ws,
+};
 use serde_json::{json, Value};
 
 /// Starts node `name` of a test cluster with `patch` over the base config.
@@ -430,4 +432,89 @@ async fn deltas_cross_nodes(mut cfg: Value, durable: bool) {
         assert_eq!(next_pub(&mut plain, "dl:x").await["data"]["n"], n);
     }
     assert_eq!(deltas, 3, "all but the first");
+}
+
+/// The channels API and the Pusher API's channel counts take every node's
+/// subscribers into account (a survey of the cluster), whichever node is
+/// asked.
+async fn channels_counted_across_nodes(mut cfg: Value) {
+    const KEY: &str = "pk";
+    const SECRET: &str = "ps";
+    herald_testkit::merge(
+        &mut cfg,
+        json!({
+            "channel": {"namespaces": [{"name": "chat", "allow_subscribe_for_client": true},
+                                       {"name": "pa"}]},
+            "pusher": {"apps": [{"id": "7", "key": KEY, "secret": SECRET, "namespace": "pa"}]}
+        }),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    nodes_in_info(&nodes[0], 2).await;
+    nodes_in_info(&nodes[1], 2).await;
+    let mut clients = Vec::new();
+    for (at, user, channel) in [
+        (0, "u1", "chat:x"),
+        (0, "u2", "chat:x"),
+        (1, "u3", "chat:x"),
+        (1, "u4", "chat:y"),
+    ] {
+        let mut ws = nodes[at].client(user).await;
+        subscribe(&mut ws, channel).await;
+        clients.push(ws);
+    }
+    let mut pusher = Ws::open(&format!(
+        "ws://{}/app/{KEY}?protocol=7",
+        nodes[1].served.addr
+    ))
+    .await;
+    assert_eq!(
+        pusher_message(&mut pusher).await.0,
+        "pusher:connection_established"
+    );
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": "news"}});
+    pusher.send_text(&subscribe.to_string()).await;
+    assert_eq!(
+        pusher_message(&mut pusher).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+
+    for asked in &nodes {
+        let r = asked.api("channels", json!({})).await;
+        let counts: Vec<(String, Value)> = r["channels"]
+            .as_object()
+            .expect("channels")
+            .iter()
+            .map(|(k, v)| (k.clone(), v["num_clients"].clone()))
+            .collect();
+        let want = vec![
+            ("chat:x".to_string(), json!(3)),
+            ("chat:y".to_string(), json!(1)),
+            ("pa:news".to_string(), json!(1)),
+        ];
+        let mut counts = counts;
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(counts, want, "asked {}", asked.served.addr);
+        let r = asked.api("channels", json!({"pattern": "chat:y"})).await;
+        assert_eq!(r["channels"], json!({"chat:y": {"num_clients": 1}}));
+    }
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let get = |path: &str, more: &[(&str, &str)]| {
+        let url = nodes[0].http(&pusher_signed_with("GET", path, "", KEY, SECRET, now, more));
+        async move {
+            let r = reqwest::get(url).await.expect("reachable");
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Value>().await.expect("JSON")
+        }
+    };
+    let listed = get("/apps/7/channels", &[("info", "subscription_count")]).await;
+    assert_eq!(
+        listed,
+        json!({"channels": {"news": {"subscription_count": 1}}})
+    );
+    let one = get("/apps/7/channels/news", &[("info", "subscription_count")]).await;
+    assert_eq!(one, json!({"occupied": true, "subscription_count": 1}));
 }

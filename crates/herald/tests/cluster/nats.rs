@@ -211,3 +211,13 @@ fn own_nats() -> Option<OwnServer> {
             .to_vec()
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_channels_are_counted_across_nodes() {
+    let Some(nats) = env_url("HERALD_TEST_NATS_URL") else {
+        return;
+    };
+    let cfg = json!({ "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": nats, "prefix": unique("t") } } });
+    channels_counted_across_nodes(cfg).await;
+}

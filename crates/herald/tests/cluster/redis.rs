@@ -770,3 +770,11 @@ async fn emulation_requests_reach_a_session_on_another_node() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_channels_are_counted_across_nodes() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    channels_counted_across_nodes(redis_engine(&url, &unique("t"))).await;
+}
