@@ -5,14 +5,13 @@
 //! node every `node.info_publish_interval`. What travels between nodes is
 //! defined in [`crate::wire::control`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_protocol::Disconnect;
-use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,10 @@ use crate::hub::{Client, Control, Hub, ServerSubscribe};
 use crate::metrics::Counters;
 use crate::wire::control::{AccessChange, Action, ControlMessage, NodeInfo, Question, Target};
 
+mod registry;
 mod survey;
+
+use registry::Registry;
 
 pub use survey::SURVEY_TIMEOUT;
 
@@ -166,16 +168,21 @@ impl Cluster {
         Ok(survey::channels(self.survey(question).await?))
     }
 
+    /// How many subscribers each of `channels` has over the whole cluster
+    /// (those with any).
+    pub async fn subscribers(
+        &self,
+        channels: Vec<String>,
+    ) -> Result<BTreeMap<String, u64>, BrokerError> {
+        let question = Question::Subscribers { channels };
+        Ok(survey::channels(self.survey(question).await?))
+    }
+
     /// This node's answer to `question` and every other live node's.
     async fn survey(&self, question: Question) -> Result<Vec<survey::Answer>, BrokerError> {
         let mine = survey::answer(&self.hub, &question);
         let expected: HashSet<String> = match self.enabled {
-            true => self
-                .registry
-                .alive(self.announce_every * 3)
-                .into_iter()
-                .map(|n| n.uid)
-                .collect(),
+            true => self.registry.surveyed(self.announce_every * 3),
             false => HashSet::new(),
         };
         if expected.is_empty() {
@@ -216,7 +223,7 @@ impl Cluster {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick(), if self.enabled => {
-                    let message = ControlMessage::Node { info: self.info() };
+                    let message = ControlMessage::Node { info: self.info(), surveys: true };
                     if let Err(e) = self.broker.publish_control(message.encode()).await {
                         tracing::debug!(error = %crate::report::Chain(&e), "node announcement not sent");
                     }
@@ -246,7 +253,7 @@ impl Cluster {
             return;
         }
         match message {
-            ControlMessage::Node { info } => self.registry.seen(info),
+            ControlMessage::Node { info, surveys } => self.registry.seen(info, surveys),
             ControlMessage::Leave { uid } => self.registry.forget(&uid),
             // Emulated commands concern one node: the others skip them.
             ControlMessage::User {
@@ -254,17 +261,19 @@ impl Cluster {
                 ..
             } if node != self.uid => {}
             ControlMessage::User { target, action, .. } => apply(&self.hub, &target, &action),
+            // Answered in a task of its own: the hub is walked there, not
+            // in this one.
             ControlMessage::Survey { from, id, question } => {
-                let answer = ControlMessage::Answer {
-                    from: self.uid.clone(),
-                    to: from,
-                    id,
-                    answer: survey::answer(&self.hub, &question),
-                };
-                let broker = self.broker.clone();
+                let (hub, broker, uid) = (self.hub.clone(), self.broker.clone(), self.uid.clone());
                 tokio::spawn(async move {
+                    let answer = ControlMessage::Answer {
+                        from: uid,
+                        to: from,
+                        id,
+                        answer: survey::answer(&hub, &question),
+                    };
                     if let Err(e) = broker.publish_control(answer.encode()).await {
-                        tracing::debug!(error = %crate::report::Chain(&e), "survey answer not sent");
+                        tracing::warn!(error = %crate::report::Chain(&e), "survey answer not sent");
                     }
                 });
             }
@@ -398,58 +407,4 @@ fn control(action: &Action) -> Control {
 fn raw_bytes(v: &Option<Box<RawValue>>) -> Option<Bytes> {
     v.as_ref()
         .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
-}
-
-/// The other nodes this one has heard from recently.
-#[derive(Default)]
-struct Registry {
-    nodes: Mutex<HashMap<String, (NodeInfo, Instant)>>,
-}
-
-impl Registry {
-    fn seen(&self, info: NodeInfo) {
-        self.nodes
-            .lock()
-            .insert(info.uid.clone(), (info, Instant::now()));
-    }
-
-    fn forget(&self, uid: &str) {
-        self.nodes.lock().remove(uid);
-    }
-
-    /// Nodes heard from within `max_silence`, oldest entries dropped.
-    fn alive(&self, max_silence: Duration) -> Vec<NodeInfo> {
-        let mut nodes = self.nodes.lock();
-        nodes.retain(|_, (_, seen)| seen.elapsed() <= max_silence);
-        let mut out: Vec<NodeInfo> = nodes.values().map(|(i, _)| i.clone()).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn silent_nodes_drop_out() {
-        let r = Registry::default();
-        let info = NodeInfo {
-            uid: "a".into(),
-            name: "a".into(),
-            version: "0".into(),
-            num_clients: 0,
-            num_users: 0,
-            num_channels: 0,
-            num_subs: 0,
-            uptime: 0,
-            num_publications: 0,
-        };
-        r.seen(info.clone());
-        assert_eq!(r.alive(Duration::from_secs(60)), vec![info.clone()]);
-        r.forget("a");
-        assert!(r.alive(Duration::from_secs(60)).is_empty());
-        r.seen(info);
-        assert!(r.alive(Duration::ZERO).is_empty());
-    }
 }

@@ -535,7 +535,10 @@ async fn channels(node: &Node, req: ChannelsRequest) -> Result<ChannelsResult, A
     } else {
         crate::pattern::glob(&req.pattern, false)
     };
-    let counts = node.cluster().channels("").await.map_err(|e| {
+    // The other nodes send only names that can match: those starting with
+    // the pattern's part before its first `*`.
+    let prefix = req.pattern.split('*').next().unwrap_or_default();
+    let counts = node.cluster().channels(prefix).await.map_err(|e| {
         tracing::warn!(error = %crate::report::Chain(&e), "channels not asked of the other nodes");
         ProtocolError::BROKER_UNAVAILABLE
     })?;

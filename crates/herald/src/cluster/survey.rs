@@ -103,6 +103,13 @@ pub(super) fn answer(hub: &Hub, question: &Question) -> Answer {
                 .map(|(name, n)| (name, n as u64))
                 .collect(),
         },
+        Question::Subscribers { channels } => Answer::Channels {
+            channels: channels
+                .iter()
+                .map(|name| (name.clone(), hub.subscribers(name) as u64))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        },
     }
 }
 

@@ -1,8 +1,9 @@
 //! The Pusher HTTP API under `/apps/{id}/`, every request signed with the
 //! app's secret (see [`sign::request`]): trigger events on channels, in
 //! batches, and read channels, their counts and their members; end a
-//! user's connections. Counts of subscriptions are this node's; user
-//! counts and members come from presence, which spans the cluster.
+//! user's connections. Counts of subscriptions are asked of every node (a
+//! survey); user counts and members come from presence, which spans the
+//! cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -185,36 +186,37 @@ impl Event {
         let Some(wanted) = &self.info else {
             return out;
         };
+        // One survey for all the event's channels.
+        let heralds = self.channels().iter().map(|c| app.channel(c)).collect();
+        let subscribed = match wants(wanted, "subscription_count") {
+            true => subscribers(node, heralds).await,
+            false => BTreeMap::new(),
+        };
         for channel in self.channels() {
+            let n = subscribed.get(&app.channel(channel)).copied();
             out.insert(
                 channel.to_string(),
-                counts(node, app, channel, wanted, None).await,
+                counts(node, app, channel, wanted, n.unwrap_or(0)).await,
             );
         }
         out
     }
 }
 
-/// `subscription_count` and `user_count` (presence channels) of a channel,
-/// as `info` (comma-separated) asks; `subscribers` when already known.
-async fn counts(
-    node: &Node,
-    app: &App,
-    channel: &str,
-    info: &str,
-    subscribers: Option<u64>,
-) -> Value {
+/// Whether `info` (comma-separated) asks for `what`.
+fn wants(info: &str, what: &str) -> bool {
+    info.split(',').any(|i| i.trim() == what)
+}
+
+/// `subscription_count` (`subscribers`, counted over the cluster) and
+/// `user_count` (presence channels) of a channel, as `info` asks.
+async fn counts(node: &Node, app: &App, channel: &str, info: &str, subscribers: u64) -> Value {
     let herald = app.channel(channel);
     let mut out = Map::new();
-    let wants = |what: &str| info.split(',').any(|i| i.trim() == what);
-    if wants("subscription_count") {
-        let n = match subscribers {
-            Some(n) => n,
-            None => subscriptions(node, &herald).await,
-        };
-        out.insert("subscription_count".into(), n.into());
+    if wants(info, "subscription_count") {
+        out.insert("subscription_count".into(), subscribers.into());
     }
-    if wants("user_count") && Kind::of(channel) == Kind::Presence {
+    if wants(info, "user_count") && Kind::of(channel) == Kind::Presence {
         let users = node.presence_stats(&herald).await.map_or(0, |(_, u)| u);
         out.insert("user_count".into(), users.into());
     }
@@ -238,10 +240,23 @@ async fn occupancy(node: &Node, prefix: &str) -> BTreeMap<String, u64> {
     }
 }
 
-/// The subscribers of one Herald channel, over the whole cluster.
-async fn subscriptions(node: &Node, herald: &str) -> u64 {
-    let counts = occupancy(node, herald).await;
-    counts.get(herald).copied().unwrap_or(0)
+/// The subscribers of these Herald channels (those with any), over the
+/// whole cluster; this node's alone when the others cannot be asked.
+async fn subscribers(node: &Node, channels: Vec<String>) -> BTreeMap<String, u64> {
+    match node.cluster().subscribers(channels.clone()).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::warn!(error = %crate::report::Chain(&e), "channel counts of the other nodes not asked; this node's only");
+            channels
+                .into_iter()
+                .map(|name| {
+                    let n = node.hub.subscribers(&name) as u64;
+                    (name, n)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        }
+    }
 }
 
 pub(super) async fn events(
@@ -321,7 +336,7 @@ pub(super) async fn channels(
 ) -> Response {
     let prefix = param(&params, "filter_by_prefix").unwrap_or("");
     let info = param(&params, "info").unwrap_or("");
-    if info.split(',').any(|i| i.trim() == "user_count") && !prefix.starts_with("presence-") {
+    if wants(info, "user_count") && !prefix.starts_with("presence-") {
         let why = "info=user_count needs filter_by_prefix=presence-";
         return refused(StatusCode::BAD_REQUEST, why).into_response();
     }
@@ -334,7 +349,7 @@ pub(super) async fn channels(
         if name.starts_with(super::USER_CHANNEL) {
             continue;
         }
-        let value = counts(&node, &app, name, info, Some(n)).await;
+        let value = counts(&node, &app, name, info, n).await;
         out.insert(name.to_string(), value);
     }
     Json(json!({ "channels": out })).into_response()
@@ -350,8 +365,9 @@ pub(super) async fn channel(
     }
     let info = param(&params, "info").unwrap_or("");
     let herald = app.channel(&name);
-    let subscribers = subscriptions(&node, &herald).await;
-    let Value::Object(mut out) = counts(&node, &app, &name, info, Some(subscribers)).await else {
+    let subscribed = subscribers(&node, vec![herald.clone()]).await;
+    let subscribers = subscribed.get(&herald).copied().unwrap_or(0);
+    let Value::Object(mut out) = counts(&node, &app, &name, info, subscribers).await else {
         unreachable!("counts are an object")
     };
     let occupied = subscribers > 0

@@ -52,6 +52,10 @@ const HEADERS_MAX: usize = 64;
 /// Read at a time from a request body.
 const BODY_READ: usize = 4096;
 
+/// Longest wait, after the response is ready, for the request body (and
+/// the connection with it) to come back.
+const RETURN_WAIT: Duration = Duration::from_secs(1);
+
 /// Which requests are served here, and how long a write may stall.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Streams {
@@ -241,8 +245,12 @@ where
     // Boxed: the connection's future need not keep room for the router's
     // all the time the response streams.
     let Ok(response) = Box::pin(router.oneshot(request)).await;
-    // The handler is done with the body by now, and with it the connection.
-    let Ok(Returned { io, rest, whole }) = returned.await else {
+    // The handler is done with the body by now, and with it the
+    // connection; one that kept the body would keep the connection, so
+    // the wait is bounded.
+    let Ok(Ok(Returned { io, rest, whole })) = tokio::time::timeout(RETURN_WAIT, returned).await
+    else {
+        tracing::debug!("a request body outlived its handler: connection closed");
         return None;
     };
     // Another request can follow only a body read whole and an answer of

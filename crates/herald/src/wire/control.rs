@@ -127,8 +127,14 @@ pub enum AccessChange {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlMessage {
-    /// A node is alive, with its figures.
-    Node { info: NodeInfo },
+    /// A node is alive, with its figures; `surveys`: it answers surveys
+    /// (nodes of older versions, in a rolling upgrade, do not, and are not
+    /// waited for).
+    Node {
+        info: NodeInfo,
+        #[serde(default)]
+        surveys: bool,
+    },
     /// A node is shutting down.
     Leave { uid: String },
     /// A command for users' connections.
@@ -162,12 +168,16 @@ pub enum Question {
     /// The channels with subscribers on the node whose names start with
     /// `prefix`, and how many each has there.
     Channels { prefix: String },
+    /// How many subscribers each of these channels has on the node (those
+    /// with any).
+    Subscribers { channels: Vec<String> },
 }
 
 /// A node's answer to a [`Question`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
+    /// Channels and their subscribers on the node.
     Channels { channels: Vec<(String, u64)> },
 }
 
@@ -175,7 +185,7 @@ impl ControlMessage {
     /// The uid of the node that sent it.
     pub fn sender(&self) -> &str {
         match self {
-            Self::Node { info } => &info.uid,
+            Self::Node { info, .. } => &info.uid,
             Self::Leave { uid } => uid,
             Self::User { from, .. }
             | Self::Access { from, .. }

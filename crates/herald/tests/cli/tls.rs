@@ -77,7 +77,7 @@ async fn tls_listener_serves_and_reloads_on_sighup() {
     let key_path = dir.path().join("key.pem");
     write(
         &config,
-        &json!({"client": {"insecure": true},
+        &json!({"client": {"insecure": true}, "uni_sse": {"enabled": true},
                 "http_server": {"tls": {"enabled": true, "cert_pem": cert_path, "key_pem": key_path}}}),
     );
     let s = serve_full(&config, &[], &[]);
@@ -100,6 +100,23 @@ async fn tls_listener_serves_and_reloads_on_sighup() {
         reply.to_text().unwrap().contains("\"connect\""),
         "{reply:?}"
     );
+
+    // A stream over TLS (served beside the HTTP stack, chunk by chunk).
+    let mut stream = connect(&s.addr, &first.0).await.unwrap();
+    let request = "POST /connection/uni_sse HTTP/1.1\r\nHost: localhost\r\n\
+                   Content-Length: 2\r\n\r\n{}";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut read = String::new();
+    let mut buf = [0u8; 1024];
+    while !read.contains("\"connect\"") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the connect push in time")
+            .unwrap();
+        assert!(n > 0, "closed: {read}");
+        read.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(read.contains("transfer-encoding: chunked"), "{read}");
 
     // A new certificate, taken on SIGHUP: new connections get it, the one
     // made before stays up.

@@ -517,4 +517,22 @@ async fn channels_counted_across_nodes(mut cfg: Value) {
     );
     let one = get("/apps/7/channels/news", &[("info", "subscription_count")]).await;
     assert_eq!(one, json!({"occupied": true, "subscription_count": 1}));
+    // An event's info, for all its channels at once.
+    let event = json!({"name": "e", "data": "{}", "channels": ["news", "quiet"],
+                       "info": "subscription_count"})
+    .to_string();
+    let path = pusher_signed_with("POST", "/apps/7/events", &event, KEY, SECRET, now, &[]);
+    let r = reqwest::Client::new()
+        .post(nodes[0].http(&path))
+        .header("content-type", "application/json")
+        .body(event)
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(r.status().as_u16(), 200);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(
+        info,
+        json!({"channels": {"news": {"subscription_count": 1}, "quiet": {"subscription_count": 0}}})
+    );
 }

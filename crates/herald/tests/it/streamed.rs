@@ -58,8 +58,8 @@ async fn a_stream_is_chunked_and_ends_when_the_client_goes() {
         &format!("Content-Length: {}", start.len()),
         &format!("Content-Length: {}", body.len()),
     );
+    tcp.set_nodelay(true).unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     tcp.write_all(end.as_bytes()).await.unwrap();
     let mut read = String::new();
     read_until(&mut tcp, &mut read, "\"connect\"").await;

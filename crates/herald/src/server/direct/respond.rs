@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use axum::http::response::Parts;
-use axum::http::Version;
+use axum::http::{StatusCode, Version};
 use axum::response::Response;
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -28,6 +28,10 @@ const BATCH: usize = 16 * 1024;
 
 /// Reads of what a client sends while its response streams, per wake-up.
 const DISCARDS: usize = 16;
+
+/// What a client may send while its response streams (it has nothing to
+/// say then); beyond this the connection is closed.
+const DISCARD_MAX: usize = 64 * 1024;
 
 /// After the response, how long (and for how much) what the client still
 /// sends is read and dropped before the connection closes: closed with
@@ -51,6 +55,8 @@ where
 {
     let mut writer = Writer::new(response, version, stall, keep_alive);
     let whole = std::future::poll_fn(|cx| writer.poll(&mut io, cx)).await;
+    // The body (a stream's session) goes now, not after the lingering.
+    drop(writer);
     if keep_alive && whole {
         return Some(io);
     }
@@ -90,7 +96,12 @@ fn head(parts: &Parts, length: Option<u64>, chunked: bool, keep_alive: bool) -> 
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // No length where there can be no body (RFC 9110 §8.6).
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
     match length {
+        Some(_) if bodiless => {}
         Some(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
@@ -115,6 +126,9 @@ struct Writer {
     /// The body has ended; once `out` is written, so has the response.
     ended: bool,
     chunked: bool,
+    /// Of a body of known length: what is still to come. A body that
+    /// yields more, or less, fails the response.
+    left: Option<u64>,
     /// Watch the read side for the client leaving (only when the
     /// connection closes after the response: else what the client sends is
     /// its next request).
@@ -123,6 +137,8 @@ struct Writer {
     stall: Duration,
     /// Since when the current write has waited.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Bytes the client sent while the response streamed.
+    discarded: usize,
 }
 
 impl Writer {
@@ -137,10 +153,12 @@ impl Writer {
             flushing: false,
             ended: false,
             chunked,
+            left: length,
             watch: !keep_alive,
             body,
             stall,
             stalled: None,
+            discarded: 0,
         }
     }
 
@@ -150,7 +168,7 @@ impl Writer {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if self.watch && gone(io, cx) {
+        if self.watch && gone(io, cx, &mut self.discarded) {
             return Poll::Ready(false);
         }
         loop {
@@ -171,13 +189,16 @@ impl Writer {
             }
             if self.flushing {
                 match Pin::new(&mut *io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.flushing = false,
+                    Poll::Ready(Ok(())) => {
+                        self.flushing = false;
+                        self.stalled = None;
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(false),
                     Poll::Pending => return self.wait(cx),
                 }
             }
             if self.ended {
-                return Poll::Ready(true);
+                return Poll::Ready(self.left.is_none_or(|left| left == 0));
             }
             if self.gather(cx).is_err() {
                 return Poll::Ready(false);
@@ -204,7 +225,7 @@ impl Writer {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.data(&data);
+                        self.data(&data)?;
                     }
                 }
                 Poll::Ready(Some(Err(_))) => return Err(()),
@@ -221,10 +242,13 @@ impl Writer {
         Ok(())
     }
 
-    fn data(&mut self, data: &[u8]) {
+    fn data(&mut self, data: &[u8]) -> Result<(), ()> {
         // An empty chunk would end the body.
         if data.is_empty() {
-            return;
+            return Ok(());
+        }
+        if let Some(left) = &mut self.left {
+            *left = left.checked_sub(data.len() as u64).ok_or(())?;
         }
         if self.chunked {
             self.out.reserve(data.len() + 12);
@@ -234,18 +258,25 @@ impl Writer {
         } else {
             self.out.extend_from_slice(data);
         }
+        Ok(())
     }
 }
 
-/// Whether the client has closed its side (or the connection failed);
-/// drops what it sent meanwhile.
-fn gone<S: AsyncRead + Unpin>(io: &mut S, cx: &mut Context<'_>) -> bool {
+/// Whether the client has closed its side (or the connection failed, or
+/// it sent more than [`DISCARD_MAX`]); drops what it sent meanwhile,
+/// counted in `discarded`.
+fn gone<S: AsyncRead + Unpin>(io: &mut S, cx: &mut Context<'_>, discarded: &mut usize) -> bool {
     let mut scratch = [0u8; 256];
     for _ in 0..DISCARDS {
         let mut buf = ReadBuf::new(&mut scratch);
         match Pin::new(&mut *io).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
-            Poll::Ready(Ok(())) => continue,
+            Poll::Ready(Ok(())) => {
+                *discarded += buf.filled().len();
+                if *discarded > DISCARD_MAX {
+                    return true;
+                }
+            }
             Poll::Ready(Err(_)) => return true,
             Poll::Pending => return false,
         }
@@ -260,7 +291,6 @@ mod tests {
     use std::convert::Infallible;
 
     use axum::body::Bytes;
-    use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use futures_util::StreamExt;
     use tokio::sync::mpsc;
@@ -362,19 +392,45 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_closes_ends_an_idle_stream() {
-        let (client, server) = tokio::io::duplex(4096);
+        let (mut client, server) = tokio::io::duplex(4096);
         let (_tx, rx) = mpsc::channel(4);
+        let stall = Duration::from_secs(5);
         let writing = tokio::spawn(respond(
             server,
             streamed(rx),
             Version::HTTP_11,
-            Duration::from_secs(5),
+            stall,
             false,
         ));
+        // The head is out: the stream is idle, nothing more to write.
+        let mut head = [0u8; 12];
+        client.read_exact(&mut head).await.unwrap();
         drop(client);
         tokio::time::timeout(Duration::from_secs(5), writing)
             .await
             .expect("ended without a write")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_talks_through_a_stream_is_cut_off() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (_tx, rx) = mpsc::channel(4);
+        let stall = Duration::from_secs(5);
+        let writing = tokio::spawn(respond(
+            server,
+            streamed(rx),
+            Version::HTTP_11,
+            stall,
+            false,
+        ));
+        client
+            .write_all(&vec![b'x'; DISCARD_MAX + 1])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writing)
+            .await
+            .expect("ended")
             .unwrap();
     }
 
