@@ -179,6 +179,9 @@ impl Upgrade {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
         let compressed = compression.zip(self.deflate);
+        // The handshake's task ends once the connection is open: the
+        // connection's own task holds only what the connection needs, not
+        // the handshake's state beside it.
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return; // The client went away during the handshake.
@@ -188,7 +191,8 @@ impl Upgrade {
                 Some((settings, agreed)) => Wire::compressed(io, settings, agreed),
                 None => Wire::plain(io),
             };
-            serve(WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await).await;
+            let socket = WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await;
+            tokio::spawn(serve(socket));
         });
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
