@@ -293,6 +293,7 @@ mod tests {
     use axum::body::Bytes;
     use axum::response::IntoResponse;
     use futures_util::StreamExt;
+    use tokio::io::DuplexStream;
     use tokio::sync::mpsc;
 
     use super::*;
@@ -313,6 +314,26 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
+    /// A streamed response over a duplex of `room` bytes, written by a
+    /// task: the client's end, the task, and what feeds the body.
+    fn streaming(
+        room: usize,
+        stall: Duration,
+    ) -> (DuplexStream, Writing, mpsc::Sender<&'static str>) {
+        let (client, server) = tokio::io::duplex(room);
+        let (tx, rx) = mpsc::channel(64);
+        let writing = tokio::spawn(respond(
+            server,
+            streamed(rx),
+            Version::HTTP_11,
+            stall,
+            false,
+        ));
+        (client, writing, tx)
+    }
+
+    type Writing = tokio::task::JoinHandle<Option<DuplexStream>>;
+
     async fn read_all(mut client: tokio::io::DuplexStream) -> String {
         let mut read = Vec::new();
         client.read_to_end(&mut read).await.unwrap();
@@ -321,15 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_goes_out_in_chunks_and_ends_with_the_body() {
-        let (client, server) = tokio::io::duplex(4096);
-        let (tx, rx) = mpsc::channel(4);
-        let writing = tokio::spawn(respond(
-            server,
-            streamed(rx),
-            Version::HTTP_11,
-            Duration::from_secs(5),
-            false,
-        ));
+        let (client, writing, tx) = streaming(4096, Duration::from_secs(5));
         tx.send("data: {}\n\n").await.unwrap();
         tx.send("").await.unwrap();
         tx.send("data: {\"a\":1}\n\n").await.unwrap();
@@ -392,16 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_closes_ends_an_idle_stream() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let (_tx, rx) = mpsc::channel(4);
-        let stall = Duration::from_secs(5);
-        let writing = tokio::spawn(respond(
-            server,
-            streamed(rx),
-            Version::HTTP_11,
-            stall,
-            false,
-        ));
+        let (mut client, writing, _tx) = streaming(4096, Duration::from_secs(5));
         // The head is out: the stream is idle, nothing more to write.
         let mut head = [0u8; 12];
         client.read_exact(&mut head).await.unwrap();
@@ -414,16 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_talks_through_a_stream_is_cut_off() {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let (_tx, rx) = mpsc::channel(4);
-        let stall = Duration::from_secs(5);
-        let writing = tokio::spawn(respond(
-            server,
-            streamed(rx),
-            Version::HTTP_11,
-            stall,
-            false,
-        ));
+        let (mut client, writing, _tx) = streaming(1 << 20, Duration::from_secs(5));
         client
             .write_all(&vec![b'x'; DISCARD_MAX + 1])
             .await
@@ -437,17 +432,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_that_stalls_ends_the_response() {
         // Room for the head and a little: the client never reads.
-        let (_client, server) = tokio::io::duplex(512);
-        let (tx, rx) = mpsc::channel(64);
         let stall = Duration::from_secs(3);
         let started = tokio::time::Instant::now();
-        let writing = tokio::spawn(respond(
-            server,
-            streamed(rx),
-            Version::HTTP_11,
-            stall,
-            false,
-        ));
+        let (_client, writing, tx) = streaming(512, stall);
         for _ in 0..64 {
             tx.send("data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n\n")
                 .await
