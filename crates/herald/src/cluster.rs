@@ -266,22 +266,37 @@ impl Cluster {
             ControlMessage::Survey { from, id, question } => {
                 let (hub, broker, uid) = (self.hub.clone(), self.broker.clone(), self.uid.clone());
                 tokio::spawn(async move {
-                    let answer = ControlMessage::Answer {
-                        from: uid,
-                        to: from,
-                        id,
-                        answer: survey::answer(&hub, &question),
-                    };
-                    if let Err(e) = broker.publish_control(answer.encode()).await {
-                        tracing::warn!(error = %crate::report::Chain(&e), "survey answer not sent");
+                    let answer = survey::answer(&hub, &question);
+                    let parts = survey::split(answer, survey::PART_BYTES);
+                    let count = parts.len() as u32;
+                    for (part, answer) in (0..).zip(parts) {
+                        let message = ControlMessage::Answer {
+                            from: uid.clone(),
+                            to: from.clone(),
+                            id,
+                            answer,
+                            part,
+                            parts: count,
+                        };
+                        if let Err(e) = broker.publish_control(message.encode()).await {
+                            tracing::warn!(error = %crate::report::Chain(&e), "survey answer not sent");
+                            return;
+                        }
                     }
                 });
             }
             // Answers concern the node that asked.
             ControlMessage::Answer { to, .. } if to != self.uid => {}
             ControlMessage::Answer {
-                from, id, answer, ..
-            } => self.surveys.answered(id, from, answer),
+                from,
+                id,
+                answer,
+                part,
+                parts,
+                ..
+            } => self
+                .surveys
+                .answered(id, survey::Part { from, part, parts }, answer),
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
                 check_access(&self.hub, &change);

@@ -19,7 +19,19 @@ use crate::wire::control::Question;
 /// Longest wait for the other nodes' answers.
 pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Answers = mpsc::UnboundedSender<(String, Answer)>;
+/// An answer longer than about this goes in parts (NATS takes messages of
+/// up to 1 MB by default).
+pub(super) const PART_BYTES: usize = 256 * 1024;
+
+/// Which part of whose answer a message is.
+#[derive(Debug, Clone)]
+pub(super) struct Part {
+    pub from: String,
+    pub part: u32,
+    pub parts: u32,
+}
+
+type Answers = mpsc::UnboundedSender<(Part, Answer)>;
 
 /// The surveys this node has under way.
 #[derive(Default)]
@@ -41,11 +53,11 @@ impl Surveys {
         }
     }
 
-    /// Node `from`'s answer to survey `id` (dropped when that survey is
-    /// over).
-    pub(super) fn answered(&self, id: u64, from: String, answer: Answer) {
+    /// A part of a node's answer to survey `id` (dropped when that survey
+    /// is over).
+    pub(super) fn answered(&self, id: u64, part: Part, answer: Answer) {
         if let Some(tx) = self.pending.lock().get(&id) {
-            let _ = tx.send((from, answer));
+            let _ = tx.send((part, answer));
         }
     }
 }
@@ -54,23 +66,30 @@ impl Surveys {
 pub(super) struct Pending<'a> {
     surveys: &'a Surveys,
     pub(super) id: u64,
-    answers: mpsc::UnboundedReceiver<(String, Answer)>,
+    answers: mpsc::UnboundedReceiver<(Part, Answer)>,
 }
 
 impl Pending<'_> {
-    /// The answers, one per node, until every node in `expected` has
-    /// answered or the time is up. A node not expected (one that has just
-    /// joined) counts when it answers meanwhile.
+    /// The answers of the nodes that answered whole (each part once),
+    /// until every node in `expected` has or the time is up. A node not
+    /// expected (one that has just joined) counts when it answers
+    /// meanwhile.
     pub(super) async fn gather(mut self, mut expected: HashSet<String>) -> Vec<Answer> {
         let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
-        let mut heard = HashSet::new();
+        // Each node's parts so far; a node's answer counts once whole.
+        let mut heard: HashMap<String, HashMap<u32, Answer>> = HashMap::new();
         let mut answers = Vec::new();
         while !expected.is_empty() {
             match tokio::time::timeout_at(deadline, self.answers.recv()).await {
-                Ok(Some((from, answer))) => {
-                    expected.remove(&from);
-                    if heard.insert(from) {
-                        answers.push(answer);
+                Ok(Some((part, answer))) => {
+                    let parts = heard.entry(part.from.clone()).or_default();
+                    if parts.len() >= part.parts as usize {
+                        continue; // Taken whole already.
+                    }
+                    parts.entry(part.part).or_insert(answer);
+                    if parts.len() >= part.parts as usize {
+                        answers.extend(parts.values().cloned());
+                        expected.remove(&part.from);
                     }
                 }
                 Ok(None) | Err(_) => {
@@ -113,6 +132,28 @@ pub(super) fn answer(hub: &Hub, question: &Question) -> Answer {
     }
 }
 
+/// `answer` in parts of about `max` bytes of channel names at most (one
+/// part, maybe empty, at least).
+pub(super) fn split(answer: Answer, max: usize) -> Vec<Answer> {
+    let Answer::Channels { channels } = answer;
+    let mut parts = vec![Vec::new()];
+    let mut size = 0;
+    for (name, n) in channels {
+        // A name, its count and the JSON around them.
+        let weight = name.len() + 24;
+        if size + weight > max && !parts.last().is_some_and(Vec::is_empty) {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += weight;
+        parts.last_mut().expect("one part at least").push((name, n));
+    }
+    parts
+        .into_iter()
+        .map(|channels| Answer::Channels { channels })
+        .collect()
+}
+
 /// The subscribers of each channel, summed over the nodes' answers.
 pub(super) fn channels(answers: Vec<Answer>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -129,19 +170,30 @@ pub(super) fn channels(answers: Vec<Answer>) -> BTreeMap<String, u64> {
 mod tests {
     use super::*;
 
+    fn counts(c: &[(&str, u64)]) -> Answer {
+        Answer::Channels {
+            channels: c.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
+        }
+    }
+
+    fn whole(from: &str) -> Part {
+        Part {
+            from: from.into(),
+            part: 0,
+            parts: 1,
+        }
+    }
+
     #[tokio::test]
     async fn answers_are_gathered_once_per_node_until_all_are_in() {
         let surveys = Surveys::default();
         let pending = surveys.open();
         let id = pending.id;
-        let counts = |c: &[(&str, u64)]| Answer::Channels {
-            channels: c.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
-        };
-        surveys.answered(id, "b".into(), counts(&[("x", 2)]));
-        surveys.answered(id, "b".into(), counts(&[("x", 50)]));
-        surveys.answered(id, "new".into(), counts(&[("y", 1)]));
-        surveys.answered(id + 1, "c".into(), counts(&[("x", 70)]));
-        surveys.answered(id, "c".into(), counts(&[("x", 3), ("z", 1)]));
+        surveys.answered(id, whole("b"), counts(&[("x", 2)]));
+        surveys.answered(id, whole("b"), counts(&[("x", 50)]));
+        surveys.answered(id, whole("new"), counts(&[("y", 1)]));
+        surveys.answered(id + 1, whole("c"), counts(&[("x", 70)]));
+        surveys.answered(id, whole("c"), counts(&[("x", 3), ("z", 1)]));
         let expected = ["b".to_string(), "c".to_string()].into();
         let answers = pending.gather(expected).await;
         assert_eq!(answers.len(), 3);
@@ -154,19 +206,59 @@ mod tests {
         assert!(surveys.pending.lock().is_empty(), "over once gathered");
     }
 
+    #[tokio::test]
+    async fn a_long_answer_goes_in_parts_and_is_taken_whole() {
+        let many: Vec<(String, u64)> = (0..1000)
+            .map(|i| (format!("chat:room-{i:04}"), 1))
+            .collect();
+        let parts = split(
+            Answer::Channels {
+                channels: many.clone(),
+            },
+            4096,
+        );
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        for part in &parts {
+            let Answer::Channels { channels } = part;
+            let size: usize = channels.iter().map(|(n, _)| n.len() + 24).sum();
+            assert!(size <= 4096 && !channels.is_empty());
+        }
+        assert_eq!(split(Answer::Channels { channels: vec![] }, 4096).len(), 1);
+
+        // Out of order, one part twice: the node counts once it is whole.
+        let surveys = Surveys::default();
+        let pending = surveys.open();
+        let count = parts.len() as u32;
+        let mut order: Vec<u32> = (0..count).rev().collect();
+        order.insert(1, count - 1);
+        for i in order {
+            let part = Part {
+                from: "b".into(),
+                part: i,
+                parts: count,
+            };
+            surveys.answered(pending.id, part, parts[i as usize].clone());
+        }
+        let answers = pending.gather(["b".to_string()].into()).await;
+        assert_eq!(channels(answers).len(), many.len());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_node_that_does_not_answer_is_left_out_in_time() {
         let surveys = Surveys::default();
         let pending = surveys.open();
-        surveys.answered(
-            pending.id,
-            "b".into(),
-            Answer::Channels { channels: vec![] },
-        );
+        surveys.answered(pending.id, whole("b"), counts(&[]));
+        // Half an answer is no answer.
+        let half = Part {
+            from: "c".into(),
+            part: 0,
+            parts: 2,
+        };
+        surveys.answered(pending.id, half, counts(&[("x", 1)]));
         let started = tokio::time::Instant::now();
-        let expected = ["b".to_string(), "gone".to_string()].into();
+        let expected = ["b".to_string(), "c".to_string(), "gone".to_string()].into();
         let answers = pending.gather(expected).await;
-        assert_eq!(answers.len(), 1);
+        assert_eq!(answers, vec![counts(&[])], "only b's, whole");
         assert_eq!(started.elapsed(), SURVEY_TIMEOUT);
     }
 }

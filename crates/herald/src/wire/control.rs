@@ -151,14 +151,23 @@ pub enum ControlMessage {
         id: u64,
         question: Question,
     },
-    /// A node's answer to survey `id` of node `to`; every other node drops
-    /// it unread.
+    /// A node's answer to survey `id` of node `to`, or part `part` of it
+    /// (of `parts`: a long answer goes in parts, each well under a broker's
+    /// message limit); every other node drops it unread.
     Answer {
         from: String,
         to: String,
         id: u64,
         answer: Answer,
+        #[serde(default)]
+        part: u32,
+        #[serde(default = "one")]
+        parts: u32,
     },
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What a survey asks of each node.
