@@ -158,24 +158,15 @@ impl Cluster {
         }
     }
 
-    /// The channels with subscribers whose names start with `prefix`, and
-    /// how many each has, over the whole cluster (a survey of the other
-    /// nodes).
-    pub async fn channels(&self, prefix: &str) -> Result<BTreeMap<String, u64>, BrokerError> {
-        let question = Question::Channels {
-            prefix: prefix.to_string(),
-        };
+    /// The subscribers of the channels `question` names, over the whole
+    /// cluster (a survey of the other nodes).
+    pub async fn count(&self, question: Question) -> Result<BTreeMap<String, u64>, BrokerError> {
         Ok(survey::channels(self.survey(question).await?))
     }
 
-    /// How many subscribers each of `channels` has over the whole cluster
-    /// (those with any).
-    pub async fn subscribers(
-        &self,
-        channels: Vec<String>,
-    ) -> Result<BTreeMap<String, u64>, BrokerError> {
-        let question = Question::Subscribers { channels };
-        Ok(survey::channels(self.survey(question).await?))
+    /// The same, this node's alone.
+    pub fn count_here(&self, question: &Question) -> BTreeMap<String, u64> {
+        survey::channels(vec![survey::answer(&self.hub, question)])
     }
 
     /// This node's answer to `question` and every other live node's.

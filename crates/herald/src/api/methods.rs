@@ -19,7 +19,7 @@ use crate::cluster::AccessError;
 use crate::node::{Node, PublishOptions};
 use crate::store::event_queue::EventQueue;
 use crate::store::{HistoryQuery, StreamPosition, Version};
-use crate::wire::control::{self, AccessChange, Action};
+use crate::wire::control::{self, AccessChange, Action, Question};
 
 /// A method's parameters; a field of the wrong type is named in the error
 /// (`malformed request: channel: invalid type: …`).
@@ -538,7 +538,10 @@ async fn channels(node: &Node, req: ChannelsRequest) -> Result<ChannelsResult, A
     // The other nodes send only names that can match: those starting with
     // the pattern's part before its first `*`.
     let prefix = req.pattern.split('*').next().unwrap_or_default();
-    let counts = node.cluster().channels(prefix).await.map_err(|e| {
+    let question = Question::Channels {
+        prefix: prefix.to_string(),
+    };
+    let counts = node.cluster().count(question).await.map_err(|e| {
         tracing::warn!(error = %crate::report::Chain(&e), "channels not asked of the other nodes");
         ProtocolError::BROKER_UNAVAILABLE
     })?;

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::{publication_data, sign, valid_channel, App, Apps, Kind, EXCLUDED_SOCKET};
 use crate::node::{Node, PublishOptions};
-use crate::wire::control::{Action, Target};
+use crate::wire::control::{Action, Question, Target};
 
 /// The most channels one event goes to, and events one batch holds.
 const MAX_CHANNELS: usize = 100;
@@ -189,7 +189,7 @@ impl Event {
         // One survey for all the event's channels.
         let heralds = self.channels().iter().map(|c| app.channel(c)).collect();
         let subscribed = match wants(wanted, "subscription_count") {
-            true => subscribers(node, heralds).await,
+            true => counted(node, Question::Subscribers { channels: heralds }).await,
             false => BTreeMap::new(),
         };
         for channel in self.channels() {
@@ -223,38 +223,14 @@ async fn counts(node: &Node, app: &App, channel: &str, info: &str, subscribers: 
     Value::Object(out)
 }
 
-/// The subscribers of the Herald channels starting with `prefix`, over the
-/// whole cluster; this node's alone when the others cannot be asked.
-async fn occupancy(node: &Node, prefix: &str) -> BTreeMap<String, u64> {
-    match node.cluster().channels(prefix).await {
+/// The subscribers of the Herald channels `question` names, over the whole
+/// cluster; this node's alone when the others cannot be asked.
+async fn counted(node: &Node, question: Question) -> BTreeMap<String, u64> {
+    match node.cluster().count(question.clone()).await {
         Ok(counts) => counts,
         Err(e) => {
             tracing::warn!(error = %crate::report::Chain(&e), "channel counts of the other nodes not asked; this node's only");
-            node.hub
-                .channels()
-                .into_iter()
-                .filter(|(name, _)| name.starts_with(prefix))
-                .map(|(name, n)| (name, n as u64))
-                .collect()
-        }
-    }
-}
-
-/// The subscribers of these Herald channels (those with any), over the
-/// whole cluster; this node's alone when the others cannot be asked.
-async fn subscribers(node: &Node, channels: Vec<String>) -> BTreeMap<String, u64> {
-    match node.cluster().subscribers(channels.clone()).await {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::warn!(error = %crate::report::Chain(&e), "channel counts of the other nodes not asked; this node's only");
-            channels
-                .into_iter()
-                .map(|name| {
-                    let n = node.hub.subscribers(&name) as u64;
-                    (name, n)
-                })
-                .filter(|(_, n)| *n > 0)
-                .collect()
+            node.cluster().count_here(&question)
         }
     }
 }
@@ -340,7 +316,10 @@ pub(super) async fn channels(
         let why = "info=user_count needs filter_by_prefix=presence-";
         return refused(StatusCode::BAD_REQUEST, why).into_response();
     }
-    let occupied = occupancy(&node, &app.channel(prefix)).await;
+    let question = Question::Channels {
+        prefix: app.channel(prefix),
+    };
+    let occupied = counted(&node, question).await;
     let mut out = Map::new();
     for (herald, n) in occupied {
         let Some(name) = herald.strip_prefix(&app.prefix) else {
@@ -365,7 +344,10 @@ pub(super) async fn channel(
     }
     let info = param(&params, "info").unwrap_or("");
     let herald = app.channel(&name);
-    let subscribed = subscribers(&node, vec![herald.clone()]).await;
+    let question = Question::Subscribers {
+        channels: vec![herald.clone()],
+    };
+    let subscribed = counted(&node, question).await;
     let subscribers = subscribed.get(&herald).copied().unwrap_or(0);
     let Value::Object(mut out) = counts(&node, &app, &name, info, subscribers).await else {
         unreachable!("counts are an object")
