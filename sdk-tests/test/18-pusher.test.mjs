@@ -148,6 +148,37 @@ test('pusher-js: a cache channel says cache_miss, then hands new subscribers the
   assert.deepEqual(order, ['subscribed', { n: 2 }]);
 });
 
+test('pusher-js: subscription counts as pusher:subscription_count and channel.subscriptionCount', { timeout: 30_000 }, async (t) => {
+  const counting = {
+    ...config,
+    pusher: { apps: [{ ...APP, namespace: 'app', enable_subscription_count: true }] },
+  };
+  const { server } = await startTestServer(t, { config: counting });
+  const first = client(server, t);
+  await connected(first);
+  const room = first.subscribe('room-counts');
+  const counts = [];
+  room.bind('pusher:subscription_count', (data) => counts.push(data.subscription_count));
+  await subscribed(room);
+  await waitFor(() => room.subscriptionCount === 1, 5000, () => `a count of 1, got ${counts}`);
+
+  const second = client(server, t);
+  await connected(second);
+  const theirs = second.subscribe('room-counts');
+  await subscribed(theirs);
+  await waitFor(() => room.subscriptionCount === 2, 5000, () => `a count of 2, got ${counts}`);
+  await waitFor(() => theirs.subscriptionCount === 2, 5000, 'the newcomer hears the count too');
+
+  // The backend sees the same figure.
+  const res = await backend(server).get({ path: '/channels/room-counts', params: { info: 'subscription_count' } });
+  assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), { occupied: true, subscription_count: 2 });
+
+  second.unsubscribe('room-counts');
+  await waitFor(() => room.subscriptionCount === 1, 5000, () => `back to 1, got ${counts}`);
+  assert.deepEqual(counts, [1, 2, 1]);
+});
+
 test('pusher-js: private channels need a good signature', { timeout: 30_000 }, async (t) => {
   const { server } = await startTestServer(t, { config });
   const good = client(server, t);

@@ -191,6 +191,21 @@ impl Cluster {
         Ok(answers)
     }
 
+    /// Tells the subscribers of `channel` on every node that it has
+    /// `count` subscribers.
+    pub async fn tell_count(&self, channel: &str, count: u64) -> Result<(), BrokerError> {
+        show_count(&self.hub, channel, count);
+        if !self.enabled {
+            return Ok(());
+        }
+        let message = ControlMessage::Count {
+            from: self.uid.clone(),
+            channel: channel.to_string(),
+            count,
+        };
+        self.broker.publish_control(message.encode()).await
+    }
+
     /// Tells the other nodes this one is leaving.
     pub async fn leave(&self) {
         if self.enabled {
@@ -288,6 +303,7 @@ impl Cluster {
             } => self
                 .surveys
                 .answered(id, survey::Part { from, part, parts }, answer),
+            ControlMessage::Count { channel, count, .. } => show_count(&self.hub, &channel, count),
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
                 check_access(&self.hub, &change);
@@ -336,6 +352,18 @@ fn apply(hub: &Hub, target: &Target, action: &Action) {
             continue;
         }
         c.control(control(action));
+    }
+}
+
+/// Hands a channel's count to its local subscribers that tell it (Pusher
+/// sockets; the others would only be woken).
+fn show_count(hub: &Hub, channel: &str, count: u64) {
+    let shared: Arc<str> = Arc::from(channel);
+    for c in hub.subscribers_where(channel, |c| c.protocol() == "pusher") {
+        c.control(Control::Count {
+            channel: shared.clone(),
+            count,
+        });
     }
 }
 

@@ -54,6 +54,12 @@ pub enum Control {
     /// Access rules changed: close the connection, or end subscriptions,
     /// whose user is blocked or whose token was revoked.
     CheckAccess,
+    /// How many subscribers a channel the connection is subscribed to has
+    /// over the cluster (only Pusher sockets tell their clients).
+    Count {
+        channel: Arc<str>,
+        count: u64,
+    },
 }
 
 /// A subscription the server API asks a connection to make.
@@ -419,6 +425,20 @@ impl Hub {
             .read(channel)
             .get(channel)
             .map_or(0, |ch| ch.subs.len())
+    }
+
+    /// The local subscribers of `channel` that `wanted` picks.
+    pub fn subscribers_where(
+        &self,
+        channel: &str,
+        wanted: impl Fn(&dyn Client) -> bool,
+    ) -> Vec<ClientRef> {
+        let shard = self.channels.read(channel);
+        let Some(ch) = shard.get(channel) else {
+            return Vec::new();
+        };
+        let subs = ch.subs.values().filter(|s| wanted(&*s.client));
+        subs.map(|s| s.client.clone()).collect()
     }
 
     pub fn has_channel(&self, channel: &str) -> bool {

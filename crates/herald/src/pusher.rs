@@ -6,7 +6,7 @@
 //! `<namespace>:C`; a Pusher event `E` with data `D` is the publication
 //! `{"event": E, "data": D}` there, whoever published it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
@@ -20,8 +20,10 @@ use serde_json::value::RawValue;
 use crate::config::pusher::{PusherApp, PusherConfig};
 use crate::frame::{checked, Frame};
 use crate::node::Node;
+use crate::wire::control::Question;
 
 mod api;
+mod count;
 mod members;
 mod sign;
 mod socket;
@@ -52,12 +54,23 @@ pub struct App {
     connections: AtomicUsize,
     /// Whether the node said once that cache channels always miss here.
     warned_no_history: AtomicBool,
+    /// With `enable_subscription_count`.
+    counter: Option<count::Counter>,
 }
 
 impl App {
     /// The Herald channel of Pusher channel `name`.
     fn channel(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// A socket subscribed to (Pusher) channel `name`, Herald channel
+    /// `channel`, or left it: counted when the app counts subscriptions.
+    fn subscriptions_changed(&self, node: &Arc<Node>, name: &str, channel: &str) {
+        let counted = Kind::of(name) != Kind::Presence && !name.starts_with(USER_CHANNEL);
+        if let (true, Some(counter)) = (counted, &self.counter) {
+            counter.changed(node, channel);
+        }
     }
 }
 
@@ -72,6 +85,9 @@ impl Apps {
                     cfg: cfg.clone(),
                     connections: AtomicUsize::new(0),
                     warned_no_history: AtomicBool::new(false),
+                    counter: cfg
+                        .enable_subscription_count
+                        .then(|| count::Counter::new(cfg.subscription_count_interval.0)),
                 })
             })
             .collect();
@@ -100,6 +116,18 @@ pub fn routes(c: &PusherConfig) -> Router<Arc<Node>> {
         )
         .route("/apps/{id}/users/{user}/events", post(api::user_event))
         .layer(Extension(Arc::new(Apps::new(c))))
+}
+
+/// The subscribers of the channels `question` names over the cluster; this
+/// node's alone (logged) when the other nodes cannot be asked.
+async fn counted(node: &Node, question: Question) -> BTreeMap<String, u64> {
+    match node.cluster().count(question.clone()).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::warn!(error = %crate::report::Chain(&e), "channel counts of the other nodes not asked; this node's only");
+            node.cluster().count_here(&question)
+        }
+    }
 }
 
 /// The kinds of Pusher channel, by their names' prefixes.

@@ -361,6 +361,8 @@ impl Session {
             }
             Control::Message(data) => self.push(&Push::Message { data }),
             Control::CheckAccess => self.check_access().await?,
+            // Pusher's subscription counting has no Centrifugo form.
+            Control::Count { .. } => {}
             Control::Emulate(data) if !data.is_empty() => {
                 return Box::pin(self.handle_frame(&data)).await;
             }

@@ -85,6 +85,8 @@ struct Wants {
     client_events: bool,
     /// Pusher's cache_miss.
     cache_misses: bool,
+    /// Pusher's subscription_count.
+    counts: bool,
 }
 
 /// A webhook and the way its events are written and signed.
@@ -164,7 +166,13 @@ impl Target {
                 let mut e = Map::new();
                 e.insert("name".into(), json!(event));
                 e.insert("channel".into(), json!(channel));
-                for field in ["event", "data", "socket_id", "user_id"] {
+                for field in [
+                    "event",
+                    "data",
+                    "socket_id",
+                    "user_id",
+                    "subscription_count",
+                ] {
                     if let Some(v) = fields.get(field) {
                         e.insert(field.into(), v.clone());
                     }
@@ -271,6 +279,7 @@ impl Webhooks {
             members: any(&["member_added", "member_removed"]),
             client_events: any(&["client_event"]),
             cache_misses: any(&["cache_miss"]),
+            counts: any(&["subscription_count"]),
         };
         let targets = Arc::new(targets);
         let maker = Arc::new(Maker {
@@ -395,6 +404,16 @@ impl Webhooks {
             }
             self.send(Item::Events(self.maker.make("client_event", fields)))
                 .await;
+        }
+    }
+
+    /// A channel's subscriber count over the cluster changed (Pusher's
+    /// subscription counting).
+    pub async fn subscription_count(&self, channel: &str, count: u64) {
+        if self.wants.counts {
+            let fields = json!({"channel": channel, "subscription_count": count});
+            let events = self.maker.make("subscription_count", fields);
+            self.send(Item::Events(events)).await;
         }
     }
 

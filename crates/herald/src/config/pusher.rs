@@ -8,13 +8,14 @@ use super::webhook::{self, Webhook};
 use super::{Config, ConfigError, Dur, Secret};
 
 /// The events a Pusher app's webhooks can ask for (Pusher's names).
-pub const WEBHOOK_EVENTS: [&str; 6] = [
+pub const WEBHOOK_EVENTS: [&str; 7] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_event",
     "cache_miss",
+    "subscription_count",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -38,6 +39,14 @@ pub struct PusherApp {
     /// Whether clients may send `client-*` events on private and presence
     /// channels.
     pub enable_client_messages: bool,
+    /// Pusher's subscription counting: the subscribers of a channel (other
+    /// than a presence channel) hear how many it has whenever that changes
+    /// (`pusher_internal:subscription_count`), and so do the webhooks that
+    /// ask for `subscription_count`.
+    pub enable_subscription_count: bool,
+    /// A channel with more than 100 subscribers hears its count at most
+    /// this often (Pusher: 5 s); smaller ones at every change.
+    pub subscription_count_interval: Dur,
     /// The most connections the app may have on this node; 0 for no limit.
     pub max_connections: usize,
     /// The largest event data a client or the HTTP API may send, in bytes.
@@ -115,6 +124,8 @@ impl Default for PusherApp {
             secret: Secret::default(),
             namespace: String::new(),
             enable_client_messages: false,
+            enable_subscription_count: false,
+            subscription_count_interval: Dur::secs(5),
             max_connections: 0,
             max_event_size: 10 * 1024,
             activity_timeout: Dur::secs(120),

@@ -17,7 +17,7 @@ use herald_protocol::Disconnect;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{publication_data, sign, valid_channel, App, Apps, Kind, EXCLUDED_SOCKET};
+use super::{counted, publication_data, sign, valid_channel, App, Apps, Kind, EXCLUDED_SOCKET};
 use crate::node::{Node, PublishOptions};
 use crate::wire::control::{Action, Question, Target};
 
@@ -221,18 +221,6 @@ async fn counts(node: &Node, app: &App, channel: &str, info: &str, subscribers: 
         out.insert("user_count".into(), users.into());
     }
     Value::Object(out)
-}
-
-/// The subscribers of the Herald channels `question` names, over the whole
-/// cluster; this node's alone when the others cannot be asked.
-async fn counted(node: &Node, question: Question) -> BTreeMap<String, u64> {
-    match node.cluster().count(question.clone()).await {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::warn!(error = %crate::report::Chain(&e), "channel counts of the other nodes not asked; this node's only");
-            node.cluster().count_here(&question)
-        }
-    }
 }
 
 pub(super) async fn events(

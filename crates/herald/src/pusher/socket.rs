@@ -459,6 +459,14 @@ impl Link {
                 }
                 None
             }
+            Control::Count { channel, count } => {
+                let name = channel.strip_prefix(&self.app.prefix)?;
+                if self.app.counter.is_some() && self.subs.contains_key(name) {
+                    let data = json!({ "subscription_count": count }).to_string();
+                    self.push("pusher_internal:subscription_count", Some(name), &data);
+                }
+                None
+            }
             _ => None,
         }
     }

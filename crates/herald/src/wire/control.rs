@@ -164,6 +164,13 @@ pub enum ControlMessage {
         #[serde(default = "one")]
         parts: u32,
     },
+    /// How many subscribers `channel` has over the cluster, for its Pusher
+    /// sockets (subscription counting).
+    Count {
+        from: String,
+        channel: String,
+        count: u64,
+    },
 }
 
 fn one() -> u32 {
@@ -199,7 +206,8 @@ impl ControlMessage {
             Self::User { from, .. }
             | Self::Access { from, .. }
             | Self::Survey { from, .. }
-            | Self::Answer { from, .. } => from,
+            | Self::Answer { from, .. }
+            | Self::Count { from, .. } => from,
         }
     }
 
@@ -263,5 +271,20 @@ mod tests {
         let old = br#"{"user":{"from":"n0","target":{"user":"u"},"action":{"subscribe":{"channel":"c"}}}}"#;
         assert!(ControlMessage::decode(old).is_ok());
         assert!(ControlMessage::decode(b"{\"nope\":1}").is_err());
+
+        let count = ControlMessage::Count {
+            from: "n2".into(),
+            channel: "app:news".into(),
+            count: 3,
+        };
+        let text = String::from_utf8(count.encode().to_vec()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"count":{"from":"n2","channel":"app:news","count":3}}"#
+        );
+        assert_eq!(
+            ControlMessage::decode(text.as_bytes()).unwrap().sender(),
+            "n2"
+        );
     }
 }

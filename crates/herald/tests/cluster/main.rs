@@ -445,7 +445,8 @@ async fn channels_counted_across_nodes(mut cfg: Value) {
         json!({
             "channel": {"namespaces": [{"name": "chat", "allow_subscribe_for_client": true},
                                        {"name": "pa"}]},
-            "pusher": {"apps": [{"id": "7", "key": KEY, "secret": SECRET, "namespace": "pa"}]}
+            "pusher": {"apps": [{"id": "7", "key": KEY, "secret": SECRET, "namespace": "pa",
+                                 "enable_subscription_count": true}]}
         }),
     );
     let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
@@ -535,4 +536,31 @@ async fn channels_counted_across_nodes(mut cfg: Value) {
         info,
         json!({"channels": {"news": {"subscription_count": 1}, "quiet": {"subscription_count": 0}}})
     );
+
+    // Subscription counting: a socket on node a subscribing makes the one
+    // on node b hear the count over both nodes.
+    let count = |m: (String, Option<String>, Value)| {
+        assert_eq!(m.0, "pusher_internal:subscription_count", "{m:?}");
+        assert_eq!(m.1.as_deref(), Some("news"));
+        m.2["subscription_count"].as_u64().expect("a count")
+    };
+    assert_eq!(count(pusher_message(&mut pusher).await), 1);
+    // The event triggered above.
+    assert_eq!(pusher_message(&mut pusher).await.0, "e");
+    let mut other = Ws::open(&format!(
+        "ws://{}/app/{KEY}?protocol=7",
+        nodes[0].served.addr
+    ))
+    .await;
+    assert_eq!(
+        pusher_message(&mut other).await.0,
+        "pusher:connection_established"
+    );
+    other.send_text(&subscribe.to_string()).await;
+    assert_eq!(
+        pusher_message(&mut other).await.0,
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(count(pusher_message(&mut other).await), 2);
+    assert_eq!(count(pusher_message(&mut pusher).await), 2);
 }

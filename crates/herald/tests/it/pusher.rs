@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use herald_testkit::*;
 
+mod counts;
 mod webhooks;
 
 const KEY: &str = "app-key";

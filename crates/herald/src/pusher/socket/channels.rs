@@ -131,6 +131,7 @@ impl Link {
         self.tell_webhooks(&channel, member.as_deref(), true).await;
         let Some(info) = member else {
             self.push("pusher_internal:subscription_succeeded", Some(name), "{}");
+            self.app.subscriptions_changed(&self.node, name, &channel);
             return self.send_cached(name, &channel).await;
         };
         self.node.presence().add(&channel, info.clone()).await;
@@ -216,6 +217,8 @@ impl Link {
         if self.node.hub.unsubscribe(&sub.channel, self.conn.key) {
             self.node.broker_sync(&sub.channel).await;
         }
+        self.app
+            .subscriptions_changed(&self.node, name, &sub.channel);
         self.tell_webhooks(&sub.channel, sub.member.as_deref(), false)
             .await;
         if let Some(info) = sub.member {
