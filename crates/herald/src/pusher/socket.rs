@@ -459,6 +459,14 @@ impl Link {
                 }
                 None
             }
+            // Herald's server API blocked the signed-in user
+            // (`pusher:<app id>:<user id>`).
+            Control::CheckAccess => {
+                let user = self.conn.user();
+                let blocked =
+                    !user.is_empty() && self.node.access.check_connection(user, None).is_err();
+                blocked.then(|| Close::new(code::UNAUTHORIZED, "The user is blocked"))
+            }
             Control::Count { channel, count } => {
                 let name = channel.strip_prefix(&self.app.prefix)?;
                 if self.app.counter.is_some() && self.subs.contains_key(name) {

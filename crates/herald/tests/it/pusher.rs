@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use herald_testkit::*;
 
+mod blocked;
 mod counts;
 mod webhooks;
 

@@ -278,13 +278,14 @@ impl Link {
             self.error(None, "Already signed in");
             return Ok(());
         }
+        let user = super::super::hub_user(&self.app.cfg.id, &id);
+        if self.node.access.check_connection(&user, None).is_err() {
+            return Err(Close::new(code::UNAUTHORIZED, "The user is blocked"));
+        }
         // Registered again under the user, so that the user's connections
         // can be found (terminate_connections) on any node.
         self.node.hub.remove_client(&*self.conn);
-        let _ = self
-            .conn
-            .user
-            .set(super::super::hub_user(&self.app.cfg.id, &id));
+        let _ = self.conn.user.set(user);
         let limit = self.node.config.client.user_connection_limit;
         if self
             .node
