@@ -192,9 +192,9 @@ impl Cluster {
     }
 
     /// Tells the subscribers of `channel` on every node that it has
-    /// `count` subscribers.
-    pub async fn tell_count(&self, channel: &str, count: u64) -> Result<(), BrokerError> {
-        show_count(&self.hub, channel, count);
+    /// `count` subscribers, counted from `at` (Unix ms).
+    pub async fn tell_count(&self, channel: &str, count: u64, at: i64) -> Result<(), BrokerError> {
+        show_count(&self.hub, channel, count, at);
         if !self.enabled {
             return Ok(());
         }
@@ -202,6 +202,7 @@ impl Cluster {
             from: self.uid.clone(),
             channel: channel.to_string(),
             count,
+            at,
         };
         self.broker.publish_control(message.encode()).await
     }
@@ -303,7 +304,9 @@ impl Cluster {
             } => self
                 .surveys
                 .answered(id, survey::Part { from, part, parts }, answer),
-            ControlMessage::Count { channel, count, .. } => show_count(&self.hub, &channel, count),
+            ControlMessage::Count {
+                channel, count, at, ..
+            } => show_count(&self.hub, &channel, count, at),
             ControlMessage::Access { change, .. } => {
                 self.access.apply(&change);
                 check_access(&self.hub, &change);
@@ -357,12 +360,13 @@ fn apply(hub: &Hub, target: &Target, action: &Action) {
 
 /// Hands a channel's count to its local subscribers that tell it (Pusher
 /// sockets; the others would only be woken).
-fn show_count(hub: &Hub, channel: &str, count: u64) {
+fn show_count(hub: &Hub, channel: &str, count: u64, at: i64) {
     let shared: Arc<str> = Arc::from(channel);
     for c in hub.subscribers_where(channel, |c| c.protocol() == "pusher") {
         c.control(Control::Count {
             channel: shared.clone(),
             count,
+            at,
         });
     }
 }

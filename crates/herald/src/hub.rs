@@ -55,10 +55,12 @@ pub enum Control {
     /// whose user is blocked or whose token was revoked.
     CheckAccess,
     /// How many subscribers a channel the connection is subscribed to has
-    /// over the cluster (only Pusher sockets tell their clients).
+    /// over the cluster, counted from `at` (Unix ms); only Pusher sockets
+    /// tell their clients.
     Count {
         channel: Arc<str>,
         count: u64,
+        at: i64,
     },
 }
 

@@ -156,6 +156,8 @@ struct Sub {
     kind: Kind,
     /// The member it is in a presence channel.
     member: Option<Arc<ClientInfo>>,
+    /// When the last subscription count told was made (Unix ms).
+    counted_at: i64,
 }
 
 /// A message from the client.
@@ -467,12 +469,16 @@ impl Link {
                     !user.is_empty() && self.node.access.check_connection(user, None).is_err();
                 blocked.then(|| Close::new(code::UNAUTHORIZED, "The user is blocked"))
             }
-            Control::Count { channel, count } => {
+            Control::Count { channel, count, at } => {
                 let name = channel.strip_prefix(&self.app.prefix)?;
-                if self.app.counter.is_some() && self.subs.contains_key(name) {
-                    let data = json!({ "subscription_count": count }).to_string();
-                    self.push("pusher_internal:subscription_count", Some(name), &data);
+                let sub = self.subs.get_mut(name)?;
+                // A count made before the last one told is older news.
+                if self.app.counter.is_none() || at < sub.counted_at {
+                    return None;
                 }
+                sub.counted_at = at;
+                let data = json!({ "subscription_count": count }).to_string();
+                self.push("pusher_internal:subscription_count", Some(name), &data);
                 None
             }
             _ => None,

@@ -165,11 +165,14 @@ pub enum ControlMessage {
         parts: u32,
     },
     /// How many subscribers `channel` has over the cluster, for its Pusher
-    /// sockets (subscription counting).
+    /// sockets (subscription counting), as counted from `at` (Unix ms):
+    /// of two counts that cross, the later one stands.
     Count {
         from: String,
         channel: String,
         count: u64,
+        #[serde(default)]
+        at: i64,
     },
 }
 
@@ -276,11 +279,12 @@ mod tests {
             from: "n2".into(),
             channel: "app:news".into(),
             count: 3,
+            at: 1700000000000,
         };
         let text = String::from_utf8(count.encode().to_vec()).unwrap();
         assert_eq!(
             text,
-            r#"{"count":{"from":"n2","channel":"app:news","count":3}}"#
+            r#"{"count":{"from":"n2","channel":"app:news","count":3,"at":1700000000000}}"#
         );
         assert_eq!(
             ControlMessage::decode(text.as_bytes()).unwrap().sender(),

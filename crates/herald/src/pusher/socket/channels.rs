@@ -126,6 +126,7 @@ impl Link {
                 channel: channel.clone(),
                 kind,
                 member: member.clone(),
+                counted_at: 0,
             },
         );
         self.tell_webhooks(&channel, member.as_deref(), true).await;

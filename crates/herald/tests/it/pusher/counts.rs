@@ -70,11 +70,12 @@ async fn subscribers_hear_their_channels_count_when_it_changes() {
     assert_eq!(count(&mut a, "news").await, 2);
 
     // A socket that goes away is a subscriber less.
-    b.close().await;
     let (mut d, _) = established(&s).await;
     subscribe_public(&mut d, "news").await;
     assert_eq!(count(&mut d, "news").await, 3);
     count_reaches(&mut a, "news", 3).await;
+    d.close().await;
+    assert_eq!(count(&mut a, "news").await, 2);
 
     // The other channel heard nothing of this.
     nothing_more(&mut elsewhere).await;
@@ -101,6 +102,7 @@ async fn presence_channels_and_apps_that_do_not_count_hear_no_counts() {
     // its count would have come first.
     subscribe_public(&mut a, "news").await;
     assert_eq!(count(&mut a, "news").await, 1);
+    nothing_more(&mut a).await;
     s.stop().await;
 
     let s = TestServer::start(config(json!({}))).await;
@@ -111,23 +113,42 @@ async fn presence_channels_and_apps_that_do_not_count_hear_no_counts() {
     s.stop().await;
 }
 
+/// `n` sockets subscribed to `channel`, the first having heard the count
+/// reach `n`.
+async fn crowd(s: &TestServer, channel: &str, n: u64) -> Vec<Ws> {
+    let mut sockets = Vec::new();
+    for _ in 0..n {
+        let (mut ws, _) = established(s).await;
+        subscribe_public(&mut ws, channel).await;
+        sockets.push(ws);
+    }
+    count_reaches(&mut sockets[0], channel, n).await;
+    sockets
+}
+
 #[tokio::test]
 async fn a_large_channel_hears_its_count_at_most_once_an_interval() {
     let s = TestServer::start(counting(json!({"subscription_count_interval": "1h"}))).await;
-    let mut sockets = Vec::new();
-    for _ in 0..101 {
-        let (mut ws, _) = established(&s).await;
-        subscribe_public(&mut ws, "crowd").await;
-        sockets.push(ws);
-    }
     // Counts come as they change while the channel is small...
-    count_reaches(&mut sockets[0], "crowd", 101).await;
-    // ...and once it is over 100, not again within the interval.
+    let mut sockets = crowd(&s, "crowd", 101).await;
+    // ...and once it is over 100, not again within the interval...
     let (mut late, _) = established(&s).await;
     subscribe_public(&mut late, "crowd").await;
+    // ...while other channels are counted at once meanwhile.
+    subscribe_public(&mut sockets[0], "side").await;
+    assert_eq!(count(&mut sockets[0], "side").await, 1);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     nothing_more(&mut sockets[0]).await;
     nothing_more(&mut late).await;
+    s.stop().await;
+
+    // When the interval has passed, the change held back is told.
+    let s = TestServer::start(counting(json!({"subscription_count_interval": "300ms"}))).await;
+    let mut sockets = crowd(&s, "crowd", 101).await;
+    let (mut late, _) = established(&s).await;
+    subscribe_public(&mut late, "crowd").await;
+    assert_eq!(count(&mut late, "crowd").await, 102);
+    assert_eq!(count(&mut sockets[0], "crowd").await, 102);
     s.stop().await;
 }
 
