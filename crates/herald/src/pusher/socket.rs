@@ -179,80 +179,89 @@ impl Drop for Slot {
     }
 }
 
-/// The socket's task.
-async fn run(node: Arc<Node>, app: Option<Arc<App>>, protocol: Option<u32>, mut socket: Socket) {
-    Counters::incr(&node.counters.connections_accepted);
-    let _guard = node.tracker().token();
-    let Some(app) = app else {
-        let why = "App key not in this cluster: check the key in your client's options";
-        return refuse(&mut socket, code::UNKNOWN_APP, why, &node).await;
-    };
-    let Some(protocol) = protocol else {
-        let why = "No protocol version supplied: add ?protocol=7";
-        return refuse(&mut socket, code::NO_PROTOCOL, why, &node).await;
-    };
-    if !PROTOCOLS.contains(&protocol) {
-        let why = "Unsupported protocol version: use protocol 7 (pusher-js 8)";
-        return refuse(&mut socket, code::UNSUPPORTED_PROTOCOL, why, &node).await;
-    }
-    let max = app.cfg.max_connections;
-    let held = app.connections.fetch_add(1, Ordering::AcqRel);
-    let _slot = Slot(app.clone());
-    if max > 0 && held >= max {
-        let why = "Over capacity: the app has its most connections";
-        return refuse(&mut socket, code::OVER_CAPACITY, why, &node).await;
-    }
-    let key = node.next_key();
-    let conn = Arc::new(Conn {
-        key,
-        id: Arc::from(format!("{}.{key}", rand_part())),
-        user: OnceLock::new(),
-        outbox: Arc::new(Outbox::new(node.config.client.queue_max_size)),
-        members: Mutex::default(),
-        cache: cache::Awaiting::default(),
-    });
-    let cfg = &node.config.client;
-    if node
-        .hub
-        .add_client(conn.clone(), cfg.connection_limit, 0)
-        .is_err()
-    {
-        let why = "Over capacity: this node has its most connections";
-        return refuse(&mut socket, code::OVER_CAPACITY, why, &node).await;
-    }
-    let now = Instant::now();
-    let mut s = Link {
-        node: node.clone(),
-        conn: conn.clone(),
-        subs: HashMap::new(),
-        messages: Bucket::full(app.cfg.max_messages_per_second, now),
-        client_events: Bucket::full(app.cfg.max_client_events_per_second, now),
-        app,
-    };
-    let established = json!({
-        "socket_id": &*conn.id,
-        "activity_timeout": s.app.cfg.activity_timeout.0.as_secs(),
-    })
-    .to_string();
-    let end = match send(
-        &mut socket,
-        message("pusher:connection_established", None, &established, None),
-    )
-    .await
-    {
-        Ok(()) => s.serve(&mut socket).await,
-        Err(()) => None,
-    };
-    let channels: Vec<String> = s.subs.keys().cloned().collect();
-    for channel in channels {
-        s.leave(&channel).await;
-    }
-    node.hub.remove_client(&*conn);
-    if let Some(close) = end {
-        // Errors the client must not retry after are told as such first
-        // (a WebSocket-level close, such as 1009, only by its code).
-        let tell = (4000..4100).contains(&close.0);
-        finish(&mut socket, close, tell, &node).await;
+/// The socket's task. Not an `async fn`: its arguments would be stored twice in the future
+/// (as arguments and as locals), the socket among them.
+#[allow(clippy::manual_async_fn)]
+fn run(
+    node: Arc<Node>,
+    app: Option<Arc<App>>,
+    protocol: Option<u32>,
+    mut socket: Socket,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        Counters::incr(&node.counters.connections_accepted);
+        let _guard = node.tracker().token();
+        let Some(app) = app else {
+            let why = "App key not in this cluster: check the key in your client's options";
+            return Box::pin(refuse(&mut socket, code::UNKNOWN_APP, why, &node)).await;
+        };
+        let Some(protocol) = protocol else {
+            let why = "No protocol version supplied: add ?protocol=7";
+            return Box::pin(refuse(&mut socket, code::NO_PROTOCOL, why, &node)).await;
+        };
+        if !PROTOCOLS.contains(&protocol) {
+            let why = "Unsupported protocol version: use protocol 7 (pusher-js 8)";
+            return Box::pin(refuse(&mut socket, code::UNSUPPORTED_PROTOCOL, why, &node)).await;
+        }
+        let max = app.cfg.max_connections;
+        let held = app.connections.fetch_add(1, Ordering::AcqRel);
+        let _slot = Slot(app.clone());
+        if max > 0 && held >= max {
+            let why = "Over capacity: the app has its most connections";
+            return Box::pin(refuse(&mut socket, code::OVER_CAPACITY, why, &node)).await;
+        }
+        let key = node.next_key();
+        let conn = Arc::new(Conn {
+            key,
+            id: Arc::from(format!("{}.{key}", rand_part())),
+            user: OnceLock::new(),
+            outbox: Arc::new(Outbox::new(node.config.client.queue_max_size)),
+            members: Mutex::default(),
+            cache: cache::Awaiting::default(),
+        });
+        let cfg = &node.config.client;
+        if node
+            .hub
+            .add_client(conn.clone(), cfg.connection_limit, 0)
+            .is_err()
+        {
+            let why = "Over capacity: this node has its most connections";
+            return Box::pin(refuse(&mut socket, code::OVER_CAPACITY, why, &node)).await;
+        }
+        let now = Instant::now();
+        let mut s = Link {
+            node: node.clone(),
+            conn: conn.clone(),
+            subs: HashMap::new(),
+            messages: Bucket::full(app.cfg.max_messages_per_second, now),
+            client_events: Bucket::full(app.cfg.max_client_events_per_second, now),
+            app,
+        };
+        let established = json!({
+            "socket_id": &*conn.id,
+            "activity_timeout": s.app.cfg.activity_timeout.0.as_secs(),
+        })
+        .to_string();
+        let end = match send(
+            &mut socket,
+            message("pusher:connection_established", None, &established, None),
+        )
+        .await
+        {
+            Ok(()) => s.serve(&mut socket).await,
+            Err(()) => None,
+        };
+        let channels: Vec<String> = s.subs.keys().cloned().collect();
+        for channel in channels {
+            Box::pin(s.leave(&channel)).await;
+        }
+        node.hub.remove_client(&*conn);
+        if let Some(close) = end {
+            // Errors the client must not retry after are told as such first
+            // (a WebSocket-level close, such as 1009, only by its code).
+            let tell = (4000..4100).contains(&close.0);
+            Box::pin(finish(&mut socket, close, tell, &node)).await;
+        }
     }
 }
 
@@ -399,7 +408,10 @@ impl Link {
                         Message::Text(text) => {
                             Counters::incr(&self.node.counters.messages_in);
                             Counters::add(&self.node.counters.bytes_in, text.len() as u64);
-                            if let Err(close) = self.handle(text.as_str()).await {
+                            // Boxed, as are the controls and the last
+                            // leaves: large futures that live only while
+                            // they run, not in every idle socket's task.
+                            if let Err(close) = Box::pin(self.handle(text.as_str())).await {
                                 return Some(close);
                             }
                         }
@@ -430,7 +442,7 @@ impl Link {
                         }
                     }
                     Item::Control(control) => {
-                        if let Some(close) = self.control(*control).await {
+                        if let Some(close) = Box::pin(self.control(*control)).await {
                             return Some(close);
                         }
                     }

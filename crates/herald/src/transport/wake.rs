@@ -161,19 +161,31 @@ impl<'a, 'n> Wakes<'a, 'n> {
 
     /// The next wake-up, in order: shutdown, the outbox (frames to write,
     /// once any hold is over), an inbound message, the timer at `deadline`.
-    /// The task writes on `Wake::Outbox`.
-    pub async fn next(&mut self, socket: &mut Socket, deadline: Instant) -> Wake {
-        let outbox = &self.outbox;
-        let (sleep, shutdown) = (&mut self.sleep, &mut self.shutdown);
-        let timer = |held: Option<Instant>| held.map_or(deadline, |h| h.min(deadline));
-        if sleep.deadline() != timer(self.held) {
-            sleep.as_mut().reset(timer(self.held));
-            outbox.reopen_others();
+    /// The task writes on `Wake::Outbox`. Not an `async fn`: the future
+    /// holds only `self`, the socket and the deadline, so that it adds
+    /// little to every connection's task while it waits.
+    pub fn next<'s>(
+        &'s mut self,
+        socket: &'s mut Socket,
+        deadline: Instant,
+    ) -> impl Future<Output = Wake> + use<'s, 'a, 'n> {
+        let timer = move |held: Option<Instant>| held.map_or(deadline, |h| h.min(deadline));
+        if self.sleep.deadline() != timer(self.held) {
+            self.sleep.as_mut().reset(timer(self.held));
+            self.outbox.reopen_others();
         }
-        let (others, coalesce, held) = (&self.others, &mut self.coalesce, &mut self.held);
         // Only what is queued when this is first polled is urgent.
         let mut urgent = std::mem::take(&mut self.urgent);
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
+            let Wakes {
+                outbox,
+                others,
+                sleep,
+                shutdown,
+                coalesce,
+                held,
+                ..
+            } = &mut *self;
             let wakes = outbox.wakes(cx);
             let gcx = &mut Context::from_waker(others);
             if wakes.others && shutdown.as_mut().poll(gcx).is_ready() {
@@ -227,7 +239,6 @@ impl<'a, 'n> Wakes<'a, 'n> {
             }
             Poll::Pending
         })
-        .await
     }
 }
 

@@ -142,11 +142,12 @@ fn run(
     encoding: Encoding,
     peer: Peer,
 ) -> impl std::future::Future<Output = ()> {
+    // Made before the task starts, so that the future holds the session
+    // and not also the dead slots of what it was made from.
+    let mut session = Session::new(node.clone(), encoding, peer);
     async move {
         Counters::incr(&node.counters.connections_accepted);
-        let tracker = node.tracker().clone();
-        let _guard = tracker.token();
-        let mut session = Session::new(node.clone(), encoding, peer);
+        let _guard = node.tracker().token();
         let closed = serve(&node, &mut session, &mut socket).await;
         if let Some(d) = &closed {
             tracing::debug!(client = %session.client_id(), code = d.code, reason = %d.reason, "closed");
@@ -180,7 +181,8 @@ async fn serve(node: &Node, session: &mut Session, socket: &mut Socket) -> Optio
         match wakes.next(socket, deadline).await {
             Wake::Shutdown => break Err(Disconnect::shutdown()),
             Wake::Outbox => {
-                if let Err(d) = flush(session, socket, &mut items, write_timeout, node).await {
+                let flushed = flush(session, socket, &mut items, write_timeout, node);
+                if let Err(d) = Box::pin(flushed).await {
                     break Err(d);
                 }
             }
