@@ -463,21 +463,21 @@ async fn channels_counted_across_nodes(mut cfg: Value) {
         subscribe(&mut ws, channel).await;
         clients.push(ws);
     }
-    let mut pusher = Ws::open(&format!(
-        "ws://{}/app/{KEY}?protocol=7",
-        nodes[1].served.addr
-    ))
-    .await;
-    assert_eq!(
-        pusher_message(&mut pusher).await.0,
-        "pusher:connection_established"
-    );
-    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": "news"}});
-    pusher.send_text(&subscribe.to_string()).await;
-    assert_eq!(
-        pusher_message(&mut pusher).await.0,
-        "pusher_internal:subscription_succeeded"
-    );
+    // A Pusher socket on `node`, subscribed to public channel news.
+    let news_socket = |node: &ClusterNode| {
+        let url = format!("ws://{}/app/{KEY}?protocol=7", node.served.addr);
+        async move {
+            let mut ws = Ws::open(&url).await;
+            let established = pusher_message(&mut ws).await.0;
+            assert_eq!(established, "pusher:connection_established");
+            let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": "news"}});
+            ws.send_text(&subscribe.to_string()).await;
+            let answer = pusher_message(&mut ws).await.0;
+            assert_eq!(answer, "pusher_internal:subscription_succeeded");
+            ws
+        }
+    };
+    let mut pusher = news_socket(&nodes[1]).await;
 
     for asked in &nodes {
         let r = asked.api("channels", json!({})).await;
@@ -553,20 +553,7 @@ async fn channels_counted_across_nodes(mut cfg: Value) {
     let [event, own] = two;
     assert_eq!(event.0, "e");
     assert_eq!(count(own), 1);
-    let mut other = Ws::open(&format!(
-        "ws://{}/app/{KEY}?protocol=7",
-        nodes[0].served.addr
-    ))
-    .await;
-    assert_eq!(
-        pusher_message(&mut other).await.0,
-        "pusher:connection_established"
-    );
-    other.send_text(&subscribe.to_string()).await;
-    assert_eq!(
-        pusher_message(&mut other).await.0,
-        "pusher_internal:subscription_succeeded"
-    );
+    let mut other = news_socket(&nodes[0]).await;
     assert_eq!(count(pusher_message(&mut other).await), 2);
     assert_eq!(count(pusher_message(&mut pusher).await), 2);
 }
