@@ -7,7 +7,9 @@
 #   bench/cluster.sh [REDIS_URL] [SUBSCRIBERS] [RATE] [DURATION]
 #
 # Defaults: redis://127.0.0.1:6379, 1000 subscribers, 100 publications/s,
-# 10s. Every server listens on 127.0.0.1; each run uses its own Redis key
+# 10s. The server CPU per delivery is every node's CPU added up. One
+# herald-bench process holds every subscriber, so SUBSCRIBERS stays under
+# this machine's per-process file limit. Every server listens on 127.0.0.1; each run uses its own Redis key
 # prefix. Prints one JSON report line per case (and the human tables on
 # stderr), prefixed with the case name.
 set -euo pipefail
@@ -55,22 +57,27 @@ run_case() {
   local urls=("$@")
   local also=()
   for u in "${urls[@]:1}"; do also+=(--also-url "ws://$u/connection/websocket"); done
+  # Every node's CPU is charged to the deliveries (added up).
+  local servers=()
+  for pid in "${pids[@]}"; do servers+=(--server-pid "$pid"); done
   echo "== $name" >&2
   local json
   json=$(target/release/herald-bench fanout --url "ws://${urls[0]}/connection/websocket" \
-    "${also[@]}" --subscribers "$subscribers" --rate "$rate" --duration "$duration" \
-    --warmup 2s --quiet --json)
+    "${also[@]}" "${servers[@]}" --subscribers "$subscribers" --rate "$rate" --duration "$duration" \
+    --warmup 2s --connect-concurrency 200 --quiet --json)
   echo "$name $json"
+  echo "$json" | jq -r --arg n "$name" \
+    '"\($n): \(.delivered_per_s|floor) delivered/s, \(.server_cpu_s_per_million*100|round/100) CPU-s per 1M (all nodes), p50 \(.latency.p50_us/1000) ms, p99 \(.latency.p99_us/1000) ms, lost \(.lost)"' >&2
 }
 
 memory="$work/memory.json"
-echo '{"log":{"level":"info"}}' >"$memory"
+echo '{"log":{"level":"info"},"client":{"connection_rate_limit_per_ip":0}}' >"$memory"
 start_node single "$memory"
 run_case "1-node-memory" "$node_addr"
 stop_nodes
 
 cluster="$work/cluster.json"
-printf '{"log":{"level":"info"},"engine":{"type":"redis","redis":{"address":"%s","prefix":"bench%s"}}}\n' \
+printf '{"log":{"level":"info"},"client":{"connection_rate_limit_per_ip":0},"engine":{"type":"redis","redis":{"address":"%s","prefix":"bench%s"}}}\n' \
   "$redis" "$$" >"$cluster"
 start_node r1 "$cluster"
 run_case "1-node-redis" "$node_addr"

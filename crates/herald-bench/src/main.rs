@@ -99,9 +99,10 @@ struct Timing {
 /// Flags of scenarios that open many connections.
 #[derive(Args)]
 struct Many {
-    /// PID of the server process, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PID of the server process, to read its CPU time and memory from
+    /// /proc; repeated for a cluster's nodes, whose figures are added up.
+    #[arg(long = "server-pid")]
+    server_pid: Vec<u32>,
     /// Bind connections round robin to 127.0.0.1 … 127.0.0.K (each source
     /// address has ~28k ephemeral ports); chosen automatically when needed.
     #[arg(long)]
@@ -347,7 +348,7 @@ impl Publishing {
             duration: timing.duration,
             warmup: timing.warmup,
             progress,
-            server_pid: many.server_pid,
+            server_pids: many.server_pid.clone(),
             source_ips: many.source_ips,
             connect_concurrency: many.connect_concurrency,
         }
@@ -485,7 +486,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 channels: a.channels,
                 settle: a.settle,
                 hold: a.hold,
-                server_pid: a.many.server_pid,
+                server_pids: a.many.server_pid,
                 source_ips: a.many.source_ips,
                 connect_concurrency: a.many.connect_concurrency,
                 progress: !c.quiet,

@@ -98,6 +98,26 @@ pub struct CpuUse {
     pub share: f64,
 }
 
+impl CpuUse {
+    /// Several processes' use together (each share of a core added up);
+    /// `None` when any is unknown or there are none.
+    pub fn sum(uses: impl IntoIterator<Item = Option<CpuUse>>) -> Option<CpuUse> {
+        let mut total: Option<CpuUse> = None;
+        for u in uses {
+            let u = u?;
+            total = Some(match total {
+                None => u,
+                Some(t) => CpuUse {
+                    seconds: t.seconds + u.seconds,
+                    system_seconds: t.system_seconds + u.system_seconds,
+                    share: t.share + u.share,
+                },
+            });
+        }
+        total
+    }
+}
+
 impl CpuMark {
     pub fn start(process: Process) -> Self {
         Self {
@@ -136,6 +156,19 @@ mod tests {
         let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(parse_rss(status), Some(2048 * 1024));
         assert_eq!(parse_rss("Name: x"), None);
+    }
+
+    #[test]
+    fn uses_add_up_and_an_unknown_one_is_unknown() {
+        let u = |s: f64| CpuUse {
+            seconds: s,
+            system_seconds: s / 2.0,
+            share: s / 10.0,
+        };
+        let both = CpuUse::sum([Some(u(1.0)), Some(u(3.0))]).unwrap();
+        assert_eq!(both, u(4.0));
+        assert_eq!(CpuUse::sum([Some(u(1.0)), None]), None);
+        assert_eq!(CpuUse::sum([]), None);
     }
 
     #[test]

@@ -239,23 +239,23 @@ impl Dialer<'_> {
 
 /// Measures [`Usage`] over `window` in the background.
 pub fn meter_window(
-    server: Option<u32>,
+    servers: Vec<u32>,
     window: Window,
     progress: std::sync::Arc<crate::stats::Progress>,
 ) -> tokio::task::JoinHandle<Usage> {
     tokio::spawn(async move {
         tokio::time::sleep_until(window.measure_from).await;
-        meter_until(server, window.end, &progress).await
+        meter_until(&servers, window.end, &progress).await
     })
 }
 
 /// Measures [`Usage`] from now until `end`.
 pub async fn meter_until(
-    server: Option<u32>,
+    servers: &[u32],
     end: Instant,
     progress: &crate::stats::Progress,
 ) -> Usage {
-    let meter = Meter::start(server, progress);
+    let meter = Meter::start(servers, progress);
     tokio::time::sleep_until(end).await;
     meter.stop(progress)
 }
@@ -263,18 +263,23 @@ pub async fn meter_until(
 /// CPU and completed operations from its start to its stop.
 pub struct Meter {
     started: Instant,
-    server: Option<crate::procfs::CpuMark>,
+    /// Each server process's (a cluster's nodes are added up).
+    servers: Vec<crate::procfs::CpuMark>,
     me: crate::procfs::CpuMark,
     done: u64,
 }
 
 impl Meter {
-    /// Starts measuring the server (`server`: its PID) and this process.
-    pub fn start(server: Option<u32>, progress: &crate::stats::Progress) -> Self {
+    /// Starts measuring the server processes (`servers`: their PIDs) and
+    /// this process.
+    pub fn start(servers: &[u32], progress: &crate::stats::Progress) -> Self {
         use crate::procfs::{CpuMark, Process};
         Self {
             started: Instant::now(),
-            server: server.map(|pid| CpuMark::start(Process::Pid(pid))),
+            servers: servers
+                .iter()
+                .map(|&pid| CpuMark::start(Process::Pid(pid)))
+                .collect(),
             me: CpuMark::start(Process::Me),
             done: progress.done.load(std::sync::atomic::Ordering::Relaxed),
         }
@@ -282,7 +287,7 @@ impl Meter {
 
     /// What was used since the start.
     pub fn stop(self, progress: &crate::stats::Progress) -> Usage {
-        let server_use = self.server.and_then(|m| m.since());
+        let server_use = crate::procfs::CpuUse::sum(self.servers.iter().map(|m| m.since()));
         Usage {
             seconds: self.started.elapsed().as_secs_f64(),
             operations: progress.done.load(std::sync::atomic::Ordering::Relaxed) - self.done,
@@ -294,12 +299,15 @@ impl Meter {
     }
 }
 
-/// Checks that `--server-pid` names a readable process.
-pub fn check_server_pid(pid: Option<u32>) -> Result<(), ScenarioError> {
-    match pid {
-        Some(p) if crate::procfs::Process::Pid(p).cpu().is_none() => Err(ScenarioError::Invalid(
-            format!("--server-pid {p}: no such process readable in /proc"),
-        )),
+/// Checks that each `--server-pid` names a readable process.
+pub fn check_server_pid(pids: &[u32]) -> Result<(), ScenarioError> {
+    match pids
+        .iter()
+        .find(|&&p| crate::procfs::Process::Pid(p).cpu().is_none())
+    {
+        Some(p) => Err(ScenarioError::Invalid(format!(
+            "--server-pid {p}: no such process readable in /proc"
+        ))),
         _ => Ok(()),
     }
 }

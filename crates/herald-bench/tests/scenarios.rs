@@ -72,7 +72,7 @@ fn load(api_key: Option<&str>) -> Load {
         duration: Duration::from_secs(1),
         warmup: Duration::from_millis(200),
         progress: false,
-        server_pid: None,
+        server_pids: Vec::new(),
         source_ips: None,
         connect_concurrency: 4,
     }
@@ -101,7 +101,7 @@ async fn fanout_over(
             publishers: 2,
             payload: 100,
             // This very process serves, so its CPU is what gets charged.
-            server_pid: Some(std::process::id()),
+            server_pids: vec![std::process::id()],
             source_ips: Some(2),
             ..load(api_key)
         },
@@ -145,7 +145,7 @@ async fn idle_for(target: Target, auth: Auth, hold: Duration) {
         channels: 0,
         settle: Duration::from_millis(200),
         hold,
-        server_pid: Some(std::process::id()),
+        server_pids: vec![std::process::id()],
         source_ips: None,
         connect_concurrency: 8,
         progress: false,

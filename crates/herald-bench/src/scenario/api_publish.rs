@@ -177,7 +177,7 @@ pub async fn run(o: &Options) -> Result<ApiPublishReport, ScenarioError> {
             "--channels and --concurrency must be at least 1".into(),
         ));
     }
-    check_server_pid(o.server_pid)?;
+    check_server_pid(o.server_pid.as_slice())?;
     let (caller, target) = match &o.via {
         Via::Http { url } => {
             crate::target::check_http_url(url)?;
@@ -218,7 +218,7 @@ pub async fn run(o: &Options) -> Result<ApiPublishReport, ScenarioError> {
         let (progress, server_pid) = (progress.clone(), o.server_pid);
         async move {
             tokio::time::sleep_until(window.measure_from).await;
-            let meter = Meter::start(server_pid, &progress);
+            let meter = Meter::start(server_pid.as_slice(), &progress);
             tokio::time::sleep_until(window.end).await;
             meter.stop(&progress)
         }

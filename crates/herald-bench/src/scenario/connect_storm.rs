@@ -95,7 +95,7 @@ pub async fn run(o: &Options) -> Result<ConnectStormReport, ScenarioError> {
             "--clients and --concurrency must be at least 1".into(),
         ));
     }
-    check_server_pid(o.server_pid)?;
+    check_server_pid(o.server_pid.as_slice())?;
     check_file_limit(o.clients)?;
     let sources = plan_sources(o.clients, o.source_ips, &o.target)?;
     let progress = Arc::new(Progress::default());
@@ -104,7 +104,7 @@ pub async fn run(o: &Options) -> Result<ConnectStormReport, ScenarioError> {
     let ticker = o
         .progress
         .then(|| spawn_progress(progress.clone(), "connected", started, stop.clone()));
-    let meter = Meter::start(o.server_pid, &progress);
+    let meter = Meter::start(o.server_pid.as_slice(), &progress);
     let dialer = Dialer {
         target: &o.target,
         auth: &o.auth,

@@ -38,8 +38,9 @@ pub struct Load {
     pub duration: Duration,
     pub warmup: Duration,
     pub progress: bool,
-    /// The server's PID, to charge its CPU to the deliveries.
-    pub server_pid: Option<u32>,
+    /// The server's PID, to charge its CPU to the deliveries (a cluster's
+    /// nodes: their CPU added up).
+    pub server_pids: Vec<u32>,
     /// Loopback source addresses to spread connections over.
     pub source_ips: Option<usize>,
     pub connect_concurrency: usize,
@@ -54,7 +55,7 @@ impl Load {
         target: &Target,
     ) -> Result<(Vec<IpAddr>, Api), ScenarioError> {
         publisher::check(self.rate, self.publishers, self.publish_url.as_deref())?;
-        check_server_pid(self.server_pid)?;
+        check_server_pid(&self.server_pids)?;
         check_file_limit(connections + self.publishers)?;
         let sources = plan_sources(connections, self.source_ips, target)?;
         let api = publish_api(target, &self.publish_url, &self.api_key)?;
@@ -191,7 +192,7 @@ where
             stop.clone(),
         )
     });
-    let meter = meter_window(load.server_pid, clock.window, progress.clone());
+    let meter = meter_window(load.server_pids.clone(), clock.window, progress.clone());
     let delivered_total = Arc::new(AtomicU64::new(0));
     let order_of = if ordered { load.publishers } else { 0 };
     let mut subs = JoinSet::new();

@@ -33,7 +33,8 @@ pub struct Options {
     pub settle: Duration,
     /// Time the connections are then held before the second reading.
     pub hold: Duration,
-    pub server_pid: Option<u32>,
+    /// The server's PID (a cluster's nodes: their memory and CPU added up).
+    pub server_pids: Vec<u32>,
     pub source_ips: Option<usize>,
     pub connect_concurrency: usize,
     pub progress: bool,
@@ -119,10 +120,14 @@ pub async fn run(o: &Options) -> Result<IdleReport, ScenarioError> {
             "--connections must be at least 1".into(),
         ));
     }
-    check_server_pid(o.server_pid)?;
+    check_server_pid(&o.server_pids)?;
     check_file_limit(o.connections)?;
     let sources = plan_sources(o.connections, o.source_ips, &o.target)?;
-    let rss = || o.server_pid.and_then(|p| Process::Pid(p).rss());
+    let rss = || {
+        let each = o.server_pids.iter().map(|&p| Process::Pid(p).rss());
+        each.sum::<Option<u64>>()
+            .filter(|_| !o.server_pids.is_empty())
+    };
     let rss_before = rss();
 
     let progress = Arc::new(Progress::default());
@@ -166,7 +171,7 @@ pub async fn run(o: &Options) -> Result<IdleReport, ScenarioError> {
     }
     tokio::time::sleep(o.settle).await;
     let rss_after_settle = rss();
-    let usage_hold = meter_until(o.server_pid, Instant::now() + o.hold, &progress).await;
+    let usage_hold = meter_until(&o.server_pids, Instant::now() + o.hold, &progress).await;
     let rss_after_hold = rss();
     stop.cancel();
     let (mut dropped, mut errors) = (0, ErrorCounts::default());

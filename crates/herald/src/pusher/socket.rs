@@ -408,8 +408,8 @@ impl Link {
                         Message::Text(text) => {
                             Counters::incr(&self.node.counters.messages_in);
                             Counters::add(&self.node.counters.bytes_in, text.len() as u64);
-                            // Boxed, as are the controls and the last
-                            // leaves: large futures that live only while
+                            // Boxed, as are leaving a channel and the
+                            // refusals: large futures that live only while
                             // they run, not in every idle socket's task.
                             if let Err(close) = Box::pin(self.handle(text.as_str())).await {
                                 return Some(close);
@@ -442,7 +442,7 @@ impl Link {
                         }
                     }
                     Item::Control(control) => {
-                        if let Some(close) = Box::pin(self.control(*control)).await {
+                        if let Some(close) = self.control(*control).await {
                             return Some(close);
                         }
                     }
@@ -469,7 +469,9 @@ impl Link {
                     // stays subscribed, and in presence, as it was.
                     self.rejoin(&name);
                 } else {
-                    self.leave(&name).await;
+                    // Boxed: the one control that awaits much, so that the
+                    // others (counts, access checks) allocate nothing.
+                    Box::pin(self.leave(&name)).await;
                 }
                 None
             }
