@@ -422,37 +422,50 @@ impl Link {
                 }
                 Wake::Outbox => {}
             }
-            if outbox.drain(&mut items) {
-                return too_slow(&node);
-            }
-            // Messages are fed, then flushed together: one write for all.
-            for item in items.drain(..) {
-                match item {
-                    Item::Frame(frame) => {
-                        Counters::incr(&self.node.counters.messages_out);
-                        Counters::add(&self.node.counters.bytes_out, frame.len() as u64);
-                        let (Frame::Text(text) | Frame::Whole(text)) = frame else {
-                            continue;
-                        };
-                        let fed = socket.feed(Message::Text(text));
-                        if let Err(end) =
-                            written(bounded_write(fed, &outbox, write_timeout).await, &node)
-                        {
-                            return end;
-                        }
-                    }
-                    Item::Control(control) => {
-                        if let Some(close) = self.control(*control).await {
-                            return Some(close);
-                        }
-                    }
-                }
-            }
-            let flushed = bounded_write(socket.flush(), &outbox, write_timeout).await;
-            if let Err(end) = written(flushed, &node) {
+            // Boxed like the WebSocket's flush: it lives only while it
+            // writes, not in every idle socket's task.
+            let written = self.write_out(socket, &mut items, &outbox, write_timeout);
+            if let Err(end) = Box::pin(written).await {
                 return end;
             }
         }
+    }
+
+    /// Writes what is queued: messages are fed, then flushed together (one
+    /// write for all); controls are acted on in order.
+    async fn write_out(
+        &mut self,
+        socket: &mut Socket,
+        items: &mut VecDeque<Item>,
+        outbox: &Outbox,
+        write_timeout: Duration,
+    ) -> Result<(), Option<Close>> {
+        let node = self.node.clone();
+        if outbox.drain(items) {
+            return Err(too_slow(&node));
+        }
+        while let Some(item) = items.pop_front() {
+            match item {
+                Item::Frame(frame) => {
+                    Counters::incr(&node.counters.messages_out);
+                    Counters::add(&node.counters.bytes_out, frame.len() as u64);
+                    let (Frame::Text(text) | Frame::Whole(text)) = frame else {
+                        continue;
+                    };
+                    let fed = socket.feed(Message::Text(text));
+                    written(bounded_write(fed, outbox, write_timeout).await, &node)?;
+                }
+                Item::Control(control) => {
+                    if let Some(close) = self.control(*control).await {
+                        return Err(Some(close));
+                    }
+                }
+            }
+        }
+        written(
+            bounded_write(socket.flush(), outbox, write_timeout).await,
+            &node,
+        )
     }
 
     async fn control(&mut self, control: Control) -> Option<Close> {
