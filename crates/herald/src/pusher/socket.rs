@@ -4,7 +4,7 @@
 //! protocol's errors and close codes. The socket is a hub [`Client`]; it
 //! joins channels, presence and the broker as a Centrifugo session does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod cache;
 mod channels;
+mod serve;
 
 use super::members::Members;
 use super::{message, App, Apps, Kind, Pusher, EXCLUDED_SOCKET};
@@ -33,17 +34,12 @@ use crate::hub::{Client, Control};
 use crate::metrics::Counters;
 use crate::node::Node;
 use crate::ratelimit::Bucket;
-use crate::session::{Item, Outbox};
+use crate::session::Outbox;
 use crate::transport::upgrade::{Socket, Upgrade};
-use crate::transport::wake::{bounded_write, far_future, Coalesce, Wake, Wakes, Written};
 use crate::transport::websocket;
 
 /// The protocol versions pusher-js speaks (7) and the oldest still taken.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
-
-/// How long a socket that was sent `pusher:ping` has to answer, at most
-/// (never longer than the app's `activity_timeout`).
-const PONG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pusher's close codes (4000–4099: do not reconnect; 4100–4199: reconnect
 /// later; 4200–4299: reconnect now).
@@ -265,24 +261,6 @@ fn run(
     }
 }
 
-/// Ends the socket when a write did not complete: silently when it
-/// failed, with 4100 when the client is too slow.
-fn written(w: Written, node: &Node) -> Result<(), Option<Close>> {
-    match w {
-        Written::Done => Ok(()),
-        Written::Failed => Err(None),
-        Written::Overflowed => Err(too_slow(node)),
-    }
-}
-
-fn too_slow(node: &Node) -> Option<Close> {
-    Counters::incr(&node.counters.slow_disconnects);
-    Some(Close::new(
-        code::OVER_CAPACITY,
-        "Too slow: messages queued up",
-    ))
-}
-
 /// A socket id's first part: random, so that ids do not repeat across
 /// restarts.
 fn rand_part() -> u32 {
@@ -348,124 +326,6 @@ impl Link {
     fn error(&self, code: Option<u16>, text: &str) {
         let data = json!({"code": code, "message": text}).to_string();
         self.push("pusher:error", None, &data);
-    }
-
-    /// Runs until the socket ends; the close to send, if the server ends it.
-    async fn serve(&mut self, socket: &mut Socket) -> Option<Close> {
-        let outbox = self.conn.outbox.clone();
-        let mut items = VecDeque::new();
-        let activity = self.app.cfg.activity_timeout.0;
-        let pong_timeout = PONG_TIMEOUT.min(activity);
-        let sleep = tokio::time::sleep_until(far_future());
-        tokio::pin!(sleep);
-        let node = self.node.clone();
-        let shutdown = node.shutdown().cancelled();
-        tokio::pin!(shutdown);
-        let coalesce = Coalesce::new(&node.config.client);
-        let mut wakes = Wakes::new(outbox.clone(), sleep, shutdown, coalesce);
-        let write_timeout = node.config.websocket.write_timeout.0;
-        let mut heard = Instant::now();
-        let mut pinged: Option<Instant> = None;
-        // The timer is armed for `heard + activity` as it was when armed: a
-        // message since only moves it on when it fires, so messages do not
-        // reset the timer each.
-        let mut deadline = heard + activity;
-        loop {
-            match wakes.next(socket, deadline).await {
-                Wake::Shutdown => {
-                    return Some(Close::new(
-                        code::RECONNECT,
-                        "Server shutting down: reconnect",
-                    ))
-                }
-                Wake::Deadline if pinged.is_some() => {
-                    return Some(Close::new(
-                        code::PONG_TIMEOUT,
-                        "Pong reply not received in time",
-                    ))
-                }
-                Wake::Deadline if heard + activity > Instant::now() => {
-                    deadline = heard + activity;
-                }
-                Wake::Deadline => {
-                    let now = Instant::now();
-                    pinged = Some(now);
-                    deadline = now + pong_timeout;
-                    self.push("pusher:ping", None, "{}");
-                }
-                Wake::Inbound(None) => return None,
-                // An oversized, broken or undecodable message: the
-                // WebSocket close code that says so.
-                Wake::Inbound(Some(Err(e))) => {
-                    return websocket::read_failure(&e).map(|d| Close::new(d.code, d.reason));
-                }
-                Wake::Inbound(Some(Ok(m))) => {
-                    heard = Instant::now();
-                    if pinged.take().is_some() {
-                        deadline = heard + activity;
-                    }
-                    match m {
-                        Message::Text(text) => {
-                            Counters::incr(&self.node.counters.messages_in);
-                            Counters::add(&self.node.counters.bytes_in, text.len() as u64);
-                            // Boxed, as are leaving a channel and the
-                            // refusals: large futures that live only while
-                            // they run, not in every idle socket's task.
-                            if let Err(close) = Box::pin(self.handle(text.as_str())).await {
-                                return Some(close);
-                            }
-                        }
-                        Message::Binary(_) => self.error(None, "Messages are JSON text"),
-                        Message::Close(_) => return None,
-                        _ => {}
-                    }
-                }
-                Wake::Outbox => {}
-            }
-            // Boxed like the WebSocket's flush: it lives only while it
-            // writes, not in every idle socket's task.
-            let written = self.write_out(socket, &mut items, &outbox, write_timeout);
-            if let Err(end) = Box::pin(written).await {
-                return end;
-            }
-        }
-    }
-
-    /// Writes what is queued: messages are fed, then flushed together (one
-    /// write for all); controls are acted on in order.
-    async fn write_out(
-        &mut self,
-        socket: &mut Socket,
-        items: &mut VecDeque<Item>,
-        outbox: &Outbox,
-        write_timeout: Duration,
-    ) -> Result<(), Option<Close>> {
-        let node = self.node.clone();
-        if outbox.drain(items) {
-            return Err(too_slow(&node));
-        }
-        while let Some(item) = items.pop_front() {
-            match item {
-                Item::Frame(frame) => {
-                    Counters::incr(&node.counters.messages_out);
-                    Counters::add(&node.counters.bytes_out, frame.len() as u64);
-                    let (Frame::Text(text) | Frame::Whole(text)) = frame else {
-                        continue;
-                    };
-                    let fed = socket.feed(Message::Text(text));
-                    written(bounded_write(fed, outbox, write_timeout).await, &node)?;
-                }
-                Item::Control(control) => {
-                    if let Some(close) = self.control(*control).await {
-                        return Err(Some(close));
-                    }
-                }
-            }
-        }
-        written(
-            bounded_write(socket.flush(), outbox, write_timeout).await,
-            &node,
-        )
     }
 
     async fn control(&mut self, control: Control) -> Option<Close> {
