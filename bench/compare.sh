@@ -18,7 +18,8 @@
 # WARMUP (3s), NO_PIN=1 to run unpinned, HERALD2_BIN=path to add a server
 # "herald2" (another Herald build, e.g. before a change) to SERVERS,
 # HERALD2_CONFIG=path (a config file for herald2; the binary defaults to
-# this build then, e.g. to compare `client.write_delay` settings),
+# this build then, e.g. to compare `client.write_delay` settings; for the
+# chat case it needs the `chat` namespace of the default config below),
 # REPEAT (1) rounds of the fixed-rate cases (servers interleaved in each
 # round, files suffixed .1, .2, …), SAT_PUBLISHERS (8) HTTP publishers in
 # the saturation search.
@@ -45,7 +46,13 @@ bench=$PWD/target/release/herald-bench
 herald=$PWD/target/release/herald
 work=$(mktemp -d)
 # No per-address connect limit: the load comes from a few loopback addresses.
-echo '{"log":{"level":"warn"},"client":{"connection_rate_limit_per_ip":0}}' >"$work/herald.json"
+# The chat case's rooms are in namespace `chat`: presence and a history of
+# 20 in memory, as the Go peer keeps them with -presence -history-size 20
+# (neither sends join/leave pushes).
+echo '{"log":{"level":"warn"},"client":{"connection_rate_limit_per_ip":0},
+  "channel":{"namespaces":[{"name":"chat","presence":true,"history_size":20,"history_ttl":"300s"}]}}' >"$work/herald.json"
+# Flags the Go peer starts with (set for the chat case).
+peer_flags=()
 
 pin() { # pin CPU COMMAND... (exec: a server started with `pin … &` keeps $! as its PID)
   if [ "${NO_PIN:-0}" = 1 ]; then exec "${@:2}"; else exec taskset -c "$1" "${@:2}"; fi
@@ -56,7 +63,7 @@ start_server() { # start_server NAME -> sets server_pid, url, proto, publish
   local name=$1 health
   case $name in
     go)
-      pin 0 "$peer_bin" -addr "$peer_addr" >"$work/go.log" 2>&1 &
+      pin 0 "$peer_bin" -addr "$peer_addr" "${peer_flags[@]}" >"$work/go.log" 2>&1 &
       url="ws://$peer_addr/connection/websocket"; proto=centrifuge-v1-json
       publish="http://$peer_addr/publish"; health="http://$peer_addr/health" ;;
     herald|herald2)
@@ -128,6 +135,12 @@ for round in $(seq 1 "$repeat"); do
     if [[ many-5000-g10-r2000 =~ $cases_re ]] && [ "$name" != bare ]; then
       run "many-5000-g10-r2000$s" "$name" many-channels --connections 5000 --group-size 10 \
         --rate 2000 --publishers 4 "${timing[@]}"
+    fi
+    if [[ chat-2000-r200 =~ $cases_re ]] && [ "$name" != bare ]; then
+      peer_flags=(-presence -history-size 20)
+      run "chat-2000-r200$s" "$name" chat --connections 2000 --rate 200 --rejoin-rate 20 \
+        --history-limit 20 "${timing[@]}"
+      peer_flags=()
     fi
     [[ idle-15000 =~ $cases_re ]] &&
       run "idle-15000$s" "$name" idle --connections 15000 --settle 5s --hold 10s --connect-concurrency 200

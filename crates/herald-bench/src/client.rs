@@ -6,16 +6,14 @@
 //! scenario speaks to the server through it.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use herald::transport::deflate::{self, Wire};
+use herald::transport::deflate::Wire;
 use herald_protocol::Disconnect;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -23,6 +21,7 @@ use crate::protocol::{classify_protobuf, Kind, Protocol, Sorted, Stamp};
 use crate::target::{Target, Transport};
 
 mod emulated;
+mod open;
 mod replies;
 
 use replies::{PushEnvelope, Reply};
@@ -63,6 +62,8 @@ pub enum ClientError {
     Garbled(String),
     #[error("more than {MAX_STASHED} pushes arrived while waiting for a reply")]
     Overflow,
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ClientError {
@@ -76,6 +77,7 @@ impl ClientError {
             ClientError::Reply { code, .. } => format!("reply {code}"),
             ClientError::Garbled(_) => "garbled".into(),
             ClientError::Overflow => "overflow".into(),
+            ClientError::Unsupported(_) => "unsupported".into(),
         }
     }
 }
@@ -87,6 +89,19 @@ pub enum Delivery {
     Stamped(Stamp),
     /// Someone else's publication (the start of the message, for reports).
     Unstamped(String),
+}
+
+/// What a client with several commands in flight reads next
+/// ([`Client::next_event`]).
+#[derive(Debug)]
+pub enum Event {
+    Delivery(Delivery),
+    /// The reply to command `id` ([`Client::send_command`]); `error` when
+    /// the server refused it ([`ClientError::Reply`]).
+    Reply {
+        id: u32,
+        error: Option<ClientError>,
+    },
 }
 
 /// One message worth returning from [`Client::read`].
@@ -133,7 +148,7 @@ impl Client {
         let first_id = 1;
         let mut emulated_connect = None;
         let conn = match target.transport {
-            Transport::WebSocket => Conn::Ws(Box::new(open_websocket(target, source).await?)),
+            Transport::WebSocket => Conn::Ws(Box::new(open::open_websocket(target, source).await?)),
             _ => {
                 let connect = target.protocol.connect(first_id, token).ok_or_else(|| {
                     ClientError::Open("this protocol has no emulated transports".into())
@@ -213,6 +228,40 @@ impl Client {
                 return Ok(d);
             }
         }
+    }
+
+    /// Sends the command `build` makes for the next id without waiting for
+    /// its reply, which [`Client::next_event`] returns with that id.
+    /// `build` returns `None` for a command the protocol does not have.
+    pub async fn send_command(
+        &mut self,
+        build: impl FnOnce(Protocol, u32) -> Option<Message>,
+    ) -> Result<u32, ClientError> {
+        let id = self.next_id();
+        let cmd = build(self.protocol, id).ok_or_else(|| {
+            ClientError::Unsupported(format!("{} has no such command", self.protocol.name()))
+        })?;
+        self.send(cmd).await?;
+        Ok(id)
+    }
+
+    /// The next publication or reply. Like [`Client::next_delivery`], not
+    /// bounded in time, and safe to race against other futures: dropping it
+    /// loses no publication or reply.
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(d) = self.stash.pop_front() {
+            return Ok(Event::Delivery(d));
+        }
+        Ok(match self.read().await? {
+            Msg::Delivery(d) => Event::Delivery(d),
+            Msg::Reply(id, reply) => Event::Reply {
+                id,
+                error: reply.error.map(|e| ClientError::Reply {
+                    code: e.code,
+                    message: e.message,
+                }),
+            },
+        })
     }
 
     /// Reads until the connection ends; for idle connections, which only
@@ -428,62 +477,4 @@ impl Client {
             }
         }
     }
-}
-
-/// Opens the WebSocket (from `source` when given).
-async fn open_websocket(target: &Target, source: Option<IpAddr>) -> Result<Socket, ClientError> {
-    let tcp = dial(target.addr, source)
-        .await
-        .map_err(|e| ClientError::Open(e.to_string()))?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    let mut request = target
-        .ws_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| ClientError::Open(e.to_string()))?;
-    if let Some(sub) = target.protocol.subprotocol() {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(sub),
-        );
-    }
-    if target.compression {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Extensions",
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
-                "permessage-deflate; client_max_window_bits",
-            ),
-        );
-    }
-    let wire = if target.compression {
-        Wire::client(tcp, deflate::Settings::client())
-    } else {
-        Wire::plain(tcp)
-    };
-    let (socket, _) = tokio_tungstenite::client_async_with_config(request, wire, Some(config))
-        .await
-        .map_err(|e| ClientError::Open(e.to_string()))?;
-    if target.compression && !socket.get_ref().is_compressed() {
-        return Err(ClientError::Open(
-            "the server did not agree to permessage-deflate (websocket.compression)".into(),
-        ));
-    }
-    Ok(socket)
-}
-
-/// Opens a TCP connection to `addr`, bound to `source` when given.
-async fn dial(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }

@@ -16,6 +16,12 @@ use herald_protocol::protobuf::pb;
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
+mod pusher;
+mod stamp;
+
+use stamp::number;
+pub use stamp::Stamp;
+
 /// The wire protocol of the server under test.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
@@ -47,62 +53,6 @@ pub enum Protocol {
 /// client waits for.
 pub const PENDING: u32 = u32::MAX;
 
-/// The stamp the load generator puts at the start of every publication's
-/// data: `{"p":<publisher>,"seq":<n>,"ts_us":<send time>,…`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    /// Which publisher task sent it; sequence numbers are per publisher.
-    pub publisher: u32,
-    pub seq: u64,
-    /// Send time, microseconds since the run's clock origin.
-    pub ts_us: u64,
-}
-
-impl Stamp {
-    /// The JSON members of the stamp, without braces, to open a payload.
-    pub fn members(&self) -> String {
-        format!(
-            "\"p\":{},\"seq\":{},\"ts_us\":{}",
-            self.publisher, self.seq, self.ts_us
-        )
-    }
-
-    /// Finds a stamp in `text` (a whole protocol message): the first
-    /// `{"p":` followed by the three members in order.
-    pub fn find(text: &str) -> Option<Stamp> {
-        Self::find_quoted(text, "\"")
-    }
-
-    /// [`Stamp::find`] in JSON text that is itself inside a JSON string
-    /// (Pusher's `data`), its quotes written `\"`.
-    pub fn find_escaped(text: &str) -> Option<Stamp> {
-        Self::find_quoted(text, "\\\"")
-    }
-
-    fn find_quoted(text: &str, q: &str) -> Option<Stamp> {
-        let open = format!("{{{q}p{q}:");
-        let at = text.find(&open)?;
-        let rest = &text[at + open.len()..];
-        let (publisher, rest) = number(rest)?;
-        let rest = rest.strip_prefix(&format!(",{q}seq{q}:"))?;
-        let (seq, rest) = number(rest)?;
-        let rest = rest.strip_prefix(&format!(",{q}ts_us{q}:"))?;
-        let (ts_us, _) = number(rest)?;
-        Some(Stamp {
-            publisher: u32::try_from(publisher).ok()?,
-            seq,
-            ts_us,
-        })
-    }
-}
-
-/// A leading decimal number and what follows it.
-fn number(s: &str) -> Option<(u64, &str)> {
-    let end = s.bytes().take_while(u8::is_ascii_digit).count();
-    let n = s[..end].parse().ok()?;
-    Some((n, &s[end..]))
-}
-
 /// What one message from the server is, as far as a scanner can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -117,6 +67,19 @@ pub enum Kind {
     Push,
     /// Something else; ignored.
     Other,
+}
+
+/// A channel command besides subscribe and publish, each answered by a
+/// reply (the chat scenario's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Unsubscribe,
+    /// The channel's newest `limit` publications.
+    History {
+        limit: u32,
+    },
+    /// Who is subscribed.
+    Presence,
 }
 
 impl Protocol {
@@ -194,6 +157,34 @@ impl Protocol {
         )
     }
 
+    /// One of the other channel commands ([`Ask`]); `None` when the
+    /// protocol has no such command (Pusher's presence and history).
+    pub fn ask(self, id: u32, channel: &str, what: Ask) -> Option<Message> {
+        let json = self.ask_json(id, channel, what)?;
+        Some(self.message(
+            || json,
+            || {
+                let channel = channel.to_owned();
+                let mut c = pb::Command {
+                    id,
+                    ..Default::default()
+                };
+                match what {
+                    Ask::Unsubscribe => c.unsubscribe = Some(pb::UnsubscribeRequest { channel }),
+                    Ask::Presence => c.presence = Some(pb::PresenceRequest { channel }),
+                    Ask::History { limit } => {
+                        c.history = Some(pb::HistoryRequest {
+                            channel,
+                            limit: i32::try_from(limit).unwrap_or(i32::MAX),
+                            ..Default::default()
+                        })
+                    }
+                }
+                c
+            },
+        ))
+    }
+
     /// The answer to a ping.
     pub fn pong(self) -> Message {
         match self {
@@ -257,11 +248,39 @@ impl Protocol {
         }
     }
 
+    fn ask_json(self, id: u32, channel: &str, what: Ask) -> Option<String> {
+        let channel = quote(channel);
+        Some(match self {
+            Protocol::V2Json | Protocol::V2Protobuf => {
+                let (name, more) = match what {
+                    Ask::Unsubscribe => ("unsubscribe", String::new()),
+                    Ask::Presence => ("presence", String::new()),
+                    Ask::History { limit } => ("history", format!(",\"limit\":{limit}")),
+                };
+                format!("{{\"id\":{id},\"{name}\":{{\"channel\":{channel}{more}}}}}")
+            }
+            Protocol::V1Json => {
+                let (method, more) = match what {
+                    Ask::Unsubscribe => (2, String::new()),
+                    Ask::Presence => (4, String::new()),
+                    Ask::History { limit } => (6, format!(",\"use_limit\":true,\"limit\":{limit}")),
+                };
+                format!("{{\"id\":{id},\"method\":{method},\"params\":{{\"channel\":{channel}{more}}}}}")
+            }
+            Protocol::Pusher => match what {
+                Ask::Unsubscribe => format!(
+                    "{{\"event\":\"pusher:unsubscribe\",\"data\":{{\"channel\":{channel}}}}}"
+                ),
+                Ask::Presence | Ask::History { .. } => return None,
+            },
+        })
+    }
+
     /// Sorts one message (one line of a frame).
     pub fn classify(self, msg: &str) -> Kind {
         let msg = msg.trim();
         if self == Protocol::Pusher {
-            return classify_pusher(msg);
+            return pusher::classify(msg);
         }
         if let Some(rest) = msg.strip_prefix("{\"id\":") {
             return match number(rest).and_then(|(id, _)| u32::try_from(id).ok()) {
@@ -286,30 +305,6 @@ impl Protocol {
             Some(s) => Kind::Stamped(s),
             None => Kind::Push,
         }
-    }
-}
-
-/// A Pusher message sorted: the server's acknowledgements answer what the
-/// client waits for, its pings want a pong, and an application event may
-/// carry a stamp inside its string `data`.
-fn classify_pusher(msg: &str) -> Kind {
-    let Some(rest) = msg.strip_prefix("{\"event\":\"") else {
-        return Kind::Other;
-    };
-    if rest.starts_with("pusher:connection_established\"")
-        || rest.starts_with("pusher_internal:subscription_succeeded\"")
-    {
-        return Kind::Reply(PENDING);
-    }
-    if rest.starts_with("pusher:ping\"") {
-        return Kind::Ping;
-    }
-    if rest.starts_with("pusher") {
-        return Kind::Other;
-    }
-    match Stamp::find_escaped(rest) {
-        Some(s) => Kind::Stamped(s),
-        None => Kind::Other,
     }
 }
 
@@ -385,6 +380,18 @@ mod tests {
             text(p.publish(3, "c", "{}")),
             r#"{"id":3,"publish":{"channel":"c","data":{}}}"#
         );
+        assert_eq!(
+            text(p.ask(4, "c", Ask::Unsubscribe).unwrap()),
+            r#"{"id":4,"unsubscribe":{"channel":"c"}}"#
+        );
+        assert_eq!(
+            text(p.ask(5, "c", Ask::History { limit: 20 }).unwrap()),
+            r#"{"id":5,"history":{"channel":"c","limit":20}}"#
+        );
+        assert_eq!(
+            text(p.ask(6, "c", Ask::Presence).unwrap()),
+            r#"{"id":6,"presence":{"channel":"c"}}"#
+        );
         assert_eq!(p.classify(r#"{"id":4,"subscribe":{}}"#), Kind::Reply(4));
         assert_eq!(p.classify("{}"), Kind::Ping);
         let push = format!(
@@ -400,46 +407,6 @@ mod tests {
     }
 
     #[test]
-    fn pusher_messages() {
-        let p = Protocol::Pusher;
-        assert!(
-            p.connect(1, "").is_none(),
-            "the server opens a Pusher socket"
-        );
-        assert_eq!(
-            text(p.subscribe(2, "news")),
-            r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#
-        );
-        assert_eq!(
-            p.classify(r#"{"event":"pusher:connection_established","data":"{}"}"#),
-            Kind::Reply(PENDING)
-        );
-        assert_eq!(
-            p.classify(
-                r#"{"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"}"#
-            ),
-            Kind::Reply(PENDING)
-        );
-        assert_eq!(
-            p.classify(r#"{"event":"pusher:ping","data":"{}"}"#),
-            Kind::Ping
-        );
-        let stamped = r#"{"event":"bench","channel":"news","data":"{\"p\":1,\"seq\":2,\"ts_us\":3,\"pad\":\"x\"}"}"#;
-        assert_eq!(
-            p.classify(stamped),
-            Kind::Stamped(Stamp {
-                publisher: 1,
-                seq: 2,
-                ts_us: 3
-            })
-        );
-        assert_eq!(
-            p.classify(r#"{"event":"pusher:error","data":"{}"}"#),
-            Kind::Other
-        );
-    }
-
-    #[test]
     fn v1_messages() {
         let p = Protocol::V1Json;
         assert_eq!(text(p.connect(1, "").unwrap()), r#"{"id":1,"params":{}}"#);
@@ -450,6 +417,18 @@ mod tests {
         assert_eq!(
             text(p.publish(3, "x", "1")),
             r#"{"id":3,"method":3,"params":{"channel":"x","data":1}}"#
+        );
+        assert_eq!(
+            text(p.ask(4, "x", Ask::Unsubscribe).unwrap()),
+            r#"{"id":4,"method":2,"params":{"channel":"x"}}"#
+        );
+        assert_eq!(
+            text(p.ask(5, "x", Ask::History { limit: 3 }).unwrap()),
+            r#"{"id":5,"method":6,"params":{"channel":"x","use_limit":true,"limit":3}}"#
+        );
+        assert_eq!(
+            text(p.ask(6, "x", Ask::Presence).unwrap()),
+            r#"{"id":6,"method":4,"params":{"channel":"x"}}"#
         );
         assert_eq!(
             p.classify(r#"{"id":1,"result":{"client":"a"}}"#),
@@ -476,6 +455,12 @@ mod tests {
         };
         let c = pb::Command::decode_length_delimited(&b[..]).unwrap();
         assert_eq!((c.id, &c.publish.unwrap().data[..]), (3, &b"{}"[..]));
+        let Some(Message::Binary(b)) = p.ask(7, "c", Ask::History { limit: 5 }) else {
+            panic!("binary");
+        };
+        let c = pb::Command::decode_length_delimited(&b[..]).unwrap();
+        let h = c.history.unwrap();
+        assert_eq!((c.id, h.channel.as_str(), h.limit), (7, "c", 5));
         assert!(matches!(
             classify_protobuf(&[]),
             Ok(Sorted::Kind(Kind::Ping))
@@ -504,13 +489,5 @@ mod tests {
             Ok(Sorted::Reply(4, _))
         ));
         assert!(classify_protobuf(&[0xff]).is_err());
-    }
-
-    #[test]
-    fn stamps_need_all_members_in_order() {
-        assert_eq!(Stamp::find(&data()), Some(STAMP));
-        assert_eq!(Stamp::find(r#"{"p":1,"ts_us":2,"seq":3}"#), None);
-        assert_eq!(Stamp::find(r#"{"p":x}"#), None);
-        assert_eq!(Stamp::find("{}"), None);
     }
 }

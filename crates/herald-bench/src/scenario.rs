@@ -4,6 +4,7 @@
 //! checks of the open-file limit and ephemeral ports.
 
 pub mod api_publish;
+pub mod chat;
 pub mod connect_storm;
 pub mod delivery;
 pub mod durable_publish;
@@ -310,6 +311,15 @@ pub fn check_server_pid(pids: &[u32]) -> Result<(), ScenarioError> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// A well-mixed 64-bit hash (splitmix64), so publication `n` picks its
+/// channel (or a chat its member) reproducibly without a random number generator.
+pub(crate) fn mix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A JSON object `{<fields>,"pad":"xxx…"}` padded to `size` bytes (or the

@@ -9,7 +9,7 @@ use std::time::Duration;
 use herald_bench::bare::BareServer;
 use herald_bench::report::Report;
 use herald_bench::scenario::delivery::Load;
-use herald_bench::scenario::{connect_storm, durable_publish, fanout, idle, many_channels};
+use herald_bench::scenario::{chat, connect_storm, durable_publish, fanout, idle, many_channels};
 use herald_bench::target::{Auth, Target, Transport};
 use herald_testkit::{env_url, unique, TestServer};
 use serde_json::{json, Value};
@@ -30,7 +30,11 @@ fn namespaces() -> Value {
           "allow_subscribe_for_client": true, "allow_publish_for_client": true },
         { "name": "dur", "history_storage": "durable",
           "allow_subscribe_for_client": true, "allow_publish_for_client": true },
-        { "name": "plain", "allow_subscribe_for_client": true, "allow_publish_for_client": true }
+        { "name": "plain", "allow_subscribe_for_client": true, "allow_publish_for_client": true },
+        { "name": "room", "presence": true, "join_leave": true, "history_size": 20,
+          "history_ttl": "60s", "allow_subscribe_for_client": true,
+          "allow_publish_for_subscriber": true, "allow_history_for_subscriber": true,
+          "allow_presence_for_subscriber": true }
     ])
 }
 
@@ -200,6 +204,55 @@ async fn many_channels(target: Target, auth: Auth, api_key: Option<&str>) {
     assert!(r.clean(), "{r:?}");
 }
 
+fn chat_options(target: Target, auth: Auth) -> chat::Options {
+    chat::Options {
+        target,
+        auth,
+        channel_prefix: "room:".into(),
+        connections: 30,
+        room_min: 5,
+        room_max: 10,
+        rate: 200.0,
+        rejoin_rate: 20.0,
+        history_limit: 5,
+        payload: 80,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        progress: false,
+        server_pids: vec![std::process::id()],
+        source_ips: None,
+        connect_concurrency: 8,
+    }
+}
+
+async fn chat(target: Target, auth: Auth) {
+    let options = chat_options(target, auth);
+    let r = tokio::time::timeout(SCENARIO_LIMIT, chat::run(&options))
+        .await
+        .expect("scenario ends in time")
+        .expect("scenario runs");
+    assert_eq!(r.connected, 30, "{r:?}");
+    assert!((3..=6).contains(&r.rooms), "{r:?}");
+    // Every kind of command was answered, none refused (join and leave
+    // pushes are no errors either).
+    for c in &r.commands {
+        assert!(c.ok > 0 && c.errors.total == 0, "{}: {r:?}", c.command);
+    }
+    let published = r.commands[0].ok;
+    assert!(published > 100, "{r:?}");
+    // Each message reaches its room: 5 to 10 members, fewer while one is
+    // away.
+    assert!(
+        r.delivered <= published * 10 && r.delivered >= published * 5 / 2,
+        "{r:?}"
+    );
+    assert!(
+        r.latency.count > 0 && r.server_cpu_s_per_million.is_some(),
+        "{r:?}"
+    );
+    assert!(r.clean(), "{r:?}");
+}
+
 async fn connect_storm(target: Target, auth: Auth) {
     let options = connect_storm::Options {
         target,
@@ -232,6 +285,7 @@ async fn scenarios_against_a_dev_server() {
     fanout(target(&server), Auth::None, None, "hist:fan").await;
     idle(target(&server), Auth::None).await;
     many_channels(target(&server), Auth::None, None).await;
+    chat(target(&server), Auth::None).await;
     connect_storm(target(&server), Auth::None).await;
     server.stop().await;
 }
@@ -249,6 +303,7 @@ async fn scenarios_with_tokens_and_api_key() {
     durable_publish(target(&server), auth.clone(), "hist:bench").await;
     fanout(target(&server), auth.clone(), Some(API_KEY), "plain:fan").await;
     many_channels(target(&server), auth.clone(), Some(API_KEY)).await;
+    chat(target(&server), auth.clone()).await;
     connect_storm(target(&server), auth).await;
     server.stop().await;
 }
@@ -379,6 +434,61 @@ async fn publishing_flags_are_checked_at_their_edges() {
         .await
         .unwrap_err();
     assert!(!err.to_string().contains("must be"), "{err}");
+}
+
+/// Chat flags out of range, and the Pusher protocol (no replies to client
+/// events, no history), are refused before anything connects.
+#[tokio::test]
+async fn chat_flags_are_checked_at_their_edges() {
+    let target = Target::parse("ws://127.0.0.1:9/connection/websocket").unwrap();
+    let refused = [
+        chat::Options {
+            room_min: 11,
+            ..chat_options(target.clone(), Auth::None)
+        },
+        chat::Options {
+            room_min: 0,
+            ..chat_options(target.clone(), Auth::None)
+        },
+        chat::Options {
+            rate: 0.0,
+            ..chat_options(target.clone(), Auth::None)
+        },
+        chat::Options {
+            rejoin_rate: -1.0,
+            ..chat_options(target.clone(), Auth::None)
+        },
+        chat::Options {
+            rejoin_rate: 100_001.0,
+            ..chat_options(target.clone(), Auth::None)
+        },
+        chat_options(
+            target
+                .clone()
+                .with_protocol(herald_bench::protocol::Protocol::Pusher),
+            Auth::None,
+        ),
+    ];
+    for options in refused {
+        let err = chat::run(&options).await.unwrap_err();
+        assert!(
+            matches!(err, herald_bench::scenario::ScenarioError::Invalid(_)),
+            "{options:?}: {err}"
+        );
+    }
+    // At the edges themselves the run starts (and fails only to connect).
+    let edge = chat::Options {
+        room_min: 10,
+        rejoin_rate: 0.0,
+        rate: 100_000.0,
+        server_pids: vec![],
+        ..chat_options(target, Auth::None)
+    };
+    let err = chat::run(&edge).await.unwrap_err();
+    assert!(
+        matches!(err, herald_bench::scenario::ScenarioError::NoConnections(_)),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::delivery::{self, Delivered, Load};
-use super::{Dialer, ScenarioError};
+use super::{mix, Dialer, ScenarioError};
 use crate::report::{ErrorCounts, Report, Table};
 use crate::stats::Progress;
 use crate::target::{Auth, Target};
@@ -78,15 +78,6 @@ impl Report for ManyChannelsReport {
         self.run.tail_rows(&mut t, self.lost, None);
         t.finish()
     }
-}
-
-/// A well-mixed 64-bit hash (splitmix64), so publication `n` picks its
-/// channel reproducibly without a random number generator.
-fn mix(n: u64) -> u64 {
-    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn validate(o: &Options) -> Result<(), ScenarioError> {
