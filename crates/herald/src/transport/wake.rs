@@ -39,20 +39,38 @@ pub enum Wake {
 /// long after its first frame. Otherwise writes are adaptive
 /// (`client.adaptive_write_delay`, Herald's, the cap here): a frame that
 /// comes to a connection that has not written for at least the cap goes
-/// out at once, so light traffic sees no added latency. One that comes
-/// sooner waits for the next frame, which at a steady rate comes about as
-/// long after it as it came after the last write: the two share a write.
-/// It waits at most a quarter longer than that, and never more than the
-/// cap. A write is most of a delivery's cost (a system call and the TCP
-/// path), so a connection that receives faster than a frame per cap
-/// writes about half as often, each frame waiting at most one interval.
+/// out at once, so light traffic sees no added latency. So does one that
+/// comes sooner to a connection whose frames have lately come further
+/// apart than the cap (a moving average of the spacing, [`SPACING_WEIGHT`]):
+/// a few frames that happen to meet are no steady rate, and holding one
+/// for a next that does not come would only add latency (the tail of a
+/// chat room's). On a connection that does receive at a steady rate, a
+/// frame waits for the next, which comes about as long after it as it
+/// came after the last write: the two share a write. It waits at most a
+/// quarter longer than that, and never more than the cap. A write is most
+/// of a delivery's cost (a system call and the TCP path), so a connection
+/// that receives faster than a frame per cap writes about half as often,
+/// each frame waiting at most one interval.
 #[derive(Debug, Clone, Copy)]
 pub struct Coalesce {
     fixed: Duration,
     cap: Duration,
     /// When the last write began.
     last: Option<Instant>,
+    /// The recent spacing of frames, in microseconds: a moving average of
+    /// the time from the last write to each frame that came while nothing
+    /// was held, each at most [`SPACING_CEILING`] caps.
+    spacing_us: u32,
 }
+
+/// The weight of each new spacing in the average: a quarter, so a steady
+/// rate is recognised after a few frames and one late frame does not end
+/// it.
+const SPACING_WEIGHT: u64 = 4;
+
+/// Spacings above this many caps count as this many: a connection quiet
+/// for long is recognised as busy as soon as one quiet for a moment.
+const SPACING_CEILING: u32 = 2;
 
 impl Coalesce {
     pub fn new(config: &ClientConfig) -> Self {
@@ -60,6 +78,7 @@ impl Coalesce {
             fixed: config.write_delay.0,
             cap: config.adaptive_write_delay.0,
             last: None,
+            spacing_us: quiet_spacing(config.adaptive_write_delay.0),
         }
     }
 
@@ -80,7 +99,7 @@ impl Coalesce {
     /// wake the task when it comes.
     /// Never holds a request from outside. A quiet connection's write asks
     /// the outbox nothing.
-    pub(crate) fn hold_for(&self, now: Instant, outbox: &Outbox) -> Option<Instant> {
+    pub(crate) fn hold_for(&mut self, now: Instant, outbox: &Outbox) -> Option<Instant> {
         let (until, next) = self.hold(now)?;
         // Waiting for the next frame: the outbox refuses when a request
         // is queued.
@@ -111,13 +130,26 @@ impl Coalesce {
 
     /// For frames that came at `now`: until when they wait, and whether
     /// for the next frame (else for the time).
-    fn hold(&self, now: Instant) -> Option<(Instant, bool)> {
+    fn hold(&mut self, now: Instant) -> Option<(Instant, bool)> {
         if !self.fixed.is_zero() {
             return Some((now + self.fixed, false));
         }
         let since = now.saturating_duration_since(self.last?);
-        (since < self.cap).then(|| (now + (since + since / 4).min(self.cap), true))
+        let sample = u64::from(quiet_spacing(self.cap)).min(micros(since));
+        let average = (u64::from(self.spacing_us) * (SPACING_WEIGHT - 1) + sample) / SPACING_WEIGHT;
+        self.spacing_us = u32::try_from(average).unwrap_or(u32::MAX);
+        let steady = since < self.cap && average < micros(self.cap);
+        steady.then(|| (now + (since + since / 4).min(self.cap), true))
     }
+}
+
+/// The spacing of a quiet connection's frames (the ceiling) for `cap`.
+fn quiet_spacing(cap: Duration) -> u32 {
+    u32::try_from(micros(cap) * u64::from(SPACING_CEILING)).unwrap_or(u32::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A socket task's sources of wake-ups.
@@ -286,12 +318,36 @@ pub fn far_future() -> Instant {
 mod tests {
     use super::*;
 
+    /// A coalescer that last wrote at `last`, to a connection whose frames
+    /// have lately come 2 ms apart (a steady rate).
     fn coalesce(fixed: u64, cap: u64, last: Option<Instant>) -> Coalesce {
         Coalesce {
             fixed: Duration::from_millis(fixed),
             cap: Duration::from_millis(cap),
             last,
+            spacing_us: 2_000,
         }
+    }
+
+    /// Frames `gaps` ms apart, each written when it comes unless held (a
+    /// held one is written with the next): which were held.
+    fn held(c: &mut Coalesce, gaps: &[u64]) -> Vec<bool> {
+        let mut now = c.last.unwrap();
+        let mut held = None;
+        gaps.iter()
+            .map(|gap| {
+                now += Duration::from_millis(*gap);
+                if held.take().is_some() {
+                    c.wrote(now); // the next came: the held frame goes with it
+                    return false;
+                }
+                held = c.hold(now);
+                if held.is_none() {
+                    c.wrote(now);
+                }
+                held.is_some()
+            })
+            .collect()
     }
 
     #[test]
@@ -314,6 +370,27 @@ mod tests {
         // Never longer than the cap.
         let hold = coalesce(0, 8, Some(now - ms(7))).hold(now);
         assert_eq!(hold, Some((now + ms(8), true)));
+    }
+
+    #[test]
+    fn frames_that_happen_to_meet_are_not_held() {
+        // A connection quiet for long, then frames 5 ms apart (cap 8 ms).
+        let mut c = coalesce(0, 8, Some(Instant::now()));
+        c.spacing_us = quiet_spacing(c.cap);
+        let held = held(&mut c, &[1000, 5, 5, 5, 5, 5, 5, 5, 5, 5]);
+        // Two or three that meet are written at once; once they keep
+        // coming, every other frame waits for the next.
+        assert_eq!(&held[..4], &[false; 4], "{held:?}");
+        assert!(held[4..].contains(&true), "a steady rate holds: {held:?}");
+    }
+
+    #[test]
+    fn one_late_frame_does_not_end_a_steady_rate() {
+        let mut c = coalesce(0, 8, Some(Instant::now()));
+        let held = held(&mut c, &[5, 5, 5, 5, 12, 5, 5, 5]);
+        // The late one is written at once (quiet for more than the cap);
+        // the next frame is held again.
+        assert_eq!(held, [true, false, true, false, false, true, false, true]);
     }
 
     #[test]

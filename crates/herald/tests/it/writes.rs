@@ -97,6 +97,27 @@ async fn a_quiet_connection_writes_a_frame_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_frames_that_happen_to_meet_are_not_held() {
+    let (server, mut ws) = subscriber(json!({ "adaptive_write_delay": "1s" })).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish(&server, 1).await;
+    assert_eq!(ws.push().await["pub"]["data"]["n"], 1);
+    // The second frame comes well within the cap of the first one's write,
+    // but after a quiet spell: no steady rate, so it is not held for a
+    // third (held, it would wait half a second for one that never comes).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let sent = Instant::now();
+    publish(&server, 2).await;
+    assert_eq!(ws.push().await["pub"]["data"]["n"], 2);
+    assert!(
+        sent.elapsed() < Duration::from_millis(300),
+        "the second frame took {:?}",
+        sent.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_is_not_held_with_the_frames_before_it() {
     let (server, mut ws) = subscriber(json!({ "write_delay": "1s" })).await;
     publish(&server, 1).await;
