@@ -136,12 +136,16 @@ for round in $(seq 1 "$repeat"); do
       run "many-5000-g10-r2000$s" "$name" many-channels --connections 5000 --group-size 10 \
         --rate 2000 --publishers 4 "${timing[@]}"
     fi
-    if [[ chat-2000-r200 =~ $cases_re ]] && [ "$name" != bare ]; then
+    # Chat: rooms of 10 to 50, messages from clients, rejoins reading
+    # history and presence (not for the bare loop, which has neither).
+    for chat in 2000:200:20 5000:1000:50; do
+      IFS=: read -r conns rate rejoins <<<"$chat"
+      [[ chat-$conns-r$rate =~ $cases_re ]] && [ "$name" != bare ] || continue
       peer_flags=(-presence -history-size 20)
-      run "chat-2000-r200$s" "$name" chat --connections 2000 --rate 200 --rejoin-rate 20 \
-        --history-limit 20 "${timing[@]}"
+      run "chat-$conns-r$rate$s" "$name" chat --connections "$conns" --rate "$rate" \
+        --rejoin-rate "$rejoins" --history-limit 20 "${timing[@]}"
       peer_flags=()
-    fi
+    done
     [[ idle-15000 =~ $cases_re ]] &&
       run "idle-15000$s" "$name" idle --connections 15000 --settle 5s --hold 10s --connect-concurrency 200
     [[ storm-10000 =~ $cases_re ]] &&

@@ -66,6 +66,38 @@ impl Latency {
     }
 }
 
+/// Latency samples as they come, in microseconds, for tasks too many to
+/// each hold a [`Latency`] (a histogram up to [`MAX_LATENCY`] is ~140 KiB:
+/// thousands of them cost gigabytes and seconds to set up); added into one
+/// histogram at the end. Four bytes a sample.
+#[derive(Debug, Default, Clone)]
+pub struct Samples(Vec<u32>);
+
+impl Samples {
+    pub fn record(&mut self, d: Duration) {
+        self.record_us(d.as_micros().try_into().unwrap_or(u64::MAX));
+    }
+
+    pub fn record_us(&mut self, us: u64) {
+        self.0.push(u32::try_from(us).unwrap_or(u32::MAX));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Records every sample into `latency`.
+    pub fn add_to(&self, latency: &mut Latency) {
+        for us in &self.0 {
+            latency.record_us(u64::from(*us));
+        }
+    }
+}
+
 /// Percentiles of a [`Latency`], in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -224,5 +256,23 @@ mod tests {
         // Clamped to the histogram's top.
         assert!(s.max_us >= 59_000_000, "{s:?}");
         assert_eq!(Latency::new().summary().p99_us, 0);
+    }
+
+    #[test]
+    fn samples_add_up_into_a_histogram() {
+        let mut s = Samples::default();
+        assert!(s.is_empty());
+        for us in 1..=1000 {
+            s.record_us(us);
+        }
+        s.record(Duration::from_secs(3600 * 24 * 365)); // beyond u32 µs: kept as the most
+        assert_eq!(s.len(), 1001);
+        let mut l = Latency::new();
+        l.record_us(5);
+        s.add_to(&mut l);
+        let summary = l.summary();
+        assert_eq!(summary.count, 1002);
+        assert!((499..=501).contains(&summary.p50_us), "{summary:?}");
+        assert!(summary.max_us >= 59_000_000, "{summary:?}");
     }
 }

@@ -23,13 +23,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::member::{Action, Member, Op, OpTally, Shared, Tally};
+use self::member::{Action, Member, Op, Shared, Tally};
 use super::publisher::{Clock, MAX_RATE};
 use super::{check_file_limit, check_server_pid, meter_window, mix, plan_sources};
 use super::{Dialer, ScenarioError, DRAIN_TIMEOUT};
 use crate::protocol::Protocol;
 use crate::report::{ErrorCounts, Report, Table};
-use crate::stats::{spawn_progress, Progress, Summary, Usage};
+use crate::stats::{spawn_progress, Latency, Progress, Summary, Usage};
 use crate::target::{Auth, Target};
 
 /// Actions a member may have waiting; a member further behind than this
@@ -293,17 +293,21 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
     stop.cancel();
 
     let mut all = Tally::default();
+    let mut delivery = Latency::new();
+    let mut ops: [_; 5] = std::array::from_fn(|_| Latency::new());
     let mut members_dropped = 0;
     while let Some(joined) = members.join_next().await {
         let t = joined.unwrap_or_else(Tally::panicked);
-        all.delivery.merge(&t.delivery);
+        t.delivery.add_to(&mut delivery);
         all.delivered += t.delivered;
         all.skipped += t.skipped;
         all.published_measured += t.published_measured;
         all.errors.merge(t.errors);
         members_dropped += usize::from(t.dropped);
-        for (sum, one) in all.ops.iter_mut().zip(t.ops) {
-            merge_op(sum, one);
+        for ((sum, latency), one) in all.ops.iter_mut().zip(&mut ops).zip(t.ops) {
+            one.latency.add_to(latency);
+            sum.ok += one.ok;
+            sum.errors.merge(one.errors);
         }
     }
     if let Some(t) = ticker {
@@ -313,11 +317,12 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
     let commands = Op::ALL
         .iter()
         .zip(all.ops)
-        .map(|(op, t)| Command {
+        .zip(ops)
+        .map(|((op, t), latency)| Command {
             command: op.name(),
             ok: t.ok,
             errors: t.errors,
-            latency: t.latency.summary(),
+            latency: latency.summary(),
         })
         .collect();
     Ok(ChatReport {
@@ -340,8 +345,8 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
         skipped: all.skipped,
         actions_dropped: a + b,
         delivered: all.delivered,
-        delivered_per_s: all.delivery.count() as f64 / secs,
-        latency: all.delivery.summary(),
+        delivered_per_s: delivery.count() as f64 / secs,
+        latency: delivery.summary(),
         commands,
         members_dropped,
         member_errors: all.errors,
@@ -351,15 +356,10 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
     })
 }
 
-fn merge_op(sum: &mut OpTally, one: OpTally) {
-    sum.latency.merge(&one.latency);
-    sum.ok += one.ok;
-    sum.errors.merge(one.errors);
-}
-
 /// Tells random members `action`, `rate` times a second (action `n` is due
-/// `n / rate` after the start) until the window ends; returns how many a
-/// member was too far behind to take. A rate of 0 tells none.
+/// `n / rate` after the start; late ones go at once) until the window
+/// ends; returns how many a member was too far behind to take. A rate of 0
+/// tells none.
 async fn drive(inboxes: &[mpsc::Sender<Action>], rate: f64, action: Action, clock: Clock) -> u64 {
     if rate <= 0.0 || inboxes.is_empty() {
         return 0;
@@ -377,7 +377,11 @@ async fn drive(inboxes: &[mpsc::Sender<Action>], rate: f64, action: Action, cloc
         if due >= clock.window.end {
             break;
         }
-        tokio::time::sleep_until(due).await;
+        // Behind schedule, catch up without a timer (a timer fires on the
+        // next millisecond tick at the earliest, which would cap the rate).
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
         let who = (mix(n + salt) % inboxes.len() as u64) as usize;
         if inboxes[who].try_send(action).is_err() {
             dropped += 1;

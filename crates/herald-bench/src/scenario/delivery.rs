@@ -19,7 +19,7 @@ use super::{ScenarioError, Usage, DRAIN_TIMEOUT};
 use crate::api::Api;
 use crate::client::{Client, Delivery};
 use crate::report::{ErrorCounts, Table};
-use crate::stats::{spawn_progress, Latency, Progress, Summary};
+use crate::stats::{spawn_progress, Latency, Progress, Samples, Summary};
 use crate::target::Target;
 
 /// The load of a publishing scenario.
@@ -215,7 +215,7 @@ where
     let mut subscribers_dropped = 0;
     while let Some(joined) = subs.join_next().await {
         let r = joined.unwrap_or_else(Received::panicked);
-        latency.merge(&r.latency);
+        r.latency.add_to(&mut latency);
         delivered += r.delivered;
         out_of_order += r.out_of_order;
         missed_by_each += sent.acked.saturating_sub(r.delivered);
@@ -255,7 +255,7 @@ where
 /// What one subscriber measured.
 #[derive(Default)]
 struct Received {
-    latency: Latency,
+    latency: Samples,
     delivered: u64,
     out_of_order: u64,
     errors: ErrorCounts,

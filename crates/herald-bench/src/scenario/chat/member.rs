@@ -17,7 +17,7 @@ use crate::protocol::{Ask, Protocol, Stamp};
 use crate::report::ErrorCounts;
 use crate::scenario::padded_object;
 use crate::scenario::publisher::Clock;
-use crate::stats::{Latency, Progress};
+use crate::stats::{Progress, Samples};
 
 /// What the scenario's drivers tell a member to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Op {
 #[derive(Default, Clone)]
 pub struct OpTally {
     /// Reply latency of the commands sent in the measured window.
-    pub latency: Latency,
+    pub latency: Samples,
     /// Commands answered with success over the whole run.
     pub ok: u64,
     pub errors: ErrorCounts,
@@ -72,7 +72,7 @@ pub struct OpTally {
 #[derive(Default)]
 pub struct Tally {
     /// Latency of the messages sent in the measured window.
-    pub delivery: Latency,
+    pub delivery: Samples,
     /// Messages received over the whole run.
     pub delivered: u64,
     /// Indexed like [`Op::ALL`].
