@@ -117,6 +117,9 @@ pub struct Client {
     next_id: u32,
     /// Whether the server wants `{}` back for each ping (v2).
     pong: bool,
+    /// A ping was read and its pong not yet sent (a read dropped while
+    /// sending it sends it next time).
+    pong_due: bool,
     /// The last frame read and how far its messages have been handled.
     frame: Bytes,
     pos: usize,
@@ -163,6 +166,7 @@ impl Client {
             protocol: target.protocol,
             next_id: 0,
             pong: false,
+            pong_due: false,
             frame: Bytes::new(),
             pos: 0,
             stash: VecDeque::new(),
@@ -338,6 +342,10 @@ impl Client {
     /// skipped here; a disconnect push becomes an error.
     async fn read(&mut self) -> Result<Msg, ClientError> {
         loop {
+            if self.pong_due {
+                self.send(self.protocol.pong()).await?;
+                self.pong_due = false;
+            }
             let Some((start, end)) = self.next_message()? else {
                 self.read_frame().await?;
                 continue;
@@ -354,9 +362,7 @@ impl Client {
                             "(a Protobuf publication without a stamp)".into(),
                         )))
                     }
-                    Sorted::Kind(Kind::Ping) if self.pong => {
-                        self.send(self.protocol.pong()).await?
-                    }
+                    Sorted::Kind(Kind::Ping) => self.pong_due = self.pong,
                     Sorted::Kind(_) => {}
                     Sorted::Reply(id, reply) => return Ok(Msg::Reply(id, Reply::from(*reply))),
                     Sorted::Disconnect(code, reason) => {
@@ -380,11 +386,7 @@ impl Client {
                         return Ok(Msg::Delivery(d));
                     }
                 }
-                Kind::Ping => {
-                    if self.pong {
-                        self.send(self.protocol.pong()).await?;
-                    }
-                }
+                Kind::Ping => self.pong_due = self.pong,
                 Kind::Other => {}
             }
         }

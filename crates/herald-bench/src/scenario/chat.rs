@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::member::{Action, Member, Op, Shared, Tally};
+use self::member::{Action, Member, Op, Shared, Tally, Told};
 use super::publisher::{Clock, MAX_RATE};
 use super::{check_file_limit, check_server_pid, meter_window, mix, plan_sources};
 use super::{Dialer, ScenarioError, DRAIN_TIMEOUT};
@@ -98,10 +98,19 @@ pub struct ChatReport {
     pub duration_s: f64,
     /// Acknowledged messages sent in the measured window, per second.
     pub publish_rate: f64,
-    /// Messages due while their member was between leaving and joining.
+    /// Messages due while their member was between leaving and joining
+    /// (over the whole run).
     pub skipped: u64,
-    /// Actions a member was too far behind to take.
+    /// Actions a member was too far behind to take, or still had waiting
+    /// when the run ended.
     pub actions_dropped: u64,
+    /// Messages missing between two of the same publisher's, as members
+    /// that stayed in their room saw them (over the whole run).
+    pub lost: u64,
+    /// Messages that came after a later one of the same publisher.
+    pub reordered: u64,
+    /// Messages that came twice.
+    pub duplicated: u64,
     /// Messages received over the whole run, all members together.
     pub delivered: u64,
     /// Deliveries of messages sent in the measured window, per second.
@@ -123,6 +132,8 @@ impl Report for ChatReport {
             && self.members_dropped == 0
             && self.member_errors.total == 0
             && self.actions_dropped == 0
+            && self.lost == 0
+            && self.duplicated == 0
             && self.commands.iter().all(|c| c.errors.total == 0)
     }
 
@@ -148,7 +159,7 @@ impl Report for ChatReport {
             .row(
                 "messages",
                 format_args!(
-                    "{:.1}/s acknowledged of {}/s asked ({} skipped while away)",
+                    "{:.1}/s acknowledged of {}/s asked ({} over the run skipped while away)",
                     self.publish_rate, self.rate, self.skipped
                 ),
             )
@@ -173,10 +184,14 @@ impl Report for ChatReport {
                 t.errors_named(&format!("{} errors", c.command), &c.errors);
             }
         }
-        t.row("actions dropped", self.actions_dropped)
-            .row("members dropped", self.members_dropped)
-            .errors(&self.member_errors)
-            .usage(&self.usage);
+        t.row(
+            "lost / reordered / twice",
+            format_args!("{} / {} / {}", self.lost, self.reordered, self.duplicated),
+        )
+        .row("actions dropped", self.actions_dropped)
+        .row("members dropped", self.members_dropped)
+        .errors(&self.member_errors)
+        .usage(&self.usage);
         if let (Some(c), Some(k)) = (
             self.server_cpu_s_per_million,
             self.server_system_s_per_million,
@@ -279,9 +294,10 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
         members.spawn(member.run(rx, shared.clone(), stop.clone()));
     }
 
+    let in_flight = &shared.in_flight;
     let (a, b) = tokio::join!(
-        drive(&inboxes, o.rate, Action::Publish, clock),
-        drive(&inboxes, o.rejoin_rate, Action::Rejoin, clock)
+        drive(&inboxes, o.rate, Action::Publish, clock, in_flight),
+        drive(&inboxes, o.rejoin_rate, Action::Rejoin, clock, in_flight)
     );
     drop(inboxes);
     let usage = meter.await.unwrap_or_default();
@@ -301,6 +317,10 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
         t.delivery.add_to(&mut delivery);
         all.delivered += t.delivered;
         all.skipped += t.skipped;
+        all.unacted += t.unacted;
+        all.lost += t.lost;
+        all.reordered += t.reordered;
+        all.duplicated += t.duplicated;
         all.published_measured += t.published_measured;
         all.errors.merge(t.errors);
         members_dropped += usize::from(t.dropped);
@@ -343,7 +363,10 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
         duration_s: o.duration.as_secs_f64(),
         publish_rate: all.published_measured as f64 / secs,
         skipped: all.skipped,
-        actions_dropped: a + b,
+        actions_dropped: a + b + all.unacted,
+        lost: all.lost,
+        reordered: all.reordered,
+        duplicated: all.duplicated,
         delivered: all.delivered,
         delivered_per_s: delivery.count() as f64 / secs,
         latency: delivery.summary(),
@@ -358,14 +381,19 @@ pub async fn run(o: &Options) -> Result<ChatReport, ScenarioError> {
 
 /// Tells random members `action`, `rate` times a second (action `n` is due
 /// `n / rate` after the start; late ones go at once) until the window
-/// ends; returns how many a member was too far behind to take. A rate of 0
-/// tells none.
-async fn drive(inboxes: &[mpsc::Sender<Action>], rate: f64, action: Action, clock: Clock) -> u64 {
+/// ends; returns how many a member was too far behind to take. Each action
+/// told is in flight until its member has taken it. A rate of 0 tells none.
+async fn drive(
+    inboxes: &[mpsc::Sender<Told>],
+    rate: f64,
+    action: Action,
+    clock: Clock,
+    in_flight: &AtomicU64,
+) -> u64 {
     if rate <= 0.0 || inboxes.is_empty() {
         return 0;
     }
     let start = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate);
     // Publications and rejoins pick their members apart.
     let salt = match action {
         Action::Publish => 0,
@@ -373,7 +401,10 @@ async fn drive(inboxes: &[mpsc::Sender<Action>], rate: f64, action: Action, cloc
     };
     let mut dropped = 0;
     for n in 0u64.. {
-        let due = start + interval.mul_f64(n as f64);
+        let Ok(after) = Duration::try_from_secs_f64(n as f64 / rate) else {
+            break;
+        };
+        let due = start + after;
         if due >= clock.window.end {
             break;
         }
@@ -382,8 +413,12 @@ async fn drive(inboxes: &[mpsc::Sender<Action>], rate: f64, action: Action, cloc
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
         }
+        let due_us =
+            u64::try_from(due.duration_since(clock.origin).as_micros()).unwrap_or(u64::MAX);
         let who = (mix(n + salt) % inboxes.len() as u64) as usize;
-        if inboxes[who].try_send(action).is_err() {
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        if inboxes[who].try_send((action, due_us)).is_err() {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
             dropped += 1;
         }
     }

@@ -50,7 +50,9 @@ pub enum Wake {
 /// quarter longer than that, and never more than the cap. A write is most
 /// of a delivery's cost (a system call and the TCP path), so a connection
 /// that receives faster than a frame per cap writes about half as often,
-/// each frame waiting at most one interval.
+/// each frame waiting at most a quarter more than the interval between
+/// frames. The spacing is measured from the last write (replies included),
+/// and a new connection counts as quiet.
 #[derive(Debug, Clone, Copy)]
 pub struct Coalesce {
     fixed: Duration,
@@ -59,7 +61,7 @@ pub struct Coalesce {
     last: Option<Instant>,
     /// The recent spacing of frames, in microseconds: a moving average of
     /// the time from the last write to each frame that came while nothing
-    /// was held, each at most [`SPACING_CEILING`] caps.
+    /// was held, back to [`SPACING_CEILING`] caps after a pause that long.
     spacing_us: u32,
 }
 
@@ -68,8 +70,8 @@ pub struct Coalesce {
 /// it.
 const SPACING_WEIGHT: u64 = 4;
 
-/// Spacings above this many caps count as this many: a connection quiet
-/// for long is recognised as busy as soon as one quiet for a moment.
+/// A pause of this many caps makes a connection quiet again (its spacing
+/// this many caps), however busy it was before.
 const SPACING_CEILING: u32 = 2;
 
 impl Coalesce {
@@ -135,8 +137,14 @@ impl Coalesce {
             return Some((now + self.fixed, false));
         }
         let since = now.saturating_duration_since(self.last?);
-        let sample = u64::from(quiet_spacing(self.cap)).min(micros(since));
-        let average = (u64::from(self.spacing_us) * (SPACING_WEIGHT - 1) + sample) / SPACING_WEIGHT;
+        let quiet = u64::from(quiet_spacing(self.cap));
+        let sample = micros(since);
+        // A pause as long as a quiet connection's spacing makes it one again.
+        let average = if sample >= quiet {
+            quiet
+        } else {
+            (u64::from(self.spacing_us) * (SPACING_WEIGHT - 1) + sample) / SPACING_WEIGHT
+        };
         self.spacing_us = u32::try_from(average).unwrap_or(u32::MAX);
         let steady = since < self.cap && average < micros(self.cap);
         steady.then(|| (now + (since + since / 4).min(self.cap), true))
@@ -330,16 +338,23 @@ mod tests {
     }
 
     /// Frames `gaps` ms apart, each written when it comes unless held (a
-    /// held one is written with the next): which were held.
+    /// held one is written with the next, or alone when its hold ends
+    /// first): which were held.
     fn held(c: &mut Coalesce, gaps: &[u64]) -> Vec<bool> {
         let mut now = c.last.unwrap();
-        let mut held = None;
+        let mut held: Option<(Instant, bool)> = None;
         gaps.iter()
             .map(|gap| {
                 now += Duration::from_millis(*gap);
-                if held.take().is_some() {
-                    c.wrote(now); // the next came: the held frame goes with it
-                    return false;
+                match held.take() {
+                    // The next came: the held frame goes with it.
+                    Some((until, _)) if now <= until => {
+                        c.wrote(now);
+                        return false;
+                    }
+                    // The hold ran out before: that frame went alone.
+                    Some((until, _)) => c.wrote(until),
+                    None => {}
                 }
                 held = c.hold(now);
                 if held.is_none() {
@@ -382,6 +397,17 @@ mod tests {
         // coming, every other frame waits for the next.
         assert_eq!(&held[..4], &[false; 4], "{held:?}");
         assert!(held[4..].contains(&true), "a steady rate holds: {held:?}");
+    }
+
+    #[test]
+    fn a_hold_ends_at_its_time_and_a_long_pause_is_felt() {
+        let mut c = coalesce(0, 8, Some(Instant::now()));
+        // Steady at 5 ms, then a second's pause: the frame before the pause
+        // is written when its hold ends; after the pause frames that meet
+        // go out at once for a while (the pause counts as quiet).
+        let held = held(&mut c, &[5, 5, 5, 1000, 5, 5]);
+        assert_eq!(held, [true, false, true, false, false, false]);
+        assert!(c.spacing_us > 8_000, "{}", c.spacing_us);
     }
 
     #[test]

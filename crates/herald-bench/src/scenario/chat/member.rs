@@ -2,8 +2,12 @@
 //! when told to, leaves and joins again when told to (then reads the room's
 //! history and presence), and meanwhile reads everything the room sends.
 //! Its commands are pipelined: it never waits for a reply before reading
-//! on, so a delivery's latency is taken when it arrives.
+//! on, so a delivery's latency is taken when it arrives. Latency counts
+//! from when an action was due, so time spent waiting behind others counts
+//! too. While in its room a member checks that every publisher's messages
+//! come without gaps.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, ClientError, Delivery, Event};
 use crate::protocol::{Ask, Protocol, Stamp};
 use crate::report::ErrorCounts;
-use crate::scenario::padded_object;
 use crate::scenario::publisher::Clock;
+use crate::scenario::{padded_object, REPLY_TIMEOUT};
 use crate::stats::{Progress, Samples};
+
+/// What the scenario's drivers tell a member to do, and when it was due
+/// (microseconds on the run's clock).
+pub type Told = (Action, u64);
 
 /// What the scenario's drivers tell a member to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +87,15 @@ pub struct Tally {
     pub ops: [OpTally; 5],
     /// Messages due while the member was out of its room, not sent.
     pub skipped: u64,
+    /// Actions still waiting when the run ended.
+    pub unacted: u64,
+    /// Messages missing between two of the same publisher's, counted while
+    /// the member stayed in its room.
+    pub lost: u64,
+    /// Messages that came after a later one of the same publisher.
+    pub reordered: u64,
+    /// Messages that came twice.
+    pub duplicated: u64,
     /// Of the messages acknowledged, those sent in the measured window.
     pub published_measured: u64,
     /// Connection-level errors (and publications without a stamp).
@@ -103,7 +120,8 @@ impl Tally {
 pub struct Shared {
     pub clock: Clock,
     pub progress: Arc<Progress>,
-    /// Commands sent and not yet answered, all members together.
+    /// Actions told and not yet taken, and commands sent and not yet
+    /// answered (with what they lead to), all members together.
     pub in_flight: AtomicU64,
     pub history_limit: u32,
     pub payload: usize,
@@ -128,6 +146,8 @@ pub struct Member {
     seq: u64,
     /// Commands awaiting their reply: id, what, when sent (stamp clock).
     pending: Vec<(u32, Op, u64)>,
+    /// Per publisher, the newest sequence number seen since joining.
+    seen: HashMap<u32, u64>,
     tally: Tally,
 }
 
@@ -141,6 +161,7 @@ impl Member {
             place: Place::In,
             seq: 0,
             pending: Vec::new(),
+            seen: HashMap::new(),
             tally: Tally::default(),
         }
     }
@@ -148,7 +169,7 @@ impl Member {
     /// Reads and acts until `stop`; then closes the connection.
     pub async fn run(
         mut self,
-        mut actions: mpsc::Receiver<Action>,
+        mut actions: mpsc::Receiver<Told>,
         shared: Arc<Shared>,
         stop: CancellationToken,
     ) -> Tally {
@@ -168,8 +189,12 @@ impl Member {
                     Ok(event) => self.on_event(event, &shared).await,
                     Err(e) => Err(e),
                 },
-                action = next_action => match action {
-                    Some(action) => self.act(action, &shared).await,
+                told = next_action => match told {
+                    Some((action, due_us)) => {
+                        let r = self.act(action, due_us, &shared).await;
+                        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        r
+                    }
                     None => {
                         driven = false;
                         Ok(())
@@ -180,13 +205,20 @@ impl Member {
                 break Some(e);
             }
         };
+        let why = match ended {
+            Some(_) => "the connection ended first",
+            None => "no reply before the run ended",
+        };
         for (_, op, _) in std::mem::take(&mut self.pending) {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.tally.ops[op as usize]
                 .errors
-                .add("unanswered".into(), || {
-                    "no reply before the run ended".into()
-                });
+                .add("unanswered".into(), || why.into());
+        }
+        actions.close();
+        while actions.try_recv().is_ok() {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.tally.unacted += 1;
         }
         match ended {
             Some(e) => {
@@ -201,24 +233,27 @@ impl Member {
         self.tally
     }
 
-    async fn act(&mut self, action: Action, shared: &Shared) -> Result<(), ClientError> {
+    /// Takes `action`, due at `due_us`.
+    async fn act(
+        &mut self,
+        action: Action,
+        due_us: u64,
+        shared: &Shared,
+    ) -> Result<(), ClientError> {
         match (action, self.place) {
             (Action::Publish, Place::In) => {
                 let stamp = Stamp {
                     publisher: self.index,
                     seq: self.seq,
-                    ts_us: shared.clock.now_us(),
+                    ts_us: due_us,
                 };
                 self.seq += 1;
                 let data = padded_object(&stamp.members(), shared.payload);
                 let room = &self.room;
-                send(
-                    &mut self.client,
-                    &mut self.pending,
-                    Op::Publish,
-                    shared,
-                    |p, id| Some(p.publish(id, room, &data)),
-                )
+                let line = (&mut self.client, &mut self.pending);
+                send(line, Op::Publish, due_us, shared, |p, id| {
+                    Some(p.publish(id, room, &data))
+                })
                 .await
             }
             (Action::Publish, _) => {
@@ -227,7 +262,7 @@ impl Member {
             }
             (Action::Rejoin, Place::In) => {
                 self.place = Place::Leaving;
-                self.about_room(Op::Unsubscribe, shared).await
+                self.about_room(Op::Unsubscribe, due_us, shared).await
             }
             // Still on the way back (or out): nothing to leave.
             (Action::Rejoin, _) => Ok(()),
@@ -237,6 +272,9 @@ impl Member {
     async fn on_event(&mut self, event: Event, shared: &Shared) -> Result<(), ClientError> {
         let (id, error) = match event {
             Event::Delivery(Delivery::Stamped(s)) => {
+                if self.place == Place::In {
+                    check_order(&mut self.seen, &mut self.tally, s);
+                }
                 let now = shared.clock.now_us();
                 let latency = Duration::from_micros(now.saturating_sub(s.ts_us));
                 self.tally.delivered += 1;
@@ -259,7 +297,6 @@ impl Member {
             return Ok(()); // a reply to a command sent before the run (none are left open)
         };
         let (_, op, sent_us) = self.pending.swap_remove(at);
-        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         let tally = &mut self.tally.ops[op as usize];
         match &error {
             None => {
@@ -278,22 +315,32 @@ impl Member {
                 tally.errors.add(e.kind(), || e.to_string());
             }
         }
-        match (op, error) {
+        let next = self.after(op, error.is_none(), shared).await;
+        // Only now: what the reply led to is in flight in its place.
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        next
+    }
+
+    /// What follows the reply to `op`.
+    async fn after(&mut self, op: Op, ok: bool, shared: &Shared) -> Result<(), ClientError> {
+        let now = shared.clock.now_us();
+        match (op, ok) {
             // Left (or could not leave: then still in): join again.
-            (Op::Unsubscribe, None) => {
+            (Op::Unsubscribe, true) => {
                 self.place = Place::Joining;
-                self.about_room(Op::Subscribe, shared).await
+                self.about_room(Op::Subscribe, now, shared).await
             }
-            (Op::Unsubscribe, Some(_)) => {
+            (Op::Unsubscribe, false) => {
                 self.place = Place::In;
                 Ok(())
             }
-            (Op::Subscribe, None) => {
+            (Op::Subscribe, true) => {
                 self.place = Place::In;
-                self.about_room(Op::History, shared).await?;
-                self.about_room(Op::Presence, shared).await
+                self.seen.clear();
+                self.about_room(Op::History, now, shared).await?;
+                self.about_room(Op::Presence, now, shared).await
             }
-            (Op::Subscribe, Some(_)) => {
+            (Op::Subscribe, false) => {
                 self.place = Place::Out;
                 Ok(())
             }
@@ -303,37 +350,78 @@ impl Member {
 
     /// Sends the command `op` about the room (not a publish: it carries a
     /// message).
-    async fn about_room(&mut self, op: Op, shared: &Shared) -> Result<(), ClientError> {
+    async fn about_room(&mut self, op: Op, at_us: u64, shared: &Shared) -> Result<(), ClientError> {
         let room = &self.room;
         let limit = shared.history_limit;
-        send(
-            &mut self.client,
-            &mut self.pending,
-            op,
-            shared,
-            |p, id| match op {
-                Op::Subscribe => Some(p.subscribe(id, room)),
-                Op::Unsubscribe => p.ask(id, room, Ask::Unsubscribe),
-                Op::History => p.ask(id, room, Ask::History { limit }),
-                Op::Presence => p.ask(id, room, Ask::Presence),
-                Op::Publish => None,
-            },
-        )
+        let line = (&mut self.client, &mut self.pending);
+        send(line, op, at_us, shared, |p, id| match op {
+            Op::Subscribe => Some(p.subscribe(id, room)),
+            Op::Unsubscribe => p.ask(id, room, Ask::Unsubscribe),
+            Op::History => p.ask(id, room, Ask::History { limit }),
+            Op::Presence => p.ask(id, room, Ask::Presence),
+            Op::Publish => None,
+        })
         .await
     }
 }
 
-/// Sends the command `build` makes as `op`, to be answered later.
+/// Sends the command `build` makes as `op` on `line` (the client and its
+/// commands awaiting replies), to be answered later; its latency counts
+/// from `since_us`. A send the server does not take within the reply
+/// timeout ends the member.
 async fn send(
-    client: &mut Client,
-    pending: &mut Vec<(u32, Op, u64)>,
+    line: (&mut Client, &mut Vec<(u32, Op, u64)>),
     op: Op,
+    since_us: u64,
     shared: &Shared,
     build: impl FnOnce(Protocol, u32) -> Option<Message>,
 ) -> Result<(), ClientError> {
-    let sent_us = shared.clock.now_us();
-    let id = client.send_command(build).await?;
-    pending.push((id, op, sent_us));
+    let (client, pending) = line;
+    let id = tokio::time::timeout(REPLY_TIMEOUT, client.send_command(build))
+        .await
+        .map_err(|_| ClientError::Timeout(REPLY_TIMEOUT, "send"))??;
+    pending.push((id, op, since_us));
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Counts a gap, a step back or a repeat in `s`'s publisher's messages,
+/// given the newest sequence number `seen` of each.
+fn check_order(seen: &mut HashMap<u32, u64>, t: &mut Tally, s: Stamp) {
+    match seen.get(&s.publisher).copied() {
+        Some(last) if s.seq == last => t.duplicated += 1,
+        Some(last) if s.seq < last => {
+            // A late one: it fills a gap counted before.
+            t.reordered += 1;
+            t.lost = t.lost.saturating_sub(1);
+        }
+        last => {
+            t.lost += last.map_or(0, |last| s.seq - last - 1);
+            seen.insert(s.publisher, s.seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_repeats_and_late_messages_are_counted_per_publisher() {
+        let (mut seen, mut t) = (HashMap::new(), Tally::default());
+        let mut got = |publisher, seq| {
+            let s = Stamp {
+                publisher,
+                seq,
+                ts_us: 0,
+            };
+            check_order(&mut seen, &mut t, s);
+        };
+        // Publisher 1: 4, 5, 8 (6 and 7 missing), 8 again, then 6 late.
+        // Publisher 2 starts at 40 (joined late): no gap before it.
+        for (p, seq) in [(1, 4), (1, 5), (2, 40), (1, 8), (2, 41), (1, 8), (1, 6)] {
+            got(p, seq);
+        }
+        assert_eq!((t.lost, t.duplicated, t.reordered), (1, 1, 1));
+    }
 }
