@@ -3,7 +3,7 @@
 //! history and presence), and meanwhile reads everything the room sends.
 //! Its commands are pipelined: it never waits for a reply before reading
 //! on, so a delivery's latency is taken when it arrives. Latency counts
-//! from when an action was due, so time spent waiting behind others counts
+//! from when an action was told, so time spent waiting behind others counts
 //! too. While in its room a member checks that every publisher's messages
 //! come without gaps.
 
@@ -23,7 +23,7 @@ use crate::scenario::publisher::Clock;
 use crate::scenario::{padded_object, REPLY_TIMEOUT};
 use crate::stats::{Progress, Samples};
 
-/// What the scenario's drivers tell a member to do, and when it was due
+/// What the scenario's drivers tell a member to do, and when they told it
 /// (microseconds on the run's clock).
 pub type Told = (Action, u64);
 
@@ -190,8 +190,8 @@ impl Member {
                     Err(e) => Err(e),
                 },
                 told = next_action => match told {
-                    Some((action, due_us)) => {
-                        let r = self.act(action, due_us, &shared).await;
+                    Some((action, told_us)) => {
+                        let r = self.act(action, told_us, &shared).await;
                         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                         r
                     }
@@ -233,11 +233,11 @@ impl Member {
         self.tally
     }
 
-    /// Takes `action`, due at `due_us`.
+    /// Takes `action`, told at `told_us`.
     async fn act(
         &mut self,
         action: Action,
-        due_us: u64,
+        told_us: u64,
         shared: &Shared,
     ) -> Result<(), ClientError> {
         match (action, self.place) {
@@ -245,13 +245,13 @@ impl Member {
                 let stamp = Stamp {
                     publisher: self.index,
                     seq: self.seq,
-                    ts_us: due_us,
+                    ts_us: told_us,
                 };
                 self.seq += 1;
                 let data = padded_object(&stamp.members(), shared.payload);
                 let room = &self.room;
                 let line = (&mut self.client, &mut self.pending);
-                send(line, Op::Publish, due_us, shared, |p, id| {
+                send(line, Op::Publish, told_us, shared, |p, id| {
                     Some(p.publish(id, room, &data))
                 })
                 .await
@@ -262,7 +262,7 @@ impl Member {
             }
             (Action::Rejoin, Place::In) => {
                 self.place = Place::Leaving;
-                self.about_room(Op::Unsubscribe, due_us, shared).await
+                self.about_room(Op::Unsubscribe, told_us, shared).await
             }
             // Still on the way back (or out): nothing to leave.
             (Action::Rejoin, _) => Ok(()),
