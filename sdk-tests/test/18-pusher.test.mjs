@@ -31,7 +31,9 @@ const config = baseConfig({
       },
     ],
   },
-  pusher: { apps: [{ ...APP, namespace: 'app', enable_client_messages: true }] },
+  pusher: {
+    apps: [{ ...APP, namespace: 'app', enable_client_messages: true, enable_watchlist_events: true }],
+  },
 });
 
 function backend(server) {
@@ -65,7 +67,8 @@ function client(server, t, { user = null, key = APP.key, secret = APP.secret } =
     },
     userAuthentication: {
       customHandler: ({ socketId }, callback) => {
-        callback(null, signer.authenticateUser(socketId, { id: user.id, name: user.info?.name }));
+        const data = { id: user.id, name: user.info?.name, watchlist: user.watchlist };
+        callback(null, signer.authenticateUser(socketId, data));
       },
     },
   });
@@ -177,6 +180,35 @@ test('pusher-js: subscription counts as pusher:subscription_count and channel.su
   second.unsubscribe('room-counts');
   await waitFor(() => room.subscriptionCount === 1, 5000, () => `back to 1, got ${counts}`);
   assert.deepEqual(counts, [1, 2, 1]);
+});
+
+test('pusher-js: watchlist events as pusher.user.watchlist online and offline', { timeout: 30_000 }, async (t) => {
+  const { server } = await startTestServer(t, { config });
+  const signedIn = async (user) => {
+    const p = client(server, t, { user });
+    await connected(p);
+    p.signin();
+    await p.user.signinDonePromise;
+    return p;
+  };
+  const bob = await signedIn({ id: 'bob' });
+  const ann = client(server, t, { user: { id: 'ann', watchlist: ['bob', 'cy'] } });
+  const seen = [];
+  ann.user.watchlist.bind('online', (e) => seen.push(['online', e.user_ids]));
+  ann.user.watchlist.bind('offline', (e) => seen.push(['offline', e.user_ids]));
+  await connected(ann);
+  ann.signin();
+  const told = (n) => waitFor(() => seen.length === n, 5000,
+    () => `${n} watchlist events, got ${JSON.stringify(seen)}${logTail(server)}`);
+  // Who is online when ann signs in, then each change.
+  await told(2);
+  assert.deepEqual(seen, [['online', ['bob']], ['offline', ['cy']]]);
+  await signedIn({ id: 'cy' });
+  await told(3);
+  assert.deepEqual(seen[2], ['online', ['cy']]);
+  bob.disconnect();
+  await told(4);
+  assert.deepEqual(seen[3], ['offline', ['bob']]);
 });
 
 test('pusher-js: private channels need a good signature', { timeout: 30_000 }, async (t) => {

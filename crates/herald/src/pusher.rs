@@ -27,6 +27,7 @@ mod count;
 mod members;
 mod sign;
 mod socket;
+mod watchlist;
 
 /// A publication tag naming the socket that must not get the event back
 /// (the sender of a client event, or the HTTP API's `socket_id`).

@@ -47,6 +47,10 @@ pub struct PusherApp {
     /// A channel with more than 100 subscribers hears its count at most
     /// this often (Pusher: 5 s); smaller ones at every change.
     pub subscription_count_interval: Dur,
+    /// Pusher's watchlist events: a socket signed in with a `watchlist` in
+    /// its `user_data` is told when the users in it come online (signed in
+    /// on a first socket of the app) and go offline (their last one gone).
+    pub enable_watchlist_events: bool,
     /// The most connections the app may have on this node; 0 for no limit.
     pub max_connections: usize,
     /// The largest event data a client or the HTTP API may send, in bytes.
@@ -126,6 +130,7 @@ impl Default for PusherApp {
             enable_client_messages: false,
             enable_subscription_count: false,
             subscription_count_interval: Dur::secs(5),
+            enable_watchlist_events: false,
             max_connections: 0,
             max_event_size: 10 * 1024,
             activity_timeout: Dur::secs(120),

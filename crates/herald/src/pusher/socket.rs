@@ -25,9 +25,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod cache;
 mod channels;
+mod online;
 mod serve;
 
 use super::members::Members;
+use super::watchlist::Watch;
 use super::{message, App, Apps, Kind, Pusher, EXCLUDED_SOCKET};
 use crate::frame::Frame;
 use crate::hub::{Client, Control};
@@ -103,6 +105,9 @@ struct Conn {
     members: Mutex<Members>,
     /// Cache channels waiting for their first event.
     cache: cache::Awaiting,
+    /// The users it watches, once signed in with a watchlist (boxed: most
+    /// sockets have none).
+    watch: OnceLock<Box<Watch>>,
 }
 
 impl Client for Conn {
@@ -133,6 +138,11 @@ impl Client for Conn {
         }
     }
     fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
+        if let Some(watch) = self.watch.get() {
+            if let Some(frame) = watch.event(event) {
+                self.outbox.push_frame(frame);
+            }
+        }
         let mut members = self.members.lock();
         if members.event(event, &self.id) {
             if let Some(frame) = event.frame::<Pusher>() {
@@ -214,6 +224,7 @@ fn run(
             outbox: Arc::new(Outbox::new(node.config.client.queue_max_size)),
             members: Mutex::default(),
             cache: cache::Awaiting::default(),
+            watch: OnceLock::new(),
         });
         let cfg = &node.config.client;
         if node
@@ -229,6 +240,7 @@ fn run(
             node: node.clone(),
             conn: conn.clone(),
             subs: HashMap::new(),
+            online: None,
             messages: Bucket::full(app.cfg.max_messages_per_second, now),
             client_events: Bucket::full(app.cfg.max_client_events_per_second, now),
             app,
@@ -251,6 +263,7 @@ fn run(
         for channel in channels {
             Box::pin(s.leave(&channel)).await;
         }
+        Box::pin(s.sign_out()).await;
         node.hub.remove_client(&*conn);
         if let Some(close) = end {
             // Errors the client must not retry after are told as such first
@@ -311,6 +324,9 @@ struct Link {
     conn: Arc<Conn>,
     /// By Pusher channel name.
     subs: HashMap<String, Sub>,
+    /// Its user's online channel and its presence there, when signed in
+    /// to an app with watchlist events.
+    online: Option<(String, Arc<ClientInfo>)>,
     /// `max_messages_per_second` and `max_client_events_per_second`.
     messages: Bucket,
     client_events: Bucket,
@@ -334,6 +350,15 @@ impl Link {
             // at once; the others end the socket for good.
             Control::Disconnect(d) if d.code < 3500 => Some(Close::new(code::RECONNECT, d.reason)),
             Control::Disconnect(d) => Some(Close::new(code::UNAUTHORIZED, d.reason)),
+            Control::Unsubscribe { channel, code, .. } if self.watches(&channel) => {
+                // An online channel's live delivery broke off: watch on.
+                if code == herald_protocol::codes::unsubscribe::INSUFFICIENT.0 {
+                    self.node.hub.unsubscribe(&channel, self.conn.key);
+                    let client: Arc<dyn Client> = self.conn.clone();
+                    self.node.hub.subscribe(&channel, client, true);
+                }
+                None
+            }
             Control::Unsubscribe { channel, code, .. } => {
                 let name = channel.strip_prefix(&self.app.prefix)?.to_string();
                 if code == herald_protocol::codes::unsubscribe::INSUFFICIENT.0 {
@@ -393,7 +418,7 @@ impl Link {
                     self.leave(&channel).await;
                 }
             }
-            "pusher:signin" => self.sign_in(&m.data)?,
+            "pusher:signin" => self.sign_in(&m.data).await?,
             event if event.starts_with("client-") => {
                 self.client_event(event, m.channel.as_deref(), &m.data)
                     .await

@@ -8,14 +8,15 @@
 //! here.
 
 mod nats;
+mod pusher;
 mod redis;
+
+use pusher::{channels_counted_across_nodes, watchlists_across_nodes};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_testkit::{
-    eventually, pusher_message, pusher_signed_with, ClusterNode, Event, OwnServer, TestDatabase, Ws,
-};
+use herald_testkit::{eventually, ClusterNode, Event, OwnServer, TestDatabase, Ws};
 use serde_json::{json, Value};
 
 /// Starts node `name` of a test cluster with `patch` over the base config.
@@ -432,128 +433,4 @@ async fn deltas_cross_nodes(mut cfg: Value, durable: bool) {
         assert_eq!(next_pub(&mut plain, "dl:x").await["data"]["n"], n);
     }
     assert_eq!(deltas, 3, "all but the first");
-}
-
-/// The channels API and the Pusher API's channel counts take every node's
-/// subscribers into account (a survey of the cluster), whichever node is
-/// asked.
-async fn channels_counted_across_nodes(mut cfg: Value) {
-    const KEY: &str = "pk";
-    const SECRET: &str = "ps";
-    herald_testkit::merge(
-        &mut cfg,
-        json!({
-            "channel": {"namespaces": [{"name": "chat", "allow_subscribe_for_client": true},
-                                       {"name": "pa"}]},
-            "pusher": {"apps": [{"id": "7", "key": KEY, "secret": SECRET, "namespace": "pa",
-                                 "enable_subscription_count": true}]}
-        }),
-    );
-    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
-    nodes_in_info(&nodes[0], 2).await;
-    nodes_in_info(&nodes[1], 2).await;
-    let mut clients = Vec::new();
-    for (at, user, channel) in [
-        (0, "u1", "chat:x"),
-        (0, "u2", "chat:x"),
-        (1, "u3", "chat:x"),
-        (1, "u4", "chat:y"),
-    ] {
-        let mut ws = nodes[at].client(user).await;
-        subscribe(&mut ws, channel).await;
-        clients.push(ws);
-    }
-    // A Pusher socket on `node`, subscribed to public channel news.
-    let news_socket = |node: &ClusterNode| {
-        let url = format!("ws://{}/app/{KEY}?protocol=7", node.served.addr);
-        async move {
-            let mut ws = Ws::open(&url).await;
-            let established = pusher_message(&mut ws).await.0;
-            assert_eq!(established, "pusher:connection_established");
-            let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": "news"}});
-            ws.send_text(&subscribe.to_string()).await;
-            let answer = pusher_message(&mut ws).await.0;
-            assert_eq!(answer, "pusher_internal:subscription_succeeded");
-            ws
-        }
-    };
-    let mut pusher = news_socket(&nodes[1]).await;
-
-    for asked in &nodes {
-        let r = asked.api("channels", json!({})).await;
-        let counts: Vec<(String, Value)> = r["channels"]
-            .as_object()
-            .expect("channels")
-            .iter()
-            .map(|(k, v)| (k.clone(), v["num_clients"].clone()))
-            .collect();
-        let want = vec![
-            ("chat:x".to_string(), json!(3)),
-            ("chat:y".to_string(), json!(1)),
-            ("pa:news".to_string(), json!(1)),
-        ];
-        let mut counts = counts;
-        counts.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(counts, want, "asked {}", asked.served.addr);
-        let r = asked.api("channels", json!({"pattern": "chat:y"})).await;
-        assert_eq!(r["channels"], json!({"chat:y": {"num_clients": 1}}));
-    }
-
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let get = |path: &str, more: &[(&str, &str)]| {
-        let url = nodes[0].http(&pusher_signed_with("GET", path, "", KEY, SECRET, now, more));
-        async move {
-            let r = reqwest::get(url).await.expect("reachable");
-            assert_eq!(r.status().as_u16(), 200);
-            r.json::<Value>().await.expect("JSON")
-        }
-    };
-    let listed = get("/apps/7/channels", &[("info", "subscription_count")]).await;
-    assert_eq!(
-        listed,
-        json!({"channels": {"news": {"subscription_count": 1}}})
-    );
-    let one = get("/apps/7/channels/news", &[("info", "subscription_count")]).await;
-    assert_eq!(one, json!({"occupied": true, "subscription_count": 1}));
-    // An event's info, for all its channels at once.
-    let event = json!({"name": "e", "data": "{}", "channels": ["news", "quiet"],
-                       "info": "subscription_count"})
-    .to_string();
-    let path = pusher_signed_with("POST", "/apps/7/events", &event, KEY, SECRET, now, &[]);
-    let r = reqwest::Client::new()
-        .post(nodes[0].http(&path))
-        .header("content-type", "application/json")
-        .body(event)
-        .send()
-        .await
-        .expect("reachable");
-    assert_eq!(r.status().as_u16(), 200);
-    let info: Value = r.json().await.unwrap();
-    assert_eq!(
-        info,
-        json!({"channels": {"news": {"subscription_count": 1}, "quiet": {"subscription_count": 0}}})
-    );
-
-    // Subscription counting: a socket on node a subscribing makes the one
-    // on node b hear the count over both nodes.
-    let count = |m: (String, Option<String>, Value)| {
-        assert_eq!(m.0, "pusher_internal:subscription_count", "{m:?}");
-        assert_eq!(m.1.as_deref(), Some("news"));
-        m.2["subscription_count"].as_u64().expect("a count")
-    };
-    // Its own count, and the event triggered above, in either order.
-    let mut two = [
-        pusher_message(&mut pusher).await,
-        pusher_message(&mut pusher).await,
-    ];
-    two.sort_by_key(|m| m.0 != "e");
-    let [event, own] = two;
-    assert_eq!(event.0, "e");
-    assert_eq!(count(own), 1);
-    let mut other = news_socket(&nodes[0]).await;
-    assert_eq!(count(pusher_message(&mut other).await), 2);
-    assert_eq!(count(pusher_message(&mut pusher).await), 2);
 }

@@ -221,3 +221,20 @@ async fn nats_channels_are_counted_across_nodes() {
             "nats": { "url": nats, "prefix": unique("t") } } });
     channels_counted_across_nodes(cfg).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_watchlists_see_every_node() {
+    let (Some(nats), Some(redis)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_REDIS_URL"),
+    ) else {
+        return;
+    };
+    watchlists_across_nodes(json!({
+        "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": nats, "prefix": unique("t") } },
+        "presence_manager": { "enabled": true, "type": "redis",
+            "redis": { "address": redis, "prefix": unique("t") } }
+    }))
+    .await;
+}

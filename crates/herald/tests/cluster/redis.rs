@@ -778,3 +778,11 @@ async fn redis_channels_are_counted_across_nodes() {
     };
     channels_counted_across_nodes(redis_engine(&url, &unique("t"))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watchlists_see_every_node() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    watchlists_across_nodes(redis_engine(&url, &unique("t"))).await;
+}

@@ -9,6 +9,7 @@ use herald_testkit::*;
 
 mod blocked;
 mod counts;
+mod watchlist;
 mod webhooks;
 
 const KEY: &str = "app-key";
@@ -51,6 +52,12 @@ async fn established(s: &TestServer) -> (Ws, String) {
 
 async fn send(ws: &mut Ws, m: Value) {
     ws.send_text(&m.to_string()).await;
+}
+
+/// Nothing comes before the answer to a ping.
+async fn nothing_more(ws: &mut Ws) {
+    send(ws, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(message(ws).await.0, "pusher:pong");
 }
 
 /// Subscribes `ws` to public channel `channel` and waits for the answer.

@@ -257,7 +257,7 @@ impl Link {
         user.strip_prefix(&prefix).unwrap_or(user)
     }
 
-    pub(super) fn sign_in(&mut self, data: &Value) -> Result<(), Close> {
+    pub(super) async fn sign_in(&mut self, data: &Value) -> Result<(), Close> {
         let auth = data.get("auth").and_then(Value::as_str).unwrap_or_default();
         let user_data = data
             .get("user_data")
@@ -269,10 +269,8 @@ impl Link {
                 "Invalid signature for pusher:signin",
             ));
         }
-        let id = serde_json::from_str::<Value>(user_data)
-            .ok()
-            .and_then(|v| user_id(v.get("id")?));
-        let Some(id) = id else {
+        let parsed = serde_json::from_str::<Value>(user_data).unwrap_or_default();
+        let Some(id) = parsed.get("id").and_then(user_id) else {
             return Err(Close::new(code::UNAUTHORIZED, "user_data needs an id"));
         };
         if self.conn.user.get().is_some() {
@@ -301,6 +299,9 @@ impl Link {
         }
         let data = json!({ "user_data": user_data }).to_string();
         self.push("pusher:signin_success", None, &data);
+        if self.app.cfg.enable_watchlist_events {
+            Box::pin(self.go_online(&id, &parsed)).await;
+        }
         Ok(())
     }
 

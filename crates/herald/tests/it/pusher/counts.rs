@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{config, established, message, send, subscribe_public};
+use super::{config, established, message, nothing_more, send, subscribe_public};
 use herald_testkit::*;
 
 /// The next message, which must be the channel's count.
@@ -28,12 +28,6 @@ async fn count_reaches(ws: &mut Ws, channel: &str, want: u64) {
             return;
         }
     }
-}
-
-/// Nothing comes before the answer to a ping.
-async fn nothing_more(ws: &mut Ws) {
-    send(ws, json!({"event": "pusher:ping", "data": {}})).await;
-    assert_eq!(message(ws).await.0, "pusher:pong");
 }
 
 fn counting(extra: Value) -> Value {
