@@ -68,6 +68,8 @@ async fn durable_publish(target: Target, auth: Auth, prefix: &str) {
 /// A short publishing load (1 s after 200 ms of warm-up).
 fn load(api_key: Option<&str>) -> Load {
     Load {
+        start_at: None,
+        listen_only: false,
         api_key: api_key.map(str::to_owned),
         publish_url: None,
         rate: 10.0,
@@ -397,6 +399,55 @@ async fn fanout_over_a_redis_cluster() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Two runs given one start time: one publishes, the other only listens
+/// (as processes holding a node's subscribers each would); the listener
+/// gets every publication and measures its latency, a start time already
+/// passed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_measures_what_another_run_publishes() {
+    let config = json!({ "log": { "level": "warn" }, "channel": { "namespaces": namespaces() } });
+    let server = TestServer::with_config(config, true).await;
+    let start_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let options = |listen_only| fanout::Options {
+        target: target(&server),
+        other_nodes: Vec::new(),
+        auth: Auth::None,
+        channel: "plain:both".into(),
+        subscribers: 4,
+        load: Load {
+            rate: 50.0,
+            start_at: Some(start_at),
+            listen_only,
+            ..load(None)
+        },
+    };
+    let (publisher, listener) = (options(false), options(true));
+    let (p, l) = tokio::join!(fanout::run(&publisher), fanout::run(&listener));
+    let (p, l) = (p.expect("publisher runs"), l.expect("listener runs"));
+    assert!(p.run.published > 30 && p.clean(), "{p:?}");
+    assert_eq!(l.run.published, 0, "{l:?}");
+    assert!(l.listen_only && l.clean(), "{l:?}");
+    // Every publication reached the listener's 4 subscribers too, and the
+    // ones of the window were measured, latency read across the two runs.
+    assert_eq!(l.run.delivered, p.run.published * 4, "{p:?} {l:?}");
+    assert_eq!(l.run.latency.count, p.run.latency.count, "{p:?} {l:?}");
+    assert!(
+        l.run.latency.p50_us > 0 && l.run.latency.p99_us < 5_000_000,
+        "{l:?}"
+    );
+
+    let late = fanout::Options {
+        load: Load {
+            start_at: Some(std::time::SystemTime::now() - Duration::from_secs(1)),
+            ..load(None)
+        },
+        ..options(true)
+    };
+    let err = fanout::run(&late).await.unwrap_err();
+    assert!(err.to_string().contains("--start-at passed"), "{err}");
+    server.stop().await;
 }
 
 /// Publishing flags out of range are refused before anything connects.

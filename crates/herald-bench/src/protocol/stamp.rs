@@ -8,7 +8,8 @@ pub struct Stamp {
     /// Which publisher task sent it; sequence numbers are per publisher.
     pub publisher: u32,
     pub seq: u64,
-    /// Send time, microseconds since the run's clock origin.
+    /// Send time, microseconds since the Unix epoch (see
+    /// `scenario::publisher::Clock`).
     pub ts_us: u64,
 }
 

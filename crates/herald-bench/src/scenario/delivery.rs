@@ -37,6 +37,12 @@ pub struct Load {
     pub payload: usize,
     pub duration: Duration,
     pub warmup: Duration,
+    /// When the load starts (Unix time; now when `None`): processes given
+    /// the same time measure the same window.
+    pub start_at: Option<std::time::SystemTime>,
+    /// Only subscribe and read: another process publishes (at `rate`, for
+    /// the same window, `start_at`).
+    pub listen_only: bool,
     pub progress: bool,
     /// The server's PID, to charge its CPU to the deliveries (a cluster's
     /// nodes: their CPU added up).
@@ -163,14 +169,16 @@ pub(super) struct Outcome {
 /// `api` for warm-up + duration (`pick`: see [`Plan::pick`]); then the run
 /// waits (at most [`DRAIN_TIMEOUT`]) for the deliveries still in flight.
 /// With `ordered`, each subscriber checks that every publisher's
-/// publications arrive in order.
+/// publications arrive in order. Listening only, nothing is published and
+/// the run waits until deliveries stop coming. Fails when the load was to
+/// start before the subscribers were ready.
 pub(super) async fn run<F>(
     load: &Load,
     api: &Api,
     clients: Vec<(usize, Client)>,
     ordered: bool,
     pick: F,
-) -> Outcome
+) -> Result<Outcome, ScenarioError>
 where
     F: Fn(u64) -> (String, u64),
 {
@@ -181,7 +189,7 @@ where
         payload: load.payload,
         pick,
     };
-    let clock = Clock::starting_now(load.warmup, load.duration);
+    let clock = Clock::starting_at(load.start_at, load.warmup, load.duration)?;
     let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
     let ticker = load.progress.then(|| {
@@ -201,9 +209,22 @@ where
         subs.spawn(receive_loop(client, clock, order_of, stop, progress, total));
     }
 
-    let mut sent = publisher::run(&plan, clock, &progress).await;
+    let mut sent = if load.listen_only {
+        tokio::time::sleep_until(clock.window.end).await;
+        Published::default()
+    } else {
+        publisher::run(&plan, clock, &progress).await
+    };
     let usage = meter.await.unwrap_or_default();
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
+    if load.listen_only {
+        // What is still coming is not known here: wait for a quiet moment.
+        let mut before = u64::MAX;
+        while delivered_total.load(Ordering::Relaxed) != before && Instant::now() < drain_until {
+            before = delivered_total.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
     while delivered_total.load(Ordering::Relaxed) < sent.expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -244,12 +265,12 @@ where
         server_system_s_per_million: usage.server_system_s_per_million(),
         usage,
     };
-    Outcome {
+    Ok(Outcome {
         delivered,
         sent,
         out_of_order,
         missed_by_each,
-    }
+    })
 }
 
 /// What one subscriber measured.

@@ -1,7 +1,10 @@
 //! `fanout`: N subscribers on one channel; publications go through an HTTP
 //! publish endpoint at a fixed rate, each stamped with its send time, and
 //! every subscriber measures delivery latency (receive time minus stamp).
-//! Publishers and subscribers share this process's monotonic clock. With
+//! Stamps are Unix time read off this process's monotonic clock, so that
+//! with `--listen-only` and one `--start-at` several processes (each
+//! holding its share of the subscribers, e.g. one per cluster node) measure
+//! the same publications. With
 //! `--server-pid`, the server's CPU over the measured window is charged to
 //! the deliveries made in it.
 
@@ -58,6 +61,9 @@ pub struct FanoutReport {
     pub out_of_order: u64,
     /// Whether the server kept up (see [`KEEP_UP_SHARE`]).
     pub kept_up: bool,
+    /// Subscribers only: another process published (`lost` is its to
+    /// count).
+    pub listen_only: bool,
 }
 
 impl Report for FanoutReport {
@@ -128,10 +134,15 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
     let connected = opened.clients.len();
     let channel = &o.channel;
     let pick = |_| (channel.clone(), connected as u64);
-    let out = delivery::run(load, &api, opened.clients, true, pick).await;
+    let out = delivery::run(load, &api, opened.clients, true, pick).await?;
     let run = out.delivered;
     let offered_per_s = load.rate * connected as f64;
-    let lost = out.missed_by_each;
+    // Listening only, what was published is another process's to say.
+    let lost = if load.listen_only {
+        0
+    } else {
+        out.missed_by_each
+    };
     let kept_up = run.delivered_per_s >= KEEP_UP_SHARE * offered_per_s
         && lost == 0
         && run.subscribers_dropped == 0
@@ -151,5 +162,6 @@ pub async fn run(o: &Options) -> Result<FanoutReport, ScenarioError> {
         lost,
         out_of_order: out.out_of_order,
         kept_up,
+        listen_only: load.listen_only,
     })
 }

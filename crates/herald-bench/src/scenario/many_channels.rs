@@ -131,7 +131,7 @@ pub async fn run(o: &Options) -> Result<ManyChannelsReport, ScenarioError> {
             (format!("{prefix}u.{k}"), u64::from(present[k]))
         }
     };
-    let out = delivery::run(load, &api, opened.clients, false, pick).await;
+    let out = delivery::run(load, &api, opened.clients, false, pick).await?;
     let expected = out.sent.expected;
     Ok(ManyChannelsReport {
         scenario: "many-channels",

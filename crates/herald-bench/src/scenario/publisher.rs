@@ -5,7 +5,7 @@
 //! with a [`Stamp`]: publisher, its own sequence number, send time.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -41,34 +41,70 @@ pub fn check(rate: f64, publishers: usize, publish_url: Option<&str>) -> Result<
     }
 }
 
-/// The run's shared clock: stamps are microseconds since `origin`.
+/// The run's shared clock. Stamps are microseconds since the Unix epoch,
+/// read as this process's monotonic clock from where the two stood when
+/// the run began, so that several load-generator processes on one host
+/// (each holding its share of the connections) read each other's stamps.
 #[derive(Clone, Copy)]
 pub struct Clock {
-    pub origin: Instant,
+    origin: Instant,
+    /// The Unix time of `origin`, in microseconds.
+    origin_unix_us: u64,
+    /// When the load starts (the warm-up first).
+    pub start: Instant,
     pub window: Window,
 }
 
 impl Clock {
     pub fn starting_now(warmup: Duration, duration: Duration) -> Self {
-        Self {
-            origin: Instant::now(),
-            window: Window::starting_now(warmup, duration),
-        }
+        Self::starting_at(None, warmup, duration).expect("now has not passed")
+    }
+
+    /// A run whose load starts at Unix time `at` (now when `None`): several
+    /// processes given the same time measure the same window. Fails when
+    /// `at` has passed.
+    pub fn starting_at(
+        at: Option<SystemTime>,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Result<Self, ScenarioError> {
+        let (origin, unix_now) = (Instant::now(), SystemTime::now());
+        let origin_unix_us = micros(unix_now.duration_since(UNIX_EPOCH).unwrap_or_default());
+        let wait = match at {
+            None => Duration::ZERO,
+            Some(at) => at.duration_since(unix_now).map_err(|late| {
+                ScenarioError::Invalid(format!(
+                    "--start-at passed {:?} before this process was ready",
+                    late.duration()
+                ))
+            })?,
+        };
+        let start = origin + wait;
+        let measure_from = start + warmup;
+        Ok(Self {
+            origin,
+            origin_unix_us,
+            start,
+            window: Window {
+                measure_from,
+                end: measure_from + duration,
+            },
+        })
     }
 
     pub fn now_us(&self) -> u64 {
-        self.origin
-            .elapsed()
-            .as_micros()
-            .try_into()
-            .unwrap_or(u64::MAX)
+        self.origin_unix_us + micros(self.origin.elapsed())
     }
 
     /// Whether a publication stamped `ts_us` was sent in the measured window.
     pub fn measures_stamp(&self, ts_us: u64) -> bool {
-        self.window
-            .measures(self.origin + Duration::from_micros(ts_us))
+        let since = Duration::from_micros(ts_us.saturating_sub(self.origin_unix_us));
+        ts_us >= self.origin_unix_us && self.window.measures(self.origin + since)
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What to publish.
@@ -104,7 +140,8 @@ pub async fn run<F>(plan: &Plan<'_, F>, clock: Clock, progress: &Progress) -> Pu
 where
     F: Fn(u64) -> (String, u64),
 {
-    let start = Instant::now();
+    tokio::time::sleep_until(clock.start).await;
+    let start = clock.start;
     let k = plan.publishers;
     let interval = Duration::from_secs_f64(1.0 / plan.rate);
     let tasks = (0..k).map(|p| async move {

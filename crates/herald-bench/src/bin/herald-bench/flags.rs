@@ -129,6 +129,11 @@ pub struct Publishing {
     /// Size in bytes of each publication's data (at least the stamp).
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Start the load (its warm-up) at this Unix time in milliseconds, not
+    /// once connected: processes given the same time measure the same
+    /// window (fails if connecting took longer).
+    #[arg(long)]
+    pub start_at: Option<u64>,
 }
 
 #[derive(Args)]
@@ -212,6 +217,12 @@ pub struct FanoutArgs {
     /// evenly over --url and these nodes; publications go through --url.
     #[arg(long = "also-url")]
     pub also_url: Vec<String>,
+    /// Only subscribe and read, publishing nothing: another herald-bench
+    /// process publishes at --rate, both given the same --start-at (to hold
+    /// more subscribers than one process may open files for). Latency is
+    /// measured across the processes (stamps are Unix time).
+    #[arg(long, requires = "start_at")]
+    pub listen_only: bool,
 }
 
 #[derive(Args)]
@@ -379,6 +390,10 @@ impl Publishing {
             payload: self.payload,
             duration: timing.duration,
             warmup: timing.warmup,
+            start_at: self
+                .start_at
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+            listen_only: false,
             progress,
             server_pids: many.server_pid.clone(),
             source_ips: many.source_ips,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use herald_bench::report;
+use herald_bench::scenario::delivery::Load;
 use herald_bench::scenario::{
     api_publish, chat, connect_storm, durable_publish, fanout, idle, many_channels,
     CONNECT_CONCURRENCY, CONNECT_TIMEOUT,
@@ -128,7 +129,10 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 auth: c.auth(),
                 channel: a.channel,
                 subscribers: a.subscribers,
-                load: p.load(&a.timing, &a.many, !c.quiet),
+                load: Load {
+                    listen_only: a.listen_only,
+                    ..p.load(&a.timing, &a.many, !c.quiet)
+                },
             };
             let r = fanout::run(&options).await.context("fanout")?;
             finish(&r, c)?;
