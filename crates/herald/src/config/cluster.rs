@@ -354,6 +354,15 @@ pub(super) fn validate_cluster(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    let watching = c.pusher.apps.iter().position(|a| a.enable_watchlist_events);
+    if let (Some(i), None) = (watching, c.presence_redis()) {
+        return Err(ConfigError::invalid(
+            format!("pusher.apps[{i}].enable_watchlist_events"),
+            "watchlist events in a cluster need a shared presence manager \
+             (engine.type \"redis\" or presence_manager.type \"redis\"): a watcher reads \
+             who is online on every node",
+        ));
+    }
     Ok(())
 }
 

@@ -139,9 +139,7 @@ impl Client for Conn {
     }
     fn deliver_presence(&self, event: &Arc<PresenceEvent>) {
         if let Some(watch) = self.watch.get() {
-            if let Some(frame) = watch.event(event) {
-                self.outbox.push_frame(frame);
-            }
+            watch.event(event, &self.outbox);
         }
         let mut members = self.members.lock();
         if members.event(event, &self.id) {
@@ -324,9 +322,9 @@ struct Link {
     conn: Arc<Conn>,
     /// By Pusher channel name.
     subs: HashMap<String, Sub>,
-    /// Its user's online channel and its presence there, when signed in
-    /// to an app with watchlist events.
-    online: Option<(String, Arc<ClientInfo>)>,
+    /// Its presence in its user's online channel, when signed in to an
+    /// app with watchlist events (boxed: most sockets are not).
+    online: Option<Box<online::Online>>,
     /// `max_messages_per_second` and `max_client_events_per_second`.
     messages: Bucket,
     client_events: Bucket,
@@ -350,15 +348,6 @@ impl Link {
             // at once; the others end the socket for good.
             Control::Disconnect(d) if d.code < 3500 => Some(Close::new(code::RECONNECT, d.reason)),
             Control::Disconnect(d) => Some(Close::new(code::UNAUTHORIZED, d.reason)),
-            Control::Unsubscribe { channel, code, .. } if self.watches(&channel) => {
-                // An online channel's live delivery broke off: watch on.
-                if code == herald_protocol::codes::unsubscribe::INSUFFICIENT.0 {
-                    self.node.hub.unsubscribe(&channel, self.conn.key);
-                    let client: Arc<dyn Client> = self.conn.clone();
-                    self.node.hub.subscribe(&channel, client, true);
-                }
-                None
-            }
             Control::Unsubscribe { channel, code, .. } => {
                 let name = channel.strip_prefix(&self.app.prefix)?.to_string();
                 if code == herald_protocol::codes::unsubscribe::INSUFFICIENT.0 {

@@ -14,6 +14,7 @@
 //! and who is not.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use herald_protocol::PresenceEvent;
 use parking_lot::Mutex;
@@ -21,9 +22,13 @@ use serde_json::{json, Value};
 
 use super::message;
 use crate::frame::Frame;
+use crate::session::Outbox;
 
 /// The most user ids a watchlist may hold (Pusher's limit).
 pub const MAX_WATCHLIST: usize = 100;
+
+/// The longest user id a watchlist may name (as a presence member's).
+pub const MAX_ID: usize = 128;
 
 /// The channel the sockets of app `app` signed in as `user` are present
 /// in: private (`$`) and in no namespace, so that no client subscribes.
@@ -41,7 +46,9 @@ pub enum Refused {
 impl Refused {
     pub fn reason(&self) -> String {
         match self {
-            Refused::NotAList => "The watchlist must be an array of user ids".into(),
+            Refused::NotAList => format!(
+                "The watchlist must be an array of user ids (strings of 1 to {MAX_ID} characters, or numbers)"
+            ),
             Refused::TooLong => {
                 format!("A watchlist holds at most {MAX_WATCHLIST} user ids; none is watched")
             }
@@ -61,7 +68,7 @@ pub fn parse(user_data: &Value) -> Result<Vec<String>, Refused> {
     let mut ids = Vec::new();
     for v in list {
         let id = match v {
-            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::String(s) if !s.is_empty() && s.len() <= MAX_ID => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => return Err(Refused::NotAList),
         };
@@ -75,7 +82,14 @@ pub fn parse(user_data: &Value) -> Result<Vec<String>, Refused> {
     Ok(ids)
 }
 
-/// What a watching socket knows of the users it watches.
+/// How often a watching socket reads its users' presence again, to set
+/// right what a lost join or leave event left wrong (a node that died
+/// sends no leaves: its entries expire after `presence_ttl`).
+pub const REREAD: Duration = Duration::from_secs(30);
+
+/// What a watching socket knows of the users it watches, and what it told
+/// the client. Frames are pushed while the state is locked, so that they
+/// reach the client in the order the state changed.
 pub struct Watch {
     state: Mutex<State>,
 }
@@ -84,16 +98,18 @@ struct State {
     /// By online channel: the watched user and the sockets it is signed in
     /// on.
     users: HashMap<String, Watched>,
-    /// Sockets seen leaving before the first reading was merged: the
-    /// reading may be older than their leave.
+    /// A reading of presence is under way: the sockets seen coming and
+    /// going meanwhile, which the reading may be older than.
+    reading: bool,
+    came: HashSet<String>,
     gone: HashSet<String>,
-    /// The first reading was merged and told.
-    started: bool,
 }
 
 struct Watched {
     user: String,
     sockets: HashSet<String>,
+    /// What the client was told last (`None`: nothing yet).
+    told: Option<bool>,
 }
 
 impl Watch {
@@ -105,6 +121,7 @@ impl Watch {
                 let watched = Watched {
                     user: u.clone(),
                     sockets: HashSet::new(),
+                    told: None,
                 };
                 (online_channel(app, u), watched)
             })
@@ -112,8 +129,9 @@ impl Watch {
         Self {
             state: Mutex::new(State {
                 users,
+                reading: false,
+                came: HashSet::new(),
                 gone: HashSet::new(),
-                started: false,
             }),
         }
     }
@@ -123,66 +141,97 @@ impl Watch {
         self.state.lock().users.keys().cloned().collect()
     }
 
-    /// Whether `channel` is one of the online channels watched.
-    pub fn watches(&self, channel: &str) -> bool {
-        self.state.lock().users.contains_key(channel)
+    /// A reading of the online channels begins: changes from now on are
+    /// noted, to be kept over what the reading finds.
+    pub fn begin_reading(&self) {
+        let mut s = self.state.lock();
+        s.reading = true;
+        s.came.clear();
+        s.gone.clear();
     }
 
-    /// A join or leave in an online channel: the frame telling the client,
-    /// when it brings a watched user online or takes the last socket of
-    /// one away (and the first reading was told).
-    pub fn event(&self, e: &PresenceEvent) -> Option<Frame> {
+    /// A join or leave in an online channel; tells the client (into
+    /// `outbox`) when it brings a watched user online or takes the last
+    /// socket of one away, once the client knows the user's state.
+    pub fn event(&self, e: &PresenceEvent, outbox: &Outbox) {
         let mut s = self.state.lock();
         let s = &mut *s;
-        let watched = s.users.get_mut(&*e.channel)?;
+        let Some(watched) = s.users.get_mut(&*e.channel) else {
+            return;
+        };
         let socket = &e.info.client;
-        let was_online = !watched.sockets.is_empty();
         if e.join {
             watched.sockets.insert(socket.clone());
         } else {
             watched.sockets.remove(socket);
-            if !s.started {
-                s.gone.insert(socket.clone());
-            }
+        }
+        if s.reading {
+            let (noted, unnoted) = if e.join {
+                (&mut s.came, &mut s.gone)
+            } else {
+                (&mut s.gone, &mut s.came)
+            };
+            unnoted.remove(socket);
+            noted.insert(socket.clone());
         }
         let online = !watched.sockets.is_empty();
-        if !s.started || online == was_online {
-            return None;
+        if watched.told.is_some_and(|told| told != online) {
+            watched.told = Some(online);
+            let name = if online { "online" } else { "offline" };
+            push(outbox, &[(name, vec![watched.user.as_str()])]);
         }
-        let name = if online { "online" } else { "offline" };
-        frame(&[(name, vec![watched.user.as_str()])])
     }
 
-    /// Merges what the online channels held when read (channel → the
-    /// sockets present) and tells the client, once, who is online and who
-    /// is not.
-    pub fn start(&self, read: Vec<(String, Vec<String>)>) -> Option<Frame> {
+    /// Ends a reading: what the online channels held when read (channel →
+    /// the sockets present), with the changes seen meanwhile kept, becomes
+    /// the state; the client is told every user whose state it does not
+    /// know yet or knows wrong — after the first reading, everyone.
+    pub fn end_reading(&self, read: Vec<(String, Vec<String>)>, outbox: &Outbox) {
         let mut s = self.state.lock();
         let s = &mut *s;
         for (channel, sockets) in read {
-            if let Some(watched) = s.users.get_mut(&channel) {
-                let fresh = sockets.into_iter().filter(|c| !s.gone.contains(c));
-                watched.sockets.extend(fresh);
-            }
+            let Some(watched) = s.users.get_mut(&channel) else {
+                continue;
+            };
+            let mut now: HashSet<String> = sockets
+                .into_iter()
+                .filter(|c| !s.gone.contains(c))
+                .collect();
+            now.extend(
+                watched
+                    .sockets
+                    .iter()
+                    .filter(|c| s.came.contains(*c))
+                    .cloned(),
+            );
+            watched.sockets = now;
         }
-        s.started = true;
+        s.reading = false;
+        s.came = HashSet::new();
         s.gone = HashSet::new();
         let (mut online, mut offline) = (Vec::new(), Vec::new());
-        for w in s.users.values() {
-            let list = if w.sockets.is_empty() {
-                &mut offline
-            } else {
-                &mut online
-            };
-            list.push(w.user.as_str());
+        for w in s.users.values_mut() {
+            let now = !w.sockets.is_empty();
+            if w.told != Some(now) {
+                w.told = Some(now);
+                let list = if now { &mut online } else { &mut offline };
+                list.push(w.user.as_str());
+            }
         }
         online.sort_unstable();
         offline.sort_unstable();
-        frame(&[("online", online), ("offline", offline)])
+        push(outbox, &[("online", online), ("offline", offline)]);
     }
 }
 
-/// `pusher_internal:watchlist_events` with one event per non-empty list.
+/// `pusher_internal:watchlist_events` with one event per non-empty list,
+/// into `outbox` (nothing when every list is empty).
+fn push(outbox: &Outbox, events: &[(&str, Vec<&str>)]) {
+    if let Some(frame) = frame(events) {
+        outbox.push_frame(frame);
+    }
+}
+
 fn frame(events: &[(&str, Vec<&str>)]) -> Option<Frame> {
     let events: Vec<Value> = events
         .iter()
@@ -198,11 +247,13 @@ fn frame(events: &[(&str, Vec<&str>)]) -> Option<Frame> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
     use std::sync::Arc;
 
     use herald_protocol::ClientInfo;
 
     use super::*;
+    use crate::session::Item;
 
     fn event(user: &str, socket: &str, join: bool) -> PresenceEvent {
         let info = ClientInfo {
@@ -214,11 +265,27 @@ mod tests {
         PresenceEvent::new(Arc::from(online_channel("1", user)), Arc::new(info), join)
     }
 
-    fn text(f: Option<Frame>) -> Option<Value> {
-        let f = f?;
-        let outer: Value = serde_json::from_slice(f.as_bytes()).unwrap();
-        assert_eq!(outer["event"], "pusher_internal:watchlist_events");
-        Some(serde_json::from_str(outer["data"].as_str().unwrap()).unwrap())
+    /// The watchlist events pushed into `outbox` so far, in order.
+    fn told(outbox: &Outbox) -> Vec<Value> {
+        let mut items = VecDeque::new();
+        outbox.drain(&mut items);
+        items
+            .into_iter()
+            .map(|item| {
+                let Item::Frame(f) = item else {
+                    panic!("a frame")
+                };
+                let outer: Value = serde_json::from_slice(f.as_bytes()).unwrap();
+                assert_eq!(outer["event"], "pusher_internal:watchlist_events");
+                let data: Value = serde_json::from_str(outer["data"].as_str().unwrap()).unwrap();
+                data["events"].clone()
+            })
+            .collect()
+    }
+
+    fn read(user: &str, sockets: &[&str]) -> (String, Vec<String>) {
+        let sockets = sockets.iter().map(|s| s.to_string()).collect();
+        (online_channel("1", user), sockets)
     }
 
     #[test]
@@ -228,6 +295,13 @@ mod tests {
         assert_eq!(parse(&json!({"id": "a"})).unwrap(), Vec::<String>::new());
         assert_eq!(parse(&json!({"watchlist": "b"})), Err(Refused::NotAList));
         assert_eq!(parse(&json!({"watchlist": [""]})), Err(Refused::NotAList));
+        let long = "x".repeat(MAX_ID);
+        assert_eq!(parse(&json!({ "watchlist": [long] })).unwrap().len(), 1);
+        let longer = "x".repeat(MAX_ID + 1);
+        assert_eq!(
+            parse(&json!({ "watchlist": [longer] })),
+            Err(Refused::NotAList)
+        );
         let edge: Vec<String> = (0..MAX_WATCHLIST).map(|i| i.to_string()).collect();
         assert_eq!(parse(&json!({ "watchlist": edge })).unwrap().len(), 100);
         let over: Vec<String> = (0..=MAX_WATCHLIST).map(|i| i.to_string()).collect();
@@ -236,42 +310,76 @@ mod tests {
 
     #[test]
     fn first_and_last_sockets_make_a_user_online_and_offline() {
-        let w = Watch::new("1", &["b".into(), "c".into()]);
+        let (w, out) = (
+            Watch::new("1", &["b".into(), "c".into()]),
+            Outbox::new(1 << 20),
+        );
+        w.begin_reading();
         // Before the first reading is told, events only update.
-        assert!(w.event(&event("b", "s1", true)).is_none());
-        let told = text(w.start(vec![(online_channel("1", "b"), vec!["s1".into()])])).unwrap();
+        w.event(&event("b", "s1", true), &out);
+        assert!(told(&out).is_empty());
+        w.end_reading(vec![read("b", &["s1"]), read("c", &[])], &out);
         assert_eq!(
-            told,
-            json!({"events": [{"name": "online", "user_ids": ["b"]},
-                              {"name": "offline", "user_ids": ["c"]}]})
+            told(&out),
+            [json!([{"name": "online", "user_ids": ["b"]},
+                    {"name": "offline", "user_ids": ["c"]}])]
         );
         // A second socket of b: nothing new; c's first: online.
-        assert_eq!(text(w.event(&event("b", "s2", true))), None);
-        let told = text(w.event(&event("c", "s3", true))).unwrap();
-        assert_eq!(
-            told,
-            json!({"events": [{"name": "online", "user_ids": ["c"]}]})
-        );
+        w.event(&event("b", "s2", true), &out);
+        w.event(&event("c", "s3", true), &out);
+        assert_eq!(told(&out), [json!([{"name": "online", "user_ids": ["c"]}])]);
         // b's sockets go: offline only with the last.
-        assert_eq!(text(w.event(&event("b", "s1", false))), None);
-        let told = text(w.event(&event("b", "s2", false))).unwrap();
+        w.event(&event("b", "s1", false), &out);
+        assert!(told(&out).is_empty());
+        w.event(&event("b", "s2", false), &out);
         assert_eq!(
-            told,
-            json!({"events": [{"name": "offline", "user_ids": ["b"]}]})
+            told(&out),
+            [json!([{"name": "offline", "user_ids": ["b"]}])]
         );
         // Someone not watched: nothing.
-        assert_eq!(text(w.event(&event("d", "s4", true))), None);
+        w.event(&event("d", "s4", true), &out);
+        assert!(told(&out).is_empty());
     }
 
     #[test]
-    fn a_socket_gone_before_the_reading_is_merged_stays_gone() {
-        let w = Watch::new("1", &["b".into()]);
-        // The reading still had s1, but its leave came first.
-        assert!(w.event(&event("b", "s1", false)).is_none());
-        let told = text(w.start(vec![(online_channel("1", "b"), vec!["s1".into()])])).unwrap();
-        assert_eq!(
-            told,
-            json!({"events": [{"name": "offline", "user_ids": ["b"]}]})
+    fn changes_during_a_reading_are_kept_over_it() {
+        let (w, out) = (
+            Watch::new("1", &["b".into(), "c".into()]),
+            Outbox::new(1 << 20),
         );
+        w.begin_reading();
+        // The reading still had s1, but its leave came first; s2 came after
+        // the reading was taken.
+        w.event(&event("b", "s1", false), &out);
+        w.event(&event("c", "s2", true), &out);
+        w.end_reading(vec![read("b", &["s1"]), read("c", &[])], &out);
+        assert_eq!(
+            told(&out),
+            [json!([{"name": "online", "user_ids": ["c"]},
+                    {"name": "offline", "user_ids": ["b"]}])]
+        );
+    }
+
+    #[test]
+    fn a_later_reading_sets_right_what_a_lost_event_left_wrong() {
+        let (w, out) = (
+            Watch::new("1", &["b".into(), "c".into()]),
+            Outbox::new(1 << 20),
+        );
+        w.begin_reading();
+        w.end_reading(vec![read("b", &["s1"]), read("c", &[])], &out);
+        told(&out);
+        // b's node died (no leave came); c came online with no join heard.
+        w.begin_reading();
+        w.end_reading(vec![read("b", &[]), read("c", &["s9"])], &out);
+        assert_eq!(
+            told(&out),
+            [json!([{"name": "online", "user_ids": ["c"]},
+                    {"name": "offline", "user_ids": ["b"]}])]
+        );
+        // Nothing changed: nothing told.
+        w.begin_reading();
+        w.end_reading(vec![read("b", &[]), read("c", &["s9"])], &out);
+        assert!(told(&out).is_empty());
     }
 }

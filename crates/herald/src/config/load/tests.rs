@@ -197,6 +197,10 @@ fn invalid_values_name_the_key() {
             "channel.namespaces[0].presence",
         ),
         (
+            r#"{"broker":{"enabled":true,"type":"nats"},"channel":{"namespaces":[{"name":"pa"}]},"pusher":{"apps":[{"id":"1","key":"k","secret":"s","namespace":"pa","enable_watchlist_events":true}]}}"#,
+            "pusher.apps[0].enable_watchlist_events",
+        ),
+        (
             r#"{"engine":{"redis":{"address":"http://x"}}}"#,
             "engine.redis.address",
         ),

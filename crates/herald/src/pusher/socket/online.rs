@@ -1,14 +1,24 @@
 //! A signed-in socket's part in watchlist events ([`super::watchlist`]):
 //! present in its user's online channel while it lasts, and watching the
-//! users of its own watchlist.
+//! users of its own watchlist (read again every [`watchlist::REREAD`]).
 
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use herald_protocol::ClientInfo;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::{Client, Link};
 use crate::pusher::watchlist::{self, Watch};
+
+/// A signed-in socket's presence in its online channel, and when it reads
+/// its watchlist's again (none: it watches no one).
+pub(super) struct Online {
+    channel: String,
+    info: Arc<ClientInfo>,
+    reread_at: Option<Instant>,
+}
 
 impl Link {
     /// Signed in as `user` with `user_data`, in an app with watchlist
@@ -24,51 +34,80 @@ impl Link {
         });
         self.node.presence().add(&channel, info.clone()).await;
         self.node.presence_event(&channel, info.clone(), true).await;
-        self.online = Some((channel, info));
-        let users = match watchlist::parse(user_data) {
-            Ok(users) => users,
-            Err(refused) => return self.error(None, &refused.reason()),
+        let mut online = Box::new(Online {
+            channel,
+            info,
+            reread_at: None,
+        });
+        let users = watchlist::parse(user_data);
+        let users = match users {
+            Ok(users) if !users.is_empty() => users,
+            Ok(_) => return self.online = Some(online),
+            Err(refused) => {
+                self.online = Some(online);
+                return self.error(None, &refused.reason());
+            }
         };
-        if users.is_empty() {
-            return;
-        }
         let watch = Watch::new(&self.app.cfg.id, &users);
         let channels = watch.channels();
         if self.conn.watch.set(Box::new(watch)).is_err() {
-            return; // a socket signs in once
+            return self.online = Some(online); // a socket signs in once
         }
         // Subscribed before reading who is there, so that no change falls
         // between the reading and the first event.
-        for channel in &channels {
+        let first = channels.iter().filter(|channel| {
             let client: Arc<dyn Client> = self.conn.clone();
-            if self.node.hub.subscribe(channel, client, true) {
-                self.node.broker_sync(channel).await;
-            }
-        }
-        let mut read = Vec::with_capacity(channels.len());
-        for channel in channels {
-            // Unreadable (shared presence down): told as offline until the
-            // user's next join.
-            let sockets = match self.node.presence_get(&channel).await {
-                Ok(members) => members.into_keys().collect(),
-                Err(_) => Vec::new(),
-            };
-            read.push((channel, sockets));
-        }
-        let told = self.conn.watch.get().and_then(|w| w.start(read));
-        if let Some(frame) = told {
-            self.conn.outbox.push_frame(frame);
-        }
+            self.node.hub.subscribe(channel, client, true)
+        });
+        let first: Vec<&String> = first.collect();
+        join_all(first.into_iter().map(|c| self.node.broker_sync(c))).await;
+        self.read_watched().await;
+        online.reread_at = Some(Instant::now() + watchlist::REREAD);
+        self.online = Some(online);
     }
 
-    /// Whether `channel` is one of the online channels the socket watches.
-    pub(super) fn watches(&self, channel: &str) -> bool {
-        self.conn.watch.get().is_some_and(|w| w.watches(channel))
+    /// Reads who is in the watched users' online channels and tells the
+    /// client what changed (everything, the first time). An unreadable
+    /// channel (shared presence down) reads as empty until the next time.
+    async fn read_watched(&self) {
+        let Some(watch) = self.conn.watch.get() else {
+            return;
+        };
+        watch.begin_reading();
+        let channels = watch.channels();
+        let reads = join_all(channels.iter().map(|c| self.node.presence_get(c))).await;
+        let read = channels
+            .into_iter()
+            .zip(reads)
+            .map(|(channel, members)| {
+                let sockets = members.map(|m| m.into_keys().collect()).unwrap_or_default();
+                (channel, sockets)
+            })
+            .collect();
+        watch.end_reading(read, &self.conn.outbox);
+    }
+
+    /// When the watchlist is next read again, if the socket watches.
+    pub(super) fn reread_at(&self) -> Option<Instant> {
+        self.online.as_ref()?.reread_at
+    }
+
+    /// Reads the watchlist again if it is time to.
+    pub(super) async fn reread_if_due(&mut self, now: Instant) {
+        let due = self.reread_at().is_some_and(|at| at <= now);
+        if !due {
+            return;
+        }
+        self.read_watched().await;
+        if let Some(online) = &mut self.online {
+            online.reread_at = Some(Instant::now() + watchlist::REREAD);
+        }
     }
 
     /// The socket ends: out of its user's online channel, watching no more.
     pub(super) async fn sign_out(&mut self) {
-        if let Some((channel, info)) = self.online.take() {
+        if let Some(online) = self.online.take() {
+            let Online { channel, info, .. } = *online;
             self.node.presence().remove(&channel, &info.client).await;
             self.node.presence_event(&channel, info, false).await;
         }

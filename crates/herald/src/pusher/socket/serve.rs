@@ -44,12 +44,18 @@ impl Link {
         // reset the timer each.
         let mut deadline = heard + activity;
         loop {
-            match wakes.next(socket, deadline).await {
+            let timer = self.reread_at().map_or(deadline, |at| at.min(deadline));
+            match wakes.next(socket, timer).await {
                 Wake::Shutdown => {
                     return Some(Close::new(
                         code::RECONNECT,
                         "Server shutting down: reconnect",
                     ))
+                }
+                // Time to read the watchlist again (boxed: it awaits the
+                // presence reads, now and then).
+                Wake::Deadline if self.reread_at().is_some_and(|at| at <= Instant::now()) => {
+                    Box::pin(self.reread_if_due(Instant::now())).await;
                 }
                 Wake::Deadline if pinged.is_some() => {
                     return Some(Close::new(

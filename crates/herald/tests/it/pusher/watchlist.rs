@@ -59,6 +59,7 @@ async fn a_watcher_hears_its_users_come_online_and_go_offline() {
     nothing_more(&mut ann).await;
     // Only the last of cy's sockets going makes cy offline.
     cy.close().await;
+    wait_until("cy's first socket gone", || s.node.hub.num_clients() == 3).await;
     nothing_more(&mut ann).await;
     drop(cy_again);
     assert_eq!(
