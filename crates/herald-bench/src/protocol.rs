@@ -349,17 +349,8 @@ pub fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::stamp::fixture::{data, STAMP};
     use super::*;
-
-    const STAMP: Stamp = Stamp {
-        publisher: 2,
-        seq: 17,
-        ts_us: 123456,
-    };
-
-    fn data() -> String {
-        format!("{{{},\"pad\":\"xx\"}}", STAMP.members())
-    }
 
     #[test]
     fn v2_messages() {

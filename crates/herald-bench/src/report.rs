@@ -125,6 +125,23 @@ impl Table {
         )
     }
 
+    /// The server's CPU-seconds per million `what` and the kernel's share,
+    /// when measured.
+    pub fn cpu_per_million(
+        &mut self,
+        what: &str,
+        cpu_s: Option<f64>,
+        kernel_s: Option<f64>,
+    ) -> &mut Self {
+        if let (Some(c), Some(k)) = (cpu_s, kernel_s) {
+            self.row(
+                &format!("server CPU per 1M {what}"),
+                format_args!("{c:.2} s ({k:.2} s in the kernel)"),
+            );
+        }
+        self
+    }
+
     /// The server's CPU over the run (with what it came to per operation,
     /// `per`), or why it was not measured, and the load generator's.
     pub fn cpu(

@@ -60,6 +60,7 @@ pub(super) fn number(s: &str) -> Option<(u64, &str)> {
 
 #[cfg(test)]
 mod tests {
+    use super::fixture::{data, STAMP};
     use super::*;
 
     #[test]
@@ -69,14 +70,20 @@ mod tests {
         assert_eq!(Stamp::find(r#"{"p":x}"#), None);
         assert_eq!(Stamp::find("{}"), None);
     }
+}
 
-    const STAMP: Stamp = Stamp {
+/// A stamp and a payload opening with it, for the protocol's tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::Stamp;
+
+    pub const STAMP: Stamp = Stamp {
         publisher: 2,
         seq: 17,
         ts_us: 123456,
     };
 
-    fn data() -> String {
+    pub fn data() -> String {
         format!("{{{},\"pad\":\"xx\"}}", STAMP.members())
     }
 }

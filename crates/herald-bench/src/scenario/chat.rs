@@ -191,16 +191,12 @@ impl Report for ChatReport {
         .row("actions dropped", self.actions_dropped)
         .row("members dropped", self.members_dropped)
         .errors(&self.member_errors)
-        .usage(&self.usage);
-        if let (Some(c), Some(k)) = (
+        .usage(&self.usage)
+        .cpu_per_million(
+            "deliveries",
             self.server_cpu_s_per_million,
             self.server_system_s_per_million,
-        ) {
-            t.row(
-                "server CPU per 1M deliveries",
-                format_args!("{c:.2} s ({k:.2} s in the kernel)"),
-            );
-        }
+        );
         t.finish()
     }
 }

@@ -140,16 +140,12 @@ impl Delivered {
         t.row("subscribers dropped", self.subscribers_dropped)
             .row("publish errors", self.publish_errors.total)
             .errors(&self.subscriber_errors)
-            .usage(&self.usage);
-        if let (Some(c), Some(k)) = (
-            self.server_cpu_s_per_million,
-            self.server_system_s_per_million,
-        ) {
-            t.row(
-                "server CPU per 1M deliveries",
-                format_args!("{c:.2} s ({k:.2} s in the kernel)"),
+            .usage(&self.usage)
+            .cpu_per_million(
+                "deliveries",
+                self.server_cpu_s_per_million,
+                self.server_system_s_per_million,
             );
-        }
     }
 }
 
