@@ -159,6 +159,10 @@ pub struct Node {
     engine: Engine,
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
+    /// Ends the engine's tasks (broker, shared presence refresh, stream
+    /// sweeping) — only once the connections have closed ([`Node::close`]),
+    /// so that their last leaves still reach the other nodes.
+    engine_stop: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     tracker: TaskTracker,
     origins: OriginPolicy,
@@ -186,9 +190,11 @@ impl Node {
         // The background tasks started below end with this token: if
         // opening fails halfway, those already started end with it.
         let stop_on_failure = shutdown.clone().drop_guard();
+        let engine_stop = CancellationToken::new();
+        let engine_stop_on_failure = engine_stop.clone().drop_guard();
         let (events, events_rx) = mpsc::channel(BROKER_EVENTS);
         let inbound = Inbound::new(hub.clone(), events);
-        let engine = Engine::open(&config, inbound, rules.clone(), &shutdown).await?;
+        let engine = Engine::open(&config, inbound, rules.clone(), &engine_stop).await?;
         let access = Arc::new(match engine.access_rules() {
             Some(store) if config.access().any_persisted() => {
                 Access::persisted(config.access(), store)
@@ -198,6 +204,7 @@ impl Node {
             _ => Access::in_memory(),
         });
         stop_on_failure.disarm();
+        engine_stop_on_failure.disarm();
         let counters = Arc::new(Counters::default());
         let cluster = Arc::new(Cluster::new(
             &config,
@@ -249,6 +256,7 @@ impl Node {
             engine,
             cluster,
             shutdown,
+            engine_stop,
             tracker: TaskTracker::new(),
             next_key: AtomicU64::new(1),
         });
@@ -268,6 +276,7 @@ impl Node {
             w.close().await;
         }
         self.engine.close().await;
+        self.engine_stop.cancel();
     }
 
     pub fn shutdown(&self) -> &CancellationToken {
@@ -614,8 +623,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // Its background tasks (cluster, presence refresh, stream sweeping,
-        // brokers) hold no reference to the node: they end with its token.
+        // brokers) hold no reference to the node: they end with its tokens.
         self.shutdown.cancel();
+        self.engine_stop.cancel();
     }
 }
 

@@ -10,8 +10,10 @@
 mod nats;
 mod pusher;
 mod redis;
+mod shutdown;
 
 use pusher::{channels_counted_across_nodes, watchlists_across_nodes};
+use shutdown::leaves_reach_the_others_when_a_node_stops;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

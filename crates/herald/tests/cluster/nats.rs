@@ -238,3 +238,20 @@ async fn nats_watchlists_see_every_node() {
     }))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_leaves_reach_the_others_when_a_node_stops() {
+    let (Some(nats), Some(redis)) = (
+        env_url("HERALD_TEST_NATS_URL"),
+        env_url("HERALD_TEST_REDIS_URL"),
+    ) else {
+        return;
+    };
+    leaves_reach_the_others_when_a_node_stops(json!({
+        "broker": { "enabled": true, "type": "nats",
+            "nats": { "url": nats, "prefix": unique("t") } },
+        "presence_manager": { "enabled": true, "type": "redis",
+            "redis": { "address": redis, "prefix": unique("t") } }
+    }))
+    .await;
+}

@@ -786,3 +786,11 @@ async fn redis_watchlists_see_every_node() {
     };
     watchlists_across_nodes(redis_engine(&url, &unique("t"))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_leaves_reach_the_others_when_a_node_stops() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    leaves_reach_the_others_when_a_node_stops(redis_engine(&url, &unique("t"))).await;
+}
