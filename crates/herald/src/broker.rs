@@ -69,6 +69,12 @@ pub trait Broker: Send + Sync + 'static {
     fn sync_channel(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
     /// Whether the broker answers now (for `/health`).
     fn check(&self) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Hands what was published so far on to the broker's server, bounded
+    /// by the broker's own timeout; the node calls it last when it stops.
+    /// Nothing to do where a publish completes only once sent.
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// What a broker reports to its node besides publications.

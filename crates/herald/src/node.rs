@@ -276,6 +276,7 @@ impl Node {
             w.close().await;
         }
         self.engine.close().await;
+        self.engine.broker.flush().await;
         self.engine_stop.cancel();
     }
 
@@ -554,6 +555,12 @@ impl Node {
     /// Makes the broker's subscription to `channel` match the hub; call
     /// after the channel's first local subscriber joined or its last left.
     pub async fn broker_sync(&self, channel: &str) {
+        // A stopping node's subscriptions end with its broker: a round trip
+        // per channel its closing connections leave would only hold up
+        // their leaves.
+        if self.shutdown.is_cancelled() {
+            return;
+        }
         if let Err(e) = self.engine.broker.sync_channel(channel).await {
             tracing::warn!(
                 channel,

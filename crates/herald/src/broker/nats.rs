@@ -41,6 +41,8 @@ struct Outgoing {
 
 pub struct NatsBroker {
     client: async_nats::Client,
+    /// `broker.nats.io_timeout`.
+    io: Duration,
     prefix: String,
     outgoing: mpsc::Sender<Outgoing>,
     sync: mpsc::Sender<SyncRequest>,
@@ -117,6 +119,7 @@ impl NatsBroker {
         ));
         Ok(Self {
             client,
+            io,
             prefix: cfg.prefix.clone(),
             outgoing,
             sync,
@@ -145,6 +148,15 @@ impl Drop for NatsBroker {
 }
 
 impl Broker for NatsBroker {
+    /// A publish only queues the message in the client: its last ones
+    /// (the leaves of a stopping node) must be flushed to the server.
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        let (client, io) = (self.client.clone(), self.io);
+        Box::pin(async move {
+            let _ = tokio::time::timeout(io, client.flush()).await;
+        })
+    }
+
     /// The client's view of its connection (it reconnects by itself).
     fn check(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
         let state = self.client.connection_state();

@@ -10,6 +10,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{Client, Link};
+
+/// The longest a socket waits for its watchlist's presence (it neither
+/// reads nor writes meanwhile); a reading not done by then is dropped.
+const READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::pusher::watchlist::{self, Watch};
 
 /// A signed-in socket's presence in its online channel, and when it reads
@@ -62,29 +66,40 @@ impl Link {
         let first: Vec<&String> = first.collect();
         join_all(first.into_iter().map(|c| self.node.broker_sync(c))).await;
         self.read_watched().await;
-        online.reread_at = Some(Instant::now() + watchlist::REREAD);
+        online.reread_at = Some(self.next_reread());
         self.online = Some(online);
     }
 
     /// Reads who is in the watched users' online channels and tells the
-    /// client what changed (everything, the first time). An unreadable
-    /// channel (shared presence down) reads as empty until the next time.
+    /// client what changed (everything, the first time). A channel that
+    /// cannot be read (shared presence down or slow: the socket waits at
+    /// most [`READ_LIMIT`]) keeps what the socket knew of it — the first
+    /// time, that its user is offline.
     async fn read_watched(&self) {
         let Some(watch) = self.conn.watch.get() else {
             return;
         };
         watch.begin_reading();
         let channels = watch.channels();
-        let reads = join_all(channels.iter().map(|c| self.node.presence_get(c))).await;
+        let reads = join_all(channels.iter().map(|c| self.node.presence_get(c)));
+        let reads = tokio::time::timeout(READ_LIMIT, reads)
+            .await
+            .unwrap_or_default();
         let read = channels
             .into_iter()
             .zip(reads)
-            .map(|(channel, members)| {
-                let sockets = members.map(|m| m.into_keys().collect()).unwrap_or_default();
-                (channel, sockets)
-            })
+            .filter_map(|(channel, members)| Some((channel, members.ok()?.into_keys().collect())))
             .collect();
         watch.end_reading(read, &self.conn.outbox);
+    }
+
+    /// When to read the watchlist next: [`watchlist::REREAD`] from now,
+    /// and up to a third more, varying by socket, so that sockets that
+    /// signed in together (after a restart) do not read together.
+    fn next_reread(&self) -> Instant {
+        let spread = watchlist::REREAD / 3;
+        let share = (self.conn.key % 1000) as u32;
+        Instant::now() + watchlist::REREAD + spread * share / 1000
     }
 
     /// When the watchlist is next read again, if the socket watches.
@@ -99,8 +114,9 @@ impl Link {
             return;
         }
         self.read_watched().await;
+        let next = self.next_reread();
         if let Some(online) = &mut self.online {
-            online.reread_at = Some(Instant::now() + watchlist::REREAD);
+            online.reread_at = Some(next);
         }
     }
 
