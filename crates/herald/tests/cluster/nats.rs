@@ -224,34 +224,27 @@ async fn nats_channels_are_counted_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_watchlists_see_every_node() {
-    let (Some(nats), Some(redis)) = (
-        env_url("HERALD_TEST_NATS_URL"),
-        env_url("HERALD_TEST_REDIS_URL"),
-    ) else {
-        return;
-    };
-    watchlists_across_nodes(json!({
-        "broker": { "enabled": true, "type": "nats",
-            "nats": { "url": nats, "prefix": unique("t") } },
-        "presence_manager": { "enabled": true, "type": "redis",
-            "redis": { "address": redis, "prefix": unique("t") } }
-    }))
-    .await;
+    if let Some(cfg) = nats_with_shared_presence() {
+        watchlists_across_nodes(cfg).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_leaves_reach_the_others_when_a_node_stops() {
-    let (Some(nats), Some(redis)) = (
-        env_url("HERALD_TEST_NATS_URL"),
-        env_url("HERALD_TEST_REDIS_URL"),
-    ) else {
-        return;
-    };
-    leaves_reach_the_others_when_a_node_stops(json!({
+    if let Some(cfg) = nats_with_shared_presence() {
+        leaves_reach_the_others_when_a_node_stops(cfg).await;
+    }
+}
+
+/// The NATS broker with presence in Redis (each a fresh prefix); `None`
+/// when either service is not set up.
+fn nats_with_shared_presence() -> Option<serde_json::Value> {
+    let nats = env_url("HERALD_TEST_NATS_URL")?;
+    let redis = env_url("HERALD_TEST_REDIS_URL")?;
+    Some(json!({
         "broker": { "enabled": true, "type": "nats",
             "nats": { "url": nats, "prefix": unique("t") } },
         "presence_manager": { "enabled": true, "type": "redis",
             "redis": { "address": redis, "prefix": unique("t") } }
     }))
-    .await;
 }
