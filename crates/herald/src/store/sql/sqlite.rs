@@ -58,7 +58,14 @@ pub(super) async fn open(
             Synchronous::Normal => SqliteSynchronous::Normal,
             Synchronous::Full => SqliteSynchronous::Full,
         })
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        // Statement journals and other temporary data stay in memory: a
+        // batch's journal outgrows SQLite's in-memory threshold and would
+        // otherwise go to a file made and unlinked in the system's
+        // temporary directory on every commit, which fails every commit
+        // where that directory is not writable (a read-only root
+        // filesystem with only the data directory mounted).
+        .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE);
     Sql::open(
         pool,
@@ -329,4 +336,23 @@ pub(super) fn padded<T>(items: &[T]) -> impl Iterator<Item = Option<&T>> {
         .map(Some)
         .chain(std::iter::repeat_with(|| None))
         .take(len.max(items.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn temporary_data_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = open(&dir.path().join("t.db"), Synchronous::Full)
+            .await
+            .unwrap();
+        // 2 is MEMORY (0 would be the compile-time default: a file).
+        let (store,): (i64,) = sqlx::query_as("PRAGMA temp_store")
+            .fetch_one(sql.pool())
+            .await
+            .unwrap();
+        assert_eq!(store, 2);
+    }
 }
