@@ -110,13 +110,14 @@ for round in $(seq "$repeat"); do
   done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'; }
-printf '%-12s %18s %12s %12s %16s\n' server "CPU µs/delivery" "p50 ms" "p99 ms" "idle KiB/conn"
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f\n", a[int((NR+1)/2)]; else print "-"}'; }
+printf '%-12s %18s %18s %12s %12s %16s\n' server "CPU µs/delivery" "of it kernel µs" "p50 ms" "p99 ms" "idle B/conn"
 for name in "${servers[@]}"; do
   cpu=$(cat "$out"/fanout-"$name"-[0-9]*.json | jq -r '.server_cpu_s_per_million // empty' | median)
+  sys=$(cat "$out"/fanout-"$name"-[0-9]*.json | jq -r '.server_system_s_per_million // empty' | median)
   p50=$(cat "$out"/fanout-"$name"-[0-9]*.json | jq -r '.latency.p50_us // empty | . / 1000' | median)
   p99=$(cat "$out"/fanout-"$name"-[0-9]*.json | jq -r '.latency.p99_us // empty | . / 1000' | median)
-  mem=$(cat "$out"/idle-"$name"-[0-9]*.json | jq -r '.rss_per_connection // empty | . / 1024 | floor' | median)
-  printf '%-12s %18s %12s %12s %16s\n' "$name" "$cpu" "$p50" "$p99" "$mem"
+  mem=$(cat "$out"/idle-"$name"-[0-9]*.json | jq -r '.rss_per_connection // empty' | median)
+  printf '%-12s %18s %18s %12s %12s %16s\n' "$name" "$cpu" "$sys" "$p50" "$p99" "$mem"
 done
 echo "raw results in $out"

@@ -9,6 +9,7 @@ use herald_testkit::{Event, Served, Ws, WAIT};
 use serde_json::{json, Value};
 
 mod crash;
+mod disk_full;
 mod tls;
 mod webhook;
 

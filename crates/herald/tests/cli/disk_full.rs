@@ -1,0 +1,194 @@
+//! A full disk under the SQLite file: publications to a durable channel
+//! fail with an error and none is acknowledged without being stored;
+//! delivery on channels without durable history goes on; once space is
+//! freed publishing resumes without a restart, at the next offset; the
+//! history and the file are whole.
+//!
+//! Needs a small filesystem of its own (tmpfs, mounted by the test): as
+//! root, or it is skipped — unless `HERALD_TEST_REQUIRE_SERVICES` is set,
+//! as on CI, where a skip fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const CHANNEL: &str = "dur:full";
+/// The size of the filesystem; the filler leaves about `ROOM` of it.
+const SIZE: u64 = 16 << 20;
+const ROOM: u64 = 1 << 20;
+const PAYLOAD: usize = 16 << 10;
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Process::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(at)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Self(at.to_path_buf())),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Process::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn api(addr: &str, method: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/api/{method}"))
+        .timeout(Duration::from_secs(20))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method}: no answer: {e}"));
+    resp.json::<Value>().await.unwrap()
+}
+
+async fn publish(addr: &str, tag: &str) -> Value {
+    let data = json!({"tag": tag, "pad": "x".repeat(PAYLOAD)});
+    api(addr, "publish", json!({"channel": CHANNEL, "data": data})).await
+}
+
+/// Fills `dir`'s filesystem but for about `room` bytes; returns the
+/// filler's path.
+fn fill(dir: &Path, room: u64) -> PathBuf {
+    let filler = dir.join("filler");
+    let free = fs_free(dir);
+    let size = free.saturating_sub(room);
+    let chunk = vec![1u8; 1 << 20];
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let mut written = 0;
+    while written < size {
+        let n = chunk.len().min((size - written) as usize);
+        std::io::Write::write_all(&mut file, &chunk[..n]).unwrap();
+        written += n as u64;
+    }
+    filler
+}
+
+/// Free bytes on `dir`'s filesystem, from `df`.
+fn fs_free(dir: &Path) -> u64 {
+    let out = run(Process::new("df").args(["-B1", "--output=avail"]).arg(dir));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_durable_publishes_and_they_resume_once_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_mounted) = Tmpfs::mount(&data, SIZE) else {
+        assert!(
+            std::env::var_os("HERALD_TEST_REQUIRE_SERVICES").is_none(),
+            "cannot mount a tmpfs (not root?), and HERALD_TEST_REQUIRE_SERVICES is set"
+        );
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let config = dir.path().join("config.json");
+    write(
+        &config,
+        &json!({
+            "http_api": {"insecure": true},
+            "client": {"insecure": true},
+            "channel": {"namespaces": [
+                {"name": "dur", "history_storage": "durable"},
+                {"name": "live"}
+            ]}
+        }),
+    );
+    let served = serve_with_args(&config, &["--data-dir", data.to_str().unwrap()]);
+    let addr = served.addr.clone();
+    let mut live = Ws::connect(&addr).await;
+    live.cmd(json!({"connect": {}})).await;
+    live.cmd(json!({"subscribe": {"channel": "live:news"}}))
+        .await;
+
+    let r = publish(&addr, "before").await;
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    let filler = fill(&data, ROOM);
+
+    // Publish until the disk refuses; every acknowledged one is kept.
+    let mut acked = vec![(1u64, "before".to_string())];
+    let mut failed = 0;
+    for n in 0..2_000 {
+        let tag = format!("p{n}");
+        let r = publish(&addr, &tag).await;
+        if let Some(offset) = r["result"]["offset"].as_u64() {
+            assert_eq!(failed, 0, "acknowledged after a failure: {r}");
+            acked.push((offset, tag));
+            continue;
+        }
+        assert_eq!(r["error"]["code"], 100, "an internal error: {r}");
+        failed += 1;
+        if failed == 5 {
+            break;
+        }
+    }
+    assert_eq!(failed, 5, "the disk never filled");
+    // The log says why.
+    let why = log_lines(&served, "publish failed", Duration::from_millis(300));
+    assert!(
+        why.iter().any(|l| l.contains("disk is full")),
+        "the cause is logged: {why:?}"
+    );
+
+    // Channels without durable history still deliver.
+    let r = api(
+        &addr,
+        "publish",
+        json!({"channel": "live:news", "data": {"still": "live"}}),
+    )
+    .await;
+    assert!(r["error"].is_null(), "{r}");
+    let push = live.push().await;
+    assert_eq!(push["pub"]["data"], json!({"still": "live"}), "{push}");
+
+    // Space comes back: publishing resumes, no restart, next offset.
+    std::fs::remove_file(&filler).unwrap();
+    let top = acked.last().unwrap().0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let resumed = loop {
+        let r = publish(&addr, "after").await;
+        if let Some(offset) = r["result"]["offset"].as_u64() {
+            break offset;
+        }
+        assert!(Instant::now() < deadline, "still failing 5 s later: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed, top + 1, "offsets go on where they stopped");
+    acked.push((resumed, "after".to_string()));
+
+    let history = api(&addr, "history", json!({"channel": CHANNEL, "limit": -1})).await;
+    let pubs = history["result"]["publications"].as_array().unwrap();
+    let kept: Vec<(u64, String)> = pubs
+        .iter()
+        .map(|p| {
+            let offset = p["offset"].as_u64().unwrap();
+            (offset, p["data"]["tag"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(kept, acked, "exactly the acknowledged publications");
+    drop(served);
+
+    let url = format!("sqlite://{}", data.join("streams.db").display());
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+}
