@@ -1,8 +1,9 @@
-//! A full disk under the SQLite file: publications to a durable channel
-//! fail with an error and none is acknowledged without being stored;
-//! delivery on channels without durable history goes on; once space is
-//! freed publishing resumes without a restart, at the next offset; the
-//! history and the file are whole.
+//! A full disk under durable storage (the SQLite file, or a PostgreSQL
+//! tablespace): publications to a durable channel fail with an error and
+//! none is acknowledged without being stored; delivery on channels without
+//! durable history goes on; once space is freed publishing resumes without
+//! a restart, at the next offset, and the history holds exactly what was
+//! acknowledged.
 //!
 //! Needs a small filesystem of its own (tmpfs, mounted by the test): as
 //! root, or it is skipped — unless `HERALD_TEST_REQUIRE_SERVICES` is set,
@@ -11,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
+
+use herald_testkit::TestDatabase;
 
 use super::*;
 
@@ -24,6 +27,19 @@ const PAYLOAD: usize = 16 << 10;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// Mounts one at `at`, or says why the test is skipped (`None`).
+    fn mount_or_skip(at: &Path) -> Option<Self> {
+        let mounted = Self::mount(at, SIZE);
+        if mounted.is_none() {
+            assert!(
+                std::env::var_os("HERALD_TEST_REQUIRE_SERVICES").is_none(),
+                "cannot mount a tmpfs (not root?), and HERALD_TEST_REQUIRE_SERVICES is set"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        }
+        mounted
+    }
+
     fn mount(at: &Path, bytes: u64) -> Option<Self> {
         std::fs::create_dir_all(at).unwrap();
         let status = Process::new("mount")
@@ -55,8 +71,21 @@ async fn api(addr: &str, method: &str, body: Value) -> Value {
     resp.json::<Value>().await.unwrap()
 }
 
+/// A publication of about [`PAYLOAD`] bytes that does not compress (so
+/// that PostgreSQL's TOAST cannot shrink it).
 async fn publish(addr: &str, tag: &str) -> Value {
-    let data = json!({"tag": tag, "pad": "x".repeat(PAYLOAD)});
+    let mut x = tag.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let pad: String = (0..PAYLOAD / 16)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect();
+    let data = json!({"tag": tag, "pad": pad});
     api(addr, "publish", json!({"channel": CHANNEL, "data": data})).await
 }
 
@@ -84,31 +113,24 @@ fn fs_free(dir: &Path) -> u64 {
     text.lines().nth(1).unwrap().trim().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_fails_durable_publishes_and_they_resume_once_space_is_freed() {
+/// Runs the scenario against a server whose durable storage is `storage`
+/// (its files on the filesystem at `fs`), started with `args`.
+async fn fill_and_free(storage: Value, fs: &Path, args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let Some(_mounted) = Tmpfs::mount(&data, SIZE) else {
-        assert!(
-            std::env::var_os("HERALD_TEST_REQUIRE_SERVICES").is_none(),
-            "cannot mount a tmpfs (not root?), and HERALD_TEST_REQUIRE_SERVICES is set"
-        );
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    };
     let config = dir.path().join("config.json");
     write(
         &config,
         &json!({
             "http_api": {"insecure": true},
             "client": {"insecure": true},
+            "storage": storage,
             "channel": {"namespaces": [
                 {"name": "dur", "history_storage": "durable"},
                 {"name": "live"}
             ]}
         }),
     );
-    let served = serve_with_args(&config, &["--data-dir", data.to_str().unwrap()]);
+    let served = serve_with_args(&config, args);
     let addr = served.addr.clone();
     let mut live = Ws::connect(&addr).await;
     live.cmd(json!({"connect": {}})).await;
@@ -117,7 +139,7 @@ async fn a_full_disk_fails_durable_publishes_and_they_resume_once_space_is_freed
 
     let r = publish(&addr, "before").await;
     assert_eq!(r["result"]["offset"], 1, "{r}");
-    let filler = fill(&data, ROOM);
+    let filler = fill(fs, ROOM);
 
     // Publish until the disk refuses; every acknowledged one is kept.
     let mut acked = vec![(1u64, "before".to_string())];
@@ -140,7 +162,8 @@ async fn a_full_disk_fails_durable_publishes_and_they_resume_once_space_is_freed
     // The log says why.
     let why = log_lines(&served, "publish failed", Duration::from_millis(300));
     assert!(
-        why.iter().any(|l| l.contains("disk is full")),
+        why.iter()
+            .any(|l| l.contains("disk is full") || l.contains("No space left on device")),
         "the cause is logged: {why:?}"
     );
 
@@ -180,7 +203,17 @@ async fn a_full_disk_fails_durable_publishes_and_they_resume_once_space_is_freed
         })
         .collect();
     assert_eq!(kept, acked, "exactly the acknowledged publications");
-    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_sqlite_fails_publishes_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_mounted) = Tmpfs::mount_or_skip(&data) else {
+        return;
+    };
+    let args = ["--data-dir", data.to_str().unwrap()];
+    fill_and_free(json!({"type": "sqlite"}), &data, &args).await;
 
     let url = format!("sqlite://{}", data.join("streams.db").display());
     let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
@@ -191,4 +224,39 @@ async fn a_full_disk_fails_durable_publishes_and_they_resume_once_space_is_freed
         .await
         .unwrap();
     assert_eq!(check, "ok");
+}
+
+/// The database's tables in a tablespace on the tmpfs (PostgreSQL's own
+/// write-ahead log stays on its disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_postgres_fails_publishes_until_space_is_freed() {
+    let Some(db) = TestDatabase::create() else {
+        return;
+    };
+    let admin = std::env::var("HERALD_TEST_POSTGRES_URL").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let space = dir.path().join("space");
+    let Some(_mounted) = Tmpfs::mount_or_skip(&space) else {
+        return;
+    };
+    // The server's own user must reach and own the tablespace's directory.
+    run(Process::new("chmod").arg("755").arg(dir.path()));
+    run(Process::new("chown").arg("postgres:postgres").arg(&space));
+    let tablespace = format!("{}_space", db.name);
+    let psql = |sql: String| {
+        let out = run(Process::new("psql").args([admin.as_str(), "-qc", &sql]));
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+    };
+    psql(format!(
+        "CREATE TABLESPACE {tablespace} LOCATION '{}'",
+        space.display()
+    ));
+    psql(format!(
+        "ALTER DATABASE {} SET default_tablespace = {tablespace}",
+        db.name
+    ));
+    let storage = json!({"type": "postgres", "postgres": {"url": db.url}});
+    fill_and_free(storage, &space, &[]).await;
+    drop(db);
+    psql(format!("DROP TABLESPACE {tablespace}"));
 }
