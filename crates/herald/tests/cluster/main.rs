@@ -12,7 +12,10 @@ mod pusher;
 mod redis;
 mod shutdown;
 
-use pusher::{channels_counted_across_nodes, watchlists_across_nodes};
+use pusher::{
+    channels_counted_across_nodes, watched_users_of_a_killed_node_go_offline,
+    watchlists_across_nodes,
+};
 use shutdown::leaves_reach_the_others_when_a_node_stops;
 
 use std::path::Path;

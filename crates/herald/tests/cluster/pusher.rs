@@ -1,6 +1,8 @@
 //! Pusher apps across a cluster: channel counts and watchlists see every
 //! node's sockets.
 
+use std::time::Duration;
+
 use herald_testkit::{pusher_auth, pusher_message, pusher_signed_with, ClusterNode, Ws};
 use serde_json::{json, Value};
 
@@ -128,6 +130,44 @@ pub(crate) async fn channels_counted_across_nodes(mut cfg: Value) {
     let mut other = news_socket(&nodes[0]).await;
     assert_eq!(count(pusher_message(&mut other).await), 2);
     assert_eq!(count(pusher_message(&mut pusher).await), 2);
+}
+
+/// A node that dies sends no leaves: its users' presence expires
+/// (`presence_ttl`), and a watcher on another node learns they went
+/// offline from its next reading of presence, within
+/// `watchlist::REREAD` and a third of it after it signed in.
+pub(crate) async fn watched_users_of_a_killed_node_go_offline(mut cfg: Value) {
+    const KEY: &str = "kk";
+    const SECRET: &str = "ks";
+    herald_testkit::merge(
+        &mut cfg,
+        json!({
+            "engine": {"redis": {"presence_ttl": "2s"}},
+            "channel": {"namespaces": [{"name": "wk"}]},
+            "pusher": {"apps": [{"id": "7", "key": KEY, "secret": SECRET, "namespace": "wk",
+                                 "enable_watchlist_events": true}]}
+        }),
+    );
+    let mut nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    nodes_in_info(&nodes[0], 2).await;
+    nodes_in_info(&nodes[1], 2).await;
+    let bob = signed_in(&nodes[1], KEY, SECRET, "bob", Value::Null).await;
+    let mut ann = signed_in(&nodes[0], KEY, SECRET, "ann", json!(["bob"])).await;
+    assert_eq!(
+        watchlist_events(&mut ann).await,
+        json!([{"name": "online", "user_ids": ["bob"]}])
+    );
+    let b = nodes.pop().expect("node b");
+    b.served.signal("KILL");
+    drop(b);
+    drop(bob);
+    // The next reading is due 30 to 40 s after ann signed in; the read
+    // below waits 10 s more.
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    assert_eq!(
+        watchlist_events(&mut ann).await,
+        json!([{"name": "offline", "user_ids": ["bob"]}])
+    );
 }
 
 /// A socket of the app with `key`/`secret` on `node`, signed in as `user`

@@ -788,6 +788,14 @@ async fn redis_watchlists_see_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watched_users_of_a_killed_node_go_offline() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    watched_users_of_a_killed_node_go_offline(redis_engine(&url, &unique("t"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_leaves_reach_the_others_when_a_node_stops() {
     let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
         return;
