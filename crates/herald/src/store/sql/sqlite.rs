@@ -60,11 +60,14 @@ pub(super) async fn open(
         })
         .busy_timeout(BUSY_TIMEOUT)
         // Statement journals and other temporary data stay in memory: a
-        // batch's journal outgrows SQLite's in-memory threshold and would
-        // otherwise go to a file made and unlinked in the system's
-        // temporary directory on every commit, which fails every commit
-        // where that directory is not writable (a read-only root
-        // filesystem with only the data directory mounted).
+        // statement journal past 64 KiB (a batch of a few dozen
+        // publications already) would otherwise go to a file made and
+        // unlinked in a temporary directory (/var/tmp, /usr/tmp, /tmp or
+        // the working directory), and such commits fail where none is
+        // writable (a read-only root filesystem with only the data
+        // directory mounted). A statement's journal holds at most one copy
+        // of each page it changes, freed when it ends. (Sorts go to memory
+        // too: a migration that indexes a large table would sort in RAM.)
         .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE);
     Sql::open(
