@@ -2,6 +2,8 @@
 //! belongs to, whether it is private (`$`) or user-limited (`name#u1,u2`), and
 //! who may subscribe to or publish into it.
 
+pub mod map;
+
 use std::collections::HashMap;
 
 use herald_protocol::ProtocolError;

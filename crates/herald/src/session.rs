@@ -10,7 +10,6 @@ mod outbox;
 mod plan;
 mod proxied;
 mod server_side;
-mod subs;
 mod subscribe;
 
 use std::sync::Arc;
@@ -28,6 +27,7 @@ pub use outbox::{Item, Outbox};
 
 use crate::access::Denied;
 use crate::auth::{now_unix, TokenId};
+use crate::channel::map::ChannelMap;
 use crate::frame::{Encoding, Frame};
 use crate::hub::Control;
 use crate::metrics::Counters;
@@ -132,7 +132,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     client_id: Arc<str>,
     conn: Option<Connected>,
-    subs: subs::Subs,
+    subs: ChannelMap<SubState>,
     connect_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
@@ -154,7 +154,7 @@ impl Session {
             outbox,
             client_id: Arc::from(uuid::Uuid::new_v4().to_string()),
             conn: None,
-            subs: subs::Subs::default(),
+            subs: ChannelMap::default(),
             connect_deadline: (!stale.is_zero()).then(|| Instant::now() + stale),
             next_ping: None,
             pong_deadline: None,

@@ -4,7 +4,6 @@
 //! protocol's errors and close codes. The socket is a hub [`Client`]; it
 //! joins channels, presence and the broker as a Centrifugo session does.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -31,6 +30,7 @@ mod serve;
 use super::members::Members;
 use super::watchlist::Watch;
 use super::{message, App, Apps, Kind, Pusher, EXCLUDED_SOCKET};
+use crate::channel::map::ChannelMap;
 use crate::frame::Frame;
 use crate::hub::{Client, Control};
 use crate::metrics::Counters;
@@ -237,7 +237,7 @@ fn run(
         let mut s = Link {
             node: node.clone(),
             conn: conn.clone(),
-            subs: HashMap::new(),
+            subs: ChannelMap::default(),
             online: None,
             messages: Bucket::full(app.cfg.max_messages_per_second, now),
             client_events: Bucket::full(app.cfg.max_client_events_per_second, now),
@@ -257,7 +257,7 @@ fn run(
             Ok(()) => s.serve(&mut socket).await,
             Err(()) => None,
         };
-        let channels: Vec<String> = s.subs.keys().cloned().collect();
+        let channels: Vec<String> = s.subs.channels().map(str::to_string).collect();
         for channel in channels {
             Box::pin(s.leave(&channel)).await;
         }
@@ -321,7 +321,7 @@ struct Link {
     app: Arc<App>,
     conn: Arc<Conn>,
     /// By Pusher channel name.
-    subs: HashMap<String, Sub>,
+    subs: ChannelMap<Sub>,
     /// Its presence in its user's online channel, when signed in to an
     /// app with watchlist events (boxed: most sockets are not).
     online: Option<Box<online::Online>>,

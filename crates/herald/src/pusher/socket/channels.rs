@@ -121,7 +121,7 @@ impl Link {
             self.node.broker_sync(&channel).await;
         }
         self.subs.insert(
-            name.to_string(),
+            name,
             Sub {
                 channel: channel.clone(),
                 kind,

@@ -1,16 +1,23 @@
-//! A session's subscriptions: a vector sorted by channel. Most connections
-//! hold one or a few, where a hash map's table (several entries' worth of
-//! room plus control bytes) would cost more than the entries themselves;
-//! the vector grows by half its length, so it stays close to full.
+//! A connection's subscriptions by channel (a session's, a Pusher
+//! socket's): a vector sorted by channel. Most connections hold one or a
+//! few, where a hash map's table (several entries' worth of room plus
+//! control bytes) would cost more than the entries themselves; the vector
+//! grows by half its length, so it stays close to full.
 
-use super::SubState;
-
-#[derive(Debug, Default)]
-pub(super) struct Subs {
-    entries: Vec<(Box<str>, SubState)>,
+#[derive(Debug)]
+pub struct ChannelMap<V> {
+    entries: Vec<(Box<str>, V)>,
 }
 
-impl Subs {
+impl<V> Default for ChannelMap<V> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<V> ChannelMap<V> {
     fn find(&self, channel: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(c, _)| (**c).cmp(channel))
     }
@@ -19,20 +26,24 @@ impl Subs {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn contains_key(&self, channel: &str) -> bool {
         self.find(channel).is_ok()
     }
 
-    pub fn get(&self, channel: &str) -> Option<&SubState> {
+    pub fn get(&self, channel: &str) -> Option<&V> {
         self.find(channel).ok().map(|i| &self.entries[i].1)
     }
 
-    pub fn get_mut(&mut self, channel: &str) -> Option<&mut SubState> {
+    pub fn get_mut(&mut self, channel: &str) -> Option<&mut V> {
         self.find(channel).ok().map(|i| &mut self.entries[i].1)
     }
 
     /// Adds or replaces the channel's state.
-    pub fn insert(&mut self, channel: &str, state: SubState) {
+    pub fn insert(&mut self, channel: &str, state: V) {
         match self.find(channel) {
             Ok(i) => self.entries[i].1 = state,
             Err(i) => {
@@ -44,7 +55,7 @@ impl Subs {
         }
     }
 
-    pub fn remove(&mut self, channel: &str) -> Option<SubState> {
+    pub fn remove(&mut self, channel: &str) -> Option<V> {
         let i = self.find(channel).ok()?;
         let (_, state) = self.entries.remove(i);
         if self.entries.is_empty() {
@@ -53,7 +64,7 @@ impl Subs {
         Some(state)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &SubState)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
         self.entries.iter().map(|(c, s)| (&**c, s))
     }
 
@@ -61,7 +72,7 @@ impl Subs {
         self.iter().map(|(c, _)| c)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &SubState> {
+    pub fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, s)| s)
     }
 }
@@ -70,16 +81,22 @@ impl Subs {
 mod tests {
     use super::*;
 
-    fn state(expires_at: i64) -> SubState {
-        SubState {
+    #[derive(Debug, Default)]
+    struct State {
+        expires_at: Option<i64>,
+        presence: bool,
+    }
+
+    fn state(expires_at: i64) -> State {
+        State {
             expires_at: Some(expires_at),
-            ..SubState::default()
+            ..State::default()
         }
     }
 
     #[test]
     fn keeps_channels_sorted_and_found() {
-        let mut subs = Subs::default();
+        let mut subs = ChannelMap::default();
         for (i, ch) in ["news", "chat:b", "chat:a", "zed", "alpha"]
             .iter()
             .enumerate()
@@ -100,7 +117,7 @@ mod tests {
 
     #[test]
     fn removing_the_last_frees_the_room() {
-        let mut subs = Subs::default();
+        let mut subs = ChannelMap::default();
         subs.insert("a", state(1));
         assert_eq!(subs.entries.capacity(), 1, "one subscription, room for one");
         subs.insert("b", state(2));
