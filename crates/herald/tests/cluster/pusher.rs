@@ -132,27 +132,39 @@ pub(crate) async fn channels_counted_across_nodes(mut cfg: Value) {
     assert_eq!(count(pusher_message(&mut pusher).await), 2);
 }
 
+/// The app key and secret of [`watchlist_nodes`]' app.
+const WATCH_KEY: &str = "wk";
+const WATCH_SECRET: &str = "ws";
+
+/// Two nodes of `cfg` with a Pusher app (`WATCH_KEY`, `WATCH_SECRET`) that has
+/// watchlist events, once each knows of the other.
+async fn watchlist_nodes(mut cfg: Value) -> Vec<ClusterNode> {
+    herald_testkit::merge(
+        &mut cfg,
+        json!({
+            "channel": {"namespaces": [{"name": "wa"}]},
+            "pusher": {"apps": [{"id": "9", "key": WATCH_KEY, "secret": WATCH_SECRET, "namespace": "wa",
+                                 "enable_watchlist_events": true}]}
+        }),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    nodes_in_info(&nodes[0], 2).await;
+    nodes_in_info(&nodes[1], 2).await;
+    nodes
+}
+
 /// A node that dies sends no leaves: its users' presence expires
 /// (`presence_ttl`), and a watcher on another node learns they went
 /// offline from its next reading of presence, within
 /// `watchlist::REREAD` and a third of it after it signed in.
 pub(crate) async fn watched_users_of_a_killed_node_go_offline(mut cfg: Value) {
-    const KEY: &str = "kk";
-    const SECRET: &str = "ks";
     herald_testkit::merge(
         &mut cfg,
-        json!({
-            "engine": {"redis": {"presence_ttl": "2s"}},
-            "channel": {"namespaces": [{"name": "wk"}]},
-            "pusher": {"apps": [{"id": "7", "key": KEY, "secret": SECRET, "namespace": "wk",
-                                 "enable_watchlist_events": true}]}
-        }),
+        json!({"engine": {"redis": {"presence_ttl": "2s"}}}),
     );
-    let mut nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
-    nodes_in_info(&nodes[0], 2).await;
-    nodes_in_info(&nodes[1], 2).await;
-    let bob = signed_in(&nodes[1], KEY, SECRET, "bob", Value::Null).await;
-    let mut ann = signed_in(&nodes[0], KEY, SECRET, "ann", json!(["bob"])).await;
+    let mut nodes = watchlist_nodes(cfg).await;
+    let bob = signed_in(&nodes[1], WATCH_KEY, WATCH_SECRET, "bob", Value::Null).await;
+    let mut ann = signed_in(&nodes[0], WATCH_KEY, WATCH_SECRET, "ann", json!(["bob"])).await;
     assert_eq!(
         watchlist_events(&mut ann).await,
         json!([{"name": "online", "user_ids": ["bob"]}])
@@ -212,27 +224,22 @@ async fn watchlist_events(ws: &mut Ws) -> Value {
 /// A watcher on one node hears of users signing in and out on the other:
 /// who is online when it signs in (shared presence), then each change
 /// (join and leave events through the broker).
-pub(crate) async fn watchlists_across_nodes(mut cfg: Value) {
-    const KEY: &str = "wk";
-    const SECRET: &str = "ws";
-    herald_testkit::merge(
-        &mut cfg,
-        json!({
-            "channel": {"namespaces": [{"name": "wa"}]},
-            "pusher": {"apps": [{"id": "9", "key": KEY, "secret": SECRET, "namespace": "wa",
-                                 "enable_watchlist_events": true}]}
-        }),
-    );
-    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
-    nodes_in_info(&nodes[0], 2).await;
-    nodes_in_info(&nodes[1], 2).await;
-    let bob = signed_in(&nodes[1], KEY, SECRET, "bob", Value::Null).await;
-    let mut ann = signed_in(&nodes[0], KEY, SECRET, "ann", json!(["bob", "cy"])).await;
+pub(crate) async fn watchlists_across_nodes(cfg: Value) {
+    let nodes = watchlist_nodes(cfg).await;
+    let bob = signed_in(&nodes[1], WATCH_KEY, WATCH_SECRET, "bob", Value::Null).await;
+    let mut ann = signed_in(
+        &nodes[0],
+        WATCH_KEY,
+        WATCH_SECRET,
+        "ann",
+        json!(["bob", "cy"]),
+    )
+    .await;
     assert_eq!(
         watchlist_events(&mut ann).await,
         json!([{"name": "online", "user_ids": ["bob"]}, {"name": "offline", "user_ids": ["cy"]}])
     );
-    let cy = signed_in(&nodes[1], KEY, SECRET, "cy", Value::Null).await;
+    let cy = signed_in(&nodes[1], WATCH_KEY, WATCH_SECRET, "cy", Value::Null).await;
     assert_eq!(
         watchlist_events(&mut ann).await,
         json!([{"name": "online", "user_ids": ["cy"]}])
