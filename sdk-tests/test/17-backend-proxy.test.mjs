@@ -32,7 +32,15 @@ async function startBackend(t, answer) {
     });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => server.close(resolve)));
+  // Closed with its connections: Herald keeps its own to the backend open
+  // for the next call, and close() alone would wait on them.
+  t.after(
+    () =>
+      new Promise((resolve) => {
+        server.close(resolve);
+        server.closeAllConnections();
+      }),
+  );
   return { url: `http://127.0.0.1:${server.address().port}`, seen };
 }
 
