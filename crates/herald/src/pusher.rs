@@ -57,6 +57,8 @@ pub struct App {
     warned_no_history: AtomicBool,
     /// With `enable_subscription_count`.
     counter: Option<count::Counter>,
+    /// Its watching sockets on this node, read again together.
+    rereads: watchlist::Rereads,
 }
 
 impl App {
@@ -89,6 +91,7 @@ impl Apps {
                     counter: cfg
                         .enable_subscription_count
                         .then(|| count::Counter::new(cfg.subscription_count_interval.0)),
+                    rereads: watchlist::Rereads::default(),
                 })
             })
             .collect();

@@ -11,7 +11,10 @@
 //! its watchlist for their join and leave events, reads who is in them,
 //! and tells the client `online` when a user's first socket comes and
 //! `offline` when the last one goes, after first telling it who is online
-//! and who is not.
+//! and who is not. Every [`REREAD`] the node reads its watchers' online
+//! channels again ([`Rereads`]), each channel once for all its watchers.
+
+mod rereads;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -23,6 +26,7 @@ use serde_json::{json, Value};
 use super::message;
 use crate::frame::Frame;
 use crate::session::Outbox;
+pub use rereads::{Rereads, Watcher, READ_LIMIT};
 
 /// The most user ids a watchlist may hold (Pusher's limit).
 pub const MAX_WATCHLIST: usize = 100;
@@ -82,8 +86,8 @@ pub fn parse(user_data: &Value) -> Result<Vec<String>, Refused> {
     Ok(ids)
 }
 
-/// How often a watching socket reads its users' presence again, to set
-/// right what a lost join or leave event left wrong (a node that died
+/// How often a node reads its watching sockets' online channels again, to
+/// set right what a lost join or leave event left wrong (a node that died
 /// sends no leaves: its entries expire after `presence_ttl`).
 pub const REREAD: Duration = Duration::from_secs(30);
 
@@ -246,7 +250,7 @@ fn frame(events: &[(&str, Vec<&str>)]) -> Option<Frame> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::VecDeque;
     use std::sync::Arc;
 
@@ -266,7 +270,7 @@ mod tests {
     }
 
     /// The watchlist events pushed into `outbox` so far, in order.
-    fn told(outbox: &Outbox) -> Vec<Value> {
+    pub(super) fn told(outbox: &Outbox) -> Vec<Value> {
         let mut items = VecDeque::new();
         outbox.drain(&mut items);
         items
@@ -283,7 +287,7 @@ mod tests {
             .collect()
     }
 
-    fn read(user: &str, sockets: &[&str]) -> (String, Vec<String>) {
+    pub(super) fn read(user: &str, sockets: &[&str]) -> (String, Vec<String>) {
         let sockets = sockets.iter().map(|s| s.to_string()).collect();
         (online_channel("1", user), sockets)
     }

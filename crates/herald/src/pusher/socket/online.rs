@@ -1,27 +1,32 @@
 //! A signed-in socket's part in watchlist events ([`super::watchlist`]):
 //! present in its user's online channel while it lasts, and watching the
-//! users of its own watchlist (read again every [`watchlist::REREAD`]).
+//! users of its own watchlist (read again with the node's other watchers,
+//! [`watchlist::Rereads`]).
 
 use std::sync::Arc;
 
 use futures_util::future::join_all;
 use herald_protocol::ClientInfo;
 use serde_json::Value;
-use tokio::time::Instant;
 
-use super::{Client, Link};
+use super::{Client, Conn, Link};
+use crate::pusher::watchlist::{self, Watch, Watcher, READ_LIMIT};
+use crate::session::Outbox;
 
-/// The longest a socket waits for its watchlist's presence (it neither
-/// reads nor writes meanwhile); a reading not done by then is dropped.
-const READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-use crate::pusher::watchlist::{self, Watch};
-
-/// A signed-in socket's presence in its online channel, and when it reads
-/// its watchlist's again (none: it watches no one).
+/// A signed-in socket's presence in its online channel.
 pub(super) struct Online {
     channel: String,
     info: Arc<ClientInfo>,
-    reread_at: Option<Instant>,
+}
+
+impl Watcher for Conn {
+    fn watch(&self) -> Option<&Watch> {
+        self.watch.get().map(|w| &**w)
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
 }
 
 impl Link {
@@ -38,11 +43,7 @@ impl Link {
         });
         self.node.presence().add(&channel, info.clone()).await;
         self.node.presence_event(&channel, info.clone(), true).await;
-        let mut online = Box::new(Online {
-            channel,
-            info,
-            reread_at: None,
-        });
+        let online = Box::new(Online { channel, info });
         let users = watchlist::parse(user_data);
         let users = match users {
             Ok(users) if !users.is_empty() => users,
@@ -66,15 +67,17 @@ impl Link {
         let first: Vec<&String> = first.collect();
         join_all(first.into_iter().map(|c| self.node.broker_sync(c))).await;
         self.read_watched().await;
-        online.reread_at = Some(self.next_reread());
+        // Read again with the node's other watchers from now on (not
+        // before: two readings of one watch must not overlap).
+        let watcher: Arc<dyn Watcher> = self.conn.clone();
+        self.app.rereads.add(Arc::downgrade(&watcher), &self.node);
         self.online = Some(online);
     }
 
     /// Reads who is in the watched users' online channels and tells the
-    /// client what changed (everything, the first time). A channel that
-    /// cannot be read (shared presence down or slow: the socket waits at
-    /// most [`READ_LIMIT`]) keeps what the socket knew of it — the first
-    /// time, that its user is offline.
+    /// client who is online and who is not. A channel that cannot be read
+    /// (shared presence down or slow: the socket waits at most
+    /// [`READ_LIMIT`]) counts as offline until the next reading.
     async fn read_watched(&self) {
         let Some(watch) = self.conn.watch.get() else {
             return;
@@ -91,33 +94,6 @@ impl Link {
             .filter_map(|(channel, members)| Some((channel, members.ok()?.into_keys().collect())))
             .collect();
         watch.end_reading(read, &self.conn.outbox);
-    }
-
-    /// When to read the watchlist next: [`watchlist::REREAD`] from now,
-    /// and up to a third more, varying by socket, so that sockets that
-    /// signed in together (after a restart) do not read together.
-    fn next_reread(&self) -> Instant {
-        let spread = watchlist::REREAD / 3;
-        let share = (self.conn.key % 1000) as u32;
-        Instant::now() + watchlist::REREAD + spread * share / 1000
-    }
-
-    /// When the watchlist is next read again, if the socket watches.
-    pub(super) fn reread_at(&self) -> Option<Instant> {
-        self.online.as_ref()?.reread_at
-    }
-
-    /// Reads the watchlist again if it is time to.
-    pub(super) async fn reread_if_due(&mut self, now: Instant) {
-        let due = self.reread_at().is_some_and(|at| at <= now);
-        if !due {
-            return;
-        }
-        self.read_watched().await;
-        let next = self.next_reread();
-        if let Some(online) = &mut self.online {
-            online.reread_at = Some(next);
-        }
     }
 
     /// The socket ends: out of its user's online channel, watching no more.

@@ -44,18 +44,12 @@ impl Link {
         // reset the timer each.
         let mut deadline = heard + activity;
         loop {
-            let timer = self.reread_at().map_or(deadline, |at| at.min(deadline));
-            match wakes.next(socket, timer).await {
+            match wakes.next(socket, deadline).await {
                 Wake::Shutdown => {
                     return Some(Close::new(
                         code::RECONNECT,
                         "Server shutting down: reconnect",
                     ))
-                }
-                // Time to read the watchlist again (boxed: it awaits the
-                // presence reads, now and then).
-                Wake::Deadline if self.reread_at().is_some_and(|at| at <= Instant::now()) => {
-                    Box::pin(self.reread_if_due(Instant::now())).await;
                 }
                 Wake::Deadline if pinged.is_some() => {
                     return Some(Close::new(
