@@ -77,7 +77,8 @@ impl Link {
     /// Reads who is in the watched users' online channels and tells the
     /// client who is online and who is not. A channel that cannot be read
     /// (shared presence down or slow: the socket waits at most
-    /// [`READ_LIMIT`]) counts as offline until the next reading.
+    /// [`READ_LIMIT`]) counts as offline until the next reading, unless a
+    /// join came meanwhile.
     async fn read_watched(&self) {
         let Some(watch) = self.conn.watch.get() else {
             return;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use super::{Watch, REREAD};
 use crate::node::Node;
@@ -40,8 +42,10 @@ pub struct Rereads {
 #[derive(Default)]
 struct Watchers {
     list: Vec<Weak<dyn Watcher>>,
-    /// A task reads them (started by the first, ended when none is left).
-    running: bool,
+    /// The task reading them, by the number it was started as (started by
+    /// the first watcher, ended when none is left).
+    running: Option<u64>,
+    started: u64,
 }
 
 impl Rereads {
@@ -49,46 +53,59 @@ impl Rereads {
     pub fn add(&self, watcher: Weak<dyn Watcher>, node: &Arc<Node>) {
         let mut s = self.state.lock();
         s.list.push(watcher);
-        if !s.running {
-            s.running = true;
-            let running = Running(self.state.clone());
-            tokio::spawn(reread(running, Arc::downgrade(node)));
+        if s.running.is_none() {
+            s.started += 1;
+            s.running = Some(s.started);
+            let running = Running(self.state.clone(), s.started);
+            let stop = node.shutdown().clone();
+            tokio::spawn(reread(running, Arc::downgrade(node), stop));
         }
     }
 }
 
-/// The reading task's hold on `running`: given up if it panics, so that
-/// the next watcher starts another.
-struct Running(Arc<Mutex<Watchers>>);
+/// A reading task's hold on `running`: given up however the task ends (a
+/// panic, the runtime dropping it), so that the next watcher starts
+/// another — unless a newer task holds it already.
+struct Running(Arc<Mutex<Watchers>>, u64);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.lock().running = false;
+        let mut s = self.0.lock();
+        if s.running == Some(self.1) {
+            s.running = None;
         }
     }
 }
 
+/// The longest one reading again of every watched channel may take, in
+/// all; channels not read by then keep their state until the next.
+const TICK_LIMIT: Duration = Duration::from_secs(10);
+
 /// Every [`REREAD`], reads the watched channels again for every socket
-/// still watching; ends when none is left or the node is gone.
-async fn reread(running: Running, node: Weak<Node>) {
+/// still watching; ends when none is left, the node is gone or it stops.
+async fn reread(running: Running, node: Weak<Node>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REREAD);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await; // The first tick is at once.
     loop {
-        tokio::time::sleep(REREAD).await;
-        let watchers: Vec<Arc<dyn Watcher>> = {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let watchers: Vec<Weak<dyn Watcher>> = {
             let mut s = running.0.lock();
             s.list.retain(|w| w.strong_count() > 0);
-            let live: Vec<_> = s.list.iter().filter_map(Weak::upgrade).collect();
-            if live.is_empty() {
-                s.running = false;
+            if s.list.is_empty() {
+                s.running = None;
                 return;
             }
-            live
+            s.list.clone()
         };
         let Some(node) = node.upgrade() else {
-            running.0.lock().running = false;
             return;
         };
-        read_again(|channel| read_channel(&node, channel), &watchers).await;
+        let read = |channel| read_channel(&node, channel);
+        read_again(read, &watchers, TICK_LIMIT).await;
     }
 }
 
@@ -103,40 +120,58 @@ async fn read_channel(node: &Node, channel: String) -> (String, Option<Vec<Strin
     (channel, sockets)
 }
 
-/// One reading for `watchers`: each begins, every channel any of them
-/// watches is read once (by `read`, [`READS_AT_ONCE`] at a time), then each
+/// Watchers handled between yields to the runtime, so that a node with
+/// very many does not hold its thread for long.
+const WATCHERS_AT_ONCE: usize = 1000;
+
+/// One reading for `watchers` (those still there): each begins, every
+/// channel any of them watches is read once (by `read`,
+/// [`READS_AT_ONCE`] at a time, for at most `limit` in all), then each
 /// ends with its own channels; a channel that could not be read is left
-/// out, so its watchers keep what they knew of it.
-async fn read_again<F, R>(read: F, watchers: &[Arc<dyn Watcher>])
+/// out, so its watchers keep what they knew of it. Sockets that end
+/// meanwhile are not held.
+async fn read_again<F, R>(read: F, watchers: &[Weak<dyn Watcher>], limit: Duration)
 where
     F: Fn(String) -> R,
     R: std::future::Future<Output = (String, Option<Vec<String>>)>,
 {
-    let watches: Vec<(&Watch, &Outbox)> = watchers
-        .iter()
-        .filter_map(|w| Some((w.watch()?, w.outbox())))
-        .collect();
     let mut channels = HashSet::new();
-    for (watch, _) in &watches {
-        watch.begin_reading();
-        channels.extend(watch.channels());
+    for chunk in watchers.chunks(WATCHERS_AT_ONCE) {
+        for watcher in chunk.iter().filter_map(Weak::upgrade) {
+            if let Some(watch) = watcher.watch() {
+                watch.begin_reading();
+                channels.extend(watch.channels());
+            }
+        }
+        tokio::task::yield_now().await;
     }
-    let read: HashMap<String, Vec<String>> = futures_util::stream::iter(channels)
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut reads = futures_util::stream::iter(channels)
         .map(read)
-        .buffer_unordered(READS_AT_ONCE)
-        .filter_map(|(channel, sockets)| async move { Some((channel, sockets?)) })
-        .collect()
-        .await;
-    for (watch, outbox) in watches {
-        let mine = watch
-            .channels()
-            .into_iter()
-            .filter_map(|c| {
-                let sockets = read.get(&c)?.clone();
-                Some((c, sockets))
-            })
-            .collect();
-        watch.end_reading(mine, outbox);
+        .buffer_unordered(READS_AT_ONCE);
+    let mut read = HashMap::new();
+    while let Ok(Some((channel, sockets))) = tokio::time::timeout_at(deadline, reads.next()).await {
+        if let Some(sockets) = sockets {
+            read.insert(channel, sockets);
+        }
+    }
+    drop(reads);
+    for chunk in watchers.chunks(WATCHERS_AT_ONCE) {
+        for watcher in chunk.iter().filter_map(Weak::upgrade) {
+            let Some(watch) = watcher.watch() else {
+                continue;
+            };
+            let mine = watch
+                .channels()
+                .into_iter()
+                .filter_map(|c| {
+                    let sockets: Vec<String> = read.get(&c)?.clone();
+                    Some((c, sockets))
+                })
+                .collect();
+            watch.end_reading(mine, watcher.outbox());
+        }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -176,18 +211,19 @@ mod tests {
         for w in [&ann, &al] {
             let watch = w.watch().unwrap();
             watch.begin_reading();
-            watch.end_reading(vec![read("b", &["s1"]), read("c", &[])], w.outbox());
+            watch.end_reading(vec![read("b", &["s1"]), read("c", &["s2"])], w.outbox());
             told(w.outbox());
         }
-        // Since then b's socket went without a word, c's came; c cannot
-        // be read this time.
+        // Since then b's socket went without a word; c cannot be read this
+        // time (its user stays online for ann, who was told nothing of c).
         let reads = Mutex::new(Vec::new());
         let read_one = |channel: String| {
             reads.lock().push(channel.clone());
             let sockets = (channel == online_channel("1", "b")).then(Vec::new);
             async move { (channel, sockets) }
         };
-        read_again(read_one, &[ann.clone(), al.clone()]).await;
+        let watchers = [Arc::downgrade(&ann), Arc::downgrade(&al)];
+        read_again(read_one, &watchers, Duration::from_secs(5)).await;
         let mut reads = reads.into_inner();
         reads.sort();
         assert_eq!(reads, [online_channel("1", "b"), online_channel("1", "c")]);
@@ -198,5 +234,29 @@ mod tests {
             "c kept as it was"
         );
         assert_eq!(told(al.outbox()), [offline_b]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn channels_not_read_within_the_limit_keep_their_state() {
+        let ann: Arc<dyn Watcher> = Arc::new(TestWatcher {
+            watch: Watch::new("1", &["b".into(), "c".into()]),
+            outbox: Outbox::new(1 << 20),
+        });
+        let watch = ann.watch().unwrap();
+        watch.begin_reading();
+        watch.end_reading(vec![read("b", &["s1"]), read("c", &["s2"])], ann.outbox());
+        told(ann.outbox());
+        // b's reading comes at once (empty), c's never within the limit.
+        let read_one = |channel: String| async move {
+            if channel == online_channel("1", "c") {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            (channel, Some(Vec::new()))
+        };
+        read_again(read_one, &[Arc::downgrade(&ann)], Duration::from_secs(1)).await;
+        assert_eq!(
+            told(ann.outbox()),
+            [json!([{"name": "offline", "user_ids": ["b"]}])]
+        );
     }
 }
