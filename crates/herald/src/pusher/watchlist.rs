@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use super::message;
 use crate::frame::Frame;
 use crate::session::Outbox;
-pub use rereads::{Rereads, Watcher, READ_LIMIT};
+pub use rereads::{read_first, Rereads, Watcher};
 
 /// The most user ids a watchlist may hold (Pusher's limit).
 pub const MAX_WATCHLIST: usize = 100;
@@ -287,6 +287,12 @@ pub(super) mod tests {
             .collect()
     }
 
+    /// A watch of `users` of app "1", and the outbox it tells.
+    pub(super) fn watching(users: &[&str]) -> (Watch, Outbox) {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        (Watch::new("1", &users), Outbox::new(1 << 20))
+    }
+
     pub(super) fn read(user: &str, sockets: &[&str]) -> (String, Vec<String>) {
         let sockets = sockets.iter().map(|s| s.to_string()).collect();
         (online_channel("1", user), sockets)
@@ -314,10 +320,7 @@ pub(super) mod tests {
 
     #[test]
     fn first_and_last_sockets_make_a_user_online_and_offline() {
-        let (w, out) = (
-            Watch::new("1", &["b".into(), "c".into()]),
-            Outbox::new(1 << 20),
-        );
+        let (w, out) = watching(&["b", "c"]);
         w.begin_reading();
         // Before the first reading is told, events only update.
         w.event(&event("b", "s1", true), &out);
@@ -347,10 +350,7 @@ pub(super) mod tests {
 
     #[test]
     fn changes_during_a_reading_are_kept_over_it() {
-        let (w, out) = (
-            Watch::new("1", &["b".into(), "c".into()]),
-            Outbox::new(1 << 20),
-        );
+        let (w, out) = watching(&["b", "c"]);
         w.begin_reading();
         // The reading still had s1, but its leave came first; s2 came after
         // the reading was taken.
@@ -366,10 +366,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_later_reading_sets_right_what_a_lost_event_left_wrong() {
-        let (w, out) = (
-            Watch::new("1", &["b".into(), "c".into()]),
-            Outbox::new(1 << 20),
-        );
+        let (w, out) = watching(&["b", "c"]);
         w.begin_reading();
         w.end_reading(vec![read("b", &["s1"]), read("c", &[])], &out);
         told(&out);

@@ -10,7 +10,7 @@ use herald_protocol::ClientInfo;
 use serde_json::Value;
 
 use super::{Client, Conn, Link};
-use crate::pusher::watchlist::{self, Watch, Watcher, READ_LIMIT};
+use crate::pusher::watchlist::{self, Watch, Watcher};
 use crate::session::Outbox;
 
 /// A signed-in socket's presence in its online channel.
@@ -66,41 +66,20 @@ impl Link {
         });
         let first: Vec<&String> = first.collect();
         join_all(first.into_iter().map(|c| self.node.broker_sync(c))).await;
-        self.read_watched().await;
-        // Read again with the node's other watchers from now on (not
-        // before: two readings of one watch must not overlap).
+        // Told who is online and who is not (a channel it cannot read: its
+        // user offline until the next reading, unless a join came), then
+        // read again with the node's other watchers (not before: two
+        // readings of one watch must not overlap).
         let watcher: Arc<dyn Watcher> = self.conn.clone();
+        watchlist::read_first(&self.node, &watcher).await;
         self.app.rereads.add(Arc::downgrade(&watcher), &self.node);
         self.online = Some(online);
-    }
-
-    /// Reads who is in the watched users' online channels and tells the
-    /// client who is online and who is not. A channel that cannot be read
-    /// (shared presence down or slow: the socket waits at most
-    /// [`READ_LIMIT`]) counts as offline until the next reading, unless a
-    /// join came meanwhile.
-    async fn read_watched(&self) {
-        let Some(watch) = self.conn.watch.get() else {
-            return;
-        };
-        watch.begin_reading();
-        let channels = watch.channels();
-        let reads = join_all(channels.iter().map(|c| self.node.presence_get(c)));
-        let reads = tokio::time::timeout(READ_LIMIT, reads)
-            .await
-            .unwrap_or_default();
-        let read = channels
-            .into_iter()
-            .zip(reads)
-            .filter_map(|(channel, members)| Some((channel, members.ok()?.into_keys().collect())))
-            .collect();
-        watch.end_reading(read, &self.conn.outbox);
     }
 
     /// The socket ends: out of its user's online channel, watching no more.
     pub(super) async fn sign_out(&mut self) {
         if let Some(online) = self.online.take() {
-            let Online { channel, info, .. } = *online;
+            let Online { channel, info } = *online;
             self.node.presence().remove(&channel, &info.client).await;
             self.node.presence_event(&channel, info, false).await;
         }

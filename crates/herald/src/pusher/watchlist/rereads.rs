@@ -1,7 +1,7 @@
-//! A node's second and later readings of its watching sockets' online
-//! channels: every [`REREAD`], each channel once for all the app's
-//! watchers on the node (a socket's first reading is its own, when it
-//! signs in).
+//! Readings of watching sockets' online channels: a socket's first, when
+//! it signs in ([`read_first`]), then the node's every [`REREAD`], each
+//! channel once for all the app's watchers on the node ([`Rereads`]) —
+//! one reading ([`read_again`]) for both.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -19,7 +19,7 @@ use crate::session::Outbox;
 /// The longest a reading of an online channel may take (of all of them,
 /// at a socket's first reading); a channel not read by then keeps what
 /// its watchers knew of it.
-pub const READ_LIMIT: Duration = Duration::from_secs(2);
+const READ_LIMIT: Duration = Duration::from_secs(2);
 
 /// How many online channels a node reads at once when it reads again.
 const READS_AT_ONCE: usize = 32;
@@ -109,6 +109,13 @@ async fn reread(running: Running, node: Weak<Node>, stop: CancellationToken) {
     }
 }
 
+/// A socket's first reading, when it signs in (before it joins the node's
+/// readings): the same reading for it alone, at most [`READ_LIMIT`] in all.
+pub async fn read_first(node: &Node, watcher: &Arc<dyn Watcher>) {
+    let read = |channel| read_channel(node, channel);
+    read_again(read, &[Arc::downgrade(watcher)], READ_LIMIT).await;
+}
+
 /// The sockets in online channel `channel`, or `None` when it cannot be
 /// read within [`READ_LIMIT`].
 async fn read_channel(node: &Node, channel: String) -> (String, Option<Vec<String>>) {
@@ -180,7 +187,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::online_channel;
-    use super::super::tests::{read, told};
+    use super::super::tests::{read, told, watching};
     use super::*;
 
     struct TestWatcher {
@@ -201,11 +208,8 @@ mod tests {
     #[tokio::test]
     async fn a_reading_again_reads_each_channel_once_for_all_its_watchers() {
         let watcher = |users: &[&str]| -> Arc<dyn Watcher> {
-            let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-            Arc::new(TestWatcher {
-                watch: Watch::new("1", &users),
-                outbox: Outbox::new(1 << 20),
-            })
+            let (watch, outbox) = watching(users);
+            Arc::new(TestWatcher { watch, outbox })
         };
         let (ann, al) = (watcher(&["b", "c"]), watcher(&["b"]));
         for w in [&ann, &al] {
@@ -238,10 +242,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn channels_not_read_within_the_limit_keep_their_state() {
-        let ann: Arc<dyn Watcher> = Arc::new(TestWatcher {
-            watch: Watch::new("1", &["b".into(), "c".into()]),
-            outbox: Outbox::new(1 << 20),
-        });
+        let (watch, outbox) = watching(&["b", "c"]);
+        let ann: Arc<dyn Watcher> = Arc::new(TestWatcher { watch, outbox });
         let watch = ann.watch().unwrap();
         watch.begin_reading();
         watch.end_reading(vec![read("b", &["s1"]), read("c", &["s2"])], ann.outbox());
