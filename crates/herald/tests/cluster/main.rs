@@ -4,9 +4,11 @@
 //! service is not configured says so and passes). Every test uses its own
 //! key prefix, subject prefix and database. The broker-restart tests start
 //! their own `redis-server` / `nats-server` on a port of their own, so that
-//! they can stop and restart it. One module per backend; what they share is
-//! here.
+//! they can stop and restart it. One module per backend, one for faults
+//! (dropped pub/sub connections, a paused node) and one for shutdown; what
+//! they share is here.
 
+mod faults;
 mod nats;
 mod pusher;
 mod redis;

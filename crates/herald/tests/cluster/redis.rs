@@ -335,7 +335,7 @@ async fn shared_presence_drops_thousands_of_expired_entries() {
 
 /// Arguments of a private `redis-server` on `port` that keeps nothing on
 /// disk unless `extra` says otherwise.
-fn redis_args(port: u16, extra: &[&str]) -> Vec<String> {
+pub(crate) fn redis_args(port: u16, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),

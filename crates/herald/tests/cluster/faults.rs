@@ -1,0 +1,176 @@
+//! Faults a cluster meets besides a broker restart: the Redis server
+//! dropping only the nodes' pub/sub connections while their command
+//! connections stay up, and a node paused (`SIGSTOP`) while the rest of the
+//! cluster goes on. In both, no subscriber may miss a publication silently.
+
+use std::time::Duration;
+
+use herald_testkit::{env_url, eventually, merge, unique, ClusterNode, OwnServer};
+use serde_json::{json, Value};
+
+use super::redis::redis_args;
+use super::*;
+
+/// Drops the pub/sub connections of a Redis server and, in the same
+/// transaction, lets no new connection in (`maxclients` 1), so that the
+/// nodes cannot subscribe again until [`admit`]: publications in between
+/// are certain to miss them. How many connections were dropped.
+async fn drop_pubsub(admin: &mut ::redis::aio::MultiplexedConnection) -> u64 {
+    let (dropped,): (u64,) = ::redis::pipe()
+        .atomic()
+        .cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"][..])
+        .cmd("CONFIG")
+        .arg(&["SET", "maxclients", "1"][..])
+        .ignore()
+        .query_async(admin)
+        .await
+        .expect("pub/sub connections dropped");
+    dropped
+}
+
+/// Lets connections in again after [`drop_pubsub`].
+async fn admit(admin: &mut ::redis::aio::MultiplexedConnection) {
+    let () = ::redis::cmd("CONFIG")
+        .arg(&["SET", "maxclients", "10000"][..])
+        .query_async(admin)
+        .await
+        .expect("maxclients restored");
+}
+
+/// The Redis server drops the nodes' pub/sub connections (`CLIENT KILL
+/// TYPE pubsub`), three times, while their command connections stay up and
+/// publications go on through them: what a node missed until it subscribed
+/// again, its subscribers recover (each is told to resubscribe once the
+/// node is back), so every subscriber on either node ends with the whole
+/// stream in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pubsub_drops_leave_no_silent_gaps() {
+    let Some(redis) = OwnServer::start("redis-server", |port| {
+        redis_args(port, &["--appendonly", "no"])
+    }) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut admin = ::redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    let cfg = redis_engine(&url, "drops");
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let channel = "hist:drops";
+    const DROPS: usize = 3;
+    const EACH: usize = 20;
+    const TOTAL: usize = DROPS * EACH;
+    // Each subscriber collects (and recovers) while the stream runs, so
+    // that it is subscribed again before the next drop.
+    let mut collectors = Vec::new();
+    for n in &nodes {
+        let mut ws = n.client("watcher").await;
+        let sub = subscribe(&mut ws, channel).await;
+        let epoch = sub["epoch"].as_str().unwrap().to_string();
+        collectors.push(tokio::spawn(async move {
+            collect_recovering(&mut ws, channel, TOTAL, 0, epoch).await
+        }));
+    }
+    let mut n = 0;
+    for _ in 0..DROPS {
+        for _ in 0..EACH / 2 {
+            publish_acknowledged(&nodes[n % 2], channel, json!({"n": n})).await;
+            n += 1;
+        }
+        let dropped = drop_pubsub(&mut admin).await;
+        assert!(dropped >= 2, "dropped {dropped} pub/sub connections");
+        tokio::task::block_in_place(|| {
+            for node in &nodes {
+                node.logged("redis pub/sub reconnect failed");
+            }
+        });
+        // Published while neither node is subscribed.
+        for _ in 0..EACH / 2 {
+            publish_acknowledged(&nodes[n % 2], channel, json!({"n": n})).await;
+            n += 1;
+        }
+        admit(&mut admin).await;
+        tokio::task::block_in_place(|| {
+            for node in &nodes {
+                node.logged("broker connection restored");
+            }
+        });
+    }
+    for collector in collectors {
+        let (got, resubscribes) = collector.await.expect("collector ran");
+        assert_eq!(resubscribes, DROPS, "told to recover once per drop");
+        let seq: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+        assert_eq!(seq, (0..TOTAL as u64).collect::<Vec<_>>());
+    }
+    // One restoration per drop and node, seen above, and no more.
+    for node in &nodes {
+        assert_eq!(node.restorations(Duration::from_secs(1)), 0);
+        assert_eq!(
+            node.metric("herald_broker_reconnects_total").await,
+            DROPS as u64
+        );
+    }
+}
+
+/// The client ids present in `channel`, as `node` reads them.
+async fn present(node: &ClusterNode, channel: &str) -> Vec<String> {
+    let reply = node.api("presence", json!({"channel": channel})).await;
+    let clients = reply["presence"].as_object().cloned().unwrap_or_default();
+    clients
+        .values()
+        .map(|c: &Value| c["user"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A node stopped with `SIGSTOP`: the others stop counting its clients as
+/// present once `presence_ttl` passes, publications go on; when it
+/// continues, its subscriber gets every publication of the pause in order
+/// and is present again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_drops_out_of_presence_and_catches_up() {
+    let Some(url) = env_url("HERALD_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut cfg = redis_engine(&url, &unique("t"));
+    merge(
+        &mut cfg,
+        json!({"engine": {"redis": {"presence_ttl": "2s"}}}),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let channel = "roomh:pause";
+    let mut ws = nodes[0].client("paused").await;
+    let sub = subscribe(&mut ws, channel).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    eventually("the subscriber present on the other node", || async {
+        present(&nodes[1], channel).await == ["paused"]
+    })
+    .await;
+
+    nodes[0].served.signal("STOP");
+    const DURING: usize = 10;
+    for n in 0..DURING {
+        publish_acknowledged(&nodes[1], channel, json!({"n": n})).await;
+    }
+    // Its entry expires while it cannot refresh it (the process is killed
+    // on drop, stopped or not).
+    eventually("the paused node's client gone from presence", || async {
+        present(&nodes[1], channel).await.is_empty()
+    })
+    .await;
+    nodes[0].served.signal("CONT");
+
+    const AFTER: usize = 5;
+    for n in DURING..DURING + AFTER {
+        publish_acknowledged(&nodes[1], channel, json!({"n": n})).await;
+    }
+    let (got, _) = collect_recovering(&mut ws, channel, DURING + AFTER, 0, epoch).await;
+    let seq: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+    assert_eq!(seq, (0..(DURING + AFTER) as u64).collect::<Vec<_>>());
+    eventually("the subscriber present again", || async {
+        present(&nodes[1], channel).await == ["paused"]
+    })
+    .await;
+}
