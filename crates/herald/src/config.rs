@@ -705,6 +705,9 @@ pub struct Storage {
     pub retention_interval: Dur,
     /// Most publications committed in one group commit.
     pub batch_max_size: usize,
+    /// Longest wait for the database: each call, and a durable publish
+    /// from its queueing to its commit.
+    pub timeout: Dur,
 }
 
 impl Default for Storage {
@@ -715,6 +718,7 @@ impl Default for Storage {
             postgres: PostgresStorage::default(),
             retention_interval: Dur::secs(60),
             batch_max_size: 1000,
+            timeout: Dur::secs(10),
         }
     }
 }

@@ -96,6 +96,10 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
     #[error("the durable store is closed")]
     Closed,
+    /// A durable publish got no answer within `storage.timeout`; it may
+    /// still be committed.
+    #[error("no commit within {0:?} (storage.timeout); the publication may still be stored")]
+    TimedOut(std::time::Duration),
     /// The publication cannot be stored as it is (a client error).
     #[error("publication refused: {0}")]
     Invalid(&'static str),

@@ -68,6 +68,7 @@ const KEYS: &[&str] = &[
     "storage.type",
     "storage.sqlite.synchronous",
     "storage.batch_max_size",
+    "storage.timeout",
     "websocket.message_size_limit",
     "log.level",
     "log.format",

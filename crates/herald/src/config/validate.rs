@@ -293,6 +293,9 @@ fn validate_storage(c: &Config) -> Result<(), ConfigError> {
             "must be positive",
         ));
     }
+    if s.timeout.is_zero() {
+        return Err(ConfigError::invalid("storage.timeout", "must be positive"));
+    }
     if s.postgres.pool_size == 0 {
         return Err(ConfigError::invalid(
             "storage.postgres.pool_size",

@@ -11,6 +11,7 @@
 //! file with its dialect (`sqlite.rs`, `postgres.rs`) and one arm in
 //! [`open_durable`].
 
+mod bounded;
 mod db;
 mod postgres;
 mod queue;
@@ -69,6 +70,8 @@ pub async fn open_durable(
             (sql.clone(), sql)
         }
     };
+    let timeout = storage.timeout.0;
+    let db: Arc<dyn Db> = Arc::new(bounded::Bounded { db, limit: timeout });
     let batch_max = storage.batch_max_size.max(1);
     let (queue, requests) = mpsc::channel(QUEUE_BATCHES * batch_max);
     let shutdown = CancellationToken::new();
@@ -96,6 +99,7 @@ pub async fn open_durable(
         events,
         commits,
         queue,
+        timeout,
         removed,
         shutdown,
         tasks: Mutex::new(tasks),
@@ -136,6 +140,8 @@ pub struct DurableStore {
     events: Arc<dyn EventQueue>,
     commits: CommitMetrics,
     queue: mpsc::Sender<Pending>,
+    /// `storage.timeout`: a publish's longest wait for its commit.
+    timeout: std::time::Duration,
     removed: Arc<AtomicU64>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -186,7 +192,8 @@ impl Drop for DurableStore {
 
 impl DurableStore {
     /// Queues `publication` (with the key to keep with it, both checked by
-    /// [`rows::check`]) for the writer and waits for its answer.
+    /// [`rows::check`]) for the writer and waits for its answer, at most
+    /// `storage.timeout` in all (waiting for room in the queue included).
     async fn queue(
         &self,
         publication: Publication,
@@ -199,11 +206,16 @@ impl DurableStore {
             version: conditions.version,
             reply,
         };
-        self.queue
-            .send(pending)
+        let answered = async {
+            self.queue
+                .send(pending)
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        };
+        tokio::time::timeout(self.timeout, answered)
             .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+            .unwrap_or(Err(StoreError::TimedOut(self.timeout)))
     }
 }
 

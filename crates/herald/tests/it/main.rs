@@ -23,6 +23,7 @@ mod protobuf;
 mod proxy;
 mod pusher;
 mod server_side;
+mod stalled_db;
 mod streamed;
 mod subscribe;
 mod tags_filter;

@@ -209,6 +209,7 @@ fn invalid_values_name_the_key() {
             "storage.sqlite.synchronous",
         ),
         (r#"{"storage":{"type":"mysql"}}"#, "storage.type"),
+        (r#"{"storage":{"timeout":"0s"}}"#, "storage.timeout"),
         (
             r#"{"channel":{"namespaces":[{"name":"rx","channel_regex":"("}]}}"#,
             "channel.namespaces[0].channel_regex",

@@ -1,0 +1,153 @@
+//! Every call to the database bounded in time (`storage.timeout`). A
+//! database that stops answering — a network path that drops packets, a
+//! server stopped or out of connections — would otherwise hold a publisher,
+//! a history read or the writer until the operating system gives the
+//! connection up (many minutes): past the limit the call fails as an I/O
+//! error, the writer drops its connection (a failed commit always does)
+//! and the next call starts afresh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use herald_protocol::Publication;
+
+use super::db::{AccessRow, Assigned, BatchKey, BatchWriter, Db, Versioned};
+use super::rows::StoredRow;
+use super::Range;
+use crate::store::Version;
+
+/// A database whose every call ends within `limit`.
+pub(super) struct Bounded {
+    pub(super) db: Arc<dyn Db>,
+    pub(super) limit: Duration,
+}
+
+/// The writer's connection, each commit ending within `limit`.
+struct BoundedWriter {
+    inner: Box<dyn BatchWriter>,
+    limit: Duration,
+}
+
+/// `call`'s result, or a timed-out I/O error once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(limit)),
+    }
+}
+
+/// The error a call past `storage.timeout` fails with.
+fn timed_out(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the database did not answer within {limit:?} (storage.timeout)"),
+    ))
+}
+
+impl Db for Bounded {
+    fn position<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(i64, String), sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.position(channel)))
+    }
+
+    fn read<'a>(
+        &'a self,
+        channel: &'a str,
+        range: &'a Range,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>, sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.read(channel, range)))
+    }
+
+    fn find_key<'a>(
+        &'a self,
+        channel: &'a str,
+        key: &'a str,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<(i64, String)>, sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.find_key(channel, key, since_ms)))
+    }
+
+    fn forget_keys(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.forget_keys(before_ms)))
+    }
+
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.streams()))
+    }
+
+    fn trim<'a>(
+        &'a self,
+        channel: &'a str,
+        upto: i64,
+        cutoff_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.trim(channel, upto, cutoff_ms)))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.ping()))
+    }
+
+    fn access_rules(&self, now: i64) -> BoxFuture<'_, Result<Vec<AccessRow>, sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.access_rules(now)))
+    }
+
+    fn put_access_rule<'a>(&'a self, row: &'a AccessRow) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(within(self.limit, self.db.put_access_rule(row)))
+    }
+
+    fn delete_access_rule<'a>(
+        &'a self,
+        kind: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(within(
+            self.limit,
+            self.db.delete_access_rule(kind, subject),
+        ))
+    }
+
+    fn connect_writer(&self) -> BoxFuture<'_, Result<Box<dyn BatchWriter>, sqlx::Error>> {
+        Box::pin(async move {
+            let inner = within(self.limit, self.db.connect_writer()).await?;
+            Ok(Box::new(BoundedWriter {
+                inner,
+                limit: self.limit,
+            }) as Box<dyn BatchWriter>)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(self.limit, self.db.close()).await;
+        })
+    }
+}
+
+impl BatchWriter for BoundedWriter {
+    fn commit<'a>(
+        &'a mut self,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Assigned, sqlx::Error>> {
+        Box::pin(within(self.limit, self.inner.commit(pubs, keys, now_ms)))
+    }
+
+    fn commit_versioned<'a>(
+        &'a mut self,
+        pubs: &'a [Publication],
+        keys: &'a [BatchKey<'a>],
+        version: &'a Version,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>> {
+        let commit = self.inner.commit_versioned(pubs, keys, version, now_ms);
+        Box::pin(within(self.limit, commit))
+    }
+}
