@@ -72,6 +72,10 @@ pub async fn open_durable(
     };
     let timeout = storage.timeout.0;
     let db: Arc<dyn Db> = Arc::new(bounded::Bounded { db, limit: timeout });
+    let events: Arc<dyn EventQueue> = Arc::new(bounded::BoundedEvents {
+        events,
+        limit: timeout,
+    });
     let batch_max = storage.batch_max_size.max(1);
     let (queue, requests) = mpsc::channel(QUEUE_BATCHES * batch_max);
     let shutdown = CancellationToken::new();

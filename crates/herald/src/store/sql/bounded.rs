@@ -4,7 +4,8 @@
 //! a history read or the writer until the operating system gives the
 //! connection up (many minutes): past the limit the call fails as an I/O
 //! error, the writer drops its connection (a failed commit always does)
-//! and the next call starts afresh.
+//! and the next call starts afresh. The webhook event queue kept in the
+//! same database is bounded alike (its callers try again).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +16,18 @@ use herald_protocol::Publication;
 use super::db::{AccessRow, Assigned, BatchKey, BatchWriter, Db, Versioned};
 use super::rows::StoredRow;
 use super::Range;
-use crate::store::Version;
+use crate::store::event_queue::{Change, Claimed, DeadLetter, EventQueue, Orphaned, Settled};
+use crate::store::{StoreError, Version};
 
 /// A database whose every call ends within `limit`.
 pub(super) struct Bounded {
     pub(super) db: Arc<dyn Db>,
+    pub(super) limit: Duration,
+}
+
+/// A webhook event queue whose every call ends within `limit`.
+pub(super) struct BoundedEvents {
+    pub(super) events: Arc<dyn EventQueue>,
     pub(super) limit: Duration,
 }
 
@@ -29,23 +37,38 @@ struct BoundedWriter {
     limit: Duration,
 }
 
-/// `call`'s result, or a timed-out I/O error once `limit` has passed.
-async fn within<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(timed_out(limit)),
+/// An error that says a call got no answer within a limit.
+trait Late {
+    fn late(limit: Duration) -> Self;
+}
+
+impl Late for sqlx::Error {
+    fn late(limit: Duration) -> Self {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {limit:?} (storage.timeout)"),
+        ))
     }
 }
 
-/// The error a call past `storage.timeout` fails with.
-fn timed_out(limit: Duration) -> sqlx::Error {
-    sqlx::Error::Io(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("the database did not answer within {limit:?} (storage.timeout)"),
-    ))
+impl Late for StoreError {
+    fn late(limit: Duration) -> Self {
+        StoreError::Sql {
+            what: "a webhook queue call",
+            source: sqlx::Error::late(limit),
+        }
+    }
+}
+
+/// `call`'s result, or its error type's [`Late`] once `limit` has passed.
+async fn within<T, E: Late>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(E::late(limit)),
+    }
 }
 
 impl Db for Bounded {
@@ -149,5 +172,90 @@ impl BatchWriter for BoundedWriter {
     ) -> BoxFuture<'a, Result<Versioned, sqlx::Error>> {
         let commit = self.inner.commit_versioned(pubs, keys, version, now_ms);
         Box::pin(within(self.limit, commit))
+    }
+}
+
+impl EventQueue for BoundedEvents {
+    fn record<'a>(
+        &'a self,
+        node: &'a str,
+        changes: &'a [Change],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        let call = self.events.record(node, changes, now_ms);
+        Box::pin(within(self.limit, call))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<Claimed>, StoreError>> {
+        let call = self.events.claim(node, now_ms, until_ms, limit);
+        Box::pin(within(self.limit, call))
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(within(self.limit, self.events.recover()))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        node: &'a str,
+        outcomes: &'a [Settled],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(within(self.limit, self.events.settle(node, outcomes)))
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        hook: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        Box::pin(within(self.limit, self.events.dead_letters(hook, limit)))
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        ids: &'a [String],
+        hook: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let call = self.events.redrive(ids, hook, now_ms);
+        Box::pin(within(self.limit, call))
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>> {
+        Box::pin(within(self.limit, self.events.counts()))
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(within(self.limit, self.events.heartbeat(node, now_ms)))
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        stale_ms: i64,
+        now_ms: i64,
+        orphaned: Orphaned<'a>,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        let call = self.events.sweep(stale_ms, now_ms, orphaned);
+        Box::pin(within(self.limit, call))
+    }
+
+    fn leave<'a>(
+        &'a self,
+        node: &'a str,
+        now_ms: i64,
+        orphaned: Orphaned<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let call = self.events.leave(node, now_ms, orphaned);
+        Box::pin(within(self.limit, call))
     }
 }
