@@ -66,11 +66,7 @@ impl Served {
 
     /// Sends the process a signal (`"TERM"`, `"KILL"`, …).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
+        signal(&self.child, name);
     }
 
     /// Waits (bounded) for the process to exit, killing it on timeout.
@@ -205,6 +201,11 @@ impl OwnServer {
         panic!("{} did not restart on port {}", self.program, self.port);
     }
 
+    /// Sends the running server a signal (`"STOP"`, `"CONT"`, …).
+    pub fn signal(&self, name: &str) {
+        signal(self.child.as_ref().expect("server running"), name);
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -238,6 +239,15 @@ impl OwnServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Sends `child` the signal `name`.
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
 }
 
 enum Launch {

@@ -174,3 +174,87 @@ async fn a_paused_node_drops_out_of_presence_and_catches_up() {
     })
     .await;
 }
+
+/// A Redis server that stops answering without closing anything
+/// (`SIGSTOP`): publishes and history reads through either node fail
+/// within `engine.redis.io_timeout` rather than hang, the nodes find their
+/// pub/sub connections unresponsive; once Redis answers again publishing
+/// resumes, and a subscriber ends with the whole stream as stored — every
+/// acknowledged publication, and the one that failed only if Redis did
+/// store it once it woke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
+    let Some(redis) = OwnServer::start("redis-server", |port| {
+        redis_args(port, &["--appendonly", "no"])
+    }) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut cfg = redis_engine(&url, "silent");
+    merge(
+        &mut cfg,
+        json!({"engine": {"redis": {"io_timeout": "500ms"}}}),
+    );
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let channel = "hist:silent";
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, channel).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let mut acked = Vec::new();
+    for n in 0..10u64 {
+        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
+        acked.push(n);
+    }
+
+    redis.signal("STOP");
+    for (node, method, body) in [
+        (
+            &nodes[0],
+            "publish",
+            json!({"channel": channel, "data": {"n": 100}}),
+        ),
+        (&nodes[1], "history", json!({"channel": channel})),
+    ] {
+        let started = Instant::now();
+        let (status, reply) = node.api_raw(method, body).await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(2),
+            "{method} waited {waited:?}"
+        );
+        assert!(
+            status != 200 || reply.get("error").is_some(),
+            "{method}: {reply}"
+        );
+    }
+    tokio::task::block_in_place(|| {
+        for node in &nodes {
+            node.logged("redis pub/sub connection unresponsive");
+        }
+    });
+    redis.signal("CONT");
+    tokio::task::block_in_place(|| {
+        for node in &nodes {
+            node.logged("broker connection restored");
+        }
+    });
+
+    for n in 10..20u64 {
+        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
+        acked.push(n);
+    }
+    let history = nodes[0]
+        .api("history", json!({"channel": channel, "limit": -1}))
+        .await;
+    let stored: Vec<u64> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = stored.iter().copied().filter(|n| *n != 100).collect();
+    assert_eq!(expected, acked, "stored: {stored:?}");
+    let (got, _) = collect_recovering(&mut watcher, channel, stored.len(), 0, epoch).await;
+    let seen: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+    assert_eq!(seen, stored);
+}

@@ -219,7 +219,7 @@ async fn in_time<T>(call: impl std::future::Future<Output = T>) -> T {
     let started = Instant::now();
     let out = call.await;
     let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(2500), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
     out
 }
 
