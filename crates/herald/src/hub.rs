@@ -123,7 +123,10 @@ pub type Filler = Arc<dyn Fn(Fill) + Send + Sync>;
 #[derive(Default)]
 struct Channel {
     subs: Members<Sub>,
-    seq: Mutex<Sequence>,
+    /// Where its positioned publications stand; made by the first one (or
+    /// the first position a subscribe reply gives), so that a channel
+    /// without offsets never holds one, and dropped when reset.
+    seq: Mutex<Option<Box<Sequence>>>,
     /// Subscribers with delta compression, and while there are any, the
     /// last positioned publication fanned out (the next one's base).
     delta_subs: AtomicUsize,
@@ -348,6 +351,7 @@ impl Hub {
             return fan_out(ch, publication);
         }
         let mut seq = ch.seq.lock();
+        let seq = seq.get_or_insert_with(Box::default);
         match seq.accept(publication, self.reads()) {
             Verdict::Deliver => fan_out(ch, publication),
             Verdict::Skip => 0,
@@ -377,6 +381,10 @@ impl Hub {
             return;
         };
         let mut seq = ch.seq.lock();
+        // A sequence reset meanwhile awaits no read.
+        let Some(seq) = seq.as_mut() else {
+            return;
+        };
         let Some(filled) = seq.finish(&fill, from_stream, &self.fill_ids) else {
             return;
         };
@@ -403,7 +411,8 @@ impl Hub {
     /// Notes the position a subscribe reply gave (see [`Sequence::observe`]).
     pub fn observe_position(&self, channel: &str, offset: u64, epoch: &str) {
         if let Some(ch) = self.channels.read(channel).get(channel) {
-            ch.seq.lock().observe(offset, epoch);
+            let mut seq = ch.seq.lock();
+            seq.get_or_insert_with(Box::default).observe(offset, epoch);
         }
     }
 
@@ -413,7 +422,7 @@ impl Hub {
     pub fn resync(&self, positioned: impl Fn(&str) -> bool) {
         for shard in self.channels.each_shard() {
             for (name, ch) in shard.iter() {
-                ch.seq.lock().reset();
+                *ch.seq.lock() = None;
                 if positioned(name) {
                     self.insufficient(name, ch);
                 }

@@ -245,12 +245,6 @@ impl Sequence {
         }
     }
 
-    /// Forgets where the channel stands (after its subscribers were sent
-    /// to recover): the next publication starts it again.
-    pub fn reset(&mut self) {
-        *self = Sequence::default();
-    }
-
     fn drop_held(&mut self, last: Option<u64>) {
         self.held = None;
         self.held_bytes = 0;

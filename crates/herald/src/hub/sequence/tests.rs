@@ -142,8 +142,9 @@ fn a_read_no_longer_awaited_is_ignored() {
     let mut s = Sequence::default();
     s.accept(&p(1), reads(&ids));
     let old = fill(s.accept(&p(3), reads(&ids)));
-    // The broker reconnected: the channel starts over.
-    s.reset();
+    // The broker reconnected: the channel starts over (the hub drops its
+    // sequence; the next publication makes a new one).
+    s = Sequence::default();
     s.observe(5, "e1");
     let new = fill(s.accept(&p(7), reads(&ids)));
     assert_eq!(new.after, 5);
