@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use herald_testkit::{env_url, eventually, merge, unique, ClusterNode, OwnServer};
+use herald_testkit::{
+    env_url, eventually, merge, unique, ClusterNode, OwnServer, TestDatabase, Ws,
+};
 use serde_json::{json, Value};
 
 use super::redis::redis_args;
@@ -181,7 +183,7 @@ async fn a_paused_node_drops_out_of_presence_and_catches_up() {
 /// pub/sub connections unresponsive; once Redis answers again publishing
 /// resumes, and a subscriber ends with the whole stream as stored — every
 /// acknowledged publication, and the one that failed only if Redis did
-/// store it once it woke.
+/// store it once it woke (n ≥ 100 here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
     let Some(redis) = OwnServer::start("redis-server", |port| {
@@ -243,7 +245,21 @@ async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
         publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
         acked.push(n);
     }
-    let history = nodes[0]
+    ends_with_the_stream_as_stored(&nodes[0], &mut watcher, channel, epoch, &acked).await;
+}
+
+/// The stream of `channel` as `node` reads it holds every publication of
+/// `acked` (`{"n": n}`) in order, and otherwise only unacknowledged ones
+/// (n ≥ 100); `ws`, subscribed since offset 0 in `epoch`, gets exactly
+/// that stream (recovering where it must).
+async fn ends_with_the_stream_as_stored(
+    node: &ClusterNode,
+    ws: &mut Ws,
+    channel: &str,
+    epoch: String,
+    acked: &[u64],
+) {
+    let history = node
         .api("history", json!({"channel": channel, "limit": -1}))
         .await;
     let stored: Vec<u64> = history["publications"]
@@ -252,9 +268,65 @@ async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
         .iter()
         .map(|p| p["data"]["n"].as_u64().unwrap())
         .collect();
-    let expected: Vec<u64> = stored.iter().copied().filter(|n| *n != 100).collect();
+    let expected: Vec<u64> = stored.iter().copied().filter(|n| *n < 100).collect();
     assert_eq!(expected, acked, "stored: {stored:?}");
-    let (got, _) = collect_recovering(&mut watcher, channel, stored.len(), 0, epoch).await;
+    let (got, _) = collect_recovering(ws, channel, stored.len(), 0, epoch).await;
     let seen: Vec<u64> = got.iter().map(|d| d["n"].as_u64().unwrap()).collect();
     assert_eq!(seen, stored);
+}
+
+/// A NATS server that stops answering (`SIGSTOP`) under durable streams in
+/// PostgreSQL: publishes are committed and answered in time (live delivery
+/// waits for no broker), and once NATS answers again a subscriber on the
+/// other node ends with the whole stream — what NATS did not carry, it
+/// recovers from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nats_delays_no_publish_and_streams_resume() {
+    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(nats) = OwnServer::start("nats-server", |port| {
+        ["-a", "127.0.0.1", "-p", &port.to_string()]
+            .map(String::from)
+            .to_vec()
+    }) else {
+        return;
+    };
+    let db = TestDatabase::create_at(&pg);
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
+        "nats": { "url": url, "prefix": "silent" } } });
+    merge(&mut cfg, durable_namespace(&db));
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
+    let channel = "log:silent";
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, channel).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let mut acked = Vec::new();
+    for n in 0..10u64 {
+        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
+        acked.push(n);
+    }
+
+    // Stopped for about two seconds, publishing all along.
+    nats.signal("STOP");
+    for n in 10..30u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let (status, reply) = nodes[0]
+            .api_raw("publish", json!({"channel": channel, "data": {"n": n}}))
+            .await;
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "publish waited {waited:?}");
+        assert_eq!(status, 200, "{reply}");
+        assert!(reply.get("error").is_none(), "{reply}");
+        acked.push(n);
+    }
+    nats.signal("CONT");
+
+    for n in 30..40u64 {
+        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
+        acked.push(n);
+    }
+    ends_with_the_stream_as_stored(&nodes[0], &mut watcher, channel, epoch, &acked).await;
 }
