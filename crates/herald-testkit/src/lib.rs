@@ -67,6 +67,17 @@ pub async fn metric(addr: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
+/// `call`'s output, failing the test unless it came within `limit`: for
+/// calls that must answer in bounded time (an error rather than a hang),
+/// never to measure speed.
+pub async fn answers_within<T>(limit: Duration, what: &str, call: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = call.await;
+    let waited = started.elapsed();
+    assert!(waited < limit, "{what} waited {waited:?}, over {limit:?}");
+    out
+}
+
 /// Waits until `check` passes, polling; fails after [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -125,7 +125,7 @@ struct Channel {
     subs: Members<Sub>,
     /// Where its positioned publications stand; made by the first one (or
     /// the first position a subscribe reply gives), so that a channel
-    /// without offsets never holds one, and dropped when reset.
+    /// without offsets never holds one, and dropped on resync.
     seq: Mutex<Option<Box<Sequence>>>,
     /// Subscribers with delta compression, and while there are any, the
     /// last positioned publication fanned out (the next one's base).

@@ -1196,6 +1196,22 @@ async fn webhook_queue_holds_claims_and_sweeps(f: Fixture) {
     .await
     .unwrap();
     assert_eq!(q.counts().await.unwrap(), (0, 1));
+    // Events recorded again (the first recording committed, but its answer
+    // came too late) are kept once.
+    let twice = [Change::Events(vec![event("again", "connect")])];
+    for _ in 0..2 {
+        assert_eq!(q.record("a", &twice, now).await.unwrap(), 1);
+    }
+    assert_eq!(q.counts().await.unwrap(), (1, 1));
+    let claimed = q
+        .claim("a", now + 130_000, now + 135_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    q.settle("a", &[Settled::Delivered { id: "again".into() }])
+        .await
+        .unwrap();
+    assert_eq!(q.counts().await.unwrap(), (0, 1));
     let dead = q.dead_letters("", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(

@@ -205,3 +205,29 @@ fn a_gap_is_filled_through_the_filler_and_reads_go_on_until_caught_up() {
     assert_eq!(insufficient_count(&a), 1);
     assert_eq!(hub.gap_counts(), (1, 1));
 }
+
+/// A resync drops a channel's sequence while a read is under way: the read
+/// ending afterwards delivers nothing, neither before nor after the channel
+/// starts over with its next publication.
+#[test]
+fn a_read_outlived_by_a_resync_delivers_nothing() {
+    let hub = Hub::new();
+    let asked = recording_filler(&hub);
+    let a = probe("1");
+    hub.subscribe("s", a.clone(), false);
+    hub.deliver(&positioned("s", 1));
+    hub.deliver(&positioned("s", 3));
+    let stale = last_fill(&asked);
+    hub.resync(|_| true);
+    assert_eq!(insufficient_count(&a), 1);
+    hub.finish_fill(stale.clone(), Some(vec![positioned("s", 2)]));
+    assert_eq!(offsets(&a), [1], "no sequence: the read is not awaited");
+    // A subscriber that came back, and the next publication starts the
+    // channel over; the old read is still not the one awaited.
+    let b = probe("2");
+    hub.subscribe("s", b.clone(), false);
+    hub.deliver(&positioned("s", 7));
+    hub.finish_fill(stale, Some(vec![positioned("s", 2), positioned("s", 3)]));
+    assert_eq!(offsets(&b), [7]);
+    assert_eq!(offsets(&a), [1], "a recovers by itself");
+}

@@ -243,17 +243,17 @@ fn run(
             client_events: Bucket::full(app.cfg.max_client_events_per_second, now),
             app,
         };
-        let established = json!({
-            "socket_id": &*conn.id,
-            "activity_timeout": s.app.cfg.activity_timeout.0.as_secs(),
-        })
-        .to_string();
-        let end = match send(
-            &mut socket,
-            message("pusher:connection_established", None, &established, None),
-        )
-        .await
-        {
+        // Made in a block of its own, so that its text is not kept in the
+        // task while the socket is served.
+        let established = {
+            let data = json!({
+                "socket_id": &*conn.id,
+                "activity_timeout": s.app.cfg.activity_timeout.0.as_secs(),
+            })
+            .to_string();
+            message("pusher:connection_established", None, &data, None)
+        };
+        let end = match send(&mut socket, established).await {
             Ok(()) => s.serve(&mut socket).await,
             Err(()) => None,
         };

@@ -112,7 +112,8 @@ pub type Orphaned<'a> = &'a (dyn Fn(HolderKind, &str, &str) -> Vec<NewEvent> + S
 pub trait EventQueue: Send + Sync + 'static {
     /// Records `changes` in one transaction (holders of the same key on
     /// other nodes are waited for, so exactly one node sees a first or
-    /// last); returns how many events were written.
+    /// last); returns how many events were written. Recording the same
+    /// events again (by id) keeps them once.
     fn record<'a>(
         &'a self,
         node: &'a str,

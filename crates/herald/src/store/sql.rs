@@ -62,11 +62,12 @@ pub async fn open_durable(
     let (db, events): (Arc<dyn Db>, Arc<dyn EventQueue>) = match storage.kind {
         StorageKind::Sqlite => {
             let path = sqlite_path(storage, data_dir);
-            let sql = Arc::new(sqlite::open(&path, storage.sqlite.synchronous).await?);
+            let sql = sqlite::open(&path, storage.sqlite.synchronous, storage.timeout.0).await?;
+            let sql = Arc::new(sql);
             (sql.clone(), sql)
         }
         StorageKind::Postgres => {
-            let sql = Arc::new(postgres::open(&storage.postgres).await?);
+            let sql = Arc::new(postgres::open(&storage.postgres, storage.timeout.0).await?);
             (sql.clone(), sql)
         }
     };

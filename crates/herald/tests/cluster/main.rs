@@ -5,8 +5,8 @@
 //! key prefix, subject prefix and database. The broker-restart tests start
 //! their own `redis-server` / `nats-server` on a port of their own, so that
 //! they can stop and restart it. One module per backend, one for faults
-//! (dropped pub/sub connections, a paused node) and one for shutdown; what
-//! they share is here.
+//! (dropped pub/sub connections; a node, Redis or NATS paused) and one for
+//! shutdown; what they share is here.
 
 mod faults;
 mod nats;

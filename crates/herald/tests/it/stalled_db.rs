@@ -120,7 +120,7 @@ async fn a_stalled_postgres_fails_calls_in_time_and_publishing_resumes() {
     assert_ne!(through, db.url, "{upstream} not in {}", db.url);
     let receiver = Receiver::start().await;
     let s = TestServer::start(json!({
-        "storage": {"type": "postgres", "timeout": "1s", "postgres": {"url": through}},
+        "storage": {"type": "postgres", "timeout": "2s", "postgres": {"url": through}},
         "webhooks": [{"name": "app", "url": receiver.url(), "events": ["connect"],
                       "retry_initial_delay": "200ms"}],
         "channel": {"namespaces": [
@@ -129,19 +129,17 @@ async fn a_stalled_postgres_fails_calls_in_time_and_publishing_resumes() {
     }))
     .await;
 
+    // Publications acknowledged, and those that were not (which may or may
+    // not be stored).
     let mut acked = Vec::new();
-    for n in 0..5 {
-        let tag = format!("before{n}");
-        assert!(acknowledged(&publish(&s, &tag).await));
-        acked.push(tag);
-    }
+    let mut unsure = Vec::new();
+    publish_until_acked(&s, "before", 5, &mut acked, &mut unsure).await;
 
     relay.stall(true);
-    // Publications that were not acknowledged, which may or may not be
-    // stored.
-    let mut unsure: Vec<String> = (0..3).map(|n| format!("stalled{n}")).collect();
+    let stalled: Vec<String> = (0..3).map(|n| format!("stalled{n}")).collect();
+    unsure.extend(stalled.iter().cloned());
     let replies = in_time(futures_util::future::join_all(
-        unsure.iter().map(|tag| publish(&s, tag)),
+        stalled.iter().map(|tag| publish(&s, tag)),
     ))
     .await;
     for r in &replies {
@@ -162,22 +160,8 @@ async fn a_stalled_postgres_fails_calls_in_time_and_publishing_resumes() {
     assert_eq!(ws.push().await["pub"]["data"], "still live");
 
     relay.stall(false);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut n = 0;
-    while acked.len() < 10 {
-        let tag = format!("after{n}");
-        n += 1;
-        let reply = publish(&s, &tag).await;
-        if acknowledged(&reply) {
-            acked.push(tag);
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "publishing did not resume: {reply}"
-            );
-            unsure.push(tag);
-        }
-    }
+    let resumed = Instant::now();
+    publish_until_acked(&s, "after", 5, &mut acked, &mut unsure).await;
 
     eventually("the connect event of the stall delivered", || async {
         receiver
@@ -187,9 +171,15 @@ async fn a_stalled_postgres_fails_calls_in_time_and_publishing_resumes() {
     })
     .await;
 
-    let history = s
-        .api("history", json!({"channel": "dur:stall", "limit": 100}))
-        .await;
+    let history = loop {
+        let read = s
+            .api("history", json!({"channel": "dur:stall", "limit": 100}))
+            .await;
+        if read.get("result").is_some() {
+            break read;
+        }
+        assert!(resumed.elapsed() < Duration::from_secs(20), "{read}");
+    };
     let pubs = history["result"]["publications"].as_array().unwrap();
     let offsets: Vec<u64> = pubs.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, (1..=pubs.len() as u64).collect::<Vec<_>>());
@@ -209,18 +199,48 @@ async fn a_stalled_postgres_fails_calls_in_time_and_publishing_resumes() {
             acked.contains(tag) || unsure.contains(tag),
             "{tag} was never published"
         );
+        let copies = stored.iter().filter(|t| *t == tag).count();
+        assert_eq!(copies, 1, "{tag} stored {copies} times");
     }
     s.stop().await;
 }
 
-/// `call`'s output, which must come within the 1 s `storage.timeout` and a
+/// `call`'s output, which must come within the 2 s `storage.timeout` and a
 /// margin.
 async fn in_time<T>(call: impl std::future::Future<Output = T>) -> T {
-    let started = Instant::now();
-    let out = call.await;
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
-    out
+    answers_within(
+        Duration::from_secs(4),
+        "a call to the stalled database",
+        call,
+    )
+    .await
+}
+
+/// Publishes `count` publications tagged `<prefix><n>` that are
+/// acknowledged (a commit slower than `storage.timeout` on a loaded
+/// machine fails one, which is tried again under a new tag), noting which
+/// were and which were not.
+async fn publish_until_acked(
+    s: &TestServer,
+    prefix: &str,
+    count: usize,
+    acked: &mut Vec<String>,
+    unsure: &mut Vec<String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let goal = acked.len() + count;
+    let mut n = 0;
+    while acked.len() < goal {
+        let tag = format!("{prefix}{n}");
+        n += 1;
+        let reply = publish(s, &tag).await;
+        if acknowledged(&reply) {
+            acked.push(tag);
+        } else {
+            assert!(Instant::now() < deadline, "publishing fails: {reply}");
+            unsure.push(tag);
+        }
+    }
 }
 
 /// `host:port` of a `postgres://user@host:port/db` URL.

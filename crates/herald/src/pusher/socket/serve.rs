@@ -3,6 +3,7 @@
 //! writes of what its outbox holds.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -77,20 +78,11 @@ impl Link {
                     if pinged.take().is_some() {
                         deadline = heard + activity;
                     }
-                    match m {
-                        Message::Text(text) => {
-                            Counters::incr(&self.node.counters.messages_in);
-                            Counters::add(&self.node.counters.bytes_in, text.len() as u64);
-                            // Boxed, as are leaving a channel and the
-                            // refusals: large futures that live only while
-                            // they run, not in every idle socket's task.
-                            if let Err(close) = Box::pin(self.handle(text.as_str())).await {
-                                return Some(close);
-                            }
-                        }
-                        Message::Binary(_) => self.error(None, "Messages are JSON text"),
-                        Message::Close(_) => return None,
-                        _ => {}
+                    // Boxed, as are leaving a channel and the refusals:
+                    // the message and what handling it awaits live only
+                    // while it runs, not in every idle socket's task.
+                    if let ControlFlow::Break(end) = Box::pin(self.inbound(m)).await {
+                        return end;
                     }
                 }
                 Wake::Outbox => {}
@@ -102,6 +94,24 @@ impl Link {
                 return end;
             }
         }
+    }
+
+    /// Acts on a message from the client; `Break` ends the socket (with
+    /// the close to send, if any).
+    async fn inbound(&mut self, m: Message) -> ControlFlow<Option<Close>> {
+        match m {
+            Message::Text(text) => {
+                Counters::incr(&self.node.counters.messages_in);
+                Counters::add(&self.node.counters.bytes_in, text.len() as u64);
+                if let Err(close) = self.handle(text.as_str()).await {
+                    return ControlFlow::Break(Some(close));
+                }
+            }
+            Message::Binary(_) => self.error(None, "Messages are JSON text"),
+            Message::Close(_) => return ControlFlow::Break(None),
+            _ => {}
+        }
+        ControlFlow::Continue(())
     }
 
     /// Writes what is queued: messages are fed, then flushed together (one

@@ -20,14 +20,14 @@ use super::writer::{assign, back_offsets, counts};
 use crate::config::PostgresStorage;
 use crate::store::{StoreError, Version};
 
-/// How long an operation waits for a free connection of the pool
-/// (`storage.postgres.pool_size`) before it fails.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Connects the pool and applies migrations (under PostgreSQL's advisory
 /// lock, so nodes starting together migrate once); returns the pool and the
-/// options the writer connects with.
-pub(super) async fn open(config: &PostgresStorage) -> Result<Sql<PostgresDialect>, StoreError> {
+/// options the writer connects with. An operation waits at most `timeout`
+/// (`storage.timeout`) for a free connection of the pool.
+pub(super) async fn open(
+    config: &PostgresStorage,
+    timeout: Duration,
+) -> Result<Sql<PostgresDialect>, StoreError> {
     let options: PgConnectOptions = config
         .url
         .expose()
@@ -36,7 +36,7 @@ pub(super) async fn open(config: &PostgresStorage) -> Result<Sql<PostgresDialect
     let target = format!("PostgreSQL {}", server_name(&options));
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size.max(1))
-        .acquire_timeout(ACQUIRE_TIMEOUT);
+        .acquire_timeout(timeout);
     Sql::open(
         pool,
         options,

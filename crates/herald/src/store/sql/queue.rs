@@ -40,9 +40,12 @@ macro_rules! stale_sql {
     };
 }
 
+/// An event already there is left as it is: a recording whose answer did
+/// not come in time (`storage.timeout`) may have committed, and the writer
+/// records the same events again.
 const INSERT_EVENT: &str =
     "INSERT INTO webhook_events (id, hook, event, body, next_at, created_ms) \
-     VALUES ($1, $2, $3, $4, $5, $5)";
+     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO NOTHING";
 
 const COUNT_HOLDERS: &str = "SELECT COUNT(*) FROM webhook_holders WHERE kind = $1 AND key = $2";
 

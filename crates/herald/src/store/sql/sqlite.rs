@@ -35,16 +35,16 @@ pub(super) const ROWS_PER_STATEMENT: usize = 1000;
 /// beside the writer); a history read waits when all are busy.
 const POOL_SIZE: u32 = 4;
 
-/// How long a statement waits for SQLite's write lock (held by the writer or
-/// by retention) before it fails with "database is locked".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Opens (creating if needed) the database file and applies migrations;
 /// returns the readers' pool and the options the writer connects with. An
 /// unreadable or corrupt file is an error naming it, never a silent reset.
+/// A statement waits at most `timeout` (`storage.timeout`) for SQLite's
+/// write lock (held by the writer or by retention) before it fails with
+/// "database is locked".
 pub(super) async fn open(
     path: &Path,
     synchronous: Synchronous,
+    timeout: Duration,
 ) -> Result<Sql<SqliteDialect>, StoreError> {
     let target = || format!("SQLite database {}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -58,7 +58,7 @@ pub(super) async fn open(
             Synchronous::Normal => SqliteSynchronous::Normal,
             Synchronous::Full => SqliteSynchronous::Full,
         })
-        .busy_timeout(BUSY_TIMEOUT)
+        .busy_timeout(timeout)
         // Statement journals and other temporary data stay in memory: a
         // statement journal past 64 KiB (a batch of a few dozen
         // publications already) would otherwise go to a file made and
@@ -348,9 +348,13 @@ mod tests {
     #[tokio::test]
     async fn temporary_data_stays_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let sql = open(&dir.path().join("t.db"), Synchronous::Full)
-            .await
-            .unwrap();
+        let sql = open(
+            &dir.path().join("t.db"),
+            Synchronous::Full,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         // 2 is MEMORY (0 would be the compile-time default: a file).
         let (store,): (i64,) = sqlx::query_as("PRAGMA temp_store")
             .fetch_one(sql.pool())

@@ -64,11 +64,14 @@ struct Part {
 
 impl Part {
     /// The batch as parts, in its order: runs of publications without a
-    /// version, and each one with a version alone.
+    /// version, and each one with a version alone. A publication whose
+    /// publisher stopped waiting (its `storage.timeout` passed, or it went
+    /// away) is left out: it was never acknowledged, and committing it now
+    /// would store what its publisher was told failed.
     fn split(batch: &mut Vec<Pending>) -> Vec<Part> {
         let mut parts = Vec::new();
         let mut run = Part::default();
-        for p in batch.drain(..) {
+        for p in batch.drain(..).filter(|p| !p.reply.is_closed()) {
             if p.version.is_some() && !run.is_empty() {
                 parts.push(std::mem::take(&mut run));
             }
@@ -209,7 +212,15 @@ impl Writer {
                     parts.push(second);
                     parts.push(part);
                 }
-                Err(e) => part.fail(&Arc::new(e)),
+                Err(e) => {
+                    let e = Arc::new(e);
+                    part.fail(&e);
+                    // The connection failed or did not answer in time: the
+                    // parts left would each wait for it again.
+                    if !matches!(*e, sqlx::Error::Database(_)) {
+                        parts.drain(..).for_each(|rest| rest.fail(&e));
+                    }
+                }
             }
         }
     }
@@ -262,10 +273,12 @@ impl Writer {
                 Some(once) => {
                     let channel = &part.publications[i].channel;
                     let since = window_start(now, once);
-                    // A failed look is no answer: the batch then fails as
-                    // the database refused it.
-                    let looked = self.db.find_key(channel, &once.key, since).await;
-                    looked.ok().flatten()
+                    // A failed look is no answer, and the database is not
+                    // asked again: the rest fails as the database refused it.
+                    match self.db.find_key(channel, &once.key, since).await {
+                        Ok(known) => known,
+                        Err(_) => break,
+                    }
                 }
                 None => None,
             };
