@@ -12,6 +12,7 @@ use herald_testkit::{
 };
 use serde_json::{json, Value};
 
+use super::nats::own_nats;
 use super::redis::redis_args;
 use super::*;
 
@@ -199,16 +200,8 @@ async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
         &mut cfg,
         json!({"engine": {"redis": {"io_timeout": "500ms"}}}),
     );
-    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
     let channel = "hist:silent";
-    let mut watcher = nodes[1].client("watcher").await;
-    let sub = subscribe(&mut watcher, channel).await;
-    let epoch = sub["epoch"].as_str().unwrap().to_string();
-    let mut acked = Vec::new();
-    for n in 0..10u64 {
-        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
-        acked.push(n);
-    }
+    let (nodes, mut watcher, epoch, mut acked) = streaming(&cfg, channel).await;
 
     redis.signal("STOP");
     for (node, method, body) in [
@@ -243,6 +236,22 @@ async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
         acked.push(n);
     }
     ends_with_the_stream_as_stored(&nodes[0], &mut watcher, channel, epoch, &acked).await;
+}
+
+/// Two nodes with `cfg`, a watcher on the second subscribed to `channel`
+/// (and the epoch it was told), and publications `{"n": 0…9}` through
+/// both, acknowledged.
+async fn streaming(cfg: &Value, channel: &str) -> (Vec<ClusterNode>, Ws, String, Vec<u64>) {
+    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, cfg)).collect();
+    let mut watcher = nodes[1].client("watcher").await;
+    let sub = subscribe(&mut watcher, channel).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let mut acked = Vec::new();
+    for n in 0..10u64 {
+        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
+        acked.push(n);
+    }
+    (nodes, watcher, epoch, acked)
 }
 
 /// The stream of `channel` as `node` reads it holds every publication of
@@ -282,11 +291,7 @@ async fn a_silent_nats_delays_no_publish_and_streams_resume() {
     let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
         return;
     };
-    let Some(nats) = OwnServer::start("nats-server", |port| {
-        ["-a", "127.0.0.1", "-p", &port.to_string()]
-            .map(String::from)
-            .to_vec()
-    }) else {
+    let Some(nats) = own_nats() else {
         return;
     };
     let db = TestDatabase::create_at(&pg);
@@ -294,16 +299,8 @@ async fn a_silent_nats_delays_no_publish_and_streams_resume() {
     let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
         "nats": { "url": url, "prefix": "silent" } } });
     merge(&mut cfg, durable_namespace(&db));
-    let nodes: Vec<ClusterNode> = ["a", "b"].iter().map(|n| node(n, &cfg)).collect();
     let channel = "log:silent";
-    let mut watcher = nodes[1].client("watcher").await;
-    let sub = subscribe(&mut watcher, channel).await;
-    let epoch = sub["epoch"].as_str().unwrap().to_string();
-    let mut acked = Vec::new();
-    for n in 0..10u64 {
-        publish_acknowledged(&nodes[n as usize % 2], channel, json!({"n": n})).await;
-        acked.push(n);
-    }
+    let (nodes, mut watcher, epoch, mut acked) = streaming(&cfg, channel).await;
 
     // Stopped for about two seconds, publishing all along.
     nats.signal("STOP");

@@ -204,7 +204,7 @@ async fn health_follows_nats() {
 
 /// A nats-server of the test's own on a free port (no JetStream), which the
 /// test can stop and restart.
-fn own_nats() -> Option<OwnServer> {
+pub(crate) fn own_nats() -> Option<OwnServer> {
     OwnServer::start("nats-server", |port| {
         ["-a", "127.0.0.1", "-p", &port.to_string()]
             .map(String::from)
