@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use herald_testkit::{
-    answers_within, env_url, eventually, merge, unique, ClusterNode, OwnServer, TestDatabase, Ws,
+    answers_within, env_url, eventually, merge, unique, ClusterNode, OwnServer, Ws,
 };
 use serde_json::{json, Value};
 
-use super::nats::own_nats;
+use super::nats::own_nats_with_postgres;
 use super::redis::redis_args;
 use super::*;
 
@@ -288,17 +288,9 @@ async fn ends_with_the_stream_as_stored(
 /// recovers from the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_nats_delays_no_publish_and_streams_resume() {
-    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+    let Some((nats, cfg, _db)) = own_nats_with_postgres("silent") else {
         return;
     };
-    let Some(nats) = own_nats() else {
-        return;
-    };
-    let db = TestDatabase::create_at(&pg);
-    let url = format!("nats://127.0.0.1:{}", nats.port);
-    let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
-        "nats": { "url": url, "prefix": "silent" } } });
-    merge(&mut cfg, durable_namespace(&db));
     let channel = "log:silent";
     let (nodes, mut watcher, epoch, mut acked) = streaming(&cfg, channel).await;
 

@@ -111,18 +111,26 @@ async fn nats_cluster_with_postgres_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_mid_stream_recovers_durable_streams() {
-    let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
+    let Some((nats, cfg, _db)) = own_nats_with_postgres("restart") else {
         return;
     };
-    let Some(nats) = own_nats() else {
-        return;
-    };
+    broker_restart(nats, cfg, true).await;
+}
+
+/// A NATS server of the test's own, and a config of nodes on it (subjects
+/// under `prefix`) with the durable namespaces in a new PostgreSQL
+/// database; `None` where either cannot be had.
+pub(crate) fn own_nats_with_postgres(
+    prefix: &str,
+) -> Option<(OwnServer, serde_json::Value, TestDatabase)> {
+    let pg = env_url("HERALD_TEST_POSTGRES_URL")?;
+    let nats = own_nats()?;
     let db = TestDatabase::create_at(&pg);
     let url = format!("nats://127.0.0.1:{}", nats.port);
     let mut cfg = json!({ "broker": { "enabled": true, "type": "nats",
-        "nats": { "url": url, "prefix": "restart" } } });
+        "nats": { "url": url, "prefix": prefix } } });
     merge(&mut cfg, durable_namespace(&db));
-    broker_restart(nats, cfg, true).await;
+    Some((nats, cfg, db))
 }
 
 /// Keys of channels without history are kept in NATS's key-value store
