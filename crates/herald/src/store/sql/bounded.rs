@@ -3,9 +3,11 @@
 //! server stopped or out of connections — would otherwise hold a publisher,
 //! a history read or the writer until the operating system gives the
 //! connection up (many minutes): past the limit the call fails as an I/O
-//! error, the writer drops its connection (a failed commit always does)
-//! and the next call starts afresh. The webhook event queue kept in the
-//! same database is bounded alike (its callers try again).
+//! error, and the writer drops its connection (a failed commit always
+//! does) and opens a new one for its next batch. A pooled connection whose
+//! query was abandoned goes back to the pool only once the database
+//! answers it (sqlx checks it on release). The webhook event queue kept in
+//! the same database is bounded alike (its callers try again).
 
 use std::sync::Arc;
 use std::time::Duration;
