@@ -100,6 +100,31 @@ impl Fixture {
         }
     }
 
+    /// Holds writes back from another connection until [`Held::release`]:
+    /// SQLite's write lock, or PostgreSQL's `streams` table, which every
+    /// commit updates.
+    async fn hold_writes(&self) -> Held {
+        match &self.postgres {
+            Some(db) => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN; LOCK TABLE streams IN EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Held::Postgres(conn)
+            }
+            None => {
+                let url = format!("sqlite://{}", self.sqlite_file().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Held::Sqlite(conn)
+            }
+        }
+    }
+
     /// Runs one statement on the test's database, behind the store's back.
     async fn execute(&self, sql: &'static str) {
         match &self.postgres {
@@ -113,6 +138,22 @@ impl Fixture {
                 sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
             }
         }
+    }
+}
+
+/// A connection holding writes back (see [`Fixture::hold_writes`]).
+enum Held {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl Held {
+    async fn release(self) {
+        match self {
+            Held::Postgres(mut c) => sqlx::raw_sql("ROLLBACK").execute(&mut c).await.map(drop),
+            Held::Sqlite(mut c) => sqlx::raw_sql("ROLLBACK").execute(&mut c).await.map(drop),
+        }
+        .unwrap();
     }
 }
 
@@ -144,6 +185,7 @@ on_both!(
     reads_apply_retention_before_the_task_runs,
     reopening_keeps_epochs_and_offsets,
     failed_commits_acknowledge_and_deliver_nothing,
+    a_publication_given_up_while_queued_is_not_committed,
     a_refused_publication_fails_alone,
     reading_streams_that_do_not_exist_creates_nothing,
     keyed_appends_publish_once_even_after_a_restart,
@@ -544,6 +586,44 @@ async fn failed_commits_acknowledge_and_deliver_nothing(fx: Fixture) {
     assert_eq!(p.offset, 2);
     let page = store.history("f", all(), unbounded()).await.unwrap();
     assert_eq!(offsets(&page), vec![1, 2]);
+    store.close().await;
+}
+
+/// A publisher that stops waiting (its `storage.timeout` passed, or it
+/// went away) while its publication is still queued behind a commit: the
+/// publication is never committed — it was never acknowledged — and the
+/// stream goes on at the next offset.
+async fn a_publication_given_up_while_queued_is_not_committed(fx: Fixture) {
+    let (deliver, seen) = recorder();
+    let store = Arc::new(fx.open(deliver, unbounded()).await);
+    let held = fx.hold_writes().await;
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(publication("q", 1), unbounded()).await }
+    });
+    // The first is being committed (waiting for the lock) while the second
+    // waits in the queue, and its publisher gives up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        store.append(publication("q", 2), unbounded()),
+    )
+    .await;
+    assert!(given_up.is_err(), "answered while writes were held");
+    held.release().await;
+    assert_eq!(first.await.unwrap().unwrap().offset, 1);
+    let third = store
+        .append(publication("q", 3), unbounded())
+        .await
+        .unwrap();
+    assert_eq!(third.offset, 2);
+    let page = store.history("q", all(), unbounded()).await.unwrap();
+    let data: Vec<&[u8]> = page.publications.iter().map(|p| &p.data[..]).collect();
+    assert_eq!(data, [&b"1"[..], &b"3"[..]]);
+    assert_eq!(
+        *seen.lock(),
+        vec![("q".to_string(), 1), ("q".to_string(), 2)]
+    );
     store.close().await;
 }
 
