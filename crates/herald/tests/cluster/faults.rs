@@ -7,13 +7,11 @@
 
 use std::time::Duration;
 
-use herald_testkit::{
-    answers_within, env_url, eventually, merge, unique, ClusterNode, OwnServer, Ws,
-};
+use herald_testkit::{answers_within, env_url, eventually, merge, unique, ClusterNode, Ws};
 use serde_json::{json, Value};
 
 use super::nats::own_nats_with_postgres;
-use super::redis::redis_args;
+use super::redis::own_redis;
 use super::*;
 
 /// Drops the pub/sub connections of a Redis server and, in the same
@@ -51,12 +49,9 @@ async fn admit(admin: &mut ::redis::aio::MultiplexedConnection) {
 /// stream in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_pubsub_drops_leave_no_silent_gaps() {
-    let Some(redis) = OwnServer::start("redis-server", |port| {
-        redis_args(port, &["--appendonly", "no"])
-    }) else {
+    let Some((_redis, url)) = own_redis() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{}", redis.port);
     let mut admin = ::redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -189,12 +184,9 @@ async fn a_paused_node_drops_out_of_presence_and_catches_up() {
 /// store it once it woke (n ≥ 100 here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_fails_calls_in_time_and_streams_resume() {
-    let Some(redis) = OwnServer::start("redis-server", |port| {
-        redis_args(port, &["--appendonly", "no"])
-    }) else {
+    let Some((redis, url)) = own_redis() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{}", redis.port);
     let mut cfg = redis_engine(&url, "silent");
     merge(
         &mut cfg,

@@ -205,13 +205,11 @@ async fn redis_restart_mid_stream_recovers_durable_streams() {
     let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
         return;
     };
-    let Some(redis) = OwnServer::start("redis-server", |port| {
-        redis_args(port, &["--appendonly", "no"])
-    }) else {
+    let Some((redis, url)) = own_redis() else {
         return;
     };
     let db = TestDatabase::create_at(&pg);
-    let mut cfg = redis_engine(&format!("redis://127.0.0.1:{}", redis.port), "restart");
+    let mut cfg = redis_engine(&url, "restart");
     merge(&mut cfg, durable_namespace(&db));
     broker_restart(redis, cfg, true).await;
 }
@@ -333,9 +331,18 @@ async fn shared_presence_drops_thousands_of_expired_entries() {
     assert_eq!(present.keys().collect::<Vec<_>>(), ["c99999"]);
 }
 
+/// A private `redis-server` that keeps nothing on disk, and its URL.
+pub(crate) fn own_redis() -> Option<(OwnServer, String)> {
+    let redis = OwnServer::start("redis-server", |port| {
+        redis_args(port, &["--appendonly", "no"])
+    })?;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    Some((redis, url))
+}
+
 /// Arguments of a private `redis-server` on `port` that keeps nothing on
 /// disk unless `extra` says otherwise.
-pub(crate) fn redis_args(port: u16, extra: &[&str]) -> Vec<String> {
+fn redis_args(port: u16, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -464,13 +471,11 @@ async fn health_follows_redis_and_postgres() {
     let Some(pg) = env_url("HERALD_TEST_POSTGRES_URL") else {
         return;
     };
-    let Some(mut redis) = OwnServer::start("redis-server", |port| {
-        redis_args(port, &["--appendonly", "no"])
-    }) else {
+    let Some((mut redis, url)) = own_redis() else {
         return;
     };
     let db = TestDatabase::create_at(&pg);
-    let mut cfg = redis_engine(&format!("redis://127.0.0.1:{}", redis.port), &unique("h"));
+    let mut cfg = redis_engine(&url, &unique("h"));
     merge(&mut cfg, durable_namespace(&db));
     let node = node("a", &cfg);
     let (status, h) = node.get("/health").await;
